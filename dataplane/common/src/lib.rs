@@ -1,0 +1,314 @@
+//! Types shared by Bulkhead's eBPF programs (`dataplane-ebpf`) and user space (`dataplane`,
+//! `policy-compiler`).
+//!
+//! Rules for everything in this crate (checked by the size asserts at the bottom):
+//! `#[repr(C)]`, integers and byte arrays only, explicit padding, byte order in the field name
+//! (`_be` = network order as it sits in the packet; everything else is host order), and a
+//! version in every map name so a new layout never reads an old pinned map.
+#![no_std]
+
+/// Map names. The version suffix changes whenever a key or value layout changes.
+pub mod map_names {
+    /// Endpoint table: host-side interface index -> [`crate::EndpointV1`].
+    pub const ENDPOINTS: &str = "BH_EP_V1";
+    /// IP cache: IPv4 prefix -> [`crate::IpInfoV1`] (identities of addresses).
+    pub const IPCACHE: &str = "BH_IPCACHE_V1";
+    /// Policy: [`crate::PolicyKeyV1`] (LPM over the port) -> [`crate::PolicyValueV1`].
+    pub const POLICY: &str = "BH_POLICY_V1";
+    /// Connection tracking: [`crate::CtKeyV1`] -> [`crate::CtValueV1`] (LRU).
+    pub const CONNTRACK: &str = "BH_CT_V1";
+    /// Global configuration, one [`crate::ConfigV1`] at index 0.
+    pub const CONFIG: &str = "BH_CONFIG_V1";
+    /// Per-CPU counters indexed by [`crate::counters`].
+    pub const COUNTERS: &str = "BH_COUNTERS_V1";
+}
+
+/// Capacities of the maps. User space may not write more than these; the compiler reports an
+/// overflow instead of dropping entries.
+pub mod capacity {
+    pub const ENDPOINTS: u32 = 65_536;
+    pub const IPCACHE: u32 = 1_048_576;
+    pub const POLICY: u32 = 1_048_576;
+    pub const CONNTRACK: u32 = 262_144;
+    pub const COUNTERS: u32 = 64;
+}
+
+/// Traffic direction relative to the local endpoint (the pod whose veth the program sits on).
+pub mod direction {
+    /// Traffic arriving at the pod (TC egress of the host-side veth).
+    pub const INGRESS: u8 = 1;
+    /// Traffic leaving the pod (TC ingress of the host-side veth).
+    pub const EGRESS: u8 = 2;
+}
+
+/// IP protocol numbers used in keys. `ANY` is the wildcard a rule without protocol uses.
+pub mod proto {
+    pub const ANY: u8 = 0;
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const SCTP: u8 = 132;
+}
+
+/// Reserved identities. Label identities start at [`identity::FIRST_ALLOCATED`].
+pub mod identity {
+    /// Wildcard peer in policy keys: "any address".
+    pub const ANY: u32 = 0;
+    /// An address the IP cache has no entry for (outside every known prefix).
+    pub const WORLD: u32 = 1;
+    /// First identity the compiler hands out.
+    pub const FIRST_ALLOCATED: u32 = 256;
+}
+
+/// Verdicts stored in [`PolicyValueV1::action`].
+pub mod action {
+    pub const ALLOW: u8 = 1;
+    pub const DENY: u8 = 2;
+    /// Reserved for tiered policy: jump to the next tier.
+    pub const PASS: u8 = 3;
+}
+
+/// Bits of [`EndpointV1::flags`].
+pub mod ep_flags {
+    /// At least one policy selects the endpoint for ingress: default deny for ingress.
+    pub const INGRESS_ISOLATED: u32 = 1 << 0;
+    /// At least one policy selects the endpoint for egress: default deny for egress.
+    pub const EGRESS_ISOLATED: u32 = 1 << 1;
+    /// The compiler could not fit this endpoint's entries: drop everything (fail-closed).
+    pub const OVERFLOW_FAIL_CLOSED: u32 = 1 << 2;
+}
+
+/// Counter indexes in the per-CPU counter array. Each datapath outcome, and each error path
+/// with its fail-open or fail-closed decision, has its own counter.
+pub mod counters {
+    /// New flow allowed by policy.
+    pub const ALLOW_POLICY: u32 = 0;
+    /// Packet of a tracked flow allowed by conntrack.
+    pub const ALLOW_CT: u32 = 1;
+    /// New flow allowed because the direction is not isolated.
+    pub const ALLOW_NOT_ISOLATED: u32 = 2;
+    /// Denied by policy (default deny of an isolated direction, or a deny rule).
+    pub const DENY_POLICY: u32 = 3;
+    /// A tracked flow judged again after a policy change and still allowed.
+    pub const CT_REEVAL_ALLOW: u32 = 4;
+    /// A tracked flow judged again after a policy change and now denied.
+    pub const CT_REEVAL_DENY: u32 = 5;
+    /// Fail-open: not IPv4 and not IPv6 (ARP and other L2 control traffic) passes.
+    pub const PASS_NON_IP: u32 = 6;
+    /// Fail-closed: IPv6 is not enforced by this dataplane yet, so it is dropped.
+    pub const DROP_IPV6: u32 = 7;
+    /// Fail-closed: truncated or malformed header.
+    pub const DROP_MALFORMED: u32 = 8;
+    /// Fail-closed: non-first IP fragment (ports unknown).
+    pub const DROP_FRAGMENT: u32 = 9;
+    /// Fail-closed: program attached to an interface that has no endpoint entry.
+    pub const DROP_NO_ENDPOINT: u32 = 10;
+    /// Fail-closed: the endpoint is marked as overflowed by the compiler.
+    pub const DROP_OVERFLOW: u32 = 11;
+    /// Fail-closed: the configuration map entry is missing.
+    pub const DROP_NO_CONFIG: u32 = 12;
+    /// XDP: source address is not the pod's own (spoofed), dropped.
+    pub const XDP_DROP_SPOOF: u32 = 13;
+    /// XDP: passed to the stack.
+    pub const XDP_PASS: u32 = 14;
+    /// XDP fail-open: no endpoint entry for the interface; TC decides (it fails closed).
+    pub const XDP_PASS_NO_ENDPOINT: u32 = 15;
+    /// Conntrack insert failed; the packet is still allowed (policy said so), counted.
+    pub const CT_INSERT_FAILED: u32 = 16;
+    /// Number of counters in use.
+    pub const COUNT: u32 = 17;
+
+    /// Human-readable names, in index order.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "allow_policy",
+        "allow_conntrack",
+        "allow_not_isolated",
+        "deny_policy",
+        "ct_reeval_allow",
+        "ct_reeval_deny",
+        "pass_non_ip_fail_open",
+        "drop_ipv6_fail_closed",
+        "drop_malformed_fail_closed",
+        "drop_fragment_fail_closed",
+        "drop_no_endpoint_fail_closed",
+        "drop_overflow_fail_closed",
+        "drop_no_config_fail_closed",
+        "xdp_drop_spoofed_source",
+        "xdp_pass",
+        "xdp_pass_no_endpoint_fail_open",
+        "ct_insert_failed",
+    ];
+}
+
+/// Value of the endpoint map, keyed by the host-side interface index (u32, host order).
+/// Written by the agent, read by the TC and XDP programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointV1 {
+    /// The endpoint's own identity (the local side of policy keys).
+    pub identity: u32,
+    /// The endpoint's IPv4 address, network order (anti-spoofing in XDP).
+    pub ipv4_be: [u8; 4],
+    /// [`ep_flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Data part of the IP cache LPM key. The LPM key itself is `(prefix_len: u32, IpCacheKeyV1)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpCacheKeyV1 {
+    pub addr_be: [u8; 4],
+}
+
+/// Value of the IP cache: what policy knows about an address.
+/// Written by the agent from the compiler's output, read by the TC programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpInfoV1 {
+    /// Label identity of a pod address, or the CIDR identity of a non-pod prefix.
+    pub identity: u32,
+    /// CIDR identity of the address (which ipBlock/nets prefixes contain it), or
+    /// [`identity::ANY`] when there is none. Lets CIDR rules match pod addresses too.
+    pub cidr_identity: u32,
+}
+
+/// Data part of the policy LPM key. The LPM key is `(prefix_len: u32, PolicyKeyV1)`.
+/// Field order matters: every field but the port is matched exactly (prefix length >= 80),
+/// and port ranges become prefixes over the last 16 bits, which is why the port is big-endian.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKeyV1 {
+    /// Identity of the endpoint the policy protects.
+    pub local_identity_be: [u8; 4],
+    /// Identity of the other side, or [`identity::ANY`].
+    pub peer_identity_be: [u8; 4],
+    /// [`direction`] value.
+    pub direction: u8,
+    /// IP protocol, or [`proto::ANY`].
+    pub protocol: u8,
+    /// Destination port, network order; covered by the prefix length beyond 80 bits.
+    pub port_be: [u8; 2],
+}
+
+/// Bits of a [`PolicyKeyV1`] that are always matched exactly.
+pub const POLICY_KEY_FIXED_BITS: u32 = 80;
+/// Bits of a full [`PolicyKeyV1`] (exact port).
+pub const POLICY_KEY_FULL_BITS: u32 = 96;
+
+/// Value of the policy map. Written by the agent from the compiler's output, read by TC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyValueV1 {
+    /// Evaluation order of the deciding rule; when several lookups hit, the lowest rank wins.
+    /// Tiers, policy order and rule order are folded into it by the compiler.
+    pub rank: u32,
+    /// Index of the deciding policy in the compiler's policy table (flow events, explain).
+    pub policy_index: u32,
+    /// Index of the deciding rule within that policy.
+    pub rule_index: u16,
+    /// [`action`] value.
+    pub action: u8,
+    pub _pad: u8,
+}
+
+/// Conntrack key. Both directions of a flow are keyed at the same interface; a reply is found
+/// by swapping addresses and ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CtKeyV1 {
+    /// Host-side interface index of the endpoint that tracked the flow.
+    pub ifindex: u32,
+    pub saddr_be: [u8; 4],
+    pub daddr_be: [u8; 4],
+    /// For ICMP echo, both ports hold the echo identifier.
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Bits of [`CtValueV1::flags`].
+pub mod ct_flags {
+    /// A FIN or RST was seen: the short timeout applies.
+    pub const CLOSING: u32 = 1 << 0;
+    /// A reply was seen.
+    pub const SEEN_REPLY: u32 = 1 << 1;
+}
+
+/// Conntrack value. Written by the TC programs; read and garbage-collected by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValueV1 {
+    /// `bpf_ktime_get_ns` of the last packet.
+    pub last_seen_ns: u64,
+    pub created_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// [`ConfigV1::policy_rev`] the flow was last admitted under; a different current revision
+    /// makes the next packet be judged again.
+    pub policy_rev: u32,
+    /// Direction ([`direction`]) of the flow's first packet relative to the local endpoint.
+    pub origin_direction: u8,
+    pub protocol: u8,
+    pub _pad: [u8; 2],
+    /// [`ct_flags`] bits.
+    pub flags: u32,
+    pub _pad2: u32,
+}
+
+/// Global configuration, index 0 of the config array. Written by the agent, read by TC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConfigV1 {
+    /// Bumped by the agent after every committed policy change.
+    pub policy_rev: u32,
+    pub _pad: u32,
+    pub tcp_established_timeout_ns: u64,
+    /// SYN-only, FIN or RST seen.
+    pub tcp_short_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+    pub icmp_timeout_ns: u64,
+}
+
+impl ConfigV1 {
+    /// Timeouts as Cilium and Linux conntrack choose them, in nanoseconds.
+    pub const fn with_default_timeouts(policy_rev: u32) -> Self {
+        const S: u64 = 1_000_000_000;
+        ConfigV1 {
+            policy_rev,
+            _pad: 0,
+            tcp_established_timeout_ns: 6 * 3600 * S,
+            tcp_short_timeout_ns: 60 * S,
+            udp_timeout_ns: 60 * S,
+            icmp_timeout_ns: 30 * S,
+        }
+    }
+}
+
+/// Same layout in the eBPF and user-space builds; a change here must change the map version.
+const _: () = {
+    assert!(core::mem::size_of::<EndpointV1>() == 16);
+    assert!(core::mem::size_of::<IpCacheKeyV1>() == 4);
+    assert!(core::mem::size_of::<IpInfoV1>() == 8);
+    assert!(core::mem::size_of::<PolicyKeyV1>() == 12);
+    assert!(core::mem::size_of::<PolicyValueV1>() == 12);
+    assert!(core::mem::size_of::<CtKeyV1>() == 20);
+    assert!(core::mem::size_of::<CtValueV1>() == 48);
+    assert!(core::mem::size_of::<ConfigV1>() == 40);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding; every bit
+    // pattern is valid.
+    unsafe impl aya::Pod for EndpointV1 {}
+    unsafe impl aya::Pod for IpCacheKeyV1 {}
+    unsafe impl aya::Pod for IpInfoV1 {}
+    unsafe impl aya::Pod for PolicyKeyV1 {}
+    unsafe impl aya::Pod for PolicyValueV1 {}
+    unsafe impl aya::Pod for CtKeyV1 {}
+    unsafe impl aya::Pod for CtValueV1 {}
+    unsafe impl aya::Pod for ConfigV1 {}
+}

@@ -1,0 +1,1 @@
+//! Bulkhead policy compiler (being written).

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything Bulkhead needs on a fresh Debian 12 machine of the project's kind.
+# Idempotent: every step checks first, so a second run takes seconds.
+set -euo pipefail
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: Bulkhead's lab and tests create network namespaces and load BPF programs; run as root" >&2
+    exit 1
+  fi
+}
+need_root
+
+APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 iputils-ping iperf3
+  netcat-openbsd iptables nftables ipset bpftool)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "rustup component add rust-src --toolchain nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+
+if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
+  log "cargo install bpf-linker (LLVM 22)"
+  LLVM_PREFIX=/usr/lib/llvm-22 PATH=/usr/lib/llvm-22/bin:$PATH \
+    cargo install bpf-linker --version 0.13.0 --locked --no-default-features --features llvm-22
+fi
+
+if ! mountpoint -q /sys/fs/bpf; then
+  log "mount bpffs at /sys/fs/bpf"
+  mount -t bpf bpf /sys/fs/bpf
+fi
+if ! mountpoint -q /sys/kernel/tracing; then
+  log "mount tracefs at /sys/kernel/tracing"
+  mount -t tracefs nodev /sys/kernel/tracing || log "tracefs mount failed (only the detector needs it)"
+fi
+mkdir -p /var/run/netns
+log "ready"
