@@ -1,4 +1,201 @@
+//! Bulkhead's eBPF programs.
+//!
+//! Enforcement sits at TC on the host side of each pod's veth: `bh_from_pod` (TC ingress of the
+//! host veth = the pod's egress) and `bh_to_pod` (TC egress of the host veth = the pod's
+//! ingress). `bh_xdp_prefilter` runs first on packets leaving the pod and drops spoofed source
+//! addresses before the stack spends anything on them. `bh_noop` is the benchmark baseline.
 #![no_std]
 #![no_main]
+
+mod conntrack;
+mod maps;
+mod parse;
+mod policy;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use bulkhead_common::{counters, direction, ep_flags};
+
+use maps::{CONFIG, CONNTRACK, ENDPOINTS, count};
+use parse::{Frame, parse};
+
+/// Continue: with tcx, the next program on the hook (or the stack) decides.
+const TC_PASS: i32 = TC_ACT_UNSPEC;
+const TC_DROP: i32 = TC_ACT_SHOT as i32;
+
+/// Packets leaving the pod: the pod's egress policy.
+#[classifier]
+pub fn bh_from_pod(ctx: TcContext) -> i32 {
+    try_tc(&ctx, direction::EGRESS)
+}
+
+/// Packets entering the pod: the pod's ingress policy.
+#[classifier]
+pub fn bh_to_pod(ctx: TcContext) -> i32 {
+    try_tc(&ctx, direction::INGRESS)
+}
+
+/// Baseline for the verdict benchmark: the cheapest possible TC program.
+#[classifier]
+pub fn bh_noop(_ctx: TcContext) -> i32 {
+    TC_PASS
+}
+
+/// Anti-spoofing pre-filter on the host side of the pod's veth.
+#[xdp]
+pub fn bh_xdp_prefilter(ctx: XdpContext) -> u32 {
+    try_xdp(&ctx)
+}
+
+#[inline(always)]
+fn try_xdp(ctx: &XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: map value read-only for the duration of the program.
+    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
+        // Fail-open here on purpose: TC behind us fails closed for unknown endpoints.
+        count(counters::XDP_PASS_NO_ENDPOINT);
+        return xdp_action::XDP_PASS;
+    };
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + 30 > end {
+        // Too short for an IPv4 source address: TC parses and decides.
+        count(counters::XDP_PASS);
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bounds checked above (14-byte Ethernet header + 16 bytes of IPv4 header).
+    let eth_type = unsafe { *((data + 12) as *const [u8; 2]) };
+    if eth_type == [0x08, 0x00] {
+        // SAFETY: bounds checked above.
+        let saddr = unsafe { *((data + 26) as *const [u8; 4]) };
+        if saddr != ep.ipv4_be {
+            count(counters::XDP_DROP_SPOOF);
+            return xdp_action::XDP_DROP;
+        }
+    }
+    count(counters::XDP_PASS);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
+    // SAFETY: __sk_buff is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: map values are only read (copied out) here.
+    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+        count(counters::DROP_NO_ENDPOINT);
+        return TC_DROP;
+    };
+    let Some(cfg) = CONFIG.get(0).copied() else {
+        count(counters::DROP_NO_CONFIG);
+        return TC_DROP;
+    };
+    let frame = match parse(ctx.data(), ctx.data_end()) {
+        Some(f) => f,
+        None => {
+            // Headers beyond the linear part: pull them in once, then fail closed.
+            if ctx.pull_data(64.min(ctx.len())).is_err() {
+                count(counters::DROP_MALFORMED);
+                return TC_DROP;
+            }
+            match parse(ctx.data(), ctx.data_end()) {
+                Some(f) => f,
+                None => {
+                    count(counters::DROP_MALFORMED);
+                    return TC_DROP;
+                }
+            }
+        }
+    };
+    let flow = match frame {
+        Frame::Ipv4(f) => f,
+        Frame::Pass(c) => {
+            count(c);
+            return TC_PASS;
+        }
+        Frame::Drop(c) => {
+            count(c);
+            return TC_DROP;
+        }
+    };
+    if ep.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
+        count(counters::DROP_OVERFLOW);
+        return TC_DROP;
+    }
+    let remote = if dir == direction::EGRESS { flow.daddr_be } else { flow.saddr_be };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let len = ctx.len();
+
+    // A packet in the direction the flow was first seen.
+    let fwd = conntrack::key(ifindex, &flow);
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&fwd) {
+        // SAFETY: LRU value pointer valid for this run; races with other CPUs only blur counters.
+        let ct = unsafe { &mut *ct };
+        if !conntrack::expired(ct, &cfg, now) {
+            if ct.policy_rev != cfg.policy_rev {
+                let v = policy::judge(ep.identity, ep.flags, ct.origin_direction, remote, flow.protocol, flow.policy_port);
+                if !v.allow {
+                    let _ = CONNTRACK.remove(&fwd);
+                    count(counters::CT_REEVAL_DENY);
+                    return TC_DROP;
+                }
+                ct.policy_rev = cfg.policy_rev;
+                count(counters::CT_REEVAL_ALLOW);
+            }
+            conntrack::touch(ct, &flow, len, now, false);
+            count(counters::ALLOW_CT);
+            return TC_PASS;
+        }
+    }
+    // A reply: judged, after a policy change, as the original flow (reverse tuple).
+    let rev = conntrack::reverse_key(ifindex, &flow);
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&rev) {
+        // SAFETY: as above.
+        let ct = unsafe { &mut *ct };
+        if !conntrack::expired(ct, &cfg, now) {
+            if ct.policy_rev != cfg.policy_rev {
+                // The original packet's policy port: its destination port, or ICMP echo request.
+                let port = if flow.protocol == bulkhead_common::proto::ICMP {
+                    0x0800
+                } else {
+                    u16::from_be_bytes(flow.sport_be)
+                };
+                let v = policy::judge(ep.identity, ep.flags, ct.origin_direction, remote, flow.protocol, port);
+                if !v.allow {
+                    let _ = CONNTRACK.remove(&rev);
+                    count(counters::CT_REEVAL_DENY);
+                    return TC_DROP;
+                }
+                ct.policy_rev = cfg.policy_rev;
+                count(counters::CT_REEVAL_ALLOW);
+            }
+            conntrack::touch(ct, &flow, len, now, true);
+            count(counters::ALLOW_CT);
+            return TC_PASS;
+        }
+    }
+    let v = policy::judge(ep.identity, ep.flags, dir, remote, flow.protocol, flow.policy_port);
+    count(v.counter);
+    if !v.allow {
+        return TC_DROP;
+    }
+    let entry = conntrack::new_entry(&flow, len, now, dir, cfg.policy_rev);
+    if CONNTRACK.insert(&fwd, &entry, 0).is_err() {
+        count(counters::CT_INSERT_FAILED);
+    }
+    TC_PASS
+}
+
+#[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,1 +1,13 @@
-pub fn x(){}
+//! The Bulkhead agent: loads the eBPF programs, attaches them to each pod's host-side veth and
+//! keeps the BPF maps in step with the datastore.
+
+pub mod agent;
+pub mod apply;
+pub mod datastore;
+pub mod error;
+pub mod gc;
+pub mod loader;
+pub mod netns;
+
+pub use agent::{Agent, AgentConfig, SyncReport};
+pub use error::AgentError;

@@ -93,8 +93,8 @@ pub mod counters {
     pub const CT_REEVAL_ALLOW: u32 = 4;
     /// A tracked flow judged again after a policy change and now denied.
     pub const CT_REEVAL_DENY: u32 = 5;
-    /// Fail-open: not IPv4 and not IPv6 (ARP and other L2 control traffic) passes.
-    pub const PASS_NON_IP: u32 = 6;
+    /// ARP passes: pods need it to reach their gateway, and it carries no L4 payload.
+    pub const PASS_ARP: u32 = 6;
     /// Fail-closed: IPv6 is not enforced by this dataplane yet, so it is dropped.
     pub const DROP_IPV6: u32 = 7;
     /// Fail-closed: truncated or malformed header.
@@ -115,8 +115,11 @@ pub mod counters {
     pub const XDP_PASS_NO_ENDPOINT: u32 = 15;
     /// Conntrack insert failed; the packet is still allowed (policy said so), counted.
     pub const CT_INSERT_FAILED: u32 = 16;
+    /// Fail-closed: an L2 protocol other than IPv4, IPv6 or ARP (VLAN, PPPoE, ...) could
+    /// carry IP past the policy, so it is dropped.
+    pub const DROP_UNKNOWN_L2: u32 = 17;
     /// Number of counters in use.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Human-readable names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -126,7 +129,7 @@ pub mod counters {
         "deny_policy",
         "ct_reeval_allow",
         "ct_reeval_deny",
-        "pass_non_ip_fail_open",
+        "pass_arp",
         "drop_ipv6_fail_closed",
         "drop_malformed_fail_closed",
         "drop_fragment_fail_closed",
@@ -137,6 +140,7 @@ pub mod counters {
         "xdp_pass",
         "xdp_pass_no_endpoint_fail_open",
         "ct_insert_failed",
+        "drop_unknown_l2_fail_closed",
     ];
 }
 
@@ -188,6 +192,7 @@ pub struct PolicyKeyV1 {
     /// IP protocol, or [`proto::ANY`].
     pub protocol: u8,
     /// Destination port, network order; covered by the prefix length beyond 80 bits.
+    /// For ICMP it holds `type << 8 | code`, so ICMP type/code rules use the same lookup.
     pub port_be: [u8; 2],
 }
 

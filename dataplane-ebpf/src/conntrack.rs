@@ -1,0 +1,86 @@
+//! Connection tracking: replies of allowed flows pass, and a policy change reaches
+//! established flows through the revision stored in each entry.
+
+use bulkhead_common::{ConfigV1, CtKeyV1, CtValueV1, ct_flags, proto};
+
+use crate::parse::{Flow, TCP_FIN, TCP_RST};
+
+/// Key of `flow` as seen at `ifindex`.
+#[inline(always)]
+pub fn key(ifindex: u32, f: &Flow) -> CtKeyV1 {
+    CtKeyV1 {
+        ifindex,
+        saddr_be: f.saddr_be,
+        daddr_be: f.daddr_be,
+        sport_be: f.sport_be,
+        dport_be: f.dport_be,
+        protocol: f.protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// Key a reply of `flow` would have been tracked under.
+#[inline(always)]
+pub fn reverse_key(ifindex: u32, f: &Flow) -> CtKeyV1 {
+    CtKeyV1 {
+        ifindex,
+        saddr_be: f.daddr_be,
+        daddr_be: f.saddr_be,
+        sport_be: f.dport_be,
+        dport_be: f.sport_be,
+        protocol: f.protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// Whether an entry has outlived its timeout at `now`.
+#[inline(always)]
+pub fn expired(ct: &CtValueV1, cfg: &ConfigV1, now: u64) -> bool {
+    let timeout = match ct.protocol {
+        proto::TCP => {
+            if ct.flags & ct_flags::CLOSING != 0 || ct.flags & ct_flags::SEEN_REPLY == 0 {
+                cfg.tcp_short_timeout_ns
+            } else {
+                cfg.tcp_established_timeout_ns
+            }
+        }
+        proto::ICMP => cfg.icmp_timeout_ns,
+        _ => cfg.udp_timeout_ns,
+    };
+    now.saturating_sub(ct.last_seen_ns) > timeout
+}
+
+/// Records a packet on an existing entry.
+#[inline(always)]
+pub fn touch(ct: &mut CtValueV1, f: &Flow, len: u32, now: u64, is_reply: bool) {
+    ct.last_seen_ns = now;
+    ct.packets += 1;
+    ct.bytes += len as u64;
+    if is_reply {
+        ct.flags |= ct_flags::SEEN_REPLY;
+    }
+    if f.protocol == proto::TCP && f.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        ct.flags |= ct_flags::CLOSING;
+    }
+}
+
+/// A fresh entry for the first packet of an allowed flow.
+#[inline(always)]
+pub fn new_entry(f: &Flow, len: u32, now: u64, dir: u8, rev: u32) -> CtValueV1 {
+    let mut ct = CtValueV1 {
+        last_seen_ns: now,
+        created_ns: now,
+        packets: 1,
+        bytes: len as u64,
+        policy_rev: rev,
+        origin_direction: dir,
+        protocol: f.protocol,
+        _pad: [0; 2],
+        flags: 0,
+        _pad2: 0,
+    };
+    if f.protocol == proto::TCP && f.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        ct.flags |= ct_flags::CLOSING;
+    }
+    ct
+}

@@ -1,0 +1,55 @@
+//! Every map the programs use. Keys and values come from `bulkhead-common`; names carry a
+//! layout version so an agent never reads a pinned map of another layout.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use bulkhead_common::{
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV1, PolicyKeyV1, PolicyValueV1,
+    capacity,
+};
+
+/// Key: host-side interface index (u32). Value: the endpoint behind it.
+/// Written by the agent when a pod's interface appears; read by TC and XDP on every packet.
+#[map(name = "BH_EP_V1")]
+pub static ENDPOINTS: HashMap<u32, EndpointV1> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
+
+/// Key: IPv4 prefix (LPM). Value: identities of the addresses in it.
+/// Written by the agent from the compiler's output; read by TC for the remote address.
+#[map(name = "BH_IPCACHE_V1")]
+pub static IPCACHE: LpmTrie<IpCacheKeyV1, IpInfoV1> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+
+/// Key: (local identity, peer identity, direction, protocol, port prefix) (LPM over the port).
+/// Value: the deciding rule's rank and action. Written by the agent from the compiler's output;
+/// read by TC for the first packet of a flow and after a policy change.
+#[map(name = "BH_POLICY_V1")]
+pub static POLICY: LpmTrie<PolicyKeyV1, PolicyValueV1> =
+    LpmTrie::with_max_entries(capacity::POLICY, 0);
+
+/// Key: flow 5-tuple at one interface. Value: flow state and the policy revision it was
+/// admitted under. Written by TC; read by TC, garbage-collected by the agent. LRU so a flood of
+/// flows evicts the oldest entries instead of failing inserts.
+#[map(name = "BH_CT_V1")]
+pub static CONNTRACK: LruHashMap<CtKeyV1, CtValueV1> =
+    LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+/// Key: 0. Value: global configuration (policy revision, conntrack timeouts).
+/// Written by the agent; read by TC.
+#[map(name = "BH_CONFIG_V1")]
+pub static CONFIG: Array<ConfigV1> = Array::with_max_entries(1, 0);
+
+/// Key: counter index (`bulkhead_common::counters`). Value: per-CPU packet count.
+/// Written by TC and XDP; read and summed by the agent.
+#[map(name = "BH_COUNTERS_V1")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(capacity::COUNTERS, 0);
+
+/// Adds one to a counter. A missing slot is impossible (index < capacity); ignoring it keeps
+/// the hot path free of a branch that could never be taken.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,250 @@
+//! The agent: one thread that owns the loaded dataplane, reads the datastore, compiles and
+//! writes the maps, and answers requests from the rest of the process over a channel.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::mpsc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use bulkhead_common::EndpointV1;
+use policy_compiler::compile::{Compiled, Compiler, Limits};
+
+use crate::{
+    apply,
+    datastore::{Datastore, FileDatastore},
+    error::AgentError,
+    gc,
+    loader::Dataplane,
+    netns,
+};
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Folder of the file datastore.
+    pub datastore_dir: PathBuf,
+    /// Network namespace (name under /var/run/netns) where the pods' host-side veths live;
+    /// `None` = the agent's own.
+    pub node_netns: Option<String>,
+    /// This instance's bpffs folder, e.g. `/sys/fs/bpf/bulkhead/node1`.
+    pub pin_dir: PathBuf,
+    /// Re-sync on its own when the datastore changes.
+    pub watch: bool,
+}
+
+impl AgentConfig {
+    /// Default bpffs folder for an instance name.
+    pub fn default_pin_dir(instance: &str) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/bulkhead").join(instance)
+    }
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    /// Policy revision now enforced.
+    pub policy_rev: u32,
+    pub upserts: usize,
+    pub removals: usize,
+    pub endpoints: usize,
+    /// Interfaces named by pods that do not exist yet (retried on every watch tick).
+    pub pending_interfaces: Vec<String>,
+    /// Overflow reports from the compiler (those endpoints fail closed).
+    pub overflow: Vec<String>,
+    pub compile_time: Duration,
+    pub total_time: Duration,
+}
+
+enum Request {
+    Sync(mpsc::Sender<Result<SyncReport, AgentError>>),
+    Counters(mpsc::Sender<Result<Vec<(String, u64)>, AgentError>>),
+    Stop,
+}
+
+/// A running agent. Dropping it stops the thread, detaches the programs and removes the pins.
+pub struct Agent {
+    tx: mpsc::Sender<Request>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Loads the programs, does the first sync, and starts the agent thread.
+    pub fn start(cfg: AgentConfig) -> Result<Agent, AgentError> {
+        let store = FileDatastore::new(&cfg.datastore_dir)?;
+        Self::start_with(cfg, Box::new(store))
+    }
+
+    /// As [`Agent::start`], with any datastore.
+    pub fn start_with(cfg: AgentConfig, store: Box<dyn Datastore>) -> Result<Agent, AgentError> {
+        let (tx, rx) = mpsc::channel();
+        let (init_tx, init_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("bh-agent".into())
+            .spawn(move || worker(cfg, store, rx, init_tx))
+            .map_err(|_| AgentError::Stopped)?;
+        match init_rx.recv() {
+            Ok(Ok(())) => Ok(Agent { tx, thread: Some(thread) }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(AgentError::Stopped)
+            }
+        }
+    }
+
+    /// Re-reads the datastore and applies it; returns once the kernel enforces the result. On
+    /// bad input returns the error and keeps enforcing the previous state.
+    pub fn sync_now(&self) -> Result<SyncReport, AgentError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Request::Sync(tx)).map_err(|_| AgentError::Stopped)?;
+        rx.recv().map_err(|_| AgentError::Stopped)?
+    }
+
+    /// Datapath counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(String, u64)>, AgentError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Request::Counters(tx)).map_err(|_| AgentError::Stopped)?;
+        rx.recv().map_err(|_| AgentError::Stopped)?
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Request::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct State {
+    dp: Dataplane,
+    store: Box<dyn Datastore>,
+    compiler: Compiler,
+    /// What the IP cache and policy maps hold; `None` = unknown, rewrite in full.
+    applied: Option<Compiled>,
+    /// Endpoint map content: ifindex -> (interface, value).
+    endpoints: BTreeMap<u32, (String, EndpointV1)>,
+    pending: Vec<String>,
+}
+
+fn worker(
+    cfg: AgentConfig,
+    store: Box<dyn Datastore>,
+    rx: mpsc::Receiver<Request>,
+    init: mpsc::Sender<Result<(), AgentError>>,
+) {
+    let span = tracing::info_span!("agent", store = %store.describe());
+    let _g = span.enter();
+    if let Some(ns) = &cfg.node_netns {
+        if let Err(e) = netns::enter(ns) {
+            let _ = init.send(Err(e));
+            return;
+        }
+    }
+    let dp = match Dataplane::load(&cfg.pin_dir) {
+        Ok(dp) => dp,
+        Err(e) => {
+            let _ = init.send(Err(e));
+            return;
+        }
+    };
+    let mut st = State {
+        dp,
+        store,
+        compiler: Compiler::new(Limits::default()),
+        applied: None,
+        endpoints: BTreeMap::new(),
+        pending: Vec::new(),
+    };
+    st.store.poll_changed();
+    match sync(&mut st) {
+        Ok(r) => {
+            apply::drop_stale_endpoints(&mut st.dp, &st.endpoints);
+            tracing::info!(rev = r.policy_rev, upserts = r.upserts, "first sync done");
+            let _ = init.send(Ok(()));
+        }
+        Err(e) => {
+            st.dp.unload();
+            let _ = init.send(Err(e));
+            return;
+        }
+    }
+    let tick = Duration::from_millis(20);
+    let mut last_gc = Instant::now();
+    loop {
+        match rx.recv_timeout(tick) {
+            Ok(Request::Sync(reply)) => {
+                st.store.poll_changed();
+                let _ = reply.send(sync(&mut st));
+            }
+            Ok(Request::Counters(reply)) => {
+                let _ = reply.send(st.dp.counters());
+            }
+            Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if cfg.watch && (st.store.poll_changed() || !st.pending.is_empty()) {
+                    if let Err(e) = sync(&mut st) {
+                        tracing::error!(error = %e, "datastore change rejected");
+                    }
+                }
+                if last_gc.elapsed() > gc::INTERVAL {
+                    last_gc = Instant::now();
+                    match gc::sweep(&mut st.dp) {
+                        Ok(n) if n > 0 => tracing::debug!(removed = n, "conntrack gc"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "conntrack gc failed"),
+                    }
+                }
+            }
+        }
+    }
+    st.dp.unload();
+}
+
+fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
+    let span = tracing::info_span!("sync");
+    let _g = span.enter();
+    let t0 = Instant::now();
+    let model = st.store.load()?;
+    let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let compile_time = t0.elapsed();
+    let written = match &st.applied {
+        Some(old) => apply::apply_diff(&mut st.dp, &policy_compiler::diff::diff(old, &compiled)),
+        None => apply::apply_full(&mut st.dp, &compiled),
+    };
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => {
+            // The maps hold a mix now; the next sync rewrites them in full.
+            st.applied = None;
+            return Err(e);
+        }
+    };
+    if st.applied.is_none() {
+        apply::bump_revision(&mut st.dp)?;
+    }
+    st.applied = Some(compiled);
+    let compiled = st.applied.as_ref().expect("just set");
+    st.pending = apply::sync_endpoints(&mut st.dp, compiled, &mut st.endpoints)?;
+    let rev = apply::bump_revision(&mut st.dp)?;
+    for o in &compiled.overflow {
+        tracing::error!(report = %o, "map capacity reached; affected endpoints fail closed");
+    }
+    Ok(SyncReport {
+        policy_rev: rev,
+        upserts: written.upserts,
+        removals: written.removals,
+        endpoints: st.endpoints.len(),
+        pending_interfaces: st.pending.clone(),
+        overflow: compiled.overflow.clone(),
+        compile_time,
+        total_time: t0.elapsed(),
+    })
+}

@@ -1,0 +1,110 @@
+//! Where the agent reads the cluster's state from. The file datastore reads a folder of
+//! Kubernetes-style YAML; a Kubernetes API datastore will implement the same trait.
+
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use policy_compiler::model::Model;
+
+use crate::error::AgentError;
+
+/// A source of the policy model.
+pub trait Datastore: Send {
+    /// Reads the whole model. A bad document fails the whole read: nothing of it applies.
+    fn load(&self) -> Result<Model, AgentError>;
+    /// Cheap check whether the content may have changed since the last call.
+    fn poll_changed(&mut self) -> bool;
+    /// Human-readable location, for logs.
+    fn describe(&self) -> String;
+}
+
+/// A folder of `*.yaml` / `*.yml` files (searched recursively, in name order) holding
+/// Namespaces, Pods and policies, several documents per file allowed.
+pub struct FileDatastore {
+    dir: PathBuf,
+    last_fingerprint: Vec<(PathBuf, SystemTime, u64)>,
+}
+
+impl FileDatastore {
+    /// A datastore over `dir`; the folder must exist.
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, AgentError> {
+        let dir = dir.into();
+        if !dir.is_dir() {
+            return Err(AgentError::Datastore { path: dir, detail: "not a folder".into() });
+        }
+        Ok(FileDatastore { dir, last_fingerprint: Vec::new() })
+    }
+
+    fn files(&self) -> Result<Vec<PathBuf>, AgentError> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.dir.clone()];
+        while let Some(d) = stack.pop() {
+            let rd = std::fs::read_dir(&d)
+                .map_err(|e| AgentError::Datastore { path: d.clone(), detail: e.to_string() })?;
+            for ent in rd {
+                let ent = ent.map_err(|e| AgentError::Datastore { path: d.clone(), detail: e.to_string() })?;
+                let p = ent.path();
+                let name = ent.file_name();
+                let name = name.to_string_lossy();
+                // Editors and atomic writers leave hidden temporaries; they are not content.
+                if name.starts_with('.') {
+                    continue;
+                }
+                if p.is_dir() {
+                    stack.push(p);
+                } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn fingerprint(&self) -> Vec<(PathBuf, SystemTime, u64)> {
+        let Ok(files) = self.files() else { return Vec::new() };
+        files
+            .into_iter()
+            .filter_map(|p| {
+                let m = std::fs::metadata(&p).ok()?;
+                Some((p, m.modified().ok()?, m.len()))
+            })
+            .collect()
+    }
+
+    fn display_name(&self, p: &Path) -> String {
+        p.strip_prefix(&self.dir).unwrap_or(p).display().to_string()
+    }
+}
+
+impl Datastore for FileDatastore {
+    fn load(&self) -> Result<Model, AgentError> {
+        let mut resources = Vec::new();
+        for p in self.files()? {
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| AgentError::Datastore { path: p.clone(), detail: e.to_string() })?;
+            let name = self.display_name(&p);
+            let docs = policy_compiler::k8s::parse_documents(&name, &text)
+                .map_err(|e| AgentError::Invalid(format!("{}: {e}", self.dir.display())))?;
+            resources.extend(docs);
+        }
+        policy_compiler::k8s::build_model(resources)
+            .map_err(|e| AgentError::Invalid(format!("{}: {e}", self.dir.display())))
+    }
+
+    fn poll_changed(&mut self) -> bool {
+        let fp = self.fingerprint();
+        if fp != self.last_fingerprint {
+            self.last_fingerprint = fp;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("file datastore {}", self.dir.display())
+    }
+}
