@@ -98,6 +98,16 @@ impl Dataplane {
             .try_into()
             .map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
         x.load().map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
+        // Programs are pinned beside the maps so `bpftool` and operators find everything of an
+        // instance in one folder; a pin left by an earlier run is replaced.
+        for name in [programs::FROM_POD, programs::TO_POD, programs::NOOP, programs::XDP_PREFILTER] {
+            let path = pin_dir.join(name);
+            let _ = std::fs::remove_file(&path);
+            ebpf.program_mut(name)
+                .ok_or_else(|| map_err("programs", format!("{name} missing from the object")))?
+                .pin(&path)
+                .map_err(|e| map_err("programs", format!("pinning {name} at {}: {e}", path.display())))?;
+        }
 
         let mut take = |name: &'static str| {
             ebpf.take_map(name).ok_or_else(|| map_err(name, "missing from the object"))
@@ -208,6 +218,9 @@ impl Dataplane {
         }
         for m in ALL_MAPS {
             let _ = std::fs::remove_file(self.pin_dir.join(m));
+        }
+        for p in [programs::FROM_POD, programs::TO_POD, programs::NOOP, programs::XDP_PREFILTER] {
+            let _ = std::fs::remove_file(self.pin_dir.join(p));
         }
         let _ = std::fs::remove_dir(&self.pin_dir);
         if let Some(parent) = self.pin_dir.parent() {

@@ -106,6 +106,12 @@ fn connect(t: &Topo) -> Option<TcpStream> {
     })
 }
 
+fn socket_bound_to(addr: Ipv4Addr) -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from((addr, 0)).into()).expect("bind spoofed source");
+    s
+}
+
 fn echo_once(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_millis(700))).expect("timeout");
     if s.write_all(b"ping").is_err() {
@@ -146,6 +152,14 @@ fn policy_changes_reach_established_flows_and_bad_input_changes_nothing() {
     });
 
     let mut held = connect(&t).expect("no policy: pod 1 connects to pod 2");
+
+    // A spoofed source address is dropped by the XDP pre-filter before TC sees it.
+    ip(&["-n", &t.pod(1), "addr", "add", "10.99.0.77/32", "dev", "eth0"]);
+    let spoofed = t.in_pod(1, || {
+        let s = socket_bound_to(Ipv4Addr::new(10, 99, 0, 77));
+        s.connect_timeout(&SocketAddr::from((Ipv4Addr::new(10, 99, 0, 2), 8080)).into(), Duration::from_millis(500)).is_ok()
+    });
+    assert!(!spoofed, "a connection from an address that is not the pod's must not pass");
     assert!(echo_once(&mut held), "no policy: echo on the new connection");
 
     // Deny all ingress to pod 2: the held connection's next packet is judged again and dropped.
@@ -175,6 +189,7 @@ fn policy_changes_reach_established_flows_and_bad_input_changes_nothing() {
     let get = |n: &str| counters.iter().find(|(k, _)| k == n).map(|(_, v)| *v).unwrap_or(0);
     assert!(get("ct_reeval_deny") >= 1, "the held flow was judged again and denied: {counters:?}");
     assert!(get("deny_policy") >= 1, "new flows were denied: {counters:?}");
+    assert!(get("xdp_drop_spoofed_source") >= 1, "XDP dropped the spoofed SYN: {counters:?}");
     drop(agent);
     assert!(!pin_dir.exists(), "agent removed its pins");
 }
