@@ -59,6 +59,10 @@ pub struct SyncReport {
 }
 
 enum Request {
+    /// The datastore changed on disk (from the watcher thread).
+    Changed,
+    /// Liveness probe from the watcher thread; detects a dropped agent.
+    Tick,
     Sync(mpsc::Sender<Result<SyncReport, AgentError>>),
     Counters(mpsc::Sender<Result<Vec<(String, u64)>, AgentError>>),
     Stop,
@@ -81,6 +85,9 @@ impl Agent {
     pub fn start_with(cfg: AgentConfig, store: Box<dyn Datastore>) -> Result<Agent, AgentError> {
         let (tx, rx) = mpsc::channel();
         let (init_tx, init_rx) = mpsc::channel();
+        if cfg.watch {
+            spawn_watcher(&cfg.datastore_dir, tx.clone())?;
+        }
         let thread = std::thread::Builder::new()
             .name("bh-agent".into())
             .spawn(move || worker(cfg, store, rx, init_tx))
@@ -121,6 +128,28 @@ impl Drop for Agent {
             let _ = t.join();
         }
     }
+}
+
+/// A thread that turns inotify events into [`Request::Changed`]; it ends when the agent's
+/// channel closes.
+fn spawn_watcher(dir: &std::path::Path, tx: mpsc::Sender<Request>) -> Result<(), AgentError> {
+    let w = crate::watch::Watcher::new(dir)?;
+    std::thread::Builder::new()
+        .name("bh-watch".into())
+        .spawn(move || {
+            loop {
+                // The timeout only bounds how long a closed channel goes unnoticed.
+                if w.wait(500) {
+                    if tx.send(Request::Changed).is_err() {
+                        break;
+                    }
+                } else if tx.send(Request::Tick).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|_| AgentError::Stopped)?;
+    Ok(())
 }
 
 struct State {
@@ -184,6 +213,15 @@ fn worker(
                 st.store.poll_changed();
                 let _ = reply.send(sync(&mut st));
             }
+            Ok(Request::Changed) => {
+                // A burst of events costs one fingerprint check each; only a real change syncs.
+                if st.store.poll_changed() {
+                    if let Err(e) = sync(&mut st) {
+                        tracing::error!(error = %e, "datastore change rejected");
+                    }
+                }
+            }
+            Ok(Request::Tick) => {}
             Ok(Request::Counters(reply)) => {
                 let _ = reply.send(st.dp.counters());
             }
