@@ -41,7 +41,9 @@ impl Topo {
 
     fn create() -> Topo {
         assert!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF)");
-        let id = format!("{:05x}", std::process::id() & 0xfffff);
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = format!("{:04x}{n}", std::process::id() & 0xffff);
         let dir = std::env::temp_dir().join(format!("bht{id}-store"));
         let t = Topo { id, dir };
         ip(&["netns", "add", &t.node()]);
@@ -190,6 +192,33 @@ fn policy_changes_reach_established_flows_and_bad_input_changes_nothing() {
     assert!(get("ct_reeval_deny") >= 1, "the held flow was judged again and denied: {counters:?}");
     assert!(get("deny_policy") >= 1, "new flows were denied: {counters:?}");
     assert!(get("xdp_drop_spoofed_source") >= 1, "XDP dropped the spoofed SYN: {counters:?}");
+    drop(agent);
+    assert!(!pin_dir.exists(), "agent removed its pins");
+}
+
+#[test]
+fn a_policy_file_written_to_disk_is_enforced_without_a_restart() {
+    let t = Topo::create();
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/bulkhead/bht{}", t.id));
+    let agent = Agent::start(AgentConfig {
+        datastore_dir: t.dir.clone(),
+        node_netns: Some(t.node()),
+        pin_dir: pin_dir.clone(),
+        watch: true,
+    })
+    .expect("agent starts");
+    let listener = t.in_pod(2, || TcpListener::bind("0.0.0.0:8080").expect("bind"));
+    std::thread::spawn(move || for _s in listener.incoming() {});
+    assert!(connect(&t).is_some(), "no policy: connect works");
+
+    // Written to a temporary name and renamed in, as tools that write atomically do.
+    std::fs::write(t.dir.join(".policy.tmp"), DENY_INGRESS).expect("write");
+    std::fs::rename(t.dir.join(".policy.tmp"), t.dir.join("policy.yaml")).expect("rename");
+    let denied = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        connect(&t).is_none()
+    });
+    assert!(denied, "the watched datastore change was never enforced");
     drop(agent);
     assert!(!pin_dir.exists(), "agent removed its pins");
 }
