@@ -30,6 +30,15 @@ enum Command {
         #[arg(long, default_value = "node")]
         instance: String,
     },
+    /// Show an agent instance's state from its pinned maps: entries and datapath counters.
+    Status {
+        /// Instance name (the folder under /sys/fs/bpf/bulkhead).
+        #[arg(long, default_value = "node")]
+        instance: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Network-namespace lab: pods, echo servers, conformance runner, demo.
     #[command(subcommand)]
     Lab(bulkhead_lab::LabCommand),
@@ -73,6 +82,26 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Agent { datastore, node_netns, instance } => run_agent(datastore, node_netns, instance)?,
+        Command::Status { instance, json } => {
+            let dir = bulkhead_agent::AgentConfig::default_pin_dir(&instance);
+            let st = bulkhead_agent::status::read(&dir)
+                .with_context(|| format!("is an agent instance {instance:?} running? (no pins at {})", dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!("instance {} (pins in {})", instance, st.pin_dir);
+                println!("  policy revision   {}", st.policy_rev);
+                println!("  endpoints         {}", st.endpoints);
+                println!("  ip cache entries  {}", st.ipcache_entries);
+                println!("  policy entries    {}", st.policy_entries);
+                println!("  conntrack entries {}", st.conntrack_entries);
+                println!("  datapath counters:");
+                for (k, v) in &st.counters {
+                    println!("    {k:<34} {v}");
+                }
+            }
+            0
+        }
         Command::Lab(cmd) => bulkhead_lab::run(cmd)?,
     };
     std::process::exit(code);

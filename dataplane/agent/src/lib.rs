@@ -8,6 +8,7 @@ pub mod error;
 pub mod gc;
 pub mod loader;
 pub mod netns;
+pub mod status;
 pub mod watch;
 
 pub use agent::{Agent, AgentConfig, SyncReport};

@@ -1,0 +1,55 @@
+//! Reads a running (or crashed) instance's state from its pins, without loading anything:
+//! what `bulkhead status` prints.
+
+use std::path::Path;
+
+use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
+use bulkhead_common::{CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV1, PolicyKeyV1, PolicyValueV1, map_names};
+
+use crate::error::AgentError;
+
+/// A snapshot of one instance.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    pub endpoints: usize,
+    pub ipcache_entries: usize,
+    pub policy_entries: usize,
+    pub conntrack_entries: usize,
+    pub policy_rev: u32,
+    pub counters: Vec<(String, u64)>,
+}
+
+fn open(dir: &Path, name: &'static str) -> Result<Map, AgentError> {
+    let data = MapData::from_pin(dir.join(name))
+        .map_err(|e| AgentError::Map { map: name, detail: format!("{} : {e}", dir.join(name).display()) })?;
+    Map::from_map_data(data).map_err(|e| AgentError::Map { map: name, detail: e.to_string() })
+}
+
+fn merr(map: &'static str, e: impl std::fmt::Display) -> AgentError {
+    AgentError::Map { map, detail: e.to_string() }
+}
+
+/// Reads the pinned maps under `dir`.
+pub fn read(dir: &Path) -> Result<Status, AgentError> {
+    let eps: HashMap<_, u32, EndpointV1> = HashMap::try_from(open(dir, map_names::ENDPOINTS)?).map_err(|e| merr(map_names::ENDPOINTS, e))?;
+    let ipc: LpmTrie<_, IpCacheKeyV1, IpInfoV1> = LpmTrie::try_from(open(dir, map_names::IPCACHE)?).map_err(|e| merr(map_names::IPCACHE, e))?;
+    let pol: LpmTrie<_, PolicyKeyV1, PolicyValueV1> = LpmTrie::try_from(open(dir, map_names::POLICY)?).map_err(|e| merr(map_names::POLICY, e))?;
+    let ct: HashMap<_, CtKeyV1, CtValueV1> = HashMap::try_from(open(dir, map_names::CONNTRACK)?).map_err(|e| merr(map_names::CONNTRACK, e))?;
+    let cfg: aya::maps::Array<_, bulkhead_common::ConfigV1> = aya::maps::Array::try_from(open(dir, map_names::CONFIG)?).map_err(|e| merr(map_names::CONFIG, e))?;
+    let cnt: PerCpuArray<_, u64> = PerCpuArray::try_from(open(dir, map_names::COUNTERS)?).map_err(|e| merr(map_names::COUNTERS, e))?;
+    let mut counters = Vec::new();
+    for (i, name) in bulkhead_common::counters::NAMES.iter().enumerate() {
+        let v = cnt.get(&(i as u32), 0).map_err(|e| merr(map_names::COUNTERS, e))?;
+        counters.push((name.to_string(), v.iter().sum()));
+    }
+    Ok(Status {
+        pin_dir: dir.display().to_string(),
+        endpoints: eps.keys().count(),
+        ipcache_entries: ipc.keys().count(),
+        policy_entries: pol.keys().count(),
+        conntrack_entries: ct.keys().count(),
+        policy_rev: cfg.get(&0, 0).map_err(|e| merr(map_names::CONFIG, e))?.policy_rev,
+        counters,
+    })
+}
