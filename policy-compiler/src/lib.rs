@@ -1,1 +1,30 @@
-//! Bulkhead policy compiler (being written).
+//! Bulkhead policy compiler: turns a policy model (namespaces, pods, Kubernetes
+//! NetworkPolicies) into the entries of Bulkhead's BPF maps, whose per-packet lookup cost does
+//! not grow with the number of rules or pods.
+//!
+//! Pure library: no kernel, no Kubernetes client, no async.
+//!
+//! - [`model`]: the domain model the compiler works on.
+//! - [`k8s`]: Kubernetes YAML -> model, with precise errors.
+//! - [`compile`]: model -> map entries ([`Compiler`], [`Compiled`]).
+//! - [`diff`](mod@diff): what changed between two compiles.
+//! - [`lookup`]: the datapath algorithm run on compiled maps.
+//! - [`reference`]: a plain evaluator of upstream semantics, the oracle for tests.
+
+pub mod compile;
+pub mod diff;
+pub mod error;
+pub mod identity;
+pub mod k8s;
+pub mod lookup;
+pub mod model;
+pub mod portrange;
+pub mod reference;
+mod select;
+
+pub use compile::{Compiled, Compiler, EndpointEntry, Limits, PolicyMapKey};
+pub use diff::{CompiledDiff, MapDiff, diff};
+pub use error::{CompileError, DocumentRef, Error, Origin};
+pub use identity::IdentityAllocator;
+pub use lookup::Endpoint;
+pub use model::Model;

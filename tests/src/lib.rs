@@ -1,1 +1,107 @@
+//! Helpers for Bulkhead's end-to-end tests: finding the binary, requiring root, temp folders
+//! and leftover checks. Every guard cleans up in Drop, so a failing (panicking) test does too.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The `bulkhead` binary: `$BULKHEAD_BIN`, else `<workspace>/target/release/bulkhead`.
+/// Panics with instructions when it is missing.
+pub fn bulkhead_bin() -> PathBuf {
+    let p = std::env::var_os("BULKHEAD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/bulkhead"));
+    assert!(
+        p.is_file(),
+        "bulkhead binary not found at {}: run `cargo build --release -p bulkhead` or set BULKHEAD_BIN",
+        p.display()
+    );
+    p
+}
+
+/// Panics unless running as root (the lab creates namespaces, veths and cgroups).
+pub fn require_root() {
+    // SAFETY: trivial syscall.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "this test needs root: it creates network namespaces, veths and cgroups (CI runs it as root)");
+}
+
+/// Runs `bulkhead ARGS...` from the workspace root.
+pub fn run_bulkhead(args: &[&str]) -> Output {
+    Command::new(bulkhead_bin())
+        .args(args)
+        .current_dir(workspace_root())
+        .env("BULKHEAD_BIN", bulkhead_bin())
+        .output()
+        .expect("spawning bulkhead")
+}
+
+/// Removes the given labs' leftovers on drop (`bulkhead lab cleanup --id`), so that even a
+/// test that panics between creating a lab and checking it leaves nothing behind.
+#[derive(Default)]
+pub struct LabIdsGuard(pub Vec<String>);
+
+impl Drop for LabIdsGuard {
+    fn drop(&mut self) {
+        for id in &self.0 {
+            let _ = Command::new(bulkhead_bin()).args(["lab", "cleanup", "--id", id]).output();
+        }
+    }
+}
+
+/// Lab ids found in a `--json` conformance report.
+pub fn lab_ids(report: &serde_json::Value) -> Vec<String> {
+    report["cases"]
+        .as_array()
+        .map(|cases| cases.iter().filter_map(|c| c["lab_id"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// Everything of lab `id` still present: netns, veths (in the host namespace), cgroups, pins.
+pub fn leftovers(id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/var/run/netns") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&format!("bh-{id}-")) {
+                out.push(format!("netns {n}"));
+            }
+        }
+    }
+    if let Ok(o) = Command::new("ip").args(["-o", "link", "show"]).output() {
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            if l.contains(&format!("bh{id}")) {
+                out.push(format!("veth {l}"));
+            }
+        }
+    }
+    for p in [format!("/sys/fs/cgroup/unified/bh-{id}"), format!("/sys/fs/bpf/bulkhead/bh-{id}"), format!("/run/bulkhead/bh-{id}")] {
+        if Path::new(&p).exists() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `/tmp/bulkhead-e2e-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!("bulkhead-e2e-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        std::fs::create_dir_all(&p).expect("creating temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,14 +1,116 @@
-//! Bulkhead lab (being written).
+//! Bulkhead lab: pods as network namespaces with veths and cgroups, echo servers, real-packet
+//! probes, a datastore writer for the agent, the conformance runner and the demo.
+//!
+//! Every lab has a random 5-hex-digit id; all it creates (netns `bh-<id>-*`, veths `bh<id>*`,
+//! cgroups `bh-<id>`, pins `/sys/fs/bpf/bulkhead/bh-<id>`) carries it, so labs run in parallel.
+use std::path::PathBuf;
+
 use clap::Subcommand;
+
+pub mod case;
+pub mod datastore;
+pub mod demo;
+pub mod error;
+pub mod lab;
+pub mod matrix;
+pub mod netns;
+pub mod probe;
+pub mod runner;
+pub mod server;
+pub mod teardown;
+pub mod topology;
+
+pub use error::{LabError, Result};
+pub use lab::{Lab, LabOptions, PodNetns};
+pub use topology::{Protocol, Topology};
 
 /// `bulkhead lab` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
-    /// Placeholder until the lab lands.
-    Cleanup,
+    /// Echo server (run inside a pod by the lab): TCP and UDP echo on 0.0.0.0.
+    Serve {
+        /// TCP ports, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        tcp: Vec<u16>,
+        /// UDP ports, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        udp: Vec<u16>,
+    },
+    /// Run conformance cases (files, or folders of `kind: Case` files) against the agent.
+    Conformance {
+        /// Case files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print a JSON report on stdout (progress goes to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Do not fail the run because of unsupported cases.
+        #[arg(long)]
+        allow_unsupported: bool,
+        /// Cases run concurrently, each in its own lab.
+        #[arg(long, default_value_t = 3)]
+        jobs: usize,
+    },
+    /// Demo: a shop with frontend, api and db; reachability before and after policy.
+    Demo {
+        /// Folder with topology.yaml, policies/ and expected.yaml (default deploy/demo).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Validate a topology file and print a summary.
+    Topology {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Remove leftovers of crashed labs (netns, cgroups, pins, state).
+    Cleanup {
+        /// Only this lab id (default: every `bh-*`).
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 /// Runs a lab subcommand; returns the process exit code.
-pub fn run(_cmd: LabCommand) -> anyhow::Result<i32> {
-    anyhow::bail!("the lab is not written yet")
+pub fn run(cmd: LabCommand) -> anyhow::Result<i32> {
+    match cmd {
+        LabCommand::Serve { tcp, udp } => {
+            server::serve(&tcp, &udp)?;
+            Ok(0)
+        }
+        LabCommand::Conformance { paths, json, allow_unsupported, jobs } => {
+            teardown::install_signal_teardown();
+            let opts = runner::RunOptions { allow_unsupported, jobs, text_on_stdout: !json, lab: LabOptions::default() };
+            let report = runner::run(&paths, &opts)?;
+            let summary = format!(
+                "{} passed, {} failed, {} unsupported in {:.1}s",
+                report.passed,
+                report.failed,
+                report.unsupported,
+                report.wall_ms as f64 / 1000.0
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                eprintln!("{summary}");
+            } else {
+                println!("{summary}");
+            }
+            Ok(report.exit_code(allow_unsupported))
+        }
+        LabCommand::Demo { dir } => {
+            teardown::install_signal_teardown();
+            let res = demo::run(&demo::demo_dir(dir), &LabOptions::default());
+            teardown::park_if_shutting_down();
+            Ok(res?)
+        }
+        LabCommand::Topology { file } => {
+            let t = Topology::load(&file)?;
+            println!("{}: topology {:?}: {} namespaces, {} pods, {} default ports", file.display(), t.name, t.namespaces.len(), t.pods.len(), t.ports.len());
+            Ok(0)
+        }
+        LabCommand::Cleanup { id } => {
+            let n = teardown::cleanup(id.as_deref());
+            println!("removed {n} leftover object(s)");
+            Ok(0)
+        }
+    }
 }

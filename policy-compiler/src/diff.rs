@@ -1,0 +1,64 @@
+//! Differences between two compiles, so the agent rewrites only what changed.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use bulkhead_common::{IpInfoV1, PolicyValueV1};
+
+use crate::compile::{Compiled, EndpointEntry, PolicyMapKey};
+use crate::model::PodRef;
+
+/// Changes to one map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapDiff<K, V> {
+    /// Keys that are new or whose value changed, with the new value.
+    pub upserts: Vec<(K, V)>,
+    /// Keys that are gone.
+    pub removals: Vec<K>,
+}
+
+impl<K, V> Default for MapDiff<K, V> {
+    fn default() -> Self {
+        MapDiff { upserts: Vec::new(), removals: Vec::new() }
+    }
+}
+
+impl<K, V> MapDiff<K, V> {
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removals.is_empty()
+    }
+}
+
+/// Changes to every map.
+///
+/// A safe order to apply them (no moment allows what neither the old nor the new policy
+/// allows): policy and ipcache upserts, then endpoint upserts and removals, then ipcache and
+/// policy removals. Entries only ever add allows, except endpoint flags, which the middle step
+/// switches once the new allows are in place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledDiff {
+    pub endpoints: MapDiff<PodRef, EndpointEntry>,
+    pub ipcache: MapDiff<(Ipv4Addr, u8), IpInfoV1>,
+    pub policy: MapDiff<PolicyMapKey, PolicyValueV1>,
+}
+
+impl CompiledDiff {
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty() && self.ipcache.is_empty() && self.policy.is_empty()
+    }
+}
+
+/// What turns `old` into `new`.
+pub fn diff(old: &Compiled, new: &Compiled) -> CompiledDiff {
+    CompiledDiff {
+        endpoints: diff_map(&old.endpoints, &new.endpoints),
+        ipcache: diff_map(&old.ipcache, &new.ipcache),
+        policy: diff_map(&old.policy, &new.policy),
+    }
+}
+
+fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> MapDiff<K, V> {
+    let upserts = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let removals = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+    MapDiff { upserts, removals }
+}

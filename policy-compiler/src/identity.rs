@@ -1,0 +1,142 @@
+//! Identity numbers for groups of pods and for CIDR prefixes.
+//!
+//! Policy keys name identities, not pods, so the number of keys grows with the number of
+//! distinct label sets rather than with the number of pods, and a new pod with a known label
+//! set needs no policy update at all.
+
+use std::collections::{HashMap, HashSet};
+
+use bulkhead_common::identity;
+
+use crate::model::{Cidr, Labels, NamedPort};
+
+/// Everything about a pod that a policy can look at. Pods with equal attributes are
+/// indistinguishable to policy and share one identity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdentityAttrs {
+    pub namespace: String,
+    pub namespace_labels: Labels,
+    pub labels: Labels,
+    pub service_account: String,
+    /// Sorted and deduplicated, so container order does not split identities.
+    pub ports: Vec<NamedPort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Labels(IdentityAttrs),
+    Cidr(Cidr),
+}
+
+/// Hands out identity numbers and remembers them across compiles, so that a policy change
+/// does not renumber pods (which would rewrite every policy and IP cache entry).
+///
+/// Numbers are never reused while the allocator lives: an identity that disappears and comes
+/// back gets a fresh number. Reusing a number right away could let entries that the agent has
+/// not yet removed grant the old group's access to a new group.
+#[derive(Clone, Debug)]
+pub struct IdentityAllocator {
+    by_key: HashMap<Key, u32>,
+    next: u32,
+    wrapped: bool,
+}
+
+impl Default for IdentityAllocator {
+    fn default() -> Self {
+        IdentityAllocator { by_key: HashMap::new(), next: identity::FIRST_ALLOCATED, wrapped: false }
+    }
+}
+
+impl IdentityAllocator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Identity of a pod attribute set, allocating one if it is new.
+    pub fn labels(&mut self, attrs: &IdentityAttrs) -> u32 {
+        // Looking up by a cloned key is cheaper than it looks: attribute sets are per identity
+        // on the hot path (the compiler groups pods first).
+        self.get_or_alloc(Key::Labels(attrs.clone()))
+    }
+
+    /// Identity of a CIDR prefix collected from ipBlocks.
+    pub fn cidr(&mut self, cidr: Cidr) -> u32 {
+        self.get_or_alloc(Key::Cidr(cidr))
+    }
+
+    /// Forgets every identity not in `live`.
+    pub fn retain(&mut self, live: &HashSet<u32>) {
+        self.by_key.retain(|_, id| live.contains(id));
+    }
+
+    /// Number of identities currently remembered.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn get_or_alloc(&mut self, key: Key) -> u32 {
+        if let Some(&id) = self.by_key.get(&key) {
+            return id;
+        }
+        let id = self.fresh();
+        self.by_key.insert(key, id);
+        id
+    }
+
+    fn fresh(&mut self) -> u32 {
+        // After 2^32 allocations wrap around, skipping numbers still in use; by then any
+        // number freed that long ago has long been removed from the maps.
+        loop {
+            let id = self.next;
+            if self.next == u32::MAX {
+                self.next = identity::FIRST_ALLOCATED;
+                self.wrapped = true;
+            } else {
+                self.next += 1;
+            }
+            if !self.wrapped || !self.by_key.values().any(|&v| v == id) {
+                return id;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(app: &str) -> IdentityAttrs {
+        IdentityAttrs {
+            namespace: "ns".into(),
+            namespace_labels: Labels::new(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            service_account: "default".into(),
+            ports: vec![],
+        }
+    }
+
+    #[test]
+    fn equal_attributes_share_and_numbers_are_stable() {
+        let mut a = IdentityAllocator::new();
+        let web = a.labels(&attrs("web"));
+        assert!(web >= identity::FIRST_ALLOCATED, "allocated ids start at FIRST_ALLOCATED");
+        assert_eq!(a.labels(&attrs("web")), web, "same attributes, same id");
+        let db = a.labels(&attrs("db"));
+        assert_ne!(db, web, "different attributes, different id");
+        a.retain(&[web].into());
+        assert_eq!(a.labels(&attrs("web")), web, "kept identity keeps its number");
+        assert!(a.labels(&attrs("db")) > db, "released identity is not reused");
+    }
+
+    #[test]
+    fn cidr_and_label_identities_do_not_collide() {
+        let mut a = IdentityAllocator::new();
+        let c = a.cidr(Cidr::new([10, 0, 0, 0].into(), 8).expect("valid cidr"));
+        let l = a.labels(&attrs("web"));
+        assert_ne!(c, l, "one number space for both kinds");
+    }
+}

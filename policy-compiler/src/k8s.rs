@@ -1,0 +1,515 @@
+//! Kubernetes YAML (Namespace, Pod, networking.k8s.io/v1 NetworkPolicy) -> domain model.
+//!
+//! NetworkPolicy specs are read strictly (unknown fields are errors, so a typo cannot silently
+//! widen or narrow a policy); Pods are read leniently (only the fields policy needs). Every
+//! error names the file, the document and the field path.
+
+mod syntax;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use crate::error::{DocumentRef, Error, Origin};
+use crate::model::{
+    Cidr, IpBlock, LabelSelector, Model, NamedPort, Namespace, NamespaceScope, NetworkPolicy, Operator, Peer, Peers,
+    Pod, PodRef, PolicyRef, PortMatch, PortSpec, Ports, Protocol, Requirement, Rule,
+};
+use syntax::{Doc, child, get, index};
+
+/// Annotation carrying the pod's host-side interface name.
+pub const INTERFACE_ANNOTATION: &str = "bulkhead.io/interface";
+
+/// Label every namespace carries with its own name (added when a manifest omits it, as the
+/// API server does).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A parsed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Object {
+    Namespace(Namespace),
+    Pod(Pod),
+    NetworkPolicy(NetworkPolicy),
+}
+
+/// A parsed object and where it came from (so duplicates can name both places).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resource {
+    pub origin: Origin,
+    pub object: Object,
+}
+
+/// Whether [`parse_documents`] handles this apiVersion/kind.
+pub fn is_supported(api_version: &str, kind: &str) -> bool {
+    matches!((api_version, kind), ("v1", "Namespace") | ("v1", "Pod") | ("networking.k8s.io/v1", "NetworkPolicy"))
+}
+
+/// Parses a multi-document YAML text. Empty documents are skipped; document numbers in
+/// errors and origins are 1-based positions in the file. A resource of another kind is an
+/// [`Error::UnsupportedKind`], so callers can choose to report and skip it.
+pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, Error> {
+    let mut out = Vec::new();
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let number = i + 1;
+        let value = Value::deserialize(de)
+            .map_err(|e| Error::Yaml { file: file.to_string(), document: number, message: e.to_string() })?;
+        if value.is_null() {
+            continue;
+        }
+        let object = parse_document(file, number, &value)?;
+        out.push(Resource { origin: Origin { file: file.to_string(), document: number }, object });
+    }
+    Ok(out)
+}
+
+fn parse_document(file: &str, number: usize, value: &Value) -> Result<Object, Error> {
+    let mut d = Doc { file, doc: DocumentRef { index: number, ..Default::default() } };
+    let top = d.map(value, "")?;
+    let api_version = d.str(get(top, "apiVersion").ok_or_else(|| d.err("apiVersion", "required"))?, "apiVersion")?;
+    let kind = d.str(get(top, "kind").ok_or_else(|| d.err("kind", "required"))?, "kind")?;
+    d.doc.kind = Some(kind.to_string());
+    let meta = get(top, "metadata").map(|m| d.map(m, "metadata")).transpose()?;
+    // Name and namespace are read before validation so every later error can name the object.
+    d.doc.name = meta.and_then(|m| get(m, "name")).and_then(Value::as_str).map(String::from);
+    let namespaced = kind != "Namespace";
+    if namespaced {
+        let ns = meta.and_then(|m| get(m, "namespace")).and_then(Value::as_str).unwrap_or("default");
+        d.doc.namespace = Some(ns.to_string());
+    }
+    if !is_supported(api_version, kind) {
+        return Err(Error::UnsupportedKind {
+            file: file.to_string(),
+            document: Box::new(d.doc.clone()),
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+        });
+    }
+    let meta = meta.ok_or_else(|| d.err("metadata", "required"))?;
+    let name = d.str(get(meta, "name").ok_or_else(|| d.err("metadata.name", "required"))?, "metadata.name")?;
+    let namespace = match get(meta, "namespace") {
+        Some(v) if namespaced => d.str(v, "metadata.namespace")?,
+        _ => "default",
+    };
+    let name_problem = if namespaced { syntax::dns_subdomain_problem(name) } else { syntax::dns_label_problem(name) };
+    if let Some(problem) = name_problem {
+        return Err(d.err("metadata.name", format!("invalid name {name:?}: {problem}")));
+    }
+    if let Some(problem) = syntax::dns_label_problem(namespace) {
+        return Err(d.err("metadata.namespace", format!("invalid namespace {namespace:?}: {problem}")));
+    }
+    let labels = get(meta, "labels").map(|l| d.labels(l, "metadata.labels")).transpose()?.unwrap_or_default();
+    match kind {
+        "Namespace" => {
+            let mut labels = labels;
+            labels.entry(NAMESPACE_NAME_LABEL.to_string()).or_insert_with(|| name.to_string());
+            Ok(Object::Namespace(Namespace { name: name.to_string(), labels }))
+        }
+        "Pod" => parse_pod(&d, top, meta, namespace, name, labels).map(Object::Pod),
+        _ => parse_policy(&d, top, namespace, name).map(Object::NetworkPolicy),
+    }
+}
+
+fn parse_pod(
+    d: &Doc<'_>,
+    top: &Mapping,
+    meta: &Mapping,
+    namespace: &str,
+    name: &str,
+    labels: crate::model::Labels,
+) -> Result<Pod, Error> {
+    let interface = match get(meta, "annotations") {
+        Some(a) => {
+            let a = d.map(a, "metadata.annotations")?;
+            let path = format!("metadata.annotations[{INTERFACE_ANNOTATION:?}]");
+            get(a, INTERFACE_ANNOTATION).map(|v| d.str(v, &path).map(String::from)).transpose()?
+        }
+        None => None,
+    };
+    let empty = Mapping::new();
+    let spec = get(top, "spec").map(|s| d.map(s, "spec")).transpose()?.unwrap_or(&empty);
+    let service_account = match get(spec, "serviceAccountName") {
+        Some(v) => d.str(v, "spec.serviceAccountName")?.to_string(),
+        None => "default".to_string(),
+    };
+    let mut ports = Vec::new();
+    let mut names = BTreeSet::new();
+    if let Some(containers) = get(spec, "containers") {
+        for (ci, c) in d.seq(containers, "spec.containers")?.iter().enumerate() {
+            let cpath = index("spec.containers", ci);
+            let c = d.map(c, &cpath)?;
+            let Some(list) = get(c, "ports") else { continue };
+            let ppath = child(&cpath, "ports");
+            for (pi, p) in d.seq(list, &ppath)?.iter().enumerate() {
+                let path = index(&ppath, pi);
+                let p = d.map(p, &path)?;
+                let port_path = child(&path, "containerPort");
+                let port = d.port(get(p, "containerPort").ok_or_else(|| d.err(&port_path, "required"))?, &port_path)?;
+                let protocol = protocol(d, p, &path)?;
+                let name = match get(p, "name") {
+                    Some(v) => {
+                        let npath = child(&path, "name");
+                        let n = d.str(v, &npath)?;
+                        if let Some(problem) = syntax::port_name_problem(n) {
+                            return Err(d.err(&npath, format!("port name {n:?} is not valid: {problem}")));
+                        }
+                        if !names.insert(n.to_string()) {
+                            return Err(d.err(&npath, format!("port name {n:?} is used twice in the pod")));
+                        }
+                        Some(n.to_string())
+                    }
+                    None => None,
+                };
+                ports.push(NamedPort { name, port, protocol });
+            }
+        }
+    }
+    let host_network = get(spec, "hostNetwork").and_then(Value::as_bool).unwrap_or(false);
+    let ip = if host_network { None } else { pod_ip(d, top)? };
+    Ok(Pod {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        labels,
+        service_account,
+        ip,
+        ports,
+        interface,
+    })
+}
+
+/// The pod's IPv4 address. Host-network pods (no own address) and terminated pods (whose
+/// address may already belong to another pod) have none for policy purposes.
+fn pod_ip(d: &Doc<'_>, top: &Mapping) -> Result<Option<Ipv4Addr>, Error> {
+    let Some(status) = get(top, "status") else { return Ok(None) };
+    let status = d.map(status, "status")?;
+    if let Some(phase) = get(status, "phase").and_then(Value::as_str)
+        && matches!(phase, "Succeeded" | "Failed")
+    {
+        return Ok(None);
+    }
+    let mut candidates = Vec::new();
+    if let Some(v) = get(status, "podIP") {
+        candidates.push((d.str(v, "status.podIP")?, "status.podIP".to_string()));
+    }
+    if let Some(list) = get(status, "podIPs") {
+        for (i, item) in d.seq(list, "status.podIPs")?.iter().enumerate() {
+            let path = index("status.podIPs", i);
+            let item = d.map(item, &path)?;
+            if let Some(v) = get(item, "ip") {
+                let path = child(&path, "ip");
+                candidates.push((d.str(v, &path)?, path));
+            }
+        }
+    }
+    // Dual-stack pods list both families; this dataplane enforces IPv4.
+    let mut found = None;
+    for (s, path) in candidates {
+        if let Ok(v4) = s.parse::<Ipv4Addr>() {
+            found.get_or_insert(v4);
+        } else if s.parse::<Ipv6Addr>().is_err() {
+            return Err(d.err(&path, format!("{s:?} is not an IP address")));
+        }
+    }
+    Ok(found)
+}
+
+fn protocol(d: &Doc<'_>, m: &Mapping, path: &str) -> Result<Protocol, Error> {
+    let Some(v) = get(m, "protocol") else { return Ok(Protocol::Tcp) };
+    let path = child(path, "protocol");
+    let s = d.str(v, &path)?;
+    Protocol::from_k8s(s).ok_or_else(|| d.err(&path, format!("unknown protocol {s:?} (expected TCP, UDP or SCTP)")))
+}
+
+fn parse_policy(d: &Doc<'_>, top: &Mapping, namespace: &str, name: &str) -> Result<NetworkPolicy, Error> {
+    let spec = get(top, "spec").ok_or_else(|| d.err("spec", "required"))?;
+    let spec = d.strict_map(spec, "spec", &["podSelector", "ingress", "egress", "policyTypes"])?;
+    let pod_selector = match get(spec, "podSelector") {
+        Some(v) => selector(d, v, "spec.podSelector")?,
+        None => LabelSelector::everything(),
+    };
+    let ingress = get(spec, "ingress").map(|v| rules(d, v, "spec.ingress", "from")).transpose()?;
+    let egress = get(spec, "egress").map(|v| rules(d, v, "spec.egress", "to")).transpose()?;
+    let (mut wants_ingress, mut wants_egress) = (false, false);
+    if let Some(types) = get(spec, "policyTypes") {
+        for (i, t) in d.seq(types, "spec.policyTypes")?.iter().enumerate() {
+            let path = index("spec.policyTypes", i);
+            match d.str(t, &path)? {
+                "Ingress" => wants_ingress = true,
+                "Egress" => wants_egress = true,
+                other => return Err(d.err(&path, format!("unknown policy type {other:?} (expected Ingress or Egress)"))),
+            }
+        }
+    }
+    if !wants_ingress && !wants_egress {
+        // Upstream defaulting: Ingress always, Egress when there are egress rules.
+        wants_ingress = true;
+        wants_egress = egress.as_ref().is_some_and(|e| !e.is_empty());
+    }
+    Ok(NetworkPolicy {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        pod_selector,
+        ingress: wants_ingress.then(|| ingress.unwrap_or_default()),
+        egress: wants_egress.then(|| egress.unwrap_or_default()),
+    })
+}
+
+fn rules(d: &Doc<'_>, v: &Value, path: &str, peers_field: &str) -> Result<Vec<Rule>, Error> {
+    let mut out = Vec::new();
+    for (i, r) in d.seq(v, path)?.iter().enumerate() {
+        let rpath = index(path, i);
+        let r = d.strict_map(r, &rpath, &[peers_field, "ports"])?;
+        let peers = match get(r, peers_field) {
+            Some(list) => {
+                let ppath = child(&rpath, peers_field);
+                let items = d.seq(list, &ppath)?;
+                if items.is_empty() {
+                    Peers::Any
+                } else {
+                    let mut peers = Vec::new();
+                    for (j, p) in items.iter().enumerate() {
+                        peers.extend(peer(d, p, &index(&ppath, j))?);
+                    }
+                    Peers::List(peers)
+                }
+            }
+            None => Peers::Any,
+        };
+        let ports = match get(r, "ports") {
+            Some(list) => {
+                let ppath = child(&rpath, "ports");
+                let items = d.seq(list, &ppath)?;
+                if items.is_empty() {
+                    Ports::Any
+                } else {
+                    Ports::List(items.iter().enumerate().map(|(j, p)| port(d, p, &index(&ppath, j))).collect::<Result<_, _>>()?)
+                }
+            }
+            None => Ports::Any,
+        };
+        out.push(Rule { peers, ports });
+    }
+    Ok(out)
+}
+
+/// One peer; `None` for an IPv6 ipBlock, which no IPv4 address can match.
+fn peer(d: &Doc<'_>, v: &Value, path: &str) -> Result<Option<Peer>, Error> {
+    let m = d.strict_map(v, path, &["podSelector", "namespaceSelector", "ipBlock"])?;
+    let pods = get(m, "podSelector").map(|s| selector(d, s, &child(path, "podSelector"))).transpose()?;
+    let namespaces = get(m, "namespaceSelector").map(|s| selector(d, s, &child(path, "namespaceSelector"))).transpose()?;
+    if let Some(block) = get(m, "ipBlock") {
+        if pods.is_some() || namespaces.is_some() {
+            return Err(d.err(path, "ipBlock cannot be combined with podSelector or namespaceSelector"));
+        }
+        return ip_block(d, block, &child(path, "ipBlock")).map(|b| b.map(Peer::IpBlock));
+    }
+    match (pods, namespaces) {
+        (None, None) => Err(d.err(path, "a peer must set podSelector, namespaceSelector or ipBlock")),
+        (pods, None) => Ok(Some(Peer::Pods { namespaces: NamespaceScope::Own, pods: pods.unwrap_or_default() })),
+        (pods, Some(ns)) => Ok(Some(Peer::Pods { namespaces: NamespaceScope::Matching(ns), pods: pods.unwrap_or_default() })),
+    }
+}
+
+enum AnyCidr {
+    V4(Cidr),
+    V6(u128, u8),
+}
+
+fn parse_cidr(d: &Doc<'_>, s: &str, path: &str) -> Result<AnyCidr, Error> {
+    let bad = |why: &str| d.err(path, format!("invalid CIDR {s:?}: {why}"));
+    let (addr, len) = s.split_once('/').ok_or_else(|| bad("expected address/prefix-length"))?;
+    let len: u8 = len.parse().map_err(|_| bad("prefix length is not a number"))?;
+    if let Ok(a) = addr.parse::<Ipv4Addr>() {
+        if len > 32 {
+            return Err(bad("IPv4 prefix length must be at most 32"));
+        }
+        return Cidr::new(a, len).map(AnyCidr::V4).ok_or_else(|| {
+            bad(&format!("host bits are set (did you mean {}?)", Cidr::containing(a, len)))
+        });
+    }
+    let a: Ipv6Addr = addr.parse().map_err(|_| bad("not an IP address"))?;
+    if len > 128 {
+        return Err(bad("IPv6 prefix length must be at most 128"));
+    }
+    let bits = u128::from(a);
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    if bits & !mask != 0 {
+        return Err(bad(&format!("host bits are set (did you mean {}/{len}?)", Ipv6Addr::from(bits & mask))));
+    }
+    Ok(AnyCidr::V6(bits, len))
+}
+
+fn ip_block(d: &Doc<'_>, v: &Value, path: &str) -> Result<Option<IpBlock>, Error> {
+    let m = d.strict_map(v, path, &["cidr", "except"])?;
+    let cpath = child(path, "cidr");
+    let cidr = parse_cidr(d, d.str(get(m, "cidr").ok_or_else(|| d.err(&cpath, "required"))?, &cpath)?, &cpath)?;
+    let mut except = Vec::new();
+    if let Some(list) = get(m, "except") {
+        let epath = child(path, "except");
+        for (i, e) in d.seq(list, &epath)?.iter().enumerate() {
+            let p = index(&epath, i);
+            let s = d.str(e, &p)?;
+            let inside = match (&cidr, parse_cidr(d, s, &p)?) {
+                (AnyCidr::V4(c), AnyCidr::V4(e)) => {
+                    except.push(e);
+                    e.prefix_len() > c.prefix_len() && c.contains(e)
+                }
+                (AnyCidr::V6(cb, cl), AnyCidr::V6(eb, el)) => {
+                    let mask = if *cl == 0 { 0 } else { u128::MAX << (128 - u32::from(*cl)) };
+                    el > *cl && eb & mask == *cb
+                }
+                _ => false,
+            };
+            if !inside {
+                return Err(d.err(&p, format!("except {s:?} must be strictly inside cidr")));
+            }
+        }
+    }
+    Ok(match cidr {
+        AnyCidr::V4(cidr) => Some(IpBlock { cidr, except }),
+        AnyCidr::V6(..) => None,
+    })
+}
+
+fn port(d: &Doc<'_>, v: &Value, path: &str) -> Result<PortSpec, Error> {
+    let m = d.strict_map(v, path, &["protocol", "port", "endPort"])?;
+    let protocol = protocol(d, m, path)?;
+    let ppath = child(path, "port");
+    let epath = child(path, "endPort");
+    let port = match get(m, "port") {
+        None => {
+            if get(m, "endPort").is_some() {
+                return Err(d.err(&epath, "endPort requires a numeric port"));
+            }
+            PortMatch::All
+        }
+        Some(Value::String(name)) => {
+            if let Some(problem) = syntax::port_name_problem(name) {
+                return Err(d.err(&ppath, format!("named port {name:?} is not a valid port name: {problem}")));
+            }
+            if get(m, "endPort").is_some() {
+                return Err(d.err(&epath, "endPort requires a numeric port, not a named one"));
+            }
+            PortMatch::Named(name.clone())
+        }
+        Some(v) => {
+            let start = d.port(v, &ppath)?;
+            let end = match get(m, "endPort") {
+                Some(e) => {
+                    let end = d.port(e, &epath)?;
+                    if end < start {
+                        return Err(d.err(&epath, format!("endPort {end} is less than port {start}")));
+                    }
+                    end
+                }
+                None => start,
+            };
+            PortMatch::Range { start, end }
+        }
+    };
+    Ok(PortSpec { protocol, port })
+}
+
+fn selector(d: &Doc<'_>, v: &Value, path: &str) -> Result<LabelSelector, Error> {
+    let m = d.strict_map(v, path, &["matchLabels", "matchExpressions"])?;
+    let match_labels = get(m, "matchLabels").map(|l| d.labels(l, &child(path, "matchLabels"))).transpose()?.unwrap_or_default();
+    let mut match_expressions = Vec::new();
+    if let Some(list) = get(m, "matchExpressions") {
+        let epath = child(path, "matchExpressions");
+        for (i, e) in d.seq(list, &epath)?.iter().enumerate() {
+            match_expressions.push(requirement(d, e, &index(&epath, i))?);
+        }
+    }
+    Ok(LabelSelector { match_labels, match_expressions })
+}
+
+fn requirement(d: &Doc<'_>, v: &Value, path: &str) -> Result<Requirement, Error> {
+    let m = d.strict_map(v, path, &["key", "operator", "values"])?;
+    let kpath = child(path, "key");
+    let key = d.str(get(m, "key").ok_or_else(|| d.err(&kpath, "required"))?, &kpath)?;
+    if let Some(problem) = syntax::label_key_problem(key) {
+        return Err(d.err(&kpath, format!("invalid label key {key:?}: {problem}")));
+    }
+    let opath = child(path, "operator");
+    let op = d.str(get(m, "operator").ok_or_else(|| d.err(&opath, "required"))?, &opath)?;
+    let vpath = child(path, "values");
+    let mut values = BTreeSet::new();
+    if let Some(list) = get(m, "values") {
+        for (i, v) in d.seq(list, &vpath)?.iter().enumerate() {
+            let p = index(&vpath, i);
+            let s = d.str(v, &p)?;
+            if let Some(problem) = syntax::label_value_problem(s) {
+                return Err(d.err(&p, format!("invalid label value {s:?}: {problem}")));
+            }
+            values.insert(s.to_string());
+        }
+    }
+    let operator = match op {
+        "In" | "NotIn" if values.is_empty() => {
+            return Err(d.err(&vpath, format!("operator {op} needs at least one value")));
+        }
+        "In" => Operator::In(values),
+        "NotIn" => Operator::NotIn(values),
+        "Exists" | "DoesNotExist" if !values.is_empty() => {
+            return Err(d.err(&vpath, format!("operator {op} takes no values")));
+        }
+        "Exists" => Operator::Exists,
+        "DoesNotExist" => Operator::DoesNotExist,
+        other => {
+            return Err(d.err(&opath, format!("unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)")));
+        }
+    };
+    Ok(Requirement { key: key.to_string(), operator })
+}
+
+/// Builds a model, rejecting objects defined twice (naming both places) and pods in
+/// namespaces that are not defined.
+pub fn build_model(resources: impl IntoIterator<Item = Resource>) -> Result<Model, Error> {
+    let mut model = Model::default();
+    let mut ns_origin: BTreeMap<String, Origin> = BTreeMap::new();
+    let mut pod_origin: BTreeMap<PodRef, Origin> = BTreeMap::new();
+    let mut policy_origin: BTreeMap<PolicyRef, Origin> = BTreeMap::new();
+    let dup = |kind, name: String, first: &Origin, second: Origin| Error::Duplicate { kind, name, first: first.clone(), second };
+    for Resource { origin, object } in resources {
+        match object {
+            Object::Namespace(ns) => {
+                if let Some(first) = ns_origin.get(&ns.name) {
+                    return Err(dup("Namespace", ns.name, first, origin));
+                }
+                ns_origin.insert(ns.name.clone(), origin);
+                model.upsert_namespace(ns);
+            }
+            Object::Pod(pod) => {
+                let r = pod.pod_ref();
+                if let Some(first) = pod_origin.get(&r) {
+                    return Err(dup("Pod", r.to_string(), first, origin));
+                }
+                pod_origin.insert(r, origin);
+                model.upsert_pod(pod);
+            }
+            Object::NetworkPolicy(p) => {
+                let r = p.policy_ref();
+                if let Some(first) = policy_origin.get(&r) {
+                    return Err(dup("NetworkPolicy", r.to_string(), first, origin));
+                }
+                policy_origin.insert(r, origin);
+                model.upsert_policy(p);
+            }
+        }
+    }
+    for (r, pod) in &model.pods {
+        if !model.namespaces.contains_key(&pod.namespace) {
+            return Err(Error::MissingNamespace {
+                pod: r.clone(),
+                namespace: pod.namespace.clone(),
+                origin: pod_origin.get(r).cloned(),
+            });
+        }
+    }
+    Ok(model)
+}
+
+#[cfg(test)]
+#[path = "k8s_tests.rs"]
+mod tests;

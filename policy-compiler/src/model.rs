@@ -1,0 +1,451 @@
+//! The compiler's own policy model: namespaces, pods and network policies as domain values.
+//!
+//! Nothing here knows about YAML or the Kubernetes wire format (that is [`crate::k8s`]), and
+//! nothing here knows about BPF maps (that is [`crate::compile`]). Invalid states that the
+//! wire format can express (an `In` operator without values, an `endPort` on a named port) are
+//! made unrepresentable here instead, so the compiler never has to re-validate them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use bulkhead_common::proto;
+
+/// Label map of a pod or namespace.
+pub type Labels = BTreeMap<String, String>;
+
+/// Everything the compiler needs to know about a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    /// Keyed by namespace name.
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<PodRef, Pod>,
+    pub policies: BTreeMap<PolicyRef, NetworkPolicy>,
+}
+
+impl Model {
+    /// Inserts or replaces a namespace under its own name.
+    pub fn upsert_namespace(&mut self, namespace: Namespace) {
+        self.namespaces.insert(namespace.name.clone(), namespace);
+    }
+
+    /// Inserts or replaces a pod under its own namespace/name.
+    pub fn upsert_pod(&mut self, pod: Pod) {
+        self.pods.insert(pod.pod_ref(), pod);
+    }
+
+    /// Inserts or replaces a policy under its own namespace/name.
+    pub fn upsert_policy(&mut self, policy: NetworkPolicy) {
+        self.policies.insert(policy.policy_ref(), policy);
+    }
+
+    /// The pod owning `ip`, if any. When several pods claim one address (a stale status), the
+    /// first in [`PodRef`] order wins, the same rule the compiler uses for the IP cache.
+    pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
+        self.pods.values().find(|p| p.ip == Some(ip))
+    }
+}
+
+/// Namespace and name of a pod.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Namespace and name of a network policy.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        PodRef { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl PolicyRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        PolicyRef { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A namespace and its labels (including `kubernetes.io/metadata.name`, which the wire
+/// conversion adds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+/// Transport protocols a NetworkPolicy port can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// IP protocol number, as used in policy keys.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => proto::TCP,
+            Protocol::Udp => proto::UDP,
+            Protocol::Sctp => proto::SCTP,
+        }
+    }
+
+    /// Kubernetes spelling (`TCP`, `UDP`, `SCTP`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// Parses the Kubernetes spelling, which is case-sensitive upstream.
+    pub fn from_k8s(s: &str) -> Option<Self> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A container port of a pod; named ones are what named policy ports resolve against.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NamedPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// A pod as policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub service_account: String,
+    /// `None` while the pod has no address (pending) or is not enforceable (host network,
+    /// terminated); such pods are ignored by the compiler.
+    pub ip: Option<Ipv4Addr>,
+    pub ports: Vec<NamedPort>,
+    /// Host-side veth name (annotation `bulkhead.io/interface`), carried through for the agent.
+    pub interface: Option<String>,
+}
+
+impl Pod {
+    pub fn pod_ref(&self) -> PodRef {
+        PodRef::new(&self.namespace, &self.name)
+    }
+
+    /// Resolves a named port the way upstream does: same name and same protocol.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        resolve_named_port(&self.ports, name, protocol)
+    }
+}
+
+/// Named-port resolution shared by pods and identities (which carry the same port list).
+pub(crate) fn resolve_named_port(ports: &[NamedPort], name: &str, protocol: Protocol) -> Option<u16> {
+    ports
+        .iter()
+        .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+        .map(|p| p.port)
+}
+
+/// A label selector. The empty selector selects everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelSelector {
+    pub match_labels: Labels,
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+}
+
+/// Selector operators; the value sets live inside the operators that need them, so an `In`
+/// without values cannot be built (the wire conversion rejects it with a field path).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Operator {
+    In(BTreeSet<String>),
+    NotIn(BTreeSet<String>),
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// The selector `{}`, which selects everything.
+    pub fn everything() -> Self {
+        LabelSelector::default()
+    }
+
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| r.matches(labels))
+    }
+}
+
+impl Requirement {
+    pub fn matches(&self, labels: &Labels) -> bool {
+        let value = labels.get(&self.key);
+        match &self.operator {
+            Operator::In(values) => value.is_some_and(|v| values.contains(v)),
+            // Upstream: NotIn also matches objects that lack the key.
+            Operator::NotIn(values) => value.is_none_or(|v| !values.contains(v)),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
+/// A Kubernetes NetworkPolicy (networking.k8s.io/v1) in domain form.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NetworkPolicy {
+    pub namespace: String,
+    pub name: String,
+    /// Selects pods of `namespace` only.
+    pub pod_selector: LabelSelector,
+    /// `None`: the policy does not affect ingress (policyTypes lacks `Ingress`).
+    /// `Some(rules)`: selected pods are isolated for ingress and `rules` are the allows;
+    /// `Some(vec![])` allows nothing.
+    pub ingress: Option<Vec<Rule>>,
+    /// Same as `ingress`, for egress.
+    pub egress: Option<Vec<Rule>>,
+}
+
+impl NetworkPolicy {
+    pub fn policy_ref(&self) -> PolicyRef {
+        PolicyRef::new(&self.namespace, &self.name)
+    }
+}
+
+/// One ingress or egress rule: traffic matching any peer and any port is allowed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub peers: Peers,
+    pub ports: Ports,
+}
+
+/// The `from`/`to` of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Peers {
+    /// `from`/`to` missing or empty: every address, pods or not.
+    Any,
+    /// Any of these peers. An empty list matches nothing (the wire conversion never produces
+    /// one from an empty `from`, which means `Any`; it can result from dropping IPv6 blocks).
+    List(Vec<Peer>),
+}
+
+/// One `from`/`to` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// Pods matching `pods` in the namespaces `namespaces` designates.
+    Pods { namespaces: NamespaceScope, pods: LabelSelector },
+    /// Addresses in the block, pod addresses included.
+    IpBlock(IpBlock),
+}
+
+/// Which namespaces a pod peer looks in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NamespaceScope {
+    /// The policy's own namespace (a `podSelector` without `namespaceSelector`).
+    Own,
+    /// Namespaces whose labels match.
+    Matching(LabelSelector),
+}
+
+/// An `ipBlock`: `cidr` minus the `except` prefixes (each inside `cidr`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IpBlock {
+    pub cidr: Cidr,
+    pub except: Vec<Cidr>,
+}
+
+impl IpBlock {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.cidr.contains_addr(ip) && !self.except.iter().any(|e| e.contains_addr(ip))
+    }
+}
+
+/// The `ports` of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Ports {
+    /// `ports` missing or empty: every protocol and port.
+    Any,
+    /// Any of these.
+    List(Vec<PortSpec>),
+}
+
+/// One `ports` entry.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortSpec {
+    pub protocol: Protocol,
+    pub port: PortMatch,
+}
+
+/// The port part of a `ports` entry.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortMatch {
+    /// No `port`: every port of the protocol.
+    All,
+    /// `port` and `endPort`, inclusive; a single port has `start == end`.
+    Range { start: u16, end: u16 },
+    /// A container port name, resolved on the destination pod.
+    Named(String),
+}
+
+/// An IPv4 prefix with its host bits zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr {
+    addr: Ipv4Addr,
+    len: u8,
+}
+
+impl Cidr {
+    /// `None` if `len > 32` or host bits are set: a prefix must be written canonically so that
+    /// two spellings of one block cannot get two identities.
+    pub fn new(addr: Ipv4Addr, len: u8) -> Option<Self> {
+        if len > 32 || u32::from(addr) & !mask(len) != 0 {
+            return None;
+        }
+        Some(Cidr { addr, len })
+    }
+
+    /// The prefix of length `len` containing `ip` (host bits cleared).
+    pub fn containing(ip: Ipv4Addr, len: u8) -> Self {
+        let len = len.min(32);
+        Cidr { addr: Ipv4Addr::from(u32::from(ip) & mask(len)), len }
+    }
+
+    pub fn addr(self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// Prefix length.
+    pub fn prefix_len(self) -> u8 {
+        self.len
+    }
+
+    /// First and last address, as integers.
+    pub fn range(self) -> (u32, u32) {
+        let start = u32::from(self.addr);
+        (start, start | !mask(self.len))
+    }
+
+    pub fn contains_addr(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & mask(self.len) == u32::from(self.addr)
+    }
+
+    /// Whether `other` lies inside (or equals) `self`.
+    pub fn contains(self, other: Cidr) -> bool {
+        other.len >= self.len && self.contains_addr(other.addr)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn req(key: &str, operator: Operator) -> Requirement {
+        Requirement { key: key.into(), operator }
+    }
+
+    fn set(values: &[&str]) -> BTreeSet<String> {
+        values.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn empty_selector_selects_everything() {
+        assert!(LabelSelector::everything().matches(&Labels::new()), "{{}} must select unlabelled");
+        assert!(LabelSelector::everything().matches(&labels(&[("a", "b")])), "{{}} must select all");
+    }
+
+    #[test]
+    fn selector_operators_follow_upstream() {
+        let l = labels(&[("app", "web"), ("tier", "fe")]);
+        let cases = [
+            (Operator::In(set(&["web", "db"])), "app", true),
+            (Operator::In(set(&["db"])), "app", false),
+            (Operator::In(set(&["web"])), "missing", false),
+            (Operator::NotIn(set(&["db"])), "app", true),
+            (Operator::NotIn(set(&["web"])), "app", false),
+            (Operator::NotIn(set(&["web"])), "missing", true),
+            (Operator::Exists, "tier", true),
+            (Operator::Exists, "missing", false),
+            (Operator::DoesNotExist, "missing", true),
+            (Operator::DoesNotExist, "tier", false),
+        ];
+        for (op, key, want) in cases {
+            let r = req(key, op.clone());
+            assert_eq!(r.matches(&l), want, "{key} {op:?} on {l:?}");
+        }
+    }
+
+    #[test]
+    fn match_labels_and_expressions_are_anded() {
+        let sel = LabelSelector {
+            match_labels: labels(&[("app", "web")]),
+            match_expressions: vec![req("tier", Operator::Exists)],
+        };
+        assert!(sel.matches(&labels(&[("app", "web"), ("tier", "x")])), "both hold");
+        assert!(!sel.matches(&labels(&[("app", "web")])), "expression fails");
+        assert!(!sel.matches(&labels(&[("app", "db"), ("tier", "x")])), "matchLabels fails");
+    }
+
+    #[test]
+    fn cidr_rejects_host_bits_and_contains() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("test address");
+        assert!(Cidr::new(ip("10.0.0.1"), 24).is_none(), "host bits set must be rejected");
+        assert!(Cidr::new(ip("10.0.0.0"), 33).is_none(), "length > 32 must be rejected");
+        let c = Cidr::new(ip("10.0.0.0"), 24).expect("canonical");
+        assert!(c.contains_addr(ip("10.0.0.255")) && !c.contains_addr(ip("10.0.1.0")));
+        assert!(c.contains(Cidr::containing(ip("10.0.0.7"), 30)), "nested prefix");
+        assert!(!Cidr::containing(ip("10.0.0.7"), 30).contains(c), "not the other way");
+        let all = Cidr::new(ip("0.0.0.0"), 0).expect("default route");
+        assert!(all.contains(c) && all.contains_addr(ip("255.255.255.255")));
+        assert_eq!(all.range(), (0, u32::MAX));
+    }
+}
