@@ -20,6 +20,7 @@ pub mod lookup;
 pub mod model;
 pub mod portrange;
 pub mod reference;
+pub mod tiered;
 mod select;
 
 pub use compile::{Compiled, Compiler, EndpointEntry, Limits, PolicyMapKey};

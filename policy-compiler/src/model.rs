@@ -21,6 +21,12 @@ pub struct Model {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<PodRef, Pod>,
     pub policies: BTreeMap<PolicyRef, NetworkPolicy>,
+    /// Calico tiers by name (the built-in `default`, ANP and BANP tiers are implicit and need
+    /// not be listed).
+    pub tiers: BTreeMap<String, crate::tiered::Tier>,
+    /// Policies of the tiered kinds (Calico, staged, ANP, BANP). Kubernetes NetworkPolicies
+    /// stay in `policies` and are converted when compiling.
+    pub tiered: BTreeMap<crate::tiered::PolicyId, crate::tiered::TieredPolicy>,
 }
 
 impl Model {

@@ -1,0 +1,283 @@
+//! The one semantic model every policy kind compiles through: Calico's tiers.
+//!
+//! Kubernetes NetworkPolicies, Calico v3 (Global)NetworkPolicies and their staged forms,
+//! AdminNetworkPolicies and the BaselineAdminNetworkPolicy are all converted into
+//! [`TieredPolicy`] values placed in [`Tier`]s. Evaluation (for one endpoint and direction):
+//! tiers in ascending order; only tiers holding at least one *enforced* policy that selects
+//! the endpoint for that direction apply; within a tier, policies by order (missing order
+//! last) then name, rules in order; the first Allow or Deny is final; Pass jumps to the next
+//! applicable tier; Log records and goes on; a tier that applies but decides nothing takes its
+//! default action; after all tiers, allow. Staged policies are evaluated in a second,
+//! counterfactual pass and never change a verdict.
+
+use std::{cmp::Ordering, collections::BTreeSet, fmt};
+
+use crate::model::{Cidr, Labels, LabelSelector, Operator};
+
+/// Name of the tier Kubernetes NetworkPolicies (and Calico policies without a tier) live in.
+pub const DEFAULT_TIER: &str = "default";
+/// Order of the default tier, as Calico gives it.
+pub const DEFAULT_TIER_ORDER: f64 = 1_000_000.0;
+/// Tier of AdminNetworkPolicies: before everything else, default Pass.
+pub const ANP_TIER: &str = "adminnetworkpolicy";
+pub const ANP_TIER_ORDER: f64 = 1_000.0;
+/// Tier of the BaselineAdminNetworkPolicy: after the default tier, default Pass.
+pub const BANP_TIER: &str = "baselineadminnetworkpolicy";
+pub const BANP_TIER_ORDER: f64 = 10_000_000.0;
+
+/// A Calico selector expression (the full grammar). Kubernetes label selectors convert into it.
+/// Semantics follow Calico: `k == v` and `k in {..}` are false when `k` is missing; `k != v`
+/// and `k not in {..}` are true when it is missing; string operators are false when missing.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Selector {
+    /// `all()`, also the empty selector.
+    All,
+    Has(String),
+    Eq(String, String),
+    Ne(String, String),
+    In(String, BTreeSet<String>),
+    NotIn(String, BTreeSet<String>),
+    Contains(String, String),
+    StartsWith(String, String),
+    EndsWith(String, String),
+    Not(Box<Selector>),
+    And(Vec<Selector>),
+    Or(Vec<Selector>),
+}
+
+impl Selector {
+    /// Whether the labels satisfy the expression.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        match self {
+            Selector::All => true,
+            Selector::Has(k) => labels.contains_key(k),
+            Selector::Eq(k, v) => labels.get(k) == Some(v),
+            Selector::Ne(k, v) => labels.get(k) != Some(v),
+            Selector::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
+            Selector::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
+            Selector::Contains(k, s) => labels.get(k).is_some_and(|v| v.contains(s.as_str())),
+            Selector::StartsWith(k, s) => labels.get(k).is_some_and(|v| v.starts_with(s.as_str())),
+            Selector::EndsWith(k, s) => labels.get(k).is_some_and(|v| v.ends_with(s.as_str())),
+            Selector::Not(s) => !s.matches(labels),
+            Selector::And(v) => v.iter().all(|s| s.matches(labels)),
+            Selector::Or(v) => v.iter().any(|s| s.matches(labels)),
+        }
+    }
+
+    /// The Kubernetes label selector as an expression (same meaning).
+    pub fn from_label_selector(s: &LabelSelector) -> Selector {
+        let mut parts: Vec<Selector> =
+            s.match_labels.iter().map(|(k, v)| Selector::Eq(k.clone(), v.clone())).collect();
+        for r in &s.match_expressions {
+            parts.push(match &r.operator {
+                Operator::In(vs) => Selector::In(r.key.clone(), vs.clone()),
+                Operator::NotIn(vs) => Selector::NotIn(r.key.clone(), vs.clone()),
+                Operator::Exists => Selector::Has(r.key.clone()),
+                Operator::DoesNotExist => Selector::Not(Box::new(Selector::Has(r.key.clone()))),
+            });
+        }
+        match parts.len() {
+            0 => Selector::All,
+            1 => parts.pop().expect("one element"),
+            _ => Selector::And(parts),
+        }
+    }
+}
+
+/// What a tier does with traffic none of its rules decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TierDefault {
+    Deny,
+    Pass,
+}
+
+/// A tier. Order `None` sorts after every number (Calico's nil order); ties by name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tier {
+    pub name: String,
+    pub order: Option<Order>,
+    pub default_action: TierDefault,
+    /// Blast-radius guard: only cluster-scoped policies (GlobalNetworkPolicy, ANP, BANP) may be
+    /// placed in this tier; the model builder rejects a namespaced policy here. Set by the
+    /// annotation `bulkhead.io/cluster-scoped-only: "true"` on the Tier.
+    pub cluster_scoped_only: bool,
+}
+
+/// A Calico order (float64), totally ordered so models can be compared and sorted.
+#[derive(Clone, Copy, Debug)]
+pub struct Order(pub f64);
+
+impl PartialEq for Order {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.total_cmp(&o.0) == Ordering::Equal
+    }
+}
+impl Eq for Order {}
+impl PartialOrd for Order {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Order {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.0.total_cmp(&o.0)
+    }
+}
+impl std::hash::Hash for Order {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.to_bits().hash(h)
+    }
+}
+
+/// Total order of optional orders: numbers ascending, then `None` (Calico's nil order).
+pub fn cmp_order(a: Option<Order>, b: Option<Order>) -> Ordering {
+    match (a, b) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
+}
+
+/// Where a policy came from; part of its identity (a staged and an enforced policy may share a
+/// name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    KubernetesNetworkPolicy,
+    CalicoNetworkPolicy,
+    CalicoGlobalNetworkPolicy,
+    StagedNetworkPolicy,
+    StagedGlobalNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
+}
+
+impl PolicyKind {
+    /// Staged policies are evaluated only in the counterfactual pass.
+    pub fn is_staged(self) -> bool {
+        matches!(self, PolicyKind::StagedNetworkPolicy | PolicyKind::StagedGlobalNetworkPolicy)
+    }
+    /// Namespaced kinds select endpoints of their own namespace only, whatever the selector.
+    pub fn is_namespaced(self) -> bool {
+        matches!(
+            self,
+            PolicyKind::KubernetesNetworkPolicy | PolicyKind::CalicoNetworkPolicy | PolicyKind::StagedNetworkPolicy
+        )
+    }
+    /// The kind as users write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::KubernetesNetworkPolicy => "NetworkPolicy (networking.k8s.io)",
+            PolicyKind::CalicoNetworkPolicy => "NetworkPolicy",
+            PolicyKind::CalicoGlobalNetworkPolicy => "GlobalNetworkPolicy",
+            PolicyKind::StagedNetworkPolicy => "StagedNetworkPolicy",
+            PolicyKind::StagedGlobalNetworkPolicy => "StagedGlobalNetworkPolicy",
+            PolicyKind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            PolicyKind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
+        }
+    }
+}
+
+/// Identity of a policy: kind, namespace (namespaced kinds) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyId {
+    pub kind: PolicyKind,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {}/{}", self.kind.as_str(), ns, self.name),
+            None => write!(f, "{} {}", self.kind.as_str(), self.name),
+        }
+    }
+}
+
+/// A rule's action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    Allow,
+    Deny,
+    /// Skip the rest of this tier; evaluation continues in the next applicable tier.
+    Pass,
+    /// Record the packet (flow event) and go on with the next rule.
+    Log,
+}
+
+/// ICMP type, optionally with a code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IcmpMatch {
+    pub icmp_type: u8,
+    pub code: Option<u8>,
+}
+
+/// A port, a range or a named port (resolved on the endpoint that owns the port: the
+/// destination of the packet).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortItem {
+    Range { start: u16, end: u16 },
+    Named(String),
+}
+
+/// Which namespaces a rule's `selector` looks in.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NamespaceMatch {
+    /// Namespaces whose labels match (Calico `namespaceSelector`, K8s/ANP namespace peers).
+    Selector(Selector),
+    /// Only this namespace (the policy's own, for namespaced policies).
+    Named(String),
+}
+
+/// One side (source or destination) of a rule. Every field given must match (AND). A field
+/// that constrains endpoint labels (`selector`, `not_selector`, `namespace`,
+/// `service_account_selector`) never matches an address that is not a pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EntityMatch {
+    pub selector: Option<Selector>,
+    pub not_selector: Option<Selector>,
+    pub namespace: Option<NamespaceMatch>,
+    pub service_account_selector: Option<Selector>,
+    /// The address is in one of these (empty = no constraint).
+    pub nets: Vec<Cidr>,
+    /// The address is in none of these.
+    pub not_nets: Vec<Cidr>,
+    /// Destination side: the destination port is one of these (empty = no constraint).
+    pub ports: Vec<PortItem>,
+    pub not_ports: Vec<PortItem>,
+}
+
+/// A rule: action plus match criteria. Protocol numbers are IANA numbers (6 TCP, 17 UDP,
+/// 1 ICMP, 132 SCTP, ...); ports require TCP, UDP or SCTP.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TRule {
+    pub action: Action,
+    pub protocol: Option<u8>,
+    pub not_protocol: Option<u8>,
+    pub icmp: Option<IcmpMatch>,
+    pub not_icmp: Option<IcmpMatch>,
+    pub source: EntityMatch,
+    pub destination: EntityMatch,
+}
+
+/// A policy in the tiered model.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TieredPolicy {
+    pub id: PolicyId,
+    pub tier: String,
+    /// Order within the tier (ANP: priority); `None` sorts last; ties by name.
+    pub order: Option<Order>,
+    /// Endpoints the policy applies to (labels of the pod, plus the implicit
+    /// `projectcalico.org/namespace` and `projectcalico.org/serviceaccount` labels). For
+    /// namespaced kinds the compiler also requires the endpoint to be in `id.namespace`.
+    pub selector: Selector,
+    /// Endpoints whose namespace's labels match (Calico GNP `namespaceSelector`, ANP subject).
+    pub namespace_selector: Option<Selector>,
+    /// Endpoints whose service account matches (labels of the service account; the implicit
+    /// `projectcalico.org/name` label carries its name).
+    pub service_account_selector: Option<Selector>,
+    /// `None` = the policy does not apply to this direction (not in `types`).
+    pub ingress: Option<Vec<TRule>>,
+    pub egress: Option<Vec<TRule>>,
+}
