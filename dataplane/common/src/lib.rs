@@ -11,10 +11,17 @@
 pub mod map_names {
     /// Endpoint table: host-side interface index -> [`crate::EndpointV1`].
     pub const ENDPOINTS: &str = "BH_EP_V1";
-    /// IP cache: IPv4 prefix -> [`crate::IpInfoV1`] (identities of addresses).
+    /// IP cache: IPv4 prefix -> [`crate::IpInfoV2`] (the identity of addresses).
     pub const IPCACHE: &str = "BH_IPCACHE_V1";
-    /// Policy: [`crate::PolicyKeyV1`] (LPM over the port) -> [`crate::PolicyValueV1`].
+    /// Enforced policy: [`crate::PolicyKeyV1`] (LPM over the port) -> [`crate::PolicyValueV2`].
     pub const POLICY: &str = "BH_POLICY_V1";
+    /// Staged (counterfactual) policy, same layout as [`POLICY`]; consulted only for endpoints
+    /// flagged [`crate::ep_flags::HAS_STAGED`].
+    pub const STAGED: &str = "BH_STAGED_V2";
+    /// Per-policy counters: policy index -> [`crate::PolicyStatsV1`] (per CPU).
+    pub const POLICY_STATS: &str = "BH_POLICY_STATS_V1";
+    /// Flow events ring buffer of [`crate::FlowEventV1`].
+    pub const FLOWS: &str = "BH_FLOWS_V1";
     /// Connection tracking: [`crate::CtKeyV1`] -> [`crate::CtValueV1`] (LRU).
     pub const CONNTRACK: &str = "BH_CT_V1";
     /// Global configuration, one [`crate::ConfigV1`] at index 0.
@@ -31,6 +38,10 @@ pub mod capacity {
     pub const POLICY: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 262_144;
     pub const COUNTERS: u32 = 64;
+    /// Policies (enforced and staged) with their own counters.
+    pub const POLICIES: u32 = 65_536;
+    /// Flow event ring buffer size in bytes.
+    pub const FLOW_RING_BYTES: u32 = 1 << 20;
 }
 
 /// Traffic direction relative to the local endpoint (the pod whose veth the program sits on).
@@ -60,22 +71,34 @@ pub mod identity {
     pub const FIRST_ALLOCATED: u32 = 256;
 }
 
-/// Verdicts stored in [`PolicyValueV1::action`].
+/// Verdicts stored in [`PolicyValueV2::action`].
 pub mod action {
     pub const ALLOW: u8 = 1;
     pub const DENY: u8 = 2;
-    /// Reserved for tiered policy: jump to the next tier.
-    pub const PASS: u8 = 3;
 }
+
+/// Bits of [`PolicyValueV2::flags`]: how the verdict came about.
+pub mod verdict_flags {
+    /// A Log rule matched on the way: emit a flow event naming `log_policy_index`.
+    pub const LOG: u8 = 1 << 0;
+    /// No rule of the tier decided: the tier's default action (`tier_index` names the tier).
+    pub const END_OF_TIER: u8 = 1 << 1;
+}
+
+/// Marks "no policy" in policy index fields.
+pub const NO_POLICY: u32 = u32::MAX;
 
 /// Bits of [`EndpointV1::flags`].
 pub mod ep_flags {
-    /// At least one policy selects the endpoint for ingress: default deny for ingress.
+    /// At least one enforced policy selects the endpoint for ingress (informational: the
+    /// policy map holds complete verdicts for such endpoints).
     pub const INGRESS_ISOLATED: u32 = 1 << 0;
-    /// At least one policy selects the endpoint for egress: default deny for egress.
+    /// Same for egress.
     pub const EGRESS_ISOLATED: u32 = 1 << 1;
     /// The compiler could not fit this endpoint's entries: drop everything (fail-closed).
     pub const OVERFLOW_FAIL_CLOSED: u32 = 1 << 2;
+    /// Staged policies select the endpoint: judge new flows against the staged map too.
+    pub const HAS_STAGED: u32 = 1 << 3;
 }
 
 /// Counter indexes in the per-CPU counter array. Each datapath outcome, and each error path
@@ -165,16 +188,16 @@ pub struct IpCacheKeyV1 {
     pub addr_be: [u8; 4],
 }
 
-/// Value of the IP cache: what policy knows about an address.
-/// Written by the agent from the compiler's output, read by the TC programs.
+/// Value of the IP cache: the identity of an address. Every address has exactly one
+/// identity; a pod's identity covers its labels *and* which policy prefixes contain its IP, so
+/// policy never needs two lookups for one peer. Written by the agent from the compiler's
+/// output, read by the TC programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IpInfoV1 {
-    /// Label identity of a pod address, or the CIDR identity of a non-pod prefix.
+pub struct IpInfoV2 {
     pub identity: u32,
-    /// CIDR identity of the address (which ipBlock/nets prefixes contain it), or
-    /// [`identity::ANY`] when there is none. Lets CIDR rules match pod addresses too.
-    pub cidr_identity: u32,
+    /// Reserved, zero.
+    pub flags: u32,
 }
 
 /// Data part of the policy LPM key. The LPM key is `(prefix_len: u32, PolicyKeyV1)`.
@@ -201,20 +224,98 @@ pub const POLICY_KEY_FIXED_BITS: u32 = 80;
 /// Bits of a full [`PolicyKeyV1`] (exact port).
 pub const POLICY_KEY_FULL_BITS: u32 = 96;
 
-/// Value of the policy map. Written by the agent from the compiler's output, read by TC.
+/// Value of the policy and staged maps: the complete verdict of a cell of
+/// (local identity, peer identity, direction, protocol, port range), with tiers, Pass, Log and
+/// end-of-tier defaults already resolved by the compiler. The datapath looks up
+/// (peer, protocol), (peer, any), (any, protocol), (any, any) in that order and takes the
+/// first hit; the compiler makes every slice it writes cover the whole port space, so the
+/// first hit is the answer. Written by the agent, read by TC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyValueV2 {
+    /// Deciding policy (index in the compiler's policy table), or [`NO_POLICY`] for a tier's
+    /// default action.
+    pub policy_index: u32,
+    /// First Log rule passed on the way, or [`NO_POLICY`].
+    pub log_policy_index: u32,
+    /// Deciding rule within the policy.
+    pub rule_index: u16,
+    pub log_rule_index: u16,
+    /// Deciding tier (index in the compiler's tier table).
+    pub tier_index: u16,
+    /// [`action`] value: ALLOW or DENY (anything else fails closed).
+    pub action: u8,
+    /// [`verdict_flags`] bits.
+    pub flags: u8,
+}
+
+/// Transitional: the previous IP cache value (pod label identity plus a separate CIDR
+/// identity), used until the tiered compiler lands; then removed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpInfoV1 {
+    pub identity: u32,
+    pub cidr_identity: u32,
+}
+
+/// Transitional: the previous policy value (rank-based), used until the tiered compiler lands.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyValueV1 {
-    /// Evaluation order of the deciding rule; when several lookups hit, the lowest rank wins.
-    /// Tiers, policy order and rule order are folded into it by the compiler.
     pub rank: u32,
-    /// Index of the deciding policy in the compiler's policy table (flow events, explain).
     pub policy_index: u32,
-    /// Index of the deciding rule within that policy.
     pub rule_index: u16,
-    /// [`action`] value.
     pub action: u8,
     pub _pad: u8,
+}
+
+/// Per-policy counters (per CPU), indexed by policy index. Written by TC, read by the CLI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyStatsV1 {
+    /// New flows this enforced policy allowed.
+    pub allowed: u64,
+    /// New flows this enforced policy denied.
+    pub denied: u64,
+    /// New flows the staged evaluation says this staged policy would allow.
+    pub would_allow: u64,
+    /// New flows the staged evaluation says this staged policy would deny.
+    pub would_deny: u64,
+}
+
+/// Kinds of [`FlowEventV1`].
+pub mod flow_kind {
+    /// A new flow was allowed.
+    pub const NEW_ALLOWED: u8 = 1;
+    /// A flow was denied.
+    pub const DENIED: u8 = 2;
+    /// An established flow was denied after a policy change.
+    pub const REVOKED: u8 = 3;
+}
+
+/// A flow event, written by TC into the ring buffer for every new flow (allowed or denied) and
+/// every revoked flow; read by the agent (flow log, Log rules, the detector's peer baseline).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEventV1 {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub saddr_be: [u8; 4],
+    pub daddr_be: [u8; 4],
+    pub sport_be: [u8; 2],
+    pub dport_be: [u8; 2],
+    /// The enforced verdict's value (policy, rule, tier, log policy).
+    pub verdict: PolicyValueV2,
+    /// The staged verdict's value when the endpoint has staged policies, else zero.
+    pub staged: PolicyValueV2,
+    pub protocol: u8,
+    /// [`direction`] value.
+    pub direction: u8,
+    /// [`flow_kind`] value.
+    pub kind: u8,
+    /// 1 when `staged` is meaningful.
+    pub has_staged: u8,
+    pub _pad: u32,
 }
 
 /// Conntrack key. Both directions of a flow are keyed at the same interface; a reply is found
@@ -295,9 +396,11 @@ impl ConfigV1 {
 const _: () = {
     assert!(core::mem::size_of::<EndpointV1>() == 16);
     assert!(core::mem::size_of::<IpCacheKeyV1>() == 4);
-    assert!(core::mem::size_of::<IpInfoV1>() == 8);
+    assert!(core::mem::size_of::<IpInfoV2>() == 8);
     assert!(core::mem::size_of::<PolicyKeyV1>() == 12);
-    assert!(core::mem::size_of::<PolicyValueV1>() == 12);
+    assert!(core::mem::size_of::<PolicyValueV2>() == 16);
+    assert!(core::mem::size_of::<PolicyStatsV1>() == 32);
+    assert!(core::mem::size_of::<FlowEventV1>() == 64);
     assert!(core::mem::size_of::<CtKeyV1>() == 20);
     assert!(core::mem::size_of::<CtValueV1>() == 48);
     assert!(core::mem::size_of::<ConfigV1>() == 40);
@@ -310,9 +413,13 @@ mod user {
     // pattern is valid.
     unsafe impl aya::Pod for EndpointV1 {}
     unsafe impl aya::Pod for IpCacheKeyV1 {}
+    unsafe impl aya::Pod for IpInfoV2 {}
     unsafe impl aya::Pod for IpInfoV1 {}
-    unsafe impl aya::Pod for PolicyKeyV1 {}
     unsafe impl aya::Pod for PolicyValueV1 {}
+    unsafe impl aya::Pod for PolicyKeyV1 {}
+    unsafe impl aya::Pod for PolicyValueV2 {}
+    unsafe impl aya::Pod for PolicyStatsV1 {}
+    unsafe impl aya::Pod for FlowEventV1 {}
     unsafe impl aya::Pod for CtKeyV1 {}
     unsafe impl aya::Pod for CtValueV1 {}
     unsafe impl aya::Pod for ConfigV1 {}
