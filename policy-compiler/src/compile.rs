@@ -1,37 +1,51 @@
 //! Model -> BPF map entries.
 //!
-//! The output is shaped by what the datapath can afford per packet: one LPM lookup in the IP
-//! cache and at most six in the policy map, whatever the number of pods or rules. Everything
-//! that would make a lookup depend on rule count (selectors, ipBlock excepts, port ranges,
-//! named ports) is resolved here, ahead of time.
+//! Every policy kind is compiled through the tiered model ([`crate::tiered`]); Kubernetes
+//! NetworkPolicies are converted first ([`crate::knp`]). The output is shaped by the datapath
+//! ([`crate::lookup`]): one ipcache LPM lookup gives the peer's single identity, then at most
+//! four policy LPM lookups — (peer, proto), (peer, any), (any, proto), (any, any) — and the
+//! first hit is the complete verdict. The compiler guarantees that:
+//!
+//! - every slice (local, peer, direction, protocol) it writes covers all 65536 ports, so the
+//!   first slice hit is the answer;
+//! - a peer with entries always has its (peer, any-protocol) slice, so it never falls through
+//!   to the any-peer entries;
+//! - a (local, direction) with any entry has its (any, any) slice.
+//!
+//! How: per local identity L and direction D, the ordered rules of the applicable tiers are
+//! split into the local side (a constant for L) and the remote side (a predicate over peer
+//! identities, stored as baseline answer + deviating identities). A peer's signature is the
+//! set of rules whose remote side it answers differently from the baseline address (plus, for
+//! egress named ports, its port numbers); each distinct signature is evaluated once over a
+//! partition of (protocol, port) space into cells, with the full tier semantics, and emitted
+//! as merged port intervals split into aligned prefixes. Peers whose function equals the
+//! baseline's use the any-peer entries.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::Hash;
 use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use bulkhead_common::{
-    IpInfoV1, POLICY_KEY_FIXED_BITS, PolicyKeyV1, PolicyValueV1, action, capacity, direction, ep_flags, identity, proto,
+    IpInfoV2, NO_POLICY, PolicyKeyV1, PolicyValueV2, action, capacity, direction, ep_flags, identity, proto,
+    verdict_flags,
 };
 
 use crate::error::Error;
 use crate::identity::{IdentityAllocator, IdentityAttrs};
-use crate::model::{Cidr, IpBlock, Model, NetworkPolicy, Peer, Peers, PodRef, PolicyRef, PortMatch, Ports, Protocol, Rule};
-use crate::portrange::{PortPrefix, port_mask, port_prefixes};
-use crate::select::IdentityTable;
+use crate::knp;
+use crate::model::{Cidr, Model, NamedPort, PodRef, Protocol, resolve_named_port};
+use crate::portrange::port_prefixes;
+use crate::select::{Ident, PredSet, Universe};
+use crate::tiered::{Action, PolicyId, PortItem, TRule, TierDefault, TieredPolicy, effective_tiers};
 
-/// Rank bands of [`PolicyValueV1::rank`]; the lowest rank among all hits decides.
-///
-/// NetworkPolicy allows sit in the middle so that policy evaluated before them (Calico tiers,
-/// AdminNetworkPolicy by priority) can take ranks below, and policy evaluated after them
-/// (BaselineAdminNetworkPolicy) ranks above, without renumbering what exists.
-pub mod rank {
-    /// Every Kubernetes NetworkPolicy rule (they are all allows and commute).
-    pub const NETWORK_POLICY: u32 = 1 << 30;
-}
+/// `tier_index` of a verdict no tier decided (no applicable tier denied or decided: allow).
+pub const NO_TIER: u16 = u16::MAX;
 
 /// Map capacities the compiler must stay within.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// Per map (the enforced and the staged map each).
     pub max_policy_entries: usize,
     pub max_ipcache_entries: usize,
 }
@@ -56,16 +70,30 @@ pub struct EndpointEntry {
 /// Policy map key as the compiler stores it: (LPM prefix length, key).
 pub type PolicyMapKey = (u32, PolicyKeyV1);
 
+/// One row of the policy table (`policy_index` -> policy).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyEntry {
+    pub id: PolicyId,
+    pub tier: String,
+    pub staged: bool,
+}
+
 /// The compiled content of every map.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
     pub endpoints: BTreeMap<PodRef, EndpointEntry>,
-    /// (network address, prefix length) -> info.
-    pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV1>,
-    /// Keys are normalised: bits beyond the prefix length are zero.
-    pub policy: BTreeMap<PolicyMapKey, PolicyValueV1>,
-    /// `PolicyValueV1::policy_index` -> policy.
-    pub policy_table: Vec<PolicyRef>,
+    /// (network address, prefix length) -> identity. Pods as /32, CIDR regions as their prefix.
+    pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV2>,
+    /// Enforced verdicts. Keys are normalised: bits beyond the prefix length are zero.
+    pub policy: BTreeMap<PolicyMapKey, PolicyValueV2>,
+    /// Counterfactual verdicts (staged policies as if enforced), for endpoints flagged
+    /// [`ep_flags::HAS_STAGED`] only.
+    pub staged: BTreeMap<PolicyMapKey, PolicyValueV2>,
+    /// `policy_index` -> policy (enforced and staged). Indexes are stable across compiles; a
+    /// removed policy's slot is taken by the last one (the table stays dense).
+    pub policy_table: Vec<PolicyEntry>,
+    /// `tier_index` -> tier name, stable across compiles the same way.
+    pub tier_table: Vec<String>,
     /// Human-readable reports of what did not fit (and which endpoints fail closed for it).
     pub overflow: Vec<String>,
 }
@@ -74,6 +102,16 @@ impl Compiled {
     /// The endpoint that owns `ip`.
     pub fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<(&PodRef, &EndpointEntry)> {
         self.endpoints.iter().find(|(_, e)| e.ip == ip)
+    }
+
+    /// The policy table row of `index`, unless it is [`NO_POLICY`] or out of range.
+    pub fn policy_entry(&self, index: u32) -> Option<&PolicyEntry> {
+        if index == NO_POLICY { None } else { self.policy_table.get(index as usize) }
+    }
+
+    /// The tier name of `index`, unless it is [`NO_TIER`] or out of range.
+    pub fn tier_name(&self, index: u16) -> Option<&str> {
+        if index == NO_TIER { None } else { self.tier_table.get(usize::from(index)).map(String::as_str) }
     }
 }
 
@@ -88,49 +126,46 @@ pub fn policy_key(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> Po
     }
 }
 
-/// Compiles models into map contents, keeping identity numbers, policy indexes and per-policy
-/// results across calls so that small model changes produce small map changes, fast.
+/// Compiles models into map contents, keeping identity numbers, policy and tier indexes
+/// across calls so that small model changes produce small map changes.
 #[derive(Debug)]
 pub struct Compiler {
     limits: Limits,
     identities: IdentityAllocator,
-    slots: PolicySlots,
-    /// Changes whenever the identity or CIDR set changes; cached contributions are valid only
-    /// for the generation they were computed in.
-    generation: u64,
-    last_env: (Vec<u32>, Vec<(Cidr, u32)>),
-    cache: HashMap<PolicyRef, Cached>,
+    policy_slots: Slots<PolicyId>,
+    tier_slots: Slots<String>,
 }
 
+impl Default for Compiler {
+    fn default() -> Self {
+        Compiler::new(Limits::default())
+    }
+}
+
+/// Stable dense indexes. A removed key's slot is filled by the last key (`swap_remove`), so a
+/// deletion renumbers one other key at most.
 #[derive(Debug)]
-struct Cached {
-    policy: NetworkPolicy,
-    index: u32,
-    generation: u64,
-    contribution: Rc<Contribution>,
+struct Slots<K> {
+    table: Vec<K>,
+    index: HashMap<K, u32>,
 }
 
-/// One policy's share of the output.
-#[derive(Debug, Default)]
-struct Contribution {
-    entries: Vec<(PolicyMapKey, PolicyValueV1)>,
-    /// (local identity, isolation flag).
-    isolated: Vec<(u32, u32)>,
+impl<K> Default for Slots<K> {
+    fn default() -> Self {
+        Slots { table: Vec::new(), index: HashMap::new() }
+    }
 }
 
-/// Stable policy indexes. A removed policy's slot is filled by the last policy
-/// (`swap_remove`), so the table stays dense and a deletion renumbers one other policy at most.
-#[derive(Debug, Default)]
-struct PolicySlots {
-    table: Vec<PolicyRef>,
-    index: HashMap<PolicyRef, u32>,
-}
-
-impl PolicySlots {
-    fn sync(&mut self, model: &Model) {
+impl<K: Clone + Eq + Hash> Slots<K> {
+    fn sync<'a>(&mut self, live: impl IntoIterator<Item = &'a K>)
+    where
+        K: 'a,
+    {
+        let live: Vec<&K> = live.into_iter().collect();
+        let set: HashSet<&K> = live.iter().copied().collect();
         let mut i = 0;
         while i < self.table.len() {
-            if model.policies.contains_key(&self.table[i]) {
+            if set.contains(&self.table[i]) {
                 i += 1;
                 continue;
             }
@@ -140,28 +175,59 @@ impl PolicySlots {
                 self.index.insert(moved.clone(), i as u32);
             }
         }
-        for r in model.policies.keys() {
-            if !self.index.contains_key(r) {
-                self.index.insert(r.clone(), self.table.len() as u32);
-                self.table.push(r.clone());
+        for k in live {
+            if !self.index.contains_key(k) {
+                self.index.insert(k.clone(), self.table.len() as u32);
+                self.table.push(k.clone());
             }
         }
     }
 }
 
-impl Default for Compiler {
-    fn default() -> Self {
-        Compiler::new(Limits::default())
-    }
+/// Per rule of one direction: (local-side, remote-side) identity predicates.
+type RulePreds = Vec<(Rc<PredSet>, Rc<PredSet>)>;
+
+/// A peer signature: rules answered unlike the baseline, and the peer's used named ports.
+type SigKey = (Vec<u16>, Vec<NamedPort>);
+
+/// A policy of the compile with its indexes and selection.
+struct Prep<'m> {
+    policy: &'m TieredPolicy,
+    /// KNP rule origins, for KNPs.
+    knp: Option<&'m knp::Converted>,
+    index: u32,
+    staged: bool,
+    /// Position of its tier in evaluation order.
+    tier_pos: usize,
+    /// Per direction (0 ingress, 1 egress): per rule (local-side, remote-side) predicates.
+    dirs: [Option<RulePreds>; 2],
 }
 
-/// Per-compile inputs shared by all policies.
-struct Env<'m> {
-    table: IdentityTable<'m>,
-    /// Collected prefixes as (network, len) -> CIDR identity, ordered for range scans.
-    cidrs: BTreeMap<(u32, u8), u32>,
-    /// IP -> owning pod's identity (first pod in [`PodRef`] order wins).
-    ip_owner: BTreeMap<Ipv4Addr, u32>,
+/// An applicable tier of one (local, direction).
+#[derive(Clone, Copy, Debug)]
+struct TierRef {
+    tier_index: u16,
+    default: TierDefault,
+}
+
+/// A rule in evaluation order for one (local, direction).
+struct CRule<'a> {
+    /// Index into the tier list of the (local, direction).
+    tier: usize,
+    policy_index: u32,
+    rule_index: u16,
+    rule: &'a TRule,
+    remote: &'a PredSet,
+}
+
+type Segs = Vec<(u16, u16, PolicyValueV2)>;
+
+/// The verdict function of one signature: the any-other-protocol verdict (constant) and the
+/// protocols whose function differs from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SigFn {
+    other: PolicyValueV2,
+    per_proto: Vec<(u8, Segs)>,
 }
 
 impl Compiler {
@@ -169,10 +235,8 @@ impl Compiler {
         Compiler {
             limits,
             identities: IdentityAllocator::new(),
-            slots: PolicySlots::default(),
-            generation: 0,
-            last_env: Default::default(),
-            cache: HashMap::new(),
+            policy_slots: Slots::default(),
+            tier_slots: Slots::default(),
         }
     }
 
@@ -180,20 +244,55 @@ impl Compiler {
         self.limits
     }
 
-    /// Compiles `model`. Identity numbers and policy indexes of unchanged things are kept
+    /// Compiles `model`. Identity numbers and policy/tier indexes of unchanged things are kept
     /// from the previous call.
     pub fn compile(&mut self, model: &Model) -> Result<Compiled, Error> {
         check_consistency(model)?;
-        self.slots.sync(model);
+        let tiers = effective_tiers(model);
+        let tier_pos: HashMap<&str, usize> = tiers.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+        for p in model.tiered.values() {
+            if !tier_pos.contains_key(p.tier.as_str()) {
+                return Err(Error::InconsistentModel { what: "tier of policy", key: p.id.to_string(), actual: p.tier.clone() });
+            }
+        }
+        let converted: Vec<knp::Converted> = model.policies.values().map(knp::convert).collect();
+        let mut sources: Vec<(&TieredPolicy, Option<&knp::Converted>)> = converted
+            .iter()
+            .map(|c| (&c.policy, Some(c)))
+            .chain(model.tiered.values().map(|p| (p, None)))
+            .collect();
+        sources.sort_by(|a, b| tier_pos[a.0.tier.as_str()].cmp(&tier_pos[b.0.tier.as_str()]).then_with(|| a.0.eval_cmp(b.0)));
 
-        // Identities of pods, grouped by attributes.
+        let mut ids: Vec<&PolicyId> = sources.iter().map(|(p, _)| &p.id).collect();
+        ids.sort();
+        self.policy_slots.sync(ids);
+        let mut tier_names: Vec<&String> = tiers.iter().map(|t| &t.name).collect();
+        tier_names.sort();
+        self.tier_slots.sync(tier_names);
+
+        // CIDR regions: every prefix any policy names.
+        let mut prefixes: BTreeSet<Cidr> = BTreeSet::new();
+        for (p, _) in &sources {
+            for r in p.ingress.iter().flatten().chain(p.egress.iter().flatten()) {
+                for e in [&r.source, &r.destination] {
+                    prefixes.extend(e.nets.iter().chain(&e.not_nets).copied());
+                }
+            }
+        }
+        let prefix_keys: HashSet<(u32, u8)> = prefixes.iter().map(|c| (u32::from(c.addr()), c.prefix_len())).collect();
+        let region_of = |ip: Ipv4Addr| -> Option<Cidr> {
+            if prefix_keys.is_empty() {
+                return None;
+            }
+            (0..=32u8).rev().map(|len| Cidr::containing(ip, len)).find(|c| prefix_keys.contains(&(u32::from(c.addr()), c.prefix_len())))
+        };
+
+        // Pod identities.
         let mut attrs_by_id: BTreeMap<u32, IdentityAttrs> = BTreeMap::new();
         let mut pod_identity: BTreeMap<&PodRef, u32> = BTreeMap::new();
         let mut seen: HashMap<IdentityAttrs, u32> = HashMap::new();
         for (r, pod) in &model.pods {
-            if pod.ip.is_none() {
-                continue;
-            }
+            let Some(ip) = pod.ip else { continue };
             let ns = &model.namespaces[&pod.namespace];
             let mut ports = pod.ports.clone();
             ports.sort();
@@ -204,6 +303,7 @@ impl Compiler {
                 labels: pod.labels.clone(),
                 service_account: pod.service_account.clone(),
                 ports,
+                region: region_of(ip),
             };
             let id = match seen.get(&attrs) {
                 Some(&id) => id,
@@ -216,106 +316,168 @@ impl Compiler {
             };
             pod_identity.insert(r, id);
         }
-        let mut ip_owner: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
         let mut ip_owner_pod: BTreeMap<Ipv4Addr, &PodRef> = BTreeMap::new();
-        for (r, &id) in &pod_identity {
-            let ip = model.pods[*r].ip.expect("only pods with an IP get identities");
-            ip_owner.entry(ip).or_insert(id);
-            ip_owner_pod.entry(ip).or_insert(r);
+        for r in pod_identity.keys() {
+            ip_owner_pod.entry(model.pods[*r].ip.expect("identified pods have an IP")).or_insert(r);
         }
+        let regions: Vec<(Cidr, u32)> = prefixes.iter().map(|&c| (c, self.identities.cidr(c))).collect();
 
-        let table = IdentityTable::new(model, attrs_by_id);
-        let mut env = Env { table, cidrs: BTreeMap::new(), ip_owner };
-
-        // CIDR identities for every prefix a rule can name.
-        for cidr in collect_prefixes(model, &env) {
-            let id = self.identities.cidr(cidr);
-            env.cidrs.insert((u32::from(cidr.addr()), cidr.prefix_len()), id);
-        }
-
-        let this_env = (
-            env.table.attrs.keys().copied().collect::<Vec<_>>(),
-            env.cidrs
-                .iter()
-                .map(|(&(a, l), &id)| (Cidr::new(a.into(), l).expect("collected prefixes are canonical"), id))
-                .collect::<Vec<_>>(),
+        // The baseline address: in no prefix, or only in 0.0.0.0/0 when that is collected
+        // (then no address is outside every prefix).
+        let all = Cidr::containing(Ipv4Addr::UNSPECIFIED, 0);
+        let baseline = Ident { id: identity::WORLD, pod: None, region: prefixes.contains(&all).then_some(all) };
+        let mut uni = Universe::new(
+            attrs_by_id.iter().map(|(&id, a)| Ident::from_attrs(id, a)).collect(),
+            regions.iter().map(|&(c, id)| Ident { id, pod: None, region: Some(c) }).collect(),
+            baseline,
         );
-        if this_env != self.last_env {
-            self.generation += 1;
-            self.last_env = this_env;
-        }
 
-        // Per-policy contributions, reused when neither the policy nor its inputs changed.
-        let mut contributions = Vec::with_capacity(model.policies.len());
-        let mut fresh_cache = HashMap::with_capacity(model.policies.len());
-        for (r, policy) in &model.policies {
-            let index = self.slots.index[r];
-            let contribution = match self.cache.remove(r) {
-                Some(c) if c.generation == self.generation && c.index == index && c.policy == *policy => c.contribution,
-                _ => Rc::new(contribute(policy, index, &env)),
-            };
-            if is_cacheable(policy) {
-                fresh_cache.insert(
-                    r.clone(),
-                    Cached { policy: policy.clone(), index, generation: self.generation, contribution: contribution.clone() },
-                );
+        // Per-policy preparation; `by_local`: local identity -> policies selecting it, in
+        // evaluation order.
+        let mut preps: Vec<Prep<'_>> = Vec::with_capacity(sources.len());
+        let mut by_local: HashMap<u32, Vec<usize>> = HashMap::new();
+        for &(policy, knp) in &sources {
+            let index = self.policy_slots.index[&policy.id];
+            let mut dirs: [Option<RulePreds>; 2] = [None, None];
+            for (d, ingress) in [(0, true), (1, false)] {
+                if let Some(rules) = policy.rules(ingress) {
+                    dirs[d] = Some(
+                        rules
+                            .iter()
+                            .map(|r| {
+                                let (local, remote) = if ingress { (&r.destination, &r.source) } else { (&r.source, &r.destination) };
+                                (uni.entity(local), uni.entity(remote))
+                            })
+                            .collect(),
+                    );
+                }
             }
-            contributions.push(contribution);
+            if dirs.iter().all(Option::is_none) {
+                continue;
+            }
+            let i = preps.len();
+            for &l in uni.selected(policy).iter() {
+                by_local.entry(l).or_default().push(i);
+            }
+            preps.push(Prep {
+                policy,
+                knp,
+                index,
+                staged: policy.id.kind.is_staged(),
+                tier_pos: tier_pos[policy.tier.as_str()],
+                dirs,
+            });
         }
-        self.cache = fresh_cache;
 
+        let mut policy_entries: Vec<(PolicyMapKey, PolicyValueV2)> = Vec::new();
+        let mut staged_entries: Vec<(PolicyMapKey, PolicyValueV2)> = Vec::new();
         let mut flags: HashMap<u32, u32> = HashMap::new();
-        let total: usize = contributions.iter().map(|c| c.entries.len()).sum();
-        let mut all = Vec::with_capacity(total);
-        for c in &contributions {
-            for &(id, flag) in &c.isolated {
-                *flags.entry(id).or_default() |= flag;
+        for (&l, attrs) in &attrs_by_id {
+            let Some(sel) = by_local.get(&l) else { continue };
+            let has_staged = sel.iter().any(|&i| preps[i].staged);
+            let mut f = if has_staged { ep_flags::HAS_STAGED } else { 0 };
+            for (d, dir) in [(0usize, direction::INGRESS), (1, direction::EGRESS)] {
+                let enforced: Vec<usize> = sel.iter().copied().filter(|&i| !preps[i].staged && preps[i].dirs[d].is_some()).collect();
+                if enforced.is_empty() {
+                    continue;
+                }
+                f |= if d == 0 { ep_flags::INGRESS_ISOLATED } else { ep_flags::EGRESS_ISOLATED };
+                let applicable: BTreeSet<usize> = enforced.iter().map(|&i| preps[i].tier_pos).collect();
+                let tier_list: Vec<usize> = applicable.iter().copied().collect();
+                let trefs: Vec<TierRef> = tier_list
+                    .iter()
+                    .map(|&t| TierRef {
+                        tier_index: u16::try_from(self.tier_slots.index[&tiers[t].name]).unwrap_or(NO_TIER - 1),
+                        default: tiers[t].default_action,
+                    })
+                    .collect();
+                let local_ports: &[NamedPort] = &attrs.ports;
+                let build = |with_staged: bool| -> Vec<CRule<'_>> {
+                    let mut out = Vec::new();
+                    for &i in sel {
+                        let p = &preps[i];
+                        if (p.staged && !with_staged) || !applicable.contains(&p.tier_pos) {
+                            continue;
+                        }
+                        let Some(preds) = &p.dirs[d] else { continue };
+                        let rules = p.policy.rules(d == 0).expect("direction present");
+                        let tier = tier_list.binary_search(&p.tier_pos).expect("applicable tier");
+                        for (ri, (rule, (local, remote))) in rules.iter().zip(preds).enumerate() {
+                            if !local.holds(l) {
+                                continue;
+                            }
+                            let origin = p.knp.map_or(ri, |c| c.origin(d == 0, ri));
+                            out.push(CRule {
+                                tier,
+                                policy_index: p.index,
+                                rule_index: u16::try_from(origin).unwrap_or(u16::MAX),
+                                rule,
+                                remote,
+                            });
+                        }
+                    }
+                    out
+                };
+                let rules = build(false);
+                emit_local(&uni, l, dir, &trefs, &rules, local_ports, &mut policy_entries);
+                if has_staged {
+                    let rules = build(true);
+                    emit_local(&uni, l, dir, &trefs, &rules, local_ports, &mut staged_entries);
+                }
             }
-            all.extend_from_slice(&c.entries);
+            if f != 0 {
+                flags.insert(l, f);
+            }
         }
-        // Equal keys from several rules: keep the lowest value (lowest rank, then first policy).
-        all.sort_unstable();
-        all.dedup_by(|later, earlier| later.0 == earlier.0);
-        let mut policy: BTreeMap<PolicyMapKey, PolicyValueV1> = all.into_iter().collect();
-        push_down_ranks(&mut policy);
+        let mut policy: BTreeMap<PolicyMapKey, PolicyValueV2> = policy_entries.into_iter().collect();
+        let mut staged: BTreeMap<PolicyMapKey, PolicyValueV2> = staged_entries.into_iter().collect();
 
         let mut overflow = Vec::new();
         let mut fail_closed: HashSet<u32> = HashSet::new();
         let pods_of = |id: u32| -> String {
-            let names: Vec<String> =
-                pod_identity.iter().filter(|(_, i)| **i == id).map(|(r, _)| r.to_string()).collect();
+            let names: Vec<String> = pod_identity.iter().filter(|(_, i)| **i == id).map(|(r, _)| r.to_string()).collect();
             names.join(", ")
         };
-        fit_policy(&mut policy, self.limits.max_policy_entries, &mut fail_closed, &mut overflow, &pods_of);
+        fit_policy("policy", &mut policy, self.limits.max_policy_entries, &mut fail_closed, &mut overflow, &pods_of);
+        fit_policy("staged", &mut staged, self.limits.max_policy_entries, &mut fail_closed, &mut overflow, &pods_of);
+        // An endpoint failing closed in one map has no entries in the other either.
+        policy.retain(|(_, k), _| !fail_closed.contains(&u32::from_be_bytes(k.local_identity_be)));
+        staged.retain(|(_, k), _| !fail_closed.contains(&u32::from_be_bytes(k.local_identity_be)));
+        if self.policy_slots.table.len() > capacity::POLICIES as usize {
+            overflow.push(format!(
+                "policy table: {} policies exceed the {} with counters; policies past that index have no statistics",
+                self.policy_slots.table.len(),
+                capacity::POLICIES
+            ));
+        }
 
-        // IP cache: prefixes first (a missing prefix could widen what an except removed), then
-        // pod addresses.
+        // IP cache: region prefixes first (a missing prefix could change what an address
+        // matches), then pod addresses (a pod /32 replaces a /32 region of the same address).
         let mut ipcache = BTreeMap::new();
         let mut fail_closed_pods: HashSet<&PodRef> = HashSet::new();
         let mut all_fail_closed = false;
-        if env.cidrs.len() > self.limits.max_ipcache_entries {
+        if regions.len() > self.limits.max_ipcache_entries {
             all_fail_closed = true;
             overflow.push(format!(
-                "ipcache: {} ipBlock prefixes do not fit (limit {}); every endpoint fails closed",
-                env.cidrs.len(),
+                "ipcache: {} policy prefixes do not fit (limit {}); every endpoint fails closed",
+                regions.len(),
                 self.limits.max_ipcache_entries
             ));
         } else {
-            for (&(a, l), &id) in &env.cidrs {
-                ipcache.insert((Ipv4Addr::from(a), l), IpInfoV1 { identity: id, cidr_identity: id });
+            for &(c, id) in &regions {
+                ipcache.insert((c.addr(), c.prefix_len()), IpInfoV2 { identity: id, flags: 0 });
             }
-            for (&ip, &id) in &env.ip_owner {
+            for (&ip, &r) in &ip_owner_pod {
                 let key = (ip, 32);
                 if !ipcache.contains_key(&key) && ipcache.len() >= self.limits.max_ipcache_entries {
-                    let pod = ip_owner_pod[&ip];
-                    fail_closed_pods.insert(pod);
+                    fail_closed_pods.insert(r);
                     overflow.push(format!(
-                        "ipcache: no room for {ip}/32 of pod {pod} (limit {}); it fails closed",
+                        "ipcache: no room for {ip}/32 of pod {r} (limit {}); it fails closed",
                         self.limits.max_ipcache_entries
                     ));
                     continue;
                 }
-                ipcache.insert(key, IpInfoV1 { identity: id, cidr_identity: longest_cidr(&env.cidrs, ip) });
+                ipcache.insert(key, IpInfoV2 { identity: pod_identity[r], flags: 0 });
             }
         }
 
@@ -325,8 +487,6 @@ impl Compiler {
             let ip = pod.ip.expect("pods with identities have an IP");
             let mut f = flags.get(&id).copied().unwrap_or(0);
             if ip_owner_pod[&ip] != r {
-                // The IP cache can only name one pod per address; the other claimant would be
-                // judged under the owner's identity by its peers.
                 overflow.push(format!("pod {r} shares {ip} with pod {}; it fails closed", ip_owner_pod[&ip]));
                 f |= ep_flags::OVERFLOW_FAIL_CLOSED;
             }
@@ -336,10 +496,19 @@ impl Compiler {
             endpoints.insert(r.clone(), EndpointEntry { identity: id, flags: f, ip, interface: pod.interface.clone() });
         }
 
-        let live: HashSet<u32> = env.table.attrs.keys().chain(env.cidrs.values()).copied().collect();
+        let live: HashSet<u32> = attrs_by_id.keys().copied().chain(regions.iter().map(|r| r.1)).collect();
         self.identities.retain(&live);
 
-        Ok(Compiled { endpoints, ipcache, policy, policy_table: self.slots.table.clone(), overflow })
+        let policy_table = self
+            .policy_slots
+            .table
+            .iter()
+            .map(|id| {
+                let (p, _) = sources.iter().find(|(p, _)| p.id == *id).expect("synced");
+                PolicyEntry { id: id.clone(), tier: p.tier.clone(), staged: id.kind.is_staged() }
+            })
+            .collect::<Vec<_>>();
+        Ok(Compiled { endpoints, ipcache, policy, staged, policy_table, tier_table: self.tier_slots.table.clone(), overflow })
     }
 }
 
@@ -359,281 +528,310 @@ fn check_consistency(model: &Model) -> Result<(), Error> {
     }
     for (key, p) in &model.policies {
         if *key != p.policy_ref() {
-            return Err(Error::InconsistentModel {
-                what: "policy",
-                key: key.to_string(),
-                actual: p.policy_ref().to_string(),
-            });
+            return Err(Error::InconsistentModel { what: "policy", key: key.to_string(), actual: p.policy_ref().to_string() });
+        }
+    }
+    for (key, p) in &model.tiered {
+        if *key != p.id {
+            return Err(Error::InconsistentModel { what: "tiered policy", key: key.to_string(), actual: p.id.to_string() });
+        }
+    }
+    for (key, t) in &model.tiers {
+        if *key != t.name {
+            return Err(Error::InconsistentModel { what: "tier", key: key.clone(), actual: t.name.clone() });
         }
     }
     Ok(())
 }
 
-/// Rules whose result depends on individual pod addresses (egress named ports towards
-/// ipBlocks) are recomputed every time; everything else depends only on identities and
-/// prefixes, which the generation tracks.
-fn is_cacheable(policy: &NetworkPolicy) -> bool {
-    !policy.egress.iter().flatten().any(rule_has_named_ipblock)
+// ---- Cell evaluation -------------------------------------------------------------------
+
+fn is_port_protocol(p: u8) -> bool {
+    matches!(p, proto::TCP | proto::UDP | proto::SCTP)
 }
 
-fn rule_has_named_ipblock(rule: &Rule) -> bool {
-    let named = matches!(&rule.ports, Ports::List(l) if l.iter().any(|s| matches!(s.port, PortMatch::Named(_))));
-    let block = matches!(&rule.peers, Peers::List(l) if l.iter().any(|p| matches!(p, Peer::IpBlock(_))));
-    named && block
+fn model_protocol(p: u8) -> Option<Protocol> {
+    match p {
+        proto::TCP => Some(Protocol::Tcp),
+        proto::UDP => Some(Protocol::Udp),
+        proto::SCTP => Some(Protocol::Sctp),
+        _ => None,
+    }
 }
 
-fn rules(policy: &NetworkPolicy) -> impl Iterator<Item = (u8, &Rule)> {
-    let ingress = policy.ingress.iter().flatten().map(|r| (direction::INGRESS, r));
-    ingress.chain(policy.egress.iter().flatten().map(|r| (direction::EGRESS, r)))
-}
-
-/// Every prefix an ipBlock names, plus the /32 of each pod an egress named port may reach
-/// through an ipBlock: that /32 gets its own CIDR identity so a key can allow exactly that
-/// pod's resolved port, not the port on every address of the block.
-fn collect_prefixes(model: &Model, env: &Env<'_>) -> BTreeSet<Cidr> {
-    let mut out = BTreeSet::new();
-    for policy in model.policies.values() {
-        for (dir, rule) in rules(policy) {
-            let Peers::List(peers) = &rule.peers else { continue };
-            for peer in peers {
-                let Peer::IpBlock(block) = peer else { continue };
-                out.insert(block.cidr);
-                out.extend(block.except.iter().copied());
-                if dir == direction::EGRESS && rule_has_named_ipblock(rule) {
-                    let Ports::List(specs) = &rule.ports else { continue };
-                    for (ip, _, _) in named_pods_in_block(env, block, specs) {
-                        out.insert(Cidr::containing(ip, 32));
-                    }
-                }
+/// Port intervals of port items for protocol `p`, named ports resolved on `dst_ports`.
+fn item_intervals(items: &[PortItem], p: u8, dst_ports: &[NamedPort]) -> Vec<(u16, u16)> {
+    items
+        .iter()
+        .filter_map(|it| match it {
+            PortItem::Range { start, end } => Some((*start, *end)),
+            PortItem::Named(n) => {
+                let port = resolve_named_port(dst_ports, n, model_protocol(p)?)?;
+                Some((port, port))
             }
-        }
-    }
-    out
-}
-
-/// Pod addresses in `block` whose pods define one of the named ports in `specs`, with the
-/// resolved (protocol, port).
-fn named_pods_in_block(env: &Env<'_>, block: &IpBlock, specs: &[crate::model::PortSpec]) -> Vec<(Ipv4Addr, Protocol, u16)> {
-    let (start, end) = block.cidr.range();
-    let mut out = Vec::new();
-    for (&ip, &id) in env.ip_owner.range(Ipv4Addr::from(start)..=Ipv4Addr::from(end)) {
-        if !block.contains(ip) {
-            continue;
-        }
-        for spec in specs {
-            if let PortMatch::Named(name) = &spec.port
-                && let Some(port) = env.table.named_port(id, name, spec.protocol)
-            {
-                out.push((ip, spec.protocol, port));
-            }
-        }
-    }
-    out
-}
-
-/// CIDR identity of the longest collected prefix containing `ip`, or [`identity::ANY`].
-fn longest_cidr(cidrs: &BTreeMap<(u32, u8), u32>, ip: Ipv4Addr) -> u32 {
-    if cidrs.is_empty() {
-        return identity::ANY;
-    }
-    (0..=32u8)
-        .rev()
-        .find_map(|len| cidrs.get(&(u32::from(Cidr::containing(ip, len).addr()), len)).copied())
-        .unwrap_or(identity::ANY)
-}
-
-/// CIDR identities standing for `block`: every collected prefix inside the cidr and not inside
-/// an except. Exact because collected prefixes are nested or disjoint and an address's CIDR
-/// identity is that of the longest collected prefix containing it.
-fn block_identities(cidrs: &BTreeMap<(u32, u8), u32>, block: &IpBlock) -> Vec<u32> {
-    let (start, end) = block.cidr.range();
-    cidrs
-        .range((start, 0)..=(end, 32))
-        .filter(|((a, l), _)| {
-            let p = Cidr::new((*a).into(), *l).expect("collected prefixes are canonical");
-            block.cidr.contains(p) && !block.except.iter().any(|e| e.contains(p))
         })
-        .map(|(_, &id)| id)
         .collect()
 }
 
-fn contribute<'m>(policy: &'m NetworkPolicy, index: u32, env: &Env<'m>) -> Contribution {
-    let mut out = Contribution::default();
-    let locals = env.table.select_in(&policy.namespace, &policy.pod_selector);
-    for (dir, rules, flag) in [
-        (direction::INGRESS, &policy.ingress, ep_flags::INGRESS_ISOLATED),
-        (direction::EGRESS, &policy.egress, ep_flags::EGRESS_ISOLATED),
-    ] {
-        let Some(rules) = rules else { continue };
-        out.isolated.extend(locals.iter().map(|&l| (l, flag)));
-        if locals.is_empty() {
+/// The policy-port condition of a rule under protocol `p`: `None` if the rule cannot match
+/// `p`; else (included intervals, `None` = every port; excluded intervals).
+#[allow(clippy::type_complexity)]
+pub(crate) fn rule_port_sets(rule: &TRule, p: u8, dst_ports: &[NamedPort]) -> Option<(Option<Vec<(u16, u16)>>, Vec<(u16, u16)>)> {
+    if rule.protocol.is_some_and(|x| x != p) || rule.not_protocol == Some(p) {
+        return None;
+    }
+    // Source ports cannot be seen by the datapath's lookup; such rules never match.
+    if !rule.source.ports.is_empty() || !rule.source.not_ports.is_empty() {
+        return None;
+    }
+    let d = &rule.destination;
+    let port_rule = !d.ports.is_empty() || !d.not_ports.is_empty();
+    let icmp_rule = rule.icmp.is_some() || rule.not_icmp.is_some();
+    if (port_rule && !is_port_protocol(p)) || (icmp_rule && p != proto::ICMP) {
+        return None;
+    }
+    let mut incl = None;
+    if !d.ports.is_empty() {
+        incl = Some(item_intervals(&d.ports, p, dst_ports));
+    }
+    if let Some(m) = &rule.icmp {
+        incl = Some(vec![m.port_interval()]);
+    }
+    let mut excl = item_intervals(&d.not_ports, p, dst_ports);
+    if let Some(m) = &rule.not_icmp {
+        excl.push(m.port_interval());
+    }
+    Some((incl, excl))
+}
+
+fn in_intervals(v: &[(u16, u16)], port: u16) -> bool {
+    v.iter().any(|&(s, e)| s <= port && port <= e)
+}
+
+struct Candidate<'a> {
+    tier: usize,
+    policy_index: u32,
+    rule_index: u16,
+    action: Action,
+    incl: Option<Vec<(u16, u16)>>,
+    excl: Vec<(u16, u16)>,
+    _rule: &'a TRule,
+}
+
+/// The tier semantics over the candidate rules (already filtered to those whose identity
+/// sides and protocol match) at one port.
+fn decide(tiers: &[TierRef], cands: &[Candidate<'_>], port: u16) -> PolicyValueV2 {
+    let mut log: Option<(u32, u16)> = None;
+    let mut ci = 0;
+    for (ti, t) in tiers.iter().enumerate() {
+        let mut passed = false;
+        while ci < cands.len() && cands[ci].tier < ti {
+            ci += 1;
+        }
+        while ci < cands.len() && cands[ci].tier == ti {
+            let c = &cands[ci];
+            ci += 1;
+            if c.incl.as_ref().is_some_and(|v| !in_intervals(v, port)) || in_intervals(&c.excl, port) {
+                continue;
+            }
+            match c.action {
+                Action::Allow | Action::Deny => {
+                    let a = if c.action == Action::Allow { action::ALLOW } else { action::DENY };
+                    return value(a, c.policy_index, c.rule_index, t.tier_index, 0, log);
+                }
+                Action::Pass => {
+                    passed = true;
+                    break;
+                }
+                Action::Log => {
+                    log.get_or_insert((c.policy_index, c.rule_index));
+                }
+            }
+        }
+        if !passed && t.default == TierDefault::Deny {
+            return value(action::DENY, NO_POLICY, 0, t.tier_index, verdict_flags::END_OF_TIER, log);
+        }
+    }
+    value(action::ALLOW, NO_POLICY, 0, NO_TIER, 0, log)
+}
+
+fn value(a: u8, policy_index: u32, rule_index: u16, tier_index: u16, flags: u8, log: Option<(u32, u16)>) -> PolicyValueV2 {
+    PolicyValueV2 {
+        policy_index,
+        log_policy_index: log.map_or(NO_POLICY, |l| l.0),
+        rule_index,
+        log_rule_index: log.map_or(0, |l| l.1),
+        tier_index,
+        action: a,
+        flags: flags | if log.is_some() { verdict_flags::LOG } else { 0 },
+    }
+}
+
+/// The verdict function over ports for protocol `p` (merged intervals covering 0..=65535).
+fn port_function(tiers: &[TierRef], rules: &[CRule<'_>], matched: &[bool], p: u8, dst_ports: &[NamedPort]) -> Segs {
+    let mut cands = Vec::new();
+    let mut bounds: BTreeSet<u32> = BTreeSet::new();
+    bounds.insert(0);
+    for (r, &m) in rules.iter().zip(matched) {
+        if !m {
             continue;
         }
-        for (rule_index, rule) in rules.iter().enumerate() {
-            let value = PolicyValueV1 {
-                rank: rank::NETWORK_POLICY,
-                policy_index: index,
-                rule_index: u16::try_from(rule_index).unwrap_or(u16::MAX),
-                action: action::ALLOW,
-                _pad: 0,
-            };
-            compile_rule(policy, rule, dir, &locals, value, env, &mut out.entries);
+        let Some((incl, excl)) = rule_port_sets(r.rule, p, dst_ports) else { continue };
+        for &(s, e) in incl.iter().flatten().chain(&excl) {
+            bounds.insert(u32::from(s));
+            bounds.insert(u32::from(e) + 1);
+        }
+        cands.push(Candidate {
+            tier: r.tier,
+            policy_index: r.policy_index,
+            rule_index: r.rule_index,
+            action: r.rule.action,
+            incl,
+            excl,
+            _rule: r.rule,
+        });
+    }
+    bounds.insert(65536);
+    let bounds: Vec<u32> = bounds.into_iter().collect();
+    let mut segs: Segs = Vec::new();
+    for w in bounds.windows(2) {
+        let (s, e) = (w[0] as u16, (w[1] - 1) as u16);
+        let v = decide(tiers, &cands, s);
+        match segs.last_mut() {
+            Some(last) if last.2 == v => last.1 = e,
+            _ => segs.push((s, e, v)),
         }
     }
-    out
+    segs
 }
 
-fn compile_rule<'m>(
-    policy: &'m NetworkPolicy,
-    rule: &'m Rule,
+/// Protocols that need their own cells for these rules, and a representative of every other
+/// protocol.
+fn protocol_atoms(rules: &[CRule<'_>]) -> (Vec<u8>, u8) {
+    let mut set: BTreeSet<u8> = BTreeSet::new();
+    for r in rules {
+        let t = r.rule;
+        set.extend(t.protocol);
+        set.extend(t.not_protocol);
+        if !t.destination.ports.is_empty() || !t.destination.not_ports.is_empty() {
+            set.extend([proto::TCP, proto::UDP, proto::SCTP]);
+        }
+        if t.icmp.is_some() || t.not_icmp.is_some() {
+            set.insert(proto::ICMP);
+        }
+    }
+    // Protocol 0 is the key's wildcard; a packet of protocol 0 is judged by the any slices.
+    set.remove(&proto::ANY);
+    let other = (1..=255u8).rev().find(|p| !set.contains(p)).expect("fewer than 255 protocols named");
+    (set.into_iter().collect(), other)
+}
+
+fn sig_fn(tiers: &[TierRef], rules: &[CRule<'_>], matched: &[bool], atoms: &(Vec<u8>, u8), dst_ports: &[NamedPort]) -> SigFn {
+    let other = port_function(tiers, rules, matched, atoms.1, dst_ports);
+    debug_assert_eq!(other.len(), 1, "other protocols have no port conditions");
+    let other = other[0].2;
+    let mut per_proto = Vec::new();
+    for &p in &atoms.0 {
+        let f = port_function(tiers, rules, matched, p, dst_ports);
+        if !(f.len() == 1 && f[0].2 == other) {
+            per_proto.push((p, f));
+        }
+    }
+    SigFn { other, per_proto }
+}
+
+fn push_slice(out: &mut Vec<(PolicyMapKey, PolicyValueV2)>, local: u32, peer: u32, dir: u8, p: u8, segs: &[(u16, u16, PolicyValueV2)]) {
+    for &(s, e, v) in segs {
+        for pp in port_prefixes(s, e) {
+            out.push(((pp.key_prefix_len(), policy_key(local, peer, dir, p, pp.port)), v));
+        }
+    }
+}
+
+fn push_fn(out: &mut Vec<(PolicyMapKey, PolicyValueV2)>, local: u32, peer: u32, dir: u8, f: &SigFn) {
+    push_slice(out, local, peer, dir, proto::ANY, &[(0, u16::MAX, f.other)]);
+    for (p, segs) in &f.per_proto {
+        push_slice(out, local, peer, dir, *p, segs);
+    }
+}
+
+/// All entries of local identity `l` in direction `dir` for these ordered rules.
+fn emit_local(
+    uni: &Universe<'_>,
+    l: u32,
     dir: u8,
-    locals: &[u32],
-    value: PolicyValueV1,
-    env: &Env<'m>,
-    out: &mut Vec<(PolicyMapKey, PolicyValueV1)>,
+    tiers: &[TierRef],
+    rules: &[CRule<'_>],
+    local_ports: &[NamedPort],
+    out: &mut Vec<(PolicyMapKey, PolicyValueV2)>,
 ) {
-    let peers = peer_identities(policy, &rule.peers, env);
-    let mut push = |local: u32, peer: u32, protocol: u8, pp: PortPrefix| {
-        let key = policy_key(local, peer, dir, protocol, pp.port);
-        out.push(((pp.key_prefix_len(), key), value));
-    };
-    let any_port = PortPrefix { port: 0, bits: 0 };
-    let specs = match &rule.ports {
-        Ports::Any => {
-            for &local in locals {
-                for &peer in &peers {
-                    push(local, peer, proto::ANY, any_port);
-                }
-            }
-            return;
-        }
-        Ports::List(specs) => specs,
-    };
-    for spec in specs {
-        let protocol = spec.protocol.number();
-        match &spec.port {
-            PortMatch::All | PortMatch::Range { .. } => {
-                let prefixes = match spec.port {
-                    PortMatch::Range { start, end } => port_prefixes(start, end),
-                    _ => vec![any_port],
-                };
-                for &local in locals {
-                    for &peer in &peers {
-                        for &pp in &prefixes {
-                            push(local, peer, protocol, pp);
-                        }
-                    }
-                }
-            }
-            // Ingress: the destination is the local pod, so the name resolves on it.
-            PortMatch::Named(name) if dir == direction::INGRESS => {
-                for &local in locals {
-                    let Some(port) = env.table.named_port(local, name, spec.protocol) else { continue };
-                    for &peer in &peers {
-                        push(local, peer, protocol, PortPrefix { port, bits: 16 });
-                    }
-                }
-            }
-            // Egress: the name resolves on each destination pod; addresses that are not pods
-            // never match.
-            PortMatch::Named(name) => {
-                for (peer, port) in named_egress_peers(policy, &rule.peers, name, spec.protocol, env) {
-                    for &local in locals {
-                        push(local, peer, protocol, PortPrefix { port, bits: 16 });
-                    }
-                }
-            }
-        }
-    }
-}
+    let atoms = protocol_atoms(rules);
+    let baseline_match: Vec<bool> = rules.iter().map(|r| r.remote.baseline).collect();
 
-fn peer_identities<'m>(policy: &'m NetworkPolicy, peers: &'m Peers, env: &Env<'m>) -> Vec<u32> {
-    let list = match peers {
-        Peers::Any => return vec![identity::ANY],
-        Peers::List(list) => list,
-    };
-    let mut out = Vec::new();
-    for peer in list {
-        match peer {
-            Peer::Pods { namespaces, pods } => out.extend_from_slice(&env.table.select(&policy.namespace, namespaces, pods)),
-            Peer::IpBlock(block) => out.extend(block_identities(&env.cidrs, block)),
+    // Inverted index: peer -> rules it answers differently from the baseline.
+    let mut deviations: HashMap<u32, Vec<u16>> = HashMap::new();
+    for (i, r) in rules.iter().enumerate() {
+        for &peer in &r.remote.diff {
+            deviations.entry(peer).or_default().push(i as u16);
         }
     }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-/// (peer identity, resolved port) for an egress named port.
-fn named_egress_peers<'m>(
-    policy: &'m NetworkPolicy,
-    peers: &'m Peers,
-    name: &str,
-    protocol: Protocol,
-    env: &Env<'m>,
-) -> Vec<(u32, u16)> {
-    let list = match peers {
-        Peers::Any => return env.table.all_defining(name, protocol),
-        Peers::List(list) => list,
-    };
-    let mut out = Vec::new();
-    for peer in list {
-        match peer {
-            Peer::Pods { namespaces, pods } => {
-                for &id in env.table.select(&policy.namespace, namespaces, pods).iter() {
-                    if let Some(port) = env.table.named_port(id, name, protocol) {
-                        out.push((id, port));
-                    }
-                }
-            }
-            Peer::IpBlock(block) => {
-                let spec = crate::model::PortSpec { protocol, port: PortMatch::Named(name.to_string()) };
-                for (ip, _, port) in named_pods_in_block(env, block, std::slice::from_ref(&spec)) {
-                    // collect_prefixes gave this /32 its own identity.
-                    let id = env.cidrs[&(u32::from(ip), 32)];
-                    out.push((id, port));
+    // Egress named ports resolve on the peer: peers defining a used name deviate too.
+    let mut used_names: BTreeSet<&str> = BTreeSet::new();
+    if dir == direction::EGRESS {
+        for r in rules {
+            for it in r.rule.destination.ports.iter().chain(&r.rule.destination.not_ports) {
+                if let PortItem::Named(n) = it {
+                    used_names.insert(n);
                 }
             }
         }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-/// Makes every stored entry carry the lowest-ranked verdict among the entries covering it.
-/// The datapath's LPM lookup returns only the longest matching prefix per (peer, protocol), so
-/// without this a specific port could hide a lower-ranked any-port rule (tiered deny/allow).
-/// NetworkPolicy alone uses one rank, which makes this a no-op.
-fn push_down_ranks(policy: &mut BTreeMap<PolicyMapKey, PolicyValueV1>) {
-    let (lo, hi) = policy.values().fold((u32::MAX, 0), |(lo, hi), v| (lo.min(v.rank), hi.max(v.rank)));
-    if lo >= hi {
-        return;
-    }
-    let mut updates = Vec::new();
-    for (&(plen, key), value) in policy.iter() {
-        let mut best = *value;
-        for q in POLICY_KEY_FIXED_BITS..plen {
-            let mut k = key;
-            let port = u16::from_be_bytes(key.port_be) & port_mask((q - POLICY_KEY_FIXED_BITS) as u8);
-            k.port_be = port.to_be_bytes();
-            if let Some(a) = policy.get(&(q, k))
-                && a.rank < best.rank
-            {
-                best = *a;
+        for n in &used_names {
+            for &peer in uni.defining(n) {
+                deviations.entry(peer).or_default();
             }
         }
-        if best != *value {
-            updates.push(((plen, key), best));
+    }
+
+    let base_ports: &[NamedPort] = if dir == direction::INGRESS { local_ports } else { &[] };
+    let base = sig_fn(tiers, rules, &baseline_match, &atoms, base_ports);
+    push_fn(out, l, identity::ANY, dir, &base);
+
+    let mut by_sig: HashMap<SigKey, Option<Rc<SigFn>>> = HashMap::new();
+    let mut peers: Vec<(&u32, &Vec<u16>)> = deviations.iter().collect();
+    peers.sort_unstable();
+    for (&peer, devs) in peers {
+        let peer_ports: Vec<NamedPort> = if dir == direction::EGRESS && !used_names.is_empty() {
+            uni.ident(peer)
+                .and_then(|i| i.pod.as_ref())
+                .map(|p| p.ports.iter().filter(|np| np.name.as_deref().is_some_and(|n| used_names.contains(n))).cloned().collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let key = (devs.clone(), peer_ports);
+        let f = by_sig
+            .entry(key)
+            .or_insert_with_key(|(devs, peer_ports)| {
+                let mut matched = baseline_match.clone();
+                for &i in devs {
+                    matched[usize::from(i)] ^= true;
+                }
+                let dst_ports: &[NamedPort] = if dir == direction::INGRESS { local_ports } else { peer_ports };
+                let f = sig_fn(tiers, rules, &matched, &atoms, dst_ports);
+                (f != base).then(|| Rc::new(f))
+            })
+            .clone();
+        if let Some(f) = f {
+            push_fn(out, l, peer, dir, &f);
         }
     }
-    policy.extend(updates);
 }
 
 /// Keeps whole identities' entries while they fit; the rest fail closed. Identities are taken
 /// in number order, so established ones keep their entries when a new one does not fit.
 fn fit_policy(
-    policy: &mut BTreeMap<PolicyMapKey, PolicyValueV1>,
+    map: &str,
+    policy: &mut BTreeMap<PolicyMapKey, PolicyValueV2>,
     limit: usize,
     fail_closed: &mut HashSet<u32>,
     overflow: &mut Vec<String>,
@@ -653,7 +851,7 @@ fn fit_policy(
         } else {
             fail_closed.insert(id);
             overflow.push(format!(
-                "policy: {n} entries of identity {id} (pods {}) do not fit (limit {limit}, {used} in use); they fail closed",
+                "{map}: {n} entries of identity {id} (pods {}) do not fit (limit {limit}, {used} in use); they fail closed",
                 pods_of(id)
             ));
         }

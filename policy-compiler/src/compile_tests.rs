@@ -2,6 +2,10 @@ use super::*;
 use crate::k8s::{build_model, parse_documents};
 use crate::lookup::{self, Endpoint};
 use crate::{diff, reference};
+use std::collections::BTreeSet;
+use crate::model::PolicyRef;
+use crate::tiered::{NamespaceMatch, PortItem};
+
 
 const BASE: &str = r#"
 apiVersion: v1
@@ -134,16 +138,17 @@ spec:
             (pod("b"), ip("10.1.0.0"), TCP, 80, true),
         ],
     );
-    let c_ip = (Ipv4Addr::new(10, 0, 1, 3), 32);
-    let cidr_16 = c.ipcache[&(Ipv4Addr::new(10, 0, 0, 0), 16)].identity;
-    assert_eq!(c.ipcache[&c_ip].cidr_identity, cidr_16, "pod c carries the /16 CIDR identity");
+    assert!(c.ipcache.contains_key(&(Ipv4Addr::new(10, 0, 0, 0), 16)), "region prefix in the ipcache");
     assert_eq!(c.endpoints[&PodRef::new("x", "a")].flags, ep_flags::EGRESS_ISOLATED);
+    // a (10.0.0.1, in the except /31) and b (10.0.0.2, only in the /16) differ in region, so
+    // their identities differ although nothing else tells them apart... and c's too.
+    let ids: BTreeSet<u32> = c.endpoints.values().map(|e| e.identity).collect();
+    assert_eq!(ids.len(), 3);
 
-    // Dropping the ipBlock removes its prefixes and the pods' CIDR identities with it.
+    // Dropping the ipBlock removes its prefixes.
     let m2 = model("apiVersion: v1\nkind: Namespace\nmetadata: {name: z}\n");
     let c2 = Compiler::default().compile(&m2).expect("compile");
     assert_eq!(c2.ipcache.len(), 3, "only pod addresses remain: {:?}", c2.ipcache);
-    assert!(c2.ipcache.values().all(|i| i.cidr_identity == identity::ANY), "no stale CIDR identity");
 }
 
 #[test]
@@ -173,8 +178,8 @@ fn identities_are_shared_and_stable_across_recompiles() {
     assert_eq!(c1.ipcache, c2.ipcache, "a policy without ipBlocks leaves the ipcache alone");
 }
 
-fn policy_entries(c: &Compiled, index: u32) -> BTreeMap<PolicyMapKey, PolicyValueV1> {
-    c.policy.iter().filter(|(_, v)| v.policy_index == index).map(|(k, v)| (*k, *v)).collect()
+fn local_of(k: &PolicyMapKey) -> u32 {
+    u32::from_be_bytes(k.1.local_identity_be)
 }
 
 #[test]
@@ -189,20 +194,27 @@ fn diff_touches_only_the_changed_policy() {
     let c1 = compiler.compile(&model(&format!("{}---\n{}", p("a", 80), p("b", 80)))).expect("compile 1");
     let c2 = compiler.compile(&model(&format!("{}---\n{}", p("a", 80), p("b", 8080)))).expect("compile 2");
     let d = diff(&c1, &c2);
-    let b_index = c2.policy_table.iter().position(|r| r.name == "b").expect("b in table") as u32;
     assert_eq!(c1.policy_table, c2.policy_table, "indexes are stable");
-    let old_b = policy_entries(&c1, b_index);
-    let new_b = policy_entries(&c2, b_index);
-    assert_eq!(d.policy.removals, old_b.keys().copied().collect::<Vec<_>>(), "removes exactly b's old entries");
-    assert_eq!(d.policy.upserts, new_b.into_iter().collect::<Vec<_>>(), "adds exactly b's new entries");
-    assert!(d.endpoints.is_empty() && d.ipcache.is_empty(), "nothing else changes: {d:?}");
+    let b = c2.endpoints[&PodRef::new("x", "b")].identity;
+    assert!(!d.policy.is_empty(), "b's entries change");
+    assert!(
+        d.policy.removals.iter().chain(d.policy.upserts.iter().map(|(k, _)| k)).all(|k| local_of(k) == b),
+        "only b's entries change: {d:?}"
+    );
+    let b_old: BTreeMap<_, _> = c1.policy.iter().filter(|(k, _)| local_of(k) == b).collect();
+    let b_new: BTreeMap<_, _> = c2.policy.iter().filter(|(k, _)| local_of(k) == b).collect();
+    assert_ne!(b_old, b_new);
+    assert!(d.endpoints.is_empty() && d.ipcache.is_empty() && d.staged.is_empty(), "nothing else changes: {d:?}");
     assert!(diff(&c2, &c2).is_empty(), "no change, no diff");
 
     // Deleting a policy removes its entries; the last policy may move into its slot.
     let c3 = compiler.compile(&model(&p("b", 8080))).expect("compile 3");
-    assert_eq!(c3.policy_table, vec![PolicyRef::new("x", "b")]);
+    assert_eq!(c3.policy_table.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), vec![knp::policy_id(&PolicyRef::new("x", "b"))]);
     let d = diff(&c2, &c3);
-    assert_eq!(d.policy.removals.len(), 1, "a's single entry goes: {d:?}");
+    let a = c2.endpoints[&PodRef::new("x", "a")].identity;
+    let a_entries = c2.policy.keys().filter(|k| local_of(k) == a).count();
+    assert_eq!(d.policy.removals.len(), a_entries, "a's entries go: {d:?}");
+    assert!(d.policy.removals.iter().all(|k| local_of(k) == a));
     assert_eq!(d.endpoints.upserts.len(), 1, "a is no longer isolated: {d:?}");
 }
 
@@ -219,10 +231,11 @@ spec:
 "#,
     );
     let full = Compiler::default().compile(&m).expect("compile");
-    assert_eq!(full.policy.len(), 6, "1..=5 is 3 prefixes per local identity: {:?}", full.policy.keys());
-    let mut small = Compiler::new(Limits { max_policy_entries: 4, ..Limits::default() });
+    let per_identity = full.policy.len() / 2;
+    assert_eq!(full.policy.len(), 2 * per_identity, "two local identities, same shape: {:?}", full.policy.keys());
+    let mut small = Compiler::new(Limits { max_policy_entries: per_identity + 1, ..Limits::default() });
     let c = small.compile(&m).expect("compile with small limit");
-    assert_eq!(c.policy.len(), 3, "one identity's entries fit");
+    assert_eq!(c.policy.len(), per_identity, "one identity's entries fit");
     let failed: Vec<_> =
         c.endpoints.iter().filter(|(_, e)| e.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0).map(|(r, _)| r.to_string()).collect();
     assert_eq!(failed, vec!["x/b"], "the later identity fails closed");
@@ -236,17 +249,6 @@ spec:
     assert_eq!(c.ipcache.len(), 2);
     assert_eq!(c.overflow.len(), 1, "one pod address does not fit: {:?}", c.overflow);
     assert_eq!(c.endpoints.values().filter(|e| e.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0).count(), 1);
-}
-
-#[test]
-fn higher_rank_entries_do_not_hide_lower_ranked_covering_ones() {
-    let key = |port, plen| ((plen, policy_key(300, 0, direction::INGRESS, proto::TCP, port)), ());
-    let v = |rank, a| PolicyValueV1 { rank, policy_index: 0, rule_index: 0, action: a, _pad: 0 };
-    let mut map = BTreeMap::new();
-    map.insert(key(0, 80).0, v(1, action::DENY));
-    map.insert(key(80, 96).0, v(5, action::ALLOW));
-    push_down_ranks(&mut map);
-    assert_eq!(map[&key(80, 96).0], v(1, action::DENY), "the any-port deny must win at port 80 too");
 }
 
 #[test]
@@ -277,7 +279,254 @@ spec:
             (pod("c"), pod("a"), TCP, 81, false),
         ],
     );
-    let a_info = c.ipcache[&(Ipv4Addr::new(10, 0, 0, 1), 32)];
-    assert_ne!(a_info.cidr_identity, identity::ANY, "a's /32 has its own CIDR identity");
-    assert_ne!(a_info.identity, a_info.cidr_identity);
+    let a = c.endpoints[&PodRef::new("x", "a")].identity;
+    let a2 = c.endpoints[&PodRef::new("x", "a2")].identity;
+    assert_ne!(a, a2, "the twin outside the block has another region, hence another identity");
+}
+
+// ---- Tiered semantics ---------------------------------------------------------------------
+
+mod tiered_semantics {
+    use super::*;
+    use crate::explain::{Decision, explain};
+    use crate::reference::{TieredReference, TieredSide};
+    use crate::tiered::{
+        ANP_TIER, Action, BANP_TIER, EntityMatch, Order, PolicyId, PolicyKind, Selector, TRule, Tier, TierDefault,
+        TieredPolicy,
+    };
+
+    pub(super) fn tier(name: &str, order: f64, default_action: TierDefault) -> Tier {
+        Tier { name: name.into(), order: Some(Order(order)), default_action, cluster_scoped_only: false }
+    }
+
+    pub(super) fn rule(action: Action) -> TRule {
+        TRule {
+            action,
+            protocol: None,
+            not_protocol: None,
+            icmp: None,
+            not_icmp: None,
+            source: EntityMatch::default(),
+            destination: EntityMatch::default(),
+        }
+    }
+
+    pub(super) fn app(v: &str) -> Selector {
+        Selector::Eq("app".into(), v.into())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn policy(
+        kind: PolicyKind,
+        ns: Option<&str>,
+        name: &str,
+        tier: &str,
+        order: Option<f64>,
+        selector: Selector,
+        ingress: Option<Vec<TRule>>,
+        egress: Option<Vec<TRule>>,
+    ) -> TieredPolicy {
+        TieredPolicy {
+            id: PolicyId { kind, namespace: ns.map(String::from), name: name.into() },
+            tier: tier.into(),
+            order: order.map(Order),
+            selector,
+            namespace_selector: None,
+            service_account_selector: None,
+            ingress,
+            egress,
+        }
+    }
+
+    pub(super) fn gnp(name: &str, tier: &str, order: f64, selector: Selector, ingress: Vec<TRule>) -> TieredPolicy {
+        policy(PolicyKind::CalicoGlobalNetworkPolicy, None, name, tier, Some(order), selector, Some(ingress), None)
+    }
+
+    fn add(m: &mut Model, p: TieredPolicy) {
+        m.tiered.insert(p.id.clone(), p);
+    }
+
+    fn add_tier(m: &mut Model, t: Tier) {
+        m.tiers.insert(t.name.clone(), t);
+    }
+
+    /// Compiles, checks explain (from the maps) against the tiered reference for the probe and
+    /// returns the ingress side at the destination.
+    fn ingress(m: &Model, src: &Endpoint, dst: &Endpoint, protocol: u8, port: u16) -> TieredSide {
+        let c = Compiler::default().compile(m).expect("compile");
+        let r = TieredReference::new(m);
+        let (eg, ing) = r.sides(src, dst, protocol, port).expect("known endpoints");
+        let x = explain(&c, m, src, dst, protocol, port);
+        assert_eq!(x.egress.as_ref().map(|s| (&s.enforced, &s.staged)), eg.as_ref().map(|s| (&s.enforced, &s.staged)), "egress\n{x}");
+        assert_eq!(x.ingress.as_ref().map(|s| (&s.enforced, &s.staged)), ing.as_ref().map(|s| (&s.enforced, &s.staged)), "ingress\n{x}");
+        assert!(!x.to_string().is_empty());
+        ing.expect("destination is a pod")
+    }
+
+    fn id(kind: PolicyKind, ns: Option<&str>, name: &str) -> PolicyId {
+        PolicyId { kind, namespace: ns.map(String::from), name: name.into() }
+    }
+    const GNP: PolicyKind = PolicyKind::CalicoGlobalNetworkPolicy;
+
+    #[test]
+    fn pass_then_allow_in_a_later_tier() {
+        let mut m = model("");
+        add_tier(&mut m, tier("t1", 10.0, TierDefault::Deny));
+        add_tier(&mut m, tier("t2", 20.0, TierDefault::Deny));
+        let mut pass = rule(Action::Pass);
+        pass.source.selector = Some(app("b"));
+        add(&mut m, gnp("p1", "t1", 1.0, app("a"), vec![pass]));
+        add(&mut m, gnp("p2", "t2", 1.0, app("a"), vec![rule(Action::Allow)]));
+        let s = ingress(&m, &pod("b"), &pod("a"), TCP, 80);
+        assert_eq!(s.enforced.policy, Some(id(GNP, None, "p2")));
+        assert!(s.enforced.allowed && s.staged.is_none());
+        let s = ingress(&m, &pod("c"), &pod("a"), TCP, 80);
+        assert!(!s.enforced.allowed && s.enforced.end_of_tier, "{:?}", s.enforced);
+        assert_eq!(s.enforced.tier.as_deref(), Some("t1"));
+    }
+
+    #[test]
+    fn end_of_tier_deny_hides_later_tiers() {
+        let mut m = model("");
+        add_tier(&mut m, tier("t1", 10.0, TierDefault::Deny));
+        let mut allow80 = rule(Action::Allow);
+        allow80.protocol = Some(TCP);
+        allow80.destination.ports = vec![PortItem::Range { start: 80, end: 80 }];
+        add(&mut m, gnp("p1", "t1", 1.0, Selector::All, vec![allow80]));
+        add(&mut m, gnp("late", "default", 1.0, Selector::All, vec![rule(Action::Allow)]));
+        assert!(ingress(&m, &pod("b"), &pod("a"), TCP, 80).enforced.allowed);
+        let s = ingress(&m, &pod("b"), &pod("a"), TCP, 81);
+        assert_eq!(
+            s.enforced,
+            Decision { allowed: false, tier: Some("t1".into()), policy: None, rule_index: None, end_of_tier: true, log: None }
+        );
+        assert!(!ingress(&m, &ip("8.8.8.8"), &pod("a"), UDP, 80).enforced.allowed);
+    }
+
+    #[test]
+    fn default_pass_in_the_last_tier_allows_and_log_continues() {
+        let mut m = model("");
+        add_tier(&mut m, tier("t1", 10.0, TierDefault::Pass));
+        let mut deny_c = rule(Action::Deny);
+        deny_c.source.selector = Some(app("c"));
+        deny_c.source.namespace = Some(NamespaceMatch::Selector(Selector::All));
+        add(&mut m, gnp("p1", "t1", 1.0, Selector::All, vec![rule(Action::Log), deny_c]));
+        let s = ingress(&m, &pod("b"), &pod("a"), TCP, 80);
+        let logged = Some((id(GNP, None, "p1"), 0));
+        assert_eq!(s.enforced, Decision { log: logged.clone(), ..Decision::default_allow() });
+        let s = ingress(&m, &pod("c"), &pod("a"), TCP, 80);
+        assert_eq!(s.enforced.policy, Some(id(GNP, None, "p1")));
+        assert_eq!((s.enforced.allowed, s.enforced.rule_index, s.enforced.log.clone()), (false, Some(1), logged));
+    }
+
+    #[test]
+    fn staged_policy_does_not_make_a_tier_apply() {
+        let mut m = model("");
+        add_tier(&mut m, tier("t1", 10.0, TierDefault::Deny));
+        add(
+            &mut m,
+            policy(PolicyKind::StagedGlobalNetworkPolicy, None, "s", "t1", Some(1.0), app("a"), Some(vec![rule(Action::Deny)]), None),
+        );
+        let s = ingress(&m, &pod("b"), &pod("a"), TCP, 80);
+        assert!(s.enforced.allowed);
+        assert_eq!(s.staged, Some(Decision::default_allow()), "t1 does not apply: the staged deny is not reached");
+        let c = Compiler::default().compile(&m).expect("compile");
+        assert_eq!(c.endpoints[&PodRef::new("x", "a")].flags, ep_flags::HAS_STAGED);
+        assert!(c.policy.is_empty() && c.staged.is_empty());
+
+        // An enforced policy of t1 selecting a makes the staged deny count (counterfactually).
+        let mut log = rule(Action::Log);
+        log.protocol = Some(UDP);
+        add(&mut m, gnp("e", "t1", 5.0, app("a"), vec![log, rule(Action::Allow)]));
+        let s = ingress(&m, &pod("b"), &pod("a"), TCP, 80);
+        assert!(s.enforced.allowed);
+        let staged = s.staged.expect("a has staged policy");
+        assert!(!staged.allowed);
+        assert_eq!(staged.policy, Some(id(PolicyKind::StagedGlobalNetworkPolicy, None, "s")));
+        let c = Compiler::default().compile(&m).expect("compile");
+        assert!(c.policy_table.iter().any(|e| e.staged));
+    }
+
+    #[test]
+    fn not_nets_with_a_pod_inside() {
+        let mut m = model("");
+        add_tier(&mut m, tier("t1", 10.0, TierDefault::Deny));
+        let mut allow = rule(Action::Allow);
+        allow.source.nets = vec![Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 16).expect("cidr")];
+        allow.source.not_nets = vec![Cidr::new(Ipv4Addr::new(10, 0, 0, 0), 31).expect("cidr")];
+        add(&mut m, gnp("p", "t1", 1.0, app("b"), vec![allow]));
+        assert!(!ingress(&m, &pod("a"), &pod("b"), TCP, 80).enforced.allowed, "a (10.0.0.1) is in the notNets");
+        assert!(ingress(&m, &pod("c"), &pod("b"), TCP, 80).enforced.allowed, "c (10.0.1.3) is in nets only");
+        assert!(ingress(&m, &ip("10.0.9.9"), &pod("b"), TCP, 80).enforced.allowed);
+        assert!(!ingress(&m, &ip("10.0.0.0"), &pod("b"), TCP, 80).enforced.allowed);
+        assert!(!ingress(&m, &ip("10.1.0.0"), &pod("b"), TCP, 80).enforced.allowed);
+    }
+
+    #[test]
+    fn namespaced_policy_never_selects_another_namespace() {
+        let mut m = model("");
+        add_tier(&mut m, tier("t1", 10.0, TierDefault::Deny));
+        let mut p = policy(PolicyKind::CalicoNetworkPolicy, Some("x"), "all", "t1", Some(1.0), Selector::All, Some(vec![]), None);
+        p.namespace_selector = Some(Selector::All);
+        add(&mut m, p);
+        assert!(!ingress(&m, &pod("c"), &pod("a"), TCP, 80).enforced.allowed);
+        assert!(ingress(&m, &pod("a"), &pod("c"), TCP, 80).enforced.allowed, "c in y is not selected");
+        let c = Compiler::default().compile(&m).expect("compile");
+        assert_eq!(c.endpoints[&PodRef::new("y", "c")].flags, 0);
+    }
+
+    #[test]
+    fn anp_beats_knp_and_banp_applies_only_without_knp() {
+        let mut m = model(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-all, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress: [{}]
+"#,
+        );
+        let mut deny_c = rule(Action::Deny);
+        deny_c.source.selector = Some(app("c"));
+        deny_c.source.namespace = Some(NamespaceMatch::Selector(Selector::All));
+        add(&mut m, policy(PolicyKind::AdminNetworkPolicy, None, "anp", ANP_TIER, Some(10.0), Selector::All, Some(vec![deny_c]), None));
+        let banp = policy(
+            PolicyKind::BaselineAdminNetworkPolicy,
+            None,
+            "default",
+            BANP_TIER,
+            None,
+            Selector::All,
+            Some(vec![rule(Action::Deny)]),
+            None,
+        );
+        add(&mut m, banp);
+        let s = ingress(&m, &pod("c"), &pod("a"), TCP, 80);
+        assert_eq!((s.enforced.allowed, s.enforced.tier.as_deref()), (false, Some(ANP_TIER)), "ANP deny beats KNP allow");
+        let s = ingress(&m, &pod("b"), &pod("a"), TCP, 80);
+        assert_eq!(s.enforced.policy, Some(knp::policy_id(&PolicyRef::new("x", "allow-all"))));
+        assert_eq!(s.enforced.rule_index, Some(0));
+        let s = ingress(&m, &pod("a"), &pod("b"), TCP, 80);
+        assert_eq!((s.enforced.allowed, s.enforced.tier.as_deref()), (false, Some(BANP_TIER)), "no KNP selects b: BANP");
+    }
+
+    #[test]
+    fn icmp_type_and_code() {
+        let mut m = model("");
+        add_tier(&mut m, tier("t1", 10.0, TierDefault::Deny));
+        let mut echo = rule(Action::Allow);
+        echo.protocol = Some(proto::ICMP);
+        echo.icmp = Some(crate::tiered::IcmpMatch { icmp_type: 8, code: Some(0) });
+        let mut not3 = rule(Action::Allow);
+        not3.protocol = Some(proto::ICMP);
+        not3.not_icmp = Some(crate::tiered::IcmpMatch { icmp_type: 3, code: None });
+        add(&mut m, gnp("p", "t1", 1.0, app("a"), vec![echo]));
+        add(&mut m, gnp("q", "t1", 2.0, app("b"), vec![not3]));
+        assert!(ingress(&m, &pod("c"), &pod("a"), proto::ICMP, 8 << 8).enforced.allowed);
+        assert!(!ingress(&m, &pod("c"), &pod("a"), proto::ICMP, 8 << 8 | 1).enforced.allowed);
+        assert!(!ingress(&m, &pod("c"), &pod("b"), proto::ICMP, 3 << 8 | 4).enforced.allowed);
+        assert!(ingress(&m, &pod("c"), &pod("b"), proto::ICMP, 0).enforced.allowed);
+        assert!(!ingress(&m, &pod("c"), &pod("b"), TCP, 0).enforced.allowed);
+    }
 }

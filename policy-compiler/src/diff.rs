@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use bulkhead_common::{IpInfoV1, PolicyValueV1};
+use bulkhead_common::{IpInfoV2, PolicyValueV2};
 
 use crate::compile::{Compiled, EndpointEntry, PolicyMapKey};
 use crate::model::PodRef;
@@ -31,20 +31,23 @@ impl<K, V> MapDiff<K, V> {
 
 /// Changes to every map.
 ///
-/// A safe order to apply them (no moment allows what neither the old nor the new policy
-/// allows): policy and ipcache upserts, then endpoint upserts and removals, then ipcache and
-/// policy removals. Entries only ever add allows, except endpoint flags, which the middle step
-/// switches once the new allows are in place.
+/// Map values are complete verdicts (denies included) and identities may be renumbered, so
+/// no order of individual writes is free of transient mixes of old and new. A sensible order:
+/// policy and staged upserts (new keys are unreachable until the ipcache names their
+/// identities), ipcache upserts, endpoint upserts and removals, then ipcache, policy and
+/// staged removals; the agent bumps the policy revision last so tracked flows are judged
+/// again.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledDiff {
     pub endpoints: MapDiff<PodRef, EndpointEntry>,
-    pub ipcache: MapDiff<(Ipv4Addr, u8), IpInfoV1>,
-    pub policy: MapDiff<PolicyMapKey, PolicyValueV1>,
+    pub ipcache: MapDiff<(Ipv4Addr, u8), IpInfoV2>,
+    pub policy: MapDiff<PolicyMapKey, PolicyValueV2>,
+    pub staged: MapDiff<PolicyMapKey, PolicyValueV2>,
 }
 
 impl CompiledDiff {
     pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty() && self.ipcache.is_empty() && self.policy.is_empty()
+        self.endpoints.is_empty() && self.ipcache.is_empty() && self.policy.is_empty() && self.staged.is_empty()
     }
 }
 
@@ -54,6 +57,7 @@ pub fn diff(old: &Compiled, new: &Compiled) -> CompiledDiff {
         endpoints: diff_map(&old.endpoints, &new.endpoints),
         ipcache: diff_map(&old.ipcache, &new.ipcache),
         policy: diff_map(&old.policy, &new.policy),
+        staged: diff_map(&old.staged, &new.staged),
     }
 }
 

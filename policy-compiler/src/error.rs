@@ -66,6 +66,26 @@ pub enum Error {
     #[error("pod {pod}{}: namespace {namespace:?} does not exist", origin_suffix(.origin))]
     MissingNamespace { pod: PodRef, namespace: String, origin: Option<Origin> },
 
+    /// A tiered policy (Calico, staged, ANP, BANP) in a tier that is neither declared nor built in.
+    #[error(
+        "{policy} ({origin}): tier {tier:?} does not exist (declare a projectcalico.org/v3 Tier named {tier:?}; \
+         built-in tiers: default, adminnetworkpolicy, baselineadminnetworkpolicy)"
+    )]
+    UnknownTier { policy: String, tier: String, origin: Origin },
+
+    /// A namespaced policy in a tier that accepts only cluster-scoped policies (blast-radius guard).
+    #[error(
+        "{policy} ({origin}): tier {tier:?} accepts only cluster-scoped policies (annotation \
+         bulkhead.io/cluster-scoped-only: \"true\"), but this policy is namespaced; use a GlobalNetworkPolicy \
+         or another tier"
+    )]
+    NamespacedPolicyInClusterTier { policy: String, tier: String, origin: Origin },
+
+    /// A namespaced tiered policy (Calico NetworkPolicy, StagedNetworkPolicy) in a namespace the
+    /// model does not have.
+    #[error("{policy} ({origin}): namespace {namespace:?} does not exist")]
+    MissingPolicyNamespace { policy: String, namespace: String, origin: Origin },
+
     /// A model map key that disagrees with the object stored under it.
     #[error("model inconsistency: {what} stored under key {key} calls itself {actual}")]
     InconsistentModel { what: &'static str, key: String, actual: String },

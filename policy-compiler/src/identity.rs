@@ -20,6 +20,10 @@ pub struct IdentityAttrs {
     pub service_account: String,
     /// Sorted and deduplicated, so container order does not split identities.
     pub ports: Vec<NamedPort>,
+    /// The pod address's CIDR region: the longest policy prefix containing it (`None`: in no
+    /// prefix). Part of the identity so that one ipcache lookup answers every nets/notNets
+    /// question about the address.
+    pub region: Option<Cidr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -59,7 +63,7 @@ impl IdentityAllocator {
         self.get_or_alloc(Key::Labels(attrs.clone()))
     }
 
-    /// Identity of a CIDR prefix collected from ipBlocks.
+    /// Identity of the non-pod addresses of a CIDR region (a prefix collected from policies).
     pub fn cidr(&mut self, cidr: Cidr) -> u32 {
         self.get_or_alloc(Key::Cidr(cidr))
     }
@@ -116,6 +120,7 @@ mod tests {
             labels: [("app".to_string(), app.to_string())].into(),
             service_account: "default".into(),
             ports: vec![],
+            region: None,
         }
     }
 

@@ -1,9 +1,13 @@
-//! Kubernetes YAML (Namespace, Pod, networking.k8s.io/v1 NetworkPolicy) -> domain model.
+//! Kubernetes YAML (Namespace, Pod, networking.k8s.io/v1 NetworkPolicy; Calico v3 Tier,
+//! (Staged)(Global)NetworkPolicy; policy.networking.k8s.io/v1alpha1 (Baseline)AdminNetworkPolicy)
+//! -> domain model.
 //!
 //! NetworkPolicy specs are read strictly (unknown fields are errors, so a typo cannot silently
 //! widen or narrow a policy); Pods are read leniently (only the fields policy needs). Every
 //! error names the file, the document and the field path.
 
+mod anp;
+mod calico;
 mod syntax;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +17,7 @@ use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
 use crate::error::{DocumentRef, Error, Origin};
+use crate::tiered::{PolicyId, PolicyKind, Tier, TieredPolicy};
 use crate::model::{
     Cidr, IpBlock, LabelSelector, Model, NamedPort, Namespace, NamespaceScope, NetworkPolicy, Operator, Peer, Peers,
     Pod, PodRef, PolicyRef, PortMatch, PortSpec, Ports, Protocol, Requirement, Rule,
@@ -26,12 +31,24 @@ pub const INTERFACE_ANNOTATION: &str = "bulkhead.io/interface";
 /// API server does).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// API group/version of Calico's resources.
+pub const CALICO_API_VERSION: &str = "projectcalico.org/v3";
+/// API group/version of AdminNetworkPolicy and BaselineAdminNetworkPolicy.
+pub const ANP_API_VERSION: &str = "policy.networking.k8s.io/v1alpha1";
+/// Tier annotation setting [`Tier::cluster_scoped_only`].
+pub const CLUSTER_SCOPED_ONLY_ANNOTATION: &str = "bulkhead.io/cluster-scoped-only";
+
 /// A parsed object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
     NetworkPolicy(NetworkPolicy),
+    /// A Calico `Tier`.
+    Tier(Tier),
+    /// A Calico (staged) (global) network policy, an AdminNetworkPolicy or the
+    /// BaselineAdminNetworkPolicy.
+    Tiered(TieredPolicy),
 }
 
 /// A parsed object and where it came from (so duplicates can name both places).
@@ -44,6 +61,42 @@ pub struct Resource {
 /// Whether [`parse_documents`] handles this apiVersion/kind.
 pub fn is_supported(api_version: &str, kind: &str) -> bool {
     matches!((api_version, kind), ("v1", "Namespace") | ("v1", "Pod") | ("networking.k8s.io/v1", "NetworkPolicy"))
+        || (api_version == CALICO_API_VERSION && (kind == "Tier" || calico_kind(kind).is_some()))
+        || (api_version == ANP_API_VERSION && anp_kind(kind).is_some())
+}
+
+fn calico_kind(kind: &str) -> Option<PolicyKind> {
+    Some(match kind {
+        "NetworkPolicy" => PolicyKind::CalicoNetworkPolicy,
+        "GlobalNetworkPolicy" => PolicyKind::CalicoGlobalNetworkPolicy,
+        "StagedNetworkPolicy" => PolicyKind::StagedNetworkPolicy,
+        "StagedGlobalNetworkPolicy" => PolicyKind::StagedGlobalNetworkPolicy,
+        _ => return None,
+    })
+}
+
+fn anp_kind(kind: &str) -> Option<PolicyKind> {
+    Some(match kind {
+        "AdminNetworkPolicy" => PolicyKind::AdminNetworkPolicy,
+        "BaselineAdminNetworkPolicy" => PolicyKind::BaselineAdminNetworkPolicy,
+        _ => return None,
+    })
+}
+
+/// Kinds without a namespace (the rest, supported or not, are named with one in errors).
+fn is_cluster_scoped(kind: &str) -> bool {
+    matches!(
+        kind,
+        "Namespace"
+            | "Tier"
+            | "GlobalNetworkPolicy"
+            | "StagedGlobalNetworkPolicy"
+            | "AdminNetworkPolicy"
+            | "BaselineAdminNetworkPolicy"
+            | "GlobalNetworkSet"
+            | "HostEndpoint"
+            | "Node"
+    )
 }
 
 /// Parses a multi-document YAML text. Empty documents are skipped; document numbers in
@@ -73,7 +126,7 @@ fn parse_document(file: &str, number: usize, value: &Value) -> Result<Object, Er
     let meta = get(top, "metadata").map(|m| d.map(m, "metadata")).transpose()?;
     // Name and namespace are read before validation so every later error can name the object.
     d.doc.name = meta.and_then(|m| get(m, "name")).and_then(Value::as_str).map(String::from);
-    let namespaced = kind != "Namespace";
+    let namespaced = !is_cluster_scoped(kind);
     if namespaced {
         let ns = meta.and_then(|m| get(m, "namespace")).and_then(Value::as_str).unwrap_or("default");
         d.doc.namespace = Some(ns.to_string());
@@ -90,9 +143,15 @@ fn parse_document(file: &str, number: usize, value: &Value) -> Result<Object, Er
     let name = d.str(get(meta, "name").ok_or_else(|| d.err("metadata.name", "required"))?, "metadata.name")?;
     let namespace = match get(meta, "namespace") {
         Some(v) if namespaced => d.str(v, "metadata.namespace")?,
+        Some(_) if kind != "Namespace" => {
+            return Err(d.err("metadata.namespace", format!("{kind} is cluster-scoped: remove metadata.namespace")));
+        }
         _ => "default",
     };
-    let name_problem = if namespaced { syntax::dns_subdomain_problem(name) } else { syntax::dns_label_problem(name) };
+    let name_problem = match kind {
+        "Namespace" | "Tier" => syntax::dns_label_problem(name),
+        _ => syntax::dns_subdomain_problem(name),
+    };
     if let Some(problem) = name_problem {
         return Err(d.err("metadata.name", format!("invalid name {name:?}: {problem}")));
     }
@@ -107,6 +166,16 @@ fn parse_document(file: &str, number: usize, value: &Value) -> Result<Object, Er
             Ok(Object::Namespace(Namespace { name: name.to_string(), labels }))
         }
         "Pod" => parse_pod(&d, top, meta, namespace, name, labels).map(Object::Pod),
+        _ if api_version == CALICO_API_VERSION && kind == "Tier" => calico::parse_tier(&d, top, meta, name).map(Object::Tier),
+        _ if api_version == CALICO_API_VERSION => {
+            let kind = calico_kind(kind).expect("supported Calico kind");
+            let namespace = kind.is_namespaced().then_some(namespace);
+            calico::parse_policy(&d, top, kind, namespace, name).map(Object::Tiered)
+        }
+        _ if api_version == ANP_API_VERSION => {
+            let kind = anp_kind(kind).expect("supported ANP kind");
+            anp::parse_policy(&d, top, kind, name).map(Object::Tiered)
+        }
         _ => parse_policy(&d, top, namespace, name).map(Object::NetworkPolicy),
     }
 }
@@ -463,13 +532,16 @@ fn requirement(d: &Doc<'_>, v: &Value, path: &str) -> Result<Requirement, Error>
     Ok(Requirement { key: key.to_string(), operator })
 }
 
-/// Builds a model, rejecting objects defined twice (naming both places) and pods in
-/// namespaces that are not defined.
+/// Builds a model, rejecting objects defined twice (naming both places), pods and namespaced
+/// Calico policies in namespaces that are not defined, tiered policies in tiers that do not
+/// exist, and namespaced policies in tiers reserved for cluster-scoped ones.
 pub fn build_model(resources: impl IntoIterator<Item = Resource>) -> Result<Model, Error> {
     let mut model = Model::default();
     let mut ns_origin: BTreeMap<String, Origin> = BTreeMap::new();
     let mut pod_origin: BTreeMap<PodRef, Origin> = BTreeMap::new();
     let mut policy_origin: BTreeMap<PolicyRef, Origin> = BTreeMap::new();
+    let mut tier_origin: BTreeMap<String, Origin> = BTreeMap::new();
+    let mut tiered_origin: BTreeMap<PolicyId, Origin> = BTreeMap::new();
     let dup = |kind, name: String, first: &Origin, second: Origin| Error::Duplicate { kind, name, first: first.clone(), second };
     for Resource { origin, object } in resources {
         match object {
@@ -496,6 +568,44 @@ pub fn build_model(resources: impl IntoIterator<Item = Resource>) -> Result<Mode
                 policy_origin.insert(r, origin);
                 model.upsert_policy(p);
             }
+            Object::Tier(t) => {
+                if let Some(first) = tier_origin.get(&t.name) {
+                    return Err(dup("Tier", t.name, first, origin));
+                }
+                tier_origin.insert(t.name.clone(), origin);
+                model.tiers.insert(t.name.clone(), t);
+            }
+            Object::Tiered(p) => {
+                if let Some(first) = tiered_origin.get(&p.id) {
+                    let name = match &p.id.namespace {
+                        Some(ns) => format!("{ns}/{}", p.id.name),
+                        None => p.id.name.clone(),
+                    };
+                    return Err(dup(p.id.kind.as_str(), name, first, origin));
+                }
+                tiered_origin.insert(p.id.clone(), origin);
+                model.tiered.insert(p.id.clone(), p);
+            }
+        }
+    }
+    for (id, p) in &model.tiered {
+        let origin = || tiered_origin.get(id).cloned().expect("every tiered policy has an origin");
+        let cluster_scoped_only = match model.tiers.get(&p.tier) {
+            Some(t) => t.cluster_scoped_only,
+            None if calico::builtin_tier(&p.tier).is_some() => false,
+            None => return Err(Error::UnknownTier { policy: id.to_string(), tier: p.tier.clone(), origin: origin() }),
+        };
+        if let Some(ns) = &id.namespace {
+            if cluster_scoped_only {
+                return Err(Error::NamespacedPolicyInClusterTier {
+                    policy: id.to_string(),
+                    tier: p.tier.clone(),
+                    origin: origin(),
+                });
+            }
+            if !model.namespaces.contains_key(ns) {
+                return Err(Error::MissingPolicyNamespace { policy: id.to_string(), namespace: ns.clone(), origin: origin() });
+            }
         }
     }
     for (r, pod) in &model.pods {
@@ -513,3 +623,7 @@ pub fn build_model(resources: impl IntoIterator<Item = Resource>) -> Result<Mode
 #[cfg(test)]
 #[path = "k8s_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "k8s/tiered_tests.rs"]
+mod tiered_tests;

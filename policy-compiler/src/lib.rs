@@ -9,22 +9,28 @@
 //! - [`compile`]: model -> map entries ([`Compiler`], [`Compiled`]).
 //! - [`diff`](mod@diff): what changed between two compiles.
 //! - [`lookup`]: the datapath algorithm run on compiled maps.
-//! - [`reference`]: a plain evaluator of upstream semantics, the oracle for tests.
+//! - [`knp`]: Kubernetes NetworkPolicy -> tiered policy.
+//! - [`explain`]: why a connection is allowed, from the compiled maps.
+//! - [`reference`]: plain evaluators of upstream and tiered semantics, the oracles for tests.
 
 pub mod compile;
 pub mod diff;
 pub mod error;
+pub mod explain;
 pub mod identity;
 pub mod k8s;
+pub mod knp;
 pub mod lookup;
 pub mod model;
 pub mod portrange;
 pub mod reference;
+pub mod selector_parser;
 pub mod tiered;
 mod select;
 
-pub use compile::{Compiled, Compiler, EndpointEntry, Limits, PolicyMapKey};
+pub use compile::{Compiled, Compiler, EndpointEntry, Limits, PolicyEntry, PolicyMapKey};
 pub use diff::{CompiledDiff, MapDiff, diff};
+pub use explain::{Decision, Explanation, explain};
 pub use error::{CompileError, DocumentRef, Error, Origin};
 pub use identity::IdentityAllocator;
 pub use lookup::Endpoint;

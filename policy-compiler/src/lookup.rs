@@ -1,11 +1,24 @@
 //! The datapath's decision procedure, run on a [`Compiled`] instead of kernel maps. It mirrors
 //! the TC program step for step, so comparing it with [`crate::reference`] checks the compiler.
+//!
+//! For a packet at local endpoint E (identity L), direction D, remote address R, protocol P,
+//! policy port T (destination port; ICMP `type << 8 | code`; 0 otherwise):
+//! 1. ipcache LPM of R -> identity I (miss: [`identity::WORLD`]);
+//! 2. policy LPM lookups (L, I, D, P, T), (L, I, D, ANY, T), (L, ANY, D, P, T),
+//!    (L, ANY, D, ANY, T); the first hit is the verdict;
+//! 3. no hit: allow (no tier applies to E in D).
+//!
+//! The staged map is read the same way for endpoints flagged [`ep_flags::HAS_STAGED`].
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use bulkhead_common::{IpInfoV1, POLICY_KEY_FIXED_BITS, POLICY_KEY_FULL_BITS, PolicyValueV1, action, direction, ep_flags, identity, proto};
+use bulkhead_common::{
+    IpInfoV2, POLICY_KEY_FIXED_BITS, POLICY_KEY_FULL_BITS, PolicyKeyV1, PolicyValueV2, action, direction, ep_flags,
+    identity, proto,
+};
 
-use crate::compile::{Compiled, EndpointEntry, policy_key};
+use crate::compile::{Compiled, EndpointEntry, PolicyMapKey, policy_key};
 use crate::model::{Cidr, PodRef};
 use crate::portrange::port_mask;
 
@@ -21,64 +34,86 @@ pub enum Endpoint {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub allowed: bool,
-    /// The deciding policy entry, if any.
-    pub hit: Option<PolicyValueV1>,
+    /// The deciding map value; `None` when no entry applied (allow) or the endpoint fails
+    /// closed (deny).
+    pub hit: Option<PolicyValueV2>,
+    /// The endpoint is marked [`ep_flags::OVERFLOW_FAIL_CLOSED`].
+    pub fail_closed: bool,
 }
 
 /// IP cache lookup: longest prefix containing `ip`; a miss is the world.
-pub fn ipcache_lookup(compiled: &Compiled, ip: Ipv4Addr) -> IpInfoV1 {
+pub fn ipcache_lookup(compiled: &Compiled, ip: Ipv4Addr) -> IpInfoV2 {
     (0..=32u8)
         .rev()
         .find_map(|len| compiled.ipcache.get(&(Cidr::containing(ip, len).addr(), len)).copied())
-        .unwrap_or(IpInfoV1 { identity: identity::WORLD, cidr_identity: identity::ANY })
+        .unwrap_or(IpInfoV2 { identity: identity::WORLD, flags: 0 })
 }
 
-/// The policy check at endpoint `local` for traffic with `remote` in direction `dir`
-/// ([`direction`]); `port` is the destination port.
-pub fn check(compiled: &Compiled, local: &EndpointEntry, remote: Ipv4Addr, dir: u8, protocol: u8, port: u16) -> Verdict {
-    if local.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
-        return Verdict { allowed: false, hit: None };
-    }
-    let info = ipcache_lookup(compiled, remote);
-    let mut peers = vec![info.identity];
-    if info.cidr_identity != identity::ANY && info.cidr_identity != info.identity {
-        peers.push(info.cidr_identity);
-    }
-    peers.push(identity::ANY);
-    let mut best: Option<PolicyValueV1> = None;
-    for &peer in &peers {
-        for p in [protocol, proto::ANY] {
-            let key = policy_key(local.identity, peer, dir, p, port);
-            if let Some(v) = lpm_policy(compiled, key)
-                && best.is_none_or(|b| v.rank < b.rank)
-            {
-                best = Some(v);
-            }
-        }
-    }
-    if let Some(v) = best {
-        return Verdict { allowed: v.action == action::ALLOW, hit: Some(v) };
-    }
-    let isolated = match dir {
-        direction::INGRESS => local.flags & ep_flags::INGRESS_ISOLATED != 0,
-        _ => local.flags & ep_flags::EGRESS_ISOLATED != 0,
-    };
-    Verdict { allowed: !isolated, hit: None }
+/// The four policy lookups of step 2 on one map; the first hit.
+pub fn lookup_map(
+    map: &BTreeMap<PolicyMapKey, PolicyValueV2>,
+    local: u32,
+    peer: u32,
+    dir: u8,
+    protocol: u8,
+    port: u16,
+) -> Option<PolicyValueV2> {
+    [(peer, protocol), (peer, proto::ANY), (identity::ANY, protocol), (identity::ANY, proto::ANY)]
+        .into_iter()
+        .find_map(|(i, p)| lpm_policy(map, policy_key(local, i, dir, p, port)))
 }
 
-fn lpm_policy(compiled: &Compiled, key: bulkhead_common::PolicyKeyV1) -> Option<PolicyValueV1> {
+fn lpm_policy(map: &BTreeMap<PolicyMapKey, PolicyValueV2>, key: PolicyKeyV1) -> Option<PolicyValueV2> {
     let port = u16::from_be_bytes(key.port_be);
     (POLICY_KEY_FIXED_BITS..=POLICY_KEY_FULL_BITS).rev().find_map(|plen| {
         let mut k = key;
         k.port_be = (port & port_mask((plen - POLICY_KEY_FIXED_BITS) as u8)).to_be_bytes();
-        compiled.policy.get(&(plen, k)).copied()
+        map.get(&(plen, k)).copied()
     })
 }
 
-fn resolve<'c>(compiled: &'c Compiled, e: &Endpoint) -> Option<(Option<&'c EndpointEntry>, Ipv4Addr)> {
+fn check_map(
+    compiled: &Compiled,
+    map: &BTreeMap<PolicyMapKey, PolicyValueV2>,
+    local: &EndpointEntry,
+    remote: Ipv4Addr,
+    dir: u8,
+    protocol: u8,
+    port: u16,
+) -> Verdict {
+    if local.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
+        return Verdict { allowed: false, hit: None, fail_closed: true };
+    }
+    let peer = ipcache_lookup(compiled, remote).identity;
+    match lookup_map(map, local.identity, peer, dir, protocol, port) {
+        Some(v) => Verdict { allowed: v.action == action::ALLOW, hit: Some(v), fail_closed: false },
+        None => Verdict { allowed: true, hit: None, fail_closed: false },
+    }
+}
+
+/// The enforced policy check at endpoint `local` for traffic with `remote` in direction `dir`
+/// ([`direction`]); `port` is the policy port (destination port, or ICMP `type << 8 | code`).
+pub fn check(compiled: &Compiled, local: &EndpointEntry, remote: Ipv4Addr, dir: u8, protocol: u8, port: u16) -> Verdict {
+    check_map(compiled, &compiled.policy, local, remote, dir, protocol, port)
+}
+
+/// The staged (counterfactual) check, for endpoints flagged [`ep_flags::HAS_STAGED`].
+pub fn check_staged(
+    compiled: &Compiled,
+    local: &EndpointEntry,
+    remote: Ipv4Addr,
+    dir: u8,
+    protocol: u8,
+    port: u16,
+) -> Option<Verdict> {
+    (local.flags & ep_flags::HAS_STAGED != 0).then(|| check_map(compiled, &compiled.staged, local, remote, dir, protocol, port))
+}
+
+/// Resolves an endpoint to its endpoint entry (if it is a pod with a datapath) and address.
+pub fn resolve<'c>(compiled: &'c Compiled, e: &Endpoint) -> Option<(Option<(&'c PodRef, &'c EndpointEntry)>, Ipv4Addr)> {
     match e {
-        Endpoint::Pod(r) => compiled.endpoints.get(r).map(|ep| (Some(ep), ep.ip)),
-        Endpoint::Ip(ip) => Some((compiled.endpoint_by_ip(*ip).map(|(_, ep)| ep), *ip)),
+        Endpoint::Pod(r) => compiled.endpoints.get_key_value(r).map(|(r, ep)| (Some((r, ep)), ep.ip)),
+        Endpoint::Ip(ip) => Some((compiled.endpoint_by_ip(*ip), *ip)),
     }
 }
 
@@ -89,12 +124,12 @@ pub fn allowed(compiled: &Compiled, src: &Endpoint, dst: &Endpoint, protocol: u8
     let (Some((s_ep, s_ip)), Some((d_ep, d_ip))) = (resolve(compiled, src), resolve(compiled, dst)) else {
         return false;
     };
-    if let Some(s) = s_ep
+    if let Some((_, s)) = s_ep
         && !check(compiled, s, d_ip, direction::EGRESS, protocol, port).allowed
     {
         return false;
     }
-    if let Some(d) = d_ep
+    if let Some((_, d)) = d_ep
         && !check(compiled, d, s_ip, direction::INGRESS, protocol, port).allowed
     {
         return false;

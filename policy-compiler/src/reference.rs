@@ -113,3 +113,241 @@ fn peer_matches(model: &Model, policy: &NetworkPolicy, peer: &Peer, side: &Side<
         }
     }
 }
+
+// ---- Tiered reference -----------------------------------------------------------------------
+
+pub use tiered_ref::{TieredReference, TieredSide};
+
+/// A plain evaluator of the tiered semantics (module doc of [`crate::tiered`]): walks tiers,
+/// policies and rules per query, on pods and addresses directly (no identities, no regions, no
+/// maps). Kubernetes NetworkPolicies go through the same conversion as in the compiler
+/// ([`crate::knp`]); their upstream meaning is checked separately by [`allowed`].
+mod tiered_ref {
+    use std::net::Ipv4Addr;
+
+    use bulkhead_common::proto;
+
+    use super::resolve;
+    use crate::explain::Decision;
+    use crate::knp;
+    use crate::lookup::Endpoint;
+    use crate::model::{Model, Pod, Protocol};
+    use crate::tiered::{
+        Action, EntityMatch, NamespaceMatch, PortItem, TRule, Tier, TierDefault, TieredPolicy, effective_tiers,
+        namespace_selector_labels, pod_selector_labels, service_account_labels,
+    };
+
+    /// A checked side: the enforced decision and, for pods some staged policy selects, the
+    /// staged one.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct TieredSide {
+        pub enforced: Decision,
+        pub staged: Option<Decision>,
+    }
+
+    pub struct TieredReference<'m> {
+        model: &'m Model,
+        tiers: Vec<Tier>,
+        /// Converted KNPs (with rule origins) and tiered policies.
+        policies: Vec<(TieredPolicy, Option<knp::Converted>)>,
+    }
+
+    impl<'m> TieredReference<'m> {
+        pub fn new(model: &'m Model) -> Self {
+            let mut policies: Vec<(TieredPolicy, Option<knp::Converted>)> =
+                model.policies.values().map(|p| {
+                    let c = knp::convert(p);
+                    (c.policy.clone(), Some(c))
+                }).collect();
+            policies.extend(model.tiered.values().map(|p| (p.clone(), None)));
+            TieredReference { model, tiers: effective_tiers(model), policies }
+        }
+
+        fn selects(&self, p: &TieredPolicy, pod: &Pod) -> bool {
+            if p.id.kind.is_namespaced() && p.id.namespace.as_deref() != Some(pod.namespace.as_str()) {
+                return false;
+            }
+            let Some(ns) = self.model.namespaces.get(&pod.namespace) else { return false };
+            p.selector.matches(&pod_selector_labels(&pod.labels, &pod.namespace, &pod.service_account))
+                && p.namespace_selector.as_ref().is_none_or(|s| s.matches(&namespace_selector_labels(&ns.labels, &ns.name)))
+                && p.service_account_selector.as_ref().is_none_or(|s| s.matches(&service_account_labels(&pod.service_account)))
+        }
+
+        fn entity(&self, e: &EntityMatch, pod: Option<&Pod>, ip: Ipv4Addr) -> bool {
+            let label_field = e.selector.is_some()
+                || e.not_selector.is_some()
+                || e.namespace.is_some()
+                || e.service_account_selector.is_some();
+            if label_field {
+                let Some(pod) = pod else { return false };
+                let labels = pod_selector_labels(&pod.labels, &pod.namespace, &pod.service_account);
+                if e.selector.as_ref().is_some_and(|s| !s.matches(&labels)) {
+                    return false;
+                }
+                if e.not_selector.as_ref().is_some_and(|s| s.matches(&labels)) {
+                    return false;
+                }
+                match &e.namespace {
+                    Some(NamespaceMatch::Named(n)) if *n != pod.namespace => return false,
+                    Some(NamespaceMatch::Selector(s)) => {
+                        let Some(ns) = self.model.namespaces.get(&pod.namespace) else { return false };
+                        if !s.matches(&namespace_selector_labels(&ns.labels, &ns.name)) {
+                            return false;
+                        }
+                    }
+                    _ => {}
+                }
+                if e.service_account_selector.as_ref().is_some_and(|s| !s.matches(&service_account_labels(&pod.service_account))) {
+                    return false;
+                }
+            }
+            if !e.nets.is_empty() && !e.nets.iter().any(|n| n.contains_addr(ip)) {
+                return false;
+            }
+            !e.not_nets.iter().any(|n| n.contains_addr(ip))
+        }
+
+        fn port_item(it: &PortItem, protocol: u8, port: u16, dst: Option<&Pod>) -> bool {
+            match it {
+                PortItem::Range { start, end } => *start <= port && port <= *end,
+                PortItem::Named(n) => {
+                    let p = match protocol {
+                        proto::TCP => Protocol::Tcp,
+                        proto::UDP => Protocol::Udp,
+                        proto::SCTP => Protocol::Sctp,
+                        _ => return false,
+                    };
+                    dst.and_then(|d| d.named_port(n, p)) == Some(port)
+                }
+            }
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn rule(&self, r: &TRule, ingress: bool, local: &Pod, peer: Option<&Pod>, peer_ip: Ipv4Addr, protocol: u8, port: u16) -> bool {
+            let local_ip = local.ip.expect("local pods have an address");
+            let (src, src_ip, dst, dst_ip) =
+                if ingress { (peer, peer_ip, Some(local), local_ip) } else { (Some(local), local_ip, peer, peer_ip) };
+            if r.protocol.is_some_and(|p| p != protocol) || r.not_protocol == Some(protocol) {
+                return false;
+            }
+            if !r.source.ports.is_empty() || !r.source.not_ports.is_empty() {
+                return false; // unsupported by the datapath: never matches
+            }
+            let port_proto = matches!(protocol, proto::TCP | proto::UDP | proto::SCTP);
+            let d = &r.destination;
+            if !d.ports.is_empty() && (!port_proto || !d.ports.iter().any(|i| Self::port_item(i, protocol, port, dst))) {
+                return false;
+            }
+            if !d.not_ports.is_empty() && (!port_proto || d.not_ports.iter().any(|i| Self::port_item(i, protocol, port, dst))) {
+                return false;
+            }
+            let icmp_hit = |m: &crate::tiered::IcmpMatch| {
+                (port >> 8) as u8 == m.icmp_type && m.code.is_none_or(|c| (port & 0xff) as u8 == c)
+            };
+            if let Some(m) = &r.icmp
+                && (protocol != proto::ICMP || !icmp_hit(m))
+            {
+                return false;
+            }
+            if let Some(m) = &r.not_icmp
+                && (protocol != proto::ICMP || icmp_hit(m))
+            {
+                return false;
+            }
+            self.entity(&r.source, src, src_ip) && self.entity(&r.destination, dst, dst_ip)
+        }
+
+        /// The decision at pod `local` (which must have an address) for traffic with the peer
+        /// (`peer`: the pod owning `peer_ip`, if any) in direction `ingress`/egress. `staged`:
+        /// evaluate staged policies too (tier applicability still from enforced ones).
+        #[allow(clippy::too_many_arguments)]
+        pub fn decide(&self, local: &Pod, ingress: bool, peer: Option<&Pod>, peer_ip: Ipv4Addr, protocol: u8, port: u16, staged: bool) -> Decision {
+            let mut log = None;
+            for tier in &self.tiers {
+                let mut here: Vec<&(TieredPolicy, Option<knp::Converted>)> = self
+                    .policies
+                    .iter()
+                    .filter(|(p, _)| p.tier == tier.name && p.rules(ingress).is_some() && self.selects(p, local))
+                    .collect();
+                if !here.iter().any(|(p, _)| !p.id.kind.is_staged()) {
+                    continue; // the tier does not apply
+                }
+                if !staged {
+                    here.retain(|(p, _)| !p.id.kind.is_staged());
+                }
+                here.sort_by(|a, b| a.0.eval_cmp(&b.0));
+                let mut passed = false;
+                'tier: for (p, conv) in here {
+                    for (i, r) in p.rules(ingress).into_iter().flatten().enumerate() {
+                        if !self.rule(r, ingress, local, peer, peer_ip, protocol, port) {
+                            continue;
+                        }
+                        let ri = conv.as_ref().map_or(i, |c| c.origin(ingress, i));
+                        match r.action {
+                            Action::Allow | Action::Deny => {
+                                return Decision {
+                                    allowed: r.action == Action::Allow,
+                                    tier: Some(tier.name.clone()),
+                                    policy: Some(p.id.clone()),
+                                    rule_index: Some(ri),
+                                    end_of_tier: false,
+                                    log,
+                                };
+                            }
+                            Action::Pass => {
+                                passed = true;
+                                break 'tier;
+                            }
+                            Action::Log => {
+                                log.get_or_insert((p.id.clone(), ri));
+                            }
+                        }
+                    }
+                }
+                if !passed && tier.default_action == TierDefault::Deny {
+                    return Decision {
+                        allowed: false,
+                        tier: Some(tier.name.clone()),
+                        policy: None,
+                        rule_index: None,
+                        end_of_tier: true,
+                        log,
+                    };
+                }
+            }
+            Decision { log, ..Decision::default_allow() }
+        }
+
+        /// Whether some staged policy selects the pod (it then has a staged verdict).
+        pub fn has_staged(&self, pod: &Pod) -> bool {
+            self.policies.iter().any(|(p, _)| {
+                p.id.kind.is_staged() && (p.ingress.is_some() || p.egress.is_some()) && self.selects(p, pod)
+            })
+        }
+
+        fn side(&self, local: &Pod, ingress: bool, peer: Option<&Pod>, peer_ip: Ipv4Addr, protocol: u8, port: u16) -> TieredSide {
+            TieredSide {
+                enforced: self.decide(local, ingress, peer, peer_ip, protocol, port, false),
+                staged: self.has_staged(local).then(|| self.decide(local, ingress, peer, peer_ip, protocol, port, true)),
+            }
+        }
+
+        /// The source pod's egress side and the destination pod's ingress side of a connection
+        /// (`None` for a side that is not a pod); `None` if an endpoint is unknown.
+        #[allow(clippy::type_complexity)]
+        pub fn sides(&self, src: &Endpoint, dst: &Endpoint, protocol: u8, port: u16) -> Option<(Option<TieredSide>, Option<TieredSide>)> {
+            let (s, d) = (resolve(self.model, src)?, resolve(self.model, dst)?);
+            let egress = s.pod.map(|pod| self.side(pod, false, d.pod, d.ip, protocol, port));
+            let ingress = d.pod.map(|pod| self.side(pod, true, s.pod, s.ip, protocol, port));
+            Some((egress, ingress))
+        }
+
+        /// Whether the connection is allowed (enforced verdicts).
+        pub fn allowed(&self, src: &Endpoint, dst: &Endpoint, protocol: u8, port: u16) -> bool {
+            match self.sides(src, dst, protocol, port) {
+                None => false,
+                Some((e, i)) => [e, i].iter().flatten().all(|s| s.enforced.allowed),
+            }
+        }
+    }
+}

@@ -1,109 +1,214 @@
-//! Selector evaluation against identities (not pods), with per-compile caching.
+//! Selector and entity evaluation against identities (not pods), cached per compile.
 //!
-//! Thousands of pods usually collapse into far fewer identities, and many policies repeat the
-//! same selectors, so each (namespace scope, pod selector) pair is evaluated once per compile.
+//! Every identity is either a pod identity (labels, namespace, service account, named ports
+//! and CIDR region) or a region identity (non-pod addresses of one collected prefix), plus the
+//! baseline: an address matched by no selector and in no prefix beyond the shortest one. An
+//! entity predicate is stored as the baseline's answer plus the sorted identities whose answer
+//! differs from it ([`PredSet`]), which is what the compiler's per-peer signatures are built
+//! from (an inverted index: rule -> deviating peers).
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::identity::IdentityAttrs;
-use crate::model::{LabelSelector, Model, NamespaceScope, Protocol, resolve_named_port};
+use crate::model::{Cidr, Labels, NamedPort};
+use crate::tiered::{
+    EntityMatch, NamespaceMatch, Selector, TieredPolicy, namespace_selector_labels, pod_selector_labels,
+    service_account_labels,
+};
 
-/// The identities of one compile, indexed for selection.
-pub(crate) struct IdentityTable<'m> {
-    /// Identity -> attributes, in identity order.
-    pub attrs: BTreeMap<u32, IdentityAttrs>,
-    /// Namespace name -> its identities (ascending).
-    by_ns: BTreeMap<String, Vec<u32>>,
-    model: &'m Model,
-    cache: RefCell<SelectionCache<'m>>,
-    ns_cache: RefCell<HashMap<&'m LabelSelector, Rc<[String]>>>,
+/// What selectors see of a pod identity.
+#[derive(Debug)]
+pub(crate) struct PodSide {
+    pub namespace: String,
+    /// Pod labels plus the implicit Calico labels.
+    pub labels: Labels,
+    /// Namespace labels plus the implicit name label.
+    pub ns_labels: Labels,
+    pub sa_labels: Labels,
+    pub ports: Vec<NamedPort>,
 }
 
-type SelectionCache<'m> = HashMap<(ScopeKey<'m>, &'m LabelSelector), Rc<[u32]>>;
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum ScopeKey<'m> {
-    Namespace(&'m str),
-    Matching(&'m LabelSelector),
+#[derive(Debug)]
+pub(crate) struct Ident {
+    pub id: u32,
+    pub pod: Option<PodSide>,
+    pub region: Option<Cidr>,
 }
 
-impl<'m> IdentityTable<'m> {
-    pub fn new(model: &'m Model, attrs: BTreeMap<u32, IdentityAttrs>) -> Self {
-        let mut by_ns: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        for (&id, a) in &attrs {
-            by_ns.entry(a.namespace.clone()).or_default().push(id);
+impl Ident {
+    pub fn from_attrs(id: u32, a: &IdentityAttrs) -> Ident {
+        Ident {
+            id,
+            pod: Some(PodSide {
+                namespace: a.namespace.clone(),
+                labels: pod_selector_labels(&a.labels, &a.namespace, &a.service_account),
+                ns_labels: namespace_selector_labels(&a.namespace_labels, &a.namespace),
+                sa_labels: service_account_labels(&a.service_account),
+                ports: a.ports.clone(),
+            }),
+            region: a.region,
         }
-        IdentityTable { attrs, by_ns, model, cache: RefCell::default(), ns_cache: RefCell::default() }
     }
+}
 
-    /// Identities of pods in `own_namespace` (for [`NamespaceScope::Own`]) or in the
-    /// namespaces `scope` matches, whose labels match `pods`. Ascending.
-    pub fn select(&self, own_namespace: &'m str, scope: &'m NamespaceScope, pods: &'m LabelSelector) -> Rc<[u32]> {
-        let key = match scope {
-            NamespaceScope::Own => ScopeKey::Namespace(own_namespace),
-            NamespaceScope::Matching(sel) => ScopeKey::Matching(sel),
-        };
-        self.select_key(key, pods)
-    }
-
-    /// Identities of pods in `namespace` matching `pods`. Ascending.
-    pub fn select_in(&self, namespace: &'m str, pods: &'m LabelSelector) -> Rc<[u32]> {
-        self.select_key(ScopeKey::Namespace(namespace), pods)
-    }
-
-    fn select_key(&self, key: ScopeKey<'m>, pods: &'m LabelSelector) -> Rc<[u32]> {
-        if let Some(hit) = self.cache.borrow().get(&(key, pods)) {
-            return hit.clone();
+/// Whether the identity part of an entity (selectors, namespace, nets; not ports) holds.
+pub(crate) fn entity_holds(e: &EntityMatch, who: &Ident) -> bool {
+    if needs_pod(e) {
+        let Some(pod) = &who.pod else { return false };
+        if let Some(s) = &e.selector
+            && !s.matches(&pod.labels)
+        {
+            return false;
         }
-        let mut out = Vec::new();
-        let mut scan = |ns: &str| {
-            for id in self.by_ns.get(ns).into_iter().flatten() {
-                if pods.matches(&self.attrs[id].labels) {
-                    out.push(*id);
+        if let Some(s) = &e.not_selector
+            && s.matches(&pod.labels)
+        {
+            return false;
+        }
+        match &e.namespace {
+            Some(NamespaceMatch::Named(n)) if *n != pod.namespace => return false,
+            Some(NamespaceMatch::Selector(s)) if !s.matches(&pod.ns_labels) => return false,
+            _ => {}
+        }
+        if let Some(s) = &e.service_account_selector
+            && !s.matches(&pod.sa_labels)
+        {
+            return false;
+        }
+    }
+    // Collected prefixes are nested or disjoint and every net is collected, so a net contains
+    // the address iff it contains the address's region.
+    let in_any = |nets: &[Cidr]| who.region.is_some_and(|q| nets.iter().any(|n| n.contains(q)));
+    if !e.nets.is_empty() && !in_any(&e.nets) {
+        return false;
+    }
+    !in_any(&e.not_nets)
+}
+
+fn needs_pod(e: &EntityMatch) -> bool {
+    e.selector.is_some() || e.not_selector.is_some() || e.namespace.is_some() || e.service_account_selector.is_some()
+}
+
+/// A predicate over identities: the baseline's answer and the identities answering otherwise.
+#[derive(Debug, Default)]
+pub(crate) struct PredSet {
+    pub baseline: bool,
+    /// Sorted.
+    pub diff: Vec<u32>,
+}
+
+impl PredSet {
+    pub fn holds(&self, id: u32) -> bool {
+        self.baseline ^ self.diff.binary_search(&id).is_ok()
+    }
+}
+
+type EntityKey<'m> =
+    (Option<&'m Selector>, Option<&'m Selector>, Option<&'m NamespaceMatch>, Option<&'m Selector>, &'m [Cidr], &'m [Cidr]);
+
+type SelectKey<'m> = (Option<&'m str>, &'m Selector, Option<&'m Selector>, Option<&'m Selector>);
+
+/// The identities of one compile, indexed for selection, with predicate caches.
+pub(crate) struct Universe<'m> {
+    /// Pod identities, then region identities.
+    pub idents: Vec<Ident>,
+    pub n_pods: usize,
+    /// The baseline address (see module doc).
+    pub baseline: Ident,
+    by_id: HashMap<u32, usize>,
+    by_ns: HashMap<String, Vec<usize>>,
+    /// Port name -> pod identities defining it (any protocol).
+    named: HashMap<String, Vec<u32>>,
+    preds: HashMap<EntityKey<'m>, Rc<PredSet>>,
+    selections: HashMap<SelectKey<'m>, Rc<[u32]>>,
+}
+
+impl<'m> Universe<'m> {
+    pub fn new(pods: Vec<Ident>, regions: Vec<Ident>, baseline: Ident) -> Self {
+        let n_pods = pods.len();
+        let idents: Vec<Ident> = pods.into_iter().chain(regions).collect();
+        let mut by_id = HashMap::with_capacity(idents.len());
+        let mut by_ns: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut named: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, ident) in idents.iter().enumerate() {
+            by_id.insert(ident.id, i);
+            if let Some(p) = &ident.pod {
+                by_ns.entry(p.namespace.clone()).or_default().push(i);
+                for port in &p.ports {
+                    if let Some(n) = &port.name {
+                        let v = named.entry(n.clone()).or_default();
+                        if v.last() != Some(&ident.id) {
+                            v.push(ident.id);
+                        }
+                    }
                 }
             }
-        };
-        match key {
-            ScopeKey::Namespace(ns) => scan(ns),
-            ScopeKey::Matching(sel) => {
-                for ns in self.namespaces(sel).iter() {
-                    scan(ns);
-                }
-            }
         }
+        Universe { idents, n_pods, baseline, by_id, by_ns, named, preds: HashMap::new(), selections: HashMap::new() }
+    }
+
+    pub fn ident(&self, id: u32) -> Option<&Ident> {
+        self.by_id.get(&id).map(|&i| &self.idents[i])
+    }
+
+    /// Pod identities defining a port called `name`.
+    pub fn defining(&self, name: &str) -> &[u32] {
+        self.named.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The identity predicate of an entity (cached by content).
+    pub fn entity(&mut self, e: &'m EntityMatch) -> Rc<PredSet> {
+        let key = (
+            e.selector.as_ref(),
+            e.not_selector.as_ref(),
+            e.namespace.as_ref(),
+            e.service_account_selector.as_ref(),
+            e.nets.as_slice(),
+            e.not_nets.as_slice(),
+        );
+        if let Some(p) = self.preds.get(&key) {
+            return p.clone();
+        }
+        let baseline = entity_holds(e, &self.baseline);
+        let candidates: Box<dyn Iterator<Item = usize>> = match (&e.namespace, needs_pod(e)) {
+            (Some(NamespaceMatch::Named(n)), _) => Box::new(self.by_ns.get(n).into_iter().flatten().copied()),
+            (_, true) => Box::new(0..self.n_pods),
+            (_, false) => Box::new(0..self.idents.len()),
+        };
+        // Identities outside the candidates answer like the baseline (false) by construction.
+        let mut diff: Vec<u32> =
+            candidates.filter(|&i| entity_holds(e, &self.idents[i]) != baseline).map(|i| self.idents[i].id).collect();
+        diff.sort_unstable();
+        let p = Rc::new(PredSet { baseline, diff });
+        self.preds.insert(key, p.clone());
+        p
+    }
+
+    /// Pod identities a policy applies to (its endpoint selection; namespaced kinds only in
+    /// their own namespace). Sorted.
+    pub fn selected(&mut self, p: &'m TieredPolicy) -> Rc<[u32]> {
+        let ns = if p.id.kind.is_namespaced() { Some(p.id.namespace.as_deref().unwrap_or("")) } else { None };
+        let key = (ns, &p.selector, p.namespace_selector.as_ref(), p.service_account_selector.as_ref());
+        if let Some(s) = self.selections.get(&key) {
+            return s.clone();
+        }
+        let candidates: Box<dyn Iterator<Item = usize>> = match ns {
+            Some(n) => Box::new(self.by_ns.get(n).into_iter().flatten().copied()),
+            None => Box::new(0..self.n_pods),
+        };
+        let mut out: Vec<u32> = candidates
+            .filter(|&i| {
+                let pod = self.idents[i].pod.as_ref().expect("pod identity");
+                p.selector.matches(&pod.labels)
+                    && p.namespace_selector.as_ref().is_none_or(|s| s.matches(&pod.ns_labels))
+                    && p.service_account_selector.as_ref().is_none_or(|s| s.matches(&pod.sa_labels))
+            })
+            .map(|i| self.idents[i].id)
+            .collect();
         out.sort_unstable();
         let out: Rc<[u32]> = out.into();
-        self.cache.borrow_mut().insert((key, pods), out.clone());
+        self.selections.insert(key, out.clone());
         out
-    }
-
-    /// Names of namespaces (that have identities) whose labels match `sel`.
-    fn namespaces(&self, sel: &'m LabelSelector) -> Rc<[String]> {
-        if let Some(hit) = self.ns_cache.borrow().get(sel) {
-            return hit.clone();
-        }
-        let names: Rc<[String]> = self
-            .by_ns
-            .keys()
-            .filter(|ns| self.model.namespaces.get(*ns).is_some_and(|n| sel.matches(&n.labels)))
-            .cloned()
-            .collect();
-        self.ns_cache.borrow_mut().insert(sel, names.clone());
-        names
-    }
-
-    /// Port number `name`/`protocol` resolves to on pods of `id`.
-    pub fn named_port(&self, id: u32, name: &str, protocol: Protocol) -> Option<u16> {
-        self.attrs.get(&id).and_then(|a| resolve_named_port(&a.ports, name, protocol))
-    }
-
-    /// Every identity that defines `name`/`protocol`, with the port it resolves to.
-    pub fn all_defining(&self, name: &str, protocol: Protocol) -> Vec<(u32, u16)> {
-        self.attrs
-            .iter()
-            .filter_map(|(&id, a)| resolve_named_port(&a.ports, name, protocol).map(|p| (id, p)))
-            .collect()
     }
 }

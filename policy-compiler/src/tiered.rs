@@ -281,3 +281,89 @@ pub struct TieredPolicy {
     pub ingress: Option<Vec<TRule>>,
     pub egress: Option<Vec<TRule>>,
 }
+
+// ---- Evaluation order helpers (shared by the compiler, the reference evaluator and explain).
+
+impl Tier {
+    /// The built-in tier of this name, if it is one (`default`, ANP, BANP).
+    pub fn builtin(name: &str) -> Option<Tier> {
+        let (order, default_action) = match name {
+            DEFAULT_TIER => (DEFAULT_TIER_ORDER, TierDefault::Deny),
+            ANP_TIER => (ANP_TIER_ORDER, TierDefault::Pass),
+            BANP_TIER => (BANP_TIER_ORDER, TierDefault::Pass),
+            _ => return None,
+        };
+        Some(Tier { name: name.to_string(), order: Some(Order(order)), default_action, cluster_scoped_only: false })
+    }
+
+    /// Evaluation order of tiers: order ascending (`None` last), then name.
+    pub fn eval_cmp(&self, other: &Tier) -> Ordering {
+        cmp_order(self.order, other.order).then_with(|| self.name.cmp(&other.name))
+    }
+}
+
+impl TieredPolicy {
+    /// Evaluation order within a tier: order ascending (`None` last), then name; the full id
+    /// breaks the remaining ties (same name in different namespaces or kinds) deterministically.
+    pub fn eval_cmp(&self, other: &TieredPolicy) -> Ordering {
+        cmp_order(self.order, other.order)
+            .then_with(|| self.id.name.cmp(&other.id.name))
+            .then_with(|| self.id.cmp(&other.id))
+    }
+
+    /// The rules of one direction (`ingress == true`: ingress), if the policy has it.
+    pub fn rules(&self, ingress: bool) -> Option<&[TRule]> {
+        if ingress { self.ingress.as_deref() } else { self.egress.as_deref() }
+    }
+}
+
+/// The tiers of a model in evaluation order: `model.tiers` plus the built-in tiers it does not
+/// override.
+pub fn effective_tiers(model: &crate::model::Model) -> Vec<Tier> {
+    let mut out: Vec<Tier> = model.tiers.values().cloned().collect();
+    for name in [DEFAULT_TIER, ANP_TIER, BANP_TIER] {
+        if !model.tiers.contains_key(name) {
+            out.push(Tier::builtin(name).expect("built-in tier"));
+        }
+    }
+    out.sort_by(|a, b| a.eval_cmp(b));
+    out
+}
+
+/// Implicit labels Calico adds to a pod's labels.
+pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
+pub const SERVICE_ACCOUNT_LABEL: &str = "projectcalico.org/serviceaccount";
+/// Implicit name label of namespaces and service accounts.
+pub const NAME_LABEL: &str = "projectcalico.org/name";
+
+/// A pod's labels as Calico selectors see them (with the implicit namespace and service
+/// account labels).
+pub fn pod_selector_labels(labels: &Labels, namespace: &str, service_account: &str) -> Labels {
+    let mut l = labels.clone();
+    l.insert(NAMESPACE_LABEL.to_string(), namespace.to_string());
+    l.insert(SERVICE_ACCOUNT_LABEL.to_string(), service_account.to_string());
+    l
+}
+
+/// A namespace's labels as Calico namespace selectors see them.
+pub fn namespace_selector_labels(labels: &Labels, namespace: &str) -> Labels {
+    let mut l = labels.clone();
+    l.insert(NAME_LABEL.to_string(), namespace.to_string());
+    l
+}
+
+/// A service account's labels (the model has none but its name).
+pub fn service_account_labels(service_account: &str) -> Labels {
+    [(NAME_LABEL.to_string(), service_account.to_string())].into()
+}
+
+impl IcmpMatch {
+    /// The policy-port interval (`type << 8 | code`) this matches.
+    pub fn port_interval(&self) -> (u16, u16) {
+        let t = u16::from(self.icmp_type) << 8;
+        match self.code {
+            Some(c) => (t | u16::from(c), t | u16::from(c)),
+            None => (t, t | 0xff),
+        }
+    }
+}

@@ -274,6 +274,29 @@ fn apply(m: &mut Model, change: &Change) {
     }
 }
 
+/// Every ipBlock prefix of the model.
+fn prefixes(m: &Model) -> BTreeSet<Cidr> {
+    let mut out = BTreeSet::new();
+    for p in m.policies.values() {
+        for r in p.ingress.iter().flatten().chain(p.egress.iter().flatten()) {
+            if let Peers::List(peers) = &r.peers {
+                for peer in peers {
+                    if let Peer::IpBlock(b) = peer {
+                        out.insert(b.cidr);
+                        out.extend(b.except.iter().copied());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The longest ipBlock prefix containing `ip`.
+fn region(m: &Model, ip: Ipv4Addr) -> Option<Cidr> {
+    prefixes(m).into_iter().filter(|c| c.contains_addr(ip)).max_by_key(|c| c.prefix_len())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
@@ -297,8 +320,11 @@ proptest! {
         check_agrees(&m2, &fresh, "fresh compile")?;
         for (r, e) in &c.endpoints {
             if let Some(e2) = c2.endpoints.get(r) {
+                // A pod's identity also covers its CIDR region (the longest policy prefix
+                // containing its address), which policy changes can move.
                 let same_attrs = m.pods[r].labels == m2.pods[r].labels
-                    && m.namespaces[&r.namespace].labels == m2.namespaces[&r.namespace].labels;
+                    && m.namespaces[&r.namespace].labels == m2.namespaces[&r.namespace].labels
+                    && region(&m, e.ip) == region(&m2, e.ip);
                 if same_attrs {
                     prop_assert_eq!(e.identity, e2.identity, "identity of unchanged pod {} renumbered", r);
                 }

@@ -79,11 +79,79 @@ fn compile_10k_pods_1k_policies() {
     println!("full compile: {full:?}, {} policy entries, {} ipcache entries", c1.policy.len(), c1.ipcache.len());
 
     let p = m.policies.values_mut().nth(7).expect("policy 7");
-    p.egress = Some(vec![]);
+    if let Some(rules) = &mut p.ingress {
+        rules[1].ports = Ports::List(vec![PortSpec { protocol: Protocol::Udp, port: PortMatch::Range { start: 2000, end: 2999 } }]);
+    }
     let t = Instant::now();
     let c2 = compiler.compile(&m).expect("recompile");
     let incr = t.elapsed();
     let d = diff(&c1, &c2);
     println!("one-policy recompile: {incr:?}; diff {} upserts, {} removals", d.policy.upserts.len(), d.policy.removals.len());
+    assert!(!d.policy.is_empty(), "the changed policy changes entries");
+    assert!(full.as_secs() < 30, "full compile took {full:?}");
+}
+
+#[test]
+#[ignore]
+fn compile_10k_pods_1k_knps_with_tiers_and_staged() {
+    use policy_compiler::tiered::{Action, EntityMatch, Order, PolicyId, PolicyKind, Selector, TRule, Tier, TierDefault, TieredPolicy};
+    let mut m = big_model(10_000, 1_000);
+    for (i, (name, default_action)) in [("security", TierDefault::Pass), ("platform", TierDefault::Deny)].into_iter().enumerate() {
+        m.tiers.insert(
+            name.into(),
+            Tier { name: name.into(), order: Some(Order(100.0 * (i + 1) as f64)), default_action, cluster_scoped_only: false },
+        );
+    }
+    let rule = |action, app: Option<String>, net: Option<Cidr>| TRule {
+        action,
+        protocol: Some(6),
+        not_protocol: None,
+        icmp: None,
+        not_icmp: None,
+        source: EntityMatch {
+            selector: app.map(|a| Selector::Eq("app".into(), a)),
+            namespace: None,
+            nets: net.into_iter().collect(),
+            ..EntityMatch::default()
+        },
+        destination: EntityMatch { ports: vec![policy_compiler::tiered::PortItem::Range { start: 1, end: 1023 }], ..EntityMatch::default() },
+    };
+    for g in 0..300usize {
+        let (kind, tier) = match g % 3 {
+            0 => (PolicyKind::CalicoGlobalNetworkPolicy, "security"),
+            1 => (PolicyKind::CalicoGlobalNetworkPolicy, "platform"),
+            _ => (PolicyKind::StagedGlobalNetworkPolicy, "security"),
+        };
+        let p = TieredPolicy {
+            id: PolicyId { kind, namespace: None, name: format!("g{g}") },
+            tier: tier.into(),
+            order: Some(Order(g as f64)),
+            selector: Selector::Eq("app".into(), format!("app{}", g % 200)),
+            namespace_selector: None,
+            service_account_selector: None,
+            ingress: Some(vec![
+                rule(Action::Log, None, Some(Cidr::new(Ipv4Addr::new(192, 168, (g % 256) as u8, 0), 24).expect("cidr"))),
+                rule(Action::Deny, Some(format!("app{}", (g + 7) % 200)), None),
+                rule(if g % 2 == 0 { Action::Pass } else { Action::Allow }, None, None),
+            ]),
+            egress: None,
+        };
+        m.tiered.insert(p.id.clone(), p);
+    }
+    let mut compiler = Compiler::default();
+    let t = Instant::now();
+    let c = compiler.compile(&m).expect("compile");
+    let full = t.elapsed();
+    println!(
+        "tiered full compile: {full:?}, {} policy + {} staged entries, {} ipcache entries, {} policies, overflow {}",
+        c.policy.len(),
+        c.staged.len(),
+        c.ipcache.len(),
+        c.policy_table.len(),
+        c.overflow.len()
+    );
+    let t = Instant::now();
+    let c2 = compiler.compile(&m).expect("recompile");
+    println!("tiered unchanged recompile: {:?}, diff empty: {}", t.elapsed(), diff(&c, &c2).is_empty());
     assert!(full.as_secs() < 30, "full compile took {full:?}");
 }
