@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::lpm_trie::Key;
-use bulkhead_common::{ConfigV1, EndpointV1, PolicyKeyV1, map_names};
+use aya::maps::{LpmTrie, MapData};
+use bulkhead_common::{ConfigV1, EndpointV1, PolicyKeyV1, PolicyValueV2, map_names};
 use policy_compiler::{
     compile::Compiled,
     diff::{CompiledDiff, MapDiff},
@@ -23,11 +24,12 @@ pub struct Written {
     pub removals: usize,
 }
 
-/// Applies the IP cache and policy parts of `diff`. Removals go first: during the update a
-/// flow may be denied for a moment, never allowed by a rule that no longer exists.
+/// Applies the IP cache, policy and staged parts of `diff`. Removals go first: during the
+/// update a flow may be denied for a moment, never allowed by a rule that no longer exists.
 pub fn apply_diff(dp: &mut Dataplane, diff: &CompiledDiff) -> Result<Written, AgentError> {
     let mut w = Written::default();
-    remove_policy(dp, &diff.policy, &mut w)?;
+    apply_policy_diff(&mut dp.maps.staged, map_names::STAGED, &diff.staged, &mut w)?;
+    apply_policy_diff(&mut dp.maps.policy, map_names::POLICY, &diff.policy, &mut w)?;
     for (addr, len) in &diff.ipcache.removals {
         dp.maps.ipcache.remove(&ipcache_key(*addr, *len)).map_err(|e| werr(map_names::IPCACHE, e))?;
         w.removals += 1;
@@ -36,21 +38,47 @@ pub fn apply_diff(dp: &mut Dataplane, diff: &CompiledDiff) -> Result<Written, Ag
         dp.maps.ipcache.insert(&ipcache_key(*addr, *len), v, 0).map_err(|e| werr(map_names::IPCACHE, e))?;
         w.upserts += 1;
     }
-    for ((len, k), v) in &diff.policy.upserts {
-        dp.maps.policy.insert(&Key::new(*len, *k), v, 0).map_err(|e| werr(map_names::POLICY, e))?;
-        w.upserts += 1;
-    }
     Ok(w)
 }
 
-fn remove_policy(
-    dp: &mut Dataplane,
-    d: &MapDiff<(u32, PolicyKeyV1), bulkhead_common::PolicyValueV1>,
+/// Removals then upserts of one policy-layout map. Within a slice, a removed prefix and an
+/// added one briefly coexist only as "less" policy, never more.
+fn apply_policy_diff(
+    map: &mut LpmTrie<MapData, PolicyKeyV1, PolicyValueV2>,
+    name: &'static str,
+    d: &MapDiff<(u32, PolicyKeyV1), PolicyValueV2>,
     w: &mut Written,
 ) -> Result<(), AgentError> {
     for (len, k) in &d.removals {
-        dp.maps.policy.remove(&Key::new(*len, *k)).map_err(|e| werr(map_names::POLICY, e))?;
+        map.remove(&Key::new(*len, *k)).map_err(|e| werr(name, e))?;
         w.removals += 1;
+    }
+    for ((len, k), v) in &d.upserts {
+        map.insert(&Key::new(*len, *k), v, 0).map_err(|e| werr(name, e))?;
+        w.upserts += 1;
+    }
+    Ok(())
+}
+
+/// Makes a policy-layout map hold exactly `desired`.
+fn full_policy(
+    map: &mut LpmTrie<MapData, PolicyKeyV1, PolicyValueV2>,
+    name: &'static str,
+    desired: &BTreeMap<(u32, PolicyKeyV1), PolicyValueV2>,
+    w: &mut Written,
+) -> Result<(), AgentError> {
+    let stale: Vec<Key<PolicyKeyV1>> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !desired.contains_key(&(k.prefix_len(), k.data())))
+        .collect();
+    for k in stale {
+        map.remove(&k).map_err(|e| werr(name, e))?;
+        w.removals += 1;
+    }
+    for ((len, k), v) in desired {
+        map.insert(&Key::new(*len, *k), v, 0).map_err(|e| werr(name, e))?;
+        w.upserts += 1;
     }
     Ok(())
 }
@@ -58,17 +86,8 @@ fn remove_policy(
 /// Makes the IP cache and policy maps hold exactly `desired`, whatever they held before.
 pub fn apply_full(dp: &mut Dataplane, desired: &Compiled) -> Result<Written, AgentError> {
     let mut w = Written::default();
-    let stale_policy: Vec<Key<PolicyKeyV1>> = dp
-        .maps
-        .policy
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !desired.policy.contains_key(&(k.prefix_len(), k.data())))
-        .collect();
-    for k in stale_policy {
-        dp.maps.policy.remove(&k).map_err(|e| werr(map_names::POLICY, e))?;
-        w.removals += 1;
-    }
+    full_policy(&mut dp.maps.staged, map_names::STAGED, &desired.staged, &mut w)?;
+    full_policy(&mut dp.maps.policy, map_names::POLICY, &desired.policy, &mut w)?;
     let stale_ip: Vec<_> = dp
         .maps
         .ipcache
@@ -85,10 +104,6 @@ pub fn apply_full(dp: &mut Dataplane, desired: &Compiled) -> Result<Written, Age
     }
     for ((addr, len), v) in &desired.ipcache {
         dp.maps.ipcache.insert(&ipcache_key(*addr, *len), v, 0).map_err(|e| werr(map_names::IPCACHE, e))?;
-        w.upserts += 1;
-    }
-    for ((len, k), v) in &desired.policy {
-        dp.maps.policy.insert(&Key::new(*len, *k), v, 0).map_err(|e| werr(map_names::POLICY, e))?;
         w.upserts += 1;
     }
     Ok(w)

@@ -12,9 +12,9 @@ pub mod map_names {
     /// Endpoint table: host-side interface index -> [`crate::EndpointV1`].
     pub const ENDPOINTS: &str = "BH_EP_V1";
     /// IP cache: IPv4 prefix -> [`crate::IpInfoV2`] (the identity of addresses).
-    pub const IPCACHE: &str = "BH_IPCACHE_V1";
+    pub const IPCACHE: &str = "BH_IPCACHE_V2";
     /// Enforced policy: [`crate::PolicyKeyV1`] (LPM over the port) -> [`crate::PolicyValueV2`].
-    pub const POLICY: &str = "BH_POLICY_V1";
+    pub const POLICY: &str = "BH_POLICY_V2";
     /// Staged (counterfactual) policy, same layout as [`POLICY`]; consulted only for endpoints
     /// flagged [`crate::ep_flags::HAS_STAGED`].
     pub const STAGED: &str = "BH_STAGED_V2";
@@ -141,8 +141,14 @@ pub mod counters {
     /// Fail-closed: an L2 protocol other than IPv4, IPv6 or ARP (VLAN, PPPoE, ...) could
     /// carry IP past the policy, so it is dropped.
     pub const DROP_UNKNOWN_L2: u32 = 17;
+    /// A flow event could not be written (ring buffer full); the verdict is unaffected.
+    pub const EVENTS_DROPPED: u32 = 18;
+    /// Flow events written.
+    pub const EVENTS_SENT: u32 = 19;
+    /// New flows judged against staged policy too.
+    pub const STAGED_EVALUATED: u32 = 20;
     /// Number of counters in use.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 21;
 
     /// Human-readable names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -164,6 +170,9 @@ pub mod counters {
         "xdp_pass_no_endpoint_fail_open",
         "ct_insert_failed",
         "drop_unknown_l2_fail_closed",
+        "flow_events_dropped",
+        "flow_events_sent",
+        "staged_evaluated",
     ];
 }
 
@@ -363,13 +372,21 @@ pub struct CtValueV1 {
     pub _pad2: u32,
 }
 
+/// Bits of [`ConfigV1::flags`].
+pub mod config_flags {
+    /// Emit a flow event for every new flow (allowed or denied), not only for Log rules and
+    /// revoked flows.
+    pub const FLOW_EVENTS_ALL: u32 = 1 << 0;
+}
+
 /// Global configuration, index 0 of the config array. Written by the agent, read by TC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConfigV1 {
     /// Bumped by the agent after every committed policy change.
     pub policy_rev: u32,
-    pub _pad: u32,
+    /// [`config_flags`] bits.
+    pub flags: u32,
     pub tcp_established_timeout_ns: u64,
     /// SYN-only, FIN or RST seen.
     pub tcp_short_timeout_ns: u64,
@@ -383,7 +400,7 @@ impl ConfigV1 {
         const S: u64 = 1_000_000_000;
         ConfigV1 {
             policy_rev,
-            _pad: 0,
+            flags: 0,
             tcp_established_timeout_ns: 6 * 3600 * S,
             tcp_short_timeout_ns: 60 * S,
             udp_timeout_ns: 60 * S,
