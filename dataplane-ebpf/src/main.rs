@@ -157,9 +157,14 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
             return TC_PASS;
         }
     }
-    // A reply: judged, after a policy change, as the original flow (reverse tuple).
+    // A reply: judged, after a policy change, as the original flow (reverse tuple). A bare
+    // SYN opens a connection and is never a reply, so it skips this lookup.
+    let bare_syn = flow.protocol == proto::TCP
+        && flow.tcp_flags & parse::TCP_SYN != 0
+        && flow.tcp_flags & parse::TCP_ACK == 0;
     let rev = conntrack::reverse_key(ifindex, &flow);
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&rev) {
+    let rev_ct = if bare_syn { None } else { CONNTRACK.get_ptr_mut(&rev) };
+    if let Some(ct) = rev_ct {
         // SAFETY: as above.
         let ct = unsafe { &mut *ct };
         if !conntrack::expired(ct, &cfg, now) {

@@ -1,24 +1,29 @@
-//! Policy verdict for a new flow: a fixed number of map lookups, whatever the number of rules,
-//! tiers or policies. The compiler stores complete verdicts, so the first hit is the answer.
+//! Policy verdict for a new flow: a fixed number of hash lookups, whatever the number of
+//! rules, tiers or policies. The compiler stores complete verdicts per slice (local identity,
+//! peer, direction, protocol), so the first slice found answers.
 
-use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
+use aya_ebpf::maps::lpm_trie::Key;
 use bulkhead_common::{
-    IpCacheKeyV1, NO_POLICY, POLICY_KEY_FULL_BITS, PolicyKeyV1, PolicyValueV2, action, identity,
-    proto,
+    IpCacheKeyV1, NO_POLICY, POLICY_KEY_FULL_BITS, PolicyKeyV1, PolicyValueV2, STAGED_DIRECTION_BIT,
+    SliceKeyV1, action, identity, proto, slice_flags,
 };
 
-use crate::maps::{IPCACHE, POLICY, STAGED};
+use crate::maps::{IPCACHE, IPHOST, PORTS, RANGES, SLICES};
 
-/// Identity of a remote address (WORLD when no prefix covers it).
+/// Identity of a remote address: exact (pods) first, then prefixes, else WORLD.
 #[inline(always)]
 pub fn peer_identity(remote_be: [u8; 4]) -> u32 {
+    // SAFETY: value copied out immediately.
+    if let Some(info) = unsafe { IPHOST.get(&remote_be) } {
+        return info.identity;
+    }
     match IPCACHE.get(Key::new(32, IpCacheKeyV1 { addr_be: remote_be })) {
         Some(info) => info.identity,
         None => identity::WORLD,
     }
 }
 
-/// The verdict no tier applies to: allow, decided by no policy.
+/// The verdict when no tier applies: allow, decided by no policy.
 pub const DEFAULT_ALLOW: PolicyValueV2 = PolicyValueV2 {
     policy_index: NO_POLICY,
     log_policy_index: NO_POLICY,
@@ -29,36 +34,46 @@ pub const DEFAULT_ALLOW: PolicyValueV2 = PolicyValueV2 {
     flags: 0,
 };
 
-/// Looks up (peer, proto), (peer, any), (any, proto), (any, any) in `map`; first hit wins.
+/// Slices (peer, proto), (peer, any), (any, proto), (any, any): the first that exists answers,
+/// through its port exceptions if it has any.
 #[inline(always)]
-pub fn judge(
-    map: &LpmTrie<PolicyKeyV1, PolicyValueV2>,
-    local: u32,
-    peer: u32,
-    dir: u8,
-    protocol: u8,
-    port: u16,
-) -> PolicyValueV2 {
+fn judge(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
     let local_be = local.to_be_bytes();
-    let port_be = port.to_be_bytes();
     let mut i = 0;
     while i < 4 {
         let p = if i < 2 { peer } else { identity::ANY };
         let pr = if i % 2 == 0 { protocol } else { proto::ANY };
         i += 1;
-        let key = Key::new(
-            POLICY_KEY_FULL_BITS,
-            PolicyKeyV1 {
+        let sk = SliceKeyV1 {
+            local_identity_be: local_be,
+            peer_identity_be: p.to_be_bytes(),
+            direction: dir,
+            protocol: pr,
+            _pad: [0; 2],
+        };
+        // SAFETY: value copied out before any other map call.
+        let Some(slice) = (unsafe { SLICES.get(&sk) }).copied() else { continue };
+        if slice.flags & (slice_flags::HAS_PORTS | slice_flags::HAS_RANGES) != 0 {
+            let key = PolicyKeyV1 {
                 local_identity_be: local_be,
-                peer_identity_be: p.to_be_bytes(),
+                peer_identity_be: sk.peer_identity_be,
                 direction: dir,
                 protocol: pr,
-                port_be,
-            },
-        );
-        if let Some(v) = map.get(&key) {
-            return *v;
+                port_be: port.to_be_bytes(),
+            };
+            if slice.flags & slice_flags::HAS_PORTS != 0 {
+                // SAFETY: copied out.
+                if let Some(v) = unsafe { PORTS.get(&key) } {
+                    return *v;
+                }
+            }
+            if slice.flags & slice_flags::HAS_RANGES != 0 {
+                if let Some(v) = RANGES.get(&Key::new(POLICY_KEY_FULL_BITS, key)) {
+                    return *v;
+                }
+            }
         }
+        return slice.verdict;
     }
     DEFAULT_ALLOW
 }
@@ -66,11 +81,11 @@ pub fn judge(
 /// Enforced verdict.
 #[inline(always)]
 pub fn enforced(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
-    judge(&POLICY, local, peer, dir, protocol, port)
+    judge(local, peer, dir, protocol, port)
 }
 
 /// Staged (counterfactual) verdict.
 #[inline(always)]
 pub fn staged(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
-    judge(&STAGED, local, peer, dir, protocol, port)
+    judge(local, peer, dir | STAGED_DIRECTION_BIT, protocol, port)
 }

@@ -15,6 +15,7 @@ pub mod compile;
 pub mod diff;
 pub mod error;
 pub mod identity;
+pub mod layout;
 pub mod k8s;
 pub mod lookup;
 pub mod model;

@@ -201,8 +201,10 @@ struct State {
     dp: Dataplane,
     store: Box<dyn Datastore>,
     compiler: Compiler,
-    /// What the IP cache and policy maps hold; `None` = unknown, rewrite in full.
+    /// The compile whose result the maps hold; `None` = unknown, rewrite in full.
     applied: Option<Compiled>,
+    /// What the lookup maps hold (derived from `applied`).
+    kernel: apply::KernelState,
     /// Endpoint map content: ifindex -> (interface, value).
     endpoints: BTreeMap<u32, (String, EndpointV1)>,
     pending: Vec<String>,
@@ -240,6 +242,7 @@ fn worker(
         store,
         compiler: Compiler::new(Limits::default()),
         applied: None,
+        kernel: apply::KernelState::default(),
         endpoints: BTreeMap::new(),
         pending: Vec::new(),
     };
@@ -318,9 +321,10 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     let model = st.store.load()?;
     let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Invalid(e.to_string()))?;
     let compile_time = t0.elapsed();
+    let kernel = apply::KernelState::of(&compiled);
     let written = match &st.applied {
-        Some(old) => apply::apply_diff(&mut st.dp, &policy_compiler::diff::diff(old, &compiled)),
-        None => apply::apply_full(&mut st.dp, &compiled),
+        Some(_) => apply::apply_diff(&mut st.dp, &st.kernel, &kernel),
+        None => apply::apply_full(&mut st.dp, &kernel),
     };
     let written = match written {
         Ok(w) => w,
@@ -333,6 +337,7 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     if st.applied.is_none() {
         apply::bump_revision(&mut st.dp)?;
     }
+    st.kernel = kernel;
     st.applied = Some(compiled);
     let compiled = st.applied.as_ref().expect("just set");
     st.pending = apply::sync_endpoints(&mut st.dp, compiled, &mut st.endpoints)?;

@@ -17,7 +17,7 @@ use aya::{
 };
 use bulkhead_common::{
     ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
-    PolicyValueV2, map_names,
+    PolicyValueV2, SliceKeyV1, SliceValueV1, map_names,
 };
 
 use crate::{error::AgentError, netns};
@@ -33,11 +33,13 @@ pub mod programs {
     pub const XDP_PREFILTER: &str = "bh_xdp_prefilter";
 }
 
-const ALL_MAPS: [&str; 9] = [
+const ALL_MAPS: [&str; 11] = [
     map_names::ENDPOINTS,
+    map_names::IPHOST,
     map_names::IPCACHE,
-    map_names::POLICY,
-    map_names::STAGED,
+    map_names::SLICES,
+    map_names::PORTS,
+    map_names::RANGES,
     map_names::POLICY_STATS,
     map_names::FLOWS,
     map_names::CONNTRACK,
@@ -56,9 +58,11 @@ struct Attachment {
 /// Typed handles on the maps.
 pub struct Maps {
     pub endpoints: HashMap<MapData, u32, EndpointV1>,
+    pub iphost: HashMap<MapData, [u8; 4], IpInfoV2>,
     pub ipcache: LpmTrie<MapData, IpCacheKeyV1, IpInfoV2>,
-    pub policy: LpmTrie<MapData, PolicyKeyV1, PolicyValueV2>,
-    pub staged: LpmTrie<MapData, PolicyKeyV1, PolicyValueV2>,
+    pub slices: HashMap<MapData, SliceKeyV1, SliceValueV1>,
+    pub ports: HashMap<MapData, PolicyKeyV1, PolicyValueV2>,
+    pub ranges: LpmTrie<MapData, PolicyKeyV1, PolicyValueV2>,
     pub policy_stats: PerCpuArray<MapData, PolicyStatsV1>,
     pub flows: RingBuf<MapData>,
     pub conntrack: HashMap<MapData, CtKeyV1, CtValueV1>,
@@ -120,9 +124,11 @@ impl Dataplane {
         };
         let maps = Maps {
             endpoints: HashMap::try_from(take(map_names::ENDPOINTS)?).map_err(|e| map_err(map_names::ENDPOINTS, e))?,
+            iphost: HashMap::try_from(take(map_names::IPHOST)?).map_err(|e| map_err(map_names::IPHOST, e))?,
             ipcache: LpmTrie::try_from(take(map_names::IPCACHE)?).map_err(|e| map_err(map_names::IPCACHE, e))?,
-            policy: LpmTrie::try_from(take(map_names::POLICY)?).map_err(|e| map_err(map_names::POLICY, e))?,
-            staged: LpmTrie::try_from(take(map_names::STAGED)?).map_err(|e| map_err(map_names::STAGED, e))?,
+            slices: HashMap::try_from(take(map_names::SLICES)?).map_err(|e| map_err(map_names::SLICES, e))?,
+            ports: HashMap::try_from(take(map_names::PORTS)?).map_err(|e| map_err(map_names::PORTS, e))?,
+            ranges: LpmTrie::try_from(take(map_names::RANGES)?).map_err(|e| map_err(map_names::RANGES, e))?,
             policy_stats: PerCpuArray::try_from(take(map_names::POLICY_STATS)?).map_err(|e| map_err(map_names::POLICY_STATS, e))?,
             flows: RingBuf::try_from(take(map_names::FLOWS)?).map_err(|e| map_err(map_names::FLOWS, e))?,
             conntrack: HashMap::try_from(take(map_names::CONNTRACK)?).map_err(|e| map_err(map_names::CONNTRACK, e))?,
