@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
                 println!("  policy revision   {}", st.policy_rev);
                 println!("  endpoints         {}", st.endpoints);
                 println!("  ip cache entries  {}", st.ipcache_entries);
-                println!("  policy entries    {}", st.policy_entries);
+                println!("  policy slices     {} (+{} port, {} range exceptions)", st.policy_slices, st.policy_ports, st.policy_ranges);
                 println!("  conntrack entries {}", st.conntrack_entries);
                 println!("  datapath counters:");
                 for (k, v) in &st.counters {

@@ -13,8 +13,12 @@ use crate::error::AgentError;
 pub struct Status {
     pub pin_dir: String,
     pub endpoints: usize,
+    /// Exact-address and prefix entries of the IP cache.
     pub ipcache_entries: usize,
-    pub policy_entries: usize,
+    /// Policy slices, single-port and port-range exceptions.
+    pub policy_slices: usize,
+    pub policy_ports: usize,
+    pub policy_ranges: usize,
     pub conntrack_entries: usize,
     pub policy_rev: u32,
     pub counters: Vec<(String, u64)>,
@@ -71,7 +75,11 @@ pub fn policy_stats(dir: &Path, table: &crate::PolicyTable) -> Result<Vec<Policy
 pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let eps: HashMap<_, u32, EndpointV1> = HashMap::try_from(open(dir, map_names::ENDPOINTS)?).map_err(|e| merr(map_names::ENDPOINTS, e))?;
     let ipc: LpmTrie<_, IpCacheKeyV1, IpInfoV2> = LpmTrie::try_from(open(dir, map_names::IPCACHE)?).map_err(|e| merr(map_names::IPCACHE, e))?;
-    let pol: LpmTrie<_, PolicyKeyV1, PolicyValueV2> = LpmTrie::try_from(open(dir, map_names::POLICY)?).map_err(|e| merr(map_names::POLICY, e))?;
+    let hosts: HashMap<_, [u8; 4], IpInfoV2> = HashMap::try_from(open(dir, map_names::IPHOST)?).map_err(|e| merr(map_names::IPHOST, e))?;
+    let slices: HashMap<_, bulkhead_common::SliceKeyV1, bulkhead_common::SliceValueV1> =
+        HashMap::try_from(open(dir, map_names::SLICES)?).map_err(|e| merr(map_names::SLICES, e))?;
+    let ports: HashMap<_, PolicyKeyV1, PolicyValueV2> = HashMap::try_from(open(dir, map_names::PORTS)?).map_err(|e| merr(map_names::PORTS, e))?;
+    let ranges: LpmTrie<_, PolicyKeyV1, PolicyValueV2> = LpmTrie::try_from(open(dir, map_names::RANGES)?).map_err(|e| merr(map_names::RANGES, e))?;
     let ct: HashMap<_, CtKeyV1, CtValueV1> = HashMap::try_from(open(dir, map_names::CONNTRACK)?).map_err(|e| merr(map_names::CONNTRACK, e))?;
     let cfg: aya::maps::Array<_, bulkhead_common::ConfigV1> = aya::maps::Array::try_from(open(dir, map_names::CONFIG)?).map_err(|e| merr(map_names::CONFIG, e))?;
     let cnt: PerCpuArray<_, u64> = PerCpuArray::try_from(open(dir, map_names::COUNTERS)?).map_err(|e| merr(map_names::COUNTERS, e))?;
@@ -83,8 +91,10 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
     Ok(Status {
         pin_dir: dir.display().to_string(),
         endpoints: eps.keys().count(),
-        ipcache_entries: ipc.keys().count(),
-        policy_entries: pol.keys().count(),
+        ipcache_entries: ipc.keys().count() + hosts.keys().count(),
+        policy_slices: slices.keys().count(),
+        policy_ports: ports.keys().count(),
+        policy_ranges: ranges.keys().count(),
         conntrack_entries: ct.keys().count(),
         policy_rev: cfg.get(&0, 0).map_err(|e| merr(map_names::CONFIG, e))?.policy_rev,
         counters,
