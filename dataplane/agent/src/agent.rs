@@ -103,6 +103,7 @@ enum Request {
     Sync(mpsc::Sender<Result<SyncReport, AgentError>>),
     Counters(mpsc::Sender<Result<Vec<(String, u64)>, AgentError>>),
     Flows(mpsc::Sender<Vec<crate::flows::FlowRecord>>),
+    PolicyStats(mpsc::Sender<Result<Vec<crate::status::PolicyStatsRow>, AgentError>>),
     Stop,
 }
 
@@ -156,6 +157,13 @@ impl Agent {
         let (tx, rx) = mpsc::channel();
         self.tx.send(Request::Flows(tx)).map_err(|_| AgentError::Stopped)?;
         rx.recv().map_err(|_| AgentError::Stopped)
+    }
+
+    /// Per-policy counters (allowed, denied, would-allow, would-deny), named.
+    pub fn policy_stats(&self) -> Result<Vec<crate::status::PolicyStatsRow>, AgentError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Request::PolicyStats(tx)).map_err(|_| AgentError::Stopped)?;
+        rx.recv().map_err(|_| AgentError::Stopped)?
     }
 
     /// Datapath counters, summed over CPUs.
@@ -280,6 +288,9 @@ fn worker(
                 drain_flows(&mut st);
                 let _ = reply.send(st.flows.recent().cloned().collect());
             }
+            Ok(Request::PolicyStats(reply)) => {
+                let _ = reply.send(policy_stats(&st));
+            }
             Ok(Request::Counters(reply)) => {
                 let _ = reply.send(st.dp.counters());
             }
@@ -306,6 +317,19 @@ fn worker(
     st.dp.unload();
     let _ = std::fs::remove_dir_all(&st.state_dir);
     let _ = std::fs::remove_dir(st.state_dir.parent().unwrap_or(std::path::Path::new("/")));
+}
+
+fn policy_stats(st: &State) -> Result<Vec<crate::status::PolicyStatsRow>, AgentError> {
+    let Some(c) = &st.applied else { return Ok(Vec::new()) };
+    let table = PolicyTable::of(c);
+    let counts: BTreeMap<u32, bulkhead_common::PolicyStatsV1> =
+        st.dp.policy_stats(table.policies.len() as u32)?.into_iter().collect();
+    Ok(table
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| crate::status::PolicyStatsRow::new(p, counts.get(&(i as u32)).copied().unwrap_or_default()))
+        .collect())
 }
 
 fn drain_flows(st: &mut State) {

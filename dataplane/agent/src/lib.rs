@@ -12,5 +12,5 @@ pub mod netns;
 pub mod status;
 pub mod watch;
 
-pub use agent::{Agent, AgentConfig, PolicyTable, SyncReport};
+pub use agent::{Agent, AgentConfig, PolicyTable, PolicyTableEntry, SyncReport};
 pub use error::AgentError;

@@ -46,6 +46,21 @@ pub struct PolicyStatsRow {
     pub would_deny: u64,
 }
 
+impl PolicyStatsRow {
+    /// A row from a policy table entry and its counts.
+    pub fn new(p: &crate::PolicyTableEntry, c: bulkhead_common::PolicyStatsV1) -> Self {
+        PolicyStatsRow {
+            policy: p.name.clone(),
+            tier: p.tier.clone(),
+            staged: p.staged,
+            allowed: c.allowed,
+            denied: c.denied,
+            would_allow: c.would_allow,
+            would_deny: c.would_deny,
+        }
+    }
+}
+
 /// Reads per-policy counters from the pins under `dir` and names them with `table`.
 pub fn policy_stats(dir: &Path, table: &crate::PolicyTable) -> Result<Vec<PolicyStatsRow>, AgentError> {
     let map: PerCpuArray<_, bulkhead_common::PolicyStatsV1> =
@@ -56,18 +71,7 @@ pub fn policy_stats(dir: &Path, table: &crate::PolicyTable) -> Result<Vec<Policy
         .policies
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let c = by_index.remove(&(i as u32)).unwrap_or_default();
-            PolicyStatsRow {
-                policy: p.name.clone(),
-                tier: p.tier.clone(),
-                staged: p.staged,
-                allowed: c.allowed,
-                denied: c.denied,
-                would_allow: c.would_allow,
-                would_deny: c.would_deny,
-            }
-        })
+        .map(|(i, p)| PolicyStatsRow::new(p, by_index.remove(&(i as u32)).unwrap_or_default()))
         .collect())
 }
 
