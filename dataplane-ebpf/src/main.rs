@@ -8,6 +8,7 @@
 #![no_main]
 
 mod conntrack;
+mod events;
 mod maps;
 mod parse;
 mod policy;
@@ -18,10 +19,13 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use bulkhead_common::{counters, direction, ep_flags};
+use bulkhead_common::{
+    ConfigV1, EndpointV1, action, config_flags, counters, direction, ep_flags, flow_kind, proto,
+    verdict_flags,
+};
 
 use maps::{CONFIG, CONNTRACK, ENDPOINTS, count};
-use parse::{Frame, parse};
+use parse::{Flow, Frame, parse};
 
 /// Continue: with tcx, the next program on the hook (or the stack) decides.
 const TC_PASS: i32 = TC_ACT_UNSPEC;
@@ -137,10 +141,12 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
         let ct = unsafe { &mut *ct };
         if !conntrack::expired(ct, &cfg, now) {
             if ct.policy_rev != cfg.policy_rev {
-                let v = policy::judge(ep.identity, ep.flags, ct.origin_direction, remote, flow.protocol, flow.policy_port);
-                if !v.allow {
+                let peer = policy::peer_identity(remote);
+                let v = policy::enforced(ep.identity, peer, ct.origin_direction, flow.protocol, flow.policy_port);
+                if v.action != action::ALLOW {
                     let _ = CONNTRACK.remove(&fwd);
                     count(counters::CT_REEVAL_DENY);
+                    events::emit(ifindex, &flow, dir, flow_kind::REVOKED, &v, None);
                     return TC_DROP;
                 }
                 ct.policy_rev = cfg.policy_rev;
@@ -151,23 +157,30 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
             return TC_PASS;
         }
     }
-    // A reply: judged, after a policy change, as the original flow (reverse tuple).
+    // A reply: judged, after a policy change, as the original flow (reverse tuple). A bare
+    // SYN opens a connection and is never a reply, so it skips this lookup.
+    let bare_syn = flow.protocol == proto::TCP
+        && flow.tcp_flags & parse::TCP_SYN != 0
+        && flow.tcp_flags & parse::TCP_ACK == 0;
     let rev = conntrack::reverse_key(ifindex, &flow);
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&rev) {
+    let rev_ct = if bare_syn { None } else { CONNTRACK.get_ptr_mut(&rev) };
+    if let Some(ct) = rev_ct {
         // SAFETY: as above.
         let ct = unsafe { &mut *ct };
         if !conntrack::expired(ct, &cfg, now) {
             if ct.policy_rev != cfg.policy_rev {
                 // The original packet's policy port: its destination port, or ICMP echo request.
-                let port = if flow.protocol == bulkhead_common::proto::ICMP {
+                let port = if flow.protocol == proto::ICMP {
                     0x0800
                 } else {
                     u16::from_be_bytes(flow.sport_be)
                 };
-                let v = policy::judge(ep.identity, ep.flags, ct.origin_direction, remote, flow.protocol, port);
-                if !v.allow {
+                let peer = policy::peer_identity(remote);
+                let v = policy::enforced(ep.identity, peer, ct.origin_direction, flow.protocol, port);
+                if v.action != action::ALLOW {
                     let _ = CONNTRACK.remove(&rev);
                     count(counters::CT_REEVAL_DENY);
+                    events::emit(ifindex, &flow, dir, flow_kind::REVOKED, &v, None);
                     return TC_DROP;
                 }
                 ct.policy_rev = cfg.policy_rev;
@@ -178,9 +191,7 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
             return TC_PASS;
         }
     }
-    let v = policy::judge(ep.identity, ep.flags, dir, remote, flow.protocol, flow.policy_port);
-    count(v.counter);
-    if !v.allow {
+    if !judge_new_flow(ifindex, &ep, &cfg, &flow, dir, remote) {
         return TC_DROP;
     }
     let entry = conntrack::new_entry(&flow, len, now, dir, cfg.policy_rev);
@@ -188,6 +199,37 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
         count(counters::CT_INSERT_FAILED);
     }
     TC_PASS
+}
+
+/// Judges the first packet of a flow: enforced verdict, staged verdict for endpoints with
+/// staged policies, per-policy counters and flow events. Returns whether it is allowed.
+#[inline(always)]
+fn judge_new_flow(ifindex: u32, ep: &EndpointV1, cfg: &ConfigV1, flow: &Flow, dir: u8, remote: [u8; 4]) -> bool {
+    let peer = policy::peer_identity(remote);
+    let v = policy::enforced(ep.identity, peer, dir, flow.protocol, flow.policy_port);
+    let allow = v.action == action::ALLOW;
+    let counter = if !allow {
+        counters::DENY_POLICY
+    } else if v.policy_index == bulkhead_common::NO_POLICY && v.flags & verdict_flags::END_OF_TIER == 0 {
+        counters::ALLOW_NOT_ISOLATED
+    } else {
+        counters::ALLOW_POLICY
+    };
+    count(counter);
+    let staged_v;
+    let staged = if ep.flags & ep_flags::HAS_STAGED != 0 {
+        count(counters::STAGED_EVALUATED);
+        staged_v = policy::staged(ep.identity, peer, dir, flow.protocol, flow.policy_port);
+        Some(&staged_v)
+    } else {
+        None
+    };
+    events::record_stats(&v, staged);
+    if cfg.flags & config_flags::FLOW_EVENTS_ALL != 0 || v.flags & verdict_flags::LOG != 0 {
+        let kind = if allow { flow_kind::NEW_ALLOWED } else { flow_kind::DENIED };
+        events::emit(ifindex, flow, dir, kind, &v, staged);
+    }
+    allow
 }
 
 #[cfg(not(test))]

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV1, PolicyKeyV1, PolicyValueV1,
-    capacity,
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
+    PolicyValueV2, SliceKeyV1, SliceValueV1, capacity,
 };
 
 /// Key: host-side interface index (u32). Value: the endpoint behind it.
@@ -15,17 +15,43 @@ use bulkhead_common::{
 #[map(name = "BH_EP_V1")]
 pub static ENDPOINTS: HashMap<u32, EndpointV1> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
 
-/// Key: IPv4 prefix (LPM). Value: identities of the addresses in it.
-/// Written by the agent from the compiler's output; read by TC for the remote address.
-#[map(name = "BH_IPCACHE_V1")]
-pub static IPCACHE: LpmTrie<IpCacheKeyV1, IpInfoV1> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+/// Key: IPv4 address (network order). Value: its identity. Pods' addresses live here, so
+/// pod-to-pod traffic resolves its peer with one hash lookup. Written by the agent from the
+/// compiler's output; read by TC for the remote address.
+#[map(name = "BH_IPHOST_V1")]
+pub static IPHOST: HashMap<[u8; 4], IpInfoV2> = HashMap::with_max_entries(capacity::IPCACHE, 0);
 
-/// Key: (local identity, peer identity, direction, protocol, port prefix) (LPM over the port).
-/// Value: the deciding rule's rank and action. Written by the agent from the compiler's output;
-/// read by TC for the first packet of a flow and after a policy change.
-#[map(name = "BH_POLICY_V1")]
-pub static POLICY: LpmTrie<PolicyKeyV1, PolicyValueV1> =
-    LpmTrie::with_max_entries(capacity::POLICY, 0);
+/// Key: IPv4 prefix shorter than /32 (LPM). Value: the identity of the addresses in it.
+/// Written by the agent; read by TC when IPHOST has no entry for the remote address.
+#[map(name = "BH_IPCACHE_V2")]
+pub static IPCACHE: LpmTrie<IpCacheKeyV1, IpInfoV2> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+
+/// Key: (local identity, peer identity or any, direction (+ staged bit), protocol or any).
+/// Value: the verdict for most ports and whether exceptions exist. Written by the agent from
+/// the compiler's layout; read by TC for new flows and after policy changes.
+#[map(name = "BH_SLICE_V1")]
+pub static SLICES: HashMap<SliceKeyV1, SliceValueV1> = HashMap::with_max_entries(capacity::POLICY, 0);
+
+/// Key: a slice key plus one port (exact). Value: that port's verdict where it differs from
+/// the slice's. Written by the agent; read by TC when the slice has HAS_PORTS.
+#[map(name = "BH_PORT_V1")]
+pub static PORTS: HashMap<PolicyKeyV1, PolicyValueV2> = HashMap::with_max_entries(capacity::POLICY, 0);
+
+/// Key: a slice key plus a port prefix (LPM). Value: the verdict of that port range where it
+/// differs from the slice's. Written by the agent; read by TC when the slice has HAS_RANGES.
+#[map(name = "BH_RANGE_V1")]
+pub static RANGES: LpmTrie<PolicyKeyV1, PolicyValueV2> = LpmTrie::with_max_entries(capacity::POLICY, 0);
+
+/// Key: policy index. Value: per-CPU allow/deny and would-allow/would-deny counts.
+/// Written by TC on every judged new flow; read by `bulkhead policy stats`.
+#[map(name = "BH_POLICY_STATS_V1")]
+pub static POLICY_STATS: PerCpuArray<PolicyStatsV1> =
+    PerCpuArray::with_max_entries(capacity::POLICIES, 0);
+
+/// Flow events (`FlowEventV1`): new flows (when enabled), Log-rule matches, revoked flows.
+/// Written by TC; read by the agent's flow log.
+#[map(name = "BH_FLOWS_V1")]
+pub static FLOWS: RingBuf = RingBuf::with_byte_size(capacity::FLOW_RING_BYTES, 0);
 
 /// Key: flow 5-tuple at one interface. Value: flow state and the policy revision it was
 /// admitted under. Written by TC; read by TC, garbage-collected by the agent. LRU so a flood of

@@ -30,7 +30,9 @@ pub struct Flow {
 }
 
 pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*const T> {

@@ -1,77 +1,91 @@
-//! Policy verdict for a new flow: a fixed number of map lookups, whatever the number of rules.
+//! Policy verdict for a new flow: a fixed number of hash lookups, whatever the number of
+//! rules, tiers or policies. The compiler stores complete verdicts per slice (local identity,
+//! peer, direction, protocol), so the first slice found answers.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use bulkhead_common::{
-    IpCacheKeyV1, POLICY_KEY_FULL_BITS, PolicyKeyV1, action, counters, direction, ep_flags,
-    identity, proto,
+    IpCacheKeyV1, NO_POLICY, POLICY_KEY_FULL_BITS, PolicyKeyV1, PolicyValueV2, STAGED_DIRECTION_BIT,
+    SliceKeyV1, action, identity, proto, slice_flags,
 };
 
-use crate::maps::{IPCACHE, POLICY};
+use crate::maps::{IPCACHE, IPHOST, PORTS, RANGES, SLICES};
 
-/// A verdict and the counter that explains it.
-pub struct Verdict {
-    pub allow: bool,
-    pub counter: u32,
+/// Identity of a remote address: exact (pods) first, then prefixes, else WORLD.
+#[inline(always)]
+pub fn peer_identity(remote_be: [u8; 4]) -> u32 {
+    // SAFETY: value copied out immediately.
+    if let Some(info) = unsafe { IPHOST.get(&remote_be) } {
+        return info.identity;
+    }
+    match IPCACHE.get(Key::new(32, IpCacheKeyV1 { addr_be: remote_be })) {
+        Some(info) => info.identity,
+        None => identity::WORLD,
+    }
 }
 
-/// Judges a new flow of the endpoint with identity `local` and `flags`, in `dir`, with the
-/// remote address `remote_be`, protocol and policy port.
+/// The verdict when no tier applies: allow, decided by no policy.
+pub const DEFAULT_ALLOW: PolicyValueV2 = PolicyValueV2 {
+    policy_index: NO_POLICY,
+    log_policy_index: NO_POLICY,
+    rule_index: 0,
+    log_rule_index: 0,
+    tier_index: u16::MAX,
+    action: action::ALLOW,
+    flags: 0,
+};
+
+/// Slices (peer, proto), (peer, any), (any, proto), (any, any): the first that exists answers,
+/// through its port exceptions if it has any.
 #[inline(always)]
-pub fn judge(local: u32, flags: u32, dir: u8, remote_be: [u8; 4], protocol: u8, port: u16) -> Verdict {
-    let (peer, peer_cidr) = match IPCACHE.get(Key::new(32, IpCacheKeyV1 { addr_be: remote_be })) {
-        Some(info) => (info.identity, info.cidr_identity),
-        None => (identity::WORLD, identity::ANY),
-    };
-    let mut best_rank = u32::MAX;
-    let mut best_action = 0u8;
+fn judge(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
     let local_be = local.to_be_bytes();
-    let port_be = port.to_be_bytes();
-    // Peers from most to least specific; the CIDR identity only when it adds something.
-    let peers = [peer, peer_cidr, identity::ANY];
     let mut i = 0;
-    while i < 3 {
-        let p = peers[i];
+    while i < 4 {
+        let p = if i < 2 { peer } else { identity::ANY };
+        let pr = if i % 2 == 0 { protocol } else { proto::ANY };
         i += 1;
-        if i == 2 && (p == identity::ANY || p == peer) {
-            continue;
-        }
-        let mut j = 0;
-        while j < 2 {
-            let pr = if j == 0 { protocol } else { proto::ANY };
-            j += 1;
-            let key = Key::new(
-                POLICY_KEY_FULL_BITS,
-                PolicyKeyV1 {
-                    local_identity_be: local_be,
-                    peer_identity_be: p.to_be_bytes(),
-                    direction: dir,
-                    protocol: pr,
-                    port_be,
-                },
-            );
-            if let Some(v) = POLICY.get(&key) {
-                if v.rank < best_rank {
-                    best_rank = v.rank;
-                    best_action = v.action;
+        let sk = SliceKeyV1 {
+            local_identity_be: local_be,
+            peer_identity_be: p.to_be_bytes(),
+            direction: dir,
+            protocol: pr,
+            _pad: [0; 2],
+        };
+        // SAFETY: value copied out before any other map call.
+        let Some(slice) = (unsafe { SLICES.get(&sk) }).copied() else { continue };
+        if slice.flags & (slice_flags::HAS_PORTS | slice_flags::HAS_RANGES) != 0 {
+            let key = PolicyKeyV1 {
+                local_identity_be: local_be,
+                peer_identity_be: sk.peer_identity_be,
+                direction: dir,
+                protocol: pr,
+                port_be: port.to_be_bytes(),
+            };
+            if slice.flags & slice_flags::HAS_PORTS != 0 {
+                // SAFETY: copied out.
+                if let Some(v) = unsafe { PORTS.get(&key) } {
+                    return *v;
+                }
+            }
+            if slice.flags & slice_flags::HAS_RANGES != 0 {
+                if let Some(v) = RANGES.get(&Key::new(POLICY_KEY_FULL_BITS, key)) {
+                    return *v;
                 }
             }
         }
+        return slice.verdict;
     }
-    if best_action == action::ALLOW {
-        return Verdict { allow: true, counter: counters::ALLOW_POLICY };
-    }
-    if best_action != 0 {
-        // DENY, or an action this program does not know: fail closed.
-        return Verdict { allow: false, counter: counters::DENY_POLICY };
-    }
-    let isolated = if dir == direction::INGRESS {
-        flags & ep_flags::INGRESS_ISOLATED != 0
-    } else {
-        flags & ep_flags::EGRESS_ISOLATED != 0
-    };
-    if isolated {
-        Verdict { allow: false, counter: counters::DENY_POLICY }
-    } else {
-        Verdict { allow: true, counter: counters::ALLOW_NOT_ISOLATED }
-    }
+    DEFAULT_ALLOW
+}
+
+/// Enforced verdict.
+#[inline(always)]
+pub fn enforced(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
+    judge(local, peer, dir, protocol, port)
+}
+
+/// Staged (counterfactual) verdict.
+#[inline(always)]
+pub fn staged(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
+    judge(local, peer, dir | STAGED_DIRECTION_BIT, protocol, port)
 }

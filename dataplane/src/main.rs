@@ -39,9 +39,193 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Policy tools: check a datastore, explain a verdict, per-policy counters.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Flow events of an agent instance (Log rules, denied and revoked flows).
+    Flows {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        /// Print the raw JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Network-namespace lab: pods, echo servers, conformance runner, demo.
     #[command(subcommand)]
     Lab(bulkhead_lab::LabCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a datastore folder and compile it; errors name the file, document and field.
+    Check {
+        #[arg(long)]
+        datastore: PathBuf,
+    },
+    /// Why is a connection allowed or denied? For each direction: the deciding tier, policy and
+    /// rule (or the tier's default), and the staged verdicts, from the compiled maps the
+    /// kernel is given, looked up with the kernel's algorithm.
+    Explain {
+        #[arg(long)]
+        datastore: PathBuf,
+        /// Source: a pod as NAMESPACE/NAME, or an IPv4 address.
+        #[arg(long)]
+        from: String,
+        /// Destination: a pod as NAMESPACE/NAME, or an IPv4 address.
+        #[arg(long)]
+        to: String,
+        /// Destination port (a number, or a port name of the destination pod).
+        #[arg(long)]
+        port: String,
+        /// TCP, UDP, SCTP, ICMP or a protocol number.
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+    },
+    /// Per-policy counters of a running instance: allowed and denied new flows, and what
+    /// staged policies would have allowed or denied.
+    Stats {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn protocol_number(p: &str) -> anyhow::Result<u8> {
+    Ok(match p.to_ascii_uppercase().as_str() {
+        "TCP" => 6,
+        "UDP" => 17,
+        "SCTP" => 132,
+        "ICMP" => 1,
+        n => n.parse().with_context(|| format!("--protocol: {p:?} is not TCP, UDP, SCTP, ICMP or a number"))?,
+    })
+}
+
+fn endpoint(model: &policy_compiler::Model, s: &str, flag: &str) -> anyhow::Result<policy_compiler::lookup::Endpoint> {
+    use policy_compiler::{lookup::Endpoint, model::PodRef};
+    if let Ok(ip) = s.parse() {
+        return Ok(Endpoint::Ip(ip));
+    }
+    let (ns, name) = s.split_once('/').with_context(|| format!("{flag}: {s:?} is neither NAMESPACE/POD nor an IPv4 address"))?;
+    let r = PodRef::new(ns, name);
+    anyhow::ensure!(model.pods.contains_key(&r), "{flag}: no pod {s} in the datastore");
+    Ok(Endpoint::Pod(r))
+}
+
+fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
+    use bulkhead_agent::datastore::{Datastore as _, FileDatastore};
+    match cmd {
+        PolicyCommand::Check { datastore } => {
+            let model = FileDatastore::new(&datastore)?.load()?;
+            let mut compiler = policy_compiler::Compiler::new(policy_compiler::Limits::default());
+            let c = compiler.compile(&model)?;
+            println!(
+                "{}: {} namespaces, {} pods, {} NetworkPolicies, {} tiered policies in {} tiers; compiled to {} policy entries ({} staged), {} IP cache entries",
+                datastore.display(),
+                model.namespaces.len(),
+                model.pods.len(),
+                model.policies.len(),
+                model.tiered.len(),
+                c.tier_table.len(),
+                c.policy.len(),
+                c.staged.len(),
+                c.ipcache.len()
+            );
+            for o in &c.overflow {
+                println!("overflow (fails closed): {o}");
+            }
+            Ok(if c.overflow.is_empty() { 0 } else { 1 })
+        }
+        PolicyCommand::Explain { datastore, from, to, port, protocol } => {
+            let model = FileDatastore::new(&datastore)?.load()?;
+            let mut compiler = policy_compiler::Compiler::new(policy_compiler::Limits::default());
+            let c = compiler.compile(&model)?;
+            let src = endpoint(&model, &from, "--from")?;
+            let dst = endpoint(&model, &to, "--to")?;
+            let proto = protocol_number(&protocol)?;
+            let port: u16 = match port.parse() {
+                Ok(p) => p,
+                Err(_) => {
+                    let policy_compiler::lookup::Endpoint::Pod(r) = &dst else {
+                        anyhow::bail!("--port: a port name needs a pod destination");
+                    };
+                    let pod = &model.pods[r];
+                    pod.ports
+                        .iter()
+                        .find(|p| p.name.as_deref() == Some(port.as_str()) && p.protocol.number() == proto)
+                        .map(|p| p.port)
+                        .with_context(|| format!("--port: pod {r} has no {protocol} port named {port:?}"))?
+                }
+            };
+            let e = policy_compiler::explain::explain(&c, &model, &src, &dst, proto, port);
+            println!("{e}");
+            Ok(0)
+        }
+        PolicyCommand::Stats { instance, json } => {
+            let cfg = bulkhead_agent::AgentConfig {
+                datastore_dir: PathBuf::new(),
+                node_netns: None,
+                pin_dir: bulkhead_agent::AgentConfig::default_pin_dir(&instance),
+                watch: false,
+            };
+            let table_path = cfg.state_dir().join("policies.json");
+            let table: bulkhead_agent::PolicyTable = serde_json::from_str(
+                &std::fs::read_to_string(&table_path)
+                    .with_context(|| format!("is agent instance {instance:?} running? ({} missing)", table_path.display()))?,
+            )
+            .with_context(|| format!("{}: not a policy table", table_path.display()))?;
+            let rows = bulkhead_agent::status::policy_stats(&cfg.pin_dir, &table)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<58} {:<26} {:>8} {:>8} {:>12} {:>11}", "POLICY", "TIER", "ALLOWED", "DENIED", "WOULD-ALLOW", "WOULD-DENY");
+                for r in rows {
+                    let name = if r.staged { format!("{} (staged)", r.policy) } else { r.policy };
+                    println!("{:<58} {:<26} {:>8} {:>8} {:>12} {:>11}", name, r.tier, r.allowed, r.denied, r.would_allow, r.would_deny);
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn run_flows(instance: String, json: bool) -> anyhow::Result<i32> {
+    let cfg = bulkhead_agent::AgentConfig {
+        datastore_dir: PathBuf::new(),
+        node_netns: None,
+        pin_dir: bulkhead_agent::AgentConfig::default_pin_dir(&instance),
+        watch: false,
+    };
+    let path = cfg.state_dir().join("flows.jsonl");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("is agent instance {instance:?} running? ({} missing)", path.display()))?;
+    for line in text.lines() {
+        if json {
+            println!("{line}");
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: bad line", path.display()))?;
+        let verdict = &v["verdict"];
+        println!(
+            "{:<11} {:<7} {}:{} -> {}:{} proto {} {} by {}{}",
+            v["kind"].as_str().unwrap_or("?"),
+            v["direction"].as_str().unwrap_or("?"),
+            v["src"].as_str().unwrap_or("?"),
+            v["src_port"],
+            v["dst"].as_str().unwrap_or("?"),
+            v["dst_port"],
+            v["protocol"],
+            verdict["action"].as_str().unwrap_or("?"),
+            verdict["policy"].as_str().map(|p| format!("{p} rule {}", verdict["rule"])).unwrap_or_else(|| {
+                if verdict["end_of_tier"].as_bool() == Some(true) {
+                    format!("end of tier {}", verdict["tier"].as_str().unwrap_or("?"))
+                } else {
+                    "default (no tier applies)".into()
+                }
+            }),
+            verdict["log_policy"].as_str().map(|p| format!(" [logged by {p} rule {}]", verdict["log_rule"])).unwrap_or_default(),
+        );
+    }
+    Ok(0)
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -93,7 +277,7 @@ fn main() -> anyhow::Result<()> {
                 println!("  policy revision   {}", st.policy_rev);
                 println!("  endpoints         {}", st.endpoints);
                 println!("  ip cache entries  {}", st.ipcache_entries);
-                println!("  policy entries    {}", st.policy_entries);
+                println!("  policy slices     {} (+{} port, {} range exceptions)", st.policy_slices, st.policy_ports, st.policy_ranges);
                 println!("  conntrack entries {}", st.conntrack_entries);
                 println!("  datapath counters:");
                 for (k, v) in &st.counters {
@@ -102,6 +286,8 @@ fn main() -> anyhow::Result<()> {
             }
             0
         }
+        Command::Policy(cmd) => run_policy(cmd)?,
+        Command::Flows { instance, json } => run_flows(instance, json)?,
         Command::Lab(cmd) => bulkhead_lab::run(cmd)?,
     };
     std::process::exit(code);

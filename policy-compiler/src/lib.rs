@@ -18,6 +18,7 @@ pub mod diff;
 pub mod error;
 pub mod explain;
 pub mod identity;
+pub mod layout;
 pub mod k8s;
 pub mod knp;
 pub mod lookup;

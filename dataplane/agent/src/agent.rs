@@ -40,6 +40,43 @@ impl AgentConfig {
     pub fn default_pin_dir(instance: &str) -> PathBuf {
         PathBuf::from("/sys/fs/bpf/bulkhead").join(instance)
     }
+
+    /// Runtime files of the instance (flow log, policy table): `/run/bulkhead/<pin dir name>`.
+    pub fn state_dir(&self) -> PathBuf {
+        let name = self.pin_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "node".into());
+        PathBuf::from("/run/bulkhead").join(name)
+    }
+}
+
+/// The policy and tier tables of the last sync, written to `policies.json` in the state dir so
+/// the CLI can name what the kernel's counters and verdicts refer to.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PolicyTable {
+    /// Index = policy index in the kernel's values and counters.
+    pub policies: Vec<PolicyTableEntry>,
+    /// Index = tier index.
+    pub tiers: Vec<String>,
+}
+
+/// One policy of [`PolicyTable`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PolicyTableEntry {
+    pub name: String,
+    pub tier: String,
+    pub staged: bool,
+}
+
+impl PolicyTable {
+    fn of(c: &Compiled) -> Self {
+        PolicyTable {
+            policies: c
+                .policy_table
+                .iter()
+                .map(|p| PolicyTableEntry { name: p.id.to_string(), tier: p.tier.clone(), staged: p.staged })
+                .collect(),
+            tiers: c.tier_table.clone(),
+        }
+    }
 }
 
 /// What one sync did.
@@ -65,6 +102,8 @@ enum Request {
     Tick,
     Sync(mpsc::Sender<Result<SyncReport, AgentError>>),
     Counters(mpsc::Sender<Result<Vec<(String, u64)>, AgentError>>),
+    Flows(mpsc::Sender<Vec<crate::flows::FlowRecord>>),
+    PolicyStats(mpsc::Sender<Result<Vec<crate::status::PolicyStatsRow>, AgentError>>),
     Stop,
 }
 
@@ -113,6 +152,20 @@ impl Agent {
         rx.recv().map_err(|_| AgentError::Stopped)?
     }
 
+    /// The most recent flow events (oldest first), drained from the kernel first.
+    pub fn recent_flows(&self) -> Result<Vec<crate::flows::FlowRecord>, AgentError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Request::Flows(tx)).map_err(|_| AgentError::Stopped)?;
+        rx.recv().map_err(|_| AgentError::Stopped)
+    }
+
+    /// Per-policy counters (allowed, denied, would-allow, would-deny), named.
+    pub fn policy_stats(&self) -> Result<Vec<crate::status::PolicyStatsRow>, AgentError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Request::PolicyStats(tx)).map_err(|_| AgentError::Stopped)?;
+        rx.recv().map_err(|_| AgentError::Stopped)?
+    }
+
     /// Datapath counters, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(String, u64)>, AgentError> {
         let (tx, rx) = mpsc::channel();
@@ -156,11 +209,15 @@ struct State {
     dp: Dataplane,
     store: Box<dyn Datastore>,
     compiler: Compiler,
-    /// What the IP cache and policy maps hold; `None` = unknown, rewrite in full.
+    /// The compile whose result the maps hold; `None` = unknown, rewrite in full.
     applied: Option<Compiled>,
+    /// What the lookup maps hold (derived from `applied`).
+    kernel: apply::KernelState,
     /// Endpoint map content: ifindex -> (interface, value).
     endpoints: BTreeMap<u32, (String, EndpointV1)>,
     pending: Vec<String>,
+    flows: crate::flows::FlowLog,
+    state_dir: PathBuf,
 }
 
 fn worker(
@@ -184,11 +241,16 @@ fn worker(
             return;
         }
     };
+    let state_dir = cfg.state_dir();
+    let _ = std::fs::create_dir_all(&state_dir);
     let mut st = State {
+        flows: crate::flows::FlowLog::new(&state_dir.join("flows.jsonl")),
+        state_dir,
         dp,
         store,
         compiler: Compiler::new(Limits::default()),
         applied: None,
+        kernel: apply::KernelState::default(),
         endpoints: BTreeMap::new(),
         pending: Vec::new(),
     };
@@ -222,11 +284,19 @@ fn worker(
                 }
             }
             Ok(Request::Tick) => {}
+            Ok(Request::Flows(reply)) => {
+                drain_flows(&mut st);
+                let _ = reply.send(st.flows.recent().cloned().collect());
+            }
+            Ok(Request::PolicyStats(reply)) => {
+                let _ = reply.send(policy_stats(&st));
+            }
             Ok(Request::Counters(reply)) => {
                 let _ = reply.send(st.dp.counters());
             }
             Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                drain_flows(&mut st);
                 if cfg.watch && (st.store.poll_changed() || !st.pending.is_empty()) {
                     if let Err(e) = sync(&mut st) {
                         tracing::error!(error = %e, "datastore change rejected");
@@ -243,7 +313,29 @@ fn worker(
             }
         }
     }
+    drain_flows(&mut st);
     st.dp.unload();
+    let _ = std::fs::remove_dir_all(&st.state_dir);
+    let _ = std::fs::remove_dir(st.state_dir.parent().unwrap_or(std::path::Path::new("/")));
+}
+
+fn policy_stats(st: &State) -> Result<Vec<crate::status::PolicyStatsRow>, AgentError> {
+    let Some(c) = &st.applied else { return Ok(Vec::new()) };
+    let table = PolicyTable::of(c);
+    let counts: BTreeMap<u32, bulkhead_common::PolicyStatsV1> =
+        st.dp.policy_stats(table.policies.len() as u32)?.into_iter().collect();
+    Ok(table
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| crate::status::PolicyStatsRow::new(p, counts.get(&(i as u32)).copied().unwrap_or_default()))
+        .collect())
+}
+
+fn drain_flows(st: &mut State) {
+    if let Some(c) = &st.applied {
+        st.flows.drain(&mut st.dp, c);
+    }
 }
 
 fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
@@ -253,9 +345,10 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     let model = st.store.load()?;
     let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Invalid(e.to_string()))?;
     let compile_time = t0.elapsed();
+    let kernel = apply::KernelState::of(&compiled);
     let written = match &st.applied {
-        Some(old) => apply::apply_diff(&mut st.dp, &policy_compiler::diff::diff(old, &compiled)),
-        None => apply::apply_full(&mut st.dp, &compiled),
+        Some(_) => apply::apply_diff(&mut st.dp, &st.kernel, &kernel),
+        None => apply::apply_full(&mut st.dp, &kernel),
     };
     let written = match written {
         Ok(w) => w,
@@ -268,10 +361,14 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     if st.applied.is_none() {
         apply::bump_revision(&mut st.dp)?;
     }
+    st.kernel = kernel;
     st.applied = Some(compiled);
     let compiled = st.applied.as_ref().expect("just set");
     st.pending = apply::sync_endpoints(&mut st.dp, compiled, &mut st.endpoints)?;
     let rev = apply::bump_revision(&mut st.dp)?;
+    if let Ok(json) = serde_json::to_string_pretty(&PolicyTable::of(compiled)) {
+        let _ = std::fs::write(st.state_dir.join("policies.json"), json);
+    }
     for o in &compiled.overflow {
         tracing::error!(report = %o, "map capacity reached; affected endpoints fail closed");
     }

@@ -1,19 +1,48 @@
-//! Writes the compiler's output into the BPF maps: incrementally from a diff, or in full
-//! against whatever the pinned maps hold (first sync after a start or after a failed write).
+//! Writes the compiler's output into the BPF maps: incrementally from the difference with
+//! what was written last, or in full against whatever the pinned maps hold (first sync after a
+//! start, or after a failed write).
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use aya::maps::lpm_trie::Key;
-use bulkhead_common::{ConfigV1, EndpointV1, PolicyKeyV1, map_names};
-use policy_compiler::{
-    compile::Compiled,
-    diff::{CompiledDiff, MapDiff},
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
 };
 
-use crate::{error::AgentError, loader::{Dataplane, ipcache_key}};
+use aya::maps::lpm_trie::Key;
+use bulkhead_common::{ConfigV1, EndpointV1, IpInfoV2, PolicyKeyV1, PolicyValueV2, SliceKeyV1, SliceValueV1, map_names};
+use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
+
+use crate::{
+    error::AgentError,
+    loader::{Dataplane, ipcache_key},
+};
 
 fn werr(map: &'static str, e: impl std::fmt::Display) -> AgentError {
     AgentError::Map { map, detail: e.to_string() }
+}
+
+/// Everything the kernel's lookup maps hold, derived from one compile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelState {
+    /// /32 entries (pods and single-address prefixes), hash.
+    pub iphost: BTreeMap<[u8; 4], IpInfoV2>,
+    /// Shorter prefixes, LPM.
+    pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV2>,
+    pub layout: PolicyLayout,
+}
+
+impl KernelState {
+    /// Splits the compiled IP cache by prefix length and lays the policy out.
+    pub fn of(c: &Compiled) -> Self {
+        let mut s = KernelState { layout: policy_compiler::layout::layout(&c.policy, &c.staged), ..Default::default() };
+        for ((addr, len), v) in &c.ipcache {
+            if *len == 32 {
+                s.iphost.insert(addr.octets(), *v);
+            } else {
+                s.ipcache.insert((*addr, *len), *v);
+            }
+        }
+        s
+    }
 }
 
 /// How many map entries a sync wrote and removed.
@@ -23,74 +52,112 @@ pub struct Written {
     pub removals: usize,
 }
 
-/// Applies the IP cache and policy parts of `diff`. Removals go first: during the update a
-/// flow may be denied for a moment, never allowed by a rule that no longer exists.
-pub fn apply_diff(dp: &mut Dataplane, diff: &CompiledDiff) -> Result<Written, AgentError> {
+/// Applies the difference between `old` and `new`. Removals go first: during the update a flow
+/// may be denied for a moment, never allowed by a rule that no longer exists. Slices are
+/// written after their port exceptions, so a slice never points at exceptions not there yet.
+pub fn apply_diff(dp: &mut Dataplane, old: &KernelState, new: &KernelState) -> Result<Written, AgentError> {
     let mut w = Written::default();
-    remove_policy(dp, &diff.policy, &mut w)?;
-    for (addr, len) in &diff.ipcache.removals {
-        dp.maps.ipcache.remove(&ipcache_key(*addr, *len)).map_err(|e| werr(map_names::IPCACHE, e))?;
-        w.removals += 1;
+    let slices = diff_map(&old.layout.slices, &new.layout.slices);
+    let ports = diff_map(&old.layout.ports, &new.layout.ports);
+    let ranges = diff_map(&old.layout.ranges, &new.layout.ranges);
+    let hosts = diff_map(&old.iphost, &new.iphost);
+    let prefixes = diff_map(&old.ipcache, &new.ipcache);
+    for k in &slices.removals {
+        dp.maps.slices.remove(k).map_err(|e| werr(map_names::SLICES, e))?;
     }
-    for ((addr, len), v) in &diff.ipcache.upserts {
-        dp.maps.ipcache.insert(&ipcache_key(*addr, *len), v, 0).map_err(|e| werr(map_names::IPCACHE, e))?;
-        w.upserts += 1;
+    for k in &ports.removals {
+        dp.maps.ports.remove(k).map_err(|e| werr(map_names::PORTS, e))?;
     }
-    for ((len, k), v) in &diff.policy.upserts {
-        dp.maps.policy.insert(&Key::new(*len, *k), v, 0).map_err(|e| werr(map_names::POLICY, e))?;
-        w.upserts += 1;
+    for (len, k) in &ranges.removals {
+        dp.maps.ranges.remove(&Key::new(*len, *k)).map_err(|e| werr(map_names::RANGES, e))?;
     }
+    for k in &hosts.removals {
+        dp.maps.iphost.remove(k).map_err(|e| werr(map_names::IPHOST, e))?;
+    }
+    for (a, l) in &prefixes.removals {
+        dp.maps.ipcache.remove(&ipcache_key(*a, *l)).map_err(|e| werr(map_names::IPCACHE, e))?;
+    }
+    w.removals = slices.removals.len() + ports.removals.len() + ranges.removals.len() + hosts.removals.len() + prefixes.removals.len();
+    for (k, v) in &hosts.upserts {
+        dp.maps.iphost.insert(k, v, 0).map_err(|e| werr(map_names::IPHOST, e))?;
+    }
+    for ((a, l), v) in &prefixes.upserts {
+        dp.maps.ipcache.insert(&ipcache_key(*a, *l), v, 0).map_err(|e| werr(map_names::IPCACHE, e))?;
+    }
+    write_policy(dp, &ports.upserts, &ranges.upserts, &slices.upserts)?;
+    w.upserts = slices.upserts.len() + ports.upserts.len() + ranges.upserts.len() + hosts.upserts.len() + prefixes.upserts.len();
     Ok(w)
 }
 
-fn remove_policy(
+fn write_policy(
     dp: &mut Dataplane,
-    d: &MapDiff<(u32, PolicyKeyV1), bulkhead_common::PolicyValueV1>,
-    w: &mut Written,
+    ports: &[(PolicyKeyV1, PolicyValueV2)],
+    ranges: &[((u32, PolicyKeyV1), PolicyValueV2)],
+    slices: &[(SliceKeyV1, SliceValueV1)],
 ) -> Result<(), AgentError> {
-    for (len, k) in &d.removals {
-        dp.maps.policy.remove(&Key::new(*len, *k)).map_err(|e| werr(map_names::POLICY, e))?;
-        w.removals += 1;
+    for (k, v) in ports {
+        dp.maps.ports.insert(k, v, 0).map_err(|e| werr(map_names::PORTS, e))?;
+    }
+    for ((len, k), v) in ranges {
+        dp.maps.ranges.insert(&Key::new(*len, *k), v, 0).map_err(|e| werr(map_names::RANGES, e))?;
+    }
+    for (k, v) in slices {
+        dp.maps.slices.insert(k, v, 0).map_err(|e| werr(map_names::SLICES, e))?;
     }
     Ok(())
 }
 
-/// Makes the IP cache and policy maps hold exactly `desired`, whatever they held before.
-pub fn apply_full(dp: &mut Dataplane, desired: &Compiled) -> Result<Written, AgentError> {
+/// Makes the lookup maps hold exactly `desired`, whatever they held before.
+pub fn apply_full(dp: &mut Dataplane, desired: &KernelState) -> Result<Written, AgentError> {
     let mut w = Written::default();
-    let stale_policy: Vec<Key<PolicyKeyV1>> = dp
+    let stale: Vec<SliceKeyV1> = dp.maps.slices.keys().filter_map(Result::ok).filter(|k| !desired.layout.slices.contains_key(k)).collect();
+    for k in &stale {
+        dp.maps.slices.remove(k).map_err(|e| werr(map_names::SLICES, e))?;
+    }
+    w.removals += stale.len();
+    let stale: Vec<PolicyKeyV1> = dp.maps.ports.keys().filter_map(Result::ok).filter(|k| !desired.layout.ports.contains_key(k)).collect();
+    for k in &stale {
+        dp.maps.ports.remove(k).map_err(|e| werr(map_names::PORTS, e))?;
+    }
+    w.removals += stale.len();
+    let stale: Vec<Key<PolicyKeyV1>> = dp
         .maps
-        .policy
+        .ranges
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| !desired.policy.contains_key(&(k.prefix_len(), k.data())))
+        .filter(|k| !desired.layout.ranges.contains_key(&(k.prefix_len(), k.data())))
         .collect();
-    for k in stale_policy {
-        dp.maps.policy.remove(&k).map_err(|e| werr(map_names::POLICY, e))?;
-        w.removals += 1;
+    for k in &stale {
+        dp.maps.ranges.remove(k).map_err(|e| werr(map_names::RANGES, e))?;
     }
-    let stale_ip: Vec<_> = dp
+    w.removals += stale.len();
+    let stale: Vec<[u8; 4]> = dp.maps.iphost.keys().filter_map(Result::ok).filter(|k| !desired.iphost.contains_key(k)).collect();
+    for k in &stale {
+        dp.maps.iphost.remove(k).map_err(|e| werr(map_names::IPHOST, e))?;
+    }
+    w.removals += stale.len();
+    let stale: Vec<_> = dp
         .maps
         .ipcache
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| {
-            let a = std::net::Ipv4Addr::from(k.data().addr_be);
-            !desired.ipcache.contains_key(&(a, k.prefix_len() as u8))
-        })
+        .filter(|k| !desired.ipcache.contains_key(&(Ipv4Addr::from(k.data().addr_be), k.prefix_len() as u8)))
         .collect();
-    for k in stale_ip {
-        dp.maps.ipcache.remove(&k).map_err(|e| werr(map_names::IPCACHE, e))?;
-        w.removals += 1;
+    for k in &stale {
+        dp.maps.ipcache.remove(k).map_err(|e| werr(map_names::IPCACHE, e))?;
     }
-    for ((addr, len), v) in &desired.ipcache {
-        dp.maps.ipcache.insert(&ipcache_key(*addr, *len), v, 0).map_err(|e| werr(map_names::IPCACHE, e))?;
-        w.upserts += 1;
+    w.removals += stale.len();
+    for (k, v) in &desired.iphost {
+        dp.maps.iphost.insert(k, v, 0).map_err(|e| werr(map_names::IPHOST, e))?;
     }
-    for ((len, k), v) in &desired.policy {
-        dp.maps.policy.insert(&Key::new(*len, *k), v, 0).map_err(|e| werr(map_names::POLICY, e))?;
-        w.upserts += 1;
+    for ((a, l), v) in &desired.ipcache {
+        dp.maps.ipcache.insert(&ipcache_key(*a, *l), v, 0).map_err(|e| werr(map_names::IPCACHE, e))?;
     }
+    let ports: Vec<_> = desired.layout.ports.iter().map(|(k, v)| (*k, *v)).collect();
+    let ranges: Vec<_> = desired.layout.ranges.iter().map(|(k, v)| (*k, *v)).collect();
+    let slices: Vec<_> = desired.layout.slices.iter().map(|(k, v)| (*k, *v)).collect();
+    write_policy(dp, &ports, &ranges, &slices)?;
+    w.upserts = desired.iphost.len() + desired.ipcache.len() + ports.len() + ranges.len() + slices.len();
     Ok(w)
 }
 
@@ -140,7 +207,7 @@ pub fn drop_stale_endpoints(dp: &mut Dataplane, written: &BTreeMap<u32, (String,
 }
 
 /// Bumps the policy revision so established flows are judged again on their next packet.
-/// Keeps the timeouts already configured.
+/// Keeps the timeouts and flags already configured.
 pub fn bump_revision(dp: &mut Dataplane) -> Result<u32, AgentError> {
     let cur = dp.maps.config.get(&0, 0).map_err(|e| werr(map_names::CONFIG, e))?;
     let base = if cur.tcp_established_timeout_ns == 0 { ConfigV1::with_default_timeouts(0) } else { cur };

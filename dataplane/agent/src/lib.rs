@@ -5,11 +5,12 @@ pub mod agent;
 pub mod apply;
 pub mod datastore;
 pub mod error;
+pub mod flows;
 pub mod gc;
 pub mod loader;
 pub mod netns;
 pub mod status;
 pub mod watch;
 
-pub use agent::{Agent, AgentConfig, SyncReport};
+pub use agent::{Agent, AgentConfig, PolicyTable, PolicyTableEntry, SyncReport};
 pub use error::AgentError;

@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp,
         tc::{SchedClassifierLinkId, TcAttachOptions},
@@ -16,8 +16,8 @@ use aya::{
     },
 };
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV1, PolicyKeyV1, PolicyValueV1,
-    map_names,
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
+    PolicyValueV2, SliceKeyV1, SliceValueV1, map_names,
 };
 
 use crate::{error::AgentError, netns};
@@ -33,10 +33,15 @@ pub mod programs {
     pub const XDP_PREFILTER: &str = "bh_xdp_prefilter";
 }
 
-const ALL_MAPS: [&str; 6] = [
+const ALL_MAPS: [&str; 11] = [
     map_names::ENDPOINTS,
+    map_names::IPHOST,
     map_names::IPCACHE,
-    map_names::POLICY,
+    map_names::SLICES,
+    map_names::PORTS,
+    map_names::RANGES,
+    map_names::POLICY_STATS,
+    map_names::FLOWS,
     map_names::CONNTRACK,
     map_names::CONFIG,
     map_names::COUNTERS,
@@ -53,8 +58,13 @@ struct Attachment {
 /// Typed handles on the maps.
 pub struct Maps {
     pub endpoints: HashMap<MapData, u32, EndpointV1>,
-    pub ipcache: LpmTrie<MapData, IpCacheKeyV1, IpInfoV1>,
-    pub policy: LpmTrie<MapData, PolicyKeyV1, PolicyValueV1>,
+    pub iphost: HashMap<MapData, [u8; 4], IpInfoV2>,
+    pub ipcache: LpmTrie<MapData, IpCacheKeyV1, IpInfoV2>,
+    pub slices: HashMap<MapData, SliceKeyV1, SliceValueV1>,
+    pub ports: HashMap<MapData, PolicyKeyV1, PolicyValueV2>,
+    pub ranges: LpmTrie<MapData, PolicyKeyV1, PolicyValueV2>,
+    pub policy_stats: PerCpuArray<MapData, PolicyStatsV1>,
+    pub flows: RingBuf<MapData>,
     pub conntrack: HashMap<MapData, CtKeyV1, CtValueV1>,
     pub config: Array<MapData, ConfigV1>,
     pub counters: PerCpuArray<MapData, u64>,
@@ -114,8 +124,13 @@ impl Dataplane {
         };
         let maps = Maps {
             endpoints: HashMap::try_from(take(map_names::ENDPOINTS)?).map_err(|e| map_err(map_names::ENDPOINTS, e))?,
+            iphost: HashMap::try_from(take(map_names::IPHOST)?).map_err(|e| map_err(map_names::IPHOST, e))?,
             ipcache: LpmTrie::try_from(take(map_names::IPCACHE)?).map_err(|e| map_err(map_names::IPCACHE, e))?,
-            policy: LpmTrie::try_from(take(map_names::POLICY)?).map_err(|e| map_err(map_names::POLICY, e))?,
+            slices: HashMap::try_from(take(map_names::SLICES)?).map_err(|e| map_err(map_names::SLICES, e))?,
+            ports: HashMap::try_from(take(map_names::PORTS)?).map_err(|e| map_err(map_names::PORTS, e))?,
+            ranges: LpmTrie::try_from(take(map_names::RANGES)?).map_err(|e| map_err(map_names::RANGES, e))?,
+            policy_stats: PerCpuArray::try_from(take(map_names::POLICY_STATS)?).map_err(|e| map_err(map_names::POLICY_STATS, e))?,
+            flows: RingBuf::try_from(take(map_names::FLOWS)?).map_err(|e| map_err(map_names::FLOWS, e))?,
             conntrack: HashMap::try_from(take(map_names::CONNTRACK)?).map_err(|e| map_err(map_names::CONNTRACK, e))?,
             config: Array::try_from(take(map_names::CONFIG)?).map_err(|e| map_err(map_names::CONFIG, e))?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?).map_err(|e| map_err(map_names::COUNTERS, e))?,
@@ -210,6 +225,11 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// Per-policy counters summed over CPUs, for policies with any count.
+    pub fn policy_stats(&self, policies: u32) -> Result<Vec<(u32, bulkhead_common::PolicyStatsV1)>, AgentError> {
+        read_policy_stats(&self.maps.policy_stats, policies)
+    }
+
     /// Detaches every interface and removes the pins: the instance leaves nothing behind.
     pub fn unload(mut self) {
         let names: Vec<String> = self.attached.keys().cloned().collect();
@@ -242,4 +262,27 @@ fn static_name(name: &str) -> &'static str {
         programs::NOOP => programs::NOOP,
         _ => programs::XDP_PREFILTER,
     }
+}
+
+/// Sums per-CPU policy counters of the first `policies` indexes; skips policies that never
+/// counted anything.
+pub fn read_policy_stats<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, PolicyStatsV1>,
+    policies: u32,
+) -> Result<Vec<(u32, PolicyStatsV1)>, AgentError> {
+    let mut out = Vec::new();
+    for i in 0..policies.min(bulkhead_common::capacity::POLICIES) {
+        let per_cpu = map.get(&i, 0).map_err(|e| map_err(map_names::POLICY_STATS, e))?;
+        let mut sum = PolicyStatsV1::default();
+        for s in per_cpu.iter() {
+            sum.allowed += s.allowed;
+            sum.denied += s.denied;
+            sum.would_allow += s.would_allow;
+            sum.would_deny += s.would_deny;
+        }
+        if sum != PolicyStatsV1::default() {
+            out.push((i, sum));
+        }
+    }
+    Ok(out)
 }

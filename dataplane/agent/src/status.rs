@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
-use bulkhead_common::{CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV1, PolicyKeyV1, PolicyValueV1, map_names};
+use bulkhead_common::{CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyValueV2, map_names};
 
 use crate::error::AgentError;
 
@@ -13,8 +13,12 @@ use crate::error::AgentError;
 pub struct Status {
     pub pin_dir: String,
     pub endpoints: usize,
+    /// Exact-address and prefix entries of the IP cache.
     pub ipcache_entries: usize,
-    pub policy_entries: usize,
+    /// Policy slices, single-port and port-range exceptions.
+    pub policy_slices: usize,
+    pub policy_ports: usize,
+    pub policy_ranges: usize,
     pub conntrack_entries: usize,
     pub policy_rev: u32,
     pub counters: Vec<(String, u64)>,
@@ -30,11 +34,56 @@ fn merr(map: &'static str, e: impl std::fmt::Display) -> AgentError {
     AgentError::Map { map, detail: e.to_string() }
 }
 
+/// Per-policy counters of an instance, named from the policy table the agent wrote.
+#[derive(Debug, serde::Serialize)]
+pub struct PolicyStatsRow {
+    pub policy: String,
+    pub tier: String,
+    pub staged: bool,
+    pub allowed: u64,
+    pub denied: u64,
+    pub would_allow: u64,
+    pub would_deny: u64,
+}
+
+impl PolicyStatsRow {
+    /// A row from a policy table entry and its counts.
+    pub fn new(p: &crate::PolicyTableEntry, c: bulkhead_common::PolicyStatsV1) -> Self {
+        PolicyStatsRow {
+            policy: p.name.clone(),
+            tier: p.tier.clone(),
+            staged: p.staged,
+            allowed: c.allowed,
+            denied: c.denied,
+            would_allow: c.would_allow,
+            would_deny: c.would_deny,
+        }
+    }
+}
+
+/// Reads per-policy counters from the pins under `dir` and names them with `table`.
+pub fn policy_stats(dir: &Path, table: &crate::PolicyTable) -> Result<Vec<PolicyStatsRow>, AgentError> {
+    let map: PerCpuArray<_, bulkhead_common::PolicyStatsV1> =
+        PerCpuArray::try_from(open(dir, map_names::POLICY_STATS)?).map_err(|e| merr(map_names::POLICY_STATS, e))?;
+    let counts = crate::loader::read_policy_stats(&map, table.policies.len() as u32)?;
+    let mut by_index: std::collections::BTreeMap<u32, bulkhead_common::PolicyStatsV1> = counts.into_iter().collect();
+    Ok(table
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PolicyStatsRow::new(p, by_index.remove(&(i as u32)).unwrap_or_default()))
+        .collect())
+}
+
 /// Reads the pinned maps under `dir`.
 pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let eps: HashMap<_, u32, EndpointV1> = HashMap::try_from(open(dir, map_names::ENDPOINTS)?).map_err(|e| merr(map_names::ENDPOINTS, e))?;
-    let ipc: LpmTrie<_, IpCacheKeyV1, IpInfoV1> = LpmTrie::try_from(open(dir, map_names::IPCACHE)?).map_err(|e| merr(map_names::IPCACHE, e))?;
-    let pol: LpmTrie<_, PolicyKeyV1, PolicyValueV1> = LpmTrie::try_from(open(dir, map_names::POLICY)?).map_err(|e| merr(map_names::POLICY, e))?;
+    let ipc: LpmTrie<_, IpCacheKeyV1, IpInfoV2> = LpmTrie::try_from(open(dir, map_names::IPCACHE)?).map_err(|e| merr(map_names::IPCACHE, e))?;
+    let hosts: HashMap<_, [u8; 4], IpInfoV2> = HashMap::try_from(open(dir, map_names::IPHOST)?).map_err(|e| merr(map_names::IPHOST, e))?;
+    let slices: HashMap<_, bulkhead_common::SliceKeyV1, bulkhead_common::SliceValueV1> =
+        HashMap::try_from(open(dir, map_names::SLICES)?).map_err(|e| merr(map_names::SLICES, e))?;
+    let ports: HashMap<_, PolicyKeyV1, PolicyValueV2> = HashMap::try_from(open(dir, map_names::PORTS)?).map_err(|e| merr(map_names::PORTS, e))?;
+    let ranges: LpmTrie<_, PolicyKeyV1, PolicyValueV2> = LpmTrie::try_from(open(dir, map_names::RANGES)?).map_err(|e| merr(map_names::RANGES, e))?;
     let ct: HashMap<_, CtKeyV1, CtValueV1> = HashMap::try_from(open(dir, map_names::CONNTRACK)?).map_err(|e| merr(map_names::CONNTRACK, e))?;
     let cfg: aya::maps::Array<_, bulkhead_common::ConfigV1> = aya::maps::Array::try_from(open(dir, map_names::CONFIG)?).map_err(|e| merr(map_names::CONFIG, e))?;
     let cnt: PerCpuArray<_, u64> = PerCpuArray::try_from(open(dir, map_names::COUNTERS)?).map_err(|e| merr(map_names::COUNTERS, e))?;
@@ -46,8 +95,10 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
     Ok(Status {
         pin_dir: dir.display().to_string(),
         endpoints: eps.keys().count(),
-        ipcache_entries: ipc.keys().count(),
-        policy_entries: pol.keys().count(),
+        ipcache_entries: ipc.keys().count() + hosts.keys().count(),
+        policy_slices: slices.keys().count(),
+        policy_ports: ports.keys().count(),
+        policy_ranges: ranges.keys().count(),
         conntrack_entries: ct.keys().count(),
         policy_rev: cfg.get(&0, 0).map_err(|e| merr(map_names::CONFIG, e))?.policy_rev,
         counters,

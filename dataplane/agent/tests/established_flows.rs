@@ -2,126 +2,16 @@
 //! open across policy changes, and a bad policy file that must change nothing. Needs root.
 
 use std::{
-    fs::File,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::PathBuf,
-    process::Command,
     time::Duration,
 };
 
 use bulkhead_agent::{Agent, AgentConfig};
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {:?}: {}", args, String::from_utf8_lossy(&out.stderr));
-}
-
-fn sh_in(ns: &str, cmd: &str) {
-    ip(&["netns", "exec", ns, "sh", "-c", cmd]);
-}
-
-/// Two pods and a node namespace, removed on drop (also when the test panics).
-struct Topo {
-    id: String,
-    dir: PathBuf,
-}
-
-impl Topo {
-    fn node(&self) -> String {
-        format!("bht{}-node", self.id)
-    }
-    fn pod(&self, i: u8) -> String {
-        format!("bht{}-p{i}", self.id)
-    }
-    fn veth(&self, i: u8) -> String {
-        format!("bht{}h{i}", self.id)
-    }
-
-    fn create() -> Topo {
-        assert!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF)");
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let id = format!("{:04x}{n}", std::process::id() & 0xffff);
-        let dir = std::env::temp_dir().join(format!("bht{id}-store"));
-        let t = Topo { id, dir };
-        ip(&["netns", "add", &t.node()]);
-        sh_in(&t.node(), "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0");
-        // The pods' gateway: a local address of the node answers their ARP on any veth.
-        ip(&["-n", &t.node(), "addr", "add", "169.254.1.1/32", "dev", "lo"]);
-        ip(&["-n", &t.node(), "link", "set", "lo", "up"]);
-        for i in 1..=2u8 {
-            let (pod, veth) = (t.pod(i), t.veth(i));
-            ip(&["netns", "add", &pod]);
-            ip(&["-n", &t.node(), "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod]);
-            ip(&["-n", &t.node(), "link", "set", &veth, "up"]);
-            sh_in(&t.node(), &format!("sysctl -qw net.ipv4.conf.{veth}.proxy_arp=1 net.ipv4.conf.{veth}.rp_filter=0"));
-            ip(&["-n", &t.node(), "route", "add", &format!("10.99.0.{i}/32"), "dev", &veth]);
-            ip(&["-n", &pod, "addr", "add", &format!("10.99.0.{i}/32"), "dev", "eth0"]);
-            ip(&["-n", &pod, "link", "set", "eth0", "up"]);
-            ip(&["-n", &pod, "link", "set", "lo", "up"]);
-            ip(&["-n", &pod, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
-            ip(&["-n", &pod, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
-        }
-        std::fs::create_dir_all(&t.dir).expect("datastore dir");
-        let mut pods = String::from(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}\n",
-        );
-        for i in 1..=2u8 {
-            pods += &format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x, labels: {{app: p{i}}}, annotations: {{bulkhead.io/interface: {}}}}}\nstatus: {{podIP: 10.99.0.{i}}}\n",
-                t.veth(i)
-            );
-        }
-        std::fs::write(t.dir.join("pods.yaml"), pods).expect("write pods");
-        t
-    }
-
-    /// Runs `f` on a thread inside pod `i`'s network namespace.
-    fn in_pod<T: Send + 'static>(&self, i: u8, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.pod(i));
-        std::thread::spawn(move || {
-            let ns = File::open(&path).expect("open netns");
-            // SAFETY: valid fd; moves only this thread.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
-            f()
-        })
-        .join()
-        .expect("pod thread")
-    }
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        for ns in [self.pod(1), self.pod(2), self.node()] {
-            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn connect(t: &Topo) -> Option<TcpStream> {
-    t.in_pod(1, || {
-        let addr = SocketAddr::from((Ipv4Addr::new(10, 99, 0, 2), 8080));
-        TcpStream::connect_timeout(&addr, Duration::from_millis(700)).ok()
-    })
-}
-
-fn socket_bound_to(addr: Ipv4Addr) -> socket2::Socket {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    s.bind(&SocketAddr::from((addr, 0)).into()).expect("bind spoofed source");
-    s
-}
-
-fn echo_once(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_millis(700))).expect("timeout");
-    if s.write_all(b"ping").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 4];
-    matches!(s.read_exact(&mut buf), Ok(()) if &buf == b"ping")
-}
+mod common;
+use common::*;
 
 const DENY_INGRESS: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {matchLabels: {app: p2}}, policyTypes: [Ingress]}\n";
 
@@ -181,9 +71,17 @@ fn policy_changes_reach_established_flows_and_bad_input_changes_nothing() {
     assert!(connect(&t).is_none(), "after a rejected change the deny still holds");
     std::fs::remove_file(t.dir.join("zz-bad.yaml")).expect("rm bad");
 
-    // Remove the deny: new connections work again.
+    // Remove the deny: new connections work again, and the held connection (its conntrack
+    // entry was dropped with the deny) is judged as a new flow and resumes: TCP retransmits
+    // what was dropped and the echo comes back.
     std::fs::remove_file(t.dir.join("policy.yaml")).expect("rm policy");
     agent.sync_now().expect("policy removal applies");
+    held.set_read_timeout(Some(Duration::from_secs(8))).expect("timeout");
+    let mut buf = [0u8; 4];
+    assert!(
+        matches!(held.read_exact(&mut buf), Ok(()) if &buf == b"ping"),
+        "the held connection resumes once the policy allows it again"
+    );
     let mut again = connect(&t).expect("policy removed: connect works again");
     assert!(echo_once(&mut again), "policy removed: echo works");
 

@@ -12,12 +12,17 @@ pub mod map_names {
     /// Endpoint table: host-side interface index -> [`crate::EndpointV1`].
     pub const ENDPOINTS: &str = "BH_EP_V1";
     /// IP cache: IPv4 prefix -> [`crate::IpInfoV2`] (the identity of addresses).
-    pub const IPCACHE: &str = "BH_IPCACHE_V1";
-    /// Enforced policy: [`crate::PolicyKeyV1`] (LPM over the port) -> [`crate::PolicyValueV2`].
-    pub const POLICY: &str = "BH_POLICY_V1";
-    /// Staged (counterfactual) policy, same layout as [`POLICY`]; consulted only for endpoints
-    /// flagged [`crate::ep_flags::HAS_STAGED`].
-    pub const STAGED: &str = "BH_STAGED_V2";
+    pub const IPCACHE: &str = "BH_IPCACHE_V2";
+    /// IP cache for single addresses (pods): IPv4 (network order) -> [`crate::IpInfoV2`];
+    /// consulted before the LPM [`IPCACHE`], which then only holds shorter prefixes.
+    pub const IPHOST: &str = "BH_IPHOST_V1";
+    /// Policy slices: [`crate::SliceKeyV1`] -> [`crate::SliceValueV1`] (hash).
+    pub const SLICES: &str = "BH_SLICE_V1";
+    /// Single-port exceptions of a slice: [`crate::PolicyKeyV1`] (exact) -> [`crate::PolicyValueV2`].
+    pub const PORTS: &str = "BH_PORT_V1";
+    /// Port-range exceptions of a slice: [`crate::PolicyKeyV1`] (LPM over the port) ->
+    /// [`crate::PolicyValueV2`].
+    pub const RANGES: &str = "BH_RANGE_V1";
     /// Per-policy counters: policy index -> [`crate::PolicyStatsV1`] (per CPU).
     pub const POLICY_STATS: &str = "BH_POLICY_STATS_V1";
     /// Flow events ring buffer of [`crate::FlowEventV1`].
@@ -88,6 +93,45 @@ pub mod verdict_flags {
 /// Marks "no policy" in policy index fields.
 pub const NO_POLICY: u32 = u32::MAX;
 
+/// Bit of the direction byte in slice and port keys marking the staged (counterfactual)
+/// evaluation: staged entries share the maps with enforced ones.
+pub const STAGED_DIRECTION_BIT: u8 = 0x80;
+
+/// Bits of [`SliceValueV1::flags`].
+pub mod slice_flags {
+    /// Some single ports of this slice have their own verdict in the ports map.
+    pub const HAS_PORTS: u32 = 1 << 0;
+    /// Some port ranges of this slice have their own verdict in the ranges map.
+    pub const HAS_RANGES: u32 = 1 << 1;
+}
+
+/// Key of a policy slice: everything of a flow's policy key but the port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SliceKeyV1 {
+    pub local_identity_be: [u8; 4],
+    /// Peer identity, or [`identity::ANY`].
+    pub peer_identity_be: [u8; 4],
+    /// [`direction`] value, with [`STAGED_DIRECTION_BIT`] for staged entries.
+    pub direction: u8,
+    /// IP protocol, or [`proto::ANY`].
+    pub protocol: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A slice: the verdict for most ports, and whether single ports or ranges differ.
+/// The datapath looks up slices (peer, protocol), (peer, any), (any, protocol), (any, any) and
+/// takes the first that exists; a slice answers for every port of its protocol(s). Written by
+/// the agent, read by TC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SliceValueV1 {
+    /// Verdict for ports without an exception.
+    pub verdict: PolicyValueV2,
+    /// [`slice_flags`] bits.
+    pub flags: u32,
+}
+
 /// Bits of [`EndpointV1::flags`].
 pub mod ep_flags {
     /// At least one enforced policy selects the endpoint for ingress (informational: the
@@ -141,8 +185,14 @@ pub mod counters {
     /// Fail-closed: an L2 protocol other than IPv4, IPv6 or ARP (VLAN, PPPoE, ...) could
     /// carry IP past the policy, so it is dropped.
     pub const DROP_UNKNOWN_L2: u32 = 17;
+    /// A flow event could not be written (ring buffer full); the verdict is unaffected.
+    pub const EVENTS_DROPPED: u32 = 18;
+    /// Flow events written.
+    pub const EVENTS_SENT: u32 = 19;
+    /// New flows judged against staged policy too.
+    pub const STAGED_EVALUATED: u32 = 20;
     /// Number of counters in use.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 21;
 
     /// Human-readable names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -164,6 +214,9 @@ pub mod counters {
         "xdp_pass_no_endpoint_fail_open",
         "ct_insert_failed",
         "drop_unknown_l2_fail_closed",
+        "flow_events_dropped",
+        "flow_events_sent",
+        "staged_evaluated",
     ];
 }
 
@@ -224,12 +277,10 @@ pub const POLICY_KEY_FIXED_BITS: u32 = 80;
 /// Bits of a full [`PolicyKeyV1`] (exact port).
 pub const POLICY_KEY_FULL_BITS: u32 = 96;
 
-/// Value of the policy and staged maps: the complete verdict of a cell of
-/// (local identity, peer identity, direction, protocol, port range), with tiers, Pass, Log and
-/// end-of-tier defaults already resolved by the compiler. The datapath looks up
-/// (peer, protocol), (peer, any), (any, protocol), (any, any) in that order and takes the
-/// first hit; the compiler makes every slice it writes cover the whole port space, so the
-/// first hit is the answer. Written by the agent, read by TC.
+/// A complete verdict of a cell of (local identity, peer identity, direction, protocol, ports),
+/// with tiers, Pass, Log and end-of-tier defaults already resolved by the compiler: the value
+/// of slices (as their default), single-port and port-range entries. Written by the agent,
+/// read by TC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyValueV2 {
@@ -363,13 +414,21 @@ pub struct CtValueV1 {
     pub _pad2: u32,
 }
 
+/// Bits of [`ConfigV1::flags`].
+pub mod config_flags {
+    /// Emit a flow event for every new flow (allowed or denied), not only for Log rules and
+    /// revoked flows.
+    pub const FLOW_EVENTS_ALL: u32 = 1 << 0;
+}
+
 /// Global configuration, index 0 of the config array. Written by the agent, read by TC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConfigV1 {
     /// Bumped by the agent after every committed policy change.
     pub policy_rev: u32,
-    pub _pad: u32,
+    /// [`config_flags`] bits.
+    pub flags: u32,
     pub tcp_established_timeout_ns: u64,
     /// SYN-only, FIN or RST seen.
     pub tcp_short_timeout_ns: u64,
@@ -383,7 +442,7 @@ impl ConfigV1 {
         const S: u64 = 1_000_000_000;
         ConfigV1 {
             policy_rev,
-            _pad: 0,
+            flags: 0,
             tcp_established_timeout_ns: 6 * 3600 * S,
             tcp_short_timeout_ns: 60 * S,
             udp_timeout_ns: 60 * S,
@@ -399,6 +458,8 @@ const _: () = {
     assert!(core::mem::size_of::<IpInfoV2>() == 8);
     assert!(core::mem::size_of::<PolicyKeyV1>() == 12);
     assert!(core::mem::size_of::<PolicyValueV2>() == 16);
+    assert!(core::mem::size_of::<SliceKeyV1>() == 12);
+    assert!(core::mem::size_of::<SliceValueV1>() == 20);
     assert!(core::mem::size_of::<PolicyStatsV1>() == 32);
     assert!(core::mem::size_of::<FlowEventV1>() == 64);
     assert!(core::mem::size_of::<CtKeyV1>() == 20);
@@ -419,6 +480,8 @@ mod user {
     unsafe impl aya::Pod for PolicyKeyV1 {}
     unsafe impl aya::Pod for PolicyValueV2 {}
     unsafe impl aya::Pod for PolicyStatsV1 {}
+    unsafe impl aya::Pod for SliceKeyV1 {}
+    unsafe impl aya::Pod for SliceValueV1 {}
     unsafe impl aya::Pod for FlowEventV1 {}
     unsafe impl aya::Pod for CtKeyV1 {}
     unsafe impl aya::Pod for CtValueV1 {}

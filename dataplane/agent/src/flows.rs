@@ -1,0 +1,149 @@
+//! Flow events from the kernel's ring buffer: named after the policies that decided them and
+//! appended as JSON lines to the instance's flow log (Log rules, denied and revoked flows, and
+//! every new flow when enabled).
+
+use std::{
+    collections::VecDeque,
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use bulkhead_common::{FlowEventV1, NO_POLICY, PolicyValueV2, action, direction, flow_kind, verdict_flags};
+use policy_compiler::compile::Compiled;
+use serde::Serialize;
+
+use crate::loader::Dataplane;
+
+/// One verdict as users read it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VerdictRecord {
+    pub action: &'static str,
+    /// Deciding tier, when a tier decided.
+    pub tier: Option<String>,
+    /// Deciding policy, or `None` for a tier default or "no tier applies".
+    pub policy: Option<String>,
+    pub rule: Option<u16>,
+    pub end_of_tier: bool,
+    /// A Log rule passed on the way.
+    pub log_policy: Option<String>,
+    pub log_rule: Option<u16>,
+}
+
+/// A flow event as written to the flow log.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowRecord {
+    pub ts_ns: u64,
+    pub kind: &'static str,
+    pub direction: &'static str,
+    pub interface_index: u32,
+    pub src: String,
+    pub dst: String,
+    pub protocol: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub verdict: VerdictRecord,
+    pub staged: Option<VerdictRecord>,
+}
+
+fn name_policy(c: &Compiled, i: u32) -> Option<String> {
+    (i != NO_POLICY).then(|| {
+        c.policy_table.get(i as usize).map(|p| p.id.to_string()).unwrap_or_else(|| format!("policy #{i}"))
+    })
+}
+
+/// Names a kernel verdict with the compiled tables.
+pub fn verdict_record(c: &Compiled, v: &PolicyValueV2) -> VerdictRecord {
+    let tier = c.tier_table.get(v.tier_index as usize).cloned();
+    VerdictRecord {
+        action: if v.action == action::ALLOW { "allow" } else { "deny" },
+        tier: if v.policy_index == NO_POLICY && v.flags & verdict_flags::END_OF_TIER == 0 { None } else { tier },
+        policy: name_policy(c, v.policy_index),
+        rule: (v.policy_index != NO_POLICY).then_some(v.rule_index),
+        end_of_tier: v.flags & verdict_flags::END_OF_TIER != 0,
+        log_policy: if v.flags & verdict_flags::LOG != 0 { name_policy(c, v.log_policy_index) } else { None },
+        log_rule: (v.flags & verdict_flags::LOG != 0).then_some(v.log_rule_index),
+    }
+}
+
+/// Turns a raw event into a record.
+pub fn record(c: &Compiled, e: &FlowEventV1) -> FlowRecord {
+    FlowRecord {
+        ts_ns: e.ts_ns,
+        kind: match e.kind {
+            flow_kind::NEW_ALLOWED => "new-allowed",
+            flow_kind::DENIED => "denied",
+            flow_kind::REVOKED => "revoked",
+            _ => "unknown",
+        },
+        direction: if e.direction == direction::INGRESS { "ingress" } else { "egress" },
+        interface_index: e.ifindex,
+        src: Ipv4Addr::from(e.saddr_be).to_string(),
+        dst: Ipv4Addr::from(e.daddr_be).to_string(),
+        protocol: e.protocol,
+        src_port: u16::from_be_bytes(e.sport_be),
+        dst_port: u16::from_be_bytes(e.dport_be),
+        verdict: verdict_record(c, &e.verdict),
+        staged: (e.has_staged != 0).then(|| verdict_record(c, &e.staged)),
+    }
+}
+
+/// The flow log: a bounded in-memory tail plus a JSON-lines file.
+pub struct FlowLog {
+    path: PathBuf,
+    recent: VecDeque<FlowRecord>,
+}
+
+/// Records kept in memory.
+const RECENT: usize = 10_000;
+
+impl FlowLog {
+    /// A log writing to `path` (its folder is created).
+    pub fn new(path: &Path) -> Self {
+        if let Some(d) = path.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        FlowLog { path: path.to_path_buf(), recent: VecDeque::new() }
+    }
+
+    /// Where the JSON lines go.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Drains the ring buffer into the log; returns how many events were read.
+    pub fn drain(&mut self, dp: &mut Dataplane, c: &Compiled) -> usize {
+        let mut out = Vec::new();
+        while let Some(item) = dp.maps.flows.next() {
+            if item.len() < core::mem::size_of::<FlowEventV1>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a FlowEventV1 (size checked); read unaligned.
+            let ev: FlowEventV1 = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            out.push(record(c, &ev));
+        }
+        let n = out.len();
+        if n == 0 {
+            return 0;
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+            for r in &out {
+                if let Ok(line) = serde_json::to_string(r) {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        }
+        for r in out {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(r);
+        }
+        n
+    }
+
+    /// The most recent records, oldest first.
+    pub fn recent(&self) -> impl Iterator<Item = &FlowRecord> {
+        self.recent.iter()
+    }
+}
