@@ -1,1 +1,89 @@
+//! Shared helpers of Bulkhead's criterion benchmarks (`benches/`):
+//!
+//! - [`synth`]: deterministic synthetic cluster models (namespaces, replicated pods,
+//!   NetworkPolicies mixing every selector and port form) for the compiler benchmark.
+//! - [`packet`]: Ethernet + IPv4 + TCP frames for `BPF_PROG_TEST_RUN`.
+//! - [`require_root`], [`result`], [`percentile`]: plumbing.
 
+pub mod packet;
+pub mod synth;
+
+/// Whether the process runs as root (privileged benches need it for bpf() and netns).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Returns `true` when running as root; otherwise prints a loud skip notice for `bench`.
+pub fn require_root(bench: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let bar = "!".repeat(78);
+    eprintln!("{bar}");
+    eprintln!("!! SKIPPED: the `{bench}` benchmark needs root (bpf(), bpffs pins, netns).");
+    eprintln!("!! Nothing was measured. Re-run as root, e.g.:");
+    eprintln!("!!   sudo -E CARGO_TARGET_DIR=/work/target-bench cargo bench -p bulkhead-bench --bench {bench}");
+    eprintln!("{bar}");
+    println!("RESULT {bench}_skipped_not_root=1");
+    false
+}
+
+/// Prints a quotable result line: `RESULT <name>=<value>`.
+pub fn result(name: &str, value: impl std::fmt::Display) {
+    println!("RESULT {name}={value}");
+}
+
+/// Nearest-rank percentile (`p` in 0..=100) of `sorted` (ascending). `None` when empty.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// A tiny deterministic PRNG (xorshift64*), so synthetic inputs are identical across runs
+/// without a `rand` dependency.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), Some(50));
+        assert_eq!(percentile(&v, 99.0), Some(99));
+        assert_eq!(percentile(&v, 100.0), Some(100));
+        assert_eq!(percentile(&v, 0.0), Some(1));
+        assert_eq!(percentile::<u32>(&[], 50.0), None);
+    }
+}

@@ -243,8 +243,8 @@ fn run_agent(datastore: PathBuf, node_netns: Option<String>, instance: String) -
     };
     // SAFETY: the handler only stores to an atomic.
     unsafe {
-        libc::signal(libc::SIGINT, on_signal as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let agent = bulkhead_agent::Agent::start(cfg).context("starting the agent")?;
     eprintln!("bulkhead agent running; Ctrl-C stops it and removes its programs and pins");

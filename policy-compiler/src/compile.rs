@@ -369,6 +369,10 @@ impl Compiler {
             });
         }
 
+        let in_world_of: Vec<[bool; 2]> = preps
+            .iter()
+            .map(|p| [crate::tiered::in_world(model, &p.policy.id, false), crate::tiered::in_world(model, &p.policy.id, true)])
+            .collect();
         let mut policy_entries: Vec<(PolicyMapKey, PolicyValueV2)> = Vec::new();
         let mut staged_entries: Vec<(PolicyMapKey, PolicyValueV2)> = Vec::new();
         let mut flags: HashMap<u32, u32> = HashMap::new();
@@ -377,37 +381,43 @@ impl Compiler {
             let has_staged = sel.iter().any(|&i| preps[i].staged);
             let mut f = if has_staged { ep_flags::HAS_STAGED } else { 0 };
             for (d, dir) in [(0usize, direction::INGRESS), (1, direction::EGRESS)] {
-                let enforced: Vec<usize> = sel.iter().copied().filter(|&i| !preps[i].staged && preps[i].dirs[d].is_some()).collect();
-                if enforced.is_empty() {
-                    continue;
-                }
-                f |= if d == 0 { ep_flags::INGRESS_ISOLATED } else { ep_flags::EGRESS_ISOLATED };
-                let applicable: BTreeSet<usize> = enforced.iter().map(|&i| preps[i].tier_pos).collect();
-                let tier_list: Vec<usize> = applicable.iter().copied().collect();
-                let trefs: Vec<TierRef> = tier_list
-                    .iter()
-                    .map(|&t| TierRef {
-                        tier_index: u16::try_from(self.tier_slots.index[&tiers[t].name]).unwrap_or(NO_TIER - 1),
-                        default: tiers[t].default_action,
-                    })
-                    .collect();
-                let local_ports: &[NamedPort] = &attrs.ports;
-                let build = |with_staged: bool| -> Vec<CRule<'_>> {
-                    let mut out = Vec::new();
-                    for &i in sel {
+                for staged_world in [false, true] {
+                    if staged_world && !has_staged {
+                        continue;
+                    }
+                    let members: Vec<usize> = sel
+                        .iter()
+                        .copied()
+                        .filter(|&i| preps[i].dirs[d].is_some() && in_world_of[i][staged_world as usize])
+                        .collect();
+                    if members.is_empty() {
+                        continue;
+                    }
+                    if !staged_world {
+                        f |= if d == 0 { ep_flags::INGRESS_ISOLATED } else { ep_flags::EGRESS_ISOLATED };
+                    }
+                    let applicable: BTreeSet<usize> = members.iter().map(|&i| preps[i].tier_pos).collect();
+                    let tier_list: Vec<usize> = applicable.iter().copied().collect();
+                    let trefs: Vec<TierRef> = tier_list
+                        .iter()
+                        .map(|&t| TierRef {
+                            tier_index: u16::try_from(self.tier_slots.index[&tiers[t].name]).unwrap_or(NO_TIER - 1),
+                            default: tiers[t].default_action,
+                        })
+                        .collect();
+                    let local_ports: &[NamedPort] = &attrs.ports;
+                    let mut rules = Vec::new();
+                    for &i in &members {
                         let p = &preps[i];
-                        if (p.staged && !with_staged) || !applicable.contains(&p.tier_pos) {
-                            continue;
-                        }
                         let Some(preds) = &p.dirs[d] else { continue };
-                        let rules = p.policy.rules(d == 0).expect("direction present");
+                        let prules = p.policy.rules(d == 0).expect("direction present");
                         let tier = tier_list.binary_search(&p.tier_pos).expect("applicable tier");
-                        for (ri, (rule, (local, remote))) in rules.iter().zip(preds).enumerate() {
+                        for (ri, (rule, (local, remote))) in prules.iter().zip(preds).enumerate() {
                             if !local.holds(l) {
                                 continue;
                             }
                             let origin = p.knp.map_or(ri, |c| c.origin(d == 0, ri));
-                            out.push(CRule {
+                            rules.push(CRule {
                                 tier,
                                 policy_index: p.index,
                                 rule_index: u16::try_from(origin).unwrap_or(u16::MAX),
@@ -416,13 +426,8 @@ impl Compiler {
                             });
                         }
                     }
-                    out
-                };
-                let rules = build(false);
-                emit_local(&uni, l, dir, &trefs, &rules, local_ports, &mut policy_entries);
-                if has_staged {
-                    let rules = build(true);
-                    emit_local(&uni, l, dir, &trefs, &rules, local_ports, &mut staged_entries);
+                    let out = if staged_world { &mut staged_entries } else { &mut policy_entries };
+                    emit_local(&uni, l, dir, &trefs, &rules, local_ports, out);
                 }
             }
             if f != 0 {

@@ -420,7 +420,7 @@ mod tiered_semantics {
     }
 
     #[test]
-    fn staged_policy_does_not_make_a_tier_apply() {
+    fn staged_policy_does_not_make_a_tier_apply_for_the_enforced_verdict() {
         let mut m = model("");
         add_tier(&mut m, tier("t1", 10.0, TierDefault::Deny));
         add(
@@ -428,13 +428,17 @@ mod tiered_semantics {
             policy(PolicyKind::StagedGlobalNetworkPolicy, None, "s", "t1", Some(1.0), app("a"), Some(vec![rule(Action::Deny)]), None),
         );
         let s = ingress(&m, &pod("b"), &pod("a"), TCP, 80);
-        assert!(s.enforced.allowed);
-        assert_eq!(s.staged, Some(Decision::default_allow()), "t1 does not apply: the staged deny is not reached");
+        assert!(s.enforced.allowed, "enforced: t1 does not apply, nothing but a staged policy selects a");
+        let staged = s.staged.expect("a has staged policy");
+        assert!(!staged.allowed, "staged world: the staged deny is what enforcing it would do");
+        assert_eq!(staged.policy, Some(id(PolicyKind::StagedGlobalNetworkPolicy, None, "s")));
         let c = Compiler::default().compile(&m).expect("compile");
-        assert_eq!(c.endpoints[&PodRef::new("x", "a")].flags, ep_flags::HAS_STAGED);
-        assert!(c.policy.is_empty() && c.staged.is_empty());
+        assert_eq!(c.endpoints[&PodRef::new("x", "a")].flags, ep_flags::HAS_STAGED, "no isolation from a staged policy");
+        assert!(c.policy.is_empty(), "no enforced entries from a staged policy");
+        assert!(!c.staged.is_empty(), "staged entries exist");
 
-        // An enforced policy of t1 selecting a makes the staged deny count (counterfactually).
+        // With an enforced policy in t1 the enforced verdict follows it; the staged one is
+        // decided by the staged policy, ordered first.
         let mut log = rule(Action::Log);
         log.protocol = Some(UDP);
         add(&mut m, gnp("e", "t1", 5.0, app("a"), vec![log, rule(Action::Allow)]));
@@ -445,6 +449,22 @@ mod tiered_semantics {
         assert_eq!(staged.policy, Some(id(PolicyKind::StagedGlobalNetworkPolicy, None, "s")));
         let c = Compiler::default().compile(&m).expect("compile");
         assert!(c.policy_table.iter().any(|e| e.staged));
+    }
+
+    #[test]
+    fn a_staged_policy_replaces_its_enforced_namesake_in_the_staged_world() {
+        let mut m = model("");
+        add_tier(&mut m, tier("t1", 10.0, TierDefault::Pass));
+        add(&mut m, gnp("p", "t1", 1.0, app("a"), vec![rule(Action::Deny)]));
+        add(
+            &mut m,
+            policy(PolicyKind::StagedGlobalNetworkPolicy, None, "p", "t1", Some(1.0), app("a"), Some(vec![rule(Action::Allow)]), None),
+        );
+        let s = ingress(&m, &pod("b"), &pod("a"), TCP, 80);
+        assert!(!s.enforced.allowed, "the enforced deny holds");
+        let staged = s.staged.expect("staged verdict");
+        assert!(staged.allowed, "staged world: the staged version replaces the enforced deny: {staged:?}");
+        assert_eq!(staged.policy, Some(id(PolicyKind::StagedGlobalNetworkPolicy, None, "p")));
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub fn diff(old: &Compiled, new: &Compiled) -> CompiledDiff {
     }
 }
 
-fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> MapDiff<K, V> {
+/// What turns one map into another: new or changed entries, and removed keys.
+pub fn diff_map<K: Ord + Clone, V: PartialEq + Clone>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> MapDiff<K, V> {
     let upserts = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let removals = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
     MapDiff { upserts, removals }

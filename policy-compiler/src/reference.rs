@@ -259,7 +259,7 @@ mod tiered_ref {
 
         /// The decision at pod `local` (which must have an address) for traffic with the peer
         /// (`peer`: the pod owning `peer_ip`, if any) in direction `ingress`/egress. `staged`:
-        /// evaluate staged policies too (tier applicability still from enforced ones).
+        /// evaluate the staged world instead ([`crate::tiered::in_world`]).
         #[allow(clippy::too_many_arguments)]
         pub fn decide(&self, local: &Pod, ingress: bool, peer: Option<&Pod>, peer_ip: Ipv4Addr, protocol: u8, port: u16, staged: bool) -> Decision {
             let mut log = None;
@@ -267,13 +267,15 @@ mod tiered_ref {
                 let mut here: Vec<&(TieredPolicy, Option<knp::Converted>)> = self
                     .policies
                     .iter()
-                    .filter(|(p, _)| p.tier == tier.name && p.rules(ingress).is_some() && self.selects(p, local))
+                    .filter(|(p, _)| {
+                        p.tier == tier.name
+                            && p.rules(ingress).is_some()
+                            && crate::tiered::in_world(self.model, &p.id, staged)
+                            && self.selects(p, local)
+                    })
                     .collect();
-                if !here.iter().any(|(p, _)| !p.id.kind.is_staged()) {
-                    continue; // the tier does not apply
-                }
-                if !staged {
-                    here.retain(|(p, _)| !p.id.kind.is_staged());
+                if here.is_empty() {
+                    continue; // the tier does not apply in this world
                 }
                 here.sort_by(|a, b| a.0.eval_cmp(&b.0));
                 let mut passed = false;

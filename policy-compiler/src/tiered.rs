@@ -8,7 +8,8 @@
 //! last) then name, rules in order; the first Allow or Deny is final; Pass jumps to the next
 //! applicable tier; Log records and goes on; a tier that applies but decides nothing takes its
 //! default action; after all tiers, allow. Staged policies are evaluated in a second,
-//! counterfactual pass and never change a verdict.
+//! counterfactual pass ([`in_world`]) and never change a verdict: they do not make a tier
+//! apply for the enforced verdict.
 
 use std::{cmp::Ordering, collections::BTreeSet, fmt};
 
@@ -366,4 +367,28 @@ impl IcmpMatch {
             None => (t, t | 0xff),
         }
     }
+}
+
+impl PolicyId {
+    /// The staged kind's id of an enforced Calico policy (its counterpart in the staged
+    /// world), or `None` for kinds that have no staged form here.
+    pub fn staged_counterpart(&self) -> Option<PolicyId> {
+        let kind = match self.kind {
+            PolicyKind::CalicoGlobalNetworkPolicy => PolicyKind::StagedGlobalNetworkPolicy,
+            PolicyKind::CalicoNetworkPolicy => PolicyKind::StagedNetworkPolicy,
+            _ => return None,
+        };
+        Some(PolicyId { kind, namespace: self.namespace.clone(), name: self.name.clone() })
+    }
+}
+
+/// Whether `policy` takes part in an evaluation. The enforced world has every enforced
+/// policy and no staged one. The staged (counterfactual) world is "what if the staged policies
+/// were enforced": staged policies take part (and so can make their tier apply), and an
+/// enforced policy with a staged counterpart of the same name is replaced by it.
+pub fn in_world(model: &crate::model::Model, policy: &PolicyId, staged_world: bool) -> bool {
+    if !staged_world {
+        return !policy.kind.is_staged();
+    }
+    policy.kind.is_staged() || policy.staged_counterpart().is_none_or(|c| !model.tiered.contains_key(&c))
 }

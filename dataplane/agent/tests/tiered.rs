@@ -84,7 +84,7 @@ spec:
     let stats = agent.policy_stats().expect("policy stats");
     let row = stats.iter().find(|r| r.policy.contains("would-deny-p2")).unwrap_or_else(|| panic!("staged policy has a row: {stats:?}"));
     assert!(row.staged, "the row says staged: {row:?}");
-    assert!(row.would_deny >= 3, "three new flows the staged policy would deny: {row:?}");
+    assert!(row.would_deny >= 3, "three new flows the staged policy would deny: {row:?} counters {:?}", agent.counters());
     assert_eq!(row.denied, 0, "a staged policy never denies: {row:?}");
 }
 

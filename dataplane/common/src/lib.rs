@@ -300,26 +300,6 @@ pub struct PolicyValueV2 {
     pub flags: u8,
 }
 
-/// Transitional: the previous IP cache value (pod label identity plus a separate CIDR
-/// identity), used until the tiered compiler lands; then removed.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IpInfoV1 {
-    pub identity: u32,
-    pub cidr_identity: u32,
-}
-
-/// Transitional: the previous policy value (rank-based), used until the tiered compiler lands.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PolicyValueV1 {
-    pub rank: u32,
-    pub policy_index: u32,
-    pub rule_index: u16,
-    pub action: u8,
-    pub _pad: u8,
-}
-
 /// Per-policy counters (per CPU), indexed by policy index. Written by TC, read by the CLI.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -475,8 +455,6 @@ mod user {
     unsafe impl aya::Pod for EndpointV1 {}
     unsafe impl aya::Pod for IpCacheKeyV1 {}
     unsafe impl aya::Pod for IpInfoV2 {}
-    unsafe impl aya::Pod for IpInfoV1 {}
-    unsafe impl aya::Pod for PolicyValueV1 {}
     unsafe impl aya::Pod for PolicyKeyV1 {}
     unsafe impl aya::Pod for PolicyValueV2 {}
     unsafe impl aya::Pod for PolicyStatsV1 {}

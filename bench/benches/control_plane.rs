@@ -1,0 +1,248 @@
+//! Control plane: time from a policy file change to the kernel enforcing it.
+//!
+//! A `bulkhead_lab::Lab` (pods as network namespaces, echo servers) with the real agent
+//! (`bulkhead_agent::Agent`, `watch: true`, no explicit sync) on its datastore folder. Each
+//! iteration rewrites one NetworkPolicy file (atomically, through the lab's `Datastore`),
+//! alternating "deny all ingress to server" and "allow client -> server:8080", and probes
+//! client -> server with real TCP probes (lab `probe`, 50 ms timeout) started every 2 ms in
+//! parallel until one sees the new verdict. Latency = start of the earliest probe that saw
+//! the new verdict - time of the file write; resolution is the 2 ms probe interval.
+//!
+//! The bench binary doubles as the lab's echo server (`<bench> lab serve --tcp ...`).
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bulkhead_agent::{Agent, AgentConfig};
+use bulkhead_bench::{percentile, require_root, result};
+use bulkhead_lab::datastore::Datastore;
+use bulkhead_lab::probe::probe;
+use bulkhead_lab::{Lab, LabOptions, PodNetns, Protocol, Topology};
+use criterion::Criterion;
+
+const ITERATIONS: usize = 40;
+const PROBE_TIMEOUT: Duration = Duration::from_millis(50);
+const PROBE_INTERVAL: Duration = Duration::from_millis(2);
+const GIVE_UP: Duration = Duration::from_secs(5);
+const SETTLE: Duration = Duration::from_millis(100);
+const PORT: u16 = 8080;
+
+const TOPOLOGY: &str = "kind: Topology
+name: bench-control-plane
+namespaces:
+  - {name: bench, labels: {team: bench}}
+  - {name: other, labels: {team: other}}
+pods:
+  - {namespace: bench, name: client, ip: 10.240.0.10, labels: {app: client}}
+  - {namespace: bench, name: server, ip: 10.240.0.11, labels: {app: server}}
+  - {namespace: other, name: bystander, ip: 10.240.0.12, labels: {app: bystander}}
+ports:
+  - {port: 8080, protocol: TCP, name: http}
+";
+
+const DENY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bench-toggle, namespace: bench}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress]
+  ingress: []
+";
+
+const ALLOW: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bench-toggle, namespace: bench}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: client}}}]
+      ports: [{protocol: TCP, port: 8080}]
+";
+
+/// `lab serve --tcp a,b --udp c`: the echo server the lab starts inside each pod.
+fn serve_mode() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) != Some("lab") || args.get(2).map(String::as_str) != Some("serve") {
+        return false;
+    }
+    let list = |flag: &str| -> Vec<u16> {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    if let Err(e) = bulkhead_lab::server::serve(&list("--tcp"), &list("--udp")) {
+        eprintln!("echo server: {e}");
+        std::process::exit(1);
+    }
+    true
+}
+
+struct Bench {
+    // Field order = drop order: the agent (pins, links) goes before the lab (netns, servers).
+    _agent: Agent,
+    ds: Datastore,
+    client: PodNetns,
+    server_ip: Ipv4Addr,
+    lab: Lab,
+    /// Whether the policy currently written allows client -> server.
+    allowed: bool,
+    /// Every measured flip: (became allowed?, latency).
+    samples: Vec<(bool, Duration)>,
+    failures: usize,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let topo = Topology::parse(TOPOLOGY, Path::new("control_plane.rs")).expect("topology");
+        let lab = Lab::create(&topo, &LabOptions::default()).expect("creating the lab (needs root, ip, cgroup v2)");
+        let mut ds = Datastore::for_lab(&lab);
+        ds.flush().expect("writing the datastore");
+        let agent = Agent::start(AgentConfig {
+            datastore_dir: lab.datastore_dir(),
+            node_netns: Some(lab.node_netns().to_string()),
+            pin_dir: lab.pin_dir(),
+            watch: true,
+        })
+        .expect("starting the agent");
+        let client = lab.endpoint("bench/client").expect("client pod").clone();
+        let server_ip = lab.endpoint("bench/server").expect("server pod").ip;
+        let b = Bench { _agent: agent, ds, client, server_ip, lab, allowed: true, samples: Vec::new(), failures: 0 };
+        // No policy yet: the server is not isolated, so the client must get through.
+        let deadline = Instant::now() + GIVE_UP;
+        while !probe(&b.client, b.server_ip, PORT, Protocol::Tcp, Duration::from_millis(200)) {
+            assert!(Instant::now() < deadline, "client cannot reach server before any policy: lab or agent broken");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("control_plane: lab {} ready, agent watching {}", b.lab.id(), b.ds.dir().display());
+        b
+    }
+
+    /// Writes the opposite policy and returns the time until a probe sees the new verdict.
+    fn flip(&mut self) -> Option<Duration> {
+        let want = !self.allowed;
+        self.ds.apply(if want { ALLOW } else { DENY }).expect("policy YAML");
+        let t0 = Instant::now();
+        self.ds.flush().expect("writing the policy file");
+        self.allowed = want;
+
+        let (tx, rx) = mpsc::channel::<(Instant, bool)>();
+        let mut first: Option<Instant> = None;
+        let mut outstanding = 0usize;
+        let mut next = t0;
+        let give_up = t0 + GIVE_UP;
+        // Launch probes every PROBE_INTERVAL until one sees the new verdict; then let the
+        // ones still in flight finish, since an earlier-started probe may report later.
+        while first.is_none() && Instant::now() < give_up {
+            let now = Instant::now();
+            if now >= next {
+                let (tx, client, ip) = (tx.clone(), self.client.clone(), self.server_ip);
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let ok = probe(&client, ip, PORT, Protocol::Tcp, PROBE_TIMEOUT);
+                    let _ = tx.send((started, ok));
+                });
+                outstanding += 1;
+                next += PROBE_INTERVAL;
+            }
+            while let Ok((started, ok)) = rx.try_recv() {
+                outstanding -= 1;
+                if ok == want {
+                    first = Some(first.map_or(started, |f| f.min(started)));
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        drop(tx);
+        while outstanding > 0 {
+            match rx.recv_timeout(Duration::from_secs(2)) {
+                Ok((started, ok)) => {
+                    outstanding -= 1;
+                    if ok == want {
+                        first = Some(first.map_or(started, |f| f.min(started)));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(SETTLE);
+        match first {
+            Some(f) => {
+                let d = f.saturating_duration_since(t0);
+                self.samples.push((want, d));
+                Some(d)
+            }
+            None => {
+                self.failures += 1;
+                eprintln!("control_plane: verdict did not flip to {} within {GIVE_UP:?}", if want { "allow" } else { "deny" });
+                None
+            }
+        }
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+fn report(samples: &[(bool, Duration)], failures: usize) {
+    let summary = |name: &str, mut v: Vec<Duration>| {
+        v.sort();
+        let (Some(p50), Some(p99)) = (percentile(&v, 50.0), percentile(&v, 99.0)) else { return };
+        println!(
+            "control_plane {name}: n={} p50={} ms p99={} ms min={} ms max={} ms",
+            v.len(),
+            ms(p50),
+            ms(p99),
+            ms(v[0]),
+            ms(*v.last().unwrap())
+        );
+        result(&format!("control_plane_{name}_p50_ms"), ms(p50));
+        result(&format!("control_plane_{name}_p99_ms"), ms(p99));
+        result(&format!("control_plane_{name}_n"), v.len());
+    };
+    summary("policy_change_to_enforced", samples.iter().map(|s| s.1).collect());
+    summary("to_deny", samples.iter().filter(|s| !s.0).map(|s| s.1).collect());
+    summary("to_allow", samples.iter().filter(|s| s.0).map(|s| s.1).collect());
+    result("control_plane_flip_failures", failures);
+}
+
+fn main() {
+    if serve_mode() {
+        return;
+    }
+    if !require_root("control_plane") {
+        return;
+    }
+    // Before any thread exists: SIGINT/SIGTERM tear the lab down (netns, servers, pins).
+    bulkhead_lab::teardown::install_signal_teardown();
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args();
+
+    let mut b = Bench::new();
+    for _ in 0..ITERATIONS {
+        b.flip();
+    }
+    println!(
+        "control_plane: {} flips (alternating deny/allow), probes every {PROBE_INTERVAL:?} with {PROBE_TIMEOUT:?} timeout, agent watch tick 20 ms",
+        b.samples.len()
+    );
+    report(&b.samples, b.failures);
+
+    // Criterion view of the same quantity (each iteration = one flip; failures count as GIVE_UP).
+    let mut group = c.benchmark_group("control_plane");
+    group.sampling_mode(criterion::SamplingMode::Flat);
+    group.bench_function("policy_file_change_to_enforced", |bn| {
+        bn.iter_custom(|iters| (0..iters).map(|_| b.flip().unwrap_or(GIVE_UP)).sum())
+    });
+    group.finish();
+    c.final_summary();
+    drop(b);
+}

@@ -1,0 +1,306 @@
+//! Deterministic synthetic cluster models shaped like real clusters: namespaces with team/env
+//! labels, Deployments whose replicas share one label set (app/tier/version), and
+//! NetworkPolicies mixing podSelector, namespaceSelector, matchExpressions, ipBlocks with
+//! excepts, numeric and named ports and endPort ranges.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use policy_compiler::model::{
+    Cidr, IpBlock, LabelSelector, Labels, Model, NamedPort, Namespace, NamespaceScope, NetworkPolicy, Operator,
+    Peer, Peers, Pod, PodRef, PolicyRef, PortMatch, PortSpec, Ports, Protocol, Requirement, Rule,
+};
+
+use crate::Rng;
+
+const TIERS: [&str; 5] = ["web", "api", "worker", "db", "cache"];
+const TEAMS: usize = 7;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn set(values: &[&str]) -> BTreeSet<String> {
+    values.iter().map(|s| s.to_string()).collect()
+}
+
+fn sel(pairs: &[(&str, &str)]) -> LabelSelector {
+    LabelSelector { match_labels: labels(pairs), match_expressions: Vec::new() }
+}
+
+fn tcp(port: u16) -> PortSpec {
+    PortSpec { protocol: Protocol::Tcp, port: PortMatch::Range { start: port, end: port } }
+}
+
+fn named(name: &str) -> PortSpec {
+    PortSpec { protocol: Protocol::Tcp, port: PortMatch::Named(name.into()) }
+}
+
+fn cidr(a: u8, b: u8, c: u8, d: u8, len: u8) -> Cidr {
+    Cidr::new(Ipv4Addr::new(a, b, c, d), len).expect("canonical prefix")
+}
+
+/// Pod address number `i` (10.16.0.0/12 upwards).
+pub fn pod_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 16, 0, 1)) + i as u32)
+}
+
+fn tier_ports(tier: &str) -> Vec<NamedPort> {
+    let p = |name: &str, port| NamedPort { name: Some(name.into()), port, protocol: Protocol::Tcp };
+    match tier {
+        "web" => vec![p("http", 8080), p("metrics", 9090)],
+        "api" => vec![p("http", 8080), p("grpc", 9000), p("metrics", 9090)],
+        "db" => vec![p("postgres", 5432)],
+        "cache" => vec![p("redis", 6379)],
+        _ => vec![p("metrics", 9090)],
+    }
+}
+
+/// One Deployment: its label set is shared by its replicas.
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    pub namespace: String,
+    pub app: String,
+    pub tier: &'static str,
+}
+
+/// A synthetic model and what the incremental-update scenarios need to know about it.
+#[derive(Clone, Debug)]
+pub struct Synth {
+    pub model: Model,
+    pub deployments: Vec<Deployment>,
+    /// Next free pod number (for [`Synth::add_one_pod`]).
+    next_pod: usize,
+}
+
+/// Builds a model with `pods` pods (replicas of Deployments of 2..=8 pods) and `policies`
+/// NetworkPolicies.
+pub fn model(pods: usize, policies: usize, seed: u64) -> Synth {
+    let mut rng = Rng::new(seed);
+    let mut m = Model::default();
+    let n_ns = (pods / 200).clamp(2, 50);
+    let ns_names: Vec<String> = (0..n_ns).map(|i| format!("ns-{i:03}")).collect();
+    for (i, name) in ns_names.iter().enumerate() {
+        let team = format!("team-{}", i % TEAMS);
+        let env = if i % 3 == 0 { "staging" } else { "prod" };
+        m.upsert_namespace(Namespace {
+            name: name.clone(),
+            labels: labels(&[("kubernetes.io/metadata.name", name), ("team", &team), ("env", env)]),
+        });
+    }
+
+    // Deployments, round-robin over namespaces, until the pod budget is used.
+    let mut deployments = Vec::new();
+    let mut i = 0usize;
+    while i < pods {
+        let d = deployments.len();
+        let namespace = ns_names[d % n_ns].clone();
+        let tier = TIERS[rng.below(TIERS.len() as u64) as usize];
+        let app = format!("app-{d:05}");
+        let replicas = (2 + rng.below(7) as usize).min(pods - i);
+        // A third of the Deployments are mid-rollout: two versions, two identities.
+        let rollout = rng.chance(33) && replicas >= 2;
+        for r in 0..replicas {
+            let version = if rollout && r % 2 == 1 { "v2" } else { "v1" };
+            m.upsert_pod(Pod {
+                namespace: namespace.clone(),
+                name: format!("{app}-{r}"),
+                labels: labels(&[("app", &app), ("tier", tier), ("version", version)]),
+                service_account: app.clone(),
+                ip: Some(pod_ip(i)),
+                ports: tier_ports(tier),
+                interface: Some(format!("cali{i:011x}")),
+            });
+            i += 1;
+        }
+        deployments.push(Deployment { namespace, app, tier });
+    }
+
+    // Policies: the first policy of every namespace is a default deny; the others protect
+    // one Deployment or one tier, with 1-3 ingress rules and sometimes an egress section.
+    let mut per_ns = vec![0usize; n_ns];
+    for p in 0..policies {
+        let ns_i = p % n_ns;
+        let namespace = ns_names[ns_i].clone();
+        let nth = per_ns[ns_i];
+        per_ns[ns_i] += 1;
+        let local_apps: Vec<&Deployment> = deployments.iter().filter(|d| d.namespace == namespace).collect();
+        let pick = |rng: &mut Rng| local_apps[rng.below(local_apps.len() as u64) as usize];
+        let policy = if nth == 0 {
+            NetworkPolicy {
+                namespace: namespace.clone(),
+                name: "default-deny".into(),
+                pod_selector: LabelSelector::everything(),
+                ingress: Some(Vec::new()),
+                egress: None,
+            }
+        } else {
+            let target = pick(&mut rng);
+            let pod_selector = match rng.below(4) {
+                0 | 1 => sel(&[("app", &target.app)]),
+                2 => sel(&[("tier", target.tier)]),
+                _ => LabelSelector {
+                    match_labels: Labels::new(),
+                    match_expressions: vec![
+                        Requirement { key: "tier".into(), operator: Operator::In(set(&[target.tier, "web"])) },
+                        Requirement { key: "version".into(), operator: Operator::NotIn(set(&["v0"])) },
+                    ],
+                },
+            };
+            let n_rules = 1 + rng.below(3) as usize;
+            let mut ingress = Vec::new();
+            for _ in 0..n_rules {
+                let client = pick(&mut rng);
+                ingress.push(match rng.below(5) {
+                    0 => Rule {
+                        peers: Peers::List(vec![Peer::Pods { namespaces: NamespaceScope::Own, pods: sel(&[("app", &client.app)]) }]),
+                        ports: Ports::List(vec![named("http"), tcp(9090)]),
+                    },
+                    1 => Rule {
+                        peers: Peers::List(vec![Peer::Pods {
+                            namespaces: NamespaceScope::Matching(sel(&[("team", &format!("team-{}", rng.below(TEAMS as u64)))])),
+                            pods: sel(&[("tier", "web")]),
+                        }]),
+                        ports: Ports::List(vec![tcp(8080), tcp(9000)]),
+                    },
+                    2 => Rule {
+                        peers: Peers::List(vec![Peer::Pods {
+                            namespaces: NamespaceScope::Matching(LabelSelector {
+                                match_labels: Labels::new(),
+                                match_expressions: vec![Requirement { key: "env".into(), operator: Operator::In(set(&["prod"])) }],
+                            }),
+                            pods: LabelSelector {
+                                match_labels: Labels::new(),
+                                match_expressions: vec![Requirement { key: "tier".into(), operator: Operator::Exists }],
+                            },
+                        }]),
+                        ports: Ports::List(vec![PortSpec { protocol: Protocol::Tcp, port: PortMatch::Range { start: 30000, end: 30100 } }]),
+                    },
+                    3 => {
+                        let k = rng.below(250) as u8;
+                        Rule {
+                            peers: Peers::List(vec![Peer::IpBlock(IpBlock {
+                                cidr: cidr(192, 168, 0, 0, 16),
+                                except: vec![cidr(192, 168, k, 0, 24)],
+                            })]),
+                            ports: Ports::List(vec![tcp(443), PortSpec { protocol: Protocol::Udp, port: PortMatch::Range { start: 53, end: 53 } }]),
+                        }
+                    }
+                    _ => Rule {
+                        peers: Peers::List(vec![
+                            Peer::Pods { namespaces: NamespaceScope::Own, pods: sel(&[("app", &client.app), ("version", "v1")]) },
+                            Peer::IpBlock(IpBlock { cidr: cidr(172, 16, (rng.below(16) as u8) << 4, 0, 20), except: Vec::new() }),
+                        ]),
+                        ports: Ports::List(vec![named("grpc"), PortSpec { protocol: Protocol::Tcp, port: PortMatch::Range { start: 8000, end: 8999 } }]),
+                    },
+                });
+            }
+            let egress = rng.chance(30).then(|| {
+                vec![
+                    Rule {
+                        peers: Peers::List(vec![Peer::Pods {
+                            namespaces: NamespaceScope::Matching(sel(&[("team", &format!("team-{}", rng.below(TEAMS as u64)))])),
+                            pods: sel(&[("tier", "db")]),
+                        }]),
+                        ports: Ports::List(vec![named("postgres")]),
+                    },
+                    Rule {
+                        peers: Peers::List(vec![Peer::IpBlock(IpBlock { cidr: cidr(0, 0, 0, 0, 0), except: vec![cidr(10, 0, 0, 0, 8)] })]),
+                        ports: Ports::List(vec![tcp(443)]),
+                    },
+                ]
+            });
+            NetworkPolicy {
+                namespace: namespace.clone(),
+                name: format!("allow-{p:05}"),
+                pod_selector,
+                ingress: Some(ingress),
+                egress,
+            }
+        };
+        m.upsert_policy(policy);
+    }
+    Synth { model: m, deployments, next_pod: pods }
+}
+
+impl Synth {
+    /// The model with one policy changed: the first non-default-deny policy allows one port more.
+    pub fn change_one_policy(&self) -> Model {
+        let mut m = self.model.clone();
+        let (key, _) = m
+            .policies
+            .iter()
+            .find(|(k, _)| k.name != "default-deny")
+            .or_else(|| m.policies.iter().next())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .expect("at least one policy");
+        let p = m.policies.get_mut(&key).expect("present");
+        let rules = p.ingress.get_or_insert_with(Vec::new);
+        match rules.first_mut() {
+            Some(Rule { ports: Ports::List(ports), .. }) => ports.push(tcp(8443)),
+            _ => rules.push(Rule { peers: Peers::Any, ports: Ports::List(vec![tcp(8443)]) }),
+        }
+        m
+    }
+
+    /// The model with one pod relabelled to a version no other pod has (a new identity).
+    pub fn relabel_one_pod(&self) -> Model {
+        let mut m = self.model.clone();
+        let key: PodRef = m.pods.keys().nth(m.pods.len() / 2).expect("at least one pod").clone();
+        let pod = m.pods.get_mut(&key).expect("present");
+        pod.labels.insert("version".into(), "v3-canary".into());
+        m
+    }
+
+    /// The model with one more replica of an existing Deployment (existing identity, new IP).
+    pub fn add_one_pod(&self) -> Model {
+        let mut m = self.model.clone();
+        let d = &self.deployments[self.deployments.len() / 2];
+        let template = m
+            .pods
+            .values()
+            .find(|p| p.labels.get("app") == Some(&d.app))
+            .expect("deployment has pods")
+            .clone();
+        let i = self.next_pod;
+        m.upsert_pod(Pod {
+            name: format!("{}-extra", d.app),
+            ip: Some(pod_ip(i)),
+            interface: Some(format!("cali{i:011x}")),
+            ..template
+        });
+        m
+    }
+
+    /// Policy names, for reports.
+    pub fn policy_refs(&self) -> impl Iterator<Item = &PolicyRef> {
+        self.model.policies.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_determinism() {
+        let a = model(1000, 100, 7);
+        let b = model(1000, 100, 7);
+        assert_eq!(a.model, b.model);
+        assert_eq!(a.model.pods.len(), 1000);
+        assert_eq!(a.model.policies.len(), 100);
+        assert_eq!(a.add_one_pod().pods.len(), 1001);
+        assert_ne!(a.change_one_policy(), a.model);
+        assert_ne!(a.relabel_one_pod(), a.model);
+    }
+
+    #[test]
+    fn compiles() {
+        let s = model(300, 30, 1);
+        let mut c = policy_compiler::Compiler::default();
+        let out = c.compile(&s.model).expect("synthetic model compiles");
+        assert!(out.overflow.is_empty(), "{:?}", out.overflow);
+        assert_eq!(out.endpoints.len(), 300);
+        assert!(!out.policy.is_empty());
+    }
+}
