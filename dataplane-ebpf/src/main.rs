@@ -15,7 +15,7 @@ mod policy;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -130,8 +130,10 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
         return TC_DROP;
     }
     let remote = if dir == direction::EGRESS { flow.daddr_be } else { flow.saddr_be };
+    // Conntrack only needs timeouts of seconds: the coarse clock (tick resolution) is enough
+    // and avoids reading the clock source on every packet.
     // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let len = ctx.len();
 
     // A packet in the direction the flow was first seen.

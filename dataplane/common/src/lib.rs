@@ -377,7 +377,7 @@ pub mod ct_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValueV1 {
-    /// `bpf_ktime_get_ns` of the last packet.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet.
     pub last_seen_ns: u64,
     pub created_ns: u64,
     pub packets: u64,
