@@ -2,13 +2,10 @@
 //! open across policy changes, and a bad policy file that must change nothing. Needs root.
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener},
-    path::PathBuf,
+    io::Read,
+    net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
-
-use bulkhead_agent::{Agent, AgentConfig};
 
 mod common;
 use common::*;
@@ -18,30 +15,8 @@ const DENY_INGRESS: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolic
 #[test]
 fn policy_changes_reach_established_flows_and_bad_input_changes_nothing() {
     let t = Topo::create();
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/bulkhead/bht{}", t.id));
-    let agent = Agent::start(AgentConfig {
-        datastore_dir: t.dir.clone(),
-        node_netns: Some(t.node()),
-        pin_dir: pin_dir.clone(),
-        watch: false,
-    })
-    .expect("agent starts");
-
-    // Echo server in pod 2, accepting in the background.
-    let listener = t.in_pod(2, || TcpListener::bind("0.0.0.0:8080").expect("bind"));
-    std::thread::spawn(move || {
-        for s in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 64];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let (agent, pin_dir) = start_agent(&t);
+    tcp_echo(&t, 2, 8080);
 
     let mut held = connect(&t).expect("no policy: pod 1 connects to pod 2");
 
@@ -97,16 +72,8 @@ fn policy_changes_reach_established_flows_and_bad_input_changes_nothing() {
 #[test]
 fn a_policy_file_written_to_disk_is_enforced_without_a_restart() {
     let t = Topo::create();
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/bulkhead/bht{}", t.id));
-    let agent = Agent::start(AgentConfig {
-        datastore_dir: t.dir.clone(),
-        node_netns: Some(t.node()),
-        pin_dir: pin_dir.clone(),
-        watch: true,
-    })
-    .expect("agent starts");
-    let listener = t.in_pod(2, || TcpListener::bind("0.0.0.0:8080").expect("bind"));
-    std::thread::spawn(move || for _s in listener.incoming() {});
+    let (agent, pin_dir) = start_agent_watching(&t, true);
+    tcp_echo(&t, 2, 8080);
     assert!(connect(&t).is_some(), "no policy: connect works");
 
     // Written to a temporary name and renamed in, as tools that write atomically do.

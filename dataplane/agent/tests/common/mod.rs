@@ -173,12 +173,17 @@ pub fn connect_port(t: &Topo, port: u16) -> Option<TcpStream> {
 
 /// Starts an agent on the topology (no watch: tests call `sync_now`).
 pub fn start_agent(t: &Topo) -> (bulkhead_agent::Agent, PathBuf) {
+    start_agent_watching(t, false)
+}
+
+/// Starts an agent on the topology; with `watch` it follows datastore changes on its own.
+pub fn start_agent_watching(t: &Topo, watch: bool) -> (bulkhead_agent::Agent, PathBuf) {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/bulkhead/bht{}", t.id));
     let agent = bulkhead_agent::Agent::start(bulkhead_agent::AgentConfig {
         datastore_dir: t.dir.clone(),
         node_netns: Some(t.node()),
         pin_dir: pin_dir.clone(),
-        watch: false,
+        watch,
     })
     .expect("agent starts");
     (agent, pin_dir)
