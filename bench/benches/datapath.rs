@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
-use bulkhead_bench::packet::{TCP_SYN, tcp_frame};
+use bulkhead_bench::packet::{TCP_ACK, TCP_SYN, tcp_frame};
 use bulkhead_bench::{require_root, result};
 use bulkhead_common::{ConfigV1, CtKeyV1, EndpointV1, proto};
 use criterion::{BenchmarkId, Criterion};
@@ -214,7 +214,10 @@ impl Path_ {
 struct Frames {
     deny: Vec<u8>,
     deny_world: Vec<u8>,
+    /// The SYN that opens the allowed flow (always judged by policy).
     allow: Vec<u8>,
+    /// A later packet (ACK) of that flow: the conntrack fast path.
+    established: Vec<u8>,
 }
 
 fn run_path(dp: &mut Dataplane, frames: &Frames, path: Path_, repeat: u32) -> Run {
@@ -222,7 +225,7 @@ fn run_path(dp: &mut Dataplane, frames: &Frames, path: Path_, repeat: u32) -> Ru
         Path_::Noop => (programs::NOOP, &frames.deny, RET_PASS),
         Path_::Deny => (programs::TO_POD, &frames.deny, RET_DROP),
         Path_::DenyWorld => (programs::TO_POD, &frames.deny_world, RET_DROP),
-        Path_::Established => (programs::TO_POD, &frames.allow, RET_PASS),
+        Path_::Established => (programs::TO_POD, &frames.established, RET_PASS),
     };
     let before = dp.counters().expect("counters");
     let r = run(dp.classifier(prog).expect("program"), frame, repeat);
@@ -344,6 +347,7 @@ fn main() {
         deny: tcp_frame(PEER_IP, LOCAL_IP, 40000, DENIED_PORT, TCP_SYN),
         deny_world: tcp_frame(WORLD_IP, LOCAL_IP, 40000, DENIED_PORT, TCP_SYN),
         allow: tcp_frame(PEER_IP, LOCAL_IP, 40000, ALLOWED_PORT, TCP_SYN),
+        established: tcp_frame(PEER_IP, LOCAL_IP, 40000, ALLOWED_PORT, TCP_ACK),
     };
     let mut np = Vec::new();
     for n in SIZES {

@@ -136,9 +136,16 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let len = ctx.len();
 
+    // A bare SYN opens a connection: it is never a reply, and a SYN reusing the tuple of an
+    // old flow must be judged by today's policy, not inherit the old verdict. So it skips
+    // conntrack and goes straight to policy (its entry is then written afresh).
+    let bare_syn = flow.protocol == proto::TCP
+        && flow.tcp_flags & parse::TCP_SYN != 0
+        && flow.tcp_flags & parse::TCP_ACK == 0;
     // A packet in the direction the flow was first seen.
     let fwd = conntrack::key(ifindex, &flow);
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&fwd) {
+    let fwd_ct = if bare_syn { None } else { CONNTRACK.get_ptr_mut(&fwd) };
+    if let Some(ct) = fwd_ct {
         // SAFETY: LRU value pointer valid for this run; races with other CPUs only blur counters.
         let ct = unsafe { &mut *ct };
         if !conntrack::expired(ct, &cfg, now) {
@@ -159,11 +166,7 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
             return TC_PASS;
         }
     }
-    // A reply: judged, after a policy change, as the original flow (reverse tuple). A bare
-    // SYN opens a connection and is never a reply, so it skips this lookup.
-    let bare_syn = flow.protocol == proto::TCP
-        && flow.tcp_flags & parse::TCP_SYN != 0
-        && flow.tcp_flags & parse::TCP_ACK == 0;
+    // A reply: judged, after a policy change, as the original flow (reverse tuple).
     let rev = conntrack::reverse_key(ifindex, &flow);
     let rev_ct = if bare_syn { None } else { CONNTRACK.get_ptr_mut(&rev) };
     if let Some(ct) = rev_ct {

@@ -108,13 +108,27 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, Error> {
         let number = i + 1;
         let value = Value::deserialize(de)
             .map_err(|e| Error::Yaml { file: file.to_string(), document: number, message: e.to_string() })?;
-        if value.is_null() {
+        if value.is_null() || belongs_to_another_component(&value) {
             continue;
         }
         let object = parse_document(file, number, &value)?;
         out.push(Resource { origin: Origin { file: file.to_string(), document: number }, object });
     }
     Ok(out)
+}
+
+/// Kinds other Bulkhead components keep in the same datastore folder (fw-sync's
+/// AddressGroups): not policy, so skipped here rather than reported as unsupported; their own
+/// reader validates them.
+pub const OTHER_COMPONENT_KINDS: [(&str, &str); 1] = [("bulkhead.io/v1alpha1", "AddressGroup")];
+
+fn belongs_to_another_component(value: &Value) -> bool {
+    let field = |k: &str| get_str(value, k);
+    OTHER_COMPONENT_KINDS.iter().any(|(a, k)| field("apiVersion") == Some(*a) && field("kind") == Some(*k))
+}
+
+fn get_str<'v>(value: &'v Value, key: &str) -> Option<&'v str> {
+    value.as_mapping()?.get(key)?.as_str()
 }
 
 fn parse_document(file: &str, number: usize, value: &Value) -> Result<Object, Error> {

@@ -195,3 +195,11 @@ fn build_model_rejects_duplicates_and_orphans() {
     let model = build_model(res).expect("valid model");
     assert_eq!(model.pods.len(), 1);
 }
+
+#[test]
+fn fw_sync_address_groups_in_the_same_folder_are_skipped_not_errors() {
+    let text = "apiVersion: bulkhead.io/v1alpha1\nkind: AddressGroup\nmetadata: {name: web}\nspec: {podSelector: all()}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
+    let docs = parse_documents("mixed.yaml", text).expect("an AddressGroup is not an error");
+    assert_eq!(docs.len(), 1, "only the Namespace is a policy resource: {docs:?}");
+    assert_eq!(docs[0].origin.document, 2, "document numbers keep their file positions");
+}

@@ -1,0 +1,116 @@
+//! The `run`, `run --dry-run` and `status` commands.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::config::DaemonConfig;
+use crate::engine::{Engine, Mode};
+use crate::error::FwSyncError;
+use crate::source::{self, Snapshot};
+use crate::watch::Watcher;
+
+/// Changes arriving this close together are applied as one batch.
+const QUIET: i32 = 2;
+/// A steady stream of changes still gets applied this often.
+const MAX_BATCH_WAIT: Duration = Duration::from_millis(50);
+
+/// Runs until killed: a reconcile at start, then one sync per datastore change and a
+/// reconcile every `reconcile_interval`. Exiting leaves the firewalls as they are (no flush),
+/// so a restart never opens or closes traffic.
+pub fn run(config: DaemonConfig) -> Result<(), FwSyncError> {
+    let dir = config.datastore.clone();
+    let interval = config.reconcile_interval;
+    // Watch before the first read, so a change during it is not missed.
+    let watcher = Watcher::new(&dir)?;
+    let mut engine = Engine::from_config(config);
+    // A bad datastore at start is fatal: nothing is applied and the operator sees why.
+    let snapshot = source::load(&dir)?;
+    sync(&mut engine, &snapshot, Mode::Reconcile)?;
+    tracing::info!(datastore = %dir.display(), groups = snapshot.groups.len(), "fw-sync running");
+    let mut next_reconcile = Instant::now() + interval;
+    loop {
+        let timeout = next_reconcile.saturating_duration_since(Instant::now());
+        if watcher.wait(timeout.as_millis().min(i32::MAX as u128) as i32) {
+            let first = Instant::now();
+            while first.elapsed() < MAX_BATCH_WAIT && watcher.wait(QUIET) {}
+            match source::load(&dir) {
+                Ok(s) => {
+                    if let Err(e) = sync(&mut engine, &s, Mode::Event) {
+                        tracing::error!(error = %e, "datastore change not applied");
+                    }
+                }
+                // Half-written files land here too; the write that completes them wakes us again.
+                Err(e) => tracing::error!(error = %e, "datastore change not applied; the firewalls keep their last state"),
+            }
+        }
+        if Instant::now() >= next_reconcile {
+            match source::load(&dir) {
+                Ok(s) => {
+                    if let Err(e) = sync(&mut engine, &s, Mode::Reconcile) {
+                        tracing::error!(error = %e, "reconcile not applied");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "reconcile skipped: the datastore does not load"),
+            }
+            next_reconcile = Instant::now() + interval;
+        }
+    }
+}
+
+fn sync(engine: &mut Engine, snapshot: &Snapshot, mode: Mode) -> Result<(), FwSyncError> {
+    for r in engine.sync(snapshot, mode)? {
+        if let Some(e) = r.error {
+            tracing::error!(firewall = %r.firewall, error = %e, "firewall not in step; retried at the next change or reconcile");
+        }
+    }
+    Ok(())
+}
+
+/// What `run --dry-run` prints: per firewall, the diff it would apply (from the real state).
+pub fn dry_run(config: DaemonConfig) -> Result<String, FwSyncError> {
+    let snapshot = source::load(&config.datastore)?;
+    let mut engine = Engine::from_config(config);
+    let mut out = String::new();
+    for (fw, diff) in engine.plan(&snapshot)? {
+        let _ = writeln!(out, "firewall {fw}:");
+        match diff {
+            Ok(d) => out += &d.to_string(),
+            Err(e) => {
+                let _ = writeln!(out, "  cannot read: {e}");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What `status` prints: each group with its members and targets, then each firewall's drift
+/// from the desired state.
+pub fn status(config: DaemonConfig) -> Result<String, FwSyncError> {
+    let snapshot = source::load(&config.datastore)?;
+    let mut out = String::new();
+    for g in &snapshot.groups {
+        let members = crate::desired::members(&snapshot.model, g);
+        let _ = writeln!(out, "AddressGroup {} ({}): {} members", g.name, g.origin, members.len());
+        for (ip, pod) in &members {
+            let _ = writeln!(out, "  {ip} {pod}");
+        }
+        for t in &g.targets {
+            let _ = writeln!(out, "  -> firewall {} {}", t.firewall, t.object);
+        }
+    }
+    let mut engine = Engine::from_config(config);
+    for (fw, diff) in engine.plan(&snapshot)? {
+        match diff {
+            Ok(d) if d.is_empty() => {
+                let _ = writeln!(out, "firewall {fw}: in step");
+            }
+            Ok(d) => {
+                let _ = write!(out, "firewall {fw}: drift ({} address changes pending)\n{d}", d.size());
+            }
+            Err(e) => {
+                let _ = writeln!(out, "firewall {fw}: cannot read: {e}");
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,35 @@
+//! The crate's one error type. Every variant names the object it failed on (file and field,
+//! firewall and object, command) so the message alone leads to the cause.
+
+use std::path::PathBuf;
+
+/// Everything fw-sync can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum FwSyncError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+
+    /// Bad configuration (daemon config or an AddressGroup document): nothing is applied.
+    #[error("{file}: {field}: {message} (nothing applied)")]
+    Config { file: String, field: String, message: String },
+
+    /// The pods and namespaces in the datastore do not form a valid model.
+    #[error("datastore {dir}: {source} (nothing applied)")]
+    Model { dir: PathBuf, source: Box<policy_compiler::Error> },
+
+    /// An external command (ipset, nft, ip) could not be started or failed.
+    #[error("firewall {firewall}: `{command}` failed: {detail}")]
+    Command { firewall: String, command: String, detail: String },
+
+    /// The firewall's state is not what fw-sync can manage (e.g. an owned set of another type).
+    #[error("firewall {firewall}: {object}: {detail}")]
+    Backend { firewall: String, object: String, detail: String },
+
+    /// Watching the datastore folder failed.
+    #[error("watching {path}: {detail}")]
+    Watch { path: PathBuf, detail: String },
+}
+
+/// Short alias used throughout the crate.
+pub type Result<T, E = FwSyncError> = std::result::Result<T, E>;

@@ -1,0 +1,23 @@
+//! fw-sync: keeps address groups on external firewalls in step with pod IPs, event-driven.
+//!
+//! - [`group`]: domain types (address groups, targets, firewall objects).
+//! - [`crd`], [`config`]: the AddressGroup resource and the daemon config (wire formats).
+//! - [`source`]: reads pods, namespaces and AddressGroups from the datastore folder.
+//! - [`desired`], [`diff`]: desired state and what must change.
+//! - [`backend`]: the [`backend::Backend`] trait and one module per firewall API.
+//! - [`engine`]: event and reconcile syncs; [`daemon`]: the commands.
+
+pub mod backend;
+pub mod config;
+pub mod crd;
+pub mod daemon;
+pub mod desired;
+pub mod diff;
+pub mod engine;
+pub mod error;
+pub mod group;
+pub mod source;
+pub mod watch;
+mod yaml;
+
+pub use error::FwSyncError;

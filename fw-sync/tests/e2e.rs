@@ -1,0 +1,223 @@
+//! End to end with real packets: two pods and a server in network namespaces, routed through
+//! a firewall namespace that filters forwarded traffic on the set the real `fw-sync run`
+//! daemon maintains from the datastore folder.
+//!
+//! ```text
+//!  fwt-<id>-p1 (pod a, app=web)   --\
+//!                                     fwt-<id>-fw (routes; DROP unless src in bhfw-web) -- fwt-<id>-srv (TCP server)
+//!  fwt-<id>-p2 (pod b, app=other) --/
+//! ```
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Netns, TempDir, root, unique_id};
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 2);
+const PORT: u16 = 8080;
+
+/// The daemon process, killed on drop (it leaves the firewall as it is, by design).
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP server in a namespace, stopped on drop.
+struct Server(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Server {
+    fn start(ns: &Netns) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let path = format!("/run/netns/{}", ns.name);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            common::enter(&path);
+            let l = TcpListener::bind((SERVER, PORT)).expect("server binds");
+            l.set_nonblocking(true).expect("nonblocking listener");
+            tx.send(()).expect("signal ready");
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => drop(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).expect("server ready");
+        Server(stop, Some(handle))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        if let Some(h) = self.1.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Whether a TCP connection from `src` in `ns` to the server succeeds (a drop times out).
+fn reaches(ns: &Netns, src: Ipv4Addr) -> bool {
+    ns.run(move || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        s.bind(&SocketAddr::V4(SocketAddrV4::new(src, 0)).into()).expect("bind source address");
+        s.connect_timeout(&SocketAddr::V4(SocketAddrV4::new(SERVER, PORT)).into(), Duration::from_millis(400)).is_ok()
+    })
+}
+
+fn veth(fw: &Netns, fw_if: &str, fw_addr: &str, other: &Netns, other_addr: &str, gw: &str) {
+    common::sh(&["ip", "link", "add", fw_if, "netns", &fw.name, "type", "veth", "peer", "name", "eth0", "netns", &other.name]);
+    fw.exec(&["ip", "addr", "add", fw_addr, "dev", fw_if]);
+    fw.exec(&["ip", "link", "set", fw_if, "up"]);
+    other.exec(&["ip", "addr", "add", other_addr, "dev", "eth0"]);
+    other.exec(&["ip", "link", "set", "eth0", "up"]);
+    other.exec(&["ip", "route", "add", "default", "via", gw]);
+}
+
+fn pod(name: &str, app: &str, ip: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: lab, labels: {{app: {app}}}}}\nstatus: {{podIP: {ip}}}\n")
+}
+
+/// Writes a datastore file the way controllers do: a hidden temporary renamed into place.
+fn write(dir: &std::path::Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, dir.join(name)).unwrap_or_else(|e| panic!("rename to {name}: {e}"));
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Ipset,
+    Nftables,
+}
+
+/// Whether `ip` is in the group's set on the firewall.
+fn in_set(fw: &Netns, kind: Kind, ip: &str) -> bool {
+    match kind {
+        Kind::Ipset => fw.try_exec(&["ipset", "test", "bhfw-web", ip]),
+        Kind::Nftables => fw.try_exec(&["nft", "get", "element", "inet", "bhfw", "bhfw-web", &format!("{{ {ip} }}")]),
+    }
+}
+
+/// Polls until `cond` holds; returns how long it took.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    start.elapsed()
+}
+
+fn scenario(kind: Kind) {
+    let id = unique_id();
+    let (p1, p2) = (Netns::new(format!("fwt-{id}-p1")), Netns::new(format!("fwt-{id}-p2")));
+    let (fw, srv) = (Netns::new(format!("fwt-{id}-fw")), Netns::new(format!("fwt-{id}-srv")));
+    veth(&fw, "to-p1", "10.77.1.1/24", &p1, "10.77.1.2/24", "10.77.1.1");
+    veth(&fw, "to-p2", "10.77.2.1/24", &p2, "10.77.2.2/24", "10.77.2.1");
+    veth(&fw, "to-srv", "10.77.9.1/24", &srv, "10.77.9.2/24", "10.77.9.1");
+    fw.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let _server = Server::start(&srv);
+
+    let tmp = TempDir::new(&format!("e2e-{id}"));
+    let ds = tmp.0.join("datastore");
+    std::fs::create_dir_all(&ds).expect("datastore dir");
+    write(&ds, "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: lab}\n");
+    write(&ds, "pod-a.yaml", &pod("a", "web", "10.77.1.2"));
+    write(&ds, "pod-b.yaml", &pod("b", "other", "10.77.2.2"));
+    // A policy in the same folder is the agent's business: fw-sync skips it.
+    write(&ds, "policy.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: lab}\nspec: {podSelector: {}}\n");
+    let (fw_type, target_kind) = match kind {
+        Kind::Ipset => ("ipset", "ipset"),
+        Kind::Nftables => ("nftables", "nftables-set"),
+    };
+    write(&ds, "groups.yaml", &format!("apiVersion: bulkhead.io/v1alpha1\nkind: AddressGroup\nmetadata: {{name: web}}\nspec:\n  podSelector: app == 'web'\n  namespaceSelector: projectcalico.org/name == 'lab'\n  targets: [{{firewall: lab, kind: {target_kind}, name: web}}]\n"));
+    let config = tmp.0.join("fw-sync.yaml");
+    std::fs::write(&config, format!("firewalls: [{{name: lab, type: {fw_type}}}]\ndatastore: datastore\nreconcileInterval: 30s\n")).expect("write config");
+
+    // The daemon runs on the firewall, i.e. inside its namespace.
+    let bin = env!("CARGO_BIN_EXE_fw-sync");
+    let dry = Command::new("ip").args(["netns", "exec", &fw.name, bin, "run", "--config"]).arg(&config).arg("--dry-run").output().expect("dry run");
+    let dry_out = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success() && dry_out.contains("create ") && dry_out.contains("+10.77.1.2"), "dry run:\n{dry_out}{}", String::from_utf8_lossy(&dry.stderr));
+    assert!(!in_set(&fw, kind, "10.77.1.2"), "dry run applied nothing");
+
+    let child = Command::new("ip")
+        .args(["netns", "exec", &fw.name, bin, "run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start fw-sync");
+    let _daemon = Daemon(child);
+    wait_for("the initial sync", || in_set(&fw, kind, "10.77.1.2"));
+
+    // The firewall's own rules, on the set fw-sync maintains.
+    match kind {
+        Kind::Ipset => {
+            fw.exec(&["iptables", "-P", "FORWARD", "DROP"]);
+            fw.exec(&["iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]);
+            fw.exec(&["iptables", "-A", "FORWARD", "-o", "to-srv", "-m", "set", "--match-set", "bhfw-web", "src", "-j", "ACCEPT"]);
+        }
+        Kind::Nftables => {
+            fw.exec(&["nft", "add chain inet bhfw admin_forward { type filter hook forward priority 0 ; policy drop ; }"]);
+            fw.exec(&["nft", "add rule inet bhfw admin_forward ct state established,related accept"]);
+            fw.exec(&["nft", "add rule inet bhfw admin_forward oifname to-srv ip saddr @bhfw-web accept"]);
+        }
+    }
+    let a_old: Ipv4Addr = "10.77.1.2".parse().expect("ip");
+    let a_new: Ipv4Addr = "10.77.1.3".parse().expect("ip");
+    let b: Ipv4Addr = "10.77.2.2".parse().expect("ip");
+    assert!(reaches(&p1, a_old), "pod a is in the group: must reach the server");
+    assert!(!reaches(&p2, b), "pod b is not in the group: must be dropped");
+
+    // Pod a is recreated with a new address: the new one gets access, the old one loses it.
+    p1.exec(&["ip", "addr", "add", "10.77.1.3/24", "dev", "eth0"]);
+    let written = Instant::now();
+    write(&ds, "pod-a.yaml", &pod("a", "web", "10.77.1.3"));
+    wait_for("the new address in the set", || in_set(&fw, kind, "10.77.1.3") && !in_set(&fw, kind, "10.77.1.2"));
+    eprintln!("[{kind:?}] datastore write -> firewall updated (pod IP change): {:?} (polling resolution ~ a few ms)", written.elapsed());
+    assert!(reaches(&p1, a_new), "recreated pod a (new IP) must reach the server");
+    assert!(!reaches(&p1, a_old), "the old IP must have lost access");
+
+    // Pod b relabelled into the group.
+    let written = Instant::now();
+    write(&ds, "pod-b.yaml", &pod("b", "web", "10.77.2.2"));
+    wait_for("pod b in the set", || in_set(&fw, kind, "10.77.2.2"));
+    eprintln!("[{kind:?}] datastore write -> firewall updated (relabel): {:?}", written.elapsed());
+    assert!(reaches(&p2, b), "relabelled pod b must reach the server");
+
+    // A bad AddressGroup applies nothing: the firewall keeps its state.
+    write(&ds, "groups.yaml", "apiVersion: bulkhead.io/v1alpha1\nkind: AddressGroup\nmetadata: {name: web}\nspec: {podSelectr: all(), targets: []}\n");
+    write(&ds, "pod-b.yaml", &pod("b", "other", "10.77.2.2"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(in_set(&fw, kind, "10.77.2.2"), "nothing applied while the datastore is invalid");
+
+    let status = Command::new("ip").args(["netns", "exec", &fw.name, bin, "status", "--config"]).arg(&config).output().expect("status");
+    let status_err = String::from_utf8_lossy(&status.stderr);
+    assert!(!status.status.success() && status_err.contains("groups.yaml: document 1 (AddressGroup web): spec.podSelectr: unknown field"), "status on a bad datastore:\n{status_err}");
+}
+
+#[test]
+fn ipset_group_follows_pods_with_real_packets() {
+    if root() {
+        scenario(Kind::Ipset);
+    }
+}
+
+#[test]
+fn nftables_group_follows_pods_with_real_packets() {
+    if root() {
+        scenario(Kind::Nftables);
+    }
+}
