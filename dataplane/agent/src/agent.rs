@@ -315,7 +315,11 @@ fn worker(
     }
     drain_flows(&mut st);
     st.dp.unload();
-    let _ = std::fs::remove_dir_all(&st.state_dir);
+    // Only the agent's own files: the folder may be shared (the lab keeps its datastore there).
+    for f in ["flows.jsonl", "policies.json"] {
+        let _ = std::fs::remove_file(st.state_dir.join(f));
+    }
+    let _ = std::fs::remove_dir(&st.state_dir);
     let _ = std::fs::remove_dir(st.state_dir.parent().unwrap_or(std::path::Path::new("/")));
 }
 

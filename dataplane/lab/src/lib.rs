@@ -57,6 +57,12 @@ pub enum LabCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Build a lab from a topology file and keep it running with the agent watching its
+    /// datastore folder (write policy files there); Ctrl-C tears everything down.
+    Up {
+        /// Topology file (the conformance topology format).
+        topology: PathBuf,
+    },
     /// Validate a topology file and print a summary.
     Topology {
         /// The file.
@@ -102,6 +108,11 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<i32> {
             teardown::park_if_shutting_down();
             Ok(res?)
         }
+        LabCommand::Up { topology } => {
+            teardown::install_signal_teardown();
+            up(&topology)?;
+            Ok(0)
+        }
         LabCommand::Topology { file } => {
             let t = Topology::load(&file)?;
             println!("{}: topology {:?}: {} namespaces, {} pods, {} default ports", file.display(), t.name, t.namespaces.len(), t.pods.len(), t.ports.len());
@@ -112,5 +123,35 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<i32> {
             println!("removed {n} leftover object(s)");
             Ok(0)
         }
+    }
+}
+
+/// `bulkhead lab up`: runs until interrupted (the signal thread tears the lab down and exits).
+fn up(topology: &std::path::Path) -> anyhow::Result<()> {
+    let topo = Topology::load(topology)?;
+    let lab = Lab::create(&topo, &LabOptions::default())?;
+    let mut ds = datastore::Datastore::for_lab(&lab);
+    ds.flush()?;
+    let agent = bulkhead_agent::Agent::start(bulkhead_agent::AgentConfig {
+        datastore_dir: lab.datastore_dir(),
+        node_netns: Some(lab.node_netns().to_string()),
+        pin_dir: lab.pin_dir(),
+        watch: true,
+    })?;
+    let instance = lab.pin_dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    println!("lab {} is up (node netns {}):", lab.id(), lab.node_netns());
+    println!("  {:<28} {:<15} {:<18} {:<14} cgroup", "POD", "IP", "NETNS", "HOST VETH");
+    for p in lab.pods().iter().chain(std::iter::once(lab.outside())) {
+        let cg = p.cgroup.as_ref().map(|c| c.display().to_string()).unwrap_or_else(|| "-".into());
+        println!("  {:<28} {:<15} {:<18} {:<14} {cg}", p.key, p.ip.to_string(), p.netns, p.host_veth);
+    }
+    println!("datastore (watched by the agent): {}", lab.datastore_dir().display());
+    println!("  write NetworkPolicy / Calico / AdminNetworkPolicy YAML there; changes apply at once");
+    println!("try: ip netns exec {} nc -zv <pod ip> <port>", lab.pods().first().map(|p| p.netns.as_str()).unwrap_or("<netns>"));
+    println!("     bulkhead status --instance {instance}; bulkhead policy stats --instance {instance}; bulkhead flows --instance {instance}");
+    println!("Ctrl-C tears the lab down.");
+    let _keep = (lab, agent);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
