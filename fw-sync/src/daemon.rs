@@ -7,7 +7,7 @@ use crate::config::DaemonConfig;
 use crate::engine::{Engine, Mode};
 use crate::error::FwSyncError;
 use crate::source::{self, Snapshot};
-use crate::watch::Watcher;
+use bulkhead_fswatch::Watcher;
 
 /// Changes arriving this close together are applied as one batch.
 const QUIET: i32 = 2;
@@ -21,7 +21,7 @@ pub fn run(config: DaemonConfig) -> Result<(), FwSyncError> {
     let dir = config.datastore.clone();
     let interval = config.reconcile_interval;
     // Watch before the first read, so a change during it is not missed.
-    let watcher = Watcher::new(&dir)?;
+    let watcher = Watcher::new(&dir).map_err(|e| FwSyncError::Watch { path: dir.clone(), detail: e.to_string() })?;
     let mut engine = Engine::from_config(config);
     // A bad datastore at start is fatal: nothing is applied and the operator sees why.
     let snapshot = source::load(&dir)?;

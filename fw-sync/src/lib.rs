@@ -17,7 +17,6 @@ pub mod engine;
 pub mod error;
 pub mod group;
 pub mod source;
-pub mod watch;
 mod yaml;
 
 pub use error::FwSyncError;

@@ -186,7 +186,8 @@ impl Drop for Agent {
 /// A thread that turns inotify events into [`Request::Changed`]; it ends when the agent's
 /// channel closes.
 fn spawn_watcher(dir: &std::path::Path, tx: mpsc::Sender<Request>) -> Result<(), AgentError> {
-    let w = crate::watch::Watcher::new(dir)?;
+    let w = bulkhead_fswatch::Watcher::new(dir)
+        .map_err(|e| AgentError::Datastore { path: dir.to_path_buf(), detail: format!("watching for changes: {e}") })?;
     std::thread::Builder::new()
         .name("bh-watch".into())
         .spawn(move || {

@@ -10,7 +10,6 @@ pub mod gc;
 pub mod loader;
 pub mod netns;
 pub mod status;
-pub mod watch;
 
 pub use agent::{Agent, AgentConfig, PolicyTable, PolicyTableEntry, SyncReport};
 pub use error::AgentError;

@@ -1,9 +1,9 @@
-//! Change notification for the file datastore through inotify, so a policy file written to
-//! disk reaches the kernel in milliseconds rather than on the next poll.
+//! Change notification for a file datastore through inotify, so a file written to disk is
+//! acted on in milliseconds rather than on the next poll. Used by the agent (policy reaches the
+//! kernel) and by fw-sync (pods reach the firewalls).
 
 use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
 
-use crate::error::AgentError;
 
 /// An inotify instance watching a folder tree. Dropping it closes the descriptor, which also
 /// wakes a thread blocked in [`Watcher::wait`].
@@ -19,20 +19,20 @@ const MASK: u32 = libc::IN_CLOSE_WRITE
 
 impl Watcher {
     /// Watches `dir` and every folder below it that exists now.
-    pub fn new(dir: &Path) -> Result<Self, AgentError> {
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
         // SAFETY: plain syscall.
         let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
         if fd < 0 {
-            return Err(AgentError::Datastore { path: dir.into(), detail: format!("inotify_init1: {}", std::io::Error::last_os_error()) });
+            return Err(context(dir, "inotify_init1", std::io::Error::last_os_error()));
         }
         let w = Watcher { fd };
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
             let c = CString::new(d.as_os_str().as_bytes())
-                .map_err(|_| AgentError::Datastore { path: d.clone(), detail: "path contains NUL".into() })?;
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{}: path contains NUL", d.display())))?;
             // SAFETY: valid fd and NUL-terminated path.
             if unsafe { libc::inotify_add_watch(w.fd, c.as_ptr(), MASK) } < 0 {
-                return Err(AgentError::Datastore { path: d, detail: format!("inotify_add_watch: {}", std::io::Error::last_os_error()) });
+                return Err(context(&d, "inotify_add_watch", std::io::Error::last_os_error()));
             }
             if let Ok(rd) = std::fs::read_dir(&d) {
                 stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
@@ -62,4 +62,9 @@ impl Drop for Watcher {
         // SAFETY: closing our own descriptor once.
         unsafe { libc::close(self.fd) };
     }
+}
+
+/// An OS error with the path and the call that failed in its message.
+fn context(path: &Path, call: &str, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {call}: {e}", path.display()))
 }
