@@ -62,28 +62,7 @@ fn is_pod_or_namespace(v: &Value) -> bool {
 }
 
 fn files(dir: &Path) -> Result<Vec<PathBuf>, FwSyncError> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(|source| FwSyncError::Read { path: d.clone(), source })?;
-        for ent in rd {
-            let ent = ent.map_err(|source| FwSyncError::Read { path: d.clone(), source })?;
-            let p = ent.path();
-            let name = ent.file_name();
-            let name = name.to_string_lossy();
-            // Editors and atomic writers leave hidden temporaries; they are not content.
-            if name.starts_with('.') {
-                continue;
-            }
-            if p.is_dir() {
-                stack.push(p);
-            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    bulkhead_fswatch::yaml_files(dir).map_err(|(path, source)| FwSyncError::Read { path, source })
 }
 
 #[cfg(test)]

@@ -38,29 +38,8 @@ impl FileDatastore {
     }
 
     fn files(&self) -> Result<Vec<PathBuf>, AgentError> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.dir.clone()];
-        while let Some(d) = stack.pop() {
-            let rd = std::fs::read_dir(&d)
-                .map_err(|e| AgentError::Datastore { path: d.clone(), detail: e.to_string() })?;
-            for ent in rd {
-                let ent = ent.map_err(|e| AgentError::Datastore { path: d.clone(), detail: e.to_string() })?;
-                let p = ent.path();
-                let name = ent.file_name();
-                let name = name.to_string_lossy();
-                // Editors and atomic writers leave hidden temporaries; they are not content.
-                if name.starts_with('.') {
-                    continue;
-                }
-                if p.is_dir() {
-                    stack.push(p);
-                } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-                    out.push(p);
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        bulkhead_fswatch::yaml_files(&self.dir)
+            .map_err(|(path, e)| AgentError::Datastore { path, detail: e.to_string() })
     }
 
     fn fingerprint(&self) -> Vec<(PathBuf, SystemTime, u64)> {

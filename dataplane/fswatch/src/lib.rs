@@ -68,3 +68,30 @@ impl Drop for Watcher {
 fn context(path: &Path, call: &str, e: std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{}: {call}: {e}", path.display()))
 }
+
+/// The content files of a datastore folder: every `*.yaml` / `*.yml` below `dir`, in path
+/// order. Hidden names (editors' and atomic writers' temporaries) are not content. The error
+/// carries the folder that could not be read.
+pub fn yaml_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, (std::path::PathBuf, std::io::Error)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| (d.clone(), e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| (d.clone(), e))?;
+            let p = ent.path();
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
