@@ -20,7 +20,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use bulkhead_common::{
-    ConfigV1, EndpointV1, action, config_flags, counters, direction, ep_flags, flow_kind, proto,
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV1, action, config_flags, counters, direction, ep_flags, flow_kind, proto,
     verdict_flags,
 };
 
@@ -142,58 +142,26 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     let bare_syn = flow.protocol == proto::TCP
         && flow.tcp_flags & parse::TCP_SYN != 0
         && flow.tcp_flags & parse::TCP_ACK == 0;
+    let pkt = Packet { ifindex, ep: &ep, cfg: &cfg, flow: &flow, dir, remote, now, len };
     // A packet in the direction the flow was first seen.
     let fwd = conntrack::key(ifindex, &flow);
-    let fwd_ct = if bare_syn { None } else { CONNTRACK.get_ptr_mut(&fwd) };
-    if let Some(ct) = fwd_ct {
-        // SAFETY: LRU value pointer valid for this run; races with other CPUs only blur counters.
-        let ct = unsafe { &mut *ct };
-        if !conntrack::expired(ct, &cfg, now) {
-            if ct.policy_rev != cfg.policy_rev {
-                let peer = policy::peer_identity(remote);
-                let v = policy::enforced(ep.identity, peer, ct.origin_direction, flow.protocol, flow.policy_port);
-                if v.action != action::ALLOW {
-                    let _ = CONNTRACK.remove(&fwd);
-                    count(counters::CT_REEVAL_DENY);
-                    events::emit(ifindex, &flow, dir, flow_kind::REVOKED, &v, None);
-                    return TC_DROP;
-                }
-                ct.policy_rev = cfg.policy_rev;
-                count(counters::CT_REEVAL_ALLOW);
+    if !bare_syn {
+        if let Some(ct) = CONNTRACK.get_ptr_mut(&fwd) {
+            // SAFETY: LRU value pointer valid for this run; races with other CPUs only blur
+            // counters.
+            if let Some(verdict) = tracked(&pkt, unsafe { &mut *ct }, &fwd, flow.policy_port, false) {
+                return verdict;
             }
-            conntrack::touch(ct, &flow, len, now, false);
-            count(counters::ALLOW_CT);
-            return TC_PASS;
         }
-    }
-    // A reply: judged, after a policy change, as the original flow (reverse tuple).
-    let rev = conntrack::reverse_key(ifindex, &flow);
-    let rev_ct = if bare_syn { None } else { CONNTRACK.get_ptr_mut(&rev) };
-    if let Some(ct) = rev_ct {
-        // SAFETY: as above.
-        let ct = unsafe { &mut *ct };
-        if !conntrack::expired(ct, &cfg, now) {
-            if ct.policy_rev != cfg.policy_rev {
-                // The original packet's policy port: its destination port, or ICMP echo request.
-                let port = if flow.protocol == proto::ICMP {
-                    0x0800
-                } else {
-                    u16::from_be_bytes(flow.sport_be)
-                };
-                let peer = policy::peer_identity(remote);
-                let v = policy::enforced(ep.identity, peer, ct.origin_direction, flow.protocol, port);
-                if v.action != action::ALLOW {
-                    let _ = CONNTRACK.remove(&rev);
-                    count(counters::CT_REEVAL_DENY);
-                    events::emit(ifindex, &flow, dir, flow_kind::REVOKED, &v, None);
-                    return TC_DROP;
-                }
-                ct.policy_rev = cfg.policy_rev;
-                count(counters::CT_REEVAL_ALLOW);
+        // A reply: judged, after a policy change, as the original flow (reverse tuple), whose
+        // policy port was this packet's source port (or the ICMP echo request).
+        let rev = conntrack::reverse_key(ifindex, &flow);
+        if let Some(ct) = CONNTRACK.get_ptr_mut(&rev) {
+            let origin_port = if flow.protocol == proto::ICMP { 0x0800 } else { u16::from_be_bytes(flow.sport_be) };
+            // SAFETY: as above.
+            if let Some(verdict) = tracked(&pkt, unsafe { &mut *ct }, &rev, origin_port, true) {
+                return verdict;
             }
-            conntrack::touch(ct, &flow, len, now, true);
-            count(counters::ALLOW_CT);
-            return TC_PASS;
         }
     }
     if !judge_new_flow(ifindex, &ep, &cfg, &flow, dir, remote) {
@@ -204,6 +172,43 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
         count(counters::CT_INSERT_FAILED);
     }
     TC_PASS
+}
+
+/// What the conntrack path needs to know about the packet at hand.
+struct Packet<'a> {
+    ifindex: u32,
+    ep: &'a EndpointV1,
+    cfg: &'a ConfigV1,
+    flow: &'a Flow,
+    dir: u8,
+    remote: [u8; 4],
+    now: u64,
+    len: u32,
+}
+
+/// The verdict for a packet of a tracked flow, or `None` when the entry has expired (the
+/// packet then starts a new flow). After a policy change the flow is judged again as its first
+/// packet was (`origin_port`); a flow the new policy denies loses its entry and is reported.
+#[inline(always)]
+fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV1, origin_port: u16, is_reply: bool) -> Option<i32> {
+    if conntrack::expired(ct, p.cfg, p.now) {
+        return None;
+    }
+    if ct.policy_rev != p.cfg.policy_rev {
+        let peer = policy::peer_identity(p.remote);
+        let v = policy::enforced(p.ep.identity, peer, ct.origin_direction, p.flow.protocol, origin_port);
+        if v.action != action::ALLOW {
+            let _ = CONNTRACK.remove(key);
+            count(counters::CT_REEVAL_DENY);
+            events::emit(p.ifindex, p.flow, p.dir, flow_kind::REVOKED, &v, None);
+            return Some(TC_DROP);
+        }
+        ct.policy_rev = p.cfg.policy_rev;
+        count(counters::CT_REEVAL_ALLOW);
+    }
+    conntrack::touch(ct, p.flow, p.len, p.now, is_reply);
+    count(counters::ALLOW_CT);
+    Some(TC_PASS)
 }
 
 /// Judges the first packet of a flow: enforced verdict, staged verdict for endpoints with
