@@ -3,7 +3,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use bulkhead_agent::{Agent, AgentConfig};
 use crate::datastore::Datastore;
 use crate::error::{LabError, Result};
 use crate::lab::{Lab, LabOptions};
@@ -49,13 +48,7 @@ pub fn run(dir: &Path, lab_opts: &LabOptions) -> Result<i32> {
     println!("lab {}: {} pods + outside client; node netns {}", lab.id(), lab.pods().len(), lab.node_netns());
     let mut ds = Datastore::for_lab(&lab);
     ds.flush()?;
-    let agent = Agent::start(AgentConfig {
-        datastore_dir: lab.datastore_dir(),
-        node_netns: Some(lab.node_netns().to_string()),
-        pin_dir: lab.pin_dir(),
-        watch: false,
-    })
-    .map_err(|e| LabError::Agent(e.to_string()))?;
+    let agent = lab.start_agent(false)?;
 
     let before = probe_matrix(&lab);
     let exp_before = expect_over(&expected.before, &before);

@@ -132,12 +132,7 @@ fn up(topology: &std::path::Path) -> anyhow::Result<()> {
     let lab = Lab::create(&topo, &LabOptions::default())?;
     let mut ds = datastore::Datastore::for_lab(&lab);
     ds.flush()?;
-    let agent = bulkhead_agent::Agent::start(bulkhead_agent::AgentConfig {
-        datastore_dir: lab.datastore_dir(),
-        node_netns: Some(lab.node_netns().to_string()),
-        pin_dir: lab.pin_dir(),
-        watch: true,
-    })?;
+    let agent = lab.start_agent(true)?;
     let instance = lab.pin_dir().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     println!("lab {} is up (node netns {}):", lab.id(), lab.node_netns());
     println!("  {:<28} {:<15} {:<18} {:<14} cgroup", "POD", "IP", "NETNS", "HOST VETH");

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use bulkhead_agent::{Agent, AgentConfig};
 use policy_compiler::k8s::is_supported;
 use crate::case::{Case, PortRef, Step};
 use crate::datastore::Datastore;
@@ -260,13 +259,7 @@ pub fn run_case(case: &Case, topo: &Topology, opts: &RunOptions, rep: &mut CaseR
     let mut ds = Datastore::for_lab(&lab);
     ds.flush()?;
     // Declared after `lab`, so it is dropped (programs detached) before the lab goes.
-    let agent = Agent::start(AgentConfig {
-        datastore_dir: lab.datastore_dir(),
-        node_netns: Some(lab.node_netns().to_string()),
-        pin_dir: lab.pin_dir(),
-        watch: false,
-    })
-    .map_err(|e| LabError::Agent(e.to_string()))?;
+    let agent = lab.start_agent(false)?;
     for (i, step) in case.steps.iter().enumerate() {
         let changed = match step {
             Step::Apply(text) => ds.apply(text).map(|_| ()),
