@@ -8,6 +8,16 @@
 //!   - name: core
 //!     type: nftables
 //!     nftables: {family: inet, table: bhfw}
+//!   - name: pa
+//!     type: panos
+//!     panos:
+//!       url: https://pa.example.net
+//!       apiKey: {file: /etc/fw-sync/pa.key}    # or {env: PANOS_API_KEY}
+//!       vsys: vsys1                            # or deviceGroup: DG (Panorama)
+//!     tls: {caFile: /etc/fw-sync/pa-ca.pem}    # verification is on by default
+//!   - name: fg
+//!     type: fortios
+//!     fortios: {url: https://fg.example.net, vdom: root, token: {env: FORTIOS_TOKEN}}
 //! datastore: ./datastore        # relative to this file
 //! reconcileInterval: 30s
 //! ```
@@ -18,7 +28,9 @@ use std::time::Duration;
 
 use serde_yaml::Value;
 
+use crate::backend::http::TlsOptions;
 use crate::error::FwSyncError;
+use crate::secret::{Secret, SecretSource};
 use crate::group::{AddressGroup, Target, TargetKind};
 use crate::yaml::{Ctx, child, get, index};
 
@@ -40,6 +52,40 @@ pub struct FirewallConfig {
     /// Run the backend's commands inside this network namespace (`ip netns exec`): a firewall
     /// that is a namespace on this host, as in the lab.
     pub netns: Option<String>,
+    /// TLS settings of HTTP APIs (PAN-OS, FortiOS).
+    pub tls: TlsOptions,
+}
+
+/// Where PAN-OS objects live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PanosLocation {
+    /// A firewall's virtual system (`vsys1` on a single-vsys firewall).
+    Vsys(String),
+    /// A Panorama device group; changes are pushed to its firewalls with commit-all.
+    DeviceGroup(String),
+}
+
+/// A PAN-OS firewall or Panorama reached through the XML API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PanosConfig {
+    /// `https://host[:port]`.
+    pub url: String,
+    pub api_key: Secret,
+    pub location: PanosLocation,
+    /// Serial of a managed firewall that Panorama forwards User-ID requests to (`target=`).
+    pub target: Option<String>,
+    /// Timeout of registered-IP tags in seconds (0: never expire; fw-sync removes them).
+    pub registered_ip_timeout: u32,
+}
+
+/// A FortiGate reached through the FortiOS REST API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FortiosConfig {
+    /// `https://host[:port]`.
+    pub url: String,
+    /// REST API administrator token, sent as `Authorization: Bearer`.
+    pub token: Secret,
+    pub vdom: String,
 }
 
 /// Which API a firewall is driven through.
@@ -49,18 +95,30 @@ pub enum FirewallKind {
     Ipset,
     /// nftables named sets `bhfw-<name>` in `family table` (created if missing, never deleted).
     Nftables { family: String, table: String },
+    /// PAN-OS XML API.
+    Panos(PanosConfig),
+    /// FortiOS REST API.
+    Fortios(FortiosConfig),
 }
 
 impl FirewallKind {
     /// Whether targets of `kind` can live on this firewall.
     pub fn accepts(&self, kind: TargetKind) -> bool {
-        matches!((self, kind), (FirewallKind::Ipset, TargetKind::Ipset) | (FirewallKind::Nftables { .. }, TargetKind::NftablesSet))
+        matches!(
+            (self, kind),
+            (FirewallKind::Ipset, TargetKind::Ipset)
+                | (FirewallKind::Nftables { .. }, TargetKind::NftablesSet)
+                | (FirewallKind::Panos(_), TargetKind::PanosStaticGroup | TargetKind::PanosDynamicTag)
+                | (FirewallKind::Fortios(_), TargetKind::FortiosAddrgrp)
+        )
     }
 
     fn type_name(&self) -> &'static str {
         match self {
             FirewallKind::Ipset => "ipset",
             FirewallKind::Nftables { .. } => "nftables",
+            FirewallKind::Panos(_) => "panos",
+            FirewallKind::Fortios(_) => "fortios",
         }
     }
 }
@@ -84,7 +142,7 @@ impl DaemonConfig {
         let mut names = BTreeSet::new();
         for (i, f) in ctx.seq(ctx.required(top, "", "firewalls")?, "firewalls")?.iter().enumerate() {
             let path = index("firewalls", i);
-            let fw = parse_firewall(&ctx, f, &path)?;
+            let fw = parse_firewall(&ctx, f, &path, base)?;
             if !names.insert(fw.name.clone()) {
                 return Err(ctx.err(&child(&path, "name"), format!("firewall {:?} is defined twice", fw.name)));
             }
@@ -133,20 +191,33 @@ impl DaemonConfig {
     }
 }
 
-fn parse_firewall(ctx: &Ctx, v: &Value, path: &str) -> Result<FirewallConfig, FwSyncError> {
-    let m = ctx.strict_map(v, path, &["name", "type", "netns", "nftables"])?;
+fn parse_firewall(ctx: &Ctx, v: &Value, path: &str, base: &Path) -> Result<FirewallConfig, FwSyncError> {
+    let m = ctx.strict_map(v, path, &["name", "type", "netns", "nftables", "panos", "fortios", "tls"])?;
     let name = ctx.str(ctx.required(m, path, "name")?, &child(path, "name"))?;
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(ctx.err(&child(path, "name"), format!("invalid firewall name {name:?}: letters, digits, '-' and '_' only")));
     }
     let type_path = child(path, "type");
-    let kind = match ctx.str(ctx.required(m, path, "type")?, &type_path)? {
-        "ipset" => {
-            if get(m, "nftables").is_some() {
-                return Err(ctx.err(&child(path, "nftables"), "only for firewalls of type nftables"));
-            }
-            FirewallKind::Ipset
+    let type_name = ctx.str(ctx.required(m, path, "type")?, &type_path)?;
+    // A settings block of another type is a mistake worth stopping for.
+    for block in ["nftables", "panos", "fortios"] {
+        if block != type_name && get(m, block).is_some() {
+            return Err(ctx.err(&child(path, block), format!("only for firewalls of type {block}")));
         }
+    }
+    let http = matches!(type_name, "panos" | "fortios");
+    if !http && get(m, "tls").is_some() {
+        return Err(ctx.err(&child(path, "tls"), "only for firewalls reached over HTTPS (panos, fortios)"));
+    }
+    let tls = match get(m, "tls") {
+        Some(t) => parse_tls(ctx, t, &child(path, "tls"), base)?,
+        None => TlsOptions::default(),
+    };
+    if http && get(m, "netns").is_some() {
+        return Err(ctx.err(&child(path, "netns"), "only for ipset and nftables firewalls"));
+    }
+    let kind = match type_name {
+        "ipset" => FirewallKind::Ipset,
         "nftables" => {
             let npath = child(path, "nftables");
             let (mut family, mut table) = ("inet".to_string(), "bhfw".to_string());
@@ -168,13 +239,108 @@ fn parse_firewall(ctx: &Ctx, v: &Value, path: &str) -> Result<FirewallConfig, Fw
             }
             FirewallKind::Nftables { family, table }
         }
-        t @ ("panos" | "fortios") => {
-            return Err(ctx.err(&type_path, format!("type {t:?} is not supported by this version yet (supported: ipset, nftables)")));
-        }
-        other => return Err(ctx.err(&type_path, format!("unknown type {other:?} (expected ipset or nftables)"))),
+        "panos" => FirewallKind::Panos(parse_panos(ctx, ctx.required(m, path, "panos")?, &child(path, "panos"), base)?),
+        "fortios" => FirewallKind::Fortios(parse_fortios(ctx, ctx.required(m, path, "fortios")?, &child(path, "fortios"), base)?),
+        other => return Err(ctx.err(&type_path, format!("unknown type {other:?} (expected ipset, nftables, panos or fortios)"))),
     };
     let netns = get(m, "netns").map(|v| ctx.str(v, &child(path, "netns")).map(String::from)).transpose()?;
-    Ok(FirewallConfig { name: name.to_string(), kind, netns })
+    Ok(FirewallConfig { name: name.to_string(), kind, netns, tls })
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_relative() { base.join(p) } else { p }
+}
+
+fn parse_tls(ctx: &Ctx, v: &Value, path: &str, base: &Path) -> Result<TlsOptions, FwSyncError> {
+    let m = ctx.strict_map(v, path, &["caFile", "insecureSkipVerify"])?;
+    let ca_file = get(m, "caFile").map(|v| ctx.str(v, &child(path, "caFile")).map(|s| resolve(base, s))).transpose()?;
+    if let Some(ca) = &ca_file
+        && let Err(e) = std::fs::metadata(ca)
+    {
+        return Err(ctx.err(&child(path, "caFile"), format!("cannot read {}: {e}", ca.display())));
+    }
+    let insecure_skip_verify = match get(m, "insecureSkipVerify") {
+        Some(v) => v.as_bool().ok_or_else(|| ctx.err(&child(path, "insecureSkipVerify"), "expected true or false"))?,
+        None => false,
+    };
+    if insecure_skip_verify && ca_file.is_some() {
+        return Err(ctx.err(path, "caFile and insecureSkipVerify exclude each other"));
+    }
+    Ok(TlsOptions { ca_file, insecure_skip_verify })
+}
+
+/// `{file: PATH}` or `{env: VAR}`, loaded now so a missing credential stops the start.
+fn parse_secret(ctx: &Ctx, m: &serde_yaml::Mapping, parent: &str, key: &str, base: &Path) -> Result<Secret, FwSyncError> {
+    let path = child(parent, key);
+    let s = ctx.strict_map(ctx.required(m, parent, key)?, &path, &["file", "env"])?;
+    let source = match (get(s, "file"), get(s, "env")) {
+        (Some(f), None) => SecretSource::File(resolve(base, ctx.str(f, &child(&path, "file"))?)),
+        (None, Some(e)) => SecretSource::Env(ctx.str(e, &child(&path, "env"))?.to_string()),
+        _ => return Err(ctx.err(&path, "exactly one of file or env (credentials are never written in the config itself)")),
+    };
+    Secret::load(source).map_err(|e| ctx.err(&path, e))
+}
+
+fn parse_url(ctx: &Ctx, m: &serde_yaml::Mapping, parent: &str) -> Result<String, FwSyncError> {
+    let path = child(parent, "url");
+    let url = ctx.str(ctx.required(m, parent, "url")?, &path)?.trim_end_matches('/');
+    let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) else {
+        return Err(ctx.err(&path, format!("{url:?} must start with https:// (or http:// for a lab)")));
+    };
+    if rest.is_empty() || rest.contains('/') || rest.contains('?') || rest.contains('@') {
+        return Err(ctx.err(&path, format!("{url:?} must be scheme://host[:port] only")));
+    }
+    Ok(url.to_string())
+}
+
+fn parse_panos(ctx: &Ctx, v: &Value, path: &str, base: &Path) -> Result<PanosConfig, FwSyncError> {
+    let m = ctx.strict_map(v, path, &["url", "apiKey", "vsys", "deviceGroup", "target", "registeredIpTimeout"])?;
+    let url = parse_url(ctx, m, path)?;
+    let api_key = parse_secret(ctx, m, path, "apiKey", base)?;
+    let name = |key: &str| -> Result<Option<String>, FwSyncError> {
+        get(m, key).map(|v| ctx.str(v, &child(path, key)).map(String::from)).transpose()
+    };
+    let location = match (name("vsys")?, name("deviceGroup")?) {
+        (Some(v), None) => PanosLocation::Vsys(v),
+        (None, Some(d)) => PanosLocation::DeviceGroup(d),
+        (None, None) => PanosLocation::Vsys("vsys1".into()),
+        (Some(_), Some(_)) => return Err(ctx.err(path, "vsys (a firewall) and deviceGroup (Panorama) exclude each other")),
+    };
+    for (key, v) in [("vsys", name("vsys")?), ("deviceGroup", name("deviceGroup")?), ("target", name("target")?)] {
+        if let Some(v) = v
+            && (v.is_empty() || v.len() > 31 || v.contains(['\'', '"', '<', '>', '&', '[', ']']))
+        {
+            return Err(ctx.err(&child(path, key), format!("invalid name {v:?}")));
+        }
+    }
+    let registered_ip_timeout = match get(m, "registeredIpTimeout") {
+        None => 0,
+        Some(v) => {
+            let p = child(path, "registeredIpTimeout");
+            let n = v.as_u64().ok_or_else(|| ctx.err(&p, "expected seconds as a whole number"))?;
+            // PAN-OS accepts at most 30 days.
+            if n > 2_592_000 {
+                return Err(ctx.err(&p, format!("{n} is over the PAN-OS maximum of 2592000 seconds")));
+            }
+            n as u32
+        }
+    };
+    Ok(PanosConfig { url, api_key, location, target: name("target")?, registered_ip_timeout })
+}
+
+fn parse_fortios(ctx: &Ctx, v: &Value, path: &str, base: &Path) -> Result<FortiosConfig, FwSyncError> {
+    let m = ctx.strict_map(v, path, &["url", "token", "vdom"])?;
+    let url = parse_url(ctx, m, path)?;
+    let token = parse_secret(ctx, m, path, "token", base)?;
+    let vdom = match get(m, "vdom") {
+        Some(v) => ctx.str(v, &child(path, "vdom"))?.to_string(),
+        None => "root".into(),
+    };
+    if vdom.is_empty() || vdom.len() > 31 || !vdom.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(ctx.err(&child(path, "vdom"), format!("invalid vdom name {vdom:?}")));
+    }
+    Ok(FortiosConfig { url, token, vdom })
 }
 
 /// `500ms`, `30s`, `5m`, `1h`.
@@ -217,7 +383,7 @@ mod tests {
     #[test]
     fn errors_name_file_and_field() {
         let e = err(&GOOD.replace("type: ipset", "type: ipsec"));
-        assert_eq!(e, "fw-sync.yaml: firewalls[0].type: unknown type \"ipsec\" (expected ipset or nftables) (nothing applied)");
+        assert_eq!(e, "fw-sync.yaml: firewalls[0].type: unknown type \"ipsec\" (expected ipset, nftables, panos or fortios) (nothing applied)");
         let e = err(&GOOD.replace("5s", "5 parsecs"));
         assert!(e.starts_with("fw-sync.yaml: reconcileInterval: \"5 parsecs\" is not a duration"), "{e}");
         let e = err(&GOOD.replace("family: inet", "family: ip6"));
@@ -227,7 +393,43 @@ mod tests {
         let e = err(&GOOD.replace("datastore:", "datastor:"));
         assert!(e.starts_with("fw-sync.yaml: datastor: unknown field"), "{e}");
         let e = err(&GOOD.replace("type: ipset", "type: panos"));
-        assert!(e.contains("firewalls[0].type: type \"panos\" is not supported by this version yet"), "{e}");
+        assert!(e.contains("firewalls[0].panos: required"), "{e}");
+        let e = err(&GOOD.replace("{name: edge, type: ipset}", "{name: edge, type: ipset, tls: {caFile: x}}"));
+        assert!(e.contains("firewalls[0].tls: only for firewalls reached over HTTPS"), "{e}");
+    }
+
+    #[test]
+    fn http_firewalls_with_credentials_and_tls() {
+        let dir = std::env::temp_dir().join(format!("fwsync-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("pa.key"), "K3Y\n").expect("key file");
+        std::fs::write(dir.join("ca.pem"), "").expect("ca file");
+        let text = "firewalls:\n- name: pa\n  type: panos\n  panos: {url: 'https://pa.lab:8443', apiKey: {file: pa.key}, deviceGroup: dg1}\n  tls: {caFile: ca.pem}\n- name: fg\n  type: fortios\n  fortios: {url: 'https://fg.lab', token: {file: pa.key}, vdom: dmz}\ndatastore: ds\n";
+        let c = DaemonConfig::parse("f", text, &dir).expect("parses");
+        let FirewallKind::Panos(pa) = &c.firewalls[0].kind else { panic!("panos expected: {c:?}") };
+        assert_eq!(pa.api_key.expose(), "K3Y");
+        assert_eq!(pa.location, PanosLocation::DeviceGroup("dg1".into()));
+        assert_eq!(c.firewalls[0].tls.ca_file, Some(dir.join("ca.pem")));
+        assert!(!format!("{c:?}").contains("K3Y"), "the key leaks into Debug: {c:?}");
+        let FirewallKind::Fortios(fg) = &c.firewalls[1].kind else { panic!("fortios expected: {c:?}") };
+        assert_eq!(fg.vdom, "dmz");
+        let bad = |from: &str, to: &str| match DaemonConfig::parse("f", &text.replace(from, to), &dir) {
+            Ok(c) => panic!("expected an error after replacing {from:?} with {to:?}: {c:?}"),
+            Err(e) => e.to_string(),
+        };
+        let e = bad("{file: pa.key}, deviceGroup", "{file: missing.key}, deviceGroup");
+        assert!(e.starts_with("f: firewalls[0].panos.apiKey: cannot read"), "{e}");
+        let e = bad("{file: pa.key}, deviceGroup", "{env: FWSYNC_SURELY_UNSET}, deviceGroup");
+        assert_eq!(e, "f: firewalls[0].panos.apiKey: environment variable FWSYNC_SURELY_UNSET is not set (nothing applied)");
+        let e = bad("{file: pa.key}, deviceGroup", "K3Y, deviceGroup");
+        assert!(e.contains("firewalls[0].panos.apiKey: expected a mapping"), "{e}");
+        let e = bad("caFile: ca.pem", "caFile: nope.pem");
+        assert!(e.starts_with("f: firewalls[0].tls.caFile: cannot read"), "{e}");
+        let e = bad("'https://fg.lab'", "'fg.lab'");
+        assert!(e.contains("firewalls[1].fortios.url"), "{e}");
+        let e = bad("vdom: dmz", "vdom: 'a b'");
+        assert!(e.contains("firewalls[1].fortios.vdom: invalid vdom name"), "{e}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub fn run(config: DaemonConfig) -> Result<(), FwSyncError> {
     let interval = config.reconcile_interval;
     // Watch before the first read, so a change during it is not missed.
     let watcher = Watcher::new(&dir).map_err(|e| FwSyncError::Watch { path: dir.clone(), detail: e.to_string() })?;
-    let mut engine = Engine::from_config(config);
+    let mut engine = Engine::from_config(config)?;
     // A bad datastore at start is fatal: nothing is applied and the operator sees why.
     let snapshot = source::load(&dir)?;
     sync(&mut engine, &snapshot, Mode::Reconcile)?;
@@ -69,7 +69,7 @@ fn sync(engine: &mut Engine, snapshot: &Snapshot, mode: Mode) -> Result<(), FwSy
 /// What `run --dry-run` prints: per firewall, the diff it would apply (from the real state).
 pub fn dry_run(config: DaemonConfig) -> Result<String, FwSyncError> {
     let snapshot = source::load(&config.datastore)?;
-    let mut engine = Engine::from_config(config);
+    let mut engine = Engine::from_config(config)?;
     let mut out = String::new();
     for (fw, diff) in engine.plan(&snapshot)? {
         let _ = writeln!(out, "firewall {fw}:");
@@ -98,7 +98,7 @@ pub fn status(config: DaemonConfig) -> Result<String, FwSyncError> {
             let _ = writeln!(out, "  -> firewall {} {}", t.firewall, t.object);
         }
     }
-    let mut engine = Engine::from_config(config);
+    let mut engine = Engine::from_config(config)?;
     for (fw, diff) in engine.plan(&snapshot)? {
         match diff {
             Ok(d) if d.is_empty() => {

@@ -59,9 +59,9 @@ impl Engine {
     }
 
     /// The engine with the real backend of every configured firewall.
-    pub fn from_config(config: DaemonConfig) -> Self {
-        let backends = config.firewalls.iter().map(crate::backend::for_firewall).collect();
-        Self::new(config, backends)
+    pub fn from_config(config: DaemonConfig) -> Result<Self, FwSyncError> {
+        let backends = config.firewalls.iter().map(crate::backend::for_firewall).collect::<Result<_, _>>()?;
+        Ok(Self::new(config, backends))
     }
 
     /// The daemon config.

@@ -22,6 +22,11 @@ pub enum FwSyncError {
     #[error("firewall {firewall}: `{command}` failed: {detail}")]
     Command { firewall: String, command: String, detail: String },
 
+    /// An HTTP request to a firewall API failed at the transport (connect, TLS, timeout,
+    /// reset) or was refused; `request` names it without credentials.
+    #[error("firewall {firewall}: {request}: {detail}")]
+    Http { firewall: String, request: String, detail: String },
+
     /// The firewall's state is not what fw-sync can manage (e.g. an owned set of another type).
     #[error("firewall {firewall}: {object}: {detail}")]
     Backend { firewall: String, object: String, detail: String },

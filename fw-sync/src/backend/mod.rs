@@ -5,8 +5,11 @@
 //! FortiOS (REST, one request per object) fit the same trait: reading is one or two requests,
 //! applying honours the removal-first contract of [`Diff`] and counts every request.
 
+pub mod fortios;
+pub mod http;
 pub mod ipset;
 pub mod nftables;
+pub mod panos;
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -35,13 +38,15 @@ pub trait Backend: Send {
     fn calls(&self) -> u64;
 }
 
-/// The backend for a configured firewall.
-pub fn for_firewall(fw: &FirewallConfig) -> Box<dyn Backend> {
+/// The backend for a configured firewall (fails on a CA file that holds no certificate).
+pub fn for_firewall(fw: &FirewallConfig) -> Result<Box<dyn Backend>, FwSyncError> {
     let runner = Runner::new(&fw.name, fw.netns.clone());
-    match &fw.kind {
+    Ok(match &fw.kind {
         FirewallKind::Ipset => Box::new(ipset::IpsetBackend::new(runner)),
         FirewallKind::Nftables { family, table } => Box::new(nftables::NftBackend::new(runner, family, table)),
-    }
+        FirewallKind::Panos(cfg) => Box::new(panos::PanosBackend::new(&fw.name, cfg.clone(), &fw.tls)?),
+        FirewallKind::Fortios(cfg) => Box::new(fortios::FortiosBackend::new(&fw.name, cfg.clone(), &fw.tls)?),
+    })
 }
 
 /// Runs a firewall's command-line tool (optionally inside a network namespace) and counts

@@ -1,0 +1,2 @@
+//! Placeholder: the command that runs an emulator for the vendor-client checks.
+fn main() {}
