@@ -46,4 +46,14 @@ if ! mountpoint -q /sys/kernel/tracing; then
   mount -t tracefs nodev /sys/kernel/tracing || log "tracefs mount failed (only the detector needs it)"
 fi
 mkdir -p /var/run/netns
+
+# The vendors' own Python clients, which fw-sync's tests point at the PAN-OS and FortiOS
+# emulators (pinned; a venv so the system Python stays untouched).
+PYENV=/opt/bulkhead/pyenv
+PY_PKGS=(pan-python==0.26.0 fortigate-api==2.0.8)
+if ! "$PYENV/bin/python3" -c 'import pan.xapi, fortigate_api' >/dev/null 2>&1; then
+  log "python venv $PYENV: ${PY_PKGS[*]}"
+  python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install -q --disable-pip-version-check "${PY_PKGS[@]}"
+fi
 log "ready"
