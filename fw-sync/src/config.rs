@@ -20,6 +20,7 @@
 //!     fortios: {url: https://fg.example.net, vdom: root, token: {env: FORTIOS_TOKEN}}
 //! datastore: ./datastore        # relative to this file
 //! reconcileInterval: 30s
+//! metricsListen: 127.0.0.1:9464  # Prometheus text at /metrics (optional)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,8 @@ pub struct DaemonConfig {
     pub datastore: PathBuf,
     /// How often the firewalls' real state is read and drift repaired.
     pub reconcile_interval: Duration,
+    /// Where `GET /metrics` is served (none when absent).
+    pub metrics_listen: Option<String>,
 }
 
 /// One firewall.
@@ -137,7 +140,7 @@ impl DaemonConfig {
     pub fn parse(file: &str, text: &str, base: &Path) -> Result<Self, FwSyncError> {
         let ctx = Ctx::new(file);
         let value: Value = serde_yaml::from_str(text).map_err(|e| ctx.err("", format!("invalid YAML: {e}")))?;
-        let top = ctx.strict_map(&value, "", &["firewalls", "datastore", "reconcileInterval"])?;
+        let top = ctx.strict_map(&value, "", &["firewalls", "datastore", "reconcileInterval", "metricsListen"])?;
         let mut firewalls = Vec::new();
         let mut names = BTreeSet::new();
         for (i, f) in ctx.seq(ctx.required(top, "", "firewalls")?, "firewalls")?.iter().enumerate() {
@@ -160,7 +163,15 @@ impl DaemonConfig {
         if reconcile_interval.is_zero() {
             return Err(ctx.err("reconcileInterval", "must be more than 0"));
         }
-        Ok(DaemonConfig { firewalls, datastore, reconcile_interval })
+        let metrics_listen = match get(top, "metricsListen") {
+            Some(v) => {
+                let a = ctx.str(v, "metricsListen")?;
+                a.parse::<std::net::SocketAddr>().map_err(|_| ctx.err("metricsListen", format!("{a:?} is not an address like 127.0.0.1:9464")))?;
+                Some(a.to_string())
+            }
+            None => None,
+        };
+        Ok(DaemonConfig { firewalls, datastore, reconcile_interval, metrics_listen })
     }
 
     /// Checks that every target names a configured firewall of a fitting type and that no two

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::config::DaemonConfig;
 use crate::engine::{Engine, Mode};
 use crate::error::FwSyncError;
+use crate::metrics::Metrics;
 use crate::source::{self, Snapshot};
 use bulkhead_fswatch::Watcher;
 
@@ -20,12 +21,21 @@ const MAX_BATCH_WAIT: Duration = Duration::from_millis(50);
 pub fn run(config: DaemonConfig) -> Result<(), FwSyncError> {
     let dir = config.datastore.clone();
     let interval = config.reconcile_interval;
+    let metrics = Metrics::default();
+    let _metrics_server = match &config.metrics_listen {
+        Some(addr) => {
+            let server = metrics.serve(addr)?;
+            tracing::info!(url = %format!("http://{}/metrics", server.addr()), "serving metrics");
+            Some(server)
+        }
+        None => None,
+    };
     // Watch before the first read, so a change during it is not missed.
     let watcher = Watcher::new(&dir).map_err(|e| FwSyncError::Watch { path: dir.clone(), detail: e.to_string() })?;
     let mut engine = Engine::from_config(config)?;
     // A bad datastore at start is fatal: nothing is applied and the operator sees why.
     let snapshot = source::load(&dir)?;
-    sync(&mut engine, &snapshot, Mode::Reconcile)?;
+    sync(&mut engine, &metrics, &snapshot, Mode::Reconcile, Instant::now())?;
     tracing::info!(datastore = %dir.display(), groups = snapshot.groups.len(), "fw-sync running");
     let mut next_reconcile = Instant::now() + interval;
     loop {
@@ -35,7 +45,7 @@ pub fn run(config: DaemonConfig) -> Result<(), FwSyncError> {
             while first.elapsed() < MAX_BATCH_WAIT && watcher.wait(QUIET) {}
             match source::load(&dir) {
                 Ok(s) => {
-                    if let Err(e) = sync(&mut engine, &s, Mode::Event) {
+                    if let Err(e) = sync(&mut engine, &metrics, &s, Mode::Event, first) {
                         tracing::error!(error = %e, "datastore change not applied");
                     }
                 }
@@ -44,9 +54,10 @@ pub fn run(config: DaemonConfig) -> Result<(), FwSyncError> {
             }
         }
         if Instant::now() >= next_reconcile {
+            let start = Instant::now();
             match source::load(&dir) {
                 Ok(s) => {
-                    if let Err(e) = sync(&mut engine, &s, Mode::Reconcile) {
+                    if let Err(e) = sync(&mut engine, &metrics, &s, Mode::Reconcile, start) {
                         tracing::error!(error = %e, "reconcile not applied");
                     }
                 }
@@ -57,8 +68,11 @@ pub fn run(config: DaemonConfig) -> Result<(), FwSyncError> {
     }
 }
 
-fn sync(engine: &mut Engine, snapshot: &Snapshot, mode: Mode) -> Result<(), FwSyncError> {
-    for r in engine.sync(snapshot, mode)? {
+/// One sync of every firewall; `since` is when the change was seen, for the latency metric.
+fn sync(engine: &mut Engine, metrics: &Metrics, snapshot: &Snapshot, mode: Mode, since: Instant) -> Result<(), FwSyncError> {
+    let reports = engine.sync(snapshot, mode)?;
+    metrics.record(mode, &reports, since.elapsed(), |fw| engine.owned(fw));
+    for r in reports {
         if let Some(e) = r.error {
             tracing::error!(firewall = %r.firewall, error = %e, "firewall not in step; retried at the next change or reconcile");
         }

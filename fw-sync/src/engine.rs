@@ -147,6 +147,11 @@ impl Engine {
         Ok(reports)
     }
 
+    /// (objects, addresses) fw-sync owns on `firewall`, as last read or applied.
+    pub fn owned(&self, firewall: &str) -> Option<(usize, usize)> {
+        self.known.get(firewall).map(|s| (s.len(), s.values().map(|m| m.len()).sum()))
+    }
+
     /// Calls made to every firewall so far.
     pub fn total_calls(&self) -> u64 {
         self.backends.values().map(|b| b.calls()).sum()

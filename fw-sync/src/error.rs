@@ -31,6 +31,10 @@ pub enum FwSyncError {
     #[error("firewall {firewall}: {object}: {detail}")]
     Backend { firewall: String, object: String, detail: String },
 
+    /// The metrics endpoint could not be served.
+    #[error("metrics endpoint {addr}: {detail}")]
+    Metrics { addr: String, detail: String },
+
     /// Watching the datastore folder failed.
     #[error("watching {path}: {detail}")]
     Watch { path: PathBuf, detail: String },

@@ -5,6 +5,7 @@
 //! - [`source`]: reads pods, namespaces and AddressGroups from the datastore folder.
 //! - [`desired`], [`diff`]: desired state and what must change.
 //! - [`backend`]: the [`backend::Backend`] trait and one module per firewall API.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`secret`]: credentials from files or the environment, never shown.
 //! - [`engine`]: event and reconcile syncs; [`daemon`]: the commands.
 
@@ -17,6 +18,7 @@ pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod group;
+pub mod metrics;
 pub mod secret;
 pub mod source;
 mod yaml;

@@ -143,7 +143,7 @@ fn scenario(kind: Kind) {
     };
     write(&ds, "groups.yaml", &format!("apiVersion: bulkhead.io/v1alpha1\nkind: AddressGroup\nmetadata: {{name: web}}\nspec:\n  podSelector: app == 'web'\n  namespaceSelector: projectcalico.org/name == 'lab'\n  targets: [{{firewall: lab, kind: {target_kind}, name: web}}]\n"));
     let config = tmp.0.join("fw-sync.yaml");
-    std::fs::write(&config, format!("firewalls: [{{name: lab, type: {fw_type}}}]\ndatastore: datastore\nreconcileInterval: 30s\n")).expect("write config");
+    std::fs::write(&config, format!("firewalls: [{{name: lab, type: {fw_type}}}]\ndatastore: datastore\nreconcileInterval: 30s\nmetricsListen: 127.0.0.1:9464\n")).expect("write config");
 
     // The daemon runs on the firewall, i.e. inside its namespace.
     let bin = env!("CARGO_BIN_EXE_fw-sync");
@@ -197,6 +197,18 @@ fn scenario(kind: Kind) {
     eprintln!("[{kind:?}] datastore write -> firewall updated (relabel): {:?}", written.elapsed());
     assert!(reaches(&p2, b), "relabelled pod b must reach the server");
 
+    // Prometheus metrics (served inside the firewall's namespace): both updates observed.
+    let text = metrics(&fw);
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad sample {line:?}"))
+    };
+    assert!(value("fwsync_update_latency_seconds_count{firewall=\"lab\"}") >= 3.0, "initial sync + two updates:\n{text}");
+    assert!(value("fwsync_update_latency_seconds_bucket{firewall=\"lab\",le=\"1\"}") >= 3.0, "{text}");
+    assert!(value("fwsync_api_calls_total{firewall=\"lab\"}") >= 3.0, "{text}");
+    assert_eq!(value("fwsync_owned_addresses{firewall=\"lab\"}"), 2.0, "{text}");
+    assert_eq!(value("fwsync_sync_errors_total{firewall=\"lab\"}"), 0.0, "{text}");
+
     // A bad AddressGroup applies nothing: the firewall keeps its state.
     write(&ds, "groups.yaml", "apiVersion: bulkhead.io/v1alpha1\nkind: AddressGroup\nmetadata: {name: web}\nspec: {podSelectr: all(), targets: []}\n");
     write(&ds, "pod-b.yaml", &pod("b", "other", "10.77.2.2"));
@@ -206,6 +218,19 @@ fn scenario(kind: Kind) {
     let status = Command::new("ip").args(["netns", "exec", &fw.name, bin, "status", "--config"]).arg(&config).output().expect("status");
     let status_err = String::from_utf8_lossy(&status.stderr);
     assert!(!status.status.success() && status_err.contains("groups.yaml: document 1 (AddressGroup web): spec.podSelectr: unknown field"), "status on a bad datastore:\n{status_err}");
+}
+
+/// `GET /metrics` from the daemon, inside the firewall's namespace.
+fn metrics(fw: &Netns) -> String {
+    fw.run(|| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9464").expect("connect to the metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: fw\r\nConnection: close\r\n\r\n").expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
+    })
 }
 
 #[test]
