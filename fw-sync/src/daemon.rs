@@ -1,6 +1,7 @@
 //! The `run`, `run --dry-run` and `status` commands.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::DaemonConfig;
@@ -19,9 +20,19 @@ const MAX_BATCH_WAIT: Duration = Duration::from_millis(50);
 /// reconcile every `reconcile_interval`. Exiting leaves the firewalls as they are (no flush),
 /// so a restart never opens or closes traffic.
 pub fn run(config: DaemonConfig) -> Result<(), FwSyncError> {
+    run_until(config, Metrics::default(), &AtomicBool::new(false))
+}
+
+/// First retry after a firewall failed to sync; doubled per failure up to the reconcile
+/// interval, so a firewall that is down is not hammered and one that blipped is repaired
+/// within milliseconds rather than at the next periodic reconcile.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+
+/// [`run`] with the caller's metrics, returning when `stop` is set (checked at least every
+/// 100 ms): what benchmarks and tests embed.
+pub fn run_until(config: DaemonConfig, metrics: Metrics, stop: &AtomicBool) -> Result<(), FwSyncError> {
     let dir = config.datastore.clone();
     let interval = config.reconcile_interval;
-    let metrics = Metrics::default();
     let _metrics_server = match &config.metrics_listen {
         Some(addr) => {
             let server = metrics.serve(addr)?;
@@ -35,49 +46,79 @@ pub fn run(config: DaemonConfig) -> Result<(), FwSyncError> {
     let mut engine = Engine::from_config(config)?;
     // A bad datastore at start is fatal: nothing is applied and the operator sees why.
     let snapshot = source::load(&dir)?;
-    sync(&mut engine, &metrics, &snapshot, Mode::Reconcile, Instant::now())?;
+    let mut retry = Retry::new(interval);
+    retry.after(sync(&mut engine, &metrics, &snapshot, Mode::Reconcile, Instant::now())?);
     tracing::info!(datastore = %dir.display(), groups = snapshot.groups.len(), "fw-sync running");
     let mut next_reconcile = Instant::now() + interval;
-    loop {
-        let timeout = next_reconcile.saturating_duration_since(Instant::now());
-        if watcher.wait(timeout.as_millis().min(i32::MAX as u128) as i32) {
+    while !stop.load(Ordering::Relaxed) {
+        let wake = retry.at.map_or(next_reconcile, |r| r.min(next_reconcile));
+        let timeout = wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+        if watcher.wait(timeout.as_millis() as i32) {
             let first = Instant::now();
             while first.elapsed() < MAX_BATCH_WAIT && watcher.wait(QUIET) {}
             match source::load(&dir) {
-                Ok(s) => {
-                    if let Err(e) = sync(&mut engine, &metrics, &s, Mode::Event, first) {
-                        tracing::error!(error = %e, "datastore change not applied");
-                    }
-                }
+                Ok(s) => match sync(&mut engine, &metrics, &s, Mode::Event, first) {
+                    Ok(failed) => retry.after(failed),
+                    Err(e) => tracing::error!(error = %e, "datastore change not applied"),
+                },
                 // Half-written files land here too; the write that completes them wakes us again.
                 Err(e) => tracing::error!(error = %e, "datastore change not applied; the firewalls keep their last state"),
             }
         }
-        if Instant::now() >= next_reconcile {
-            let start = Instant::now();
+        let now = Instant::now();
+        if now >= next_reconcile || retry.at.is_some_and(|r| now >= r) {
             match source::load(&dir) {
-                Ok(s) => {
-                    if let Err(e) = sync(&mut engine, &metrics, &s, Mode::Reconcile, start) {
-                        tracing::error!(error = %e, "reconcile not applied");
-                    }
-                }
+                Ok(s) => match sync(&mut engine, &metrics, &s, Mode::Reconcile, now) {
+                    Ok(failed) => retry.after(failed),
+                    Err(e) => tracing::error!(error = %e, "reconcile not applied"),
+                },
                 Err(e) => tracing::error!(error = %e, "reconcile skipped: the datastore does not load"),
             }
-            next_reconcile = Instant::now() + interval;
+            if now >= next_reconcile {
+                next_reconcile = Instant::now() + interval;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// When to retry after failed syncs.
+struct Retry {
+    at: Option<Instant>,
+    delay: Duration,
+    max: Duration,
+}
+
+impl Retry {
+    fn new(max: Duration) -> Retry {
+        Retry { at: None, delay: RETRY_FIRST, max }
+    }
+
+    /// Schedules a retry when a sync left a firewall out of step, clears it otherwise.
+    fn after(&mut self, failed: bool) {
+        if failed {
+            self.at = Some(Instant::now() + self.delay);
+            self.delay = (self.delay * 2).min(self.max);
+        } else {
+            self.at = None;
+            self.delay = RETRY_FIRST;
         }
     }
 }
 
 /// One sync of every firewall; `since` is when the change was seen, for the latency metric.
-fn sync(engine: &mut Engine, metrics: &Metrics, snapshot: &Snapshot, mode: Mode, since: Instant) -> Result<(), FwSyncError> {
+/// Returns whether some firewall was left out of step.
+fn sync(engine: &mut Engine, metrics: &Metrics, snapshot: &Snapshot, mode: Mode, since: Instant) -> Result<bool, FwSyncError> {
     let reports = engine.sync(snapshot, mode)?;
     metrics.record(mode, &reports, since.elapsed(), |fw| engine.owned(fw));
+    let mut failed = false;
     for r in reports {
         if let Some(e) = r.error {
-            tracing::error!(firewall = %r.firewall, error = %e, "firewall not in step; retried at the next change or reconcile");
+            failed = true;
+            tracing::error!(firewall = %r.firewall, error = %e, "firewall not in step; retrying with backoff");
         }
     }
-    Ok(())
+    Ok(failed)
 }
 
 /// What `run --dry-run` prints: per firewall, the diff it would apply (from the real state).

@@ -79,6 +79,16 @@ impl Metrics {
         }
     }
 
+    /// API calls made to `firewall` so far.
+    pub fn calls(&self, firewall: &str) -> u64 {
+        self.inner.lock().expect("metrics lock").get(firewall).map_or(0, |m| m.calls)
+    }
+
+    /// Syncs of `firewall` that failed so far.
+    pub fn errors(&self, firewall: &str) -> u64 {
+        self.inner.lock().expect("metrics lock").get(firewall).map_or(0, |m| m.errors)
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let all = self.inner.lock().expect("metrics lock").clone();
