@@ -1,0 +1,468 @@
+//! The emulated CMDB of one FortiGate: per VDOM, `firewall address` and `firewall addrgrp`
+//! tables stored as the JSON objects the REST API returns, with FortiOS's validation rules
+//! (from the 6.4.14 swagger shipped in `fortigate-api` and the CLI reference) and its
+//! internal error codes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use serde_json::{Map, Value, json};
+
+/// Longest object name (swagger: `maxLength: 79`).
+pub const MAX_NAME: usize = 79;
+/// Longest comment (swagger: `maxLength: 255`).
+pub const MAX_COMMENT: usize = 255;
+/// Members per address group in the 6.4 schema (`maxItems: 600`); a FortiOS option.
+pub const DEFAULT_MAX_MEMBERS: usize = 600;
+
+/// A refusal as FortiOS reports it: the HTTP status, the internal error code and the CLI's
+/// message (`cli_error`, as 7.x builds add it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub http: u16,
+    pub code: i64,
+    pub cli: String,
+}
+
+impl ApiError {
+    fn new(http: u16, code: i64, cli: impl Into<String>) -> Self {
+        ApiError { http, code, cli: cli.into() }
+    }
+    /// POST of a name that exists (as an address or a group: they share one namespace).
+    /// fortigate-api documents 500 for "object already exists"; the swagger's 424 also
+    /// covers duplicates. We answer 500 / -5.
+    pub fn duplicate(name: &str) -> Self {
+        Self::new(500, -5, format!("A duplicate entry already exists: \"{name}\"\nCommand fail. Return code -5"))
+    }
+    /// DELETE of an object a group or a policy still references.
+    pub fn in_use(name: &str, by: &str) -> Self {
+        Self::new(500, -23, format!("entry \"{name}\" is used by {by}\nCommand fail. Return code -23"))
+    }
+    /// GET/PUT/DELETE of a missing entry.
+    pub fn not_found() -> Self {
+        Self::new(404, -3, "entry not found")
+    }
+    /// A member naming no address or group.
+    pub fn missing_reference(name: &str) -> Self {
+        Self::new(424, -3, format!("entry not found in datasource\n\nvalue parse error before '{name}'\nCommand fail. Return code -3"))
+    }
+    pub fn invalid_length(what: &str) -> Self {
+        Self::new(424, -1, format!("{what}: invalid length\nCommand fail. Return code -1"))
+    }
+    pub fn invalid_ip(value: &str) -> Self {
+        Self::new(424, -8, format!("invalid ip address '{value}'\nCommand fail. Return code -8"))
+    }
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(424, -651, format!("{}\nCommand fail. Return code -651", detail.into()))
+    }
+}
+
+/// Which CMDB table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Address,
+    Addrgrp,
+}
+
+impl Table {
+    /// The last path element (`name` in the envelope).
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Address => "address",
+            Table::Addrgrp => "addrgrp",
+        }
+    }
+}
+
+/// One VDOM's objects.
+#[derive(Clone, Debug, Default)]
+pub struct Vdom {
+    pub addresses: BTreeMap<String, Map<String, Value>>,
+    pub groups: BTreeMap<String, Map<String, Value>>,
+    /// Objects referenced by firewall policies (name -> policy ids): they cannot be deleted.
+    pub policy_refs: BTreeMap<String, BTreeSet<u32>>,
+    /// Configuration revision, bumped by every change.
+    pub revision: u64,
+}
+
+/// Every VDOM, and what the API needs to answer for them.
+#[derive(Debug)]
+pub struct Store {
+    pub vdoms: BTreeMap<String, Vdom>,
+    pub max_members: usize,
+    uuid_state: u64,
+}
+
+const ADDRESS_TYPES: [&str; 8] = ["ipmask", "iprange", "fqdn", "geography", "wildcard", "dynamic", "interface-subnet", "mac"];
+
+impl Store {
+    /// VDOMs named in `vdoms` (at least `root` when empty); `seed` fixes the UUIDs.
+    pub fn new(vdoms: &[String], max_members: usize, seed: u64) -> Store {
+        let mut names: Vec<String> = vdoms.to_vec();
+        if names.is_empty() {
+            names.push("root".into());
+        }
+        Store { vdoms: names.into_iter().map(|v| (v, Vdom::default())).collect(), max_members, uuid_state: seed | 1 }
+    }
+
+    fn uuid(&mut self) -> String {
+        let mut next = || {
+            // splitmix64: distinct, reproducible UUID-shaped strings.
+            self.uuid_state = self.uuid_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.uuid_state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let (a, b) = (next(), next());
+        format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff, b >> 52, b & 0xffff_ffff_ffff)
+    }
+
+    /// One VDOM, or the permission error FortiOS gives for a VDOM the admin cannot reach.
+    pub fn vdom(&self, name: &str) -> Result<&Vdom, ApiError> {
+        self.vdoms.get(name).ok_or_else(|| ApiError::new(403, -14, format!("vdom \"{name}\": permission denied")))
+    }
+
+    fn vdom_mut(&mut self, name: &str) -> Result<&mut Vdom, ApiError> {
+        self.vdom(name)?;
+        Ok(self.vdoms.get_mut(name).expect("checked above"))
+    }
+
+    /// Creates an object from a POST body.
+    pub fn create(&mut self, vdom: &str, table: Table, body: &Map<String, Value>) -> Result<String, ApiError> {
+        let name = body.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+        check_name(&name)?;
+        let v = self.vdom(vdom)?;
+        if v.addresses.contains_key(&name) || v.groups.contains_key(&name) {
+            return Err(ApiError::duplicate(&name));
+        }
+        let uuid = self.uuid();
+        let mut obj = defaults(table, &name, &uuid);
+        merge(&mut obj, body);
+        obj.insert("name".into(), json!(name));
+        obj.insert("q_origin_key".into(), json!(name));
+        let v = self.vdom(vdom)?;
+        let obj = validate(v, table, &name, obj, self.max_members)?;
+        let v = self.vdom_mut(vdom)?;
+        match table {
+            Table::Address => v.addresses.insert(name.clone(), obj),
+            Table::Addrgrp => v.groups.insert(name.clone(), obj),
+        };
+        v.revision += 1;
+        Ok(name)
+    }
+
+    /// Updates `name` from a PUT body: attributes given replace those stored (a table
+    /// attribute such as `member` is replaced whole); a different `name` renames the object
+    /// and the references to it.
+    pub fn update(&mut self, vdom: &str, table: Table, name: &str, body: &Map<String, Value>) -> Result<String, ApiError> {
+        let max = self.max_members;
+        let v = self.vdom(vdom)?;
+        let mut obj = table_of(v, table).get(name).cloned().ok_or_else(ApiError::not_found)?;
+        let new_name = body.get("name").and_then(Value::as_str).unwrap_or(name).to_string();
+        if new_name != name {
+            check_name(&new_name)?;
+            if v.addresses.contains_key(&new_name) || v.groups.contains_key(&new_name) {
+                return Err(ApiError::duplicate(&new_name));
+            }
+        }
+        merge(&mut obj, body);
+        obj.insert("name".into(), json!(new_name));
+        obj.insert("q_origin_key".into(), json!(new_name));
+        let obj = validate(v, table, &new_name, obj, max)?;
+        let v = self.vdom_mut(vdom)?;
+        if new_name != name {
+            table_of_mut(v, table).remove(name);
+            rename_references(v, name, &new_name);
+        }
+        table_of_mut(v, table).insert(new_name.clone(), obj);
+        v.revision += 1;
+        Ok(new_name)
+    }
+
+    /// Deletes `name` unless a group or a policy references it.
+    pub fn delete(&mut self, vdom: &str, table: Table, name: &str) -> Result<(), ApiError> {
+        let v = self.vdom(vdom)?;
+        if !table_of(v, table).contains_key(name) {
+            return Err(ApiError::not_found());
+        }
+        if let Some(by) = referrer(v, name) {
+            return Err(ApiError::in_use(name, &by));
+        }
+        let v = self.vdom_mut(vdom)?;
+        table_of_mut(v, table).remove(name);
+        v.revision += 1;
+        Ok(())
+    }
+}
+
+fn table_of(v: &Vdom, table: Table) -> &BTreeMap<String, Map<String, Value>> {
+    match table {
+        Table::Address => &v.addresses,
+        Table::Addrgrp => &v.groups,
+    }
+}
+
+fn table_of_mut(v: &mut Vdom, table: Table) -> &mut BTreeMap<String, Map<String, Value>> {
+    match table {
+        Table::Address => &mut v.addresses,
+        Table::Addrgrp => &mut v.groups,
+    }
+}
+
+/// Who references `name`: a group (member) or a firewall policy.
+pub fn referrer(v: &Vdom, name: &str) -> Option<String> {
+    if let Some(g) = v.groups.iter().find(|(_, g)| member_names(g).any(|m| m == name)) {
+        return Some(format!("firewall.addrgrp \"{}\"", g.0));
+    }
+    v.policy_refs.get(name).and_then(|ids| ids.first()).map(|id| format!("firewall.policy {id}"))
+}
+
+fn rename_references(v: &mut Vdom, old: &str, new: &str) {
+    for g in v.groups.values_mut() {
+        if let Some(Value::Array(members)) = g.get_mut("member") {
+            for m in members.iter_mut() {
+                if m.get("name").and_then(Value::as_str) == Some(old) {
+                    *m = json!({"name": new, "q_origin_key": new});
+                }
+            }
+        }
+    }
+    if let Some(ids) = v.policy_refs.remove(old) {
+        v.policy_refs.insert(new.to_string(), ids);
+    }
+}
+
+/// The member names of a stored group.
+pub fn member_names(g: &Map<String, Value>) -> impl Iterator<Item = &str> {
+    g.get("member").and_then(Value::as_array).into_iter().flatten().filter_map(|m| m.get("name").and_then(Value::as_str))
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::invalid("name: empty value"));
+    }
+    if name.chars().count() > MAX_NAME {
+        return Err(ApiError::invalid_length("name"));
+    }
+    Ok(())
+}
+
+/// What GET returns for a new object before the body's attributes are applied.
+fn defaults(table: Table, name: &str, uuid: &str) -> Map<String, Value> {
+    let v = match table {
+        Table::Address => json!({
+            "name": name, "q_origin_key": name, "uuid": uuid, "subnet": "0.0.0.0 0.0.0.0", "type": "ipmask",
+            "comment": "", "associated-interface": "", "color": 0, "allow-routing": "disable", "fabric-object": "disable",
+        }),
+        Table::Addrgrp => json!({
+            "name": name, "q_origin_key": name, "uuid": uuid, "type": "default", "member": [], "comment": "",
+            "exclude": "disable", "exclude-member": [], "color": 0, "allow-routing": "disable", "fabric-object": "disable",
+        }),
+    };
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+fn merge(obj: &mut Map<String, Value>, body: &Map<String, Value>) {
+    for (k, v) in body {
+        // The key and uuid are the server's; everything else the client may set.
+        if k != "q_origin_key" {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// Checks an object about to be stored and normalises it as FortiOS does (subnet written as
+/// "address mask", member entries with `q_origin_key`).
+fn validate(v: &Vdom, table: Table, name: &str, mut obj: Map<String, Value>, max_members: usize) -> Result<Map<String, Value>, ApiError> {
+    if let Some(c) = obj.get("comment") {
+        let c = c.as_str().ok_or_else(|| ApiError::invalid("comment: not a string"))?;
+        if c.chars().count() > MAX_COMMENT {
+            return Err(ApiError::invalid_length("comment"));
+        }
+    }
+    if let Some(c) = obj.get("color") {
+        if !c.as_u64().is_some_and(|c| c <= 32) {
+            return Err(ApiError::invalid("color: out of range 0-32"));
+        }
+    }
+    match table {
+        Table::Address => {
+            let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
+            if !ADDRESS_TYPES.contains(&kind) {
+                return Err(ApiError::invalid(format!("type: invalid value '{kind}'")));
+            }
+            let subnet = obj.get("subnet").and_then(Value::as_str).ok_or_else(|| ApiError::invalid_ip("(not a string)"))?;
+            let (ip, prefix) = parse_subnet(subnet).ok_or_else(|| ApiError::invalid_ip(subnet))?;
+            obj.insert("subnet".into(), json!(format!("{ip} {}", prefix_mask(prefix))));
+        }
+        Table::Addrgrp => {
+            let members = match obj.get("member") {
+                Some(Value::Array(a)) => a.clone(),
+                _ => return Err(ApiError::invalid("member: not a list")),
+            };
+            // FortiOS refuses a group without members ("Attribute 'member' MUST be set.").
+            if members.is_empty() {
+                return Err(ApiError::invalid("Attribute 'member' MUST be set."));
+            }
+            if members.len() > max_members {
+                return Err(ApiError::invalid_length(&format!("member: {} entries (at most {max_members})", members.len())));
+            }
+            let mut seen = BTreeSet::new();
+            let mut out = Vec::with_capacity(members.len());
+            for m in &members {
+                let m = m.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("member: entry without a name"))?;
+                if m == name || (v.groups.contains_key(m) && contains_group(v, m, name)) {
+                    return Err(ApiError::invalid(format!("member: \"{m}\" would make a loop of groups")));
+                }
+                if !v.addresses.contains_key(m) && !v.groups.contains_key(m) {
+                    return Err(ApiError::missing_reference(m));
+                }
+                // The CLI keeps a member once; the API does the same silently.
+                if seen.insert(m.to_string()) {
+                    out.push(json!({"name": m, "q_origin_key": m}));
+                }
+            }
+            obj.insert("member".into(), Value::Array(out));
+        }
+    }
+    Ok(obj)
+}
+
+/// Whether group `outer` contains group `inner`, directly or through nested groups.
+fn contains_group(v: &Vdom, outer: &str, inner: &str) -> bool {
+    let mut stack = vec![outer.to_string()];
+    let mut seen = BTreeSet::new();
+    while let Some(g) = stack.pop() {
+        if !seen.insert(g.clone()) {
+            continue;
+        }
+        for m in v.groups.get(&g).into_iter().flat_map(member_names) {
+            if m == inner {
+                return true;
+            }
+            if v.groups.contains_key(m) {
+                stack.push(m.to_string());
+            }
+        }
+    }
+    false
+}
+
+/// Parses "a.b.c.d m.m.m.m", "a.b.c.d/len" or "a.b.c.d/m.m.m.m" (contiguous masks only).
+pub fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let s = s.trim();
+    let (ip, mask) = s.split_once(' ').or_else(|| s.split_once('/')).unwrap_or((s, "32"));
+    let ip: Ipv4Addr = ip.trim().parse().ok()?;
+    let mask = mask.trim();
+    let prefix = if let Ok(m) = mask.parse::<Ipv4Addr>() {
+        let bits = u32::from(m);
+        if bits.leading_ones() + bits.trailing_zeros() != 32 {
+            return None;
+        }
+        bits.leading_ones() as u8
+    } else {
+        let p: u8 = mask.parse().ok()?;
+        (p <= 32).then_some(p)?
+    };
+    Some((ip, prefix))
+}
+
+/// "255.255.255.0" for 24.
+pub fn prefix_mask(prefix: u8) -> Ipv4Addr {
+    Ipv4Addr::from(if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) })
+}
+
+/// The single IPv4 address an `ipmask` /32 address object stands for.
+pub fn host_of(addr: &Map<String, Value>) -> Option<Ipv4Addr> {
+    if addr.get("type").and_then(Value::as_str) != Some("ipmask") {
+        return None;
+    }
+    match parse_subnet(addr.get("subnet")?.as_str()?)? {
+        (ip, 32) => Some(ip),
+        _ => None,
+    }
+}
+
+/// Host addresses of a group, through nested groups (non-host members are skipped).
+pub fn resolve(v: &Vdom, group: &str) -> Option<BTreeSet<Ipv4Addr>> {
+    v.groups.get(group)?;
+    let mut out = BTreeSet::new();
+    let mut stack = vec![group.to_string()];
+    let mut seen = BTreeSet::new();
+    while let Some(g) = stack.pop() {
+        if !seen.insert(g.clone()) {
+            continue;
+        }
+        for m in v.groups.get(&g).into_iter().flat_map(member_names) {
+            if let Some(ip) = v.addresses.get(m).and_then(host_of) {
+                out.insert(ip);
+            } else if v.groups.contains_key(m) {
+                stack.push(m.to_string());
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("test body must be an object"),
+        }
+    }
+
+    #[test]
+    fn subnets_parse_and_normalise() {
+        assert_eq!(parse_subnet("10.1.2.3 255.255.255.255"), Some(("10.1.2.3".parse().expect("ip"), 32)));
+        assert_eq!(parse_subnet("10.1.2.0/24"), Some(("10.1.2.0".parse().expect("ip"), 24)));
+        assert_eq!(parse_subnet("10.1.2.0/255.255.0.0"), Some(("10.1.2.0".parse().expect("ip"), 16)));
+        assert_eq!(parse_subnet("10.1.2.0 255.0.255.0"), None, "non-contiguous mask");
+        assert_eq!(parse_subnet("10.1.2.300/32"), None);
+        assert_eq!(prefix_mask(24).to_string(), "255.255.255.0");
+        assert_eq!(prefix_mask(0).to_string(), "0.0.0.0");
+    }
+
+    #[test]
+    fn groups_need_existing_members_and_block_deletes() {
+        let mut s = Store::new(&[], 2, 1);
+        s.create("root", Table::Address, &body(json!({"name": "a", "subnet": "10.0.0.1/32"}))).expect("create a");
+        let stored = &s.vdoms["root"].addresses["a"];
+        assert_eq!(stored["subnet"], "10.0.0.1 255.255.255.255");
+        assert_eq!(s.create("root", Table::Address, &body(json!({"name": "a"}))).expect_err("duplicate").code, -5);
+        assert_eq!(s.create("root", Table::Addrgrp, &body(json!({"name": "a", "member": [{"name": "a"}]}))).expect_err("shared namespace").code, -5);
+        let e = s.create("root", Table::Addrgrp, &body(json!({"name": "g", "member": [{"name": "nope"}]}))).expect_err("missing member");
+        assert_eq!((e.http, e.code), (424, -3));
+        assert_eq!(s.create("root", Table::Addrgrp, &body(json!({"name": "g", "member": []}))).expect_err("empty").code, -651);
+        s.create("root", Table::Addrgrp, &body(json!({"name": "g", "member": [{"name": "a"}]}))).expect("group");
+        let e = s.delete("root", Table::Address, "a").expect_err("in use");
+        assert_eq!((e.http, e.code), (500, -23), "{e:?}");
+        s.create("root", Table::Addrgrp, &body(json!({"name": "outer", "member": [{"name": "g"}]}))).expect("nested");
+        assert_eq!(resolve(&s.vdoms["root"], "outer"), Some(["10.0.0.1".parse().expect("ip")].into()));
+        let e = s.update("root", Table::Addrgrp, "g", &body(json!({"member": [{"name": "outer"}]}))).expect_err("loop");
+        assert_eq!(e.code, -651);
+        s.create("root", Table::Address, &body(json!({"name": "b", "subnet": "10.0.0.2/32"}))).expect("b");
+        s.create("root", Table::Address, &body(json!({"name": "c", "subnet": "10.0.0.3/32"}))).expect("c");
+        let e = s.update("root", Table::Addrgrp, "g", &body(json!({"member": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}))).expect_err("over max");
+        assert_eq!(e.code, -1);
+        assert_eq!(s.create("root", Table::Address, &body(json!({"name": "x".repeat(80)}))).expect_err("long").code, -1);
+        assert_eq!(s.create("root", Table::Address, &body(json!({"name": "y", "subnet": "1.2.3"}))).expect_err("bad ip").code, -8);
+        assert_eq!(s.create("dmz", Table::Address, &body(json!({"name": "y"}))).expect_err("no vdom").http, 403);
+    }
+
+    #[test]
+    fn rename_follows_references() {
+        let mut s = Store::new(&["root".into()], 600, 1);
+        s.create("root", Table::Address, &body(json!({"name": "a", "subnet": "10.0.0.1/32"}))).expect("a");
+        s.create("root", Table::Addrgrp, &body(json!({"name": "g", "member": [{"name": "a"}]}))).expect("g");
+        s.update("root", Table::Address, "a", &body(json!({"name": "a2"}))).expect("rename");
+        assert_eq!(member_names(&s.vdoms["root"].groups["g"]).collect::<Vec<_>>(), ["a2"]);
+    }
+}
