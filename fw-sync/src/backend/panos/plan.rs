@@ -1,0 +1,192 @@
+//! Turns a [`Diff`] into the operations of one strict multi-config transaction, in an order
+//! PAN-OS accepts: members leave groups, groups go, addresses are created, members join,
+//! tags are created or removed, and last, addresses no owned group uses any more go.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use super::api::esc;
+use super::{DESCRIPTION, PLACEHOLDER, PLACEHOLDER_IP, address_name};
+use crate::diff::{Action, Diff};
+use crate::group::{FirewallState, OWNED_PREFIX, TargetKind};
+
+/// Why an operation is there (to fall back when PAN-OS refuses a delete of an object still
+/// in use).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    DeleteGroup(String),
+    DeleteAddress(Ipv4Addr),
+    Other,
+}
+
+/// One operation of a multi-config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Op {
+    pub action: &'static str,
+    pub xpath: String,
+    pub element: String,
+    pub purpose: Purpose,
+}
+
+impl Op {
+    fn new(action: &'static str, xpath: String, element: String, purpose: Purpose) -> Op {
+        Op { action, xpath, element, purpose }
+    }
+}
+
+/// What the plan must not do again after PAN-OS refused it (reference count not zero).
+#[derive(Debug, Default)]
+pub(crate) struct Pinned {
+    /// Owned groups still used by a rule or another group: emptied instead of deleted.
+    pub groups: BTreeSet<String>,
+    /// Owned addresses still used elsewhere: kept.
+    pub addresses: BTreeSet<Ipv4Addr>,
+}
+
+/// The operations for the static groups and tags of `diff`. `known` is the owned state
+/// before it (to tell which addresses stay in use), `orphans` owned addresses no group uses,
+/// `foreign_refs` owned address names that objects fw-sync does not own refer to.
+pub(crate) fn plan(base: &str, diff: &Diff, known: &FirewallState, orphans: &BTreeSet<Ipv4Addr>, foreign_refs: &BTreeSet<String>, pinned: &Pinned) -> Vec<Op> {
+    let group_xpath = |name: &str| format!("{base}/address-group/entry[@name='{OWNED_PREFIX}{name}']");
+    let member_xpath = |name: &str, member: &str| format!("{}/static/member[text()='{member}']", group_xpath(name));
+    let statics = diff.changes.iter().filter(|c| c.object.kind == TargetKind::PanosStaticGroup);
+    let (mut removals, mut deletes, mut joins, mut after) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut new_addresses = BTreeSet::new();
+    let mut need_placeholder = false;
+    for c in statics {
+        let name = &c.object.name;
+        let delete = c.action == Action::Delete && !pinned.groups.contains(name);
+        if delete {
+            deletes.push(Op::new("delete", group_xpath(name), String::new(), Purpose::DeleteGroup(name.clone())));
+            continue;
+        }
+        for ip in &c.remove {
+            removals.push(Op::new("delete", member_xpath(name, &address_name(*ip)), String::new(), Purpose::Other));
+        }
+        new_addresses.extend(c.add.iter().copied());
+        // PAN-OS refuses to commit a static group without members: an empty group holds the
+        // placeholder, which is dropped again as soon as it has a real member.
+        let mut members: Vec<String> = c.add.iter().map(|ip| address_name(*ip)).collect();
+        if c.desired.is_empty() {
+            need_placeholder = true;
+            members.push(PLACEHOLDER.into());
+        } else if c.action == Action::Update {
+            after.push(Op::new("delete", member_xpath(name, PLACEHOLDER), String::new(), Purpose::Other));
+        }
+        if !members.is_empty() {
+            let mut el = String::from("<static>");
+            for m in members {
+                let _ = write!(el, "<member>{}</member>", esc(&m));
+            }
+            el.push_str("</static>");
+            joins.push(Op::new("set", group_xpath(name), el, Purpose::Other));
+        }
+    }
+    let mut ops = removals;
+    ops.append(&mut deletes);
+    if !new_addresses.is_empty() || need_placeholder {
+        let mut el = String::new();
+        for ip in &new_addresses {
+            let _ = write!(el, "<entry name=\"{}\"><ip-netmask>{ip}/32</ip-netmask><description>{DESCRIPTION}</description></entry>", address_name(*ip));
+        }
+        if need_placeholder {
+            let _ = write!(el, "<entry name=\"{PLACEHOLDER}\"><ip-netmask>{PLACEHOLDER_IP}/32</ip-netmask><description>{DESCRIPTION} (stands in for no member)</description></entry>");
+        }
+        ops.push(Op::new("set", format!("{base}/address"), el, Purpose::Other));
+    }
+    ops.append(&mut joins);
+    ops.append(&mut after);
+    for c in diff.changes.iter().filter(|c| c.object.kind == TargetKind::PanosDynamicTag) {
+        let xpath = format!("{base}/tag/entry[@name='{OWNED_PREFIX}{}']", c.object.name);
+        match c.action {
+            Action::Create => ops.push(Op::new("set", xpath, format!("<comments>{DESCRIPTION}</comments>"), Purpose::Other)),
+            Action::Delete => ops.push(Op::new("delete", xpath, String::new(), Purpose::Other)),
+            Action::Update => {}
+        }
+    }
+    // Addresses in use after the diff: every static group's members as they will be.
+    let mut after_state: BTreeMap<&str, &BTreeSet<Ipv4Addr>> =
+        known.iter().filter(|(o, _)| o.kind == TargetKind::PanosStaticGroup).map(|(o, m)| (o.name.as_str(), m)).collect();
+    let empty = BTreeSet::new();
+    for c in diff.changes.iter().filter(|c| c.object.kind == TargetKind::PanosStaticGroup) {
+        after_state.insert(&c.object.name, if c.action == Action::Delete { &empty } else { &c.desired });
+    }
+    let in_use: BTreeSet<Ipv4Addr> = after_state.values().flat_map(|m| m.iter().copied()).collect();
+    let candidates: BTreeSet<Ipv4Addr> =
+        diff.changes.iter().filter(|c| c.object.kind == TargetKind::PanosStaticGroup).flat_map(|c| c.remove.iter().copied()).chain(orphans.iter().copied()).collect();
+    for ip in candidates {
+        if in_use.contains(&ip) || pinned.addresses.contains(&ip) || foreign_refs.contains(&address_name(ip)) {
+            continue;
+        }
+        ops.push(Op::new("delete", format!("{base}/address/entry[@name='{}']", address_name(ip)), String::new(), Purpose::DeleteAddress(ip)));
+    }
+    ops
+}
+
+/// The `<multi-config>` element, operation ids counting from 1.
+pub(crate) fn multi_config_element(ops: &[Op]) -> String {
+    let mut out = String::from("<multi-config>");
+    for (i, op) in ops.iter().enumerate() {
+        let id = i + 1;
+        if op.element.is_empty() {
+            let _ = write!(out, "<{a} id=\"{id}\" xpath=\"{x}\"/>", a = op.action, x = esc(&op.xpath));
+        } else {
+            let _ = write!(out, "<{a} id=\"{id}\" xpath=\"{x}\">{e}</{a}>", a = op.action, x = esc(&op.xpath), e = op.element);
+        }
+    }
+    out.push_str("</multi-config>");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::ObjectRef;
+
+    fn ips(l: &[&str]) -> BTreeSet<Ipv4Addr> {
+        l.iter().map(|s| s.parse().expect("test IP")).collect()
+    }
+
+    #[test]
+    fn a_move_is_one_ordered_transaction_and_unused_addresses_go_last() {
+        let o = |n: &str| ObjectRef { kind: TargetKind::PanosStaticGroup, name: n.into() };
+        let known: FirewallState = [(o("a"), ips(&["10.0.0.1", "10.0.0.5"])), (o("b"), ips(&["10.0.0.2"])), (o("c"), ips(&["10.0.0.1"]))].into();
+        let desired: FirewallState = [(o("a"), ips(&[])), (o("b"), ips(&["10.0.0.2", "10.0.0.5"])), (o("c"), ips(&["10.0.0.1"]))].into();
+        let diff = Diff::compute(&desired, &known);
+        let ops = plan("/B", &diff, &known, &ips(&["10.9.9.9"]), &BTreeSet::new(), &Pinned::default());
+        let shown: Vec<String> = ops.iter().map(|o| format!("{} {}", o.action, o.xpath)).collect();
+        assert_eq!(
+            shown,
+            [
+                "delete /B/address-group/entry[@name='bhfw-a']/static/member[text()='bhfw-10.0.0.1']",
+                "delete /B/address-group/entry[@name='bhfw-a']/static/member[text()='bhfw-10.0.0.5']",
+                "set /B/address",
+                "set /B/address-group/entry[@name='bhfw-a']",
+                "set /B/address-group/entry[@name='bhfw-b']",
+                "delete /B/address-group/entry[@name='bhfw-b']/static/member[text()='bhfw-empty-group']",
+                // 10.0.0.1 stays in use by c, 10.0.0.5 moved to b; only the orphan goes.
+                "delete /B/address/entry[@name='bhfw-10.9.9.9']",
+            ]
+        );
+        assert!(ops[2].element.contains("<entry name=\"bhfw-10.0.0.5\"><ip-netmask>10.0.0.5/32</ip-netmask>"), "{}", ops[2].element);
+        assert!(ops[2].element.contains("bhfw-empty-group"), "placeholder address for the emptied group");
+        assert_eq!(ops[3].element, "<static><member>bhfw-empty-group</member></static>");
+        let el = multi_config_element(&ops[..1]);
+        assert_eq!(el, "<multi-config><delete id=\"1\" xpath=\"/B/address-group/entry[@name=&apos;bhfw-a&apos;]/static/member[text()=&apos;bhfw-10.0.0.1&apos;]\"/></multi-config>");
+    }
+
+    #[test]
+    fn a_pinned_group_is_emptied_instead_of_deleted() {
+        let o = ObjectRef { kind: TargetKind::PanosStaticGroup, name: "old".into() };
+        let known: FirewallState = [(o.clone(), ips(&["10.0.0.1"]))].into();
+        let diff = Diff::compute(&FirewallState::new(), &known);
+        let mut pinned = Pinned::default();
+        let ops = plan("/B", &diff, &known, &BTreeSet::new(), &BTreeSet::new(), &pinned);
+        assert_eq!(ops.iter().map(|o| &o.purpose).collect::<Vec<_>>(), [&Purpose::DeleteGroup("old".into()), &Purpose::DeleteAddress("10.0.0.1".parse().expect("ip"))]);
+        pinned.groups.insert("old".into());
+        let ops = plan("/B", &diff, &known, &BTreeSet::new(), &BTreeSet::new(), &pinned);
+        assert!(ops.iter().all(|o| o.purpose != Purpose::DeleteGroup("old".into())));
+        assert!(ops.iter().any(|o| o.element == "<static><member>bhfw-empty-group</member></static>"), "{ops:?}");
+    }
+}
