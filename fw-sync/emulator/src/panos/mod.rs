@@ -322,7 +322,7 @@ fn static_group(root: &Node, location: &str, group: &str) -> Option<BTreeSet<Ipv
 
 /// PAN-OS's web server answers an overloaded or failing management plane with an HTML page.
 fn server_error(n: u64) -> Response {
-    let (code, text) = if n % 2 == 0 { (500, "Internal Server Error") } else { (503, "Service Temporarily Unavailable") };
+    let (code, text) = if n.is_multiple_of(2) { (500, "Internal Server Error") } else { (503, "Service Temporarily Unavailable") };
     Response::new(
         code,
         "text/html",
