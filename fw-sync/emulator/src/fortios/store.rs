@@ -284,10 +284,10 @@ fn validate(v: &Vdom, table: Table, name: &str, mut obj: Map<String, Value>, max
             return Err(ApiError::invalid_length("comment"));
         }
     }
-    if let Some(c) = obj.get("color") {
-        if !c.as_u64().is_some_and(|c| c <= 32) {
-            return Err(ApiError::invalid("color: out of range 0-32"));
-        }
+    if let Some(c) = obj.get("color")
+        && c.as_u64().is_none_or(|c| c > 32)
+    {
+        return Err(ApiError::invalid("color: out of range 0-32"));
     }
     match table {
         Table::Address => {
