@@ -4,11 +4,17 @@
 //! host veth = the pod's egress) and `bh_to_pod` (TC egress of the host veth = the pod's
 //! ingress). `bh_xdp_prefilter` runs first on packets leaving the pod and drops spoofed source
 //! addresses before the stack spends anything on them. `bh_noop` is the benchmark baseline.
+//!
+//! The detector's probes are tracepoints: `bh_exec` (sched_process_exec: exec events and
+//! in-kernel protect), `bh_fork` (sched_process_fork: parents) and `bh_sys_enter`
+//! (raw_syscalls/sys_enter: syscall counts). TC drops traffic of isolated endpoints.
 #![no_std]
 #![no_main]
 
 mod conntrack;
+mod detect;
 mod events;
+mod isolate;
 mod maps;
 mod parse;
 mod policy;
@@ -16,8 +22,8 @@ mod policy;
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_ktime_get_coarse_ns,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, tracepoint, xdp},
+    programs::{TcContext, TracePointContext, XdpContext},
 };
 use bulkhead_common::{
     ConfigV1, CtKeyV1, CtValueV1, EndpointV1, action, config_flags, counters, direction, ep_flags, flow_kind, proto,
@@ -53,6 +59,25 @@ pub fn bh_noop(_ctx: TcContext) -> i32 {
 #[xdp]
 pub fn bh_xdp_prefilter(ctx: XdpContext) -> u32 {
     try_xdp(&ctx)
+}
+
+/// Exec of a process: report it; in protect mode kill and isolate on a binary outside the
+/// workload's profile.
+#[tracepoint]
+pub fn bh_exec(ctx: TracePointContext) -> u32 {
+    detect::try_exec(&ctx)
+}
+
+/// Fork of a task: remember its parent (monitored workloads only).
+#[tracepoint]
+pub fn bh_fork(ctx: TracePointContext) -> u32 {
+    detect::try_fork(&ctx)
+}
+
+/// Entry of a syscall: count it per workload (monitored workloads only).
+#[tracepoint]
+pub fn bh_sys_enter(ctx: TracePointContext) -> u32 {
+    detect::try_sys_enter(&ctx)
 }
 
 #[inline(always)]
@@ -125,6 +150,10 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
             return TC_DROP;
         }
     };
+    // Before conntrack, so established flows of an isolated endpoint stop too.
+    if isolate::check(ifindex, &flow, dir) == Some(false) {
+        return TC_DROP;
+    }
     if ep.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
         count(counters::DROP_OVERFLOW);
         return TC_DROP;

@@ -3,7 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use bulkhead_common::detect::{
+    self as det, AllowKeyV1, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
     ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
@@ -69,6 +72,48 @@ pub static CONFIG: Array<ConfigV1> = Array::with_max_entries(1, 0);
 /// Written by TC and XDP; read and summed by the agent.
 #[map(name = "BH_COUNTERS_V1")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(capacity::COUNTERS, 0);
+
+/// Key: cgroup v2 id. Value: how the workload is monitored (mode, profile, endpoint, flags).
+/// Written by the agent; read by the exec, fork and syscall probes, which return at once for
+/// cgroups not in it (only monitored workloads pay for probes).
+#[map(name = "BH_DET_WL_V1")]
+pub static WORKLOADS: HashMap<u64, WorkloadV1> = HashMap::with_max_entries(det::capacity::WORKLOADS, 0);
+
+/// Key: (profile id, exec path hash). Value: 1. Written by the agent from learned profiles;
+/// read by the exec probe in monitor and protect mode.
+#[map(name = "BH_DET_EXEC_V1")]
+pub static EXEC_ALLOW: HashMap<ExecKeyV1, u8> = HashMap::with_max_entries(det::capacity::EXEC_ALLOW, 0);
+
+/// Key: host-side ifindex. Value: since when and why the endpoint is isolated. Written by the
+/// exec probe (protect mode) and the agent; removed by release; read by TC on every packet.
+/// Pinned, so isolation survives an agent restart.
+#[map(name = "BH_ISOLATE_V1")]
+pub static ISOLATION: HashMap<u32, IsolationV1> = HashMap::with_max_entries(det::capacity::ISOLATION, 0);
+
+/// Key: (address or 0.0.0.0, port, protocol) an isolated endpoint may still reach. Value: 1.
+/// Written by the agent; read by TC for packets of isolated endpoints.
+#[map(name = "BH_ISOALLOW_V1")]
+pub static ISOLATION_ALLOW: HashMap<AllowKeyV1, u8> =
+    HashMap::with_max_entries(det::capacity::ISOLATION_ALLOW, 0);
+
+/// Exec events (`DetEventV1`). Written by the exec probe; read by the agent's detector thread.
+#[map(name = "BH_DET_EVENTS_V1")]
+pub static DET_EVENTS: RingBuf = RingBuf::with_byte_size(det::capacity::EVENT_RING_BYTES, 0);
+
+/// Key: 0. Value: the event being built (too big for the BPF stack). Written and read by the
+/// exec probe only.
+#[map(name = "BH_DET_SCRATCH_V1")]
+pub static DET_SCRATCH: PerCpuArray<DetEventV1> = PerCpuArray::with_max_entries(1, 0);
+
+/// Key: (cgroup id, syscall number). Value: per-CPU count. Written by the syscall probe for
+/// workloads with the SYSCALLS flag; read (summed) and cleared by the agent.
+#[map(name = "BH_DET_SYSCALLS_V1")]
+pub static SYSCALLS: PerCpuHashMap<SyscallKeyV1, u64> = PerCpuHashMap::with_max_entries(det::capacity::SYSCALLS, 0);
+
+/// Key: pid of a task forked in a monitored workload. Value: its parent's pid. Written by the
+/// fork probe; read by the exec probe (the parent of an exec). LRU: old tasks fall out.
+#[map(name = "BH_DET_PARENTS_V1")]
+pub static PARENTS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(det::capacity::PARENTS, 0);
 
 /// Adds one to a counter. A missing slot is impossible (index < capacity); ignoring it keeps
 /// the hot path free of a branch that could never be taken.

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    sync::mpsc,
+    sync::{Arc, mpsc},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -15,6 +15,7 @@ use policy_compiler::compile::{Compiled, Compiler, Limits};
 use crate::{
     apply,
     datastore::{Datastore, FileDatastore},
+    detect::{self, Detector},
     error::AgentError,
     gc,
     loader::Dataplane,
@@ -104,13 +105,18 @@ enum Request {
     Counters(mpsc::Sender<Result<Vec<(String, u64)>, AgentError>>),
     Flows(mpsc::Sender<Vec<crate::flows::FlowRecord>>),
     PolicyStats(mpsc::Sender<Result<Vec<crate::status::PolicyStatsRow>, AgentError>>),
+    /// Work on the detector (runs on the agent thread, which owns the maps).
+    Detector(Box<dyn FnOnce(&mut Dataplane, &mut Detector) + Send>),
     Stop,
+    /// Stop but keep the kernel enforcing: links and maps stay pinned for the next agent.
+    StopKeep(mpsc::Sender<Result<usize, AgentError>>),
 }
 
 /// A running agent. Dropping it stops the thread, detaches the programs and removes the pins.
 pub struct Agent {
     tx: mpsc::Sender<Request>,
     thread: Option<JoinHandle<()>>,
+    detector: Arc<detect::Shared>,
 }
 
 impl Agent {
@@ -132,7 +138,7 @@ impl Agent {
             .spawn(move || worker(cfg, store, rx, init_tx))
             .map_err(|_| AgentError::Stopped)?;
         match init_rx.recv() {
-            Ok(Ok(())) => Ok(Agent { tx, thread: Some(thread) }),
+            Ok(Ok(detector)) => Ok(Agent { tx, thread: Some(thread), detector }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -164,6 +170,83 @@ impl Agent {
         let (tx, rx) = mpsc::channel();
         self.tx.send(Request::PolicyStats(tx)).map_err(|_| AgentError::Stopped)?;
         rx.recv().map_err(|_| AgentError::Stopped)?
+    }
+
+    /// Runs `f` on the agent thread with the detector and the maps.
+    fn with_detector<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Dataplane, &mut Detector) -> Result<T, AgentError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(Request::Detector(Box::new(move |dp, det| {
+                let _ = tx.send(f(dp, det));
+            })))
+            .map_err(|_| AgentError::Stopped)?;
+        rx.recv().map_err(|_| AgentError::Stopped)?
+    }
+
+    /// Starts (or changes) monitoring of a workload by the detector.
+    pub fn detector_monitor(&self, spec: detect::WorkloadSpec) -> Result<detect::WorkloadStatus, AgentError> {
+        self.with_detector(move |dp, det| det.monitor(dp, spec))
+    }
+
+    /// Switches a monitored workload's mode (protect installs the learned profile).
+    pub fn detector_set_mode(&self, name: &str, mode: detect::Mode) -> Result<detect::WorkloadStatus, AgentError> {
+        let name = name.to_string();
+        self.with_detector(move |dp, det| det.set_mode(dp, &name, mode))
+    }
+
+    /// Isolates a workload's endpoint (user-space decision).
+    pub fn detector_isolate(&self, name: &str) -> Result<(), AgentError> {
+        let name = name.to_string();
+        self.with_detector(move |dp, det| det.isolate(dp, &name))
+    }
+
+    /// Undoes isolate and pause; returns whether the workload was isolated, frozen.
+    pub fn detector_release(&self, name: &str) -> Result<(bool, bool), AgentError> {
+        let name = name.to_string();
+        self.with_detector(move |dp, det| det.release(dp, &name))
+    }
+
+    /// Stops monitoring a workload.
+    pub fn detector_unmonitor(&self, name: &str) -> Result<(), AgentError> {
+        let name = name.to_string();
+        self.with_detector(move |dp, det| det.unmonitor(dp, &name))
+    }
+
+    /// Replaces the isolation allow-list: (address or 0.0.0.0, port, IP protocol).
+    pub fn detector_isolation_allow(&self, allow: Vec<(std::net::Ipv4Addr, u16, u8)>) -> Result<(), AgentError> {
+        self.with_detector(move |dp, det| det.set_isolation_allow(dp, &allow))
+    }
+
+    /// Status of the monitored workloads.
+    pub fn detector_status(&self) -> Result<Vec<detect::WorkloadStatus>, AgentError> {
+        self.with_detector(|dp, det| Ok(det.status(dp)))
+    }
+
+    /// A workload's syscall counts (number, count).
+    pub fn detector_syscalls(&self, name: &str) -> Result<Vec<(u32, u64)>, AgentError> {
+        let name = name.to_string();
+        self.with_detector(move |dp, det| det.syscalls(dp, &name))
+    }
+
+    /// Events and workloads shared with the detector's event thread (wait for events here).
+    pub fn detector(&self) -> Arc<detect::Shared> {
+        self.detector.clone()
+    }
+
+    /// Stops the agent but leaves the kernel enforcing: TC and exec-probe links and all maps
+    /// stay pinned, so isolation, protect and policy hold while no agent runs; the next agent
+    /// on the same pin folder takes over. Returns the number of links kept.
+    pub fn stop_keep_enforcing(mut self) -> Result<usize, AgentError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Request::StopKeep(tx)).map_err(|_| AgentError::Stopped)?;
+        let r = rx.recv().map_err(|_| AgentError::Stopped)?;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        r
     }
 
     /// Datapath counters, summed over CPUs.
@@ -219,13 +302,14 @@ struct State {
     pending: Vec<String>,
     flows: crate::flows::FlowLog,
     state_dir: PathBuf,
+    det: Detector,
 }
 
 fn worker(
     cfg: AgentConfig,
     store: Box<dyn Datastore>,
     rx: mpsc::Receiver<Request>,
-    init: mpsc::Sender<Result<(), AgentError>>,
+    init: mpsc::Sender<Result<Arc<detect::Shared>, AgentError>>,
 ) {
     let span = tracing::info_span!("agent", store = %store.describe());
     let _g = span.enter();
@@ -235,7 +319,7 @@ fn worker(
             return;
         }
     }
-    let dp = match Dataplane::load(&cfg.pin_dir) {
+    let mut dp = match Dataplane::load(&cfg.pin_dir) {
         Ok(dp) => dp,
         Err(e) => {
             let _ = init.send(Err(e));
@@ -244,7 +328,16 @@ fn worker(
     };
     let state_dir = cfg.state_dir();
     let _ = std::fs::create_dir_all(&state_dir);
+    let det = match Detector::start(&mut dp, &state_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            dp.unload();
+            let _ = init.send(Err(e));
+            return;
+        }
+    };
     let mut st = State {
+        det,
         flows: crate::flows::FlowLog::new(&state_dir.join("flows.jsonl")),
         state_dir,
         dp,
@@ -260,9 +353,10 @@ fn worker(
         Ok(r) => {
             apply::drop_stale_endpoints(&mut st.dp, &st.endpoints);
             tracing::info!(rev = r.policy_rev, upserts = r.upserts, "first sync done");
-            let _ = init.send(Ok(()));
+            let _ = init.send(Ok(st.det.shared()));
         }
         Err(e) => {
+            st.det.stop();
             st.dp.unload();
             let _ = init.send(Err(e));
             return;
@@ -270,6 +364,7 @@ fn worker(
     }
     let tick = Duration::from_millis(20);
     let mut last_gc = Instant::now();
+    let mut keep: Option<mpsc::Sender<Result<usize, AgentError>>> = None;
     loop {
         match rx.recv_timeout(tick) {
             Ok(Request::Sync(reply)) => {
@@ -295,6 +390,11 @@ fn worker(
             Ok(Request::Counters(reply)) => {
                 let _ = reply.send(st.dp.counters());
             }
+            Ok(Request::Detector(f)) => f(&mut st.dp, &mut st.det),
+            Ok(Request::StopKeep(reply)) => {
+                keep = Some(reply);
+                break;
+            }
             Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 drain_flows(&mut st);
@@ -315,13 +415,24 @@ fn worker(
         }
     }
     drain_flows(&mut st);
-    st.dp.unload();
-    // Only the agent's own files: the folder may be shared (the lab keeps its datastore there).
-    for f in ["flows.jsonl", "policies.json"] {
-        let _ = std::fs::remove_file(st.state_dir.join(f));
+    let State { mut dp, det, state_dir, .. } = st;
+    det.save();
+    det.stop();
+    if let Some(reply) = keep {
+        let r = dp.pin_links();
+        tracing::info!(kept = ?r.as_ref().ok(), "agent stopped; the kernel keeps enforcing");
+        // Dropping the loaded object closes our handles only: the pins hold the rest.
+        drop(dp);
+        let _ = reply.send(r);
+        return;
     }
-    let _ = std::fs::remove_dir(&st.state_dir);
-    let _ = std::fs::remove_dir(st.state_dir.parent().unwrap_or(std::path::Path::new("/")));
+    dp.unload();
+    // Only the agent's own files: the folder may be shared (the lab keeps its datastore there).
+    for f in ["flows.jsonl", "policies.json", detect::WORKLOADS_FILE, detect::EVENTS_FILE] {
+        let _ = std::fs::remove_file(state_dir.join(f));
+    }
+    let _ = std::fs::remove_dir(&state_dir);
+    let _ = std::fs::remove_dir(state_dir.parent().unwrap_or(std::path::Path::new("/")));
 }
 
 fn policy_stats(st: &State) -> Result<Vec<crate::status::PolicyStatsRow>, AgentError> {

@@ -24,6 +24,8 @@ pub enum AgentError {
     Invalid(String),
     #[error("policy compiler: {0}")]
     Compile(String),
+    #[error("detector: {0}")]
+    Detector(String),
     #[error("the agent thread stopped")]
     Stopped,
 }

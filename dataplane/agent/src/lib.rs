@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod apply;
 pub mod datastore;
+pub mod detect;
 pub mod error;
 pub mod flows;
 pub mod gc;

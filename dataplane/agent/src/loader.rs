@@ -8,13 +8,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp,
+        LinkOrder, SchedClassifier, TcAttachType, TracePoint, Xdp,
+        links::FdLink,
         tc::{SchedClassifierLinkId, TcAttachOptions},
+        trace_point::TracePointLinkId,
         xdp::{XdpLinkId, XdpMode},
     },
 };
+use bulkhead_common::detect::{self as det, AllowKeyV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
     ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
     PolicyValueV2, SliceKeyV1, SliceValueV1, map_names,
@@ -31,9 +34,23 @@ pub mod programs {
     pub const TO_POD: &str = "bh_to_pod";
     pub const NOOP: &str = "bh_noop";
     pub const XDP_PREFILTER: &str = "bh_xdp_prefilter";
+    /// Detector probes (tracepoints).
+    pub const EXEC: &str = "bh_exec";
+    pub const FORK: &str = "bh_fork";
+    pub const SYS_ENTER: &str = "bh_sys_enter";
 }
 
-const ALL_MAPS: [&str; 11] = [
+/// Tracepoints of the detector probes: (program, category, name).
+const TRACEPOINTS: [(&str, &str, &str); 3] = [
+    (programs::EXEC, "sched", "sched_process_exec"),
+    (programs::FORK, "sched", "sched_process_fork"),
+    (programs::SYS_ENTER, "raw_syscalls", "sys_enter"),
+];
+
+/// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
+const LINKS_DIR: &str = "links";
+
+const ALL_MAPS: [&str; 19] = [
     map_names::ENDPOINTS,
     map_names::IPHOST,
     map_names::IPCACHE,
@@ -45,6 +62,14 @@ const ALL_MAPS: [&str; 11] = [
     map_names::CONNTRACK,
     map_names::CONFIG,
     map_names::COUNTERS,
+    det::map_names::WORKLOADS,
+    det::map_names::EXEC_ALLOW,
+    det::map_names::ISOLATION,
+    det::map_names::ISOLATION_ALLOW,
+    det::map_names::EVENTS,
+    det::map_names::SCRATCH,
+    det::map_names::SYSCALLS,
+    det::map_names::PARENTS,
 ];
 
 /// Links of one attached interface.
@@ -68,6 +93,18 @@ pub struct Maps {
     pub conntrack: HashMap<MapData, CtKeyV1, CtValueV1>,
     pub config: Array<MapData, ConfigV1>,
     pub counters: PerCpuArray<MapData, u64>,
+    pub det: DetectorMaps,
+}
+
+/// Typed handles on the detector's maps.
+pub struct DetectorMaps {
+    pub workloads: HashMap<MapData, u64, WorkloadV1>,
+    pub exec_allow: HashMap<MapData, ExecKeyV1, u8>,
+    pub isolation: HashMap<MapData, u32, IsolationV1>,
+    pub isolation_allow: HashMap<MapData, AllowKeyV1, u8>,
+    pub syscalls: PerCpuHashMap<MapData, SyscallKeyV1, u64>,
+    /// Exec events; taken by the detector's event thread.
+    pub events: Option<RingBuf<MapData>>,
 }
 
 /// The loaded programs and maps of one agent instance.
@@ -76,6 +113,8 @@ pub struct Dataplane {
     pub maps: Maps,
     pin_dir: PathBuf,
     attached: BTreeMap<String, Attachment>,
+    /// Attached detector tracepoints by program name.
+    tracepoints: BTreeMap<&'static str, TracePointLinkId>,
 }
 
 fn map_err(map: &'static str, e: impl std::fmt::Display) -> AgentError {
@@ -108,6 +147,14 @@ impl Dataplane {
             .try_into()
             .map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
         x.load().map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
+        for (name, _, _) in TRACEPOINTS {
+            let t: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| map_err("programs", format!("{name} missing from the object")))?
+                .try_into()
+                .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
+            t.load().map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
+        }
         // Programs are pinned beside the maps so `bpftool` and operators find everything of an
         // instance in one folder; a pin left by an earlier run is replaced.
         for name in [programs::FROM_POD, programs::TO_POD, programs::NOOP, programs::XDP_PREFILTER] {
@@ -134,8 +181,99 @@ impl Dataplane {
             conntrack: HashMap::try_from(take(map_names::CONNTRACK)?).map_err(|e| map_err(map_names::CONNTRACK, e))?,
             config: Array::try_from(take(map_names::CONFIG)?).map_err(|e| map_err(map_names::CONFIG, e))?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?).map_err(|e| map_err(map_names::COUNTERS, e))?,
+            det: DetectorMaps {
+                workloads: HashMap::try_from(take(det::map_names::WORKLOADS)?).map_err(|e| map_err(det::map_names::WORKLOADS, e))?,
+                exec_allow: HashMap::try_from(take(det::map_names::EXEC_ALLOW)?).map_err(|e| map_err(det::map_names::EXEC_ALLOW, e))?,
+                isolation: HashMap::try_from(take(det::map_names::ISOLATION)?).map_err(|e| map_err(det::map_names::ISOLATION, e))?,
+                isolation_allow: HashMap::try_from(take(det::map_names::ISOLATION_ALLOW)?)
+                    .map_err(|e| map_err(det::map_names::ISOLATION_ALLOW, e))?,
+                syscalls: PerCpuHashMap::try_from(take(det::map_names::SYSCALLS)?).map_err(|e| map_err(det::map_names::SYSCALLS, e))?,
+                events: Some(RingBuf::try_from(take(det::map_names::EVENTS)?).map_err(|e| map_err(det::map_names::EVENTS, e))?),
+            },
         };
-        Ok(Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new() })
+        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new() };
+        // Exec and fork are rare events: their probes are always on (they return at once for
+        // unmonitored cgroups). The syscall probe is attached only while someone needs it.
+        dp.set_tracepoint(programs::EXEC, true)?;
+        dp.set_tracepoint(programs::FORK, true)?;
+        // A previous agent stopped with its enforcement kept (pinned links): the new probes
+        // run now, so the old ones can go.
+        for name in [programs::EXEC, programs::FORK] {
+            let _ = std::fs::remove_file(dp.pin_dir.join(LINKS_DIR).join(name));
+        }
+        Ok(dp)
+    }
+
+    /// Attaches (`on`) or detaches a detector tracepoint program. Idempotent.
+    pub fn set_tracepoint(&mut self, name: &'static str, on: bool) -> Result<(), AgentError> {
+        let (_, category, tp) = TRACEPOINTS
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .copied()
+            .ok_or_else(|| map_err("programs", format!("{name} is not a tracepoint program")))?;
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| map_err("programs", format!("{name} missing")))?
+            .try_into()
+            .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
+        match (on, self.tracepoints.get(name)) {
+            (true, None) => {
+                let id = prog.attach(category, tp).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
+                self.tracepoints.insert(name, id);
+            }
+            (false, Some(_)) => {
+                let id = self.tracepoints.remove(name).expect("checked");
+                prog.detach(id).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether a detector tracepoint is attached.
+    pub fn tracepoint_attached(&self, name: &str) -> bool {
+        self.tracepoints.contains_key(name)
+    }
+
+    /// Pins the TC links of every interface and the exec and fork probes' links under
+    /// `<pin dir>/links`, so the kernel keeps enforcing (policy, isolation, protect) while no
+    /// agent runs. The next agent on this pin folder replaces them by its own (attach first,
+    /// then unpin: no gap). The XDP pre-filter and the syscall probe are not kept.
+    pub fn pin_links(&mut self) -> Result<usize, AgentError> {
+        let dir = self.pin_dir.join(LINKS_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| AgentError::PinDir { path: dir.clone(), source: e })?;
+        let mut pinned = 0;
+        let attached: Vec<(String, Attachment)> = std::mem::take(&mut self.attached).into_iter().collect();
+        for (ifname, a) in attached {
+            for (prog, id, suffix) in [(programs::FROM_POD, a.from_pod, "from"), (programs::TO_POD, a.to_pod, "to")] {
+                let link = self.classifier(prog)?.take_link(id).map_err(|e| AgentError::Program { program: static_name(prog), source: e })?;
+                let fd: FdLink = link.try_into().map_err(|e| map_err("links", format!("{ifname} {suffix}: {e}")))?;
+                let path = dir.join(format!("{ifname}-{suffix}"));
+                let _ = std::fs::remove_file(&path);
+                fd.pin(&path).map_err(|e| map_err("links", format!("pinning {}: {e}", path.display())))?;
+                pinned += 1;
+            }
+            if let (Some(l), Ok(x)) = (a.xdp, self.xdp()) {
+                let _ = x.detach(l);
+            }
+        }
+        for name in [programs::EXEC, programs::FORK] {
+            let Some(id) = self.tracepoints.remove(name) else { continue };
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| map_err("programs", format!("{name} missing")))?
+                .try_into()
+                .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
+            let link = prog.take_link(id).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
+            let fd: FdLink = link.try_into().map_err(|e| map_err("links", format!("{name}: {e}")))?;
+            let path = dir.join(name);
+            let _ = std::fs::remove_file(&path);
+            fd.pin(&path).map_err(|e| map_err("links", format!("pinning {}: {e}", path.display())))?;
+            pinned += 1;
+        }
+        Ok(pinned)
     }
 
     /// The bpffs folder holding this instance's pins.
@@ -190,6 +328,10 @@ impl Dataplane {
             }
         };
         self.attached.insert(ifname.to_string(), Attachment { ifindex, from_pod, to_pod, xdp });
+        // Links kept by a previous agent (pin_links) on this interface: ours run now.
+        for suffix in ["from", "to"] {
+            let _ = std::fs::remove_file(self.pin_dir.join(LINKS_DIR).join(format!("{ifname}-{suffix}")));
+        }
         Ok(ifindex)
     }
 
@@ -242,6 +384,14 @@ impl Dataplane {
         for p in [programs::FROM_POD, programs::TO_POD, programs::NOOP, programs::XDP_PREFILTER] {
             let _ = std::fs::remove_file(self.pin_dir.join(p));
         }
+        // Links a previous agent kept: removing the pins detaches them.
+        let links = self.pin_dir.join(LINKS_DIR);
+        if let Ok(rd) = std::fs::read_dir(&links) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&links);
         let _ = std::fs::remove_dir(&self.pin_dir);
         if let Some(parent) = self.pin_dir.parent() {
             // Removes the shared parent only when no other instance uses it.
@@ -260,6 +410,9 @@ fn static_name(name: &str) -> &'static str {
         programs::FROM_POD => programs::FROM_POD,
         programs::TO_POD => programs::TO_POD,
         programs::NOOP => programs::NOOP,
+        programs::EXEC => programs::EXEC,
+        programs::FORK => programs::FORK,
+        programs::SYS_ENTER => programs::SYS_ENTER,
         _ => programs::XDP_PREFILTER,
     }
 }

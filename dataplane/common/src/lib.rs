@@ -7,6 +7,8 @@
 //! version in every map name so a new layout never reads an old pinned map.
 #![no_std]
 
+pub mod detect;
+
 /// Map names. The version suffix changes whenever a key or value layout changes.
 pub mod map_names {
     /// Endpoint table: host-side interface index -> [`crate::EndpointV1`].
@@ -191,8 +193,29 @@ pub mod counters {
     pub const EVENTS_SENT: u32 = 19;
     /// New flows judged against staged policy too.
     pub const STAGED_EVALUATED: u32 = 20;
+    /// Fail-closed: the endpoint is isolated by the detector and the packet is not on the
+    /// isolation allow-list.
+    pub const DROP_ISOLATED: u32 = 21;
+    /// A packet of an isolated endpoint on the isolation allow-list (e.g. DNS): judged by policy.
+    pub const PASS_ISOLATION_ALLOWLIST: u32 = 22;
+    /// Detector events written to the ring buffer.
+    pub const DET_EVENTS_SENT: u32 = 23;
+    /// Detector events lost because the ring buffer was full (enforcement is unaffected).
+    pub const DET_EVENTS_DROPPED: u32 = 24;
+    /// Execs outside the profile in monitor or protect mode.
+    pub const DET_EXEC_VIOLATIONS: u32 = 25;
+    /// Processes the exec probe killed.
+    pub const DET_KILLED: u32 = 26;
+    /// bpf_send_signal failed on a violation (user space is told through the event).
+    pub const DET_SIGNAL_FAILED: u32 = 27;
+    /// An isolation entry could not be written on a violation.
+    pub const DET_ISOLATE_FAILED: u32 = 28;
+    /// A new (workload, syscall) pair found the syscall map full: not counted.
+    pub const DET_SYSCALL_MAP_FULL: u32 = 29;
+    /// An exec path could not be read: judged as the empty path (fail-closed in protect).
+    pub const DET_PATH_UNREADABLE: u32 = 30;
     /// Number of counters in use.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 31;
 
     /// Human-readable names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -217,6 +240,16 @@ pub mod counters {
         "flow_events_dropped",
         "flow_events_sent",
         "staged_evaluated",
+        "drop_isolated_fail_closed",
+        "pass_isolation_allowlist",
+        "detector_events_sent",
+        "detector_events_dropped",
+        "detector_exec_violations",
+        "detector_killed",
+        "detector_signal_failed",
+        "detector_isolate_failed",
+        "detector_syscall_map_full",
+        "detector_path_unreadable_fail_closed",
     ];
 }
 

@@ -1,0 +1,152 @@
+//! Detector probes: exec (with in-kernel protect), fork (parent tracking) and syscall counts.
+//! Each probe looks its cgroup up in WORKLOADS first and returns at once when it is not
+//! monitored.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal,
+    },
+    programs::TracePointContext,
+};
+use bulkhead_common::{
+    counters,
+    detect::{
+        DetEventV1, EXEC_PATH_MAX, ExecKeyV1, IsolationV1, SyscallKeyV1, event_actions, event_kind, isolation_reason, mode,
+        path_hash, wl_flags,
+    },
+};
+
+use crate::maps::{DET_EVENTS, DET_SCRATCH, EXEC_ALLOW, ISOLATION, PARENTS, SYSCALLS, WORKLOADS, count};
+
+const SIGKILL: u32 = 9;
+/// sched_process_exec: `__data_loc char[] filename` at offset 8.
+const EXEC_FILENAME_LOC: usize = 8;
+/// sched_process_fork: parent_pid at 12, child_pid at 20.
+const FORK_PARENT_PID: usize = 12;
+const FORK_CHILD_PID: usize = 20;
+/// raw_syscalls/sys_enter: `long id` at offset 8.
+const SYS_ENTER_ID: usize = 8;
+
+/// sched/sched_process_exec: reports the exec; in monitor/protect mode checks the path
+/// against the profile and, in protect mode, kills and isolates in this same program.
+#[inline(always)]
+pub fn try_exec(ctx: &TracePointContext) -> u32 {
+    // SAFETY: helpers without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: value copied out.
+    let Some(wl) = (unsafe { WORKLOADS.get(&cgroup_id) }).copied() else { return 0 };
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let Some(ev) = DET_SCRATCH.get_ptr_mut(0) else { return 0 };
+    // SAFETY: per-CPU scratch slot, used by this program only and not across runs.
+    let ev = unsafe { &mut *ev };
+    let mut actions = 0u8;
+    // SAFETY: the tracepoint record is valid for the program's run; offset from its format.
+    let loc: u32 = unsafe { ctx.read_at(EXEC_FILENAME_LOC) }.unwrap_or(0);
+    let src = unsafe { ctx.as_ptr().add((loc & 0xffff) as usize) } as *const u8;
+    ev.filename[0] = 0;
+    // SAFETY: reads kernel memory (the tracepoint record) with the checked helper.
+    if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.filename) }.is_err() {
+        // Judged as the empty path: never in a profile, so protect fails closed.
+        ev.filename[0] = 0;
+        actions |= event_actions::PATH_UNREADABLE;
+        count(counters::DET_PATH_UNREADABLE);
+    }
+    let hash = path_hash(&ev.filename[..EXEC_PATH_MAX]);
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let mut kind = event_kind::EXEC;
+    let mut enforced_ns = 0;
+    if wl.mode == mode::MONITOR || wl.mode == mode::PROTECT {
+        let key = ExecKeyV1 { profile_id: wl.profile_id, _pad: 0, path_hash: hash };
+        if EXEC_ALLOW.get_ptr(&key).is_none() {
+            kind = event_kind::EXEC_VIOLATION;
+            count(counters::DET_EXEC_VIOLATIONS);
+            if wl.mode == mode::PROTECT {
+                // Isolation first: the network stops before the process could use it.
+                if wl.flags & wl_flags::ISOLATE_ON_EXEC != 0 && wl.ifindex != 0 {
+                    let iso = IsolationV1 { since_ns: ts_ns, cgroup_id, reason: isolation_reason::EXEC_VIOLATION, _pad: 0 };
+                    if ISOLATION.insert(&wl.ifindex, &iso, 0).is_ok() {
+                        actions |= event_actions::ISOLATED;
+                    } else {
+                        actions |= event_actions::ISOLATE_FAILED;
+                        count(counters::DET_ISOLATE_FAILED);
+                    }
+                }
+                if wl.flags & wl_flags::KILL_ON_EXEC != 0 {
+                    // SAFETY: signals the current process (the one that just exec'd); SIGKILL
+                    // is handled before it runs a single instruction of the new image.
+                    if unsafe { bpf_send_signal(SIGKILL) } == 0 {
+                        actions |= event_actions::KILLED;
+                        count(counters::DET_KILLED);
+                    } else {
+                        actions |= event_actions::SIGNAL_FAILED;
+                        count(counters::DET_SIGNAL_FAILED);
+                    }
+                }
+                enforced_ns = unsafe { bpf_ktime_get_ns() };
+            }
+        }
+    }
+    ev.ts_ns = ts_ns;
+    ev.enforced_ns = enforced_ns;
+    ev.cgroup_id = cgroup_id;
+    ev.path_hash = hash;
+    ev.pid = pid;
+    // SAFETY: value copied out.
+    ev.ppid = unsafe { PARENTS.get(&pid) }.copied().unwrap_or(0);
+    ev.uid = bpf_get_current_uid_gid() as u32;
+    ev.profile_id = wl.profile_id;
+    ev.kind = kind;
+    ev.actions = actions;
+    ev.mode = wl.mode;
+    ev._pad = 0;
+    ev._pad2 = 0;
+    if DET_EVENTS.output::<DetEventV1>(ev, 0).is_ok() {
+        count(counters::DET_EVENTS_SENT);
+    } else {
+        // Enforcement above already happened; only the report is lost, and counted.
+        count(counters::DET_EVENTS_DROPPED);
+    }
+    0
+}
+
+/// sched/sched_process_fork: remembers the parent of tasks forked in monitored workloads.
+#[inline(always)]
+pub fn try_fork(ctx: &TracePointContext) -> u32 {
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if WORKLOADS.get_ptr(&cgroup_id).is_none() {
+        return 0;
+    }
+    // SAFETY: offsets from the tracepoint's format.
+    let (Ok(parent), Ok(child)) = (unsafe { ctx.read_at::<u32>(FORK_PARENT_PID) }, unsafe { ctx.read_at::<u32>(FORK_CHILD_PID) }) else {
+        return 0;
+    };
+    // LRU: an insert evicts an old entry instead of failing.
+    let _ = PARENTS.insert(&child, &parent, 0);
+    0
+}
+
+/// raw_syscalls/sys_enter: counts syscalls per (workload, number) for monitored workloads
+/// with the SYSCALLS flag.
+#[inline(always)]
+pub fn try_sys_enter(ctx: &TracePointContext) -> u32 {
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(wl) = WORKLOADS.get_ptr(&cgroup_id) else { return 0 };
+    // SAFETY: map value pointer valid for this run.
+    if unsafe { (*wl).flags } & wl_flags::SYSCALLS == 0 {
+        return 0;
+    }
+    // SAFETY: offset from the tracepoint's format.
+    let Ok(nr) = (unsafe { ctx.read_at::<i64>(SYS_ENTER_ID) }) else { return 0 };
+    let key = SyscallKeyV1 { cgroup_id, nr: nr as u32, _pad: 0 };
+    if let Some(c) = SYSCALLS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    } else if SYSCALLS.insert(&key, &1, 0).is_err() {
+        count(counters::DET_SYSCALL_MAP_FULL);
+    }
+    0
+}

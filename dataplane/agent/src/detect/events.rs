@@ -1,0 +1,219 @@
+//! The detector's event thread: reads exec events from the kernel's ring buffer as soon as
+//! they arrive (poll on the ring's fd), learns profiles, takes the user-space actions (pause,
+//! terminate, kill fallback) and writes alerts as JSON lines and log lines.
+
+use std::{
+    io::Write as _,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use bulkhead_common::detect::{DetEventV1, event_actions, event_kind, mode};
+use serde::Serialize;
+
+use super::{RECENT_EVENTS, Shared, cgroup};
+use crate::error::AgentError;
+
+/// How long a user-space action may take before it counts as failed.
+const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One detector event as reported (JSON line, log line, `Agent::detector_events`).
+#[derive(Clone, Debug, Serialize)]
+pub struct DetectorEvent {
+    /// `exec` or `violation`.
+    pub kind: &'static str,
+    /// Kernel timestamp of the exec (CLOCK_MONOTONIC ns).
+    pub ts_ns: u64,
+    /// The workload's name, or `None` when it is no longer monitored.
+    pub workload: Option<String>,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    /// Parent pid (0 = forked before monitoring started).
+    pub ppid: u32,
+    pub uid: u32,
+    pub path: String,
+    /// Mode at the time of the exec.
+    pub mode: &'static str,
+    /// What the exec probe did: `killed`, `isolated`, and failures.
+    pub kernel_actions: Vec<&'static str>,
+    /// From the exec tracepoint to the end of the kernel's actions, ns.
+    pub kernel_enforce_ns: Option<u64>,
+    /// What the agent did: `paused`, `terminated`, `kill-fallback`, and failures.
+    pub user_actions: Vec<String>,
+    /// From the exec tracepoint to the end of the agent's actions (cgroup frozen or empty), ns.
+    pub user_enforce_ns: Option<u64>,
+    /// From the exec tracepoint until the agent read the event, ns.
+    pub read_delay_ns: u64,
+}
+
+impl DetectorEvent {
+    /// Whether this is a violation of the profile.
+    pub fn is_violation(&self) -> bool {
+        self.kind == "violation"
+    }
+}
+
+pub(super) fn spawn(
+    ring: RingBuf<MapData>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    file: PathBuf,
+) -> Result<JoinHandle<()>, AgentError> {
+    std::thread::Builder::new()
+        .name("bh-detector".into())
+        .spawn(move || run(ring, &shared, &stop, &file))
+        .map_err(|_| AgentError::Stopped)
+}
+
+fn run(mut ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path) {
+    let span = tracing::info_span!("detector-events");
+    let _g = span.enter();
+    let fd = ring.as_raw_fd();
+    loop {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // The timeout only bounds how long a stop request goes unnoticed.
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<DetEventV1>() {
+                tracing::warn!(len = item.len(), "short detector event skipped");
+                continue;
+            }
+            // SAFETY: the kernel wrote a DetEventV1 (size checked); read unaligned.
+            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DetEventV1>()) });
+        }
+        for ev in batch {
+            let rec = handle(shared, &ev);
+            append(file, &rec);
+            let mut g = shared.inner.lock().unwrap();
+            if g.events.len() == RECENT_EVENTS {
+                g.events.pop_front();
+            }
+            g.events.push_back(rec);
+            drop(g);
+            shared.changed.notify_all();
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+}
+
+/// Learns or acts on one event and builds its record.
+fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
+    let read_at = cgroup::monotonic_ns();
+    let len = ev.filename.iter().position(|&b| b == 0).unwrap_or(ev.filename.len());
+    let path = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
+    let violation = ev.kind == event_kind::EXEC_VIOLATION;
+    let (workload, cg_path, actions) = {
+        let mut g = shared.inner.lock().unwrap();
+        match g.workloads.get_mut(&ev.cgroup_id) {
+            Some(w) => {
+                if ev.mode == mode::LEARN && !path.is_empty() {
+                    w.learned.insert(path.clone());
+                }
+                (Some(w.spec.name.clone()), Some(w.spec.cgroup.clone()), w.spec.actions)
+            }
+            None => (None, None, Default::default()),
+        }
+    };
+    let mut kernel_actions = Vec::new();
+    for (bit, name) in [
+        (event_actions::KILLED, "killed"),
+        (event_actions::ISOLATED, "isolated"),
+        (event_actions::SIGNAL_FAILED, "signal-failed"),
+        (event_actions::ISOLATE_FAILED, "isolate-failed"),
+        (event_actions::PATH_UNREADABLE, "path-unreadable"),
+    ] {
+        if ev.actions & bit != 0 {
+            kernel_actions.push(name);
+        }
+    }
+    let mut user_actions = Vec::new();
+    let mut user_enforce_ns = None;
+    if violation && ev.mode == mode::PROTECT {
+        if let Some(cg) = &cg_path {
+            if ev.actions & event_actions::SIGNAL_FAILED != 0 {
+                // The kernel could not kill: do it from here (the process may be gone).
+                // SAFETY: plain syscall.
+                let r = unsafe { libc::kill(ev.pid as i32, libc::SIGKILL) };
+                user_actions.push(if r == 0 { "kill-fallback".to_string() } else { "kill-fallback-failed".to_string() });
+            }
+            if actions.terminate {
+                match cgroup::kill(cg, ACTION_TIMEOUT) {
+                    Ok(()) => user_actions.push("terminated".into()),
+                    Err(e) => user_actions.push(format!("terminate-failed: {e}")),
+                }
+            } else if actions.pause {
+                match cgroup::freeze(cg, ACTION_TIMEOUT) {
+                    Ok(()) => user_actions.push("paused".into()),
+                    Err(e) => user_actions.push(format!("pause-failed: {e}")),
+                }
+            }
+            if !user_actions.is_empty() {
+                user_enforce_ns = Some(cgroup::monotonic_ns().saturating_sub(ev.ts_ns));
+            }
+        }
+    }
+    let rec = DetectorEvent {
+        kind: if violation { "violation" } else { "exec" },
+        ts_ns: ev.ts_ns,
+        workload,
+        cgroup_id: ev.cgroup_id,
+        pid: ev.pid,
+        ppid: ev.ppid,
+        uid: ev.uid,
+        path,
+        mode: match ev.mode {
+            mode::LEARN => "learn",
+            mode::MONITOR => "monitor",
+            _ => "protect",
+        },
+        kernel_actions,
+        kernel_enforce_ns: (ev.enforced_ns != 0).then(|| ev.enforced_ns.saturating_sub(ev.ts_ns)),
+        user_actions,
+        user_enforce_ns,
+        read_delay_ns: read_at.saturating_sub(ev.ts_ns),
+    };
+    if violation {
+        tracing::warn!(
+            workload = rec.workload.as_deref().unwrap_or("?"),
+            pid = rec.pid,
+            ppid = rec.ppid,
+            uid = rec.uid,
+            path = %rec.path,
+            kernel = ?rec.kernel_actions,
+            user = ?rec.user_actions,
+            kernel_enforce_ns = rec.kernel_enforce_ns,
+            user_enforce_ns = rec.user_enforce_ns,
+            "detector: exec outside the profile"
+        );
+    } else {
+        tracing::debug!(workload = rec.workload.as_deref().unwrap_or("?"), pid = rec.pid, path = %rec.path, "detector: exec");
+    }
+    rec
+}
+
+fn append(file: &Path, rec: &DetectorEvent) {
+    let line = match serde_json::to_string(rec) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "detector event not serialisable");
+            return;
+        }
+    };
+    match std::fs::OpenOptions::new().create(true).append(true).open(file) {
+        Ok(mut f) => {
+            let _ = writeln!(f, "{line}");
+        }
+        Err(e) => tracing::error!(file = %file.display(), error = %e, "detector event not written"),
+    }
+}
