@@ -10,18 +10,14 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cover::{CoverTrainer, DEFAULT_MAX_SYSCALLS};
 use crate::dataset::{AdfaDataset, read_adfa_zip};
 use crate::error::DetectorError;
 use crate::metrics::{RateAtFa, auc, rate_at_fa};
-use crate::model::{DEFAULT_MAX_NGRAMS, Trainer};
-use crate::select::{OrderSelection, select_order};
 use crate::stide::Stide;
 
 /// False-alarm budgets reported.
 pub const FA_BUDGETS: [f64; 3] = [0.01, 0.05, 0.10];
-
-/// Orders the model may choose from (by held-out training cross-entropy).
-pub const CANDIDATE_ORDERS: [usize; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
 /// STIDE window lengths reported.
 pub const STIDE_N: [usize; 5] = [3, 4, 5, 6, 7];
@@ -64,11 +60,13 @@ pub struct AdfaReport {
     pub validation: PartSize,
     /// Attack part (evaluated).
     pub attack: PartSize,
-    /// How the model's order was chosen on training data.
-    pub selection: OrderSelection,
-    /// N-grams in the model's profile.
-    pub profile_ngrams: usize,
-    /// Cap on the profile's n-grams.
+    /// Distinct normal sequences in the model's covering profile.
+    pub profile_sequences: usize,
+    /// Normal syscalls in the model's covering profile.
+    pub profile_syscalls: usize,
+    /// States of the suffix automaton derived from the profile.
+    pub profile_states: usize,
+    /// Cap on the profile's syscalls.
     pub profile_cap: usize,
     /// The project's model first, then STIDE n = 3..7.
     pub rows: Vec<DetectorRow>,
@@ -102,14 +100,14 @@ pub fn evaluate(data: &AdfaDataset) -> Result<AdfaReport, DetectorError> {
         .collect();
     let attack: Vec<&[u16]> = data.attack.iter().map(|t| t.syscalls.as_slice()).collect();
 
-    let selection = select_order(&training, &CANDIDATE_ORDERS, DEFAULT_MAX_NGRAMS)?;
-    let mut trainer = Trainer::new(selection.chosen, DEFAULT_MAX_NGRAMS)?;
+    // The model has no hyper-parameter: nothing is selected, on training data or otherwise.
+    let mut trainer = CoverTrainer::new(DEFAULT_MAX_SYSCALLS)?;
     training.iter().for_each(|t| trainer.train_trace(t));
     let profile = trainer.finish();
 
     let mut rows = vec![row(
-        format!("model (order {})", selection.chosen),
-        "mean surprisal, bits/syscall".into(),
+        "model (cover)".into(),
+        "phrases/syscall, greedy cover by training sequences".into(),
         &normal,
         &attack,
         |t| profile.score_trace(t),
@@ -135,9 +133,10 @@ pub fn evaluate(data: &AdfaDataset) -> Result<AdfaReport, DetectorError> {
         training: size(&training),
         validation: size(&normal),
         attack: size(&attack),
-        selection,
-        profile_ngrams: profile.len(),
-        profile_cap: profile.max_ngrams(),
+        profile_sequences: profile.sequences(),
+        profile_syscalls: profile.len(),
+        profile_states: profile.automaton_states(),
+        profile_cap: profile.max_syscalls(),
         rows,
         goal_met,
         elapsed_secs: 0.0,
@@ -188,19 +187,10 @@ impl fmt::Display for AdfaReport {
             self.attack.traces,
             self.attack.syscalls
         )?;
-        let cands: Vec<String> = self
-            .selection
-            .candidates
-            .iter()
-            .map(|c| format!("{}:{:.3}", c.order, c.heldout_bits))
-            .collect();
         writeln!(
             f,
-            "model order {} chosen by 2-fold held-out cross-entropy on training only (order:bits/syscall {}); profile {} n-grams (cap {})",
-            self.selection.chosen,
-            cands.join(" "),
-            self.profile_ngrams,
-            self.profile_cap
+            "model: sequence covering, no hyper-parameter; profile {} distinct training sequences, {} syscalls (cap {}), suffix automaton {} states",
+            self.profile_sequences, self.profile_syscalls, self.profile_cap, self.profile_states
         )?;
         writeln!(f)?;
         write!(f, "{:<18} {:>7}", "detector", "AUC")?;

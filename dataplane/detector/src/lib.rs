@@ -3,10 +3,14 @@
 //! the evaluation of both on the public ADFA-LD dataset ([`run_adfa`]).
 //!
 //! The model's input is a stream of syscall numbers per workload (later fed by an eBPF probe
-//! aggregating per cgroup); its learned state is a [`Profile`] that can be exported to YAML,
-//! edited and re-imported.
+//! aggregating per cgroup). The project's model is sequence covering ([`cover`]): its learned
+//! state is a [`CoverProfile`] (the workload's normal sequences) that can be exported to YAML,
+//! edited and re-imported, and a [`CoverScorer`] scores a stream online. The earlier
+//! variable-order Markov model ([`model`], [`Profile`]) is kept for comparison and for its
+//! users.
 
 pub mod adfa;
+pub mod cover;
 pub mod dataset;
 pub mod error;
 pub mod metrics;
@@ -16,6 +20,7 @@ pub mod select;
 pub mod stide;
 
 pub use adfa::{AdfaReport, run_adfa};
+pub use cover::{CoverProfile, CoverScorer, CoverTrainer};
 pub use dataset::{AdfaDataset, Trace, read_adfa_zip};
 pub use error::DetectorError;
 pub use metrics::{RateAtFa, auc, rate_at_fa};

@@ -64,11 +64,12 @@ fn adfa_side_by_side_when_dataset_present() {
 
 /// The issue's quality goal: AUC >= 0.93 and DR >= 0.30 at 1% false alarms.
 ///
-/// Ignored because the goal is NOT met yet (measured: AUC 0.835, DR@1%FA 0.155 with the
-/// order-5 variable-order Markov model); the detector issue stays open on it. Run it with
+/// Ignored because the goal is NOT met yet (measured: AUC 0.844, DR@1%FA 0.160 with the
+/// sequence-covering model; 0.835 / 0.155 with the earlier order-5 variable-order Markov
+/// model); the detector issue stays open on it. Run it with
 /// `cargo test -p bulkhead-detector --release -- --ignored` to see where the model stands.
 #[test]
-#[ignore = "detector quality goal not met yet (AUC 0.835 < 0.93, DR@1% 0.155 < 0.30); issue open"]
+#[ignore = "detector quality goal not met yet (cover model: AUC 0.844 < 0.93, DR@1% 0.160 < 0.30); issue open"]
 fn adfa_model_quality_goal_when_dataset_present() {
     let Some(report) = adfa_report_or_skip("model quality goal") else {
         return;
