@@ -5,6 +5,8 @@ use std::{
     time::Duration,
 };
 
+mod detector_cli;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
@@ -67,6 +69,31 @@ enum DetectorCommand {
         /// The ADFA-LD zip.
         #[arg(long)]
         dataset: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Monitored workloads, isolated endpoints and detector counters (drops included) of an
+    /// agent instance, from its pins and state files.
+    Status {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The detector's alerts (exec events and violations with the actions taken).
+    Events {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo isolate and pause of a workload: remove its isolation entries and thaw its cgroup.
+    Release {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        /// The workload's cgroup v2 folder.
+        #[arg(long)]
+        cgroup: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -314,6 +341,9 @@ fn main() -> anyhow::Result<()> {
             }
             0
         }
+        Command::Detector(DetectorCommand::Status { instance, json }) => detector_cli::status(&instance, json)?,
+        Command::Detector(DetectorCommand::Events { instance, json }) => detector_cli::events(&instance, json)?,
+        Command::Detector(DetectorCommand::Release { instance, cgroup, json }) => detector_cli::release(&instance, &cgroup, json)?,
         Command::Lab(cmd) => bulkhead_lab::run(cmd)?,
     };
     std::process::exit(code);

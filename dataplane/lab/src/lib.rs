@@ -20,6 +20,8 @@ pub mod server;
 pub mod teardown;
 pub mod topology;
 
+/// The agent the lab starts (its detector API is used by the detector's tests and benchmark).
+pub use bulkhead_agent as agent;
 pub use error::{LabError, Result};
 pub use lab::{Lab, LabOptions, PodNetns};
 pub use topology::{Protocol, Topology};

@@ -163,13 +163,16 @@ fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
             }
         }
     }
+    // The fork probe only knows parents forked inside a monitored workload; for a process
+    // started from outside (moved into the cgroup before exec) ask /proc while it still exists.
+    let ppid = if ev.ppid != 0 { ev.ppid } else { proc_ppid(ev.pid).unwrap_or(0) };
     let rec = DetectorEvent {
         kind: if violation { "violation" } else { "exec" },
         ts_ns: ev.ts_ns,
         workload,
         cgroup_id: ev.cgroup_id,
         pid: ev.pid,
-        ppid: ev.ppid,
+        ppid,
         uid: ev.uid,
         path,
         mode: match ev.mode {
@@ -200,6 +203,12 @@ fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
         tracing::debug!(workload = rec.workload.as_deref().unwrap_or("?"), pid = rec.pid, path = %rec.path, "detector: exec");
     }
     rec
+}
+
+/// The parent pid from /proc/<pid>/stat (field 4, after the parenthesised command).
+fn proc_ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn append(file: &Path, rec: &DetectorEvent) {
