@@ -7,7 +7,8 @@
 //! - [`backend`]: the [`backend::Backend`] trait and one module per firewall API.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`secret`]: credentials from files or the environment, never shown.
-//! - [`engine`]: event and reconcile syncs; [`daemon`]: the commands.
+//! - [`engine`]: event and reconcile syncs; [`worker`]: a thread per firewall;
+//!   [`daemon`]: the commands.
 
 pub mod backend;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod group;
 pub mod metrics;
 pub mod secret;
 pub mod source;
+pub mod worker;
 mod yaml;
 
 pub use error::FwSyncError;

@@ -1,0 +1,150 @@
+//! One worker thread per firewall, so a slow firewall (a PAN-OS commit takes seconds to
+//! minutes on real hardware) never delays the others, and changes that arrive while a
+//! firewall is busy are coalesced into its next batch: the worker always applies the latest
+//! snapshot, and the latency it reports runs from the oldest change the batch carries.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+use crate::config::DaemonConfig;
+use crate::engine::{Engine, Mode};
+use crate::metrics::Metrics;
+use crate::source::Snapshot;
+
+/// First retry after a failed sync; doubled per failure up to the reconcile interval, so a
+/// firewall that is down is not hammered and one that blipped is repaired within
+/// milliseconds rather than at the next periodic reconcile.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+struct Inbox {
+    /// The newest snapshot not yet applied, and when the oldest change it carries was seen.
+    pending: Option<(Arc<Snapshot>, Instant)>,
+    stop: bool,
+}
+
+/// A firewall's worker; stopped and joined on drop.
+pub struct Worker {
+    firewall: String,
+    inbox: Arc<(Mutex<Inbox>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the worker: a reconcile against `first` at once, then syncs on [`Worker::send`],
+    /// a reconcile every `config.reconcile_interval` and retries after failures.
+    pub fn start(config: DaemonConfig, backend: Box<dyn Backend>, metrics: Metrics, first: Arc<Snapshot>) -> Worker {
+        let firewall = backend.firewall().to_string();
+        let inbox = Arc::new((Mutex::new(Inbox::default()), Condvar::new()));
+        let inbox2 = inbox.clone();
+        let name = firewall.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("fw-{firewall}"))
+            .spawn(move || {
+                let interval = config.reconcile_interval;
+                let engine = Engine::new(config, vec![backend]);
+                run(engine, &metrics, &inbox2, first, interval);
+            })
+            .expect("spawning a worker thread");
+        tracing::debug!(firewall = %name, "worker started");
+        Worker { firewall, inbox, thread: Some(thread) }
+    }
+
+    /// Hands the worker a new snapshot, seen at `since`; replaces one still waiting.
+    pub fn send(&self, snapshot: Arc<Snapshot>, since: Instant) {
+        let (lock, cv) = &*self.inbox;
+        let mut inbox = lock.lock().expect("worker inbox");
+        let since = inbox.pending.as_ref().map_or(since, |(_, s)| (*s).min(since));
+        inbox.pending = Some((snapshot, since));
+        cv.notify_one();
+    }
+
+    /// The firewall this worker drives.
+    pub fn firewall(&self) -> &str {
+        &self.firewall
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        {
+            let (lock, cv) = &*self.inbox;
+            lock.lock().expect("worker inbox").stop = true;
+            cv.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(mut engine: Engine, metrics: &Metrics, inbox: &(Mutex<Inbox>, Condvar), first: Arc<Snapshot>, interval: Duration) {
+    let mut last = first;
+    let mut retry_at: Option<Instant>;
+    let mut delay = RETRY_FIRST;
+    let mut mode = Mode::Reconcile;
+    let mut since = Instant::now();
+    let mut next_reconcile = Instant::now() + interval;
+    loop {
+        let failed = sync(&mut engine, metrics, &last, mode, since);
+        if failed {
+            retry_at = Some(Instant::now() + delay);
+            delay = (delay * 2).min(interval);
+        } else {
+            retry_at = None;
+            delay = RETRY_FIRST;
+        }
+        if mode == Mode::Reconcile && Instant::now() >= next_reconcile {
+            next_reconcile = Instant::now() + interval;
+        }
+        // Wait for a new snapshot, the retry or the periodic reconcile.
+        let (lock, cv) = inbox;
+        let mut guard = lock.lock().expect("worker inbox");
+        loop {
+            if guard.stop {
+                return;
+            }
+            if let Some((snapshot, seen)) = guard.pending.take() {
+                (last, since, mode) = (snapshot, seen, Mode::Event);
+                break;
+            }
+            let now = Instant::now();
+            let wake = retry_at.map_or(next_reconcile, |r| r.min(next_reconcile));
+            if now >= wake {
+                // A retry reads the real state: the failed apply may have left part of it.
+                (since, mode) = (now, Mode::Reconcile);
+                break;
+            }
+            guard = cv.wait_timeout(guard, wake - now).expect("worker inbox").0;
+        }
+    }
+}
+
+/// One sync; returns whether the firewall was left out of step.
+fn sync(engine: &mut Engine, metrics: &Metrics, snapshot: &Snapshot, mode: Mode, since: Instant) -> bool {
+    let reports = match engine.sync(snapshot, mode) {
+        Ok(r) => r,
+        // The daemon checks every snapshot before sending it; this is a bug guard.
+        Err(e) => {
+            tracing::error!(error = %e, "snapshot rejected by the engine");
+            return false;
+        }
+    };
+    metrics.record(mode, &reports, since.elapsed(), |fw| engine.owned(fw));
+    let mut failed = false;
+    for r in reports {
+        if let Some(e) = r.error {
+            failed = true;
+            tracing::error!(firewall = %r.firewall, error = %e, "firewall not in step; retrying with backoff");
+        }
+    }
+    failed
+}
+
+/// Whether the flag asks to stop (shared by the daemon loop and tests).
+pub fn stopped(flag: &AtomicBool) -> bool {
+    flag.load(Ordering::Relaxed)
+}
