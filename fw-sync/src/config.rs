@@ -57,6 +57,11 @@ pub struct FirewallConfig {
     pub netns: Option<String>,
     /// TLS settings of HTTP APIs (PAN-OS, FortiOS).
     pub tls: TlsOptions,
+    /// How long changes are collected after the first one before they are applied: one
+    /// commit for a rollout's worth of pod events instead of one per pod, at the price of
+    /// this much latency. Defaults: 0 for ipset and nftables (an apply is one cheap local
+    /// transaction), 200 ms for PAN-OS (every apply is a commit), 100 ms for FortiOS.
+    pub batch_window: Duration,
 }
 
 /// Where PAN-OS objects live.
@@ -112,7 +117,7 @@ impl FirewallKind {
             (FirewallKind::Ipset, TargetKind::Ipset)
                 | (FirewallKind::Nftables { .. }, TargetKind::NftablesSet)
                 | (FirewallKind::Panos(_), TargetKind::PanosStaticGroup | TargetKind::PanosDynamicTag)
-                | (FirewallKind::Fortios(_), TargetKind::FortiosAddrgrp)
+                | (FirewallKind::Fortios(_), TargetKind::FortiosAddrgrp | TargetKind::FortiosThreatFeed)
         )
     }
 
@@ -203,7 +208,7 @@ impl DaemonConfig {
 }
 
 fn parse_firewall(ctx: &Ctx, v: &Value, path: &str, base: &Path) -> Result<FirewallConfig, FwSyncError> {
-    let m = ctx.strict_map(v, path, &["name", "type", "netns", "nftables", "panos", "fortios", "tls"])?;
+    let m = ctx.strict_map(v, path, &["name", "type", "netns", "nftables", "panos", "fortios", "tls", "batchWindow"])?;
     let name = ctx.str(ctx.required(m, path, "name")?, &child(path, "name"))?;
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(ctx.err(&child(path, "name"), format!("invalid firewall name {name:?}: letters, digits, '-' and '_' only")));
@@ -255,7 +260,23 @@ fn parse_firewall(ctx: &Ctx, v: &Value, path: &str, base: &Path) -> Result<Firew
         other => return Err(ctx.err(&type_path, format!("unknown type {other:?} (expected ipset, nftables, panos or fortios)"))),
     };
     let netns = get(m, "netns").map(|v| ctx.str(v, &child(path, "netns")).map(String::from)).transpose()?;
-    Ok(FirewallConfig { name: name.to_string(), kind, netns, tls })
+    let batch_window = match get(m, "batchWindow") {
+        Some(v) => {
+            let p = child(path, "batchWindow");
+            let s = ctx.str(v, &p)?;
+            let d = parse_duration(s).ok_or_else(|| ctx.err(&p, format!("{s:?} is not a duration like 0ms, 200ms or 1s")))?;
+            if d > Duration::from_secs(60) {
+                return Err(ctx.err(&p, format!("{s} is over the 60 s maximum")));
+            }
+            d
+        }
+        None => match kind {
+            FirewallKind::Ipset | FirewallKind::Nftables { .. } => Duration::ZERO,
+            FirewallKind::Panos(_) => Duration::from_millis(200),
+            FirewallKind::Fortios(_) => Duration::from_millis(100),
+        },
+    };
+    Ok(FirewallConfig { name: name.to_string(), kind, netns, tls, batch_window })
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -389,6 +410,11 @@ mod tests {
         assert_eq!(c.datastore, PathBuf::from("/etc/fw/ds"));
         assert_eq!(c.reconcile_interval, Duration::from_secs(5));
         assert_eq!(c.firewalls[1].kind, FirewallKind::Nftables { family: "inet".into(), table: "lab".into() });
+        assert_eq!(c.firewalls[1].batch_window, Duration::ZERO);
+        let c = DaemonConfig::parse("f", &GOOD.replace("type: ipset}", "type: ipset, batchWindow: 250ms}"), Path::new("/")).expect("batchWindow parses");
+        assert_eq!(c.firewalls[0].batch_window, Duration::from_millis(250));
+        let e = err(&GOOD.replace("type: ipset}", "type: ipset, batchWindow: 2h}"));
+        assert!(e.contains("firewalls[0].batchWindow: 2h is over the 60 s maximum"), "{e}");
     }
 
     #[test]
@@ -424,6 +450,7 @@ mod tests {
         assert!(!format!("{c:?}").contains("K3Y"), "the key leaks into Debug: {c:?}");
         let FirewallKind::Fortios(fg) = &c.firewalls[1].kind else { panic!("fortios expected: {c:?}") };
         assert_eq!(fg.vdom, "dmz");
+        assert_eq!((c.firewalls[0].batch_window, c.firewalls[1].batch_window), (Duration::from_millis(200), Duration::from_millis(100)));
         let bad = |from: &str, to: &str| match DaemonConfig::parse("f", &text.replace(from, to), &dir) {
             Ok(c) => panic!("expected an error after replacing {from:?} with {to:?}: {c:?}"),
             Err(e) => e.to_string(),

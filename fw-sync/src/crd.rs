@@ -23,6 +23,8 @@ fn max_name_len(kind: TargetKind) -> usize {
         // PAN-OS and FortiOS limit names to 63 and 79 characters.
         TargetKind::PanosStaticGroup | TargetKind::PanosDynamicTag => 63 - crate::group::OWNED_PREFIX.len(),
         TargetKind::FortiosAddrgrp => 79 - crate::group::OWNED_PREFIX.len(),
+        // `system external-resource` names: at most 35 characters (6.4 schema, 7.2 CLI reference).
+        TargetKind::FortiosThreatFeed => 35 - crate::group::OWNED_PREFIX.len(),
     }
 }
 

@@ -23,18 +23,21 @@ pub enum TargetKind {
     PanosStaticGroup,
     /// A PAN-OS dynamic address group fed by a registered-IP tag (next slice).
     PanosDynamicTag,
-    /// A FortiOS address group (next slice).
+    /// A FortiOS address group of one address object per IP (every FortiOS version).
     FortiosAddrgrp,
+    /// A FortiOS external threat feed (IP addresses) updated through the push API (7.2.1+).
+    FortiosThreatFeed,
 }
 
 impl TargetKind {
     /// Every kind with its spelling in YAML.
-    pub const ALL: [(TargetKind, &'static str); 5] = [
+    pub const ALL: [(TargetKind, &'static str); 6] = [
         (TargetKind::Ipset, "ipset"),
         (TargetKind::NftablesSet, "nftables-set"),
         (TargetKind::PanosStaticGroup, "panos-static-group"),
         (TargetKind::PanosDynamicTag, "panos-dynamic-tag"),
         (TargetKind::FortiosAddrgrp, "fortios-addrgrp"),
+        (TargetKind::FortiosThreatFeed, "fortios-threat-feed"),
     ];
 
     /// The kind spelled as in YAML.

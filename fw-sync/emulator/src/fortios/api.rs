@@ -1,12 +1,14 @@
-//! The REST layer: Bearer-token check, routing of `/api/v2/cmdb/firewall/{address,addrgrp}`
-//! and `/api/v2/monitor/system/status`, query parameters (`vdom`, `filter`, `format`,
-//! `start`, `count`) and FortiOS's JSON envelopes.
+//! The REST layer: Bearer-token check, routing of `/api/v2/cmdb/firewall/{address,addrgrp}`,
+//! `/api/v2/cmdb/system/external-resource`, `/api/v2/monitor/system/status` and the threat
+//! feed monitor endpoints ([`super::feed`]), query parameters (`vdom`, `filter`, `format`,
+//! `start`, `count`, `mkey`) and FortiOS's JSON envelopes.
 
 use std::collections::BTreeMap;
 
 use bulkhead_httpd::{Request, Response, percent_decode};
 use serde_json::{Map, Value, json};
 
+use super::feed;
 use super::store::{ApiError, Store, Table};
 
 /// What the envelopes and the auth check need to know about the device.
@@ -86,8 +88,8 @@ fn base(dev: &Device, method: &str, vdom: &str, path: &str, name: &str) -> Map<S
 }
 
 /// The error envelope: `status: error`, `http_status`, `error` and `cli_error`.
-pub fn error_envelope(dev: &Device, method: &str, vdom: &str, table: &str, mkey: Option<&str>, e: &ApiError) -> Response {
-    let mut m = base(dev, method, vdom, "firewall", table);
+pub fn error_envelope(dev: &Device, method: &str, vdom: &str, path: &str, table: &str, mkey: Option<&str>, e: &ApiError) -> Response {
+    let mut m = base(dev, method, vdom, path, table);
     m.insert("status".into(), json!("error"));
     m.insert("http_status".into(), json!(e.http));
     m.insert("error".into(), json!(e.code));
@@ -105,21 +107,30 @@ pub fn handle(dev: &Device, store: &mut Store, req: &Request, params: &[(String,
     if req.path == "/api/v2/monitor/system/status" {
         return unchanged(if method == "GET" { system_status(dev) } else { method_not_allowed(dev, method, "system", "status") });
     }
-    let Some(rest) = req.path.strip_prefix("/api/v2/cmdb/firewall/") else {
+    let no_path = || {
         let e = ApiError { http: 404, code: -3, cli: format!("no such path {}", req.path) };
-        return unchanged(error_envelope(dev, method, &dev.management_vdom, "", None, &e));
+        error_envelope(dev, method, &dev.management_vdom, "", "", None, &e)
     };
+    if let Some(action) = req.path.strip_prefix("/api/v2/monitor/system/external-resource/") {
+        // The push API came with 7.2.1: before it, the endpoint does not exist.
+        if !store.push_feeds {
+            return unchanged(no_path());
+        }
+        return monitor_feed(dev, store, req, params, action).unwrap_or_else(|| unchanged(no_path()));
+    }
+    let cmdb = req.path.strip_prefix("/api/v2/cmdb/");
     // The path was percent-decoded, so a name may hold '/' (e.g. "10.0.0.0/8"): split once.
-    let (table_name, mkey) = match rest.split_once('/') {
-        Some((t, k)) => (t, Some(k)),
-        None => (rest, None),
+    let (table_name, mkey) = match cmdb.and_then(|r| r.strip_prefix("firewall/").or_else(|| r.strip_prefix("system/"))).map(|r| r.split_once('/').unwrap_or((r, ""))) {
+        Some((t, k)) => (t, Some(k).filter(|k| !k.is_empty())),
+        None => return unchanged(no_path()),
     };
-    let table = match table_name {
-        "address" => Table::Address,
-        "addrgrp" => Table::Addrgrp,
-        other => {
-            let e = ApiError { http: 404, code: -3, cli: format!("no such table firewall.{other}") };
-            return unchanged(error_envelope(dev, method, &dev.management_vdom, other, None, &e));
+    let table = match (cmdb.is_some_and(|r| r.starts_with("system/")), table_name) {
+        (false, "address") => Table::Address,
+        (false, "addrgrp") => Table::Addrgrp,
+        (true, "external-resource") => Table::ExternalResource,
+        (_, other) => {
+            let e = ApiError { http: 404, code: -3, cli: format!("no such table {other}") };
+            return unchanged(error_envelope(dev, method, &dev.management_vdom, "", other, None, &e));
         }
     };
     let vdoms: Vec<String> = match param(params, "vdom") {
@@ -137,19 +148,19 @@ pub fn handle(dev: &Device, store: &mut Store, req: &Request, params: &[(String,
     }
     let [vdom] = vdoms.as_slice() else {
         let e = ApiError { http: 400, code: -651, cli: "changes apply to one VDOM at a time".into() };
-        return unchanged(error_envelope(dev, method, &dev.management_vdom, table.name(), mkey, &e));
+        return unchanged(error_envelope(dev, method, &dev.management_vdom, table.path(), table.name(), mkey, &e));
     };
     let old = store.vdoms.get(vdom).map(|v| v.revision).unwrap_or(0);
     let result = match (method, mkey) {
         ("POST", None) => body_object(req).and_then(|b| store.create(vdom, table, &b)),
         ("PUT", Some(k)) => body_object(req).and_then(|b| store.update(vdom, table, k, &b)),
         ("DELETE", Some(k)) => store.delete(vdom, table, k).map(|()| k.to_string()),
-        _ => return unchanged(method_not_allowed(dev, method, "firewall", table.name())),
+        _ => return unchanged(method_not_allowed(dev, method, table.path(), table.name())),
     };
     match result {
         Ok(key) => {
             let new = store.vdoms.get(vdom).map(|v| v.revision).unwrap_or(0);
-            let mut m = base(dev, method, vdom, "firewall", table.name());
+            let mut m = base(dev, method, vdom, table.path(), table.name());
             m.insert("revision".into(), json!(revision(new)));
             m.insert("old_revision".into(), json!(revision(old)));
             m.insert("revision_changed".into(), json!(new != old));
@@ -158,7 +169,43 @@ pub fn handle(dev: &Device, store: &mut Store, req: &Request, params: &[(String,
             m.insert("http_status".into(), json!(200));
             Outcome { response: json_response(200, &Value::Object(m)), changed_vdom: Some(vdom.clone()) }
         }
-        Err(e) => unchanged(error_envelope(dev, method, vdom, table.name(), mkey, &e)),
+        Err(e) => unchanged(error_envelope(dev, method, vdom, table.path(), table.name(), mkey, &e)),
+    }
+}
+
+/// The threat feed monitor endpoints: `dynamic` (POST) and `entry-list` (GET); None for
+/// another action.
+fn monitor_feed(dev: &Device, store: &mut Store, req: &Request, params: &[(String, String)], action: &str) -> Option<Outcome> {
+    let method = req.method.as_str();
+    let vdom = param(params, "vdom").filter(|v| !v.is_empty()).unwrap_or(&dev.management_vdom).to_string();
+    let expected = match action {
+        "dynamic" => "POST",
+        "entry-list" => "GET",
+        _ => return None,
+    };
+    let unchanged = |response| Some(Outcome { response, changed_vdom: None });
+    if method != expected {
+        return unchanged(method_not_allowed(dev, method, "system", "external-resource"));
+    }
+    let result = if action == "dynamic" {
+        serde_json::from_slice::<Value>(&req.body)
+            .map_err(|_| ApiError { http: 400, code: -651, cli: "request body is not JSON".into() })
+            .and_then(|body| feed::dynamic(store, &vdom, &body))
+            .map(|()| json!({}))
+    } else {
+        feed::entry_list(store, &vdom, param(params, "mkey"))
+    };
+    let mut m = base(dev, method, &vdom, "system", "external-resource");
+    m.insert("action".into(), json!(action));
+    match result {
+        Ok(results) => {
+            m.insert("results".into(), results);
+            m.insert("status".into(), json!("success"));
+            m.insert("http_status".into(), json!(200));
+            let changed = (action == "dynamic").then(|| vdom.clone());
+            Some(Outcome { response: json_response(200, &Value::Object(m)), changed_vdom: changed })
+        }
+        Err(e) => unchanged(error_envelope(dev, method, &vdom, "system", "external-resource", param(params, "mkey"), &e)),
     }
 }
 
@@ -191,16 +238,13 @@ fn system_status(dev: &Device) -> Response {
 fn get(dev: &Device, store: &Store, table: Table, vdom: &str, mkey: Option<&str>, params: &[(String, String)]) -> Response {
     let v = match store.vdom(vdom) {
         Ok(v) => v,
-        Err(e) => return error_envelope(dev, "GET", vdom, table.name(), mkey, &e),
+        Err(e) => return error_envelope(dev, "GET", vdom, table.path(), table.name(), mkey, &e),
     };
-    let objects = match table {
-        Table::Address => &v.addresses,
-        Table::Addrgrp => &v.groups,
-    };
+    let objects = super::store::table_of(v, table);
     let mut results: Vec<&Map<String, Value>> = match mkey {
         Some(k) => match objects.get(k) {
             Some(o) => vec![o],
-            None => return error_envelope(dev, "GET", vdom, table.name(), Some(k), &ApiError::not_found()),
+            None => return error_envelope(dev, "GET", vdom, table.path(), table.name(), Some(k), &ApiError::not_found()),
         },
         None => objects.values().collect(),
     };
@@ -210,7 +254,7 @@ fn get(dev: &Device, store: &Store, table: Table, vdom: &str, mkey: Option<&str>
             Some(f) => filters.push(f),
             None => {
                 let e = ApiError { http: 400, code: -651, cli: format!("invalid filter {f:?}") };
-                return error_envelope(dev, "GET", vdom, table.name(), mkey, &e);
+                return error_envelope(dev, "GET", vdom, table.path(), table.name(), mkey, &e);
             }
         }
     }
@@ -227,7 +271,7 @@ fn get(dev: &Device, store: &Store, table: Table, vdom: &str, mkey: Option<&str>
             None => Value::Object((*o).clone()),
         })
         .collect();
-    let mut m = base(dev, "GET", vdom, "firewall", table.name());
+    let mut m = base(dev, "GET", vdom, table.path(), table.name());
     m.insert("revision".into(), json!(revision(v.revision)));
     if let Some(k) = mkey {
         m.insert("mkey".into(), json!(k));

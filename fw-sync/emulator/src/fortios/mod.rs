@@ -1,6 +1,7 @@
 //! An emulator of the FortiOS REST API for the objects fw-sync writes: CMDB
-//! `firewall/address` and `firewall/addrgrp` in several VDOMs, behind a Bearer token, over
-//! HTTPS with a throw-away CA.
+//! `firewall/address`, `firewall/addrgrp` and `system/external-resource` in several VDOMs,
+//! and the threat-feed push API (7.2.1+, see [`feed`] for what is verified and what is
+//! assumed), behind a Bearer token, over HTTPS with a throw-away CA.
 //!
 //! Followed (see `firewall-apis.md` and the FortiOS 6.4.14 swagger shipped in `fortigate-api`):
 //! - `GET|POST /api/v2/cmdb/firewall/{address,addrgrp}` and `GET|PUT|DELETE .../{name}`;
@@ -27,9 +28,15 @@
 //! - PUT merges the attributes given into the object; `member` is replaced whole; a new
 //!   `name` renames the object and the references to it.
 //!
-//! Transactions and the threat-feed push are not emulated.
+//! - addresses, groups and external resources share one namespace (a duplicate name is
+//!   500 / -5 whatever the table); external-resource names are at most 35 characters.
+//! - the version in [`FortiosOptions::version`] decides whether the push API exists
+//!   (7.2.1 and later).
+//!
+//! Transactions are not emulated.
 
 mod api;
+pub mod feed;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,6 +54,7 @@ use serde_json::{Value, json};
 
 use crate::{FaultConfig, Faults};
 use api::Device;
+pub use store::Membership;
 use store::{Store, Table};
 
 /// How an emulated FortiGate is set up.
@@ -60,6 +68,8 @@ pub struct FortiosOptions {
     pub seed: u64,
     /// Members per address group (600 in the 6.4 schema).
     pub max_members: usize,
+    /// Entries per threat feed (assumed 131,072).
+    pub max_feed_entries: usize,
     /// Accept the token as `?access_token=` (`rest-api-key-url-query enable`).
     pub access_token_query: bool,
     pub version: String,
@@ -74,6 +84,7 @@ impl Default for FortiosOptions {
             vdoms: vec!["root".into()],
             seed: 1,
             max_members: store::DEFAULT_MAX_MEMBERS,
+            max_feed_entries: feed::DEFAULT_MAX_ENTRIES,
             access_token_query: false,
             version: "v6.4.14".into(),
             build: 2093,
@@ -91,16 +102,14 @@ pub struct LoggedRequest {
     pub status: u16,
 }
 
-/// The resolved members of every group of one VDOM right after a change.
-pub type Membership = BTreeMap<String, BTreeSet<Ipv4Addr>>;
-
 struct Shared {
     device: Device,
     store: Mutex<Store>,
     faults: Faults,
     requests: AtomicU64,
     log: Mutex<Vec<LoggedRequest>>,
-    /// When recording: (vdom, membership) after every successful change.
+    /// When recording: (vdom, membership) after every successful change (after every
+    /// command of a feed push).
     history: Mutex<Option<Vec<(String, Membership)>>>,
 }
 
@@ -139,7 +148,7 @@ impl FortiosEmulator {
                 build: opts.build,
                 management_vdom,
             },
-            store: Mutex::new(Store::new(&opts.vdoms, opts.max_members, opts.seed)),
+            store: Mutex::new(store_for(&opts)),
             faults: Faults::new(opts.seed),
             requests: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
@@ -181,12 +190,16 @@ impl FortiosEmulator {
         self.shared.log.lock().expect("log lock").clone()
     }
 
-    /// Starts (or stops and clears) recording group membership after every change.
+    /// Starts (or stops and clears) recording group and feed membership after every change.
     pub fn record_history(&self, on: bool) {
         *self.shared.history.lock().expect("history lock") = on.then(Vec::new);
+        let mut st = self.store();
+        st.record_steps = on;
+        st.steps.clear();
     }
 
-    /// What was recorded: (vdom, every group's resolved members) after each change.
+    /// What was recorded: (vdom, every group's and feed's members) after each change, and
+    /// after each command of a feed push (FortiOS may apply them one by one).
     pub fn history(&self) -> Vec<(String, Membership)> {
         self.shared.history.lock().expect("history lock").clone().unwrap_or_default()
     }
@@ -196,6 +209,44 @@ impl FortiosEmulator {
     pub fn group_members(&self, vdom: &str, group: &str) -> Option<BTreeSet<Ipv4Addr>> {
         let st = self.store();
         store::resolve(st.vdoms.get(vdom)?, group)
+    }
+
+    /// The single IPv4 entries of a threat feed (valid ones, "a.b.c.d" or "a.b.c.d/32");
+    /// None if the feed is absent.
+    pub fn feed_entries(&self, vdom: &str, name: &str) -> Option<BTreeSet<Ipv4Addr>> {
+        let st = self.store();
+        let v = st.vdoms.get(vdom)?;
+        v.feeds.get(name)?;
+        Some(v.feed_lists.get(name).map(feed::FeedList::single_ips).unwrap_or_default())
+    }
+
+    /// Every entry of a threat feed as stored, in order.
+    pub fn feed_entry_texts(&self, vdom: &str, name: &str) -> Vec<String> {
+        let st = self.store();
+        st.vdoms.get(vdom).and_then(|v| v.feed_lists.get(name)).map(|l| l.entries.clone()).unwrap_or_default()
+    }
+
+    /// Names of the external resources of a VDOM.
+    pub fn feed_names(&self, vdom: &str) -> Vec<String> {
+        self.store().vdoms.get(vdom).map(|v| v.feeds.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Every feed command applied so far: (vdom, feed, command, number of entries given).
+    pub fn feed_commands(&self) -> Vec<(String, String, String, usize)> {
+        self.store().feed_log.clone()
+    }
+
+    /// Creates or changes an external resource by hand (`type`, `update-method`).
+    pub fn put_feed(&self, vdom: &str, name: &str, kind: &str, update_method: &str) -> anyhow::Result<()> {
+        self.put(vdom, Table::ExternalResource, name, json!({"name": name, "type": kind, "update-method": update_method, "resource": "https://feeds.example/list.txt"}))
+    }
+
+    /// Pushes one command to a feed by hand (an admin's push: drift, foreign feeds).
+    pub fn push_feed(&self, vdom: &str, name: &str, command: &str, entries: &[&str]) -> anyhow::Result<()> {
+        let body = json!({"commands": [{"name": name, "command": command, "entries": entries}]});
+        feed::dynamic(&mut self.store(), vdom, &body).map_err(|e| anyhow::anyhow!("push to {name}: {} {}", e.code, e.cli))?;
+        self.snapshot(vdom);
+        Ok(())
     }
 
     /// Member names of a group as stored.
@@ -233,6 +284,7 @@ impl FortiosEmulator {
         let mut st = self.store();
         let table = match st.vdoms.get(vdom) {
             Some(v) if v.groups.contains_key(name) => Table::Addrgrp,
+            Some(v) if v.feeds.contains_key(name) => Table::ExternalResource,
             _ => Table::Address,
         };
         st.delete(vdom, table, name).map_err(|e| anyhow::anyhow!("delete {name}: {} {}", e.code, e.cli))?;
@@ -246,7 +298,7 @@ impl FortiosEmulator {
         let mut st = self.store();
         let v = st.vdoms.get_mut(vdom).with_context(|| format!("no vdom {vdom}"))?;
         for o in objects {
-            anyhow::ensure!(v.addresses.contains_key(*o) || v.groups.contains_key(*o), "policy {id}: no object {o}");
+            anyhow::ensure!(store::taken(v, o), "policy {id}: no object {o}");
         }
         for o in objects {
             v.policy_refs.entry(o.to_string()).or_default().insert(id);
@@ -267,7 +319,7 @@ impl FortiosEmulator {
     fn put(&self, vdom: &str, table: Table, name: &str, body: Value) -> anyhow::Result<()> {
         let Value::Object(body) = body else { unreachable!("object literal") };
         let mut st = self.store();
-        let exists = st.vdoms.get(vdom).is_some_and(|v| v.addresses.contains_key(name) || v.groups.contains_key(name));
+        let exists = st.vdoms.get(vdom).is_some_and(|v| store::taken(v, name));
         let r = if exists { st.update(vdom, table, name, &body) } else { st.create(vdom, table, &body) };
         r.map_err(|e| anyhow::anyhow!("{name}: {} {}", e.code, e.cli))?;
         drop(st);
@@ -292,13 +344,25 @@ impl Drop for FortiosEmulator {
     }
 }
 
+/// The store for `opts`: the push API exists from FortiOS 7.2.1.
+fn store_for(opts: &FortiosOptions) -> Store {
+    let mut st = Store::new(&opts.vdoms, opts.max_members, opts.seed);
+    st.max_feed_entries = opts.max_feed_entries;
+    let v: Vec<u32> = opts.version.trim_start_matches('v').split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    st.push_feeds = (v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0), v.get(2).copied().unwrap_or(0)) >= (7, 2, 1);
+    st
+}
+
 fn record(shared: &Shared, vdom: &str) {
     let mut h = shared.history.lock().expect("history lock");
+    let mut st = shared.store.lock().expect("store lock");
+    let steps = std::mem::take(&mut st.steps);
     if let Some(h) = h.as_mut() {
-        let st = shared.store.lock().expect("store lock");
-        if let Some(v) = st.vdoms.get(vdom) {
-            let m = v.groups.keys().filter_map(|g| Some((g.clone(), store::resolve(v, g)?))).collect();
-            h.push((vdom.to_string(), m));
+        if !steps.is_empty() {
+            // A feed push: the state after each of its commands.
+            h.extend(steps);
+        } else if let Some(v) = st.vdoms.get(vdom) {
+            h.push((vdom.to_string(), store::membership(v)));
         }
     }
 }
@@ -348,6 +412,12 @@ struct Cli {
     /// Members per address group.
     #[arg(long, default_value_t = store::DEFAULT_MAX_MEMBERS)]
     max_members: usize,
+    /// Entries per threat feed.
+    #[arg(long, default_value_t = feed::DEFAULT_MAX_ENTRIES)]
+    max_feed_entries: usize,
+    /// The FortiOS version shown (7.2.1 and later have the threat-feed push API).
+    #[arg(long, default_value = "v6.4.14")]
+    os_version: String,
     /// Accept the token as ?access_token=.
     #[arg(long)]
     access_token_query: bool,
@@ -370,7 +440,9 @@ pub fn main(args: Vec<String>) -> anyhow::Result<()> {
         vdoms: if cli.vdoms.is_empty() { vec!["root".into()] } else { cli.vdoms },
         seed: cli.seed,
         max_members: cli.max_members,
+        max_feed_entries: cli.max_feed_entries,
         access_token_query: cli.access_token_query,
+        version: cli.os_version,
         ..FortiosOptions::default()
     };
     let emu = FortiosEmulator::start_on(opts, &cli.listen, &cli.ca_out)?;

@@ -1,12 +1,15 @@
-//! The emulated CMDB of one FortiGate: per VDOM, `firewall address` and `firewall addrgrp`
-//! tables stored as the JSON objects the REST API returns, with FortiOS's validation rules
-//! (from the 6.4.14 swagger shipped in `fortigate-api` and the CLI reference) and its
-//! internal error codes.
+//! The emulated CMDB of one FortiGate: per VDOM, `firewall address`, `firewall addrgrp` and
+//! `system external-resource` tables stored as the JSON objects the REST API returns, with
+//! FortiOS's validation rules (from the 6.4.14 swagger shipped in `fortigate-api` and the CLI
+//! reference) and its internal error codes; and the entries pushed to threat feeds
+//! ([`super::feed`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde_json::{Map, Value, json};
+
+use super::feed::FeedList;
 
 /// Longest object name (swagger: `maxLength: 79`).
 pub const MAX_NAME: usize = 79;
@@ -14,6 +17,8 @@ pub const MAX_NAME: usize = 79;
 pub const MAX_COMMENT: usize = 255;
 /// Members per address group in the 6.4 schema (`maxItems: 600`); a FortiOS option.
 pub const DEFAULT_MAX_MEMBERS: usize = 600;
+/// Longest external-resource name (swagger: `maxLength: 35`; 7.2 CLI reference too).
+pub const MAX_FEED_NAME: usize = 35;
 
 /// A refusal as FortiOS reports it: the HTTP status, the internal error code and the CLI's
 /// message (`cli_error`, as 7.x builds add it).
@@ -62,6 +67,8 @@ impl ApiError {
 pub enum Table {
     Address,
     Addrgrp,
+    /// `system external-resource`: threat feeds.
+    ExternalResource,
 }
 
 impl Table {
@@ -70,6 +77,15 @@ impl Table {
         match self {
             Table::Address => "address",
             Table::Addrgrp => "addrgrp",
+            Table::ExternalResource => "external-resource",
+        }
+    }
+
+    /// The path element before it (`path` in the envelope).
+    pub fn path(self) -> &'static str {
+        match self {
+            Table::ExternalResource => "system",
+            _ => "firewall",
         }
     }
 }
@@ -79,6 +95,10 @@ impl Table {
 pub struct Vdom {
     pub addresses: BTreeMap<String, Map<String, Value>>,
     pub groups: BTreeMap<String, Map<String, Value>>,
+    /// `system external-resource` objects.
+    pub feeds: BTreeMap<String, Map<String, Value>>,
+    /// Entries pushed to each push feed (absent: nothing pushed yet).
+    pub feed_lists: BTreeMap<String, FeedList>,
     /// Objects referenced by firewall policies (name -> policy ids): they cannot be deleted.
     pub policy_refs: BTreeMap<String, BTreeSet<u32>>,
     /// Configuration revision, bumped by every change.
@@ -90,7 +110,27 @@ pub struct Vdom {
 pub struct Store {
     pub vdoms: BTreeMap<String, Vdom>,
     pub max_members: usize,
+    /// Entries a threat feed holds; more are dropped and the list flagged `overflow`.
+    pub max_feed_entries: usize,
+    /// Whether `update-method push` and the push API exist (FortiOS 7.2.1+).
+    pub push_feeds: bool,
+    /// When set, every applied feed command leaves the VDOM's membership in `steps`.
+    pub record_steps: bool,
+    pub steps: Vec<(String, Membership)>,
+    /// Every feed command applied: (vdom, feed, command, entries given).
+    pub feed_log: Vec<(String, String, String, usize)>,
     uuid_state: u64,
+}
+
+/// Resolved members of every group and threat feed of one VDOM (names are unique across the
+/// tables); feeds count their single IPv4 entries.
+pub type Membership = BTreeMap<String, BTreeSet<Ipv4Addr>>;
+
+/// The membership of a VDOM now.
+pub fn membership(v: &Vdom) -> Membership {
+    let groups = v.groups.keys().filter_map(|g| Some((g.clone(), resolve(v, g)?)));
+    let feeds = v.feed_lists.iter().map(|(n, l)| (n.clone(), l.single_ips()));
+    groups.chain(feeds).collect()
 }
 
 const ADDRESS_TYPES: [&str; 8] = ["ipmask", "iprange", "fqdn", "geography", "wildcard", "dynamic", "interface-subnet", "mac"];
@@ -102,7 +142,16 @@ impl Store {
         if names.is_empty() {
             names.push("root".into());
         }
-        Store { vdoms: names.into_iter().map(|v| (v, Vdom::default())).collect(), max_members, uuid_state: seed | 1 }
+        Store {
+            vdoms: names.into_iter().map(|v| (v, Vdom::default())).collect(),
+            max_members,
+            max_feed_entries: super::feed::DEFAULT_MAX_ENTRIES,
+            push_feeds: true,
+            record_steps: false,
+            steps: Vec::new(),
+            feed_log: Vec::new(),
+            uuid_state: seed | 1,
+        }
     }
 
     fn uuid(&mut self) -> String {
@@ -131,9 +180,9 @@ impl Store {
     /// Creates an object from a POST body.
     pub fn create(&mut self, vdom: &str, table: Table, body: &Map<String, Value>) -> Result<String, ApiError> {
         let name = body.get("name").and_then(Value::as_str).unwrap_or("").to_string();
-        check_name(&name)?;
+        check_name(&name, table)?;
         let v = self.vdom(vdom)?;
-        if v.addresses.contains_key(&name) || v.groups.contains_key(&name) {
+        if taken(v, &name) {
             return Err(ApiError::duplicate(&name));
         }
         let uuid = self.uuid();
@@ -142,12 +191,9 @@ impl Store {
         obj.insert("name".into(), json!(name));
         obj.insert("q_origin_key".into(), json!(name));
         let v = self.vdom(vdom)?;
-        let obj = validate(v, table, &name, obj, self.max_members)?;
+        let obj = validate(v, table, &name, obj, self.max_members, self.push_feeds)?;
         let v = self.vdom_mut(vdom)?;
-        match table {
-            Table::Address => v.addresses.insert(name.clone(), obj),
-            Table::Addrgrp => v.groups.insert(name.clone(), obj),
-        };
+        table_of_mut(v, table).insert(name.clone(), obj);
         v.revision += 1;
         Ok(name)
     }
@@ -156,24 +202,32 @@ impl Store {
     /// attribute such as `member` is replaced whole); a different `name` renames the object
     /// and the references to it.
     pub fn update(&mut self, vdom: &str, table: Table, name: &str, body: &Map<String, Value>) -> Result<String, ApiError> {
-        let max = self.max_members;
+        let (max, push) = (self.max_members, self.push_feeds);
         let v = self.vdom(vdom)?;
         let mut obj = table_of(v, table).get(name).cloned().ok_or_else(ApiError::not_found)?;
         let new_name = body.get("name").and_then(Value::as_str).unwrap_or(name).to_string();
         if new_name != name {
-            check_name(&new_name)?;
-            if v.addresses.contains_key(&new_name) || v.groups.contains_key(&new_name) {
+            check_name(&new_name, table)?;
+            if taken(v, &new_name) {
                 return Err(ApiError::duplicate(&new_name));
             }
         }
+        let old_kind = (obj.get("type").cloned(), obj.get("update-method").cloned());
         merge(&mut obj, body);
         obj.insert("name".into(), json!(new_name));
         obj.insert("q_origin_key".into(), json!(new_name));
-        let obj = validate(v, table, &new_name, obj, max)?;
+        let obj = validate(v, table, &new_name, obj, max, push)?;
         let v = self.vdom_mut(vdom)?;
         if new_name != name {
             table_of_mut(v, table).remove(name);
             rename_references(v, name, &new_name);
+            if let Some(list) = v.feed_lists.remove(name) {
+                v.feed_lists.insert(new_name.clone(), list);
+            }
+        }
+        // Pushed entries belong to a push address feed: another type or method drops them.
+        if (obj.get("type").cloned(), obj.get("update-method").cloned()) != old_kind {
+            v.feed_lists.remove(&new_name);
         }
         table_of_mut(v, table).insert(new_name.clone(), obj);
         v.revision += 1;
@@ -191,15 +245,24 @@ impl Store {
         }
         let v = self.vdom_mut(vdom)?;
         table_of_mut(v, table).remove(name);
+        v.feed_lists.remove(name);
         v.revision += 1;
         Ok(())
     }
 }
 
-fn table_of(v: &Vdom, table: Table) -> &BTreeMap<String, Map<String, Value>> {
+/// Whether a name is used: addresses, groups and external resources share one namespace
+/// (policies name all three alike; the emulator's assumption, unverified for feeds).
+pub fn taken(v: &Vdom, name: &str) -> bool {
+    v.addresses.contains_key(name) || v.groups.contains_key(name) || v.feeds.contains_key(name)
+}
+
+/// The objects of one table.
+pub fn table_of(v: &Vdom, table: Table) -> &BTreeMap<String, Map<String, Value>> {
     match table {
         Table::Address => &v.addresses,
         Table::Addrgrp => &v.groups,
+        Table::ExternalResource => &v.feeds,
     }
 }
 
@@ -207,6 +270,7 @@ fn table_of_mut(v: &mut Vdom, table: Table) -> &mut BTreeMap<String, Map<String,
     match table {
         Table::Address => &mut v.addresses,
         Table::Addrgrp => &mut v.groups,
+        Table::ExternalResource => &mut v.feeds,
     }
 }
 
@@ -238,11 +302,12 @@ pub fn member_names(g: &Map<String, Value>) -> impl Iterator<Item = &str> {
     g.get("member").and_then(Value::as_array).into_iter().flatten().filter_map(|m| m.get("name").and_then(Value::as_str))
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+fn check_name(name: &str, table: Table) -> Result<(), ApiError> {
     if name.is_empty() {
         return Err(ApiError::invalid("name: empty value"));
     }
-    if name.chars().count() > MAX_NAME {
+    let max = if table == Table::ExternalResource { MAX_FEED_NAME } else { MAX_NAME };
+    if name.chars().count() > max {
         return Err(ApiError::invalid_length("name"));
     }
     Ok(())
@@ -258,6 +323,12 @@ fn defaults(table: Table, name: &str, uuid: &str) -> Map<String, Value> {
         Table::Addrgrp => json!({
             "name": name, "q_origin_key": name, "uuid": uuid, "type": "default", "member": [], "comment": "",
             "exclude": "disable", "exclude-member": [], "color": 0, "allow-routing": "disable", "fabric-object": "disable",
+        }),
+        // The CLI reference's defaults (7.2); `password` is never shown.
+        Table::ExternalResource => json!({
+            "name": name, "q_origin_key": name, "uuid": uuid, "status": "enable", "type": "category", "update-method": "feed",
+            "category": 0, "username": "", "comments": "", "resource": "", "user-agent": "curl/7.58.0",
+            "server-identity-check": "none", "refresh-rate": 5, "source-ip": "0.0.0.0", "interface-select-method": "auto", "interface": "",
         }),
     };
     match v {
@@ -277,7 +348,7 @@ fn merge(obj: &mut Map<String, Value>, body: &Map<String, Value>) {
 
 /// Checks an object about to be stored and normalises it as FortiOS does (subnet written as
 /// "address mask", member entries with `q_origin_key`).
-fn validate(v: &Vdom, table: Table, name: &str, mut obj: Map<String, Value>, max_members: usize) -> Result<Map<String, Value>, ApiError> {
+fn validate(v: &Vdom, table: Table, name: &str, mut obj: Map<String, Value>, max_members: usize, push_feeds: bool) -> Result<Map<String, Value>, ApiError> {
     if let Some(c) = obj.get("comment") {
         let c = c.as_str().ok_or_else(|| ApiError::invalid("comment: not a string"))?;
         if c.chars().count() > MAX_COMMENT {
@@ -328,6 +399,7 @@ fn validate(v: &Vdom, table: Table, name: &str, mut obj: Map<String, Value>, max
             }
             obj.insert("member".into(), Value::Array(out));
         }
+        Table::ExternalResource => super::feed::validate_resource(&obj, push_feeds)?,
     }
     Ok(obj)
 }

@@ -92,7 +92,13 @@ impl Client {
 
     /// `/api/v2/cmdb/firewall/{table}[/{name}]?vdom=V[&extra]`.
     pub fn path(&self, table: &str, name: Option<&str>, extra: &str) -> String {
-        let mut p = format!("/api/v2/cmdb/firewall/{table}");
+        self.api_path(&format!("cmdb/firewall/{table}"), name, extra)
+    }
+
+    /// `/api/v2/{endpoint}[/{name}]?vdom=V[&extra]`, e.g. `cmdb/system/external-resource` or
+    /// `monitor/system/external-resource/dynamic`.
+    pub fn api_path(&self, endpoint: &str, name: Option<&str>, extra: &str) -> String {
+        let mut p = format!("/api/v2/{endpoint}");
         if let Some(n) = name {
             p += "/";
             p += &encode(n);

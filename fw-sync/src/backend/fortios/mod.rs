@@ -1,8 +1,22 @@
-//! FortiOS backend: address groups as CMDB `firewall/addrgrp` objects of `firewall/address`
-//! objects, through the REST API in one VDOM, one request per object (see [`layout`] for the
-//! objects and their names).
+//! FortiOS backend: one FortiGate VDOM through the REST API, with two kinds of target.
 //!
-//! Reading is two GETs (owned addresses, owned groups; `filter=name=@bhfw-`). Applying:
+//! | kind | FortiOS object | versions | cost of N new IPs |
+//! | --- | --- | --- | --- |
+//! | `fortios-addrgrp` | `firewall addrgrp` of `firewall address` objects | every version (6.4 too) | one request per new IP, plus one per changed group |
+//! | `fortios-threat-feed` | `system external-resource`, `type address`, `update-method push` | 7.2.1 and later | one request per batch of up to 10,000 entries |
+//!
+//! Use the address group where policies must see ordinary address objects (e.g. to be
+//! shown or reused elsewhere) or where the FortiGate runs FortiOS before 7.2.1. Use the
+//! threat feed where pods come and go in numbers: 1,000 new pod IPs are one request
+//! instead of about a thousand, which is what keeps fw-sync within ten API calls per 1,000
+//! pod events. Both are usable in firewall policies as addresses. A firewall may hold
+//! targets of both kinds (under different names); see [`feed`] for the feeds.
+//!
+//! Address groups (see [`layout`] for the objects and their names):
+//!
+//! Reading is two GETs (owned addresses, owned groups; `filter=name=@bhfw-`), plus the
+//! feeds' reads when the FortiGate (its version is in every answer) is 7.2.1 or later.
+//! Applying:
 //! 1. create (POST) the address objects new IPs need; one object serves every owned group
 //!    holding its IP, so N new IPs cost N POSTs once;
 //! 2. removal-first: groups losing an IP that another group gains in this diff are written
@@ -14,12 +28,16 @@
 //!    refuses to delete an object something else references (error -23): such an address
 //!    is kept (a foreign group or policy uses it), such a target group is emptied instead.
 //!
+//! With both kinds in one diff, the feeds' removals go first, then the groups, then the
+//! feeds' additions, so an IP moving between kinds is never in two objects either.
+//!
 //! Requests are retried (twice) on transport failures and 5xx answers without a FortiOS
 //! error code. A POST whose object exists (e.g. a retry of a POST whose answer was lost) is
 //! followed by a PUT of the same body; a PUT of a vanished object by a POST; a DELETE of a
 //! missing object succeeds.
 
 mod client;
+pub mod feed;
 pub mod layout;
 
 use std::collections::BTreeSet;
@@ -30,10 +48,11 @@ use serde_json::{Value, json};
 use crate::backend::Backend;
 use crate::backend::http::{HttpClient, TlsOptions};
 use crate::config::FortiosConfig;
-use crate::diff::{Action, Diff};
+use crate::diff::{Action, Diff, ObjectChange};
 use crate::error::FwSyncError;
 use crate::group::{FirewallState, OWNED_PREFIX, TargetKind};
 use client::{Answer, Client};
+use feed::Feeds;
 use layout::{Layout, Owned, PLACEHOLDER, PLACEHOLDER_IP, address_name, group_name, is_chunk};
 
 /// Members per address group FortiOS accepts (`maxItems` in the 6.4 schema).
@@ -50,13 +69,38 @@ pub struct FortiosBackend {
     /// Owned addresses FortiOS refused to delete as in use (a foreign group or policy); not
     /// tried again until the next read.
     in_use: BTreeSet<String>,
+    /// Owned threat feeds as last read (set with `owned`); empty before FortiOS 7.2.1.
+    feeds: Feeds,
+    /// FortiOS version from the last answer that named it (`v7.2.5` -> (7, 2, 5)).
+    version: Option<(u32, u32, u32)>,
+    max_feed_entries: usize,
 }
 
 impl FortiosBackend {
     /// A backend for firewall `name`.
     pub fn new(name: &str, config: FortiosConfig, tls: &TlsOptions) -> Result<Self, FwSyncError> {
         let http = HttpClient::new(name, &config.url, tls)?;
-        Ok(FortiosBackend { client: Client::new(http, config.token, &config.vdom), max_members: DEFAULT_MAX_MEMBERS, owned: None, in_use: BTreeSet::new() })
+        Ok(FortiosBackend {
+            client: Client::new(http, config.token, &config.vdom),
+            max_members: DEFAULT_MAX_MEMBERS,
+            owned: None,
+            in_use: BTreeSet::new(),
+            feeds: Feeds::default(),
+            version: None,
+            max_feed_entries: feed::DEFAULT_MAX_ENTRIES,
+        })
+    }
+
+    /// Sets the entries per threat feed the FortiGate accepts.
+    pub fn with_max_feed_entries(mut self, max: usize) -> Self {
+        self.max_feed_entries = max;
+        self
+    }
+
+    /// Whether the FortiGate has push threat feeds (7.2.1+; assumed when its version is
+    /// not known yet).
+    fn has_feeds(&self) -> bool {
+        self.version.is_none_or(|v| v >= (7, 2, 1))
     }
 
     /// Sets the members per group the FortiGate accepts (a per-model limit).
@@ -77,6 +121,9 @@ impl FortiosBackend {
     fn list(&mut self, table: &str, format: &str) -> Result<Vec<(String, Value)>, FwSyncError> {
         let path = self.client.path(table, None, &format!("filter=name%3D%40{OWNED_PREFIX}&format={format}"));
         let a = self.client.call("GET", &path, None)?;
+        if let Some(v) = a.json.get("version").and_then(Value::as_str).and_then(parse_version) {
+            self.version = Some(v);
+        }
         let results = match a.json.get("results").and_then(Value::as_array) {
             Some(r) if a.ok() => r,
             _ => return Err(self.client.refused("GET", &path, &a)),
@@ -89,11 +136,11 @@ impl FortiosBackend {
             .collect())
     }
 
-    /// Sends a body to `table/name`: POST when `exists` is false (PUT if it turns out to
-    /// exist), PUT otherwise (POST if it vanished).
-    fn upsert(&mut self, table: &str, name: &str, body: &Value, exists: bool) -> Result<(), FwSyncError> {
-        let item = self.client.path(table, Some(name), "");
-        let collection = self.client.path(table, None, "");
+    /// Sends a body to `endpoint/name` (e.g. `cmdb/firewall/address`): POST when `exists` is
+    /// false (PUT if it turns out to exist), PUT otherwise (POST if it vanished).
+    fn upsert(&mut self, endpoint: &str, name: &str, body: &Value, exists: bool) -> Result<(), FwSyncError> {
+        let item = self.client.api_path(endpoint, Some(name), "");
+        let collection = self.client.api_path(endpoint, None, "");
         let (first, second) = if exists { (("PUT", &item), ("POST", &collection)) } else { (("POST", &collection), ("PUT", &item)) };
         let a = self.client.call(first.0, first.1, Some(body))?;
         if a.ok() {
@@ -134,7 +181,7 @@ impl FortiosBackend {
             return Ok(());
         }
         let body = json!({"name": name, "type": "ipmask", "subnet": format!("{ip} 255.255.255.255"), "comment": COMMENT});
-        self.upsert("address", name, &body, current.is_some())?;
+        self.upsert("cmdb/firewall/address", name, &body, current.is_some())?;
         self.owned().addresses.insert(name.to_string(), Some(ip));
         Ok(())
     }
@@ -149,7 +196,7 @@ impl FortiosBackend {
         }
         let exists = self.owned().groups.contains_key(name);
         let body = json!({"name": name, "member": members.iter().map(|m| json!({"name": m})).collect::<Vec<_>>(), "comment": comment});
-        self.upsert("addrgrp", name, &body, exists)?;
+        self.upsert("cmdb/firewall/addrgrp", name, &body, exists)?;
         self.owned().groups.insert(name.to_string(), members);
         Ok(())
     }
@@ -213,6 +260,47 @@ impl FortiosBackend {
         Ok(())
     }
 
+    /// Applies a diff of both kinds with every removal before any addition: the feeds'
+    /// removals, then the address groups (removal-first among themselves), then the feeds'
+    /// additions; feeds of deleted targets go last. Feeds alone take one `dynamic` request.
+    fn apply_all(&mut self, diff: &Diff) -> Result<(), FwSyncError> {
+        let (feeds, groups): (Vec<&ObjectChange>, Vec<&ObjectChange>) = diff.changes.iter().partition(|c| c.object.kind == TargetKind::FortiosThreatFeed);
+        if feeds.is_empty() {
+            return self.apply_changes(diff);
+        }
+        if !self.has_feeds() {
+            let (major, minor, patch) = self.version.unwrap_or_default();
+            return Err(self.err(&feeds[0].object.to_string(), format!("FortiOS v{major}.{minor}.{patch} has no push threat feeds (7.2.1 or later); use a fortios-addrgrp target")));
+        }
+        let moves = diff.moves();
+        let owned = self.owned.as_ref().expect("read before apply");
+        let plan = feed::plan(&feeds, &self.feeds, &moves, self.max_feed_entries, |n| owned.groups.contains_key(n) || owned.addresses.contains_key(n))
+            .map_err(|(object, why)| self.err(&object, why))?;
+        for name in &plan.create {
+            self.upsert(feed::TABLE, name, &feed::create_body(name, COMMENT), false)?;
+            self.feeds.feeds.entry(name.clone()).or_default();
+        }
+        if groups.is_empty() {
+            feed::push(&mut self.client, &mut self.feeds, plan.first.into_iter().chain(plan.then).collect())?;
+        } else {
+            feed::push(&mut self.client, &mut self.feeds, plan.first)?;
+            self.apply_changes(&Diff { changes: groups.into_iter().cloned().collect() })?;
+            feed::push(&mut self.client, &mut self.feeds, plan.then)?;
+        }
+        for name in &plan.delete {
+            let path = self.client.api_path(feed::TABLE, Some(name), "");
+            let a = self.client.call("DELETE", &path, None)?;
+            if a.ok() || a.missing() {
+                self.feeds.feeds.remove(name);
+            } else if a.in_use() {
+                tracing::warn!(object = %name, "threat feed is still used (by a policy?): emptied instead of deleted");
+            } else {
+                return Err(self.client.refused("DELETE", &path, &a));
+            }
+        }
+        Ok(())
+    }
+
     fn apply_changes(&mut self, diff: &Diff) -> Result<(), FwSyncError> {
         let moves = diff.moves();
         let cap = self.max_members;
@@ -265,6 +353,12 @@ impl FortiosBackend {
     }
 }
 
+/// "v7.2.5" -> (7, 2, 5).
+fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = v.trim_start_matches('v').split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+}
+
 impl Backend for FortiosBackend {
     fn firewall(&self) -> &str {
         self.client.firewall()
@@ -282,7 +376,11 @@ impl Backend for FortiosBackend {
             let members = o.get("member").and_then(Value::as_array).into_iter().flatten();
             owned.groups.insert(name, members.filter_map(|m| m.get("name").and_then(Value::as_str).map(str::to_string)).collect());
         }
-        let state = owned.state();
+        let mut state = owned.state();
+        // The version came with the GETs above: FortiOS before 7.2.1 has no push feeds.
+        let feeds = if self.has_feeds() { feed::read(&mut self.client)? } else { Feeds::default() };
+        state.extend(feeds.state());
+        self.feeds = feeds;
         self.owned = Some(owned);
         self.in_use.clear();
         Ok(state)
@@ -295,7 +393,7 @@ impl Backend for FortiosBackend {
         if self.owned.is_none() {
             self.read_owned_state()?;
         }
-        let result = self.apply_changes(diff);
+        let result = self.apply_all(diff);
         if result.is_err() {
             // Part of it may be applied and the cache may be off: read again before the next.
             self.owned = None;
