@@ -2,6 +2,8 @@
 //! minutes on real hardware) never delays the others, and changes that arrive while a
 //! firewall is busy are coalesced into its next batch: the worker always applies the latest
 //! snapshot, and the latency it reports runs from the oldest change the batch carries.
+//! A firewall's `batchWindow` holds a batch open that long after its first change, so a
+//! rollout's pod events become one commit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -41,12 +43,14 @@ impl Worker {
         let inbox = Arc::new((Mutex::new(Inbox::default()), Condvar::new()));
         let inbox2 = inbox.clone();
         let name = firewall.clone();
+        let name_in = firewall.clone();
         let thread = std::thread::Builder::new()
             .name(format!("fw-{firewall}"))
             .spawn(move || {
                 let interval = config.reconcile_interval;
+                let window = config.firewalls.iter().find(|f| f.name == name_in).map_or(Duration::ZERO, |f| f.batch_window);
                 let engine = Engine::new(config, vec![backend]);
-                run(engine, &metrics, &inbox2, first, interval);
+                run(engine, &metrics, &inbox2, first, interval, window);
             })
             .expect("spawning a worker thread");
         tracing::debug!(firewall = %name, "worker started");
@@ -81,7 +85,7 @@ impl Drop for Worker {
     }
 }
 
-fn run(mut engine: Engine, metrics: &Metrics, inbox: &(Mutex<Inbox>, Condvar), first: Arc<Snapshot>, interval: Duration) {
+fn run(mut engine: Engine, metrics: &Metrics, inbox: &(Mutex<Inbox>, Condvar), first: Arc<Snapshot>, interval: Duration, window: Duration) {
     let mut last = first;
     let mut retry_at: Option<Instant>;
     let mut delay = RETRY_FIRST;
@@ -107,11 +111,18 @@ fn run(mut engine: Engine, metrics: &Metrics, inbox: &(Mutex<Inbox>, Condvar), f
             if guard.stop {
                 return;
             }
-            if let Some((snapshot, seen)) = guard.pending.take() {
+            let now = Instant::now();
+            if let Some((_, seen)) = &guard.pending {
+                // Within the batch window, keep collecting (newer snapshots replace this one).
+                let due = *seen + window;
+                if now < due {
+                    guard = cv.wait_timeout(guard, due - now).expect("worker inbox").0;
+                    continue;
+                }
+                let (snapshot, seen) = guard.pending.take().expect("checked above");
                 (last, since, mode) = (snapshot, seen, Mode::Event);
                 break;
             }
-            let now = Instant::now();
             let wake = retry_at.map_or(next_reconcile, |r| r.min(next_reconcile));
             if now >= wake {
                 // A retry reads the real state: the failed apply may have left part of it.

@@ -11,7 +11,8 @@
 //! failed or interrupted commit) then still reads as a difference and is committed by the
 //! next reconcile. Changes go to the candidate config in ONE strict-transactional
 //! multi-config per apply, followed by ONE commit (and, on Panorama, one commit-all to the
-//! device group), whose jobs are polled every 25 ms. Every operation is idempotent (set
+//! device group), whose jobs are first polled when the previous job would have finished, then
+//! at intervals doubling from 25 ms to 0.5 s. Every operation is idempotent (set
 //! merges, deleting a missing node succeeds), so a repeated or partly stale apply is safe.
 //! Caveat: the commit is a full commit, so uncommitted edits other admins left in the
 //! candidate are committed with it.
@@ -51,6 +52,9 @@ use crate::group::{FirewallState, OWNED_PREFIX, ObjectRef, TargetKind};
 pub(crate) const PLACEHOLDER: &str = "bhfw-empty-group";
 /// Its address: the limited broadcast address, never a pod's.
 pub(crate) const PLACEHOLDER_IP: &str = "255.255.255.255";
+
+/// Longest pause between two polls of a commit job.
+const MAX_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// The description of owned objects.
 pub(crate) const DESCRIPTION: &str = "managed by fw-sync (Bulkhead); changes are reverted";
 /// IPs per User-ID request.
@@ -79,6 +83,8 @@ pub struct PanosBackend {
     /// A commit went through on Panorama but its push (commit-all) was not confirmed.
     push_owed: bool,
     poll_interval: Duration,
+    /// How long the last job took from enqueue to FIN as seen by polling.
+    last_job: Duration,
     busy_budget: Duration,
     job_timeout: Duration,
 }
@@ -100,6 +106,7 @@ impl PanosBackend {
             foreign_refs: BTreeSet::new(),
             push_owed: false,
             poll_interval: Duration::from_millis(25),
+            last_job: Duration::ZERO,
             busy_budget: Duration::from_secs(5),
             job_timeout: Duration::from_secs(600),
         })
@@ -299,8 +306,15 @@ impl PanosBackend {
         let cmd = format!("<show><jobs><id>{}</id></jobs></show>", esc(job));
         let poll = format!("op show jobs id {job}");
         let start = Instant::now();
+        // The first poll comes when the last job of this firewall would have finished (commits
+        // of one device take similar times), then short polls doubling to 0.5 s (pan-python's
+        // fixed pace): a fast commit is seen at once, a multi-minute one costs few calls.
+        let mut pause = self.poll_interval.max(self.last_job.mul_f64(0.9));
+        let mut next = self.poll_interval;
         loop {
-            std::thread::sleep(self.poll_interval);
+            std::thread::sleep(pause);
+            pause = next;
+            next = (next * 2).min(MAX_POLL_INTERVAL);
             let body = self.api.call(&[("type", "op"), ("cmd", &cmd)], &poll).map_err(|e| self.api.error(&poll, e))?;
             let doc = roxmltree::Document::parse(&body).map_err(|e| self.fail(&poll, format!("unreadable answer: {e}")))?;
             let Some(jn) = doc.descendants().find(|n| n.has_tag_name("job")) else {
@@ -308,6 +322,7 @@ impl PanosBackend {
             };
             let field = |tag: &str| jn.children().find(|n| n.has_tag_name(tag)).and_then(|n| n.text()).unwrap_or("").trim().to_string();
             if field("status") == "FIN" {
+                self.last_job = start.elapsed();
                 if field("result") == "OK" {
                     return Ok(());
                 }
