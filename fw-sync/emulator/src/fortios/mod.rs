@@ -255,11 +255,11 @@ impl FortiosEmulator {
         Some(store::member_names(st.vdoms.get(vdom)?.groups.get(group)?).map(str::to_string).collect())
     }
 
-    /// An object as GET returns it (address or group).
+    /// An object as GET returns it (address, group or external resource).
     pub fn object(&self, vdom: &str, name: &str) -> Option<Value> {
         let st = self.store();
         let v = st.vdoms.get(vdom)?;
-        v.addresses.get(name).or_else(|| v.groups.get(name)).map(|o| Value::Object(o.clone()))
+        v.addresses.get(name).or_else(|| v.groups.get(name)).or_else(|| v.feeds.get(name)).map(|o| Value::Object(o.clone()))
     }
 
     /// (address names, group names) of a VDOM.
