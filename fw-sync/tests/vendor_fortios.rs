@@ -1,6 +1,7 @@
 //! The FortiOS emulator checked with an independent client, `fortigate-api` from PyPI
 //! (installed by `scripts/setup.sh` in /opt/bulkhead/pyenv): `tests/vendor/fortios_client.py`
-//! drives it over verified TLS (the emulator's CA via REQUESTS_CA_BUNDLE).
+//! drives it over verified TLS (the emulator's CA via REQUESTS_CA_BUNDLE), threat feeds
+//! included (CMDB connector, push and entry list through its generic methods).
 
 use std::path::Path;
 use std::process::Command;
@@ -13,7 +14,8 @@ const PYTHON: &str = "/opt/bulkhead/pyenv/bin/python3";
 fn fortigate_api_agrees_with_the_emulator() {
     assert!(Path::new(PYTHON).exists(), "{PYTHON} is missing: run scripts/setup.sh (installs the vendor clients)");
     let token = "py-fortios-token-5b1e";
-    let emu = FortiosEmulator::start(FortiosOptions { token: token.into(), vdoms: vec!["root".into(), "dmz".into()], ..FortiosOptions::default() })
+    // 7.2.5: the threat-feed push API exists (7.2.1+).
+    let emu = FortiosEmulator::start(FortiosOptions { token: token.into(), vdoms: vec!["root".into(), "dmz".into()], version: "v7.2.5".into(), ..FortiosOptions::default() })
         .expect("FortiOS emulator");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vendor/fortios_client.py");
     let out = Command::new(PYTHON)
@@ -34,4 +36,6 @@ fn fortigate_api_agrees_with_the_emulator() {
     let log = emu.request_log();
     assert!(log.iter().any(|r| r.path == "/api/v2/monitor/system/status" && r.status == 200), "token check seen");
     assert!(log.iter().any(|r| r.status == 401), "wrong token seen");
+    assert!(log.iter().any(|r| r.path == "/api/v2/monitor/system/external-resource/dynamic" && r.status == 200 && r.query.get("vdom").is_some_and(|v| v == "root")), "feed push seen");
+    assert!(emu.feed_names("root").is_empty(), "feeds cleaned up by the script:\n{shown}");
 }

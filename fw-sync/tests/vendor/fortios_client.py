@@ -96,6 +96,46 @@ r = api.fortigate.get("api/v2/cmdb/firewall/address")
 check(r.status_code == 403, "unknown vdom -> 403", r)
 api.vdom = "root"
 
+# Threat feeds (FortiOS 7.2.1+): the CMDB object through the typed connector, the push and
+# the entry list through the generic methods (fortigate-api 6.4 has no monitor wrappers for
+# them; `Fortigate.post/get` send any path with the vdom and the Bearer token).
+feeds = api.cmdb.system.external_resource
+r = feeds.create({"name": "py-feed", "type": "address", "update-method": "push", "comments": "from python"})
+check(r.ok and r.json()["mkey"] == "py-feed" and r.json()["path"] == "system", "create push threat feed py-feed", r)
+items = feeds.get(name="py-feed")
+check(len(items) == 1 and items[0]["type"] == "address" and items[0]["update-method"] == "push", "get the feed back")
+r = feeds.create({"name": "f" * 36, "type": "address", "update-method": "push"})
+check(r.status_code == 424 and r.json()["error"] == -1, "36-character feed name refused (424, -1)", r)
+r = feeds.create({"name": "py-a9", "type": "address", "update-method": "push"})
+check(r.ok, "feed py-a9", r)
+r = addr.create({"name": "py-a9", "subnet": "10.50.0.9/32"})
+check(r.status_code == 500 and r.json()["error"] == -5, "feed and address names share one namespace (500, -5)", r)
+feeds.delete("py-a9")
+
+DYNAMIC = "api/v2/monitor/system/external-resource/dynamic"
+ENTRY_LIST = "api/v2/monitor/system/external-resource/entry-list?mkey=py-feed"
+push = {"commands": [
+    {"name": "py-feed", "command": "snapshot", "entries": ["10.70.0.1", "10.70.0.2", "10.70.0.3"]},
+    {"name": "py-feed", "command": "remove", "entries": ["10.70.0.2"]},
+    {"name": "py-feed", "command": "add", "entries": ["10.70.0.4", "10.70.1.0/24", "not-an-ip"]},
+]}
+r = api.fortigate.post(url=DYNAMIC, data=push)
+check(r.ok and r.json()["status"] == "success", "push snapshot, remove, add in one request", r)
+r = api.fortigate.get(url=ENTRY_LIST)
+res = r.json()["results"]
+listed = [(e["entry"], e["valid"]) for e in res["entries"]]
+want = [("10.70.0.1", True), ("10.70.0.3", True), ("10.70.0.4", True), ("10.70.1.0/24", True), ("not-an-ip", False)]
+check(r.ok and listed == want and res["valid_count"] == 4 and res["invalid_count"] == 1 and res["overflow"] is False, f"entry list -> {listed}", r)
+r = api.fortigate.post(url=DYNAMIC, data={"commands": [{"name": "py-nope", "command": "add", "entries": ["10.70.0.9"]}]})
+check(r.status_code == 424 and r.json()["status"] == "error", "push to a missing feed refused", r)
+r = api.fortigate.post(url=DYNAMIC, data={"commands": [{"name": "py-feed", "command": "snapshot", "entries": ["10.70.0.8"]}]})
+entries = [e["entry"] for e in api.fortigate.get(url=ENTRY_LIST).json()["results"]["entries"]]
+check(r.ok and entries == ["10.70.0.8"], f"snapshot replaces the list -> {entries}", r)
+r = feeds.delete("py-feed")
+check(r.ok and not feeds.is_exist("py-feed"), "delete the feed", r)
+r = api.fortigate.get(url=ENTRY_LIST)
+check(r.status_code == 404, "entry list of a deleted feed -> 404", r)
+
 # The low-level connector, as a context manager.
 with FortiGate(host=HOST, port=PORT, token=TOKEN, verify=True, vdom="dmz") as fgt:
     data = fgt.get_results("api/v2/cmdb/firewall/address/py-dmz")
