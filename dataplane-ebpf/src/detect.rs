@@ -8,7 +8,7 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal,
     },
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use bulkhead_common::{
     counters,
@@ -26,8 +26,8 @@ const EXEC_FILENAME_LOC: usize = 8;
 /// sched_process_fork: parent_pid at 12, child_pid at 20.
 const FORK_PARENT_PID: usize = 12;
 const FORK_CHILD_PID: usize = 20;
-/// raw_syscalls/sys_enter: `long id` at offset 8.
-const SYS_ENTER_ID: usize = 8;
+/// Raw tracepoint sys_enter: TP_PROTO(struct pt_regs *regs, long id).
+const SYS_ENTER_ID_ARG: usize = 1;
 
 /// sched/sched_process_exec: reports the exec; in monitor/protect mode checks the path
 /// against the profile and, in protect mode, kills and isolates in this same program.
@@ -128,10 +128,10 @@ pub fn try_fork(ctx: &TracePointContext) -> u32 {
     0
 }
 
-/// raw_syscalls/sys_enter: counts syscalls per (workload, number) for monitored workloads
+/// sys_enter (raw tracepoint): counts syscalls per (workload, number) for monitored workloads
 /// with the SYSCALLS flag.
 #[inline(always)]
-pub fn try_sys_enter(ctx: &TracePointContext) -> u32 {
+pub fn try_sys_enter(ctx: &RawTracePointContext) -> i32 {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let Some(wl) = WORKLOADS.get_ptr(&cgroup_id) else { return 0 };
@@ -139,8 +139,7 @@ pub fn try_sys_enter(ctx: &TracePointContext) -> u32 {
     if unsafe { (*wl).flags } & wl_flags::SYSCALLS == 0 {
         return 0;
     }
-    // SAFETY: offset from the tracepoint's format.
-    let Ok(nr) = (unsafe { ctx.read_at::<i64>(SYS_ENTER_ID) }) else { return 0 };
+    let nr: i64 = ctx.arg(SYS_ENTER_ID_ARG);
     let key = SyscallKeyV1 { cgroup_id, nr: nr as u32, _pad: 0 };
     if let Some(c) = SYSCALLS.get_ptr_mut(&key) {
         // SAFETY: per-CPU slot.

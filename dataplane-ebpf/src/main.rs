@@ -7,7 +7,7 @@
 //!
 //! The detector's probes are tracepoints: `bh_exec` (sched_process_exec: exec events and
 //! in-kernel protect), `bh_fork` (sched_process_fork: parents) and `bh_sys_enter`
-//! (raw_syscalls/sys_enter: syscall counts). TC drops traffic of isolated endpoints.
+//! (raw tracepoint sys_enter: syscall counts). TC drops traffic of isolated endpoints.
 #![no_std]
 #![no_main]
 
@@ -22,8 +22,8 @@ mod policy;
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_ktime_get_coarse_ns,
-    macros::{classifier, tracepoint, xdp},
-    programs::{TcContext, TracePointContext, XdpContext},
+    macros::{classifier, raw_tracepoint, tracepoint, xdp},
+    programs::{RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use bulkhead_common::{
     ConfigV1, CtKeyV1, CtValueV1, EndpointV1, action, config_flags, counters, direction, ep_flags, flow_kind, proto,
@@ -74,9 +74,10 @@ pub fn bh_fork(ctx: TracePointContext) -> u32 {
     detect::try_fork(&ctx)
 }
 
-/// Entry of a syscall: count it per workload (monitored workloads only).
-#[tracepoint]
-pub fn bh_sys_enter(ctx: TracePointContext) -> u32 {
+/// Entry of a syscall: count it per workload (monitored workloads only). A raw tracepoint:
+/// the regular one formats a trace record for every syscall of every task first.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn bh_sys_enter(ctx: RawTracePointContext) -> i32 {
     detect::try_sys_enter(&ctx)
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bulkhead_e2e::{bulkhead_bin, require_root};
+use bulkhead_e2e::{bulkhead_bin, require_root, run_bulkhead};
 use bulkhead_lab::agent::Agent;
 use bulkhead_lab::agent::detect::{Actions, Mode, WorkloadSpec, cgroup};
 use bulkhead_lab::datastore::Datastore;
@@ -321,6 +321,15 @@ fn isolation_and_protect_survive_an_agent_restart() {
     assert!(f.app_reaches_dns_udp53(), "allow-list lost while no agent runs");
     let (sig, _) = reap(spawn_in_pod(f.app(), &["/bin/sh", "-c", "true"]), Instant::now());
     assert_eq!(sig, Some(libc::SIGKILL), "protect lost while no agent runs");
+    // The CLI reads the state from the pins and state files without an agent.
+    let instance = f.lab.pin_dir().file_name().unwrap().to_string_lossy().into_owned();
+    let out = run_bulkhead(&["detector", "status", "--instance", &instance, "--json"]);
+    assert!(out.status.success(), "detector status: {}", String::from_utf8_lossy(&out.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(st["workloads"][0]["name"], APP, "{st}");
+    assert_eq!(st["workloads"][0]["isolated"], true, "{st}");
+    assert!(st["counters"]["detector_killed"].as_u64().unwrap_or(0) >= 2, "{st}");
+    assert_eq!(st["counters"]["detector_events_dropped"], 0, "{st}");
     // A new agent takes over the pinned state.
     f.agent = Some(f.lab.start_agent(false).expect("agent restarts"));
     assert!(!f.app_reachable(), "isolation lost after the agent restart");
@@ -328,6 +337,13 @@ fn isolation_and_protect_survive_an_agent_restart() {
     assert!(st.iter().any(|w| w.name == APP && w.isolated && w.mode == Mode::Protect), "restored state: {st:?}");
     let (sig, _) = reap(spawn_in_pod(f.app(), &["/bin/sh", "-c", "true"]), Instant::now());
     assert_eq!(sig, Some(libc::SIGKILL), "protect lost after the restart");
-    f.agent().detector_release(APP).expect("release");
-    assert!(f.app_reachable(), "app pod not reachable after release by the new agent");
+    // Release through the CLI (it works on the pinned maps).
+    let out = run_bulkhead(&["detector", "release", "--instance", &instance, "--cgroup", f.cg().to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "detector release: {}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("release JSON");
+    assert_eq!(r["was_isolated"], true, "{r}");
+    assert!(f.app_reachable(), "app pod not reachable after release by the CLI");
+    let out = run_bulkhead(&["detector", "events", "--instance", &instance]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().filter(|l| l.starts_with("violation") && l.contains("/bin/sh")).count() >= 3, "events:\n{text}");
 }

@@ -10,7 +10,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, TracePoint, Xdp,
+        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, Xdp,
+        raw_trace_point::RawTracePointLinkId,
         links::FdLink,
         tc::{SchedClassifierLinkId, TcAttachOptions},
         trace_point::TracePointLinkId,
@@ -40,12 +41,10 @@ pub mod programs {
     pub const SYS_ENTER: &str = "bh_sys_enter";
 }
 
-/// Tracepoints of the detector probes: (program, category, name).
-const TRACEPOINTS: [(&str, &str, &str); 3] = [
-    (programs::EXEC, "sched", "sched_process_exec"),
-    (programs::FORK, "sched", "sched_process_fork"),
-    (programs::SYS_ENTER, "raw_syscalls", "sys_enter"),
-];
+/// Tracepoints of the detector probes: (program, category, name). The syscall probe is a raw
+/// tracepoint (`sys_enter`), see [`Dataplane::set_syscall_probe`].
+const TRACEPOINTS: [(&str, &str, &str); 2] =
+    [(programs::EXEC, "sched", "sched_process_exec"), (programs::FORK, "sched", "sched_process_fork")];
 
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
@@ -115,6 +114,8 @@ pub struct Dataplane {
     attached: BTreeMap<String, Attachment>,
     /// Attached detector tracepoints by program name.
     tracepoints: BTreeMap<&'static str, TracePointLinkId>,
+    /// The syscall probe's link while attached.
+    sys_enter: Option<RawTracePointLinkId>,
 }
 
 fn map_err(map: &'static str, e: impl std::fmt::Display) -> AgentError {
@@ -155,6 +156,12 @@ impl Dataplane {
                 .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
             t.load().map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
         }
+        let r: &mut RawTracePoint = ebpf
+            .program_mut(programs::SYS_ENTER)
+            .ok_or_else(|| map_err("programs", "syscall probe missing from the object"))?
+            .try_into()
+            .map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
+        r.load().map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
         // Programs are pinned beside the maps so `bpftool` and operators find everything of an
         // instance in one folder; a pin left by an earlier run is replaced.
         for name in [programs::FROM_POD, programs::TO_POD, programs::NOOP, programs::XDP_PREFILTER] {
@@ -191,7 +198,7 @@ impl Dataplane {
                 events: Some(RingBuf::try_from(take(det::map_names::EVENTS)?).map_err(|e| map_err(det::map_names::EVENTS, e))?),
             },
         };
-        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new() };
+        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None };
         // Exec and fork are rare events: their probes are always on (they return at once for
         // unmonitored cgroups). The syscall probe is attached only while someone needs it.
         dp.set_tracepoint(programs::EXEC, true)?;
@@ -231,9 +238,29 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Whether a detector tracepoint is attached.
-    pub fn tracepoint_attached(&self, name: &str) -> bool {
-        self.tracepoints.contains_key(name)
+    /// Attaches (`on`) or detaches the syscall probe (raw tracepoint sys_enter). Idempotent.
+    /// While attached, every syscall of every task runs it (it returns at once for
+    /// unmonitored cgroups), so it is attached only while a workload wants syscall counts.
+    pub fn set_syscall_probe(&mut self, on: bool) -> Result<(), AgentError> {
+        let prog: &mut RawTracePoint = self
+            .ebpf
+            .program_mut(programs::SYS_ENTER)
+            .ok_or_else(|| map_err("programs", "syscall probe missing"))?
+            .try_into()
+            .map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
+        match (on, self.sys_enter.take()) {
+            (true, None) => {
+                self.sys_enter = Some(prog.attach("sys_enter").map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?);
+            }
+            (false, Some(id)) => prog.detach(id).map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?,
+            (_, keep) => self.sys_enter = keep,
+        }
+        Ok(())
+    }
+
+    /// Whether a detector probe (exec, fork, syscalls) is attached.
+    pub fn probe_attached(&self, name: &str) -> bool {
+        if name == programs::SYS_ENTER { self.sys_enter.is_some() } else { self.tracepoints.contains_key(name) }
     }
 
     /// Pins the TC links of every interface and the exec and fork probes' links under

@@ -23,7 +23,7 @@ use aya::maps::{HashMap, Map, MapData};
 use bulkhead_common::detect::{self as det, AllowKeyV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
 use serde::{Deserialize, Serialize};
 
-use crate::{error::AgentError, loader::{Dataplane, programs}, netns};
+use crate::{error::AgentError, loader::Dataplane, netns};
 
 pub use events::DetectorEvent;
 
@@ -362,7 +362,7 @@ impl Detector {
     /// The syscall probe runs only while some workload wants syscall counts.
     fn sync_syscall_probe(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
         let want = self.shared.inner.lock().unwrap().workloads.values().any(|w| w.spec.syscalls);
-        dp.set_tracepoint(programs::SYS_ENTER, want)
+        dp.set_syscall_probe(want)
     }
 
     fn persist(&self) {
