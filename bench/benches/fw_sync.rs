@@ -4,7 +4,8 @@
 //! The real daemon loop (`fw_sync::daemon::run_until`, inotify on a datastore folder, event
 //! batching, retries) runs in a thread against one firewall at a time:
 //! - ipset and nftables: real kernel sets in a network namespace of their own;
-//! - PAN-OS (static group with commit; dynamic tag through User-ID) and FortiOS (addrgrp):
+//! - PAN-OS (static group with commit; dynamic tag through User-ID) and FortiOS 7.2.5
+//!   (addrgrp; push threat feed):
 //!   the project's emulators over HTTPS with TLS verification, in this process.
 //!
 //! A pod event is one pod file written atomically (hidden temporary renamed into place) or
@@ -375,18 +376,24 @@ fn emulator_rigs() -> Vec<Rig> {
             _keep: vec![Box::new(emu), Box::new(TempFiles(secrets.clone()))],
         });
     }
-    let emu = Arc::new(FortiosEmulator::start(FortiosOptions { token: "bench-token".into(), vdoms: vec!["root".into()], ..FortiosOptions::default() }).expect("FortiOS emulator"));
-    let token = secret_file(&secrets, "fortios.token", "bench-token");
-    let (e2, e3) = (emu.clone(), emu.clone());
-    rigs.push(Rig {
-        name: "fortios",
-        firewall_yaml: format!("{{name: {FIREWALL}, type: fortios, fortios: {{url: '{}', token: {{file: {}}}, vdom: root}}, tls: {{caFile: {}}}}}", emu.url(), token.display(), emu.ca_file().display()),
-        kind: "fortios-addrgrp",
-        observe: Box::new(move || real(e2.group_members("root", "bhfw-web").unwrap_or_default())),
-        faults: Some(Arc::new(move |f| set(e3.faults(), f))),
-        calls_only: false,
-        _keep: vec![Box::new(emu), Box::new(TempFiles(secrets))],
-    });
+    // FortiOS 7.2.5 so both target kinds exist: address groups (one request per new
+    // address object) and push threat feeds (one request per batch).
+    for (name, kind) in [("fortios_addrgrp", "fortios-addrgrp"), ("fortios_feed", "fortios-threat-feed")] {
+        let opts = FortiosOptions { token: "bench-token".into(), vdoms: vec!["root".into()], version: "v7.2.5".into(), ..FortiosOptions::default() };
+        let emu = Arc::new(FortiosEmulator::start(opts).expect("FortiOS emulator"));
+        let token = secret_file(&secrets, &format!("{name}.token"), "bench-token");
+        let (e2, e3) = (emu.clone(), emu.clone());
+        let feed = kind == "fortios-threat-feed";
+        rigs.push(Rig {
+            name,
+            firewall_yaml: format!("{{name: {FIREWALL}, type: fortios, fortios: {{url: '{}', token: {{file: {}}}, vdom: root}}, tls: {{caFile: {}}}}}", emu.url(), token.display(), emu.ca_file().display()),
+            kind,
+            observe: Box::new(move || real(if feed { e2.feed_entries("root", "bhfw-web").unwrap_or_default() } else { e2.group_members("root", "bhfw-web").unwrap_or_default() })),
+            faults: Some(Arc::new(move |f| set(e3.faults(), f))),
+            calls_only: false,
+            _keep: vec![Box::new(emu), Box::new(TempFiles(secrets.clone()))],
+        });
+    }
     rigs
 }
 
