@@ -18,6 +18,8 @@ pub mod model;
 mod ngram;
 pub mod select;
 pub mod stide;
+#[cfg(test)]
+mod testdata;
 
 pub use adfa::{AdfaReport, run_adfa};
 pub use cover::{CoverProfile, CoverScorer, CoverTrainer};
