@@ -3,28 +3,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 
-use common::{Netns, root, unique_id};
+use common::{Netns, converge, ips, root, unique_id};
 use fw_sync::backend::{Backend, Runner, ipset::IpsetBackend, nftables::NftBackend};
 use fw_sync::diff::Diff;
 use fw_sync::group::{FirewallState, ObjectRef, TargetKind};
-
-fn ips(list: &[&str]) -> BTreeSet<Ipv4Addr> {
-    list.iter().map(|s| s.parse().expect("test IP")).collect()
-}
-
-/// Read, diff, apply, read again: must equal desired. Returns the diff applied.
-fn converge(b: &mut dyn Backend, desired: &FirewallState) -> Diff {
-    let actual = b.read_owned_state().expect("read owned state");
-    let diff = Diff::compute(desired, &actual);
-    b.apply(&diff).unwrap_or_else(|e| panic!("apply {diff:?}: {e}"));
-    let after = b.read_owned_state().expect("read after apply");
-    assert_eq!(&after, desired, "state after applying\n{diff}");
-    assert!(Diff::compute(desired, &after).is_empty());
-    diff
-}
 
 #[test]
 fn ipset_backend_converges_and_touches_only_owned_sets() {

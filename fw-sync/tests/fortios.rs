@@ -2,6 +2,10 @@
 //! removal-first moves, foreign objects, drift, VDOM isolation, credentials, faults, call
 //! counts, and a run through the engine.
 
+mod common;
+
+use common::{converge, ips, reconcile_until};
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
@@ -16,10 +20,6 @@ use fw_sync::group::{FirewallState, ObjectRef, TargetKind};
 use fw_sync::secret::Secret;
 
 const TOKEN: &str = "s3cr3t-fortios-token-0123456789";
-
-fn ips(list: &[&str]) -> BTreeSet<Ipv4Addr> {
-    list.iter().map(|s| s.parse().expect("test IP")).collect()
-}
 
 fn range(base: u32, n: u32) -> BTreeSet<Ipv4Addr> {
     (0..n).map(|i| Ipv4Addr::from(base + i)).collect()
@@ -41,16 +41,6 @@ fn backend_with(emu: &FortiosEmulator, vdom: &str, token: &str) -> FortiosBacken
 
 fn backend(emu: &FortiosEmulator, vdom: &str) -> FortiosBackend {
     backend_with(emu, vdom, TOKEN)
-}
-
-/// Read, diff, apply, read again: must equal desired. Returns the diff applied.
-fn converge(b: &mut dyn Backend, desired: &FirewallState) -> Diff {
-    let actual = b.read_owned_state().expect("read owned state");
-    let diff = Diff::compute(desired, &actual);
-    b.apply(&diff).unwrap_or_else(|e| panic!("apply {diff:?}: {e}"));
-    let after = b.read_owned_state().expect("read after apply");
-    assert_eq!(&after, desired, "state after applying\n{diff}");
-    diff
 }
 
 /// The emulator's own view must match too (not just what the backend reads back).
@@ -225,16 +215,7 @@ fn faults_are_retried_and_reconciles_converge_without_lost_updates() {
         let web = range(0x0a08_0000 + round * 3, 12);
         let db = range(0x0a08_0000 + round * 3 + 12, 5);
         let desired: FirewallState = [(o("web"), web), (o("db"), db), (o(&format!("g{}", round % 3)), range(0x0a09_0000 + round, 2))].into();
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            assert!(tries <= 20, "round {round}: no convergence after 20 reconciles");
-            let Ok(actual) = b.read_owned_state() else { continue };
-            if actual == desired {
-                break;
-            }
-            let _ = b.apply(&Diff::compute(&desired, &actual));
-        }
+        reconcile_until(&mut b, &desired, 20);
         assert_on_device(&emu, "root", &desired);
     }
     let (errors, resets) = emu.faults().injected();

@@ -3,6 +3,10 @@
 //! drift, request counts, faults, restarts, FortiOS versions without the push API, and a run
 //! through the engine.
 
+mod common;
+
+use common::{ips, reconcile_until};
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
@@ -17,10 +21,6 @@ use fw_sync::group::{FirewallState, ObjectRef, TargetKind};
 use fw_sync::secret::Secret;
 
 const TOKEN: &str = "s3cr3t-fortios-feed-token-0123";
-
-fn ips(list: &[&str]) -> BTreeSet<Ipv4Addr> {
-    list.iter().map(|s| s.parse().expect("test IP")).collect()
-}
 
 fn range(base: u32, n: u32) -> BTreeSet<Ipv4Addr> {
     (0..n).map(|i| Ipv4Addr::from(base + i)).collect()
@@ -50,13 +50,13 @@ fn backend(emu: &FortiosEmulator) -> FortiosBackend {
 
 /// Read, diff, apply, read again: must equal desired. Returns the requests the apply made.
 fn converge(b: &mut dyn Backend, desired: &FirewallState) -> u64 {
+    // The read before the apply and the one after are not the apply's requests.
     let actual = b.read_owned_state().expect("read owned state");
-    let diff = Diff::compute(desired, &actual);
-    let calls = b.calls();
-    b.apply(&diff).unwrap_or_else(|e| panic!("apply {diff:?}: {e}"));
-    let spent = b.calls() - calls;
+    let before = b.calls();
+    b.apply(&Diff::compute(desired, &actual)).unwrap_or_else(|e| panic!("apply: {e}"));
+    let spent = b.calls() - before;
     let after = b.read_owned_state().expect("read after apply");
-    assert_eq!(&after, desired, "state after applying\n{diff}");
+    assert!(&after == desired, "state after applying differs:\n{}", Diff::compute(desired, &after));
     spent
 }
 
@@ -230,16 +230,7 @@ fn faults_are_retried_and_reconciles_converge_without_lost_updates() {
         let web = range(0x0a08_0000 + round * 3, 40);
         let db = range(0x0a08_0000 + round * 3 + 40, 5);
         let desired: FirewallState = [(f("web"), web), (f("db"), db), (f(&format!("f{}", round % 3)), range(0x0a09_0000 + round, 2))].into();
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            assert!(tries <= 20, "round {round}: no convergence after 20 reconciles");
-            let Ok(actual) = b.read_owned_state() else { continue };
-            if actual == desired {
-                break;
-            }
-            let _ = b.apply(&Diff::compute(&desired, &actual));
-        }
+        reconcile_until(&mut b, &desired, 20);
         assert_on_device(&emu, &desired);
         assert_eq!(emu.feed_names("root").len(), desired.len(), "round {round}: no leftover feed: {:?}", emu.feed_names("root"));
     }

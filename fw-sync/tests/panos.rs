@@ -2,6 +2,10 @@
 //! root needed): convergence, ownership, drift, batching, busy firewalls, faults, User-ID
 //! tags with pagination, Panorama, and credentials kept out of errors.
 
+mod common;
+
+use common::{converge, ips};
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -17,10 +21,6 @@ use fw_sync::group::{FirewallState, ObjectRef, TargetKind};
 use fw_sync::secret::Secret;
 
 const VSYS: &str = "/config/devices/entry[@name='localhost.localdomain']/vsys/entry[@name='vsys1']";
-
-fn ips(list: &[&str]) -> BTreeSet<Ipv4Addr> {
-    list.iter().map(|s| s.parse().expect("test IP")).collect()
-}
 
 fn range(prefix: &str, n: usize) -> BTreeSet<Ipv4Addr> {
     (0..n).map(|i| format!("{prefix}.{}.{}", i / 250, i % 250 + 1).parse().expect("test IP")).collect()
@@ -45,16 +45,6 @@ fn backend_with(emu: &PanosEmulator, key: &str, location: PanosLocation, target:
 
 fn backend(emu: &PanosEmulator) -> PanosBackend {
     backend_with(emu, "LUFRPT1test-key-42", PanosLocation::Vsys("vsys1".into()), None)
-}
-
-/// Read, diff, apply, read again: must equal desired. Returns the diff applied.
-fn converge(b: &mut dyn Backend, desired: &FirewallState) -> Diff {
-    let actual = b.read_owned_state().expect("read owned state");
-    let diff = Diff::compute(desired, &actual);
-    b.apply(&diff).unwrap_or_else(|e| panic!("apply of {} changes ({} addresses): {e}", diff.changes.len(), diff.size()));
-    let after = b.read_owned_state().expect("read after apply");
-    assert!(&after == desired, "state after applying {} changes differs: {}", diff.changes.len(), Diff::compute(desired, &after));
-    diff
 }
 
 fn running(emu: &PanosEmulator, group: &str) -> Option<BTreeSet<Ipv4Addr>> {

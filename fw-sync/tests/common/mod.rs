@@ -3,7 +3,13 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::process::Command;
+
+use fw_sync::backend::Backend;
+use fw_sync::diff::Diff;
+use fw_sync::group::FirewallState;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Whether the tests can touch the kernel (root); otherwise they skip with a message.
@@ -108,4 +114,37 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Parses test addresses.
+pub fn ips(list: &[&str]) -> BTreeSet<Ipv4Addr> {
+    list.iter().map(|s| s.parse().expect("test IP")).collect()
+}
+
+/// Read, diff, apply, read again: must equal desired. Returns the diff applied.
+pub fn converge(b: &mut dyn Backend, desired: &FirewallState) -> Diff {
+    let actual = b.read_owned_state().expect("read owned state");
+    let diff = Diff::compute(desired, &actual);
+    b.apply(&diff).unwrap_or_else(|e| panic!("apply of {} changes ({} addresses): {e}", diff.changes.len(), diff.size()));
+    let after = b.read_owned_state().expect("read after apply");
+    assert!(&after == desired, "state after applying {} changes differs:\n{}", diff.changes.len(), Diff::compute(desired, &after));
+    diff
+}
+
+/// Reconciles (read, diff, apply) until the backend reads back `desired`, as the daemon
+/// does under faults; panics after `max` rounds. Returns the rounds that failed.
+pub fn reconcile_until(b: &mut dyn Backend, desired: &FirewallState, max: u32) -> u32 {
+    let mut failed = 0;
+    for _ in 0..max {
+        match b.read_owned_state() {
+            Ok(actual) if &actual == desired => return failed,
+            Ok(actual) => {
+                if b.apply(&Diff::compute(desired, &actual)).is_err() {
+                    failed += 1;
+                }
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    panic!("no convergence after {max} reconciles");
 }
