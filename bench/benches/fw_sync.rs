@@ -414,6 +414,10 @@ fn main() {
         println!("fw_sync: run with `cargo bench -p bulkhead-bench --bench fw_sync`");
         return;
     }
+    // RUST_LOG=fw_sync=info shows the daemon's syncs, for a figure that needs explaining.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    }
     let only = std::env::var("FW_SYNC_BENCH_ONLY").ok();
     let mut rigs = Vec::new();
     if is_root() {

@@ -16,10 +16,14 @@ use crate::engine::{Engine, Mode};
 use crate::metrics::Metrics;
 use crate::source::Snapshot;
 
-/// First retry after a failed sync; doubled per failure up to the reconcile interval, so a
-/// firewall that is down is not hammered and one that blipped is repaired within
-/// milliseconds rather than at the next periodic reconcile.
+/// First retry after a failed sync; doubled per failure up to [`RETRY_MAX`] (or the
+/// reconcile interval if shorter), so a firewall that is down is not hammered (a retry is a
+/// read of a few requests) and one that blipped is repaired within milliseconds rather than
+/// at the next periodic reconcile.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest pause between retries: a flaky API (every request has some chance to fail, and a
+/// PAN-OS apply is several requests) must not push convergence out to minutes.
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Inbox {
@@ -96,7 +100,7 @@ fn run(mut engine: Engine, metrics: &Metrics, inbox: &(Mutex<Inbox>, Condvar), f
         let failed = sync(&mut engine, metrics, &last, mode, since);
         if failed {
             retry_at = Some(Instant::now() + delay);
-            delay = (delay * 2).min(interval);
+            delay = (delay * 2).min(interval).min(RETRY_MAX);
         } else {
             retry_at = None;
             delay = RETRY_FIRST;

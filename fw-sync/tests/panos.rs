@@ -125,6 +125,26 @@ fn drift_by_hand_is_repaired() {
     assert_eq!(b.read_owned_state().expect("read"), desired);
 }
 
+/// A failed apply can leave uncommitted changes in the candidate (its multi-config went
+/// through, its commit did not). The next apply diffs against the running config, so it must
+/// not commit those leftovers along with its own change.
+#[test]
+fn leftovers_of_a_failed_apply_in_the_candidate_are_not_committed() {
+    let emu = emulator(false);
+    let mut b = backend(&emu);
+    converge(&mut b, &[(st("web"), ips(&["10.1.0.1", "10.1.0.2"]))].into());
+    // What a failed apply left: 10.1.0.9 joined web, 10.1.0.2's address object was deleted.
+    let g = format!("{VSYS}/address-group/entry[@name='bhfw-web']");
+    emu.edit_candidate("set", &format!("{VSYS}/address"), Some("<entry name='bhfw-10.1.0.9'><ip-netmask>10.1.0.9/32</ip-netmask></entry>")).expect("leftover address");
+    emu.edit_candidate("set", &format!("{g}/static"), Some("<member>bhfw-10.1.0.9</member>")).expect("leftover member");
+    emu.edit_candidate("delete", &format!("{g}/static/member[text()='bhfw-10.1.0.2']"), None).expect("leftover removal");
+    emu.edit_candidate("delete", &format!("{VSYS}/address/entry[@name='bhfw-10.1.0.2']"), None).expect("leftover delete");
+    // The pod behind 10.1.0.9 is gone again; one new pod arrives.
+    let desired: FirewallState = [(st("web"), ips(&["10.1.0.1", "10.1.0.2", "10.1.0.3"]))].into();
+    converge(&mut b, &desired);
+    assert_eq!(running(&emu, "web"), Some(ips(&["10.1.0.1", "10.1.0.2", "10.1.0.3"])), "exactly the desired members are enforced");
+}
+
 #[test]
 fn owned_objects_still_used_by_others_are_emptied_or_kept() {
     let emu = emulator(false);

@@ -1,6 +1,8 @@
 //! Turns a [`Diff`] into the operations of one strict multi-config transaction, in an order
-//! PAN-OS accepts: members leave groups, groups go, addresses are created, members join,
-//! tags are created or removed, and last, addresses no owned group uses any more go.
+//! PAN-OS accepts: groups go, the addresses changed groups use are set, changed groups are
+//! replaced whole, tags are created or removed, and last, addresses no owned group uses any
+//! more go. The transaction is committed at once, so an address moving between groups is
+//! never in both on the running config.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -49,10 +51,9 @@ pub(crate) struct Pinned {
 /// `foreign_refs` owned address names that objects fw-sync does not own refer to.
 pub(crate) fn plan(base: &str, diff: &Diff, known: &FirewallState, orphans: &BTreeSet<Ipv4Addr>, foreign_refs: &BTreeSet<String>, pinned: &Pinned) -> Vec<Op> {
     let group_xpath = |name: &str| format!("{base}/address-group/entry[@name='{OWNED_PREFIX}{name}']");
-    let member_xpath = |name: &str, member: &str| format!("{}/static/member[text()='{member}']", group_xpath(name));
     let statics = diff.changes.iter().filter(|c| c.object.kind == TargetKind::PanosStaticGroup);
-    let (mut removals, mut deletes, mut joins, mut after) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut new_addresses = BTreeSet::new();
+    let (mut deletes, mut groups) = (Vec::new(), Vec::new());
+    let mut needed = BTreeSet::new();
     let mut need_placeholder = false;
     for c in statics {
         let name = &c.object.name;
@@ -61,33 +62,29 @@ pub(crate) fn plan(base: &str, diff: &Diff, known: &FirewallState, orphans: &BTr
             deletes.push(Op::new("delete", group_xpath(name), String::new(), Purpose::DeleteGroup(name.clone())));
             continue;
         }
-        for ip in &c.remove {
-            removals.push(Op::new("delete", member_xpath(name, &address_name(*ip)), String::new(), Purpose::Other));
-        }
-        new_addresses.extend(c.add.iter().copied());
+        // The group is replaced whole (`edit`) with every member it must have, and every one
+        // of those addresses is (re)set: the diff is against the RUNNING config, while the
+        // candidate may still hold a failed apply's uncommitted changes (members added or
+        // addresses deleted), which a member-by-member change would commit along with it.
+        needed.extend(c.desired.iter().copied());
         // PAN-OS refuses to commit a static group without members: an empty group holds the
-        // placeholder, which is dropped again as soon as it has a real member.
-        let mut members: Vec<String> = c.add.iter().map(|ip| address_name(*ip)).collect();
-        if c.desired.is_empty() {
+        // placeholder, which goes again as soon as it has a real member.
+        let mut members: Vec<String> = c.desired.iter().map(|ip| address_name(*ip)).collect();
+        if members.is_empty() {
             need_placeholder = true;
             members.push(PLACEHOLDER.into());
-        } else if c.action == Action::Update {
-            after.push(Op::new("delete", member_xpath(name, PLACEHOLDER), String::new(), Purpose::Other));
         }
-        if !members.is_empty() {
-            let mut el = String::from("<static>");
-            for m in members {
-                let _ = write!(el, "<member>{}</member>", esc(&m));
-            }
-            el.push_str("</static>");
-            joins.push(Op::new("set", group_xpath(name), el, Purpose::Other));
+        let mut el = format!("<entry name=\"{OWNED_PREFIX}{}\"><static>", esc(name));
+        for m in members {
+            let _ = write!(el, "<member>{}</member>", esc(&m));
         }
+        el.push_str("</static></entry>");
+        groups.push(Op::new("edit", group_xpath(name), el, Purpose::Other));
     }
-    let mut ops = removals;
-    ops.append(&mut deletes);
-    if !new_addresses.is_empty() || need_placeholder {
+    let mut ops = deletes;
+    if !needed.is_empty() || need_placeholder {
         let mut el = String::new();
-        for ip in &new_addresses {
+        for ip in &needed {
             let _ = write!(el, "<entry name=\"{}\"><ip-netmask>{ip}/32</ip-netmask><description>{DESCRIPTION}</description></entry>", address_name(*ip));
         }
         if need_placeholder {
@@ -95,8 +92,7 @@ pub(crate) fn plan(base: &str, diff: &Diff, known: &FirewallState, orphans: &BTr
         }
         ops.push(Op::new("set", format!("{base}/address"), el, Purpose::Other));
     }
-    ops.append(&mut joins);
-    ops.append(&mut after);
+    ops.append(&mut groups);
     for c in diff.changes.iter().filter(|c| c.object.kind == TargetKind::PanosDynamicTag) {
         let xpath = format!("{base}/tag/entry[@name='{OWNED_PREFIX}{}']", c.object.name);
         match c.action {
@@ -159,21 +155,22 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "delete /B/address-group/entry[@name='bhfw-a']/static/member[text()='bhfw-10.0.0.1']",
-                "delete /B/address-group/entry[@name='bhfw-a']/static/member[text()='bhfw-10.0.0.5']",
                 "set /B/address",
-                "set /B/address-group/entry[@name='bhfw-a']",
-                "set /B/address-group/entry[@name='bhfw-b']",
-                "delete /B/address-group/entry[@name='bhfw-b']/static/member[text()='bhfw-empty-group']",
+                "edit /B/address-group/entry[@name='bhfw-a']",
+                "edit /B/address-group/entry[@name='bhfw-b']",
                 // 10.0.0.1 stays in use by c, 10.0.0.5 moved to b; only the orphan goes.
                 "delete /B/address/entry[@name='bhfw-10.9.9.9']",
             ]
         );
-        assert!(ops[2].element.contains("<entry name=\"bhfw-10.0.0.5\"><ip-netmask>10.0.0.5/32</ip-netmask>"), "{}", ops[2].element);
-        assert!(ops[2].element.contains("bhfw-empty-group"), "placeholder address for the emptied group");
-        assert_eq!(ops[3].element, "<static><member>bhfw-empty-group</member></static>");
-        let el = multi_config_element(&ops[..1]);
-        assert_eq!(el, "<multi-config><delete id=\"1\" xpath=\"/B/address-group/entry[@name=&apos;bhfw-a&apos;]/static/member[text()=&apos;bhfw-10.0.0.1&apos;]\"/></multi-config>");
+        // Every address a changed group uses is set again (the candidate may lack one).
+        for ip in ["10.0.0.2", "10.0.0.5"] {
+            assert!(ops[0].element.contains(&format!("<entry name=\"bhfw-{ip}\"><ip-netmask>{ip}/32</ip-netmask>")), "{}", ops[0].element);
+        }
+        assert!(ops[0].element.contains("bhfw-empty-group"), "placeholder address for the emptied group");
+        assert_eq!(ops[1].element, "<entry name=\"bhfw-a\"><static><member>bhfw-empty-group</member></static></entry>");
+        assert_eq!(ops[2].element, "<entry name=\"bhfw-b\"><static><member>bhfw-10.0.0.2</member><member>bhfw-10.0.0.5</member></static></entry>");
+        let el = multi_config_element(&ops[3..]);
+        assert_eq!(el, "<multi-config><delete id=\"1\" xpath=\"/B/address/entry[@name=&apos;bhfw-10.9.9.9&apos;]\"/></multi-config>");
     }
 
     #[test]
@@ -187,6 +184,6 @@ mod tests {
         pinned.groups.insert("old".into());
         let ops = plan("/B", &diff, &known, &BTreeSet::new(), &BTreeSet::new(), &pinned);
         assert!(ops.iter().all(|o| o.purpose != Purpose::DeleteGroup("old".into())));
-        assert!(ops.iter().any(|o| o.element == "<static><member>bhfw-empty-group</member></static>"), "{ops:?}");
+        assert!(ops.iter().any(|o| o.element == "<entry name=\"bhfw-old\"><static><member>bhfw-empty-group</member></static></entry>"), "{ops:?}");
     }
 }
