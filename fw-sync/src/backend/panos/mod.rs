@@ -272,11 +272,13 @@ impl PanosBackend {
         if let Some(a) = action {
             params.push(("action", a));
         }
-        // Not repeated on a transport failure: the job may have been enqueued.
+        // Repeated after a transport failure too: a commit commits the candidate, so doing it
+        // twice is harmless, and if the first one was enqueued after all the repeat is told
+        // "another commit is in progress" and waits like any busy answer.
         let start = Instant::now();
         let mut wait = Duration::from_millis(50);
         let body = loop {
-            match self.api.call_once(&params, what) {
+            match self.api.call(&params, what) {
                 Err(e) if e.busy() && start.elapsed() + wait <= self.busy_budget => {
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(Duration::from_millis(500));
