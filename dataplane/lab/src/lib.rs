@@ -17,6 +17,7 @@ pub mod netns;
 pub mod probe;
 pub mod runner;
 pub mod server;
+pub mod soak;
 pub mod teardown;
 pub mod topology;
 
@@ -70,6 +71,38 @@ pub enum LabCommand {
         /// The file.
         file: PathBuf,
     },
+    /// Detector soak: learn a benign workload (HTTP-like server and client, a cron-like job),
+    /// then run it under protect (kill + isolate) for N minutes and report every action taken,
+    /// the client's requests and the probes' event drops. Exits 1 on any action or failure.
+    Soak {
+        /// Length of the protect phase in minutes (fractions allowed).
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Length of the learn phase in seconds (default: a quarter of the protect phase,
+        /// within 5..=60).
+        #[arg(long)]
+        learn_secs: Option<f64>,
+        /// Print the report as JSON on stdout (progress goes to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Negative control for tests: run one binary outside the profile during protect.
+        #[arg(long, hide = true)]
+        inject_violation: bool,
+    },
+    /// The soak's HTTP-like server (run inside a pod by `lab soak`).
+    #[command(hide = true)]
+    SoakServe {
+        #[arg(long)]
+        port: u16,
+    },
+    /// The soak's client (run inside a pod by `lab soak`).
+    #[command(hide = true)]
+    SoakClient {
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        #[arg(long)]
+        interval_ms: u64,
+    },
     /// Remove leftovers of crashed labs (netns, cgroups, pins, state).
     Cleanup {
         /// Only this lab id (default: every `bh-*`).
@@ -113,6 +146,28 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<i32> {
         LabCommand::Up { topology } => {
             teardown::install_signal_teardown();
             up(&topology)?;
+            Ok(0)
+        }
+        LabCommand::Soak { minutes, learn_secs, json, inject_violation } => {
+            anyhow::ensure!(minutes.is_finite() && minutes >= 0.0, "--minutes: {minutes} is not a length");
+            teardown::install_signal_teardown();
+            let res = soak::run(&soak::SoakOptions { minutes, learn_secs, inject_violation }, &LabOptions::default());
+            teardown::park_if_shutting_down();
+            let report = res?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                eprintln!("{}", if report.passed() { "soak PASSED".to_string() } else { format!("soak FAILED: {}", report.failures.join("; ")) });
+            } else {
+                println!("{report}");
+            }
+            Ok(if report.passed() { 0 } else { 1 })
+        }
+        LabCommand::SoakServe { port } => {
+            soak::serve(port)?;
+            Ok(0)
+        }
+        LabCommand::SoakClient { to, interval_ms } => {
+            soak::client(to, std::time::Duration::from_millis(interval_ms))?;
             Ok(0)
         }
         LabCommand::Topology { file } => {
