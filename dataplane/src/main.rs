@@ -97,6 +97,48 @@ enum DetectorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Behaviour profiles shared by workloads with the same labels (executables, syscall
+    /// counts, outbound peers and ports, egress volume).
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// Profiles of the instance (name, workloads, sizes).
+    List {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One profile, readable (or as JSON).
+    Show {
+        /// Profile name, e.g. `shop/app=web`.
+        name: String,
+        #[arg(long, default_value = "node")]
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One profile as YAML on stdout (edit it, then `profile import`).
+    Export {
+        name: String,
+        #[arg(long, default_value = "node")]
+        instance: String,
+    },
+    /// Validate a profile file and hand it to the running agent, which replaces the profile
+    /// and updates the kernel at once. A bad file changes nothing.
+    Import {
+        file: PathBuf,
+        #[arg(long, default_value = "node")]
+        instance: String,
+        /// How long to wait for the agent (seconds).
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -342,6 +384,14 @@ fn main() -> anyhow::Result<()> {
             0
         }
         Command::Detector(DetectorCommand::Status { instance, json }) => detector_cli::status(&instance, json)?,
+        Command::Detector(DetectorCommand::Profile(ProfileCommand::List { instance, json })) => detector_cli::profile_list(&instance, json)?,
+        Command::Detector(DetectorCommand::Profile(ProfileCommand::Show { name, instance, json })) => {
+            detector_cli::profile_show(&instance, &name, json)?
+        }
+        Command::Detector(DetectorCommand::Profile(ProfileCommand::Export { name, instance })) => detector_cli::profile_export(&instance, &name)?,
+        Command::Detector(DetectorCommand::Profile(ProfileCommand::Import { file, instance, timeout, json })) => {
+            detector_cli::profile_import(&instance, &file, std::time::Duration::from_secs(timeout), json)?
+        }
         Command::Detector(DetectorCommand::Events { instance, json }) => detector_cli::events(&instance, json)?,
         Command::Detector(DetectorCommand::Release { instance, cgroup, json }) => detector_cli::release(&instance, &cgroup, json)?,
         Command::Lab(cmd) => bulkhead_lab::run(cmd)?,

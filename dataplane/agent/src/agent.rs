@@ -105,6 +105,9 @@ enum Request {
     Counters(mpsc::Sender<Result<Vec<(String, u64)>, AgentError>>),
     Flows(mpsc::Sender<Vec<crate::flows::FlowRecord>>),
     PolicyStats(mpsc::Sender<Result<Vec<crate::status::PolicyStatsRow>, AgentError>>),
+    /// The flow ring has events (from the poller thread, which waits for the ack before it
+    /// polls again: the ring stays readable until drained).
+    FlowsReady(mpsc::SyncSender<()>),
     /// Work on the detector (runs on the agent thread, which owns the maps).
     Detector(Box<dyn FnOnce(&mut Dataplane, &mut Detector) + Send>),
     Stop,
@@ -135,7 +138,10 @@ impl Agent {
         }
         let thread = std::thread::Builder::new()
             .name("bh-agent".into())
-            .spawn(move || worker(cfg, store, rx, init_tx))
+            .spawn({
+                let tx = tx.clone();
+                move || worker(cfg, store, tx, rx, init_tx)
+            })
             .map_err(|_| AgentError::Stopped)?;
         match init_rx.recv() {
             Ok(Ok(detector)) => Ok(Agent { tx, thread: Some(thread), detector }),
@@ -191,6 +197,11 @@ impl Agent {
         self.with_detector(move |dp, det| det.monitor(dp, spec))
     }
 
+    /// As [`Agent::detector_monitor`], with a shared profile and scan thresholds.
+    pub fn detector_monitor_with(&self, spec: detect::WorkloadSpec, opts: detect::WorkloadOptions) -> Result<detect::WorkloadStatus, AgentError> {
+        self.with_detector(move |dp, det| det.monitor_with(dp, spec, opts))
+    }
+
     /// Switches a monitored workload's mode (protect installs the learned profile).
     pub fn detector_set_mode(&self, name: &str, mode: detect::Mode) -> Result<detect::WorkloadStatus, AgentError> {
         let name = name.to_string();
@@ -229,6 +240,13 @@ impl Agent {
     pub fn detector_syscalls(&self, name: &str) -> Result<Vec<(u32, u64)>, AgentError> {
         let name = name.to_string();
         self.with_detector(move |dp, det| det.syscalls(dp, &name))
+    }
+
+    /// Replaces a profile by a validated YAML text (`source` names it in errors); the kernel's
+    /// exec entries follow at once. A bad text changes nothing.
+    pub fn detector_import_profile(&self, source: &str, text: &str) -> Result<detect::ImportReport, AgentError> {
+        let (source, text) = (source.to_string(), text.to_string());
+        self.with_detector(move |dp, det| det.import_profile(dp, &source, &text))
     }
 
     /// Events and workloads shared with the detector's event thread (wait for events here).
@@ -308,6 +326,7 @@ struct State {
 fn worker(
     cfg: AgentConfig,
     store: Box<dyn Datastore>,
+    tx_self: mpsc::Sender<Request>,
     rx: mpsc::Receiver<Request>,
     init: mpsc::Sender<Result<Arc<detect::Shared>, AgentError>>,
 ) {
@@ -328,6 +347,11 @@ fn worker(
     };
     let state_dir = cfg.state_dir();
     let _ = std::fs::create_dir_all(&state_dir);
+    if let Err(e) = spawn_flow_poller(&dp, tx_self.clone()) {
+        dp.unload();
+        let _ = init.send(Err(e));
+        return;
+    }
     let det = match Detector::start(&mut dp, &state_dir) {
         Ok(d) => d,
         Err(e) => {
@@ -364,6 +388,7 @@ fn worker(
     }
     let tick = Duration::from_millis(20);
     let mut last_gc = Instant::now();
+    let mut last_periodic = Instant::now();
     let mut keep: Option<mpsc::Sender<Result<usize, AgentError>>> = None;
     loop {
         match rx.recv_timeout(tick) {
@@ -380,6 +405,10 @@ fn worker(
                 }
             }
             Ok(Request::Tick) => {}
+            Ok(Request::FlowsReady(ack)) => {
+                drain_flows(&mut st);
+                let _ = ack.try_send(());
+            }
             Ok(Request::Flows(reply)) => {
                 drain_flows(&mut st);
                 let _ = reply.send(st.flows.recent().cloned().collect());
@@ -396,20 +425,26 @@ fn worker(
                 break;
             }
             Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                drain_flows(&mut st);
-                if cfg.watch && (st.store.poll_changed() || !st.pending.is_empty()) {
-                    if let Err(e) = sync(&mut st) {
-                        tracing::error!(error = %e, "datastore change rejected");
-                    }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        // Periodic work runs on time even when requests never let the receive time out
+        // (flow events wake the agent as often as they arrive).
+        if last_periodic.elapsed() >= tick {
+            last_periodic = Instant::now();
+            drain_flows(&mut st);
+            st.det.tick(&mut st.dp);
+            st.det.import_inbox(&mut st.dp);
+            if cfg.watch && (st.store.poll_changed() || !st.pending.is_empty()) {
+                if let Err(e) = sync(&mut st) {
+                    tracing::error!(error = %e, "datastore change rejected");
                 }
-                if last_gc.elapsed() > gc::INTERVAL {
-                    last_gc = Instant::now();
-                    match gc::sweep(&mut st.dp) {
-                        Ok(n) if n > 0 => tracing::debug!(removed = n, "conntrack gc"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "conntrack gc failed"),
-                    }
+            }
+            if last_gc.elapsed() > gc::INTERVAL {
+                last_gc = Instant::now();
+                match gc::sweep(&mut st.dp) {
+                    Ok(n) if n > 0 => tracing::debug!(removed = n, "conntrack gc"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "conntrack gc failed"),
                 }
             }
         }
@@ -431,6 +466,9 @@ fn worker(
     for f in ["flows.jsonl", "policies.json", detect::WORKLOADS_FILE, detect::EVENTS_FILE] {
         let _ = std::fs::remove_file(state_dir.join(f));
     }
+    for d in [detect::profile::PROFILES_DIR, detect::profile::IMPORT_DIR] {
+        let _ = std::fs::remove_dir_all(state_dir.join(d));
+    }
     let _ = std::fs::remove_dir(&state_dir);
     let _ = std::fs::remove_dir(state_dir.parent().unwrap_or(std::path::Path::new("/")));
 }
@@ -448,10 +486,51 @@ fn policy_stats(st: &State) -> Result<Vec<crate::status::PolicyStatsRow>, AgentE
         .collect())
 }
 
+/// Reads the flow ring: the detector judges first (its decisions are latency-bound), then
+/// the flow log names and writes the events.
 fn drain_flows(st: &mut State) {
-    if let Some(c) = &st.applied {
-        st.flows.drain(&mut st.dp, c);
+    let Some(c) = &st.applied else { return };
+    let events = crate::flows::drain_raw(&mut st.dp);
+    for ev in &events {
+        st.det.on_flow(&mut st.dp, ev);
     }
+    st.flows.log(c, &events);
+}
+
+/// A thread that polls the flow ring's fd and wakes the agent as soon as events arrive (the
+/// agent's own tick is 20 ms: too slow for the detector's network decisions). It waits for
+/// the agent's ack (or 50 ms) before polling again, since the ring stays readable until
+/// drained; it ends when the agent's channel closes.
+fn spawn_flow_poller(dp: &Dataplane, tx: mpsc::Sender<Request>) -> Result<(), AgentError> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: dup of a valid fd; the copy is owned by the thread.
+    let fd = unsafe { libc::dup(dp.maps.flows.as_raw_fd()) };
+    if fd < 0 {
+        return Err(AgentError::Map { map: bulkhead_common::map_names::FLOWS, detail: format!("dup: {}", std::io::Error::last_os_error()) });
+    }
+    // SAFETY: fd was just returned by dup and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    std::thread::Builder::new()
+        .name("bh-flow-poll".into())
+        .spawn(move || {
+            let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+            loop {
+                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd. The timeout bounds how long a stopped agent goes
+                // unnoticed.
+                let n = unsafe { libc::poll(&mut pfd, 1, 200) };
+                if n > 0 && pfd.revents & libc::POLLIN != 0 {
+                    if tx.send(Request::FlowsReady(ack_tx.clone())).is_err() {
+                        break;
+                    }
+                    let _ = ack_rx.recv_timeout(Duration::from_millis(50));
+                } else if tx.send(Request::Tick).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|_| AgentError::Stopped)?;
+    Ok(())
 }
 
 fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
@@ -459,6 +538,8 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     let _g = span.enter();
     let t0 = Instant::now();
     let model = st.store.load()?;
+    // Detector resources are checked before anything applies: a bad one rejects the sync.
+    let detector_plan = detect::policy::plan(&st.store.load_detector()?, &model).map_err(AgentError::Invalid)?;
     let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Invalid(e.to_string()))?;
     let compile_time = t0.elapsed();
     let kernel = apply::KernelState::of(&compiled);
@@ -482,6 +563,9 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     let compiled = st.applied.as_ref().expect("just set");
     st.pending = apply::sync_endpoints(&mut st.dp, compiled, &mut st.endpoints)?;
     let rev = apply::bump_revision(&mut st.dp)?;
+    st.det.apply_plan(&mut st.dp, &detector_plan)?;
+    st.det.peers_from(&model);
+    st.det.sync_flow_events(&mut st.dp)?;
     if let Ok(json) = serde_json::to_string_pretty(&PolicyTable::of(compiled)) {
         let _ = std::fs::write(st.state_dir.join("policies.json"), json);
     }

@@ -8,7 +8,7 @@ use std::{
 
 use policy_compiler::model::Model;
 
-use crate::error::AgentError;
+use crate::{detect::policy::DetectorInput, error::AgentError};
 
 /// A source of the policy model.
 pub trait Datastore: Send {
@@ -18,6 +18,11 @@ pub trait Datastore: Send {
     fn poll_changed(&mut self) -> bool;
     /// Human-readable location, for logs.
     fn describe(&self) -> String;
+    /// The detector's documents: DetectorPolicies and pod cgroup annotations. A bad policy
+    /// fails the whole read (and the sync: nothing applies).
+    fn load_detector(&self) -> Result<DetectorInput, AgentError> {
+        Ok(DetectorInput::default())
+    }
 }
 
 /// A folder of `*.yaml` / `*.yml` files (searched recursively, in name order) holding
@@ -85,5 +90,15 @@ impl Datastore for FileDatastore {
 
     fn describe(&self) -> String {
         format!("file datastore {}", self.dir.display())
+    }
+
+    fn load_detector(&self) -> Result<DetectorInput, AgentError> {
+        let mut input = DetectorInput::default();
+        for p in self.files()? {
+            let text = std::fs::read_to_string(&p).map_err(|e| AgentError::Datastore { path: p.clone(), detail: e.to_string() })?;
+            crate::detect::policy::parse_documents(&self.display_name(&p), &text, &mut input)
+                .map_err(|e| AgentError::Invalid(format!("{}: {e}", self.dir.display())))?;
+        }
+        Ok(input)
     }
 }

@@ -88,6 +88,20 @@ pub fn record(c: &Compiled, e: &FlowEventV1) -> FlowRecord {
     }
 }
 
+/// Reads every event waiting in the ring buffer (short records are skipped: a layout mismatch
+/// would otherwise be misread).
+pub fn drain_raw(dp: &mut Dataplane) -> Vec<FlowEventV1> {
+    let mut out = Vec::new();
+    while let Some(item) = dp.maps.flows.next() {
+        if item.len() < core::mem::size_of::<FlowEventV1>() {
+            continue;
+        }
+        // SAFETY: the kernel wrote a FlowEventV1 (size checked); read unaligned.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEventV1>()) });
+    }
+    out
+}
+
 /// The flow log: a bounded in-memory tail plus a JSON-lines file.
 pub struct FlowLog {
     path: PathBuf,
@@ -113,19 +127,17 @@ impl FlowLog {
 
     /// Drains the ring buffer into the log; returns how many events were read.
     pub fn drain(&mut self, dp: &mut Dataplane, c: &Compiled) -> usize {
-        let mut out = Vec::new();
-        while let Some(item) = dp.maps.flows.next() {
-            if item.len() < core::mem::size_of::<FlowEventV1>() {
-                continue;
-            }
-            // SAFETY: the kernel wrote a FlowEventV1 (size checked); read unaligned.
-            let ev: FlowEventV1 = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            out.push(record(c, &ev));
+        let events = drain_raw(dp);
+        self.log(c, &events);
+        events.len()
+    }
+
+    /// Names and writes events already read from the ring.
+    pub fn log(&mut self, c: &Compiled, events: &[FlowEventV1]) {
+        if events.is_empty() {
+            return;
         }
-        let n = out.len();
-        if n == 0 {
-            return 0;
-        }
+        let out: Vec<FlowRecord> = events.iter().map(|e| record(c, e)).collect();
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
             for r in &out {
                 if let Ok(line) = serde_json::to_string(r) {
@@ -139,7 +151,6 @@ impl FlowLog {
             }
             self.recent.push_back(r);
         }
-        n
     }
 
     /// The most recent records, oldest first.

@@ -43,7 +43,8 @@ pub struct Datastore {
 
 impl Datastore {
     /// A datastore holding the topology's namespaces and pods (each pod annotated with its
-    /// host-side veth so the agent knows where to attach). Call [`Datastore::flush`] to write.
+    /// host-side veth so the agent knows where to attach, and its cgroup v2 folder so the
+    /// detector can watch it). Call [`Datastore::flush`] to write.
     pub fn for_lab(lab: &Lab) -> Datastore {
         let mut ds = Datastore { dir: lab.datastore_dir(), resources: BTreeMap::new(), dirty: BTreeSet::new() };
         let topo: &Topology = lab.topology();
@@ -67,11 +68,15 @@ impl Datastore {
                     m
                 })
                 .collect();
+            let mut annotations = serde_json::json!({"bulkhead.io/interface": ep.host_veth});
+            if let Some(cg) = &ep.cgroup {
+                annotations["bulkhead.io/cgroup"] = cg.display().to_string().into();
+            }
             let doc = serde_yaml::to_value(serde_json::json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {
                     "name": pod.name, "namespace": pod.namespace, "labels": pod.labels,
-                    "annotations": {"bulkhead.io/interface": ep.host_veth},
+                    "annotations": annotations,
                 },
                 "spec": {"serviceAccountName": pod.service_account, "containers": [{"name": "app", "ports": ports}]},
                 "status": {"podIP": pod.ip.to_string()},

@@ -18,18 +18,18 @@ use aya::maps::{MapData, RingBuf};
 use bulkhead_common::detect::{DetEventV1, event_actions, event_kind, mode};
 use serde::Serialize;
 
-use super::{RECENT_EVENTS, Shared, cgroup};
+use super::{Shared, cgroup};
 use crate::error::AgentError;
 
 /// How long a user-space action may take before it counts as failed.
-const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One detector event as reported (JSON line, log line, `Agent::detector_events`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct DetectorEvent {
-    /// `exec` or `violation`.
+    /// `exec` or `violation` (exec probe); `new-peer`, `new-port` or `port-scan` (network).
     pub kind: &'static str,
-    /// Kernel timestamp of the exec (CLOCK_MONOTONIC ns).
+    /// Kernel timestamp of the exec or of the flow's first packet (CLOCK_MONOTONIC ns).
     pub ts_ns: u64,
     /// The workload's name, or `None` when it is no longer monitored.
     pub workload: Option<String>,
@@ -39,7 +39,7 @@ pub struct DetectorEvent {
     pub ppid: u32,
     pub uid: u32,
     pub path: String,
-    /// Mode at the time of the exec.
+    /// Mode at the time of the exec or flow.
     pub mode: &'static str,
     /// What the exec probe did: `killed`, `isolated`, and failures.
     pub kernel_actions: Vec<&'static str>,
@@ -49,14 +49,32 @@ pub struct DetectorEvent {
     pub user_actions: Vec<String>,
     /// From the exec tracepoint to the end of the agent's actions (cgroup frozen or empty), ns.
     pub user_enforce_ns: Option<u64>,
-    /// From the exec tracepoint until the agent read the event, ns.
+    /// From the exec tracepoint (or the flow's first packet) until the agent read the event, ns.
     pub read_delay_ns: u64,
+    /// Network findings: the remote peer (profile name of a pod, or an address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Network findings: `address:port/protocol` of the flow's destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    /// Network findings: from the flow's first packet in TC (`bpf_ktime_get_ns`) to the
+    /// isolation entry written by the agent, ns (when it isolated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolate_ns: Option<u64>,
+    /// Port scans: distinct ports on the peer and distinct peers within the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl DetectorEvent {
-    /// Whether this is a violation of the profile.
+    /// Whether this is an exec violation of the profile.
     pub fn is_violation(&self) -> bool {
         self.kind == "violation"
+    }
+
+    /// Whether this is a network finding (new peer, new port, port scan).
+    pub fn is_network(&self) -> bool {
+        matches!(self.kind, "new-peer" | "new-port" | "port-scan")
     }
 }
 
@@ -92,14 +110,7 @@ fn run(mut ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Pa
         }
         for ev in batch {
             let rec = handle(shared, &ev);
-            append(file, &rec);
-            let mut g = shared.inner.lock().unwrap();
-            if g.events.len() == RECENT_EVENTS {
-                g.events.pop_front();
-            }
-            g.events.push_back(rec);
-            drop(g);
-            shared.changed.notify_all();
+            shared.record(file, rec);
         }
         if stop.load(Ordering::SeqCst) {
             break;
@@ -117,10 +128,11 @@ fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
         let mut g = shared.inner.lock().unwrap();
         match g.workloads.get_mut(&ev.cgroup_id) {
             Some(w) => {
-                if ev.mode == mode::LEARN && !path.is_empty() {
-                    w.learned.insert(path.clone());
+                let w = w.clone();
+                if ev.mode == mode::LEARN && !path.is_empty() && g.profile_mut(&w).execs.insert(path.clone()) {
+                    g.dirty.insert(w.profile_name().to_string());
                 }
-                (Some(w.spec.name.clone()), Some(w.spec.cgroup.clone()), w.spec.actions)
+                (Some(w.spec.name), Some(w.spec.cgroup), w.spec.actions)
             }
             None => (None, None, Default::default()),
         }
@@ -185,6 +197,7 @@ fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
         user_actions,
         user_enforce_ns,
         read_delay_ns: read_at.saturating_sub(ev.ts_ns),
+        ..Default::default()
     };
     if violation {
         tracing::warn!(
@@ -211,7 +224,8 @@ fn proc_ppid(pid: u32) -> Option<u32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn append(file: &Path, rec: &DetectorEvent) {
+/// Appends one event as a JSON line.
+pub(super) fn append(file: &Path, rec: &DetectorEvent) {
     let line = match serde_json::to_string(rec) {
         Ok(l) => l,
         Err(e) => {

@@ -5,10 +5,19 @@
 //! Decided in the kernel (protect mode, in the exec probe): SIGKILL of a process that execs a
 //! binary outside its workload's profile, and isolation of the workload's endpoint. Decided
 //! here, after the probe's event: pause (cgroup freeze), terminate (cgroup kill), the alert
-//! record, and a kill fallback when the kernel could not signal.
+//! record, and a kill fallback when the kernel could not signal, and every network decision
+//! (flow events against the profile's peers and ports, port scans: see [`network`]).
+//!
+//! Workloads with the same profile name share one profile (replicas learn together and are
+//! judged by it); see [`profile`]. [`policy`] turns `DetectorPolicy` resources into workloads.
 
 pub mod cgroup;
 mod events;
+mod manage;
+pub mod network;
+mod netwatch;
+pub mod policy;
+pub mod profile;
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -26,12 +35,14 @@ use serde::{Deserialize, Serialize};
 use crate::{error::AgentError, loader::Dataplane, netns};
 
 pub use events::DetectorEvent;
+pub use manage::ImportReport;
 
 /// How a workload is watched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Record execs into the profile; no enforcement.
+    /// Record execs and outbound flows into the profile; no enforcement.
+    #[default]
     Learn,
     /// Report execs outside the profile; no action.
     Monitor,
@@ -49,8 +60,21 @@ impl Mode {
     }
 }
 
-/// What happens on a violation in protect mode. `kill` and `isolate` are done by the exec
-/// probe itself; `pause` and `terminate` by the agent on the probe's event.
+/// What happens on a network finding in protect mode (decided in user space on the flow
+/// event). None set = alert only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetActions {
+    /// Write the isolation entry (TC drops the endpoint's traffic but the allow-list).
+    pub isolate: bool,
+    /// Freeze the workload's cgroup.
+    pub pause: bool,
+    /// Kill every process of the workload's cgroup.
+    pub terminate: bool,
+}
+
+/// What happens on a violation in protect mode. Exec violations: `kill` and `isolate` are
+/// done by the exec probe itself; `pause` and `terminate` by the agent on the probe's event.
+/// Network findings: the per-finding [`NetActions`], all in user space.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actions {
     /// SIGKILL the offending process (in the kernel).
@@ -61,10 +85,19 @@ pub struct Actions {
     pub pause: bool,
     /// Kill every process of the workload's cgroup (user space).
     pub terminate: bool,
+    /// On an outbound flow to a peer the profile never saw.
+    #[serde(default)]
+    pub new_peer: NetActions,
+    /// On an outbound flow to a known peer on a port/protocol the profile never saw.
+    #[serde(default)]
+    pub new_port: NetActions,
+    /// On a port scan ([`network::ScanConfig`]).
+    #[serde(default)]
+    pub port_scan: NetActions,
 }
 
 /// A workload to monitor.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct WorkloadSpec {
     /// Name in events and commands (e.g. the pod's `namespace/name`).
     pub name: String,
@@ -76,8 +109,27 @@ pub struct WorkloadSpec {
     pub actions: Actions,
     /// Count the workload's syscalls.
     pub syscalls: bool,
-    /// Executables allowed besides the learned ones.
+    /// Executables allowed besides the profile's.
     pub allowed_execs: Vec<String>,
+}
+
+/// More about a monitored workload: its shared profile, scan thresholds, managing policy.
+/// The default (no shared profile, default thresholds, managed through the API) is what
+/// [`Detector::monitor`] uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadOptions {
+    /// Profile shared with other workloads of that name; `None` = the workload's own (its name).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// The labels keying the profile (informational, copied into a new profile).
+    #[serde(default)]
+    pub profile_labels: BTreeMap<String, String>,
+    /// Port-scan thresholds.
+    #[serde(default)]
+    pub scan: network::ScanConfig,
+    /// The DetectorPolicy (`namespace/name`) managing this workload; `None` = the API.
+    #[serde(default)]
+    pub policy: Option<String>,
 }
 
 /// A monitored workload as the agent keeps it (persisted, so a restarted agent knows it).
@@ -85,10 +137,18 @@ pub struct WorkloadSpec {
 pub struct WorkloadState {
     pub spec: WorkloadSpec,
     pub cgroup_id: u64,
+    /// Kernel id of the workload's (shared) profile.
     pub profile_id: u32,
     pub ifindex: u32,
-    /// Executables seen in learn mode.
-    pub learned: BTreeSet<String>,
+    #[serde(default)]
+    pub opts: WorkloadOptions,
+}
+
+impl WorkloadState {
+    /// The name of the profile this workload learns into and is judged by.
+    pub fn profile_name(&self) -> &str {
+        self.opts.profile.as_deref().unwrap_or(&self.spec.name)
+    }
 }
 
 /// A workload's state for status output.
@@ -99,9 +159,16 @@ pub struct WorkloadStatus {
     pub cgroup_id: u64,
     pub mode: Mode,
     pub actions: Actions,
+    /// The shared profile's name.
+    pub profile: String,
+    /// Executables in the profile.
     pub learned_execs: usize,
+    /// Outbound destinations in the profile.
+    pub learned_peers: usize,
     pub isolated: bool,
     pub frozen: bool,
+    /// The managing DetectorPolicy, if any.
+    pub policy: Option<String>,
 }
 
 /// State shared by the agent thread and the event thread.
@@ -114,7 +181,19 @@ pub struct Shared {
 #[derive(Default)]
 pub(crate) struct Inner {
     pub workloads: BTreeMap<u64, WorkloadState>,
+    /// Profiles by name (shared by the workloads naming them).
+    pub profiles: BTreeMap<String, profile::Profile>,
+    /// Profiles changed since they were last written.
+    pub dirty: BTreeSet<String>,
     pub events: VecDeque<DetectorEvent>,
+}
+
+impl Inner {
+    /// The workload's profile, created empty when new.
+    pub fn profile_mut(&mut self, w: &WorkloadState) -> &mut profile::Profile {
+        let name = w.profile_name().to_string();
+        self.profiles.entry(name.clone()).or_insert_with(|| profile::Profile::new(&name, w.opts.profile_labels.clone()))
+    }
 }
 
 /// Events kept in memory.
@@ -124,6 +203,23 @@ impl Shared {
     /// The most recent events, oldest first.
     pub fn events(&self) -> Vec<DetectorEvent> {
         self.inner.lock().unwrap().events.iter().cloned().collect()
+    }
+
+    /// A profile by name (a copy).
+    pub fn profile(&self, name: &str) -> Option<profile::Profile> {
+        self.inner.lock().unwrap().profiles.get(name).cloned()
+    }
+
+    /// Records an event: memory, JSON line, waiters.
+    pub(crate) fn record(&self, file: &Path, rec: DetectorEvent) {
+        events::append(file, &rec);
+        let mut g = self.inner.lock().unwrap();
+        if g.events.len() == RECENT_EVENTS {
+            g.events.pop_front();
+        }
+        g.events.push_back(rec);
+        drop(g);
+        self.changed.notify_all();
     }
 
     /// Waits up to `timeout` for an event matching `pred`; returns it.
@@ -150,6 +246,17 @@ pub struct Detector {
     thread: Option<JoinHandle<()>>,
     state_file: PathBuf,
     events_file: PathBuf,
+    state_dir: PathBuf,
+    /// Exec-map entries written per profile id (path hashes), to remove what a profile drops.
+    written_execs: BTreeMap<u32, BTreeSet<u64>>,
+    /// Per-workload (cgroup id) network state: scan windows, egress volume samples.
+    net: BTreeMap<u64, netwatch::NetState>,
+    /// Pod address -> peer name (profile name of the pod), from the last sync.
+    peers: std::collections::HashMap<Ipv4Addr, String>,
+    /// Isolation allow-list set through the API; unioned with the policies' lists.
+    api_allow: BTreeSet<(Ipv4Addr, u16, u8)>,
+    policy_allow: BTreeSet<(Ipv4Addr, u16, u8)>,
+    last_tick: std::time::Instant,
 }
 
 /// File names in the agent's state folder.
@@ -172,12 +279,19 @@ impl Detector {
         let shared = Arc::new(Shared::default());
         let state_file = state_dir.join(WORKLOADS_FILE);
         let events_file = state_dir.join(EVENTS_FILE);
+        {
+            let mut g = shared.inner.lock().unwrap();
+            for p in profile::load_dir(&state_dir.join(profile::PROFILES_DIR)) {
+                g.profiles.insert(p.name.clone(), p);
+            }
+        }
         if let Ok(text) = std::fs::read_to_string(&state_file) {
             match serde_json::from_str::<Vec<WorkloadState>>(&text) {
                 Ok(list) => {
                     let mut g = shared.inner.lock().unwrap();
                     for w in list {
                         tracing::info!(workload = %w.spec.name, mode = ?w.spec.mode, "detector workload restored");
+                        g.profile_mut(&w);
                         g.workloads.insert(w.cgroup_id, w);
                     }
                 }
@@ -186,8 +300,28 @@ impl Detector {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let thread = events::spawn(ring, shared.clone(), stop.clone(), events_file.clone())?;
-        let mut d = Detector { shared, stop, thread: Some(thread), state_file, events_file };
+        let mut d = Detector {
+            shared,
+            stop,
+            thread: Some(thread),
+            state_file,
+            events_file,
+            state_dir: state_dir.to_path_buf(),
+            written_execs: BTreeMap::new(),
+            net: BTreeMap::new(),
+            peers: Default::default(),
+            api_allow: BTreeSet::new(),
+            policy_allow: BTreeSet::new(),
+            last_tick: std::time::Instant::now(),
+        };
+        // Restored profiles: the kernel's exec entries for them (pinned) may predate a hand
+        // edit; rewrite them from the profiles.
+        let list: Vec<WorkloadState> = d.shared.inner.lock().unwrap().workloads.values().cloned().collect();
+        for w in &list {
+            d.write_profile(dp, w.profile_name())?;
+        }
         d.sync_syscall_probe(dp)?;
+        d.sync_flow_events(dp)?;
         Ok(d)
     }
 
@@ -201,8 +335,13 @@ impl Detector {
         &self.events_file
     }
 
-    /// Starts (or changes) monitoring of a workload.
+    /// Starts (or changes) monitoring of a workload (its own profile, default thresholds).
     pub fn monitor(&mut self, dp: &mut Dataplane, spec: WorkloadSpec) -> Result<WorkloadStatus, AgentError> {
+        self.monitor_with(dp, spec, WorkloadOptions::default())
+    }
+
+    /// Starts (or changes) monitoring of a workload with a shared profile and thresholds.
+    pub fn monitor_with(&mut self, dp: &mut Dataplane, spec: WorkloadSpec, opts: WorkloadOptions) -> Result<WorkloadStatus, AgentError> {
         let cgroup_id = cgroup::id(&spec.cgroup).map_err(|e| det_err(format!("cgroup {}: {e}", spec.cgroup.display())))?;
         let ifindex = match &spec.interface {
             Some(i) => netns::ifindex(i).ok_or_else(|| AgentError::Interface { ifname: i.clone(), detail: "no such interface".into() })?,
@@ -210,19 +349,27 @@ impl Detector {
         };
         let state = {
             let mut g = self.shared.inner.lock().unwrap();
-            let profile_id = g
+            // Workloads naming the same profile share its kernel id (one set of exec entries).
+            let mut w = WorkloadState { spec, cgroup_id, profile_id: 0, ifindex, opts };
+            w.profile_id = g
                 .workloads
-                .get(&cgroup_id)
-                .map(|w| w.profile_id)
-                .unwrap_or_else(|| g.workloads.values().map(|w| w.profile_id).max().unwrap_or(0) + 1);
-            let learned = g.workloads.get(&cgroup_id).map(|w| w.learned.clone()).unwrap_or_default();
-            let w = WorkloadState { spec, cgroup_id, profile_id, ifindex, learned };
+                .values()
+                .find(|o| o.cgroup_id != cgroup_id && o.profile_name() == w.profile_name())
+                .map(|o| o.profile_id)
+                .or_else(|| {
+                    // Keeps its own id unless that id is shared with another profile's workload.
+                    let own = g.workloads.get(&cgroup_id).map(|o| o.profile_id)?;
+                    (!g.workloads.values().any(|o| o.cgroup_id != cgroup_id && o.profile_id == own)).then_some(own)
+                })
+                .unwrap_or_else(|| g.workloads.values().map(|o| o.profile_id).max().unwrap_or(0) + 1);
+            g.profile_mut(&w);
             g.workloads.insert(cgroup_id, w.clone());
             w
         };
         self.write_workload(dp, &state)?;
         self.persist();
         self.sync_syscall_probe(dp)?;
+        self.sync_flow_events(dp)?;
         tracing::info!(workload = %state.spec.name, cgroup_id, mode = ?state.spec.mode, "detector monitors workload");
         Ok(self.status_of(dp, &state))
     }
@@ -237,17 +384,41 @@ impl Detector {
         };
         self.write_workload(dp, &state)?;
         self.persist();
-        tracing::info!(workload = name, ?mode, profile = state.learned.len(), "detector mode changed");
+        tracing::info!(workload = name, ?mode, profile = state.profile_name(), "detector mode changed");
         Ok(self.status_of(dp, &state))
+    }
+
+    /// Makes the kernel's exec entries of a profile what the profile (and its workloads'
+    /// extra allowed execs) holds: adds first, then removes what is no longer allowed.
+    pub(crate) fn write_profile(&mut self, dp: &mut Dataplane, name: &str) -> Result<(), AgentError> {
+        let (ids, paths) = {
+            let g = self.shared.inner.lock().unwrap();
+            let members: Vec<&WorkloadState> = g.workloads.values().filter(|w| w.profile_name() == name).collect();
+            let ids: BTreeSet<u32> = members.iter().map(|w| w.profile_id).collect();
+            let mut paths: BTreeSet<String> = g.profiles.get(name).map(|p| p.execs.clone()).unwrap_or_default();
+            for w in &members {
+                paths.extend(w.spec.allowed_execs.iter().cloned());
+            }
+            (ids, paths)
+        };
+        let want: BTreeSet<u64> = paths.iter().map(|p| det::path_hash(p.as_bytes())).collect();
+        for id in ids {
+            for h in &want {
+                let key = ExecKeyV1 { profile_id: id, _pad: 0, path_hash: *h };
+                dp.maps.det.exec_allow.insert(key, 1, 0).map_err(|e| map_err(det::map_names::EXEC_ALLOW, e))?;
+            }
+            let had = self.written_execs.insert(id, want.clone()).unwrap_or_default();
+            for h in had.difference(&want) {
+                let _ = dp.maps.det.exec_allow.remove(&ExecKeyV1 { profile_id: id, _pad: 0, path_hash: *h });
+            }
+        }
+        Ok(())
     }
 
     /// Writes the profile (allowed execs) and then the workload entry: the probe never sees
     /// protect mode with a half-written profile.
-    fn write_workload(&self, dp: &mut Dataplane, w: &WorkloadState) -> Result<(), AgentError> {
-        for path in w.learned.iter().chain(&w.spec.allowed_execs) {
-            let key = ExecKeyV1 { profile_id: w.profile_id, _pad: 0, path_hash: det::path_hash(path.as_bytes()) };
-            dp.maps.det.exec_allow.insert(key, 1, 0).map_err(|e| map_err(det::map_names::EXEC_ALLOW, e))?;
-        }
+    fn write_workload(&mut self, dp: &mut Dataplane, w: &WorkloadState) -> Result<(), AgentError> {
+        self.write_profile(dp, w.profile_name())?;
         let a = w.spec.actions;
         let mut flags = 0;
         if a.kill {
@@ -269,8 +440,7 @@ impl Detector {
         if w.ifindex == 0 {
             return Err(det_err(format!("workload {name} has no interface to isolate")));
         }
-        let iso = IsolationV1 { since_ns: cgroup::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 };
-        dp.maps.det.isolation.insert(w.ifindex, iso, 0).map_err(|e| map_err(det::map_names::ISOLATION, e))
+        isolate_entry(dp, &w)
     }
 
     /// Undoes isolate and pause for a workload. Returns whether it was isolated, frozen.
@@ -283,24 +453,51 @@ impl Detector {
         Ok((isolated, frozen))
     }
 
-    /// Stops monitoring a workload (its profile and isolation are removed too).
+    /// Stops monitoring a workload (its isolation is removed too; the shared profile stays).
     pub fn unmonitor(&mut self, dp: &mut Dataplane, name: &str) -> Result<(), AgentError> {
-        let w = self.find(name)?;
-        let _ = dp.maps.det.workloads.remove(&w.cgroup_id);
-        release_isolation(&mut dp.maps.det.isolation, w.cgroup_id, w.ifindex)?;
-        for path in w.learned.iter().chain(&w.spec.allowed_execs) {
-            let _ = dp.maps.det.exec_allow.remove(&ExecKeyV1 { profile_id: w.profile_id, _pad: 0, path_hash: det::path_hash(path.as_bytes()) });
-        }
-        self.shared.inner.lock().unwrap().workloads.remove(&w.cgroup_id);
-        self.persist();
-        self.sync_syscall_probe(dp)
+        self.unmonitor_inner(dp, name, true)
     }
 
-    /// Replaces the isolation allow-list (what isolated endpoints may still reach).
+    /// Stops monitoring; `release` also removes its isolation (a policy that stops selecting
+    /// an isolated pod leaves it isolated: release is an operator's decision).
+    pub(crate) fn unmonitor_inner(&mut self, dp: &mut Dataplane, name: &str, release: bool) -> Result<(), AgentError> {
+        let w = self.find(name)?;
+        let _ = dp.maps.det.workloads.remove(&w.cgroup_id);
+        if release {
+            release_isolation(&mut dp.maps.det.isolation, w.cgroup_id, w.ifindex)?;
+        }
+        let shared_id = {
+            let mut g = self.shared.inner.lock().unwrap();
+            g.workloads.remove(&w.cgroup_id);
+            g.workloads.values().any(|o| o.profile_id == w.profile_id)
+        };
+        self.net.remove(&w.cgroup_id);
+        if shared_id {
+            self.write_profile(dp, w.profile_name())?;
+        } else if let Some(had) = self.written_execs.remove(&w.profile_id) {
+            for h in had {
+                let _ = dp.maps.det.exec_allow.remove(&ExecKeyV1 { profile_id: w.profile_id, _pad: 0, path_hash: h });
+            }
+        }
+        self.persist();
+        self.sync_syscall_probe(dp)?;
+        self.sync_flow_events(dp)
+    }
+
+    /// Replaces the API's isolation allow-list (what isolated endpoints may still reach); the
+    /// kernel gets its union with the DetectorPolicies' lists.
     pub fn set_isolation_allow(&mut self, dp: &mut Dataplane, allow: &[(Ipv4Addr, u16, u8)]) -> Result<(), AgentError> {
+        self.api_allow = allow.iter().copied().collect();
+        self.write_isolation_allow(dp)
+    }
+
+    pub(crate) fn write_isolation_allow(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
         let old: Vec<AllowKeyV1> = dp.maps.det.isolation_allow.keys().filter_map(Result::ok).collect();
-        let new: Vec<AllowKeyV1> =
-            allow.iter().map(|(a, p, proto)| AllowKeyV1 { addr_be: a.octets(), port_be: p.to_be_bytes(), protocol: *proto, _pad: 0 }).collect();
+        let new: Vec<AllowKeyV1> = self
+            .api_allow
+            .union(&self.policy_allow)
+            .map(|(a, p, proto)| AllowKeyV1 { addr_be: a.octets(), port_be: p.to_be_bytes(), protocol: *proto, _pad: 0 })
+            .collect();
         for k in &new {
             dp.maps.det.isolation_allow.insert(*k, 1, 0).map_err(|e| map_err(det::map_names::ISOLATION_ALLOW, e))?;
         }
@@ -335,15 +532,22 @@ impl Detector {
 
     fn status_of(&self, dp: &Dataplane, w: &WorkloadState) -> WorkloadStatus {
         let isolated = w.ifindex != 0 && dp.maps.det.isolation.get(&w.ifindex, 0).is_ok();
+        let (execs, peers) = {
+            let g = self.shared.inner.lock().unwrap();
+            g.profiles.get(w.profile_name()).map(|p| (p.execs.len(), p.network.egress.len())).unwrap_or((0, 0))
+        };
         WorkloadStatus {
             name: w.spec.name.clone(),
             cgroup: w.spec.cgroup.clone(),
             cgroup_id: w.cgroup_id,
             mode: w.spec.mode,
             actions: w.spec.actions,
-            learned_execs: w.learned.len(),
+            profile: w.profile_name().to_string(),
+            learned_execs: execs,
+            learned_peers: peers,
             isolated,
             frozen: cgroup::is_frozen(&w.spec.cgroup).unwrap_or(false),
+            policy: w.opts.policy.clone(),
         }
     }
 
@@ -365,8 +569,32 @@ impl Detector {
         dp.set_syscall_probe(want)
     }
 
+    /// TC emits an event for every new flow (FLOW_EVENTS_ALL) only while some monitored
+    /// workload has an endpoint: the network model needs them, nothing else does. Called
+    /// after every sync too (the revision bump may have written the config first).
+    pub(crate) fn sync_flow_events(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
+        let want = self.shared.inner.lock().unwrap().workloads.values().any(|w| w.ifindex != 0);
+        let mut cfg = dp.maps.config.get(&0, 0).map_err(|e| map_err(bulkhead_common::map_names::CONFIG, e))?;
+        if cfg.tcp_established_timeout_ns == 0 {
+            // Not configured yet: the first sync writes the config, and calls this again.
+            return Ok(());
+        }
+        let flag = bulkhead_common::config_flags::FLOW_EVENTS_ALL;
+        let next = if want { cfg.flags | flag } else { cfg.flags & !flag };
+        if next != cfg.flags {
+            cfg.flags = next;
+            dp.maps.config.set(0, cfg, 0).map_err(|e| map_err(bulkhead_common::map_names::CONFIG, e))?;
+            tracing::info!(on = want, "flow events for every new flow");
+        }
+        Ok(())
+    }
+
     fn persist(&self) {
-        let list: Vec<WorkloadState> = self.shared.inner.lock().unwrap().workloads.values().cloned().collect();
+        let (list, dirty): (Vec<WorkloadState>, Vec<profile::Profile>) = {
+            let mut g = self.shared.inner.lock().unwrap();
+            let dirty = std::mem::take(&mut g.dirty);
+            (g.workloads.values().cloned().collect(), dirty.iter().filter_map(|n| g.profiles.get(n).cloned()).collect())
+        };
         match serde_json::to_string_pretty(&list) {
             Ok(json) => {
                 if let Err(e) = std::fs::write(&self.state_file, json) {
@@ -375,10 +603,21 @@ impl Detector {
             }
             Err(e) => tracing::error!(error = %e, "detector state not serialisable"),
         }
+        let dir = self.state_dir.join(profile::PROFILES_DIR);
+        for p in dirty {
+            if let Err(e) = profile::save(&dir, &p) {
+                tracing::error!(profile = %p.name, error = %e, "detector profile not saved");
+            }
+        }
     }
 
     /// Saves what a restarted agent needs (learned profiles too: learning adds to them).
     pub fn save(&self) {
+        {
+            let mut g = self.shared.inner.lock().unwrap();
+            let names: Vec<String> = g.profiles.keys().cloned().collect();
+            g.dirty.extend(names);
+        }
         self.persist();
     }
 
@@ -389,6 +628,12 @@ impl Detector {
             let _ = t.join();
         }
     }
+}
+
+/// Writes the workload's isolation entry (user-space decision).
+pub(crate) fn isolate_entry(dp: &mut Dataplane, w: &WorkloadState) -> Result<(), AgentError> {
+    let iso = IsolationV1 { since_ns: cgroup::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 };
+    dp.maps.det.isolation.insert(w.ifindex, iso, 0).map_err(|e| map_err(det::map_names::ISOLATION, e))
 }
 
 /// Removes the isolation entries of a workload (by cgroup id, and its interface). Returns

@@ -1,0 +1,255 @@
+//! The detector's network side on the agent thread: flow events (read as soon as the ring
+//! wakes the agent) are learned into the profile or judged against it; protect mode acts
+//! (isolation entry first: that is what stops traffic), and every finding is an alert.
+//! Once a second the agent also samples conntrack (egress volume) and the kernel's syscall
+//! counts into learning profiles.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use bulkhead_common::{CtKeyV1, FlowEventV1, direction, flow_kind};
+
+use super::{
+    Detector, DetectorEvent, Mode, NetActions, WorkloadState, cgroup,
+    events::ACTION_TIMEOUT,
+    isolate_entry,
+    network::{self, Finding, ScanWindow},
+    profile::{Peer, Protocol},
+};
+use crate::loader::Dataplane;
+
+/// Per-workload network state kept by the agent thread.
+#[derive(Debug, Default)]
+pub(crate) struct NetState {
+    scan: ScanWindow,
+    /// Byte counts of the workload's outbound flows at the last sample (conntrack).
+    prev_bytes: HashMap<CtKeyV1, u64>,
+    /// Last egress-volume alert (one a minute at most).
+    last_volume_alert: Option<Instant>,
+}
+
+/// How often conntrack and the syscall counts are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Egress above this many times the learned peak (and above [`VOLUME_FLOOR`]) is alerted.
+const VOLUME_FACTOR: u64 = 10;
+/// Below this rate (bytes/s) egress is never alerted: too little to matter.
+const VOLUME_FLOOR: u64 = 1 << 20;
+
+impl Detector {
+    /// Pod addresses and their peer names (profile names), from the datastore's last sync.
+    pub(crate) fn set_peers(&mut self, peers: HashMap<Ipv4Addr, String>) {
+        self.peers = peers;
+    }
+
+    /// Learns or judges one flow event (outbound new flows of monitored workloads).
+    pub fn on_flow(&mut self, dp: &mut Dataplane, ev: &FlowEventV1) {
+        if ev.direction != direction::EGRESS || !matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || ev.ifindex == 0 {
+            return;
+        }
+        let Some(protocol) = Protocol::from_ip(ev.protocol) else { return };
+        // ICMP "ports" are the echo identifier: not part of a destination.
+        let port = if protocol == Protocol::Icmp { 0 } else { u16::from_be_bytes(ev.dport_be) };
+        let daddr = Ipv4Addr::from(ev.daddr_be);
+        let peer = self.peers.get(&daddr).map(|n| Peer::Workload(n.clone())).unwrap_or(Peer::Address(daddr));
+        let mut g = self.shared.inner.lock().unwrap();
+        let Some(w) = g.workloads.values().find(|w| w.ifindex == ev.ifindex).cloned() else { return };
+        if w.spec.mode == Mode::Learn {
+            // A flow the policy denied is no behaviour to learn.
+            if ev.kind == flow_kind::NEW_ALLOWED && g.profile_mut(&w).learn_egress(&peer, port, protocol) {
+                g.dirty.insert(w.profile_name().to_string());
+                tracing::debug!(workload = %w.spec.name, %peer, port, ?protocol, "detector learned a destination");
+            }
+            return;
+        }
+        let state = self.net.entry(w.cgroup_id).or_default();
+        let findings = network::judge(g.profile_mut(&w), &mut state.scan, &w.opts.scan, ev.ts_ns, &peer, port, protocol);
+        drop(g);
+        for (finding, counts) in findings {
+            let actions = match finding {
+                Finding::NewPeer => w.spec.actions.new_peer,
+                Finding::NewPort => w.spec.actions.new_port,
+                Finding::PortScan => w.spec.actions.port_scan,
+            };
+            let rec = self.act(dp, &w, ev, finding, actions, &peer, port, protocol, counts);
+            self.shared.record(&self.events_file, rec);
+        }
+    }
+
+    /// Takes a finding's actions (protect mode only) and builds its alert.
+    #[allow(clippy::too_many_arguments)]
+    fn act(
+        &mut self,
+        dp: &mut Dataplane,
+        w: &WorkloadState,
+        ev: &FlowEventV1,
+        finding: Finding,
+        actions: NetActions,
+        peer: &Peer,
+        port: u16,
+        protocol: Protocol,
+        counts: Option<(usize, usize)>,
+    ) -> DetectorEvent {
+        let mut user_actions = Vec::new();
+        let mut isolate_ns = None;
+        let protect = w.spec.mode == Mode::Protect;
+        if protect && actions.isolate {
+            if w.ifindex == 0 {
+                user_actions.push("isolate-failed: no interface".to_string());
+            } else {
+                match isolate_entry(dp, w) {
+                    Ok(()) => {
+                        isolate_ns = Some(cgroup::monotonic_ns().saturating_sub(ev.ts_ns));
+                        user_actions.push("isolated".into());
+                    }
+                    Err(e) => user_actions.push(format!("isolate-failed: {e}")),
+                }
+            }
+        }
+        if protect && actions.terminate {
+            match cgroup::kill(&w.spec.cgroup, ACTION_TIMEOUT) {
+                Ok(()) => user_actions.push("terminated".into()),
+                Err(e) => user_actions.push(format!("terminate-failed: {e}")),
+            }
+        } else if protect && actions.pause {
+            match cgroup::freeze(&w.spec.cgroup, ACTION_TIMEOUT) {
+                Ok(()) => user_actions.push("paused".into()),
+                Err(e) => user_actions.push(format!("pause-failed: {e}")),
+            }
+        }
+        let now = cgroup::monotonic_ns();
+        let dst = format!("{}:{port}/{protocol:?}", Ipv4Addr::from(ev.daddr_be)).to_uppercase();
+        let rec = DetectorEvent {
+            kind: finding.kind(),
+            ts_ns: ev.ts_ns,
+            workload: Some(w.spec.name.clone()),
+            cgroup_id: w.cgroup_id,
+            mode: if protect { "protect" } else { "monitor" },
+            user_enforce_ns: (!user_actions.is_empty()).then(|| now.saturating_sub(ev.ts_ns)),
+            user_actions,
+            read_delay_ns: 0,
+            peer: Some(peer.to_string()),
+            dst: Some(dst),
+            isolate_ns,
+            detail: counts.map(|(p, q)| format!("{p} distinct ports on the peer, {q} distinct peers within {} ms", w.opts.scan.window_ms)),
+            ..Default::default()
+        };
+        tracing::warn!(
+            workload = %w.spec.name,
+            kind = rec.kind,
+            peer = %peer,
+            dst = rec.dst.as_deref().unwrap_or(""),
+            actions = ?rec.user_actions,
+            isolate_ns = rec.isolate_ns,
+            "detector: outbound flow outside the profile"
+        );
+        rec
+    }
+
+    /// Once a second: egress volume (learn: the peak; monitor/protect: alert far above it)
+    /// and syscall counts into learning profiles; dirty profiles are written.
+    pub fn tick(&mut self, dp: &mut Dataplane) {
+        if self.last_tick.elapsed() < SAMPLE_EVERY {
+            return;
+        }
+        let elapsed = self.last_tick.elapsed().as_secs_f64();
+        self.last_tick = Instant::now();
+        let span = tracing::debug_span!("detector-tick");
+        let _g = span.enter();
+        let workloads: Vec<WorkloadState> = self.shared.inner.lock().unwrap().workloads.values().cloned().collect();
+        if workloads.iter().any(|w| w.ifindex != 0) {
+            self.sample_volume(dp, &workloads, elapsed);
+        }
+        if workloads.iter().any(|w| w.spec.mode == Mode::Learn && w.spec.syscalls) {
+            self.sample_syscalls(dp, &workloads);
+        }
+        self.persist();
+    }
+
+    fn sample_volume(&mut self, dp: &mut Dataplane, workloads: &[WorkloadState], elapsed: f64) {
+        // Outbound flows per interface: key -> bytes (both directions, as conntrack counts).
+        let mut per_if: HashMap<u32, Vec<(CtKeyV1, u64)>> = HashMap::new();
+        for item in dp.maps.conntrack.iter() {
+            let Ok((k, v)) = item else { continue };
+            if v.origin_direction == direction::EGRESS {
+                per_if.entry(k.ifindex).or_default().push((k, v.bytes));
+            }
+        }
+        for w in workloads.iter().filter(|w| w.ifindex != 0) {
+            let flows = per_if.remove(&w.ifindex).unwrap_or_default();
+            let state = self.net.entry(w.cgroup_id).or_default();
+            let mut delta = 0u64;
+            let mut max_flow = 0u64;
+            let mut next = HashMap::with_capacity(flows.len());
+            for (k, b) in flows {
+                delta += b.saturating_sub(state.prev_bytes.get(&k).copied().unwrap_or(0));
+                max_flow = max_flow.max(b);
+                next.insert(k, b);
+            }
+            state.prev_bytes = next;
+            let rate = (delta as f64 / elapsed.max(0.001)) as u64;
+            let mut g = self.shared.inner.lock().unwrap();
+            let p = g.profile_mut(&w);
+            if w.spec.mode == Mode::Learn {
+                let net = &mut p.network;
+                if max_flow > net.max_flow_bytes || rate > net.max_egress_bytes_per_second {
+                    net.max_flow_bytes = net.max_flow_bytes.max(max_flow);
+                    net.max_egress_bytes_per_second = net.max_egress_bytes_per_second.max(rate);
+                    g.dirty.insert(w.profile_name().to_string());
+                }
+                continue;
+            }
+            let limit = p.network.max_egress_bytes_per_second.saturating_mul(VOLUME_FACTOR).max(VOLUME_FLOOR);
+            drop(g);
+            if rate > limit && state.last_volume_alert.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                state.last_volume_alert = Some(Instant::now());
+                let rec = DetectorEvent {
+                    kind: "egress-volume",
+                    ts_ns: cgroup::monotonic_ns(),
+                    workload: Some(w.spec.name.clone()),
+                    cgroup_id: w.cgroup_id,
+                    mode: if w.spec.mode == Mode::Protect { "protect" } else { "monitor" },
+                    detail: Some(format!("{rate} bytes/s outbound; learned peak {} bytes/s", limit / VOLUME_FACTOR)),
+                    ..Default::default()
+                };
+                tracing::warn!(workload = %w.spec.name, rate, limit, "detector: egress volume far above the profile");
+                self.shared.record(&self.events_file, rec);
+            }
+        }
+    }
+
+    fn sample_syscalls(&mut self, dp: &mut Dataplane, workloads: &[WorkloadState]) {
+        let mut per_cg: HashMap<u64, BTreeMap<u32, u64>> = HashMap::new();
+        for k in dp.maps.det.syscalls.keys() {
+            let Ok(k) = k else { continue };
+            if let Ok(v) = dp.maps.det.syscalls.get(&k, 0) {
+                *per_cg.entry(k.cgroup_id).or_default().entry(k.nr).or_default() += v.iter().sum::<u64>();
+            }
+        }
+        // Sum over the replicas of each learning profile; the profile keeps the highest sum.
+        let mut per_profile: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
+        for w in workloads.iter().filter(|w| w.spec.mode == Mode::Learn) {
+            let sums = per_profile.entry(w.profile_name().to_string()).or_default();
+            for (nr, c) in per_cg.get(&w.cgroup_id).into_iter().flatten() {
+                *sums.entry(*nr).or_default() += c;
+            }
+        }
+        let mut g = self.shared.inner.lock().unwrap();
+        for (name, sums) in per_profile {
+            let Some(p) = g.profiles.get_mut(&name) else { continue };
+            let mut changed = false;
+            for (nr, c) in sums {
+                let e = p.syscalls.entry(nr).or_default();
+                if c > *e {
+                    *e = c;
+                    changed = true;
+                }
+            }
+            if changed {
+                g.dirty.insert(name);
+            }
+        }
+    }
+}

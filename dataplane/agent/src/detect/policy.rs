@@ -1,0 +1,388 @@
+//! `bulkhead.io/v1alpha1` `DetectorPolicy`: which pods the detector watches, in which mode,
+//! with which actions per detection, and what isolated pods may still reach.
+//!
+//! ```yaml
+//! apiVersion: bulkhead.io/v1alpha1
+//! kind: DetectorPolicy
+//! metadata: {name: clients, namespace: shop}
+//! spec:
+//!   selector: app == 'client'          # Calico selector over pod labels
+//!   namespaceSelector: all()           # optional; default: the policy's own namespace
+//!   mode: protect                      # learn | monitor | protect
+//!   profileLabels: [app]               # optional; default: all labels but per-replica ones
+//!   syscalls: true                     # count syscalls (default false)
+//!   allowedExecs: [/bin/true]          # besides the profile's
+//!   actions:                           # per detection; default below
+//!     exec: [kill, isolate]            # kill | isolate | pause | terminate | alert
+//!     newPeer: [isolate]               # isolate | pause | terminate | alert
+//!     newPort: [isolate]
+//!     portScan: [isolate]
+//!   portScan: {distinctPorts: 10, distinctPeers: 16, windowMs: 10000}
+//!   isolationAllow:                    # what isolated pods still reach (e.g. DNS)
+//!     - {address: 10.96.0.10, port: 53, protocol: UDP}   # address optional: any
+//! ```
+//!
+//! Pods are found in the datastore; the detector needs each pod's cgroup v2 folder, from the
+//! annotation `bulkhead.io/cgroup` (written by the lab, later by the CNI plugin). Every
+//! policy is validated before anything applies; an error names file, document and field.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+};
+
+use policy_compiler::{model::Model, selector_parser::parse_selector, tiered::Selector};
+use serde::Deserialize;
+
+use super::{Actions, Mode, NetActions, WorkloadOptions, WorkloadSpec, network::ScanConfig, profile::Protocol};
+
+pub const API_VERSION: &str = "bulkhead.io/v1alpha1";
+pub const KIND: &str = "DetectorPolicy";
+/// Pod annotation naming the pod's cgroup v2 folder.
+pub const CGROUP_ANNOTATION: &str = "bulkhead.io/cgroup";
+
+/// A validated DetectorPolicy.
+#[derive(Clone, Debug)]
+pub struct DetectorPolicy {
+    pub namespace: String,
+    pub name: String,
+    /// `file document N`, for errors and status.
+    pub origin: String,
+    pub selector: Selector,
+    /// `None` = the policy's own namespace.
+    pub namespace_selector: Option<Selector>,
+    pub mode: Mode,
+    pub actions: Actions,
+    pub scan: ScanConfig,
+    pub profile_labels: Option<Vec<String>>,
+    pub syscalls: bool,
+    pub allowed_execs: Vec<String>,
+    /// (address or 0.0.0.0, port, IP protocol).
+    pub isolation_allow: Vec<(Ipv4Addr, u16, u8)>,
+}
+
+impl DetectorPolicy {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the detector documents of a datastore hold.
+#[derive(Clone, Debug, Default)]
+pub struct DetectorInput {
+    pub policies: Vec<DetectorPolicy>,
+    /// Pod (namespace, name) -> cgroup folder, from [`CGROUP_ANNOTATION`].
+    pub cgroups: BTreeMap<(String, String), PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)] // apiVersion and kind are checked on the raw document
+struct Doc {
+    api_version: String,
+    kind: String,
+    metadata: Meta,
+    spec: Spec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Meta {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Spec {
+    selector: String,
+    #[serde(default)]
+    namespace_selector: Option<String>,
+    mode: Mode,
+    #[serde(default)]
+    actions: Option<ActionsSpec>,
+    #[serde(default)]
+    port_scan: Option<ScanConfig>,
+    #[serde(default)]
+    isolation_allow: Vec<AllowSpec>,
+    #[serde(default)]
+    profile_labels: Option<Vec<String>>,
+    #[serde(default)]
+    syscalls: bool,
+    #[serde(default)]
+    allowed_execs: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ActionsSpec {
+    exec: Option<Vec<String>>,
+    new_peer: Option<Vec<String>>,
+    new_port: Option<Vec<String>>,
+    port_scan: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowSpec {
+    #[serde(default)]
+    address: Option<Ipv4Addr>,
+    port: u16,
+    protocol: Protocol,
+}
+
+fn exec_actions(list: &[String], field: &str) -> Result<Actions, (String, String)> {
+    let mut a = Actions::default();
+    for (i, s) in list.iter().enumerate() {
+        match s.as_str() {
+            "kill" => a.kill = true,
+            "isolate" => a.isolate = true,
+            "pause" => a.pause = true,
+            "terminate" => a.terminate = true,
+            "alert" => {}
+            other => {
+                return Err((format!("{field}[{i}]"), format!("unknown action {other:?} (expected kill, isolate, pause, terminate or alert)")));
+            }
+        }
+    }
+    Ok(a)
+}
+
+fn net_actions(list: &[String], field: &str) -> Result<NetActions, (String, String)> {
+    let mut a = NetActions::default();
+    for (i, s) in list.iter().enumerate() {
+        match s.as_str() {
+            "isolate" => a.isolate = true,
+            "pause" => a.pause = true,
+            "terminate" => a.terminate = true,
+            "alert" => {}
+            other => {
+                return Err((format!("{field}[{i}]"), format!("unknown action {other:?} (expected isolate, pause, terminate or alert)")));
+            }
+        }
+    }
+    Ok(a)
+}
+
+/// Reads the DetectorPolicies and pod cgroup annotations of one file. Other documents are
+/// left to their readers.
+pub fn parse_documents(file: &str, text: &str, into: &mut DetectorInput) -> Result<(), String> {
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let n = i + 1;
+        let value = serde_yaml::Value::deserialize(de).map_err(|e| format!("{file} document {n}: {e}"))?;
+        let s = |k: &str| value.get(k).and_then(serde_yaml::Value::as_str);
+        match (s("apiVersion"), s("kind")) {
+            (Some(API_VERSION), Some(KIND)) => into.policies.push(parse_policy(file, n, &value)?),
+            (Some("v1"), Some("Pod")) => {
+                let meta = value.get("metadata");
+                let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(serde_yaml::Value::as_str);
+                let cg = meta.and_then(|m| m.get("annotations")).and_then(|a| a.get(CGROUP_ANNOTATION)).and_then(serde_yaml::Value::as_str);
+                if let (Some(name), Some(cg)) = (get("name"), cg) {
+                    let ns = get("namespace").unwrap_or("default");
+                    into.cgroups.insert((ns.to_string(), name.to_string()), PathBuf::from(cg));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn parse_policy(file: &str, n: usize, value: &serde_yaml::Value) -> Result<DetectorPolicy, String> {
+    let name = value.get("metadata").and_then(|m| m.get("name")).and_then(serde_yaml::Value::as_str).unwrap_or("?");
+    let ns = value.get("metadata").and_then(|m| m.get("namespace")).and_then(serde_yaml::Value::as_str).unwrap_or("default");
+    let origin = format!("{file} document {n} ({KIND} {ns}/{name})");
+    let err = |field: &str, msg: &str| format!("{origin}: {field}: {msg}");
+    // Deserialising from text (not from the Value) lets serde_yaml name the field path.
+    let text = serde_yaml::to_string(value).map_err(|e| err("(document)", &e.to_string()))?;
+    let doc: Doc = serde_yaml::from_str(&text).map_err(|e| {
+        let msg = e.to_string();
+        match msg.split_once(": ") {
+            Some((path, rest)) if !path.contains(' ') => err(path, rest),
+            _ => err("(document)", &msg),
+        }
+    })?;
+    let spec = doc.spec;
+    let selector = parse_selector(&spec.selector).map_err(|e| err("spec.selector", &e.to_string()))?;
+    let namespace_selector = spec
+        .namespace_selector
+        .as_deref()
+        .map(|s| parse_selector(s).map_err(|e| err("spec.namespaceSelector", &e.to_string())))
+        .transpose()?;
+    let a = spec.actions.unwrap_or_default();
+    let mut actions = match &a.exec {
+        Some(l) => exec_actions(l, "spec.actions.exec").map_err(|(f, m)| err(&f, &m))?,
+        None => Actions { kill: true, isolate: true, ..Default::default() },
+    };
+    let default_net = NetActions { isolate: true, ..Default::default() };
+    let net = |l: &Option<Vec<String>>, field: &str| -> Result<NetActions, String> {
+        match l {
+            Some(l) => net_actions(l, field).map_err(|(f, m)| err(&f, &m)),
+            None => Ok(default_net),
+        }
+    };
+    actions.new_peer = net(&a.new_peer, "spec.actions.newPeer")?;
+    actions.new_port = net(&a.new_port, "spec.actions.newPort")?;
+    actions.port_scan = net(&a.port_scan, "spec.actions.portScan")?;
+    let scan = spec.port_scan.unwrap_or_default();
+    if scan.distinct_ports == 0 || scan.distinct_peers == 0 || scan.window_ms == 0 {
+        return Err(err("spec.portScan", "distinctPorts, distinctPeers and windowMs must be above 0"));
+    }
+    for (i, e) in spec.allowed_execs.iter().enumerate() {
+        if !e.starts_with('/') || e.len() >= bulkhead_common::detect::EXEC_PATH_MAX {
+            return Err(err(&format!("spec.allowedExecs[{i}]"), &format!("{e:?} is not an absolute path shorter than 256 bytes")));
+        }
+    }
+    if let Some(l) = &spec.profile_labels {
+        if l.is_empty() {
+            return Err(err("spec.profileLabels", "empty: leave it out to key profiles by all labels"));
+        }
+    }
+    let isolation_allow = spec
+        .isolation_allow
+        .iter()
+        .map(|a| {
+            let proto = match a.protocol {
+                Protocol::Tcp => 6,
+                Protocol::Udp => 17,
+                Protocol::Icmp => 1,
+                Protocol::Sctp => 132,
+            };
+            (a.address.unwrap_or(Ipv4Addr::UNSPECIFIED), a.port, proto)
+        })
+        .collect();
+    Ok(DetectorPolicy {
+        namespace: doc.metadata.namespace.unwrap_or_else(|| "default".into()),
+        name: doc.metadata.name,
+        origin,
+        selector,
+        namespace_selector,
+        mode: spec.mode,
+        actions,
+        scan,
+        profile_labels: spec.profile_labels,
+        syscalls: spec.syscalls,
+        allowed_execs: spec.allowed_execs,
+        isolation_allow,
+    })
+}
+
+/// What the policies ask for: workloads (one per matching pod with a cgroup) and the union
+/// of their isolation allow-lists.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub workloads: Vec<(WorkloadSpec, WorkloadOptions)>,
+    pub isolation_allow: BTreeSet<(Ipv4Addr, u16, u8)>,
+    /// Pods a policy selects that have no cgroup annotation (not monitored; logged).
+    pub without_cgroup: Vec<String>,
+}
+
+/// Matches the policies against the model's pods. A pod selected by two policies is an
+/// error (which mode would apply is ambiguous): nothing applies.
+pub fn plan(input: &DetectorInput, model: &Model) -> Result<Plan, String> {
+    let mut out = Plan::default();
+    let mut owner: BTreeMap<(String, String), &DetectorPolicy> = BTreeMap::new();
+    for p in &input.policies {
+        out.isolation_allow.extend(p.isolation_allow.iter().copied());
+        for pod in model.pods.values() {
+            let ns_ok = match &p.namespace_selector {
+                None => pod.namespace == p.namespace,
+                Some(sel) => model.namespaces.get(&pod.namespace).is_some_and(|n| sel.matches(&n.labels)),
+            };
+            if !ns_ok || !p.selector.matches(&pod.labels) {
+                continue;
+            }
+            let key = (pod.namespace.clone(), pod.name.clone());
+            if let Some(first) = owner.get(&key) {
+                return Err(format!(
+                    "pod {}/{} is selected by {KIND} {} ({}) and {} ({}): one policy per pod",
+                    pod.namespace,
+                    pod.name,
+                    first.id(),
+                    first.origin,
+                    p.id(),
+                    p.origin
+                ));
+            }
+            owner.insert(key.clone(), p);
+            let Some(cg) = input.cgroups.get(&key) else {
+                out.without_cgroup.push(format!("{}/{}", pod.namespace, pod.name));
+                continue;
+            };
+            let (profile, labels) = super::profile::key_of(&pod.namespace, &pod.labels, p.profile_labels.as_deref());
+            out.workloads.push((
+                WorkloadSpec {
+                    name: format!("{}/{}", pod.namespace, pod.name),
+                    cgroup: cg.clone(),
+                    interface: pod.interface.clone(),
+                    mode: p.mode,
+                    actions: p.actions,
+                    syscalls: p.syscalls,
+                    allowed_execs: p.allowed_execs.clone(),
+                },
+                WorkloadOptions { profile: Some(profile), profile_labels: labels, scan: p.scan, policy: Some(p.id()) },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: bulkhead.io/v1alpha1
+kind: DetectorPolicy
+metadata: {name: clients, namespace: d}
+spec:
+  selector: app == 'client'
+  mode: protect
+  actions: {exec: [kill], newPeer: [isolate], newPort: [alert], portScan: [pause]}
+  portScan: {distinctPorts: 5}
+  isolationAllow: [{address: 10.0.0.53, port: 53, protocol: UDP}, {port: 123, protocol: UDP}]
+";
+
+    #[test]
+    fn parses_and_defaults() {
+        let mut input = DetectorInput::default();
+        parse_documents("p.yaml", GOOD, &mut input).expect("parses");
+        let p = &input.policies[0];
+        assert_eq!(p.id(), "d/clients");
+        assert_eq!(p.mode, Mode::Protect);
+        assert!(p.actions.kill && !p.actions.isolate);
+        assert!(p.actions.new_peer.isolate && !p.actions.new_port.isolate && p.actions.port_scan.pause);
+        assert_eq!(p.scan.distinct_ports, 5);
+        assert_eq!(p.scan.window_ms, ScanConfig::default().window_ms);
+        assert_eq!(p.isolation_allow, vec![([10, 0, 0, 53].into(), 53, 17), (Ipv4Addr::UNSPECIFIED, 123, 17)]);
+    }
+
+    fn bad(text: &str) -> String {
+        let mut input = DetectorInput::default();
+        parse_documents("p.yaml", text, &mut input).expect_err("must be rejected")
+    }
+
+    #[test]
+    fn errors_name_file_document_and_field() {
+        let e = bad(&GOOD.replace("mode: protect", "mode: protekt"));
+        assert!(e.contains("p.yaml document 1") && e.contains("spec.mode"), "{e}");
+        let e = bad(&GOOD.replace("exec: [kill]", "exec: [kil]"));
+        assert!(e.contains("spec.actions.exec[0]") && e.contains("\"kil\""), "{e}");
+        let e = bad(&GOOD.replace("app == 'client'", "app == "));
+        assert!(e.contains("spec.selector"), "{e}");
+        let e = bad(&GOOD.replace("10.0.0.53", "10.0.0.530"));
+        assert!(e.contains("spec.isolationAllow"), "{e}");
+        let e = bad(&GOOD.replace("  mode: protect", "  mode: protect\n  modes: learn"));
+        assert!(e.contains("spec") && e.contains("modes"), "{e}");
+        let e = bad(&format!("---\nkind: Other\n---\n{}", GOOD.replace("distinctPorts: 5", "distinctPorts: 0")));
+        assert!(e.contains("document 2") && e.contains("spec.portScan"), "{e}");
+    }
+}
