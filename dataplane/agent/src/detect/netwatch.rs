@@ -49,6 +49,7 @@ impl Detector {
         if ev.direction != direction::EGRESS || !matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || ev.ifindex == 0 {
             return;
         }
+        let read_at = cgroup::monotonic_ns();
         let Some(protocol) = Protocol::from_ip(ev.protocol) else { return };
         // ICMP "ports" are the echo identifier: not part of a destination.
         let port = if protocol == Protocol::Icmp { 0 } else { u16::from_be_bytes(ev.dport_be) };
@@ -73,7 +74,8 @@ impl Detector {
                 Finding::NewPort => w.spec.actions.new_port,
                 Finding::PortScan => w.spec.actions.port_scan,
             };
-            let rec = self.act(dp, &w, ev, finding, actions, &peer, port, protocol, counts);
+            let mut rec = self.act(dp, &w, ev, finding, actions, &peer, port, protocol, counts);
+            rec.read_delay_ns = read_at.saturating_sub(ev.ts_ns);
             self.shared.record(&self.events_file, rec);
         }
     }

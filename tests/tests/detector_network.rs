@@ -1,0 +1,323 @@
+//! The detector's network behaviour, shared profiles and DetectorPolicy end to end (root):
+//! a DetectorPolicy file in the watched datastore puts two client replicas (same labels but
+//! pod-template-hash) in learn mode; one replica learns a benign client (nc + TCP to the
+//! server); the policy is rewritten to protect; then
+//! (c) both replicas keep working for a few seconds with no action (the second judged by the
+//!     profile the first learned: its exec of nc and its flows pass),
+//! (a) an outbound connection to a peer never seen isolates the pod (traffic stops, the
+//!     DNS allow-list passes; latency measured from the flow's first packet in TC),
+//! (b) a port scan of the server isolates the pod (new ports alone only alert),
+//! (d) profile export -> add an executable -> import: that executable runs under protect
+//!     without action; a bad file is rejected naming the field and changes nothing.
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bulkhead_e2e::{bulkhead_bin, require_root, run_bulkhead};
+use bulkhead_lab::agent::Agent;
+use bulkhead_lab::agent::detect::{DetectorEvent, Mode, cgroup};
+use bulkhead_lab::datastore::Datastore;
+use bulkhead_lab::probe::probe;
+use bulkhead_lab::{Lab, LabOptions, PodNetns, Protocol, Topology};
+
+const TOPOLOGY: &str = "
+kind: Topology
+name: detnet
+namespaces:
+  - name: dn
+    labels: {kubernetes.io/metadata.name: dn}
+pods:
+  - {namespace: dn, name: client-a, ip: 10.244.0.10, labels: {app: client, pod-template-hash: aaa}}
+  - {namespace: dn, name: client-b, ip: 10.244.0.11, labels: {app: client, pod-template-hash: bbb}}
+  - {namespace: dn, name: server, ip: 10.244.0.12, labels: {app: server}}
+  - {namespace: dn, name: stranger, ip: 10.244.0.13, labels: {app: stranger}}
+ports:
+  - {port: 8080, protocol: TCP}
+  - {port: 53, protocol: UDP}
+";
+const PROFILE: &str = "dn/app=client";
+const A: &str = "dn/client-a";
+const B: &str = "dn/client-b";
+const T: Duration = Duration::from_millis(700);
+
+struct Fixture {
+    // Field order = drop order: the agent goes before the lab.
+    agent: Option<Agent>,
+    lab: Lab,
+    tmp: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.agent.take();
+        for p in self.lab.pods() {
+            if let Some(cg) = &p.cgroup {
+                let _ = cgroup::kill(cg, Duration::from_secs(2));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        require_root();
+        let topo = Topology::parse(TOPOLOGY, Path::new("detnet.yaml")).expect("topology");
+        let lab = Lab::create(&topo, &LabOptions { server_bin: Some(bulkhead_bin()), ..Default::default() }).expect("lab");
+        Datastore::for_lab(&lab).flush().expect("datastore");
+        let agent = lab.start_agent(true).expect("agent");
+        let tmp = std::env::temp_dir().join(format!("bh-detnet-{}", lab.id()));
+        std::fs::create_dir_all(&tmp).expect("temp dir");
+        Fixture { agent: Some(agent), lab, tmp }
+    }
+    fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("agent running")
+    }
+    fn pod(&self, name: &str) -> &PodNetns {
+        self.lab.pods().iter().find(|p| p.key.ends_with(name)).unwrap_or_else(|| panic!("no pod {name}"))
+    }
+    fn instance(&self) -> String {
+        self.lab.pin_dir().file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    /// Writes the DetectorPolicy into the watched datastore (atomically) and waits until both
+    /// client replicas are monitored in `mode`.
+    fn policy(&self, mode: &str) {
+        let server = self.pod("server").ip;
+        let text = format!(
+            "apiVersion: bulkhead.io/v1alpha1
+kind: DetectorPolicy
+metadata: {{name: clients, namespace: dn}}
+spec:
+  selector: app == 'client'
+  mode: {mode}
+  syscalls: true
+  actions: {{exec: [kill, isolate], newPeer: [isolate], newPort: [alert], portScan: [isolate]}}
+  portScan: {{distinctPorts: 8, windowMs: 5000}}
+  isolationAllow: [{{address: {server}, port: 53, protocol: UDP}}]
+"
+        );
+        let dir = self.lab.datastore_dir();
+        std::fs::write(dir.join(".detector-policy.tmp"), text).expect("write policy");
+        std::fs::rename(dir.join(".detector-policy.tmp"), dir.join("detector-policy.yaml")).expect("rename policy");
+        let want = if mode == "protect" { Mode::Protect } else { Mode::Learn };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let st = self.agent().detector_status().expect("status");
+            let ok = [A, B].iter().all(|n| st.iter().any(|w| &w.name == n && w.mode == want && w.profile == PROFILE));
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the DetectorPolicy ({mode}) was not applied to both replicas: {st:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn reaches(&self, from: &str, to: &str, port: u16, proto: Protocol) -> bool {
+        probe(self.pod(from), self.pod(to).ip, port, proto, T)
+    }
+
+    /// The benign client: nc (exec) and a TCP probe to the server.
+    fn benign(&self, from: &str) {
+        let server = self.pod("server").ip.to_string();
+        let mut nc = spawn_in_pod(self.pod(from), &["/usr/bin/nc", "-z", "-w", "1", &server, "8080"]);
+        let st = nc.wait().expect("nc");
+        assert!(st.success(), "benign nc from {from} failed: {st:?} (signal {:?})", st.signal());
+        assert!(self.reaches(from, "server", 8080, Protocol::Tcp), "benign TCP from {from} to the server failed");
+    }
+
+    fn isolated(&self, name: &str) -> bool {
+        self.agent().detector_status().expect("status").iter().any(|w| w.name == name && w.isolated)
+    }
+
+    fn findings(&self) -> Vec<DetectorEvent> {
+        self.agent().detector().events().into_iter().filter(|e| e.is_network() || e.is_violation()).collect()
+    }
+}
+
+/// Starts `argv` inside the pod (its network namespace and cgroup, joined before exec).
+fn spawn_in_pod(pod: &PodNetns, argv: &[&str]) -> Child {
+    let ns = std::fs::File::open(format!("/var/run/netns/{}", pod.netns)).expect("netns");
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(pod.cgroup.as_ref().expect("cgroup").join("cgroup.procs"))
+        .expect("cgroup.procs");
+    let (ns_fd, cg_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: only async-signal-safe syscalls on fds opened before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 || libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("spawning {argv:?} in {}: {e}", pod.netns))
+}
+
+fn wait_exit(mut c: Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(st) = c.try_wait().expect("wait") {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            panic!("process did not end within 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn replicas_share_a_profile_and_network_deviations_isolate() {
+    let f = Fixture::new();
+    let det = f.agent().detector();
+    f.policy("learn");
+
+    // Learn: only replica A runs the benign client.
+    f.benign("client-a");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let p = det.profile(PROFILE);
+        let learned = p.as_ref().is_some_and(|p| {
+            p.execs.contains("/usr/bin/nc")
+                && p.network.egress.iter().any(|e| e.workload.as_deref() == Some("dn/app=server") && e.port == 8080)
+        });
+        if learned {
+            break;
+        }
+        assert!(Instant::now() < deadline, "learn mode did not record nc and the server peer: {p:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    f.policy("protect");
+    let st = f.agent().detector_status().unwrap();
+    assert!(st.iter().all(|w| w.profile == PROFILE && w.learned_execs >= 1 && w.learned_peers >= 1), "{st:?}");
+
+    // (c) Benign traffic under protect, from both replicas (B never learned anything itself).
+    let before = f.findings().len();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        f.benign("client-a");
+        f.benign("client-b");
+    }
+    assert_eq!(f.findings().len(), before, "benign run raised findings: {:?}", &f.findings()[before..]);
+    assert!(!f.isolated(A) && !f.isolated(B), "benign run isolated a replica");
+
+    // (a) Replica B connects to a peer it (and A) never talked to.
+    let _ = f.reaches("client-b", "stranger", 8080, Protocol::Tcp);
+    let ev = det
+        .wait_event(Duration::from_secs(3), |e| e.kind == "new-peer" && e.workload.as_deref() == Some(B))
+        .unwrap_or_else(|| panic!("no new-peer finding: {:?}", det.events()));
+    assert_eq!(ev.peer.as_deref(), Some("dn/app=stranger"), "{ev:?}");
+    assert!(ev.user_actions.iter().any(|a| a == "isolated"), "{ev:?}");
+    let latency = ev.isolate_ns.expect("isolation latency recorded");
+    println!("new peer: isolated {} us after the flow's first packet in TC", latency / 1000);
+    assert!(f.isolated(B), "status does not show B isolated");
+    assert!(!f.reaches("client-b", "server", 8080, Protocol::Tcp), "isolated B still reaches the server");
+    assert!(!f.reaches("client-b", "stranger", 8080, Protocol::Tcp), "isolated B still reaches the stranger");
+    assert!(f.reaches("client-b", "server", 53, Protocol::Udp), "the isolation allow-list (UDP 53 to the server) is blocked");
+    assert!(f.reaches("client-a", "server", 8080, Protocol::Tcp), "replica A suffered from B's isolation");
+    f.agent().detector_release(B).expect("release B");
+    assert!(f.reaches("client-b", "server", 8080, Protocol::Tcp), "B not released");
+
+    // (b) Replica A scans the server: new ports only alert, the scan isolates.
+    let server = f.pod("server").ip;
+    let mut scanned = 0;
+    for port in 9000..9020u16 {
+        let _ = probe(f.pod("client-a"), server, port, Protocol::Tcp, Duration::from_millis(200));
+        scanned += 1;
+        if det.events().iter().any(|e| e.kind == "port-scan" && e.workload.as_deref() == Some(A)) {
+            break;
+        }
+    }
+    let ev = det
+        .wait_event(Duration::from_secs(3), |e| e.kind == "port-scan" && e.workload.as_deref() == Some(A))
+        .unwrap_or_else(|| panic!("no port-scan finding after {scanned} ports: {:?}", det.events()));
+    assert!(ev.user_actions.iter().any(|a| a == "isolated"), "{ev:?}");
+    let alerts = det.events().iter().filter(|e| e.kind == "new-port" && e.workload.as_deref() == Some(A)).count();
+    assert!(alerts >= 7, "new ports before the scan are alerts: {alerts}");
+    assert!(
+        det.events().iter().filter(|e| e.kind == "new-port").all(|e| e.user_actions.is_empty()),
+        "new-port is alert-only in this policy"
+    );
+    println!("port scan: detected after {scanned} ports; isolated {} us after the flow's first packet", ev.isolate_ns.unwrap_or(0) / 1000);
+    assert!(!f.reaches("client-a", "server", 8080, Protocol::Tcp), "A still reaches the server after the scan");
+    f.agent().detector_release(A).expect("release A");
+
+    // (d) Export, add an executable, import: it runs under protect without action.
+    let tool = f.tmp.join("tool");
+    std::fs::copy("/bin/true", &tool).expect("copy tool");
+    let tool_s = tool.to_str().unwrap();
+    let st = wait_exit(spawn_in_pod(f.pod("client-b"), &[tool_s]));
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "control: the tool outside the profile must be killed");
+    det.wait_event(Duration::from_secs(2), |e| e.is_violation() && e.path == tool_s).expect("violation for the tool");
+    f.agent().detector_release(B).expect("release B after the control");
+    let inst = f.instance();
+    let out = run_bulkhead(&["detector", "profile", "export", PROFILE, "--instance", &inst]);
+    assert!(out.status.success(), "export: {}", String::from_utf8_lossy(&out.stderr));
+    let yaml = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(yaml.contains("/usr/bin/nc") && yaml.contains("dn/app=server"), "export:\n{yaml}");
+    // A broken edit is rejected, naming the field, and changes nothing.
+    let bad = f.tmp.join("bad.yaml");
+    std::fs::write(&bad, yaml.replace("execs:\n", "execs:\n- relative/tool\n")).unwrap();
+    let out = run_bulkhead(&["detector", "profile", "import", bad.to_str().unwrap(), "--instance", &inst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("execs["), "bad import: {err}");
+    let good = f.tmp.join("good.yaml");
+    std::fs::write(&good, yaml.replace("execs:\n", &format!("execs:\n- {tool_s}\n"))).unwrap();
+    let out = run_bulkhead(&["detector", "profile", "import", good.to_str().unwrap(), "--instance", &inst, "--json"]);
+    assert!(out.status.success(), "import: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("import JSON");
+    assert_eq!(r["report"]["profile"], PROFILE, "{r}");
+    let n_before = det.events().iter().filter(|e| e.is_violation()).count();
+    for pod in ["client-a", "client-b"] {
+        let st = wait_exit(spawn_in_pod(f.pod(pod), &[tool_s]));
+        assert!(st.success(), "imported executable did not run in {pod}: {st:?} (signal {:?})", st.signal());
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(det.events().iter().filter(|e| e.is_violation()).count(), n_before, "imported executable raised a violation");
+    assert!(!f.isolated(A) && !f.isolated(B), "imported executable isolated a replica");
+
+    // The CLI shows the shared profile and the findings.
+    let out = run_bulkhead(&["detector", "profile", "show", PROFILE, "--instance", &inst, "--json"]);
+    assert!(out.status.success(), "show: {}", String::from_utf8_lossy(&out.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("show JSON");
+    assert!(p["execs"].as_array().unwrap().iter().any(|e| e == tool_s), "{p}");
+    let out = run_bulkhead(&["detector", "events", "--instance", &inst]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.starts_with("new-peer") && l.contains(B)), "events:\n{text}");
+    assert!(text.lines().any(|l| l.starts_with("port-scan") && l.contains(A)), "events:\n{text}");
+}
+
+#[test]
+fn a_bad_detector_policy_changes_nothing() {
+    let f = Fixture::new();
+    f.policy("learn");
+    let dir = f.lab.datastore_dir();
+    std::fs::write(
+        dir.join("bad-detector.yaml"),
+        "apiVersion: bulkhead.io/v1alpha1\nkind: DetectorPolicy\nmetadata: {name: bad, namespace: dn}\nspec:\n  selector: app == 'server'\n  mode: protekt\n",
+    )
+    .unwrap();
+    let err = f.agent().sync_now().expect_err("a bad DetectorPolicy must be rejected");
+    let msg = err.to_string();
+    assert!(msg.contains("bad-detector.yaml") && msg.contains("spec.mode"), "error names file and field: {msg}");
+    let st = f.agent().detector_status().unwrap();
+    assert!(st.iter().all(|w| w.name != "dn/server"), "half-applied: {st:?}");
+    assert_eq!(st.iter().filter(|w| w.mode == Mode::Learn).count(), 2, "{st:?}");
+    // Two policies selecting one pod: rejected too.
+    std::fs::write(
+        dir.join("bad-detector.yaml"),
+        "apiVersion: bulkhead.io/v1alpha1\nkind: DetectorPolicy\nmetadata: {name: overlap, namespace: dn}\nspec:\n  selector: app == 'client'\n  mode: protect\n",
+    )
+    .unwrap();
+    let msg = f.agent().sync_now().expect_err("overlap must be rejected").to_string();
+    assert!(msg.contains("one policy per pod"), "{msg}");
+    assert!(f.agent().detector_status().unwrap().iter().all(|w| w.mode == Mode::Learn), "overlap half-applied");
+}
