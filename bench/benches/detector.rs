@@ -379,7 +379,7 @@ fn main() {
     user_latencies(&b);
     network_latencies(&b);
     let counters = b.agent().counters().expect("counters");
-    for (k, v) in counters.iter().filter(|(k, _)| k.starts_with("detector_events")) {
+    for (k, v) in counters.iter().filter(|(k, _)| k.starts_with("detector_events") || k.starts_with("flow_events")) {
         result(&format!("{k}"), v);
     }
 

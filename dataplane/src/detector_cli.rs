@@ -12,7 +12,7 @@ fn state_dir(instance: &str) -> PathBuf {
 }
 
 /// Monitored workloads (from the agent's state file), isolated endpoints (pinned map) and the
-/// detector's counters (drops included).
+/// detector's counters (drops of the exec and flow event rings included).
 pub fn status(instance: &str, json: bool) -> anyhow::Result<i32> {
     let pin_dir = AgentConfig::default_pin_dir(instance);
     let isolated = detect::isolated_pinned(&pin_dir).with_context(|| format!("is agent instance {instance:?} loaded? (pins at {})", pin_dir.display()))?;
@@ -24,7 +24,7 @@ pub fn status(instance: &str, json: bool) -> anyhow::Result<i32> {
     let profiles = load_profiles(instance);
     let prof = |w: &detect::WorkloadState| profiles.iter().find(|p| p.name == w.profile_name());
     let counters: Vec<(String, u64)> = bulkhead_agent::status::read(&pin_dir)
-        .map(|s| s.counters.into_iter().filter(|(k, _)| k.starts_with("detector") || k.contains("isolat")).collect())
+        .map(|s| s.counters.into_iter().filter(|(k, _)| k.starts_with("detector") || k.starts_with("flow_events") || k.contains("isolat")).collect())
         .unwrap_or_default();
     if json {
         let wl: Vec<_> = workloads

@@ -293,6 +293,13 @@ fn replicas_share_a_profile_and_network_deviations_isolate() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().any(|l| l.starts_with("new-peer") && l.contains(B)), "events:\n{text}");
     assert!(text.lines().any(|l| l.starts_with("port-scan") && l.contains(A)), "events:\n{text}");
+    let out = run_bulkhead(&["detector", "status", "--instance", &inst, "--json"]);
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(st["counters"]["flow_events_dropped"], 0, "flow ring drops: {st}");
+    assert!(st["counters"]["flow_events_sent"].as_u64().unwrap_or(0) > 10, "{st}");
+    let wl = st["workloads"].as_array().expect("workloads");
+    assert!(wl.iter().all(|w| w["profile"] == PROFILE && w["policy"] == "dn/clients"), "{st}");
 }
 
 #[test]
