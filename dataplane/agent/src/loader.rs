@@ -7,10 +7,12 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{
-        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, Xdp,
+        BtfTracePoint, FEntry, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, Xdp,
+        fentry::FEntryLinkId,
+        tp_btf::BtfTracePointLinkId,
         raw_trace_point::RawTracePointLinkId,
         links::FdLink,
         tc::{SchedClassifierLinkId, TcAttachOptions},
@@ -39,6 +41,39 @@ pub mod programs {
     pub const EXEC: &str = "bh_exec";
     pub const FORK: &str = "bh_fork";
     pub const SYS_ENTER: &str = "bh_sys_enter";
+    /// The syscall probe as fentry on `x64_sys_call` (opt-in, see [`super::SyscallProbe`]).
+    pub const SYS_CALL: &str = "bh_sys_call";
+    /// The syscall probe as a BTF tracepoint on sys_enter (`BULKHEAD_SYSCALL_PROBE=tp_btf`).
+    pub const SYS_ENTER_BTF: &str = "bh_sys_enter_btf";
+}
+
+/// How the syscall probe is attached. Both count the same thing into the same map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallProbe {
+    /// Raw tracepoint `sys_enter`. Attaching any sys_enter tracepoint sets a work flag on every
+    /// task, which sends every syscall of the machine through the slow entry path.
+    RawTracepoint,
+    /// BTF tracepoint (tp_btf) `sys_enter`: the same tracepoint as [`Self::RawTracepoint`],
+    /// so the same slow path; only selected explicitly.
+    BtfTracepoint,
+    /// fentry (BPF trampoline) on `x64_sys_call`, the dispatcher every x86-64 syscall goes
+    /// through: costs one trampoline call per syscall, no slow path. Needs BTF and ftrace
+    /// direct calls (kernel >= 6.9 for `x64_sys_call`); misses ia32 compat syscalls (they go
+    /// through `ia32_sys_call`). Opt-in and untested: refused (EPERM) on this machine kind.
+    FEntry,
+}
+
+/// Environment variable that selects the syscall probe's attachment (`fentry`, `tp_btf` or
+/// `raw_tp`);
+/// for benchmarks and for kernels where the trampoline misbehaves. Default: fentry when it
+/// loads, else the raw tracepoint.
+pub const SYSCALL_PROBE_ENV: &str = "BULKHEAD_SYSCALL_PROBE";
+
+/// The attached syscall probe's link.
+enum SyscallLink {
+    RawTracepoint(RawTracePointLinkId),
+    BtfTracepoint(BtfTracePointLinkId),
+    FEntry(FEntryLinkId),
 }
 
 /// Tracepoints of the detector probes: (program, category, name). The syscall probe is a raw
@@ -115,7 +150,9 @@ pub struct Dataplane {
     /// Attached detector tracepoints by program name.
     tracepoints: BTreeMap<&'static str, TracePointLinkId>,
     /// The syscall probe's link while attached.
-    sys_enter: Option<RawTracePointLinkId>,
+    sys_enter: Option<SyscallLink>,
+    /// Which attachment [`Dataplane::set_syscall_probe`] uses.
+    syscall_probe: SyscallProbe,
 }
 
 fn map_err(map: &'static str, e: impl std::fmt::Display) -> AgentError {
@@ -162,6 +199,7 @@ impl Dataplane {
             .try_into()
             .map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
         r.load().map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
+        let syscall_probe = load_syscall_probe(&mut ebpf);
         // Programs are pinned beside the maps so `bpftool` and operators find everything of an
         // instance in one folder; a pin left by an earlier run is replaced.
         for name in [programs::FROM_POD, programs::TO_POD, programs::NOOP, programs::XDP_PREFILTER] {
@@ -198,7 +236,7 @@ impl Dataplane {
                 events: Some(RingBuf::try_from(take(det::map_names::EVENTS)?).map_err(|e| map_err(det::map_names::EVENTS, e))?),
             },
         };
-        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None };
+        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, syscall_probe };
         // Exec and fork are rare events: their probes are always on (they return at once for
         // unmonitored cgroups). The syscall probe is attached only while someone needs it.
         dp.set_tracepoint(programs::EXEC, true)?;
@@ -238,29 +276,72 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Attaches (`on`) or detaches the syscall probe (raw tracepoint sys_enter). Idempotent.
+    /// Attaches (`on`) or detaches the syscall probe ([`SyscallProbe`]: fentry on
+    /// `x64_sys_call` where it loads, else the raw tracepoint sys_enter). Idempotent.
     /// While attached, every syscall of every task runs it (it returns at once for
     /// unmonitored cgroups), so it is attached only while a workload wants syscall counts.
     pub fn set_syscall_probe(&mut self, on: bool) -> Result<(), AgentError> {
-        let prog: &mut RawTracePoint = self
-            .ebpf
-            .program_mut(programs::SYS_ENTER)
-            .ok_or_else(|| map_err("programs", "syscall probe missing"))?
-            .try_into()
-            .map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
         match (on, self.sys_enter.take()) {
             (true, None) => {
-                self.sys_enter = Some(prog.attach("sys_enter").map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?);
+                self.sys_enter = Some(match self.syscall_probe {
+                    SyscallProbe::FEntry => SyscallLink::FEntry(
+                        self.fentry()?.attach().map_err(|e| AgentError::Program { program: programs::SYS_CALL, source: e })?,
+                    ),
+                    SyscallProbe::BtfTracepoint => SyscallLink::BtfTracepoint(
+                        self.btf_sys_enter()?.attach().map_err(|e| AgentError::Program { program: programs::SYS_ENTER_BTF, source: e })?,
+                    ),
+                    SyscallProbe::RawTracepoint => SyscallLink::RawTracepoint(
+                        self.raw_sys_enter()?.attach("sys_enter").map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?,
+                    ),
+                });
             }
-            (false, Some(id)) => prog.detach(id).map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?,
+            (false, Some(SyscallLink::FEntry(id))) => {
+                self.fentry()?.detach(id).map_err(|e| AgentError::Program { program: programs::SYS_CALL, source: e })?
+            }
+            (false, Some(SyscallLink::BtfTracepoint(id))) => {
+                self.btf_sys_enter()?.detach(id).map_err(|e| AgentError::Program { program: programs::SYS_ENTER_BTF, source: e })?
+            }
+            (false, Some(SyscallLink::RawTracepoint(id))) => {
+                self.raw_sys_enter()?.detach(id).map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?
+            }
             (_, keep) => self.sys_enter = keep,
         }
         Ok(())
     }
 
-    /// Whether a detector probe (exec, fork, syscalls) is attached.
+    /// How the syscall probe attaches on this kernel (and with [`SYSCALL_PROBE_ENV`]).
+    pub fn syscall_probe(&self) -> SyscallProbe {
+        self.syscall_probe
+    }
+
+    fn raw_sys_enter(&mut self) -> Result<&mut RawTracePoint, AgentError> {
+        self.ebpf
+            .program_mut(programs::SYS_ENTER)
+            .ok_or_else(|| map_err("programs", "syscall probe missing"))?
+            .try_into()
+            .map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })
+    }
+
+    fn btf_sys_enter(&mut self) -> Result<&mut BtfTracePoint, AgentError> {
+        self.ebpf
+            .program_mut(programs::SYS_ENTER_BTF)
+            .ok_or_else(|| map_err("programs", "tp_btf syscall probe missing"))?
+            .try_into()
+            .map_err(|e| AgentError::Program { program: programs::SYS_ENTER_BTF, source: e })
+    }
+
+    fn fentry(&mut self) -> Result<&mut FEntry, AgentError> {
+        self.ebpf
+            .program_mut(programs::SYS_CALL)
+            .ok_or_else(|| map_err("programs", "fentry syscall probe missing"))?
+            .try_into()
+            .map_err(|e| AgentError::Program { program: programs::SYS_CALL, source: e })
+    }
+
+    /// Whether a detector probe (exec, fork, syscalls) is attached. The syscall probe answers
+    /// to both of its names, whichever attachment it uses.
     pub fn probe_attached(&self, name: &str) -> bool {
-        if name == programs::SYS_ENTER { self.sys_enter.is_some() } else { self.tracepoints.contains_key(name) }
+        if [programs::SYS_ENTER, programs::SYS_CALL, programs::SYS_ENTER_BTF].contains(&name) { self.sys_enter.is_some() } else { self.tracepoints.contains_key(name) }
     }
 
     /// Pins the TC links of every interface and the exec and fork probes' links under
@@ -427,6 +508,47 @@ impl Dataplane {
     }
 }
 
+/// Loads the syscall probe's BTF variant chosen by [`SYSCALL_PROBE_ENV`], if any;
+/// returns the attachment to use. Where it cannot load (no BTF, trampolines refused: on the
+/// project's machine kind fentry loading fails with EPERM), the raw tracepoint is used, which
+/// counts the same syscalls at a higher cost.
+fn load_syscall_probe(ebpf: &mut Ebpf) -> SyscallProbe {
+    let want = match std::env::var(SYSCALL_PROBE_ENV).as_deref() {
+        Ok("raw_tp") | Err(_) => return SyscallProbe::RawTracepoint,
+        Ok("tp_btf") => SyscallProbe::BtfTracepoint,
+        Ok("fentry") => SyscallProbe::FEntry,
+        Ok(other) => {
+            tracing::warn!(value = other, "{SYSCALL_PROBE_ENV}: expected raw_tp, tp_btf or fentry; using raw_tp");
+            return SyscallProbe::RawTracepoint;
+        }
+    };
+    let res = Btf::from_sys_fs().map_err(|e| e.to_string()).and_then(|btf| match want {
+        SyscallProbe::BtfTracepoint => {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(programs::SYS_ENTER_BTF)
+                .ok_or_else(|| "missing from the object".to_string())?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            p.load("sys_enter", &btf).map_err(|e| e.to_string())
+        }
+        _ => {
+            let p: &mut FEntry = ebpf
+                .program_mut(programs::SYS_CALL)
+                .ok_or_else(|| "missing from the object".to_string())?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            p.load("x64_sys_call", &btf).map_err(|e| e.to_string())
+        }
+    });
+    match res {
+        Ok(()) => want,
+        Err(e) => {
+            tracing::warn!(error = %e, wanted = ?want, "syscall probe falls back to the raw tracepoint sys_enter");
+            SyscallProbe::RawTracepoint
+        }
+    }
+}
+
 /// LPM key helper for the IP cache.
 pub fn ipcache_key(addr: std::net::Ipv4Addr, prefix_len: u8) -> Key<IpCacheKeyV1> {
     Key::new(prefix_len as u32, IpCacheKeyV1 { addr_be: addr.octets() })
@@ -440,6 +562,8 @@ fn static_name(name: &str) -> &'static str {
         programs::EXEC => programs::EXEC,
         programs::FORK => programs::FORK,
         programs::SYS_ENTER => programs::SYS_ENTER,
+        programs::SYS_CALL => programs::SYS_CALL,
+        programs::SYS_ENTER_BTF => programs::SYS_ENTER_BTF,
         _ => programs::XDP_PREFILTER,
     }
 }
