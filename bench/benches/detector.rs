@@ -17,6 +17,13 @@
 //!   agent seeing `frozen 1` (pause, cgroup.freeze) or `populated 0` (terminate, cgroup.kill)
 //!   in cgroup.events; includes the ring-buffer wake-up of the agent's detector thread.
 //!
+//! - `net_new_peer_to_isolated` / `net_port_scan_to_isolated`: user-space network decisions.
+//!   From the flow's first packet in TC (the flow event's `bpf_ktime_get_ns`) to the agent
+//!   having written the isolation entry (CLOCK_MONOTONIC after the map update returned): ring
+//!   wake-up of the agent's flow poller, hand-over to the agent thread, the profile lookup and
+//!   the map write. For the scan, the flow that completes it (10th distinct port).
+//! - `net_flow_to_agent_read`: from the same first packet to the agent reading the event.
+//!
 //! Probe overhead: a tight loop of `getpid` (the cheapest syscall: worst case for a per-syscall
 //! probe) and of 4 KiB `read`s from /dev/zero, run by this process in its own cgroup in three
 //! states: syscall probe detached; attached but this cgroup not monitored (other workloads
@@ -35,6 +42,7 @@
 //!   (`detector_sampled_*`). Only a share of the syscalls is counted
 //!   (`detector_sampled_counted_share_pct`, ~5%: attach and detach take time); the agent does
 //!   not sample (this measures what it would cost).
+//!
 //! The bench warns when other programs hold sys_enter links (`*_foreign_sys_enter_links`):
 //! the "detached" baseline is then on the slow path too.
 //!
@@ -45,6 +53,7 @@
 //!   within noise: the cost is the tracepoint's slow syscall path, not the program.
 //! - sampled (5.3% of the syscalls counted): getpid -2..+5% / -3..+13%; read4k -7..+6% /
 //!   -8..+9%.
+//!
 //! The goal (<= 5% on a syscall-heavy workload) is not met with full counts on this kernel; only
 //! sampling comes near it, at the price of counting ~5% of the syscalls (rare ones are missed).
 //! fentry, the attachment that would avoid the slow path, is refused here. The loader attaches
@@ -58,7 +67,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bulkhead_agent::detect::{Actions, DetectorEvent, Mode, WorkloadSpec, cgroup};
+use bulkhead_agent::detect::{Actions, DetectorEvent, Mode, NetActions, WorkloadOptions, WorkloadSpec, cgroup, network::ScanConfig};
 use bulkhead_bench::{percentile, require_root, result};
 use bulkhead_lab::datastore::Datastore;
 use bulkhead_lab::{Lab, LabOptions, PodNetns, Topology};
@@ -75,6 +84,7 @@ ports:
   - {port: 8080, protocol: TCP}
 ";
 const KILL_ITERATIONS: usize = 60;
+const NET_ITERATIONS: usize = 60;
 const USER_ITERATIONS: usize = 30;
 const NAME: &str = "bench/victim";
 
@@ -179,6 +189,66 @@ fn stats(name: &str, unit: &str, div: f64, mut v: Vec<u64>) {
     println!("detector {name}: n={} p50={:.3}{unit} p99={:.3}{unit} max={:.3}{unit}", v.len(), p50 as f64 / div, p99 as f64 / div, *v.last().unwrap() as f64 / div);
     result(&format!("detector_{name}_p50_{unit}"), format!("{:.3}", p50 as f64 / div));
     result(&format!("detector_{name}_p99_{unit}"), format!("{:.3}", p99 as f64 / div));
+}
+
+/// Waits for the next network finding of `kind` after `seen` findings of that kind.
+fn next_finding(b: &Bench, kind: &'static str, seen: usize) -> DetectorEvent {
+    let det = b.agent().detector();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let list: Vec<DetectorEvent> = det.events().into_iter().filter(|e| e.kind == kind).collect();
+        if list.len() > seen {
+            return list[seen].clone();
+        }
+        assert!(Instant::now() < deadline, "no {kind} finding #{seen}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn network_latencies(b: &Bench) {
+    let v = b.victim();
+    let other = b.lab.pods()[1].ip;
+    let spec = |actions: Actions| WorkloadSpec {
+        name: NAME.into(),
+        cgroup: v.cgroup.clone().unwrap(),
+        interface: Some(v.host_veth.clone()),
+        mode: Mode::Protect,
+        actions,
+        ..Default::default()
+    };
+    let isolate = NetActions { isolate: true, ..Default::default() };
+    // An empty profile of its own: every outbound flow is to a peer never seen.
+    let opts = |scan: ScanConfig| WorkloadOptions { profile: Some("bench/net-empty".into()), scan, ..Default::default() };
+    b.agent()
+        .detector_monitor_with(spec(Actions { new_peer: isolate, ..Default::default() }), opts(ScanConfig::default()))
+        .expect("monitor");
+    let (mut iso, mut read) = (Vec::new(), Vec::new());
+    for i in 0..NET_ITERATIONS {
+        // No echo server runs (serve: false): the SYN gets a RST, the flow event is the SYN's.
+        let _ = bulkhead_lab::probe::probe(v, other, 8080, bulkhead_lab::Protocol::Tcp, Duration::from_millis(100));
+        let ev = next_finding(b, "new-peer", i);
+        iso.push(ev.isolate_ns.expect("isolated"));
+        read.push(ev.read_delay_ns);
+        b.agent().detector_release(NAME).expect("release");
+    }
+    stats("net_new_peer_to_isolated", "ms", 1e6, iso);
+    stats("net_flow_to_agent_read", "ms", 1e6, read);
+
+    let scan = ScanConfig { distinct_ports: 10, distinct_peers: 1000, window_ms: 60_000 };
+    b.agent()
+        .detector_monitor_with(spec(Actions { port_scan: isolate, ..Default::default() }), opts(scan))
+        .expect("monitor");
+    let mut iso = Vec::new();
+    for i in 0..NET_ITERATIONS / 3 {
+        for port in 0..10u16 {
+            let _ = bulkhead_lab::probe::probe(v, other, 20_000 + port, bulkhead_lab::Protocol::Tcp, Duration::from_millis(100));
+        }
+        let ev = next_finding(b, "port-scan", i);
+        iso.push(ev.isolate_ns.expect("isolated"));
+        b.agent().detector_release(NAME).expect("release");
+    }
+    stats("net_port_scan_to_isolated", "ms", 1e6, iso);
+    b.agent().detector_unmonitor(NAME).expect("unmonitor");
 }
 
 fn kill_latencies(b: &Bench) {
@@ -445,8 +515,9 @@ fn main() {
     overhead(&mut b);
     kill_latencies(&b);
     user_latencies(&b);
+    network_latencies(&b);
     let counters = b.agent().counters().expect("counters");
-    for (k, v) in counters.iter().filter(|(k, _)| k.starts_with("detector_events")) {
+    for (k, v) in counters.iter().filter(|(k, _)| k.starts_with("detector_events") || k.starts_with("flow_events")) {
         result(k, v);
     }
 
