@@ -62,26 +62,6 @@ spec:
       ports: [{protocol: TCP, port: 8080}]
 ";
 
-/// `lab serve --tcp a,b --udp c`: the echo server the lab starts inside each pod.
-fn serve_mode() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) != Some("lab") || args.get(2).map(String::as_str) != Some("serve") {
-        return false;
-    }
-    let list = |flag: &str| -> Vec<u16> {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
-            .unwrap_or_default()
-    };
-    if let Err(e) = bulkhead_lab::server::serve(&list("--tcp"), &list("--udp")) {
-        eprintln!("echo server: {e}");
-        std::process::exit(1);
-    }
-    true
-}
-
 struct Bench {
     // Field order = drop order: the agent (pins, links) goes before the lab (netns, servers).
     _agent: Agent,
@@ -212,7 +192,7 @@ fn report(samples: &[(bool, Duration)], failures: usize) {
 }
 
 fn main() {
-    if serve_mode() {
+    if bulkhead_bench::serve_mode() {
         return;
     }
     if !require_root("control_plane") {

@@ -88,25 +88,6 @@ const NET_ITERATIONS: usize = 60;
 const USER_ITERATIONS: usize = 30;
 const NAME: &str = "bench/victim";
 
-fn serve_mode() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) != Some("lab") || args.get(2).map(String::as_str) != Some("serve") {
-        return false;
-    }
-    let list = |flag: &str| -> Vec<u16> {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
-            .unwrap_or_default()
-    };
-    if let Err(e) = bulkhead_lab::server::serve(&list("--tcp"), &list("--udp")) {
-        eprintln!("echo server: {e}");
-        std::process::exit(1);
-    }
-    true
-}
-
 fn spawn_in_pod(pod: &PodNetns, argv: &[&str]) -> Child {
     let ns = std::fs::File::open(format!("/var/run/netns/{}", pod.netns)).expect("netns");
     let procs = std::fs::OpenOptions::new().write(true).open(pod.cgroup.as_ref().unwrap().join("cgroup.procs")).expect("cgroup.procs");
@@ -496,7 +477,7 @@ fn overhead(b: &mut Bench) {
 }
 
 fn main() {
-    if serve_mode() {
+    if bulkhead_bench::serve_mode() {
         return;
     }
     if !require_root("detector") {

@@ -29,6 +29,28 @@ pub fn require_root(bench: &str) -> bool {
     false
 }
 
+/// `<bench> lab serve --tcp a,b --udp c`: the echo server a lab starts inside each pod, which
+/// the lab runs as the current executable. Returns true when this process was that server
+/// (the bench's `main` then returns at once).
+pub fn serve_mode() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) != Some("lab") || args.get(2).map(String::as_str) != Some("serve") {
+        return false;
+    }
+    let list = |flag: &str| -> Vec<u16> {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    if let Err(e) = bulkhead_lab::server::serve(&list("--tcp"), &list("--udp")) {
+        eprintln!("echo server: {e}");
+        std::process::exit(1);
+    }
+    true
+}
+
 /// Prints a quotable result line: `RESULT <name>=<value>`.
 pub fn result(name: &str, value: impl std::fmt::Display) {
     println!("RESULT {name}={value}");
