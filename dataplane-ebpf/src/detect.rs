@@ -13,12 +13,12 @@ use aya_ebpf::{
 use bulkhead_common::{
     counters,
     detect::{
-        DetEventV1, EXEC_PATH_MAX, ExecKeyV1, IsolationV1, SyscallKeyV1, event_actions, event_kind, isolation_reason, mode,
+        DetEventV1, EXEC_PATH_MAX, ExecKeyV1, IsolationV1, SyscallKeyV1, SyscallRecordV1, event_actions, event_kind, isolation_reason, mode,
         path_hash, wl_flags,
     },
 };
 
-use crate::maps::{DET_EVENTS, DET_SCRATCH, EXEC_ALLOW, ISOLATION, PARENTS, SYSCALLS, WORKLOADS, count};
+use crate::maps::{DET_EVENTS, DET_SCRATCH, EXEC_ALLOW, ISOLATION, PARENTS, SYSCALLS, SYSSEQ, WORKLOADS, count};
 
 const SIGKILL: u32 = 9;
 /// sched_process_exec: `__data_loc char[] filename` at offset 8.
@@ -158,20 +158,41 @@ pub fn try_sys_call_fentry(ctx: &FEntryContext) -> i32 {
     0
 }
 
+/// Counts the syscall (SYSCALLS flag) and streams it to the sequence model (SYSCALL_SEQ).
 #[inline(always)]
 fn count_syscall(nr: u32) {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let Some(wl) = WORKLOADS.get_ptr(&cgroup_id) else { return };
     // SAFETY: map value pointer valid for this run.
-    if unsafe { (*wl).flags } & wl_flags::SYSCALLS == 0 {
-        return;
+    let flags = unsafe { (*wl).flags };
+    if flags & wl_flags::SYSCALLS != 0 {
+        let key = SyscallKeyV1 { cgroup_id, nr, _pad: 0 };
+        if let Some(c) = SYSCALLS.get_ptr_mut(&key) {
+            // SAFETY: per-CPU slot.
+            unsafe { *c += 1 };
+        } else if SYSCALLS.insert(&key, &1, 0).is_err() {
+            count(counters::DET_SYSCALL_MAP_FULL);
+        }
     }
-    let key = SyscallKeyV1 { cgroup_id, nr, _pad: 0 };
-    if let Some(c) = SYSCALLS.get_ptr_mut(&key) {
-        // SAFETY: per-CPU slot.
-        unsafe { *c += 1 };
-    } else if SYSCALLS.insert(&key, &1, 0).is_err() {
-        count(counters::DET_SYSCALL_MAP_FULL);
+    if flags & wl_flags::SYSCALL_SEQ != 0 {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let rec = SyscallRecordV1 {
+            // SAFETY: helper without preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            cgroup_id,
+            tid: pid_tgid as u32,
+            pid: (pid_tgid >> 32) as u32,
+            nr,
+            _pad: 0,
+        };
+        // Flags 0: the kernel wakes the reader only when it has caught up, so a busy
+        // workload costs one wake-up per batch the agent reads, not one per syscall.
+        if SYSSEQ.output::<SyscallRecordV1>(&rec, 0).is_ok() {
+            count(counters::DET_SYSSEQ_SENT);
+        } else {
+            // Fail-open: the syscall runs unobserved; the agent reports the count.
+            count(counters::DET_SYSSEQ_DROPPED);
+        }
     }
 }

@@ -115,6 +115,12 @@ pub static SYSCALLS: PerCpuHashMap<SyscallKeyV1, u64> = PerCpuHashMap::with_max_
 #[map(name = "BH_DET_PARENTS_V1")]
 pub static PARENTS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(det::capacity::PARENTS, 0);
 
+/// Syscall records (`SyscallRecordV1`) of workloads with the SYSCALL_SEQ flag, in each
+/// thread's order. Written by the syscall probe; read by the agent's sequence-model thread.
+/// A full ring drops the record (counted as DET_SYSSEQ_DROPPED), never the syscall.
+#[map(name = "BH_DET_SYSSEQ_V1")]
+pub static SYSSEQ: RingBuf = RingBuf::with_byte_size(det::capacity::SYSSEQ_RING_BYTES, 0);
+
 /// Adds one to a counter. A missing slot is impossible (index < capacity); ignoring it keeps
 /// the hot path free of a branch that could never be taken.
 #[inline(always)]

@@ -84,7 +84,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-const ALL_MAPS: [&str; 19] = [
+const ALL_MAPS: [&str; 20] = [
     map_names::ENDPOINTS,
     map_names::IPHOST,
     map_names::IPCACHE,
@@ -104,6 +104,7 @@ const ALL_MAPS: [&str; 19] = [
     det::map_names::SCRATCH,
     det::map_names::SYSCALLS,
     det::map_names::PARENTS,
+    det::map_names::SYSSEQ,
 ];
 
 /// Links of one attached interface.
@@ -139,6 +140,8 @@ pub struct DetectorMaps {
     pub syscalls: PerCpuHashMap<MapData, SyscallKeyV1, u64>,
     /// Exec events; taken by the detector's event thread.
     pub events: Option<RingBuf<MapData>>,
+    /// Syscall records of sequence-modelled workloads; taken by the sequence-model thread.
+    pub sysseq: Option<RingBuf<MapData>>,
 }
 
 /// The loaded programs and maps of one agent instance.
@@ -234,6 +237,7 @@ impl Dataplane {
                     .map_err(|e| map_err(det::map_names::ISOLATION_ALLOW, e))?,
                 syscalls: PerCpuHashMap::try_from(take(det::map_names::SYSCALLS)?).map_err(|e| map_err(det::map_names::SYSCALLS, e))?,
                 events: Some(RingBuf::try_from(take(det::map_names::EVENTS)?).map_err(|e| map_err(det::map_names::EVENTS, e))?),
+                sysseq: Some(RingBuf::try_from(take(det::map_names::SYSSEQ)?).map_err(|e| map_err(det::map_names::SYSSEQ, e))?),
             },
         };
         let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, syscall_probe };

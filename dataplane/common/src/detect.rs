@@ -22,6 +22,9 @@ pub mod map_names {
     pub const SYSCALLS: &str = "BH_DET_SYSCALLS_V1";
     /// Parent of each task forked in a monitored workload: pid (u32) -> parent pid (u32), LRU.
     pub const PARENTS: &str = "BH_DET_PARENTS_V1";
+    /// Syscall stream of workloads with [`super::wl_flags::SYSCALL_SEQ`]: ring buffer of
+    /// [`crate::detect::SyscallRecordV1`].
+    pub const SYSSEQ: &str = "BH_DET_SYSSEQ_V1";
 }
 
 /// Capacities of the detector maps.
@@ -34,6 +37,9 @@ pub mod capacity {
     pub const SYSCALLS: u32 = 262_144;
     pub const PARENTS: u32 = 65_536;
     pub const EVENT_RING_BYTES: u32 = 1 << 20;
+    /// 4 MiB: about 100 k records of 40 bytes (with the ring's header), some 100 ms of a
+    /// workload making a million syscalls a second.
+    pub const SYSSEQ_RING_BYTES: u32 = 1 << 22;
 }
 
 /// [`WorkloadV1::mode`] values.
@@ -54,6 +60,8 @@ pub mod wl_flags {
     pub const ISOLATE_ON_EXEC: u32 = 1 << 1;
     /// Count the workload's syscalls (raw_syscalls/sys_enter).
     pub const SYSCALLS: u32 = 1 << 2;
+    /// Stream the workload's syscalls (number, thread, time) to the agent's sequence model.
+    pub const SYSCALL_SEQ: u32 = 1 << 3;
 }
 
 /// A monitored workload. Key: its cgroup v2 id. Written by the agent; read by the exec and
@@ -121,6 +129,24 @@ pub struct AllowKeyV1 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SyscallKeyV1 {
     pub cgroup_id: u64,
+    pub nr: u32,
+    pub _pad: u32,
+}
+
+/// One syscall of a workload with [`wl_flags::SYSCALL_SEQ`], in the order the thread made
+/// them. Written by the syscall probe into the sequence ring; read by the agent's sequence
+/// model thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallRecordV1 {
+    /// `bpf_ktime_get_ns` at syscall entry.
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    /// Thread id (the kernel's pid): one sequence per thread.
+    pub tid: u32,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Syscall number (x86-64 table).
     pub nr: u32,
     pub _pad: u32,
 }
@@ -197,6 +223,7 @@ pub fn path_hash(bytes: &[u8]) -> u64 {
 
 const _: () = {
     assert!(core::mem::size_of::<WorkloadV1>() == 16);
+    assert!(core::mem::size_of::<SyscallRecordV1>() == 32);
     assert!(core::mem::size_of::<ExecKeyV1>() == 16);
     assert!(core::mem::size_of::<IsolationV1>() == 24);
     assert!(core::mem::size_of::<AllowKeyV1>() == 8);
@@ -214,4 +241,5 @@ mod user {
     unsafe impl aya::Pod for AllowKeyV1 {}
     unsafe impl aya::Pod for SyscallKeyV1 {}
     unsafe impl aya::Pod for DetEventV1 {}
+    unsafe impl aya::Pod for SyscallRecordV1 {}
 }

@@ -214,8 +214,13 @@ pub mod counters {
     pub const DET_SYSCALL_MAP_FULL: u32 = 29;
     /// An exec path could not be read: judged as the empty path (fail-closed in protect).
     pub const DET_PATH_UNREADABLE: u32 = 30;
+    /// Syscall records sent to the agent's sequence model (workloads with SYSCALL_SEQ).
+    pub const DET_SYSSEQ_SENT: u32 = 31;
+    /// Syscall records lost because the sequence ring was full (the syscall still runs:
+    /// fail-open for the workload, counted and shown by `bulkhead detector status`).
+    pub const DET_SYSSEQ_DROPPED: u32 = 32;
     /// Number of counters in use.
-    pub const COUNT: u32 = 31;
+    pub const COUNT: u32 = 33;
 
     /// Human-readable names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -250,6 +255,8 @@ pub mod counters {
         "detector_isolate_failed",
         "detector_syscall_map_full",
         "detector_path_unreadable_fail_closed",
+        "detector_syscall_records_sent",
+        "detector_syscall_records_dropped_fail_open",
     ];
 }
 

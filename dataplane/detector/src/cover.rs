@@ -119,6 +119,8 @@ pub struct CoverProfile {
     automaton: Automaton,
 }
 
+impl Eq for CoverProfile {}
+
 impl PartialEq for CoverProfile {
     /// The automaton is derived from the sequences, so they alone decide equality.
     fn eq(&self, other: &Self) -> bool {
@@ -197,6 +199,54 @@ impl CoverProfile {
         scorer.rate()
     }
 
+    /// Advances one stream's `cursor` by one syscall; returns whether the syscall starts a
+    /// new phrase. The same step as [`CoverScorer::push`], for callers that keep many streams
+    /// (one per thread of a workload) and their own windows, without borrowing the profile.
+    pub fn step(&self, cursor: &mut CoverCursor, syscall: u16) -> bool {
+        let syscall = syscall.min(MAX_SYSCALL);
+        let extended = if cursor.0 == ROOT { None } else { self.automaton.next(cursor.0, syscall) };
+        match extended {
+            Some(next) => {
+                cursor.0 = next;
+                false
+            }
+            None => {
+                // An unseen syscall leaves the state at the root, so the next syscall also
+                // starts a phrase: each unseen syscall is a phrase of its own.
+                cursor.0 = self.automaton.next(ROOT, syscall).unwrap_or(ROOT);
+                true
+            }
+        }
+    }
+
+    /// Whether `syscall` occurs anywhere in the normal sequences.
+    pub fn knows(&self, syscall: u16) -> bool {
+        self.automaton.next(ROOT, syscall.min(MAX_SYSCALL)).is_some()
+    }
+
+    /// A profile that has learned nothing yet, holding at most `max_syscalls` later.
+    pub fn empty(max_syscalls: usize) -> Self {
+        Self::from_sequences(max_syscalls, Vec::new())
+    }
+
+    /// This profile with `extra` normal sequences added, as far as the cap allows; returns it
+    /// and the number of syscalls that did not fit (dropped, for the caller to count).
+    pub fn extended(&self, extra: Vec<Vec<u16>>) -> (Self, u64) {
+        let mut held = self.len();
+        let mut dropped = 0u64;
+        let mut sequences = self.sequences.clone();
+        for mut seq in extra {
+            if held + seq.len() > self.max_syscalls {
+                dropped += seq.len() as u64;
+                continue;
+            }
+            seq.iter_mut().for_each(|s| *s = (*s).min(MAX_SYSCALL));
+            held += seq.len();
+            sequences.push(seq);
+        }
+        (Self::from_sequences(self.max_syscalls, sequences), dropped)
+    }
+
     /// Exports the profile as YAML.
     pub fn to_yaml(&self) -> Result<String, DetectorError> {
         Ok(serde_yaml::to_string(self)?)
@@ -263,6 +313,11 @@ impl TryFrom<CoverProfileDoc> for CoverProfile {
     }
 }
 
+/// Where one stream stands in its current phrase of a [`CoverProfile`] (see
+/// [`CoverProfile::step`]); the default is the start of a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoverCursor(u32);
+
 /// Scores one workload's syscall stream online against a [`CoverProfile`], in constant
 /// memory: the automaton state of the current phrase, counters, and one bit per syscall of
 /// the last `window` syscalls (whether it started a phrase).
@@ -296,25 +351,9 @@ impl<'p> CoverScorer<'p> {
     /// Consumes one syscall; returns whether it starts a new phrase (the known stretch of
     /// behaviour before it cannot be extended by it).
     pub fn push(&mut self, syscall: u16) -> bool {
-        let syscall = syscall.min(MAX_SYSCALL);
-        let automaton = &self.profile.automaton;
-        let extended = if self.state == ROOT {
-            None
-        } else {
-            automaton.next(self.state, syscall)
-        };
-        let starts = match extended {
-            Some(next) => {
-                self.state = next;
-                false
-            }
-            None => {
-                // An unseen syscall leaves the state at the root, so the next syscall also
-                // starts a phrase: each unseen syscall is a phrase of its own.
-                self.state = automaton.next(ROOT, syscall).unwrap_or(ROOT);
-                true
-            }
-        };
+        let mut cursor = CoverCursor(self.state);
+        let starts = self.profile.step(&mut cursor, syscall);
+        self.state = cursor.0;
         self.count += 1;
         self.phrases += starts as u64;
         let window = self.ring.capacity();

@@ -22,7 +22,7 @@ pub mod stide;
 mod testdata;
 
 pub use adfa::{AdfaReport, run_adfa};
-pub use cover::{CoverProfile, CoverScorer, CoverTrainer};
+pub use cover::{CoverCursor, CoverProfile, CoverScorer, CoverTrainer};
 pub use dataset::{AdfaDataset, Trace, read_adfa_zip};
 pub use error::DetectorError;
 pub use metrics::{RateAtFa, auc, rate_at_fa};

@@ -99,10 +99,12 @@ impl Detector {
             let r = ImportReport { profile: name.clone(), execs: p.execs.len(), egress: p.network.egress.len(), workloads };
             g.profiles.insert(name.clone(), p);
             g.dirty.insert(name.clone());
+            g.sequence_reload.insert(name.clone());
             r
         };
         self.write_profile(dp, &name)?;
         self.persist();
+        self.shared.bump();
         tracing::info!(profile = %name, execs = report.execs, egress = report.egress, workloads = ?report.workloads, "detector profile imported");
         Ok(report)
     }

@@ -18,12 +18,16 @@ pub mod network;
 mod netwatch;
 pub mod policy;
 pub mod profile;
+pub mod sequence;
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    sync::{Arc, Condvar, Mutex, atomic::AtomicBool},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     thread::JoinHandle,
     time::Duration,
 };
@@ -36,6 +40,7 @@ use crate::{error::AgentError, loader::Dataplane, netns};
 
 pub use events::DetectorEvent;
 pub use manage::ImportReport;
+pub use sequence::SequenceConfig;
 
 /// How a workload is watched.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,8 +65,8 @@ impl Mode {
     }
 }
 
-/// What happens on a network finding in protect mode (decided in user space on the flow
-/// event). None set = alert only.
+/// What happens on a finding decided in user space in protect mode (network findings on the
+/// flow event, syscall findings of the sequence model). None set = alert only.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetActions {
     /// Write the isolation entry (TC drops the endpoint's traffic but the allow-list).
@@ -94,6 +99,9 @@ pub struct Actions {
     /// On a port scan ([`network::ScanConfig`]).
     #[serde(default)]
     pub port_scan: NetActions,
+    /// On a finding of the syscall-sequence model ([`sequence`]).
+    #[serde(default)]
+    pub syscall_anomaly: NetActions,
 }
 
 /// A workload to monitor.
@@ -130,6 +138,9 @@ pub struct WorkloadOptions {
     /// The DetectorPolicy (`namespace/name`) managing this workload; `None` = the API.
     #[serde(default)]
     pub policy: Option<String>,
+    /// The syscall-sequence model's settings; `None` = no sequence model (no syscall stream).
+    #[serde(default)]
+    pub sequences: Option<SequenceConfig>,
 }
 
 /// A monitored workload as the agent keeps it (persisted, so a restarted agent knows it).
@@ -165,6 +176,10 @@ pub struct WorkloadStatus {
     pub learned_execs: usize,
     /// Outbound destinations in the profile.
     pub learned_peers: usize,
+    /// Normal syscalls held by the profile's sequence model (0 = none learned).
+    pub learned_syscalls: usize,
+    /// Whether the workload's syscalls go to the sequence model.
+    pub sequence_model: bool,
     pub isolated: bool,
     pub frozen: bool,
     /// The managing DetectorPolicy, if any.
@@ -176,6 +191,9 @@ pub struct WorkloadStatus {
 pub struct Shared {
     pub(crate) inner: Mutex<Inner>,
     pub(crate) changed: Condvar,
+    /// Bumped whenever workloads, modes or imported profiles change, so the sequence thread
+    /// picks the change up before it reads its next syscall.
+    pub(crate) generation: AtomicU64,
 }
 
 #[derive(Default)]
@@ -186,6 +204,8 @@ pub(crate) struct Inner {
     /// Profiles changed since they were last written.
     pub dirty: BTreeSet<String>,
     pub events: VecDeque<DetectorEvent>,
+    /// Profiles replaced by an import whose syscall model the sequence thread must reload.
+    pub sequence_reload: BTreeSet<String>,
 }
 
 impl Inner {
@@ -208,6 +228,11 @@ impl Shared {
     /// A profile by name (a copy).
     pub fn profile(&self, name: &str) -> Option<profile::Profile> {
         self.inner.lock().unwrap().profiles.get(name).cloned()
+    }
+
+    /// Tells the sequence thread that workloads or profiles changed.
+    pub(crate) fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Records an event: memory, JSON line, waiters.
@@ -244,6 +269,8 @@ pub struct Detector {
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The sequence-model thread (syscall streams).
+    seq_thread: Option<JoinHandle<()>>,
     state_file: PathBuf,
     events_file: PathBuf,
     state_dir: PathBuf,
@@ -300,10 +327,13 @@ impl Detector {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let thread = events::spawn(ring, shared.clone(), stop.clone(), events_file.clone())?;
+        let seq_ring = dp.maps.det.sysseq.take().ok_or_else(|| det_err("syscall ring already taken"))?;
+        let seq_thread = sequence::spawn(seq_ring, shared.clone(), stop.clone(), events_file.clone(), dp.pin_dir())?;
         let mut d = Detector {
             shared,
             stop,
             thread: Some(thread),
+            seq_thread: Some(seq_thread),
             state_file,
             events_file,
             state_dir: state_dir.to_path_buf(),
@@ -430,6 +460,11 @@ impl Detector {
         if w.spec.syscalls {
             flags |= det::wl_flags::SYSCALLS;
         }
+        if w.opts.sequences.is_some() {
+            flags |= det::wl_flags::SYSCALL_SEQ;
+        }
+        // The sequence thread learns the new mode before the kernel streams under it.
+        self.shared.bump();
         let v = WorkloadV1 { profile_id: w.profile_id, ifindex: w.ifindex, mode: w.spec.mode.kernel(), _pad: [0; 3], flags };
         dp.maps.det.workloads.insert(w.cgroup_id, v, 0).map_err(|e| map_err(det::map_names::WORKLOADS, e))
     }
@@ -472,6 +507,7 @@ impl Detector {
             g.workloads.values().any(|o| o.profile_id == w.profile_id)
         };
         self.net.remove(&w.cgroup_id);
+        self.shared.bump();
         if shared_id {
             self.write_profile(dp, w.profile_name())?;
         } else if let Some(had) = self.written_execs.remove(&w.profile_id) {
@@ -532,9 +568,12 @@ impl Detector {
 
     fn status_of(&self, dp: &Dataplane, w: &WorkloadState) -> WorkloadStatus {
         let isolated = w.ifindex != 0 && dp.maps.det.isolation.get(&w.ifindex, 0).is_ok();
-        let (execs, peers) = {
+        let (execs, peers, syscalls) = {
             let g = self.shared.inner.lock().unwrap();
-            g.profiles.get(w.profile_name()).map(|p| (p.execs.len(), p.network.egress.len())).unwrap_or((0, 0))
+            g.profiles
+                .get(w.profile_name())
+                .map(|p| (p.execs.len(), p.network.egress.len(), p.syscall_model.as_ref().map_or(0, |m| m.len())))
+                .unwrap_or((0, 0, 0))
         };
         WorkloadStatus {
             name: w.spec.name.clone(),
@@ -545,6 +584,8 @@ impl Detector {
             profile: w.profile_name().to_string(),
             learned_execs: execs,
             learned_peers: peers,
+            learned_syscalls: syscalls,
+            sequence_model: w.opts.sequences.is_some(),
             isolated,
             frozen: cgroup::is_frozen(&w.spec.cgroup).unwrap_or(false),
             policy: w.opts.policy.clone(),
@@ -563,9 +604,9 @@ impl Detector {
             .ok_or_else(|| det_err(format!("no workload {name}")))
     }
 
-    /// The syscall probe runs only while some workload wants syscall counts.
+    /// The syscall probe runs only while some workload wants syscall counts or sequences.
     fn sync_syscall_probe(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
-        let want = self.shared.inner.lock().unwrap().workloads.values().any(|w| w.spec.syscalls);
+        let want = self.shared.inner.lock().unwrap().workloads.values().any(|w| w.spec.syscalls || w.opts.sequences.is_some());
         dp.set_syscall_probe(want)
     }
 
@@ -625,6 +666,9 @@ impl Detector {
     pub fn stop(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.seq_thread.take() {
             let _ = t.join();
         }
     }

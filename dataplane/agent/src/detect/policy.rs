@@ -11,12 +11,15 @@
 //!   mode: protect                      # learn | monitor | protect
 //!   profileLabels: [app]               # optional; default: all labels but per-replica ones
 //!   syscalls: true                     # count syscalls (default false)
+//!   syscallModel: {window: 64, maxPhrases: 16}   # stream syscalls to the sequence model
+//!                                      # (optional; also unseenSyscalls, maxSyscalls)
 //!   allowedExecs: [/bin/true]          # besides the profile's
 //!   actions:                           # per detection; default below
 //!     exec: [kill, isolate]            # kill | isolate | pause | terminate | alert
 //!     newPeer: [isolate]               # isolate | pause | terminate | alert
 //!     newPort: [isolate]
 //!     portScan: [isolate]
+//!     syscallAnomaly: [alert]          # isolate | pause | terminate | alert (default alert)
 //!   portScan: {distinctPorts: 10, distinctPeers: 16, windowMs: 10000}
 //!   isolationAllow:                    # what isolated pods still reach (e.g. DNS)
 //!     - {address: 10.96.0.10, port: 53, protocol: UDP}   # address optional: any
@@ -35,7 +38,7 @@ use std::{
 use policy_compiler::{model::Model, selector_parser::parse_selector, tiered::Selector};
 use serde::Deserialize;
 
-use super::{Actions, Mode, NetActions, WorkloadOptions, WorkloadSpec, network::ScanConfig, profile::Protocol};
+use super::{Actions, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, network::ScanConfig, profile::Protocol};
 
 pub const API_VERSION: &str = "bulkhead.io/v1alpha1";
 pub const KIND: &str = "DetectorPolicy";
@@ -57,6 +60,8 @@ pub struct DetectorPolicy {
     pub scan: ScanConfig,
     pub profile_labels: Option<Vec<String>>,
     pub syscalls: bool,
+    /// The syscall-sequence model, when the policy asks for one.
+    pub sequences: Option<SequenceConfig>,
     pub allowed_execs: Vec<String>,
     /// (address or 0.0.0.0, port, IP protocol).
     pub isolation_allow: Vec<(Ipv4Addr, u16, u8)>,
@@ -119,6 +124,8 @@ struct Spec {
     #[serde(default)]
     syscalls: bool,
     #[serde(default)]
+    syscall_model: Option<SequenceConfig>,
+    #[serde(default)]
     allowed_execs: Vec<String>,
 }
 
@@ -129,6 +136,7 @@ struct ActionsSpec {
     new_peer: Option<Vec<String>>,
     new_port: Option<Vec<String>>,
     port_scan: Option<Vec<String>>,
+    syscall_anomaly: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +241,14 @@ fn parse_policy(file: &str, n: usize, value: &serde_yaml::Value) -> Result<Detec
     actions.new_peer = net(&a.new_peer, "spec.actions.newPeer")?;
     actions.new_port = net(&a.new_port, "spec.actions.newPort")?;
     actions.port_scan = net(&a.port_scan, "spec.actions.portScan")?;
+    // Alert by default: the sequence model is statistical, so acting is the operator's choice.
+    actions.syscall_anomaly = match &a.syscall_anomaly {
+        Some(l) => net_actions(l, "spec.actions.syscallAnomaly").map_err(|(f, m)| err(&f, &m))?,
+        None => NetActions::default(),
+    };
+    if let Some(cfg) = &spec.syscall_model {
+        cfg.validate().map_err(|(f, m)| err(&format!("spec.syscallModel.{f}"), &m))?;
+    }
     let scan = spec.port_scan.unwrap_or_default();
     if scan.distinct_ports == 0 || scan.distinct_peers == 0 || scan.window_ms == 0 {
         return Err(err("spec.portScan", "distinctPorts, distinctPeers and windowMs must be above 0"));
@@ -271,6 +287,7 @@ fn parse_policy(file: &str, n: usize, value: &serde_yaml::Value) -> Result<Detec
         scan,
         profile_labels: spec.profile_labels,
         syscalls: spec.syscalls,
+        sequences: spec.syscall_model,
         allowed_execs: spec.allowed_execs,
         isolation_allow,
     })
@@ -329,7 +346,7 @@ pub fn plan(input: &DetectorInput, model: &Model) -> Result<Plan, String> {
                     syscalls: p.syscalls,
                     allowed_execs: p.allowed_execs.clone(),
                 },
-                WorkloadOptions { profile: Some(profile), profile_labels: labels, scan: p.scan, policy: Some(p.id()) },
+                WorkloadOptions { profile: Some(profile), profile_labels: labels, scan: p.scan, policy: Some(p.id()), sequences: p.sequences },
             ));
         }
     }
@@ -363,6 +380,13 @@ spec:
         assert_eq!(p.scan.distinct_ports, 5);
         assert_eq!(p.scan.window_ms, ScanConfig::default().window_ms);
         assert_eq!(p.isolation_allow, vec![([10, 0, 0, 53].into(), 53, 17), (Ipv4Addr::UNSPECIFIED, 123, 17)]);
+        assert_eq!(p.sequences, None, "no sequence model unless asked");
+        assert_eq!(p.actions.syscall_anomaly, NetActions::default(), "syscall findings alert by default");
+        let mut input = DetectorInput::default();
+        let text = GOOD.replace("  mode: protect", "  mode: protect\n  syscallModel: {maxPhrases: 8}");
+        parse_documents("p.yaml", &text, &mut input).expect("parses");
+        let cfg = input.policies[0].sequences.expect("sequence model");
+        assert_eq!(cfg, SequenceConfig { max_phrases: 8, ..SequenceConfig::default() });
     }
 
     fn bad(text: &str) -> String {
@@ -382,6 +406,12 @@ spec:
         assert!(e.contains("spec.isolationAllow"), "{e}");
         let e = bad(&GOOD.replace("  mode: protect", "  mode: protect\n  modes: learn"));
         assert!(e.contains("spec") && e.contains("modes"), "{e}");
+        let e = bad(&GOOD.replace("  mode: protect", "  mode: protect\n  syscallModel: {window: 80}"));
+        assert!(e.contains("spec.syscallModel.window") && e.contains("80"), "{e}");
+        let e = bad(&GOOD.replace("  mode: protect", "  mode: protect\n  syscallModel: {windows: 8}"));
+        assert!(e.contains("syscallModel") && e.contains("windows"), "{e}");
+        let e = bad(&GOOD.replace("portScan: [pause]", "portScan: [pause], syscallAnomaly: [kill]"));
+        assert!(e.contains("spec.actions.syscallAnomaly[0]"), "{e}");
         let e = bad(&format!("---\nkind: Other\n---\n{}", GOOD.replace("distinctPorts: 5", "distinctPorts: 0")));
         assert!(e.contains("document 2") && e.contains("spec.portScan"), "{e}");
     }

@@ -154,6 +154,16 @@ pub struct Profile {
     pub syscalls: BTreeMap<u32, u64>,
     #[serde(default)]
     pub network: Network,
+    /// The syscall-sequence model (normal syscall sequences; see [`super::sequence`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscall_model: Option<bulkhead_detector::CoverProfile>,
+    /// Learned syscalls that did not fit under the model's cap.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub syscall_model_dropped: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Profile {
@@ -167,6 +177,8 @@ impl Profile {
             execs: BTreeSet::new(),
             syscalls: BTreeMap::new(),
             network: Network::default(),
+            syscall_model: None,
+            syscall_model_dropped: 0,
         }
     }
 
