@@ -165,7 +165,7 @@ fn count_syscall(nr: u32) {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let Some(wl) = WORKLOADS.get_ptr(&cgroup_id) else { return };
     // SAFETY: map value pointer valid for this run.
-    let flags = unsafe { (*wl).flags };
+    let (flags, wl_mode) = unsafe { ((*wl).flags, (*wl).mode) };
     if flags & wl_flags::SYSCALLS != 0 {
         let key = SyscallKeyV1 { cgroup_id, nr, _pad: 0 };
         if let Some(c) = SYSCALLS.get_ptr_mut(&key) {
@@ -184,7 +184,8 @@ fn count_syscall(nr: u32) {
             tid: pid_tgid as u32,
             pid: (pid_tgid >> 32) as u32,
             nr,
-            _pad: 0,
+            mode: wl_mode,
+            _pad: [0; 3],
         };
         // Flags 0: the kernel wakes the reader only when it has caught up, so a busy
         // workload costs one wake-up per batch the agent reads, not one per syscall.

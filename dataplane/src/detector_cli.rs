@@ -36,6 +36,8 @@ pub fn status(instance: &str, json: bool) -> anyhow::Result<i32> {
                     "profile": w.profile_name(), "policy": w.opts.policy,
                     "learned_execs": prof(w).map(|p| p.execs.iter().cloned().collect::<Vec<_>>()).unwrap_or_default(),
                     "learned_egress": prof(w).map(|p| p.network.egress.len()).unwrap_or(0),
+                    "sequence_model": w.opts.sequences,
+                    "learned_sequence_syscalls": prof(w).and_then(|p| p.syscall_model.as_ref()).map_or(0, |m| m.len()),
                     "isolated": isolated.iter().any(|(i, v)| *i == w.ifindex || v.cgroup_id == w.cgroup_id),
                     "frozen": detect::cgroup::is_frozen(&w.spec.cgroup).unwrap_or(false),
                 })
@@ -49,17 +51,26 @@ pub fn status(instance: &str, json: bool) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"workloads": wl, "isolated": iso, "counters": c}))?);
         return Ok(0);
     }
-    println!("{:<24} {:<8} {:<24} {:>5} {:>6} {:<9} {:<7} policy", "WORKLOAD", "MODE", "PROFILE", "EXECS", "EGRESS", "ISOLATED", "FROZEN");
+    println!(
+        "{:<24} {:<8} {:<24} {:>5} {:>6} {:>8} {:<9} {:<7} policy",
+        "WORKLOAD", "MODE", "PROFILE", "EXECS", "EGRESS", "SEQUENCE", "ISOLATED", "FROZEN"
+    );
     for w in &workloads {
         let iso = isolated.iter().any(|(i, v)| *i == w.ifindex || v.cgroup_id == w.cgroup_id);
         let frozen = detect::cgroup::is_frozen(&w.spec.cgroup).unwrap_or(false);
+        // Normal syscalls in the sequence model, or "-" without one.
+        let seq = match w.opts.sequences {
+            Some(_) => prof(w).and_then(|p| p.syscall_model.as_ref()).map_or(0, |m| m.len()).to_string(),
+            None => "-".into(),
+        };
         println!(
-            "{:<24} {:<8} {:<24} {:>5} {:>6} {:<9} {:<7} {}",
+            "{:<24} {:<8} {:<24} {:>5} {:>6} {:>8} {:<9} {:<7} {}",
             w.spec.name,
             format!("{:?}", w.spec.mode).to_lowercase(),
             w.profile_name(),
             prof(w).map(|p| p.execs.len()).unwrap_or(0),
             prof(w).map(|p| p.network.egress.len()).unwrap_or(0),
+            seq,
             iso,
             frozen,
             w.opts.policy.as_deref().unwrap_or("-")
@@ -189,6 +200,16 @@ pub fn profile_show(instance: &str, name: &str, json: bool) -> anyhow::Result<i3
     top.sort_by(|a, b| b.1.cmp(a.1));
     for (nr, c) in top.iter().take(15) {
         println!("  {nr:>4} {c:>12}");
+    }
+    match &p.syscall_model {
+        Some(m) => println!(
+            "\nSYSCALL SEQUENCES  {} normal syscalls in {} sequences (cap {}, {} not learned: cap reached)",
+            m.len(),
+            m.sequences(),
+            m.max_syscalls(),
+            p.syscall_model_dropped
+        ),
+        None => println!("\nSYSCALL SEQUENCES  none learned"),
     }
     Ok(0)
 }

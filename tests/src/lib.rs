@@ -1,7 +1,9 @@
 //! Helpers for Bulkhead's end-to-end tests: finding the binary, requiring root, temp folders
 //! and leftover checks. Every guard cleans up in Drop, so a failing (panicking) test does too.
+use std::os::fd::AsRawFd as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The workspace root (this crate lives in `<root>/tests`).
 pub fn workspace_root() -> PathBuf {
@@ -104,4 +106,29 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Starts `argv` inside a lab pod: the network namespace `/var/run/netns/<netns>` and the
+/// cgroup folder `cgroup` (joined before exec, so the exec is the pod's). Stdin is a pipe
+/// (closed when the child handle goes), output is discarded.
+pub fn spawn_in(netns: &str, cgroup: &Path, argv: &[&str]) -> Child {
+    let ns = std::fs::File::open(format!("/var/run/netns/{netns}")).unwrap_or_else(|e| panic!("netns {netns}: {e}"));
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .unwrap_or_else(|e| panic!("{}/cgroup.procs: {e}", cgroup.display()));
+    let (ns_fd, cg_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: only async-signal-safe syscalls on fds opened before fork (kept open by `ns`
+    // and `procs` until spawn returns).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 || libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("spawning {argv:?} in {netns}: {e}"))
 }

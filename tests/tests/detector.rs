@@ -4,10 +4,9 @@
 //! freezes the cgroup and release undoes it; terminate kills every process of the pod; a benign
 //! run under protect causes no action; isolation holds while no agent runs and after a restart.
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use bulkhead_e2e::{bulkhead_bin, require_root, run_bulkhead};
@@ -138,24 +137,7 @@ impl Fixture {
 /// Starts `argv` inside the pod: its network namespace and its cgroup (moved before exec, so
 /// the exec is the pod's).
 fn spawn_in_pod(pod: &PodNetns, argv: &[&str]) -> Child {
-    let ns = std::fs::File::open(format!("/var/run/netns/{}", pod.netns)).expect("netns");
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(pod.cgroup.as_ref().expect("cgroup").join("cgroup.procs"))
-        .expect("cgroup.procs");
-    let (ns_fd, cg_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
-    let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: only async-signal-safe syscalls on fds opened before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 || libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().unwrap_or_else(|e| panic!("spawning {argv:?} in {}: {e}", pod.netns))
+    bulkhead_e2e::spawn_in(&pod.netns, pod.cgroup.as_ref().expect("pod cgroup"), argv)
 }
 
 /// Waits for the child; returns the signal that ended it, and how long after `t0` it was reaped.

@@ -9,10 +9,9 @@
 //! (b) a port scan of the server isolates the pod (new ports alone only alert),
 //! (d) profile export -> add an executable -> import: that executable runs under protect
 //!     without action; a bad file is rejected naming the field and changes nothing.
-use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use bulkhead_e2e::{bulkhead_bin, require_root, run_bulkhead};
@@ -139,24 +138,7 @@ spec:
 
 /// Starts `argv` inside the pod (its network namespace and cgroup, joined before exec).
 fn spawn_in_pod(pod: &PodNetns, argv: &[&str]) -> Child {
-    let ns = std::fs::File::open(format!("/var/run/netns/{}", pod.netns)).expect("netns");
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(pod.cgroup.as_ref().expect("cgroup").join("cgroup.procs"))
-        .expect("cgroup.procs");
-    let (ns_fd, cg_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
-    let mut cmd = Command::new(argv[0]);
-    cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: only async-signal-safe syscalls on fds opened before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 || libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().unwrap_or_else(|e| panic!("spawning {argv:?} in {}: {e}", pod.netns))
+    bulkhead_e2e::spawn_in(&pod.netns, pod.cgroup.as_ref().expect("pod cgroup"), argv)
 }
 
 fn wait_exit(mut c: Child) -> std::process::ExitStatus {

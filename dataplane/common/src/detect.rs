@@ -148,7 +148,10 @@ pub struct SyscallRecordV1 {
     pub pid: u32,
     /// Syscall number (x86-64 table).
     pub nr: u32,
-    pub _pad: u32,
+    /// [`mode`] of the workload at the syscall: records already in the ring when the mode
+    /// changes are learned or judged as the kernel saw them.
+    pub mode: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Longest exec path kept (bytes, including the terminating NUL); longer paths are cut, and

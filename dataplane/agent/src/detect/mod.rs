@@ -194,6 +194,8 @@ pub struct Shared {
     /// Bumped whenever workloads, modes or imported profiles change, so the sequence thread
     /// picks the change up before it reads its next syscall.
     pub(crate) generation: AtomicU64,
+    /// The generation the sequence thread has applied (learning flushed, views refreshed).
+    pub(crate) seq_applied: AtomicU64,
 }
 
 #[derive(Default)]
@@ -233,6 +235,20 @@ impl Shared {
     /// Tells the sequence thread that workloads or profiles changed.
     pub(crate) fn bump(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Waits (up to `timeout`) until the sequence thread has applied every change so far:
+    /// after a switch out of learn mode, what was learned is in the profile when this returns.
+    pub(crate) fn wait_sequences_applied(&self, timeout: Duration) -> bool {
+        let want = self.generation.load(Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + timeout;
+        while self.seq_applied.load(Ordering::SeqCst) < want {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     /// Records an event: memory, JSON line, waiters.
@@ -413,6 +429,9 @@ impl Detector {
             w.clone()
         };
         self.write_workload(dp, &state)?;
+        if state.opts.sequences.is_some() && !self.shared.wait_sequences_applied(Duration::from_secs(2)) {
+            tracing::warn!(workload = name, "sequence model did not confirm the mode change within 2 s");
+        }
         self.persist();
         tracing::info!(workload = name, ?mode, profile = state.profile_name(), "detector mode changed");
         Ok(self.status_of(dp, &state))

@@ -314,10 +314,21 @@ impl Runner {
                 self.models.insert(name, Arc::new(model));
             }
         }
+        for v in next.values().filter(|v| v.state.spec.mode != Mode::Learn) {
+            if self.models.get(v.state.profile_name()).is_none_or(|m| m.is_empty()) && !self.views.get(&v.state.cgroup_id).is_some_and(|o| o.state.spec.mode != Mode::Learn) {
+                tracing::warn!(workload = %v.state.spec.name, profile = v.state.profile_name(), "no syscall sequences learned: the workload's syscalls are not judged");
+            }
+        }
         self.views = next;
+        self.shared.seq_applied.store(generation, Ordering::SeqCst);
     }
 
     fn on_record(&mut self, rec: &SyscallRecordV1, now: Instant) {
+        let learning = rec.mode == det::mode::LEARN;
+        if !learning && self.views.get(&rec.cgroup_id).is_some_and(|v| v.state.spec.mode == Mode::Learn) {
+            // The kernel already judges in the new mode: learn what was pending first.
+            self.refresh();
+        }
         let Some(view) = self.views.get(&rec.cgroup_id) else { return };
         let key = (rec.cgroup_id, rec.tid);
         if !self.streams.contains_key(&key) && self.streams.len() >= MAX_STREAMS {
@@ -329,7 +340,7 @@ impl Runner {
         stream.last_seen = now;
         let nr = rec.nr.min(u16::MAX as u32) as u16;
         let profile = view.state.profile_name();
-        if view.state.spec.mode == Mode::Learn {
+        if learning {
             stream.chunk.push(nr);
             if stream.chunk.len() >= CHUNK {
                 let chunk = std::mem::take(&mut stream.chunk);

@@ -1,0 +1,241 @@
+//! The detector's syscall-sequence model end to end with real processes (root): a Python echo
+//! server in a lab pod is learned under its benign traffic, then protect mode is switched on
+//! and
+//! (a) more benign traffic causes no finding and no action,
+//! (b) a request that makes the *same* server process run reconnaissance code (the Log4j
+//!     pattern: no new executable, so the exec allow-list cannot see it) is found from its
+//!     syscalls: with the default settings as a syscall the profile never saw, and the pod is
+//!     isolated and terminated; with unseen-syscall findings off, as a window of syscalls the
+//!     profile cannot cover, and the pod is paused until release.
+//! Latencies (offending syscall -> action done) are printed.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use bulkhead_e2e::{bulkhead_bin, require_root, spawn_in};
+use bulkhead_lab::agent::Agent;
+use bulkhead_lab::agent::detect::{Actions, DetectorEvent, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, cgroup};
+use bulkhead_lab::datastore::Datastore;
+use bulkhead_lab::probe::probe;
+use bulkhead_lab::{Lab, LabOptions, PodNetns, Protocol, Topology};
+
+const TOPOLOGY: &str = "
+kind: Topology
+name: detsys
+namespaces:
+  - name: s
+    labels: {kubernetes.io/metadata.name: s}
+pods:
+  - {namespace: s, name: app, ip: 10.243.0.10, labels: {app: app}}
+  - {namespace: s, name: client, ip: 10.243.0.11, labels: {app: client}}
+ports:
+  - {port: 8080, protocol: TCP}
+";
+const APP: &str = "s/app";
+/// The Python server's port (the lab's own echo servers hold 8080).
+const PORT: u16 = 9090;
+const PYTHON: &str = "/usr/bin/python3";
+
+/// An echo server. A request starting with `exploit` stands for an injected payload: the
+/// server process itself enumerates its environment (ids, groups, host, limits, /proc, a
+/// password file) and tries to become root, as reconnaissance after a remote code execution.
+const SERVER: &str = r#"
+import os, socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", int(sys.argv[1])))
+srv.listen(64)
+while True:
+    c, _ = srv.accept()
+    data = c.recv(64)
+    if data.startswith(b"exploit"):
+        facts = [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups(), os.uname(),
+                 os.getcwd(), os.getppid(), os.times(), os.umask(0o22), os.getpriority(os.PRIO_PROCESS, 0),
+                 os.sched_getaffinity(0), os.getloadavg(), len(os.listdir("/proc"))]
+        try:
+            facts.append(open("/etc/passwd").read(64))
+            os.setuid(0)
+            os.setgid(0)
+        except OSError:
+            pass
+    c.sendall(data)
+    c.close()
+"#;
+
+struct Fixture {
+    // Field order = drop order: the agent goes before the lab.
+    agent: Option<Agent>,
+    lab: Lab,
+    tmp: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.agent.take();
+        for p in self.lab.pods() {
+            if let Some(cg) = &p.cgroup {
+                let _ = cgroup::thaw(cg);
+                let _ = cgroup::kill(cg, Duration::from_secs(2));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        require_root();
+        let topo = Topology::parse(&TOPOLOGY.replace("name: detsys", &format!("name: {name}")), Path::new("detsys.yaml")).expect("topology");
+        let lab = Lab::create(&topo, &LabOptions { server_bin: Some(bulkhead_bin()), ..Default::default() }).expect("lab");
+        Datastore::for_lab(&lab).flush().expect("datastore");
+        let agent = lab.start_agent(false).expect("agent");
+        let tmp = std::env::temp_dir().join(format!("bh-detsys-{}", lab.id()));
+        std::fs::create_dir_all(&tmp).expect("temp dir");
+        std::fs::write(tmp.join("server.py"), SERVER).expect("server script");
+        Fixture { agent: Some(agent), lab, tmp }
+    }
+    fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("agent running")
+    }
+    fn app(&self) -> &PodNetns {
+        &self.lab.pods()[0]
+    }
+    fn client(&self) -> &PodNetns {
+        &self.lab.pods()[1]
+    }
+    fn cg(&self) -> PathBuf {
+        self.app().cgroup.clone().expect("pod cgroup")
+    }
+
+    /// Monitors the app pod with a sequence model, starts the server and learns it under
+    /// benign traffic; returns the server process once protect mode is on.
+    fn learn_then_protect(&self, cfg: SequenceConfig, on_finding: NetActions) -> Child {
+        let spec = WorkloadSpec {
+            name: APP.into(),
+            cgroup: self.cg(),
+            interface: Some(self.app().host_veth.clone()),
+            mode: Mode::Learn,
+            actions: Actions { kill: true, isolate: true, syscall_anomaly: on_finding, ..Default::default() },
+            syscalls: false,
+            allowed_execs: vec![],
+        };
+        let opts = WorkloadOptions { sequences: Some(cfg), ..Default::default() };
+        self.agent().detector_monitor_with(spec, opts).expect("monitor");
+        let script = self.tmp.join("server.py");
+        let server = spawn_in(&self.app().netns, &self.cg(), &[PYTHON, script.to_str().unwrap(), &PORT.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut server = server;
+        while !self.request("ready?") {
+            assert!(Instant::now() < deadline, "the Python server never answered");
+            assert!(server.try_wait().expect("wait").is_none(), "the Python server exited");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for i in 0..60 {
+            assert!(self.request(&format!("hello {i}")), "benign request {i} failed while learning");
+        }
+        let st = self.agent().detector_set_mode(APP, Mode::Protect).expect("protect");
+        assert!(st.sequence_model && st.learned_syscalls > 100, "the profile learned the server's syscalls: {st:?}");
+        println!("learned {} normal syscalls into the profile's sequence model", st.learned_syscalls);
+        server
+    }
+
+    /// One request from the client pod; whether the echo came back.
+    fn request(&self, text: &str) -> bool {
+        let addr = SocketAddr::from((self.app().ip, PORT));
+        let text = text.to_string();
+        bulkhead_lab::netns::in_netns(&self.client().netns, move || {
+            let attempt = || -> std::io::Result<Vec<u8>> {
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(700))?;
+                s.set_read_timeout(Some(Duration::from_millis(700)))?;
+                s.write_all(text.as_bytes())?;
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf)?;
+                Ok(buf)
+            };
+            match attempt() {
+                Ok(buf) => buf == text.as_bytes(),
+                Err(e) => {
+                    eprintln!("request {text:?} to {addr}: {e}");
+                    false
+                }
+            }
+        })
+        .expect("run in client netns")
+    }
+
+    fn syscall_findings(&self) -> Vec<DetectorEvent> {
+        self.agent().detector().events().into_iter().filter(|e| e.kind.starts_with("syscall-")).collect()
+    }
+}
+
+fn print_latency(ev: &DetectorEvent) {
+    println!(
+        "{}: {}; actions {:?}: read {} us, isolated {} us, done {} us after the offending syscall",
+        ev.kind,
+        ev.detail.as_deref().unwrap_or(""),
+        ev.user_actions,
+        ev.read_delay_ns / 1000,
+        ev.isolate_ns.unwrap_or(0) / 1000,
+        ev.user_enforce_ns.unwrap_or(0) / 1000
+    );
+}
+
+#[test]
+fn recon_inside_a_learned_server_is_found_by_unseen_syscalls_and_terminated() {
+    let f = Fixture::new("detsys1");
+    let mut server = f.learn_then_protect(SequenceConfig::default(), NetActions { isolate: true, terminate: true, ..Default::default() });
+    // (a) Benign traffic under protect: no finding, no action.
+    for i in 0..40 {
+        assert!(f.request(&format!("hello again {i}")), "benign request {i} failed under protect: {:?}", f.syscall_findings());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(f.syscall_findings().is_empty(), "benign traffic raised findings: {:?}", f.syscall_findings());
+    assert!(server.try_wait().expect("wait").is_none(), "the server died during benign traffic");
+    // (b) The payload runs inside the same process.
+    let _ = f.request("exploit");
+    let det = f.agent().detector();
+    let ev = det
+        .wait_event(Duration::from_secs(3), |e| e.kind.starts_with("syscall-"))
+        .unwrap_or_else(|| panic!("no syscall finding for the payload: {:?}", det.events()));
+    print_latency(&ev);
+    assert_eq!(ev.kind, "syscall-unseen", "the payload's first sign is a syscall never seen: {ev:?}");
+    assert_eq!(ev.pid, server.id(), "the finding names the server process");
+    assert_eq!(ev.mode, "protect");
+    assert!(ev.user_actions.contains(&"isolated".to_string()) && ev.user_actions.contains(&"terminated".to_string()), "{ev:?}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the server still runs after terminate");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(cgroup::procs(&f.cg()).expect("cgroup.procs").is_empty(), "processes left in the pod after terminate");
+    assert!(!probe(f.client(), f.app().ip, 8080, Protocol::Tcp, Duration::from_millis(500)), "the pod still answers after isolation");
+    let st = f.agent().detector_status().expect("status");
+    assert!(st.iter().any(|w| w.name == APP && w.isolated), "status does not show isolation: {st:?}");
+}
+
+#[test]
+fn recon_found_by_its_window_of_syscalls_pauses_until_release() {
+    let f = Fixture::new("detsys2");
+    let cfg = SequenceConfig { unseen_syscalls: false, ..SequenceConfig::default() };
+    let mut server = f.learn_then_protect(cfg, NetActions { pause: true, ..Default::default() });
+    for i in 0..20 {
+        assert!(f.request(&format!("hello again {i}")), "benign request {i} failed under protect: {:?}", f.syscall_findings());
+    }
+    assert!(f.syscall_findings().is_empty(), "benign traffic raised findings: {:?}", f.syscall_findings());
+    let _ = f.request("exploit");
+    let det = f.agent().detector();
+    let ev = det
+        .wait_event(Duration::from_secs(3), |e| e.kind.starts_with("syscall-"))
+        .unwrap_or_else(|| panic!("no syscall finding for the payload: {:?}", det.events()));
+    print_latency(&ev);
+    assert_eq!(ev.kind, "syscall-sequence", "{ev:?}");
+    assert_eq!(ev.user_actions, vec!["paused".to_string()], "{ev:?}");
+    assert!(cgroup::is_frozen(&f.cg()).expect("freeze state"), "the pod's cgroup is not frozen");
+    assert!(!f.request("hello while paused"), "a paused server answered");
+    assert_eq!(f.agent().detector_release(APP).expect("release"), (false, true), "release thaws (nothing was isolated)");
+    assert!(f.request("hello after release"), "the server does not answer after release");
+    let _ = server.kill();
+    let _ = server.wait();
+}
