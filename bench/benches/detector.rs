@@ -23,12 +23,24 @@
 //!   wake-up of the agent's flow poller, hand-over to the agent thread, the profile lookup and
 //!   the map write. For the scan, the flow that completes it (10th distinct port).
 //! - `net_flow_to_agent_read`: from the same first packet to the agent reading the event.
+//! - `seq_unseen_to_isolated` / `seq_window_to_isolated`: user-space syscall-sequence
+//!   decisions. A Python echo server in the pod is learned under benign requests, then each
+//!   iteration sends the request that runs reconnaissance inside the server process. From the
+//!   offending syscall's entry (`bpf_ktime_get_ns` in the syscall probe) to the agent having
+//!   written the isolation entry: ring wake-up of the sequence thread, the per-thread cover
+//!   step and the map write. `unseen`: the first syscall the profile never saw (default
+//!   settings); `window`: unseen-syscall findings off, the window of 64 syscalls reaching 16
+//!   phrases. `seq_syscall_to_agent_read`: to the thread reading the record. One finding per
+//!   workload per second (the model's cooldown), so iterations are 1 s apart.
 //!
 //! Probe overhead: a tight loop of `getpid` (the cheapest syscall: worst case for a per-syscall
 //! probe) and of 4 KiB `read`s from /dev/zero, run by this process in its own cgroup in three
 //! states: syscall probe detached; attached but this cgroup not monitored (other workloads
 //! are); attached and this cgroup monitored (every syscall counted). Median of 7 alternating
 //! rounds of 1M (getpid) / 300k (read) calls each. Overhead = (state - detached) / detached.
+//! A fourth state for the raw tracepoint: monitored with the syscall-sequence model (every
+//! syscall also written to the sequence ring and read by the agent's sequence thread):
+//! `detector_{getpid,read4k}_sequence_overhead_pct`, with the records sent and dropped.
 //! Variants of the attachment (`BULKHEAD_SYSCALL_PROBE`, one agent each):
 //! - `raw_tp`: raw tracepoint sys_enter (the default; result names without a variant).
 //! - `tp_btf`: BTF tracepoint sys_enter (`detector_tp_btf_*`).
@@ -67,7 +79,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bulkhead_agent::detect::{Actions, DetectorEvent, Mode, NetActions, WorkloadOptions, WorkloadSpec, cgroup, network::ScanConfig};
+use bulkhead_agent::detect::{
+    Actions, DetectorEvent, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, cgroup, network::ScanConfig,
+};
 use bulkhead_bench::{percentile, require_root, result};
 use bulkhead_lab::datastore::Datastore;
 use bulkhead_lab::{Lab, LabOptions, PodNetns, Topology};
@@ -86,6 +100,8 @@ ports:
 const KILL_ITERATIONS: usize = 60;
 const NET_ITERATIONS: usize = 60;
 const USER_ITERATIONS: usize = 30;
+const SEQ_ITERATIONS: usize = 20;
+const SEQ_PORT: u16 = 9090;
 const NAME: &str = "bench/victim";
 
 fn spawn_in_pod(pod: &PodNetns, argv: &[&str]) -> Child {
@@ -232,6 +248,72 @@ fn network_latencies(b: &Bench) {
     b.agent().detector_unmonitor(NAME).expect("unmonitor");
 }
 
+/// One request to the pod's Python server from the other pod; whether it was echoed.
+fn seq_request(b: &Bench, text: &str, timeout: Duration) -> bool {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from((b.victim().ip, SEQ_PORT));
+    let text = text.to_string();
+    bulkhead_lab::netns::in_netns(&b.lab.pods()[1].netns, move || {
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, timeout) else { return false };
+        let _ = s.set_read_timeout(Some(timeout));
+        let mut buf = Vec::new();
+        s.write_all(text.as_bytes()).is_ok() && s.read_to_end(&mut buf).is_ok() && buf == text.as_bytes()
+    })
+    .unwrap_or(false)
+}
+
+fn sequence_latencies(b: &Bench) {
+    let v = b.victim();
+    let spec = |mode: Mode| WorkloadSpec {
+        name: NAME.into(),
+        cgroup: v.cgroup.clone().unwrap(),
+        interface: Some(v.host_veth.clone()),
+        mode,
+        actions: Actions { syscall_anomaly: NetActions { isolate: true, ..Default::default() }, ..Default::default() },
+        ..Default::default()
+    };
+    let opts = |cfg: SequenceConfig| WorkloadOptions { profile: Some("bench/python".into()), sequences: Some(cfg), ..Default::default() };
+    b.agent().detector_monitor_with(spec(Mode::Learn), opts(SequenceConfig::default())).expect("monitor");
+    let script = b.tmp.join("server.py");
+    std::fs::write(&script, bulkhead_lab::scenario::RECON_SERVER).expect("server script");
+    let mut server = spawn_in_pod(v, &[bulkhead_lab::scenario::PYTHON, script.to_str().unwrap(), &SEQ_PORT.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seq_request(b, "ready?", Duration::from_millis(300)) {
+        assert!(Instant::now() < deadline, "the Python server never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..60 {
+        assert!(seq_request(b, &format!("hello {i}"), Duration::from_millis(700)), "benign request {i}");
+    }
+    let kinds = [("unseen", "syscall-unseen", true), ("window", "syscall-sequence", false)];
+    for (name, kind, unseen) in kinds {
+        let cfg = SequenceConfig { unseen_syscalls: unseen, ..SequenceConfig::default() };
+        b.agent().detector_monitor_with(spec(Mode::Protect), opts(cfg)).expect("protect");
+        let (mut iso, mut read, mut benign_findings) = (vec![], vec![], 0);
+        let seen = |k: &str| b.agent().detector().events().iter().filter(|e| e.kind == k).count();
+        for _ in 0..SEQ_ITERATIONS {
+            // A benign request first: it must pass without a finding.
+            let before = seen("syscall-unseen") + seen("syscall-sequence");
+            assert!(seq_request(b, "hello", Duration::from_millis(700)), "benign request under protect");
+            benign_findings += seen("syscall-unseen") + seen("syscall-sequence") - before;
+            let n = seen(kind);
+            let _ = seq_request(b, "exploit", Duration::from_millis(100));
+            let ev = next_finding(b, kind, n);
+            iso.push(ev.isolate_ns.expect("isolated"));
+            read.push(ev.read_delay_ns);
+            b.agent().detector_release(NAME).expect("release");
+            // The model's one-finding-per-second cooldown.
+            std::thread::sleep(Duration::from_millis(1050));
+        }
+        result(&format!("detector_seq_{name}_benign_findings"), benign_findings);
+        stats(&format!("seq_{name}_to_isolated"), "ms", 1e6, iso);
+        stats(&format!("seq_{name}_syscall_to_agent_read"), "ms", 1e6, read);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    b.agent().detector_unmonitor(NAME).expect("unmonitor");
+}
+
 fn kill_latencies(b: &Bench) {
     b.protect(Actions { kill: true, isolate: true, ..Default::default() });
     let bin = b.tmp.join("dropper");
@@ -363,6 +445,7 @@ fn overhead(b: &mut Bench) {
         syscalls,
         allowed_execs: vec![],
     };
+    let me_seq = WorkloadOptions { profile: Some("bench/self".into()), sequences: Some(SequenceConfig::default()), ..Default::default() };
     let (victim_cg, victim_veth) = (b.victim().cgroup.clone().unwrap(), b.victim().host_veth.clone());
     let victim = |syscalls: bool| {
         WorkloadSpec {
@@ -395,7 +478,15 @@ fn overhead(b: &mut Bench) {
             println!("detector probe overhead {variant}: WARNING {foreign:?} sys_enter link(s) of other programs attached: baselines are on the slow path");
         }
         result(&format!("detector_{variant}_foreign_sys_enter_links"), foreign.map_or("unknown".to_string(), |n| n.to_string()));
-        let mut samples = vec![vec![vec![]; 3]; 2];
+        let mut samples = vec![vec![vec![]; 4]; 2];
+        // State 3 (monitored with the sequence model) only for the default attachment.
+        let states = if variant == "raw_tp" { 4 } else { 3 };
+        let records = |agent: &bulkhead_agent::Agent| {
+            let c = agent.counters().unwrap_or_default();
+            let get = |k: &str| c.iter().find(|(n, _)| n == k).map_or(0, |(_, v)| *v);
+            (get("detector_syscall_records_sent"), get("detector_syscall_records_dropped_fail_open"))
+        };
+        let (mut rec_sent, mut rec_dropped, mut seq_calls) = (0u64, 0u64, 0u64);
         // The duty cycle runs longer loops so that each spans many sampling periods.
         let scale = if variant == "sampled" { 10 } else { 1 };
         // Syscalls counted in the monitored state against the calls made: 100% when always
@@ -404,7 +495,7 @@ fn overhead(b: &mut Bench) {
         for _ in 0..7 {
             // `state` selects the setup as well as the column of `samples`.
             #[allow(clippy::needless_range_loop)]
-            for state in 0..3 {
+            for state in 0..states {
                 let _ = agent.detector_unmonitor(NAME);
                 let _ = agent.detector_unmonitor("bench/self");
                 let stop = std::sync::atomic::AtomicBool::new(false);
@@ -427,13 +518,23 @@ fn overhead(b: &mut Bench) {
                             });
                         }
                         (1, _) => drop(agent.detector_monitor(victim(true)).expect("monitor victim")),
-                        _ => drop(agent.detector_monitor(me(true)).expect("monitor self")),
+                        (2, _) => drop(agent.detector_monitor(me(true)).expect("monitor self")),
+                        _ => drop(agent.detector_monitor_with(me(false), me_seq.clone()).expect("monitor self with sequences")),
                     }
+                    let before = records(agent);
                     for (i, (_, n, f)) in loops.iter().enumerate() {
                         samples[i][state].push(per_call(*n * scale, f));
                         if state == 2 {
                             calls += *n * scale;
                         }
+                        if state == 3 {
+                            seq_calls += *n * scale;
+                        }
+                    }
+                    if state == 3 {
+                        let after = records(agent);
+                        rec_sent += after.0 - before.0;
+                        rec_dropped += after.1 - before.1;
                     }
                     stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 });
@@ -444,6 +545,11 @@ fn overhead(b: &mut Bench) {
             }
         }
         println!("detector probe overhead {variant}: {counted} of {calls} loop syscalls counted while monitored ({:.1}%)", counted as f64 * 100.0 / calls as f64);
+        if states == 4 {
+            println!("detector probe overhead {variant} with sequences: {rec_sent} records sent, {rec_dropped} dropped (ring full) for {seq_calls} loop syscalls");
+            result("detector_sequence_records_sent", rec_sent);
+            result("detector_sequence_records_dropped", rec_dropped);
+        }
         result(&format!("detector_{variant}_counted_share_pct"), format!("{:.1}", counted as f64 * 100.0 / calls as f64));
         if variant != "sampled" {
             let _ = agent.detector_monitor(me(true));
@@ -461,12 +567,16 @@ fn overhead(b: &mut Bench) {
     let _ = std::fs::remove_dir(&cg);
     for (variant, samples) in &figures {
         for (i, (name, _, _)) in loops.iter().enumerate() {
-            let m: Vec<f64> = samples[i].iter().cloned().map(median).collect();
+            let m: Vec<f64> = samples[i].iter().filter(|s| !s.is_empty()).cloned().map(median).collect();
             let pct = |x: f64| (x - m[0]) / m[0] * 100.0;
             println!(
                 "detector probe overhead {variant} {name}: detached {:.1} ns/call, attached+unmonitored {:.1} ({:+.1}%), monitored {:.1} ({:+.1}%)",
                 m[0], m[1], pct(m[1]), m[2], pct(m[2])
             );
+            if m.len() == 4 {
+                println!("detector probe overhead {variant} {name}: monitored with sequences {:.1} ({:+.1}%)", m[3], pct(m[3]));
+                result(&format!("detector_{name}_sequence_overhead_pct"), format!("{:.1}", pct(m[3])));
+            }
             // The raw tracepoint keeps the historical result names.
             let prefix = if *variant == "raw_tp" { format!("detector_{name}") } else { format!("detector_{variant}_{name}") };
             result(&format!("{prefix}_detached_ns"), format!("{:.1}", m[0]));
@@ -497,8 +607,9 @@ fn main() {
     kill_latencies(&b);
     user_latencies(&b);
     network_latencies(&b);
+    sequence_latencies(&b);
     let counters = b.agent().counters().expect("counters");
-    for (k, v) in counters.iter().filter(|(k, _)| k.starts_with("detector_events") || k.starts_with("flow_events")) {
+    for (k, v) in counters.iter().filter(|(k, _)| k.starts_with("detector_events") || k.starts_with("flow_events") || k.starts_with("detector_syscall_records")) {
         result(k, v);
     }
 

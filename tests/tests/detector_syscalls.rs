@@ -19,6 +19,7 @@ use bulkhead_lab::agent::Agent;
 use bulkhead_lab::agent::detect::{Actions, DetectorEvent, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, cgroup};
 use bulkhead_lab::datastore::Datastore;
 use bulkhead_lab::probe::probe;
+use bulkhead_lab::scenario::{PYTHON, RECON_SERVER};
 use bulkhead_lab::{Lab, LabOptions, PodNetns, Protocol, Topology};
 
 const TOPOLOGY: &str = "
@@ -36,33 +37,7 @@ ports:
 const APP: &str = "s/app";
 /// The Python server's port (the lab's own echo servers hold 8080).
 const PORT: u16 = 9090;
-const PYTHON: &str = "/usr/bin/python3";
 
-/// An echo server. A request starting with `exploit` stands for an injected payload: the
-/// server process itself enumerates its environment (ids, groups, host, limits, /proc, a
-/// password file) and tries to become root, as reconnaissance after a remote code execution.
-const SERVER: &str = r#"
-import os, socket, sys
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("0.0.0.0", int(sys.argv[1])))
-srv.listen(64)
-while True:
-    c, _ = srv.accept()
-    data = c.recv(64)
-    if data.startswith(b"exploit"):
-        facts = [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups(), os.uname(),
-                 os.getcwd(), os.getppid(), os.times(), os.umask(0o22), os.getpriority(os.PRIO_PROCESS, 0),
-                 os.sched_getaffinity(0), os.getloadavg(), len(os.listdir("/proc"))]
-        try:
-            facts.append(open("/etc/passwd").read(64))
-            os.setuid(0)
-            os.setgid(0)
-        except OSError:
-            pass
-    c.sendall(data)
-    c.close()
-"#;
 
 struct Fixture {
     // Field order = drop order: the agent goes before the lab.
@@ -93,7 +68,7 @@ impl Fixture {
         let agent = lab.start_agent(false).expect("agent");
         let tmp = std::env::temp_dir().join(format!("bh-detsys-{}", lab.id()));
         std::fs::create_dir_all(&tmp).expect("temp dir");
-        std::fs::write(tmp.join("server.py"), SERVER).expect("server script");
+        std::fs::write(tmp.join("server.py"), RECON_SERVER).expect("server script");
         Fixture { agent: Some(agent), lab, tmp }
     }
     fn agent(&self) -> &Agent {

@@ -16,6 +16,7 @@ pub mod matrix;
 pub mod netns;
 pub mod probe;
 pub mod runner;
+pub mod scenario;
 pub mod server;
 pub mod soak;
 pub mod teardown;
