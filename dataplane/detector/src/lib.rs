@@ -13,6 +13,7 @@ pub mod adfa;
 pub mod cover;
 pub mod dataset;
 pub mod error;
+pub mod gru;
 pub mod metrics;
 pub mod model;
 mod ngram;
