@@ -33,6 +33,8 @@
 //! | GRU H64, 20 epochs / 8 epochs with rare syscalls (1 trace) as unseen | 0.830 / 0.826 | 0.130 0.303 0.466 / 0.072 0.322 0.504 |
 //! | GRU, max 10/20/50-window mean (H64 8 ep.; H128 10 ep.)          | 0.61-0.68; 0.66-0.78 | <= 0.09 @1% |
 //! | sum of 4 GRU mean surprisals / product cover x GRU (H64 20 ep.)  | 0.831 / 0.839 | 0.125 0.363 0.501 / 0.134 0.304 0.476 |
+//! | interpolated Kneser-Ney n-gram (D 0.75), mean surprisal, n = 3 / 5 / 7 | 0.822 / 0.836 / 0.842 | 0.151 / 0.134 / 0.134 @1% |
+//! | same, 90% / 99% quantile or max 20-window mean, n = 3..7         | 0.79-0.83 / 0.63-0.72 / 0.65-0.67 | 0.08-0.20 @1% |
 //!
 //! Rank-averages and the length calibration use each detector's scores of training traces
 //! under 5-fold (cover), 2-fold (Markov) or leave-one-out (df, kNN) models. Every variant

@@ -7,7 +7,8 @@
 //! state is a [`CoverProfile`] (the workload's normal sequences) that can be exported to YAML,
 //! edited and re-imported, and a [`CoverScorer`] scores a stream online. The earlier
 //! variable-order Markov model ([`model`], [`Profile`]) is kept for comparison and for its
-//! users.
+//! users, and a GRU language model ([`gru`]) as an evaluated alternative that did not beat
+//! covering on ADFA-LD.
 
 pub mod adfa;
 pub mod cover;
