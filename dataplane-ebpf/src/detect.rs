@@ -4,6 +4,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal,
@@ -13,7 +14,7 @@ use aya_ebpf::{
 use bulkhead_common::{
     counters,
     detect::{
-        DetEventV1, EXEC_PATH_MAX, ExecKeyV1, IsolationV1, SyscallKeyV1, SyscallRecordV1, event_actions, event_kind, isolation_reason, mode,
+        self as det, DetEventV1, EXEC_PATH_MAX, ExecKeyV1, IsolationV1, SyscallKeyV1, SyscallRecordV1, event_actions, event_kind, isolation_reason, mode,
         path_hash, wl_flags,
     },
 };
@@ -187,9 +188,16 @@ fn count_syscall(nr: u32) {
             mode: wl_mode,
             _pad: [0; 3],
         };
-        // Flags 0: the kernel wakes the reader only when it has caught up, so a busy
-        // workload costs one wake-up per batch the agent reads, not one per syscall.
-        if SYSSEQ.output::<SyscallRecordV1>(&rec, 0).is_ok() {
+        // A wake-up costs about a microsecond, more than the rest of the probe: the reader
+        // polls every millisecond while workloads stream (bounding the delay), and is woken
+        // early only when a good part of the ring waits. The kernel's default (wake when the
+        // reader has caught up) woke it on nearly every record of a busy workload.
+        let flags = if SYSSEQ.query(BPF_RB_AVAIL_DATA as u64) >= det::SYSSEQ_WAKE_BYTES as u64 {
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        };
+        if SYSSEQ.output::<SyscallRecordV1>(&rec, flags).is_ok() {
             count(counters::DET_SYSSEQ_SENT);
         } else {
             // Fail-open: the syscall runs unobserved; the agent reports the count.

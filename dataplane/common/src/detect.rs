@@ -133,6 +133,13 @@ pub struct SyscallKeyV1 {
     pub _pad: u32,
 }
 
+/// Waiting bytes in the sequence ring above which the syscall probe wakes the reader at once
+/// (below, the reader's own 1 ms poll picks the records up).
+pub const SYSSEQ_WAKE_BYTES: u32 = capacity::SYSSEQ_RING_BYTES / 8;
+
+/// How often the agent's sequence thread reads the ring while any workload streams, ms.
+pub const SYSSEQ_POLL_MS: i32 = 1;
+
 /// One syscall of a workload with [`wl_flags::SYSCALL_SEQ`], in the order the thread made
 /// them. Written by the syscall probe into the sequence ring; read by the agent's sequence
 /// model thread.

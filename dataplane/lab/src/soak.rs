@@ -4,15 +4,18 @@
 //! The lab has two monitored pods. `soak/web` runs an HTTP-like server (`lab soak-serve`) and a
 //! cron-like job started every few seconds (`/bin/sh` running `date`, `cat`, `ls`, as crond
 //! would start it). `soak/client` runs a client (`lab soak-client`) that sends a request to the
-//! server every 20 ms. Both pods are monitored with syscall counting, first in learn mode,
-//! then in protect mode with kill + isolate, the in-kernel actions. Halfway through the
+//! server every 20 ms. Both pods are monitored with syscall counting and the syscall-sequence
+//! model (alert only), first in learn mode, then in protect mode with kill + isolate, the
+//! in-kernel actions. Halfway through the
 //! protect phase the server is restarted (a rolling update: the same binary exec'd again).
 //!
 //! The report lists every action (events with kernel or user actions, violations, isolated or
-//! frozen pods at the end), the client's requests made and failed, the cron runs, and the
+//! frozen pods at the end), the alerts without action by kind (the sequence model's false
+//! alarms), the client's requests made and failed, the cron runs, and the
 //! probes' event drops. Teardown: dropping the lab removes everything; on SIGINT/SIGTERM the
 //! lab's signal thread (see [`crate::teardown`]) does, including the workers in the pods'
 //! cgroups.
+use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
@@ -22,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead_agent::detect::{Actions, DetectorEvent, Mode, WorkloadSpec};
+use bulkhead_agent::detect::{Actions, DetectorEvent, Mode, SequenceConfig, WorkloadOptions, WorkloadSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::datastore::Datastore;
@@ -132,6 +135,9 @@ pub struct SoakReport {
     pub syscalls_counted: Vec<(String, u64)>,
     /// Events with an action, and violations, during protect. Must be empty.
     pub actions: Vec<SoakAction>,
+    /// Findings without action during protect (alert-only network and syscall-sequence
+    /// findings), by kind: the false alarms of a benign run. Reported, not a failure.
+    pub alerts: BTreeMap<&'static str, u64>,
     /// Pods isolated or frozen at any check during protect (`name: isolated|frozen`).
     pub contained: Vec<String>,
     /// Probe events lost (ring buffer full) over the whole run.
@@ -294,8 +300,11 @@ pub fn run(opts: &SoakOptions, lab_opts: &LabOptions) -> Result<SoakReport> {
     let agent_err = |e: bulkhead_agent::AgentError| LabError::Agent(e.to_string());
     let (web, client) = (&lab.pods()[0], &lab.pods()[1]);
     for pod in [web, client] {
+        // The syscall-sequence model alerts only: its findings are counted (false alarms of a
+        // benign run), the exec decisions are the ones acting.
+        let opts = WorkloadOptions { sequences: Some(SequenceConfig::default()), ..Default::default() };
         agent
-            .detector_monitor(WorkloadSpec {
+            .detector_monitor_with(WorkloadSpec {
                 name: pod.key.clone(),
                 cgroup: pod.cgroup.clone().ok_or_else(|| soak_err(format!("pod {} has no cgroup", pod.key)))?,
                 interface: Some(pod.host_veth.clone()),
@@ -303,7 +312,7 @@ pub fn run(opts: &SoakOptions, lab_opts: &LabOptions) -> Result<SoakReport> {
                 actions: Actions { kill: true, isolate: true, ..Default::default() },
                 syscalls: true,
                 allowed_execs: vec![],
-            })
+            }, opts)
             .map_err(agent_err)?;
     }
     let det = agent.detector();
@@ -456,6 +465,12 @@ pub fn run(opts: &SoakOptions, lab_opts: &LabOptions) -> Result<SoakReport> {
             user_actions: e.user_actions.clone(),
         })
         .collect();
+    let mut alerts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for e in det.events().iter().skip(protect_phase.events_at_start) {
+        if e.kernel_actions.is_empty() && e.user_actions.is_empty() && !matches!(e.kind, "exec" | "violation") {
+            *alerts.entry(e.kind).or_default() += 1;
+        }
+    }
     for w in agent.detector_status().map_err(agent_err)? {
         for (on, what) in [(w.isolated, "isolated"), (w.frozen, "frozen")] {
             let line = format!("{}: {what}", w.name);
@@ -517,6 +532,7 @@ pub fn run(opts: &SoakOptions, lab_opts: &LabOptions) -> Result<SoakReport> {
         learned,
         syscalls_counted,
         actions,
+        alerts,
         contained,
         events_dropped,
         workload_ok,
@@ -547,6 +563,8 @@ impl std::fmt::Display for SoakReport {
             writeln!(f, "  injected violation (negative control): {INJECTED_BINARY}")?;
         }
         writeln!(f, "  probe events dropped: {}", self.events_dropped)?;
+        let alerts: Vec<String> = self.alerts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(f, "  alerts (no action): {}", if alerts.is_empty() { "none".to_string() } else { alerts.join(", ") })?;
         writeln!(f, "  actions: {}", self.actions.len())?;
         for a in &self.actions {
             writeln!(

@@ -415,4 +415,50 @@ spec:
         let e = bad(&format!("---\nkind: Other\n---\n{}", GOOD.replace("distinctPorts: 5", "distinctPorts: 0")));
         assert!(e.contains("document 2") && e.contains("spec.portScan"), "{e}");
     }
+
+    const CRD: &str = include_str!("../../../../deploy/crds/detectorpolicies.bulkhead.io.yaml");
+    const EXAMPLE: &str = include_str!("../../../../deploy/examples/detector/web-protect.yaml");
+
+    #[test]
+    fn example_parses() {
+        let mut input = DetectorInput::default();
+        parse_documents("web-protect.yaml", EXAMPLE, &mut input).expect("the shipped example parses");
+        let p = &input.policies[0];
+        assert_eq!((p.mode, p.sequences.map(|c| c.max_phrases)), (Mode::Protect, Some(16)));
+        assert!(p.actions.kill && p.actions.isolate && p.actions.port_scan.isolate && p.actions.syscall_anomaly == NetActions::default());
+    }
+
+    /// The fields the parser accepts in `spec` or in the object `spec.<field>`, from serde's
+    /// unknown-field error ("expected one of `a`, `b`").
+    fn accepted(field: Option<&str>) -> BTreeSet<String> {
+        let mut v: serde_yaml::Value = serde_yaml::from_str(GOOD).unwrap();
+        let spec = v.get_mut("spec").and_then(serde_yaml::Value::as_mapping_mut).unwrap();
+        let unknown: serde_yaml::Mapping = [("zzUnknown".into(), 1.into())].into_iter().collect();
+        match field {
+            None => drop(spec.insert("zzUnknown".into(), 1.into())),
+            Some("isolationAllow") => drop(spec.insert("isolationAllow".into(), serde_yaml::Value::Sequence(vec![unknown.into()]))),
+            Some(f) => drop(spec.insert(f.into(), unknown.into())),
+        }
+        let e = bad(&serde_yaml::to_string(&v).unwrap());
+        let list = e.split("expected one of ").nth(1).or_else(|| e.split("expected ").nth(1)).unwrap_or_else(|| panic!("{e}"));
+        list.split(['`', ',']).map(str::trim).filter(|s| !s.is_empty() && !s.contains(' ')).map(String::from).collect()
+    }
+
+    #[test]
+    fn crd_schema_matches_the_parser() {
+        let crd: serde_yaml::Value = serde_yaml::from_str(CRD).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let keys = |v: &serde_yaml::Value| -> BTreeSet<String> {
+            v["properties"].as_mapping().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect()
+        };
+        assert_eq!(keys(spec), accepted(None), "spec");
+        for field in ["actions", "syscallModel", "portScan"] {
+            assert_eq!(keys(&spec["properties"][field]), accepted(Some(field)), "spec.{field}");
+        }
+        assert_eq!(keys(&spec["properties"]["isolationAllow"]["items"]), accepted(Some("isolationAllow")), "spec.isolationAllow[]");
+        let d = SequenceConfig::default();
+        let m = &spec["properties"]["syscallModel"]["properties"];
+        assert_eq!((m["window"]["default"].as_u64(), m["maxPhrases"]["default"].as_u64()), (Some(d.window as u64), Some(d.max_phrases as u64)), "defaults");
+        assert_eq!(m["maxSyscalls"]["default"].as_u64(), Some(d.max_syscalls as u64));
+    }
 }

@@ -122,7 +122,7 @@ struct Stream {
     cursor: CoverCursor,
     /// Bit i set = the i-th most recent syscall started a phrase.
     bits: u64,
-    /// Syscalls judged since the stream (re)started, saturating.
+    /// Syscalls judged since the stream (re)started, saturating (bounds the recent list).
     judged: u32,
     last_seen: Instant,
     /// Learn mode: syscalls of the chunk being filled.
@@ -146,10 +146,9 @@ impl Stream {
         if starts && cfg.unseen_syscalls && !model.knows(nr) {
             return Some(SeqFinding::Unseen { nr: nr as u32 });
         }
+        // A window not yet full (a new thread, or just after a finding) is judged on what it
+        // has: that many phrases in fewer syscalls is no less foreign.
         let window = cfg.window.min(64);
-        if self.judged < window {
-            return None;
-        }
         let mask = if window == 64 { u64::MAX } else { (1u64 << window) - 1 };
         let phrases = (self.bits & mask).count_ones();
         (phrases >= cfg.max_phrases).then_some(SeqFinding::Sequence { phrases })
@@ -234,9 +233,12 @@ impl Runner {
         let mut batch: Vec<SyscallRecordV1> = Vec::with_capacity(4096);
         loop {
             let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-            // The timeout bounds how long a stop request or an idle stream goes unnoticed.
+            // The probe wakes this thread only when much is waiting (see SYSSEQ_WAKE_BYTES):
+            // the short timeout is what bounds a finding's delay while workloads stream.
+            // Otherwise it bounds how long a stop request goes unnoticed.
+            let timeout = if self.views.is_empty() { 100 } else { det::SYSSEQ_POLL_MS };
             // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, 100) };
+            unsafe { libc::poll(&mut pfd, 1, timeout) };
             self.refresh();
             loop {
                 batch.clear();
@@ -560,7 +562,7 @@ mod tests {
         assert_eq!(s.judge(&m, &cfg, 0), None);
         assert_eq!(s.judge(&m, &cfg, 101), Some(SeqFinding::Unseen { nr: 101 }));
         let off = SequenceConfig { unseen_syscalls: false, ..cfg };
-        assert_eq!(Stream::new(Instant::now()).judge(&m, &off, 101), None, "window not full yet");
+        assert_eq!(Stream::new(Instant::now()).judge(&m, &off, 101), None, "one phrase is below the limit");
     }
 
     #[test]
