@@ -482,10 +482,14 @@ impl Detector {
         if w.opts.sequences.is_some() {
             flags |= det::wl_flags::SYSCALL_SEQ;
         }
-        // The sequence thread learns the new mode before the kernel streams under it.
+        // The sequence thread learns of the workload before the kernel streams for it.
         self.shared.bump();
         let v = WorkloadV1 { profile_id: w.profile_id, ifindex: w.ifindex, mode: w.spec.mode.kernel(), _pad: [0; 3], flags };
-        dp.maps.det.workloads.insert(w.cgroup_id, v, 0).map_err(|e| map_err(det::map_names::WORKLOADS, e))
+        dp.maps.det.workloads.insert(w.cgroup_id, v, 0).map_err(|e| map_err(det::map_names::WORKLOADS, e))?;
+        // Again after the write: confirming this generation means the thread has handled
+        // every record sent under the old entry (see `Shared::wait_sequences_applied`).
+        self.shared.bump();
+        Ok(())
     }
 
     /// Isolates a workload's endpoint from user space (same map the exec probe writes).

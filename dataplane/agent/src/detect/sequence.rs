@@ -177,6 +177,7 @@ struct View {
 
 /// The sequence-model thread's state.
 struct Runner {
+    ring: RingBuf<MapData>,
     shared: Arc<Shared>,
     events_file: PathBuf,
     /// The pinned isolation map (TC reads it): protect mode's `isolate`.
@@ -208,6 +209,7 @@ pub(super) fn spawn(
         tracing::error!(map = %path.display(), "sequence model cannot open the isolation map; isolate actions will fail");
     }
     let mut runner = Runner {
+        ring,
         shared,
         events_file,
         isolation,
@@ -221,16 +223,15 @@ pub(super) fn spawn(
     };
     std::thread::Builder::new()
         .name("bh-sequences".into())
-        .spawn(move || runner.run(ring, &stop))
+        .spawn(move || runner.run(&stop))
         .map_err(|_| AgentError::Stopped)
 }
 
 impl Runner {
-    fn run(&mut self, mut ring: RingBuf<MapData>, stop: &AtomicBool) {
+    fn run(&mut self, stop: &AtomicBool) {
         let span = tracing::info_span!("detector-sequences");
         let _g = span.enter();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&ring);
-        let mut batch: Vec<SyscallRecordV1> = Vec::with_capacity(4096);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.ring);
         loop {
             let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // The probe wakes this thread only when much is waiting (see SYSSEQ_WAKE_BYTES):
@@ -239,29 +240,40 @@ impl Runner {
             let timeout = if self.views.is_empty() { 100 } else { det::SYSSEQ_POLL_MS };
             // SAFETY: one valid pollfd.
             unsafe { libc::poll(&mut pfd, 1, timeout) };
-            self.refresh();
-            loop {
-                batch.clear();
-                while batch.len() < batch.capacity() {
-                    let Some(item) = ring.next() else { break };
-                    if item.len() >= size_of::<SyscallRecordV1>() {
-                        // SAFETY: the probe wrote a SyscallRecordV1 (size checked); unaligned read.
-                        batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SyscallRecordV1>()) });
-                    }
-                }
-                if batch.is_empty() {
-                    break;
-                }
-                let now = Instant::now();
-                for rec in &batch {
-                    self.on_record(rec, now);
-                }
-            }
+            self.drain();
             self.housekeeping();
             if stop.load(Ordering::SeqCst) {
                 self.flush_chunks(|_| true);
                 self.merge();
                 break;
+            }
+        }
+    }
+
+    /// Reads and handles every record waiting in the ring, picking up the agent's changes
+    /// between batches. Once the ring is empty, confirms the generation it started that last
+    /// read under: every record the kernel wrote before that change's map write is handled
+    /// (the agent bumps the generation again after writing the workload map).
+    fn drain(&mut self) {
+        let mut batch: Vec<SyscallRecordV1> = Vec::with_capacity(4096);
+        loop {
+            self.refresh();
+            let applied = self.generation;
+            batch.clear();
+            while batch.len() < batch.capacity() {
+                let Some(item) = self.ring.next() else { break };
+                if item.len() >= size_of::<SyscallRecordV1>() {
+                    // SAFETY: the probe wrote a SyscallRecordV1 (size checked); unaligned read.
+                    batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SyscallRecordV1>()) });
+                }
+            }
+            if batch.is_empty() {
+                self.shared.seq_applied.store(applied, Ordering::SeqCst);
+                return;
+            }
+            let now = Instant::now();
+            for rec in &batch {
+                self.on_record(rec, now);
             }
         }
     }
@@ -272,6 +284,8 @@ impl Runner {
         if generation == self.generation {
             return;
         }
+        // Records carry the mode the kernel saw, so records still in the ring from before a
+        // switch are learned or judged as sent, whatever the views say now.
         self.generation = generation;
         let (workloads, reload): (Vec<WorkloadState>, Vec<(String, Option<CoverProfile>)>) = {
             let mut g = self.shared.inner.lock().unwrap();
@@ -306,8 +320,9 @@ impl Runner {
             self.flush_chunks(|cg| left_learning.contains(&cg));
             self.merge();
         }
-        // Streams restart on any change of their workload (mode, profile).
-        self.streams.retain(|(cg, _), _| next.get(cg).zip(self.views.get(cg)).is_some_and(|(a, b)| a.state.spec.mode == b.state.spec.mode));
+        // Streams of workloads no longer modelled go; the others carry on (a learning
+        // thread's partial chunk is learned at its first judged record).
+        self.streams.retain(|(cg, _), _| next.contains_key(cg));
         for v in next.values() {
             let name = v.state.profile_name().to_string();
             if !self.models.contains_key(&name) {
@@ -322,13 +337,12 @@ impl Runner {
             }
         }
         self.views = next;
-        self.shared.seq_applied.store(generation, Ordering::SeqCst);
     }
 
     fn on_record(&mut self, rec: &SyscallRecordV1, now: Instant) {
         let learning = rec.mode == det::mode::LEARN;
-        if !learning && self.views.get(&rec.cgroup_id).is_some_and(|v| v.state.spec.mode == Mode::Learn) {
-            // The kernel already judges in the new mode: learn what was pending first.
+        if !self.views.contains_key(&rec.cgroup_id) {
+            // A workload added after this batch was read: its view first (no-op otherwise).
             self.refresh();
         }
         let Some(view) = self.views.get(&rec.cgroup_id) else { return };
@@ -349,6 +363,17 @@ impl Runner {
                 learn_chunk(&self.models, &mut self.pending, profile, chunk);
             }
             return;
+        }
+        if !stream.chunk.is_empty() || self.pending.contains_key(profile) {
+            // The first judged record after learning: what the thread (or others) learned
+            // last goes into the model first.
+            let chunk = std::mem::take(&mut stream.chunk);
+            let profile = profile.to_string();
+            if chunk.len() >= 4 {
+                learn_chunk(&self.models, &mut self.pending, &profile, chunk);
+            }
+            self.merge();
+            return self.on_record(rec, now);
         }
         let Some(model) = self.models.get(profile) else { return };
         if model.is_empty() {
