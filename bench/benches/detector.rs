@@ -66,6 +66,13 @@
 //! - sampled (5.3% of the syscalls counted): getpid -2..+5% / -3..+13%; read4k -7..+6% /
 //!   -8..+9%.
 //!
+//! - with the sequence model (one run): getpid +240%, read4k +92% (11.8 M records sent, 0
+//!   dropped). The first version let the kernel wake the reader per record: +572% / +212%.
+//!
+//! Sequence-model latencies (one run, 20 iterations each, 0 findings on the 40 benign
+//! requests): unseen syscall to isolated p50 0.82 ms, p99 1.16 ms; window to isolated p50
+//! 0.68 ms, p99 1.03 ms: the 1 ms poll of the reader dominates (goal <= 10 ms).
+//!
 //! The goal (<= 5% on a syscall-heavy workload) is not met with full counts on this kernel; only
 //! sampling comes near it, at the price of counting ~5% of the syscalls (rare ones are missed).
 //! fentry, the attachment that would avoid the slow path, is refused here. The loader attaches
