@@ -697,6 +697,44 @@ impl Detector {
     }
 }
 
+/// Takes a user-space finding's actions on a workload, in protect mode only: isolation first
+/// (`isolate` writes the entry; it is what stops traffic), then terminate or else pause.
+/// Returns what was done (failures included, for the alert) and, when isolated, the time from
+/// `since_ns` (the offending event) to the isolation entry.
+pub(crate) fn take_actions(
+    w: &WorkloadState,
+    actions: NetActions,
+    since_ns: u64,
+    isolate: impl FnOnce() -> Result<(), String>,
+) -> (Vec<String>, Option<u64>) {
+    let mut done = Vec::new();
+    let mut isolate_ns = None;
+    if w.spec.mode != Mode::Protect {
+        return (done, isolate_ns);
+    }
+    if actions.isolate {
+        match isolate() {
+            Ok(()) => {
+                isolate_ns = Some(cgroup::monotonic_ns().saturating_sub(since_ns));
+                done.push("isolated".to_string());
+            }
+            Err(e) => done.push(format!("isolate-failed: {e}")),
+        }
+    }
+    if actions.terminate {
+        match cgroup::kill(&w.spec.cgroup, events::ACTION_TIMEOUT) {
+            Ok(()) => done.push("terminated".into()),
+            Err(e) => done.push(format!("terminate-failed: {e}")),
+        }
+    } else if actions.pause {
+        match cgroup::freeze(&w.spec.cgroup, events::ACTION_TIMEOUT) {
+            Ok(()) => done.push("paused".into()),
+            Err(e) => done.push(format!("pause-failed: {e}")),
+        }
+    }
+    (done, isolate_ns)
+}
+
 /// Writes the workload's isolation entry (user-space decision).
 pub(crate) fn isolate_entry(dp: &mut Dataplane, w: &WorkloadState) -> Result<(), AgentError> {
     let iso = IsolationV1 { since_ns: cgroup::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 };

@@ -14,7 +14,7 @@ use bulkhead_common::{CtKeyV1, FlowEventV1, direction, flow_kind};
 
 use super::{
     Detector, DetectorEvent, Mode, NetActions, WorkloadState, cgroup,
-    events::ACTION_TIMEOUT,
+    take_actions,
     isolate_entry,
     network::{self, Finding, ScanWindow},
     profile::{Peer, Protocol},
@@ -94,33 +94,10 @@ impl Detector {
         protocol: Protocol,
         counts: Option<(usize, usize)>,
     ) -> DetectorEvent {
-        let mut user_actions = Vec::new();
-        let mut isolate_ns = None;
         let protect = w.spec.mode == Mode::Protect;
-        if protect && actions.isolate {
-            if w.ifindex == 0 {
-                user_actions.push("isolate-failed: no interface".to_string());
-            } else {
-                match isolate_entry(dp, w) {
-                    Ok(()) => {
-                        isolate_ns = Some(cgroup::monotonic_ns().saturating_sub(ev.ts_ns));
-                        user_actions.push("isolated".into());
-                    }
-                    Err(e) => user_actions.push(format!("isolate-failed: {e}")),
-                }
-            }
-        }
-        if protect && actions.terminate {
-            match cgroup::kill(&w.spec.cgroup, ACTION_TIMEOUT) {
-                Ok(()) => user_actions.push("terminated".into()),
-                Err(e) => user_actions.push(format!("terminate-failed: {e}")),
-            }
-        } else if protect && actions.pause {
-            match cgroup::freeze(&w.spec.cgroup, ACTION_TIMEOUT) {
-                Ok(()) => user_actions.push("paused".into()),
-                Err(e) => user_actions.push(format!("pause-failed: {e}")),
-            }
-        }
+        let (user_actions, isolate_ns) = take_actions(w, actions, ev.ts_ns, || {
+            if w.ifindex == 0 { Err("no interface".to_string()) } else { isolate_entry(dp, w).map_err(|e| e.to_string()) }
+        });
         let now = cgroup::monotonic_ns();
         let dst = format!("{}:{port}/{protocol:?}", Ipv4Addr::from(ev.daddr_be)).to_uppercase();
         let rec = DetectorEvent {

@@ -34,7 +34,7 @@ use bulkhead_common::detect::{self as det, IsolationV1, SyscallRecordV1};
 use bulkhead_detector::{CoverCursor, CoverProfile};
 use serde::{Deserialize, Serialize};
 
-use super::{DetectorEvent, Mode, NetActions, Shared, WorkloadState, cgroup, events::ACTION_TIMEOUT};
+use super::{DetectorEvent, Mode, Shared, WorkloadState, cgroup, take_actions};
 use crate::error::AgentError;
 
 /// Syscalls per learning chunk of one thread.
@@ -396,30 +396,8 @@ impl Runner {
     fn act(&mut self, view: &View, rec: &SyscallRecordV1, finding: SeqFinding, recent: &[u16]) -> DetectorEvent {
         let read_at = cgroup::monotonic_ns();
         let w = &view.state;
-        let actions: NetActions = w.spec.actions.syscall_anomaly;
         let protect = w.spec.mode == Mode::Protect;
-        let mut user_actions = Vec::new();
-        let mut isolate_ns = None;
-        if protect && actions.isolate {
-            match self.isolate(w) {
-                Ok(()) => {
-                    isolate_ns = Some(cgroup::monotonic_ns().saturating_sub(rec.ts_ns));
-                    user_actions.push("isolated".to_string());
-                }
-                Err(e) => user_actions.push(format!("isolate-failed: {e}")),
-            }
-        }
-        if protect && actions.terminate {
-            match cgroup::kill(&w.spec.cgroup, ACTION_TIMEOUT) {
-                Ok(()) => user_actions.push("terminated".into()),
-                Err(e) => user_actions.push(format!("terminate-failed: {e}")),
-            }
-        } else if protect && actions.pause {
-            match cgroup::freeze(&w.spec.cgroup, ACTION_TIMEOUT) {
-                Ok(()) => user_actions.push("paused".into()),
-                Err(e) => user_actions.push(format!("pause-failed: {e}")),
-            }
-        }
+        let (user_actions, isolate_ns) = take_actions(w, w.spec.actions.syscall_anomaly, rec.ts_ns, || self.isolate(w));
         let now = cgroup::monotonic_ns();
         let recent: Vec<String> = recent.iter().map(u16::to_string).collect();
         let (kind, detail) = match finding {
