@@ -1,7 +1,8 @@
 //! Isolation of endpoints by the detector: an isolated endpoint's packets are dropped unless
-//! they are on the isolation allow-list (e.g. DNS to the resolvers).
+//! they are on its isolation allow-list (its DetectorPolicy's, e.g. DNS to the resolvers) or
+//! on the list for every endpoint (set through the API).
 
-use bulkhead_common::{counters, detect::AllowKeyV1, direction};
+use bulkhead_common::{counters, detect::AllowKeyV2, direction};
 
 use crate::{
     maps::{ISOLATION, ISOLATION_ALLOW, count},
@@ -15,9 +16,16 @@ pub fn check(ifindex: u32, flow: &Flow, dir: u8) -> Option<bool> {
     ISOLATION.get_ptr(&ifindex)?;
     // Egress matches the destination, ingress the source (answers from the allowed server).
     let (addr, port) = if dir == direction::EGRESS { (flow.daddr_be, flow.dport_be) } else { (flow.saddr_be, flow.sport_be) };
-    let exact = AllowKeyV1 { addr_be: addr, port_be: port, protocol: flow.protocol, _pad: 0 };
-    let any = AllowKeyV1 { addr_be: [0; 4], ..exact };
-    if ISOLATION_ALLOW.get_ptr(&exact).is_some() || ISOLATION_ALLOW.get_ptr(&any).is_some() {
+    // The endpoint's own list (its DetectorPolicy's), then the list for every endpoint.
+    let exact = AllowKeyV2 { ifindex, addr_be: addr, port_be: port, protocol: flow.protocol, _pad: 0 };
+    let any = AllowKeyV2 { addr_be: [0; 4], ..exact };
+    let all_exact = AllowKeyV2 { ifindex: 0, ..exact };
+    let all_any = AllowKeyV2 { ifindex: 0, ..any };
+    if ISOLATION_ALLOW.get_ptr(&exact).is_some()
+        || ISOLATION_ALLOW.get_ptr(&any).is_some()
+        || ISOLATION_ALLOW.get_ptr(&all_exact).is_some()
+        || ISOLATION_ALLOW.get_ptr(&all_any).is_some()
+    {
         count(counters::PASS_ISOLATION_ALLOWLIST);
         Some(true)
     } else {

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bulkhead_common::detect::{
-    self as det, AllowKeyV1, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
+    self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
     ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
@@ -90,10 +90,11 @@ pub static EXEC_ALLOW: HashMap<ExecKeyV1, u8> = HashMap::with_max_entries(det::c
 #[map(name = "BH_ISOLATE_V1")]
 pub static ISOLATION: HashMap<u32, IsolationV1> = HashMap::with_max_entries(det::capacity::ISOLATION, 0);
 
-/// Key: (address or 0.0.0.0, port, protocol) an isolated endpoint may still reach. Value: 1.
+/// Key: (endpoint ifindex or 0 = all, address or 0.0.0.0, port, protocol) an isolated endpoint
+/// may still reach. Value: 1.
 /// Written by the agent; read by TC for packets of isolated endpoints.
-#[map(name = "BH_ISOALLOW_V1")]
-pub static ISOLATION_ALLOW: HashMap<AllowKeyV1, u8> =
+#[map(name = "BH_ISOALLOW_V2")]
+pub static ISOLATION_ALLOW: HashMap<AllowKeyV2, u8> =
     HashMap::with_max_entries(det::capacity::ISOLATION_ALLOW, 0);
 
 /// Exec events (`DetEventV1`). Written by the exec probe; read by the agent's detector thread.

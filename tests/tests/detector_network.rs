@@ -5,7 +5,9 @@
 //! (c) both replicas keep working for a few seconds with no action (the second judged by the
 //!     profile the first learned: its exec of nc and its flows pass),
 //! (a) an outbound connection to a peer never seen isolates the pod (traffic stops, the
-//!     DNS allow-list passes; latency measured from the flow's first packet in TC),
+//!     DNS allow-list of the clients' policy passes, and only for them: a pod of another
+//!     policy isolated meanwhile does not get it; latency measured from the flow's first
+//!     packet in TC),
 //! (b) a port scan of the server isolates the pod (new ports alone only alert),
 //! (d) profile export -> add an executable -> import: that executable runs under protect
 //!     without action; a bad file is rejected naming the field and changes nothing.
@@ -96,6 +98,13 @@ spec:
   actions: {{exec: [kill, isolate], newPeer: [isolate], newPort: [alert], portScan: [isolate]}}
   portScan: {{distinctPorts: 8, windowMs: 5000}}
   isolationAllow: [{{address: {server}, port: 53, protocol: UDP}}]
+---
+apiVersion: bulkhead.io/v1alpha1
+kind: DetectorPolicy
+metadata: {{name: strangers, namespace: dn}}
+spec:
+  selector: app == 'stranger'
+  mode: learn
 "
         );
         let dir = self.lab.datastore_dir();
@@ -179,7 +188,8 @@ fn replicas_share_a_profile_and_network_deviations_isolate() {
 
     f.policy("protect");
     let st = f.agent().detector_status().unwrap();
-    assert!(st.iter().all(|w| w.profile == PROFILE && w.learned_execs >= 1 && w.learned_peers >= 1), "{st:?}");
+    let clients = || st.iter().filter(|w| w.name == A || w.name == B);
+    assert!(clients().count() == 2 && clients().all(|w| w.profile == PROFILE && w.learned_execs >= 1 && w.learned_peers >= 1), "{st:?}");
 
     // (c) Benign traffic under protect, from both replicas (B never learned anything itself).
     let before = f.findings().len();
@@ -204,6 +214,12 @@ fn replicas_share_a_profile_and_network_deviations_isolate() {
     assert!(!f.reaches("client-b", "server", 8080, Protocol::Tcp), "isolated B still reaches the server");
     assert!(!f.reaches("client-b", "stranger", 8080, Protocol::Tcp), "isolated B still reaches the stranger");
     assert!(f.reaches("client-b", "server", 53, Protocol::Udp), "the isolation allow-list (UDP 53 to the server) is blocked");
+    // That allow-list is the clients' policy's: the stranger, isolated under its own policy
+    // (no allow-list), does not get it.
+    f.agent().detector_isolate("dn/stranger").expect("isolate the stranger");
+    assert!(!f.reaches("stranger", "server", 53, Protocol::Udp), "the clients' isolation allow-list applies to the stranger too");
+    f.agent().detector_release("dn/stranger").expect("release the stranger");
+    assert!(f.reaches("stranger", "server", 53, Protocol::Udp), "the stranger not released");
     assert!(f.reaches("client-a", "server", 8080, Protocol::Tcp), "replica A suffered from B's isolation");
     f.agent().detector_release(B).expect("release B");
     assert!(f.reaches("client-b", "server", 8080, Protocol::Tcp), "B not released");
@@ -281,7 +297,9 @@ fn replicas_share_a_profile_and_network_deviations_isolate() {
     assert_eq!(st["counters"]["flow_events_dropped"], 0, "flow ring drops: {st}");
     assert!(st["counters"]["flow_events_sent"].as_u64().unwrap_or(0) > 10, "{st}");
     let wl = st["workloads"].as_array().expect("workloads");
-    assert!(wl.iter().all(|w| w["profile"] == PROFILE && w["policy"] == "dn/clients"), "{st}");
+    let clients: Vec<_> = wl.iter().filter(|w| w["name"] == A || w["name"] == B).collect();
+    assert!(clients.len() == 2 && clients.iter().all(|w| w["profile"] == PROFILE && w["policy"] == "dn/clients"), "{st}");
+    assert!(wl.iter().any(|w| w["name"] == "dn/stranger" && w["policy"] == "dn/strangers"), "{st}");
 }
 
 #[test]
@@ -299,7 +317,7 @@ fn a_bad_detector_policy_changes_nothing() {
     assert!(msg.contains("bad-detector.yaml") && msg.contains("spec.mode"), "error names file and field: {msg}");
     let st = f.agent().detector_status().unwrap();
     assert!(st.iter().all(|w| w.name != "dn/server"), "half-applied: {st:?}");
-    assert_eq!(st.iter().filter(|w| w.mode == Mode::Learn).count(), 2, "{st:?}");
+    assert_eq!(st.iter().filter(|w| (w.name == A || w.name == B) && w.mode == Mode::Learn).count(), 2, "{st:?}");
     // Two policies selecting one pod: rejected too.
     std::fs::write(
         dir.join("bad-detector.yaml"),

@@ -20,7 +20,7 @@ use aya::{
         xdp::{XdpLinkId, XdpMode},
     },
 };
-use bulkhead_common::detect::{self as det, AllowKeyV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
+use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
     ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
     PolicyValueV2, SliceKeyV1, SliceValueV1, map_names,
@@ -136,7 +136,7 @@ pub struct DetectorMaps {
     pub workloads: HashMap<MapData, u64, WorkloadV1>,
     pub exec_allow: HashMap<MapData, ExecKeyV1, u8>,
     pub isolation: HashMap<MapData, u32, IsolationV1>,
-    pub isolation_allow: HashMap<MapData, AllowKeyV1, u8>,
+    pub isolation_allow: HashMap<MapData, AllowKeyV2, u8>,
     pub syscalls: PerCpuHashMap<MapData, SyscallKeyV1, u64>,
     /// Exec events; taken by the detector's event thread.
     pub events: Option<RingBuf<MapData>>,

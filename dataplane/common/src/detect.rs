@@ -12,8 +12,9 @@ pub mod map_names {
     pub const EXEC_ALLOW: &str = "BH_DET_EXEC_V1";
     /// Isolated endpoints: host-side ifindex (u32) -> [`crate::detect::IsolationV1`].
     pub const ISOLATION: &str = "BH_ISOLATE_V1";
-    /// What an isolated endpoint may still talk to: [`crate::detect::AllowKeyV1`] -> u8 (1).
-    pub const ISOLATION_ALLOW: &str = "BH_ISOALLOW_V1";
+    /// What an isolated endpoint may still talk to: [`crate::detect::AllowKeyV2`] -> u8 (1).
+    /// V2 adds the endpoint to the key (V1 had one list for every endpoint).
+    pub const ISOLATION_ALLOW: &str = "BH_ISOALLOW_V2";
     /// Exec events ring buffer of [`crate::detect::DetEventV1`].
     pub const EVENTS: &str = "BH_DET_EVENTS_V1";
     /// Per-CPU scratch event (one slot) the exec probe fills before deciding.
@@ -32,7 +33,8 @@ pub mod capacity {
     pub const WORKLOADS: u32 = 16_384;
     pub const EXEC_ALLOW: u32 = 262_144;
     pub const ISOLATION: u32 = 16_384;
-    pub const ISOLATION_ALLOW: u32 = 1_024;
+    /// (endpoint, destination) pairs: e.g. 16 entries for each of 1,000 isolated-able pods.
+    pub const ISOLATION_ALLOW: u32 = 16_384;
     /// (workload, syscall) pairs; ~450 syscalls, so ~580 busy workloads fit.
     pub const SYSCALLS: u32 = 262_144;
     pub const PARENTS: u32 = 65_536;
@@ -117,7 +119,9 @@ pub struct IsolationV1 {
 /// protocol), so answers come back. `addr_be` 0.0.0.0 matches any address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AllowKeyV1 {
+pub struct AllowKeyV2 {
+    /// Host-side ifindex of the endpoint the entry is for; 0 = every isolated endpoint.
+    pub ifindex: u32,
     pub addr_be: [u8; 4],
     pub port_be: [u8; 2],
     pub protocol: u8,
@@ -236,7 +240,7 @@ const _: () = {
     assert!(core::mem::size_of::<SyscallRecordV1>() == 32);
     assert!(core::mem::size_of::<ExecKeyV1>() == 16);
     assert!(core::mem::size_of::<IsolationV1>() == 24);
-    assert!(core::mem::size_of::<AllowKeyV1>() == 8);
+    assert!(core::mem::size_of::<AllowKeyV2>() == 12);
     assert!(core::mem::size_of::<SyscallKeyV1>() == 16);
     assert!(core::mem::size_of::<DetEventV1>() == 56 + EXEC_PATH_MAX);
 };
@@ -248,7 +252,7 @@ mod user {
     unsafe impl aya::Pod for WorkloadV1 {}
     unsafe impl aya::Pod for ExecKeyV1 {}
     unsafe impl aya::Pod for IsolationV1 {}
-    unsafe impl aya::Pod for AllowKeyV1 {}
+    unsafe impl aya::Pod for AllowKeyV2 {}
     unsafe impl aya::Pod for SyscallKeyV1 {}
     unsafe impl aya::Pod for DetEventV1 {}
     unsafe impl aya::Pod for SyscallRecordV1 {}

@@ -60,7 +60,6 @@ impl Detector {
                 self.monitor_with(dp, w.clone(), o.clone())?;
             }
         }
-        self.policy_allow = plan.isolation_allow.clone();
         self.write_isolation_allow(dp)
     }
 

@@ -33,7 +33,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData};
-use bulkhead_common::detect::{self as det, AllowKeyV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
+use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
 use serde::{Deserialize, Serialize};
 
 use crate::{error::AgentError, loader::Dataplane, netns};
@@ -141,6 +141,10 @@ pub struct WorkloadOptions {
     /// The syscall-sequence model's settings; `None` = no sequence model (no syscall stream).
     #[serde(default)]
     pub sequences: Option<SequenceConfig>,
+    /// What this workload may still reach while isolated (address or 0.0.0.0, port, IP
+    /// protocol), besides the API's list for every workload.
+    #[serde(default)]
+    pub isolation_allow: Vec<(Ipv4Addr, u16, u8)>,
 }
 
 /// A monitored workload as the agent keeps it (persisted, so a restarted agent knows it).
@@ -296,9 +300,9 @@ pub struct Detector {
     net: BTreeMap<u64, netwatch::NetState>,
     /// Pod address -> peer name (profile name of the pod), from the last sync.
     peers: std::collections::HashMap<Ipv4Addr, String>,
-    /// Isolation allow-list set through the API; unioned with the policies' lists.
+    /// Isolation allow-list set through the API, for every workload (each workload's own
+    /// list comes with it, from its DetectorPolicy).
     api_allow: BTreeSet<(Ipv4Addr, u16, u8)>,
-    policy_allow: BTreeSet<(Ipv4Addr, u16, u8)>,
     last_tick: std::time::Instant,
 }
 
@@ -357,7 +361,6 @@ impl Detector {
             net: BTreeMap::new(),
             peers: Default::default(),
             api_allow: BTreeSet::new(),
-            policy_allow: BTreeSet::new(),
             last_tick: std::time::Instant::now(),
         };
         // Restored profiles: the kernel's exec entries for them (pinned) may predate a hand
@@ -413,6 +416,7 @@ impl Detector {
             w
         };
         self.write_workload(dp, &state)?;
+        self.write_isolation_allow(dp)?;
         self.persist();
         self.sync_syscall_probe(dp)?;
         self.sync_flow_events(dp)?;
@@ -538,25 +542,29 @@ impl Detector {
                 let _ = dp.maps.det.exec_allow.remove(&ExecKeyV1 { profile_id: w.profile_id, _pad: 0, path_hash: h });
             }
         }
+        self.write_isolation_allow(dp)?;
         self.persist();
         self.sync_syscall_probe(dp)?;
         self.sync_flow_events(dp)
     }
 
-    /// Replaces the API's isolation allow-list (what isolated endpoints may still reach); the
-    /// kernel gets its union with the DetectorPolicies' lists.
+    /// Replaces the API's isolation allow-list (what every isolated endpoint may still reach);
+    /// each workload's own list (its DetectorPolicy's) applies to it besides.
     pub fn set_isolation_allow(&mut self, dp: &mut Dataplane, allow: &[(Ipv4Addr, u16, u8)]) -> Result<(), AgentError> {
         self.api_allow = allow.iter().copied().collect();
         self.write_isolation_allow(dp)
     }
 
     pub(crate) fn write_isolation_allow(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
-        let old: Vec<AllowKeyV1> = dp.maps.det.isolation_allow.keys().filter_map(Result::ok).collect();
-        let new: Vec<AllowKeyV1> = self
-            .api_allow
-            .union(&self.policy_allow)
-            .map(|(a, p, proto)| AllowKeyV1 { addr_be: a.octets(), port_be: p.to_be_bytes(), protocol: *proto, _pad: 0 })
-            .collect();
+        let old: Vec<AllowKeyV2> = dp.maps.det.isolation_allow.keys().filter_map(Result::ok).collect();
+        let key = |ifindex: u32, (a, p, proto): &(Ipv4Addr, u16, u8)| AllowKeyV2 { ifindex, addr_be: a.octets(), port_be: p.to_be_bytes(), protocol: *proto, _pad: 0 };
+        let mut new: Vec<AllowKeyV2> = self.api_allow.iter().map(|e| key(0, e)).collect();
+        {
+            let g = self.shared.inner.lock().unwrap();
+            for w in g.workloads.values().filter(|w| w.ifindex != 0) {
+                new.extend(w.opts.isolation_allow.iter().map(|e| key(w.ifindex, e)));
+            }
+        }
         for k in &new {
             dp.maps.det.isolation_allow.insert(*k, 1, 0).map_err(|e| map_err(det::map_names::ISOLATION_ALLOW, e))?;
         }

@@ -21,7 +21,7 @@
 //!     portScan: [isolate]
 //!     syscallAnomaly: [alert]          # isolate | pause | terminate | alert (default alert)
 //!   portScan: {distinctPorts: 10, distinctPeers: 16, windowMs: 10000}
-//!   isolationAllow:                    # what isolated pods still reach (e.g. DNS)
+//!   isolationAllow:                    # what these pods still reach when isolated (e.g. DNS)
 //!     - {address: 10.96.0.10, port: 53, protocol: UDP}   # address optional: any
 //! ```
 //!
@@ -30,7 +30,7 @@
 //! policy is validated before anything applies; an error names file, document and field.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::PathBuf,
 };
@@ -293,12 +293,11 @@ fn parse_policy(file: &str, n: usize, value: &serde_yaml::Value) -> Result<Detec
     })
 }
 
-/// What the policies ask for: workloads (one per matching pod with a cgroup) and the union
-/// of their isolation allow-lists.
+/// What the policies ask for: workloads (one per matching pod with a cgroup), each with its
+/// policy's isolation allow-list.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub workloads: Vec<(WorkloadSpec, WorkloadOptions)>,
-    pub isolation_allow: BTreeSet<(Ipv4Addr, u16, u8)>,
     /// Pods a policy selects that have no cgroup annotation (not monitored; logged).
     pub without_cgroup: Vec<String>,
 }
@@ -309,7 +308,6 @@ pub fn plan(input: &DetectorInput, model: &Model) -> Result<Plan, String> {
     let mut out = Plan::default();
     let mut owner: BTreeMap<(String, String), &DetectorPolicy> = BTreeMap::new();
     for p in &input.policies {
-        out.isolation_allow.extend(p.isolation_allow.iter().copied());
         for pod in model.pods.values() {
             let ns_ok = match &p.namespace_selector {
                 None => pod.namespace == p.namespace,
@@ -346,7 +344,14 @@ pub fn plan(input: &DetectorInput, model: &Model) -> Result<Plan, String> {
                     syscalls: p.syscalls,
                     allowed_execs: p.allowed_execs.clone(),
                 },
-                WorkloadOptions { profile: Some(profile), profile_labels: labels, scan: p.scan, policy: Some(p.id()), sequences: p.sequences },
+                WorkloadOptions {
+                    profile: Some(profile),
+                    profile_labels: labels,
+                    scan: p.scan,
+                    policy: Some(p.id()),
+                    sequences: p.sequences,
+                    isolation_allow: p.isolation_allow.clone(),
+                },
             ));
         }
     }
@@ -355,6 +360,8 @@ pub fn plan(input: &DetectorInput, model: &Model) -> Result<Plan, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     const GOOD: &str = "apiVersion: bulkhead.io/v1alpha1
