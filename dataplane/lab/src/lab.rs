@@ -97,6 +97,9 @@ impl Lab {
     fn build(&mut self, options: &LabOptions) -> Result<()> {
         let ds = self.datastore_dir();
         std::fs::create_dir_all(&ds).map_err(|e| LabError::io(&ds, e))?;
+        // Lets `lab cleanup` tell a live lab (of another process) from a crashed one's.
+        let owner = self.state_dir.join(teardown::OWNER_FILE);
+        std::fs::write(&owner, std::process::id().to_string()).map_err(|e| LabError::io(&owner, e))?;
 
         let node = self.node_netns.clone();
         self.add_netns(&node)?;

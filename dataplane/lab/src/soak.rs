@@ -138,6 +138,8 @@ pub struct SoakReport {
     /// Findings without action during protect (alert-only network and syscall-sequence
     /// findings), by kind: the false alarms of a benign run. Reported, not a failure.
     pub alerts: BTreeMap<&'static str, u64>,
+    /// The first alerts in full (`+seconds kind workload: detail`), to see what they were.
+    pub alert_samples: Vec<String>,
     /// Pods isolated or frozen at any check during protect (`name: isolated|frozen`).
     pub contained: Vec<String>,
     /// Probe events lost (ring buffer full) over the whole run.
@@ -466,9 +468,15 @@ pub fn run(opts: &SoakOptions, lab_opts: &LabOptions) -> Result<SoakReport> {
         })
         .collect();
     let mut alerts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut alert_samples = Vec::new();
     for e in det.events().iter().skip(protect_phase.events_at_start) {
         if e.kernel_actions.is_empty() && e.user_actions.is_empty() && !matches!(e.kind, "exec" | "violation") {
             *alerts.entry(e.kind).or_default() += 1;
+            if alert_samples.len() < 10 {
+                let at = e.ts_ns.saturating_sub(protect_start_ts) as f64 / 1e9;
+                let who = e.workload.as_deref().unwrap_or("?");
+                alert_samples.push(format!("+{at:.1}s {} {who}: {}", e.kind, e.detail.as_deref().or(e.dst.as_deref()).unwrap_or("")));
+            }
         }
     }
     for w in agent.detector_status().map_err(agent_err)? {
@@ -533,6 +541,7 @@ pub fn run(opts: &SoakOptions, lab_opts: &LabOptions) -> Result<SoakReport> {
         syscalls_counted,
         actions,
         alerts,
+        alert_samples,
         contained,
         events_dropped,
         workload_ok,
@@ -565,6 +574,9 @@ impl std::fmt::Display for SoakReport {
         writeln!(f, "  probe events dropped: {}", self.events_dropped)?;
         let alerts: Vec<String> = self.alerts.iter().map(|(k, n)| format!("{k} {n}")).collect();
         writeln!(f, "  alerts (no action): {}", if alerts.is_empty() { "none".to_string() } else { alerts.join(", ") })?;
+        for a in &self.alert_samples {
+            writeln!(f, "    {a}")?;
+        }
         writeln!(f, "  actions: {}", self.actions.len())?;
         for a in &self.actions {
             writeln!(

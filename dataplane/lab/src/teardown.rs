@@ -160,17 +160,43 @@ pub fn install_signal_teardown() {
     }
 }
 
+/// File in a lab's state folder naming the process that owns the lab (its pid).
+pub const OWNER_FILE: &str = "owner.pid";
+
+/// Ids of labs whose owning process still runs (other than this one): not leftovers.
+fn live_labs() -> Vec<String> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir(STATE_ROOT)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let id = e.file_name().to_string_lossy().strip_prefix("bh-")?.to_string();
+                    let pid = std::fs::read_to_string(e.path().join(OWNER_FILE)).ok()?;
+                    let pid = pid.trim();
+                    (pid != me && Path::new("/proc").join(pid).exists()).then_some(id)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Removes leftovers of crashed labs: every `bh-*` netns, `bh-*` cgroup (after killing its
-/// processes), `/sys/fs/bpf/bulkhead` pins and `/run/bulkhead` state. With `id`, only that lab's.
-/// Returns the number of objects removed.
+/// processes), `/sys/fs/bpf/bulkhead` pins and `/run/bulkhead` state, except those of labs
+/// whose owning process still runs (a demo or soak next to the tests). With `id`, only that
+/// lab's, live or not. Returns the number of objects removed.
 pub fn cleanup(id: Option<&str>) -> usize {
     let prefix = match id {
         Some(id) => format!("bh-{id}"),
         None => "bh-".to_string(),
     };
+    let live = if id.is_none() { live_labs() } else { Vec::new() };
+    let of_live = |name: &str| live.iter().any(|l| name == format!("bh-{l}") || name.starts_with(&format!("bh-{l}-")));
+    for l in &live {
+        tracing::info!(lab = %l, "lab cleanup: lab owned by a running process left alone");
+    }
     let matches = |name: &str| match id {
         Some(_) => name == prefix || name.starts_with(&format!("{prefix}-")),
-        None => name.starts_with(&prefix),
+        None => name.starts_with(&prefix) && !of_live(name),
     };
     let mut removed = 0;
     let cgroups: Vec<PathBuf> = std::fs::read_dir(CGROUP_ROOT)
@@ -205,7 +231,10 @@ pub fn cleanup(id: Option<&str>) -> usize {
         removed += 1;
     }
     let pin_targets: Vec<PathBuf> = match id {
-        None => vec![PathBuf::from(PIN_ROOT)],
+        None if live.is_empty() => vec![PathBuf::from(PIN_ROOT)],
+        None => std::fs::read_dir(PIN_ROOT)
+            .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| !of_live(&e.file_name().to_string_lossy())).map(|e| e.path()).collect())
+            .unwrap_or_default(),
         Some(_) => vec![Path::new(PIN_ROOT).join(&prefix)],
     };
     let state_targets: Vec<PathBuf> = std::fs::read_dir(STATE_ROOT)
