@@ -19,6 +19,7 @@ mod netwatch;
 pub mod policy;
 pub mod profile;
 pub mod sequence;
+pub mod webhook;
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -200,6 +201,8 @@ pub struct Shared {
     pub(crate) generation: AtomicU64,
     /// The generation the sequence thread has applied (learning flushed, views refreshed).
     pub(crate) seq_applied: AtomicU64,
+    /// Where alerts are POSTed too, when configured ([`webhook`]).
+    pub(crate) webhook: std::sync::OnceLock<webhook::Webhook>,
 }
 
 #[derive(Default)]
@@ -258,6 +261,11 @@ impl Shared {
     /// Records an event: memory, JSON line, waiters.
     pub(crate) fn record(&self, file: &Path, rec: DetectorEvent) {
         events::append(file, &rec);
+        if let Some(w) = self.webhook.get() {
+            if let Ok(json) = serde_json::to_string(&rec) {
+                w.send(json);
+            }
+        }
         let mut g = self.inner.lock().unwrap();
         if g.events.len() == RECENT_EVENTS {
             g.events.pop_front();
@@ -324,6 +332,9 @@ impl Detector {
     pub fn start(dp: &mut Dataplane, state_dir: &Path) -> Result<Detector, AgentError> {
         let ring = dp.maps.det.events.take().ok_or_else(|| det_err("event ring already taken"))?;
         let shared = Arc::new(Shared::default());
+        if let Some(w) = webhook::Webhook::from_env().map_err(det_err)? {
+            let _ = shared.webhook.set(w);
+        }
         let state_file = state_dir.join(WORKLOADS_FILE);
         let events_file = state_dir.join(EVENTS_FILE);
         {
