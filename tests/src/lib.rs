@@ -132,3 +132,48 @@ pub fn spawn_in(netns: &str, cgroup: &Path, argv: &[&str]) -> Child {
     }
     cmd.spawn().unwrap_or_else(|e| panic!("spawning {argv:?} in {netns}: {e}"))
 }
+
+/// A lab with a running agent and a temp folder, for the detector's end-to-end tests. Drops
+/// in order: the agent, then every process left in the pods (a failed test's offenders must
+/// not write into the temp folder while it goes; frozen pods are thawed first), the temp
+/// folder, the lab.
+pub struct LabAgent {
+    /// `None` only while a test restarts the agent.
+    pub agent: Option<bulkhead_lab::agent::Agent>,
+    pub lab: bulkhead_lab::Lab,
+    pub tmp: PathBuf,
+}
+
+impl LabAgent {
+    /// Builds the lab for `topology` (YAML; `file` names it in errors), writes its datastore
+    /// and starts an agent (`watch`: re-syncs on datastore changes). Needs root.
+    pub fn new(topology: &str, file: &str, watch: bool) -> LabAgent {
+        require_root();
+        let topo = bulkhead_lab::Topology::parse(topology, Path::new(file)).expect("topology");
+        let opts = bulkhead_lab::LabOptions { server_bin: Some(bulkhead_bin()), ..Default::default() };
+        let lab = bulkhead_lab::Lab::create(&topo, &opts).expect("lab");
+        bulkhead_lab::datastore::Datastore::for_lab(&lab).flush().expect("datastore");
+        let agent = lab.start_agent(watch).expect("agent");
+        let tmp = std::env::temp_dir().join(format!("bh-e2e-{}", lab.id()));
+        std::fs::create_dir_all(&tmp).expect("temp dir");
+        LabAgent { agent: Some(agent), lab, tmp }
+    }
+
+    /// The running agent.
+    pub fn agent(&self) -> &bulkhead_lab::agent::Agent {
+        self.agent.as_ref().expect("agent running")
+    }
+}
+
+impl Drop for LabAgent {
+    fn drop(&mut self) {
+        self.agent.take();
+        for p in self.lab.pods() {
+            if let Some(cg) = &p.cgroup {
+                let _ = bulkhead_lab::agent::detect::cgroup::thaw(cg);
+                let _ = bulkhead_lab::agent::detect::cgroup::kill(cg, std::time::Duration::from_secs(2));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}

@@ -5,16 +5,14 @@
 //! run under protect causes no action; isolation holds while no agent runs and after a restart.
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use bulkhead_e2e::{bulkhead_bin, require_root, run_bulkhead};
-use bulkhead_lab::agent::Agent;
+use bulkhead_e2e::{LabAgent, bulkhead_bin, run_bulkhead};
 use bulkhead_lab::agent::detect::{Actions, Mode, WorkloadSpec, cgroup};
-use bulkhead_lab::datastore::Datastore;
 use bulkhead_lab::probe::probe;
-use bulkhead_lab::{Lab, LabOptions, PodNetns, Protocol, Topology};
+use bulkhead_lab::{PodNetns, Protocol};
 
 const TOPOLOGY: &str = "
 kind: Topology
@@ -32,40 +30,26 @@ ports:
 const APP: &str = "d/app";
 const T: Duration = Duration::from_millis(700);
 
-struct Fixture {
-    // Field order = drop order: the agent goes before the lab.
-    agent: Option<Agent>,
-    lab: Lab,
-    tmp: PathBuf,
-}
+/// The shared lab-with-agent fixture, with this file's scenario helpers.
+struct Fixture(LabAgent);
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.agent.take();
-        // Offenders left running (a failed test) must not write into the temp folder while
-        // it is removed; the lab's own teardown kills them again anyway.
-        for p in self.lab.pods() {
-            if let Some(cg) = &p.cgroup {
-                let _ = cgroup::kill(cg, Duration::from_secs(2));
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.tmp);
+impl std::ops::Deref for Fixture {
+    type Target = LabAgent;
+    fn deref(&self) -> &LabAgent {
+        &self.0
     }
 }
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut LabAgent {
+        &mut self.0
+    }
+}
+
 
 impl Fixture {
     fn new() -> Fixture {
-        require_root();
-        let topo = Topology::parse(TOPOLOGY, Path::new("detector.yaml")).expect("topology");
-        let lab = Lab::create(&topo, &LabOptions { server_bin: Some(bulkhead_bin()), ..Default::default() }).expect("lab");
-        Datastore::for_lab(&lab).flush().expect("datastore");
-        let agent = lab.start_agent(false).expect("agent");
-        let tmp = std::env::temp_dir().join(format!("bh-det-{}", lab.id()));
-        std::fs::create_dir_all(&tmp).expect("temp dir");
-        Fixture { agent: Some(agent), lab, tmp }
-    }
-    fn agent(&self) -> &Agent {
-        self.agent.as_ref().expect("agent running")
+        Fixture(LabAgent::new(TOPOLOGY, "detector.yaml", false))
     }
     fn app(&self) -> &PodNetns {
         &self.lab.pods()[0]

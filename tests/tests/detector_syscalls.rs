@@ -10,17 +10,15 @@
 //! Latencies (offending syscall -> action done) are printed.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use bulkhead_e2e::{bulkhead_bin, require_root, spawn_in};
-use bulkhead_lab::agent::Agent;
+use bulkhead_e2e::{LabAgent, spawn_in};
 use bulkhead_lab::agent::detect::{Actions, DetectorEvent, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, cgroup};
-use bulkhead_lab::datastore::Datastore;
 use bulkhead_lab::probe::probe;
 use bulkhead_lab::scenario::{PYTHON, RECON_SERVER};
-use bulkhead_lab::{Lab, LabOptions, PodNetns, Protocol, Topology};
+use bulkhead_lab::{PodNetns, Protocol};
 
 const TOPOLOGY: &str = "
 kind: Topology
@@ -39,40 +37,28 @@ const APP: &str = "s/app";
 const PORT: u16 = 9090;
 
 
-struct Fixture {
-    // Field order = drop order: the agent goes before the lab.
-    agent: Option<Agent>,
-    lab: Lab,
-    tmp: PathBuf,
-}
+/// The shared lab-with-agent fixture, with this file's scenario helpers.
+struct Fixture(LabAgent);
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.agent.take();
-        for p in self.lab.pods() {
-            if let Some(cg) = &p.cgroup {
-                let _ = cgroup::thaw(cg);
-                let _ = cgroup::kill(cg, Duration::from_secs(2));
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.tmp);
+impl std::ops::Deref for Fixture {
+    type Target = LabAgent;
+    fn deref(&self) -> &LabAgent {
+        &self.0
     }
 }
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut LabAgent {
+        &mut self.0
+    }
+}
+
 
 impl Fixture {
     fn new(name: &str) -> Fixture {
-        require_root();
-        let topo = Topology::parse(&TOPOLOGY.replace("name: detsys", &format!("name: {name}")), Path::new("detsys.yaml")).expect("topology");
-        let lab = Lab::create(&topo, &LabOptions { server_bin: Some(bulkhead_bin()), ..Default::default() }).expect("lab");
-        Datastore::for_lab(&lab).flush().expect("datastore");
-        let agent = lab.start_agent(false).expect("agent");
-        let tmp = std::env::temp_dir().join(format!("bh-detsys-{}", lab.id()));
-        std::fs::create_dir_all(&tmp).expect("temp dir");
-        std::fs::write(tmp.join("server.py"), RECON_SERVER).expect("server script");
-        Fixture { agent: Some(agent), lab, tmp }
-    }
-    fn agent(&self) -> &Agent {
-        self.agent.as_ref().expect("agent running")
+        let f = Fixture(LabAgent::new(&TOPOLOGY.replace("name: detsys", &format!("name: {name}")), "detsys.yaml", false));
+        std::fs::write(f.tmp.join("server.py"), RECON_SERVER).expect("server script");
+        f
     }
     fn app(&self) -> &PodNetns {
         &self.lab.pods()[0]
@@ -140,6 +126,18 @@ impl Fixture {
         .expect("run in client netns")
     }
 
+    /// Sends the request that runs the payload inside the server; returns the first syscall
+    /// finding (printed with its latency).
+    fn exploit(&self) -> DetectorEvent {
+        let _ = self.request("exploit");
+        let det = self.agent().detector();
+        let ev = det
+            .wait_event(Duration::from_secs(3), |e| e.kind.starts_with("syscall-"))
+            .unwrap_or_else(|| panic!("no syscall finding for the payload: {:?}", det.events()));
+        print_latency(&ev);
+        ev
+    }
+
     fn syscall_findings(&self) -> Vec<DetectorEvent> {
         self.agent().detector().events().into_iter().filter(|e| e.kind.starts_with("syscall-")).collect()
     }
@@ -169,12 +167,7 @@ fn recon_inside_a_learned_server_is_found_by_unseen_syscalls_and_terminated() {
     assert!(f.syscall_findings().is_empty(), "benign traffic raised findings: {:?}", f.syscall_findings());
     assert!(server.try_wait().expect("wait").is_none(), "the server died during benign traffic");
     // (b) The payload runs inside the same process.
-    let _ = f.request("exploit");
-    let det = f.agent().detector();
-    let ev = det
-        .wait_event(Duration::from_secs(3), |e| e.kind.starts_with("syscall-"))
-        .unwrap_or_else(|| panic!("no syscall finding for the payload: {:?}", det.events()));
-    print_latency(&ev);
+    let ev = f.exploit();
     assert_eq!(ev.kind, "syscall-unseen", "the payload's first sign is a syscall never seen: {ev:?}");
     assert_eq!(ev.pid, server.id(), "the finding names the server process");
     assert_eq!(ev.mode, "protect");
@@ -199,12 +192,7 @@ fn recon_found_by_its_window_of_syscalls_pauses_until_release() {
         assert!(f.request(&format!("hello again {i}")), "benign request {i} failed under protect: {:?}", f.syscall_findings());
     }
     assert!(f.syscall_findings().is_empty(), "benign traffic raised findings: {:?}", f.syscall_findings());
-    let _ = f.request("exploit");
-    let det = f.agent().detector();
-    let ev = det
-        .wait_event(Duration::from_secs(3), |e| e.kind.starts_with("syscall-"))
-        .unwrap_or_else(|| panic!("no syscall finding for the payload: {:?}", det.events()));
-    print_latency(&ev);
+    let ev = f.exploit();
     assert_eq!(ev.kind, "syscall-sequence", "{ev:?}");
     assert_eq!(ev.user_actions, vec!["paused".to_string()], "{ev:?}");
     assert!(cgroup::is_frozen(&f.cg()).expect("freeze state"), "the pod's cgroup is not frozen");
