@@ -191,6 +191,8 @@ struct Runner {
     streams: HashMap<(u64, u32), Stream>,
     last_finding: HashMap<u64, Instant>,
     last_merge: Instant,
+    /// Records of threads not followed because [`MAX_STREAMS`] were (fail-open, logged).
+    untracked: u64,
 }
 
 pub(super) fn spawn(
@@ -220,6 +222,7 @@ pub(super) fn spawn(
         streams: HashMap::new(),
         last_finding: HashMap::new(),
         last_merge: Instant::now(),
+        untracked: 0,
     };
     std::thread::Builder::new()
         .name("bh-sequences".into())
@@ -348,8 +351,9 @@ impl Runner {
         let Some(view) = self.views.get(&rec.cgroup_id) else { return };
         let key = (rec.cgroup_id, rec.tid);
         if !self.streams.contains_key(&key) && self.streams.len() >= MAX_STREAMS {
-            // Full: this thread is not followed until idle streams are dropped (counted in
-            // the log once per housekeeping round, see there).
+            // Full: this thread is not followed until idle streams are dropped (fail-open,
+            // counted and logged at the next merge).
+            self.untracked += 1;
             return;
         }
         let stream = self.streams.entry(key).or_insert_with(|| Stream::new(now));
@@ -490,6 +494,10 @@ impl Runner {
     /// thread (which persists it with the profile).
     fn merge(&mut self) {
         self.last_merge = Instant::now();
+        if self.untracked > 0 {
+            tracing::warn!(records = self.untracked, max_streams = MAX_STREAMS, "syscall records of threads beyond the stream cap were not judged");
+            self.untracked = 0;
+        }
         if self.pending.is_empty() {
             return;
         }
