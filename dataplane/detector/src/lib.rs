@@ -2,10 +2,12 @@
 //! that scores a stream online in bounded memory, the STIDE baseline, detection metrics, and
 //! the evaluation of both on the public ADFA-LD dataset ([`run_adfa`]).
 //!
-//! The model's input is a stream of syscall numbers per workload (later fed by an eBPF probe
-//! aggregating per cgroup). The project's model is sequence covering ([`cover`]): its learned
-//! state is a [`CoverProfile`] (the workload's normal sequences) that can be exported to YAML,
-//! edited and re-imported, and a [`CoverScorer`] scores a stream online. The earlier
+//! The model's input is a stream of syscall numbers per thread of a workload (in the agent,
+//! from the syscall probe's sequence ring, see `bulkhead_agent::detect::sequence`). The
+//! project's model is sequence covering ([`cover`]): its learned state is a [`CoverProfile`]
+//! (the workload's normal sequences) that can be exported to YAML, edited and re-imported; a
+//! [`CoverScorer`] scores one stream online, and [`CoverProfile::step`] with a [`CoverCursor`]
+//! lets a caller follow many streams without borrowing the profile. The earlier
 //! variable-order Markov model ([`model`], [`Profile`]) is kept for comparison and for its
 //! users, and a GRU language model ([`gru`]) as an evaluated alternative that did not beat
 //! covering on ADFA-LD.
