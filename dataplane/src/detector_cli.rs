@@ -190,6 +190,10 @@ pub fn profile_show(instance: &str, name: &str, json: bool) -> anyhow::Result<i3
     for e in &p.network.egress {
         println!("  {:<32} {:>5} {:?}", e.peer().to_string(), e.port, e.protocol);
     }
+    println!("\nINBOUND ({})\n  {:<32} {:>5} PROTOCOL", p.network.ingress.len(), "PEER", "PORT");
+    for e in &p.network.ingress {
+        println!("  {:<32} {:>5} {:?}", e.peer().to_string(), e.port, e.protocol);
+    }
     println!(
         "\nEGRESS VOLUME  largest flow {} bytes; peak {} bytes/s",
         p.network.max_flow_bytes, p.network.max_egress_bytes_per_second

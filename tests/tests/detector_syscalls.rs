@@ -1,7 +1,8 @@
 //! The detector's syscall-sequence model end to end with real processes (root): a Python echo
 //! server in a lab pod is learned under its benign traffic, then protect mode is switched on
 //! and
-//! (a) more benign traffic causes no finding and no action,
+//! (a) more benign traffic causes no finding and no action; a request from a client never
+//!     seen while learning raises a `new-inbound` alert (no action by default),
 //! (b) a request that makes the *same* server process run reconnaissance code (the Log4j
 //!     pattern: no new executable, so the exec allow-list cannot see it) is found from its
 //!     syscalls: with the default settings as a syscall the profile never saw, and the pod is
@@ -29,6 +30,7 @@ namespaces:
 pods:
   - {namespace: s, name: app, ip: 10.243.0.10, labels: {app: app}}
   - {namespace: s, name: client, ip: 10.243.0.11, labels: {app: client}}
+  - {namespace: s, name: other, ip: 10.243.0.12, labels: {app: other}}
 ports:
   - {port: 8080, protocol: TCP}
 ";
@@ -104,9 +106,14 @@ impl Fixture {
 
     /// One request from the client pod; whether the echo came back.
     fn request(&self, text: &str) -> bool {
+        self.request_from(self.client(), text)
+    }
+
+    /// One request from `pod`; whether the echo came back.
+    fn request_from(&self, pod: &PodNetns, text: &str) -> bool {
         let addr = SocketAddr::from((self.app().ip, PORT));
         let text = text.to_string();
-        bulkhead_lab::netns::in_netns(&self.client().netns, move || {
+        bulkhead_lab::netns::in_netns(&pod.netns, move || {
             let attempt = || -> std::io::Result<Vec<u8>> {
                 let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(700))?;
                 s.set_read_timeout(Some(Duration::from_millis(700)))?;
@@ -166,6 +173,18 @@ fn recon_inside_a_learned_server_is_found_by_unseen_syscalls_and_terminated() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(f.syscall_findings().is_empty(), "benign traffic raised findings: {:?}", f.syscall_findings());
     assert!(server.try_wait().expect("wait").is_none(), "the server died during benign traffic");
+    let det = f.agent().detector();
+    assert!(det.events().iter().all(|e| !e.is_network()), "benign traffic raised network findings: {:?}", det.events());
+    // A client never seen while learning: an alert (the default action), nothing else; the
+    // same request handled, so no syscall finding either.
+    let other = &f.lab.pods()[2];
+    assert!(f.request_from(other, "hello from elsewhere"), "a new client's request failed (alert only)");
+    let ev = det
+        .wait_event(Duration::from_secs(3), |e| e.kind == "new-inbound")
+        .unwrap_or_else(|| panic!("no new-inbound finding: {:?}", det.events()));
+    assert_eq!(ev.peer.as_deref(), Some("s/app=other"), "{ev:?}");
+    assert!(ev.user_actions.is_empty(), "new-inbound alerts only by default: {ev:?}");
+    assert!(f.syscall_findings().is_empty(), "a new client's benign request raised syscall findings: {:?}", f.syscall_findings());
     // (b) The payload runs inside the same process.
     let ev = f.exploit();
     assert_eq!(ev.kind, "syscall-unseen", "the payload's first sign is a syscall never seen: {ev:?}");

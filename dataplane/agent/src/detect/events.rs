@@ -27,7 +27,9 @@ pub(super) const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// One detector event as reported (JSON line, log line, `Agent::detector_events`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DetectorEvent {
-    /// `exec` or `violation` (exec probe); `new-peer`, `new-port` or `port-scan` (network).
+    /// `exec` or `violation` (exec probe); `new-peer`, `new-port`, `port-scan` or
+    /// `new-inbound` (network); `syscall-sequence` or `syscall-unseen` (sequence model);
+    /// `egress-volume`.
     pub kind: &'static str,
     /// Kernel timestamp of the exec or of the flow's first packet (CLOCK_MONOTONIC ns).
     pub ts_ns: u64,
@@ -74,7 +76,7 @@ impl DetectorEvent {
 
     /// Whether this is a network finding (new peer, new port, port scan).
     pub fn is_network(&self) -> bool {
-        matches!(self.kind, "new-peer" | "new-port" | "port-scan")
+        matches!(self.kind, "new-peer" | "new-port" | "port-scan" | "new-inbound")
     }
 }
 

@@ -100,6 +100,9 @@ pub struct Actions {
     /// On a port scan ([`network::ScanConfig`]).
     #[serde(default)]
     pub port_scan: NetActions,
+    /// On an inbound flow from a client, or to a port, the profile never saw.
+    #[serde(default)]
+    pub new_inbound: NetActions,
     /// On a finding of the syscall-sequence model ([`sequence`]).
     #[serde(default)]
     pub syscall_anomaly: NetActions,

@@ -46,33 +46,46 @@ impl Detector {
 
     /// Learns or judges one flow event (outbound new flows of monitored workloads).
     pub fn on_flow(&mut self, dp: &mut Dataplane, ev: &FlowEventV1) {
-        if ev.direction != direction::EGRESS || !matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || ev.ifindex == 0 {
+        if !matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || ev.ifindex == 0 {
+            return;
+        }
+        let inbound = ev.direction != direction::EGRESS;
+        // A denied inbound flow is stopped and counted by policy already: no finding of its own.
+        if inbound && ev.kind != flow_kind::NEW_ALLOWED {
             return;
         }
         let read_at = cgroup::monotonic_ns();
         let Some(protocol) = Protocol::from_ip(ev.protocol) else { return };
-        // ICMP "ports" are the echo identifier: not part of a destination.
+        // ICMP "ports" are the echo identifier: not part of a destination. The port is the
+        // destination's either way: the peer's outbound, the workload's own inbound.
         let port = if protocol == Protocol::Icmp { 0 } else { u16::from_be_bytes(ev.dport_be) };
-        let daddr = Ipv4Addr::from(ev.daddr_be);
-        let peer = self.peers.get(&daddr).map(|n| Peer::Workload(n.clone())).unwrap_or(Peer::Address(daddr));
+        let remote = Ipv4Addr::from(if inbound { ev.saddr_be } else { ev.daddr_be });
+        let peer = self.peers.get(&remote).map(|n| Peer::Workload(n.clone())).unwrap_or(Peer::Address(remote));
         let mut g = self.shared.inner.lock().unwrap();
         let Some(w) = g.workloads.values().find(|w| w.ifindex == ev.ifindex).cloned() else { return };
         if w.spec.mode == Mode::Learn {
             // A flow the policy denied is no behaviour to learn.
-            if ev.kind == flow_kind::NEW_ALLOWED && g.profile_mut(&w).learn_egress(&peer, port, protocol) {
+            let p = g.profile_mut(&w);
+            let new = ev.kind == flow_kind::NEW_ALLOWED && if inbound { p.learn_ingress(&peer, port, protocol) } else { p.learn_egress(&peer, port, protocol) };
+            if new {
                 g.dirty.insert(w.profile_name().to_string());
-                tracing::debug!(workload = %w.spec.name, %peer, port, ?protocol, "detector learned a destination");
+                tracing::debug!(workload = %w.spec.name, %peer, port, ?protocol, inbound, "detector learned a peer");
             }
             return;
         }
-        let state = self.net.entry(w.cgroup_id).or_default();
-        let findings = network::judge(g.profile_mut(&w), &mut state.scan, &w.opts.scan, ev.ts_ns, &peer, port, protocol);
+        let findings = if inbound {
+            if g.profile_mut(&w).knows_inbound(&peer, port, protocol) { Vec::new() } else { vec![(Finding::NewInbound, None)] }
+        } else {
+            let state = self.net.entry(w.cgroup_id).or_default();
+            network::judge(g.profile_mut(&w), &mut state.scan, &w.opts.scan, ev.ts_ns, &peer, port, protocol)
+        };
         drop(g);
         for (finding, counts) in findings {
             let actions = match finding {
                 Finding::NewPeer => w.spec.actions.new_peer,
                 Finding::NewPort => w.spec.actions.new_port,
                 Finding::PortScan => w.spec.actions.port_scan,
+                Finding::NewInbound => w.spec.actions.new_inbound,
             };
             let mut rec = self.act(dp, &w, ev, finding, actions, &peer, port, protocol, counts);
             rec.read_delay_ns = read_at.saturating_sub(ev.ts_ns);
@@ -122,7 +135,7 @@ impl Detector {
             dst = rec.dst.as_deref().unwrap_or(""),
             actions = ?rec.user_actions,
             isolate_ns = rec.isolate_ns,
-            "detector: outbound flow outside the profile"
+            "detector: flow outside the profile"
         );
         rec
     }

@@ -51,6 +51,8 @@ pub enum Finding {
     NewPort,
     /// The flow completed a port scan.
     PortScan,
+    /// An inbound flow from a client (or to a port) the profile never saw.
+    NewInbound,
 }
 
 impl Finding {
@@ -60,6 +62,7 @@ impl Finding {
             Finding::NewPeer => "new-peer",
             Finding::NewPort => "new-port",
             Finding::PortScan => "port-scan",
+            Finding::NewInbound => "new-inbound",
         }
     }
 }

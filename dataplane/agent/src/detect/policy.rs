@@ -19,6 +19,7 @@
 //!     newPeer: [isolate]               # isolate | pause | terminate | alert
 //!     newPort: [isolate]
 //!     portScan: [isolate]
+//!     newInbound: [alert]              # inbound from a client never seen (default alert)
 //!     syscallAnomaly: [alert]          # isolate | pause | terminate | alert (default alert)
 //!   portScan: {distinctPorts: 10, distinctPeers: 16, windowMs: 10000}
 //!   isolationAllow:                    # what these pods still reach when isolated (e.g. DNS)
@@ -136,6 +137,7 @@ struct ActionsSpec {
     new_peer: Option<Vec<String>>,
     new_port: Option<Vec<String>>,
     port_scan: Option<Vec<String>>,
+    new_inbound: Option<Vec<String>>,
     syscall_anomaly: Option<Vec<String>>,
 }
 
@@ -241,6 +243,11 @@ fn parse_policy(file: &str, n: usize, value: &serde_yaml::Value) -> Result<Detec
     actions.new_peer = net(&a.new_peer, "spec.actions.newPeer")?;
     actions.new_port = net(&a.new_port, "spec.actions.newPort")?;
     actions.port_scan = net(&a.port_scan, "spec.actions.portScan")?;
+    // Alert by default: a new client is often a new replica of a known caller's kind.
+    actions.new_inbound = match &a.new_inbound {
+        Some(l) => net_actions(l, "spec.actions.newInbound").map_err(|(f, m)| err(&f, &m))?,
+        None => NetActions::default(),
+    };
     // Alert by default: the sequence model is statistical, so acting is the operator's choice.
     actions.syscall_anomaly = match &a.syscall_anomaly {
         Some(l) => net_actions(l, "spec.actions.syscallAnomaly").map_err(|(f, m)| err(&f, &m))?,

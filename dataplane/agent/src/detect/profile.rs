@@ -68,8 +68,9 @@ impl Protocol {
     }
 }
 
-/// An outbound destination a profile allows: a workload (by its profile name, so every replica
-/// of the peer counts) or an address, with port and protocol.
+/// A remote end a profile allows: a workload (by its profile name, so every replica of the
+/// peer counts) or an address, with port and protocol. Outbound entries name the destination
+/// port; inbound entries ([`Network::ingress`]) the workload's own port the peer connected to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Egress {
@@ -125,6 +126,9 @@ pub struct Network {
     /// Outbound destinations seen while learning.
     #[serde(default)]
     pub egress: BTreeSet<Egress>,
+    /// Inbound clients seen while learning (peer, and the workload's port and protocol).
+    #[serde(default)]
+    pub ingress: BTreeSet<Egress>,
     /// Largest byte count (both directions) of one outbound flow seen while learning
     /// (from conntrack).
     #[serde(default)]
@@ -190,6 +194,16 @@ impl Profile {
             return (true, true);
         }
         (false, self.network.egress.iter().any(|x| &x.peer() == peer))
+    }
+
+    /// Whether an inbound flow from `peer` to the workload's `port`/`protocol` is in the profile.
+    pub fn knows_inbound(&self, peer: &Peer, port: u16, protocol: Protocol) -> bool {
+        self.network.ingress.contains(&Egress::of(peer, port, protocol))
+    }
+
+    /// Adds an inbound client; returns whether it was new.
+    pub fn learn_ingress(&mut self, peer: &Peer, port: u16, protocol: Protocol) -> bool {
+        self.network.ingress.insert(Egress::of(peer, port, protocol))
     }
 
     /// Adds an outbound destination; returns whether it was new.
