@@ -177,3 +177,26 @@ impl Drop for LabAgent {
         let _ = std::fs::remove_dir_all(&self.tmp);
     }
 }
+
+/// Declares a test file's fixture type: a newtype over [`LabAgent`] (derefs to it), so the
+/// file can add its own scenario methods.
+#[macro_export]
+macro_rules! lab_agent_fixture {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        struct $name($crate::LabAgent);
+
+        impl std::ops::Deref for $name {
+            type Target = $crate::LabAgent;
+            fn deref(&self) -> &$crate::LabAgent {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut $crate::LabAgent {
+                &mut self.0
+            }
+        }
+    };
+}

@@ -40,22 +40,10 @@ const A: &str = "dn/client-a";
 const B: &str = "dn/client-b";
 const T: Duration = Duration::from_millis(700);
 
-/// The shared lab-with-agent fixture, with this file's scenario helpers.
-struct Fixture(LabAgent);
-
-impl std::ops::Deref for Fixture {
-    type Target = LabAgent;
-    fn deref(&self) -> &LabAgent {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Fixture {
-    fn deref_mut(&mut self) -> &mut LabAgent {
-        &mut self.0
-    }
-}
-
+bulkhead_e2e::lab_agent_fixture!(
+    /// The shared lab-with-agent fixture, with this file's scenario helpers.
+    Fixture
+);
 
 impl Fixture {
     fn new() -> Fixture {

@@ -39,22 +39,10 @@ const APP: &str = "s/app";
 const PORT: u16 = 9090;
 
 
-/// The shared lab-with-agent fixture, with this file's scenario helpers.
-struct Fixture(LabAgent);
-
-impl std::ops::Deref for Fixture {
-    type Target = LabAgent;
-    fn deref(&self) -> &LabAgent {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Fixture {
-    fn deref_mut(&mut self) -> &mut LabAgent {
-        &mut self.0
-    }
-}
-
+bulkhead_e2e::lab_agent_fixture!(
+    /// The shared lab-with-agent fixture, with this file's scenario helpers.
+    Fixture
+);
 
 impl Fixture {
     fn new(name: &str) -> Fixture {
