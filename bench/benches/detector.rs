@@ -81,7 +81,7 @@
 //! The bench binary doubles as the lab's echo server (`<bench> lab serve --tcp ...`).
 
 use std::os::fd::AsRawFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -112,21 +112,9 @@ const SEQ_PORT: u16 = 9090;
 const NAME: &str = "bench/victim";
 
 fn spawn_in_pod(pod: &PodNetns, argv: &[&str]) -> Child {
-    let ns = std::fs::File::open(format!("/var/run/netns/{}", pod.netns)).expect("netns");
-    let procs = std::fs::OpenOptions::new().write(true).open(pod.cgroup.as_ref().unwrap().join("cgroup.procs")).expect("cgroup.procs");
-    let (ns_fd, cg_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: async-signal-safe syscalls on fds opened before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 || libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().expect("spawn in pod")
+    bulkhead_lab::netns::spawn_in(&pod.netns, pod.cgroup.as_ref().unwrap(), cmd).expect("spawn in pod")
 }
 
 /// Polls for the child's exit; returns (signal, CLOCK_MONOTONIC ns when reaped).

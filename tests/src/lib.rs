@@ -1,7 +1,5 @@
 //! Helpers for Bulkhead's end-to-end tests: finding the binary, requiring root, temp folders
 //! and leftover checks. Every guard cleans up in Drop, so a failing (panicking) test does too.
-use std::os::fd::AsRawFd as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -108,29 +106,14 @@ impl Drop for TempDir {
     }
 }
 
-/// Starts `argv` inside a lab pod: the network namespace `/var/run/netns/<netns>` and the
-/// cgroup folder `cgroup` (joined before exec, so the exec is the pod's). Stdin is a pipe
-/// (closed when the child handle goes), output is discarded.
-pub fn spawn_in(netns: &str, cgroup: &Path, argv: &[&str]) -> Child {
-    let ns = std::fs::File::open(format!("/var/run/netns/{netns}")).unwrap_or_else(|e| panic!("netns {netns}: {e}"));
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .unwrap_or_else(|e| panic!("{}/cgroup.procs: {e}", cgroup.display()));
-    let (ns_fd, cg_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
+/// Starts `argv` inside a lab pod (its network namespace and cgroup, joined before exec, so
+/// the exec is the pod's). Stdin is a pipe (closed when the child handle goes), output is
+/// discarded.
+pub fn spawn_in_pod(pod: &bulkhead_lab::PodNetns, argv: &[&str]) -> Child {
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: only async-signal-safe syscalls on fds opened before fork (kept open by `ns`
-    // and `procs` until spawn returns).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 || libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().unwrap_or_else(|e| panic!("spawning {argv:?} in {netns}: {e}"))
+    let cgroup = pod.cgroup.as_ref().unwrap_or_else(|| panic!("pod {} has no cgroup", pod.key));
+    bulkhead_lab::netns::spawn_in(&pod.netns, cgroup, cmd).unwrap_or_else(|e| panic!("spawning {argv:?} in {}: {e}", pod.key))
 }
 
 /// A lab with a running agent and a temp folder, for the detector's end-to-end tests. Drops

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use bulkhead_e2e::{LabAgent, bulkhead_bin, run_bulkhead};
+use bulkhead_e2e::{LabAgent, bulkhead_bin, run_bulkhead, spawn_in_pod};
 use bulkhead_lab::agent::detect::{Actions, Mode, WorkloadSpec, cgroup};
 use bulkhead_lab::probe::probe;
 use bulkhead_lab::{PodNetns, Protocol};
@@ -104,12 +104,6 @@ impl Fixture {
     fn app_reaches_dns_tcp(&self) -> bool {
         probe(self.app(), self.dns().ip, 8080, Protocol::Tcp, T)
     }
-}
-
-/// Starts `argv` inside the pod: its network namespace and its cgroup (moved before exec, so
-/// the exec is the pod's).
-fn spawn_in_pod(pod: &PodNetns, argv: &[&str]) -> Child {
-    bulkhead_e2e::spawn_in(&pod.netns, pod.cgroup.as_ref().expect("pod cgroup"), argv)
 }
 
 /// Waits for the child; returns the signal that ended it, and how long after `t0` it was reaped.

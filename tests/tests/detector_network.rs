@@ -15,7 +15,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use bulkhead_e2e::{LabAgent, run_bulkhead};
+use bulkhead_e2e::{LabAgent, run_bulkhead, spawn_in_pod};
 use bulkhead_lab::agent::detect::{DetectorEvent, Mode};
 use bulkhead_lab::probe::probe;
 use bulkhead_lab::{PodNetns, Protocol};
@@ -116,11 +116,6 @@ spec:
     fn findings(&self) -> Vec<DetectorEvent> {
         self.agent().detector().events().into_iter().filter(|e| e.is_network() || e.is_violation()).collect()
     }
-}
-
-/// Starts `argv` inside the pod (its network namespace and cgroup, joined before exec).
-fn spawn_in_pod(pod: &PodNetns, argv: &[&str]) -> Child {
-    bulkhead_e2e::spawn_in(&pod.netns, pod.cgroup.as_ref().expect("pod cgroup"), argv)
 }
 
 fn wait_exit(mut c: Child) -> std::process::ExitStatus {

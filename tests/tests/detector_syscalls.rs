@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use bulkhead_e2e::{LabAgent, spawn_in};
+use bulkhead_e2e::{LabAgent, spawn_in_pod};
 use bulkhead_lab::agent::detect::{Actions, DetectorEvent, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, cgroup};
 use bulkhead_lab::probe::probe;
 use bulkhead_lab::scenario::{PYTHON, RECON_SERVER};
@@ -75,7 +75,7 @@ impl Fixture {
         let opts = WorkloadOptions { sequences: Some(cfg), ..Default::default() };
         self.agent().detector_monitor_with(spec, opts).expect("monitor");
         let script = self.tmp.join("server.py");
-        let server = spawn_in(&self.app().netns, &self.cg(), &[PYTHON, script.to_str().unwrap(), &PORT.to_string()]);
+        let server = spawn_in_pod(self.app(), &[PYTHON, script.to_str().unwrap(), &PORT.to_string()]);
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut server = server;
         while !self.request("ready?") {

@@ -54,6 +54,33 @@ pub fn enter_netns(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Spawns `cmd` inside a pod: the network namespace `netns` and the cgroup folder `cgroup`,
+/// both joined in the child before exec, so the exec is the pod's (the detector sees it).
+/// Every pod process the lab, its tests and benches start goes through here.
+pub fn spawn_in(netns: &str, cgroup: &std::path::Path, mut cmd: std::process::Command) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt as _;
+    let ns_path = format!("{NETNS_DIR}/{netns}");
+    let ns_file = File::open(&ns_path).map_err(|e| LabError::io(&ns_path, e))?;
+    let procs = cgroup.join("cgroup.procs");
+    let cg_file = std::fs::OpenOptions::new().write(true).open(&procs).map_err(|e| LabError::io(&procs, e))?;
+    let (ns_fd, cg_fd) = (ns_file.as_raw_fd(), cg_file.as_raw_fd());
+    // SAFETY: only async-signal-safe syscalls on fds opened before fork (kept open by
+    // `ns_file` and `cg_file` until spawn returns); no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Writing "0" moves the writer itself into the pod's cgroup.
+            if libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| LabError::Server { netns: netns.into(), message: format!("spawning {cmd:?}: {e}") })
+}
+
 /// Runs `f` on a fresh thread inside network namespace `name` and returns its result.
 pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
     std::thread::scope(|s| {

@@ -1,16 +1,12 @@
 //! Echo servers: the `bulkhead lab serve` process, and starting it inside a pod.
-use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::error::{LabError, Result};
-use crate::netns::NETNS_DIR;
 
 /// Serves TCP echo and UDP echo on 0.0.0.0 until stdin reaches EOF (the lab closed it or died).
 ///
@@ -73,11 +69,6 @@ pub fn server_binary() -> Result<PathBuf> {
 /// Starts `bin lab serve` inside `netns` and `cgroup`; returns once it has printed `ready`
 /// (via [`wait_ready`]).
 pub(crate) fn spawn_in_pod(bin: &Path, netns: &str, cgroup: &Path, tcp: &[u16], udp: &[u16]) -> Result<(Server, mpsc::Receiver<String>)> {
-    let ns_path = format!("{NETNS_DIR}/{netns}");
-    let ns_file = File::open(&ns_path).map_err(|e| LabError::io(&ns_path, e))?;
-    let procs = cgroup.join("cgroup.procs");
-    let cg_file = OpenOptions::new().write(true).open(&procs).map_err(|e| LabError::io(&procs, e))?;
-    let (ns_fd, cg_fd) = (ns_file.as_raw_fd(), cg_file.as_raw_fd());
     let join = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
     let mut cmd = Command::new(bin);
     cmd.args(["lab", "serve"]);
@@ -88,21 +79,7 @@ pub(crate) fn spawn_in_pod(bin: &Path, netns: &str, cgroup: &Path, tcp: &[u16], 
         cmd.args(["--udp", &join(udp)]);
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-    // SAFETY: only async-signal-safe syscalls on fds opened before fork; no allocation.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Writing "0" moves the writer itself into the pod's cgroup.
-            if libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| LabError::Server { netns: netns.into(), message: format!("spawning {}: {e}", bin.display()) })?;
-    drop((ns_file, cg_file));
+    let mut child = crate::netns::spawn_in(netns, cgroup, cmd)?;
     let stdin = child.stdin.take().expect("piped");
     let stdout = child.stdout.take().expect("piped");
     let (tx, rx) = mpsc::channel();

@@ -18,8 +18,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd as _;
-use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -31,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use crate::datastore::Datastore;
 use crate::error::{LabError, Result};
 use crate::lab::{Lab, LabOptions, PodNetns};
-use crate::netns::NETNS_DIR;
 use crate::teardown;
 use crate::topology::Topology;
 
@@ -165,25 +163,10 @@ fn soak_err(message: impl Into<String>) -> LabError {
     LabError::Server { netns: "soak".into(), message: message.into() }
 }
 
-/// Starts `cmd` inside the pod: its network namespace and its cgroup (moved before exec, so
-/// the exec is the pod's and the detector sees it).
-fn spawn_in_pod(pod: &PodNetns, mut cmd: Command) -> Result<Child> {
-    let ns_path = format!("{NETNS_DIR}/{}", pod.netns);
-    let ns = std::fs::File::open(&ns_path).map_err(|e| LabError::io(&ns_path, e))?;
+/// Starts `cmd` inside the pod (see [`crate::netns::spawn_in`]).
+fn spawn_in_pod(pod: &PodNetns, cmd: Command) -> Result<Child> {
     let cg = pod.cgroup.as_ref().ok_or_else(|| soak_err(format!("pod {} has no cgroup", pod.key)))?;
-    let procs_path = cg.join("cgroup.procs");
-    let procs = std::fs::OpenOptions::new().write(true).open(&procs_path).map_err(|e| LabError::io(&procs_path, e))?;
-    let (ns_fd, cg_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
-    // SAFETY: only async-signal-safe syscalls on fds opened before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 || libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().map_err(|e| soak_err(format!("spawning {cmd:?} in {}: {e}", pod.key)))
+    crate::netns::spawn_in(&pod.netns, cg, cmd)
 }
 
 /// The HTTP-like server in the web pod; returns once it printed `ready`.
