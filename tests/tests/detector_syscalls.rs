@@ -86,6 +86,17 @@ impl Fixture {
         for i in 0..60 {
             assert!(self.request(&format!("hello {i}")), "benign request {i} failed while learning");
         }
+        // Learning is merged into the profile about once a second: wait for it, as an
+        // operator checks `detector status` before switching to protect.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let st = self.agent().detector_status().expect("status");
+            if st.iter().any(|w| w.name == APP && w.learned_syscalls > 100) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the profile learned no syscall sequences in 5 s: {st:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let st = self.agent().detector_set_mode(APP, Mode::Protect).expect("protect");
         assert!(st.sequence_model && st.learned_syscalls > 100, "the profile learned the server's syscalls: {st:?}");
         println!("learned {} normal syscalls into the profile's sequence model", st.learned_syscalls);

@@ -193,6 +193,9 @@ struct Runner {
     last_merge: Instant,
     /// Records of threads not followed because [`MAX_STREAMS`] were (fail-open, logged).
     untracked: u64,
+    /// Workloads that left learn mode: their threads' partial chunks (including records
+    /// still in the ring at the switch) are learned once the ring is drained.
+    left_learning: Vec<u64>,
 }
 
 pub(super) fn spawn(
@@ -223,6 +226,7 @@ pub(super) fn spawn(
         last_finding: HashMap::new(),
         last_merge: Instant::now(),
         untracked: 0,
+        left_learning: Vec::new(),
     };
     std::thread::Builder::new()
         .name("bh-sequences".into())
@@ -271,6 +275,11 @@ impl Runner {
                 }
             }
             if batch.is_empty() {
+                if !self.left_learning.is_empty() {
+                    let left = std::mem::take(&mut self.left_learning);
+                    self.flush_chunks(|cg| left.contains(&cg));
+                    self.merge();
+                }
                 self.shared.seq_applied.store(applied, Ordering::SeqCst);
                 return;
             }
@@ -322,6 +331,7 @@ impl Runner {
         if !left_learning.is_empty() {
             self.flush_chunks(|cg| left_learning.contains(&cg));
             self.merge();
+            self.left_learning.extend(left_learning);
         }
         // Streams of workloads no longer modelled go; the others carry on (a learning
         // thread's partial chunk is learned at its first judged record).
@@ -484,7 +494,8 @@ impl Runner {
         if chunk.len() < 4 {
             return;
         }
-        if let Some(v) = self.views.get(&cgroup_id).filter(|v| v.state.spec.mode == Mode::Learn) {
+        // Chunks hold only records the kernel sent in learn mode, whatever the mode is now.
+        if let Some(v) = self.views.get(&cgroup_id) {
             let name = v.state.profile_name().to_string();
             learn_chunk(&self.models, &mut self.pending, &name, chunk);
         }
