@@ -233,26 +233,21 @@ fn parse_policy(file: &str, n: usize, value: &serde_yaml::Value) -> Result<Detec
         Some(l) => exec_actions(l, "spec.actions.exec").map_err(|(f, m)| err(&f, &m))?,
         None => Actions { kill: true, isolate: true, ..Default::default() },
     };
-    let default_net = NetActions { isolate: true, ..Default::default() };
-    let net = |l: &Option<Vec<String>>, field: &str| -> Result<NetActions, String> {
+    // Network findings isolate by default. New inbound clients and syscall findings only
+    // alert: a new client is often a new replica of a known caller, and the sequence model is
+    // statistical, so acting on them is the operator's choice.
+    let isolate = NetActions { isolate: true, ..Default::default() };
+    let net = |l: &Option<Vec<String>>, field: &str, default: NetActions| -> Result<NetActions, String> {
         match l {
             Some(l) => net_actions(l, field).map_err(|(f, m)| err(&f, &m)),
-            None => Ok(default_net),
+            None => Ok(default),
         }
     };
-    actions.new_peer = net(&a.new_peer, "spec.actions.newPeer")?;
-    actions.new_port = net(&a.new_port, "spec.actions.newPort")?;
-    actions.port_scan = net(&a.port_scan, "spec.actions.portScan")?;
-    // Alert by default: a new client is often a new replica of a known caller's kind.
-    actions.new_inbound = match &a.new_inbound {
-        Some(l) => net_actions(l, "spec.actions.newInbound").map_err(|(f, m)| err(&f, &m))?,
-        None => NetActions::default(),
-    };
-    // Alert by default: the sequence model is statistical, so acting is the operator's choice.
-    actions.syscall_anomaly = match &a.syscall_anomaly {
-        Some(l) => net_actions(l, "spec.actions.syscallAnomaly").map_err(|(f, m)| err(&f, &m))?,
-        None => NetActions::default(),
-    };
+    actions.new_peer = net(&a.new_peer, "spec.actions.newPeer", isolate)?;
+    actions.new_port = net(&a.new_port, "spec.actions.newPort", isolate)?;
+    actions.port_scan = net(&a.port_scan, "spec.actions.portScan", isolate)?;
+    actions.new_inbound = net(&a.new_inbound, "spec.actions.newInbound", NetActions::default())?;
+    actions.syscall_anomaly = net(&a.syscall_anomaly, "spec.actions.syscallAnomaly", NetActions::default())?;
     if let Some(cfg) = &spec.syscall_model {
         cfg.validate().map_err(|(f, m)| err(&format!("spec.syscallModel.{f}"), &m))?;
     }
