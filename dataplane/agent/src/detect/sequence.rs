@@ -378,15 +378,17 @@ impl Runner {
             }
             return;
         }
-        if !stream.chunk.is_empty() || self.pending.contains_key(profile) {
-            // The first judged record after learning: what the thread (or others) learned
-            // last goes into the model first.
+        if !stream.chunk.is_empty() {
+            // The thread's first judged record after learning: its last partial chunk goes
+            // into the model first (once per thread and switch; what other threads left is
+            // merged when the ring is drained, see `drain`, not on this per-syscall path,
+            // where a replica still learning the same profile would rebuild it every time).
             let chunk = std::mem::take(&mut stream.chunk);
             let profile = profile.to_string();
             if chunk.len() >= 4 {
                 learn_chunk(&self.models, &mut self.pending, &profile, chunk);
+                self.merge();
             }
-            self.merge();
             return self.on_record(rec, now);
         }
         let Some(model) = self.models.get(profile) else { return };
