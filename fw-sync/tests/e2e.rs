@@ -198,7 +198,16 @@ fn scenario(kind: Kind) {
     assert!(reaches(&p2, b), "relabelled pod b must reach the server");
 
     // Prometheus metrics (served inside the firewall's namespace): both updates observed.
-    let text = metrics(&fw);
+    // The daemon records an update's latency just after the firewall call returns, so the
+    // set can show the change a moment before the metric does: wait for the third sample.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut text = metrics(&fw);
+    while !text.lines().any(|l| l.starts_with("fwsync_update_latency_seconds_count{firewall=\"lab\"}") && !l.ends_with(" 0") && !l.ends_with(" 1") && !l.ends_with(" 2"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        text = metrics(&fw);
+    }
     let value = |name: &str| -> f64 {
         let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
         line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad sample {line:?}"))
