@@ -119,7 +119,7 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
         // SAFETY: bounds checked above.
         let saddr = unsafe { *((data + 26) as *const [u8; 4]) };
         if saddr != ep.ipv4_be {
-            count(counters::XDP_DROP_SPOOF);
+            count(counters::DROP_SPOOFED);
             return xdp_action::XDP_DROP;
         }
     }
@@ -143,8 +143,9 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     let frame = match parse(ctx.data(), ctx.data_end()) {
         Some(f) => f,
         None => {
-            // Headers beyond the linear part: pull them in once, then fail closed.
-            if ctx.pull_data(64.min(ctx.len())).is_err() {
+            // Headers beyond the linear part (IP options, an ICMP error's quote): pull in what
+            // the parser may read, once, then fail closed.
+            if ctx.pull_data((parse::MAX_PARSE_LEN as u32).min(ctx.len())).is_err() {
                 count(counters::DROP_MALFORMED);
                 return TC_DROP;
             }
@@ -159,6 +160,7 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     };
     let flow = match frame {
         Frame::Ipv4(f) => f,
+        Frame::IcmpError { saddr_be, quoted } => return icmp_error(ifindex, &ep, &cfg, saddr_be, &quoted, dir),
         Frame::Pass(c) => {
             count(c);
             return TC_PASS;
@@ -168,6 +170,10 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
             return TC_DROP;
         }
     };
+    if dir == direction::EGRESS && flow.saddr_be != ep.ipv4_be {
+        count(counters::DROP_SPOOFED);
+        return TC_DROP;
+    }
     // Before conntrack, so established flows of an isolated endpoint stop too.
     if isolate::check(ifindex, &flow, dir) == Some(false) {
         return TC_DROP;
@@ -219,6 +225,46 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
         count(counters::CT_INSERT_FAILED);
     }
     TC_PASS
+}
+
+/// An ICMP error passes when the packet it quotes belongs to a live tracked flow at this
+/// interface (either direction): path-MTU discovery and unreachables of allowed flows work
+/// under default deny. Anything else is dropped and counted: policy never judges errors.
+#[inline(always)]
+fn icmp_error(ifindex: u32, ep: &EndpointV1, cfg: &ConfigV1, saddr_be: [u8; 4], quoted: &Flow, dir: u8) -> i32 {
+    if dir == direction::EGRESS && saddr_be != ep.ipv4_be {
+        count(counters::DROP_SPOOFED);
+        return TC_DROP;
+    }
+    // The reversed quote has the flow's remote side where the isolation allow-list expects it
+    // in this direction (destination on egress, source on ingress).
+    let reply = Flow {
+        saddr_be: quoted.daddr_be,
+        daddr_be: quoted.saddr_be,
+        sport_be: quoted.dport_be,
+        dport_be: quoted.sport_be,
+        ..*quoted
+    };
+    if isolate::check(ifindex, &reply, dir) == Some(false) {
+        return TC_DROP;
+    }
+    if ep.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
+        count(counters::DROP_OVERFLOW);
+        return TC_DROP;
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    for key in [conntrack::key(ifindex, quoted), conntrack::reverse_key(ifindex, quoted)] {
+        // SAFETY: the value is only read.
+        if let Some(ct) = unsafe { CONNTRACK.get(&key) } {
+            if !conntrack::expired(ct, cfg, now) {
+                count(counters::PASS_ICMP_RELATED);
+                return TC_PASS;
+            }
+        }
+    }
+    count(counters::DROP_ICMP_UNRELATED);
+    TC_DROP
 }
 
 /// What the conntrack path needs to know about the packet at hand.

@@ -10,6 +10,9 @@ const ETH_P_ARP: u16 = 0x0806;
 /// What a frame is, as far as policy cares.
 pub enum Frame {
     Ipv4(Flow),
+    /// An ICMP error (destination unreachable, time exceeded, parameter problem, source
+    /// quench): `quoted` is the tuple of the packet it quotes, as that packet was sent.
+    IcmpError { saddr_be: [u8; 4], quoted: Flow },
     /// Passes without policy; the counter says why.
     Pass(u32),
     /// Dropped; the counter says why.
@@ -64,8 +67,21 @@ struct L4Head {
     b: [u8; 14],
 }
 
+/// Longest IPv4 header (IHL 15).
+const IPV4_MAX_HLEN: usize = 60;
+/// Bytes from the frame's start the parser may read: Ethernet, the longest IPv4 header, an
+/// ICMP header, the quoted packet's longest IPv4 header and its first 8 L4 bytes. The caller
+/// pulls this much into the linear part before giving up on a frame.
+pub const MAX_PARSE_LEN: usize = ETH_HLEN + IPV4_MAX_HLEN + 8 + IPV4_MAX_HLEN + 8;
+
+/// ICMP types that quote the packet that caused them.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_SOURCE_QUENCH: u8 = 4;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROB: u8 = 12;
+
 /// Parses an Ethernet frame in `[data, data_end)`. Returns `None` when the headers are not in
-/// the linear part; the caller may pull data and retry once.
+/// the linear part; the caller may pull data (up to [`MAX_PARSE_LEN`]) and retry once.
 #[inline(always)]
 pub fn parse(data: usize, data_end: usize) -> Option<Frame> {
     let eth_type: *const [u8; 2] = ptr_at(data, data_end, 12)?;
@@ -88,32 +104,55 @@ pub fn parse(data: usize, data_end: usize) -> Option<Frame> {
     if frag != 0 {
         return Some(Frame::Drop(counters::DROP_FRAGMENT));
     }
-    let mut flow = Flow {
-        saddr_be: ip.saddr,
-        daddr_be: ip.daddr,
-        sport_be: [0; 2],
-        dport_be: [0; 2],
-        policy_port: 0,
-        protocol: ip.protocol,
-        tcp_flags: 0,
-    };
-    let l4_off = ETH_HLEN + ihl;
-    match ip.protocol {
+    // IHL is 4 bits: masking keeps the offset provably bounded for the verifier.
+    let l4_off = ETH_HLEN + (ihl & 0x3c);
+    let flow = l4_flow(data, data_end, l4_off, ip.saddr, ip.daddr, ip.protocol, false)?;
+    if ip.protocol == proto::ICMP {
+        let ty = (flow.policy_port >> 8) as u8;
+        if matches!(ty, ICMP_DEST_UNREACH | ICMP_SOURCE_QUENCH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROB) {
+            return quoted(data, data_end, l4_off + 8, ip.saddr);
+        }
+    }
+    Some(Frame::Ipv4(flow))
+}
+
+/// The packet an ICMP error quotes, from its IPv4 header at `off`. An error quoting anything
+/// but the first fragment of an IPv4 packet with its ports is malformed (fail-closed).
+/// `None` when the quote is not in the linear part (the caller pulls and retries once).
+#[inline(always)]
+fn quoted(data: usize, data_end: usize, off: usize, outer_saddr: [u8; 4]) -> Option<Frame> {
+    let ip: *const Ipv4Hdr = ptr_at(data, data_end, off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ip = unsafe { &*ip };
+    let ihl = ((ip.ver_ihl & 0x0f) as usize) * 4;
+    if ip.ver_ihl >> 4 != 4 || ihl < 20 || u16::from_be_bytes(ip.frag_off) & 0x1fff != 0 {
+        return Some(Frame::Drop(counters::DROP_MALFORMED));
+    }
+    let f = l4_flow(data, data_end, off + (ihl & 0x3c), ip.saddr, ip.daddr, ip.protocol, true)?;
+    // Only echo is tracked among ICMP flows; an error about an error is never sent (RFC 1122).
+    let ty = (f.policy_port >> 8) as u8;
+    if f.protocol == proto::ICMP && ty != 8 && ty != 0 {
+        return Some(Frame::Drop(counters::DROP_ICMP_UNRELATED));
+    }
+    Some(Frame::IcmpError { saddr_be: outer_saddr, quoted: f })
+}
+
+/// The flow tuple from the L4 header at `l4_off`. `None` when the header is not in the linear
+/// part. Quoted packets (`is_quoted`) only carry 8 L4 bytes, so their TCP flags stay 0.
+#[inline(always)]
+fn l4_flow(data: usize, data_end: usize, l4_off: usize, saddr: [u8; 4], daddr: [u8; 4], protocol: u8, is_quoted: bool) -> Option<Flow> {
+    let mut flow = Flow { saddr_be: saddr, daddr_be: daddr, sport_be: [0; 2], dport_be: [0; 2], policy_port: 0, protocol, tcp_flags: 0 };
+    match protocol {
         proto::TCP | proto::UDP | proto::SCTP => {
-            let need = if ip.protocol == proto::TCP { 14 } else { 4 };
-            if need == 14 {
-                let l4: *const L4Head = ptr_at(data, data_end, l4_off)?;
+            let l4: *const [u8; 4] = ptr_at(data, data_end, l4_off)?;
+            // SAFETY: bounds checked.
+            let l4 = unsafe { *l4 };
+            flow.sport_be = [l4[0], l4[1]];
+            flow.dport_be = [l4[2], l4[3]];
+            if protocol == proto::TCP && !is_quoted {
+                let h: *const L4Head = ptr_at(data, data_end, l4_off)?;
                 // SAFETY: bounds checked.
-                let l4 = unsafe { &*l4 };
-                flow.tcp_flags = l4.b[13];
-                flow.sport_be = [l4.b[0], l4.b[1]];
-                flow.dport_be = [l4.b[2], l4.b[3]];
-            } else {
-                let l4: *const [u8; 4] = ptr_at(data, data_end, l4_off)?;
-                // SAFETY: bounds checked.
-                let l4 = unsafe { *l4 };
-                flow.sport_be = [l4[0], l4[1]];
-                flow.dport_be = [l4[2], l4[3]];
+                flow.tcp_flags = unsafe { (*h).b[13] };
             }
             flow.policy_port = u16::from_be_bytes(flow.dport_be);
         }
@@ -132,5 +171,5 @@ pub fn parse(data: usize, data_end: usize) -> Option<Frame> {
         }
         _ => {}
     }
-    Some(Frame::Ipv4(flow))
+    Some(flow)
 }

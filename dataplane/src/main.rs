@@ -18,13 +18,30 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum AgentAction {
+    /// Remove an instance from the node: detach every program it keeps attached (pod
+    /// interfaces, detector probes), remove its pinned maps and programs and its runtime files
+    /// (flow log, policy table, detector profiles, workloads, events). Refused while an agent
+    /// runs on the instance.
+    Uninstall {
+        #[arg(long, default_value = "node")]
+        instance: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the agent: load the eBPF programs, attach them to the pods' interfaces and keep the
-    /// maps in step with the datastore until interrupted.
+    /// maps in step with the datastore until interrupted. SIGTERM/SIGINT stop the agent but
+    /// leave the kernel enforcing (links and maps stay pinned; the next agent adopts them);
+    /// `bulkhead agent uninstall` removes an instance from the node.
+    #[command(args_conflicts_with_subcommands = true)]
     Agent {
+        #[command(subcommand)]
+        action: Option<AgentAction>,
         /// Folder of Kubernetes-style YAML (Namespaces, Pods, NetworkPolicies), watched live.
         #[arg(long)]
-        datastore: PathBuf,
+        datastore: Option<PathBuf>,
         /// Network namespace holding the pods' host-side veths (default: the current one).
         #[arg(long)]
         node_netns: Option<String>,
@@ -333,11 +350,32 @@ fn run_agent(datastore: PathBuf, node_netns: Option<String>, instance: String) -
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let agent = bulkhead_agent::Agent::start(cfg).context("starting the agent")?;
-    eprintln!("bulkhead agent running; Ctrl-C stops it and removes its programs and pins");
+    eprintln!(
+        "bulkhead agent running (instance {instance}, pid {}); SIGTERM/Ctrl-C stop it and leave the kernel enforcing; \
+         `bulkhead agent uninstall --instance {instance}` removes it",
+        std::process::id()
+    );
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    drop(agent);
+    // As Cilium and Calico do on a DaemonSet rollout: the programs stay attached with the
+    // last policy and isolation, and the next agent adopts them.
+    let kept = agent.stop_keep_enforcing().context("stopping the agent")?;
+    eprintln!("bulkhead agent stopped; {kept} links stay attached and enforcing");
+    Ok(0)
+}
+
+fn run_uninstall(instance: &str) -> anyhow::Result<i32> {
+    let r = bulkhead_agent::uninstall(instance).with_context(|| format!("uninstalling agent instance {instance:?}"))?;
+    println!(
+        "instance {instance}: detached {} links, removed {} pins and {} runtime files",
+        r.links.len(),
+        r.pins.len(),
+        r.state.len()
+    );
+    for p in r.links.iter().chain(&r.pins).chain(&r.state) {
+        println!("  removed {}", p.display());
+    }
     Ok(0)
 }
 
@@ -351,7 +389,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Agent { datastore, node_netns, instance } => run_agent(datastore, node_netns, instance)?,
+        Command::Agent { action: Some(AgentAction::Uninstall { instance }), .. } => run_uninstall(&instance)?,
+        Command::Agent { action: None, datastore, node_netns, instance } => {
+            let datastore = datastore.context("bulkhead agent: --datastore DIR is required")?;
+            bulkhead_agent::instance::validate_name(&instance)?;
+            run_agent(datastore, node_netns, instance)?
+        }
         Command::Status { instance, json } => {
             let dir = bulkhead_agent::AgentConfig::default_pin_dir(&instance);
             let st = bulkhead_agent::status::read(&dir)

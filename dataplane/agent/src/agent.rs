@@ -42,6 +42,11 @@ impl AgentConfig {
         PathBuf::from("/sys/fs/bpf/bulkhead").join(instance)
     }
 
+    /// The instance's name: the last component of its pin folder.
+    pub fn instance(&self) -> String {
+        self.pin_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "node".into())
+    }
+
     /// Runtime files of the instance (flow log, policy table): `/run/bulkhead/<pin dir name>`.
     pub fn state_dir(&self) -> PathBuf {
         let name = self.pin_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "node".into());
@@ -115,11 +120,15 @@ enum Request {
     StopKeep(mpsc::Sender<Result<usize, AgentError>>),
 }
 
-/// A running agent. Dropping it stops the thread, detaches the programs and removes the pins.
+/// A running agent. Dropping it stops the thread, detaches the programs and removes the pins
+/// and runtime files: an embedded agent (lab, tests) leaves nothing behind. A node's daemon
+/// stops with [`Agent::stop_keep_enforcing`] instead, and is removed by [`uninstall`].
 pub struct Agent {
     tx: mpsc::Sender<Request>,
     thread: Option<JoinHandle<()>>,
     detector: Arc<detect::Shared>,
+    /// Held until the thread has ended (fields drop after [`Drop::drop`]).
+    _lock: crate::instance::InstanceLock,
 }
 
 impl Agent {
@@ -131,6 +140,9 @@ impl Agent {
 
     /// As [`Agent::start`], with any datastore.
     pub fn start_with(cfg: AgentConfig, store: Box<dyn Datastore>) -> Result<Agent, AgentError> {
+        let instance = cfg.instance();
+        crate::instance::validate_name(&instance)?;
+        let lock = crate::instance::InstanceLock::acquire(&instance)?;
         let (tx, rx) = mpsc::channel();
         let (init_tx, init_rx) = mpsc::channel();
         if cfg.watch {
@@ -144,7 +156,7 @@ impl Agent {
             })
             .map_err(|_| AgentError::Stopped)?;
         match init_rx.recv() {
-            Ok(Ok(detector)) => Ok(Agent { tx, thread: Some(thread), detector }),
+            Ok(Ok(detector)) => Ok(Agent { tx, thread: Some(thread), detector, _lock: lock }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -376,6 +388,11 @@ fn worker(
     match sync(&mut st) {
         Ok(r) => {
             apply::drop_stale_endpoints(&mut st.dp, &st.endpoints);
+            // Links a previous agent kept for endpoints that are gone: nothing adopted them.
+            let dropped = st.dp.drop_unadopted_links();
+            if dropped > 0 {
+                tracing::info!(dropped, "removed links kept for endpoints no longer in the datastore");
+            }
             tracing::info!(rev = r.policy_rev, upserts = r.upserts, "first sync done");
             let _ = init.send(Ok(st.det.shared()));
         }
@@ -462,15 +479,68 @@ fn worker(
         return;
     }
     dp.unload();
-    // Only the agent's own files: the folder may be shared (the lab keeps its datastore there).
+    remove_state_files(&state_dir);
+}
+
+/// Removes the agent's own runtime files and, when then empty, its folder. Only the agent's
+/// files: the folder may be shared (the lab keeps its datastore there).
+fn remove_state_files(state_dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
     for f in ["flows.jsonl", "policies.json", detect::WORKLOADS_FILE, detect::EVENTS_FILE] {
-        let _ = std::fs::remove_file(state_dir.join(f));
+        let p = state_dir.join(f);
+        if std::fs::remove_file(&p).is_ok() {
+            removed.push(p);
+        }
     }
     for d in [detect::profile::PROFILES_DIR, detect::profile::IMPORT_DIR] {
-        let _ = std::fs::remove_dir_all(state_dir.join(d));
+        let p = state_dir.join(d);
+        if std::fs::remove_dir_all(&p).is_ok() {
+            removed.push(p);
+        }
     }
-    let _ = std::fs::remove_dir(&state_dir);
-    let _ = std::fs::remove_dir(state_dir.parent().unwrap_or(std::path::Path::new("/")));
+    let _ = std::fs::remove_dir(state_dir);
+    removed
+}
+
+/// What [`uninstall`] removed.
+#[derive(Debug, Default)]
+pub struct UninstallReport {
+    /// Pinned links removed (each detaches a program from an interface or a tracepoint).
+    pub links: Vec<PathBuf>,
+    /// Pinned maps and programs removed.
+    pub pins: Vec<PathBuf>,
+    /// Runtime files (flow log, policy table, detector profiles, workloads, events) removed.
+    pub state: Vec<PathBuf>,
+}
+
+/// Removes an instance from the node: detaches every program it kept attached, removes its
+/// pinned maps and programs and its runtime files (detector profiles included). Refused while
+/// an agent runs on the instance. Stopping an agent never does this; it is the explicit
+/// `bulkhead agent uninstall`.
+pub fn uninstall(instance: &str) -> Result<UninstallReport, AgentError> {
+    crate::instance::validate_name(instance)?;
+    let _lock = crate::instance::InstanceLock::acquire(instance)?;
+    let cfg = AgentConfig { datastore_dir: PathBuf::new(), node_netns: None, pin_dir: AgentConfig::default_pin_dir(instance), watch: false };
+    let mut report = UninstallReport::default();
+    let links = cfg.pin_dir.join("links");
+    if let Ok(rd) = std::fs::read_dir(&links) {
+        for e in rd.flatten() {
+            if std::fs::remove_file(e.path()).is_ok() {
+                report.links.push(e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(&links);
+    if let Ok(rd) = std::fs::read_dir(&cfg.pin_dir) {
+        for e in rd.flatten() {
+            if std::fs::remove_file(e.path()).is_ok() {
+                report.pins.push(e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(&cfg.pin_dir);
+    report.state = remove_state_files(&cfg.state_dir());
+    Ok(report)
 }
 
 fn policy_stats(st: &State) -> Result<Vec<crate::status::PolicyStatsRow>, AgentError> {

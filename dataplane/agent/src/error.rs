@@ -26,6 +26,8 @@ pub enum AgentError {
     Compile(String),
     #[error("detector: {0}")]
     Detector(String),
+    #[error("agent instance {instance}: {detail}")]
+    Instance { instance: String, detail: String },
     #[error("the agent thread stopped")]
     Stopped,
 }

@@ -8,9 +8,10 @@ pub mod detect;
 pub mod error;
 pub mod flows;
 pub mod gc;
+pub mod instance;
 pub mod loader;
 pub mod netns;
 pub mod status;
 
-pub use agent::{Agent, AgentConfig, PolicyTable, PolicyTableEntry, SyncReport};
+pub use agent::{Agent, AgentConfig, PolicyTable, PolicyTableEntry, SyncReport, UninstallReport, uninstall};
 pub use error::AgentError;

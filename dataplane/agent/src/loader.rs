@@ -1,5 +1,6 @@
 //! Loads the embedded eBPF object, pins its maps under the agent's bpffs folder and attaches
-//! the programs to pod interfaces (tcx on both directions, XDP pre-filter).
+//! the programs to pod interfaces (tcx on both directions; the XDP pre-filter only on request,
+//! see [`XDP_PREFILTER_ENV`]).
 
 use std::{
     collections::BTreeMap,
@@ -14,9 +15,8 @@ use aya::{
         fentry::FEntryLinkId,
         tp_btf::BtfTracePointLinkId,
         raw_trace_point::RawTracePointLinkId,
-        links::FdLink,
-        tc::{SchedClassifierLinkId, TcAttachOptions},
-        trace_point::TracePointLinkId,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::{XdpLinkId, XdpMode},
     },
 };
@@ -107,11 +107,26 @@ const ALL_MAPS: [&str; 20] = [
     det::map_names::SYSSEQ,
 ];
 
+/// A link pinned under `<pin dir>/links` as soon as it exists, so the kernel keeps it (and
+/// enforces) whatever happens to the agent: `kill -9`, an OOM kill, a panic. Dropping it only
+/// closes the agent's handle; [`KeptLink::remove`] detaches it.
+struct KeptLink {
+    _fd: FdLink,
+    pin: PathBuf,
+}
+
+impl KeptLink {
+    /// Unpins the link; with our handle closed the kernel detaches it.
+    fn remove(self) {
+        let _ = std::fs::remove_file(&self.pin);
+    }
+}
+
 /// Links of one attached interface.
 struct Attachment {
     ifindex: u32,
-    from_pod: SchedClassifierLinkId,
-    to_pod: SchedClassifierLinkId,
+    from_pod: KeptLink,
+    to_pod: KeptLink,
     xdp: Option<XdpLinkId>,
 }
 
@@ -150,12 +165,32 @@ pub struct Dataplane {
     pub maps: Maps,
     pin_dir: PathBuf,
     attached: BTreeMap<String, Attachment>,
-    /// Attached detector tracepoints by program name.
-    tracepoints: BTreeMap<&'static str, TracePointLinkId>,
+    /// Attached (and pinned) detector tracepoints by program name.
+    tracepoints: BTreeMap<&'static str, KeptLink>,
     /// The syscall probe's link while attached.
     sys_enter: Option<SyscallLink>,
     /// Which attachment [`Dataplane::set_syscall_probe`] uses.
     syscall_probe: SyscallProbe,
+    /// Whether the XDP pre-filter goes on pod interfaces ([`XDP_PREFILTER_ENV`]).
+    xdp_prefilter: bool,
+}
+
+/// Environment variable that puts the XDP anti-spoofing pre-filter on pod veths (`veth`).
+/// Off by default: any XDP program on a veth turns TSO off on its peer, so the pod sends
+/// MTU-sized segments and TCP throughput falls to about 0.2x (1 stream) and 0.1x (4 streams)
+/// of no program, while on a veth the frame is already a socket buffer, so dropping early saves
+/// nothing. The TC program checks the source address itself. Kept for comparison benchmarks.
+pub const XDP_PREFILTER_ENV: &str = "BULKHEAD_XDP_PREFILTER";
+
+fn xdp_prefilter_wanted() -> bool {
+    match std::env::var(XDP_PREFILTER_ENV).as_deref() {
+        Ok("veth") => true,
+        Ok("" | "off") | Err(_) => false,
+        Ok(other) => {
+            tracing::warn!(value = other, "{XDP_PREFILTER_ENV}: expected veth or off; XDP stays off");
+            false
+        }
+    }
 }
 
 fn map_err(map: &'static str, e: impl std::fmt::Display) -> AgentError {
@@ -182,12 +217,15 @@ impl Dataplane {
                 .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
             p.load().map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
         }
-        let x: &mut Xdp = ebpf
-            .program_mut(programs::XDP_PREFILTER)
-            .ok_or_else(|| map_err("programs", "xdp prefilter missing"))?
-            .try_into()
-            .map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
-        x.load().map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
+        let xdp_prefilter = xdp_prefilter_wanted();
+        if xdp_prefilter {
+            let x: &mut Xdp = ebpf
+                .program_mut(programs::XDP_PREFILTER)
+                .ok_or_else(|| map_err("programs", "xdp prefilter missing"))?
+                .try_into()
+                .map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
+            x.load().map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
+        }
         for (name, _, _) in TRACEPOINTS {
             let t: &mut TracePoint = ebpf
                 .program_mut(name)
@@ -205,7 +243,9 @@ impl Dataplane {
         let syscall_probe = load_syscall_probe(&mut ebpf);
         // Programs are pinned beside the maps so `bpftool` and operators find everything of an
         // instance in one folder; a pin left by an earlier run is replaced.
-        for name in [programs::FROM_POD, programs::TO_POD, programs::NOOP, programs::XDP_PREFILTER] {
+        let _ = std::fs::remove_file(pin_dir.join(programs::XDP_PREFILTER));
+        let pinned: &[&str] = if xdp_prefilter { &[programs::FROM_POD, programs::TO_POD, programs::NOOP, programs::XDP_PREFILTER] } else { &[programs::FROM_POD, programs::TO_POD, programs::NOOP] };
+        for &name in pinned {
             let path = pin_dir.join(name);
             let _ = std::fs::remove_file(&path);
             ebpf.program_mut(name)
@@ -240,44 +280,42 @@ impl Dataplane {
                 sysseq: Some(RingBuf::try_from(take(det::map_names::SYSSEQ)?).map_err(|e| map_err(det::map_names::SYSSEQ, e))?),
             },
         };
-        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, syscall_probe };
+        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, syscall_probe, xdp_prefilter };
         // Exec and fork are rare events: their probes are always on (they return at once for
         // unmonitored cgroups). The syscall probe is attached only while someone needs it.
-        dp.set_tracepoint(programs::EXEC, true)?;
-        dp.set_tracepoint(programs::FORK, true)?;
-        // A previous agent stopped with its enforcement kept (pinned links): the new probes
-        // run now, so the old ones can go.
-        for name in [programs::EXEC, programs::FORK] {
-            let _ = std::fs::remove_file(dp.pin_dir.join(LINKS_DIR).join(name));
-        }
+        dp.attach_tracepoint(programs::EXEC)?;
+        dp.attach_tracepoint(programs::FORK)?;
         Ok(dp)
     }
 
-    /// Attaches (`on`) or detaches a detector tracepoint program. Idempotent.
-    pub fn set_tracepoint(&mut self, name: &'static str, on: bool) -> Result<(), AgentError> {
+    /// Attaches a detector tracepoint program and pins its link (protect mode holds while no
+    /// agent runs). A link a previous agent pinned is replaced after ours runs: for a moment
+    /// both see the same exec, never neither.
+    fn attach_tracepoint(&mut self, name: &'static str) -> Result<(), AgentError> {
         let (_, category, tp) = TRACEPOINTS
             .iter()
             .find(|(n, _, _)| *n == name)
             .copied()
             .ok_or_else(|| map_err("programs", format!("{name} is not a tracepoint program")))?;
+        let dir = self.links_dir()?;
         let prog: &mut TracePoint = self
             .ebpf
             .program_mut(name)
             .ok_or_else(|| map_err("programs", format!("{name} missing")))?
             .try_into()
             .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
-        match (on, self.tracepoints.get(name)) {
-            (true, None) => {
-                let id = prog.attach(category, tp).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
-                self.tracepoints.insert(name, id);
-            }
-            (false, Some(_)) => {
-                let id = self.tracepoints.remove(name).expect("checked");
-                prog.detach(id).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
-            }
-            _ => {}
-        }
+        let id = prog.attach(category, tp).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
+        let link = prog.take_link(id).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
+        let fd: FdLink = link.try_into().map_err(|e| map_err("links", format!("{name}: {e}")))?;
+        let kept = pin_replacing(fd, dir.join(name))?;
+        self.tracepoints.insert(name, kept);
         Ok(())
+    }
+
+    fn links_dir(&self) -> Result<PathBuf, AgentError> {
+        let dir = self.pin_dir.join(LINKS_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| AgentError::PinDir { path: dir.clone(), source: e })?;
+        Ok(dir)
     }
 
     /// Attaches (`on`) or detaches the syscall probe ([`SyscallProbe`]: fentry on
@@ -348,44 +386,22 @@ impl Dataplane {
         if [programs::SYS_ENTER, programs::SYS_CALL, programs::SYS_ENTER_BTF].contains(&name) { self.sys_enter.is_some() } else { self.tracepoints.contains_key(name) }
     }
 
-    /// Pins the TC links of every interface and the exec and fork probes' links under
-    /// `<pin dir>/links`, so the kernel keeps enforcing (policy, isolation, protect) while no
-    /// agent runs. The next agent on this pin folder replaces them by its own (attach first,
-    /// then unpin: no gap). The XDP pre-filter and the syscall probe are not kept.
+    /// Lets go of every link without detaching it: TC and exec/fork links are pinned under
+    /// `<pin dir>/links` from the moment they are attached, so the kernel keeps enforcing
+    /// (policy, isolation, protect) while no agent runs, and the next agent on this pin folder
+    /// adopts them ([`Dataplane::attach`]). The opt-in XDP pre-filter and the syscall probe
+    /// are not kept. Returns the number of links kept.
     pub fn pin_links(&mut self) -> Result<usize, AgentError> {
-        let dir = self.pin_dir.join(LINKS_DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| AgentError::PinDir { path: dir.clone(), source: e })?;
-        let mut pinned = 0;
-        let attached: Vec<(String, Attachment)> = std::mem::take(&mut self.attached).into_iter().collect();
-        for (ifname, a) in attached {
-            for (prog, id, suffix) in [(programs::FROM_POD, a.from_pod, "from"), (programs::TO_POD, a.to_pod, "to")] {
-                let link = self.classifier(prog)?.take_link(id).map_err(|e| AgentError::Program { program: static_name(prog), source: e })?;
-                let fd: FdLink = link.try_into().map_err(|e| map_err("links", format!("{ifname} {suffix}: {e}")))?;
-                let path = dir.join(format!("{ifname}-{suffix}"));
-                let _ = std::fs::remove_file(&path);
-                fd.pin(&path).map_err(|e| map_err("links", format!("pinning {}: {e}", path.display())))?;
-                pinned += 1;
-            }
+        let mut kept = 0;
+        let attached: Vec<Attachment> = std::mem::take(&mut self.attached).into_values().collect();
+        for a in attached {
             if let (Some(l), Ok(x)) = (a.xdp, self.xdp()) {
                 let _ = x.detach(l);
             }
+            kept += 2;
         }
-        for name in [programs::EXEC, programs::FORK] {
-            let Some(id) = self.tracepoints.remove(name) else { continue };
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| map_err("programs", format!("{name} missing")))?
-                .try_into()
-                .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
-            let link = prog.take_link(id).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
-            let fd: FdLink = link.try_into().map_err(|e| map_err("links", format!("{name}: {e}")))?;
-            let path = dir.join(name);
-            let _ = std::fs::remove_file(&path);
-            fd.pin(&path).map_err(|e| map_err("links", format!("pinning {}: {e}", path.display())))?;
-            pinned += 1;
-        }
-        Ok(pinned)
+        kept += std::mem::take(&mut self.tracepoints).len();
+        Ok(kept)
     }
 
     /// The bpffs folder holding this instance's pins.
@@ -407,58 +423,104 @@ impl Dataplane {
         self.attached.iter().map(|(k, a)| (k.as_str(), a.ifindex))
     }
 
-    /// Attaches both TC programs (tcx) and the XDP pre-filter to `ifname` in the calling
-    /// thread's network namespace. Returns the interface index.
+    /// Attaches both TC programs (tcx) and, if asked for, the XDP pre-filter to `ifname` in
+    /// the calling thread's network namespace. Returns the interface index.
+    ///
+    /// Links a previous agent pinned for this interface are adopted: their program is replaced
+    /// by ours in one `bpf_link_update`, so no packet passes unjudged and none is judged
+    /// twice. Links whose interface is gone (ENOLINK) are replaced by fresh ones.
     pub fn attach(&mut self, ifname: &str) -> Result<u32, AgentError> {
         if let Some(a) = self.attached.get(ifname) {
             return Ok(a.ifindex);
         }
         let ifindex = netns::ifindex(ifname)
             .ok_or_else(|| AgentError::Interface { ifname: ifname.into(), detail: "no such interface".into() })?;
-        let tcx = || TcAttachOptions::TcxOrder(LinkOrder::default());
-        let from_pod = self
-            .classifier(programs::FROM_POD)?
-            .attach_with_options(ifname, TcAttachType::Ingress, tcx())
-            .map_err(|e| AgentError::Program { program: programs::FROM_POD, source: e })?;
-        let to_pod = match self
-            .classifier(programs::TO_POD)?
-            .attach_with_options(ifname, TcAttachType::Egress, tcx())
-        {
+        let dir = self.links_dir()?;
+        let from_pod = self.attach_tc(programs::FROM_POD, ifname, TcAttachType::Ingress, dir.join(format!("{ifname}-from")))?;
+        let to_pod = match self.attach_tc(programs::TO_POD, ifname, TcAttachType::Egress, dir.join(format!("{ifname}-to"))) {
             Ok(l) => l,
             Err(e) => {
-                let _ = self.classifier(programs::FROM_POD)?.detach(from_pod);
-                return Err(AgentError::Program { program: programs::TO_POD, source: e });
+                from_pod.remove();
+                return Err(e);
             }
         };
-        // The pre-filter is an optimisation in front of TC (which also fails closed), so an
-        // XDP attach failure is logged, not fatal.
-        let xdp = match self.xdp()?.attach_to_if_index(ifindex, XdpMode::Driver) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::warn!(ifname, error = %e, "XDP pre-filter not attached; TC still enforces");
-                None
+        // The pre-filter (opt-in) only repeats TC's anti-spoofing check earlier, so an XDP
+        // attach failure is logged, not fatal.
+        let xdp = if !self.xdp_prefilter {
+            None
+        } else {
+            match self.xdp()?.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(ifname, error = %e, "XDP pre-filter not attached; TC still enforces");
+                    None
+                }
             }
         };
         self.attached.insert(ifname.to_string(), Attachment { ifindex, from_pod, to_pod, xdp });
-        // Links kept by a previous agent (pin_links) on this interface: ours run now.
-        for suffix in ["from", "to"] {
-            let _ = std::fs::remove_file(self.pin_dir.join(LINKS_DIR).join(format!("{ifname}-{suffix}")));
-        }
         Ok(ifindex)
+    }
+
+    /// One tcx link of `prog` on `ifname`, pinned at `pin`: the pinned link of a previous
+    /// agent with its program replaced by ours, or a new link.
+    fn attach_tc(&mut self, prog: &'static str, ifname: &str, at: TcAttachType, pin: PathBuf) -> Result<KeptLink, AgentError> {
+        let perr = |e| AgentError::Program { program: prog, source: e };
+        if let Ok(old) = PinnedLink::from_pin(&pin) {
+            let fd: FdLink = old.into();
+            let adopted = SchedClassifierLink::try_from(fd)
+                .map_err(|e| e.to_string())
+                .and_then(|l| self.classifier(prog).map_err(|e| e.to_string())?.attach_to_link(l).map_err(|e| e.to_string()));
+            match adopted {
+                Ok(id) => {
+                    let link = self.classifier(prog)?.take_link(id).map_err(perr)?;
+                    let fd: FdLink = link.try_into().map_err(|e| map_err("links", format!("{}: {e}", pin.display())))?;
+                    tracing::debug!(ifname, prog, "adopted the pinned link");
+                    return Ok(KeptLink { _fd: fd, pin });
+                }
+                Err(e) => {
+                    // The interface the link was made for is gone (the name is reused), or
+                    // the pin is not a tcx link: it enforces nothing, a fresh link replaces it.
+                    tracing::info!(ifname, prog, error = %e, "pinned link not adoptable; attaching afresh");
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        let id = self
+            .classifier(prog)?
+            .attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(perr)?;
+        let link = self.classifier(prog)?.take_link(id).map_err(perr)?;
+        let fd: FdLink = link.try_into().map_err(|e| map_err("links", format!("{}: {e}", pin.display())))?;
+        pin_replacing(fd, pin)
     }
 
     /// Detaches everything from `ifname` (the interface may already be gone).
     pub fn detach(&mut self, ifname: &str) {
         let Some(a) = self.attached.remove(ifname) else { return };
-        if let Ok(p) = self.classifier(programs::FROM_POD) {
-            let _ = p.detach(a.from_pod);
-        }
-        if let Ok(p) = self.classifier(programs::TO_POD) {
-            let _ = p.detach(a.to_pod);
-        }
+        a.from_pod.remove();
+        a.to_pod.remove();
         if let (Some(l), Ok(x)) = (a.xdp, self.xdp()) {
             let _ = x.detach(l);
         }
+    }
+
+    /// Pins of links on interfaces this agent has not attached: kept by an earlier agent for
+    /// endpoints that are gone from the datastore. Removing them detaches those links.
+    pub fn drop_unadopted_links(&mut self) -> usize {
+        let Ok(rd) = std::fs::read_dir(self.pin_dir.join(LINKS_DIR)) else { return 0 };
+        let ours: std::collections::BTreeSet<PathBuf> = self
+            .attached
+            .values()
+            .flat_map(|a| [a.from_pod.pin.clone(), a.to_pod.pin.clone()])
+            .chain(self.tracepoints.values().map(|k| k.pin.clone()))
+            .collect();
+        let mut n = 0;
+        for e in rd.flatten() {
+            if !ours.contains(&e.path()) && std::fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+        n
     }
 
     fn xdp(&mut self) -> Result<&mut Xdp, AgentError> {
@@ -490,6 +552,9 @@ impl Dataplane {
         for n in names {
             self.detach(&n);
         }
+        for (_, k) in std::mem::take(&mut self.tracepoints) {
+            k.remove();
+        }
         for m in ALL_MAPS {
             let _ = std::fs::remove_file(self.pin_dir.join(m));
         }
@@ -510,6 +575,14 @@ impl Dataplane {
             let _ = std::fs::remove_dir(parent);
         }
     }
+}
+
+/// Pins `fd` at `pin`, replacing whatever a previous agent pinned there (ours runs already,
+/// so the old link may go).
+fn pin_replacing(fd: FdLink, pin: PathBuf) -> Result<KeptLink, AgentError> {
+    let _ = std::fs::remove_file(&pin);
+    let pinned = fd.pin(&pin).map_err(|e| map_err("links", format!("pinning {}: {e}", pin.display())))?;
+    Ok(KeptLink { _fd: pinned.into(), pin })
 }
 
 /// Loads the syscall probe's BTF variant chosen by [`SYSCALL_PROBE_ENV`], if any;

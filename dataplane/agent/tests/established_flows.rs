@@ -20,7 +20,7 @@ fn policy_changes_reach_established_flows_and_bad_input_changes_nothing() {
 
     let mut held = connect(&t).expect("no policy: pod 1 connects to pod 2");
 
-    // A spoofed source address is dropped by the XDP pre-filter before TC sees it.
+    // A spoofed source address is dropped by TC's anti-spoofing check.
     ip(&["-n", &t.pod(1), "addr", "add", "10.99.0.77/32", "dev", "eth0"]);
     let spoofed = t.in_pod(1, || {
         let s = socket_bound_to(Ipv4Addr::new(10, 99, 0, 77));
@@ -64,7 +64,7 @@ fn policy_changes_reach_established_flows_and_bad_input_changes_nothing() {
     let get = |n: &str| counters.iter().find(|(k, _)| k == n).map(|(_, v)| *v).unwrap_or(0);
     assert!(get("ct_reeval_deny") >= 1, "the held flow was judged again and denied: {counters:?}");
     assert!(get("deny_policy") >= 1, "new flows were denied: {counters:?}");
-    assert!(get("xdp_drop_spoofed_source") >= 1, "XDP dropped the spoofed SYN: {counters:?}");
+    assert!(get("drop_spoofed_source_fail_closed") >= 1, "TC dropped the spoofed SYN: {counters:?}");
     drop(agent);
     assert!(!pin_dir.exists(), "agent removed its pins");
 }

@@ -176,8 +176,9 @@ pub mod counters {
     pub const DROP_OVERFLOW: u32 = 11;
     /// Fail-closed: the configuration map entry is missing.
     pub const DROP_NO_CONFIG: u32 = 12;
-    /// XDP: source address is not the pod's own (spoofed), dropped.
-    pub const XDP_DROP_SPOOF: u32 = 13;
+    /// Fail-closed: a packet leaving a pod with a source address that is not the pod's own
+    /// (spoofed), dropped by TC (or by the optional XDP pre-filter).
+    pub const DROP_SPOOFED: u32 = 13;
     /// XDP: passed to the stack.
     pub const XDP_PASS: u32 = 14;
     /// XDP fail-open: no endpoint entry for the interface; TC decides (it fails closed).
@@ -219,8 +220,13 @@ pub mod counters {
     /// Syscall records lost because the sequence ring was full (the syscall still runs:
     /// fail-open for the workload, counted and shown by `bulkhead detector status`).
     pub const DET_SYSSEQ_DROPPED: u32 = 32;
+    /// An ICMP error (unreachable, fragmentation needed, time exceeded, ...) quoting a tracked
+    /// flow: passes as related traffic, whatever the policy says of ICMP.
+    pub const PASS_ICMP_RELATED: u32 = 33;
+    /// Fail-closed: an ICMP error quoting no tracked flow (or quoting an ICMP error).
+    pub const DROP_ICMP_UNRELATED: u32 = 34;
     /// Number of counters in use.
-    pub const COUNT: u32 = 33;
+    pub const COUNT: u32 = 35;
 
     /// Human-readable names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -237,7 +243,7 @@ pub mod counters {
         "drop_no_endpoint_fail_closed",
         "drop_overflow_fail_closed",
         "drop_no_config_fail_closed",
-        "xdp_drop_spoofed_source",
+        "drop_spoofed_source_fail_closed",
         "xdp_pass",
         "xdp_pass_no_endpoint_fail_open",
         "ct_insert_failed",
@@ -257,6 +263,8 @@ pub mod counters {
         "detector_path_unreadable_fail_closed",
         "detector_syscall_records_sent",
         "detector_syscall_records_dropped_fail_open",
+        "pass_icmp_related",
+        "drop_icmp_unrelated_fail_closed",
     ];
 }
 
@@ -267,7 +275,8 @@ pub mod counters {
 pub struct EndpointV1 {
     /// The endpoint's own identity (the local side of policy keys).
     pub identity: u32,
-    /// The endpoint's IPv4 address, network order (anti-spoofing in XDP).
+    /// The endpoint's IPv4 address, network order (anti-spoofing: the only source address its
+    /// packets may carry).
     pub ipv4_be: [u8; 4],
     /// [`ep_flags`] bits.
     pub flags: u32,

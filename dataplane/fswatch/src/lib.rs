@@ -85,7 +85,10 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, (std::path::Pat
             if name.starts_with('.') {
                 continue;
             }
-            if p.is_dir() {
+            // The entry's own type, links not followed: a link to a folder (possibly a parent:
+            // a loop) is never descended into; the datastore's reader decides about links.
+            let is_dir = ent.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir {
                 stack.push(p);
             } else if name.ends_with(".yaml") || name.ends_with(".yml") {
                 out.push(p);
