@@ -215,11 +215,20 @@ fn endpoint(model: &policy_compiler::Model, s: &str, flag: &str) -> anyhow::Resu
     Ok(Endpoint::Pod(r))
 }
 
-fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
+/// Loads a datastore folder for the offline commands: any rejected file is an error there.
+fn load_strict(datastore: &std::path::Path) -> anyhow::Result<policy_compiler::model::Model> {
     use bulkhead_agent::datastore::{Datastore as _, FileDatastore};
+    let mut store = FileDatastore::new(datastore)?;
+    let model = store.load()?;
+    let rejected = store.rejected();
+    anyhow::ensure!(rejected.is_empty(), "{}", rejected.join("\n"));
+    Ok(model)
+}
+
+fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
     match cmd {
         PolicyCommand::Check { datastore } => {
-            let model = FileDatastore::new(&datastore)?.load()?;
+            let model = load_strict(&datastore)?;
             let mut compiler = policy_compiler::Compiler::new(policy_compiler::Limits::default());
             let c = compiler.compile(&model)?;
             println!(
@@ -240,7 +249,7 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             Ok(if c.overflow.is_empty() { 0 } else { 1 })
         }
         PolicyCommand::Explain { datastore, from, to, port, protocol } => {
-            let model = FileDatastore::new(&datastore)?.load()?;
+            let model = load_strict(&datastore)?;
             let mut compiler = policy_compiler::Compiler::new(policy_compiler::Limits::default());
             let c = compiler.compile(&model)?;
             let src = endpoint(&model, &from, "--from")?;

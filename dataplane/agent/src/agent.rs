@@ -97,6 +97,9 @@ pub struct SyncReport {
     pub pending_interfaces: Vec<String>,
     /// Overflow reports from the compiler (those endpoints fail closed).
     pub overflow: Vec<String>,
+    /// Datastore files rejected on their own (named with document and field); their last
+    /// good version, if any, stays in force while everything else applied.
+    pub rejected: Vec<String>,
     pub compile_time: Duration,
     pub total_time: Duration,
 }
@@ -608,6 +611,10 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     let _g = span.enter();
     let t0 = Instant::now();
     let model = st.store.load()?;
+    let rejected = st.store.rejected();
+    for r in &rejected {
+        tracing::error!(rejected = %r, "datastore file rejected; the rest applies");
+    }
     // Detector resources are checked before anything applies: a bad one rejects the sync.
     let detector_plan = detect::policy::plan(&st.store.load_detector()?, &model).map_err(AgentError::Invalid)?;
     let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Invalid(e.to_string()))?;
@@ -649,6 +656,7 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
         endpoints: st.endpoints.len(),
         pending_interfaces: st.pending.clone(),
         overflow: compiled.overflow.clone(),
+        rejected,
         compile_time,
         total_time: t0.elapsed(),
     })

@@ -2,6 +2,7 @@
 //! Kubernetes-style YAML; a Kubernetes API datastore will implement the same trait.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -12,24 +13,48 @@ use crate::{detect::policy::DetectorInput, error::AgentError};
 
 /// A source of the policy model.
 pub trait Datastore: Send {
-    /// Reads the whole model. A bad document fails the whole read: nothing of it applies.
-    fn load(&self) -> Result<Model, AgentError>;
+    /// Reads the whole model. Documents the datastore rejects on their own (a bad file) are
+    /// left out or kept at their last good version, and listed by [`Datastore::rejected`];
+    /// an error here (a model that does not hold together) means nothing applies.
+    fn load(&mut self) -> Result<Model, AgentError>;
     /// Cheap check whether the content may have changed since the last call.
     fn poll_changed(&mut self) -> bool;
     /// Human-readable location, for logs.
     fn describe(&self) -> String;
-    /// The detector's documents: DetectorPolicies and pod cgroup annotations. A bad policy
-    /// fails the whole read (and the sync: nothing applies).
+    /// The detector's documents (DetectorPolicies and pod cgroup annotations) of the last
+    /// [`Datastore::load`]. A bad policy fails the whole read (and the sync: nothing applies).
     fn load_detector(&self) -> Result<DetectorInput, AgentError> {
         Ok(DetectorInput::default())
     }
+    /// What the last [`Datastore::load`] rejected, each naming its file, document and field.
+    fn rejected(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
+
+/// Largest datastore file read, in bytes; a bigger file is rejected without being read, so a
+/// huge or endless file cannot grow the agent.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// A folder of `*.yaml` / `*.yml` files (searched recursively, in name order) holding
 /// Namespaces, Pods and policies, several documents per file allowed.
+///
+/// No file can stop or loosen it: only regular files are read (FIFOs, devices and sockets
+/// are refused before they are opened, and opened non-blocking), links only when they stay
+/// inside the folder, each file up to [`MAX_FILE_BYTES`]. A file that cannot be read or
+/// parsed is rejected on its own, as an API server rejects one object: its last good version
+/// stays in force (or nothing, if it never had one) and every other file still applies. An
+/// empty file is reported and, like a bad one, keeps its last good version: an editor's
+/// truncate-then-write must not drop a deny for a moment; removing the file removes its
+/// documents.
 pub struct FileDatastore {
     dir: PathBuf,
     last_fingerprint: Vec<(PathBuf, SystemTime, u64)>,
+    /// Last good text of each file.
+    good: BTreeMap<PathBuf, String>,
+    /// The texts the last load used, by display name, in name order.
+    current: Vec<(String, String)>,
+    rejected: Vec<String>,
 }
 
 impl FileDatastore {
@@ -39,7 +64,7 @@ impl FileDatastore {
         if !dir.is_dir() {
             return Err(AgentError::Datastore { path: dir, detail: "not a folder".into() });
         }
-        Ok(FileDatastore { dir, last_fingerprint: Vec::new() })
+        Ok(FileDatastore { dir, last_fingerprint: Vec::new(), good: BTreeMap::new(), current: Vec::new(), rejected: Vec::new() })
     }
 
     fn files(&self) -> Result<Vec<PathBuf>, AgentError> {
@@ -52,7 +77,8 @@ impl FileDatastore {
         files
             .into_iter()
             .filter_map(|p| {
-                let m = std::fs::metadata(&p).ok()?;
+                // The entry itself (a link is not followed): stat never blocks or reads.
+                let m = std::fs::symlink_metadata(&p).ok()?;
                 Some((p, m.modified().ok()?, m.len()))
             })
             .collect()
@@ -61,21 +87,97 @@ impl FileDatastore {
     fn display_name(&self, p: &Path) -> String {
         p.strip_prefix(&self.dir).unwrap_or(p).display().to_string()
     }
+
+    /// Reads and checks one file: its text when it is readable and both the policy and the
+    /// detector parsers accept it.
+    fn check_file(&self, p: &Path) -> Result<String, String> {
+        let name = self.display_name(p);
+        let text = read_bounded(&self.dir, p).map_err(|e| format!("{name}: {e}"))?;
+        if text.trim().is_empty() {
+            return Err(format!("{name}: empty file (no documents)"));
+        }
+        policy_compiler::k8s::parse_documents(&name, &text).map_err(|e| e.to_string())?;
+        crate::detect::policy::parse_documents(&name, &text, &mut DetectorInput::default())?;
+        Ok(text)
+    }
+}
+
+/// Reads a datastore file without ever blocking or reading more than [`MAX_FILE_BYTES`].
+fn read_bounded(dir: &Path, p: &Path) -> Result<String, String> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let meta = std::fs::symlink_metadata(p).map_err(|e| e.to_string())?;
+    let target = if meta.file_type().is_symlink() {
+        let t = std::fs::canonicalize(p).map_err(|e| format!("link: {e}"))?;
+        let root = std::fs::canonicalize(dir).map_err(|e| e.to_string())?;
+        if !t.starts_with(&root) {
+            return Err(format!("a link to {}, outside the datastore folder: not read", t.display()));
+        }
+        t
+    } else {
+        p.to_path_buf()
+    };
+    let kind = std::fs::symlink_metadata(&target).map_err(|e| e.to_string())?;
+    if !kind.is_file() {
+        return Err("not a regular file (a FIFO, device, socket or folder): not read".into());
+    }
+    if kind.len() > MAX_FILE_BYTES {
+        return Err(format!("{} bytes, over the {MAX_FILE_BYTES}-byte limit: not read", kind.len()));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(&target)
+        .map_err(|e| e.to_string())?;
+    // Checked again on the open file: the entry may have been swapped since the stat.
+    let m = f.metadata().map_err(|e| e.to_string())?;
+    if !m.is_file() {
+        return Err("not a regular file: not read".into());
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("over the {MAX_FILE_BYTES}-byte limit: not read"));
+    }
+    String::from_utf8(buf).map_err(|e| format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
 }
 
 impl Datastore for FileDatastore {
-    fn load(&self) -> Result<Model, AgentError> {
-        let mut resources = Vec::new();
-        for p in self.files()? {
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| AgentError::Datastore { path: p.clone(), detail: e.to_string() })?;
+    fn load(&mut self) -> Result<Model, AgentError> {
+        let files = self.files()?;
+        let mut current = Vec::new();
+        let mut rejected = Vec::new();
+        let mut good = BTreeMap::new();
+        for p in files {
             let name = self.display_name(&p);
-            let docs = policy_compiler::k8s::parse_documents(&name, &text)
+            match self.check_file(&p) {
+                Ok(text) => {
+                    good.insert(p, text.clone());
+                    current.push((name, text));
+                }
+                Err(e) => {
+                    if let Some(old) = self.good.get(&p) {
+                        rejected.push(format!("{e} (its last good version stays in force)"));
+                        good.insert(p, old.clone());
+                        current.push((name, old.clone()));
+                    } else {
+                        rejected.push(format!("{e} (its documents are not applied)"));
+                    }
+                }
+            }
+        }
+        let mut resources = Vec::new();
+        for (name, text) in &current {
+            let docs = policy_compiler::k8s::parse_documents(name, text)
                 .map_err(|e| AgentError::Invalid(format!("{}: {e}", self.dir.display())))?;
             resources.extend(docs);
         }
-        policy_compiler::k8s::build_model(resources)
-            .map_err(|e| AgentError::Invalid(format!("{}: {e}", self.dir.display())))
+        let model = policy_compiler::k8s::build_model(resources)
+            .map_err(|e| AgentError::Invalid(format!("{}: {e}", self.dir.display())))?;
+        // Only a load that holds together moves the last good versions on.
+        self.good = good;
+        self.current = current;
+        self.rejected = rejected;
+        Ok(model)
     }
 
     fn poll_changed(&mut self) -> bool {
@@ -94,11 +196,14 @@ impl Datastore for FileDatastore {
 
     fn load_detector(&self) -> Result<DetectorInput, AgentError> {
         let mut input = DetectorInput::default();
-        for p in self.files()? {
-            let text = std::fs::read_to_string(&p).map_err(|e| AgentError::Datastore { path: p.clone(), detail: e.to_string() })?;
-            crate::detect::policy::parse_documents(&self.display_name(&p), &text, &mut input)
+        for (name, text) in &self.current {
+            crate::detect::policy::parse_documents(name, text, &mut input)
                 .map_err(|e| AgentError::Invalid(format!("{}: {e}", self.dir.display())))?;
         }
         Ok(input)
+    }
+
+    fn rejected(&self) -> Vec<String> {
+        self.rejected.clone()
     }
 }
