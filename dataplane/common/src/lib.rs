@@ -148,124 +148,105 @@ pub mod ep_flags {
 }
 
 /// Counter indexes in the per-CPU counter array. Each datapath outcome, and each error path
-/// with its fail-open or fail-closed decision, has its own counter.
+/// with its fail-open or fail-closed decision, has its own counter. One table: the index,
+/// the constant and the name user space shows come from the same line, so kernel and user
+/// space cannot drift apart (the index is the position in the table).
 pub mod counters {
-    /// New flow allowed by policy.
-    pub const ALLOW_POLICY: u32 = 0;
-    /// Packet of a tracked flow allowed by conntrack.
-    pub const ALLOW_CT: u32 = 1;
-    /// New flow allowed because the direction is not isolated.
-    pub const ALLOW_NOT_ISOLATED: u32 = 2;
-    /// Denied by policy (default deny of an isolated direction, or a deny rule).
-    pub const DENY_POLICY: u32 = 3;
-    /// A tracked flow judged again after a policy change and still allowed.
-    pub const CT_REEVAL_ALLOW: u32 = 4;
-    /// A tracked flow judged again after a policy change and now denied.
-    pub const CT_REEVAL_DENY: u32 = 5;
-    /// ARP passes: pods need it to reach their gateway, and it carries no L4 payload.
-    pub const PASS_ARP: u32 = 6;
-    /// Fail-closed: IPv6 is not enforced by this dataplane yet, so it is dropped.
-    pub const DROP_IPV6: u32 = 7;
-    /// Fail-closed: truncated or malformed header.
-    pub const DROP_MALFORMED: u32 = 8;
-    /// Fail-closed: non-first IP fragment (ports unknown).
-    pub const DROP_FRAGMENT: u32 = 9;
-    /// Fail-closed: program attached to an interface that has no endpoint entry.
-    pub const DROP_NO_ENDPOINT: u32 = 10;
-    /// Fail-closed: the endpoint is marked as overflowed by the compiler.
-    pub const DROP_OVERFLOW: u32 = 11;
-    /// Fail-closed: the configuration map entry is missing.
-    pub const DROP_NO_CONFIG: u32 = 12;
-    /// Fail-closed: a packet leaving a pod with a source address that is not the pod's own
-    /// (spoofed), dropped by TC (or by the optional XDP pre-filter).
-    pub const DROP_SPOOFED: u32 = 13;
-    /// XDP: passed to the stack.
-    pub const XDP_PASS: u32 = 14;
-    /// XDP fail-open: no endpoint entry for the interface; TC decides (it fails closed).
-    pub const XDP_PASS_NO_ENDPOINT: u32 = 15;
-    /// Conntrack insert failed; the packet is still allowed (policy said so), counted.
-    pub const CT_INSERT_FAILED: u32 = 16;
-    /// Fail-closed: an L2 protocol other than IPv4, IPv6 or ARP (VLAN, PPPoE, ...) could
-    /// carry IP past the policy, so it is dropped.
-    pub const DROP_UNKNOWN_L2: u32 = 17;
-    /// A flow event could not be written (ring buffer full); the verdict is unaffected.
-    pub const EVENTS_DROPPED: u32 = 18;
-    /// Flow events written.
-    pub const EVENTS_SENT: u32 = 19;
-    /// New flows judged against staged policy too.
-    pub const STAGED_EVALUATED: u32 = 20;
-    /// Fail-closed: the endpoint is isolated by the detector and the packet is not on the
-    /// isolation allow-list.
-    pub const DROP_ISOLATED: u32 = 21;
-    /// A packet of an isolated endpoint on the isolation allow-list (e.g. DNS): judged by policy.
-    pub const PASS_ISOLATION_ALLOWLIST: u32 = 22;
-    /// Detector events written to the ring buffer.
-    pub const DET_EVENTS_SENT: u32 = 23;
-    /// Detector events lost because the ring buffer was full (enforcement is unaffected).
-    pub const DET_EVENTS_DROPPED: u32 = 24;
-    /// Execs outside the profile in monitor or protect mode.
-    pub const DET_EXEC_VIOLATIONS: u32 = 25;
-    /// Processes the exec probe killed.
-    pub const DET_KILLED: u32 = 26;
-    /// bpf_send_signal failed on a violation (user space is told through the event).
-    pub const DET_SIGNAL_FAILED: u32 = 27;
-    /// An isolation entry could not be written on a violation.
-    pub const DET_ISOLATE_FAILED: u32 = 28;
-    /// A new (workload, syscall) pair found the syscall map full: not counted.
-    pub const DET_SYSCALL_MAP_FULL: u32 = 29;
-    /// An exec path could not be read: judged as the empty path (fail-closed in protect).
-    pub const DET_PATH_UNREADABLE: u32 = 30;
-    /// Syscall records sent to the agent's sequence model (workloads with SYSCALL_SEQ).
-    pub const DET_SYSSEQ_SENT: u32 = 31;
-    /// Syscall records lost because the sequence ring was full (the syscall still runs:
-    /// fail-open for the workload, counted and shown by `bulkhead detector status`).
-    pub const DET_SYSSEQ_DROPPED: u32 = 32;
-    /// An ICMP error (unreachable, fragmentation needed, time exceeded, ...) quoting a tracked
-    /// flow: passes as related traffic, whatever the policy says of ICMP.
-    pub const PASS_ICMP_RELATED: u32 = 33;
-    /// Fail-closed: an ICMP error quoting no tracked flow (or quoting an ICMP error).
-    pub const DROP_ICMP_UNRELATED: u32 = 34;
-    /// Number of counters in use.
-    pub const COUNT: u32 = 35;
+    /// Declares the counters in index order: constant, then the name user space shows.
+    macro_rules! table {
+        ($($(#[$doc:meta])* $konst:ident = $name:literal,)*) => {
+            table!(@consts 0u32, $($(#[$doc])* $konst,)*);
+            /// Human-readable names, in index order.
+            pub const NAMES: [&str; COUNT as usize] = [$($name,)*];
+        };
+        (@consts $i:expr, $(#[$doc:meta])* $konst:ident, $($rest:tt)*) => {
+            $(#[$doc])*
+            pub const $konst: u32 = $i;
+            table!(@consts $i + 1, $($rest)*);
+        };
+        (@consts $i:expr,) => {
+            /// Number of counters in use.
+            pub const COUNT: u32 = $i;
+        };
+    }
 
-    /// Human-readable names, in index order.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "allow_policy",
-        "allow_conntrack",
-        "allow_not_isolated",
-        "deny_policy",
-        "ct_reeval_allow",
-        "ct_reeval_deny",
-        "pass_arp",
-        "drop_ipv6_fail_closed",
-        "drop_malformed_fail_closed",
-        "drop_fragment_fail_closed",
-        "drop_no_endpoint_fail_closed",
-        "drop_overflow_fail_closed",
-        "drop_no_config_fail_closed",
-        "drop_spoofed_source_fail_closed",
-        "xdp_pass",
-        "xdp_pass_no_endpoint_fail_open",
-        "ct_insert_failed",
-        "drop_unknown_l2_fail_closed",
-        "flow_events_dropped",
-        "flow_events_sent",
-        "staged_evaluated",
-        "drop_isolated_fail_closed",
-        "pass_isolation_allowlist",
-        "detector_events_sent",
-        "detector_events_dropped",
-        "detector_exec_violations",
-        "detector_killed",
-        "detector_signal_failed",
-        "detector_isolate_failed",
-        "detector_syscall_map_full",
-        "detector_path_unreadable_fail_closed",
-        "detector_syscall_records_sent",
-        "detector_syscall_records_dropped_fail_open",
-        "pass_icmp_related",
-        "drop_icmp_unrelated_fail_closed",
-    ];
+    table! {
+        /// New flow allowed by policy.
+        ALLOW_POLICY = "allow_policy",
+        /// Packet of a tracked flow allowed by conntrack.
+        ALLOW_CT = "allow_conntrack",
+        /// New flow allowed because the direction is not isolated.
+        ALLOW_NOT_ISOLATED = "allow_not_isolated",
+        /// Denied by policy (default deny of an isolated direction, or a deny rule).
+        DENY_POLICY = "deny_policy",
+        /// A tracked flow judged again after a policy change and still allowed.
+        CT_REEVAL_ALLOW = "ct_reeval_allow",
+        /// A tracked flow judged again after a policy change and now denied.
+        CT_REEVAL_DENY = "ct_reeval_deny",
+        /// ARP passes: pods need it to reach their gateway, and it carries no L4 payload.
+        PASS_ARP = "pass_arp",
+        /// Fail-closed: IPv6 is not enforced by this dataplane yet, so it is dropped.
+        DROP_IPV6 = "drop_ipv6_fail_closed",
+        /// Fail-closed: truncated or malformed header.
+        DROP_MALFORMED = "drop_malformed_fail_closed",
+        /// Fail-closed: non-first IP fragment (ports unknown).
+        DROP_FRAGMENT = "drop_fragment_fail_closed",
+        /// Fail-closed: program attached to an interface that has no endpoint entry.
+        DROP_NO_ENDPOINT = "drop_no_endpoint_fail_closed",
+        /// Fail-closed: the endpoint is marked as overflowed by the compiler.
+        DROP_OVERFLOW = "drop_overflow_fail_closed",
+        /// Fail-closed: the configuration map entry is missing.
+        DROP_NO_CONFIG = "drop_no_config_fail_closed",
+        /// Fail-closed: a packet leaving a pod with a source address that is not the pod's own
+        /// (spoofed), dropped by TC (or by the optional XDP pre-filter).
+        DROP_SPOOFED = "drop_spoofed_source_fail_closed",
+        /// XDP: passed to the stack.
+        XDP_PASS = "xdp_pass",
+        /// XDP fail-open: no endpoint entry for the interface; TC decides (it fails closed).
+        XDP_PASS_NO_ENDPOINT = "xdp_pass_no_endpoint_fail_open",
+        /// Conntrack insert failed; the packet is still allowed (policy said so), counted.
+        CT_INSERT_FAILED = "ct_insert_failed",
+        /// Fail-closed: an L2 protocol other than IPv4, IPv6 or ARP (VLAN, PPPoE, ...) could
+        /// carry IP past the policy, so it is dropped.
+        DROP_UNKNOWN_L2 = "drop_unknown_l2_fail_closed",
+        /// A flow event could not be written (ring buffer full); the verdict is unaffected.
+        EVENTS_DROPPED = "flow_events_dropped",
+        /// Flow events written.
+        EVENTS_SENT = "flow_events_sent",
+        /// New flows judged against staged policy too.
+        STAGED_EVALUATED = "staged_evaluated",
+        /// Fail-closed: the endpoint is isolated by the detector and the packet is not on the
+        /// isolation allow-list.
+        DROP_ISOLATED = "drop_isolated_fail_closed",
+        /// A packet of an isolated endpoint on the isolation allow-list (e.g. DNS): judged by policy.
+        PASS_ISOLATION_ALLOWLIST = "pass_isolation_allowlist",
+        /// Detector events written to the ring buffer.
+        DET_EVENTS_SENT = "detector_events_sent",
+        /// Detector events lost because the ring buffer was full (enforcement is unaffected).
+        DET_EVENTS_DROPPED = "detector_events_dropped",
+        /// Execs outside the profile in monitor or protect mode.
+        DET_EXEC_VIOLATIONS = "detector_exec_violations",
+        /// Processes the exec probe killed.
+        DET_KILLED = "detector_killed",
+        /// bpf_send_signal failed on a violation (user space is told through the event).
+        DET_SIGNAL_FAILED = "detector_signal_failed",
+        /// An isolation entry could not be written on a violation.
+        DET_ISOLATE_FAILED = "detector_isolate_failed",
+        /// A new (workload, syscall) pair found the syscall map full: not counted.
+        DET_SYSCALL_MAP_FULL = "detector_syscall_map_full",
+        /// An exec path could not be read: judged as the empty path (fail-closed in protect).
+        DET_PATH_UNREADABLE = "detector_path_unreadable_fail_closed",
+        /// Syscall records sent to the agent's sequence model (workloads with SYSCALL_SEQ).
+        DET_SYSSEQ_SENT = "detector_syscall_records_sent",
+        /// Syscall records lost because the sequence ring was full (the syscall still runs:
+        /// fail-open for the workload, counted and shown by `bulkhead detector status`).
+        DET_SYSSEQ_DROPPED = "detector_syscall_records_dropped_fail_open",
+        /// An ICMP error (unreachable, fragmentation needed, time exceeded, ...) quoting a tracked
+        /// flow: passes as related traffic, whatever the policy says of ICMP.
+        PASS_ICMP_RELATED = "pass_icmp_related",
+        /// Fail-closed: an ICMP error quoting no tracked flow (or quoting an ICMP error).
+        DROP_ICMP_UNRELATED = "drop_icmp_unrelated_fail_closed",
+    }
 }
 
 /// Value of the endpoint map, keyed by the host-side interface index (u32, host order).
@@ -482,6 +463,8 @@ impl ConfigV1 {
 
 /// Same layout in the eBPF and user-space builds; a change here must change the map version.
 const _: () = {
+    // Every counter has a slot in the per-CPU counter array.
+    assert!(counters::COUNT <= capacity::COUNTERS);
     assert!(core::mem::size_of::<EndpointV1>() == 16);
     assert!(core::mem::size_of::<IpCacheKeyV1>() == 4);
     assert!(core::mem::size_of::<IpInfoV2>() == 8);
