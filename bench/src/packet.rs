@@ -47,6 +47,60 @@ pub fn tcp_frame(saddr: Ipv4Addr, daddr: Ipv4Addr, sport: u16, dport: u16, flags
     f
 }
 
+/// `frame` (an Ethernet + IPv4 frame without options) with `words` 4-byte words of IPv4
+/// options (NOPs, then an end-of-options byte) inserted after the IPv4 header: IHL 5 + words.
+pub fn with_ip_options(frame: &[u8], words: u8) -> Vec<u8> {
+    assert!(words <= 10, "IHL is at most 15");
+    let n = usize::from(words) * 4;
+    let mut f = frame[..34].to_vec();
+    let mut opts = vec![1u8; n];
+    if let Some(last) = opts.last_mut() {
+        *last = 0;
+    }
+    f.extend_from_slice(&opts);
+    f.extend_from_slice(&frame[34..]);
+    f[14] = 0x40 | (5 + words);
+    let total = u16::from_be_bytes([f[16], f[17]]) + n as u16;
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let ihl = 20 + n;
+    let csum = checksum(&f[14..14 + ihl], 0);
+    f[24..26].copy_from_slice(&csum.to_be_bytes());
+    f
+}
+
+/// An ICMP error (`ty`, `code`) from `saddr` to `daddr` quoting the IPv4 header and first 8
+/// L4 bytes of `quoted_frame` (an Ethernet + IPv4 frame, as the quoted packet was sent).
+pub fn icmp_error_frame(saddr: Ipv4Addr, daddr: Ipv4Addr, ty: u8, code: u8, quoted_frame: &[u8]) -> Vec<u8> {
+    let ihl = usize::from(quoted_frame[14] & 0x0f) * 4;
+    let quote = &quoted_frame[14..14 + ihl + 8];
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + quote.len()) as u16;
+    f.push(0x45);
+    f.push(0);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&0x0001u16.to_be_bytes());
+    f.extend_from_slice(&0u16.to_be_bytes());
+    f.push(64);
+    f.push(1); // ICMP
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&saddr.octets());
+    f.extend_from_slice(&daddr.octets());
+    let csum = checksum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&csum.to_be_bytes());
+    let icmp_start = f.len();
+    f.extend_from_slice(&[ty, code, 0, 0]);
+    // Next-hop MTU for "fragmentation needed", unused otherwise.
+    f.extend_from_slice(&[0, 0, 0x04, 0xb0]);
+    f.extend_from_slice(quote);
+    let csum = checksum(&f[icmp_start..], 0);
+    f[icmp_start + 2..icmp_start + 4].copy_from_slice(&csum.to_be_bytes());
+    f
+}
+
 fn checksum(bytes: &[u8], initial: u32) -> u16 {
     let mut sum = initial;
     for c in bytes.chunks(2) {

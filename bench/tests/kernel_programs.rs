@@ -1,0 +1,117 @@
+//! The real TC programs run through BPF_PROG_TEST_RUN on hand-built frames, with an endpoint
+//! written as the agent writes it: anti-spoofing, IPv4 options up to IHL 15, and ICMP errors
+//! passing only when they quote a tracked flow. Needs root (loads BPF programs).
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use bulkhead_agent::loader::{Dataplane, programs};
+use bulkhead_bench::packet::{TCP_SYN, icmp_error_frame, tcp_frame, with_ip_options};
+use bulkhead_common::{ConfigV1, EndpointV1, identity};
+
+/// test_run gives TC programs an skb on the loopback device.
+const IFINDEX: u32 = 1;
+const RET_DROP: u32 = 2;
+const RET_PASS: u32 = u32::MAX;
+const POD: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 1);
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 31, 0, 9);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 254);
+
+/// A loaded dataplane in its own pin folder, unloaded on drop (also when a test panics).
+struct Guard(Option<Dataplane>);
+
+impl Guard {
+    fn new(tag: &str) -> Guard {
+        // SAFETY: trivial syscall.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (loads BPF programs); CI runs it as root");
+        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/bulkhead/bhk-{tag}-{}", std::process::id()));
+        let mut dp = Dataplane::load(&dir).expect("loading the eBPF object");
+        // Not isolated by any policy: everything the programs do not refuse is allowed.
+        let ep = EndpointV1 { identity: identity::FIRST_ALLOCATED, ipv4_be: POD.octets(), flags: 0, _pad: 0 };
+        dp.maps.endpoints.insert(IFINDEX, ep, 0).expect("endpoint");
+        dp.maps.config.set(0, ConfigV1::with_default_timeouts(1), 0).expect("config");
+        Guard(Some(dp))
+    }
+
+    fn dp(&mut self) -> &mut Dataplane {
+        self.0.as_mut().expect("loaded")
+    }
+
+    fn run(&mut self, prog: &str, frame: &[u8]) -> u32 {
+        let p = self.dp().classifier(prog).expect("program");
+        p.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..TestRunOptions::new() }).expect("BPF_PROG_TEST_RUN").return_value
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        let c = self.0.as_ref().expect("loaded").counters().expect("counters");
+        c.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {name}"))
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(dp) = self.0.take() {
+            dp.unload();
+        }
+    }
+}
+
+#[test]
+fn a_spoofed_source_leaving_the_pod_is_dropped_by_tc() {
+    let mut g = Guard::new("spoof");
+    let spoofed = tcp_frame(Ipv4Addr::new(10, 30, 0, 77), PEER, 40000, 80, TCP_SYN);
+    assert_eq!(g.run(programs::FROM_POD, &spoofed), RET_DROP, "spoofed source must be dropped");
+    assert_eq!(g.counter("drop_spoofed_source_fail_closed"), 1);
+    let own = tcp_frame(POD, PEER, 40000, 80, TCP_SYN);
+    assert_eq!(g.run(programs::FROM_POD, &own), RET_PASS, "the pod's own source passes");
+    // Towards the pod any source is fine: the check is on what the pod sends.
+    let inbound = tcp_frame(Ipv4Addr::new(10, 30, 0, 77), POD, 40000, 80, TCP_SYN);
+    assert_eq!(g.run(programs::TO_POD, &inbound), RET_PASS);
+}
+
+#[test]
+fn ipv4_options_up_to_the_longest_header_are_parsed() {
+    let mut g = Guard::new("opts");
+    for words in [1u8, 4, 10] {
+        let f = with_ip_options(&tcp_frame(POD, PEER, 40000 + u16::from(words), 80, TCP_SYN), words);
+        assert_eq!(g.run(programs::FROM_POD, &f), RET_PASS, "IHL {} must pass", 5 + words);
+        // Options must not hide a spoofed source either.
+        let spoofed = with_ip_options(&tcp_frame(PEER, PEER, 40000, 80, TCP_SYN), words);
+        assert_eq!(g.run(programs::FROM_POD, &spoofed), RET_DROP, "IHL {} spoofed", 5 + words);
+    }
+    assert_eq!(g.counter("drop_malformed_fail_closed"), 0, "no frame with options counted as malformed");
+    // Shorter than its own IHL claims: malformed, fail-closed.
+    let mut cut = with_ip_options(&tcp_frame(POD, PEER, 41000, 80, TCP_SYN), 10);
+    cut.truncate(14 + 60 + 4);
+    assert_eq!(g.run(programs::FROM_POD, &cut), RET_DROP);
+    assert_eq!(g.counter("drop_malformed_fail_closed"), 1);
+}
+
+#[test]
+fn icmp_errors_pass_only_when_they_quote_a_tracked_flow() {
+    let mut g = Guard::new("icmp");
+    let syn = tcp_frame(POD, PEER, 43000, 8080, TCP_SYN);
+    // Fragmentation needed for a flow that was never seen: dropped, counted.
+    let untracked = icmp_error_frame(ROUTER, POD, 3, 4, &syn);
+    assert_eq!(g.run(programs::TO_POD, &untracked), RET_DROP, "an error quoting no flow must be dropped");
+    assert_eq!(g.counter("drop_icmp_unrelated_fail_closed"), 1);
+    // The pod opens the flow; now the same error is related and passes.
+    assert_eq!(g.run(programs::FROM_POD, &syn), RET_PASS);
+    assert_eq!(g.run(programs::TO_POD, &untracked), RET_PASS, "an error quoting the tracked flow passes");
+    assert_eq!(g.counter("pass_icmp_related"), 1);
+    // Time exceeded quoting the flow's reply direction (the pod's peer answering) passes too.
+    let reply = tcp_frame(PEER, POD, 8080, 43000, 0x12);
+    assert_eq!(g.run(programs::TO_POD, &icmp_error_frame(ROUTER, POD, 11, 0, &reply)), RET_PASS);
+    // The pod itself reporting an error about a tracked flow (port unreachable) passes out.
+    assert_eq!(g.run(programs::FROM_POD, &icmp_error_frame(POD, PEER, 3, 3, &reply)), RET_PASS);
+    // ... but not with a spoofed outer source.
+    assert_eq!(g.run(programs::FROM_POD, &icmp_error_frame(ROUTER, PEER, 3, 3, &reply)), RET_DROP);
+    // An error quoting another port of the same peer is not related.
+    let other = tcp_frame(POD, PEER, 43000, 9090, TCP_SYN);
+    assert_eq!(g.run(programs::TO_POD, &icmp_error_frame(ROUTER, POD, 3, 4, &other)), RET_DROP);
+    // An error about an error is never related.
+    let err_about_err = icmp_error_frame(ROUTER, POD, 3, 1, &icmp_error_frame(POD, PEER, 3, 3, &reply));
+    assert_eq!(g.run(programs::TO_POD, &err_about_err), RET_DROP);
+    assert_eq!(g.counter("pass_icmp_related"), 3);
+    assert_eq!(g.counter("drop_icmp_unrelated_fail_closed"), 3);
+}
