@@ -29,7 +29,7 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
 use bulkhead_bench::packet::{TCP_ACK, TCP_SYN, tcp_frame};
 use bulkhead_bench::{require_root, result};
-use bulkhead_common::{ConfigV1, CtKeyV1, EndpointV1, proto};
+use bulkhead_common::{ConfigV1, CtKeyV1, EndpointV2, proto};
 use criterion::{BenchmarkId, Criterion};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/bulkhead";
@@ -153,9 +153,10 @@ fn setup(n: usize, shape: Shape) -> Guard {
     assert!(compiled.overflow.is_empty(), "synthetic model overflowed: {:?}", compiled.overflow);
     let compile_s = started.elapsed().as_secs_f64();
     let ks = bulkhead_agent::apply::KernelState::of(&compiled);
-    bulkhead_agent::apply::apply_full(g.dp(), &ks).expect("writing the maps");
+    // The config below enforces revision 1, i.e. generation 1.
+    bulkhead_agent::apply::write_generation(g.dp(), 1, None, &ks, &mut None).expect("writing the maps");
     let target = &compiled.endpoints[&policy_compiler::model::PodRef::new("x", "target")];
-    let ep = EndpointV1 { identity: target.identity, ipv4_be: LOCAL_IP.octets(), flags: target.flags, _pad: 0 };
+    let ep = EndpointV2 { identity: [target.identity; 2], flags: [target.flags; 2], ipv4_be: LOCAL_IP.octets(), _pad: 0 };
     let maps = &mut g.dp().maps;
     maps.endpoints.insert(IFINDEX, ep, 0).expect("endpoint insert");
     maps.config.set(0, ConfigV1::with_default_timeouts(1), 0).expect("config set");

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use aya::programs::{TestRun as _, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
 use bulkhead_bench::packet::{TCP_SYN, icmp_error_frame, tcp_frame, with_ip_options};
-use bulkhead_common::{ConfigV1, EndpointV1, identity};
+use bulkhead_common::{ConfigV1, EndpointV2, identity};
 
 /// test_run gives TC programs an skb on the loopback device.
 const IFINDEX: u32 = 1;
@@ -27,7 +27,7 @@ impl Guard {
         let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/bulkhead/bhk-{tag}-{}", std::process::id()));
         let mut dp = Dataplane::load(&dir).expect("loading the eBPF object");
         // Not isolated by any policy: everything the programs do not refuse is allowed.
-        let ep = EndpointV1 { identity: identity::FIRST_ALLOCATED, ipv4_be: POD.octets(), flags: 0, _pad: 0 };
+        let ep = EndpointV2 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), _pad: 0 };
         dp.maps.endpoints.insert(IFINDEX, ep, 0).expect("endpoint");
         dp.maps.config.set(0, ConfigV1::with_default_timeouts(1), 0).expect("config");
         Guard(Some(dp))

@@ -27,7 +27,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV1, action, config_flags, counters, direction, ep_flags, flow_kind, proto,
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, action, config_flags, counters, direction, ep_flags, flow_kind, proto,
     verdict_flags,
 };
 
@@ -132,7 +132,7 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: __sk_buff is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: map values are only read (copied out) here.
-    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+    let Some(raw) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
         count(counters::DROP_NO_ENDPOINT);
         return TC_DROP;
     };
@@ -140,6 +140,8 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
         count(counters::DROP_NO_CONFIG);
         return TC_DROP;
     };
+    // One generation for the whole packet: every lookup below sees one complete policy.
+    let ep = Local::of(&raw, &cfg);
     let frame = match parse(ctx.data(), ctx.data_end()) {
         Some(f) => f,
         None => {
@@ -227,11 +229,29 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     TC_PASS
 }
 
+/// The endpoint as the packet's policy generation sees it.
+struct Local {
+    identity: u32,
+    flags: u32,
+    ipv4_be: [u8; 4],
+    /// Policy generation (0 or 1) of every lookup for this packet.
+    pgen: u8,
+}
+
+impl Local {
+    #[inline(always)]
+    fn of(raw: &EndpointV2, cfg: &ConfigV1) -> Local {
+        let (identity, flags, pgen) =
+            if bulkhead_common::generation(cfg.policy_rev) == 0 { (raw.identity[0], raw.flags[0], 0) } else { (raw.identity[1], raw.flags[1], 1) };
+        Local { identity, flags, ipv4_be: raw.ipv4_be, pgen }
+    }
+}
+
 /// An ICMP error passes when the packet it quotes belongs to a live tracked flow at this
 /// interface (either direction): path-MTU discovery and unreachables of allowed flows work
 /// under default deny. Anything else is dropped and counted: policy never judges errors.
 #[inline(always)]
-fn icmp_error(ifindex: u32, ep: &EndpointV1, cfg: &ConfigV1, saddr_be: [u8; 4], quoted: &Flow, dir: u8) -> i32 {
+fn icmp_error(ifindex: u32, ep: &Local, cfg: &ConfigV1, saddr_be: [u8; 4], quoted: &Flow, dir: u8) -> i32 {
     if dir == direction::EGRESS && saddr_be != ep.ipv4_be {
         count(counters::DROP_SPOOFED);
         return TC_DROP;
@@ -270,7 +290,7 @@ fn icmp_error(ifindex: u32, ep: &EndpointV1, cfg: &ConfigV1, saddr_be: [u8; 4], 
 /// What the conntrack path needs to know about the packet at hand.
 struct Packet<'a> {
     ifindex: u32,
-    ep: &'a EndpointV1,
+    ep: &'a Local,
     cfg: &'a ConfigV1,
     flow: &'a Flow,
     dir: u8,
@@ -288,8 +308,8 @@ fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV1, origin_port: u16, is_r
         return None;
     }
     if ct.policy_rev != p.cfg.policy_rev {
-        let peer = policy::peer_identity(p.remote);
-        let v = policy::enforced(p.ep.identity, peer, ct.origin_direction, p.flow.protocol, origin_port);
+        let peer = policy::peer_identity(p.remote, p.ep.pgen);
+        let v = policy::enforced(p.ep.identity, peer, ct.origin_direction, p.flow.protocol, origin_port, p.ep.pgen);
         if v.action != action::ALLOW {
             let _ = CONNTRACK.remove(key);
             count(counters::CT_REEVAL_DENY);
@@ -307,9 +327,9 @@ fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV1, origin_port: u16, is_r
 /// Judges the first packet of a flow: enforced verdict, staged verdict for endpoints with
 /// staged policies, per-policy counters and flow events. Returns whether it is allowed.
 #[inline(always)]
-fn judge_new_flow(ifindex: u32, ep: &EndpointV1, cfg: &ConfigV1, flow: &Flow, dir: u8, remote: [u8; 4]) -> bool {
-    let peer = policy::peer_identity(remote);
-    let v = policy::enforced(ep.identity, peer, dir, flow.protocol, flow.policy_port);
+fn judge_new_flow(ifindex: u32, ep: &Local, cfg: &ConfigV1, flow: &Flow, dir: u8, remote: [u8; 4]) -> bool {
+    let peer = policy::peer_identity(remote, ep.pgen);
+    let v = policy::enforced(ep.identity, peer, dir, flow.protocol, flow.policy_port, ep.pgen);
     let allow = v.action == action::ALLOW;
     let counter = if !allow {
         counters::DENY_POLICY
@@ -322,7 +342,7 @@ fn judge_new_flow(ifindex: u32, ep: &EndpointV1, cfg: &ConfigV1, flow: &Flow, di
     let staged_v;
     let staged = if ep.flags & ep_flags::HAS_STAGED != 0 {
         count(counters::STAGED_EVALUATED);
-        staged_v = policy::staged(ep.identity, peer, dir, flow.protocol, flow.policy_port);
+        staged_v = policy::staged(ep.identity, peer, dir, flow.protocol, flow.policy_port, ep.pgen);
         Some(&staged_v)
     } else {
         None

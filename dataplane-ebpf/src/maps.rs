@@ -9,40 +9,43 @@ use bulkhead_common::detect::{
     self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, IpCacheKeyV2, IpHostKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
     PolicyValueV2, SliceKeyV1, SliceValueV1, capacity,
 };
 
-/// Key: host-side interface index (u32). Value: the endpoint behind it.
-/// Written by the agent when a pod's interface appears; read by TC and XDP on every packet.
-#[map(name = "BH_EP_V1")]
-pub static ENDPOINTS: HashMap<u32, EndpointV1> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
+/// Key: host-side interface index (u32). Value: the endpoint behind it (identity and flags per
+/// policy generation). Written by the agent when a pod's interface appears and for the
+/// inactive generation before a flip; read by TC and XDP on every packet.
+#[map(name = "BH_EP_V2")]
+pub static ENDPOINTS: HashMap<u32, EndpointV2> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
 
-/// Key: IPv4 address (network order). Value: its identity. Pods' addresses live here, so
-/// pod-to-pod traffic resolves its peer with one hash lookup. Written by the agent from the
-/// compiler's output; read by TC for the remote address.
-#[map(name = "BH_IPHOST_V1")]
-pub static IPHOST: HashMap<[u8; 4], IpInfoV2> = HashMap::with_max_entries(capacity::IPCACHE, 0);
+/// Key: (IPv4 address (network order), generation). Value: its identity. Pods' addresses live
+/// here, so pod-to-pod traffic resolves its peer with one hash lookup. Written by the agent
+/// from the compiler's output into the inactive generation; read by TC for the remote address.
+#[map(name = "BH_IPHOST_V2")]
+pub static IPHOST: HashMap<IpHostKeyV1, IpInfoV2> = HashMap::with_max_entries(capacity::IPCACHE, 0);
 
-/// Key: IPv4 prefix shorter than /32 (LPM). Value: the identity of the addresses in it.
-/// Written by the agent; read by TC when IPHOST has no entry for the remote address.
-#[map(name = "BH_IPCACHE_V2")]
-pub static IPCACHE: LpmTrie<IpCacheKeyV1, IpInfoV2> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+/// Key: (generation, IPv4 prefix shorter than /32) (LPM). Value: the identity of the addresses
+/// in it. Written by the agent into the inactive generation; read by TC when IPHOST has no
+/// entry for the remote address.
+#[map(name = "BH_IPCACHE_V3")]
+pub static IPCACHE: LpmTrie<IpCacheKeyV2, IpInfoV2> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
 
-/// Key: (local identity, peer identity or any, direction (+ staged bit), protocol or any).
-/// Value: the verdict for most ports and whether exceptions exist. Written by the agent from
-/// the compiler's layout; read by TC for new flows and after policy changes.
-#[map(name = "BH_SLICE_V1")]
+/// Key: (local identity, peer identity or any, direction (+ staged bit, + generation bit),
+/// protocol or any). Value: the verdict for most ports and whether exceptions exist. Written
+/// by the agent from the compiler's layout into the inactive generation; read by TC for new
+/// flows and after policy changes.
+#[map(name = "BH_SLICE_V2")]
 pub static SLICES: HashMap<SliceKeyV1, SliceValueV1> = HashMap::with_max_entries(capacity::POLICY, 0);
 
-/// Key: a slice key plus one port (exact). Value: that port's verdict where it differs from
-/// the slice's. Written by the agent; read by TC when the slice has HAS_PORTS.
-#[map(name = "BH_PORT_V1")]
+/// Key: a slice key (generation bit included) plus one port (exact). Value: that port's
+/// verdict where it differs from the slice's. Written by the agent; read by TC when the slice has HAS_PORTS.
+#[map(name = "BH_PORT_V2")]
 pub static PORTS: HashMap<PolicyKeyV1, PolicyValueV2> = HashMap::with_max_entries(capacity::POLICY, 0);
 
 /// Key: a slice key plus a port prefix (LPM). Value: the verdict of that port range where it
 /// differs from the slice's. Written by the agent; read by TC when the slice has HAS_RANGES.
-#[map(name = "BH_RANGE_V1")]
+#[map(name = "BH_RANGE_V2")]
 pub static RANGES: LpmTrie<PolicyKeyV1, PolicyValueV2> = LpmTrie::with_max_entries(capacity::POLICY, 0);
 
 /// Key: policy index. Value: per-CPU allow/deny and would-allow/would-deny counts.

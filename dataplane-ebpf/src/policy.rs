@@ -4,20 +4,21 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use bulkhead_common::{
-    IpCacheKeyV1, NO_POLICY, POLICY_KEY_FULL_BITS, PolicyKeyV1, PolicyValueV2, STAGED_DIRECTION_BIT,
-    SliceKeyV1, action, identity, proto, slice_flags,
+    GEN_DIRECTION_BIT, IPCACHE_KEY_FIXED_BITS, IpCacheKeyV2, IpHostKeyV1, NO_POLICY, POLICY_KEY_FULL_BITS,
+    PolicyKeyV1, PolicyValueV2, STAGED_DIRECTION_BIT, SliceKeyV1, action, identity, proto, slice_flags,
 };
 
 use crate::maps::{IPCACHE, IPHOST, PORTS, RANGES, SLICES};
 
-/// Identity of a remote address: exact (pods) first, then prefixes, else WORLD.
+/// Identity of a remote address in policy generation `pgen`: exact (pods) first, then
+/// prefixes, else WORLD.
 #[inline(always)]
-pub fn peer_identity(remote_be: [u8; 4]) -> u32 {
+pub fn peer_identity(remote_be: [u8; 4], pgen: u8) -> u32 {
     // SAFETY: value copied out immediately.
-    if let Some(info) = unsafe { IPHOST.get(&remote_be) } {
+    if let Some(info) = unsafe { IPHOST.get(&IpHostKeyV1 { addr_be: remote_be, policy_gen: pgen, _pad: [0; 3] }) } {
         return info.identity;
     }
-    match IPCACHE.get(Key::new(32, IpCacheKeyV1 { addr_be: remote_be })) {
+    match IPCACHE.get(Key::new(IPCACHE_KEY_FIXED_BITS + 32, IpCacheKeyV2 { policy_gen: pgen, _pad: [0; 3], addr_be: remote_be })) {
         Some(info) => info.identity,
         None => identity::WORLD,
     }
@@ -35,7 +36,7 @@ pub const DEFAULT_ALLOW: PolicyValueV2 = PolicyValueV2 {
 };
 
 /// Slices (peer, proto), (peer, any), (any, proto), (any, any): the first that exists answers,
-/// through its port exceptions if it has any.
+/// through its port exceptions if it has any. `dir` carries the staged and generation bits.
 #[inline(always)]
 fn judge(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
     let local_be = local.to_be_bytes();
@@ -78,14 +79,20 @@ fn judge(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValue
     DEFAULT_ALLOW
 }
 
-/// Enforced verdict.
+/// The direction byte of keys of generation `pgen`.
 #[inline(always)]
-pub fn enforced(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
-    judge(local, peer, dir, protocol, port)
+fn with_gen(dir: u8, pgen: u8) -> u8 {
+    if pgen != 0 { dir | GEN_DIRECTION_BIT } else { dir }
 }
 
-/// Staged (counterfactual) verdict.
+/// Enforced verdict in policy generation `pgen`.
 #[inline(always)]
-pub fn staged(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
-    judge(local, peer, dir | STAGED_DIRECTION_BIT, protocol, port)
+pub fn enforced(local: u32, peer: u32, dir: u8, protocol: u8, port: u16, pgen: u8) -> PolicyValueV2 {
+    judge(local, peer, with_gen(dir, pgen), protocol, port)
+}
+
+/// Staged (counterfactual) verdict in policy generation `pgen`.
+#[inline(always)]
+pub fn staged(local: u32, peer: u32, dir: u8, protocol: u8, port: u16, pgen: u8) -> PolicyValueV2 {
+    judge(local, peer, with_gen(dir | STAGED_DIRECTION_BIT, pgen), protocol, port)
 }

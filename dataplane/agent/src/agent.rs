@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bulkhead_common::EndpointV1;
 use policy_compiler::compile::{Compiled, Compiler, Limits};
 
 use crate::{
@@ -326,12 +325,14 @@ struct State {
     dp: Dataplane,
     store: Box<dyn Datastore>,
     compiler: Compiler,
-    /// The compile whose result the maps hold; `None` = unknown, rewrite in full.
+    /// The compile the kernel enforces (names flow events and counters).
     applied: Option<Compiled>,
-    /// What the lookup maps hold (derived from `applied`).
-    kernel: apply::KernelState,
+    /// What each generation of the lookup maps holds.
+    gens: apply::Generations,
+    /// When the last flip happened ([`FLIP_GRACE`]).
+    last_flip: Instant,
     /// Endpoint map content: ifindex -> (interface, value).
-    endpoints: BTreeMap<u32, (String, EndpointV1)>,
+    endpoints: apply::EndpointTable,
     pending: Vec<String>,
     flows: crate::flows::FlowLog,
     state_dir: PathBuf,
@@ -381,9 +382,14 @@ fn worker(
         state_dir,
         dp,
         store,
-        compiler: Compiler::new(Limits::default()),
+        // Both policy generations share each map: a compile may fill half of it.
+        compiler: Compiler::new(Limits {
+            max_policy_entries: Limits::default().max_policy_entries / 2,
+            max_ipcache_entries: Limits::default().max_ipcache_entries / 2,
+        }),
         applied: None,
-        kernel: apply::KernelState::default(),
+        gens: apply::Generations::default(),
+        last_flip: Instant::now(),
         endpoints: BTreeMap::new(),
         pending: Vec::new(),
     };
@@ -606,6 +612,9 @@ fn spawn_flow_poller(dp: &Dataplane, tx: mpsc::Sender<Request>) -> Result<(), Ag
     Ok(())
 }
 
+/// How long after a flip the now inactive generation may be written again.
+const FLIP_GRACE: Duration = Duration::from_millis(5);
+
 fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     let span = tracing::info_span!("sync");
     let _g = span.enter();
@@ -620,26 +629,26 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Invalid(e.to_string()))?;
     let compile_time = t0.elapsed();
     let kernel = apply::KernelState::of(&compiled);
-    let written = match &st.applied {
-        Some(_) => apply::apply_diff(&mut st.dp, &st.kernel, &kernel),
-        None => apply::apply_full(&mut st.dp, &kernel),
-    };
-    let written = match written {
-        Ok(w) => w,
-        Err(e) => {
-            // The maps hold a mix now; the next sync rewrites them in full.
-            st.applied = None;
-            return Err(e);
-        }
-    };
-    if st.applied.is_none() {
-        apply::bump_revision(&mut st.dp)?;
+    // Write the generation no packet reads, then flip to it with one map write.
+    let active = bulkhead_common::generation(apply::current_revision(&st.dp)?);
+    let next = 1 - active;
+    // A packet that read the old revision just before the last flip may still be judged with
+    // this generation: programs run for microseconds, so a few milliseconds after a flip
+    // nobody reads it any more.
+    let since_flip = st.last_flip.elapsed();
+    if since_flip < FLIP_GRACE {
+        std::thread::sleep(FLIP_GRACE - since_flip);
     }
-    st.kernel = kernel;
+    let old = st.gens.held[next].take();
+    let written = apply::write_generation(&mut st.dp, next, old.as_ref(), &kernel, &mut None)?;
+    let (pending, keep) = apply::stage_endpoints(&mut st.dp, &compiled, &mut st.endpoints, next, &mut None)?;
+    st.gens.held[next] = Some(kernel);
+    let rev = apply::bump_revision(&mut st.dp)?;
+    st.last_flip = Instant::now();
     st.applied = Some(compiled);
     let compiled = st.applied.as_ref().expect("just set");
-    st.pending = apply::sync_endpoints(&mut st.dp, compiled, &mut st.endpoints)?;
-    let rev = apply::bump_revision(&mut st.dp)?;
+    apply::attach_endpoints(&mut st.dp, &mut st.endpoints, &keep)?;
+    st.pending = pending;
     st.det.apply_plan(&mut st.dp, &detector_plan)?;
     st.det.peers_from(&model);
     st.det.sync_flow_events(&mut st.dp)?;

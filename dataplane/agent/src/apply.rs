@@ -1,6 +1,7 @@
-//! Writes the compiler's output into the BPF maps: incrementally from the difference with
-//! what was written last, or in full against whatever the pinned maps hold (first sync after a
-//! start, or after a failed write).
+//! Writes the compiler's output into the BPF maps. Lookup entries and endpoint identities exist
+//! in two generations ([`bulkhead_common::GEN_DIRECTION_BIT`]): a sync writes the inactive one
+//! (the difference from what it held, or in full when unknown), then flips the policy revision
+//! in one map write, so no packet is ever judged by a mix of two policies.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -8,7 +9,9 @@ use std::{
 };
 
 use aya::maps::lpm_trie::Key;
-use bulkhead_common::{ConfigV1, EndpointV1, IpInfoV2, PolicyKeyV1, PolicyValueV2, SliceKeyV1, SliceValueV1, map_names};
+use bulkhead_common::{
+    ConfigV1, EndpointV2, GEN_DIRECTION_BIT, IPCACHE_KEY_FIXED_BITS, IpHostKeyV1, IpInfoV2, PolicyKeyV1, SliceKeyV1, ep_flags, map_names,
+};
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
 
 use crate::{
@@ -52,141 +55,237 @@ pub struct Written {
     pub removals: usize,
 }
 
-/// Applies the difference between `old` and `new`. Removals go first: during the update a flow
-/// may be denied for a moment, never allowed by a rule that no longer exists. Slices are
-/// written after their port exceptions, so a slice never points at exceptions not there yet.
-pub fn apply_diff(dp: &mut Dataplane, old: &KernelState, new: &KernelState) -> Result<Written, AgentError> {
+/// Called after every single map write of a generation or an endpoint, and after the flip:
+/// tests replay a change step by step and judge packets in between.
+pub type Observer<'a> = &'a mut dyn FnMut(&mut Dataplane);
+
+/// What each policy generation of the lookup maps holds (`None` = unknown, e.g. after a
+/// restart or a failed write: the next write into it is a full one).
+#[derive(Clone, Debug, Default)]
+pub struct Generations {
+    pub held: [Option<KernelState>; 2],
+}
+
+fn slice_key(k: &SliceKeyV1, g: usize) -> SliceKeyV1 {
+    SliceKeyV1 { direction: with_gen(k.direction, g), ..*k }
+}
+
+fn policy_key(k: &PolicyKeyV1, g: usize) -> PolicyKeyV1 {
+    PolicyKeyV1 { direction: with_gen(k.direction, g), ..*k }
+}
+
+fn with_gen(direction: u8, g: usize) -> u8 {
+    if g == 1 { direction | GEN_DIRECTION_BIT } else { direction }
+}
+
+fn gen_of(direction: u8) -> usize {
+    usize::from(direction & GEN_DIRECTION_BIT != 0)
+}
+
+fn host_key(addr: &[u8; 4], g: usize) -> IpHostKeyV1 {
+    IpHostKeyV1 { addr_be: *addr, policy_gen: g as u8, _pad: [0; 3] }
+}
+
+/// Makes generation `g` of the lookup maps hold `new`: the difference from `old` when known,
+/// else a full write that also removes whatever else generation `g` holds. No packet reads
+/// generation `g` while this runs (it is the inactive one), so the order of writes does not
+/// matter for verdicts; `obs` sees every single write.
+pub fn write_generation(
+    dp: &mut Dataplane,
+    g: usize,
+    old: Option<&KernelState>,
+    new: &KernelState,
+    obs: &mut Option<Observer<'_>>,
+) -> Result<Written, AgentError> {
+    let empty = KernelState::default();
+    let base = match old {
+        Some(o) => o,
+        None => {
+            remove_unlisted(dp, g, new, obs)?;
+            &empty
+        }
+    };
     let mut w = Written::default();
-    let slices = diff_map(&old.layout.slices, &new.layout.slices);
-    let ports = diff_map(&old.layout.ports, &new.layout.ports);
-    let ranges = diff_map(&old.layout.ranges, &new.layout.ranges);
-    let hosts = diff_map(&old.iphost, &new.iphost);
-    let prefixes = diff_map(&old.ipcache, &new.ipcache);
+    let mut step = |dp: &mut Dataplane| {
+        if let Some(o) = obs.as_mut() {
+            o(dp)
+        }
+    };
+    let slices = diff_map(&base.layout.slices, &new.layout.slices);
+    let ports = diff_map(&base.layout.ports, &new.layout.ports);
+    let ranges = diff_map(&base.layout.ranges, &new.layout.ranges);
+    let hosts = diff_map(&base.iphost, &new.iphost);
+    let prefixes = diff_map(&base.ipcache, &new.ipcache);
     for k in &slices.removals {
-        dp.maps.slices.remove(k).map_err(|e| werr(map_names::SLICES, e))?;
+        dp.maps.slices.remove(&slice_key(k, g)).map_err(|e| werr(map_names::SLICES, e))?;
+        step(dp);
     }
     for k in &ports.removals {
-        dp.maps.ports.remove(k).map_err(|e| werr(map_names::PORTS, e))?;
+        dp.maps.ports.remove(&policy_key(k, g)).map_err(|e| werr(map_names::PORTS, e))?;
+        step(dp);
     }
     for (len, k) in &ranges.removals {
-        dp.maps.ranges.remove(&Key::new(*len, *k)).map_err(|e| werr(map_names::RANGES, e))?;
+        dp.maps.ranges.remove(&Key::new(*len, policy_key(k, g))).map_err(|e| werr(map_names::RANGES, e))?;
+        step(dp);
     }
     for k in &hosts.removals {
-        dp.maps.iphost.remove(k).map_err(|e| werr(map_names::IPHOST, e))?;
+        dp.maps.iphost.remove(&host_key(k, g)).map_err(|e| werr(map_names::IPHOST, e))?;
+        step(dp);
     }
     for (a, l) in &prefixes.removals {
-        dp.maps.ipcache.remove(&ipcache_key(*a, *l)).map_err(|e| werr(map_names::IPCACHE, e))?;
+        dp.maps.ipcache.remove(&ipcache_key(*a, *l, g)).map_err(|e| werr(map_names::IPCACHE, e))?;
+        step(dp);
     }
     w.removals = slices.removals.len() + ports.removals.len() + ranges.removals.len() + hosts.removals.len() + prefixes.removals.len();
     for (k, v) in &hosts.upserts {
-        dp.maps.iphost.insert(k, v, 0).map_err(|e| werr(map_names::IPHOST, e))?;
+        dp.maps.iphost.insert(host_key(k, g), v, 0).map_err(|e| werr(map_names::IPHOST, e))?;
+        step(dp);
     }
     for ((a, l), v) in &prefixes.upserts {
-        dp.maps.ipcache.insert(&ipcache_key(*a, *l), v, 0).map_err(|e| werr(map_names::IPCACHE, e))?;
+        dp.maps.ipcache.insert(&ipcache_key(*a, *l, g), v, 0).map_err(|e| werr(map_names::IPCACHE, e))?;
+        step(dp);
     }
-    write_policy(dp, &ports.upserts, &ranges.upserts, &slices.upserts)?;
+    for (k, v) in &ports.upserts {
+        dp.maps.ports.insert(policy_key(k, g), v, 0).map_err(|e| werr(map_names::PORTS, e))?;
+        step(dp);
+    }
+    for ((len, k), v) in &ranges.upserts {
+        dp.maps.ranges.insert(&Key::new(*len, policy_key(k, g)), v, 0).map_err(|e| werr(map_names::RANGES, e))?;
+        step(dp);
+    }
+    for (k, v) in &slices.upserts {
+        dp.maps.slices.insert(slice_key(k, g), v, 0).map_err(|e| werr(map_names::SLICES, e))?;
+        step(dp);
+    }
     w.upserts = slices.upserts.len() + ports.upserts.len() + ranges.upserts.len() + hosts.upserts.len() + prefixes.upserts.len();
     Ok(w)
 }
 
-fn write_policy(
-    dp: &mut Dataplane,
-    ports: &[(PolicyKeyV1, PolicyValueV2)],
-    ranges: &[((u32, PolicyKeyV1), PolicyValueV2)],
-    slices: &[(SliceKeyV1, SliceValueV1)],
-) -> Result<(), AgentError> {
-    for (k, v) in ports {
-        dp.maps.ports.insert(k, v, 0).map_err(|e| werr(map_names::PORTS, e))?;
-    }
-    for ((len, k), v) in ranges {
-        dp.maps.ranges.insert(&Key::new(*len, *k), v, 0).map_err(|e| werr(map_names::RANGES, e))?;
-    }
-    for (k, v) in slices {
-        dp.maps.slices.insert(k, v, 0).map_err(|e| werr(map_names::SLICES, e))?;
-    }
-    Ok(())
-}
-
-/// Makes the lookup maps hold exactly `desired`, whatever they held before.
-pub fn apply_full(dp: &mut Dataplane, desired: &KernelState) -> Result<Written, AgentError> {
-    let mut w = Written::default();
-    let stale: Vec<SliceKeyV1> = dp.maps.slices.keys().filter_map(Result::ok).filter(|k| !desired.layout.slices.contains_key(k)).collect();
+/// Removes every entry of generation `g` that `desired` does not hold (whatever a previous
+/// agent or a failed write left there).
+fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mut Option<Observer<'_>>) -> Result<(), AgentError> {
+    let mut step = |dp: &mut Dataplane| {
+        if let Some(o) = obs.as_mut() {
+            o(dp)
+        }
+    };
+    let stale: Vec<SliceKeyV1> = dp
+        .maps
+        .slices
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| gen_of(k.direction) == g && !desired.layout.slices.contains_key(&SliceKeyV1 { direction: k.direction & !GEN_DIRECTION_BIT, ..*k }))
+        .collect();
     for k in &stale {
         dp.maps.slices.remove(k).map_err(|e| werr(map_names::SLICES, e))?;
+        step(dp);
     }
-    w.removals += stale.len();
-    let stale: Vec<PolicyKeyV1> = dp.maps.ports.keys().filter_map(Result::ok).filter(|k| !desired.layout.ports.contains_key(k)).collect();
+    let stale: Vec<PolicyKeyV1> = dp
+        .maps
+        .ports
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| gen_of(k.direction) == g && !desired.layout.ports.contains_key(&PolicyKeyV1 { direction: k.direction & !GEN_DIRECTION_BIT, ..*k }))
+        .collect();
     for k in &stale {
         dp.maps.ports.remove(k).map_err(|e| werr(map_names::PORTS, e))?;
+        step(dp);
     }
-    w.removals += stale.len();
     let stale: Vec<Key<PolicyKeyV1>> = dp
         .maps
         .ranges
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| !desired.layout.ranges.contains_key(&(k.prefix_len(), k.data())))
+        .filter(|k| {
+            let d = k.data();
+            gen_of(d.direction) == g
+                && !desired.layout.ranges.contains_key(&(k.prefix_len(), PolicyKeyV1 { direction: d.direction & !GEN_DIRECTION_BIT, ..d }))
+        })
         .collect();
     for k in &stale {
         dp.maps.ranges.remove(k).map_err(|e| werr(map_names::RANGES, e))?;
+        step(dp);
     }
-    w.removals += stale.len();
-    let stale: Vec<[u8; 4]> = dp.maps.iphost.keys().filter_map(Result::ok).filter(|k| !desired.iphost.contains_key(k)).collect();
+    let stale: Vec<IpHostKeyV1> = dp
+        .maps
+        .iphost
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| usize::from(k.policy_gen) == g && !desired.iphost.contains_key(&k.addr_be))
+        .collect();
     for k in &stale {
         dp.maps.iphost.remove(k).map_err(|e| werr(map_names::IPHOST, e))?;
+        step(dp);
     }
-    w.removals += stale.len();
     let stale: Vec<_> = dp
         .maps
         .ipcache
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| !desired.ipcache.contains_key(&(Ipv4Addr::from(k.data().addr_be), k.prefix_len() as u8)))
+        .filter(|k| {
+            let len = k.prefix_len().saturating_sub(IPCACHE_KEY_FIXED_BITS) as u8;
+            usize::from(k.data().policy_gen) == g && !desired.ipcache.contains_key(&(Ipv4Addr::from(k.data().addr_be), len))
+        })
         .collect();
     for k in &stale {
         dp.maps.ipcache.remove(k).map_err(|e| werr(map_names::IPCACHE, e))?;
+        step(dp);
     }
-    w.removals += stale.len();
-    for (k, v) in &desired.iphost {
-        dp.maps.iphost.insert(k, v, 0).map_err(|e| werr(map_names::IPHOST, e))?;
-    }
-    for ((a, l), v) in &desired.ipcache {
-        dp.maps.ipcache.insert(&ipcache_key(*a, *l), v, 0).map_err(|e| werr(map_names::IPCACHE, e))?;
-    }
-    let ports: Vec<_> = desired.layout.ports.iter().map(|(k, v)| (*k, *v)).collect();
-    let ranges: Vec<_> = desired.layout.ranges.iter().map(|(k, v)| (*k, *v)).collect();
-    let slices: Vec<_> = desired.layout.slices.iter().map(|(k, v)| (*k, *v)).collect();
-    write_policy(dp, &ports, &ranges, &slices)?;
-    w.upserts = desired.iphost.len() + desired.ipcache.len() + ports.len() + ranges.len() + slices.len();
-    Ok(w)
+    Ok(())
 }
 
-/// Attaches programs to every local endpoint's interface and writes its endpoint entry;
-/// detaches and forgets interfaces that are no longer endpoints. `written` is what the
-/// endpoint map holds (ifindex -> value), kept by the caller. Interfaces that do not exist
-/// yet are returned so the caller retries them.
-pub fn sync_endpoints(
+/// The endpoint map entries of a sync, per interface.
+pub type EndpointTable = BTreeMap<u32, (String, EndpointV2)>;
+
+/// Writes every local endpoint's identity and flags for generation `g` (the one about to be
+/// enforced). A new endpoint fails closed in the other generation until the flip; its
+/// programs are attached after the flip ([`attach_endpoints`]). Returns the interfaces that do
+/// not exist yet (the caller retries them) and the indexes of this compile's endpoints.
+pub fn stage_endpoints(
     dp: &mut Dataplane,
     desired: &Compiled,
-    written: &mut BTreeMap<u32, (String, EndpointV1)>,
-) -> Result<Vec<String>, AgentError> {
+    written: &mut EndpointTable,
+    g: usize,
+    obs: &mut Option<Observer<'_>>,
+) -> Result<(Vec<String>, BTreeSet<u32>), AgentError> {
     let mut pending = Vec::new();
     let mut keep = BTreeSet::new();
     for ep in desired.endpoints.values() {
         let Some(ifname) = &ep.interface else { continue };
-        let value = EndpointV1 { identity: ep.identity, ipv4_be: ep.ip.octets(), flags: ep.flags, _pad: 0 };
         let Some(ifindex) = crate::netns::ifindex(ifname) else {
             pending.push(ifname.clone());
             continue;
         };
         keep.insert(ifindex);
+        // The enforced generation's fields stay as they are: from our last sync, or from the
+        // map (an endpoint a previous agent wrote keeps enforcing through a restart). A new
+        // endpoint fails closed in the enforced generation until the flip.
+        let mut value = match written.get(&ifindex).map(|(_, v)| *v).or_else(|| dp.maps.endpoints.get(&ifindex, 0).ok()) {
+            Some(v) => v,
+            None => {
+                let mut v = EndpointV2::default();
+                v.flags[1 - g] = ep_flags::OVERFLOW_FAIL_CLOSED;
+                v
+            }
+        };
+        value.identity[g] = ep.identity;
+        value.flags[g] = ep.flags;
+        value.ipv4_be = ep.ip.octets();
         if written.get(&ifindex).map(|(_, v)| v) != Some(&value) {
-            // The entry goes in before the programs so the first packet finds it.
             dp.maps.endpoints.insert(ifindex, value, 0).map_err(|e| werr(map_names::ENDPOINTS, e))?;
             written.insert(ifindex, (ifname.clone(), value));
+            if let Some(o) = obs.as_mut() {
+                o(dp);
+            }
         }
-        dp.attach(ifname)?;
     }
+    Ok((pending, keep))
+}
+
+/// After the flip: attaches programs to every staged endpoint's interface (its entry is
+/// already in the map, so the first packet finds it) and detaches and forgets interfaces
+/// that are no longer endpoints.
+pub fn attach_endpoints(dp: &mut Dataplane, written: &mut EndpointTable, keep: &BTreeSet<u32>) -> Result<(), AgentError> {
     let gone: Vec<u32> = written.keys().filter(|i| !keep.contains(i)).copied().collect();
     for ifindex in gone {
         if let Some((ifname, _)) = written.remove(&ifindex) {
@@ -194,20 +293,30 @@ pub fn sync_endpoints(
         }
         let _ = dp.maps.endpoints.remove(&ifindex);
     }
-    Ok(pending)
+    let names: Vec<String> = written.values().map(|(n, _)| n.clone()).collect();
+    for ifname in names {
+        dp.attach(&ifname)?;
+    }
+    Ok(())
 }
 
 /// Removes endpoint entries left by an earlier agent run whose interfaces are not endpoints
 /// now (their indexes could be reused by new interfaces).
-pub fn drop_stale_endpoints(dp: &mut Dataplane, written: &BTreeMap<u32, (String, EndpointV1)>) {
+pub fn drop_stale_endpoints(dp: &mut Dataplane, written: &EndpointTable) {
     let stale: Vec<u32> = dp.maps.endpoints.keys().filter_map(Result::ok).filter(|k| !written.contains_key(k)).collect();
     for k in stale {
         let _ = dp.maps.endpoints.remove(&k);
     }
 }
 
-/// Bumps the policy revision so established flows are judged again on their next packet.
-/// Keeps the timeouts and flags already configured.
+/// The policy revision the kernel enforces now (its parity is the active generation).
+pub fn current_revision(dp: &Dataplane) -> Result<u32, AgentError> {
+    Ok(dp.maps.config.get(&0, 0).map_err(|e| werr(map_names::CONFIG, e))?.policy_rev)
+}
+
+/// The flip: bumps the policy revision by one, which makes the other generation the enforced
+/// one in a single map write, and makes established flows be judged again on their next
+/// packet. Keeps the timeouts and flags already configured.
 pub fn bump_revision(dp: &mut Dataplane) -> Result<u32, AgentError> {
     let cur = dp.maps.config.get(&0, 0).map_err(|e| werr(map_names::CONFIG, e))?;
     let base = if cur.tcp_established_timeout_ns == 0 { ConfigV1::with_default_timeouts(0) } else { cur };

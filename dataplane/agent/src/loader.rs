@@ -22,7 +22,7 @@ use aya::{
 };
 use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, IPCACHE_KEY_FIXED_BITS, IpCacheKeyV2, IpHostKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
     PolicyValueV2, SliceKeyV1, SliceValueV1, map_names,
 };
 
@@ -132,9 +132,9 @@ struct Attachment {
 
 /// Typed handles on the maps.
 pub struct Maps {
-    pub endpoints: HashMap<MapData, u32, EndpointV1>,
-    pub iphost: HashMap<MapData, [u8; 4], IpInfoV2>,
-    pub ipcache: LpmTrie<MapData, IpCacheKeyV1, IpInfoV2>,
+    pub endpoints: HashMap<MapData, u32, EndpointV2>,
+    pub iphost: HashMap<MapData, IpHostKeyV1, IpInfoV2>,
+    pub ipcache: LpmTrie<MapData, IpCacheKeyV2, IpInfoV2>,
     pub slices: HashMap<MapData, SliceKeyV1, SliceValueV1>,
     pub ports: HashMap<MapData, PolicyKeyV1, PolicyValueV2>,
     pub ranges: LpmTrie<MapData, PolicyKeyV1, PolicyValueV2>,
@@ -626,9 +626,9 @@ fn load_syscall_probe(ebpf: &mut Ebpf) -> SyscallProbe {
     }
 }
 
-/// LPM key helper for the IP cache.
-pub fn ipcache_key(addr: std::net::Ipv4Addr, prefix_len: u8) -> Key<IpCacheKeyV1> {
-    Key::new(prefix_len as u32, IpCacheKeyV1 { addr_be: addr.octets() })
+/// LPM key of the IP cache for `addr/prefix_len` in policy generation `g`.
+pub fn ipcache_key(addr: std::net::Ipv4Addr, prefix_len: u8, g: usize) -> Key<IpCacheKeyV2> {
+    Key::new(IPCACHE_KEY_FIXED_BITS + prefix_len as u32, IpCacheKeyV2 { policy_gen: g as u8, _pad: [0; 3], addr_be: addr.octets() })
 }
 
 fn static_name(name: &str) -> &'static str {

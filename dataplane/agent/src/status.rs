@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
-use bulkhead_common::{CtKeyV1, CtValueV1, EndpointV1, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyValueV2, map_names};
+use bulkhead_common::{
+    CtKeyV1, CtValueV1, EndpointV2, GEN_DIRECTION_BIT, IpCacheKeyV2, IpHostKeyV1, IpInfoV2, PolicyKeyV1, PolicyValueV2, generation, map_names,
+};
 
 use crate::error::AgentError;
 
@@ -13,9 +15,10 @@ use crate::error::AgentError;
 pub struct Status {
     pub pin_dir: String,
     pub endpoints: usize,
-    /// Exact-address and prefix entries of the IP cache.
+    /// Exact-address and prefix entries of the IP cache (the enforced generation).
     pub ipcache_entries: usize,
-    /// Policy slices, single-port and port-range exceptions.
+    /// Policy slices, single-port and port-range exceptions (the enforced generation; the
+    /// other one holds the previous or the next policy).
     pub policy_slices: usize,
     pub policy_ports: usize,
     pub policy_ranges: usize,
@@ -77,9 +80,9 @@ pub fn policy_stats(dir: &Path, table: &crate::PolicyTable) -> Result<Vec<Policy
 
 /// Reads the pinned maps under `dir`.
 pub fn read(dir: &Path) -> Result<Status, AgentError> {
-    let eps: HashMap<_, u32, EndpointV1> = HashMap::try_from(open(dir, map_names::ENDPOINTS)?).map_err(|e| merr(map_names::ENDPOINTS, e))?;
-    let ipc: LpmTrie<_, IpCacheKeyV1, IpInfoV2> = LpmTrie::try_from(open(dir, map_names::IPCACHE)?).map_err(|e| merr(map_names::IPCACHE, e))?;
-    let hosts: HashMap<_, [u8; 4], IpInfoV2> = HashMap::try_from(open(dir, map_names::IPHOST)?).map_err(|e| merr(map_names::IPHOST, e))?;
+    let eps: HashMap<_, u32, EndpointV2> = HashMap::try_from(open(dir, map_names::ENDPOINTS)?).map_err(|e| merr(map_names::ENDPOINTS, e))?;
+    let ipc: LpmTrie<_, IpCacheKeyV2, IpInfoV2> = LpmTrie::try_from(open(dir, map_names::IPCACHE)?).map_err(|e| merr(map_names::IPCACHE, e))?;
+    let hosts: HashMap<_, IpHostKeyV1, IpInfoV2> = HashMap::try_from(open(dir, map_names::IPHOST)?).map_err(|e| merr(map_names::IPHOST, e))?;
     let slices: HashMap<_, bulkhead_common::SliceKeyV1, bulkhead_common::SliceValueV1> =
         HashMap::try_from(open(dir, map_names::SLICES)?).map_err(|e| merr(map_names::SLICES, e))?;
     let ports: HashMap<_, PolicyKeyV1, PolicyValueV2> = HashMap::try_from(open(dir, map_names::PORTS)?).map_err(|e| merr(map_names::PORTS, e))?;
@@ -92,15 +95,19 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
         let v = cnt.get(&(i as u32), 0).map_err(|e| merr(map_names::COUNTERS, e))?;
         counters.push((name.to_string(), v.iter().sum()));
     }
+    let policy_rev = cfg.get(&0, 0).map_err(|e| merr(map_names::CONFIG, e))?.policy_rev;
+    let g = generation(policy_rev);
+    let of_gen = |direction: u8| usize::from(direction & GEN_DIRECTION_BIT != 0) == g;
     Ok(Status {
         pin_dir: dir.display().to_string(),
         endpoints: eps.keys().count(),
-        ipcache_entries: ipc.keys().count() + hosts.keys().count(),
-        policy_slices: slices.keys().count(),
-        policy_ports: ports.keys().count(),
-        policy_ranges: ranges.keys().count(),
+        ipcache_entries: ipc.keys().filter_map(Result::ok).filter(|k| usize::from(k.data().policy_gen) == g).count()
+            + hosts.keys().filter_map(Result::ok).filter(|k| usize::from(k.policy_gen) == g).count(),
+        policy_slices: slices.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
+        policy_ports: ports.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
+        policy_ranges: ranges.keys().filter_map(Result::ok).filter(|k| of_gen(k.data().direction)).count(),
         conntrack_entries: ct.keys().count(),
-        policy_rev: cfg.get(&0, 0).map_err(|e| merr(map_names::CONFIG, e))?.policy_rev,
+        policy_rev,
         counters,
     })
 }

@@ -11,20 +11,21 @@ pub mod detect;
 
 /// Map names. The version suffix changes whenever a key or value layout changes.
 pub mod map_names {
-    /// Endpoint table: host-side interface index -> [`crate::EndpointV1`].
-    pub const ENDPOINTS: &str = "BH_EP_V1";
-    /// IP cache: IPv4 prefix -> [`crate::IpInfoV2`] (the identity of addresses).
-    pub const IPCACHE: &str = "BH_IPCACHE_V2";
-    /// IP cache for single addresses (pods): IPv4 (network order) -> [`crate::IpInfoV2`];
+    /// Endpoint table: host-side interface index -> [`crate::EndpointV2`].
+    pub const ENDPOINTS: &str = "BH_EP_V2";
+    /// IP cache: (generation, IPv4 prefix) -> [`crate::IpInfoV2`] (the identity of addresses).
+    pub const IPCACHE: &str = "BH_IPCACHE_V3";
+    /// IP cache for single addresses (pods): [`crate::IpHostKeyV1`] -> [`crate::IpInfoV2`];
     /// consulted before the LPM [`IPCACHE`], which then only holds shorter prefixes.
-    pub const IPHOST: &str = "BH_IPHOST_V1";
-    /// Policy slices: [`crate::SliceKeyV1`] -> [`crate::SliceValueV1`] (hash).
-    pub const SLICES: &str = "BH_SLICE_V1";
+    pub const IPHOST: &str = "BH_IPHOST_V2";
+    /// Policy slices: [`crate::SliceKeyV1`] (generation in the direction byte) ->
+    /// [`crate::SliceValueV1`] (hash).
+    pub const SLICES: &str = "BH_SLICE_V2";
     /// Single-port exceptions of a slice: [`crate::PolicyKeyV1`] (exact) -> [`crate::PolicyValueV2`].
-    pub const PORTS: &str = "BH_PORT_V1";
+    pub const PORTS: &str = "BH_PORT_V2";
     /// Port-range exceptions of a slice: [`crate::PolicyKeyV1`] (LPM over the port) ->
     /// [`crate::PolicyValueV2`].
-    pub const RANGES: &str = "BH_RANGE_V1";
+    pub const RANGES: &str = "BH_RANGE_V2";
     /// Per-policy counters: policy index -> [`crate::PolicyStatsV1`] (per CPU).
     pub const POLICY_STATS: &str = "BH_POLICY_STATS_V1";
     /// Flow events ring buffer of [`crate::FlowEventV1`].
@@ -99,6 +100,20 @@ pub const NO_POLICY: u32 = u32::MAX;
 /// evaluation: staged entries share the maps with enforced ones.
 pub const STAGED_DIRECTION_BIT: u8 = 0x80;
 
+/// Bit of the direction byte in slice and port keys marking generation 1 (clear: generation
+/// 0). Policy and IP-cache entries exist in two generations: the kernel judges with the
+/// generation `ConfigV1::policy_rev & 1` only, and the agent writes a change into the other
+/// generation, then flips the revision with one map write. So no packet is ever judged by a
+/// mix of two policies, and a change costs its difference, not a full rewrite (each generation
+/// is brought from the state two changes back to the new one).
+pub const GEN_DIRECTION_BIT: u8 = 0x40;
+
+/// The policy generation a revision enforces.
+#[inline(always)]
+pub const fn generation(policy_rev: u32) -> usize {
+    (policy_rev & 1) as usize
+}
+
 /// Bits of [`SliceValueV1::flags`].
 pub mod slice_flags {
     /// Some single ports of this slice have their own verdict in the ports map.
@@ -114,7 +129,8 @@ pub struct SliceKeyV1 {
     pub local_identity_be: [u8; 4],
     /// Peer identity, or [`identity::ANY`].
     pub peer_identity_be: [u8; 4],
-    /// [`direction`] value, with [`STAGED_DIRECTION_BIT`] for staged entries.
+    /// [`direction`] value, with [`STAGED_DIRECTION_BIT`] for staged entries and
+    /// [`GEN_DIRECTION_BIT`] for generation 1.
     pub direction: u8,
     /// IP protocol, or [`proto::ANY`].
     pub protocol: u8,
@@ -134,7 +150,7 @@ pub struct SliceValueV1 {
     pub flags: u32,
 }
 
-/// Bits of [`EndpointV1::flags`].
+/// Bits of [`EndpointV2::flags`].
 pub mod ep_flags {
     /// At least one enforced policy selects the endpoint for ingress (informational: the
     /// policy map holds complete verdicts for such endpoints).
@@ -250,25 +266,44 @@ pub mod counters {
 }
 
 /// Value of the endpoint map, keyed by the host-side interface index (u32, host order).
+/// Identity and flags come from a compile, so they exist per policy generation (index =
+/// [`generation`]): a relabelled pod moves to its new identity with the flip, never before.
 /// Written by the agent, read by the TC and XDP programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EndpointV1 {
-    /// The endpoint's own identity (the local side of policy keys).
-    pub identity: u32,
+pub struct EndpointV2 {
+    /// The endpoint's own identity (the local side of policy keys), per generation.
+    pub identity: [u32; 2],
+    /// [`ep_flags`] bits, per generation.
+    pub flags: [u32; 2],
     /// The endpoint's IPv4 address, network order (anti-spoofing: the only source address its
     /// packets may carry).
     pub ipv4_be: [u8; 4],
-    /// [`ep_flags`] bits.
-    pub flags: u32,
     pub _pad: u32,
 }
 
-/// Data part of the IP cache LPM key. The LPM key itself is `(prefix_len: u32, IpCacheKeyV1)`.
+/// Data part of the IP cache LPM key. The LPM key itself is `(32 + prefix_len, IpCacheKeyV2)`:
+/// the generation and padding bytes are always matched exactly.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IpCacheKeyV1 {
+pub struct IpCacheKeyV2 {
+    /// Policy generation (0 or 1).
+    pub policy_gen: u8,
+    pub _pad: [u8; 3],
     pub addr_be: [u8; 4],
+}
+
+/// Bits of an [`IpCacheKeyV2`] before the address, always matched exactly.
+pub const IPCACHE_KEY_FIXED_BITS: u32 = 32;
+
+/// Key of the single-address IP cache (hash).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpHostKeyV1 {
+    pub addr_be: [u8; 4],
+    /// Policy generation (0 or 1).
+    pub policy_gen: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Value of the IP cache: the identity of an address. Every address has exactly one
@@ -465,8 +500,9 @@ impl ConfigV1 {
 const _: () = {
     // Every counter has a slot in the per-CPU counter array.
     assert!(counters::COUNT <= capacity::COUNTERS);
-    assert!(core::mem::size_of::<EndpointV1>() == 16);
-    assert!(core::mem::size_of::<IpCacheKeyV1>() == 4);
+    assert!(core::mem::size_of::<EndpointV2>() == 24);
+    assert!(core::mem::size_of::<IpCacheKeyV2>() == 8);
+    assert!(core::mem::size_of::<IpHostKeyV1>() == 8);
     assert!(core::mem::size_of::<IpInfoV2>() == 8);
     assert!(core::mem::size_of::<PolicyKeyV1>() == 12);
     assert!(core::mem::size_of::<PolicyValueV2>() == 16);
@@ -484,8 +520,9 @@ mod user {
     use super::*;
     // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding; every bit
     // pattern is valid.
-    unsafe impl aya::Pod for EndpointV1 {}
-    unsafe impl aya::Pod for IpCacheKeyV1 {}
+    unsafe impl aya::Pod for EndpointV2 {}
+    unsafe impl aya::Pod for IpCacheKeyV2 {}
+    unsafe impl aya::Pod for IpHostKeyV1 {}
     unsafe impl aya::Pod for IpInfoV2 {}
     unsafe impl aya::Pod for PolicyKeyV1 {}
     unsafe impl aya::Pod for PolicyValueV2 {}
