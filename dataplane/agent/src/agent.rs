@@ -629,26 +629,20 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Invalid(e.to_string()))?;
     let compile_time = t0.elapsed();
     let kernel = apply::KernelState::of(&compiled);
-    // Write the generation no packet reads, then flip to it with one map write.
-    let active = bulkhead_common::generation(apply::current_revision(&st.dp)?);
-    let next = 1 - active;
     // A packet that read the old revision just before the last flip may still be judged with
-    // this generation: programs run for microseconds, so a few milliseconds after a flip
-    // nobody reads it any more.
+    // the generation about to be written: programs run for microseconds, so a few
+    // milliseconds after a flip nobody reads it any more.
     let since_flip = st.last_flip.elapsed();
     if since_flip < FLIP_GRACE {
         std::thread::sleep(FLIP_GRACE - since_flip);
     }
-    let old = st.gens.held[next].take();
-    let written = apply::write_generation(&mut st.dp, next, old.as_ref(), &kernel, &mut None)?;
-    let (pending, keep) = apply::stage_endpoints(&mut st.dp, &compiled, &mut st.endpoints, next, &mut None)?;
-    st.gens.held[next] = Some(kernel);
-    let rev = apply::bump_revision(&mut st.dp)?;
+    let c = apply::commit(&mut st.dp, &mut st.gens, kernel, &compiled, &mut st.endpoints, &mut None)?;
     st.last_flip = Instant::now();
     st.applied = Some(compiled);
     let compiled = st.applied.as_ref().expect("just set");
-    apply::attach_endpoints(&mut st.dp, &mut st.endpoints, &keep)?;
-    st.pending = pending;
+    apply::attach_endpoints(&mut st.dp, &mut st.endpoints, &c.keep)?;
+    st.pending = c.pending;
+    let (rev, written) = (c.rev, c.written);
     st.det.apply_plan(&mut st.dp, &detector_plan)?;
     st.det.peers_from(&model);
     st.det.sync_flow_events(&mut st.dp)?;

@@ -282,6 +282,43 @@ pub fn stage_endpoints(
     Ok((pending, keep))
 }
 
+/// What [`commit`] did.
+#[derive(Debug)]
+pub struct Commit {
+    pub written: Written,
+    /// Interfaces of this compile's endpoints that do not exist yet.
+    pub pending: Vec<String>,
+    /// Endpoint indexes of this compile (for [`attach_endpoints`]).
+    pub keep: BTreeSet<u32>,
+    /// The revision now enforced.
+    pub rev: u32,
+}
+
+/// Moves the kernel to `kernel` / `compiled` atomically: writes the inactive generation and
+/// the endpoints' identities for it, then flips. Until the flip every packet is judged by the
+/// old policy, after it by the new one. On an error before the flip the enforced policy is
+/// untouched (the inactive generation is then unknown and rewritten in full next time).
+/// `obs` sees every write and the flip. The caller attaches new endpoints afterwards.
+pub fn commit(
+    dp: &mut Dataplane,
+    gens: &mut Generations,
+    kernel: KernelState,
+    compiled: &Compiled,
+    endpoints: &mut EndpointTable,
+    obs: &mut Option<Observer<'_>>,
+) -> Result<Commit, AgentError> {
+    let next = 1 - bulkhead_common::generation(current_revision(dp)?);
+    let old = gens.held[next].take();
+    let written = write_generation(dp, next, old.as_ref(), &kernel, obs)?;
+    let (pending, keep) = stage_endpoints(dp, compiled, endpoints, next, obs)?;
+    gens.held[next] = Some(kernel);
+    let rev = bump_revision(dp)?;
+    if let Some(o) = obs.as_mut() {
+        o(dp);
+    }
+    Ok(Commit { written, pending, keep, rev })
+}
+
 /// After the flip: attaches programs to every staged endpoint's interface (its entry is
 /// already in the map, so the first packet finds it) and detaches and forgets interfaces
 /// that are no longer endpoints.
