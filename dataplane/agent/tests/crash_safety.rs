@@ -154,3 +154,125 @@ fn sigkill_and_sigterm_of_the_agent_keep_enforcement_and_only_uninstall_removes_
     assert!(connect_port(&t, 9090).is_some(), "after uninstall no program filters the pod's traffic");
     println!("agent start to reconciled: first {first:?}, after SIGKILL {restart:?}, after SIGTERM {after_term:?}");
 }
+
+/// A cgroup v2 folder for pod 2's processes, killed and removed on drop.
+struct PodCgroup(PathBuf);
+
+impl PodCgroup {
+    fn new(t: &Topo) -> PodCgroup {
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/unified/bhc{}-p2", t.id));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cgroup {}: {e}", dir.display()));
+        PodCgroup(dir)
+    }
+
+    /// Runs `argv` inside pod 2 (its network namespace and this cgroup); returns its exit.
+    fn run(&self, t: &Topo, argv: &[&str]) -> std::process::ExitStatus {
+        use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+        let ns = std::fs::File::open(format!("/var/run/netns/{}", t.pod(2))).expect("pod netns");
+        let procs = std::fs::OpenOptions::new().write(true).open(self.0.join("cgroup.procs")).expect("cgroup.procs");
+        let (ns_fd, cg_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: only async-signal-safe syscalls on fds opened before fork; no allocation.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 || libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.status().unwrap_or_else(|e| panic!("running {argv:?} in pod 2: {e}"))
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(bulkhead_bin()).args(args).output().expect("bulkhead");
+    assert!(out.status.success(), "bulkhead {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The detector's view of pod 2 from the CLI: (mode, isolated, learned execs).
+fn p2_status(instance: &str) -> Option<(String, bool, Vec<String>)> {
+    let v: serde_json::Value = serde_json::from_str(&cli(&["detector", "status", "--instance", instance, "--json"])).expect("status JSON");
+    let w = v["workloads"].as_array()?.iter().find(|w| w["name"] == "x/p2")?.clone();
+    let execs = w["learned_execs"].as_array().map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    Some((w["mode"].as_str().unwrap_or_default().to_string(), w["isolated"] == true, execs))
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(15), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn detector_policy(mode: &str) -> String {
+    format!(
+        "apiVersion: bulkhead.io/v1alpha1\nkind: DetectorPolicy\nmetadata: {{name: guard, namespace: x}}\nspec:\n  selector: app == 'p2'\n  mode: {mode}\n  actions: {{exec: [kill, isolate]}}\n"
+    )
+}
+
+#[test]
+fn an_isolated_pod_stays_isolated_and_its_profile_survives_sigkill_and_sigterm() {
+    let t = Topo::create();
+    let cg = PodCgroup::new(&t);
+    tcp_echo(&t, 2, 8080);
+    let pods = std::fs::read_to_string(t.dir.join("pods.yaml")).expect("pods");
+    let pods = pods.replace(
+        &format!("bulkhead.io/interface: {}}}", t.veth(2)),
+        &format!("bulkhead.io/interface: {}, bulkhead.io/cgroup: {}}}", t.veth(2), cg.0.display()),
+    );
+    std::fs::write(t.dir.join("pods.yaml"), pods).expect("pods with cgroup");
+    std::fs::write(t.dir.join("detector.yaml"), detector_policy("learn")).expect("detector policy");
+    let mut d = Daemon::new(&t);
+    d.start();
+    let instance = d.instance.clone();
+
+    // Learn: pod 2 runs sleep; then protect through the datastore, as an operator would.
+    assert!(cg.run(&t, &["/bin/sleep", "0.1"]).success(), "sleep runs while learning");
+    wait_for("the profile to hold sleep", || p2_status(&instance).is_some_and(|(_, _, e)| e.iter().any(|x| x.ends_with("/sleep"))));
+    std::fs::write(t.dir.join("detector.yaml"), detector_policy("protect")).expect("protect");
+    wait_for("protect mode", || p2_status(&instance).is_some_and(|(m, _, _)| m == "protect"));
+    assert!(connect_port(&t, 8080).is_some(), "no policy, not isolated: pod 2 reachable");
+
+    // An exec outside the profile: killed and pod 2 isolated by the kernel.
+    let st = cg.run(&t, &["/bin/true"]);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGKILL), "exec outside the profile killed");
+    wait_for("isolation", || connect_port(&t, 8080).is_none());
+    let before = p2_status(&instance).expect("status");
+    assert!(before.1, "status says isolated: {before:?}");
+    let profile_of = |i: &str| {
+        let v: serde_json::Value = serde_json::from_str(&cli(&["detector", "profile", "list", "--instance", i, "--json"])).expect("list JSON");
+        let name = v[0]["name"].as_str().expect("one profile").to_string();
+        cli(&["detector", "profile", "export", &name, "--instance", i])
+    };
+    let profile = profile_of(&instance);
+
+    for (sig, name) in [(libc::SIGKILL, "SIGKILL"), (libc::SIGTERM, "SIGTERM")] {
+        d.signal(sig);
+        assert!(connect_port(&t, 8080).is_none(), "after {name}, no agent: pod 2 must stay isolated");
+        let st = cg.run(&t, &["/bin/true"]);
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGKILL), "after {name}, no agent: protect still kills");
+        d.start();
+        assert!(connect_port(&t, 8080).is_none(), "after {name} and the restart: pod 2 must stay isolated");
+        assert_eq!(p2_status(&instance).expect("status"), before, "after {name} and the restart: same mode, isolation and profile");
+        assert_eq!(profile_of(&instance), profile, "after {name} and the restart: the profile is the same");
+    }
+    // Release through the CLI: reachable again.
+    cli(&["detector", "release", "--instance", &instance, "--cgroup", cg.0.to_str().unwrap()]);
+    assert!(connect_port(&t, 8080).is_some(), "released pod 2 is reachable");
+}
