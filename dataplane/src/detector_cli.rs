@@ -39,6 +39,7 @@ pub fn status(instance: &str, json: bool) -> anyhow::Result<i32> {
                     "sequence_model": w.opts.sequences,
                     "learned_sequence_syscalls": prof(w).and_then(|p| p.syscall_model.as_ref()).map_or(0, |m| m.len()),
                     "isolated": isolated.iter().any(|(i, v)| *i == w.ifindex || v.cgroup_id == w.cgroup_id),
+                    "profile_missing": w.profile_missing, "effective_mode": w.effective_mode(),
                     "frozen": detect::cgroup::is_frozen(&w.spec.cgroup).unwrap_or(false),
                 })
             })

@@ -275,4 +275,24 @@ fn an_isolated_pod_stays_isolated_and_its_profile_survives_sigkill_and_sigterm()
     // Release through the CLI: reachable again.
     cli(&["detector", "release", "--instance", &instance, "--cgroup", cg.0.to_str().unwrap()]);
     assert!(connect_port(&t, 8080).is_some(), "released pod 2 is reachable");
+
+    // A restart that finds protect mode without the profile (lost while no agent ran) only
+    // alerts: an empty profile would make every exec a finding.
+    d.signal(libc::SIGTERM);
+    let profiles = PathBuf::from("/run/bulkhead").join(&instance).join("detector-profiles");
+    for e in std::fs::read_dir(&profiles).expect("profiles folder").flatten() {
+        std::fs::remove_file(e.path()).expect("remove profile");
+    }
+    d.start();
+    let v: serde_json::Value = serde_json::from_str(&cli(&["detector", "status", "--instance", &instance, "--json"])).expect("status");
+    let w = v["workloads"].as_array().and_then(|a| a.iter().find(|w| w["name"] == "x/p2")).expect("x/p2 restored").clone();
+    assert!(w["profile_missing"] == true && w["effective_mode"] == "monitor" && w["mode"] == "protect", "{w}");
+    assert!(cg.run(&t, &["/bin/true"]).success(), "with its profile missing, protect must not kill");
+    assert!(connect_port(&t, 8080).is_some(), "with its profile missing, protect must not isolate");
+    // Importing the profile makes it act again.
+    let file = t.dir.join("profile-backup.yml.txt");
+    std::fs::write(&file, &profile).expect("profile backup");
+    cli(&["detector", "profile", "import", file.to_str().unwrap(), "--instance", &instance]);
+    let st = cg.run(&t, &["/bin/true"]);
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGKILL), "after the import, protect kills again");
 }

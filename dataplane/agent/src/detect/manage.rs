@@ -92,16 +92,28 @@ impl Detector {
     pub fn import_profile(&mut self, dp: &mut Dataplane, source: &str, text: &str) -> Result<ImportReport, AgentError> {
         let p = profile::Profile::from_yaml(source, text).map_err(|e| AgentError::Invalid(e.to_string()))?;
         let name = p.name.clone();
+        let mut restored = Vec::new();
         let report = {
             let mut g = self.shared.inner.lock().unwrap();
             let workloads = g.workloads.values().filter(|w| w.profile_name() == name).map(|w| w.spec.name.clone()).collect();
             let r = ImportReport { profile: name.clone(), execs: p.execs.len(), egress: p.network.egress.len(), workloads };
             g.profiles.insert(name.clone(), p);
             g.dirty.insert(name.clone());
+            let missing: Vec<u64> = g.workloads.values().filter(|w| w.profile_name() == name && w.profile_missing).map(|w| w.cgroup_id).collect();
+            for id in &missing {
+                if let Some(w) = g.workloads.get_mut(id) {
+                    w.profile_missing = false;
+                    restored.push(w.clone());
+                }
+            }
             g.sequence_reload.insert(name.clone());
             r
         };
         self.write_profile(dp, &name)?;
+        // Workloads that only alerted for want of this profile act again.
+        for w in &restored {
+            self.write_workload(dp, w)?;
+        }
         self.persist();
         self.shared.bump();
         tracing::info!(profile = %name, execs = report.execs, egress = report.egress, workloads = ?report.workloads, "detector profile imported");

@@ -161,9 +161,20 @@ pub struct WorkloadState {
     pub ifindex: u32,
     #[serde(default)]
     pub opts: WorkloadOptions,
+    /// Restored in monitor or protect mode while its profile was gone (deleted, lost): it
+    /// only alerts (the kernel reports execs, user space takes no action) until a profile
+    /// exists again: imported, learned (the workload set to learn), or the mode set anew.
+    #[serde(default)]
+    pub profile_missing: bool,
 }
 
 impl WorkloadState {
+    /// The mode the kernel and the actions follow: protect only alerts while the profile is
+    /// missing, since an empty profile would make every exec and peer a finding.
+    pub fn effective_mode(&self) -> Mode {
+        if self.profile_missing && self.spec.mode == Mode::Protect { Mode::Monitor } else { self.spec.mode }
+    }
+
     /// The name of the profile this workload learns into and is judged by.
     pub fn profile_name(&self) -> &str {
         self.opts.profile.as_deref().unwrap_or(&self.spec.name)
@@ -350,7 +361,15 @@ impl Detector {
             match serde_json::from_str::<Vec<WorkloadState>>(&text) {
                 Ok(list) => {
                     let mut g = shared.inner.lock().unwrap();
-                    for w in list {
+                    for mut w in list {
+                        if w.spec.mode != Mode::Learn && !g.profiles.contains_key(w.profile_name()) {
+                            w.profile_missing = true;
+                            tracing::error!(
+                                workload = %w.spec.name,
+                                profile = w.profile_name(),
+                                "detector profile missing at restart: the workload only alerts until a profile is imported or learned"
+                            );
+                        }
                         tracing::info!(workload = %w.spec.name, mode = ?w.spec.mode, "detector workload restored");
                         g.profile_mut(&w);
                         g.workloads.insert(w.cgroup_id, w);
@@ -382,9 +401,15 @@ impl Detector {
         let list: Vec<WorkloadState> = d.shared.inner.lock().unwrap().workloads.values().cloned().collect();
         for w in &list {
             d.write_profile(dp, w.profile_name())?;
+            if w.profile_missing {
+                // The pinned entry still says protect: alert only until a profile exists.
+                d.write_workload(dp, w)?;
+            }
         }
         d.sync_syscall_probe(dp)?;
         d.sync_flow_events(dp)?;
+        // What was restored (missing profiles flagged) is what the CLI reads.
+        d.persist();
         Ok(d)
     }
 
@@ -413,7 +438,10 @@ impl Detector {
         let state = {
             let mut g = self.shared.inner.lock().unwrap();
             // Workloads naming the same profile share its kernel id (one set of exec entries).
-            let mut w = WorkloadState { spec, cgroup_id, profile_id: 0, ifindex, opts };
+            // A missing profile stays missing until the workload learns (or an import or an
+            // explicit mode change says otherwise).
+            let profile_missing = spec.mode != Mode::Learn && g.workloads.get(&cgroup_id).is_some_and(|o| o.profile_missing);
+            let mut w = WorkloadState { spec, cgroup_id, profile_id: 0, ifindex, opts, profile_missing };
             w.profile_id = g
                 .workloads
                 .values()
@@ -444,6 +472,8 @@ impl Detector {
             let mut g = self.shared.inner.lock().unwrap();
             let w = g.workloads.values_mut().find(|w| w.spec.name == name).ok_or_else(|| det_err(format!("no workload {name}")))?;
             w.spec.mode = mode;
+            // The operator chose the mode for the profile there is.
+            w.profile_missing = false;
             w.clone()
         };
         self.write_workload(dp, &state)?;
@@ -502,7 +532,7 @@ impl Detector {
         }
         // The sequence thread learns of the workload before the kernel streams for it.
         self.shared.bump();
-        let v = WorkloadV1 { profile_id: w.profile_id, ifindex: w.ifindex, mode: w.spec.mode.kernel(), _pad: [0; 3], flags };
+        let v = WorkloadV1 { profile_id: w.profile_id, ifindex: w.ifindex, mode: w.effective_mode().kernel(), _pad: [0; 3], flags };
         dp.maps.det.workloads.insert(w.cgroup_id, v, 0).map_err(|e| map_err(det::map_names::WORKLOADS, e))?;
         // Again after the write: confirming this generation means the thread has handled
         // every record sent under the old entry (see `Shared::wait_sequences_applied`).
@@ -683,7 +713,9 @@ impl Detector {
         };
         match serde_json::to_string_pretty(&list) {
             Ok(json) => {
-                if let Err(e) = std::fs::write(&self.state_file, json) {
+                // Atomically: a crash mid-write must not leave a file the next agent rejects.
+                let tmp = self.state_file.with_extension("json.tmp");
+                if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &self.state_file)) {
                     tracing::error!(file = %self.state_file.display(), error = %e, "detector state not saved");
                 }
             }
@@ -731,7 +763,7 @@ pub(crate) fn take_actions(
 ) -> (Vec<String>, Option<u64>) {
     let mut done = Vec::new();
     let mut isolate_ns = None;
-    if w.spec.mode != Mode::Protect {
+    if w.effective_mode() != Mode::Protect {
         return (done, isolate_ns);
     }
     if actions.isolate {
