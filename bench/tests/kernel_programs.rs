@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use aya::programs::{TestRun as _, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
 use bulkhead_bench::packet::{TCP_SYN, icmp_error_frame, tcp_frame, with_ip_options};
-use bulkhead_common::{ConfigV1, EndpointV2, identity};
+use bulkhead_common::{ConfigV1, EndpointV2, FlowEventV2, capacity, counters, direction, flow_kind, identity};
 
 /// test_run gives TC programs an skb on the loopback device.
 const IFINDEX: u32 = 1;
@@ -40,6 +40,22 @@ impl Guard {
     fn run(&mut self, prog: &str, frame: &[u8]) -> u32 {
         let p = self.dp().classifier(prog).expect("program");
         p.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..TestRunOptions::new() }).expect("BPF_PROG_TEST_RUN").return_value
+    }
+
+    /// Flow events waiting in the ring.
+    fn events(&mut self) -> Vec<FlowEventV2> {
+        let mut out = Vec::new();
+        while let Some(item) = self.dp().maps.flows.next() {
+            assert_eq!(item.len(), core::mem::size_of::<FlowEventV2>(), "event size");
+            // SAFETY: size checked; read unaligned.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEventV2>()) });
+        }
+        out
+    }
+
+    fn run_n(&mut self, prog: &str, frame: &[u8], repeat: u32) -> u32 {
+        let p = self.dp().classifier(prog).expect("program");
+        p.test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() }).expect("BPF_PROG_TEST_RUN").return_value
     }
 
     fn counter(&self, name: &str) -> u64 {
@@ -114,4 +130,32 @@ fn icmp_errors_pass_only_when_they_quote_a_tracked_flow() {
     assert_eq!(g.run(programs::TO_POD, &err_about_err), RET_DROP);
     assert_eq!(g.counter("pass_icmp_related"), 3);
     assert_eq!(g.counter("drop_icmp_unrelated_fail_closed"), 3);
+}
+
+#[test]
+fn drops_are_reported_with_tuple_identities_direction_and_reason_within_a_budget() {
+    let mut g = Guard::new("dropev");
+    let spoofed = tcp_frame(Ipv4Addr::new(10, 30, 0, 77), PEER, 40001, 80, TCP_SYN);
+    assert_eq!(g.run(programs::FROM_POD, &spoofed), RET_DROP);
+    let ev = g.events();
+    assert_eq!(ev.len(), 1, "one drop, one event: {ev:?}");
+    let e = ev[0];
+    assert_eq!((e.kind, e.direction, e.drop_reason), (flow_kind::DROPPED, direction::EGRESS, counters::DROP_SPOOFED as u16));
+    assert_eq!((e.saddr_be, e.daddr_be, u16::from_be_bytes(e.sport_be), u16::from_be_bytes(e.dport_be)), ([10, 30, 0, 77], PEER.octets(), 40001, 80));
+    assert_eq!((e.local_identity, e.peer_identity), (identity::FIRST_ALLOCATED, identity::WORLD), "both identities");
+    // An unparseable frame (IPv6) is reported too, without a tuple.
+    let mut v6 = tcp_frame(POD, PEER, 1, 2, TCP_SYN);
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    assert_eq!(g.run(programs::TO_POD, &v6), RET_DROP);
+    let ev = g.events();
+    assert_eq!((ev[0].drop_reason, ev[0].direction), (counters::DROP_IPV6 as u16, direction::INGRESS), "{ev:?}");
+
+    // A flood: every drop counted, events bounded by the per-CPU budget, the rest counted.
+    let before = g.counter("drop_spoofed_source_fail_closed");
+    assert_eq!(g.run_n(programs::FROM_POD, &spoofed, 5000), RET_DROP);
+    assert_eq!(g.counter("drop_spoofed_source_fail_closed") - before, 5000, "every drop counted");
+    let sent = g.events().len() as u64;
+    let limited = g.counter("drop_events_rate_limited");
+    assert!(sent <= u64::from(capacity::DROP_EVENTS_PER_SEC_PER_CPU), "events bounded: {sent}");
+    assert_eq!(sent + limited, 5000, "every drop either reported or counted as rate-limited");
 }

@@ -29,7 +29,7 @@ pub fn check(ifindex: u32, flow: &Flow, dir: u8) -> Option<bool> {
         count(counters::PASS_ISOLATION_ALLOWLIST);
         Some(true)
     } else {
-        count(counters::DROP_ISOLATED);
+        // The caller reports the drop (DROP_ISOLATED) with the packet's identities.
         Some(false)
     }
 }

@@ -133,11 +133,11 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: map values are only read (copied out) here.
     let Some(raw) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
-        count(counters::DROP_NO_ENDPOINT);
+        events::dropped(ifindex, None, dir, counters::DROP_NO_ENDPOINT, None);
         return TC_DROP;
     };
     let Some(cfg) = CONFIG.get(0).copied() else {
-        count(counters::DROP_NO_CONFIG);
+        events::dropped(ifindex, None, dir, counters::DROP_NO_CONFIG, None);
         return TC_DROP;
     };
     // One generation for the whole packet: every lookup below sees one complete policy.
@@ -148,13 +148,13 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
             // Headers beyond the linear part (IP options, an ICMP error's quote): pull in what
             // the parser may read, once, then fail closed.
             if ctx.pull_data((parse::MAX_PARSE_LEN as u32).min(ctx.len())).is_err() {
-                count(counters::DROP_MALFORMED);
+                events::dropped(ifindex, None, dir, counters::DROP_MALFORMED, Some((ep.identity, ep.pgen)));
                 return TC_DROP;
             }
             match parse(ctx.data(), ctx.data_end()) {
                 Some(f) => f,
                 None => {
-                    count(counters::DROP_MALFORMED);
+                    events::dropped(ifindex, None, dir, counters::DROP_MALFORMED, Some((ep.identity, ep.pgen)));
                     return TC_DROP;
                 }
             }
@@ -168,20 +168,22 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
             return TC_PASS;
         }
         Frame::Drop(c) => {
-            count(c);
+            events::dropped(ifindex, None, dir, c, Some((ep.identity, ep.pgen)));
             return TC_DROP;
         }
     };
+    let local = Some((ep.identity, ep.pgen));
     if dir == direction::EGRESS && flow.saddr_be != ep.ipv4_be {
-        count(counters::DROP_SPOOFED);
+        events::dropped(ifindex, Some(&flow), dir, counters::DROP_SPOOFED, local);
         return TC_DROP;
     }
     // Before conntrack, so established flows of an isolated endpoint stop too.
     if isolate::check(ifindex, &flow, dir) == Some(false) {
+        events::dropped(ifindex, Some(&flow), dir, counters::DROP_ISOLATED, local);
         return TC_DROP;
     }
     if ep.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
-        count(counters::DROP_OVERFLOW);
+        events::dropped(ifindex, Some(&flow), dir, counters::DROP_OVERFLOW, local);
         return TC_DROP;
     }
     let remote = if dir == direction::EGRESS { flow.daddr_be } else { flow.saddr_be };
@@ -252,8 +254,9 @@ impl Local {
 /// under default deny. Anything else is dropped and counted: policy never judges errors.
 #[inline(always)]
 fn icmp_error(ifindex: u32, ep: &Local, cfg: &ConfigV1, saddr_be: [u8; 4], quoted: &Flow, dir: u8) -> i32 {
+    let local = Some((ep.identity, ep.pgen));
     if dir == direction::EGRESS && saddr_be != ep.ipv4_be {
-        count(counters::DROP_SPOOFED);
+        events::dropped(ifindex, Some(quoted), dir, counters::DROP_SPOOFED, local);
         return TC_DROP;
     }
     // The reversed quote has the flow's remote side where the isolation allow-list expects it
@@ -266,10 +269,11 @@ fn icmp_error(ifindex: u32, ep: &Local, cfg: &ConfigV1, saddr_be: [u8; 4], quote
         ..*quoted
     };
     if isolate::check(ifindex, &reply, dir) == Some(false) {
+        events::dropped(ifindex, Some(quoted), dir, counters::DROP_ISOLATED, local);
         return TC_DROP;
     }
     if ep.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
-        count(counters::DROP_OVERFLOW);
+        events::dropped(ifindex, Some(quoted), dir, counters::DROP_OVERFLOW, local);
         return TC_DROP;
     }
     // SAFETY: helper without preconditions.
@@ -283,7 +287,7 @@ fn icmp_error(ifindex: u32, ep: &Local, cfg: &ConfigV1, saddr_be: [u8; 4], quote
             }
         }
     }
-    count(counters::DROP_ICMP_UNRELATED);
+    events::dropped(ifindex, Some(quoted), dir, counters::DROP_ICMP_UNRELATED, local);
     TC_DROP
 }
 
@@ -312,8 +316,8 @@ fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV1, origin_port: u16, is_r
         let v = policy::enforced(p.ep.identity, peer, ct.origin_direction, p.flow.protocol, origin_port, p.ep.pgen);
         if v.action != action::ALLOW {
             let _ = CONNTRACK.remove(key);
-            count(counters::CT_REEVAL_DENY);
-            events::emit(p.ifindex, p.flow, p.dir, flow_kind::REVOKED, &v, None);
+            events::count_drop(counters::CT_REEVAL_DENY, p.dir);
+            events::emit(p.ifindex, p.flow, p.dir, flow_kind::REVOKED, &v, None, events::Ids { local: p.ep.identity, peer });
             return Some(TC_DROP);
         }
         ct.policy_rev = p.cfg.policy_rev;
@@ -338,7 +342,11 @@ fn judge_new_flow(ifindex: u32, ep: &Local, cfg: &ConfigV1, flow: &Flow, dir: u8
     } else {
         counters::ALLOW_POLICY
     };
-    count(counter);
+    if allow {
+        count(counter);
+    } else {
+        events::count_drop(counter, dir);
+    }
     let staged_v;
     let staged = if ep.flags & ep_flags::HAS_STAGED != 0 {
         count(counters::STAGED_EVALUATED);
@@ -350,7 +358,7 @@ fn judge_new_flow(ifindex: u32, ep: &Local, cfg: &ConfigV1, flow: &Flow, dir: u8
     events::record_stats(&v, staged);
     if cfg.flags & config_flags::FLOW_EVENTS_ALL != 0 || v.flags & verdict_flags::LOG != 0 {
         let kind = if allow { flow_kind::NEW_ALLOWED } else { flow_kind::DENIED };
-        events::emit(ifindex, flow, dir, kind, &v, staged);
+        events::emit(ifindex, flow, dir, kind, &v, staged, events::Ids { local: ep.identity, peer });
     }
     allow
 }

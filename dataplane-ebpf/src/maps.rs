@@ -9,7 +9,7 @@ use bulkhead_common::detect::{
     self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, IpCacheKeyV2, IpHostKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
+    ConfigV1, CtKeyV1, CtValueV1, DropRateV1, EndpointV2, IpCacheKeyV2, IpHostKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
     PolicyValueV2, SliceKeyV1, SliceValueV1, capacity,
 };
 
@@ -54,9 +54,9 @@ pub static RANGES: LpmTrie<PolicyKeyV1, PolicyValueV2> = LpmTrie::with_max_entri
 pub static POLICY_STATS: PerCpuArray<PolicyStatsV1> =
     PerCpuArray::with_max_entries(capacity::POLICIES, 0);
 
-/// Flow events (`FlowEventV1`): new flows (when enabled), Log-rule matches, revoked flows.
-/// Written by TC; read by the agent's flow log.
-#[map(name = "BH_FLOWS_V1")]
+/// Flow events (`FlowEventV2`): new flows (when enabled), Log-rule matches, revoked flows and
+/// rate-limited drops. Written by TC; read by the agent's flow log.
+#[map(name = "BH_FLOWS_V2")]
 pub static FLOWS: RingBuf = RingBuf::with_byte_size(capacity::FLOW_RING_BYTES, 0);
 
 /// Key: flow 5-tuple at one interface. Value: flow state and the policy revision it was
@@ -70,6 +70,15 @@ pub static CONNTRACK: LruHashMap<CtKeyV1, CtValueV1> =
 /// Written by the agent; read by TC.
 #[map(name = "BH_CONFIG_V1")]
 pub static CONFIG: Array<ConfigV1> = Array::with_max_entries(1, 0);
+
+/// Key: drop reason (a `bulkhead_common::counters` index) + COUNTERS * (direction - 1).
+/// Value: per-CPU packet count. Written by TC on every drop; read by `bulkhead status`.
+#[map(name = "BH_DROPS_V1")]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(capacity::COUNTERS * 2, 0);
+
+/// Key: 0. Value: this CPU's drop-event budget for the current second. Written and read by TC.
+#[map(name = "BH_DROP_RATE_V1")]
+pub static DROP_RATE: PerCpuArray<DropRateV1> = PerCpuArray::with_max_entries(1, 0);
 
 /// Key: counter index (`bulkhead_common::counters`). Value: per-CPU packet count.
 /// Written by TC and XDP; read and summed by the agent.

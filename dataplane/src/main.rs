@@ -317,6 +317,22 @@ fn run_flows(instance: String, json: bool) -> anyhow::Result<i32> {
         }
         let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: bad line", path.display()))?;
         let verdict = &v["verdict"];
+        if v["kind"] == "dropped" {
+            println!(
+                "{:<11} {:<7} {}:{} -> {}:{} proto {} reason {} (identities local {} peer {})",
+                "dropped",
+                v["direction"].as_str().unwrap_or("?"),
+                v["src"].as_str().unwrap_or("?"),
+                v["src_port"],
+                v["dst"].as_str().unwrap_or("?"),
+                v["dst_port"],
+                v["protocol"],
+                v["drop_reason"].as_str().unwrap_or("?"),
+                v["local_identity"],
+                v["peer_identity"],
+            );
+            continue;
+        }
         println!(
             "{:<11} {:<7} {}:{} -> {}:{} proto {} {} by {}{}",
             v["kind"].as_str().unwrap_or("?"),
@@ -420,6 +436,12 @@ fn main() -> anyhow::Result<()> {
                 println!("  datapath counters:");
                 for (k, v) in &st.counters {
                     println!("    {k:<34} {v}");
+                }
+                if !st.drops.is_empty() {
+                    println!("  drops by reason          ingress     egress");
+                    for d in &st.drops {
+                        println!("    {:<34} {:>10} {:>10}", d.reason, d.ingress, d.egress);
+                    }
                 }
             }
             0

@@ -1,6 +1,6 @@
 //! Flow events from the kernel's ring buffer: named after the policies that decided them and
-//! appended as JSON lines to the instance's flow log (Log rules, denied and revoked flows, and
-//! every new flow when enabled).
+//! appended as JSON lines to the instance's flow log (Log rules, denied and revoked flows,
+//! rate-limited drops with their reason, and every new flow when enabled).
 
 use std::{
     collections::VecDeque,
@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use bulkhead_common::{FlowEventV1, NO_POLICY, PolicyValueV2, action, direction, flow_kind, verdict_flags};
+use bulkhead_common::{FlowEventV2, NO_POLICY, PolicyValueV2, action, direction, flow_kind, verdict_flags};
 use policy_compiler::compile::Compiled;
 use serde::Serialize;
 
@@ -44,6 +44,11 @@ pub struct FlowRecord {
     pub dst_port: u16,
     pub verdict: VerdictRecord,
     pub staged: Option<VerdictRecord>,
+    /// For `dropped`: why (the datapath counter's name, e.g. `drop_spoofed_source_fail_closed`).
+    pub drop_reason: Option<&'static str>,
+    /// The endpoint's and the remote address's identities (0 = not known at the drop).
+    pub local_identity: u32,
+    pub peer_identity: u32,
 }
 
 fn name_policy(c: &Compiled, i: u32) -> Option<String> {
@@ -67,13 +72,14 @@ pub fn verdict_record(c: &Compiled, v: &PolicyValueV2) -> VerdictRecord {
 }
 
 /// Turns a raw event into a record.
-pub fn record(c: &Compiled, e: &FlowEventV1) -> FlowRecord {
+pub fn record(c: &Compiled, e: &FlowEventV2) -> FlowRecord {
     FlowRecord {
         ts_ns: e.ts_ns,
         kind: match e.kind {
             flow_kind::NEW_ALLOWED => "new-allowed",
             flow_kind::DENIED => "denied",
             flow_kind::REVOKED => "revoked",
+            flow_kind::DROPPED => "dropped",
             _ => "unknown",
         },
         direction: if e.direction == direction::INGRESS { "ingress" } else { "egress" },
@@ -85,19 +91,23 @@ pub fn record(c: &Compiled, e: &FlowEventV1) -> FlowRecord {
         dst_port: u16::from_be_bytes(e.dport_be),
         verdict: verdict_record(c, &e.verdict),
         staged: (e.has_staged != 0).then(|| verdict_record(c, &e.staged)),
+        drop_reason: (e.kind == flow_kind::DROPPED)
+            .then(|| bulkhead_common::counters::NAMES.get(usize::from(e.drop_reason)).copied().unwrap_or("unknown")),
+        local_identity: e.local_identity,
+        peer_identity: e.peer_identity,
     }
 }
 
 /// Reads every event waiting in the ring buffer (short records are skipped: a layout mismatch
 /// would otherwise be misread).
-pub fn drain_raw(dp: &mut Dataplane) -> Vec<FlowEventV1> {
+pub fn drain_raw(dp: &mut Dataplane) -> Vec<FlowEventV2> {
     let mut out = Vec::new();
     while let Some(item) = dp.maps.flows.next() {
-        if item.len() < core::mem::size_of::<FlowEventV1>() {
+        if item.len() < core::mem::size_of::<FlowEventV2>() {
             continue;
         }
-        // SAFETY: the kernel wrote a FlowEventV1 (size checked); read unaligned.
-        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEventV1>()) });
+        // SAFETY: the kernel wrote a FlowEventV2 (size checked); read unaligned.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEventV2>()) });
     }
     out
 }
@@ -110,6 +120,9 @@ pub struct FlowLog {
 
 /// Records kept in memory.
 const RECENT: usize = 10_000;
+
+/// Size at which the flow log file is rotated.
+const MAX_LOG_BYTES: u64 = 64 << 20;
 
 impl FlowLog {
     /// A log writing to `path` (its folder is created).
@@ -133,11 +146,17 @@ impl FlowLog {
     }
 
     /// Names and writes events already read from the ring.
-    pub fn log(&mut self, c: &Compiled, events: &[FlowEventV1]) {
+    pub fn log(&mut self, c: &Compiled, events: &[FlowEventV2]) {
         if events.is_empty() {
             return;
         }
         let out: Vec<FlowRecord> = events.iter().map(|e| record(c, e)).collect();
+        // Bounded on disk: past the limit the log moves to `<name>.1` (replacing the older one).
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            let _ = std::fs::rename(&self.path, old);
+        }
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
             for r in &out {
                 if let Ok(line) = serde_json::to_string(r) {

@@ -84,7 +84,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-const ALL_MAPS: [&str; 20] = [
+const ALL_MAPS: [&str; 22] = [
     map_names::ENDPOINTS,
     map_names::IPHOST,
     map_names::IPCACHE,
@@ -96,6 +96,8 @@ const ALL_MAPS: [&str; 20] = [
     map_names::CONNTRACK,
     map_names::CONFIG,
     map_names::COUNTERS,
+    map_names::DROPS,
+    map_names::DROP_RATE,
     det::map_names::WORKLOADS,
     det::map_names::EXEC_ALLOW,
     det::map_names::ISOLATION,

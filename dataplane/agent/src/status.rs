@@ -25,6 +25,16 @@ pub struct Status {
     pub conntrack_entries: usize,
     pub policy_rev: u32,
     pub counters: Vec<(String, u64)>,
+    /// Dropped packets by reason and direction (reasons with any drop only).
+    pub drops: Vec<DropRow>,
+}
+
+/// Drops of one reason, by direction (relative to the pod).
+#[derive(Debug, serde::Serialize)]
+pub struct DropRow {
+    pub reason: String,
+    pub ingress: u64,
+    pub egress: u64,
 }
 
 fn open(dir: &Path, name: &'static str) -> Result<Map, AgentError> {
@@ -95,6 +105,15 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
         let v = cnt.get(&(i as u32), 0).map_err(|e| merr(map_names::COUNTERS, e))?;
         counters.push((name.to_string(), v.iter().sum()));
     }
+    let drops_map: PerCpuArray<_, u64> = PerCpuArray::try_from(open(dir, map_names::DROPS)?).map_err(|e| merr(map_names::DROPS, e))?;
+    let mut drops = Vec::new();
+    for (i, name) in bulkhead_common::counters::NAMES.iter().enumerate() {
+        let sum = |slot: u32| -> Result<u64, AgentError> { Ok(drops_map.get(&slot, 0).map_err(|e| merr(map_names::DROPS, e))?.iter().sum()) };
+        let (ingress, egress) = (sum(i as u32)?, sum(i as u32 + bulkhead_common::capacity::COUNTERS)?);
+        if ingress + egress > 0 {
+            drops.push(DropRow { reason: name.to_string(), ingress, egress });
+        }
+    }
     let policy_rev = cfg.get(&0, 0).map_err(|e| merr(map_names::CONFIG, e))?.policy_rev;
     let g = generation(policy_rev);
     let of_gen = |direction: u8| usize::from(direction & GEN_DIRECTION_BIT != 0) == g;
@@ -109,5 +128,6 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
         conntrack_entries: ct.keys().count(),
         policy_rev,
         counters,
+        drops,
     })
 }

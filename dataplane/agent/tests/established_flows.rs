@@ -27,6 +27,11 @@ fn policy_changes_reach_established_flows_and_bad_input_changes_nothing() {
         s.connect_timeout(&SocketAddr::from((Ipv4Addr::new(10, 99, 0, 2), 8080)).into(), Duration::from_millis(500)).is_ok()
     });
     assert!(!spoofed, "a connection from an address that is not the pod's must not pass");
+    let flows = agent.recent_flows().expect("flows");
+    assert!(
+        flows.iter().any(|f| f.kind == "dropped" && f.drop_reason == Some("drop_spoofed_source_fail_closed") && f.src == "10.99.0.77" && f.direction == "egress"),
+        "the spoofed SYN is reported with tuple, direction and reason: {flows:?}"
+    );
     assert!(echo_once(&mut held), "no policy: echo on the new connection");
 
     // Deny all ingress to pod 2: the held connection's next packet is judged again and dropped.

@@ -28,8 +28,13 @@ pub mod map_names {
     pub const RANGES: &str = "BH_RANGE_V2";
     /// Per-policy counters: policy index -> [`crate::PolicyStatsV1`] (per CPU).
     pub const POLICY_STATS: &str = "BH_POLICY_STATS_V1";
-    /// Flow events ring buffer of [`crate::FlowEventV1`].
-    pub const FLOWS: &str = "BH_FLOWS_V1";
+    /// Flow events ring buffer of [`crate::FlowEventV2`].
+    pub const FLOWS: &str = "BH_FLOWS_V2";
+    /// Drops per reason and direction: index `reason + capacity::COUNTERS * (direction - 1)`
+    /// -> packets (per CPU); the reasons are [`crate::counters`] indexes.
+    pub const DROPS: &str = "BH_DROPS_V1";
+    /// Rate limit of drop events: one [`crate::DropRateV1`] per CPU.
+    pub const DROP_RATE: &str = "BH_DROP_RATE_V1";
     /// Connection tracking: [`crate::CtKeyV1`] -> [`crate::CtValueV1`] (LRU).
     pub const CONNTRACK: &str = "BH_CT_V1";
     /// Global configuration, one [`crate::ConfigV1`] at index 0.
@@ -50,6 +55,9 @@ pub mod capacity {
     pub const POLICIES: u32 = 65_536;
     /// Flow event ring buffer size in bytes.
     pub const FLOW_RING_BYTES: u32 = 1 << 20;
+    /// Drop events each CPU may send per second; the rest are counted
+    /// (`drop_events_rate_limited`), so a flood of bad packets is not a flood of events.
+    pub const DROP_EVENTS_PER_SEC_PER_CPU: u32 = 200;
 }
 
 /// Traffic direction relative to the local endpoint (the pod whose veth the program sits on).
@@ -262,6 +270,9 @@ pub mod counters {
         PASS_ICMP_RELATED = "pass_icmp_related",
         /// Fail-closed: an ICMP error quoting no tracked flow (or quoting an ICMP error).
         DROP_ICMP_UNRELATED = "drop_icmp_unrelated_fail_closed",
+        /// Drop events not sent because the CPU's per-second budget was spent (the drops
+        /// themselves are counted under their reason).
+        DROP_EVENTS_RATE_LIMITED = "drop_events_rate_limited",
     }
 }
 
@@ -379,7 +390,7 @@ pub struct PolicyStatsV1 {
     pub would_deny: u64,
 }
 
-/// Kinds of [`FlowEventV1`].
+/// Kinds of [`FlowEventV2`].
 pub mod flow_kind {
     /// A new flow was allowed.
     pub const NEW_ALLOWED: u8 = 1;
@@ -387,13 +398,16 @@ pub mod flow_kind {
     pub const DENIED: u8 = 2;
     /// An established flow was denied after a policy change.
     pub const REVOKED: u8 = 3;
+    /// A packet dropped for a reason other than policy (`drop_reason` says which).
+    pub const DROPPED: u8 = 4;
 }
 
-/// A flow event, written by TC into the ring buffer for every new flow (allowed or denied) and
-/// every revoked flow; read by the agent (flow log, Log rules, the detector's peer baseline).
+/// A flow event, written by TC into the ring buffer for new flows (when enabled or logged),
+/// revoked flows and (rate-limited) drops; read by the agent (flow log, Log rules, the
+/// detector's peer baseline).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowEventV1 {
+pub struct FlowEventV2 {
     pub ts_ns: u64,
     pub ifindex: u32,
     pub saddr_be: [u8; 4],
@@ -411,6 +425,23 @@ pub struct FlowEventV1 {
     pub kind: u8,
     /// 1 when `staged` is meaningful.
     pub has_staged: u8,
+    /// For [`flow_kind::DROPPED`]: the drop reason, a [`counters`] index.
+    pub drop_reason: u16,
+    pub _pad: u16,
+    /// The endpoint's identity (0 when the drop came before it was known).
+    pub local_identity: u32,
+    /// The remote address's identity (0 when the drop came before it was known).
+    pub peer_identity: u32,
+}
+
+/// Per-CPU state of the drop-event rate limit. Written and read by TC only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropRateV1 {
+    /// Start of the current one-second window (monotonic ns).
+    pub window_start_ns: u64,
+    /// Events sent in the window.
+    pub sent: u32,
     pub _pad: u32,
 }
 
@@ -509,7 +540,8 @@ const _: () = {
     assert!(core::mem::size_of::<SliceKeyV1>() == 12);
     assert!(core::mem::size_of::<SliceValueV1>() == 20);
     assert!(core::mem::size_of::<PolicyStatsV1>() == 32);
-    assert!(core::mem::size_of::<FlowEventV1>() == 64);
+    assert!(core::mem::size_of::<FlowEventV2>() == 72);
+    assert!(core::mem::size_of::<DropRateV1>() == 16);
     assert!(core::mem::size_of::<CtKeyV1>() == 20);
     assert!(core::mem::size_of::<CtValueV1>() == 48);
     assert!(core::mem::size_of::<ConfigV1>() == 40);
@@ -529,7 +561,8 @@ mod user {
     unsafe impl aya::Pod for PolicyStatsV1 {}
     unsafe impl aya::Pod for SliceKeyV1 {}
     unsafe impl aya::Pod for SliceValueV1 {}
-    unsafe impl aya::Pod for FlowEventV1 {}
+    unsafe impl aya::Pod for FlowEventV2 {}
+    unsafe impl aya::Pod for DropRateV1 {}
     unsafe impl aya::Pod for CtKeyV1 {}
     unsafe impl aya::Pod for CtValueV1 {}
     unsafe impl aya::Pod for ConfigV1 {}

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bulkhead_common::{CtKeyV1, FlowEventV1, direction, flow_kind};
+use bulkhead_common::{CtKeyV1, FlowEventV2, direction, flow_kind};
 
 use super::{
     Detector, DetectorEvent, Mode, NetActions, WorkloadState, cgroup,
@@ -45,7 +45,7 @@ impl Detector {
     }
 
     /// Learns or judges one flow event (outbound new flows of monitored workloads).
-    pub fn on_flow(&mut self, dp: &mut Dataplane, ev: &FlowEventV1) {
+    pub fn on_flow(&mut self, dp: &mut Dataplane, ev: &FlowEventV2) {
         if !matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || ev.ifindex == 0 {
             return;
         }
@@ -99,7 +99,7 @@ impl Detector {
         &mut self,
         dp: &mut Dataplane,
         w: &WorkloadState,
-        ev: &FlowEventV1,
+        ev: &FlowEventV2,
         finding: Finding,
         actions: NetActions,
         peer: &Peer,
