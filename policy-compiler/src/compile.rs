@@ -96,9 +96,31 @@ pub struct Compiled {
     pub tier_table: Vec<String>,
     /// Human-readable reports of what did not fit (and which endpoints fail closed for it).
     pub overflow: Vec<String>,
+    /// The policy laid out as the kernel reads it, built on first use ([`Compiled::layout`]).
+    pub layout_cache: LayoutCache,
 }
 
+/// A lazily built [`crate::layout::PolicyLayout`]; derived data, so it never makes two
+/// compiles unequal.
+#[derive(Clone, Debug, Default)]
+pub struct LayoutCache(std::sync::OnceLock<crate::layout::PolicyLayout>);
+
+impl PartialEq for LayoutCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LayoutCache {}
+
 impl Compiled {
+    /// The enforced and staged policy as the kernel's maps hold them (slices, port and range
+    /// exceptions): what the agent writes, and what [`crate::lookup`] and `explain` read, so
+    /// user space and the kernel share one lookup over one layout.
+    pub fn layout(&self) -> &crate::layout::PolicyLayout {
+        self.layout_cache.0.get_or_init(|| crate::layout::layout(&self.policy, &self.staged))
+    }
+
     /// The endpoint that owns `ip`.
     pub fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<(&PodRef, &EndpointEntry)> {
         self.endpoints.iter().find(|(_, e)| e.ip == ip)
@@ -513,7 +535,7 @@ impl Compiler {
                 PolicyEntry { id: id.clone(), tier: p.tier.clone(), staged: id.kind.is_staged() }
             })
             .collect::<Vec<_>>();
-        Ok(Compiled { endpoints, ipcache, policy, staged, policy_table, tier_table: self.tier_slots.table.clone(), overflow })
+        Ok(Compiled { endpoints, ipcache, policy, staged, policy_table, tier_table: self.tier_slots.table.clone(), overflow, layout_cache: LayoutCache::default() })
     }
 }
 

@@ -1,26 +1,23 @@
-//! The datapath's decision procedure, run on a [`Compiled`] instead of kernel maps. It mirrors
-//! the TC program step for step, so comparing it with [`crate::reference`] checks the compiler.
+//! The datapath's decision procedure, run on a [`Compiled`] instead of kernel maps: the same
+//! slice / port / range lookup ([`crate::layout::lookup`]) over the same layout
+//! ([`Compiled::layout`]) the TC program reads, so comparing it with [`crate::reference`]
+//! checks the compiler and the layout the kernel gets, and `explain` tells what the kernel does.
 //!
 //! For a packet at local endpoint E (identity L), direction D, remote address R, protocol P,
 //! policy port T (destination port; ICMP `type << 8 | code`; 0 otherwise):
 //! 1. ipcache LPM of R -> identity I (miss: [`identity::WORLD`]);
-//! 2. policy LPM lookups (L, I, D, P, T), (L, I, D, ANY, T), (L, ANY, D, P, T),
-//!    (L, ANY, D, ANY, T); the first hit is the verdict;
-//! 3. no hit: allow (no tier applies to E in D).
+//! 2. slices (L, I, D, P), (L, I, D, ANY), (L, ANY, D, P), (L, ANY, D, ANY): the first that
+//!    exists answers, through its single-port or port-range exception for T if it has one;
+//! 3. no slice: allow (no tier applies to E in D).
 //!
 //! The staged map is read the same way for endpoints flagged [`ep_flags::HAS_STAGED`].
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use bulkhead_common::{
-    IpInfoV2, POLICY_KEY_FIXED_BITS, POLICY_KEY_FULL_BITS, PolicyKeyV1, PolicyValueV2, action, direction, ep_flags,
-    identity, proto,
-};
+use bulkhead_common::{IpInfoV2, PolicyValueV2, STAGED_DIRECTION_BIT, action, direction, ep_flags, identity};
 
-use crate::compile::{Compiled, EndpointEntry, PolicyMapKey, policy_key};
+use crate::compile::{Compiled, EndpointEntry};
 use crate::model::{Cidr, PodRef};
-use crate::portrange::port_mask;
 
 /// One side of a connection.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,43 +46,12 @@ pub fn ipcache_lookup(compiled: &Compiled, ip: Ipv4Addr) -> IpInfoV2 {
         .unwrap_or(IpInfoV2 { identity: identity::WORLD, flags: 0 })
 }
 
-/// The four policy lookups of step 2 on one map; the first hit.
-pub fn lookup_map(
-    map: &BTreeMap<PolicyMapKey, PolicyValueV2>,
-    local: u32,
-    peer: u32,
-    dir: u8,
-    protocol: u8,
-    port: u16,
-) -> Option<PolicyValueV2> {
-    [(peer, protocol), (peer, proto::ANY), (identity::ANY, protocol), (identity::ANY, proto::ANY)]
-        .into_iter()
-        .find_map(|(i, p)| lpm_policy(map, policy_key(local, i, dir, p, port)))
-}
-
-fn lpm_policy(map: &BTreeMap<PolicyMapKey, PolicyValueV2>, key: PolicyKeyV1) -> Option<PolicyValueV2> {
-    let port = u16::from_be_bytes(key.port_be);
-    (POLICY_KEY_FIXED_BITS..=POLICY_KEY_FULL_BITS).rev().find_map(|plen| {
-        let mut k = key;
-        k.port_be = (port & port_mask((plen - POLICY_KEY_FIXED_BITS) as u8)).to_be_bytes();
-        map.get(&(plen, k)).copied()
-    })
-}
-
-fn check_map(
-    compiled: &Compiled,
-    map: &BTreeMap<PolicyMapKey, PolicyValueV2>,
-    local: &EndpointEntry,
-    remote: Ipv4Addr,
-    dir: u8,
-    protocol: u8,
-    port: u16,
-) -> Verdict {
+fn check_layout(compiled: &Compiled, local: &EndpointEntry, remote: Ipv4Addr, dir: u8, protocol: u8, port: u16) -> Verdict {
     if local.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
         return Verdict { allowed: false, hit: None, fail_closed: true };
     }
     let peer = ipcache_lookup(compiled, remote).identity;
-    match lookup_map(map, local.identity, peer, dir, protocol, port) {
+    match crate::layout::lookup(compiled.layout(), local.identity, peer, dir, protocol, port) {
         Some(v) => Verdict { allowed: v.action == action::ALLOW, hit: Some(v), fail_closed: false },
         None => Verdict { allowed: true, hit: None, fail_closed: false },
     }
@@ -94,7 +60,7 @@ fn check_map(
 /// The enforced policy check at endpoint `local` for traffic with `remote` in direction `dir`
 /// ([`direction`]); `port` is the policy port (destination port, or ICMP `type << 8 | code`).
 pub fn check(compiled: &Compiled, local: &EndpointEntry, remote: Ipv4Addr, dir: u8, protocol: u8, port: u16) -> Verdict {
-    check_map(compiled, &compiled.policy, local, remote, dir, protocol, port)
+    check_layout(compiled, local, remote, dir, protocol, port)
 }
 
 /// The staged (counterfactual) check, for endpoints flagged [`ep_flags::HAS_STAGED`].
@@ -106,7 +72,7 @@ pub fn check_staged(
     protocol: u8,
     port: u16,
 ) -> Option<Verdict> {
-    (local.flags & ep_flags::HAS_STAGED != 0).then(|| check_map(compiled, &compiled.staged, local, remote, dir, protocol, port))
+    (local.flags & ep_flags::HAS_STAGED != 0).then(|| check_layout(compiled, local, remote, dir | STAGED_DIRECTION_BIT, protocol, port))
 }
 
 /// Resolves an endpoint to its endpoint entry (if it is a pod with a datapath) and address.

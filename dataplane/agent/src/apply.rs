@@ -36,7 +36,8 @@ pub struct KernelState {
 impl KernelState {
     /// Splits the compiled IP cache by prefix length and lays the policy out.
     pub fn of(c: &Compiled) -> Self {
-        let mut s = KernelState { layout: policy_compiler::layout::layout(&c.policy, &c.staged), ..Default::default() };
+        // The same layout `explain` and the compiler's property tests read.
+        let mut s = KernelState { layout: c.layout().clone(), ..Default::default() };
         for ((addr, len), v) in &c.ipcache {
             if *len == 32 {
                 s.iphost.insert(addr.octets(), *v);
