@@ -159,3 +159,72 @@ fn drops_are_reported_with_tuple_identities_direction_and_reason_within_a_budget
     assert!(sent <= u64::from(capacity::DROP_EVENTS_PER_SEC_PER_CPU), "events bounded: {sent}");
     assert_eq!(sent + limited, 5000, "every drop either reported or counted as rate-limited");
 }
+
+/// `frame` with its L4 cut after `keep` bytes of IPv4 payload (lengths left as they were).
+fn cut_l4(frame: &[u8], keep: usize) -> Vec<u8> {
+    frame[..34 + keep].to_vec()
+}
+
+#[test]
+fn every_parse_failure_fails_closed_under_its_own_reason() {
+    let mut g = Guard::new("parse");
+    let good = tcp_frame(POD, PEER, 40000, 80, TCP_SYN);
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = good.clone();
+        f(&mut v);
+        v
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        // (A frame shorter than an IPv4 header cannot be tested here: BPF_PROG_TEST_RUN refuses
+        // it with EINVAL. A header shorter than its IHL is in the IP options test.)
+        ("IP version 6 in an IPv4 frame", with(&|v| v[14] = 0x65), "drop_malformed_fail_closed"),
+        ("IHL below 5", with(&|v| v[14] = 0x44), "drop_malformed_fail_closed"),
+        ("TCP header cut short", cut_l4(&good, 10), "drop_malformed_fail_closed"),
+        ("non-first fragment", with(&|v| v[20..22].copy_from_slice(&0x0010u16.to_be_bytes())), "drop_fragment_fail_closed"),
+        ("VLAN-tagged frame", with(&|v| v[12..14].copy_from_slice(&[0x81, 0x00])), "drop_unknown_l2_fail_closed"),
+        ("IPv6 frame", with(&|v| v[12..14].copy_from_slice(&[0x86, 0xdd])), "drop_ipv6_fail_closed"),
+        ("ICMP error with a cut quote", cut_l4(&icmp_error_frame(ROUTER, POD, 3, 4, &good), 8 + 12), "drop_malformed_fail_closed"),
+    ];
+    for (what, frame, counter) in cases {
+        let before = g.counter(counter);
+        let prog = if what.starts_with("ICMP") { programs::TO_POD } else { programs::FROM_POD };
+        let p = g.dp().classifier(prog).expect("program");
+        let r = p.test_run(TestRunOptions { data_in: Some(&frame), repeat: 1, ..TestRunOptions::new() });
+        let r = r.unwrap_or_else(|e| panic!("{what}: BPF_PROG_TEST_RUN: {e:?}")).return_value;
+        assert_eq!(r, RET_DROP, "{what} must be dropped");
+        assert_eq!(g.counter(counter), before + 1, "{what} counted as {counter}");
+    }
+    // ARP passes (pods need their gateway), counted.
+    let arp = with(&|v| v[12..14].copy_from_slice(&[0x08, 0x06]));
+    assert_eq!(g.run(programs::FROM_POD, &arp), RET_PASS);
+    assert_eq!(g.counter("pass_arp"), 1);
+    // A packet on an interface without an endpoint entry fails closed.
+    g.dp().maps.endpoints.remove(&IFINDEX).expect("remove endpoint");
+    assert_eq!(g.run(programs::FROM_POD, &good), RET_DROP);
+    assert_eq!(g.counter("drop_no_endpoint_fail_closed"), 1);
+}
+
+#[test]
+fn conntrack_passes_replies_and_isolation_stops_established_flows_except_the_allow_list() {
+    use bulkhead_common::detect::{AllowKeyV2, IsolationV1};
+    let mut g = Guard::new("ct-iso");
+    // Out and back: the reply of a tracked flow is allowed by conntrack.
+    assert_eq!(g.run(programs::FROM_POD, &tcp_frame(POD, PEER, 45000, 443, TCP_SYN)), RET_PASS);
+    assert_eq!(g.run(programs::TO_POD, &tcp_frame(PEER, POD, 443, 45000, 0x12)), RET_PASS);
+    assert_eq!(g.counter("allow_conntrack"), 1, "the reply went through conntrack");
+    let dns_out = bulkhead_bench::packet::tcp_frame(POD, ROUTER, 45001, 53, TCP_SYN);
+    // Isolated: the established flow stops in both directions; the allow-listed DNS passes.
+    g.dp().maps.det.isolation.insert(IFINDEX, IsolationV1 { since_ns: 1, cgroup_id: 7, reason: 1, _pad: 0 }, 0).expect("isolate");
+    let allow = AllowKeyV2 { ifindex: IFINDEX, addr_be: ROUTER.octets(), port_be: 53u16.to_be_bytes(), protocol: 6, _pad: 0 };
+    g.dp().maps.det.isolation_allow.insert(allow, 1, 0).expect("allow-list");
+    assert_eq!(g.run(programs::FROM_POD, &tcp_frame(POD, PEER, 45000, 443, 0x10)), RET_DROP, "established flow out stops");
+    assert_eq!(g.run(programs::TO_POD, &tcp_frame(PEER, POD, 443, 45000, 0x10)), RET_DROP, "established flow in stops");
+    assert_eq!(g.counter("drop_isolated_fail_closed"), 2);
+    assert_eq!(g.run(programs::FROM_POD, &dns_out), RET_PASS, "the allow-list still reaches DNS");
+    assert_eq!(g.counter("pass_isolation_allowlist"), 1);
+    let ev = g.events();
+    assert!(ev.iter().filter(|e| e.drop_reason == counters::DROP_ISOLATED as u16).count() == 2, "isolation drops reported: {ev:?}");
+    // Released: the flow resumes.
+    g.dp().maps.det.isolation.remove(&IFINDEX).expect("release");
+    assert_eq!(g.run(programs::FROM_POD, &tcp_frame(POD, PEER, 45000, 443, 0x10)), RET_PASS);
+}

@@ -19,6 +19,7 @@ use bulkhead_common::ConfigV1;
 use policy_compiler::{Compiler, compile::Compiled};
 
 const RET_PASS: u32 = u32::MAX;
+const RET_DROP: u32 = 2;
 const TARGET: Ipv4Addr = Ipv4Addr::new(10, 40, 0, 1);
 const PEERS: [Ipv4Addr; 5] =
     [Ipv4Addr::new(10, 40, 0, 11), Ipv4Addr::new(10, 40, 0, 12), Ipv4Addr::new(10, 40, 0, 13), Ipv4Addr::new(10, 40, 0, 14), Ipv4Addr::new(10, 40, 0, 15)];
@@ -256,4 +257,36 @@ fn the_issues_case_is_atomic_and_writing_in_place_would_let_p_through() {
     let mut o: Option<apply::Observer<'_>> = Some(&mut obs);
     apply::write_generation(c.dp(), active, Some(&old), &new, &mut o).expect("in-place write");
     assert!(p_let_through, "the control must catch P allowed between the in-place writes (the checker has teeth)");
+}
+
+#[test]
+fn a_policy_change_revokes_an_established_flow_on_its_next_packet() {
+    let mut g = Guard::new("reeval");
+    let (mut gens, mut eps) = (Generations::default(), EndpointTable::new());
+    let pods = issue_pods();
+    let (before, _) = replay(g.dp(), &mut gens, &mut eps, &vec![false; PEERS.len() * 4], &pods);
+    assert!(before.iter().all(|v| *v), "no policy: everything allowed");
+    // P opens a connection to the target; the target answers (tracked, both ways).
+    let syn = tcp_frame(PEERS[0], TARGET, 47000, 80, TCP_SYN);
+    let run = |dp: &mut Dataplane, prog: &str, f: &[u8]| {
+        dp.classifier(prog).expect("program").test_run(TestRunOptions { data_in: Some(f), repeat: 1, ..TestRunOptions::new() }).expect("run").return_value
+    };
+    assert_eq!(run(g.dp(), programs::TO_POD, &syn), RET_PASS);
+    assert_eq!(run(g.dp(), programs::FROM_POD, &tcp_frame(TARGET, PEERS[0], 80, 47000, 0x12)), RET_PASS);
+    let ack = tcp_frame(PEERS[0], TARGET, 47000, 80, 0x10);
+    assert_eq!(run(g.dp(), programs::TO_POD, &ack), RET_PASS, "established");
+    // Deny P: the flow's next packet (either direction) is judged again and dropped.
+    replay(g.dp(), &mut gens, &mut eps, &before, &(pods + DENY_P_ALLOW_ALL));
+    assert_eq!(run(g.dp(), programs::FROM_POD, &tcp_frame(TARGET, PEERS[0], 80, 47000, 0x10)), RET_DROP, "the reply is judged again and dropped");
+    assert_eq!(run(g.dp(), programs::TO_POD, &ack), RET_DROP, "and so is P's next packet");
+    let c = g.dp().counters().expect("counters");
+    let get = |n: &str| c.iter().find(|(k, _)| k == n).map(|(_, v)| *v).unwrap_or(0);
+    assert_eq!(get("ct_reeval_deny"), 1, "{c:?}");
+    let mut revoked = 0;
+    while let Some(item) = g.dp().maps.flows.next() {
+        // SAFETY: the kernel writes FlowEventV2 records; read unaligned.
+        let e: bulkhead_common::FlowEventV2 = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        revoked += usize::from(e.kind == bulkhead_common::flow_kind::REVOKED);
+    }
+    assert_eq!(revoked, 1, "the revoked flow is reported");
 }
