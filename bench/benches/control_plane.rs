@@ -8,6 +8,13 @@
 //! parallel until one sees the new verdict. Latency = start of the earliest probe that saw
 //! the new verdict - time of the file write; resolution is the 2 ms probe interval.
 //!
+//! Then agent restart to reconciled: the in-process agent stops keeping enforcement, and the
+//! real daemon (`bulkhead agent`, from `$BULKHEAD_BIN` or `target/release/bulkhead`) is
+//! started, killed with SIGKILL and started again, `RESTARTS` times. Latency = spawn to the
+//! daemon's "running" line (programs loaded, pinned links adopted, maps reconciled with the
+//! datastore). Meanwhile real TCP probes run every 5 ms and every one must see the enforced
+//! verdict (a deny) through the kill, the gap and the restart; any that does not is reported.
+//!
 //! The bench binary doubles as the lab's echo server (`<bench> lab serve --tcp ...`).
 
 use std::net::Ipv4Addr;
@@ -64,7 +71,7 @@ spec:
 
 struct Bench {
     // Field order = drop order: the agent (pins, links) goes before the lab (netns, servers).
-    _agent: Agent,
+    agent: Option<Agent>,
     ds: Datastore,
     client: PodNetns,
     server_ip: Ipv4Addr,
@@ -91,7 +98,7 @@ impl Bench {
         .expect("starting the agent");
         let client = lab.endpoint("bench/client").expect("client pod").clone();
         let server_ip = lab.endpoint("bench/server").expect("server pod").ip;
-        let b = Bench { _agent: agent, ds, client, server_ip, lab, allowed: true, samples: Vec::new(), failures: 0 };
+        let b = Bench { agent: Some(agent), ds, client, server_ip, lab, allowed: true, samples: Vec::new(), failures: 0 };
         // No policy yet: the server is not isolated, so the client must get through.
         let deadline = Instant::now() + GIVE_UP;
         while !probe(&b.client, b.server_ip, PORT, Protocol::Tcp, Duration::from_millis(200)) {
@@ -165,6 +172,81 @@ impl Bench {
     }
 }
 
+const RESTARTS: usize = 20;
+
+fn bulkhead_bin() -> std::path::PathBuf {
+    std::env::var_os("BULKHEAD_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/bulkhead"))
+}
+
+impl Bench {
+    /// Kills and restarts the real daemon `RESTARTS` times under a deny policy while probes
+    /// check the deny never lapses. Returns the restart-to-reconciled times and the number of
+    /// probes that got through.
+    fn restarts(&mut self) -> (Vec<Duration>, usize, usize) {
+        use std::io::BufRead as _;
+        if self.allowed {
+            self.flip();
+        }
+        let kept = self.agent.take().expect("agent").stop_keep_enforcing().expect("stop keeping enforcement");
+        eprintln!("control_plane: in-process agent stopped, {kept} links kept; restarting the daemon {RESTARTS} times");
+        let instance = self.lab.pin_dir().file_name().expect("pin dir").to_string_lossy().into_owned();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let leaks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let probes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let prober = {
+            let (stop, leaks, probes, client, ip) = (stop.clone(), leaks.clone(), probes.clone(), self.client.clone(), self.server_ip);
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if probe(&client, ip, PORT, Protocol::Tcp, PROBE_TIMEOUT) {
+                        leaks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    probes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        let mut times = Vec::new();
+        for i in 0..=RESTARTS {
+            let t0 = Instant::now();
+            let mut child = std::process::Command::new(bulkhead_bin())
+                .args(["agent", "--datastore", self.lab.datastore_dir().to_str().expect("utf-8"), "--node-netns", self.lab.node_netns(), "--instance", &instance])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawning bulkhead agent (build it: cargo build --release -p bulkhead)");
+            let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+            let up = lines.by_ref().map_while(Result::ok).any(|l| l.contains("bulkhead agent running"));
+            assert!(up, "the daemon did not come up");
+            let d = t0.elapsed();
+            // The first start replaces the in-process agent's links; the rest follow a SIGKILL.
+            if i > 0 {
+                times.push(d);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, if i == RESTARTS { libc::SIGTERM } else { libc::SIGKILL }) };
+            let _ = child.wait();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = prober.join();
+        // Back to an in-process agent, which removes everything on drop.
+        self.agent = Some(
+            Agent::start(AgentConfig {
+                datastore_dir: self.lab.datastore_dir(),
+                node_netns: Some(self.lab.node_netns().to_string()),
+                pin_dir: self.lab.pin_dir(),
+                watch: true,
+            })
+            .expect("restarting the in-process agent"),
+        );
+        (times, leaks.load(std::sync::atomic::Ordering::SeqCst), probes.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
@@ -215,6 +297,22 @@ fn main() {
         b.samples.len()
     );
     report(&b.samples, b.failures);
+
+    let (mut times, leaks, probes) = b.restarts();
+    times.sort();
+    if let (Some(p50), Some(p99)) = (percentile(&times, 50.0), percentile(&times, 99.0)) {
+        println!(
+            "control_plane agent restart after SIGKILL to reconciled: n={} p50={} ms p99={} ms max={} ms; {probes} probes during the restarts, {leaks} got through the deny",
+            times.len(),
+            ms(p50),
+            ms(p99),
+            ms(*times.last().expect("samples"))
+        );
+        result("agent_restart_to_reconciled_p50_ms", ms(p50));
+        result("agent_restart_to_reconciled_p99_ms", ms(p99));
+        result("agent_restart_probes", probes);
+        result("agent_restart_denied_probes_let_through", leaks);
+    }
 
     // Criterion view of the same quantity (each iteration = one flip; failures count as GIVE_UP).
     let mut group = c.benchmark_group("control_plane");

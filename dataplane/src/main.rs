@@ -369,10 +369,16 @@ fn run_agent(datastore: PathBuf, node_netns: Option<String>, instance: String) -
         pin_dir: bulkhead_agent::AgentConfig::default_pin_dir(&instance),
         watch: true,
     };
-    // SAFETY: the handler only stores to an atomic.
+    // SAFETY: the handler only stores to an atomic. A supervisor may start us with the signals
+    // blocked (the mask survives exec): unblock them, or SIGTERM would never stop the agent.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
     let agent = bulkhead_agent::Agent::start(cfg).context("starting the agent")?;
     eprintln!(
