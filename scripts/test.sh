@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-cargo build --release --locked -p bulkhead
+cargo build --release --locked -p bulkhead -p bulkhead-cni
 export BULKHEAD_BIN="$PWD/target/release/bulkhead"
 # Leftovers from a crashed earlier run would make tests fail for the wrong reason.
 "$BULKHEAD_BIN" lab cleanup

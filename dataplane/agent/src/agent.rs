@@ -120,6 +120,8 @@ enum Request {
     Stop,
     /// Stop but keep the kernel enforcing: links and maps stay pinned for the next agent.
     StopKeep(mpsc::Sender<Result<usize, AgentError>>),
+    /// A request of the CNI plugin from the control socket.
+    Endpoint(crate::endpoints::Pending),
 }
 
 /// A running agent. Dropping it stops the thread, detaches the programs and removes the pins
@@ -337,6 +339,8 @@ struct State {
     flows: crate::flows::FlowLog,
     state_dir: PathBuf,
     det: Detector,
+    /// Endpoints registered by the CNI plugin.
+    registry: crate::endpoints::Registry,
 }
 
 fn worker(
@@ -376,7 +380,14 @@ fn worker(
             return;
         }
     };
+    let instance = cfg.instance();
+    let mut registry = crate::endpoints::Registry::load(&state_dir);
+    let replayed = registry.replay_del_queue(&bulkhead_cni::api::del_queue_dir(&instance));
+    if replayed > 0 {
+        tracing::info!(replayed, "applied CNI DELs queued while no agent ran");
+    }
     let mut st = State {
+        registry,
         det,
         flows: crate::flows::FlowLog::new(&state_dir.join("flows.jsonl")),
         state_dir,
@@ -394,6 +405,7 @@ fn worker(
         pending: Vec::new(),
     };
     st.store.poll_changed();
+    let mut control = None;
     match sync(&mut st) {
         Ok(r) => {
             apply::drop_stale_endpoints(&mut st.dp, &st.endpoints);
@@ -401,6 +413,11 @@ fn worker(
             let dropped = st.dp.drop_unadopted_links();
             if dropped > 0 {
                 tracing::info!(dropped, "removed links kept for endpoints no longer in the datastore");
+            }
+            let fwd = tx_self.clone();
+            match crate::endpoints::spawn_control_socket(&bulkhead_cni::api::socket_path(&instance), move |p| fwd.send(Request::Endpoint(p)).is_ok()) {
+                Ok(c) => control = Some(c),
+                Err(e) => tracing::error!(error = %e, "no control socket: the CNI plugin cannot register endpoints"),
             }
             tracing::info!(rev = r.policy_rev, upserts = r.upserts, "first sync done");
             let _ = init.send(Ok(st.det.shared()));
@@ -446,6 +463,9 @@ fn worker(
                 let _ = reply.send(st.dp.counters());
             }
             Ok(Request::Detector(f)) => f(&mut st.dp, &mut st.det),
+            Ok(Request::Endpoint((req, reply))) => {
+                let _ = reply.send(handle_endpoint(&mut st, req));
+            }
             Ok(Request::StopKeep(reply)) => {
                 keep = Some(reply);
                 break;
@@ -476,6 +496,9 @@ fn worker(
         }
     }
     drain_flows(&mut st);
+    if let Some(c) = &control {
+        c.close();
+    }
     let State { mut dp, det, state_dir, .. } = st;
     det.save();
     det.stop();
@@ -552,6 +575,74 @@ pub fn uninstall(instance: &str) -> Result<UninstallReport, AgentError> {
     Ok(report)
 }
 
+/// Answers a CNI plugin request; an `add` is answered once the endpoint is enforced.
+fn handle_endpoint(st: &mut State, req: bulkhead_cni::api::Request) -> bulkhead_cni::api::Response {
+    use bulkhead_cni::api::{Request as R, Response};
+    let span = tracing::info_span!("cni", request = ?req);
+    let _g = span.enter();
+    match req {
+        R::Add(a) => {
+            let Some(ifindex) = netns::ifindex(&a.host_interface) else {
+                return Response::err(format!("interface {} (host side of {} in container {}) does not exist", a.host_interface, a.ifname, a.container_id));
+            };
+            let (cid, ifname) = (a.container_id.clone(), a.ifname.clone());
+            if let Err(e) = st.registry.insert(a) {
+                return Response::err(e.to_string());
+            }
+            match sync(st) {
+                Ok(_) if st.endpoints.contains_key(&ifindex) => Response { ok: true, error: None, ifindex: Some(ifindex) },
+                Ok(r) => {
+                    st.registry.remove(&cid, &ifname);
+                    let _ = sync(st);
+                    Response::err(format!("the endpoint was not enforced (pending interfaces {:?}, rejected {:?})", r.pending_interfaces, r.rejected))
+                }
+                Err(e) => {
+                    // Nothing left behind: the registration goes, the enforced state is as before.
+                    st.registry.remove(&cid, &ifname);
+                    let _ = sync(st);
+                    Response::err(e.to_string())
+                }
+            }
+        }
+        R::Del { container_id, ifname } => {
+            if st.registry.remove(&container_id, &ifname) {
+                if let Err(e) = sync(st) {
+                    tracing::error!(error = %e, "sync after a CNI DEL failed; the endpoint is gone from the registry");
+                }
+            }
+            Response::ok()
+        }
+        R::Check { container_id, ifname } => {
+            let Some(a) = st.registry.get(&container_id, &ifname) else {
+                return Response::err(format!("container {container_id} interface {ifname} is not registered"));
+            };
+            let host = a.host_interface.clone();
+            let attached = st.dp.attached().find(|(n, _)| *n == host).map(|(_, i)| i);
+            match attached {
+                None => Response::err(format!("no programs attached to {host}")),
+                Some(i) if st.dp.maps.endpoints.get(&i, 0).is_err() => Response::err(format!("no endpoint entry for {host} (ifindex {i})")),
+                Some(i) => Response { ok: true, error: None, ifindex: Some(i) },
+            }
+        }
+        R::Status => Response::ok(),
+        R::Gc { valid } => {
+            let valid: std::collections::BTreeSet<(String, String)> = valid.into_iter().collect();
+            let mut removed = 0;
+            for k in st.registry.keys() {
+                if !valid.contains(&k) && st.registry.remove(&k.0, &k.1) {
+                    removed += 1;
+                }
+            }
+            if removed > 0 {
+                if let Err(e) = sync(st) {
+                    return Response::err(e.to_string());
+                }
+            }
+            Response::ok()
+        }
+    }
+}
+
 fn policy_stats(st: &State) -> Result<Vec<crate::status::PolicyStatsRow>, AgentError> {
     let Some(c) = &st.applied else { return Ok(Vec::new()) };
     let table = PolicyTable::of(c);
@@ -619,13 +710,15 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     let span = tracing::info_span!("sync");
     let _g = span.enter();
     let t0 = Instant::now();
-    let model = st.store.load()?;
+    let mut model = st.store.load()?;
+    let mut detector_input = st.store.load_detector()?;
+    st.registry.overlay(&mut model, &mut detector_input);
     let rejected = st.store.rejected();
     for r in &rejected {
         tracing::error!(rejected = %r, "datastore file rejected; the rest applies");
     }
     // Detector resources are checked before anything applies: a bad one rejects the sync.
-    let detector_plan = detect::policy::plan(&st.store.load_detector()?, &model).map_err(AgentError::Invalid)?;
+    let detector_plan = detect::policy::plan(&detector_input, &model).map_err(AgentError::Invalid)?;
     let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Invalid(e.to_string()))?;
     let compile_time = t0.elapsed();
     let kernel = apply::KernelState::of(&compiled);

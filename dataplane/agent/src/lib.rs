@@ -5,6 +5,7 @@ pub mod agent;
 pub mod apply;
 pub mod datastore;
 pub mod detect;
+pub mod endpoints;
 pub mod error;
 pub mod flows;
 pub mod gc;
