@@ -14,7 +14,8 @@ need_root() {
 need_root
 
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 iputils-ping iperf3
-  netcat-openbsd iptables nftables ipset bpftool python3 python3-venv containernetworking-plugins)
+  netcat-openbsd iptables nftables ipset bpftool python3 python3-venv containernetworking-plugins
+  podman runc busybox-static)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -55,5 +56,40 @@ if ! "$PYENV/bin/python3" -c 'import pan.xapi, fortigate_api' >/dev/null 2>&1; t
   log "python venv $PYENV: ${PY_PKGS[*]}"
   python3 -m venv "$PYENV"
   "$PYENV/bin/pip" install -q --disable-pip-version-check "${PY_PKGS[@]}"
+fi
+# podman with a CNI conflist that chains bulkhead-cni (ENVIRONMENT.md's recipe): the CNI
+# backend, runc with cgroupfs (crun refuses the hybrid cgroup layout), the plugin folder the
+# tests install bulkhead-cni into, and a busybox root file system (no registry is reachable).
+CONTAINERS_CONF=/etc/containers/containers.conf
+if ! grep -q "written by Bulkhead" "$CONTAINERS_CONF" 2>/dev/null; then
+  if [ -s "$CONTAINERS_CONF" ]; then
+    log "$CONTAINERS_CONF exists and is not Bulkhead's: left alone (the podman tests need the CNI backend)"
+  else
+    log "writing $CONTAINERS_CONF"
+    mkdir -p /etc/containers
+    cat > "$CONTAINERS_CONF" <<'CONF'
+# written by Bulkhead's scripts/setup.sh
+[containers]
+default_ulimits = []
+
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["/usr/lib/cni", "/opt/bulkhead/cni/bin"]
+
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+CONF
+  fi
+fi
+mkdir -p /opt/bulkhead/cni/bin /etc/cni/net.d
+ROOTFS=/opt/bulkhead/rootfs/busybox
+if [ ! -x "$ROOTFS/bin/busybox" ]; then
+  log "busybox root file system in $ROOTFS"
+  mkdir -p "$ROOTFS"/{bin,etc,proc,sys,dev,tmp,run}
+  cp /bin/busybox "$ROOTFS/bin/busybox"
+  for a in $("$ROOTFS/bin/busybox" --list); do
+    [ -e "$ROOTFS/bin/$a" ] || ln -s busybox "$ROOTFS/bin/$a"
+  done
 fi
 log "ready"

@@ -431,6 +431,7 @@ fn worker(
     }
     let tick = Duration::from_millis(20);
     let mut last_gc = Instant::now();
+    let mut last_cgroups = Instant::now();
     let mut last_periodic = Instant::now();
     let mut keep: Option<mpsc::Sender<Result<usize, AgentError>>> = None;
     loop {
@@ -483,6 +484,15 @@ fn worker(
             if cfg.watch && (st.store.poll_changed() || !st.pending.is_empty()) {
                 if let Err(e) = sync(&mut st) {
                     tracing::error!(error = %e, "datastore change rejected");
+                }
+            }
+            if last_cgroups.elapsed() > Duration::from_secs(1) {
+                last_cgroups = Instant::now();
+                if st.registry.resolve_cgroups() {
+                    // A container's first process appeared: bind the detector to its cgroup.
+                    if let Err(e) = sync(&mut st) {
+                        tracing::error!(error = %e, "sync after finding a container's cgroup failed");
+                    }
                 }
             }
             if last_gc.elapsed() > gc::INTERVAL {

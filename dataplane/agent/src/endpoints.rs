@@ -101,6 +101,29 @@ impl Registry {
         n
     }
 
+    /// Finds the cgroup of attachments that have none yet: the runtime calls ADD before the
+    /// container's first process exists, so the agent looks later for a process in the
+    /// attachment's network namespace and takes its cgroup v2 path. Returns whether any
+    /// attachment got one (the caller then syncs, so the detector binds to it).
+    pub fn resolve_cgroups(&mut self) -> bool {
+        let pending: Vec<(String, String)> = self.entries.iter().filter(|(_, a)| a.cgroup.is_none()).map(|(k, _)| k.clone()).collect();
+        if pending.is_empty() {
+            return false;
+        }
+        let mut found = false;
+        for key in pending {
+            let Some(a) = self.entries.get(&key) else { continue };
+            let Some(cg) = cgroup_in_netns(&a.netns) else { continue };
+            let mut a = a.clone();
+            tracing::info!(container = %a.container_id, cgroup = %cg.display(), "container cgroup found");
+            a.cgroup = Some(cg);
+            if self.insert(a).is_ok() {
+                found = true;
+            }
+        }
+        found
+    }
+
     /// Lays the attachments over the datastore's model (address, host interface) and the
     /// detector's input (cgroup).
     pub fn overlay(&self, model: &mut Model, detector: &mut DetectorInput) {
@@ -129,11 +152,39 @@ impl Registry {
                     });
                 }
             }
-            if let Some(cg) = &a.cgroup {
+            // A cgroup that is gone (the container exited) is not handed on: the detector
+            // would reject the whole sync for it.
+            if let Some(cg) = a.cgroup.as_ref().filter(|c| c.is_dir()) {
                 detector.cgroups.entry((a.pod_namespace.clone(), a.pod_name.clone())).or_insert_with(|| cg.clone());
             }
         }
     }
+}
+
+/// Where cgroup v2 is mounted on this machine kind (hybrid layout), else the unified root.
+fn cgroup2_root() -> &'static Path {
+    if Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() { Path::new("/sys/fs/cgroup/unified") } else { Path::new("/sys/fs/cgroup") }
+}
+
+/// The cgroup v2 folder of a process living in the network namespace at `netns`.
+fn cgroup_in_netns(netns: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let want = std::fs::metadata(netns).ok()?;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else { continue };
+        if ns.ino() != want.ino() || ns.dev() != want.dev() {
+            continue;
+        }
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let path = cgroup2_root().join(rel.trim_start_matches('/'));
+        if path.is_dir() && rel != "/" {
+            return Some(path);
+        }
+    }
+    None
 }
 
 /// A request from the socket thread, with where the answer goes.
@@ -208,7 +259,7 @@ mod tests {
             ips: vec!["10.88.0.9".parse().expect("ip")],
             pod_namespace: ns.into(),
             pod_name: pod.into(),
-            cgroup: Some("/sys/fs/cgroup/unified/x".into()),
+            cgroup: Some(std::env::temp_dir()),
         }
     }
 
