@@ -219,6 +219,14 @@ fn the_chained_plugin_registers_real_containers_with_the_agent() {
     let r = bulkhead_cni::api::call(&sock, &bulkhead_cni::api::Request::Add(bogus), Duration::from_secs(10)).expect("agent answers");
     assert!(!r.ok && r.error.as_deref().unwrap_or("").contains("nope0"), "refusal names the interface: {r:?}");
 
+    // STATUS: ready while the agent runs. GC keeps only the attachments the runtime lists.
+    assert_eq!(net.call(&plugin_bin(), "STATUS", 0, &ours, "a").0, 0, "STATUS with the agent up");
+    let mut gc = ours.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": format!("ctr{}-0", net.id), "ifname": "eth0"}]);
+    assert_eq!(net.call(&plugin_bin(), "GC", 0, &gc, "a").0, 0, "GC listing only a");
+    assert_eq!(net.call(&plugin_bin(), "CHECK", 0, &ours, "a").0, 0, "a kept by GC");
+    assert_ne!(net.call(&plugin_bin(), "CHECK", 1, &ours, "b").0, 0, "b's state removed by GC");
+
     // DEL is idempotent.
     assert_eq!(net.del(1, "b", &prev_b), 0);
     assert_eq!(net.del(1, "b", &prev_b), 0, "a second DEL succeeds");
@@ -228,6 +236,10 @@ fn the_chained_plugin_registers_real_containers_with_the_agent() {
     agent.stop_keep_enforcing().expect("stop");
     let (rc, _prev_c, out_c) = net.add(2, "c");
     assert!(rc != 0 && out_c["code"] == 11, "ADD without agent: try again later: {out_c}");
+    let (rc, err) = net.call(&plugin_bin(), "CHECK", 0, &ours, "a");
+    assert!(rc != 0 && err["code"] == 11, "CHECK without agent: try again later: {err}");
+    let (rc, err) = net.call(&plugin_bin(), "STATUS", 0, &ours, "a");
+    assert!(rc != 0 && err["code"] == 50, "STATUS without agent: not ready: {err}");
     assert_eq!(net.del(0, "a", &prev_a), 0, "DEL without agent succeeds");
     let queued = bulkhead_cni::api::del_queue_dir(&net.instance());
     assert_eq!(std::fs::read_dir(&queued).map(|r| r.count()).unwrap_or(0), 1, "the DEL waits in {}", queued.display());
