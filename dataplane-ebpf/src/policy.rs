@@ -4,21 +4,22 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use bulkhead_common::{
-    GEN_DIRECTION_BIT, IPCACHE_KEY_FIXED_BITS, IpCacheKeyV2, IpHostKeyV1, NO_POLICY, POLICY_KEY_FULL_BITS,
+    GEN_DIRECTION_BIT, IpCacheKeyV1, NO_POLICY, POLICY_KEY_FULL_BITS,
     PolicyKeyV1, PolicyValueV2, STAGED_DIRECTION_BIT, SliceKeyV1, action, identity, proto, slice_flags,
 };
 
-use crate::maps::{IPCACHE, IPHOST, PORTS, RANGES, SLICES};
+use crate::maps::{IPCACHE_G0, IPCACHE_G1, IPHOST_G0, IPHOST_G1, PORTS, RANGES, SLICES};
 
 /// Identity of a remote address in policy generation `pgen`: exact (pods) first, then
 /// prefixes, else WORLD.
 #[inline(always)]
 pub fn peer_identity(remote_be: [u8; 4], pgen: u8) -> u32 {
+    let (hosts, prefixes) = if pgen == 0 { (&IPHOST_G0, &IPCACHE_G0) } else { (&IPHOST_G1, &IPCACHE_G1) };
     // SAFETY: value copied out immediately.
-    if let Some(info) = unsafe { IPHOST.get(&IpHostKeyV1 { addr_be: remote_be, policy_gen: pgen, _pad: [0; 3] }) } {
+    if let Some(info) = unsafe { hosts.get(&remote_be) } {
         return info.identity;
     }
-    match IPCACHE.get(Key::new(IPCACHE_KEY_FIXED_BITS + 32, IpCacheKeyV2 { policy_gen: pgen, _pad: [0; 3], addr_be: remote_be })) {
+    match prefixes.get(Key::new(32, IpCacheKeyV1 { addr_be: remote_be })) {
         Some(info) => info.identity,
         None => identity::WORLD,
     }

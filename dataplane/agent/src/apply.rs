@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use bulkhead_common::{
-    ConfigV1, EndpointV2, GEN_DIRECTION_BIT, IPCACHE_KEY_FIXED_BITS, IpHostKeyV1, IpInfoV2, PolicyKeyV1, SliceKeyV1, ep_flags, map_names,
+    ConfigV1, EndpointV2, GEN_DIRECTION_BIT, IpInfoV2, PolicyKeyV1, SliceKeyV1, ep_flags, map_names,
 };
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
 
@@ -83,9 +83,6 @@ fn gen_of(direction: u8) -> usize {
     usize::from(direction & GEN_DIRECTION_BIT != 0)
 }
 
-fn host_key(addr: &[u8; 4], g: usize) -> IpHostKeyV1 {
-    IpHostKeyV1 { addr_be: *addr, policy_gen: g as u8, _pad: [0; 3] }
-}
 
 /// Makes generation `g` of the lookup maps hold `new`: the difference from `old` when known,
 /// else a full write that also removes whatever else generation `g` holds. No packet reads
@@ -130,20 +127,20 @@ pub fn write_generation(
         step(dp);
     }
     for k in &hosts.removals {
-        dp.maps.iphost.remove(&host_key(k, g)).map_err(|e| werr(map_names::IPHOST, e))?;
+        dp.maps.iphost[g].remove(k).map_err(|e| werr(map_names::IPHOST[g], e))?;
         step(dp);
     }
     for (a, l) in &prefixes.removals {
-        dp.maps.ipcache.remove(&ipcache_key(*a, *l, g)).map_err(|e| werr(map_names::IPCACHE, e))?;
+        dp.maps.ipcache[g].remove(&ipcache_key(*a, *l)).map_err(|e| werr(map_names::IPCACHE[g], e))?;
         step(dp);
     }
     w.removals = slices.removals.len() + ports.removals.len() + ranges.removals.len() + hosts.removals.len() + prefixes.removals.len();
     for (k, v) in &hosts.upserts {
-        dp.maps.iphost.insert(host_key(k, g), v, 0).map_err(|e| werr(map_names::IPHOST, e))?;
+        dp.maps.iphost[g].insert(k, v, 0).map_err(|e| werr(map_names::IPHOST[g], e))?;
         step(dp);
     }
     for ((a, l), v) in &prefixes.upserts {
-        dp.maps.ipcache.insert(&ipcache_key(*a, *l, g), v, 0).map_err(|e| werr(map_names::IPCACHE, e))?;
+        dp.maps.ipcache[g].insert(&ipcache_key(*a, *l), v, 0).map_err(|e| werr(map_names::IPCACHE[g], e))?;
         step(dp);
     }
     for (k, v) in &ports.upserts {
@@ -207,29 +204,18 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
         dp.maps.ranges.remove(k).map_err(|e| werr(map_names::RANGES, e))?;
         step(dp);
     }
-    let stale: Vec<IpHostKeyV1> = dp
-        .maps
-        .iphost
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| usize::from(k.policy_gen) == g && !desired.iphost.contains_key(&k.addr_be))
-        .collect();
+    let stale: Vec<[u8; 4]> = dp.maps.iphost[g].keys().filter_map(Result::ok).filter(|k| !desired.iphost.contains_key(k)).collect();
     for k in &stale {
-        dp.maps.iphost.remove(k).map_err(|e| werr(map_names::IPHOST, e))?;
+        dp.maps.iphost[g].remove(k).map_err(|e| werr(map_names::IPHOST[g], e))?;
         step(dp);
     }
-    let stale: Vec<_> = dp
-        .maps
-        .ipcache
+    let stale: Vec<_> = dp.maps.ipcache[g]
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| {
-            let len = k.prefix_len().saturating_sub(IPCACHE_KEY_FIXED_BITS) as u8;
-            usize::from(k.data().policy_gen) == g && !desired.ipcache.contains_key(&(Ipv4Addr::from(k.data().addr_be), len))
-        })
+        .filter(|k| !desired.ipcache.contains_key(&(Ipv4Addr::from(k.data().addr_be), k.prefix_len() as u8)))
         .collect();
     for k in &stale {
-        dp.maps.ipcache.remove(k).map_err(|e| werr(map_names::IPCACHE, e))?;
+        dp.maps.ipcache[g].remove(k).map_err(|e| werr(map_names::IPCACHE[g], e))?;
         step(dp);
     }
     Ok(())

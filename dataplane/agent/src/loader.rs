@@ -22,7 +22,7 @@ use aya::{
 };
 use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, IPCACHE_KEY_FIXED_BITS, IpCacheKeyV2, IpHostKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
     PolicyValueV2, SliceKeyV1, SliceValueV1, map_names,
 };
 
@@ -84,10 +84,12 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-const ALL_MAPS: [&str; 22] = [
+const ALL_MAPS: [&str; 24] = [
     map_names::ENDPOINTS,
-    map_names::IPHOST,
-    map_names::IPCACHE,
+    map_names::IPHOST[0],
+    map_names::IPHOST[1],
+    map_names::IPCACHE[0],
+    map_names::IPCACHE[1],
     map_names::SLICES,
     map_names::PORTS,
     map_names::RANGES,
@@ -135,8 +137,10 @@ struct Attachment {
 /// Typed handles on the maps.
 pub struct Maps {
     pub endpoints: HashMap<MapData, u32, EndpointV2>,
-    pub iphost: HashMap<MapData, IpHostKeyV1, IpInfoV2>,
-    pub ipcache: LpmTrie<MapData, IpCacheKeyV2, IpInfoV2>,
+    /// Per policy generation.
+    pub iphost: [HashMap<MapData, [u8; 4], IpInfoV2>; 2],
+    /// Per policy generation.
+    pub ipcache: [LpmTrie<MapData, IpCacheKeyV1, IpInfoV2>; 2],
     pub slices: HashMap<MapData, SliceKeyV1, SliceValueV1>,
     pub ports: HashMap<MapData, PolicyKeyV1, PolicyValueV2>,
     pub ranges: LpmTrie<MapData, PolicyKeyV1, PolicyValueV2>,
@@ -261,8 +265,14 @@ impl Dataplane {
         };
         let maps = Maps {
             endpoints: HashMap::try_from(take(map_names::ENDPOINTS)?).map_err(|e| map_err(map_names::ENDPOINTS, e))?,
-            iphost: HashMap::try_from(take(map_names::IPHOST)?).map_err(|e| map_err(map_names::IPHOST, e))?,
-            ipcache: LpmTrie::try_from(take(map_names::IPCACHE)?).map_err(|e| map_err(map_names::IPCACHE, e))?,
+            iphost: [
+                HashMap::try_from(take(map_names::IPHOST[0])?).map_err(|e| map_err(map_names::IPHOST[0], e))?,
+                HashMap::try_from(take(map_names::IPHOST[1])?).map_err(|e| map_err(map_names::IPHOST[1], e))?,
+            ],
+            ipcache: [
+                LpmTrie::try_from(take(map_names::IPCACHE[0])?).map_err(|e| map_err(map_names::IPCACHE[0], e))?,
+                LpmTrie::try_from(take(map_names::IPCACHE[1])?).map_err(|e| map_err(map_names::IPCACHE[1], e))?,
+            ],
             slices: HashMap::try_from(take(map_names::SLICES)?).map_err(|e| map_err(map_names::SLICES, e))?,
             ports: HashMap::try_from(take(map_names::PORTS)?).map_err(|e| map_err(map_names::PORTS, e))?,
             ranges: LpmTrie::try_from(take(map_names::RANGES)?).map_err(|e| map_err(map_names::RANGES, e))?,
@@ -628,9 +638,9 @@ fn load_syscall_probe(ebpf: &mut Ebpf) -> SyscallProbe {
     }
 }
 
-/// LPM key of the IP cache for `addr/prefix_len` in policy generation `g`.
-pub fn ipcache_key(addr: std::net::Ipv4Addr, prefix_len: u8, g: usize) -> Key<IpCacheKeyV2> {
-    Key::new(IPCACHE_KEY_FIXED_BITS + prefix_len as u32, IpCacheKeyV2 { policy_gen: g as u8, _pad: [0; 3], addr_be: addr.octets() })
+/// LPM key of the IP cache for `addr/prefix_len`.
+pub fn ipcache_key(addr: std::net::Ipv4Addr, prefix_len: u8) -> Key<IpCacheKeyV1> {
+    Key::new(prefix_len as u32, IpCacheKeyV1 { addr_be: addr.octets() })
 }
 
 fn static_name(name: &str) -> &'static str {

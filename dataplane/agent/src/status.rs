@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use bulkhead_common::{
-    CtKeyV1, CtValueV1, EndpointV2, GEN_DIRECTION_BIT, IpCacheKeyV2, IpHostKeyV1, IpInfoV2, PolicyKeyV1, PolicyValueV2, generation, map_names,
+    CtKeyV1, CtValueV1, EndpointV2, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyValueV2, generation, map_names,
 };
 
 use crate::error::AgentError;
@@ -91,8 +91,6 @@ pub fn policy_stats(dir: &Path, table: &crate::PolicyTable) -> Result<Vec<Policy
 /// Reads the pinned maps under `dir`.
 pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let eps: HashMap<_, u32, EndpointV2> = HashMap::try_from(open(dir, map_names::ENDPOINTS)?).map_err(|e| merr(map_names::ENDPOINTS, e))?;
-    let ipc: LpmTrie<_, IpCacheKeyV2, IpInfoV2> = LpmTrie::try_from(open(dir, map_names::IPCACHE)?).map_err(|e| merr(map_names::IPCACHE, e))?;
-    let hosts: HashMap<_, IpHostKeyV1, IpInfoV2> = HashMap::try_from(open(dir, map_names::IPHOST)?).map_err(|e| merr(map_names::IPHOST, e))?;
     let slices: HashMap<_, bulkhead_common::SliceKeyV1, bulkhead_common::SliceValueV1> =
         HashMap::try_from(open(dir, map_names::SLICES)?).map_err(|e| merr(map_names::SLICES, e))?;
     let ports: HashMap<_, PolicyKeyV1, PolicyValueV2> = HashMap::try_from(open(dir, map_names::PORTS)?).map_err(|e| merr(map_names::PORTS, e))?;
@@ -116,12 +114,13 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
     }
     let policy_rev = cfg.get(&0, 0).map_err(|e| merr(map_names::CONFIG, e))?.policy_rev;
     let g = generation(policy_rev);
+    let ipc: LpmTrie<_, IpCacheKeyV1, IpInfoV2> = LpmTrie::try_from(open(dir, map_names::IPCACHE[g])?).map_err(|e| merr(map_names::IPCACHE[g], e))?;
+    let hosts: HashMap<_, [u8; 4], IpInfoV2> = HashMap::try_from(open(dir, map_names::IPHOST[g])?).map_err(|e| merr(map_names::IPHOST[g], e))?;
     let of_gen = |direction: u8| usize::from(direction & GEN_DIRECTION_BIT != 0) == g;
     Ok(Status {
         pin_dir: dir.display().to_string(),
         endpoints: eps.keys().count(),
-        ipcache_entries: ipc.keys().filter_map(Result::ok).filter(|k| usize::from(k.data().policy_gen) == g).count()
-            + hosts.keys().filter_map(Result::ok).filter(|k| usize::from(k.policy_gen) == g).count(),
+        ipcache_entries: ipc.keys().count() + hosts.keys().count(),
         policy_slices: slices.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_ports: ports.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_ranges: ranges.keys().filter_map(Result::ok).filter(|k| of_gen(k.data().direction)).count(),

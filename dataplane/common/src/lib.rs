@@ -13,11 +13,14 @@ pub mod detect;
 pub mod map_names {
     /// Endpoint table: host-side interface index -> [`crate::EndpointV2`].
     pub const ENDPOINTS: &str = "BH_EP_V2";
-    /// IP cache: (generation, IPv4 prefix) -> [`crate::IpInfoV2`] (the identity of addresses).
-    pub const IPCACHE: &str = "BH_IPCACHE_V3";
-    /// IP cache for single addresses (pods): [`crate::IpHostKeyV1`] -> [`crate::IpInfoV2`];
-    /// consulted before the LPM [`IPCACHE`], which then only holds shorter prefixes.
-    pub const IPHOST: &str = "BH_IPHOST_V2";
+    /// IP cache, one map per policy generation: IPv4 prefix -> [`crate::IpInfoV2`] (the
+    /// identity of addresses). One map each rather than a generation in the key, which would
+    /// lengthen every LPM walk.
+    pub const IPCACHE: [&str; 2] = ["BH_IPCACHE_G0_V1", "BH_IPCACHE_G1_V1"];
+    /// IP cache for single addresses (pods), per policy generation: IPv4 (network order) ->
+    /// [`crate::IpInfoV2`]; consulted before the LPM [`IPCACHE`], which then only holds shorter
+    /// prefixes.
+    pub const IPHOST: [&str; 2] = ["BH_IPHOST_G0_V1", "BH_IPHOST_G1_V1"];
     /// Policy slices: [`crate::SliceKeyV1`] (generation in the direction byte) ->
     /// [`crate::SliceValueV1`] (hash).
     pub const SLICES: &str = "BH_SLICE_V2";
@@ -293,28 +296,11 @@ pub struct EndpointV2 {
     pub _pad: u32,
 }
 
-/// Data part of the IP cache LPM key. The LPM key itself is `(32 + prefix_len, IpCacheKeyV2)`:
-/// the generation and padding bytes are always matched exactly.
+/// Data part of the IP cache LPM key. The LPM key itself is `(prefix_len: u32, IpCacheKeyV1)`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IpCacheKeyV2 {
-    /// Policy generation (0 or 1).
-    pub policy_gen: u8,
-    pub _pad: [u8; 3],
+pub struct IpCacheKeyV1 {
     pub addr_be: [u8; 4],
-}
-
-/// Bits of an [`IpCacheKeyV2`] before the address, always matched exactly.
-pub const IPCACHE_KEY_FIXED_BITS: u32 = 32;
-
-/// Key of the single-address IP cache (hash).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IpHostKeyV1 {
-    pub addr_be: [u8; 4],
-    /// Policy generation (0 or 1).
-    pub policy_gen: u8,
-    pub _pad: [u8; 3],
 }
 
 /// Value of the IP cache: the identity of an address. Every address has exactly one
@@ -532,8 +518,7 @@ const _: () = {
     // Every counter has a slot in the per-CPU counter array.
     assert!(counters::COUNT <= capacity::COUNTERS);
     assert!(core::mem::size_of::<EndpointV2>() == 24);
-    assert!(core::mem::size_of::<IpCacheKeyV2>() == 8);
-    assert!(core::mem::size_of::<IpHostKeyV1>() == 8);
+    assert!(core::mem::size_of::<IpCacheKeyV1>() == 4);
     assert!(core::mem::size_of::<IpInfoV2>() == 8);
     assert!(core::mem::size_of::<PolicyKeyV1>() == 12);
     assert!(core::mem::size_of::<PolicyValueV2>() == 16);
@@ -553,8 +538,7 @@ mod user {
     // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding; every bit
     // pattern is valid.
     unsafe impl aya::Pod for EndpointV2 {}
-    unsafe impl aya::Pod for IpCacheKeyV2 {}
-    unsafe impl aya::Pod for IpHostKeyV1 {}
+    unsafe impl aya::Pod for IpCacheKeyV1 {}
     unsafe impl aya::Pod for IpInfoV2 {}
     unsafe impl aya::Pod for PolicyKeyV1 {}
     unsafe impl aya::Pod for PolicyValueV2 {}
