@@ -49,22 +49,7 @@ const WORLD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 const DENIED_PORT: u16 = 5432;
 const ALLOWED_PORT: u16 = 8080;
 
-/// Unloads the dataplane (removing its pins) however the scope is left, panics included.
-struct Guard(Option<Dataplane>);
-
-impl Guard {
-    fn dp(&mut self) -> &mut Dataplane {
-        self.0.as_mut().expect("loaded")
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(dp) = self.0.take() {
-            dp.unload();
-        }
-    }
-}
+use bulkhead_bench::DataplaneGuard as Guard;
 
 /// Removes pin folders of earlier bench processes that died without cleaning up.
 fn remove_stale_pins() {

@@ -109,3 +109,27 @@ mod tests {
         assert_eq!(percentile::<u32>(&[], 50.0), None);
     }
 }
+
+/// A loaded dataplane that is unloaded (programs detached, pins removed) however the scope is
+/// left, panics included. Benchmarks and the kernel-level tests use it.
+pub struct DataplaneGuard(pub Option<bulkhead_agent::loader::Dataplane>);
+
+impl DataplaneGuard {
+    /// Loads the eBPF object into its own pin folder under `/sys/fs/bpf/bulkhead/<name>`.
+    pub fn load(name: &str) -> DataplaneGuard {
+        let dir = std::path::Path::new("/sys/fs/bpf/bulkhead").join(name);
+        DataplaneGuard(Some(bulkhead_agent::loader::Dataplane::load(&dir).expect("loading the eBPF object")))
+    }
+
+    pub fn dp(&mut self) -> &mut bulkhead_agent::loader::Dataplane {
+        self.0.as_mut().expect("loaded")
+    }
+}
+
+impl Drop for DataplaneGuard {
+    fn drop(&mut self) {
+        if let Some(dp) = self.0.take() {
+            dp.unload();
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
+use bulkhead_bench::DataplaneGuard;
 use bulkhead_bench::packet::{TCP_SYN, icmp_error_frame, tcp_frame, with_ip_options};
 use bulkhead_common::{ConfigV1, EndpointV2, FlowEventV2, capacity, counters, direction, flow_kind, identity};
 
@@ -17,29 +18,28 @@ const POD: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 1);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 31, 0, 9);
 const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 254);
 
-/// A loaded dataplane in its own pin folder, unloaded on drop (also when a test panics).
-struct Guard(Option<Dataplane>);
+/// A loaded dataplane in its own pin folder (unloaded on drop, also when a test panics) with
+/// one endpoint as the agent writes it.
+struct Guard(DataplaneGuard);
 
 impl Guard {
     fn new(tag: &str) -> Guard {
         // SAFETY: trivial syscall.
         assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (loads BPF programs); CI runs it as root");
-        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/bulkhead/bhk-{tag}-{}", std::process::id()));
-        let mut dp = Dataplane::load(&dir).expect("loading the eBPF object");
+        let mut g = DataplaneGuard::load(&format!("bhk-{tag}-{}", std::process::id()));
         // Not isolated by any policy: everything the programs do not refuse is allowed.
         let ep = EndpointV2 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), _pad: 0 };
-        dp.maps.endpoints.insert(IFINDEX, ep, 0).expect("endpoint");
-        dp.maps.config.set(0, ConfigV1::with_default_timeouts(1), 0).expect("config");
-        Guard(Some(dp))
+        g.dp().maps.endpoints.insert(IFINDEX, ep, 0).expect("endpoint");
+        g.dp().maps.config.set(0, ConfigV1::with_default_timeouts(1), 0).expect("config");
+        Guard(g)
     }
 
     fn dp(&mut self) -> &mut Dataplane {
-        self.0.as_mut().expect("loaded")
+        self.0.dp()
     }
 
     fn run(&mut self, prog: &str, frame: &[u8]) -> u32 {
-        let p = self.dp().classifier(prog).expect("program");
-        p.test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..TestRunOptions::new() }).expect("BPF_PROG_TEST_RUN").return_value
+        self.run_n(prog, frame, 1)
     }
 
     /// Flow events waiting in the ring.
@@ -59,16 +59,8 @@ impl Guard {
     }
 
     fn counter(&self, name: &str) -> u64 {
-        let c = self.0.as_ref().expect("loaded").counters().expect("counters");
+        let c = self.0.0.as_ref().expect("loaded").counters().expect("counters");
         c.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no counter {name}"))
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(dp) = self.0.take() {
-            dp.unload();
-        }
     }
 }
 

@@ -14,6 +14,7 @@ use bulkhead_agent::{
     apply::{self, EndpointTable, Generations, KernelState},
     loader::{Dataplane, programs},
 };
+use bulkhead_bench::DataplaneGuard;
 use bulkhead_bench::packet::{TCP_SYN, tcp_frame};
 use bulkhead_common::ConfigV1;
 use policy_compiler::{Compiler, compile::Compiled};
@@ -141,28 +142,19 @@ fn describe(i: usize) -> String {
     format!("{} {} port {}", PEERS[peer], if rest % 2 == 0 { "-> target" } else { "<- target" }, PORTS[rest / 2])
 }
 
-/// A loaded dataplane in its own pin folder, unloaded on drop (also when a test panics).
-struct Guard(Option<Dataplane>);
+/// A loaded dataplane in its own pin folder (unloaded on drop, also when a test panics).
+struct Guard(DataplaneGuard);
 
 impl Guard {
     fn new(tag: &str) -> Guard {
         // SAFETY: trivial syscall.
         assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (loads BPF programs); CI runs it as root");
-        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/bulkhead/bhs-{tag}-{}", std::process::id()));
-        let mut dp = Dataplane::load(&dir).expect("loading the eBPF object");
-        dp.maps.config.set(0, ConfigV1::with_default_timeouts(0), 0).expect("config");
-        Guard(Some(dp))
+        let mut g = DataplaneGuard::load(&format!("bhs-{tag}-{}", std::process::id()));
+        g.dp().maps.config.set(0, ConfigV1::with_default_timeouts(0), 0).expect("config");
+        Guard(g)
     }
     fn dp(&mut self) -> &mut Dataplane {
-        self.0.as_mut().expect("loaded")
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(dp) = self.0.take() {
-            dp.unload();
-        }
+        self.0.dp()
     }
 }
 

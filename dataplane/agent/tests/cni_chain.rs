@@ -18,20 +18,15 @@ use std::{
 
 use serde_json::{Value, json};
 
+mod common;
+
 const CNI_PATH: &str = "/usr/lib/cni";
 
 fn plugin_bin() -> PathBuf {
-    let p = std::env::var_os("BULKHEAD_CNI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/bulkhead-cni"));
-    assert!(p.is_file(), "bulkhead-cni not found at {}: run `cargo build --release -p bulkhead-cni` or set BULKHEAD_CNI_BIN", p.display());
-    p
+    common::workspace_bin("bulkhead-cni", "BULKHEAD_CNI_BIN")
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
+use common::ip;
 
 /// A node namespace (where the bridge and host veths live), container namespaces, an agent
 /// instance and a host-local state folder; all removed on drop.

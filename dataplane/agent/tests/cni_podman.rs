@@ -15,15 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
 const ROOTFS: &str = "/opt/bulkhead/rootfs/busybox";
 const PLUGIN_DIR: &str = "/opt/bulkhead/cni/bin";
 
 fn plugin_bin() -> PathBuf {
-    let p = std::env::var_os("BULKHEAD_CNI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/bulkhead-cni"));
-    assert!(p.is_file(), "bulkhead-cni not found at {}: run `cargo build --release -p bulkhead-cni` or set BULKHEAD_CNI_BIN", p.display());
-    p
+    common::workspace_bin("bulkhead-cni", "BULKHEAD_CNI_BIN")
 }
 
 fn podman(args: &[&str]) -> std::process::Output {

@@ -19,11 +19,7 @@ use common::*;
 const ALLOW_8080: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-8080, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: p2}}\n  policyTypes: [Ingress]\n  ingress: [{ports: [{port: 8080, protocol: TCP}]}]\n";
 
 fn bulkhead_bin() -> PathBuf {
-    let p = std::env::var_os("BULKHEAD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/bulkhead"));
-    assert!(p.is_file(), "bulkhead binary not found at {}: run `cargo build --release -p bulkhead` or set BULKHEAD_BIN", p.display());
-    p
+    workspace_bin("bulkhead", "BULKHEAD_BIN")
 }
 
 /// The daemon under test and its instance; on drop (also when the test panics) the process is

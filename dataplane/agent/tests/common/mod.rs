@@ -12,6 +12,16 @@ use std::{
     time::Duration,
 };
 
+/// A binary of this workspace: `$env_var`, else `target/release/<name>`; panics with how to
+/// build it when missing.
+pub fn workspace_bin(name: &str, env_var: &str) -> PathBuf {
+    let p = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release").join(name));
+    assert!(p.is_file(), "{name} not found at {}: run `cargo build --release -p {name}` or set {env_var}", p.display());
+    p
+}
+
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(out.status.success(), "ip {:?}: {}", args, String::from_utf8_lossy(&out.stderr));
