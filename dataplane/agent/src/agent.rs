@@ -534,7 +534,7 @@ fn remove_state_files(state_dir: &std::path::Path) -> Vec<PathBuf> {
             removed.push(p);
         }
     }
-    for d in [detect::profile::PROFILES_DIR, detect::profile::IMPORT_DIR] {
+    for d in [detect::profile::PROFILES_DIR, detect::profile::IMPORT_DIR, "endpoints", "cni-del-queue"] {
         let p = state_dir.join(d);
         if std::fs::remove_dir_all(&p).is_ok() {
             removed.push(p);
@@ -551,7 +551,8 @@ pub struct UninstallReport {
     pub links: Vec<PathBuf>,
     /// Pinned maps and programs removed.
     pub pins: Vec<PathBuf>,
-    /// Runtime files (flow log, policy table, detector profiles, workloads, events) removed.
+    /// Runtime files removed: flow log, policy table, detector profiles, workloads, events, CNI
+    /// registrations and queued DELs, the control socket.
     pub state: Vec<PathBuf>,
 }
 
@@ -582,6 +583,11 @@ pub fn uninstall(instance: &str) -> Result<UninstallReport, AgentError> {
     }
     let _ = std::fs::remove_dir(&cfg.pin_dir);
     report.state = remove_state_files(&cfg.state_dir());
+    // A killed agent could not remove its control socket.
+    let sock = bulkhead_cni::api::socket_path(instance);
+    if std::fs::remove_file(&sock).is_ok() {
+        report.state.push(sock);
+    }
     Ok(report)
 }
 

@@ -147,6 +147,7 @@ fn sigkill_and_sigterm_of_the_agent_keep_enforcement_and_only_uninstall_removes_
     let out = Command::new(bulkhead_bin()).args(["agent", "uninstall", "--instance", &d.instance]).output().expect("uninstall");
     assert!(out.status.success(), "uninstall: {}", String::from_utf8_lossy(&out.stderr));
     assert!(!d.pin_dir().exists(), "uninstall removes the instance's pins");
+    assert!(!PathBuf::from(format!("/run/bulkhead/{}.sock", d.instance)).exists(), "uninstall removes the control socket");
     assert!(connect_port(&t, 9090).is_some(), "after uninstall no program filters the pod's traffic");
     println!("agent start to reconciled: first {first:?}, after SIGKILL {restart:?}, after SIGTERM {after_term:?}");
 }
