@@ -160,9 +160,13 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
             }
         }
     };
-    let flow = match frame {
-        Frame::Ipv4(f) => f,
-        Frame::IcmpError { saddr_be, quoted } => return icmp_error(ifindex, &ep, &cfg, saddr_be, &quoted, dir),
+    // An ICMP error goes through the same checks as its flow's packets, as the reversed quote:
+    // that puts the flow's remote side where the isolation allow-list expects it in this
+    // direction (destination on egress, source on ingress). Anti-spoofing checks the error's
+    // own source.
+    let (flow, saddr_be, is_icmp_error) = match frame {
+        Frame::Ipv4(f) => (f, f.saddr_be, false),
+        Frame::IcmpError { saddr_be, quoted } => (parse::reversed(&quoted), saddr_be, true),
         Frame::Pass(c) => {
             count(c);
             return TC_PASS;
@@ -173,7 +177,7 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
         }
     };
     let local = Some((ep.identity, ep.pgen));
-    if dir == direction::EGRESS && flow.saddr_be != ep.ipv4_be {
+    if dir == direction::EGRESS && saddr_be != ep.ipv4_be {
         events::dropped(ifindex, Some(&flow), dir, counters::DROP_SPOOFED, local);
         return TC_DROP;
     }
@@ -185,6 +189,9 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     if ep.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
         events::dropped(ifindex, Some(&flow), dir, counters::DROP_OVERFLOW, local);
         return TC_DROP;
+    }
+    if is_icmp_error {
+        return icmp_related(ifindex, &ep, &cfg, &flow, dir);
     }
     let remote = if dir == direction::EGRESS { flow.daddr_be } else { flow.saddr_be };
     // Conntrack only needs timeouts of seconds: the coarse clock (tick resolution) is enough
@@ -249,36 +256,15 @@ impl Local {
     }
 }
 
-/// An ICMP error passes when the packet it quotes belongs to a live tracked flow at this
-/// interface (either direction): path-MTU discovery and unreachables of allowed flows work
-/// under default deny. Anything else is dropped and counted: policy never judges errors.
+/// An ICMP error passes when the flow it quotes (`reply`: the quote reversed) is live in
+/// conntrack at this interface, in either direction: path-MTU discovery and unreachables of
+/// allowed flows work under default deny. Anything else is dropped and counted: policy never
+/// judges errors.
 #[inline(always)]
-fn icmp_error(ifindex: u32, ep: &Local, cfg: &ConfigV1, saddr_be: [u8; 4], quoted: &Flow, dir: u8) -> i32 {
-    let local = Some((ep.identity, ep.pgen));
-    if dir == direction::EGRESS && saddr_be != ep.ipv4_be {
-        events::dropped(ifindex, Some(quoted), dir, counters::DROP_SPOOFED, local);
-        return TC_DROP;
-    }
-    // The reversed quote has the flow's remote side where the isolation allow-list expects it
-    // in this direction (destination on egress, source on ingress).
-    let reply = Flow {
-        saddr_be: quoted.daddr_be,
-        daddr_be: quoted.saddr_be,
-        sport_be: quoted.dport_be,
-        dport_be: quoted.sport_be,
-        ..*quoted
-    };
-    if isolate::check(ifindex, &reply, dir) == Some(false) {
-        events::dropped(ifindex, Some(quoted), dir, counters::DROP_ISOLATED, local);
-        return TC_DROP;
-    }
-    if ep.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
-        events::dropped(ifindex, Some(quoted), dir, counters::DROP_OVERFLOW, local);
-        return TC_DROP;
-    }
+fn icmp_related(ifindex: u32, ep: &Local, cfg: &ConfigV1, reply: &Flow, dir: u8) -> i32 {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    for key in [conntrack::key(ifindex, quoted), conntrack::reverse_key(ifindex, quoted)] {
+    for key in [conntrack::key(ifindex, reply), conntrack::reverse_key(ifindex, reply)] {
         // SAFETY: the value is only read.
         if let Some(ct) = unsafe { CONNTRACK.get(&key) } {
             if !conntrack::expired(ct, cfg, now) {
@@ -287,7 +273,7 @@ fn icmp_error(ifindex: u32, ep: &Local, cfg: &ConfigV1, saddr_be: [u8; 4], quote
             }
         }
     }
-    events::dropped(ifindex, Some(quoted), dir, counters::DROP_ICMP_UNRELATED, local);
+    events::dropped(ifindex, Some(reply), dir, counters::DROP_ICMP_UNRELATED, Some((ep.identity, ep.pgen)));
     TC_DROP
 }
 

@@ -32,6 +32,12 @@ pub struct Flow {
     pub tcp_flags: u8,
 }
 
+/// The tuple of the other direction of `f`.
+#[inline(always)]
+pub fn reversed(f: &Flow) -> Flow {
+    Flow { saddr_be: f.daddr_be, daddr_be: f.saddr_be, sport_be: f.dport_be, dport_be: f.sport_be, ..*f }
+}
+
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;

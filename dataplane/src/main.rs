@@ -317,24 +317,8 @@ fn run_flows(instance: String, json: bool) -> anyhow::Result<i32> {
         }
         let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: bad line", path.display()))?;
         let verdict = &v["verdict"];
-        if v["kind"] == "dropped" {
-            println!(
-                "{:<11} {:<7} {}:{} -> {}:{} proto {} reason {} (identities local {} peer {})",
-                "dropped",
-                v["direction"].as_str().unwrap_or("?"),
-                v["src"].as_str().unwrap_or("?"),
-                v["src_port"],
-                v["dst"].as_str().unwrap_or("?"),
-                v["dst_port"],
-                v["protocol"],
-                v["drop_reason"].as_str().unwrap_or("?"),
-                v["local_identity"],
-                v["peer_identity"],
-            );
-            continue;
-        }
-        println!(
-            "{:<11} {:<7} {}:{} -> {}:{} proto {} {} by {}{}",
+        let head = format!(
+            "{:<11} {:<7} {}:{} -> {}:{} proto {}",
             v["kind"].as_str().unwrap_or("?"),
             v["direction"].as_str().unwrap_or("?"),
             v["src"].as_str().unwrap_or("?"),
@@ -342,6 +326,18 @@ fn run_flows(instance: String, json: bool) -> anyhow::Result<i32> {
             v["dst"].as_str().unwrap_or("?"),
             v["dst_port"],
             v["protocol"],
+        );
+        if v["kind"] == "dropped" {
+            println!(
+                "{head} reason {} (identities local {} peer {})",
+                v["drop_reason"].as_str().unwrap_or("?"),
+                v["local_identity"],
+                v["peer_identity"]
+            );
+            continue;
+        }
+        println!(
+            "{head} {} by {}{}",
             verdict["action"].as_str().unwrap_or("?"),
             verdict["policy"].as_str().map(|p| format!("{p} rule {}", verdict["rule"])).unwrap_or_else(|| {
                 if verdict["end_of_tier"].as_bool() == Some(true) {

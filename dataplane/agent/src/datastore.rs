@@ -7,7 +7,7 @@ use std::{
     time::SystemTime,
 };
 
-use policy_compiler::model::Model;
+use policy_compiler::{k8s::Resource, model::Model};
 
 use crate::{detect::policy::DetectorInput, error::AgentError};
 
@@ -50,8 +50,8 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 pub struct FileDatastore {
     dir: PathBuf,
     last_fingerprint: Vec<(PathBuf, SystemTime, u64)>,
-    /// Last good text of each file.
-    good: BTreeMap<PathBuf, String>,
+    /// Last good version of each file: its text and its parsed policy documents.
+    good: BTreeMap<PathBuf, (String, Vec<Resource>)>,
     /// The texts the last load used, by display name, in name order.
     current: Vec<(String, String)>,
     rejected: Vec<String>,
@@ -88,17 +88,17 @@ impl FileDatastore {
         p.strip_prefix(&self.dir).unwrap_or(p).display().to_string()
     }
 
-    /// Reads and checks one file: its text when it is readable and both the policy and the
-    /// detector parsers accept it.
-    fn check_file(&self, p: &Path) -> Result<String, String> {
+    /// Reads and checks one file: its text and policy documents when it is readable and both
+    /// the policy and the detector parsers accept it.
+    fn check_file(&self, p: &Path) -> Result<(String, Vec<Resource>), String> {
         let name = self.display_name(p);
         let text = read_bounded(&self.dir, p).map_err(|e| format!("{name}: {e}"))?;
         if text.trim().is_empty() {
             return Err(format!("{name}: empty file (no documents)"));
         }
-        policy_compiler::k8s::parse_documents(&name, &text).map_err(|e| e.to_string())?;
+        let docs = policy_compiler::k8s::parse_documents(&name, &text).map_err(|e| e.to_string())?;
         crate::detect::policy::parse_documents(&name, &text, &mut DetectorInput::default())?;
-        Ok(text)
+        Ok((text, docs))
     }
 }
 
@@ -147,29 +147,25 @@ impl Datastore for FileDatastore {
         let mut current = Vec::new();
         let mut rejected = Vec::new();
         let mut good = BTreeMap::new();
+        let mut resources = Vec::new();
         for p in files {
             let name = self.display_name(&p);
-            match self.check_file(&p) {
-                Ok(text) => {
-                    good.insert(p, text.clone());
-                    current.push((name, text));
-                }
-                Err(e) => {
-                    if let Some(old) = self.good.get(&p) {
+            let version = match self.check_file(&p) {
+                Ok(v) => v,
+                Err(e) => match self.good.get(&p) {
+                    Some(old) => {
                         rejected.push(format!("{e} (its last good version stays in force)"));
-                        good.insert(p, old.clone());
-                        current.push((name, old.clone()));
-                    } else {
-                        rejected.push(format!("{e} (its documents are not applied)"));
+                        old.clone()
                     }
-                }
-            }
-        }
-        let mut resources = Vec::new();
-        for (name, text) in &current {
-            let docs = policy_compiler::k8s::parse_documents(name, text)
-                .map_err(|e| AgentError::Invalid(format!("{}: {e}", self.dir.display())))?;
-            resources.extend(docs);
+                    None => {
+                        rejected.push(format!("{e} (its documents are not applied)"));
+                        continue;
+                    }
+                },
+            };
+            resources.extend(version.1.iter().cloned());
+            current.push((name, version.0.clone()));
+            good.insert(p, version);
         }
         let model = policy_compiler::k8s::build_model(resources)
             .map_err(|e| AgentError::Invalid(format!("{}: {e}", self.dir.display())))?;
