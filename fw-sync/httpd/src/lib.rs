@@ -49,12 +49,29 @@ impl Request {
 }
 
 /// What the handler wants done with a request.
-#[derive(Clone, Debug)]
 pub enum Reply {
     /// Send this response.
     Respond(Response),
     /// Close the connection without answering (a reset as the client sees it).
     Reset,
+    /// Send the head of `Response` (its body is ignored) with chunked transfer encoding, then
+    /// let the writer send chunks until it returns; the connection closes afterwards. `Ok`
+    /// ends the body properly, `Err` drops the connection mid-body (a broken stream as the
+    /// client sees it). Long-lived streams such as Kubernetes watches use this.
+    Stream(Response, StreamWriter),
+}
+
+/// Writes a streamed body: each call of the given function sends one chunk and flushes it.
+pub type StreamWriter = Box<dyn FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> + Send>;
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reply::Respond(r) => f.debug_tuple("Respond").field(r).finish(),
+            Reply::Reset => f.write_str("Reset"),
+            Reply::Stream(r, _) => f.debug_tuple("Stream").field(&r.status).finish(),
+        }
+    }
 }
 
 /// A response; `Content-Length` and `Connection` are added by the server.
@@ -162,6 +179,15 @@ fn serve_requests<S: Read + Write>(stream: S, raw: &TcpStream, peer: SocketAddr,
                 let _ = raw.shutdown(Shutdown::Both);
                 return;
             }
+            Reply::Stream(head, body) => {
+                let w = reader.get_mut();
+                let ok = write_stream(w, &head, body).is_ok();
+                if ok {
+                    let _ = w.flush();
+                }
+                let _ = raw.shutdown(Shutdown::Both);
+                return;
+            }
             Reply::Respond(resp) => {
                 if write_response(reader.get_mut(), &resp, keep_alive).is_err() || !keep_alive {
                     let _ = reader.get_mut().flush();
@@ -232,14 +258,39 @@ fn write_response<W: Write>(w: &mut W, resp: &Response, keep_alive: bool) -> io:
     w.flush()
 }
 
+fn write_stream<W: Write>(w: &mut W, head: &Response, body: StreamWriter) -> io::Result<()> {
+    let mut text = format!("HTTP/1.1 {} {}\r\n", head.status, reason(head.status));
+    for (k, v) in &head.headers {
+        text += &format!("{k}: {v}\r\n");
+    }
+    text += "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    w.write_all(text.as_bytes())?;
+    w.flush()?;
+    body(&mut |chunk: &[u8]| {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        w.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+        w.write_all(chunk)?;
+        w.write_all(b"\r\n")?;
+        w.flush()
+    })?;
+    w.write_all(b"0\r\n\r\n")
+}
+
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        410 => "Gone",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Entity",
         411 => "Length Required",
         413 => "Payload Too Large",
         424 => "Failed Dependency",
