@@ -49,10 +49,12 @@ fi
 mkdir -p /var/run/netns
 
 # The vendors' own Python clients, which fw-sync's tests point at the PAN-OS and FortiOS
-# emulators (pinned; a venv so the system Python stays untouched).
+# emulators, the official Kubernetes client checked against the API-server emulator, and
+# kubernetes-validate for deploy/'s offline schema check (pinned; a venv so the system
+# Python stays untouched).
 PYENV=/opt/bulkhead/pyenv
-PY_PKGS=(pan-python==0.26.0 fortigate-api==2.0.8)
-if ! "$PYENV/bin/python3" -c 'import pan.xapi, fortigate_api' >/dev/null 2>&1; then
+PY_PKGS=(pan-python==0.26.0 fortigate-api==2.0.8 kubernetes==37.0.2 kubernetes-validate==1.37.0)
+if ! "$PYENV/bin/python3" -c 'import pan.xapi, fortigate_api, kubernetes, kubernetes_validate' >/dev/null 2>&1; then
   log "python venv $PYENV: ${PY_PKGS[*]}"
   python3 -m venv "$PYENV"
   "$PYENV/bin/pip" install -q --disable-pip-version-check "${PY_PKGS[@]}"
@@ -91,5 +93,9 @@ if [ ! -x "$ROOTFS/bin/busybox" ]; then
   for a in $("$ROOTFS/bin/busybox" --list); do
     [ -e "$ROOTFS/bin/$a" ] || ln -s busybox "$ROOTFS/bin/$a"
   done
+fi
+# kubectl comes with this machine kind (it is not in Debian): the emulator's tests need it.
+if ! command -v kubectl >/dev/null 2>&1; then
+  log "kubectl not found: the API-server emulator's kubectl test will fail (install kubectl 1.32)"
 fi
 log "ready"
