@@ -104,7 +104,7 @@ pub struct SyncReport {
 }
 
 enum Request {
-    /// The datastore changed on disk (from the watcher thread).
+    /// The datastore may have changed (from its watcher).
     Changed,
     /// Liveness probe from the watcher thread; detects a dropped agent.
     Tick,
@@ -149,8 +149,10 @@ impl Agent {
         let lock = crate::instance::InstanceLock::acquire(&instance)?;
         let (tx, rx) = mpsc::channel();
         let (init_tx, init_rx) = mpsc::channel();
+        let mut store = store;
         if cfg.watch {
-            spawn_watcher(&cfg.datastore_dir, tx.clone())?;
+            let tx = tx.clone();
+            store.subscribe(Box::new(move |changed| tx.send(if changed { Request::Changed } else { Request::Tick }).is_ok()))?;
         }
         let thread = std::thread::Builder::new()
             .name("bh-agent".into())
@@ -298,29 +300,6 @@ impl Drop for Agent {
             let _ = t.join();
         }
     }
-}
-
-/// A thread that turns inotify events into [`Request::Changed`]; it ends when the agent's
-/// channel closes.
-fn spawn_watcher(dir: &std::path::Path, tx: mpsc::Sender<Request>) -> Result<(), AgentError> {
-    let w = bulkhead_fswatch::Watcher::new(dir)
-        .map_err(|e| AgentError::Datastore { path: dir.to_path_buf(), detail: format!("watching for changes: {e}") })?;
-    std::thread::Builder::new()
-        .name("bh-watch".into())
-        .spawn(move || {
-            loop {
-                // The timeout only bounds how long a closed channel goes unnoticed.
-                if w.wait(500) {
-                    if tx.send(Request::Changed).is_err() {
-                        break;
-                    }
-                } else if tx.send(Request::Tick).is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(|_| AgentError::Stopped)?;
-    Ok(())
 }
 
 struct State {

@@ -11,6 +11,10 @@ use policy_compiler::{k8s::Resource, model::Model};
 
 use crate::{detect::policy::DetectorInput, error::AgentError};
 
+/// Called by a datastore with `true` when its content may have changed, or `false` as a
+/// liveness check; returns false once nobody listens any more (the agent stopped).
+pub type Notify = Box<dyn Fn(bool) -> bool + Send + Sync>;
+
 /// A source of the policy model.
 pub trait Datastore: Send {
     /// Reads the whole model. Documents the datastore rejects on their own (a bad file) are
@@ -30,6 +34,8 @@ pub trait Datastore: Send {
     fn rejected(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Starts telling `notify` about changes (an agent that watches its datastore).
+    fn subscribe(&mut self, notify: Notify) -> Result<(), AgentError>;
 }
 
 /// Largest datastore file read, in bytes; a bigger file is rejected without being read, so a
@@ -201,5 +207,21 @@ impl Datastore for FileDatastore {
 
     fn rejected(&self) -> Vec<String> {
         self.rejected.clone()
+    }
+
+    /// A thread turns inotify events on the folder into notifications; it ends when the
+    /// notification is refused (the agent is gone).
+    fn subscribe(&mut self, notify: Notify) -> Result<(), AgentError> {
+        let dir = self.dir.clone();
+        let w = bulkhead_fswatch::Watcher::new(&dir)
+            .map_err(|e| AgentError::Datastore { path: dir.clone(), detail: format!("watching for changes: {e}") })?;
+        std::thread::Builder::new()
+            .name("bh-watch".into())
+            .spawn(move || {
+                // The timeout only bounds how long a stopped agent goes unnoticed.
+                while notify(w.wait(500)) {}
+            })
+            .map_err(|_| AgentError::Stopped)?;
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod crds;
 pub mod datastore;
 pub mod detect;
 pub mod endpoints;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod flows;
 pub mod gc;
 pub mod instance;
+pub mod kubernetes;
 pub mod loader;
 pub mod netns;
 pub mod status;

@@ -24,8 +24,13 @@ pub struct ResKey {
 }
 
 impl ResKey {
-    fn kind(&self) -> &str {
+    /// The kind.
+    pub fn kind(&self) -> &str {
         self.type_.rsplit('/').next().unwrap_or("")
+    }
+    /// `v1` or `group/version`.
+    pub fn api_version(&self) -> &str {
+        self.type_.rsplit_once('/').map_or("", |(a, _)| a)
     }
     fn file_name(&self) -> String {
         let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect::<String>();
@@ -156,6 +161,20 @@ impl Datastore {
         }
         self.dirty.insert(key);
         Ok(())
+    }
+
+    /// The changed resources since the last call (`None`: deleted) as JSON, namespaces
+    /// first, and forgets they changed.
+    pub fn take_changes(&mut self) -> Vec<(ResKey, Option<serde_json::Value>)> {
+        let mut out: Vec<_> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|k| {
+                let doc = self.resources.get(&k).map(|d| serde_json::to_value(d).unwrap_or_default());
+                (k, doc)
+            })
+            .collect();
+        out.sort_by_key(|(k, _)| k.kind() != "Namespace");
+        out
     }
 
     /// Writes changed resources and removes deleted ones.

@@ -234,13 +234,17 @@ impl Lab {
     /// Starts the agent on this lab: its node namespace, datastore folder and pin folder.
     /// With `watch` the agent follows datastore changes on its own; without, callers sync.
     pub fn start_agent(&self, watch: bool) -> Result<bulkhead_agent::Agent> {
-        bulkhead_agent::Agent::start(bulkhead_agent::AgentConfig {
+        bulkhead_agent::Agent::start(self.agent_config(watch)).map_err(|e| crate::error::LabError::Agent(e.to_string()))
+    }
+
+    /// The configuration of this lab's agent.
+    pub fn agent_config(&self, watch: bool) -> bulkhead_agent::AgentConfig {
+        bulkhead_agent::AgentConfig {
             datastore_dir: self.datastore_dir(),
             node_netns: Some(self.node_netns().to_string()),
             pin_dir: self.pin_dir(),
             watch,
-        })
-        .map_err(|e| crate::error::LabError::Agent(e.to_string()))
+        }
     }
 
     /// The agent's bpffs pin directory for this lab.

@@ -11,6 +11,7 @@ pub mod case;
 pub mod datastore;
 pub mod demo;
 pub mod error;
+pub mod kube;
 pub mod lab;
 pub mod matrix;
 pub mod netns;
@@ -54,6 +55,15 @@ pub enum LabCommand {
         /// Cases run concurrently, each in its own lab.
         #[arg(long, default_value_t = 3)]
         jobs: usize,
+        /// Where the agent reads each case's state: `files` (a folder of YAML) or
+        /// `kubernetes` (every step written through an API-server emulator and read by the
+        /// agent's Kubernetes datastore).
+        #[arg(long, value_enum, default_value_t = runner::DatastoreKind::Files)]
+        datastore: runner::DatastoreKind,
+        /// With `--datastore kubernetes`: after every write, break the agent's watches and
+        /// compact the API history, so each change arrives through a 410 Gone and a relist.
+        #[arg(long)]
+        force_relist: bool,
     },
     /// Demo: a shop with frontend, api and db; reachability before and after policy.
     Demo {
@@ -119,9 +129,9 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<i32> {
             server::serve(&tcp, &udp)?;
             Ok(0)
         }
-        LabCommand::Conformance { paths, json, allow_unsupported, jobs } => {
+        LabCommand::Conformance { paths, json, allow_unsupported, jobs, datastore, force_relist } => {
             teardown::install_signal_teardown();
-            let opts = runner::RunOptions { allow_unsupported, jobs, text_on_stdout: !json, lab: LabOptions::default() };
+            let opts = runner::RunOptions { allow_unsupported, jobs, text_on_stdout: !json, lab: LabOptions::default(), datastore, force_relist };
             let report = runner::run(&paths, &opts)?;
             let summary = format!(
                 "{} passed, {} failed, {} unsupported in {:.1}s",

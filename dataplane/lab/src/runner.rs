@@ -27,6 +27,20 @@ pub struct RunOptions {
     pub text_on_stdout: bool,
     /// Lab options for every case.
     pub lab: LabOptions,
+    /// Where the agent reads the case's state.
+    pub datastore: DatastoreKind,
+    /// Kubernetes only: every change arrives through a 410 Gone and a relist.
+    pub force_relist: bool,
+}
+
+/// The agent's datastore in a conformance run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatastoreKind {
+    /// A folder of YAML files.
+    #[default]
+    Files,
+    /// The Kubernetes API (an emulator per case).
+    Kubernetes,
 }
 
 /// Outcome of one case.
@@ -257,9 +271,18 @@ pub fn run_case(case: &Case, topo: &Topology, opts: &RunOptions, rep: &mut CaseR
     let lab = Lab::create(topo, &opts.lab)?;
     rep.lab_id = Some(lab.id().to_string());
     let mut ds = Datastore::for_lab(&lab);
-    ds.flush()?;
-    // Declared after `lab`, so it is dropped (programs detached) before the lab goes.
-    let agent = lab.start_agent(false)?;
+    let mut kube = match opts.datastore {
+        DatastoreKind::Files => {
+            ds.flush()?;
+            None
+        }
+        DatastoreKind::Kubernetes => Some(crate::kube::KubeLab::start(&lab, &mut ds, opts.force_relist)?),
+    };
+    // Declared after `lab` and `kube`, so it is dropped (programs detached) before they go.
+    let agent = match kube.as_mut() {
+        None => lab.start_agent(false)?,
+        Some(k) => k.start_agent(&lab)?,
+    };
     for (i, step) in case.steps.iter().enumerate() {
         let changed = match step {
             Step::Apply(text) => ds.apply(text).map(|_| ()),
@@ -292,10 +315,14 @@ pub fn run_case(case: &Case, topo: &Topology, opts: &RunOptions, rep: &mut CaseR
             }
         };
         changed.map_err(|e| LabError::invalid(&case.file.display().to_string(), format!("steps[{i}]"), e))?;
-        ds.flush()?;
+        match &kube {
+            None => ds.flush()?,
+            Some(k) => k.push(&mut ds).map_err(|e| LabError::Agent(format!("steps[{i}]: {e}")))?,
+        }
         agent.sync_now().map_err(|e| LabError::Agent(format!("steps[{i}]: {e}")))?;
     }
     drop(agent);
+    drop(kube);
     drop(lab);
     Ok(())
 }

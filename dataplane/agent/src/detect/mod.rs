@@ -44,7 +44,7 @@ pub use manage::ImportReport;
 pub use sequence::SequenceConfig;
 
 /// How a workload is watched.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Record execs and outbound flows into the profile; no enforcement.

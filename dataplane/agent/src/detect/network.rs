@@ -10,7 +10,7 @@ use super::profile::{Peer, Profile, Protocol};
 
 /// Port-scan thresholds: a scan is `distinct_ports` different destination ports on one peer,
 /// or `distinct_peers` different peers, all outside the profile, within `window_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScanConfig {
     #[serde(default = "default_ports")]

@@ -107,7 +107,7 @@ struct Meta {
     annotations: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Spec {
     selector: String,
@@ -130,7 +130,7 @@ struct Spec {
     allowed_execs: Vec<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ActionsSpec {
     exec: Option<Vec<String>>,
@@ -141,13 +141,23 @@ struct ActionsSpec {
     syscall_anomaly: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct AllowSpec {
     #[serde(default)]
     address: Option<Ipv4Addr>,
     port: u16,
     protocol: Protocol,
+}
+
+/// The OpenAPI v3 schema of a DetectorPolicy's `spec`, derived from the types that read it
+/// (for its CustomResourceDefinition).
+pub fn spec_schema() -> serde_json::Value {
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let schema = generator.root_schema_for::<Spec>();
+    let mut v = serde_json::to_value(schema).unwrap_or_default();
+    crate::crds::structural(&mut v);
+    v
 }
 
 fn exec_actions(list: &[String], field: &str) -> Result<Actions, (String, String)> {

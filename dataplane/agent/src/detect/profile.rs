@@ -43,7 +43,7 @@ pub struct ProfileError {
 }
 
 /// IP protocols a profile names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Protocol {
     #[serde(rename = "TCP")]
     Tcp,

@@ -50,7 +50,7 @@ const RECENT: usize = 16;
 
 /// Settings of a workload's syscall-sequence model. Present = the workload's syscalls are
 /// streamed to the agent, learned in learn mode and judged in monitor and protect mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SequenceConfig {
     /// Syscalls in the sliding window of each thread (1..=64).
