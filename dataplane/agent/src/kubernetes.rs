@@ -367,6 +367,9 @@ async fn watch_kind(client: kube::Client, i: usize, k: WatchedKind, shared: Arc<
                     st.ready = true;
                     st.absent = Some(msg);
                     true
+                } else if matches!(&e, watcher::Error::WatchError(s) if s.code == 410) {
+                    tracing::info!(error = %msg, "watch history expired; listing again (the last complete state stays in force until the list is complete)");
+                    false
                 } else {
                     tracing::warn!(error = %msg, "watch failed; retrying (the last complete state stays in force)");
                     false

@@ -46,10 +46,21 @@ impl KubeLab {
         Ok(KubeLab { emu, handle, store: Some(store), force_relist })
     }
 
-    /// Starts the lab's agent on the Kubernetes datastore (once).
-    pub fn start_agent(&mut self, lab: &Lab) -> Result<bulkhead_agent::Agent> {
+    /// Starts the lab's agent on the Kubernetes datastore (once); `watch`: the agent applies
+    /// every change its watchers see on its own.
+    pub fn start_agent(&mut self, lab: &Lab, watch: bool) -> Result<bulkhead_agent::Agent> {
         let store = self.store.take().ok_or_else(|| LabError::Agent("the agent was already started".into()))?;
-        bulkhead_agent::Agent::start_with(lab.agent_config(false), Box::new(store)).map_err(|e| LabError::Agent(e.to_string()))
+        bulkhead_agent::Agent::start_with(lab.agent_config(watch), Box::new(store)).map_err(|e| LabError::Agent(e.to_string()))
+    }
+
+    /// The API server, for tests that inject faults or write objects themselves.
+    pub fn emulator(&self) -> &Emulator {
+        &self.emu
+    }
+
+    /// The datastore's watch handle.
+    pub fn handle(&self) -> &KubeHandle {
+        &self.handle
     }
 
     /// Writes the datastore's changes through the API and waits until the agent's watchers

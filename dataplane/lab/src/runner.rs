@@ -281,7 +281,7 @@ pub fn run_case(case: &Case, topo: &Topology, opts: &RunOptions, rep: &mut CaseR
     // Declared after `lab` and `kube`, so it is dropped (programs detached) before they go.
     let agent = match kube.as_mut() {
         None => lab.start_agent(false)?,
-        Some(k) => k.start_agent(&lab)?,
+        Some(k) => k.start_agent(&lab, false)?,
     };
     for (i, step) in case.steps.iter().enumerate() {
         let changed = match step {
