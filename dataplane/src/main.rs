@@ -39,9 +39,15 @@ enum Command {
     Agent {
         #[command(subcommand)]
         action: Option<AgentAction>,
-        /// Folder of Kubernetes-style YAML (Namespaces, Pods, NetworkPolicies), watched live.
+        /// Where the cluster's state comes from: a folder of Kubernetes-style YAML
+        /// (Namespaces, Pods, policies), watched live, or `kubernetes` for the Kubernetes API
+        /// (see --kubeconfig).
         #[arg(long)]
         datastore: Option<PathBuf>,
+        /// With `--datastore kubernetes`: the kubeconfig (default: KUBECONFIG, ~/.kube/config,
+        /// then the in-cluster service account).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
         /// Network namespace holding the pods' host-side veths (default: the current one).
         #[arg(long)]
         node_netns: Option<String>,
@@ -49,6 +55,9 @@ enum Command {
         #[arg(long, default_value = "node")]
         instance: String,
     },
+    /// Print the CustomResourceDefinitions of the kinds the agent reads from Kubernetes
+    /// (deploy/crds/ holds this output).
+    Crds,
     /// Show an agent instance's state from its pinned maps: entries and datapath counters.
     Status {
         /// Instance name (the folder under /sys/fs/bpf/bulkhead).
@@ -358,7 +367,11 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-fn run_agent(datastore: PathBuf, node_netns: Option<String>, instance: String) -> anyhow::Result<i32> {
+fn run_agent(datastore: PathBuf, kubeconfig: Option<PathBuf>, node_netns: Option<String>, instance: String) -> anyhow::Result<i32> {
+    let kubernetes = datastore.as_os_str() == "kubernetes";
+    if kubeconfig.is_some() && !kubernetes {
+        anyhow::bail!("--kubeconfig needs --datastore kubernetes");
+    }
     let cfg = bulkhead_agent::AgentConfig {
         datastore_dir: datastore,
         node_netns,
@@ -376,7 +389,21 @@ fn run_agent(datastore: PathBuf, node_netns: Option<String>, instance: String) -
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
-    let agent = bulkhead_agent::Agent::start(cfg).context("starting the agent")?;
+    let agent = if kubernetes {
+        // Until the API server answers, a previous agent's pinned programs keep enforcing
+        // its last policy: wait for the API rather than start without it.
+        let opts = bulkhead_agent::kubernetes::KubeOptions { kubeconfig, ..Default::default() };
+        let store = loop {
+            match bulkhead_agent::kubernetes::KubeDatastore::connect(&opts) {
+                Ok((store, _)) => break store,
+                Err(e) if STOP.load(Ordering::SeqCst) => return Err(e).context("connecting to the Kubernetes API"),
+                Err(e) => eprintln!("bulkhead agent: waiting for the Kubernetes API: {e}"),
+            }
+        };
+        bulkhead_agent::Agent::start_with(cfg, Box::new(store)).context("starting the agent")?
+    } else {
+        bulkhead_agent::Agent::start(cfg).context("starting the agent")?
+    };
     eprintln!(
         "bulkhead agent running (instance {instance}, pid {}); SIGTERM/Ctrl-C stop it and leave the kernel enforcing; \
          `bulkhead agent uninstall --instance {instance}` removes it",
@@ -417,10 +444,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Agent { action: Some(AgentAction::Uninstall { instance }), .. } => run_uninstall(&instance)?,
-        Command::Agent { action: None, datastore, node_netns, instance } => {
-            let datastore = datastore.context("bulkhead agent: --datastore DIR is required")?;
+        Command::Agent { action: None, datastore, kubeconfig, node_netns, instance } => {
+            let datastore = datastore.context("bulkhead agent: --datastore DIR|kubernetes is required")?;
             bulkhead_agent::instance::validate_name(&instance)?;
-            run_agent(datastore, node_netns, instance)?
+            run_agent(datastore, kubeconfig, node_netns, instance)?
+        }
+        Command::Crds => {
+            for crd in bulkhead_agent::crds::agent_crds() {
+                print!("---\n{}", serde_yaml::to_string(&crd)?);
+            }
+            0
         }
         Command::Status { instance, json } => {
             let dir = bulkhead_agent::AgentConfig::default_pin_dir(&instance);

@@ -3,5 +3,6 @@
 //! control socket.
 
 pub mod api;
+pub mod install;
 pub mod netlink;
 pub mod plugin;
