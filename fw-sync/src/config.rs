@@ -39,12 +39,26 @@ use crate::yaml::{Ctx, child, get, index};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonConfig {
     pub firewalls: Vec<FirewallConfig>,
-    /// Folder of Kubernetes-style YAML (pods, namespaces, AddressGroups).
+    /// Folder of Kubernetes-style YAML (pods, namespaces, AddressGroups); unused when
+    /// `kubernetes` is set.
     pub datastore: PathBuf,
+    /// Read pods, namespaces and AddressGroups from the Kubernetes API instead (`datastore:
+    /// kubernetes` in the file, or `--datastore kubernetes`).
+    pub kubernetes: Option<KubeSource>,
     /// How often the firewalls' real state is read and drift repaired.
     pub reconcile_interval: Duration,
     /// Where `GET /metrics` is served (none when absent).
     pub metrics_listen: Option<String>,
+}
+
+/// The Kubernetes API as the datastore.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeSource {
+    /// A kubeconfig; `None` infers (KUBECONFIG, ~/.kube/config, then in-cluster).
+    pub kubeconfig: Option<PathBuf>,
+    /// Lead on a Lease before writing to any firewall (one writer per firewall when several
+    /// replicas run).
+    pub election: Option<bulkhead_kube::lease::Election>,
 }
 
 /// One firewall.
@@ -157,7 +171,14 @@ impl DaemonConfig {
             firewalls.push(fw);
         }
         let datastore = PathBuf::from(ctx.str(ctx.required(top, "", "datastore")?, "datastore")?);
-        let datastore = if datastore.is_relative() { base.join(datastore) } else { datastore };
+        let kubernetes = (datastore.as_os_str() == "kubernetes").then(KubeSource::default);
+        let datastore = if kubernetes.is_some() {
+            PathBuf::new()
+        } else if datastore.is_relative() {
+            base.join(datastore)
+        } else {
+            datastore
+        };
         let reconcile_interval = match get(top, "reconcileInterval") {
             Some(v) => {
                 let s = ctx.str(v, "reconcileInterval")?;
@@ -176,7 +197,7 @@ impl DaemonConfig {
             }
             None => None,
         };
-        Ok(DaemonConfig { firewalls, datastore, reconcile_interval, metrics_listen })
+        Ok(DaemonConfig { firewalls, datastore, kubernetes, reconcile_interval, metrics_listen })
     }
 
     /// Checks that every target names a configured firewall of a fitting type and that no two

@@ -28,6 +28,9 @@ pub fn run(config: DaemonConfig) -> Result<(), FwSyncError> {
 /// [`run`] with the caller's metrics, returning when `stop` is set (checked at least every
 /// 100 ms): what benchmarks and tests embed.
 pub fn run_until(config: DaemonConfig, metrics: Metrics, stop: &AtomicBool) -> Result<(), FwSyncError> {
+    if let Some(k) = config.kubernetes.clone() {
+        return run_kubernetes(config, &k, metrics, stop);
+    }
     let dir = config.datastore.clone();
     let _metrics_server = match &config.metrics_listen {
         Some(addr) => {
@@ -64,6 +67,53 @@ pub fn run_until(config: DaemonConfig, metrics: Metrics, stop: &AtomicBool) -> R
         }
     }
     tracing::info!(firewalls = ?workers.iter().map(Worker::firewall).collect::<Vec<_>>(), "stopping");
+    Ok(())
+}
+
+/// [`run_until`] on the Kubernetes API: optionally waits to lead on the Lease first, and
+/// returns an error as soon as leadership is lost (so the process exits and writes nothing
+/// more while another replica leads).
+fn run_kubernetes(config: DaemonConfig, k: &crate::config::KubeSource, metrics: Metrics, stop: &AtomicBool) -> Result<(), FwSyncError> {
+    let _metrics_server = match &config.metrics_listen {
+        Some(addr) => Some(metrics.serve(addr)?),
+        None => None,
+    };
+    let opts = bulkhead_kube::KubeOptions { kubeconfig: k.kubeconfig.clone(), ..Default::default() };
+    let mut source = crate::kube_source::KubeSource::connect(&opts)?;
+    let leadership = match &k.election {
+        Some(e) => {
+            let (client, rt) = source.client();
+            match bulkhead_kube::lease::acquire(&rt, client, e, stop)? {
+                Some(l) => Some(l),
+                None => return Ok(()),
+            }
+        }
+        None => None,
+    };
+    let snapshot = Arc::new(source.load()?);
+    config.check_groups(&snapshot.groups)?;
+    let backends: Vec<_> = config.firewalls.iter().map(crate::backend::for_firewall).collect::<Result<_, _>>()?;
+    let workers: Vec<Worker> = backends.into_iter().map(|b| Worker::start(config.clone(), b, metrics.clone(), snapshot.clone())).collect();
+    tracing::info!(groups = snapshot.groups.len(), firewalls = workers.len(), "fw-sync running on the Kubernetes API");
+    while !stopped(stop) {
+        if leadership.as_ref().is_some_and(|l| l.is_lost()) {
+            return Err(bulkhead_kube::KubeError { server: String::new(), detail: "leadership lost: stopping so the new leader is the only writer".into() }.into());
+        }
+        if !source.wait(100) {
+            continue;
+        }
+        let first = Instant::now();
+        std::thread::sleep(Duration::from_millis(QUIET as u64));
+        match source.load().and_then(|s| config.check_groups(&s.groups).map(|()| s)) {
+            Ok(s) => {
+                let s = Arc::new(s);
+                for w in &workers {
+                    w.send(s.clone(), first);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "change not applied; the firewalls keep their last state"),
+        }
+    }
     Ok(())
 }
 

@@ -35,6 +35,10 @@ pub enum FwSyncError {
     #[error("metrics endpoint {addr}: {detail}")]
     Metrics { addr: String, detail: String },
 
+    /// The Kubernetes API could not be read (or the Lease held).
+    #[error(transparent)]
+    Kubernetes(#[from] bulkhead_kube::KubeError),
+
     /// Watching the datastore folder failed.
     #[error("watching {path}: {detail}")]
     Watch { path: PathBuf, detail: String },

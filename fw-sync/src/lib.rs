@@ -2,7 +2,8 @@
 //!
 //! - [`group`]: domain types (address groups, targets, firewall objects).
 //! - [`crd`], [`config`]: the AddressGroup resource and the daemon config (wire formats).
-//! - [`source`]: reads pods, namespaces and AddressGroups from the datastore folder.
+//! - [`source`]: reads pods, namespaces and AddressGroups from the datastore folder;
+//!   [`kube_source`] from the Kubernetes API.
 //! - [`desired`], [`diff`]: desired state and what must change.
 //! - [`backend`]: the [`backend::Backend`] trait and one module per firewall API.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
@@ -19,6 +20,7 @@ pub mod diff;
 pub mod engine;
 pub mod error;
 pub mod group;
+pub mod kube_source;
 pub mod metrics;
 pub mod secret;
 pub mod source;

@@ -384,7 +384,7 @@ fn serve(shared: &Shared, req: &Request) -> Reply {
         record(shared, &v);
     }
     let status = match &reply {
-        Reply::Respond(r) => r.status,
+        Reply::Respond(r) | Reply::Stream(r, _) => r.status,
         Reply::Reset => 0,
     };
     shared.log.lock().expect("log lock").push(LoggedRequest { method: req.method.clone(), path: req.path.clone(), query: api::redacted_query(&params), status });
