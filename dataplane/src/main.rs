@@ -56,7 +56,7 @@ enum Command {
         instance: String,
     },
     /// Print the CustomResourceDefinitions of the kinds the agent reads from Kubernetes
-    /// (deploy/crds/ holds this output).
+    /// (deploy/kubernetes/crds/bulkhead-agent.yaml holds this output).
     Crds,
     /// Show an agent instance's state from its pinned maps: entries and datapath counters.
     Status {
@@ -450,9 +450,7 @@ fn main() -> anyhow::Result<()> {
             run_agent(datastore, kubeconfig, node_netns, instance)?
         }
         Command::Crds => {
-            for crd in bulkhead_agent::crds::agent_crds() {
-                print!("---\n{}", serde_yaml::to_string(&crd)?);
-            }
+            print!("{}", bulkhead_agent::crds::render_yaml(&bulkhead_agent::crds::agent_crds()));
             0
         }
         Command::Status { instance, json } => {

@@ -12,7 +12,7 @@ fn dir() -> &'static Path {
 
 #[test]
 fn crd_lists_every_target_kind() {
-    let path = dir().join("addressgroup-crd.yaml");
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes/crds/addressgroup.yaml"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let crd: serde_yaml::Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let kinds = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["targets"]["items"]["properties"]["kind"]["enum"];

@@ -32,7 +32,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
 fn replicas_elect_one_writer_and_follow_api_events() {
     let fg = FortiosEmulator::start(FortiosOptions { token: TOKEN.into(), vdoms: vec!["root".into()], seed: 7, ..FortiosOptions::default() }).expect("fortios emulator");
     let api = Emulator::start().expect("api emulator");
-    let crd_text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/addressgroup-crd.yaml")).expect("crd file");
+    let crd_text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes/crds/addressgroup.yaml")).expect("crd file");
     let crd: serde_json::Value = serde_yaml::from_str(&crd_text).expect("crd yaml");
     api.create(crd).expect("install the AddressGroup CRD");
     api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})).expect("ns");
