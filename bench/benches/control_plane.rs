@@ -1,4 +1,6 @@
-//! Control plane: time from a policy file change to the kernel enforcing it.
+//! Control plane: time from a policy file change to the kernel enforcing it, and the same
+//! from a Kubernetes API write (an API-server emulator, the agent's Kubernetes datastore
+//! watching it: API event -> watch -> compile -> maps).
 //!
 //! A `bulkhead_lab::Lab` (pods as network namespaces, echo servers) with the real agent
 //! (`bulkhead_agent::Agent`, `watch: true`, no explicit sync) on its datastore folder. Each
@@ -70,8 +72,11 @@ spec:
 ";
 
 struct Bench {
-    // Field order = drop order: the agent (pins, links) goes before the lab (netns, servers).
+    // Field order = drop order: the agent (pins, links) goes before the API server and the
+    // lab (netns, servers).
     agent: Option<Agent>,
+    /// Set when policy goes through the Kubernetes API instead of files.
+    kube: Option<bulkhead_lab::kube::KubeLab>,
     ds: Datastore,
     client: PodNetns,
     server_ip: Ipv4Addr,
@@ -84,21 +89,28 @@ struct Bench {
 }
 
 impl Bench {
-    fn new() -> Bench {
+    fn new(kubernetes: bool) -> Bench {
         let topo = Topology::parse(TOPOLOGY, Path::new("control_plane.rs")).expect("topology");
         let lab = Lab::create(&topo, &LabOptions::default()).expect("creating the lab (needs root, ip, cgroup v2)");
         let mut ds = Datastore::for_lab(&lab);
-        ds.flush().expect("writing the datastore");
-        let agent = Agent::start(AgentConfig {
-            datastore_dir: lab.datastore_dir(),
-            node_netns: Some(lab.node_netns().to_string()),
-            pin_dir: lab.pin_dir(),
-            watch: true,
-        })
-        .expect("starting the agent");
+        let (agent, kube) = if kubernetes {
+            let mut k = bulkhead_lab::kube::KubeLab::start(&lab, &mut ds, false).expect("API emulator and Kubernetes datastore");
+            let agent = k.start_agent(&lab, true).expect("starting the agent");
+            (agent, Some(k))
+        } else {
+            ds.flush().expect("writing the datastore");
+            let agent = Agent::start(AgentConfig {
+                datastore_dir: lab.datastore_dir(),
+                node_netns: Some(lab.node_netns().to_string()),
+                pin_dir: lab.pin_dir(),
+                watch: true,
+            })
+            .expect("starting the agent");
+            (agent, None)
+        };
         let client = lab.endpoint("bench/client").expect("client pod").clone();
         let server_ip = lab.endpoint("bench/server").expect("server pod").ip;
-        let b = Bench { agent: Some(agent), ds, client, server_ip, lab, allowed: true, samples: Vec::new(), failures: 0 };
+        let b = Bench { agent: Some(agent), kube, ds, client, server_ip, lab, allowed: true, samples: Vec::new(), failures: 0 };
         // No policy yet: the server is not isolated, so the client must get through.
         let deadline = Instant::now() + GIVE_UP;
         while !probe(&b.client, b.server_ip, PORT, Protocol::Tcp, Duration::from_millis(200)) {
@@ -114,7 +126,10 @@ impl Bench {
         let want = !self.allowed;
         self.ds.apply(if want { ALLOW } else { DENY }).expect("policy YAML");
         let t0 = Instant::now();
-        self.ds.flush().expect("writing the policy file");
+        match &self.kube {
+            None => self.ds.flush().expect("writing the policy file"),
+            Some(k) => drop(k.write(&mut self.ds).expect("writing the policy through the API")),
+        }
         self.allowed = want;
 
         let (tx, rx) = mpsc::channel::<(Instant, bool)>();
@@ -251,10 +266,11 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
 
-fn report(samples: &[(bool, Duration)], failures: usize) {
+fn report(prefix: &str, samples: &[(bool, Duration)], failures: usize) {
     let summary = |name: &str, mut v: Vec<Duration>| {
         v.sort();
         let (Some(p50), Some(p99)) = (percentile(&v, 50.0), percentile(&v, 99.0)) else { return };
+        let name = format!("{prefix}{name}");
         println!(
             "control_plane {name}: n={} p50={} ms p99={} ms min={} ms max={} ms",
             v.len(),
@@ -270,7 +286,7 @@ fn report(samples: &[(bool, Duration)], failures: usize) {
     summary("policy_change_to_enforced", samples.iter().map(|s| s.1).collect());
     summary("to_deny", samples.iter().filter(|s| !s.0).map(|s| s.1).collect());
     summary("to_allow", samples.iter().filter(|s| s.0).map(|s| s.1).collect());
-    result("control_plane_flip_failures", failures);
+    result(&format!("control_plane_{prefix}flip_failures"), failures);
 }
 
 fn main() {
@@ -288,7 +304,19 @@ fn main() {
         .measurement_time(Duration::from_secs(1))
         .configure_from_args();
 
-    let mut b = Bench::new();
+    // Through the Kubernetes API first (its own lab, torn down before the file run).
+    {
+        let mut k = Bench::new(true);
+        for _ in 0..ITERATIONS {
+            k.flip();
+        }
+        println!(
+            "control_plane: {} flips through the Kubernetes API (emulator; agent notified by its watchers), probes every {PROBE_INTERVAL:?}",
+            k.samples.len()
+        );
+        report("api_event_", &k.samples, k.failures);
+    }
+    let mut b = Bench::new(false);
     for _ in 0..ITERATIONS {
         b.flip();
     }
@@ -296,7 +324,7 @@ fn main() {
         "control_plane: {} flips (alternating deny/allow), probes every {PROBE_INTERVAL:?} with {PROBE_TIMEOUT:?} timeout, agent watch tick 20 ms",
         b.samples.len()
     );
-    report(&b.samples, b.failures);
+    report("", &b.samples, b.failures);
 
     let (mut times, leaks, probes) = b.restarts();
     times.sort();

@@ -66,6 +66,22 @@ impl KubeLab {
     /// Writes the datastore's changes through the API and waits until the agent's watchers
     /// have seen every one of them.
     pub fn push(&self, ds: &mut Datastore) -> std::result::Result<(), String> {
+        let written = self.write(ds)?;
+        if self.force_relist {
+            self.emu.compact();
+            self.emu.drop_watches();
+        }
+        for (key, rv, at) in written {
+            if !self.handle.wait_seen(key.api_version(), key.kind(), rv, at, SEEN_TIMEOUT) {
+                return Err(format!("{} {}: the agent's watch did not see resourceVersion {rv} within {SEEN_TIMEOUT:?}", key.kind(), key.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the datastore's changes through the API without waiting; returns what was
+    /// written, with the resourceVersion the API server gave it and when.
+    pub fn write(&self, ds: &mut Datastore) -> std::result::Result<Vec<(crate::datastore::ResKey, u64, Instant)>, String> {
         let mut written = Vec::new();
         for (key, doc) in ds.take_changes() {
             let at = Instant::now();
@@ -77,15 +93,6 @@ impl KubeLab {
             let rv = obj.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
             written.push((key, rv, at));
         }
-        if self.force_relist {
-            self.emu.compact();
-            self.emu.drop_watches();
-        }
-        for (key, rv, at) in written {
-            if !self.handle.wait_seen(key.api_version(), key.kind(), rv, at, SEEN_TIMEOUT) {
-                return Err(format!("{} {}: the agent's watch did not see resourceVersion {rv} within {SEEN_TIMEOUT:?}", key.kind(), key.name));
-            }
-        }
-        Ok(())
+        Ok(written)
     }
 }
