@@ -72,6 +72,20 @@ fn api_faults_never_loosen_enforcement() {
     emu.create(deny_ingress_to_a()).expect("create policy");
     wait_verdict(&lab, false, "deny-a created through the API");
 
+    // Relists with nothing changed never flip a verdict: while every watch is broken and the
+    // history compacted (each kind relists through a 410), b -> a stays denied and a -> b
+    // stays allowed.
+    let (a, b) = (lab.endpoint("x/a").expect("pod a"), lab.endpoint("x/b").expect("pod b"));
+    for round in 0..5 {
+        emu.compact();
+        emu.drop_watches();
+        let end = Instant::now() + Duration::from_millis(400);
+        while Instant::now() < end {
+            assert!(!probe(b, Ipv4Addr::new(10, 240, 1, 10), 80, Protocol::Tcp, TIMEOUT), "relist {round}: b -> a allowed");
+            assert!(probe(a, Ipv4Addr::new(10, 240, 1, 11), 80, Protocol::Tcp, TIMEOUT), "relist {round}: a -> b denied");
+        }
+    }
+
     // A new version the parser rejects (an unknown field: a typo must not widen a policy).
     // It is reported by kind, namespace/name and field; the last good version stays.
     let mut bad = deny_ingress_to_a();
