@@ -304,27 +304,19 @@ fn main() {
         .measurement_time(Duration::from_secs(1))
         .configure_from_args();
 
-    // Through the Kubernetes API first (its own lab, torn down before the file run).
-    {
-        let mut k = Bench::new(true);
+    let flips = |kubernetes: bool| {
+        let mut b = Bench::new(kubernetes);
         for _ in 0..ITERATIONS {
-            k.flip();
+            b.flip();
         }
-        println!(
-            "control_plane: {} flips through the Kubernetes API (emulator; agent notified by its watchers), probes every {PROBE_INTERVAL:?}",
-            k.samples.len()
-        );
-        report("api_event_", &k.samples, k.failures);
-    }
-    let mut b = Bench::new(false);
-    for _ in 0..ITERATIONS {
-        b.flip();
-    }
-    println!(
-        "control_plane: {} flips (alternating deny/allow), probes every {PROBE_INTERVAL:?} with {PROBE_TIMEOUT:?} timeout, agent watch tick 20 ms",
-        b.samples.len()
-    );
-    report("", &b.samples, b.failures);
+        let (how, prefix) = if kubernetes { ("through the Kubernetes API (emulator; agent woken by its watchers)", "api_event_") } else { ("of a watched file", "") };
+        println!("control_plane: {} flips {how}, alternating deny/allow, probes every {PROBE_INTERVAL:?} with {PROBE_TIMEOUT:?} timeout", b.samples.len());
+        report(prefix, &b.samples, b.failures);
+        b
+    };
+    // Through the Kubernetes API first (its own lab, torn down before the file run).
+    drop(flips(true));
+    let mut b = flips(false);
 
     let (mut times, leaks, probes) = b.restarts();
     times.sort();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Netns, TempDir, root, unique_id};
+use common::{Netns, TempDir, root, unique_id, wait_for};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 2);
 const PORT: u16 = 8080;
@@ -109,15 +109,6 @@ fn in_set(fw: &Netns, kind: Kind, ip: &str) -> bool {
     }
 }
 
-/// Polls until `cond` holds; returns how long it took.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    start.elapsed()
-}
 
 fn scenario(kind: Kind) {
     let id = unique_id();

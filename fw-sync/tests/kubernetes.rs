@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_fw_emulator::fortios::{FortiosEmulator, FortiosOptions};
 use bulkhead_kube_emulator::Emulator;
-use common::{TempDir, ips};
+use common::{TempDir, ips, wait_for};
 use fw_sync::config::{DaemonConfig, KubeSource};
 use serde_json::json;
 
@@ -17,15 +17,6 @@ const TOKEN: &str = "s3cr3t-fortios-token-0123456789";
 
 fn pod(name: &str, ip: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "x", "labels": {"app": "web"}}, "status": {"podIP": ip}})
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    t.elapsed()
 }
 
 #[test]

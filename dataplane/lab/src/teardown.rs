@@ -190,12 +190,13 @@ pub fn cleanup(id: Option<&str>) -> usize {
         None => "bh-".to_string(),
     };
     let live = if id.is_none() { live_labs() } else { Vec::new() };
-    let of_live = |name: &str| live.iter().any(|l| name == format!("bh-{l}") || name.starts_with(&format!("bh-{l}-")));
+    // A live lab's folders and its agent's `.sock` / `.lock` files are all left alone.
+    let of_live = |name: &str| live.iter().any(|l| name == format!("bh-{l}") || name.starts_with(&format!("bh-{l}-")) || name.starts_with(&format!("bh-{l}.")));
     for l in &live {
         tracing::info!(lab = %l, "lab cleanup: lab owned by a running process left alone");
     }
     let matches = |name: &str| match id {
-        Some(_) => name == prefix || name.starts_with(&format!("{prefix}-")),
+        Some(_) => name == prefix || name.starts_with(&format!("{prefix}-")) || name == format!("{prefix}.sock") || name == format!("{prefix}.lock"),
         None => name.starts_with(&prefix) && !of_live(name),
     };
     let mut removed = 0;
@@ -241,8 +242,11 @@ pub fn cleanup(id: Option<&str>) -> usize {
         .map(|rd| rd.filter_map(|e| e.ok()).filter(|e| matches(&e.file_name().to_string_lossy())).map(|e| e.path()).collect())
         .unwrap_or_default();
     for dir in pin_targets.into_iter().chain(state_targets) {
-        if dir.exists() {
-            match std::fs::remove_dir_all(&dir) {
+        // The state folder holds a killed agent's control socket and lock file beside its
+        // folder: files, not folders.
+        if let Ok(meta) = std::fs::symlink_metadata(&dir) {
+            let res = if meta.is_dir() { std::fs::remove_dir_all(&dir) } else { std::fs::remove_file(&dir) };
+            match res {
                 Ok(()) => removed += 1,
                 Err(e) => tracing::warn!("removing {}: {e}", dir.display()),
             }

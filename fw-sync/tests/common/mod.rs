@@ -148,3 +148,13 @@ pub fn reconcile_until(b: &mut dyn Backend, desired: &FirewallState, max: u32) -
     }
     panic!("no convergence after {max} reconciles");
 }
+
+/// Polls until `cond` holds (panics after 30 s naming `what`); returns how long it took.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    start.elapsed()
+}
