@@ -392,7 +392,7 @@ fn run_agent(datastore: PathBuf, kubeconfig: Option<PathBuf>, node_netns: Option
     let agent = if kubernetes {
         // Until the API server answers, a previous agent's pinned programs keep enforcing
         // its last policy: wait for the API rather than start without it.
-        let opts = bulkhead_agent::kubernetes::KubeOptions { kubeconfig, ..Default::default() };
+        let opts = bulkhead_agent::kubernetes::KubeOptions { api: bulkhead_agent::kubernetes::ApiOptions { kubeconfig, ..Default::default() }, ..Default::default() };
         let store = loop {
             match bulkhead_agent::kubernetes::KubeDatastore::connect(&opts) {
                 Ok((store, _)) => break store,

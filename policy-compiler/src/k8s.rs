@@ -84,7 +84,7 @@ fn anp_kind(kind: &str) -> Option<PolicyKind> {
 }
 
 /// Kinds without a namespace (the rest, supported or not, are named with one in errors).
-fn is_cluster_scoped(kind: &str) -> bool {
+pub fn is_cluster_scoped(kind: &str) -> bool {
     matches!(
         kind,
         "Namespace"

@@ -141,7 +141,8 @@ fn api_server_down_at_start_is_an_error_naming_what_was_not_listed() {
     let dir = bulkhead_e2e::TempDir::new("kube-down");
     let kc = dir.0.join("kubeconfig");
     std::fs::write(&kc, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: 'http://127.0.0.1:{port}'}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n")).expect("kubeconfig");
-    let opts = bulkhead_lab::agent::kubernetes::KubeOptions { kubeconfig: Some(kc), ready_timeout: Duration::from_secs(2), ..Default::default() };
+    let api = bulkhead_lab::agent::kubernetes::ApiOptions { kubeconfig: Some(kc), ready_timeout: Duration::from_secs(2) };
+    let opts = bulkhead_lab::agent::kubernetes::KubeOptions { api, ..Default::default() };
     let err = match bulkhead_lab::agent::kubernetes::KubeDatastore::connect(&opts) {
         Ok(_) => panic!("connected to a server that does not exist"),
         Err(e) => e.to_string(),

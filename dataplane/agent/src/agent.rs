@@ -143,13 +143,12 @@ impl Agent {
     }
 
     /// As [`Agent::start`], with any datastore.
-    pub fn start_with(cfg: AgentConfig, store: Box<dyn Datastore>) -> Result<Agent, AgentError> {
+    pub fn start_with(cfg: AgentConfig, mut store: Box<dyn Datastore>) -> Result<Agent, AgentError> {
         let instance = cfg.instance();
         crate::instance::validate_name(&instance)?;
         let lock = crate::instance::InstanceLock::acquire(&instance)?;
         let (tx, rx) = mpsc::channel();
         let (init_tx, init_rx) = mpsc::channel();
-        let mut store = store;
         if cfg.watch {
             let tx = tx.clone();
             store.subscribe(Box::new(move |changed| tx.send(if changed { Request::Changed } else { Request::Tick }).is_ok()))?;

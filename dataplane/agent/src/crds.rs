@@ -39,11 +39,6 @@ pub fn crd(group: &str, version: &str, kind: &str, plural: &str, namespaced: boo
     })
 }
 
-/// Whether a kind is namespaced (the cluster-scoped policy kinds are not).
-fn namespaced(kind: &str) -> bool {
-    !matches!(kind, "Namespace" | "Tier" | "GlobalNetworkPolicy" | "StagedGlobalNetworkPolicy" | "AdminNetworkPolicy" | "BaselineAdminNetworkPolicy")
-}
-
 /// The CRDs of every non-built-in kind the agent watches.
 pub fn agent_crds() -> Vec<Value> {
     WATCHED
@@ -55,7 +50,7 @@ pub fn agent_crds() -> Vec<Value> {
             } else {
                 json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
             };
-            crd(k.group, k.version, k.kind, k.plural, namespaced(k.kind), schema)
+            crd(k.group, k.version, k.kind, k.plural, !policy_compiler::k8s::is_cluster_scoped(k.kind), schema)
         })
         .collect()
 }

@@ -19,8 +19,8 @@ pub enum AgentError {
     Interface { ifname: String, detail: String },
     #[error("datastore {path}: {detail}")]
     Datastore { path: PathBuf, detail: String },
-    #[error("kubernetes API {server}: {detail}")]
-    Kubernetes { server: String, detail: String },
+    #[error(transparent)]
+    Kubernetes(#[from] bulkhead_kube::KubeError),
     /// Bad input in the datastore: nothing of it was applied, the enforced state is unchanged.
     #[error("{0} (nothing applied; the enforced policy is unchanged)")]
     Invalid(String),

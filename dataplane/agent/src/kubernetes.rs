@@ -12,11 +12,9 @@
 //! is set (the lab, which plays kubelet and CNI itself), so an API object can never point the
 //! agent at an interface.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-pub use bulkhead_kube::{KubeHandle, WatchedKind};
+pub use bulkhead_kube::{KubeHandle, KubeOptions as ApiOptions, WatchedKind};
 use bulkhead_kube::WatchSet;
 use policy_compiler::k8s::Resource;
 use policy_compiler::model::Model;
@@ -43,21 +41,13 @@ pub const WATCHED: [WatchedKind; 11] = [
 ];
 
 /// How the datastore connects.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct KubeOptions {
-    /// A kubeconfig file; `None` infers (`KUBECONFIG`, `~/.kube/config`, then in-cluster).
-    pub kubeconfig: Option<PathBuf>,
-    /// How long [`KubeDatastore::connect`] waits for every kind's first complete list.
-    pub ready_timeout: Duration,
+    /// Where the API server is and how long to wait for the first lists.
+    pub api: bulkhead_kube::KubeOptions,
     /// Take `bulkhead.io/interface` and `bulkhead.io/cgroup` from Pod annotations (the lab
     /// only: in a cluster the CNI plugin says where a pod is).
     pub trust_pod_annotations: bool,
-}
-
-impl Default for KubeOptions {
-    fn default() -> Self {
-        KubeOptions { kubeconfig: None, ready_timeout: Duration::from_secs(30), trust_pod_annotations: false }
-    }
 }
 
 /// An accepted object: its text (for the detector) and its policy documents.
@@ -96,8 +86,7 @@ impl KubeDatastore {
     /// serve counts as empty); an API server down or failing for `ready_timeout` is an error
     /// naming the kinds not listed.
     pub fn connect(opts: &KubeOptions) -> Result<(KubeDatastore, KubeHandle), AgentError> {
-        let o = bulkhead_kube::KubeOptions { kubeconfig: opts.kubeconfig.clone(), ready_timeout: opts.ready_timeout };
-        let set = WatchSet::connect(&o, &WATCHED, accept(opts.trust_pod_annotations)).map_err(|e| AgentError::Kubernetes { server: e.server, detail: e.detail })?;
+        let set = WatchSet::connect(&opts.api, &WATCHED, accept(opts.trust_pod_annotations))?;
         let handle = set.handle();
         Ok((KubeDatastore { set, last_generation: u64::MAX, current: Vec::new(), rejected: Vec::new() }, handle))
     }
@@ -107,14 +96,12 @@ impl Datastore for KubeDatastore {
     fn load(&mut self) -> Result<Model, AgentError> {
         self.last_generation = self.set.generation();
         let server = self.set.server().to_string();
+        // Every kind was listed before `connect` returned, and stays listed.
         let (resources, rejected, current) = self.set.read(|kinds, states| {
             let mut resources = Vec::new();
             let mut rejected = Vec::new();
             let mut current = Vec::new();
             for (k, st) in kinds.iter().zip(states) {
-                if !st.ready {
-                    return Err(AgentError::Kubernetes { server: server.clone(), detail: format!("{} {} not listed yet", k.api_version(), k.kind) });
-                }
                 for ((ns, name), obj) in &st.objects {
                     if let Some(e) = &obj.error {
                         let fate = if obj.good.is_some() { "its last good version stays in force" } else { "it is not applied" };
@@ -128,8 +115,8 @@ impl Datastore for KubeDatastore {
                     }
                 }
             }
-            Ok((resources, rejected, current))
-        })?;
+            (resources, rejected, current)
+        });
         let model = policy_compiler::k8s::build_model(resources).map_err(|e| AgentError::Invalid(format!("kubernetes datastore {server}: {e}")))?;
         self.current = current;
         self.rejected = rejected;

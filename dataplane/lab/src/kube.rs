@@ -41,7 +41,7 @@ impl KubeLab {
                 emu.apply(doc).map_err(|e| agent_err(format!("{} {}: {}", key.kind(), key.name, e.message)))?;
             }
         }
-        let opts = KubeOptions { kubeconfig: Some(kubeconfig), trust_pod_annotations: true, ..Default::default() };
+        let opts = KubeOptions { api: bulkhead_agent::kubernetes::ApiOptions { kubeconfig: Some(kubeconfig), ..Default::default() }, trust_pod_annotations: true };
         let (store, handle) = KubeDatastore::connect(&opts).map_err(|e| agent_err(e.to_string()))?;
         Ok(KubeLab { emu, handle, store: Some(store), force_relist })
     }
