@@ -4,12 +4,19 @@
 //!
 //! Incremental updates alternate between the base model and the changed one, so every
 //! measured `compile` is an update by exactly one change from the previous call.
+//!
+//! Cluster scale (first, `COMPILER_BENCH=scale` runs only that part): what one node's agent
+//! compiles ([`Compiler::for_node`]) on the 10k-pod x 1k-policy shape spread over 100 nodes
+//! and on a 5,000-node cluster of 150,000 pods and 10,000 policies, per sampled node: time,
+//! peak heap (a counting allocator), the entries the node holds and endpoints failing closed;
+//! plus a one-policy change on a warm node compiler and, for the 10k shape, the whole-cluster
+//! compile (every pod local) for comparison.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bulkhead_bench::result;
 use bulkhead_bench::synth::{self, Synth};
+use bulkhead_bench::{heap, result};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use policy_compiler::{Compiled, CompiledDiff, Compiler, Limits, Model, diff};
 
@@ -53,7 +60,116 @@ fn median_time(runs: usize, mut f: impl FnMut()) -> Duration {
     v[v.len() / 2]
 }
 
+#[global_allocator]
+static ALLOC: heap::Counting = heap::Counting;
+
+/// Entries the kernel maps hold for a compile (slices, single ports, ranges) and the local
+/// endpoints failing closed for capacity.
+fn held(out: &Compiled) -> (usize, usize) {
+    let l = out.layout();
+    let fail_closed = out
+        .endpoints
+        .values()
+        .filter(|e| e.interface.is_some() && e.flags & bulkhead_common::ep_flags::OVERFLOW_FAIL_CLOSED != 0)
+        .count();
+    for o in out.overflow.iter().take(2) {
+        println!("  overflow: {o}");
+    }
+    (l.len(), fail_closed)
+}
+
+fn cluster_scale() {
+    let shapes: [(&str, Box<dyn Fn() -> Synth>); 2] =
+        [("10kpods_1kpol_100nodes", Box::new(|| synth::model(10_000, 1_000, 42))), ("150kpods_10kpol_5000nodes", Box::new(|| synth::cluster(42)))];
+    for (tag, build) in shapes {
+        let t = Instant::now();
+        let s = build();
+        let identities: std::collections::BTreeSet<_> =
+            s.model.pods.values().map(|p| (p.namespace.clone(), p.labels.clone())).collect();
+        println!(
+            "compiler scale {tag}: {} pods, {} label sets, {} policies, {} nodes (model built in {:.1} s)",
+            s.model.pods.len(),
+            identities.len(),
+            s.model.policies.len(),
+            s.nodes,
+            t.elapsed().as_secs_f64()
+        );
+        let sample: std::collections::BTreeSet<usize> = [0, 1, s.nodes / 3, s.nodes / 2, s.nodes - 1].into_iter().collect();
+        let (mut times, mut peaks, mut entries, mut locals) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut fail_closed = 0;
+        for &node in &sample {
+            let m = s.on_node(node);
+            let ((out, ms), peak) = heap::peak_during(|| {
+                let t = Instant::now();
+                let out = compile(&mut Compiler::for_node(Limits::per_generation()), &m);
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                (out, ms)
+            });
+            let t = median_time(3, || {
+                black_box(compile(&mut Compiler::for_node(Limits::per_generation()), &m));
+            });
+            let (n, fc) = held(&out);
+            let local = out.endpoints.values().filter(|e| e.interface.is_some()).count();
+            println!(
+                "compiler scale {tag} node {node}: {local} local pods, compile {:.1} ms (first {ms:.1} ms), peak heap {:.1} MiB, {n} entries held, {fc} failing closed, ipcache {}",
+                t.as_secs_f64() * 1e3,
+                peak as f64 / (1 << 20) as f64,
+                out.ipcache.len()
+            );
+            times.push(t.as_secs_f64() * 1e3);
+            peaks.push(peak);
+            entries.push(n);
+            locals.push(local);
+            fail_closed += fc;
+        }
+        let max_f = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        result(&format!("compiler_node_compile_ms_max_{tag}"), format!("{:.1}", max_f(&times)));
+        result(&format!("compiler_node_peak_heap_mib_max_{tag}"), format!("{:.1}", *peaks.iter().max().unwrap_or(&0) as f64 / (1 << 20) as f64));
+        result(&format!("compiler_node_entries_max_{tag}"), entries.iter().max().unwrap_or(&0));
+        result(&format!("compiler_node_local_pods_max_{tag}"), locals.iter().max().unwrap_or(&0));
+        result(&format!("compiler_node_fail_closed_{tag}"), fail_closed);
+
+        // A one-policy change on a warm node compiler: the namespace default deny of a local
+        // pod, so the change reaches local identities.
+        let node = *sample.first().expect("a node");
+        let base = s.on_node(node);
+        let pod = s.node_of.iter().find(|(_, n)| **n == node).map(|(r, _)| r.clone()).expect("node has pods");
+        let changed = Synth::change_default_deny_of(&base, &pod);
+        let mut warm = Compiler::for_node(Limits::per_generation());
+        let before = compile(&mut warm, &base);
+        let after = compile(&mut warm, &changed);
+        let d = diff(&before, &after);
+        let mut flip = false;
+        let t = median_time(7, || {
+            flip = !flip;
+            black_box(compile(&mut warm, if flip { &base } else { &changed }));
+        });
+        println!("compiler scale {tag} node {node}: one policy changed: {:.1} ms, diff {}", t.as_secs_f64() * 1e3, diff_size(&d));
+        result(&format!("compiler_node_incremental_ms_{tag}"), format!("{:.1}", t.as_secs_f64() * 1e3));
+
+        if s.model.pods.len() <= 10_000 {
+            let ((out, secs), peak) = heap::peak_during(|| {
+                let t = Instant::now();
+                let out = compile(&mut Compiler::new(Limits::default()), &s.model);
+                (out, t.elapsed().as_secs_f64())
+            });
+            let (n, fc) = held(&out);
+            println!(
+                "compiler scale {tag}: whole cluster on one node (every pod local): {secs:.2} s, peak heap {:.0} MiB, {n} entries, {fc} failing closed",
+                peak as f64 / (1 << 20) as f64
+            );
+            result(&format!("compiler_cluster_compile_s_{tag}"), format!("{secs:.2}"));
+            result(&format!("compiler_cluster_peak_heap_mib_{tag}"), format!("{:.0}", peak as f64 / (1 << 20) as f64));
+            result(&format!("compiler_cluster_fail_closed_{tag}"), fc);
+        }
+    }
+}
+
 fn main() {
+    cluster_scale();
+    if std::env::var("COMPILER_BENCH").as_deref() == Ok("scale") {
+        return;
+    }
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))

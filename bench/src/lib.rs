@@ -2,9 +2,11 @@
 //!
 //! - [`synth`]: deterministic synthetic cluster models (namespaces, replicated pods,
 //!   NetworkPolicies mixing every selector and port form) for the compiler benchmark.
+//! - [`heap`]: a counting allocator for peak-memory figures.
 //! - [`packet`]: Ethernet + IPv4 + TCP frames for `BPF_PROG_TEST_RUN`.
 //! - [`require_root`], [`result`], [`percentile`]: plumbing.
 
+pub mod heap;
 pub mod packet;
 pub mod synth;
 

@@ -69,16 +69,45 @@ pub struct Deployment {
 pub struct Synth {
     pub model: Model,
     pub deployments: Vec<Deployment>,
+    /// The node of every pod (pods are spread round-robin, as a scheduler spreads replicas).
+    pub node_of: std::collections::BTreeMap<PodRef, usize>,
+    pub nodes: usize,
     /// Next free pod number (for [`Synth::add_one_pod`]).
     next_pod: usize,
 }
 
+/// The size and spread of a synthetic cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub pods: usize,
+    pub policies: usize,
+    /// Namespaces (`None`: one per 200 pods, 2 to 50).
+    pub namespaces: Option<usize>,
+    /// Replicas per Deployment, inclusive range (a third of Deployments are mid-rollout, with
+    /// two label sets).
+    pub replicas: (usize, usize),
+    /// Nodes the pods are spread over.
+    pub nodes: usize,
+}
+
 /// Builds a model with `pods` pods (replicas of Deployments of 2..=8 pods) and `policies`
-/// NetworkPolicies.
+/// NetworkPolicies, spread over nodes of 100 pods.
 pub fn model(pods: usize, policies: usize, seed: u64) -> Synth {
+    model_with(Shape { pods, policies, namespaces: None, replicas: (2, 8), nodes: pods.div_ceil(100).max(1) }, seed)
+}
+
+/// The cluster the issue names: 5,000 nodes, 150,000 pods in about 15,000 label sets, 10,000
+/// policies (a share with ipBlock excepts), 300 namespaces.
+pub fn cluster(seed: u64) -> Synth {
+    model_with(Shape { pods: 150_000, policies: 10_000, namespaces: Some(300), replicas: (10, 16), nodes: 5_000 }, seed)
+}
+
+/// Builds a model of `shape`.
+pub fn model_with(shape: Shape, seed: u64) -> Synth {
+    let Shape { pods, policies, .. } = shape;
     let mut rng = Rng::new(seed);
     let mut m = Model::default();
-    let n_ns = (pods / 200).clamp(2, 50);
+    let n_ns = shape.namespaces.unwrap_or((pods / 200).clamp(2, 50));
     let ns_names: Vec<String> = (0..n_ns).map(|i| format!("ns-{i:03}")).collect();
     for (i, name) in ns_names.iter().enumerate() {
         let team = format!("team-{}", i % TEAMS);
@@ -91,13 +120,15 @@ pub fn model(pods: usize, policies: usize, seed: u64) -> Synth {
 
     // Deployments, round-robin over namespaces, until the pod budget is used.
     let mut deployments = Vec::new();
+    let mut node_of = std::collections::BTreeMap::new();
     let mut i = 0usize;
+    let (lo, hi) = shape.replicas;
     while i < pods {
         let d = deployments.len();
         let namespace = ns_names[d % n_ns].clone();
         let tier = TIERS[rng.below(TIERS.len() as u64) as usize];
         let app = format!("app-{d:05}");
-        let replicas = (2 + rng.below(7) as usize).min(pods - i);
+        let replicas = (lo + rng.below((hi - lo + 1) as u64) as usize).min(pods - i);
         // A third of the Deployments are mid-rollout: two versions, two identities.
         let rollout = rng.chance(33) && replicas >= 2;
         for r in 0..replicas {
@@ -111,9 +142,15 @@ pub fn model(pods: usize, policies: usize, seed: u64) -> Synth {
                 ports: tier_ports(tier),
                 interface: Some(format!("cali{i:011x}")),
             });
+            node_of.insert(PodRef { namespace: namespace.clone(), name: format!("{app}-{r}") }, i % shape.nodes);
             i += 1;
         }
         deployments.push(Deployment { namespace, app, tier });
+    }
+    let mut apps_in: Vec<Vec<usize>> = vec![Vec::new(); n_ns];
+    for (d, dep) in deployments.iter().enumerate() {
+        apps_in[d % n_ns].push(d);
+        debug_assert_eq!(dep.namespace, ns_names[d % n_ns]);
     }
 
     // Policies: the first policy of every namespace is a default deny; the others protect
@@ -124,7 +161,7 @@ pub fn model(pods: usize, policies: usize, seed: u64) -> Synth {
         let namespace = ns_names[ns_i].clone();
         let nth = per_ns[ns_i];
         per_ns[ns_i] += 1;
-        let local_apps: Vec<&Deployment> = deployments.iter().filter(|d| d.namespace == namespace).collect();
+        let local_apps: Vec<&Deployment> = apps_in[ns_i].iter().map(|&d| &deployments[d]).collect();
         let pick = |rng: &mut Rng| local_apps[rng.below(local_apps.len() as u64) as usize];
         let policy = if nth == 0 {
             NetworkPolicy {
@@ -220,10 +257,22 @@ pub fn model(pods: usize, policies: usize, seed: u64) -> Synth {
         };
         m.upsert_policy(policy);
     }
-    Synth { model: m, deployments, next_pod: pods }
+    Synth { model: m, deployments, node_of, nodes: shape.nodes, next_pod: pods }
 }
 
 impl Synth {
+    /// The model as the agent of `node` sees it: every pod, but only that node's own with an
+    /// interface (the CNI plugin placed them there).
+    pub fn on_node(&self, node: usize) -> Model {
+        let mut m = self.model.clone();
+        for (r, p) in m.pods.iter_mut() {
+            if self.node_of.get(r) != Some(&node) {
+                p.interface = None;
+            }
+        }
+        m
+    }
+
     /// The model with one policy changed: the first non-default-deny policy allows one port more.
     pub fn change_one_policy(&self) -> Model {
         let mut m = self.model.clone();
@@ -269,6 +318,16 @@ impl Synth {
             interface: Some(format!("cali{i:011x}")),
             ..template
         });
+        m
+    }
+
+    /// `model` with the default deny of `pod`'s namespace changed to admit one port from
+    /// anywhere: a change that reaches every identity of that namespace.
+    pub fn change_default_deny_of(model: &Model, pod: &PodRef) -> Model {
+        let mut m = model.clone();
+        let key = PolicyRef { namespace: pod.namespace.clone(), name: "default-deny".into() };
+        let p = m.policies.get_mut(&key).expect("every namespace has a default deny");
+        p.ingress.get_or_insert_with(Vec::new).push(Rule { peers: Peers::Any, ports: Ports::List(vec![tcp(8443)]) });
         m
     }
 

@@ -9,8 +9,8 @@ use bulkhead_common::detect::{
     self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, DropRateV1, EndpointV2, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
-    PolicyValueV2, SliceKeyV1, SliceValueV1, capacity,
+    ConfigV1, CtKeyV1, CtValueV1, DropRateV1, EndpointV2, IpCacheKeyV1, IpInfoV2, PeerKeyV1, PeerValueV1, PolicyStatsV1,
+    PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV1, capacity,
 };
 
 /// Key: host-side interface index (u32). Value: the endpoint behind it (identity and flags per
@@ -40,22 +40,27 @@ pub static IPCACHE_G0: LpmTrie<IpCacheKeyV1, IpInfoV2> = LpmTrie::with_max_entri
 #[map(name = "BH_IPCACHE_G1_V1")]
 pub static IPCACHE_G1: LpmTrie<IpCacheKeyV1, IpInfoV2> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
 
-/// Key: (local identity, peer identity or any, direction (+ staged bit, + generation bit),
-/// protocol or any). Value: the verdict for most ports and whether exceptions exist. Written
-/// by the agent from the compiler's layout into the inactive generation; read by TC for new
-/// flows and after policy changes.
-#[map(name = "BH_SLICE_V2")]
-pub static SLICES: HashMap<SliceKeyV1, SliceValueV1> = HashMap::with_max_entries(capacity::POLICY, 0);
+/// Key: (local identity, peer identity or any, direction (+ staged bit, + generation bit)).
+/// Value: the verdict table judging that traffic. Written by the agent from the compiler's
+/// layout into the inactive generation; read by TC for new flows and after policy changes.
+#[map(name = "BH_PEER_V1")]
+pub static PEERS: HashMap<PeerKeyV1, PeerValueV1> = HashMap::with_max_entries(capacity::POLICY, 0);
 
-/// Key: a slice key (generation bit included) plus one port (exact). Value: that port's
-/// verdict where it differs from the slice's. Written by the agent; read by TC when the slice has HAS_PORTS.
-#[map(name = "BH_PORT_V2")]
-pub static PORTS: HashMap<PolicyKeyV1, PolicyValueV2> = HashMap::with_max_entries(capacity::POLICY, 0);
+/// Key: (verdict table, direction (+ staged, + generation bit), protocol or any). Value: the
+/// verdict for most ports and whether exceptions exist. Written by the agent; read by TC after
+/// a PEERS hit.
+#[map(name = "BH_SLICE_V3")]
+pub static SLICES: HashMap<SliceKeyV2, SliceValueV1> = HashMap::with_max_entries(capacity::POLICY, 0);
+
+/// Key: a slice key plus one port (exact). Value: that port's verdict where it differs from
+/// the slice's. Written by the agent; read by TC when the slice has HAS_PORTS.
+#[map(name = "BH_PORT_V3")]
+pub static PORTS: HashMap<PortKeyV1, PolicyValueV2> = HashMap::with_max_entries(capacity::POLICY, 0);
 
 /// Key: a slice key plus a port prefix (LPM). Value: the verdict of that port range where it
 /// differs from the slice's. Written by the agent; read by TC when the slice has HAS_RANGES.
-#[map(name = "BH_RANGE_V2")]
-pub static RANGES: LpmTrie<PolicyKeyV1, PolicyValueV2> = LpmTrie::with_max_entries(capacity::POLICY, 0);
+#[map(name = "BH_RANGE_V3")]
+pub static RANGES: LpmTrie<PortKeyV1, PolicyValueV2> = LpmTrie::with_max_entries(capacity::POLICY, 0);
 
 /// Key: policy index. Value: per-CPU allow/deny and would-allow/would-deny counts.
 /// Written by TC on every judged new flow; read by `bulkhead policy stats`.

@@ -1,14 +1,15 @@
 //! Policy verdict for a new flow: a fixed number of hash lookups, whatever the number of
-//! rules, tiers or policies. The compiler stores complete verdicts per slice (local identity,
-//! peer, direction, protocol), so the first slice found answers.
+//! rules, tiers or policies. The compiler stores, per (local identity, peer or any peer,
+//! direction), which verdict table judges it, and per table complete verdicts per protocol
+//! slice, so the first peer entry and the first slice found answer.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use bulkhead_common::{
-    GEN_DIRECTION_BIT, IpCacheKeyV1, NO_POLICY, POLICY_KEY_FULL_BITS,
-    PolicyKeyV1, PolicyValueV2, STAGED_DIRECTION_BIT, SliceKeyV1, action, identity, proto, slice_flags,
+    GEN_DIRECTION_BIT, IpCacheKeyV1, NO_POLICY, PORT_KEY_FULL_BITS, PeerKeyV1, PolicyValueV2, PortKeyV1,
+    STAGED_DIRECTION_BIT, SliceKeyV2, action, identity, proto, slice_flags,
 };
 
-use crate::maps::{IPCACHE_G0, IPCACHE_G1, IPHOST_G0, IPHOST_G1, PORTS, RANGES, SLICES};
+use crate::maps::{IPCACHE_G0, IPCACHE_G1, IPHOST_G0, IPHOST_G1, PEERS, PORTS, RANGES, SLICES};
 
 /// Identity of a remote address in policy generation `pgen`: exact (pods) first, then
 /// prefixes, else WORLD.
@@ -48,49 +49,70 @@ pub const DEFAULT_ALLOW: PolicyValueV2 = PolicyValueV2 {
     flags: 0,
 };
 
-/// Slices (peer, proto), (peer, any), (any, proto), (any, any): the first that exists answers,
-/// through its port exceptions if it has any. `dir` carries the staged and generation bits.
+/// Table of (local, peer) or else (local, any peer); then its slice (protocol) or else (any
+/// protocol), through its port exceptions if it has any. No table: no tier applies, allow.
+/// `dir` carries the staged and generation bits.
 #[inline(always)]
 fn judge(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
-    let local_be = local.to_be_bytes();
-    let mut i = 0;
-    while i < 4 {
-        let p = if i < 2 { peer } else { identity::ANY };
-        let pr = if i % 2 == 0 { protocol } else { proto::ANY };
-        i += 1;
-        let sk = SliceKeyV1 {
-            local_identity_be: local_be,
-            peer_identity_be: p.to_be_bytes(),
-            direction: dir,
-            protocol: pr,
-            _pad: [0; 2],
-        };
-        // SAFETY: value copied out before any other map call.
-        let Some(slice) = (unsafe { SLICES.get(&sk) }).copied() else { continue };
-        if slice.flags & (slice_flags::HAS_PORTS | slice_flags::HAS_RANGES) != 0 {
-            let key = PolicyKeyV1 {
-                local_identity_be: local_be,
-                peer_identity_be: sk.peer_identity_be,
-                direction: dir,
-                protocol: pr,
-                port_be: port.to_be_bytes(),
-            };
-            if slice.flags & slice_flags::HAS_PORTS != 0 {
-                // SAFETY: copied out.
-                if let Some(v) = unsafe { PORTS.get(&key) } {
-                    return *v;
-                }
+    let mut pk = PeerKeyV1 { local_identity_be: local.to_be_bytes(), peer_identity_be: peer.to_be_bytes(), direction: dir, _pad: [0; 3] };
+    // SAFETY: value copied out before any other map call.
+    let table = match unsafe { PEERS.get(&pk) } {
+        Some(t) => t.table,
+        None => {
+            pk.peer_identity_be = identity::ANY.to_be_bytes();
+            // SAFETY: as above.
+            match unsafe { PEERS.get(&pk) } {
+                Some(t) => t.table,
+                None => return DEFAULT_ALLOW,
             }
-            if slice.flags & slice_flags::HAS_RANGES != 0 {
-                if let Some(v) = RANGES.get(&Key::new(POLICY_KEY_FULL_BITS, key)) {
-                    return *v;
+        }
+    };
+    let mut sk = SliceKeyV2 { table_be: table.to_be_bytes(), direction: dir, protocol, _pad: [0; 2] };
+    // SAFETY: value copied out before any other map call.
+    let slice = match unsafe { SLICES.get(&sk) }.copied() {
+        Some(s) => s,
+        None => {
+            sk.protocol = proto::ANY;
+            // SAFETY: as above.
+            match unsafe { SLICES.get(&sk) }.copied() {
+                Some(s) => s,
+                // Every table has its any-protocol slice; a table without one is a broken
+                // write: fail closed rather than guess, counted.
+                None => {
+                    crate::maps::count(bulkhead_common::counters::DROP_BROKEN_TABLE);
+                    return BROKEN_TABLE;
                 }
             }
         }
-        return slice.verdict;
+    };
+    if slice.flags & (slice_flags::HAS_PORTS | slice_flags::HAS_RANGES) != 0 {
+        let key = PortKeyV1 { table_be: sk.table_be, direction: dir, protocol: sk.protocol, port_be: port.to_be_bytes() };
+        if slice.flags & slice_flags::HAS_PORTS != 0 {
+            // SAFETY: copied out.
+            if let Some(v) = unsafe { PORTS.get(&key) } {
+                return *v;
+            }
+        }
+        if slice.flags & slice_flags::HAS_RANGES != 0 {
+            if let Some(v) = RANGES.get(&Key::new(PORT_KEY_FULL_BITS, key)) {
+                return *v;
+            }
+        }
     }
-    DEFAULT_ALLOW
+    slice.verdict
 }
+
+/// The verdict of a table without its any-protocol slice (never written by a correct agent):
+/// deny, decided by no policy.
+pub const BROKEN_TABLE: PolicyValueV2 = PolicyValueV2 {
+    policy_index: NO_POLICY,
+    log_policy_index: NO_POLICY,
+    rule_index: 0,
+    log_rule_index: 0,
+    tier_index: u16::MAX,
+    action: action::DENY,
+    flags: 0,
+};
 
 /// The direction byte of keys of generation `pgen`.
 #[inline(always)]

@@ -241,7 +241,7 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             let mut compiler = policy_compiler::Compiler::new(policy_compiler::Limits::default());
             let c = compiler.compile(&model)?;
             println!(
-                "{}: {} namespaces, {} pods, {} NetworkPolicies, {} tiered policies in {} tiers; compiled to {} policy entries ({} staged), {} IP cache entries",
+                "{}: {} namespaces, {} pods, {} NetworkPolicies, {} tiered policies in {} tiers; compiled to {} peer entries ({} staged) over {} verdict tables, {} IP cache entries",
                 datastore.display(),
                 model.namespaces.len(),
                 model.pods.len(),
@@ -250,6 +250,7 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                 c.tier_table.len(),
                 c.policy.len(),
                 c.staged.len(),
+                c.tables.len(),
                 c.ipcache.len()
             );
             for o in &c.overflow {
@@ -464,7 +465,10 @@ fn main() -> anyhow::Result<()> {
                 println!("  policy revision   {}", st.policy_rev);
                 println!("  endpoints         {}", st.endpoints);
                 println!("  ip cache entries  {}", st.ipcache_entries);
-                println!("  policy slices     {} (+{} port, {} range exceptions)", st.policy_slices, st.policy_ports, st.policy_ranges);
+                println!(
+                    "  policy peers      {} (verdict tables: {} slices, +{} port, {} range exceptions)",
+                    st.policy_peers, st.policy_slices, st.policy_ports, st.policy_ranges
+                );
                 println!("  conntrack entries {}", st.conntrack_entries);
                 println!("  datapath counters:");
                 for (k, v) in &st.counters {

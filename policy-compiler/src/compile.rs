@@ -2,15 +2,15 @@
 //!
 //! Every policy kind is compiled through the tiered model ([`crate::tiered`]); Kubernetes
 //! NetworkPolicies are converted first ([`crate::knp`]). The output is shaped by the datapath
-//! ([`crate::lookup`]): one ipcache LPM lookup gives the peer's single identity, then at most
-//! four policy LPM lookups — (peer, proto), (peer, any), (any, proto), (any, any) — and the
-//! first hit is the complete verdict. The compiler guarantees that:
+//! ([`crate::lookup`]): one ipcache lookup gives the peer's single identity, then the peer
+//! slot (local, peer, direction) or else (local, any peer, direction) names a verdict table,
+//! and the table's slice for the protocol (or any protocol) is the complete verdict. The
+//! compiler guarantees that:
 //!
-//! - every slice (local, peer, direction, protocol) it writes covers all 65536 ports, so the
-//!   first slice hit is the answer;
-//! - a peer with entries always has its (peer, any-protocol) slice, so it never falls through
-//!   to the any-peer entries;
-//! - a (local, direction) with any entry has its (any, any) slice.
+//! - every table covers every protocol and all 65536 ports, so the first slot hit answers;
+//! - a (local, direction) with any slot has its any-peer slot;
+//! - tables are shared by content, so a local identity holds one entry per peer its policy
+//!   tells apart, and the ports and protocols of a verdict function are laid out once.
 //!
 //! How: per local identity L and direction D, the ordered rules of the applicable tiers are
 //! split into the local side (a constant for L) and the remote side (a predicate over peer
@@ -27,15 +27,13 @@ use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use bulkhead_common::{
-    IpInfoV2, NO_POLICY, PolicyKeyV1, PolicyValueV2, action, capacity, direction, ep_flags, identity, proto,
-    verdict_flags,
+    IpInfoV2, NO_POLICY, PolicyValueV2, action, capacity, direction, ep_flags, identity, proto, verdict_flags,
 };
 
 use crate::error::Error;
 use crate::identity::{IdentityAllocator, IdentityAttrs};
 use crate::knp;
 use crate::model::{Cidr, Model, NamedPort, PodRef, Protocol, resolve_named_port};
-use crate::portrange::port_prefixes;
 use crate::select::{Ident, PredSet, Universe};
 use crate::tiered::{Action, PolicyId, PortItem, TRule, TierDefault, TieredPolicy, effective_tiers};
 
@@ -45,9 +43,19 @@ pub const NO_TIER: u16 = u16::MAX;
 /// Map capacities the compiler must stay within.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Per map (the enforced and the staged map each).
+    /// Per policy map: enforced and staged peer slots together, and the tables' slice and
+    /// port entries each.
     pub max_policy_entries: usize,
     pub max_ipcache_entries: usize,
+}
+
+impl Limits {
+    /// What one policy generation may hold: both generations share each map while the agent
+    /// switches between them, so a compile may fill half of it.
+    pub fn per_generation() -> Self {
+        let all = Limits::default();
+        Limits { max_policy_entries: all.max_policy_entries / 2, max_ipcache_entries: all.max_ipcache_entries / 2 }
+    }
 }
 
 impl Default for Limits {
@@ -67,8 +75,22 @@ pub struct EndpointEntry {
     pub interface: Option<String>,
 }
 
-/// Policy map key as the compiler stores it: (LPM prefix length, key).
-pub type PolicyMapKey = (u32, PolicyKeyV1);
+/// A peer slot: (local identity, peer identity or [`identity::ANY`], [`direction`]).
+pub type PeerSlot = (u32, u32, u8);
+
+/// Merged port intervals covering 0..=65535, each with its verdict.
+pub type Segs = Vec<(u16, u16, PolicyValueV2)>;
+
+/// A verdict table: the complete verdict function of a class of peers for one local identity
+/// and direction, over protocols and ports. Shared by content between every slot with the
+/// same function.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VerdictTable {
+    /// The verdict for every protocol not listed, at every port.
+    pub other: PolicyValueV2,
+    /// Protocols whose function differs from `other`.
+    pub per_proto: Vec<(u8, Segs)>,
+}
 
 /// One row of the policy table (`policy_index` -> policy).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -84,11 +106,14 @@ pub struct Compiled {
     pub endpoints: BTreeMap<PodRef, EndpointEntry>,
     /// (network address, prefix length) -> identity. Pods as /32, CIDR regions as their prefix.
     pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV2>,
-    /// Enforced verdicts. Keys are normalised: bits beyond the prefix length are zero.
-    pub policy: BTreeMap<PolicyMapKey, PolicyValueV2>,
+    /// Enforced verdicts: the table judging each peer slot.
+    pub policy: BTreeMap<PeerSlot, u32>,
     /// Counterfactual verdicts (staged policies as if enforced), for endpoints flagged
     /// [`ep_flags::HAS_STAGED`] only.
-    pub staged: BTreeMap<PolicyMapKey, PolicyValueV2>,
+    pub staged: BTreeMap<PeerSlot, u32>,
+    /// Every table a slot names, by number (numbers follow the content, so an unchanged
+    /// function keeps its number across compiles).
+    pub tables: BTreeMap<u32, VerdictTable>,
     /// `policy_index` -> policy (enforced and staged). Indexes are stable across compiles; a
     /// removed policy's slot is taken by the last one (the table stays dense).
     pub policy_table: Vec<PolicyEntry>,
@@ -118,7 +143,7 @@ impl Compiled {
     /// exceptions): what the agent writes, and what [`crate::lookup`] and `explain` read, so
     /// user space and the kernel share one lookup over one layout.
     pub fn layout(&self) -> &crate::layout::PolicyLayout {
-        self.layout_cache.0.get_or_init(|| crate::layout::layout(&self.policy, &self.staged))
+        self.layout_cache.0.get_or_init(|| crate::layout::layout(&self.policy, &self.staged, &self.tables))
     }
 
     /// The endpoint that owns `ip`.
@@ -137,15 +162,45 @@ impl Compiled {
     }
 }
 
-/// Builds a policy key; identities and port in network order, as the datapath reads them.
-pub fn policy_key(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyKeyV1 {
-    PolicyKeyV1 {
-        local_identity_be: local.to_be_bytes(),
-        peer_identity_be: peer.to_be_bytes(),
-        direction: dir,
-        protocol,
-        port_be: port.to_be_bytes(),
+/// Interns verdict tables: equal functions get one number, derived from the content so that
+/// an unchanged function keeps its number across compiles (a probe past collisions).
+#[derive(Default)]
+struct Tables {
+    by_content: HashMap<Rc<VerdictTable>, u32>,
+    by_number: BTreeMap<u32, Rc<VerdictTable>>,
+}
+
+impl Tables {
+    fn intern(&mut self, t: VerdictTable) -> u32 {
+        if let Some(&n) = self.by_content.get(&t) {
+            return n;
+        }
+        use std::hash::Hasher;
+        let mut h = std::hash::DefaultHasher::new();
+        t.hash(&mut h);
+        let wide = h.finish();
+        let mut n = (wide ^ (wide >> 32)) as u32;
+        while n == 0 || self.by_number.contains_key(&n) {
+            n = n.wrapping_add(1);
+        }
+        let t = Rc::new(t);
+        self.by_content.insert(t.clone(), n);
+        self.by_number.insert(n, t);
+        n
     }
+}
+
+/// Which endpoints a compile writes policy for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every pod with an address (offline tools, `explain` over a whole model, tests).
+    #[default]
+    Cluster,
+    /// Only pods placed on this node (those with an `interface`): what an agent enforces.
+    /// Every pod stays a peer (ipcache), but policy entries exist for local identities only,
+    /// so a node holds entries for its own endpoints, not the cluster's (as Cilium keeps one
+    /// policy map per local endpoint).
+    Node,
 }
 
 /// Compiles models into map contents, keeping identity numbers, policy and tier indexes
@@ -153,6 +208,7 @@ pub fn policy_key(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> Po
 #[derive(Debug)]
 pub struct Compiler {
     limits: Limits,
+    scope: Scope,
     identities: IdentityAllocator,
     policy_slots: Slots<PolicyId>,
     tier_slots: Slots<String>,
@@ -210,7 +266,7 @@ impl<K: Clone + Eq + Hash> Slots<K> {
 type RulePreds = Vec<(Rc<PredSet>, Rc<PredSet>)>;
 
 /// A peer signature: rules answered unlike the baseline, and the peer's used named ports.
-type SigKey = (Vec<u16>, Vec<NamedPort>);
+type SigKey<'a> = (&'a [u16], Vec<NamedPort>);
 
 /// A policy of the compile with its indexes and selection.
 struct Prep<'m> {
@@ -242,28 +298,29 @@ struct CRule<'a> {
     remote: &'a PredSet,
 }
 
-type Segs = Vec<(u16, u16, PolicyValueV2)>;
-
-/// The verdict function of one signature: the any-other-protocol verdict (constant) and the
-/// protocols whose function differs from it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct SigFn {
-    other: PolicyValueV2,
-    per_proto: Vec<(u8, Segs)>,
-}
 
 impl Compiler {
     pub fn new(limits: Limits) -> Self {
         Compiler {
             limits,
+            scope: Scope::Cluster,
             identities: IdentityAllocator::new(),
             policy_slots: Slots::default(),
             tier_slots: Slots::default(),
         }
     }
 
+    /// A compiler for one node's agent ([`Scope::Node`]).
+    pub fn for_node(limits: Limits) -> Self {
+        Compiler { scope: Scope::Node, ..Compiler::new(limits) }
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    pub fn scope(&self) -> Scope {
+        self.scope
     }
 
     /// Compiles `model`. Identity numbers and policy/tier indexes of unchanged things are kept
@@ -309,38 +366,47 @@ impl Compiler {
             (0..=32u8).rev().map(|len| Cidr::containing(ip, len)).find(|c| prefix_keys.contains(&(u32::from(c.addr()), c.prefix_len())))
         };
 
-        // Pod identities.
+        // Pod identities. Pods are grouped by borrowed attributes first (the namespace name
+        // stands for its labels), so the attributes are copied once per identity, not per pod.
+        type PodKey<'a> = (&'a str, &'a crate::model::Labels, &'a str, std::borrow::Cow<'a, [NamedPort]>, Option<Cidr>);
         let mut attrs_by_id: BTreeMap<u32, IdentityAttrs> = BTreeMap::new();
-        let mut pod_identity: BTreeMap<&PodRef, u32> = BTreeMap::new();
-        let mut seen: HashMap<IdentityAttrs, u32> = HashMap::new();
+        // (pod, its model entry, identity), in pod order.
+        let mut pod_identity: Vec<(&PodRef, &crate::model::Pod, u32)> = Vec::with_capacity(model.pods.len());
+        let mut seen: HashMap<PodKey<'_>, u32> = HashMap::new();
         for (r, pod) in &model.pods {
             let Some(ip) = pod.ip else { continue };
-            let ns = &model.namespaces[&pod.namespace];
-            let mut ports = pod.ports.clone();
-            ports.sort();
-            ports.dedup();
-            let attrs = IdentityAttrs {
-                namespace: pod.namespace.clone(),
-                namespace_labels: ns.labels.clone(),
-                labels: pod.labels.clone(),
-                service_account: pod.service_account.clone(),
-                ports,
-                region: region_of(ip),
+            let ports: std::borrow::Cow<'_, [NamedPort]> = if pod.ports.windows(2).all(|w| w[0] < w[1]) {
+                std::borrow::Cow::Borrowed(&pod.ports)
+            } else {
+                let mut ports = pod.ports.clone();
+                ports.sort();
+                ports.dedup();
+                std::borrow::Cow::Owned(ports)
             };
-            let id = match seen.get(&attrs) {
+            let key: PodKey<'_> = (pod.namespace.as_str(), &pod.labels, pod.service_account.as_str(), ports, region_of(ip));
+            let id = match seen.get(&key) {
                 Some(&id) => id,
                 None => {
+                    let attrs = IdentityAttrs {
+                        namespace: pod.namespace.clone(),
+                        namespace_labels: model.namespaces[&pod.namespace].labels.clone(),
+                        labels: pod.labels.clone(),
+                        service_account: pod.service_account.clone(),
+                        ports: key.3.to_vec(),
+                        region: key.4,
+                    };
                     let id = self.identities.labels(&attrs);
-                    seen.insert(attrs.clone(), id);
                     attrs_by_id.insert(id, attrs);
+                    seen.insert(key, id);
                     id
                 }
             };
-            pod_identity.insert(r, id);
+            pod_identity.push((r, pod, id));
         }
-        let mut ip_owner_pod: BTreeMap<Ipv4Addr, &PodRef> = BTreeMap::new();
-        for r in pod_identity.keys() {
-            ip_owner_pod.entry(model.pods[*r].ip.expect("identified pods have an IP")).or_insert(r);
+        // Address -> (owner pod, identity): the first pod in pod order owns a shared address.
+        let mut ip_owner_pod: HashMap<Ipv4Addr, (&PodRef, u32)> = HashMap::with_capacity(pod_identity.len());
+        for &(r, pod, id) in &pod_identity {
+            ip_owner_pod.entry(pod.ip.expect("identified pods have an IP")).or_insert((r, id));
         }
         let regions: Vec<(Cidr, u32)> = prefixes.iter().map(|&c| (c, self.identities.cidr(c))).collect();
 
@@ -353,6 +419,9 @@ impl Compiler {
             regions.iter().map(|&(c, id)| Ident { id, pod: None, region: Some(c) }).collect(),
             baseline,
         );
+        if self.scope == Scope::Node {
+            uni.restrict_local(pod_identity.iter().filter(|(_, p, _)| p.interface.is_some()).map(|(_, _, id)| *id));
+        }
 
         // Per-policy preparation; `by_local`: local identity -> policies selecting it, in
         // evaluation order.
@@ -360,6 +429,12 @@ impl Compiler {
         let mut by_local: HashMap<u32, Vec<usize>> = HashMap::new();
         for &(policy, knp) in &sources {
             let index = self.policy_slots.index[&policy.id];
+            // A policy selecting no identity compiled for has no entries: its rules' peer
+            // predicates (a scan of the peers each) are not worth building.
+            let selected = uni.selected(policy);
+            if selected.is_empty() {
+                continue;
+            }
             let mut dirs: [Option<RulePreds>; 2] = [None, None];
             for (d, ingress) in [(0, true), (1, false)] {
                 if let Some(rules) = policy.rules(ingress) {
@@ -378,7 +453,7 @@ impl Compiler {
                 continue;
             }
             let i = preps.len();
-            for &l in uni.selected(policy).iter() {
+            for &l in selected.iter() {
                 by_local.entry(l).or_default().push(i);
             }
             preps.push(Prep {
@@ -395,11 +470,22 @@ impl Compiler {
             .iter()
             .map(|p| [crate::tiered::in_world(model, &p.policy.id, false), crate::tiered::in_world(model, &p.policy.id, true)])
             .collect();
-        let mut policy_entries: Vec<(PolicyMapKey, PolicyValueV2)> = Vec::new();
-        let mut staged_entries: Vec<(PolicyMapKey, PolicyValueV2)> = Vec::new();
+        let mut policy_entries: Vec<(PeerSlot, u32)> = Vec::new();
+        let mut staged_entries: Vec<(PeerSlot, u32)> = Vec::new();
+        let mut tables = Tables::default();
         let mut flags: HashMap<u32, u32> = HashMap::new();
+        let mut overflow = Vec::new();
+        let mut fail_closed: HashSet<u32> = HashSet::new();
+        let pods_of = |id: u32| -> String {
+            let names: Vec<String> = pod_identity.iter().filter(|(_, _, i)| *i == id).map(|(r, _, _)| r.to_string()).collect();
+            names.join(", ")
+        };
         for (&l, attrs) in &attrs_by_id {
             let Some(sel) = by_local.get(&l) else { continue };
+            // Entries are kept per whole identity while they fit, in identity-number order (so
+            // established identities keep theirs when a new one does not fit); one that does
+            // not fit is dropped at once, so memory stays bounded by the maps' capacity.
+            let (policy_mark, staged_mark) = (policy_entries.len(), staged_entries.len());
             let has_staged = sel.iter().any(|&i| preps[i].staged);
             let mut f = if has_staged { ep_flags::HAS_STAGED } else { 0 };
             for (d, dir) in [(0usize, direction::INGRESS), (1, direction::EGRESS)] {
@@ -449,27 +535,54 @@ impl Compiler {
                         }
                     }
                     let out = if staged_world { &mut staged_entries } else { &mut policy_entries };
-                    emit_local(&uni, l, dir, &trefs, &rules, local_ports, out);
+                    emit_local(&uni, l, dir, &trefs, &rules, local_ports, &mut tables, out);
                 }
+            }
+            // Enforced and staged slots share the peer map.
+            let limit = self.limits.max_policy_entries;
+            let (mark, used) = (policy_mark + staged_mark, policy_entries.len() + staged_entries.len());
+            if used > limit {
+                overflow.push(format!(
+                    "policy: {} peer entries of identity {l} (pods {}) do not fit (limit {limit}, {mark} in use); they fail closed",
+                    used - mark,
+                    pods_of(l)
+                ));
+                policy_entries.truncate(policy_mark);
+                staged_entries.truncate(staged_mark);
+                fail_closed.insert(l);
             }
             if f != 0 {
                 flags.insert(l, f);
             }
         }
-        let mut policy: BTreeMap<PolicyMapKey, PolicyValueV2> = policy_entries.into_iter().collect();
-        let mut staged: BTreeMap<PolicyMapKey, PolicyValueV2> = staged_entries.into_iter().collect();
-
-        let mut overflow = Vec::new();
-        let mut fail_closed: HashSet<u32> = HashSet::new();
-        let pods_of = |id: u32| -> String {
-            let names: Vec<String> = pod_identity.iter().filter(|(_, i)| **i == id).map(|(r, _)| r.to_string()).collect();
-            names.join(", ")
-        };
-        fit_policy("policy", &mut policy, self.limits.max_policy_entries, &mut fail_closed, &mut overflow, &pods_of);
-        fit_policy("staged", &mut staged, self.limits.max_policy_entries, &mut fail_closed, &mut overflow, &pods_of);
-        // An endpoint failing closed in one map has no entries in the other either.
-        policy.retain(|(_, k), _| !fail_closed.contains(&u32::from_be_bytes(k.local_identity_be)));
-        staged.retain(|(_, k), _| !fail_closed.contains(&u32::from_be_bytes(k.local_identity_be)));
+        let policy: BTreeMap<PeerSlot, u32> = policy_entries.into_iter().collect();
+        let staged: BTreeMap<PeerSlot, u32> = staged_entries.into_iter().collect();
+        // Tables still named, with the entries they take: shared by every slot naming them,
+        // so they are few; should they not fit, nothing can be judged and every endpoint fails
+        // closed.
+        let named: BTreeSet<(u32, u8)> =
+            policy.iter().map(|(s, t)| (*t, s.2)).chain(staged.iter().map(|(s, t)| (*t, s.2 | bulkhead_common::STAGED_DIRECTION_BIT))).collect();
+        let mut table_entries = [0usize; 3];
+        let mut sizes: HashMap<u32, [usize; 3]> = HashMap::new();
+        for &(t, _) in &named {
+            let table = &tables.by_number[&t];
+            let n = *sizes.entry(t).or_insert_with(|| crate::layout::table_entries(table));
+            for (total, n) in table_entries.iter_mut().zip(n) {
+                *total += n;
+            }
+        }
+        let tables_fail_closed = table_entries.iter().any(|&n| n > self.limits.max_policy_entries);
+        if tables_fail_closed {
+            overflow.push(format!(
+                "verdict tables: {} slices, {} single ports, {} ranges do not fit (limit {} each); every endpoint fails closed",
+                table_entries[0],
+                table_entries[1],
+                table_entries[2],
+                self.limits.max_policy_entries
+            ));
+        }
+        let tables: BTreeMap<u32, VerdictTable> =
+            named.iter().map(|(t, _)| *t).collect::<BTreeSet<u32>>().into_iter().map(|t| (t, (*tables.by_number[&t]).clone())).collect();
         if self.policy_slots.table.len() > capacity::POLICIES as usize {
             overflow.push(format!(
                 "policy table: {} policies exceed the {} with counters; policies past that index have no statistics",
@@ -494,7 +607,10 @@ impl Compiler {
             for &(c, id) in &regions {
                 ipcache.insert((c.addr(), c.prefix_len()), IpInfoV2 { identity: id, flags: 0 });
             }
-            for (&ip, &r) in &ip_owner_pod {
+            // In address order, so which pods miss out on a full map does not vary.
+            let mut owners: Vec<(Ipv4Addr, &PodRef, u32)> = ip_owner_pod.iter().map(|(ip, (r, id))| (*ip, *r, *id)).collect();
+            owners.sort_unstable_by_key(|o| o.0);
+            for (ip, r, id) in owners {
                 let key = (ip, 32);
                 if !ipcache.contains_key(&key) && ipcache.len() >= self.limits.max_ipcache_entries {
                     fail_closed_pods.insert(r);
@@ -504,20 +620,24 @@ impl Compiler {
                     ));
                     continue;
                 }
-                ipcache.insert(key, IpInfoV2 { identity: pod_identity[r], flags: 0 });
+                ipcache.insert(key, IpInfoV2 { identity: id, flags: 0 });
             }
         }
 
+        // Endpoint entries: every pod's, or on a node its own pods' only.
         let mut endpoints = BTreeMap::new();
-        for (&r, &id) in &pod_identity {
-            let pod = &model.pods[r];
+        for &(r, pod, id) in &pod_identity {
+            if self.scope == Scope::Node && pod.interface.is_none() {
+                continue;
+            }
             let ip = pod.ip.expect("pods with identities have an IP");
             let mut f = flags.get(&id).copied().unwrap_or(0);
-            if ip_owner_pod[&ip] != r {
-                overflow.push(format!("pod {r} shares {ip} with pod {}; it fails closed", ip_owner_pod[&ip]));
+            let owner = ip_owner_pod[&ip].0;
+            if owner != r {
+                overflow.push(format!("pod {r} shares {ip} with pod {owner}; it fails closed"));
                 f |= ep_flags::OVERFLOW_FAIL_CLOSED;
             }
-            if all_fail_closed || fail_closed.contains(&id) || fail_closed_pods.contains(r) {
+            if all_fail_closed || tables_fail_closed || fail_closed.contains(&id) || fail_closed_pods.contains(r) {
                 f |= ep_flags::OVERFLOW_FAIL_CLOSED;
             }
             endpoints.insert(r.clone(), EndpointEntry { identity: id, flags: f, ip, interface: pod.interface.clone() });
@@ -535,7 +655,7 @@ impl Compiler {
                 PolicyEntry { id: id.clone(), tier: p.tier.clone(), staged: id.kind.is_staged() }
             })
             .collect::<Vec<_>>();
-        Ok(Compiled { endpoints, ipcache, policy, staged, policy_table, tier_table: self.tier_slots.table.clone(), overflow, layout_cache: LayoutCache::default() })
+        Ok(Compiled { endpoints, ipcache, policy, staged, tables, policy_table, tier_table: self.tier_slots.table.clone(), overflow, layout_cache: LayoutCache::default() })
     }
 }
 
@@ -753,7 +873,7 @@ fn protocol_atoms(rules: &[CRule<'_>]) -> (Vec<u8>, u8) {
     (set.into_iter().collect(), other)
 }
 
-fn sig_fn(tiers: &[TierRef], rules: &[CRule<'_>], matched: &[bool], atoms: &(Vec<u8>, u8), dst_ports: &[NamedPort]) -> SigFn {
+fn sig_fn(tiers: &[TierRef], rules: &[CRule<'_>], matched: &[bool], atoms: &(Vec<u8>, u8), dst_ports: &[NamedPort]) -> VerdictTable {
     let other = port_function(tiers, rules, matched, atoms.1, dst_ports);
     debug_assert_eq!(other.len(), 1, "other protocols have no port conditions");
     let other = other[0].2;
@@ -764,22 +884,7 @@ fn sig_fn(tiers: &[TierRef], rules: &[CRule<'_>], matched: &[bool], atoms: &(Vec
             per_proto.push((p, f));
         }
     }
-    SigFn { other, per_proto }
-}
-
-fn push_slice(out: &mut Vec<(PolicyMapKey, PolicyValueV2)>, local: u32, peer: u32, dir: u8, p: u8, segs: &[(u16, u16, PolicyValueV2)]) {
-    for &(s, e, v) in segs {
-        for pp in port_prefixes(s, e) {
-            out.push(((pp.key_prefix_len(), policy_key(local, peer, dir, p, pp.port)), v));
-        }
-    }
-}
-
-fn push_fn(out: &mut Vec<(PolicyMapKey, PolicyValueV2)>, local: u32, peer: u32, dir: u8, f: &SigFn) {
-    push_slice(out, local, peer, dir, proto::ANY, &[(0, u16::MAX, f.other)]);
-    for (p, segs) in &f.per_proto {
-        push_slice(out, local, peer, dir, *p, segs);
-    }
+    VerdictTable { other, per_proto }
 }
 
 /// All entries of local identity `l` in direction `dir` for these ordered rules.
@@ -790,7 +895,8 @@ fn emit_local(
     tiers: &[TierRef],
     rules: &[CRule<'_>],
     local_ports: &[NamedPort],
-    out: &mut Vec<(PolicyMapKey, PolicyValueV2)>,
+    tables: &mut Tables,
+    out: &mut Vec<(PeerSlot, u32)>,
 ) {
     let atoms = protocol_atoms(rules);
     let baseline_match: Vec<bool> = rules.iter().map(|r| r.remote.baseline).collect();
@@ -821,9 +927,11 @@ fn emit_local(
 
     let base_ports: &[NamedPort] = if dir == direction::INGRESS { local_ports } else { &[] };
     let base = sig_fn(tiers, rules, &baseline_match, &atoms, base_ports);
-    push_fn(out, l, identity::ANY, dir, &base);
+    let base_table = tables.intern(base.clone());
+    out.push(((l, identity::ANY, dir), base_table));
 
-    let mut by_sig: HashMap<SigKey, Option<Rc<SigFn>>> = HashMap::new();
+    // Signature -> its table, `None` when it equals the any-peer one (no slot needed).
+    let mut by_sig: HashMap<SigKey, Option<u32>> = HashMap::new();
     let mut peers: Vec<(&u32, &Vec<u16>)> = deviations.iter().collect();
     peers.sort_unstable();
     for (&peer, devs) in peers {
@@ -835,55 +943,23 @@ fn emit_local(
         } else {
             Vec::new()
         };
-        let key = (devs.clone(), peer_ports);
+        let key = (devs.as_slice(), peer_ports);
         let f = by_sig
             .entry(key)
             .or_insert_with_key(|(devs, peer_ports)| {
                 let mut matched = baseline_match.clone();
-                for &i in devs {
+                for &i in devs.iter() {
                     matched[usize::from(i)] ^= true;
                 }
                 let dst_ports: &[NamedPort] = if dir == direction::INGRESS { local_ports } else { peer_ports };
                 let f = sig_fn(tiers, rules, &matched, &atoms, dst_ports);
-                (f != base).then(|| Rc::new(f))
+                (f != base).then(|| tables.intern(f))
             })
-            .clone();
-        if let Some(f) = f {
-            push_fn(out, l, peer, dir, &f);
+            .to_owned();
+        if let Some(t) = f {
+            out.push(((l, peer, dir), t));
         }
     }
-}
-
-/// Keeps whole identities' entries while they fit; the rest fail closed. Identities are taken
-/// in number order, so established ones keep their entries when a new one does not fit.
-fn fit_policy(
-    map: &str,
-    policy: &mut BTreeMap<PolicyMapKey, PolicyValueV2>,
-    limit: usize,
-    fail_closed: &mut HashSet<u32>,
-    overflow: &mut Vec<String>,
-    pods_of: &dyn Fn(u32) -> String,
-) {
-    if policy.len() <= limit {
-        return;
-    }
-    let mut per_local: BTreeMap<u32, usize> = BTreeMap::new();
-    for (_, key) in policy.keys() {
-        *per_local.entry(u32::from_be_bytes(key.local_identity_be)).or_default() += 1;
-    }
-    let mut used = 0;
-    for (id, n) in per_local {
-        if used + n <= limit {
-            used += n;
-        } else {
-            fail_closed.insert(id);
-            overflow.push(format!(
-                "{map}: {n} entries of identity {id} (pods {}) do not fit (limit {limit}, {used} in use); they fail closed",
-                pods_of(id)
-            ));
-        }
-    }
-    policy.retain(|(_, key), _| !fail_closed.contains(&u32::from_be_bytes(key.local_identity_be)));
 }
 
 #[cfg(test)]

@@ -178,8 +178,8 @@ fn identities_are_shared_and_stable_across_recompiles() {
     assert_eq!(c1.ipcache, c2.ipcache, "a policy without ipBlocks leaves the ipcache alone");
 }
 
-fn local_of(k: &PolicyMapKey) -> u32 {
-    u32::from_be_bytes(k.1.local_identity_be)
+fn local_of(k: &crate::compile::PeerSlot) -> u32 {
+    k.0
 }
 
 #[test]
@@ -227,7 +227,7 @@ kind: NetworkPolicy
 metadata: {name: p, namespace: x}
 spec:
   podSelector: {}
-  ingress: [{ports: [{port: 1, endPort: 5}]}]
+  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 1, endPort: 5}]}]
 "#,
     );
     let full = Compiler::default().compile(&m).expect("compile");
@@ -548,5 +548,35 @@ spec:
         assert!(!ingress(&m, &pod("c"), &pod("b"), proto::ICMP, 3 << 8 | 4).enforced.allowed);
         assert!(ingress(&m, &pod("c"), &pod("b"), proto::ICMP, 0).enforced.allowed);
         assert!(!ingress(&m, &pod("c"), &pod("b"), TCP, 0).enforced.allowed);
+    }
+}
+
+#[test]
+fn a_node_compiles_policy_for_its_own_endpoints_only() {
+    let mut m = model(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 80}]}]
+"#,
+    );
+    let cluster = Compiler::default().compile(&m).expect("compile");
+    m.pods.get_mut(&PodRef::new("x", "a")).expect("pod a").interface = Some("veth-a".into());
+    let node = Compiler::for_node(Limits::default()).compile(&m).expect("node compile");
+    let a = node.endpoints[&PodRef::new("x", "a")].identity;
+    assert_eq!(node.endpoints.keys().map(ToString::to_string).collect::<Vec<_>>(), vec!["x/a"], "only the local endpoint");
+    assert!(node.policy.keys().all(|k| k.0 == a), "entries for the local identity only: {:?}", node.policy.keys());
+    assert!(node.policy.len() < cluster.policy.len(), "fewer entries than the cluster compile");
+    assert_eq!(node.ipcache.len(), cluster.ipcache.len(), "every pod stays a peer");
+    // The local endpoint's verdicts are the cluster compile's.
+    for port in [80, 81] {
+        assert_eq!(
+            lookup::allowed(&node, &ip("10.0.0.2"), &pod("a"), TCP, port),
+            lookup::allowed(&cluster, &pod("b"), &pod("a"), TCP, port),
+            "port {port}"
+        );
     }
 }

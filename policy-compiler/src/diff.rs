@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use bulkhead_common::{IpInfoV2, PolicyValueV2};
+use bulkhead_common::IpInfoV2;
 
-use crate::compile::{Compiled, EndpointEntry, PolicyMapKey};
+use crate::compile::{Compiled, EndpointEntry, PeerSlot, VerdictTable};
 use crate::model::PodRef;
 
 /// Changes to one map.
@@ -41,13 +41,14 @@ impl<K, V> MapDiff<K, V> {
 pub struct CompiledDiff {
     pub endpoints: MapDiff<PodRef, EndpointEntry>,
     pub ipcache: MapDiff<(Ipv4Addr, u8), IpInfoV2>,
-    pub policy: MapDiff<PolicyMapKey, PolicyValueV2>,
-    pub staged: MapDiff<PolicyMapKey, PolicyValueV2>,
+    pub policy: MapDiff<PeerSlot, u32>,
+    pub staged: MapDiff<PeerSlot, u32>,
+    pub tables: MapDiff<u32, VerdictTable>,
 }
 
 impl CompiledDiff {
     pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty() && self.ipcache.is_empty() && self.policy.is_empty() && self.staged.is_empty()
+        self.endpoints.is_empty() && self.ipcache.is_empty() && self.policy.is_empty() && self.staged.is_empty() && self.tables.is_empty()
     }
 }
 
@@ -58,6 +59,7 @@ pub fn diff(old: &Compiled, new: &Compiled) -> CompiledDiff {
         ipcache: diff_map(&old.ipcache, &new.ipcache),
         policy: diff_map(&old.policy, &new.policy),
         staged: diff_map(&old.staged, &new.staged),
+        tables: diff_map(&old.tables, &new.tables),
     }
 }
 

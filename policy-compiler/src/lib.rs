@@ -29,7 +29,7 @@ pub mod selector_parser;
 pub mod tiered;
 mod select;
 
-pub use compile::{Compiled, Compiler, EndpointEntry, Limits, PolicyEntry, PolicyMapKey};
+pub use compile::{Compiled, Compiler, EndpointEntry, Limits, PeerSlot, PolicyEntry, Scope, VerdictTable};
 pub use diff::{CompiledDiff, MapDiff, diff};
 pub use explain::{Decision, Explanation, explain};
 pub use error::{CompileError, DocumentRef, Error, Origin};

@@ -1,6 +1,6 @@
 //! Port ranges as LPM prefixes over the 16 port bits of a policy key.
 
-use bulkhead_common::POLICY_KEY_FIXED_BITS;
+use bulkhead_common::PORT_KEY_FIXED_BITS;
 
 /// A port prefix: `port` with its low `16 - bits` bits zero; covers `port..port + 2^(16-bits)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -11,9 +11,9 @@ pub struct PortPrefix {
 }
 
 impl PortPrefix {
-    /// Prefix length of the whole policy key (80..=96).
+    /// Prefix length of the whole port key (48..=64).
     pub fn key_prefix_len(self) -> u32 {
-        POLICY_KEY_FIXED_BITS + u32::from(self.bits)
+        PORT_KEY_FIXED_BITS + u32::from(self.bits)
     }
 
     pub fn contains(self, port: u16) -> bool {
@@ -82,7 +82,7 @@ mod tests {
         assert_eq!(port_prefixes(0, 65535), vec![PortPrefix { port: 0, bits: 0 }], "whole space is one /80");
         assert_eq!(port_prefixes(1024, 65535).len(), 6, "1024..=65535 = 1024/6,2048/5,..,32768/1");
         assert_eq!(port_prefixes(80, 80), vec![PortPrefix { port: 80, bits: 16 }]);
-        assert_eq!(PortPrefix { port: 80, bits: 16 }.key_prefix_len(), 96);
+        assert_eq!(PortPrefix { port: 80, bits: 16 }.key_prefix_len(), 64);
         // Worst case for 16 bits is 30 prefixes.
         assert_eq!(port_prefixes(1, 65534).len(), 30);
     }

@@ -118,6 +118,16 @@ pub(crate) struct Universe<'m> {
     pub baseline: Ident,
     by_id: HashMap<u32, usize>,
     by_ns: HashMap<String, Vec<usize>>,
+    /// Pod selector label (key, value) -> pod identity indexes, ascending: selectors naming a
+    /// label are matched against its holders only, so a selection costs what it selects, not
+    /// the cluster's identity count.
+    by_label: HashMap<(String, String), Vec<usize>>,
+    /// Pod selector label key -> pod identity indexes, ascending.
+    by_key: HashMap<String, Vec<usize>>,
+    /// Namespace -> its namespace-selector labels (equal for every identity of a namespace).
+    ns_labels: HashMap<String, usize>,
+    /// Identities policies are compiled for (`None`: every pod identity).
+    local: Option<Vec<usize>>,
     /// Port name -> pod identities defining it (any protocol).
     named: HashMap<String, Vec<u32>>,
     preds: HashMap<EntityKey<'m>, Rc<PredSet>>,
@@ -131,10 +141,18 @@ impl<'m> Universe<'m> {
         let mut by_id = HashMap::with_capacity(idents.len());
         let mut by_ns: HashMap<String, Vec<usize>> = HashMap::new();
         let mut named: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut by_label: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut ns_labels: HashMap<String, usize> = HashMap::new();
         for (i, ident) in idents.iter().enumerate() {
             by_id.insert(ident.id, i);
             if let Some(p) = &ident.pod {
                 by_ns.entry(p.namespace.clone()).or_default().push(i);
+                ns_labels.entry(p.namespace.clone()).or_insert(i);
+                for (k, v) in &p.labels {
+                    by_label.entry((k.clone(), v.clone())).or_default().push(i);
+                    by_key.entry(k.clone()).or_default().push(i);
+                }
                 for port in &p.ports {
                     if let Some(n) = &port.name {
                         let v = named.entry(n.clone()).or_default();
@@ -145,7 +163,88 @@ impl<'m> Universe<'m> {
                 }
             }
         }
-        Universe { idents, n_pods, baseline, by_id, by_ns, named, preds: HashMap::new(), selections: HashMap::new() }
+        Universe {
+            idents,
+            n_pods,
+            baseline,
+            by_id,
+            by_ns,
+            by_label,
+            by_key,
+            ns_labels,
+            local: None,
+            named,
+            preds: HashMap::new(),
+            selections: HashMap::new(),
+        }
+    }
+
+    /// Restricts [`Universe::selected`] to these pod identities (a node's own endpoints):
+    /// policies are compiled for them only, while every identity stays a possible peer.
+    pub fn restrict_local(&mut self, ids: impl IntoIterator<Item = u32>) {
+        let mut v: Vec<usize> = ids.into_iter().filter_map(|id| self.by_id.get(&id).copied()).collect();
+        v.sort_unstable();
+        v.dedup();
+        self.local = Some(v);
+        self.selections.clear();
+    }
+
+    /// A superset of the pod identities (ascending indexes) whose selector labels can satisfy
+    /// `s`, or `None` when `s` names no label that narrows it (negations, `all()`).
+    fn label_candidates(&self, s: &Selector) -> Option<Vec<usize>> {
+        match s {
+            Selector::Eq(k, v) => Some(self.by_label.get(&(k.clone(), v.clone())).cloned().unwrap_or_default()),
+            Selector::Has(k) | Selector::Contains(k, _) | Selector::StartsWith(k, _) | Selector::EndsWith(k, _) => {
+                Some(self.by_key.get(k).cloned().unwrap_or_default())
+            }
+            Selector::In(k, vs) => {
+                let mut out: Vec<usize> =
+                    vs.iter().flat_map(|v| self.by_label.get(&(k.clone(), v.clone())).into_iter().flatten().copied()).collect();
+                out.sort_unstable();
+                out.dedup();
+                Some(out)
+            }
+            // The narrowest conjunct bounds the conjunction.
+            Selector::And(parts) => parts.iter().filter_map(|p| self.label_candidates(p)).min_by_key(Vec::len),
+            Selector::Or(parts) => {
+                let mut out = Vec::new();
+                for p in parts {
+                    out.extend(self.label_candidates(p)?);
+                }
+                out.sort_unstable();
+                out.dedup();
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
+    /// A superset of the pod identities in namespaces whose labels satisfy `s`.
+    fn namespace_candidates(&self, s: &Selector) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .ns_labels
+            .iter()
+            .filter(|(_, i)| s.matches(&self.idents[**i].pod.as_ref().expect("pod identity").ns_labels))
+            .flat_map(|(ns, _)| self.by_ns.get(ns).into_iter().flatten().copied())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The narrowest known superset of pod identities a pod-side entity can hold for, as
+    /// ascending indexes (`None`: every pod identity).
+    fn pod_candidates(&self, selector: Option<&Selector>, namespace: Option<&NamespaceMatch>) -> Option<Vec<usize>> {
+        let mut best: Option<Vec<usize>> = match namespace {
+            Some(NamespaceMatch::Named(n)) => Some(self.by_ns.get(n).cloned().unwrap_or_default()),
+            Some(NamespaceMatch::Selector(s)) => Some(self.namespace_candidates(s)),
+            None => None,
+        };
+        if let Some(c) = selector.and_then(|s| self.label_candidates(s))
+            && best.as_ref().is_none_or(|b| c.len() < b.len())
+        {
+            best = Some(c);
+        }
+        best
     }
 
     pub fn ident(&self, id: u32) -> Option<&Ident> {
@@ -171,10 +270,11 @@ impl<'m> Universe<'m> {
             return p.clone();
         }
         let baseline = entity_holds(e, &self.baseline);
-        let candidates: Box<dyn Iterator<Item = usize>> = match (&e.namespace, needs_pod(e)) {
-            (Some(NamespaceMatch::Named(n)), _) => Box::new(self.by_ns.get(n).into_iter().flatten().copied()),
-            (_, true) => Box::new(0..self.n_pods),
-            (_, false) => Box::new(0..self.idents.len()),
+        let narrowed = if needs_pod(e) { self.pod_candidates(e.selector.as_ref(), e.namespace.as_ref()) } else { None };
+        let candidates: Box<dyn Iterator<Item = usize>> = match (narrowed, needs_pod(e)) {
+            (Some(v), _) => Box::new(v.into_iter()),
+            (None, true) => Box::new(0..self.n_pods),
+            (None, false) => Box::new(0..self.idents.len()),
         };
         // Identities outside the candidates answer like the baseline (false) by construction.
         let mut diff: Vec<u32> =
@@ -193,9 +293,14 @@ impl<'m> Universe<'m> {
         if let Some(s) = self.selections.get(&key) {
             return s.clone();
         }
-        let candidates: Box<dyn Iterator<Item = usize>> = match ns {
-            Some(n) => Box::new(self.by_ns.get(n).into_iter().flatten().copied()),
-            None => Box::new(0..self.n_pods),
+        let candidates: Box<dyn Iterator<Item = usize>> = match (&self.local, ns) {
+            (Some(local), Some(n)) => {
+                let idents = &self.idents;
+                Box::new(local.iter().copied().filter(move |&i| idents[i].pod.as_ref().is_some_and(|p| p.namespace == n)))
+            }
+            (Some(local), None) => Box::new(local.iter().copied()),
+            (None, Some(n)) => Box::new(self.by_ns.get(n).into_iter().flatten().copied()),
+            (None, None) => Box::new(0..self.n_pods),
         };
         let mut out: Vec<u32> = candidates
             .filter(|&i| {

@@ -371,11 +371,8 @@ fn worker(
         state_dir,
         dp,
         store,
-        // Both policy generations share each map: a compile may fill half of it.
-        compiler: Compiler::new(Limits {
-            max_policy_entries: Limits::default().max_policy_entries / 2,
-            max_ipcache_entries: Limits::default().max_ipcache_entries / 2,
-        }),
+        // Policy for this node's endpoints only; both policy generations share each map.
+        compiler: Compiler::for_node(Limits::per_generation()),
         applied: None,
         gens: apply::Generations::default(),
         last_flip: Instant::now(),

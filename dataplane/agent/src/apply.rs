@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use bulkhead_common::{
-    ConfigV1, EndpointV2, GEN_DIRECTION_BIT, IpInfoV2, PolicyKeyV1, SliceKeyV1, ep_flags, map_names,
+    ConfigV1, EndpointV2, GEN_DIRECTION_BIT, IpInfoV2, PeerKeyV1, PortKeyV1, SliceKeyV2, ep_flags, map_names,
 };
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
 
@@ -67,12 +67,16 @@ pub struct Generations {
     pub held: [Option<KernelState>; 2],
 }
 
-fn slice_key(k: &SliceKeyV1, g: usize) -> SliceKeyV1 {
-    SliceKeyV1 { direction: with_gen(k.direction, g), ..*k }
+fn peer_key(k: &PeerKeyV1, g: usize) -> PeerKeyV1 {
+    PeerKeyV1 { direction: with_gen(k.direction, g), ..*k }
 }
 
-fn policy_key(k: &PolicyKeyV1, g: usize) -> PolicyKeyV1 {
-    PolicyKeyV1 { direction: with_gen(k.direction, g), ..*k }
+fn slice_key(k: &SliceKeyV2, g: usize) -> SliceKeyV2 {
+    SliceKeyV2 { direction: with_gen(k.direction, g), ..*k }
+}
+
+fn policy_key(k: &PortKeyV1, g: usize) -> PortKeyV1 {
+    PortKeyV1 { direction: with_gen(k.direction, g), ..*k }
 }
 
 fn with_gen(direction: u8, g: usize) -> u8 {
@@ -109,11 +113,16 @@ pub fn write_generation(
             o(dp)
         }
     };
+    let peers = diff_map(&base.layout.peers, &new.layout.peers);
     let slices = diff_map(&base.layout.slices, &new.layout.slices);
     let ports = diff_map(&base.layout.ports, &new.layout.ports);
     let ranges = diff_map(&base.layout.ranges, &new.layout.ranges);
     let hosts = diff_map(&base.iphost, &new.iphost);
     let prefixes = diff_map(&base.ipcache, &new.ipcache);
+    for k in &peers.removals {
+        dp.maps.peers.remove(&peer_key(k, g)).map_err(|e| werr(map_names::PEERS, e))?;
+        step(dp);
+    }
     for k in &slices.removals {
         dp.maps.slices.remove(&slice_key(k, g)).map_err(|e| werr(map_names::SLICES, e))?;
         step(dp);
@@ -134,7 +143,7 @@ pub fn write_generation(
         dp.maps.ipcache[g].remove(&ipcache_key(*a, *l)).map_err(|e| werr(map_names::IPCACHE[g], e))?;
         step(dp);
     }
-    w.removals = slices.removals.len() + ports.removals.len() + ranges.removals.len() + hosts.removals.len() + prefixes.removals.len();
+    w.removals = peers.removals.len() + slices.removals.len() + ports.removals.len() + ranges.removals.len() + hosts.removals.len() + prefixes.removals.len();
     for (k, v) in &hosts.upserts {
         dp.maps.iphost[g].insert(k, v, 0).map_err(|e| werr(map_names::IPHOST[g], e))?;
         step(dp);
@@ -155,7 +164,11 @@ pub fn write_generation(
         dp.maps.slices.insert(slice_key(k, g), v, 0).map_err(|e| werr(map_names::SLICES, e))?;
         step(dp);
     }
-    w.upserts = slices.upserts.len() + ports.upserts.len() + ranges.upserts.len() + hosts.upserts.len() + prefixes.upserts.len();
+    for (k, v) in &peers.upserts {
+        dp.maps.peers.insert(peer_key(k, g), v, 0).map_err(|e| werr(map_names::PEERS, e))?;
+        step(dp);
+    }
+    w.upserts = peers.upserts.len() + slices.upserts.len() + ports.upserts.len() + ranges.upserts.len() + hosts.upserts.len() + prefixes.upserts.len();
     Ok(w)
 }
 
@@ -167,29 +180,40 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
             o(dp)
         }
     };
-    let stale: Vec<SliceKeyV1> = dp
+    let stale: Vec<PeerKeyV1> = dp
+        .maps
+        .peers
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| gen_of(k.direction) == g && !desired.layout.peers.contains_key(&PeerKeyV1 { direction: k.direction & !GEN_DIRECTION_BIT, ..*k }))
+        .collect();
+    for k in &stale {
+        dp.maps.peers.remove(k).map_err(|e| werr(map_names::PEERS, e))?;
+        step(dp);
+    }
+    let stale: Vec<SliceKeyV2> = dp
         .maps
         .slices
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| gen_of(k.direction) == g && !desired.layout.slices.contains_key(&SliceKeyV1 { direction: k.direction & !GEN_DIRECTION_BIT, ..*k }))
+        .filter(|k| gen_of(k.direction) == g && !desired.layout.slices.contains_key(&SliceKeyV2 { direction: k.direction & !GEN_DIRECTION_BIT, ..*k }))
         .collect();
     for k in &stale {
         dp.maps.slices.remove(k).map_err(|e| werr(map_names::SLICES, e))?;
         step(dp);
     }
-    let stale: Vec<PolicyKeyV1> = dp
+    let stale: Vec<PortKeyV1> = dp
         .maps
         .ports
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| gen_of(k.direction) == g && !desired.layout.ports.contains_key(&PolicyKeyV1 { direction: k.direction & !GEN_DIRECTION_BIT, ..*k }))
+        .filter(|k| gen_of(k.direction) == g && !desired.layout.ports.contains_key(&PortKeyV1 { direction: k.direction & !GEN_DIRECTION_BIT, ..*k }))
         .collect();
     for k in &stale {
         dp.maps.ports.remove(k).map_err(|e| werr(map_names::PORTS, e))?;
         step(dp);
     }
-    let stale: Vec<Key<PolicyKeyV1>> = dp
+    let stale: Vec<Key<PortKeyV1>> = dp
         .maps
         .ranges
         .keys()
@@ -197,7 +221,7 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
         .filter(|k| {
             let d = k.data();
             gen_of(d.direction) == g
-                && !desired.layout.ranges.contains_key(&(k.prefix_len(), PolicyKeyV1 { direction: d.direction & !GEN_DIRECTION_BIT, ..d }))
+                && !desired.layout.ranges.contains_key(&(k.prefix_len(), PortKeyV1 { direction: d.direction & !GEN_DIRECTION_BIT, ..d }))
         })
         .collect();
     for k in &stale {

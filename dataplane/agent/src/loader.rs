@@ -22,8 +22,8 @@ use aya::{
 };
 use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyStatsV1,
-    PolicyValueV2, SliceKeyV1, SliceValueV1, map_names,
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, IpCacheKeyV1, IpInfoV2, PeerKeyV1, PeerValueV1, PolicyStatsV1,
+    PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV1, map_names,
 };
 
 use crate::{error::AgentError, netns};
@@ -84,12 +84,13 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-const ALL_MAPS: [&str; 24] = [
+const ALL_MAPS: [&str; 25] = [
     map_names::ENDPOINTS,
     map_names::IPHOST[0],
     map_names::IPHOST[1],
     map_names::IPCACHE[0],
     map_names::IPCACHE[1],
+    map_names::PEERS,
     map_names::SLICES,
     map_names::PORTS,
     map_names::RANGES,
@@ -141,9 +142,10 @@ pub struct Maps {
     pub iphost: [HashMap<MapData, [u8; 4], IpInfoV2>; 2],
     /// Per policy generation.
     pub ipcache: [LpmTrie<MapData, IpCacheKeyV1, IpInfoV2>; 2],
-    pub slices: HashMap<MapData, SliceKeyV1, SliceValueV1>,
-    pub ports: HashMap<MapData, PolicyKeyV1, PolicyValueV2>,
-    pub ranges: LpmTrie<MapData, PolicyKeyV1, PolicyValueV2>,
+    pub peers: HashMap<MapData, PeerKeyV1, PeerValueV1>,
+    pub slices: HashMap<MapData, SliceKeyV2, SliceValueV1>,
+    pub ports: HashMap<MapData, PortKeyV1, PolicyValueV2>,
+    pub ranges: LpmTrie<MapData, PortKeyV1, PolicyValueV2>,
     pub policy_stats: PerCpuArray<MapData, PolicyStatsV1>,
     pub flows: RingBuf<MapData>,
     pub conntrack: HashMap<MapData, CtKeyV1, CtValueV1>,
@@ -273,6 +275,7 @@ impl Dataplane {
                 LpmTrie::try_from(take(map_names::IPCACHE[0])?).map_err(|e| map_err(map_names::IPCACHE[0], e))?,
                 LpmTrie::try_from(take(map_names::IPCACHE[1])?).map_err(|e| map_err(map_names::IPCACHE[1], e))?,
             ],
+            peers: HashMap::try_from(take(map_names::PEERS)?).map_err(|e| map_err(map_names::PEERS, e))?,
             slices: HashMap::try_from(take(map_names::SLICES)?).map_err(|e| map_err(map_names::SLICES, e))?,
             ports: HashMap::try_from(take(map_names::PORTS)?).map_err(|e| map_err(map_names::PORTS, e))?,
             ranges: LpmTrie::try_from(take(map_names::RANGES)?).map_err(|e| map_err(map_names::RANGES, e))?,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use bulkhead_common::{
-    CtKeyV1, CtValueV1, EndpointV2, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV2, PolicyKeyV1, PolicyValueV2, generation, map_names,
+    CtKeyV1, CtValueV1, EndpointV2, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV2, PolicyValueV2, PortKeyV1, generation, map_names,
 };
 
 use crate::error::AgentError;
@@ -17,8 +17,9 @@ pub struct Status {
     pub endpoints: usize,
     /// Exact-address and prefix entries of the IP cache (the enforced generation).
     pub ipcache_entries: usize,
-    /// Policy slices, single-port and port-range exceptions (the enforced generation; the
-    /// other one holds the previous or the next policy).
+    /// Peer slots, verdict table slices, single-port and port-range exceptions (the enforced
+    /// generation; the other one holds the previous or the next policy).
+    pub policy_peers: usize,
     pub policy_slices: usize,
     pub policy_ports: usize,
     pub policy_ranges: usize,
@@ -91,10 +92,12 @@ pub fn policy_stats(dir: &Path, table: &crate::PolicyTable) -> Result<Vec<Policy
 /// Reads the pinned maps under `dir`.
 pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let eps: HashMap<_, u32, EndpointV2> = HashMap::try_from(open(dir, map_names::ENDPOINTS)?).map_err(|e| merr(map_names::ENDPOINTS, e))?;
-    let slices: HashMap<_, bulkhead_common::SliceKeyV1, bulkhead_common::SliceValueV1> =
+    let peers: HashMap<_, bulkhead_common::PeerKeyV1, bulkhead_common::PeerValueV1> =
+        HashMap::try_from(open(dir, map_names::PEERS)?).map_err(|e| merr(map_names::PEERS, e))?;
+    let slices: HashMap<_, bulkhead_common::SliceKeyV2, bulkhead_common::SliceValueV1> =
         HashMap::try_from(open(dir, map_names::SLICES)?).map_err(|e| merr(map_names::SLICES, e))?;
-    let ports: HashMap<_, PolicyKeyV1, PolicyValueV2> = HashMap::try_from(open(dir, map_names::PORTS)?).map_err(|e| merr(map_names::PORTS, e))?;
-    let ranges: LpmTrie<_, PolicyKeyV1, PolicyValueV2> = LpmTrie::try_from(open(dir, map_names::RANGES)?).map_err(|e| merr(map_names::RANGES, e))?;
+    let ports: HashMap<_, PortKeyV1, PolicyValueV2> = HashMap::try_from(open(dir, map_names::PORTS)?).map_err(|e| merr(map_names::PORTS, e))?;
+    let ranges: LpmTrie<_, PortKeyV1, PolicyValueV2> = LpmTrie::try_from(open(dir, map_names::RANGES)?).map_err(|e| merr(map_names::RANGES, e))?;
     let ct: HashMap<_, CtKeyV1, CtValueV1> = HashMap::try_from(open(dir, map_names::CONNTRACK)?).map_err(|e| merr(map_names::CONNTRACK, e))?;
     let cfg: aya::maps::Array<_, bulkhead_common::ConfigV1> = aya::maps::Array::try_from(open(dir, map_names::CONFIG)?).map_err(|e| merr(map_names::CONFIG, e))?;
     let cnt: PerCpuArray<_, u64> = PerCpuArray::try_from(open(dir, map_names::COUNTERS)?).map_err(|e| merr(map_names::COUNTERS, e))?;
@@ -121,6 +124,7 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
         pin_dir: dir.display().to_string(),
         endpoints: eps.keys().count(),
         ipcache_entries: ipc.keys().count() + hosts.keys().count(),
+        policy_peers: peers.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_slices: slices.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_ports: ports.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_ranges: ranges.keys().filter_map(Result::ok).filter(|k| of_gen(k.data().direction)).count(),

@@ -21,14 +21,17 @@ pub mod map_names {
     /// [`crate::IpInfoV2`]; consulted before the LPM [`IPCACHE`], which then only holds shorter
     /// prefixes.
     pub const IPHOST: [&str; 2] = ["BH_IPHOST_G0_V1", "BH_IPHOST_G1_V1"];
-    /// Policy slices: [`crate::SliceKeyV1`] (generation in the direction byte) ->
+    /// Which verdict table judges a (local identity, peer identity or any, direction):
+    /// [`crate::PeerKeyV1`] (generation in the direction byte) -> [`crate::PeerValueV1`] (hash).
+    pub const PEERS: &str = "BH_PEER_V1";
+    /// Verdict table slices: [`crate::SliceKeyV2`] (generation in the direction byte) ->
     /// [`crate::SliceValueV1`] (hash).
-    pub const SLICES: &str = "BH_SLICE_V2";
-    /// Single-port exceptions of a slice: [`crate::PolicyKeyV1`] (exact) -> [`crate::PolicyValueV2`].
-    pub const PORTS: &str = "BH_PORT_V2";
-    /// Port-range exceptions of a slice: [`crate::PolicyKeyV1`] (LPM over the port) ->
+    pub const SLICES: &str = "BH_SLICE_V3";
+    /// Single-port exceptions of a slice: [`crate::PortKeyV1`] (exact) -> [`crate::PolicyValueV2`].
+    pub const PORTS: &str = "BH_PORT_V3";
+    /// Port-range exceptions of a slice: [`crate::PortKeyV1`] (LPM over the port) ->
     /// [`crate::PolicyValueV2`].
-    pub const RANGES: &str = "BH_RANGE_V2";
+    pub const RANGES: &str = "BH_RANGE_V3";
     /// Per-policy counters: policy index -> [`crate::PolicyStatsV1`] (per CPU).
     pub const POLICY_STATS: &str = "BH_POLICY_STATS_V1";
     /// Flow events ring buffer of [`crate::FlowEventV2`].
@@ -133,25 +136,65 @@ pub mod slice_flags {
     pub const HAS_RANGES: u32 = 1 << 1;
 }
 
-/// Key of a policy slice: everything of a flow's policy key but the port.
+/// Key of the peer map: which verdict table judges traffic of a local identity with a peer in
+/// one direction. Peers whose verdicts equal the "any other peer" ones have no entry of their
+/// own, so a local identity holds one entry per peer its policy tells apart, whatever the
+/// ports and protocols involved (those live once per table).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SliceKeyV1 {
+pub struct PeerKeyV1 {
     pub local_identity_be: [u8; 4],
     /// Peer identity, or [`identity::ANY`].
     pub peer_identity_be: [u8; 4],
     /// [`direction`] value, with [`STAGED_DIRECTION_BIT`] for staged entries and
     /// [`GEN_DIRECTION_BIT`] for generation 1.
     pub direction: u8,
-    /// IP protocol, or [`proto::ANY`].
+    pub _pad: [u8; 3],
+}
+
+/// Value of the peer map: a verdict table number (host order, never 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerValueV1 {
+    pub table: u32,
+}
+
+/// Key of a verdict table slice: the table, the direction (its generation and staged bits:
+/// tables of one generation are written while the other is live) and a protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SliceKeyV2 {
+    pub table_be: [u8; 4],
+    /// As [`PeerKeyV1::direction`].
+    pub direction: u8,
+    /// IP protocol, or [`proto::ANY`] (every table has its any-protocol slice).
     pub protocol: u8,
     pub _pad: [u8; 2],
 }
 
+/// Data part of the port exception keys: a slice key and a port. The LPM key of the ranges
+/// map is `(prefix_len: u32, PortKeyV1)`; every field but the port is matched exactly (prefix
+/// length >= [`PORT_KEY_FIXED_BITS`]) and port ranges become prefixes over the last 16 bits,
+/// which is why the port is big-endian.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortKeyV1 {
+    pub table_be: [u8; 4],
+    pub direction: u8,
+    pub protocol: u8,
+    /// Destination port, network order; for ICMP `type << 8 | code`.
+    pub port_be: [u8; 2],
+}
+
+/// Bits of a [`PortKeyV1`] that are always matched exactly.
+pub const PORT_KEY_FIXED_BITS: u32 = 48;
+/// Bits of a full [`PortKeyV1`] (exact port).
+pub const PORT_KEY_FULL_BITS: u32 = 64;
+
 /// A slice: the verdict for most ports, and whether single ports or ranges differ.
-/// The datapath looks up slices (peer, protocol), (peer, any), (any, protocol), (any, any) and
-/// takes the first that exists; a slice answers for every port of its protocol(s). Written by
-/// the agent, read by TC.
+/// The datapath finds the table of (local, peer) or else (local, any peer), then the slice
+/// (table, protocol) or else (table, any); a slice answers for every port of its protocol(s).
+/// Written by the agent, read by TC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SliceValueV1 {
@@ -276,6 +319,9 @@ pub mod counters {
         /// Drop events not sent because the CPU's per-second budget was spent (the drops
         /// themselves are counted under their reason).
         DROP_EVENTS_RATE_LIMITED = "drop_events_rate_limited",
+        /// Fail-closed: a verdict table without its any-protocol slice (a write the agent
+        /// never makes complete); the packet is denied rather than judged by a guess.
+        DROP_BROKEN_TABLE = "drop_broken_table_fail_closed",
     }
 }
 
@@ -315,31 +361,7 @@ pub struct IpInfoV2 {
     pub flags: u32,
 }
 
-/// Data part of the policy LPM key. The LPM key is `(prefix_len: u32, PolicyKeyV1)`.
-/// Field order matters: every field but the port is matched exactly (prefix length >= 80),
-/// and port ranges become prefixes over the last 16 bits, which is why the port is big-endian.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PolicyKeyV1 {
-    /// Identity of the endpoint the policy protects.
-    pub local_identity_be: [u8; 4],
-    /// Identity of the other side, or [`identity::ANY`].
-    pub peer_identity_be: [u8; 4],
-    /// [`direction`] value.
-    pub direction: u8,
-    /// IP protocol, or [`proto::ANY`].
-    pub protocol: u8,
-    /// Destination port, network order; covered by the prefix length beyond 80 bits.
-    /// For ICMP it holds `type << 8 | code`, so ICMP type/code rules use the same lookup.
-    pub port_be: [u8; 2],
-}
-
-/// Bits of a [`PolicyKeyV1`] that are always matched exactly.
-pub const POLICY_KEY_FIXED_BITS: u32 = 80;
-/// Bits of a full [`PolicyKeyV1`] (exact port).
-pub const POLICY_KEY_FULL_BITS: u32 = 96;
-
-/// A complete verdict of a cell of (local identity, peer identity, direction, protocol, ports),
+/// A complete verdict of a cell of (local identity, peer, direction, protocol, ports),
 /// with tiers, Pass, Log and end-of-tier defaults already resolved by the compiler: the value
 /// of slices (as their default), single-port and port-range entries. Written by the agent,
 /// read by TC.
@@ -520,9 +542,11 @@ const _: () = {
     assert!(core::mem::size_of::<EndpointV2>() == 24);
     assert!(core::mem::size_of::<IpCacheKeyV1>() == 4);
     assert!(core::mem::size_of::<IpInfoV2>() == 8);
-    assert!(core::mem::size_of::<PolicyKeyV1>() == 12);
     assert!(core::mem::size_of::<PolicyValueV2>() == 16);
-    assert!(core::mem::size_of::<SliceKeyV1>() == 12);
+    assert!(core::mem::size_of::<PeerKeyV1>() == 12);
+    assert!(core::mem::size_of::<PeerValueV1>() == 4);
+    assert!(core::mem::size_of::<SliceKeyV2>() == 8);
+    assert!(core::mem::size_of::<PortKeyV1>() == 8);
     assert!(core::mem::size_of::<SliceValueV1>() == 20);
     assert!(core::mem::size_of::<PolicyStatsV1>() == 32);
     assert!(core::mem::size_of::<FlowEventV2>() == 72);
@@ -540,10 +564,12 @@ mod user {
     unsafe impl aya::Pod for EndpointV2 {}
     unsafe impl aya::Pod for IpCacheKeyV1 {}
     unsafe impl aya::Pod for IpInfoV2 {}
-    unsafe impl aya::Pod for PolicyKeyV1 {}
+    unsafe impl aya::Pod for PeerKeyV1 {}
+    unsafe impl aya::Pod for PeerValueV1 {}
+    unsafe impl aya::Pod for PortKeyV1 {}
     unsafe impl aya::Pod for PolicyValueV2 {}
     unsafe impl aya::Pod for PolicyStatsV1 {}
-    unsafe impl aya::Pod for SliceKeyV1 {}
+    unsafe impl aya::Pod for SliceKeyV2 {}
     unsafe impl aya::Pod for SliceValueV1 {}
     unsafe impl aya::Pod for FlowEventV2 {}
     unsafe impl aya::Pod for DropRateV1 {}
