@@ -298,8 +298,9 @@ fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV1, origin_port: u16, is_r
         return None;
     }
     if ct.policy_rev != p.cfg.policy_rev {
-        let peer = policy::peer_identity(p.remote, p.ep.pgen);
-        let v = policy::enforced(p.ep.identity, peer, ct.origin_direction, p.flow.protocol, origin_port, p.ep.pgen);
+        let info = policy::peer_info(p.remote, p.ep.pgen);
+        let peer = info.identity;
+        let v = policy::enforced(p.ep.identity, info.peer_class, ct.origin_direction, p.flow.protocol, origin_port, p.ep.pgen);
         if v.action != action::ALLOW {
             let _ = CONNTRACK.remove(key);
             events::count_drop(counters::CT_REEVAL_DENY, p.dir);
@@ -318,8 +319,9 @@ fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV1, origin_port: u16, is_r
 /// staged policies, per-policy counters and flow events. Returns whether it is allowed.
 #[inline(always)]
 fn judge_new_flow(ifindex: u32, ep: &Local, cfg: &ConfigV1, flow: &Flow, dir: u8, remote: [u8; 4]) -> bool {
-    let peer = policy::peer_identity(remote, ep.pgen);
-    let v = policy::enforced(ep.identity, peer, dir, flow.protocol, flow.policy_port, ep.pgen);
+    let info = policy::peer_info(remote, ep.pgen);
+    let peer = info.identity;
+    let v = policy::enforced(ep.identity, info.peer_class, dir, flow.protocol, flow.policy_port, ep.pgen);
     let allow = v.action == action::ALLOW;
     let counter = if !allow {
         counters::DENY_POLICY
@@ -336,7 +338,7 @@ fn judge_new_flow(ifindex: u32, ep: &Local, cfg: &ConfigV1, flow: &Flow, dir: u8
     let staged_v;
     let staged = if ep.flags & ep_flags::HAS_STAGED != 0 {
         count(counters::STAGED_EVALUATED);
-        staged_v = policy::staged(ep.identity, peer, dir, flow.protocol, flow.policy_port, ep.pgen);
+        staged_v = policy::staged(ep.identity, info.peer_class, dir, flow.protocol, flow.policy_port, ep.pgen);
         Some(&staged_v)
     } else {
         None

@@ -9,7 +9,7 @@ use bulkhead_common::detect::{
     self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, DropRateV1, EndpointV2, IpCacheKeyV1, IpInfoV2, PeerKeyV1, PeerValueV1, PolicyStatsV1,
+    ConfigV1, CtKeyV1, CtValueV1, DropRateV1, EndpointV2, IpCacheKeyV1, IpInfoV3, PeerKeyV1, PeerValueV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV1, capacity,
 };
 
@@ -23,22 +23,22 @@ pub static ENDPOINTS: HashMap<u32, EndpointV2> = HashMap::with_max_entries(capac
 /// addresses live here, so pod-to-pod traffic resolves its peer with one hash lookup. Written by
 /// the agent from the compiler's output while generation 0 is inactive; read by TC for the
 /// remote address while it is enforced.
-#[map(name = "BH_IPHOST_G0_V1")]
-pub static IPHOST_G0: HashMap<[u8; 4], IpInfoV2> = HashMap::with_max_entries(capacity::IPCACHE, 0);
+#[map(name = "BH_IPHOST_G0_V2")]
+pub static IPHOST_G0: HashMap<[u8; 4], IpInfoV3> = HashMap::with_max_entries(capacity::IPCACHE, 0);
 
 /// As [`IPHOST_G0`], for policy generation 1.
-#[map(name = "BH_IPHOST_G1_V1")]
-pub static IPHOST_G1: HashMap<[u8; 4], IpInfoV2> = HashMap::with_max_entries(capacity::IPCACHE, 0);
+#[map(name = "BH_IPHOST_G1_V2")]
+pub static IPHOST_G1: HashMap<[u8; 4], IpInfoV3> = HashMap::with_max_entries(capacity::IPCACHE, 0);
 
 /// Key: IPv4 prefix shorter than /32 (LPM). Value: the identity of the addresses in it, in
 /// policy generation 0. Written by the agent while generation 0 is inactive; read by TC when
 /// IPHOST_G0 has no entry for the remote address.
-#[map(name = "BH_IPCACHE_G0_V1")]
-pub static IPCACHE_G0: LpmTrie<IpCacheKeyV1, IpInfoV2> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+#[map(name = "BH_IPCACHE_G0_V2")]
+pub static IPCACHE_G0: LpmTrie<IpCacheKeyV1, IpInfoV3> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
 
 /// As [`IPCACHE_G0`], for policy generation 1.
-#[map(name = "BH_IPCACHE_G1_V1")]
-pub static IPCACHE_G1: LpmTrie<IpCacheKeyV1, IpInfoV2> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+#[map(name = "BH_IPCACHE_G1_V2")]
+pub static IPCACHE_G1: LpmTrie<IpCacheKeyV1, IpInfoV3> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
 
 /// Key: (local identity, peer identity or any, direction (+ staged bit, + generation bit)).
 /// Value: the verdict table judging that traffic. Written by the agent from the compiler's

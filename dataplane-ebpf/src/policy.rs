@@ -5,37 +5,46 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use bulkhead_common::{
-    GEN_DIRECTION_BIT, IpCacheKeyV1, NO_POLICY, PORT_KEY_FULL_BITS, PeerKeyV1, PolicyValueV2, PortKeyV1,
+    GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, NO_POLICY, PORT_KEY_FULL_BITS, PeerKeyV1, PolicyValueV2, PortKeyV1,
     STAGED_DIRECTION_BIT, SliceKeyV2, action, identity, proto, slice_flags,
 };
 
 use crate::maps::{IPCACHE_G0, IPCACHE_G1, IPHOST_G0, IPHOST_G1, PEERS, PORTS, RANGES, SLICES};
 
-/// Identity of a remote address in policy generation `pgen`: exact (pods) first, then
-/// prefixes, else WORLD.
+/// Identity and peer class of a remote address in policy generation `pgen`: exact (pods)
+/// first, then prefixes, else WORLD judged as any peer.
 #[inline(always)]
-pub fn peer_identity(remote_be: [u8; 4], pgen: u8) -> u32 {
+pub fn peer_info(remote_be: [u8; 4], pgen: u8) -> IpInfoV3 {
     // Each generation with its own call sites: a map pointer chosen at run time would keep
     // the verifier from inlining the lookup.
     if pgen == 0 {
         // SAFETY: value copied out immediately.
         if let Some(info) = unsafe { IPHOST_G0.get(&remote_be) } {
-            return info.identity;
+            return *info;
         }
         match IPCACHE_G0.get(Key::new(32, IpCacheKeyV1 { addr_be: remote_be })) {
-            Some(info) => info.identity,
-            None => identity::WORLD,
+            Some(info) => *info,
+            None => WORLD,
         }
     } else {
         // SAFETY: value copied out immediately.
         if let Some(info) = unsafe { IPHOST_G1.get(&remote_be) } {
-            return info.identity;
+            return *info;
         }
         match IPCACHE_G1.get(Key::new(32, IpCacheKeyV1 { addr_be: remote_be })) {
-            Some(info) => info.identity,
-            None => identity::WORLD,
+            Some(info) => *info,
+            None => WORLD,
         }
     }
+}
+
+/// An address in no cached prefix.
+const WORLD: IpInfoV3 = IpInfoV3 { identity: identity::WORLD, peer_class: identity::ANY };
+
+/// Identity of a remote address in policy generation `pgen` (for events).
+#[inline(always)]
+pub fn peer_identity(remote_be: [u8; 4], pgen: u8) -> u32 {
+    peer_info(remote_be, pgen).identity
 }
 
 /// The verdict when no tier applies: allow, decided by no policy.
@@ -49,17 +58,19 @@ pub const DEFAULT_ALLOW: PolicyValueV2 = PolicyValueV2 {
     flags: 0,
 };
 
-/// Table of (local, peer) or else (local, any peer); then its slice (protocol) or else (any
+/// Table of (local, peer class) or else (local, any peer); then its slice (protocol) or else (any
 /// protocol), through its port exceptions if it has any. No table: no tier applies, allow.
 /// `dir` carries the staged and generation bits.
 #[inline(always)]
-fn judge(local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
-    let mut pk = PeerKeyV1 { local_identity_be: local.to_be_bytes(), peer_identity_be: peer.to_be_bytes(), direction: dir, _pad: [0; 3] };
+fn judge(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
+    let mut pk = PeerKeyV1 { local_identity_be: local.to_be_bytes(), peer_class_be: peer_class.to_be_bytes(), direction: dir, _pad: [0; 3] };
     // SAFETY: value copied out before any other map call.
     let table = match unsafe { PEERS.get(&pk) } {
         Some(t) => t.table,
+        // Class ANY was the any-peer lookup already.
+        None if peer_class == identity::ANY => return DEFAULT_ALLOW,
         None => {
-            pk.peer_identity_be = identity::ANY.to_be_bytes();
+            pk.peer_class_be = identity::ANY.to_be_bytes();
             // SAFETY: as above.
             match unsafe { PEERS.get(&pk) } {
                 Some(t) => t.table,
@@ -122,12 +133,12 @@ fn with_gen(dir: u8, pgen: u8) -> u8 {
 
 /// Enforced verdict in policy generation `pgen`.
 #[inline(always)]
-pub fn enforced(local: u32, peer: u32, dir: u8, protocol: u8, port: u16, pgen: u8) -> PolicyValueV2 {
-    judge(local, peer, with_gen(dir, pgen), protocol, port)
+pub fn enforced(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16, pgen: u8) -> PolicyValueV2 {
+    judge(local, peer_class, with_gen(dir, pgen), protocol, port)
 }
 
 /// Staged (counterfactual) verdict in policy generation `pgen`.
 #[inline(always)]
-pub fn staged(local: u32, peer: u32, dir: u8, protocol: u8, port: u16, pgen: u8) -> PolicyValueV2 {
-    judge(local, peer, with_gen(dir | STAGED_DIRECTION_BIT, pgen), protocol, port)
+pub fn staged(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16, pgen: u8) -> PolicyValueV2 {
+    judge(local, peer_class, with_gen(dir | STAGED_DIRECTION_BIT, pgen), protocol, port)
 }

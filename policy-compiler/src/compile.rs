@@ -27,7 +27,7 @@ use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use bulkhead_common::{
-    IpInfoV2, NO_POLICY, PolicyValueV2, action, capacity, direction, ep_flags, identity, proto, verdict_flags,
+    IpInfoV3, NO_POLICY, PolicyValueV2, action, capacity, direction, ep_flags, identity, proto, verdict_flags,
 };
 
 use crate::error::Error;
@@ -105,7 +105,7 @@ pub struct PolicyEntry {
 pub struct Compiled {
     pub endpoints: BTreeMap<PodRef, EndpointEntry>,
     /// (network address, prefix length) -> identity. Pods as /32, CIDR regions as their prefix.
-    pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV2>,
+    pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV3>,
     /// Enforced verdicts: the table judging each peer slot.
     pub policy: BTreeMap<PeerSlot, u32>,
     /// Counterfactual verdicts (staged policies as if enforced), for endpoints flagged
@@ -359,11 +359,10 @@ impl Compiler {
             }
         }
         let prefix_keys: HashSet<(u32, u8)> = prefixes.iter().map(|c| (u32::from(c.addr()), c.prefix_len())).collect();
+        // Only the prefix lengths policies use are tried, longest first.
+        let lengths: Vec<u8> = prefixes.iter().map(|c| c.prefix_len()).collect::<BTreeSet<u8>>().into_iter().rev().collect();
         let region_of = |ip: Ipv4Addr| -> Option<Cidr> {
-            if prefix_keys.is_empty() {
-                return None;
-            }
-            (0..=32u8).rev().map(|len| Cidr::containing(ip, len)).find(|c| prefix_keys.contains(&(u32::from(c.addr()), c.prefix_len())))
+            lengths.iter().map(|&len| Cidr::containing(ip, len)).find(|c| prefix_keys.contains(&(u32::from(c.addr()), c.prefix_len())))
         };
 
         // Pod identities. Pods are grouped by borrowed attributes first (the namespace name
@@ -470,8 +469,10 @@ impl Compiler {
             .iter()
             .map(|p| [crate::tiered::in_world(model, &p.policy.id, false), crate::tiered::in_world(model, &p.policy.id, true)])
             .collect();
-        let mut policy_entries: Vec<(PeerSlot, u32)> = Vec::new();
-        let mut staged_entries: Vec<(PeerSlot, u32)> = Vec::new();
+        // Per context (local identity, direction, world): its any-peer table; and every
+        // (peer, context, table) of peers judged otherwise.
+        let mut contexts: Vec<Ctx> = Vec::new();
+        let mut pairs: Vec<(u32, u32, u32)> = Vec::new();
         let mut tables = Tables::default();
         let mut flags: HashMap<u32, u32> = HashMap::new();
         let mut overflow = Vec::new();
@@ -482,10 +483,6 @@ impl Compiler {
         };
         for (&l, attrs) in &attrs_by_id {
             let Some(sel) = by_local.get(&l) else { continue };
-            // Entries are kept per whole identity while they fit, in identity-number order (so
-            // established identities keep theirs when a new one does not fit); one that does
-            // not fit is dropped at once, so memory stays bounded by the maps' capacity.
-            let (policy_mark, staged_mark) = (policy_entries.len(), staged_entries.len());
             let has_staged = sel.iter().any(|&i| preps[i].staged);
             let mut f = if has_staged { ep_flags::HAS_STAGED } else { 0 };
             for (d, dir) in [(0usize, direction::INGRESS), (1, direction::EGRESS)] {
@@ -534,29 +531,18 @@ impl Compiler {
                             });
                         }
                     }
-                    let out = if staged_world { &mut staged_entries } else { &mut policy_entries };
-                    emit_local(&uni, l, dir, &trefs, &rules, local_ports, &mut tables, out);
+                    let ctx = contexts.len() as u32;
+                    let mut deviating = Vec::new();
+                    let base = emit_local(&uni, dir, &trefs, &rules, local_ports, &mut tables, &mut deviating);
+                    contexts.push(Ctx { local: l, dir, staged: staged_world, base });
+                    pairs.extend(deviating.into_iter().map(|(peer, t)| (peer, ctx, t)));
                 }
-            }
-            // Enforced and staged slots share the peer map.
-            let limit = self.limits.max_policy_entries;
-            let (mark, used) = (policy_mark + staged_mark, policy_entries.len() + staged_entries.len());
-            if used > limit {
-                overflow.push(format!(
-                    "policy: {} peer entries of identity {l} (pods {}) do not fit (limit {limit}, {mark} in use); they fail closed",
-                    used - mark,
-                    pods_of(l)
-                ));
-                policy_entries.truncate(policy_mark);
-                staged_entries.truncate(staged_mark);
-                fail_closed.insert(l);
             }
             if f != 0 {
                 flags.insert(l, f);
             }
         }
-        let policy: BTreeMap<PeerSlot, u32> = policy_entries.into_iter().collect();
-        let staged: BTreeMap<PeerSlot, u32> = staged_entries.into_iter().collect();
+        let (policy, staged, class_of) = self.peer_classes(&contexts, pairs, &pods_of, &mut fail_closed, &mut overflow);
         // Tables still named, with the entries they take: shared by every slot naming them,
         // so they are few; should they not fit, nothing can be judged and every endpoint fails
         // closed.
@@ -605,7 +591,7 @@ impl Compiler {
             ));
         } else {
             for &(c, id) in &regions {
-                ipcache.insert((c.addr(), c.prefix_len()), IpInfoV2 { identity: id, flags: 0 });
+                ipcache.insert((c.addr(), c.prefix_len()), IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) });
             }
             // In address order, so which pods miss out on a full map does not vary.
             let mut owners: Vec<(Ipv4Addr, &PodRef, u32)> = ip_owner_pod.iter().map(|(ip, (r, id))| (*ip, *r, *id)).collect();
@@ -620,7 +606,7 @@ impl Compiler {
                     ));
                     continue;
                 }
-                ipcache.insert(key, IpInfoV2 { identity: id, flags: 0 });
+                ipcache.insert(key, IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) });
             }
         }
 
@@ -646,16 +632,108 @@ impl Compiler {
         let live: HashSet<u32> = attrs_by_id.keys().copied().chain(regions.iter().map(|r| r.1)).collect();
         self.identities.retain(&live);
 
+        let by_id: HashMap<&PolicyId, &TieredPolicy> = sources.iter().map(|(p, _)| (&p.id, *p)).collect();
         let policy_table = self
             .policy_slots
             .table
             .iter()
             .map(|id| {
-                let (p, _) = sources.iter().find(|(p, _)| p.id == *id).expect("synced");
+                let p = by_id.get(id).expect("synced");
                 PolicyEntry { id: id.clone(), tier: p.tier.clone(), staged: id.kind.is_staged() }
             })
             .collect::<Vec<_>>();
         Ok(Compiled { endpoints, ipcache, policy, staged, tables, policy_table, tier_table: self.tier_slots.table.clone(), overflow, layout_cache: LayoutCache::default() })
+    }
+}
+
+/// One (local identity, direction, world) whose verdicts were compiled.
+struct Ctx {
+    local: u32,
+    dir: u8,
+    staged: bool,
+    /// Its any-peer table.
+    base: u32,
+}
+
+/// Enforced slots, staged slots and each identity's peer class.
+type ClassedSlots = (BTreeMap<PeerSlot, u32>, BTreeMap<PeerSlot, u32>, HashMap<u32, u32>);
+
+impl Compiler {
+    /// Groups peers into classes: peers judged by the same table in every context (every
+    /// local identity, direction and world) are indistinguishable on this node and share one
+    /// class, which the ipcache gives their addresses. A local identity then holds one slot
+    /// per class its policy tells apart, not one per peer identity: a rule naming thousands
+    /// of identities costs one slot when they are all judged alike. Slots are kept per whole
+    /// local identity while they fit, in identity-number order (established identities keep
+    /// theirs when a new one does not fit); the rest fail closed.
+    fn peer_classes(
+        &self,
+        contexts: &[Ctx],
+        mut pairs: Vec<(u32, u32, u32)>,
+        pods_of: &dyn Fn(u32) -> String,
+        fail_closed: &mut HashSet<u32>,
+        overflow: &mut Vec<String>,
+    ) -> ClassedSlots {
+        pairs.sort_unstable();
+        // A class is numbered by its lowest member identity: a policy change that leaves the
+        // grouping alone (only tables change) renumbers nothing, so the ipcache stays put.
+        let mut class_by_content: HashMap<Vec<(u32, u32)>, u32> = HashMap::new();
+        let mut class_of: HashMap<u32, u32> = HashMap::new();
+        // class -> its (context, table) list.
+        let mut members: Vec<(u32, Vec<(u32, u32)>)> = Vec::new();
+        let mut i = 0;
+        while i < pairs.len() {
+            let peer = pairs[i].0;
+            let mut j = i;
+            while j < pairs.len() && pairs[j].0 == peer {
+                j += 1;
+            }
+            let group: Vec<(u32, u32)> = pairs[i..j].iter().map(|&(_, ctx, table)| (ctx, table)).collect();
+            let class = match class_by_content.get(&group) {
+                Some(&c) => c,
+                None => {
+                    // Peers come in ascending order: this one is the class's lowest.
+                    class_by_content.insert(group.clone(), peer);
+                    members.push((peer, group));
+                    peer
+                }
+            };
+            class_of.insert(peer, class);
+            i = j;
+        }
+
+        // Slots per local identity, then the fit.
+        let mut per_local: BTreeMap<u32, Vec<(PeerSlot, bool, u32)>> = BTreeMap::new();
+        for c in contexts {
+            per_local.entry(c.local).or_default().push(((c.local, identity::ANY, c.dir), c.staged, c.base));
+        }
+        for (class, group) in &members {
+            let class = *class;
+            for &(ctx, table) in group {
+                let c = &contexts[ctx as usize];
+                per_local.entry(c.local).or_default().push(((c.local, class, c.dir), c.staged, table));
+            }
+        }
+        let limit = self.limits.max_policy_entries;
+        let (mut policy, mut staged) = (BTreeMap::new(), BTreeMap::new());
+        let mut used = 0;
+        for (l, slots) in per_local {
+            // Enforced and staged slots share the peer map.
+            if used + slots.len() > limit {
+                overflow.push(format!(
+                    "policy: {} peer entries of identity {l} (pods {}) do not fit (limit {limit}, {used} in use); they fail closed",
+                    slots.len(),
+                    pods_of(l)
+                ));
+                fail_closed.insert(l);
+                continue;
+            }
+            used += slots.len();
+            for (slot, is_staged, table) in slots {
+                if is_staged { &mut staged } else { &mut policy }.insert(slot, table);
+            }
+        }
+        (policy, staged, class_of)
     }
 }
 
@@ -887,17 +965,17 @@ fn sig_fn(tiers: &[TierRef], rules: &[CRule<'_>], matched: &[bool], atoms: &(Vec
     VerdictTable { other, per_proto }
 }
 
-/// All entries of local identity `l` in direction `dir` for these ordered rules.
+/// The verdict tables of a local identity in direction `dir` for these ordered rules: the
+/// any-peer table (returned) and, in `out`, (peer, table) for every peer judged otherwise.
 fn emit_local(
     uni: &Universe<'_>,
-    l: u32,
     dir: u8,
     tiers: &[TierRef],
     rules: &[CRule<'_>],
     local_ports: &[NamedPort],
     tables: &mut Tables,
-    out: &mut Vec<(PeerSlot, u32)>,
-) {
+    out: &mut Vec<(u32, u32)>,
+) -> u32 {
     let atoms = protocol_atoms(rules);
     let baseline_match: Vec<bool> = rules.iter().map(|r| r.remote.baseline).collect();
 
@@ -928,7 +1006,6 @@ fn emit_local(
     let base_ports: &[NamedPort] = if dir == direction::INGRESS { local_ports } else { &[] };
     let base = sig_fn(tiers, rules, &baseline_match, &atoms, base_ports);
     let base_table = tables.intern(base.clone());
-    out.push(((l, identity::ANY, dir), base_table));
 
     // Signature -> its table, `None` when it equals the any-peer one (no slot needed).
     let mut by_sig: HashMap<SigKey, Option<u32>> = HashMap::new();
@@ -957,9 +1034,10 @@ fn emit_local(
             })
             .to_owned();
         if let Some(t) = f {
-            out.push(((l, peer, dir), t));
+            out.push((peer, t));
         }
     }
+    base_table
 }
 
 #[cfg(test)]

@@ -227,7 +227,7 @@ kind: NetworkPolicy
 metadata: {name: p, namespace: x}
 spec:
   podSelector: {}
-  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 1, endPort: 5}]}]
+  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 1}]}]
 "#,
     );
     let full = Compiler::default().compile(&m).expect("compile");

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use bulkhead_common::IpInfoV2;
+use bulkhead_common::IpInfoV3;
 
 use crate::compile::{Compiled, EndpointEntry, PeerSlot, VerdictTable};
 use crate::model::PodRef;
@@ -40,7 +40,7 @@ impl<K, V> MapDiff<K, V> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledDiff {
     pub endpoints: MapDiff<PodRef, EndpointEntry>,
-    pub ipcache: MapDiff<(Ipv4Addr, u8), IpInfoV2>,
+    pub ipcache: MapDiff<(Ipv4Addr, u8), IpInfoV3>,
     pub policy: MapDiff<PeerSlot, u32>,
     pub staged: MapDiff<PeerSlot, u32>,
     pub tables: MapDiff<u32, VerdictTable>,

@@ -104,7 +104,7 @@ pub fn layout(
         for (&(local, peer, dir), &table) in slots {
             let direction = dir | bit;
             out.peers.insert(
-                PeerKeyV1 { local_identity_be: local.to_be_bytes(), peer_identity_be: peer.to_be_bytes(), direction, _pad: [0; 3] },
+                PeerKeyV1 { local_identity_be: local.to_be_bytes(), peer_class_be: peer.to_be_bytes(), direction, _pad: [0; 3] },
                 PeerValueV1 { table },
             );
             used.insert((table, direction));
@@ -123,7 +123,7 @@ pub fn layout(
 /// staged evaluation. A table without its any-protocol slice denies (the kernel counts it).
 pub fn lookup(l: &PolicyLayout, local: u32, peer: u32, dir: u8, protocol: u8, port: u16) -> Option<PolicyValueV2> {
     use bulkhead_common::identity;
-    let pk = |p: u32| PeerKeyV1 { local_identity_be: local.to_be_bytes(), peer_identity_be: p.to_be_bytes(), direction: dir, _pad: [0; 3] };
+    let pk = |p: u32| PeerKeyV1 { local_identity_be: local.to_be_bytes(), peer_class_be: p.to_be_bytes(), direction: dir, _pad: [0; 3] };
     let table = l.peers.get(&pk(peer)).or_else(|| l.peers.get(&pk(identity::ANY)))?.table;
     let sk = |p: u8| SliceKeyV2 { table_be: table.to_be_bytes(), direction: dir, protocol: p, _pad: [0; 2] };
     let Some((pr, s)) = l.slices.get(&sk(protocol)).map(|s| (protocol, s)).or_else(|| l.slices.get(&sk(proto::ANY)).map(|s| (proto::ANY, s)))

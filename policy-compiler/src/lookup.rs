@@ -5,16 +5,17 @@
 //!
 //! For a packet at local endpoint E (identity L), direction D, remote address R, protocol P,
 //! policy port T (destination port; ICMP `type << 8 | code`; 0 otherwise):
-//! 1. ipcache LPM of R -> identity I (miss: [`identity::WORLD`]);
-//! 2. slices (L, I, D, P), (L, I, D, ANY), (L, ANY, D, P), (L, ANY, D, ANY): the first that
-//!    exists answers, through its single-port or port-range exception for T if it has one;
-//! 3. no slice: allow (no tier applies to E in D).
+//! 1. ipcache LPM of R -> identity and peer class C (miss: [`identity::WORLD`], class any);
+//! 2. peer slot (L, C, D), else (L, ANY, D): the verdict table it names; then the table's
+//!    slice for P, else for any protocol, through its single-port or port-range exception for
+//!    T if it has one;
+//! 3. no slot: allow (no tier applies to E in D).
 //!
 //! The staged map is read the same way for endpoints flagged [`ep_flags::HAS_STAGED`].
 
 use std::net::Ipv4Addr;
 
-use bulkhead_common::{IpInfoV2, PolicyValueV2, STAGED_DIRECTION_BIT, action, direction, ep_flags, identity};
+use bulkhead_common::{IpInfoV3, PolicyValueV2, STAGED_DIRECTION_BIT, action, direction, ep_flags, identity};
 
 use crate::compile::{Compiled, EndpointEntry};
 use crate::model::{Cidr, PodRef};
@@ -39,18 +40,18 @@ pub struct Verdict {
 }
 
 /// IP cache lookup: longest prefix containing `ip`; a miss is the world.
-pub fn ipcache_lookup(compiled: &Compiled, ip: Ipv4Addr) -> IpInfoV2 {
+pub fn ipcache_lookup(compiled: &Compiled, ip: Ipv4Addr) -> IpInfoV3 {
     (0..=32u8)
         .rev()
         .find_map(|len| compiled.ipcache.get(&(Cidr::containing(ip, len).addr(), len)).copied())
-        .unwrap_or(IpInfoV2 { identity: identity::WORLD, flags: 0 })
+        .unwrap_or(IpInfoV3 { identity: identity::WORLD, peer_class: identity::ANY })
 }
 
 fn check_layout(compiled: &Compiled, local: &EndpointEntry, remote: Ipv4Addr, dir: u8, protocol: u8, port: u16) -> Verdict {
     if local.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
         return Verdict { allowed: false, hit: None, fail_closed: true };
     }
-    let peer = ipcache_lookup(compiled, remote).identity;
+    let peer = ipcache_lookup(compiled, remote).peer_class;
     match crate::layout::lookup(compiled.layout(), local.identity, peer, dir, protocol, port) {
         Some(v) => Verdict { allowed: v.action == action::ALLOW, hit: Some(v), fail_closed: false },
         None => Verdict { allowed: true, hit: None, fail_closed: false },

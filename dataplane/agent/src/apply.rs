@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use bulkhead_common::{
-    ConfigV1, EndpointV2, GEN_DIRECTION_BIT, IpInfoV2, PeerKeyV1, PortKeyV1, SliceKeyV2, ep_flags, map_names,
+    ConfigV1, EndpointV2, GEN_DIRECTION_BIT, IpInfoV3, PeerKeyV1, PortKeyV1, SliceKeyV2, ep_flags, map_names,
 };
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
 
@@ -27,9 +27,9 @@ fn werr(map: &'static str, e: impl std::fmt::Display) -> AgentError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelState {
     /// /32 entries (pods and single-address prefixes), hash.
-    pub iphost: BTreeMap<[u8; 4], IpInfoV2>,
+    pub iphost: BTreeMap<[u8; 4], IpInfoV3>,
     /// Shorter prefixes, LPM.
-    pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV2>,
+    pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV3>,
     pub layout: PolicyLayout,
 }
 

@@ -22,7 +22,7 @@ use aya::{
 };
 use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, IpCacheKeyV1, IpInfoV2, PeerKeyV1, PeerValueV1, PolicyStatsV1,
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, IpCacheKeyV1, IpInfoV3, PeerKeyV1, PeerValueV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV1, map_names,
 };
 
@@ -139,9 +139,9 @@ struct Attachment {
 pub struct Maps {
     pub endpoints: HashMap<MapData, u32, EndpointV2>,
     /// Per policy generation.
-    pub iphost: [HashMap<MapData, [u8; 4], IpInfoV2>; 2],
+    pub iphost: [HashMap<MapData, [u8; 4], IpInfoV3>; 2],
     /// Per policy generation.
-    pub ipcache: [LpmTrie<MapData, IpCacheKeyV1, IpInfoV2>; 2],
+    pub ipcache: [LpmTrie<MapData, IpCacheKeyV1, IpInfoV3>; 2],
     pub peers: HashMap<MapData, PeerKeyV1, PeerValueV1>,
     pub slices: HashMap<MapData, SliceKeyV2, SliceValueV1>,
     pub ports: HashMap<MapData, PortKeyV1, PolicyValueV2>,

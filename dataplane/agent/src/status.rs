@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use bulkhead_common::{
-    CtKeyV1, CtValueV1, EndpointV2, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV2, PolicyValueV2, PortKeyV1, generation, map_names,
+    CtKeyV1, CtValueV1, EndpointV2, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, PolicyValueV2, PortKeyV1, generation, map_names,
 };
 
 use crate::error::AgentError;
@@ -117,8 +117,8 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
     }
     let policy_rev = cfg.get(&0, 0).map_err(|e| merr(map_names::CONFIG, e))?.policy_rev;
     let g = generation(policy_rev);
-    let ipc: LpmTrie<_, IpCacheKeyV1, IpInfoV2> = LpmTrie::try_from(open(dir, map_names::IPCACHE[g])?).map_err(|e| merr(map_names::IPCACHE[g], e))?;
-    let hosts: HashMap<_, [u8; 4], IpInfoV2> = HashMap::try_from(open(dir, map_names::IPHOST[g])?).map_err(|e| merr(map_names::IPHOST[g], e))?;
+    let ipc: LpmTrie<_, IpCacheKeyV1, IpInfoV3> = LpmTrie::try_from(open(dir, map_names::IPCACHE[g])?).map_err(|e| merr(map_names::IPCACHE[g], e))?;
+    let hosts: HashMap<_, [u8; 4], IpInfoV3> = HashMap::try_from(open(dir, map_names::IPHOST[g])?).map_err(|e| merr(map_names::IPHOST[g], e))?;
     let of_gen = |direction: u8| usize::from(direction & GEN_DIRECTION_BIT != 0) == g;
     Ok(Status {
         pin_dir: dir.display().to_string(),

@@ -13,14 +13,14 @@ pub mod detect;
 pub mod map_names {
     /// Endpoint table: host-side interface index -> [`crate::EndpointV2`].
     pub const ENDPOINTS: &str = "BH_EP_V2";
-    /// IP cache, one map per policy generation: IPv4 prefix -> [`crate::IpInfoV2`] (the
-    /// identity of addresses). One map each rather than a generation in the key, which would
-    /// lengthen every LPM walk.
-    pub const IPCACHE: [&str; 2] = ["BH_IPCACHE_G0_V1", "BH_IPCACHE_G1_V1"];
+    /// IP cache, one map per policy generation: IPv4 prefix -> [`crate::IpInfoV3`] (the
+    /// identity and peer class of addresses). One map each rather than a generation in the
+    /// key, which would lengthen every LPM walk.
+    pub const IPCACHE: [&str; 2] = ["BH_IPCACHE_G0_V2", "BH_IPCACHE_G1_V2"];
     /// IP cache for single addresses (pods), per policy generation: IPv4 (network order) ->
-    /// [`crate::IpInfoV2`]; consulted before the LPM [`IPCACHE`], which then only holds shorter
+    /// [`crate::IpInfoV3`]; consulted before the LPM [`IPCACHE`], which then only holds shorter
     /// prefixes.
-    pub const IPHOST: [&str; 2] = ["BH_IPHOST_G0_V1", "BH_IPHOST_G1_V1"];
+    pub const IPHOST: [&str; 2] = ["BH_IPHOST_G0_V2", "BH_IPHOST_G1_V2"];
     /// Which verdict table judges a (local identity, peer identity or any, direction):
     /// [`crate::PeerKeyV1`] (generation in the direction byte) -> [`crate::PeerValueV1`] (hash).
     pub const PEERS: &str = "BH_PEER_V1";
@@ -136,16 +136,16 @@ pub mod slice_flags {
     pub const HAS_RANGES: u32 = 1 << 1;
 }
 
-/// Key of the peer map: which verdict table judges traffic of a local identity with a peer in
-/// one direction. Peers whose verdicts equal the "any other peer" ones have no entry of their
+/// Key of the peer map: which verdict table judges traffic of a local identity with a peer
+/// class in one direction. Peers whose verdicts equal the "any other peer" ones have no entry of their
 /// own, so a local identity holds one entry per peer its policy tells apart, whatever the
 /// ports and protocols involved (those live once per table).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerKeyV1 {
     pub local_identity_be: [u8; 4],
-    /// Peer identity, or [`identity::ANY`].
-    pub peer_identity_be: [u8; 4],
+    /// Peer class ([`IpInfoV3::peer_class`]), or [`identity::ANY`].
+    pub peer_class_be: [u8; 4],
     /// [`direction`] value, with [`STAGED_DIRECTION_BIT`] for staged entries and
     /// [`GEN_DIRECTION_BIT`] for generation 1.
     pub direction: u8,
@@ -355,10 +355,13 @@ pub struct IpCacheKeyV1 {
 /// output, read by the TC programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IpInfoV2 {
+pub struct IpInfoV3 {
+    /// The address's identity (what flow events and `explain` name).
     pub identity: u32,
-    /// Reserved, zero.
-    pub flags: u32,
+    /// The address's peer class on this node: peers whose verdicts are equal for every local
+    /// endpoint share one class, so the peer map holds one entry per class a local policy
+    /// tells apart rather than one per identity. 0 ([`identity::ANY`]): judged as any peer.
+    pub peer_class: u32,
 }
 
 /// A complete verdict of a cell of (local identity, peer, direction, protocol, ports),
@@ -541,7 +544,7 @@ const _: () = {
     assert!(counters::COUNT <= capacity::COUNTERS);
     assert!(core::mem::size_of::<EndpointV2>() == 24);
     assert!(core::mem::size_of::<IpCacheKeyV1>() == 4);
-    assert!(core::mem::size_of::<IpInfoV2>() == 8);
+    assert!(core::mem::size_of::<IpInfoV3>() == 8);
     assert!(core::mem::size_of::<PolicyValueV2>() == 16);
     assert!(core::mem::size_of::<PeerKeyV1>() == 12);
     assert!(core::mem::size_of::<PeerValueV1>() == 4);
@@ -563,7 +566,7 @@ mod user {
     // pattern is valid.
     unsafe impl aya::Pod for EndpointV2 {}
     unsafe impl aya::Pod for IpCacheKeyV1 {}
-    unsafe impl aya::Pod for IpInfoV2 {}
+    unsafe impl aya::Pod for IpInfoV3 {}
     unsafe impl aya::Pod for PeerKeyV1 {}
     unsafe impl aya::Pod for PeerValueV1 {}
     unsafe impl aya::Pod for PortKeyV1 {}
