@@ -146,7 +146,8 @@ fn setup(n: usize, shape: Shape) -> Guard {
     maps.endpoints.insert(IFINDEX, ep, 0).expect("endpoint insert");
     maps.config.set(0, ConfigV1::with_default_timeouts(1), 0).expect("config set");
     eprintln!(
-        "datapath {shape:?} {n} rules: compiled in {compile_s:.2}s to {} slices, {} port and {} range exceptions, {} ipcache entries",
+        "datapath {shape:?} {n} rules: compiled in {compile_s:.2}s to {} peer slots, {} table slices, {} port and {} range exceptions, {} ipcache entries",
+        ks.layout.peers.len(),
         ks.layout.slices.len(),
         ks.layout.ports.len(),
         ks.layout.ranges.len(),
