@@ -34,6 +34,7 @@ use crate::error::Error;
 use crate::identity::{IdentityAllocator, IdentityAttrs};
 use crate::knp;
 use crate::model::{Cidr, Model, NamedPort, PodRef, Protocol, resolve_named_port};
+use crate::classes::{Ctx, Tables, peer_classes, runs};
 use crate::select::{Ident, PredSet, Universe};
 use crate::tiered::{Action, PolicyId, PortItem, TRule, TierDefault, TieredPolicy, effective_tiers};
 
@@ -162,34 +163,6 @@ impl Compiled {
     }
 }
 
-/// Interns verdict tables: equal functions get one number, derived from the content so that
-/// an unchanged function keeps its number across compiles (a probe past collisions).
-#[derive(Default)]
-struct Tables {
-    by_content: HashMap<Rc<VerdictTable>, u32>,
-    by_number: BTreeMap<u32, Rc<VerdictTable>>,
-}
-
-impl Tables {
-    fn intern(&mut self, t: VerdictTable) -> u32 {
-        if let Some(&n) = self.by_content.get(&t) {
-            return n;
-        }
-        use std::hash::Hasher;
-        let mut h = std::hash::DefaultHasher::new();
-        t.hash(&mut h);
-        let wide = h.finish();
-        let mut n = (wide ^ (wide >> 32)) as u32;
-        while n == 0 || self.by_number.contains_key(&n) {
-            n = n.wrapping_add(1);
-        }
-        let t = Rc::new(t);
-        self.by_content.insert(t.clone(), n);
-        self.by_number.insert(n, t);
-        n
-    }
-}
-
 /// Which endpoints a compile writes policy for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Scope {
@@ -209,6 +182,8 @@ pub enum Scope {
 pub struct Compiler {
     limits: Limits,
     scope: Scope,
+    /// NetworkPolicy -> its tiered form, from the previous compile (reused when unchanged).
+    knp_cache: HashMap<crate::model::PolicyRef, std::sync::Arc<(crate::model::NetworkPolicy, knp::Converted)>>,
     identities: IdentityAllocator,
     policy_slots: Slots<PolicyId>,
     tier_slots: Slots<String>,
@@ -304,6 +279,7 @@ impl Compiler {
         Compiler {
             limits,
             scope: Scope::Cluster,
+            knp_cache: HashMap::new(),
             identities: IdentityAllocator::new(),
             policy_slots: Slots::default(),
             tier_slots: Slots::default(),
@@ -334,10 +310,21 @@ impl Compiler {
                 return Err(Error::InconsistentModel { what: "tier of policy", key: p.id.to_string(), actual: p.tier.clone() });
             }
         }
-        let converted: Vec<knp::Converted> = model.policies.values().map(knp::convert).collect();
+        // Conversions of unchanged NetworkPolicies are kept from the previous compile.
+        let mut cache = std::mem::take(&mut self.knp_cache);
+        let converted: Vec<std::sync::Arc<(crate::model::NetworkPolicy, knp::Converted)>> = model
+            .policies
+            .iter()
+            .map(|(r, p)| match cache.remove(r) {
+                Some(c) if c.0 == *p => c,
+                _ => std::sync::Arc::new((p.clone(), knp::convert(p))),
+            })
+            .collect();
+        self.knp_cache = model.policies.keys().cloned().zip(converted.iter().cloned()).collect();
+        drop(cache);
         let mut sources: Vec<(&TieredPolicy, Option<&knp::Converted>)> = converted
             .iter()
-            .map(|c| (&c.policy, Some(c)))
+            .map(|c| (&c.1.policy, Some(&c.1)))
             .chain(model.tiered.values().map(|p| (p, None)))
             .collect();
         sources.sort_by(|a, b| tier_pos[a.0.tier.as_str()].cmp(&tier_pos[b.0.tier.as_str()]).then_with(|| a.0.eval_cmp(b.0)));
@@ -542,7 +529,7 @@ impl Compiler {
                 flags.insert(l, f);
             }
         }
-        let (policy, staged, class_of) = self.peer_classes(&contexts, pairs, &pods_of, &mut fail_closed, &mut overflow);
+        let (policy, staged, class_of) = peer_classes(self.limits.max_policy_entries, &contexts, pairs, &pods_of, &mut fail_closed, &mut overflow);
         // Tables still named, with the entries they take: shared by every slot naming them,
         // so they are few; should they not fit, nothing can be judged and every endpoint fails
         // closed.
@@ -646,97 +633,6 @@ impl Compiler {
     }
 }
 
-/// One (local identity, direction, world) whose verdicts were compiled.
-struct Ctx {
-    local: u32,
-    dir: u8,
-    staged: bool,
-    /// Its any-peer table.
-    base: u32,
-}
-
-/// Enforced slots, staged slots and each identity's peer class.
-type ClassedSlots = (BTreeMap<PeerSlot, u32>, BTreeMap<PeerSlot, u32>, HashMap<u32, u32>);
-
-impl Compiler {
-    /// Groups peers into classes: peers judged by the same table in every context (every
-    /// local identity, direction and world) are indistinguishable on this node and share one
-    /// class, which the ipcache gives their addresses. A local identity then holds one slot
-    /// per class its policy tells apart, not one per peer identity: a rule naming thousands
-    /// of identities costs one slot when they are all judged alike. Slots are kept per whole
-    /// local identity while they fit, in identity-number order (established identities keep
-    /// theirs when a new one does not fit); the rest fail closed.
-    fn peer_classes(
-        &self,
-        contexts: &[Ctx],
-        mut pairs: Vec<(u32, u32, u32)>,
-        pods_of: &dyn Fn(u32) -> String,
-        fail_closed: &mut HashSet<u32>,
-        overflow: &mut Vec<String>,
-    ) -> ClassedSlots {
-        pairs.sort_unstable();
-        // A class is numbered by its lowest member identity: a policy change that leaves the
-        // grouping alone (only tables change) renumbers nothing, so the ipcache stays put.
-        let mut class_by_content: HashMap<Vec<(u32, u32)>, u32> = HashMap::new();
-        let mut class_of: HashMap<u32, u32> = HashMap::new();
-        // class -> its (context, table) list.
-        let mut members: Vec<(u32, Vec<(u32, u32)>)> = Vec::new();
-        let mut i = 0;
-        while i < pairs.len() {
-            let peer = pairs[i].0;
-            let mut j = i;
-            while j < pairs.len() && pairs[j].0 == peer {
-                j += 1;
-            }
-            let group: Vec<(u32, u32)> = pairs[i..j].iter().map(|&(_, ctx, table)| (ctx, table)).collect();
-            let class = match class_by_content.get(&group) {
-                Some(&c) => c,
-                None => {
-                    // Peers come in ascending order: this one is the class's lowest.
-                    class_by_content.insert(group.clone(), peer);
-                    members.push((peer, group));
-                    peer
-                }
-            };
-            class_of.insert(peer, class);
-            i = j;
-        }
-
-        // Slots per local identity, then the fit.
-        let mut per_local: BTreeMap<u32, Vec<(PeerSlot, bool, u32)>> = BTreeMap::new();
-        for c in contexts {
-            per_local.entry(c.local).or_default().push(((c.local, identity::ANY, c.dir), c.staged, c.base));
-        }
-        for (class, group) in &members {
-            let class = *class;
-            for &(ctx, table) in group {
-                let c = &contexts[ctx as usize];
-                per_local.entry(c.local).or_default().push(((c.local, class, c.dir), c.staged, table));
-            }
-        }
-        let limit = self.limits.max_policy_entries;
-        let (mut policy, mut staged) = (BTreeMap::new(), BTreeMap::new());
-        let mut used = 0;
-        for (l, slots) in per_local {
-            // Enforced and staged slots share the peer map.
-            if used + slots.len() > limit {
-                overflow.push(format!(
-                    "policy: {} peer entries of identity {l} (pods {}) do not fit (limit {limit}, {used} in use); they fail closed",
-                    slots.len(),
-                    pods_of(l)
-                ));
-                fail_closed.insert(l);
-                continue;
-            }
-            used += slots.len();
-            for (slot, is_staged, table) in slots {
-                if is_staged { &mut staged } else { &mut policy }.insert(slot, table);
-            }
-        }
-        (policy, staged, class_of)
-    }
-}
-
 fn check_consistency(model: &Model) -> Result<(), Error> {
     for (key, ns) in &model.namespaces {
         if *key != ns.name {
@@ -744,7 +640,8 @@ fn check_consistency(model: &Model) -> Result<(), Error> {
         }
     }
     for (key, pod) in &model.pods {
-        if *key != pod.pod_ref() {
+        // Compared field by field: a PodRef per pod would allocate twice for every pod.
+        if key.namespace != pod.namespace || key.name != pod.name {
             return Err(Error::InconsistentModel { what: "pod", key: key.to_string(), actual: pod.pod_ref().to_string() });
         }
         if pod.ip.is_some() && !model.namespaces.contains_key(&pod.namespace) {
@@ -752,7 +649,7 @@ fn check_consistency(model: &Model) -> Result<(), Error> {
         }
     }
     for (key, p) in &model.policies {
-        if *key != p.policy_ref() {
+        if key.namespace != p.namespace || key.name != p.name {
             return Err(Error::InconsistentModel { what: "policy", key: key.to_string(), actual: p.policy_ref().to_string() });
         }
     }
@@ -979,14 +876,14 @@ fn emit_local(
     let atoms = protocol_atoms(rules);
     let baseline_match: Vec<bool> = rules.iter().map(|r| r.remote.baseline).collect();
 
-    // Inverted index: peer -> rules it answers differently from the baseline.
-    let mut deviations: HashMap<u32, Vec<u16>> = HashMap::new();
+    // Inverted index, flat: (peer, rule it answers differently from the baseline), sorted so
+    // each peer's rules are contiguous (no allocation per peer). Egress named ports resolve on
+    // the peer, so peers defining a used name deviate too, marked with rule `NO_RULE`.
+    const NO_RULE: u16 = u16::MAX;
+    let mut flat: Vec<(u32, u16)> = Vec::with_capacity(rules.iter().map(|r| r.remote.diff.len()).sum());
     for (i, r) in rules.iter().enumerate() {
-        for &peer in &r.remote.diff {
-            deviations.entry(peer).or_default().push(i as u16);
-        }
+        flat.extend(r.remote.diff.iter().map(|&peer| (peer, i as u16)));
     }
-    // Egress named ports resolve on the peer: peers defining a used name deviate too.
     let mut used_names: BTreeSet<&str> = BTreeSet::new();
     if dir == direction::EGRESS {
         for r in rules {
@@ -997,11 +894,12 @@ fn emit_local(
             }
         }
         for n in &used_names {
-            for &peer in uni.defining(n) {
-                deviations.entry(peer).or_default();
-            }
+            flat.extend(uni.defining(n).iter().map(|&peer| (peer, NO_RULE)));
         }
     }
+    flat.sort_unstable();
+    flat.dedup();
+    let rule_ids: Vec<u16> = flat.iter().map(|&(_, r)| r).collect();
 
     let base_ports: &[NamedPort] = if dir == direction::INGRESS { local_ports } else { &[] };
     let base = sig_fn(tiers, rules, &baseline_match, &atoms, base_ports);
@@ -1009,9 +907,14 @@ fn emit_local(
 
     // Signature -> its table, `None` when it equals the any-peer one (no slot needed).
     let mut by_sig: HashMap<SigKey, Option<u32>> = HashMap::new();
-    let mut peers: Vec<(&u32, &Vec<u16>)> = deviations.iter().collect();
-    peers.sort_unstable();
-    for (&peer, devs) in peers {
+    for run in runs(&flat, |f| f.0) {
+        let peer = flat[run.start].0;
+        // NO_RULE sorts last within the peer's run.
+        let mut end = run.end;
+        while end > run.start && rule_ids[end - 1] == NO_RULE {
+            end -= 1;
+        }
+        let devs = &rule_ids[run.start..end];
         let peer_ports: Vec<NamedPort> = if dir == direction::EGRESS && !used_names.is_empty() {
             uni.ident(peer)
                 .and_then(|i| i.pod.as_ref())
@@ -1020,7 +923,7 @@ fn emit_local(
         } else {
             Vec::new()
         };
-        let key = (devs.as_slice(), peer_ports);
+        let key = (devs, peer_ports);
         let f = by_sig
             .entry(key)
             .or_insert_with_key(|(devs, peer_ports)| {

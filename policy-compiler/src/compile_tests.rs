@@ -218,18 +218,18 @@ fn diff_touches_only_the_changed_policy() {
     assert_eq!(d.endpoints.upserts.len(), 1, "a is no longer isolated: {d:?}");
 }
 
+/// A policy isolating every pod of namespace x for ingress, admitting every pod of the
+/// cluster to one TCP port.
+fn admit_all_namespaces_to_x(port: u16) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\n\
+         spec: {{podSelector: {{}}, ingress: [{{from: [{{namespaceSelector: {{}}}}], ports: [{{port: {port}}}]}}]}}\n"
+    )
+}
+
 #[test]
 fn overflow_fails_closed_instead_of_dropping_silently() {
-    let m = model(
-        r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec:
-  podSelector: {}
-  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 1}]}]
-"#,
-    );
+    let m = model(&admit_all_namespaces_to_x(1));
     let full = Compiler::default().compile(&m).expect("compile");
     let per_identity = full.policy.len() / 2;
     assert_eq!(full.policy.len(), 2 * per_identity, "two local identities, same shape: {:?}", full.policy.keys());
@@ -553,16 +553,7 @@ spec:
 
 #[test]
 fn a_node_compiles_policy_for_its_own_endpoints_only() {
-    let mut m = model(
-        r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: p, namespace: x}
-spec:
-  podSelector: {}
-  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: 80}]}]
-"#,
-    );
+    let mut m = model(&admit_all_namespaces_to_x(80));
     let cluster = Compiler::default().compile(&m).expect("compile");
     m.pods.get_mut(&PodRef::new("x", "a")).expect("pod a").interface = Some("veth-a".into());
     let node = Compiler::for_node(Limits::default()).compile(&m).expect("node compile");

@@ -46,8 +46,11 @@ impl PolicyLayout {
     }
 }
 
+/// A port interval and its verdict.
+type Seg = (u16, u16, PolicyValueV2);
+
 /// The slices of one table in one direction (staged bit included): (protocol, segments).
-fn table_slices(t: &VerdictTable) -> impl Iterator<Item = (u8, std::borrow::Cow<'_, [(u16, u16, PolicyValueV2)]>)> {
+fn table_slices(t: &VerdictTable) -> impl Iterator<Item = (u8, std::borrow::Cow<'_, [Seg]>)> {
     std::iter::once((proto::ANY, std::borrow::Cow::Owned(vec![(0, u16::MAX, t.other)])))
         .chain(t.per_proto.iter().map(|(p, segs)| (*p, std::borrow::Cow::Borrowed(segs.as_slice()))))
 }

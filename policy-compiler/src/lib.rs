@@ -13,6 +13,7 @@
 //! - [`explain`]: why a connection is allowed, from the compiled maps.
 //! - [`reference`]: plain evaluators of upstream and tiered semantics, the oracles for tests.
 
+mod classes;
 pub mod compile;
 pub mod diff;
 pub mod error;
