@@ -174,41 +174,47 @@ pub fn write_generation(
 
 /// Removes every entry of generation `g` that `desired` does not hold (whatever a previous
 /// agent or a failed write left there).
+/// Keys of generation `g` in a policy hash map whose generation-free form `desired` lacks;
+/// `direction` reaches the key's direction byte, which carries the generation bit.
+fn stale_keys<K, V, D>(
+    map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
+    g: usize,
+    desired: &BTreeMap<K, D>,
+    direction: impl Fn(&mut K) -> &mut u8,
+) -> Vec<K>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod,
+{
+    map.keys()
+        .filter_map(Result::ok)
+        .filter(|k| {
+            let mut bare = *k;
+            let d = direction(&mut bare);
+            let of_g = gen_of(*d) == g;
+            *d &= !GEN_DIRECTION_BIT;
+            of_g && !desired.contains_key(&bare)
+        })
+        .collect()
+}
+
 fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mut Option<Observer<'_>>) -> Result<(), AgentError> {
     let mut step = |dp: &mut Dataplane| {
         if let Some(o) = obs.as_mut() {
             o(dp)
         }
     };
-    let stale: Vec<PeerKeyV1> = dp
-        .maps
-        .peers
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| gen_of(k.direction) == g && !desired.layout.peers.contains_key(&PeerKeyV1 { direction: k.direction & !GEN_DIRECTION_BIT, ..*k }))
-        .collect();
+    let stale = stale_keys(&dp.maps.peers, g, &desired.layout.peers, |k| &mut k.direction);
     for k in &stale {
         dp.maps.peers.remove(k).map_err(|e| werr(map_names::PEERS, e))?;
         step(dp);
     }
-    let stale: Vec<SliceKeyV2> = dp
-        .maps
-        .slices
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| gen_of(k.direction) == g && !desired.layout.slices.contains_key(&SliceKeyV2 { direction: k.direction & !GEN_DIRECTION_BIT, ..*k }))
-        .collect();
+    let stale = stale_keys(&dp.maps.slices, g, &desired.layout.slices, |k| &mut k.direction);
     for k in &stale {
         dp.maps.slices.remove(k).map_err(|e| werr(map_names::SLICES, e))?;
         step(dp);
     }
-    let stale: Vec<PortKeyV1> = dp
-        .maps
-        .ports
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| gen_of(k.direction) == g && !desired.layout.ports.contains_key(&PortKeyV1 { direction: k.direction & !GEN_DIRECTION_BIT, ..*k }))
-        .collect();
+    let stale = stale_keys(&dp.maps.ports, g, &desired.layout.ports, |k| &mut k.direction);
     for k in &stale {
         dp.maps.ports.remove(k).map_err(|e| werr(map_names::PORTS, e))?;
         step(dp);
