@@ -25,7 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead_agent::{Agent, AgentConfig};
-use bulkhead_bench::{percentile, require_root, result};
+use bulkhead_bench::{percentile, result};
 use bulkhead_lab::datastore::Datastore;
 use bulkhead_lab::{Lab, LabOptions, PodNetns, Topology};
 
@@ -375,13 +375,9 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
-    if bulkhead_bench::serve_mode() {
+    if !bulkhead_bench::start_lab_bench("comparison") {
         return;
     }
-    if !require_root("comparison") {
-        return;
-    }
-    bulkhead_lab::teardown::install_signal_teardown();
     let rounds = env_num("COMPARISON_ROUNDS", 5) as usize;
     let seconds = env_num("COMPARISON_SECONDS", 5);
     let counts: Vec<usize> = std::env::var("COMPARISON_RULES")

@@ -25,7 +25,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bulkhead_agent::{Agent, AgentConfig};
-use bulkhead_bench::{percentile, require_root, result};
+use bulkhead_bench::{percentile, result};
 use bulkhead_lab::datastore::Datastore;
 use bulkhead_lab::probe::probe;
 use bulkhead_lab::{Lab, LabOptions, PodNetns, Protocol, Topology};
@@ -290,14 +290,9 @@ fn report(prefix: &str, samples: &[(bool, Duration)], failures: usize) {
 }
 
 fn main() {
-    if bulkhead_bench::serve_mode() {
+    if !bulkhead_bench::start_lab_bench("control_plane") {
         return;
     }
-    if !require_root("control_plane") {
-        return;
-    }
-    // Before any thread exists: SIGINT/SIGTERM tear the lab down (netns, servers, pins).
-    bulkhead_lab::teardown::install_signal_teardown();
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(100))

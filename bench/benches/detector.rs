@@ -89,7 +89,7 @@ use std::time::{Duration, Instant};
 use bulkhead_agent::detect::{
     Actions, DetectorEvent, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, cgroup, network::ScanConfig,
 };
-use bulkhead_bench::{percentile, require_root, result};
+use bulkhead_bench::{percentile, result};
 use bulkhead_lab::datastore::Datastore;
 use bulkhead_lab::{Lab, LabOptions, PodNetns, Topology};
 use criterion::Criterion;
@@ -582,13 +582,9 @@ fn overhead(b: &mut Bench) {
 }
 
 fn main() {
-    if bulkhead_bench::serve_mode() {
+    if !bulkhead_bench::start_lab_bench("detector") {
         return;
     }
-    if !require_root("detector") {
-        return;
-    }
-    bulkhead_lab::teardown::install_signal_teardown();
     let mut c = Criterion::default().sample_size(10).warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_secs(2)).configure_from_args();
     let topo = Topology::parse(TOPOLOGY, Path::new("bench-detector.yaml")).expect("topology");
     let lab = Lab::create(&topo, &LabOptions { serve: false, ..Default::default() }).expect("lab");

@@ -53,6 +53,18 @@ pub fn serve_mode() -> bool {
     true
 }
 
+/// The start of a bench that runs a lab: returns `false` when this process should do nothing
+/// more (it was started as a lab pod's echo server, or it lacks root and printed the skip
+/// notice); otherwise installs the signal teardown first, before any thread exists, so
+/// SIGINT/SIGTERM remove the lab's namespaces, servers and pins.
+pub fn start_lab_bench(bench: &str) -> bool {
+    if serve_mode() || !require_root(bench) {
+        return false;
+    }
+    bulkhead_lab::teardown::install_signal_teardown();
+    true
+}
+
 /// Prints a quotable result line: `RESULT <name>=<value>`.
 pub fn result(name: &str, value: impl std::fmt::Display) {
     println!("RESULT {name}={value}");

@@ -91,7 +91,7 @@ fn judge(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16) -> Polic
                 // write: fail closed rather than guess, counted.
                 None => {
                     crate::maps::count(bulkhead_common::counters::DROP_BROKEN_TABLE);
-                    return BROKEN_TABLE;
+                    return bulkhead_common::BROKEN_TABLE_VERDICT;
                 }
             }
         }
@@ -112,18 +112,6 @@ fn judge(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16) -> Polic
     }
     slice.verdict
 }
-
-/// The verdict of a table without its any-protocol slice (never written by a correct agent):
-/// deny, decided by no policy.
-pub const BROKEN_TABLE: PolicyValueV2 = PolicyValueV2 {
-    policy_index: NO_POLICY,
-    log_policy_index: NO_POLICY,
-    rule_index: 0,
-    log_rule_index: 0,
-    tier_index: u16::MAX,
-    action: action::DENY,
-    flags: 0,
-};
 
 /// The direction byte of keys of generation `pgen`.
 #[inline(always)]

@@ -72,22 +72,14 @@ pub(crate) fn peer_classes(
     pairs.sort_unstable();
     // A class is numbered by its lowest member identity: a policy change that leaves the
     // grouping alone (only tables change) renumbers nothing, so the ipcache stays put.
+    // (context, table) list -> class.
     let mut class_by_content: HashMap<Vec<(u32, u32)>, u32> = HashMap::new();
     let mut class_of: HashMap<u32, u32> = HashMap::new();
-    // class -> its (context, table) list.
-    let mut members: Vec<(u32, Vec<(u32, u32)>)> = Vec::new();
     for run in runs(&pairs, |p| p.0) {
         let peer = pairs[run.start].0;
         let group: Vec<(u32, u32)> = pairs[run].iter().map(|&(_, ctx, table)| (ctx, table)).collect();
-        let class = match class_by_content.get(&group) {
-            Some(&c) => c,
-            None => {
-                // Peers come in ascending order: this one is the class's lowest.
-                class_by_content.insert(group.clone(), peer);
-                members.push((peer, group));
-                peer
-            }
-        };
+        // Peers come in ascending order: the first of a class is its lowest.
+        let class = *class_by_content.entry(group).or_insert(peer);
         class_of.insert(peer, class);
     }
 
@@ -96,8 +88,8 @@ pub(crate) fn peer_classes(
     for c in contexts {
         per_local.entry(c.local).or_default().push(((c.local, identity::ANY, c.dir), c.staged, c.base));
     }
-    for (class, group) in &members {
-        let class = *class;
+    // Slot order does not matter: they land in ordered maps.
+    for (group, &class) in &class_by_content {
         for &(ctx, table) in group {
             let c = &contexts[ctx as usize];
             per_local.entry(c.local).or_default().push(((c.local, class, c.dir), c.staged, table));

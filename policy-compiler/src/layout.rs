@@ -131,7 +131,7 @@ pub fn lookup(l: &PolicyLayout, local: u32, peer: u32, dir: u8, protocol: u8, po
     let sk = |p: u8| SliceKeyV2 { table_be: table.to_be_bytes(), direction: dir, protocol: p, _pad: [0; 2] };
     let Some((pr, s)) = l.slices.get(&sk(protocol)).map(|s| (protocol, s)).or_else(|| l.slices.get(&sk(proto::ANY)).map(|s| (proto::ANY, s)))
     else {
-        return Some(PolicyValueV2 { action: bulkhead_common::action::DENY, policy_index: bulkhead_common::NO_POLICY, log_policy_index: bulkhead_common::NO_POLICY, tier_index: u16::MAX, ..Default::default() });
+        return Some(bulkhead_common::BROKEN_TABLE_VERDICT);
     };
     let key = PortKeyV1 { table_be: table.to_be_bytes(), direction: dir, protocol: pr, port_be: port.to_be_bytes() };
     if s.flags & slice_flags::HAS_PORTS != 0

@@ -387,6 +387,19 @@ pub struct PolicyValueV2 {
     pub flags: u8,
 }
 
+/// The verdict of a verdict table without its any-protocol slice (never written by a correct
+/// agent): deny, decided by no policy. The kernel counts it under
+/// [`counters::DROP_BROKEN_TABLE`]; user space's lookup answers the same.
+pub const BROKEN_TABLE_VERDICT: PolicyValueV2 = PolicyValueV2 {
+    policy_index: NO_POLICY,
+    log_policy_index: NO_POLICY,
+    rule_index: 0,
+    log_rule_index: 0,
+    tier_index: u16::MAX,
+    action: action::DENY,
+    flags: 0,
+};
+
 /// Per-policy counters (per CPU), indexed by policy index. Written by TC, read by the CLI.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
