@@ -29,7 +29,7 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
 use bulkhead_bench::packet::{TCP_ACK, TCP_SYN, tcp_frame};
 use bulkhead_bench::{require_root, result};
-use bulkhead_common::{ConfigV1, CtKeyV1, EndpointV2, proto};
+use bulkhead_common::{ConfigV1, CtKeyV1, EndpointV3, proto};
 use criterion::{BenchmarkId, Criterion};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/bulkhead";
@@ -141,9 +141,9 @@ fn setup(n: usize, shape: Shape) -> Guard {
     // The config below enforces revision 1, i.e. generation 1.
     bulkhead_agent::apply::write_generation(g.dp(), 1, None, &ks, &mut None).expect("writing the maps");
     let target = &compiled.endpoints[&policy_compiler::model::PodRef::new("x", "target")];
-    let ep = EndpointV2 { identity: [target.identity; 2], flags: [target.flags; 2], ipv4_be: LOCAL_IP.octets(), _pad: 0 };
+    let ep = EndpointV3 { identity: [target.identity; 2], flags: [target.flags; 2], ipv4_be: LOCAL_IP.octets(), present: 1 };
     let maps = &mut g.dp().maps;
-    maps.endpoints.insert(IFINDEX, ep, 0).expect("endpoint insert");
+    maps.endpoints.insert(IFINDEX, ep).expect("endpoint insert");
     maps.config.set(0, ConfigV1::with_default_timeouts(1), 0).expect("config set");
     eprintln!(
         "datapath {shape:?} {n} rules: compiled in {compile_s:.2}s to {} peer slots, {} table slices, {} port and {} range exceptions, {} ipcache entries",
@@ -320,6 +320,30 @@ fn measure(c: &mut Criterion, frames: &Frames, shape: Shape, n: usize) -> Figure
     Figures { noop, deny, deny_world, established }
 }
 
+/// `DATAPATH_PROFILE=noop|deny|deny_world|established`: runs that path at 10k rules for 10 s
+/// and nothing else, for a profiler (`perf record -a -e cpu-clock`) to see where the time goes
+/// inside the program and the helpers it calls.
+fn profile(frames: &Frames, which: &str) {
+    let path = match which {
+        "noop" => Path_::Noop,
+        "deny" => Path_::Deny,
+        "deny_world" => Path_::DenyWorld,
+        "established" => Path_::Established,
+        _ => panic!("DATAPATH_PROFILE={which}: expected one of noop, deny, deny_world, established"),
+    };
+    let mut g = setup(10_000, Shape::NetworkPolicies);
+    let dp = g.dp();
+    run_path(dp, frames, Path_::Established, 1);
+    let t = Instant::now();
+    let mut runs = 0u64;
+    let mut ns = Vec::new();
+    while t.elapsed() < Duration::from_secs(10) {
+        ns.push(run_path(dp, frames, path, REPEAT).kernel_ns as f64);
+        runs += u64::from(REPEAT);
+    }
+    println!("profile {}: {runs} runs, median {:.0} ns per run", path.label(), median(ns));
+}
+
 fn main() {
     if !require_root("datapath") {
         return;
@@ -336,6 +360,10 @@ fn main() {
         allow: tcp_frame(PEER_IP, LOCAL_IP, 40000, ALLOWED_PORT, TCP_SYN),
         established: tcp_frame(PEER_IP, LOCAL_IP, 40000, ALLOWED_PORT, TCP_ACK),
     };
+    if let Ok(which) = std::env::var("DATAPATH_PROFILE") {
+        profile(&frames, &which);
+        return;
+    }
     let mut np = Vec::new();
     for n in SIZES {
         np.push((n, measure(&mut c, &frames, Shape::NetworkPolicies, n)));

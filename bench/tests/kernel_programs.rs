@@ -8,7 +8,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
 use bulkhead_bench::DataplaneGuard;
 use bulkhead_bench::packet::{TCP_SYN, icmp_error_frame, tcp_frame, with_ip_options};
-use bulkhead_common::{ConfigV1, EndpointV2, FlowEventV2, capacity, counters, direction, flow_kind, identity};
+use bulkhead_common::{ConfigV1, EndpointV3, FlowEventV2, capacity, counters, direction, flow_kind, identity};
 
 /// test_run gives TC programs an skb on the loopback device.
 const IFINDEX: u32 = 1;
@@ -28,8 +28,8 @@ impl Guard {
         assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (loads BPF programs); CI runs it as root");
         let mut g = DataplaneGuard::load(&format!("bhk-{tag}-{}", std::process::id()));
         // Not isolated by any policy: everything the programs do not refuse is allowed.
-        let ep = EndpointV2 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), _pad: 0 };
-        g.dp().maps.endpoints.insert(IFINDEX, ep, 0).expect("endpoint");
+        let ep = EndpointV3 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1 };
+        g.dp().maps.endpoints.insert(IFINDEX, ep).expect("endpoint");
         g.dp().maps.config.set(0, ConfigV1::with_default_timeouts(1), 0).expect("config");
         Guard(g)
     }
@@ -75,6 +75,56 @@ fn a_spoofed_source_leaving_the_pod_is_dropped_by_tc() {
     // Towards the pod any source is fine: the check is on what the pod sends.
     let inbound = tcp_frame(Ipv4Addr::new(10, 30, 0, 77), POD, 40000, 80, TCP_SYN);
     assert_eq!(g.run(programs::TO_POD, &inbound), RET_PASS);
+}
+
+/// `struct __sk_buff` for BPF_PROG_TEST_RUN's ctx_in: all zero (the kernel refuses most
+/// fields) but `ifindex` (offset 40), which makes the skb's device that interface.
+fn skb_ctx(ifindex: u32) -> [u8; 192] {
+    let mut ctx = [0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+#[test]
+fn an_endpoint_above_the_array_bound_is_found_through_the_hash() {
+    // Interface indexes grow with every interface a node ever created, so a busy node passes
+    // the array's bound. A fresh network namespace on a thread of its own (gone with the
+    // thread, and its veth pair with it) lends test_run a device with such an index.
+    const BIG: u32 = capacity::IFINDEX_DIRECT + 4_464;
+    let t = std::thread::spawn(|| {
+        // SAFETY: unshare affects only this thread, which ends with the test.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        let st = std::process::Command::new("ip")
+            .args(["link", "add", "bhk-bigif", "index", &BIG.to_string(), "type", "veth", "peer", "name", "bhk-bigp"])
+            .status()
+            .expect("running ip");
+        assert!(st.success(), "ip link add ... index {BIG}: {st}");
+        let mut g = Guard::new("bigif");
+        let own = tcp_frame(POD, PEER, 40000, 80, TCP_SYN);
+        let ctx = skb_ctx(BIG);
+        let run = |g: &mut Guard| {
+            let p = g.dp().classifier(programs::FROM_POD).expect("program");
+            p.test_run(TestRunOptions { data_in: Some(&own), ctx_in: Some(&ctx), ..TestRunOptions::new() }).expect("BPF_PROG_TEST_RUN").return_value
+        };
+        assert_eq!(run(&mut g), RET_DROP, "no endpoint at ifindex {BIG} yet: fails closed");
+        assert_eq!(g.counter("drop_no_endpoint_fail_closed"), 1);
+        let ep = EndpointV3 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1 };
+        g.dp().maps.endpoints.insert(BIG, ep).expect("endpoint above the bound");
+        assert_eq!(g.dp().maps.endpoints.get(BIG).expect("read back"), Some(ep));
+        assert!(g.dp().maps.endpoints.ifindexes().expect("list").contains(&BIG), "listed with the array's endpoints");
+        assert_eq!(run(&mut g), RET_PASS, "the endpoint at ifindex {BIG} is found");
+        // Isolation of such an endpoint lives in the hash half of the isolation table too.
+        let iso = bulkhead_common::detect::IsolationV1 { since_ns: 1, cgroup_id: 7, reason: 1, _pad: 0 };
+        g.dp().maps.det.isolation.insert(BIG, iso).expect("isolate above the bound");
+        assert_eq!(run(&mut g), RET_DROP, "isolated endpoint at ifindex {BIG}");
+        assert_eq!(g.counter("drop_isolated_fail_closed"), 1);
+        g.dp().maps.det.isolation.remove(BIG).expect("release");
+        assert_eq!(run(&mut g), RET_PASS, "released");
+        g.dp().maps.endpoints.remove(BIG).expect("remove");
+        assert_eq!(run(&mut g), RET_DROP, "removed: fails closed again");
+        assert_eq!(g.counter("drop_no_endpoint_fail_closed"), 2);
+    });
+    t.join().expect("the test thread panicked");
 }
 
 #[test]
@@ -191,7 +241,7 @@ fn every_parse_failure_fails_closed_under_its_own_reason() {
     assert_eq!(g.run(programs::FROM_POD, &arp), RET_PASS);
     assert_eq!(g.counter("pass_arp"), 1);
     // A packet on an interface without an endpoint entry fails closed.
-    g.dp().maps.endpoints.remove(&IFINDEX).expect("remove endpoint");
+    g.dp().maps.endpoints.remove(IFINDEX).expect("remove endpoint");
     assert_eq!(g.run(programs::FROM_POD, &good), RET_DROP);
     assert_eq!(g.counter("drop_no_endpoint_fail_closed"), 1);
 }
@@ -206,7 +256,7 @@ fn conntrack_passes_replies_and_isolation_stops_established_flows_except_the_all
     assert_eq!(g.counter("allow_conntrack"), 1, "the reply went through conntrack");
     let dns_out = bulkhead_bench::packet::tcp_frame(POD, ROUTER, 45001, 53, TCP_SYN);
     // Isolated: the established flow stops in both directions; the allow-listed DNS passes.
-    g.dp().maps.det.isolation.insert(IFINDEX, IsolationV1 { since_ns: 1, cgroup_id: 7, reason: 1, _pad: 0 }, 0).expect("isolate");
+    g.dp().maps.det.isolation.insert(IFINDEX, IsolationV1 { since_ns: 1, cgroup_id: 7, reason: 1, _pad: 0 }).expect("isolate");
     let allow = AllowKeyV2 { ifindex: IFINDEX, addr_be: ROUTER.octets(), port_be: 53u16.to_be_bytes(), protocol: 6, _pad: 0 };
     g.dp().maps.det.isolation_allow.insert(allow, 1, 0).expect("allow-list");
     assert_eq!(g.run(programs::FROM_POD, &tcp_frame(POD, PEER, 45000, 443, 0x10)), RET_DROP, "established flow out stops");
@@ -217,6 +267,6 @@ fn conntrack_passes_replies_and_isolation_stops_established_flows_except_the_all
     let ev = g.events();
     assert!(ev.iter().filter(|e| e.drop_reason == counters::DROP_ISOLATED as u16).count() == 2, "isolation drops reported: {ev:?}");
     // Released: the flow resumes.
-    g.dp().maps.det.isolation.remove(&IFINDEX).expect("release");
+    g.dp().maps.det.isolation.remove(IFINDEX).expect("release");
     assert_eq!(g.run(programs::FROM_POD, &tcp_frame(POD, PEER, 45000, 443, 0x10)), RET_PASS);
 }

@@ -19,7 +19,7 @@ use bulkhead_common::{
     },
 };
 
-use crate::maps::{DET_EVENTS, DET_SCRATCH, EXEC_ALLOW, ISOLATION, PARENTS, SYSCALLS, SYSSEQ, WORKLOADS, count};
+use crate::maps::{DET_EVENTS, DET_SCRATCH, EXEC_ALLOW, PARENTS, SYSCALLS, SYSSEQ, WORKLOADS, count};
 
 const SIGKILL: u32 = 9;
 /// sched_process_exec: `__data_loc char[] filename` at offset 8.
@@ -68,8 +68,9 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
             if wl.mode == mode::PROTECT {
                 // Isolation first: the network stops before the process could use it.
                 if wl.flags & wl_flags::ISOLATE_ON_EXEC != 0 && wl.ifindex != 0 {
-                    let iso = IsolationV1 { since_ns: ts_ns, cgroup_id, reason: isolation_reason::EXEC_VIOLATION, _pad: 0 };
-                    if ISOLATION.insert(&wl.ifindex, &iso, 0).is_ok() {
+                    // since_ns 0 would read as "not isolated" in the array.
+                    let iso = IsolationV1 { since_ns: ts_ns.max(1), cgroup_id, reason: isolation_reason::EXEC_VIOLATION, _pad: 0 };
+                    if crate::maps::isolate(wl.ifindex, &iso) {
                         actions |= event_actions::ISOLATED;
                     } else {
                         actions |= event_actions::ISOLATE_FAILED;

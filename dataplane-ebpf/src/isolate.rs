@@ -5,7 +5,7 @@
 use bulkhead_common::{counters, detect::AllowKeyV2, direction};
 
 use crate::{
-    maps::{ISOLATION, ISOLATION_ALLOW, count},
+    maps::{ISOLATION_ALLOW, count},
     parse::Flow,
 };
 
@@ -13,7 +13,9 @@ use crate::{
 /// still judges it), `None` = not isolated.
 #[inline(always)]
 pub fn check(ifindex: u32, flow: &Flow, dir: u8) -> Option<bool> {
-    ISOLATION.get_ptr(&ifindex)?;
+    if !crate::maps::isolated(ifindex) {
+        return None;
+    }
     // Egress matches the destination, ingress the source (answers from the allowed server).
     let (addr, port) = if dir == direction::EGRESS { (flow.daddr_be, flow.dport_be) } else { (flow.saddr_be, flow.sport_be) };
     // The endpoint's own list (its DetectorPolicy's), then the list for every endpoint.

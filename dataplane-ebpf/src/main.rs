@@ -27,11 +27,11 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, action, config_flags, counters, direction, ep_flags, flow_kind, proto,
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV3, action, config_flags, counters, direction, ep_flags, flow_kind, proto,
     verdict_flags,
 };
 
-use maps::{CONFIG, CONNTRACK, ENDPOINTS, count};
+use maps::{CONFIG, CONNTRACK, count};
 use parse::{Flow, Frame, parse};
 
 /// Continue: with tcx, the next program on the hook (or the stack) decides.
@@ -101,8 +101,7 @@ pub fn bh_sys_call(ctx: FEntryContext) -> i32 {
 #[inline(always)]
 fn try_xdp(ctx: &XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: map value read-only for the duration of the program.
-    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
+    let Some(ep) = maps::endpoint(ifindex) else {
         // Fail-open here on purpose: TC behind us fails closed for unknown endpoints.
         count(counters::XDP_PASS_NO_ENDPOINT);
         return xdp_action::XDP_PASS;
@@ -131,8 +130,7 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
 fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: __sk_buff is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: map values are only read (copied out) here.
-    let Some(raw) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+    let Some(raw) = maps::endpoint(ifindex) else {
         events::dropped(ifindex, None, dir, counters::DROP_NO_ENDPOINT, None);
         return TC_DROP;
     };
@@ -194,10 +192,6 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
         return icmp_related(ifindex, &ep, &cfg, &flow, dir);
     }
     let remote = if dir == direction::EGRESS { flow.daddr_be } else { flow.saddr_be };
-    // Conntrack only needs timeouts of seconds: the coarse clock (tick resolution) is enough
-    // and avoids reading the clock source on every packet.
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let len = ctx.len();
 
     // A bare SYN opens a connection: it is never a reply, and a SYN reusing the tuple of an
@@ -206,6 +200,9 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     let bare_syn = flow.protocol == proto::TCP
         && flow.tcp_flags & parse::TCP_SYN != 0
         && flow.tcp_flags & parse::TCP_ACK == 0;
+    // The clock only when conntrack needs it: a helper call costs as much as a map lookup, and
+    // a denied SYN never touches conntrack.
+    let now = if bare_syn { 0 } else { coarse_now() };
     let pkt = Packet { ifindex, ep: &ep, cfg: &cfg, flow: &flow, dir, remote, now, len };
     // A packet in the direction the flow was first seen.
     let fwd = conntrack::key(ifindex, &flow);
@@ -231,11 +228,20 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     if !judge_new_flow(ifindex, &ep, &cfg, &flow, dir, remote) {
         return TC_DROP;
     }
+    let now = if bare_syn { coarse_now() } else { now };
     let entry = conntrack::new_entry(&flow, len, now, dir, cfg.policy_rev);
     if CONNTRACK.insert(&fwd, &entry, 0).is_err() {
         count(counters::CT_INSERT_FAILED);
     }
     TC_PASS
+}
+
+/// Conntrack only needs timeouts of seconds: the coarse clock (tick resolution) is enough and
+/// avoids reading the clock source on every packet.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The endpoint as the packet's policy generation sees it.
@@ -249,7 +255,7 @@ struct Local {
 
 impl Local {
     #[inline(always)]
-    fn of(raw: &EndpointV2, cfg: &ConfigV1) -> Local {
+    fn of(raw: &EndpointV3, cfg: &ConfigV1) -> Local {
         let (identity, flags, pgen) =
             if bulkhead_common::generation(cfg.policy_rev) == 0 { (raw.identity[0], raw.flags[0], 0) } else { (raw.identity[1], raw.flags[1], 1) };
         Local { identity, flags, ipv4_be: raw.ipv4_be, pgen }
@@ -262,8 +268,7 @@ impl Local {
 /// judges errors.
 #[inline(always)]
 fn icmp_related(ifindex: u32, ep: &Local, cfg: &ConfigV1, reply: &Flow, dir: u8) -> i32 {
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = coarse_now();
     for key in [conntrack::key(ifindex, reply), conntrack::reverse_key(ifindex, reply)] {
         // SAFETY: the value is only read.
         if let Some(ct) = unsafe { CONNTRACK.get(&key) } {

@@ -9,15 +9,35 @@ use bulkhead_common::detect::{
     self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, DropRateV1, EndpointV2, IpCacheKeyV1, IpInfoV3, PeerKeyV1, PeerValueV1, PolicyStatsV1,
-    PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV1, capacity,
+    ConfigV1, CtKeyV1, CtValueV1, DropRateV1, EndpointV3, IpCacheKeyV1, IpInfoV3, PeerKeyV1, PeerValueV1, PolicyStatsV1,
+    PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV2, capacity,
 };
 
-/// Key: host-side interface index (u32). Value: the endpoint behind it (identity and flags per
-/// policy generation). Written by the agent when a pod's interface appears and for the
-/// inactive generation before a flip; read by TC and XDP on every packet.
-#[map(name = "BH_EP_V2")]
-pub static ENDPOINTS: HashMap<u32, EndpointV2> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
+/// Key: host-side interface index below `capacity::IFINDEX_DIRECT` (array index). Value: the
+/// endpoint behind it (identity and flags per policy generation; `present` 0 = none). Written
+/// by the agent when a pod's interface appears and for the inactive generation before a flip;
+/// read by TC and XDP on every packet (through [`endpoint`]).
+#[map(name = "BH_EP_DIRECT_V3")]
+pub static ENDPOINTS_DIRECT: Array<EndpointV3> = Array::with_max_entries(capacity::IFINDEX_DIRECT, 0);
+
+/// As [`ENDPOINTS_DIRECT`], for interface indexes from `capacity::IFINDEX_DIRECT` up (hash).
+#[map(name = "BH_EP_V3")]
+pub static ENDPOINTS: HashMap<u32, EndpointV3> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
+
+/// The endpoint behind host interface `ifindex`, if it is one. Most interfaces are found in
+/// the array, whose lookup the verifier inlines: no call on the hot path.
+#[inline(always)]
+pub fn endpoint(ifindex: u32) -> Option<EndpointV3> {
+    if bulkhead_common::ifindex_is_direct(ifindex) {
+        match ENDPOINTS_DIRECT.get(ifindex) {
+            Some(ep) if ep.present != 0 => Some(*ep),
+            _ => None,
+        }
+    } else {
+        // SAFETY: the value is copied out at once.
+        unsafe { ENDPOINTS.get(&ifindex) }.copied()
+    }
+}
 
 /// Key: IPv4 address (network order). Value: its identity in policy generation 0. Pods'
 /// addresses live here, so pod-to-pod traffic resolves its peer with one hash lookup. Written by
@@ -49,11 +69,12 @@ pub static PEERS: HashMap<PeerKeyV1, PeerValueV1> = HashMap::with_max_entries(ca
 /// Key: (verdict table, direction (+ staged, + generation bit), protocol or any). Value: the
 /// verdict for most ports and whether exceptions exist. Written by the agent; read by TC after
 /// a PEERS hit.
-#[map(name = "BH_SLICE_V3")]
-pub static SLICES: HashMap<SliceKeyV2, SliceValueV1> = HashMap::with_max_entries(capacity::POLICY, 0);
+#[map(name = "BH_SLICE_V4")]
+pub static SLICES: HashMap<SliceKeyV2, SliceValueV2> = HashMap::with_max_entries(capacity::POLICY, 0);
 
 /// Key: a slice key plus one port (exact). Value: that port's verdict where it differs from
-/// the slice's. Written by the agent; read by TC when the slice has HAS_PORTS.
+/// the slice's. Written by the agent; read by TC when the slice has HAS_PORTS and the port's
+/// filter bit is set.
 #[map(name = "BH_PORT_V3")]
 pub static PORTS: HashMap<PortKeyV1, PolicyValueV2> = HashMap::with_max_entries(capacity::POLICY, 0);
 
@@ -110,11 +131,45 @@ pub static WORKLOADS: HashMap<u64, WorkloadV1> = HashMap::with_max_entries(det::
 #[map(name = "BH_DET_EXEC_V1")]
 pub static EXEC_ALLOW: HashMap<ExecKeyV1, u8> = HashMap::with_max_entries(det::capacity::EXEC_ALLOW, 0);
 
-/// Key: host-side ifindex. Value: since when and why the endpoint is isolated. Written by the
-/// exec probe (protect mode) and the agent; removed by release; read by TC on every packet.
-/// Pinned, so isolation survives an agent restart.
-#[map(name = "BH_ISOLATE_V1")]
+/// Key: host-side ifindex below `capacity::IFINDEX_DIRECT` (array index). Value: since when
+/// and why the endpoint is isolated (`since_ns` 0: not isolated). Written by the exec probe
+/// (protect mode) and the agent; cleared by release; read by TC on every packet (through
+/// [`isolated`]). Pinned, so isolation survives an agent restart.
+#[map(name = "BH_ISOLATE_DIRECT_V2")]
+pub static ISOLATION_DIRECT: Array<IsolationV1> = Array::with_max_entries(capacity::IFINDEX_DIRECT, 0);
+
+/// As [`ISOLATION_DIRECT`], for interface indexes from `capacity::IFINDEX_DIRECT` up (hash).
+#[map(name = "BH_ISOLATE_V2")]
 pub static ISOLATION: HashMap<u32, IsolationV1> = HashMap::with_max_entries(det::capacity::ISOLATION, 0);
+
+/// Whether the endpoint behind `ifindex` is isolated: an inlined array read for most
+/// interfaces, so the check costs no call on the hot path.
+#[inline(always)]
+pub fn isolated(ifindex: u32) -> bool {
+    if bulkhead_common::ifindex_is_direct(ifindex) {
+        matches!(ISOLATION_DIRECT.get(ifindex), Some(iso) if iso.since_ns != 0)
+    } else {
+        ISOLATION.get_ptr(&ifindex).is_some()
+    }
+}
+
+/// Isolates the endpoint behind `ifindex`; false when the entry could not be written.
+#[inline(always)]
+pub fn isolate(ifindex: u32, iso: &IsolationV1) -> bool {
+    if bulkhead_common::ifindex_is_direct(ifindex) {
+        match ISOLATION_DIRECT.get_ptr_mut(ifindex) {
+            Some(slot) => {
+                // SAFETY: a valid array slot; TC readers only test `since_ns`, which is
+                // written in one aligned 8-byte store (and never 0: see the caller).
+                unsafe { *slot = *iso };
+                true
+            }
+            None => false,
+        }
+    } else {
+        ISOLATION.insert(&ifindex, iso, 0).is_ok()
+    }
+}
 
 /// Key: (endpoint ifindex or 0 = all, address or 0.0.0.0, port, protocol) an isolated endpoint
 /// may still reach. Value: 1.

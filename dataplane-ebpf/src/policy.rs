@@ -6,7 +6,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use bulkhead_common::{
     GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, NO_POLICY, PORT_KEY_FULL_BITS, PeerKeyV1, PolicyValueV2, PortKeyV1,
-    STAGED_DIRECTION_BIT, SliceKeyV2, action, identity, proto, slice_flags,
+    STAGED_DIRECTION_BIT, SliceKeyV2, action, identity, port_filter_bit, proto, slice_flags,
 };
 
 use crate::maps::{IPCACHE_G0, IPCACHE_G1, IPHOST_G0, IPHOST_G1, PEERS, PORTS, RANGES, SLICES};
@@ -98,7 +98,7 @@ fn judge(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16) -> Polic
     };
     if slice.flags & (slice_flags::HAS_PORTS | slice_flags::HAS_RANGES) != 0 {
         let key = PortKeyV1 { table_be: sk.table_be, direction: dir, protocol: sk.protocol, port_be: port.to_be_bytes() };
-        if slice.flags & slice_flags::HAS_PORTS != 0 {
+        if slice.flags & slice_flags::HAS_PORTS != 0 && slice.port_filter & port_filter_bit(port) != 0 {
             // SAFETY: copied out.
             if let Some(v) = unsafe { PORTS.get(&key) } {
                 return *v;

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bulkhead_common::{
     PORT_KEY_FIXED_BITS, PORT_KEY_FULL_BITS, PeerKeyV1, PeerValueV1, PolicyValueV2, PortKeyV1, STAGED_DIRECTION_BIT,
-    SliceKeyV2, SliceValueV1, proto, slice_flags,
+    SliceKeyV2, SliceValueV2, port_filter_bit, proto, slice_flags,
 };
 
 use crate::compile::{PeerSlot, VerdictTable};
@@ -28,7 +28,7 @@ const MAX_EXPANDED_PORTS: u32 = 16;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyLayout {
     pub peers: BTreeMap<PeerKeyV1, PeerValueV1>,
-    pub slices: BTreeMap<SliceKeyV2, SliceValueV1>,
+    pub slices: BTreeMap<SliceKeyV2, SliceValueV2>,
     /// Exact keys (prefix length [`PORT_KEY_FULL_BITS`] implied).
     pub ports: BTreeMap<PortKeyV1, PolicyValueV2>,
     /// (prefix length, key) LPM entries.
@@ -64,7 +64,7 @@ fn lay_out_table(id: u32, dir: u8, t: &VerdictTable, out: &mut PolicyLayout) {
             *weight.entry(v).or_default() += u64::from(e - s) + 1;
         }
         let default = weight.iter().max_by_key(|(v, w)| (**w, std::cmp::Reverse(**v))).map(|(v, _)| *v).unwrap_or_default();
-        let mut flags = 0;
+        let (mut flags, mut port_filter) = (0, 0u64);
         for &(s, e, v) in segs.iter() {
             if v == default {
                 continue;
@@ -74,7 +74,9 @@ fn lay_out_table(id: u32, dir: u8, t: &VerdictTable, out: &mut PolicyLayout) {
                 let n = 1u32 << (16 - u32::from(pp.bits));
                 if n <= MAX_EXPANDED_PORTS {
                     for p in 0..n {
-                        out.ports.insert(PortKeyV1 { port_be: (pp.port + p as u16).to_be_bytes(), ..key }, v);
+                        let port = pp.port + p as u16;
+                        out.ports.insert(PortKeyV1 { port_be: port.to_be_bytes(), ..key }, v);
+                        port_filter |= port_filter_bit(port);
                     }
                     flags |= slice_flags::HAS_PORTS;
                 } else {
@@ -83,7 +85,7 @@ fn lay_out_table(id: u32, dir: u8, t: &VerdictTable, out: &mut PolicyLayout) {
                 }
             }
         }
-        out.slices.insert(SliceKeyV2 { table_be: id.to_be_bytes(), direction: dir, protocol, _pad: [0; 2] }, SliceValueV1 { verdict: default, flags });
+        out.slices.insert(SliceKeyV2 { table_be: id.to_be_bytes(), direction: dir, protocol, _pad: [0; 2] }, SliceValueV2 { verdict: default, flags, _pad: 0, port_filter });
     }
 }
 
@@ -135,6 +137,7 @@ pub fn lookup(l: &PolicyLayout, local: u32, peer: u32, dir: u8, protocol: u8, po
     };
     let key = PortKeyV1 { table_be: table.to_be_bytes(), direction: dir, protocol: pr, port_be: port.to_be_bytes() };
     if s.flags & slice_flags::HAS_PORTS != 0
+        && s.port_filter & port_filter_bit(port) != 0
         && let Some(v) = l.ports.get(&key)
     {
         return Some(*v);
@@ -229,5 +232,32 @@ mod tests {
         assert_eq!(lookup(&l, 300, 500, direction::INGRESS, proto::TCP, 22), Some(v(action::ALLOW, 1)));
         assert_eq!(lookup(&l, 300, 501, direction::INGRESS, proto::TCP, 22), Some(v(action::DENY, 9)));
         assert_eq!(lookup(&l, 301, 500, direction::INGRESS, proto::TCP, 22), None, "other local identity");
+    }
+
+    #[test]
+    fn the_port_filter_holds_every_exception_and_spares_most_other_ports() {
+        let (allow, deny) = (v(action::ALLOW, 1), v(action::DENY, 2));
+        // Ten single-port exceptions, spread as a policy's named ports would be.
+        let ports = [22u16, 80, 443, 2379, 5432, 6379, 8080, 8443, 9090, 27017];
+        let mut segs = Vec::new();
+        let mut next = 0u16;
+        for &p in &ports {
+            segs.push((next, p - 1, deny));
+            segs.push((p, p, allow));
+            next = p + 1;
+        }
+        segs.push((next, 65535, deny));
+        let l = one(500, table(&segs, deny));
+        let slice = l.slices.values().find(|s| s.flags & slice_flags::HAS_PORTS != 0).expect("a slice with exceptions");
+        for &p in &ports {
+            assert_ne!(slice.port_filter & port_filter_bit(p), 0, "exception port {p} missing from the filter");
+        }
+        // The filter is what the lookup consults; it must still answer every port right.
+        for p in (0..=65535u16).step_by(7).chain(ports) {
+            let want = if ports.contains(&p) { allow } else { deny };
+            assert_eq!(lookup(&l, 300, 500, direction::INGRESS, proto::TCP, p), Some(want), "port {p}");
+        }
+        let skipped = (0..=65535u16).filter(|&p| slice.port_filter & port_filter_bit(p) == 0).count();
+        assert!(skipped > 65536 * 3 / 4, "only {skipped} of 65536 ports skip the ports map with 10 exceptions");
     }
 }

@@ -611,7 +611,7 @@ fn handle_endpoint(st: &mut State, req: bulkhead_cni::api::Request) -> bulkhead_
             let attached = st.dp.attached().find(|(n, _)| *n == host).map(|(_, i)| i);
             match attached {
                 None => Response::err(format!("no programs attached to {host}")),
-                Some(i) if st.dp.maps.endpoints.get(&i, 0).is_err() => Response::err(format!("no endpoint entry for {host} (ifindex {i})")),
+                Some(i) if !matches!(st.dp.maps.endpoints.get(i), Ok(Some(_))) => Response::err(format!("no endpoint entry for {host} (ifindex {i})")),
                 Some(i) => Response { ok: true, error: None, ifindex: Some(i) },
             }
         }

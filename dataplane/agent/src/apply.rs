@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use bulkhead_common::{
-    ConfigV1, EndpointV2, GEN_DIRECTION_BIT, IpInfoV3, PeerKeyV1, PortKeyV1, SliceKeyV2, ep_flags, map_names,
+    ConfigV1, EndpointV3, GEN_DIRECTION_BIT, IpInfoV3, PeerKeyV1, PortKeyV1, SliceKeyV2, ep_flags, map_names,
 };
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
 
@@ -252,7 +252,7 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
 }
 
 /// The endpoint map entries of a sync, per interface.
-pub type EndpointTable = BTreeMap<u32, (String, EndpointV2)>;
+pub type EndpointTable = BTreeMap<u32, (String, EndpointV3)>;
 
 /// Writes every local endpoint's identity and flags for generation `g` (the one about to be
 /// enforced). A new endpoint fails closed in the other generation until the flip; its
@@ -277,10 +277,10 @@ pub fn stage_endpoints(
         // The enforced generation's fields stay as they are: from our last sync, or from the
         // map (an endpoint a previous agent wrote keeps enforcing through a restart). A new
         // endpoint fails closed in the enforced generation until the flip.
-        let mut value = match written.get(&ifindex).map(|(_, v)| *v).or_else(|| dp.maps.endpoints.get(&ifindex, 0).ok()) {
+        let mut value = match written.get(&ifindex).map(|(_, v)| *v).or_else(|| dp.maps.endpoints.get(ifindex).ok().flatten()) {
             Some(v) => v,
             None => {
-                let mut v = EndpointV2::default();
+                let mut v = EndpointV3::default();
                 v.flags[1 - g] = ep_flags::OVERFLOW_FAIL_CLOSED;
                 v
             }
@@ -289,7 +289,7 @@ pub fn stage_endpoints(
         value.flags[g] = ep.flags;
         value.ipv4_be = ep.ip.octets();
         if written.get(&ifindex).map(|(_, v)| v) != Some(&value) {
-            dp.maps.endpoints.insert(ifindex, value, 0).map_err(|e| werr(map_names::ENDPOINTS, e))?;
+            dp.maps.endpoints.insert(ifindex, value)?;
             written.insert(ifindex, (ifname.clone(), value));
             if let Some(o) = obs.as_mut() {
                 o(dp);
@@ -345,7 +345,11 @@ pub fn attach_endpoints(dp: &mut Dataplane, written: &mut EndpointTable, keep: &
         if let Some((ifname, _)) = written.remove(&ifindex) {
             dp.detach(&ifname);
         }
-        let _ = dp.maps.endpoints.remove(&ifindex);
+        // A slot that cannot be cleared keeps judging an interface that is gone; its index is
+        // reused only by a new endpoint, which is written before it is attached.
+        if let Err(e) = dp.maps.endpoints.remove(ifindex) {
+            tracing::warn!(ifindex, error = %e, "endpoint entry not removed");
+        }
     }
     let names: Vec<String> = written.values().map(|(n, _)| n.clone()).collect();
     for ifname in names {
@@ -357,9 +361,17 @@ pub fn attach_endpoints(dp: &mut Dataplane, written: &mut EndpointTable, keep: &
 /// Removes endpoint entries left by an earlier agent run whose interfaces are not endpoints
 /// now (their indexes could be reused by new interfaces).
 pub fn drop_stale_endpoints(dp: &mut Dataplane, written: &EndpointTable) {
-    let stale: Vec<u32> = dp.maps.endpoints.keys().filter_map(Result::ok).filter(|k| !written.contains_key(k)).collect();
+    let stale: Vec<u32> = match dp.maps.endpoints.ifindexes() {
+        Ok(all) => all.into_iter().filter(|k| !written.contains_key(k)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "endpoint entries not listed; stale ones stay until their interfaces are reused");
+            return;
+        }
+    };
     for k in stale {
-        let _ = dp.maps.endpoints.remove(&k);
+        if let Err(e) = dp.maps.endpoints.remove(k) {
+            tracing::warn!(ifindex = k, error = %e, "stale endpoint entry not removed");
+        }
     }
 }
 

@@ -15,6 +15,8 @@ pub enum AgentError {
     Program { program: &'static str, source: aya::programs::ProgramError },
     #[error("eBPF map {map}: {detail}")]
     Map { map: &'static str, detail: String },
+    #[error(transparent)]
+    IfindexMap(#[from] crate::ifmap::IfindexMapError),
     #[error("interface {ifname}: {detail}")]
     Interface { ifname: String, detail: String },
     #[error("datastore {path}: {detail}")]

@@ -7,6 +7,7 @@ pub mod crds;
 pub mod datastore;
 pub mod detect;
 pub mod endpoints;
+pub mod ifmap;
 pub mod error;
 pub mod flows;
 pub mod gc;

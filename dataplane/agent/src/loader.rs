@@ -20,10 +20,10 @@ use aya::{
         xdp::{XdpLinkId, XdpMode},
     },
 };
-use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
+use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV2, IpCacheKeyV1, IpInfoV3, PeerKeyV1, PeerValueV1, PolicyStatsV1,
-    PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV1, map_names,
+    ConfigV1, CtKeyV1, CtValueV1, IpCacheKeyV1, IpInfoV3, PeerKeyV1, PeerValueV1, PolicyStatsV1,
+    PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV2, map_names,
 };
 
 use crate::{error::AgentError, netns};
@@ -84,8 +84,9 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-const ALL_MAPS: [&str; 25] = [
+const ALL_MAPS: [&str; 27] = [
     map_names::ENDPOINTS,
+    map_names::ENDPOINTS_DIRECT,
     map_names::IPHOST[0],
     map_names::IPHOST[1],
     map_names::IPCACHE[0],
@@ -104,6 +105,7 @@ const ALL_MAPS: [&str; 25] = [
     det::map_names::WORKLOADS,
     det::map_names::EXEC_ALLOW,
     det::map_names::ISOLATION,
+    det::map_names::ISOLATION_DIRECT,
     det::map_names::ISOLATION_ALLOW,
     det::map_names::EVENTS,
     det::map_names::SCRATCH,
@@ -137,13 +139,13 @@ struct Attachment {
 
 /// Typed handles on the maps.
 pub struct Maps {
-    pub endpoints: HashMap<MapData, u32, EndpointV2>,
+    pub endpoints: crate::ifmap::EndpointMap<MapData>,
     /// Per policy generation.
     pub iphost: [HashMap<MapData, [u8; 4], IpInfoV3>; 2],
     /// Per policy generation.
     pub ipcache: [LpmTrie<MapData, IpCacheKeyV1, IpInfoV3>; 2],
     pub peers: HashMap<MapData, PeerKeyV1, PeerValueV1>,
-    pub slices: HashMap<MapData, SliceKeyV2, SliceValueV1>,
+    pub slices: HashMap<MapData, SliceKeyV2, SliceValueV2>,
     pub ports: HashMap<MapData, PortKeyV1, PolicyValueV2>,
     pub ranges: LpmTrie<MapData, PortKeyV1, PolicyValueV2>,
     pub policy_stats: PerCpuArray<MapData, PolicyStatsV1>,
@@ -158,7 +160,7 @@ pub struct Maps {
 pub struct DetectorMaps {
     pub workloads: HashMap<MapData, u64, WorkloadV1>,
     pub exec_allow: HashMap<MapData, ExecKeyV1, u8>,
-    pub isolation: HashMap<MapData, u32, IsolationV1>,
+    pub isolation: crate::ifmap::IsolationMap<MapData>,
     pub isolation_allow: HashMap<MapData, AllowKeyV2, u8>,
     pub syscalls: PerCpuHashMap<MapData, SyscallKeyV1, u64>,
     /// Exec events; taken by the detector's event thread.
@@ -266,7 +268,11 @@ impl Dataplane {
             ebpf.take_map(name).ok_or_else(|| map_err(name, "missing from the object"))
         };
         let maps = Maps {
-            endpoints: HashMap::try_from(take(map_names::ENDPOINTS)?).map_err(|e| map_err(map_names::ENDPOINTS, e))?,
+            endpoints: crate::ifmap::IfindexMap::new(
+                Array::try_from(take(map_names::ENDPOINTS_DIRECT)?).map_err(|e| map_err(map_names::ENDPOINTS_DIRECT, e))?,
+                HashMap::try_from(take(map_names::ENDPOINTS)?).map_err(|e| map_err(map_names::ENDPOINTS, e))?,
+                (map_names::ENDPOINTS_DIRECT, map_names::ENDPOINTS),
+            ),
             iphost: [
                 HashMap::try_from(take(map_names::IPHOST[0])?).map_err(|e| map_err(map_names::IPHOST[0], e))?,
                 HashMap::try_from(take(map_names::IPHOST[1])?).map_err(|e| map_err(map_names::IPHOST[1], e))?,
@@ -287,7 +293,11 @@ impl Dataplane {
             det: DetectorMaps {
                 workloads: HashMap::try_from(take(det::map_names::WORKLOADS)?).map_err(|e| map_err(det::map_names::WORKLOADS, e))?,
                 exec_allow: HashMap::try_from(take(det::map_names::EXEC_ALLOW)?).map_err(|e| map_err(det::map_names::EXEC_ALLOW, e))?,
-                isolation: HashMap::try_from(take(det::map_names::ISOLATION)?).map_err(|e| map_err(det::map_names::ISOLATION, e))?,
+                isolation: crate::ifmap::IfindexMap::new(
+                    Array::try_from(take(det::map_names::ISOLATION_DIRECT)?).map_err(|e| map_err(det::map_names::ISOLATION_DIRECT, e))?,
+                    HashMap::try_from(take(det::map_names::ISOLATION)?).map_err(|e| map_err(det::map_names::ISOLATION, e))?,
+                    (det::map_names::ISOLATION_DIRECT, det::map_names::ISOLATION),
+                ),
                 isolation_allow: HashMap::try_from(take(det::map_names::ISOLATION_ALLOW)?)
                     .map_err(|e| map_err(det::map_names::ISOLATION_ALLOW, e))?,
                 syscalls: PerCpuHashMap::try_from(take(det::map_names::SYSCALLS)?).map_err(|e| map_err(det::map_names::SYSCALLS, e))?,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use bulkhead_common::{
-    CtKeyV1, CtValueV1, EndpointV2, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, PolicyValueV2, PortKeyV1, generation, map_names,
+    CtKeyV1, CtValueV1, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, PolicyValueV2, PortKeyV1, generation, map_names,
 };
 
 use crate::error::AgentError;
@@ -91,10 +91,10 @@ pub fn policy_stats(dir: &Path, table: &crate::PolicyTable) -> Result<Vec<Policy
 
 /// Reads the pinned maps under `dir`.
 pub fn read(dir: &Path) -> Result<Status, AgentError> {
-    let eps: HashMap<_, u32, EndpointV2> = HashMap::try_from(open(dir, map_names::ENDPOINTS)?).map_err(|e| merr(map_names::ENDPOINTS, e))?;
+    let eps = crate::ifmap::EndpointMap::open_endpoints(dir)?;
     let peers: HashMap<_, bulkhead_common::PeerKeyV1, bulkhead_common::PeerValueV1> =
         HashMap::try_from(open(dir, map_names::PEERS)?).map_err(|e| merr(map_names::PEERS, e))?;
-    let slices: HashMap<_, bulkhead_common::SliceKeyV2, bulkhead_common::SliceValueV1> =
+    let slices: HashMap<_, bulkhead_common::SliceKeyV2, bulkhead_common::SliceValueV2> =
         HashMap::try_from(open(dir, map_names::SLICES)?).map_err(|e| merr(map_names::SLICES, e))?;
     let ports: HashMap<_, PortKeyV1, PolicyValueV2> = HashMap::try_from(open(dir, map_names::PORTS)?).map_err(|e| merr(map_names::PORTS, e))?;
     let ranges: LpmTrie<_, PortKeyV1, PolicyValueV2> = LpmTrie::try_from(open(dir, map_names::RANGES)?).map_err(|e| merr(map_names::RANGES, e))?;
@@ -122,7 +122,7 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let of_gen = |direction: u8| usize::from(direction & GEN_DIRECTION_BIT != 0) == g;
     Ok(Status {
         pin_dir: dir.display().to_string(),
-        endpoints: eps.keys().count(),
+        endpoints: eps.ifindexes()?.len(),
         ipcache_entries: ipc.keys().count() + hosts.keys().count(),
         policy_peers: peers.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_slices: slices.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),

@@ -10,8 +10,13 @@ pub mod map_names {
     pub const WORKLOADS: &str = "BH_DET_WL_V1";
     /// Executables a profile allows: [`crate::detect::ExecKeyV1`] -> u8 (1).
     pub const EXEC_ALLOW: &str = "BH_DET_EXEC_V1";
-    /// Isolated endpoints: host-side ifindex (u32) -> [`crate::detect::IsolationV1`].
-    pub const ISOLATION: &str = "BH_ISOLATE_V1";
+    /// Isolated endpoints with a host-side ifindex from [`crate::capacity::IFINDEX_DIRECT`]
+    /// up: ifindex (u32) -> [`crate::detect::IsolationV1`] (hash).
+    pub const ISOLATION: &str = "BH_ISOLATE_V2";
+    /// Isolated endpoints with a host-side ifindex below [`crate::capacity::IFINDEX_DIRECT`]:
+    /// array indexed by ifindex -> [`crate::detect::IsolationV1`] (`since_ns` 0: not
+    /// isolated). TC reads it on every packet; an array lookup costs no call.
+    pub const ISOLATION_DIRECT: &str = "BH_ISOLATE_DIRECT_V2";
     /// What an isolated endpoint may still talk to: [`crate::detect::AllowKeyV2`] -> u8 (1).
     /// V2 adds the endpoint to the key (V1 had one list for every endpoint).
     pub const ISOLATION_ALLOW: &str = "BH_ISOALLOW_V2";

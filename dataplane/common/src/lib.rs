@@ -11,8 +11,12 @@ pub mod detect;
 
 /// Map names. The version suffix changes whenever a key or value layout changes.
 pub mod map_names {
-    /// Endpoint table: host-side interface index -> [`crate::EndpointV2`].
-    pub const ENDPOINTS: &str = "BH_EP_V2";
+    /// Endpoint table for interface indexes from [`crate::capacity::IFINDEX_DIRECT`] up:
+    /// host-side interface index -> [`crate::EndpointV3`] (hash).
+    pub const ENDPOINTS: &str = "BH_EP_V3";
+    /// Endpoint table for interface indexes below [`crate::capacity::IFINDEX_DIRECT`]: array
+    /// indexed by the host-side interface index -> [`crate::EndpointV3`] (`present` 0: none).
+    pub const ENDPOINTS_DIRECT: &str = "BH_EP_DIRECT_V3";
     /// IP cache, one map per policy generation: IPv4 prefix -> [`crate::IpInfoV3`] (the
     /// identity and peer class of addresses). One map each rather than a generation in the
     /// key, which would lengthen every LPM walk.
@@ -25,8 +29,8 @@ pub mod map_names {
     /// [`crate::PeerKeyV1`] (generation in the direction byte) -> [`crate::PeerValueV1`] (hash).
     pub const PEERS: &str = "BH_PEER_V1";
     /// Verdict table slices: [`crate::SliceKeyV2`] (generation in the direction byte) ->
-    /// [`crate::SliceValueV1`] (hash).
-    pub const SLICES: &str = "BH_SLICE_V3";
+    /// [`crate::SliceValueV2`] (hash).
+    pub const SLICES: &str = "BH_SLICE_V4";
     /// Single-port exceptions of a slice: [`crate::PortKeyV1`] (exact) -> [`crate::PolicyValueV2`].
     pub const PORTS: &str = "BH_PORT_V3";
     /// Port-range exceptions of a slice: [`crate::PortKeyV1`] (LPM over the port) ->
@@ -53,6 +57,9 @@ pub mod map_names {
 /// overflow instead of dropping entries.
 pub mod capacity {
     pub const ENDPOINTS: u32 = 65_536;
+    /// Slots of the endpoint array: interfaces with a lower index are found without a hash
+    /// lookup ([`crate::ifindex_is_direct`]).
+    pub const IFINDEX_DIRECT: u32 = 65_536;
     pub const IPCACHE: u32 = 1_048_576;
     pub const POLICY: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 262_144;
@@ -128,7 +135,7 @@ pub const fn generation(policy_rev: u32) -> usize {
     (policy_rev & 1) as usize
 }
 
-/// Bits of [`SliceValueV1::flags`].
+/// Bits of [`SliceValueV2::flags`].
 pub mod slice_flags {
     /// Some single ports of this slice have their own verdict in the ports map.
     pub const HAS_PORTS: u32 = 1 << 0;
@@ -197,14 +204,27 @@ pub const PORT_KEY_FULL_BITS: u32 = 64;
 /// Written by the agent, read by TC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SliceValueV1 {
+pub struct SliceValueV2 {
     /// Verdict for ports without an exception.
     pub verdict: PolicyValueV2,
     /// [`slice_flags`] bits.
     pub flags: u32,
+    pub _pad: u32,
+    /// One bit per [`port_filter_bit`] of every single-port exception: a port whose bit is
+    /// clear has no exception, so the ports map is not consulted (most packets of a slice
+    /// with a few exceptions take its default without a third lookup).
+    pub port_filter: u64,
 }
 
-/// Bits of [`EndpointV2::flags`].
+/// The bit of [`SliceValueV2::port_filter`] a port (host order) sets and tests. Folds the
+/// high bits in so that runs of neighbouring ports and ports 64 apart spread over the bits.
+#[inline(always)]
+pub const fn port_filter_bit(port: u16) -> u64 {
+    let p = port as u32;
+    1u64 << ((p ^ (p >> 6) ^ (p >> 12)) & 63)
+}
+
+/// Bits of [`EndpointV3::flags`].
 pub mod ep_flags {
     /// At least one enforced policy selects the endpoint for ingress (informational: the
     /// policy map holds complete verdicts for such endpoints).
@@ -325,13 +345,15 @@ pub mod counters {
     }
 }
 
-/// Value of the endpoint map, keyed by the host-side interface index (u32, host order).
+/// Value of the endpoint maps, keyed by the host-side interface index (u32, host order):
+/// the array [`map_names::ENDPOINTS_DIRECT`] for indexes below [`capacity::IFINDEX_DIRECT`],
+/// the hash [`map_names::ENDPOINTS`] for the rest (see [`ifindex_is_direct`]).
 /// Identity and flags come from a compile, so they exist per policy generation (index =
 /// [`generation`]): a relabelled pod moves to its new identity with the flip, never before.
 /// Written by the agent, read by the TC and XDP programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EndpointV2 {
+pub struct EndpointV3 {
     /// The endpoint's own identity (the local side of policy keys), per generation.
     pub identity: [u32; 2],
     /// [`ep_flags`] bits, per generation.
@@ -339,7 +361,19 @@ pub struct EndpointV2 {
     /// The endpoint's IPv4 address, network order (anti-spoofing: the only source address its
     /// packets may carry).
     pub ipv4_be: [u8; 4],
-    pub _pad: u32,
+    /// 1 for an endpoint; 0 marks an empty slot of the array (an interface that is no
+    /// endpoint), which the datapath treats as a missing entry.
+    pub present: u32,
+}
+
+/// Whether an interface's endpoint entry lives in the array [`map_names::ENDPOINTS_DIRECT`]
+/// (an array lookup is inlined by the verifier: no call, no hashing, on every packet) or in
+/// the hash [`map_names::ENDPOINTS`]. The kernel hands out interface indexes in increasing
+/// order per namespace, so a node with enough pod churn passes any fixed bound: those
+/// interfaces still work, through the hash.
+#[inline(always)]
+pub const fn ifindex_is_direct(ifindex: u32) -> bool {
+    ifindex < capacity::IFINDEX_DIRECT
 }
 
 /// Data part of the IP cache LPM key. The LPM key itself is `(prefix_len: u32, IpCacheKeyV1)`.
@@ -555,7 +589,7 @@ impl ConfigV1 {
 const _: () = {
     // Every counter has a slot in the per-CPU counter array.
     assert!(counters::COUNT <= capacity::COUNTERS);
-    assert!(core::mem::size_of::<EndpointV2>() == 24);
+    assert!(core::mem::size_of::<EndpointV3>() == 24);
     assert!(core::mem::size_of::<IpCacheKeyV1>() == 4);
     assert!(core::mem::size_of::<IpInfoV3>() == 8);
     assert!(core::mem::size_of::<PolicyValueV2>() == 16);
@@ -563,7 +597,7 @@ const _: () = {
     assert!(core::mem::size_of::<PeerValueV1>() == 4);
     assert!(core::mem::size_of::<SliceKeyV2>() == 8);
     assert!(core::mem::size_of::<PortKeyV1>() == 8);
-    assert!(core::mem::size_of::<SliceValueV1>() == 20);
+    assert!(core::mem::size_of::<SliceValueV2>() == 32);
     assert!(core::mem::size_of::<PolicyStatsV1>() == 32);
     assert!(core::mem::size_of::<FlowEventV2>() == 72);
     assert!(core::mem::size_of::<DropRateV1>() == 16);
@@ -577,7 +611,7 @@ mod user {
     use super::*;
     // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding; every bit
     // pattern is valid.
-    unsafe impl aya::Pod for EndpointV2 {}
+    unsafe impl aya::Pod for EndpointV3 {}
     unsafe impl aya::Pod for IpCacheKeyV1 {}
     unsafe impl aya::Pod for IpInfoV3 {}
     unsafe impl aya::Pod for PeerKeyV1 {}
@@ -586,7 +620,7 @@ mod user {
     unsafe impl aya::Pod for PolicyValueV2 {}
     unsafe impl aya::Pod for PolicyStatsV1 {}
     unsafe impl aya::Pod for SliceKeyV2 {}
-    unsafe impl aya::Pod for SliceValueV1 {}
+    unsafe impl aya::Pod for SliceValueV2 {}
     unsafe impl aya::Pod for FlowEventV2 {}
     unsafe impl aya::Pod for DropRateV1 {}
     unsafe impl aya::Pod for CtKeyV1 {}

@@ -33,11 +33,11 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::MapData;
 use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
 use serde::{Deserialize, Serialize};
 
-use crate::{error::AgentError, loader::Dataplane, netns};
+use crate::{error::AgentError, ifmap::IsolationMap, loader::Dataplane, netns};
 
 pub use events::DetectorEvent;
 pub use manage::ImportReport;
@@ -642,7 +642,7 @@ impl Detector {
     }
 
     fn status_of(&self, dp: &Dataplane, w: &WorkloadState) -> WorkloadStatus {
-        let isolated = w.ifindex != 0 && dp.maps.det.isolation.get(&w.ifindex, 0).is_ok();
+        let isolated = w.ifindex != 0 && matches!(dp.maps.det.isolation.get(w.ifindex), Ok(Some(_)));
         let (execs, peers, syscalls) = {
             let g = self.shared.inner.lock().unwrap();
             g.profiles
@@ -792,25 +792,20 @@ pub(crate) fn take_actions(
 /// Writes the workload's isolation entry (user-space decision).
 pub(crate) fn isolate_entry(dp: &mut Dataplane, w: &WorkloadState) -> Result<(), AgentError> {
     let iso = IsolationV1 { since_ns: cgroup::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 };
-    dp.maps.det.isolation.insert(w.ifindex, iso, 0).map_err(|e| map_err(det::map_names::ISOLATION, e))
+    Ok(dp.maps.det.isolation.insert(w.ifindex, iso)?)
 }
 
 /// Removes the isolation entries of a workload (by cgroup id, and its interface). Returns
 /// whether any existed.
 pub fn release_isolation<T: std::borrow::BorrowMut<MapData>>(
-    map: &mut HashMap<T, u32, IsolationV1>,
+    map: &mut IsolationMap<T>,
     cgroup_id: u64,
     ifindex: u32,
 ) -> Result<bool, AgentError> {
-    let mut keys = Vec::new();
-    for item in map.iter() {
-        let (k, v) = item.map_err(|e| map_err(det::map_names::ISOLATION, e))?;
-        if v.cgroup_id == cgroup_id || (ifindex != 0 && k == ifindex) {
-            keys.push(k);
-        }
-    }
-    for k in &keys {
-        map.remove(k).map_err(|e| map_err(det::map_names::ISOLATION, e))?;
+    let keys: Vec<u32> =
+        map.entries()?.into_iter().filter(|(k, v)| v.cgroup_id == cgroup_id || (ifindex != 0 && *k == ifindex)).map(|(k, _)| k).collect();
+    for &k in &keys {
+        map.remove(k)?;
     }
     Ok(!keys.is_empty())
 }
@@ -819,10 +814,7 @@ pub fn release_isolation<T: std::borrow::BorrowMut<MapData>>(
 /// workload's entries and thaws its cgroup. Returns whether it was isolated, frozen.
 pub fn release_pinned(pin_dir: &Path, cgroup: &Path) -> Result<(bool, bool), AgentError> {
     let cgroup_id = cgroup::id(cgroup).map_err(|e| det_err(format!("cgroup {}: {e}", cgroup.display())))?;
-    let path = pin_dir.join(det::map_names::ISOLATION);
-    let data = MapData::from_pin(&path).map_err(|e| map_err(det::map_names::ISOLATION, format!("{}: {e}", path.display())))?;
-    let mut map: HashMap<MapData, u32, IsolationV1> =
-        HashMap::try_from(Map::HashMap(data)).map_err(|e| map_err(det::map_names::ISOLATION, e))?;
+    let mut map = IsolationMap::open_isolation(pin_dir)?;
     let isolated = release_isolation(&mut map, cgroup_id, 0)?;
     let frozen = cgroup::is_frozen(cgroup).unwrap_or(false);
     cgroup::thaw(cgroup).map_err(|e| det_err(format!("thawing {}: {e}", cgroup.display())))?;
@@ -831,9 +823,5 @@ pub fn release_pinned(pin_dir: &Path, cgroup: &Path) -> Result<(bool, bool), Age
 
 /// Isolation entries of a pinned instance: (ifindex, entry).
 pub fn isolated_pinned(pin_dir: &Path) -> Result<Vec<(u32, IsolationV1)>, AgentError> {
-    let path = pin_dir.join(det::map_names::ISOLATION);
-    let data = MapData::from_pin(&path).map_err(|e| map_err(det::map_names::ISOLATION, format!("{}: {e}", path.display())))?;
-    let map: HashMap<MapData, u32, IsolationV1> =
-        HashMap::try_from(Map::HashMap(data)).map_err(|e| map_err(det::map_names::ISOLATION, e))?;
-    map.iter().map(|r| r.map_err(|e| map_err(det::map_names::ISOLATION, e))).collect()
+    Ok(IsolationMap::open_isolation(pin_dir)?.entries()?)
 }

@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use bulkhead_common::detect::{self as det, IsolationV1, SyscallRecordV1};
 use bulkhead_detector::{CoverCursor, CoverProfile};
 use serde::{Deserialize, Serialize};
@@ -181,7 +181,7 @@ struct Runner {
     shared: Arc<Shared>,
     events_file: PathBuf,
     /// The pinned isolation map (TC reads it): protect mode's `isolate`.
-    isolation: Option<BpfHashMap<MapData, u32, IsolationV1>>,
+    isolation: Option<crate::ifmap::IsolationMap<MapData>>,
     generation: u64,
     views: HashMap<u64, View>,
     /// The model of each profile (by name) as this thread last built or loaded it.
@@ -205,14 +205,14 @@ pub(super) fn spawn(
     events_file: PathBuf,
     pin_dir: &Path,
 ) -> Result<JoinHandle<()>, AgentError> {
-    let path = pin_dir.join(det::map_names::ISOLATION);
-    // Without the pinned map, isolate fails (reported per finding); the rest still works.
-    let isolation = MapData::from_pin(&path)
-        .ok()
-        .and_then(|d| BpfHashMap::try_from(Map::HashMap(d)).ok());
-    if isolation.is_none() {
-        tracing::error!(map = %path.display(), "sequence model cannot open the isolation map; isolate actions will fail");
-    }
+    // Without the pinned maps, isolate fails (reported per finding); the rest still works.
+    let isolation = match crate::ifmap::IsolationMap::open_isolation(pin_dir) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::error!(error = %e, "sequence model cannot open the isolation maps; isolate actions will fail");
+            None
+        }
+    };
     let mut runner = Runner {
         ring,
         shared,
@@ -463,7 +463,7 @@ impl Runner {
         }
         let map = self.isolation.as_mut().ok_or("isolation map not open")?;
         let iso = IsolationV1 { since_ns: cgroup::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 };
-        map.insert(w.ifindex, iso, 0).map_err(|e| e.to_string())
+        map.insert(w.ifindex, iso).map_err(|e| e.to_string())
     }
 
     /// Once per poll round: idle streams are closed (their partial chunks learned) and, once
