@@ -78,7 +78,14 @@
 //! fentry, the attachment that would avoid the slow path, is refused here. The loader attaches
 //! the probe only while a workload asks for syscall counts: without that, nothing is paid.
 //!
+//! The cost on a real service (`detector/http.rs`; `DETECTOR_BENCH=http` runs only that part):
+//! nginx in the monitored pod under wrk from the other pod, requests/s and latency per
+//! detector configuration, interleaved rounds.
+//!
 //! The bench binary doubles as the lab's echo server (`<bench> lab serve --tcp ...`).
+
+#[path = "detector/http.rs"]
+mod http;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -594,7 +601,13 @@ fn main() {
     std::fs::create_dir_all(&tmp).expect("tmp");
     let mut b = Bench { agent: Some(agent), lab, tmp };
 
+    // DETECTOR_BENCH=http: only the cost on a real HTTP service.
+    if std::env::var("DETECTOR_BENCH").as_deref() == Ok("http") {
+        http::http_workload_cost(&b);
+        return;
+    }
     overhead(&mut b);
+    http::http_workload_cost(&b);
     kill_latencies(&b);
     user_latencies(&b);
     network_latencies(&b);
