@@ -19,6 +19,7 @@ mod isolate;
 mod maps;
 mod parse;
 mod policy;
+mod uplink;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
@@ -60,6 +61,13 @@ pub fn bh_noop(_ctx: TcContext) -> i32 {
 #[xdp]
 pub fn bh_xdp_prefilter(ctx: XdpContext) -> u32 {
     try_xdp(&ctx)
+}
+
+/// Pre-filter on a node's uplink (a physical interface, in driver mode): drops packets from
+/// denied source prefixes before the kernel allocates a socket buffer for them.
+#[xdp]
+pub fn bh_xdp_uplink(ctx: XdpContext) -> u32 {
+    uplink::try_uplink(&ctx)
 }
 
 /// Exec of a process: report it; in protect mode kill and isolate on a binary outside the

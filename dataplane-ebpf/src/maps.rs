@@ -83,6 +83,11 @@ pub static PORTS: HashMap<PortKeyV1, PolicyValueV2> = HashMap::with_max_entries(
 #[map(name = "BH_RANGE_V3")]
 pub static RANGES: LpmTrie<PortKeyV1, PolicyValueV2> = LpmTrie::with_max_entries(capacity::POLICY, 0);
 
+/// Key: IPv4 source prefix (LPM). Value: 1. Written by `bulkhead prefilter add/remove`; read
+/// by the uplink pre-filter (XDP) on every packet of the interfaces it is attached to.
+#[map(name = "BH_UPLINK_DENY_V1")]
+pub static UPLINK_DENY: LpmTrie<IpCacheKeyV1, u32> = LpmTrie::with_max_entries(capacity::UPLINK_DENY, 0);
+
 /// Key: policy index. Value: per-CPU allow/deny and would-allow/would-deny counts.
 /// Written by TC on every judged new flow; read by `bulkhead policy stats`.
 #[map(name = "BH_POLICY_STATS_V1")]

@@ -81,6 +81,11 @@ enum Command {
     /// Detector tools (the syscall-behaviour model).
     #[command(subcommand)]
     Detector(DetectorCommand),
+    /// The uplink pre-filter: XDP in driver mode on a node's physical interface, dropping
+    /// packets from denied IPv4 source prefixes before the stack allocates anything for them.
+    /// Never on pod veths (XDP there turns TSO off; see the README).
+    #[command(subcommand)]
+    Prefilter(PrefilterCommand),
     /// Network-namespace lab: pods, echo servers, conformance runner, demo.
     #[command(subcommand)]
     Lab(bulkhead_lab::LabCommand),
@@ -127,6 +132,48 @@ enum DetectorCommand {
     /// counts, outbound peers and ports, egress volume).
     #[command(subcommand)]
     Profile(ProfileCommand),
+}
+
+#[derive(Subcommand)]
+enum PrefilterCommand {
+    /// Deny source prefixes (`203.0.113.0/24`, or an address for /32). All are checked before
+    /// any is written.
+    Add {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        #[arg(required = true)]
+        prefixes: Vec<String>,
+    },
+    /// Stop denying source prefixes.
+    Remove {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        #[arg(required = true)]
+        prefixes: Vec<String>,
+    },
+    /// The denied prefixes and the interfaces the pre-filter is attached to.
+    List {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach the pre-filter to an uplink (driver mode; the link stays pinned with the
+    /// instance until `detach` or `bulkhead agent uninstall`).
+    Attach {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        /// Network namespace of the interface (default: the current one).
+        #[arg(long)]
+        netns: Option<String>,
+        interface: String,
+    },
+    /// Detach the pre-filter from an uplink.
+    Detach {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        interface: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -368,6 +415,67 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
+fn run_prefilter(cmd: PrefilterCommand) -> anyhow::Result<i32> {
+    use bulkhead_agent::uplink;
+    let pins = |instance: &str| -> anyhow::Result<PathBuf> {
+        bulkhead_agent::instance::validate_name(instance)?;
+        Ok(bulkhead_agent::AgentConfig::default_pin_dir(instance))
+    };
+    let parse = |v: &[String]| -> anyhow::Result<Vec<ipnetwork::Ipv4Network>> { v.iter().map(|p| Ok(uplink::parse_prefix(p)?)).collect() };
+    match cmd {
+        PrefilterCommand::Add { instance, prefixes } => {
+            let nets = parse(&prefixes)?;
+            uplink::add(&pins(&instance)?, &nets)?;
+            println!("denied {} prefix(es)", nets.len());
+        }
+        PrefilterCommand::Remove { instance, prefixes } => {
+            let nets = parse(&prefixes)?;
+            let missing = uplink::remove(&pins(&instance)?, &nets)?;
+            for m in &missing {
+                eprintln!("bulkhead prefilter: {m} was not denied");
+            }
+            println!("removed {} prefix(es)", nets.len() - missing.len());
+        }
+        PrefilterCommand::List { instance, json } => {
+            let dir = pins(&instance)?;
+            let denied: Vec<String> = uplink::list(&dir)?.iter().map(|n| n.to_string()).collect();
+            let interfaces = uplink::attached(&dir);
+            if json {
+                println!("{}", serde_json::json!({ "denied": denied, "interfaces": interfaces }));
+            } else {
+                println!("interfaces: {}", if interfaces.is_empty() { "(none)".to_string() } else { interfaces.join(", ") });
+                println!("denied source prefixes: {}", denied.len());
+                for d in denied {
+                    println!("  {d}");
+                }
+            }
+        }
+        PrefilterCommand::Attach { instance, netns, interface } => {
+            let dir = pins(&instance)?;
+            match netns {
+                // A thread of its own enters the namespace, so this process's stays as it was.
+                Some(ns) => std::thread::scope(|s| {
+                    s.spawn(|| -> anyhow::Result<()> {
+                        bulkhead_agent::netns::enter(&ns)?;
+                        Ok(uplink::attach(&dir, &interface)?)
+                    })
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the attach thread panicked"))?
+                })?,
+                None => uplink::attach(&dir, &interface)?,
+            }
+            println!("pre-filter attached to {interface} (driver mode)");
+        }
+        PrefilterCommand::Detach { instance, interface } => {
+            if !uplink::detach(&pins(&instance)?, &interface) {
+                anyhow::bail!("the pre-filter is not attached to {interface} in instance {instance}");
+            }
+            println!("pre-filter detached from {interface}");
+        }
+    }
+    Ok(0)
+}
+
 fn run_agent(datastore: PathBuf, kubeconfig: Option<PathBuf>, node_netns: Option<String>, instance: String) -> anyhow::Result<i32> {
     let kubernetes = datastore.as_os_str() == "kubernetes";
     if kubeconfig.is_some() && !kubernetes {
@@ -485,6 +593,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Policy(cmd) => run_policy(cmd)?,
         Command::Flows { instance, json } => run_flows(instance, json)?,
+        Command::Prefilter(cmd) => run_prefilter(cmd)?,
         Command::Detector(DetectorCommand::Adfa { dataset, json }) => {
             let report = bulkhead_detector::run_adfa(&dataset).with_context(|| format!("evaluating on {}", dataset.display()))?;
             if json {

@@ -16,6 +16,7 @@ pub mod kubernetes;
 pub mod loader;
 pub mod netns;
 pub mod status;
+pub mod uplink;
 
 pub use agent::{Agent, AgentConfig, PolicyTable, PolicyTableEntry, SyncReport, UninstallReport, uninstall};
 pub use error::AgentError;

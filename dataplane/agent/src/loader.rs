@@ -37,6 +37,8 @@ pub mod programs {
     pub const TO_POD: &str = "bh_to_pod";
     pub const NOOP: &str = "bh_noop";
     pub const XDP_PREFILTER: &str = "bh_xdp_prefilter";
+    /// The uplink pre-filter ([`crate::uplink`]).
+    pub const XDP_UPLINK: &str = "bh_xdp_uplink";
     /// Detector probes (tracepoints).
     pub const EXEC: &str = "bh_exec";
     pub const FORK: &str = "bh_fork";
@@ -84,8 +86,9 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-const ALL_MAPS: [&str; 27] = [
+pub(crate) const ALL_MAPS: [&str; 28] = [
     map_names::ENDPOINTS,
+    map_names::UPLINK_DENY,
     map_names::ENDPOINTS_DIRECT,
     map_names::IPHOST[0],
     map_names::IPHOST[1],
@@ -594,6 +597,7 @@ impl Dataplane {
             }
         }
         let _ = std::fs::remove_dir(&links);
+        crate::uplink::detach_all(&self.pin_dir);
         let _ = std::fs::remove_dir(&self.pin_dir);
         if let Some(parent) = self.pin_dir.parent() {
             // Removes the shared parent only when no other instance uses it.

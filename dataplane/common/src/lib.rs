@@ -36,6 +36,9 @@ pub mod map_names {
     /// Port-range exceptions of a slice: [`crate::PortKeyV1`] (LPM over the port) ->
     /// [`crate::PolicyValueV2`].
     pub const RANGES: &str = "BH_RANGE_V3";
+    /// Sources the uplink pre-filter drops: IPv4 prefix ([`crate::IpCacheKeyV1`], LPM) -> u32
+    /// (1). Written by `bulkhead prefilter`, read by the XDP program on uplinks.
+    pub const UPLINK_DENY: &str = "BH_UPLINK_DENY_V1";
     /// Per-policy counters: policy index -> [`crate::PolicyStatsV1`] (per CPU).
     pub const POLICY_STATS: &str = "BH_POLICY_STATS_V1";
     /// Flow events ring buffer of [`crate::FlowEventV2`].
@@ -60,6 +63,8 @@ pub mod capacity {
     /// Slots of the endpoint array: interfaces with a lower index are found without a hash
     /// lookup ([`crate::ifindex_is_direct`]).
     pub const IFINDEX_DIRECT: u32 = 65_536;
+    /// Prefixes the uplink pre-filter can deny.
+    pub const UPLINK_DENY: u32 = 65_536;
     pub const IPCACHE: u32 = 1_048_576;
     pub const POLICY: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 262_144;
@@ -342,6 +347,12 @@ pub mod counters {
         /// Fail-closed: a verdict table without its any-protocol slice (a write the agent
         /// never makes complete); the packet is denied rather than judged by a guess.
         DROP_BROKEN_TABLE = "drop_broken_table_fail_closed",
+        /// The uplink pre-filter (XDP on a node's uplink, `bulkhead prefilter`) dropped a
+        /// packet whose IPv4 source is in a denied prefix, before the stack saw it.
+        UPLINK_DROP_DENIED = "uplink_drop_denied_source",
+        /// The uplink pre-filter passed a packet to the stack (not IPv4, or a source in no
+        /// denied prefix: TC and the host's rules decide as before).
+        UPLINK_PASS = "uplink_pass",
     }
 }
 
