@@ -6,13 +6,14 @@
 //! gives their addresses. Together they make a node's entries grow with what its endpoints'
 //! policies tell apart, not with the cluster's identities.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::rc::Rc;
 
 use bulkhead_common::identity;
 
 use crate::compile::{PeerSlot, VerdictTable};
+use crate::fasthash::{HashMap, HashSet};
 
 /// Interns verdict tables: equal functions get one number, derived from the content so that
 /// an unchanged function keeps its number across compiles (a probe past collisions).
@@ -73,8 +74,8 @@ pub(crate) fn peer_classes(
     // A class is numbered by its lowest member identity: a policy change that leaves the
     // grouping alone (only tables change) renumbers nothing, so the ipcache stays put.
     // (context, table) list -> class.
-    let mut class_by_content: HashMap<Vec<(u32, u32)>, u32> = HashMap::new();
-    let mut class_of: HashMap<u32, u32> = HashMap::new();
+    let mut class_by_content: HashMap<Vec<(u32, u32)>, u32> = HashMap::default();
+    let mut class_of: HashMap<u32, u32> = HashMap::default();
     for run in runs(&pairs, |p| p.0) {
         let peer = pairs[run.start].0;
         let group: Vec<(u32, u32)> = pairs[run].iter().map(|&(_, ctx, table)| (ctx, table)).collect();

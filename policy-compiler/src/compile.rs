@@ -21,7 +21,7 @@
 //! as merged port intervals split into aligned prefixes. Peers whose function equals the
 //! baseline's use the any-peer entries.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
 use std::net::Ipv4Addr;
 use std::rc::Rc;
@@ -31,6 +31,7 @@ use bulkhead_common::{
 };
 
 use crate::error::Error;
+use crate::fasthash::{HashMap, HashSet};
 use crate::identity::{IdentityAllocator, IdentityAttrs};
 use crate::knp;
 use crate::model::{Cidr, Model, NamedPort, PodRef, Protocol, resolve_named_port};
@@ -205,7 +206,7 @@ struct Slots<K> {
 
 impl<K> Default for Slots<K> {
     fn default() -> Self {
-        Slots { table: Vec::new(), index: HashMap::new() }
+        Slots { table: Vec::new(), index: HashMap::default() }
     }
 }
 
@@ -279,7 +280,7 @@ impl Compiler {
         Compiler {
             limits,
             scope: Scope::Cluster,
-            knp_cache: HashMap::new(),
+            knp_cache: HashMap::default(),
             identities: IdentityAllocator::new(),
             policy_slots: Slots::default(),
             tier_slots: Slots::default(),
@@ -358,7 +359,7 @@ impl Compiler {
         let mut attrs_by_id: BTreeMap<u32, IdentityAttrs> = BTreeMap::new();
         // (pod, its model entry, identity), in pod order.
         let mut pod_identity: Vec<(&PodRef, &crate::model::Pod, u32)> = Vec::with_capacity(model.pods.len());
-        let mut seen: HashMap<PodKey<'_>, u32> = HashMap::new();
+        let mut seen: HashMap<PodKey<'_>, u32> = HashMap::default();
         for (r, pod) in &model.pods {
             let Some(ip) = pod.ip else { continue };
             let ports: std::borrow::Cow<'_, [NamedPort]> = if pod.ports.windows(2).all(|w| w[0] < w[1]) {
@@ -390,7 +391,7 @@ impl Compiler {
             pod_identity.push((r, pod, id));
         }
         // Address -> (owner pod, identity): the first pod in pod order owns a shared address.
-        let mut ip_owner_pod: HashMap<Ipv4Addr, (&PodRef, u32)> = HashMap::with_capacity(pod_identity.len());
+        let mut ip_owner_pod: HashMap<Ipv4Addr, (&PodRef, u32)> = HashMap::with_capacity_and_hasher(pod_identity.len(), Default::default());
         for &(r, pod, id) in &pod_identity {
             ip_owner_pod.entry(pod.ip.expect("identified pods have an IP")).or_insert((r, id));
         }
@@ -412,7 +413,7 @@ impl Compiler {
         // Per-policy preparation; `by_local`: local identity -> policies selecting it, in
         // evaluation order.
         let mut preps: Vec<Prep<'_>> = Vec::with_capacity(sources.len());
-        let mut by_local: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut by_local: HashMap<u32, Vec<usize>> = HashMap::default();
         for &(policy, knp) in &sources {
             let index = self.policy_slots.index[&policy.id];
             // A policy selecting no identity compiled for has no entries: its rules' peer
@@ -461,9 +462,9 @@ impl Compiler {
         let mut contexts: Vec<Ctx> = Vec::new();
         let mut pairs: Vec<(u32, u32, u32)> = Vec::new();
         let mut tables = Tables::default();
-        let mut flags: HashMap<u32, u32> = HashMap::new();
+        let mut flags: HashMap<u32, u32> = HashMap::default();
         let mut overflow = Vec::new();
-        let mut fail_closed: HashSet<u32> = HashSet::new();
+        let mut fail_closed: HashSet<u32> = HashSet::default();
         let pods_of = |id: u32| -> String {
             let names: Vec<String> = pod_identity.iter().filter(|(_, _, i)| *i == id).map(|(r, _, _)| r.to_string()).collect();
             names.join(", ")
@@ -536,7 +537,7 @@ impl Compiler {
         let named: BTreeSet<(u32, u8)> =
             policy.iter().map(|(s, t)| (*t, s.2)).chain(staged.iter().map(|(s, t)| (*t, s.2 | bulkhead_common::STAGED_DIRECTION_BIT))).collect();
         let mut table_entries = [0usize; 3];
-        let mut sizes: HashMap<u32, [usize; 3]> = HashMap::new();
+        let mut sizes: HashMap<u32, [usize; 3]> = HashMap::default();
         for &(t, _) in &named {
             let table = &tables.by_number[&t];
             let n = *sizes.entry(t).or_insert_with(|| crate::layout::table_entries(table));
@@ -567,7 +568,7 @@ impl Compiler {
         // IP cache: region prefixes first (a missing prefix could change what an address
         // matches), then pod addresses (a pod /32 replaces a /32 region of the same address).
         let mut ipcache = BTreeMap::new();
-        let mut fail_closed_pods: HashSet<&PodRef> = HashSet::new();
+        let mut fail_closed_pods: HashSet<&PodRef> = HashSet::default();
         let mut all_fail_closed = false;
         if regions.len() > self.limits.max_ipcache_entries {
             all_fail_closed = true;
@@ -906,7 +907,7 @@ fn emit_local(
     let base_table = tables.intern(base.clone());
 
     // Signature -> its table, `None` when it equals the any-peer one (no slot needed).
-    let mut by_sig: HashMap<SigKey, Option<u32>> = HashMap::new();
+    let mut by_sig: HashMap<SigKey, Option<u32>> = HashMap::default();
     for run in runs(&flat, |f| f.0) {
         let peer = flat[run.start].0;
         // NO_RULE sorts last within the peer's run.

@@ -4,10 +4,9 @@
 //! distinct label sets rather than with the number of pods, and a new pod with a known label
 //! set needs no policy update at all.
 
-use std::collections::{HashMap, HashSet};
-
 use bulkhead_common::identity;
 
+use crate::fasthash::{HashMap, HashSet};
 use crate::model::{Cidr, Labels, NamedPort};
 
 /// Everything about a pod that a policy can look at. Pods with equal attributes are
@@ -47,7 +46,7 @@ pub struct IdentityAllocator {
 
 impl Default for IdentityAllocator {
     fn default() -> Self {
-        IdentityAllocator { by_key: HashMap::new(), next: identity::FIRST_ALLOCATED, wrapped: false }
+        IdentityAllocator { by_key: HashMap::default(), next: identity::FIRST_ALLOCATED, wrapped: false }
     }
 }
 
@@ -132,7 +131,7 @@ mod tests {
         assert_eq!(a.labels(&attrs("web")), web, "same attributes, same id");
         let db = a.labels(&attrs("db"));
         assert_ne!(db, web, "different attributes, different id");
-        a.retain(&[web].into());
+        a.retain(&[web].into_iter().collect());
         assert_eq!(a.labels(&attrs("web")), web, "kept identity keeps its number");
         assert!(a.labels(&attrs("db")) > db, "released identity is not reused");
     }

@@ -14,6 +14,7 @@
 //! - [`reference`]: plain evaluators of upstream and tiered semantics, the oracles for tests.
 
 mod classes;
+mod fasthash;
 pub mod compile;
 pub mod diff;
 pub mod error;

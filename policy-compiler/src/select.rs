@@ -7,9 +7,9 @@
 //! differs from it ([`PredSet`]), which is what the compiler's per-peer signatures are built
 //! from (an inverted index: rule -> deviating peers).
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
+use crate::fasthash::HashMap;
 use crate::identity::IdentityAttrs;
 use crate::model::{Cidr, Labels, NamedPort};
 use crate::tiered::{
@@ -138,12 +138,12 @@ impl<'m> Universe<'m> {
     pub fn new(pods: Vec<Ident>, regions: Vec<Ident>, baseline: Ident) -> Self {
         let n_pods = pods.len();
         let idents: Vec<Ident> = pods.into_iter().chain(regions).collect();
-        let mut by_id = HashMap::with_capacity(idents.len());
-        let mut by_ns: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut named: HashMap<String, Vec<u32>> = HashMap::new();
-        let mut by_label: HashMap<(String, String), Vec<usize>> = HashMap::new();
-        let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut ns_labels: HashMap<String, usize> = HashMap::new();
+        let mut by_id = HashMap::with_capacity_and_hasher(idents.len(), Default::default());
+        let mut by_ns: HashMap<String, Vec<usize>> = HashMap::default();
+        let mut named: HashMap<String, Vec<u32>> = HashMap::default();
+        let mut by_label: HashMap<(String, String), Vec<usize>> = HashMap::default();
+        let mut by_key: HashMap<String, Vec<usize>> = HashMap::default();
+        let mut ns_labels: HashMap<String, usize> = HashMap::default();
         for (i, ident) in idents.iter().enumerate() {
             by_id.insert(ident.id, i);
             if let Some(p) = &ident.pod {
@@ -174,8 +174,8 @@ impl<'m> Universe<'m> {
             ns_labels,
             local: None,
             named,
-            preds: HashMap::new(),
-            selections: HashMap::new(),
+            preds: HashMap::default(),
+            selections: HashMap::default(),
         }
     }
 
