@@ -8,7 +8,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
 use bulkhead_bench::DataplaneGuard;
 use bulkhead_bench::packet::{TCP_SYN, icmp_error_frame, tcp_frame, with_ip_options};
-use bulkhead_common::{ConfigV1, EndpointV3, FlowEventV2, capacity, counters, direction, flow_kind, identity};
+use bulkhead_common::{ConfigV1, EndpointV3, FlowEventV3, capacity, counters, direction, flow_kind, identity};
 
 /// test_run gives TC programs an skb on the loopback device.
 const IFINDEX: u32 = 1;
@@ -43,12 +43,12 @@ impl Guard {
     }
 
     /// Flow events waiting in the ring.
-    fn events(&mut self) -> Vec<FlowEventV2> {
+    fn events(&mut self) -> Vec<FlowEventV3> {
         let mut out = Vec::new();
         while let Some(item) = self.dp().maps.flows.next() {
-            assert_eq!(item.len(), core::mem::size_of::<FlowEventV2>(), "event size");
+            assert_eq!(item.len(), core::mem::size_of::<FlowEventV3>(), "event size");
             // SAFETY: size checked; read unaligned.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEventV2>()) });
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEventV3>()) });
         }
         out
     }
@@ -185,6 +185,11 @@ fn drops_are_reported_with_tuple_identities_direction_and_reason_within_a_budget
     assert_eq!((e.kind, e.direction, e.drop_reason), (flow_kind::DROPPED, direction::EGRESS, counters::DROP_SPOOFED as u16));
     assert_eq!((e.saddr_be, e.daddr_be, u16::from_be_bytes(e.sport_be), u16::from_be_bytes(e.dport_be)), ([10, 30, 0, 77], PEER.octets(), 40001, 80));
     assert_eq!((e.local_identity, e.peer_identity), (identity::FIRST_ALLOCATED, identity::WORLD), "both identities");
+    assert!(bulkhead_common::tcp_opens(e.tcp_flags), "the event carries the packet's TCP flags (a bare SYN): {:#x}", e.tcp_flags);
+    let mid = tcp_frame(Ipv4Addr::new(10, 30, 0, 77), PEER, 40002, 80, bulkhead_bench::packet::TCP_ACK);
+    assert_eq!(g.run(programs::FROM_POD, &mid), RET_DROP);
+    let ev = g.events();
+    assert!(!bulkhead_common::tcp_opens(ev[0].tcp_flags), "an ACK is no opening packet: {:#x}", ev[0].tcp_flags);
     // An unparseable frame (IPv6) is reported too, without a tuple.
     let mut v6 = tcp_frame(POD, PEER, 1, 2, TCP_SYN);
     v6[12..14].copy_from_slice(&[0x86, 0xdd]);

@@ -276,8 +276,8 @@ fn a_policy_change_revokes_an_established_flow_on_its_next_packet() {
     assert_eq!(get("ct_reeval_deny"), 1, "{c:?}");
     let mut revoked = 0;
     while let Some(item) = g.dp().maps.flows.next() {
-        // SAFETY: the kernel writes FlowEventV2 records; read unaligned.
-        let e: bulkhead_common::FlowEventV2 = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        // SAFETY: the kernel writes FlowEventV3 records; read unaligned.
+        let e: bulkhead_common::FlowEventV3 = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
         revoked += usize::from(e.kind == bulkhead_common::flow_kind::REVOKED);
     }
     assert_eq!(revoked, 1, "the revoked flow is reported");

@@ -1,7 +1,7 @@
 //! Flow events and per-policy counters.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use bulkhead_common::{FlowEventV2, NO_POLICY, PolicyValueV2, action, capacity, counters, direction, flow_kind};
+use bulkhead_common::{FlowEventV3, NO_POLICY, PolicyValueV2, action, capacity, counters, direction, flow_kind};
 
 use crate::{
     maps::{DROP_RATE, DROPS, FLOWS, POLICY_STATS, count},
@@ -112,11 +112,11 @@ pub fn emit(ifindex: u32, f: &Flow, dir: u8, kind: u8, verdict: &PolicyValueV2, 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn write(ifindex: u32, f: &Flow, dir: u8, kind: u8, verdict: &PolicyValueV2, staged: Option<&PolicyValueV2>, drop_reason: u16, ids: Ids) {
-    let Some(mut slot) = FLOWS.reserve::<FlowEventV2>(0) else {
+    let Some(mut slot) = FLOWS.reserve::<FlowEventV3>(0) else {
         count(counters::EVENTS_DROPPED);
         return;
     };
-    let ev = FlowEventV2 {
+    let ev = FlowEventV3 {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         ifindex,
@@ -134,6 +134,7 @@ fn write(ifindex: u32, f: &Flow, dir: u8, kind: u8, verdict: &PolicyValueV2, sta
         kind,
         has_staged: staged.is_some() as u8,
         drop_reason,
+        tcp_flags: f.tcp_flags,
         _pad: 0,
         local_identity: ids.local,
         peer_identity: ids.peer,

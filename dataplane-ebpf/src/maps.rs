@@ -94,9 +94,9 @@ pub static UPLINK_DENY: LpmTrie<IpCacheKeyV1, u32> = LpmTrie::with_max_entries(c
 pub static POLICY_STATS: PerCpuArray<PolicyStatsV1> =
     PerCpuArray::with_max_entries(capacity::POLICIES, 0);
 
-/// Flow events (`FlowEventV2`): new flows (when enabled), Log-rule matches, revoked flows and
+/// Flow events (`FlowEventV3`): new flows (when enabled), Log-rule matches, revoked flows and
 /// rate-limited drops. Written by TC; read by the agent's flow log.
-#[map(name = "BH_FLOWS_V2")]
+#[map(name = "BH_FLOWS_V3")]
 pub static FLOWS: RingBuf = RingBuf::with_byte_size(capacity::FLOW_RING_BYTES, 0);
 
 /// Key: flow 5-tuple at one interface. Value: flow state and the policy revision it was

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use bulkhead_common::{FlowEventV2, NO_POLICY, PolicyValueV2, action, direction, flow_kind, verdict_flags};
+use bulkhead_common::{FlowEventV3, NO_POLICY, PolicyValueV2, action, direction, flow_kind, verdict_flags};
 use policy_compiler::compile::Compiled;
 use serde::Serialize;
 
@@ -72,7 +72,7 @@ pub fn verdict_record(c: &Compiled, v: &PolicyValueV2) -> VerdictRecord {
 }
 
 /// Turns a raw event into a record.
-pub fn record(c: &Compiled, e: &FlowEventV2) -> FlowRecord {
+pub fn record(c: &Compiled, e: &FlowEventV3) -> FlowRecord {
     FlowRecord {
         ts_ns: e.ts_ns,
         kind: match e.kind {
@@ -100,14 +100,14 @@ pub fn record(c: &Compiled, e: &FlowEventV2) -> FlowRecord {
 
 /// Reads every event waiting in the ring buffer (short records are skipped: a layout mismatch
 /// would otherwise be misread).
-pub fn drain_raw(dp: &mut Dataplane) -> Vec<FlowEventV2> {
+pub fn drain_raw(dp: &mut Dataplane) -> Vec<FlowEventV3> {
     let mut out = Vec::new();
     while let Some(item) = dp.maps.flows.next() {
-        if item.len() < core::mem::size_of::<FlowEventV2>() {
+        if item.len() < core::mem::size_of::<FlowEventV3>() {
             continue;
         }
-        // SAFETY: the kernel wrote a FlowEventV2 (size checked); read unaligned.
-        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEventV2>()) });
+        // SAFETY: the kernel wrote a FlowEventV3 (size checked); read unaligned.
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEventV3>()) });
     }
     out
 }
@@ -146,7 +146,7 @@ impl FlowLog {
     }
 
     /// Names and writes events already read from the ring.
-    pub fn log(&mut self, c: &Compiled, events: &[FlowEventV2]) {
+    pub fn log(&mut self, c: &Compiled, events: &[FlowEventV3]) {
         if events.is_empty() {
             return;
         }

@@ -41,8 +41,8 @@ pub mod map_names {
     pub const UPLINK_DENY: &str = "BH_UPLINK_DENY_V1";
     /// Per-policy counters: policy index -> [`crate::PolicyStatsV1`] (per CPU).
     pub const POLICY_STATS: &str = "BH_POLICY_STATS_V1";
-    /// Flow events ring buffer of [`crate::FlowEventV2`].
-    pub const FLOWS: &str = "BH_FLOWS_V2";
+    /// Flow events ring buffer of [`crate::FlowEventV3`].
+    pub const FLOWS: &str = "BH_FLOWS_V3";
     /// Drops per reason and direction: index `reason + capacity::COUNTERS * (direction - 1)`
     /// -> packets (per CPU); the reasons are [`crate::counters`] indexes.
     pub const DROPS: &str = "BH_DROPS_V1";
@@ -459,7 +459,7 @@ pub struct PolicyStatsV1 {
     pub would_deny: u64,
 }
 
-/// Kinds of [`FlowEventV2`].
+/// Kinds of [`FlowEventV3`].
 pub mod flow_kind {
     /// A new flow was allowed.
     pub const NEW_ALLOWED: u8 = 1;
@@ -476,7 +476,7 @@ pub mod flow_kind {
 /// detector's peer baseline).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowEventV2 {
+pub struct FlowEventV3 {
     pub ts_ns: u64,
     pub ifindex: u32,
     pub saddr_be: [u8; 4],
@@ -496,7 +496,11 @@ pub struct FlowEventV2 {
     pub has_staged: u8,
     /// For [`flow_kind::DROPPED`]: the drop reason, a [`counters`] index.
     pub drop_reason: u16,
-    pub _pad: u16,
+    /// TCP flags of the packet the event is about (for a new flow, its first packet seen:
+    /// a TCP flow whose first packet is no SYN ([`tcp_opens`]) was picked up mid-stream, e.g. after its conntrack
+    /// entry was evicted, and says nothing about who opened it). 0 for other protocols.
+    pub tcp_flags: u8,
+    pub _pad: u8,
     /// The endpoint's identity (0 when the drop came before it was known).
     pub local_identity: u32,
     /// The remote address's identity (0 when the drop came before it was known).
@@ -528,6 +532,16 @@ pub struct CtKeyV1 {
     pub dport_be: [u8; 2],
     pub protocol: u8,
     pub _pad: [u8; 3],
+}
+
+/// TCP flags (SYN set, ACK clear) of a connection's opening packet, as in
+/// [`FlowEventV3::tcp_flags`].
+pub const TCP_SYN: u8 = 0x02;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
+/// Whether TCP `flags` are those of a connection's opening packet (SYN without ACK).
+pub const fn tcp_opens(flags: u8) -> bool {
+    flags & TCP_SYN != 0 && flags & TCP_ACK == 0
 }
 
 /// Bits of [`CtValueV1::flags`].
@@ -610,7 +624,7 @@ const _: () = {
     assert!(core::mem::size_of::<PortKeyV1>() == 8);
     assert!(core::mem::size_of::<SliceValueV2>() == 32);
     assert!(core::mem::size_of::<PolicyStatsV1>() == 32);
-    assert!(core::mem::size_of::<FlowEventV2>() == 72);
+    assert!(core::mem::size_of::<FlowEventV3>() == 72);
     assert!(core::mem::size_of::<DropRateV1>() == 16);
     assert!(core::mem::size_of::<CtKeyV1>() == 20);
     assert!(core::mem::size_of::<CtValueV1>() == 48);
@@ -632,7 +646,7 @@ mod user {
     unsafe impl aya::Pod for PolicyStatsV1 {}
     unsafe impl aya::Pod for SliceKeyV2 {}
     unsafe impl aya::Pod for SliceValueV2 {}
-    unsafe impl aya::Pod for FlowEventV2 {}
+    unsafe impl aya::Pod for FlowEventV3 {}
     unsafe impl aya::Pod for DropRateV1 {}
     unsafe impl aya::Pod for CtKeyV1 {}
     unsafe impl aya::Pod for CtValueV1 {}

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bulkhead_common::{CtKeyV1, FlowEventV2, direction, flow_kind};
+use bulkhead_common::{CtKeyV1, FlowEventV3, direction, flow_kind};
 
 use super::{
     Detector, DetectorEvent, Mode, NetActions, WorkloadState, cgroup,
@@ -45,7 +45,7 @@ impl Detector {
     }
 
     /// Learns or judges one flow event (outbound new flows of monitored workloads).
-    pub fn on_flow(&mut self, dp: &mut Dataplane, ev: &FlowEventV2) {
+    pub fn on_flow(&mut self, dp: &mut Dataplane, ev: &FlowEventV3) {
         if !matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || ev.ifindex == 0 {
             return;
         }
@@ -56,6 +56,14 @@ impl Detector {
         }
         let read_at = cgroup::monotonic_ns();
         let Some(protocol) = Protocol::from_ip(ev.protocol) else { return };
+        // A TCP flow whose first packet seen is no SYN was picked up mid-stream (its
+        // conntrack entry was evicted or expired while it ran): its direction here is that of
+        // a packet, not of who opened it, so it is neither learned nor judged. A connection
+        // the workload really opens starts with a SYN, which is always seen.
+        if protocol == Protocol::Tcp && !bulkhead_common::tcp_opens(ev.tcp_flags) {
+            tracing::debug!(ifindex = ev.ifindex, flags = ev.tcp_flags, "TCP flow picked up mid-stream: not a finding");
+            return;
+        }
         // ICMP "ports" are the echo identifier: not part of a destination. The port is the
         // destination's either way: the peer's outbound, the workload's own inbound.
         let port = if protocol == Protocol::Icmp { 0 } else { u16::from_be_bytes(ev.dport_be) };
@@ -99,7 +107,7 @@ impl Detector {
         &mut self,
         dp: &mut Dataplane,
         w: &WorkloadState,
-        ev: &FlowEventV2,
+        ev: &FlowEventV3,
         finding: Finding,
         actions: NetActions,
         peer: &Peer,
