@@ -241,6 +241,9 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     if CONNTRACK.insert(&fwd, &entry, 0).is_err() {
         count(counters::CT_INSERT_FAILED);
     }
+    if dir == direction::EGRESS {
+        maps::add_egress_bytes(ifindex, len);
+    }
     TC_PASS
 }
 
@@ -324,6 +327,9 @@ fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV1, origin_port: u16, is_r
         count(counters::CT_REEVAL_ALLOW);
     }
     conntrack::touch(ct, p.flow, p.len, p.now, is_reply);
+    if ct.origin_direction == direction::EGRESS {
+        maps::add_egress_bytes(p.ifindex, p.len);
+    }
     count(counters::ALLOW_CT);
     Some(TC_PASS)
 }

@@ -88,6 +88,21 @@ pub static RANGES: LpmTrie<PortKeyV1, PolicyValueV2> = LpmTrie::with_max_entries
 #[map(name = "BH_UPLINK_DENY_V1")]
 pub static UPLINK_DENY: LpmTrie<IpCacheKeyV1, u32> = LpmTrie::with_max_entries(capacity::UPLINK_DENY, 0);
 
+/// Key: host ifindex below `capacity::IFINDEX_DIRECT`. Value: per-CPU bytes (both directions)
+/// of the flows that endpoint opened. Written by TC; read by the detector's egress-volume check.
+#[map(name = "BH_EGRESS_BYTES_V1")]
+pub static EGRESS_BYTES: PerCpuArray<u64> = PerCpuArray::with_max_entries(capacity::IFINDEX_DIRECT, 0);
+
+/// Adds a packet of a flow the endpoint opened to its egress volume (an inlined array
+/// update; interfaces past the array are left to the detector's conntrack walk).
+#[inline(always)]
+pub fn add_egress_bytes(ifindex: u32, len: u32) {
+    if let Some(slot) = EGRESS_BYTES.get_ptr_mut(ifindex) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *slot += u64::from(len) };
+    }
+}
+
 /// Key: policy index. Value: per-CPU allow/deny and would-allow/would-deny counts.
 /// Written by TC on every judged new flow; read by `bulkhead policy stats`.
 #[map(name = "BH_POLICY_STATS_V1")]

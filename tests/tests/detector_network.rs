@@ -296,3 +296,62 @@ fn a_bad_detector_policy_changes_nothing() {
     assert!(msg.contains("one policy per pod"), "{msg}");
     assert!(f.agent().detector_status().unwrap().iter().all(|w| w.mode == Mode::Learn), "overlap half-applied");
 }
+
+#[test]
+fn egress_far_above_the_learned_peak_is_alerted_from_the_kernel_byte_counter() {
+    use bulkhead_lab::agent::detect::{Actions, WorkloadSpec};
+    use std::io::{Read, Write};
+    let f = Fixture::new();
+    let client = f.pod("stranger");
+    let server = f.pod("server").ip;
+    let spec = |mode: Mode| WorkloadSpec {
+        name: "dn/stranger".into(),
+        cgroup: client.cgroup.clone().expect("cgroup"),
+        interface: Some(client.host_veth.clone()),
+        mode,
+        actions: Actions::default(),
+        syscalls: false,
+        allowed_execs: vec![],
+    };
+    // Learn a quiet peer: a few small exchanges, sampled by a few one-second ticks.
+    f.agent().detector_monitor(spec(Mode::Learn)).expect("learn");
+    for _ in 0..3 {
+        assert!(f.reaches("stranger", "server", 8080, Protocol::Tcp), "benign TCP while learning");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    f.agent().detector_monitor(spec(Mode::Monitor)).expect("monitor");
+    std::thread::sleep(Duration::from_millis(1200));
+    let volume_alerts = || f.agent().detector().events().iter().filter(|e| e.kind == "egress-volume" && e.workload.as_deref() == Some("dn/stranger")).count();
+    assert_eq!(volume_alerts(), 0, "no volume alert before the burst");
+    // A burst far above the learned peak and above the 1 MiB/s floor: 48 MiB to the echo
+    // server (and back), through one connection the profile knows.
+    bulkhead_lab::netns::in_netns(&client.netns, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&(server, 8080).into(), T).expect("connect to the echo server");
+        let mut r = s.try_clone().expect("clone");
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut n = 0usize;
+            while n < 48 << 20 {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+            }
+            n
+        });
+        let chunk = vec![7u8; 1 << 16];
+        for _ in 0..768 {
+            s.write_all(&chunk).expect("send");
+        }
+        assert_eq!(reader.join().expect("reader"), 48 << 20, "the echo came back whole");
+    })
+    .expect("client netns");
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while volume_alerts() == 0 {
+        assert!(Instant::now() < deadline, "no egress-volume alert after a 48 MiB burst: {:?}", f.agent().detector().events());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ev = f.agent().detector().events().into_iter().find(|e| e.kind == "egress-volume").expect("alert");
+    assert!(ev.detail.as_deref().is_some_and(|d| d.contains("bytes/s outbound")), "{ev:?}");
+    f.agent().detector_unmonitor("dn/stranger").expect("unmonitor");
+}

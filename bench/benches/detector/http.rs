@@ -28,8 +28,8 @@ use bulkhead_bench::result;
 use super::{Bench, NAME, spawn_in_pod};
 
 const PORT: u16 = 8088;
-const ROUNDS: usize = 5;
-const SECONDS: u32 = 3;
+const ROUNDS: usize = 7;
+const SECONDS: u32 = 4;
 
 /// One wrk run's figures.
 #[derive(Clone, Copy, Debug)]

@@ -86,9 +86,10 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 28] = [
+pub(crate) const ALL_MAPS: [&str; 29] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
+    map_names::EGRESS_BYTES,
     map_names::ENDPOINTS_DIRECT,
     map_names::IPHOST[0],
     map_names::IPHOST[1],
@@ -156,6 +157,8 @@ pub struct Maps {
     pub conntrack: HashMap<MapData, CtKeyV1, CtValueV1>,
     pub config: Array<MapData, ConfigV1>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// Bytes of the flows each endpoint opened, by ifindex (per CPU).
+    pub egress_bytes: PerCpuArray<MapData, u64>,
     pub det: DetectorMaps,
 }
 
@@ -293,6 +296,7 @@ impl Dataplane {
             conntrack: HashMap::try_from(take(map_names::CONNTRACK)?).map_err(|e| map_err(map_names::CONNTRACK, e))?,
             config: Array::try_from(take(map_names::CONFIG)?).map_err(|e| map_err(map_names::CONFIG, e))?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?).map_err(|e| map_err(map_names::COUNTERS, e))?,
+            egress_bytes: PerCpuArray::try_from(take(map_names::EGRESS_BYTES)?).map_err(|e| map_err(map_names::EGRESS_BYTES, e))?,
             det: DetectorMaps {
                 workloads: HashMap::try_from(take(det::map_names::WORKLOADS)?).map_err(|e| map_err(det::map_names::WORKLOADS, e))?,
                 exec_allow: HashMap::try_from(take(det::map_names::EXEC_ALLOW)?).map_err(|e| map_err(det::map_names::EXEC_ALLOW, e))?,

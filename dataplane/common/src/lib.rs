@@ -39,6 +39,10 @@ pub mod map_names {
     /// Sources the uplink pre-filter drops: IPv4 prefix ([`crate::IpCacheKeyV1`], LPM) -> u32
     /// (1). Written by `bulkhead prefilter`, read by the XDP program on uplinks.
     pub const UPLINK_DENY: &str = "BH_UPLINK_DENY_V1";
+    /// Bytes (both directions) of the flows each endpoint opened: host ifindex below
+    /// [`crate::capacity::IFINDEX_DIRECT`] -> u64 (per CPU). Written by TC on every packet of
+    /// such a flow; read by the detector's egress-volume check once a second (no conntrack walk).
+    pub const EGRESS_BYTES: &str = "BH_EGRESS_BYTES_V1";
     /// Per-policy counters: policy index -> [`crate::PolicyStatsV1`] (per CPU).
     pub const POLICY_STATS: &str = "BH_POLICY_STATS_V1";
     /// Flow events ring buffer of [`crate::FlowEventV3`].

@@ -25,8 +25,11 @@ use crate::loader::Dataplane;
 #[derive(Debug, Default)]
 pub(crate) struct NetState {
     scan: ScanWindow,
-    /// Byte counts of the workload's outbound flows at the last sample (conntrack).
+    /// Byte counts of the workload's outbound flows at the last sample (conntrack; only for
+    /// interfaces past the kernel's per-endpoint counters).
     prev_bytes: HashMap<CtKeyV1, u64>,
+    /// The kernel's egress byte counter of the workload's interface at the last sample.
+    prev_total: Option<u64>,
     /// Last egress-volume alert (one a minute at most).
     last_volume_alert: Option<Instant>,
 }
@@ -169,26 +172,48 @@ impl Detector {
     }
 
     fn sample_volume(&mut self, dp: &mut Dataplane, workloads: &[WorkloadState], elapsed: f64) {
+        // The rate comes from TC's per-endpoint byte counter: one read per workload. Only a
+        // learning workload (its largest single flow) or an interface past the counters needs
+        // the flows themselves, i.e. a walk of conntrack, which costs a syscall per entry
+        // (on a busy node, a share of a core every second).
+        let counted = |w: &WorkloadState| bulkhead_common::ifindex_is_direct(w.ifindex);
+        let walk = workloads.iter().any(|w| w.ifindex != 0 && (w.spec.mode == Mode::Learn || !counted(w)));
         // Outbound flows per interface: key -> bytes (both directions, as conntrack counts).
         let mut per_if: HashMap<u32, Vec<(CtKeyV1, u64)>> = HashMap::new();
-        for item in dp.maps.conntrack.iter() {
-            let Ok((k, v)) = item else { continue };
-            if v.origin_direction == direction::EGRESS {
-                per_if.entry(k.ifindex).or_default().push((k, v.bytes));
+        if walk {
+            for item in dp.maps.conntrack.iter() {
+                let Ok((k, v)) = item else { continue };
+                if v.origin_direction == direction::EGRESS {
+                    per_if.entry(k.ifindex).or_default().push((k, v.bytes));
+                }
             }
         }
         for w in workloads.iter().filter(|w| w.ifindex != 0) {
             let flows = per_if.remove(&w.ifindex).unwrap_or_default();
             let state = self.net.entry(w.cgroup_id).or_default();
-            let mut delta = 0u64;
-            let mut max_flow = 0u64;
-            let mut next = HashMap::with_capacity(flows.len());
-            for (k, b) in flows {
-                delta += b.saturating_sub(state.prev_bytes.get(&k).copied().unwrap_or(0));
-                max_flow = max_flow.max(b);
-                next.insert(k, b);
-            }
-            state.prev_bytes = next;
+            let max_flow = flows.iter().map(|(_, b)| *b).max().unwrap_or(0);
+            let delta = if counted(w) {
+                let total = match dp.maps.egress_bytes.get(&w.ifindex, 0) {
+                    Ok(v) => v.iter().sum::<u64>(),
+                    Err(e) => {
+                        tracing::warn!(workload = %w.spec.name, error = %e, "egress byte counter unreadable; volume not judged this second");
+                        continue;
+                    }
+                };
+                // The first sample is the baseline: bytes from before monitoring are no rate.
+                let d = total.saturating_sub(state.prev_total.unwrap_or(total));
+                state.prev_total = Some(total);
+                d
+            } else {
+                let mut delta = 0u64;
+                let mut next = HashMap::with_capacity(flows.len());
+                for (k, b) in flows {
+                    delta += b.saturating_sub(state.prev_bytes.get(&k).copied().unwrap_or(0));
+                    next.insert(k, b);
+                }
+                state.prev_bytes = next;
+                delta
+            };
             let rate = (delta as f64 / elapsed.max(0.001)) as u64;
             let mut g = self.shared.inner.lock().unwrap();
             let p = g.profile_mut(&w);
