@@ -363,7 +363,7 @@ fn judge_new_flow(ifindex: u32, ep: &Local, cfg: &ConfigV1, flow: &Flow, dir: u8
         None
     };
     events::record_stats(&v, staged);
-    if cfg.flags & config_flags::FLOW_EVENTS_ALL != 0 || v.flags & verdict_flags::LOG != 0 {
+    if maps::flow_watched(ifindex, cfg) || v.flags & verdict_flags::LOG != 0 {
         let kind = if allow { flow_kind::NEW_ALLOWED } else { flow_kind::DENIED };
         events::emit(ifindex, flow, dir, kind, &v, staged, events::Ids { local: ep.identity, peer });
     }

@@ -103,6 +103,22 @@ pub fn add_egress_bytes(ifindex: u32, len: u32) {
     }
 }
 
+/// Key: host ifindex below `capacity::IFINDEX_DIRECT`. Value: 1 when every new flow of that
+/// endpoint is reported (a monitored workload's). Written by the detector; read by TC.
+#[map(name = "BH_FLOW_WATCH_V1")]
+pub static FLOW_WATCH: Array<u32> = Array::with_max_entries(capacity::IFINDEX_DIRECT, 0);
+
+/// Whether every new flow of the endpoint behind `ifindex` is reported: an inlined array
+/// read; interfaces past the array follow the global flag.
+#[inline(always)]
+pub fn flow_watched(ifindex: u32, cfg: &ConfigV1) -> bool {
+    if bulkhead_common::ifindex_is_direct(ifindex) {
+        matches!(FLOW_WATCH.get(ifindex), Some(w) if *w != 0)
+    } else {
+        cfg.flags & bulkhead_common::config_flags::FLOW_EVENTS_ALL != 0
+    }
+}
+
 /// Key: policy index. Value: per-CPU allow/deny and would-allow/would-deny counts.
 /// Written by TC on every judged new flow; read by `bulkhead policy stats`.
 #[map(name = "BH_POLICY_STATS_V1")]

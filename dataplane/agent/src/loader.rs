@@ -86,10 +86,11 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 29] = [
+pub(crate) const ALL_MAPS: [&str; 30] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
     map_names::EGRESS_BYTES,
+    map_names::FLOW_WATCH,
     map_names::ENDPOINTS_DIRECT,
     map_names::IPHOST[0],
     map_names::IPHOST[1],
@@ -159,6 +160,8 @@ pub struct Maps {
     pub counters: PerCpuArray<MapData, u64>,
     /// Bytes of the flows each endpoint opened, by ifindex (per CPU).
     pub egress_bytes: PerCpuArray<MapData, u64>,
+    /// Endpoints whose every new flow TC reports, by ifindex.
+    pub flow_watch: Array<MapData, u32>,
     pub det: DetectorMaps,
 }
 
@@ -297,6 +300,7 @@ impl Dataplane {
             config: Array::try_from(take(map_names::CONFIG)?).map_err(|e| map_err(map_names::CONFIG, e))?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?).map_err(|e| map_err(map_names::COUNTERS, e))?,
             egress_bytes: PerCpuArray::try_from(take(map_names::EGRESS_BYTES)?).map_err(|e| map_err(map_names::EGRESS_BYTES, e))?,
+            flow_watch: Array::try_from(take(map_names::FLOW_WATCH)?).map_err(|e| map_err(map_names::FLOW_WATCH, e))?,
             det: DetectorMaps {
                 workloads: HashMap::try_from(take(det::map_names::WORKLOADS)?).map_err(|e| map_err(det::map_names::WORKLOADS, e))?,
                 exec_allow: HashMap::try_from(take(det::map_names::EXEC_ALLOW)?).map_err(|e| map_err(det::map_names::EXEC_ALLOW, e))?,

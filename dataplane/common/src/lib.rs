@@ -43,6 +43,11 @@ pub mod map_names {
     /// [`crate::capacity::IFINDEX_DIRECT`] -> u64 (per CPU). Written by TC on every packet of
     /// such a flow; read by the detector's egress-volume check once a second (no conntrack walk).
     pub const EGRESS_BYTES: &str = "BH_EGRESS_BYTES_V1";
+    /// Endpoints whose every new flow is reported (the detector's monitored workloads): host
+    /// ifindex below [`crate::capacity::IFINDEX_DIRECT`] -> u32 (1 = report). Written by the
+    /// detector, read by TC for each new flow. Interfaces past the array use
+    /// [`crate::config_flags::FLOW_EVENTS_ALL`].
+    pub const FLOW_WATCH: &str = "BH_FLOW_WATCH_V1";
     /// Per-policy counters: policy index -> [`crate::PolicyStatsV1`] (per CPU).
     pub const POLICY_STATS: &str = "BH_POLICY_STATS_V1";
     /// Flow events ring buffer of [`crate::FlowEventV3`].
@@ -581,6 +586,8 @@ pub struct CtValueV1 {
 pub mod config_flags {
     /// Emit a flow event for every new flow (allowed or denied), not only for Log rules and
     /// revoked flows.
+    /// (Only for endpoints whose interface index is past the per-endpoint array
+    /// [`crate::map_names::FLOW_WATCH`], which says it for the others.)
     pub const FLOW_EVENTS_ALL: u32 = 1 << 0;
 }
 

@@ -326,6 +326,9 @@ pub struct Detector {
     /// list comes with it, from its DetectorPolicy).
     api_allow: BTreeSet<(Ipv4Addr, u16, u8)>,
     last_tick: std::time::Instant,
+    /// Interfaces whose new flows TC reports (FLOW_WATCH slots set to 1); `None` until the
+    /// first sync, which clears whatever an earlier agent left.
+    watched: Option<BTreeSet<u32>>,
 }
 
 /// File names in the agent's state folder.
@@ -395,6 +398,7 @@ impl Detector {
             peers: Default::default(),
             api_allow: BTreeSet::new(),
             last_tick: std::time::Instant::now(),
+            watched: None,
         };
         // Restored profiles: the kernel's exec entries for them (pinned) may predate a hand
         // edit; rewrite them from the profiles.
@@ -685,11 +689,31 @@ impl Detector {
         dp.set_syscall_probe(want)
     }
 
-    /// TC emits an event for every new flow (FLOW_EVENTS_ALL) only while some monitored
-    /// workload has an endpoint: the network model needs them, nothing else does. Called
-    /// after every sync too (the revision bump may have written the config first).
+    /// TC reports every new flow only of the monitored workloads' endpoints (FLOW_WATCH):
+    /// the network model needs them, nothing else does, and a busy unmonitored pod next to
+    /// them should not pay for events nobody reads. Endpoints past the per-endpoint array
+    /// fall back to the global FLOW_EVENTS_ALL flag. Called after every sync too (the revision
+    /// bump may have written the config first).
     pub(crate) fn sync_flow_events(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
-        let want = self.shared.inner.lock().unwrap().workloads.values().any(|w| w.ifindex != 0);
+        let ifindexes: BTreeSet<u32> = self.shared.inner.lock().unwrap().workloads.values().map(|w| w.ifindex).filter(|&i| i != 0).collect();
+        let werr = |e: aya::maps::MapError| map_err(bulkhead_common::map_names::FLOW_WATCH, e);
+        let watched = match self.watched.take() {
+            Some(w) => w,
+            // First sync: whatever slots an earlier agent set.
+            None => (0..bulkhead_common::capacity::IFINDEX_DIRECT).filter(|i| dp.maps.flow_watch.get(i, 0).is_ok_and(|v| v != 0)).collect(),
+        };
+        let direct: BTreeSet<u32> = ifindexes.iter().copied().filter(|&i| bulkhead_common::ifindex_is_direct(i)).collect();
+        let mut now = watched.clone();
+        for &i in direct.difference(&watched) {
+            dp.maps.flow_watch.set(i, 1, 0).map_err(werr)?;
+            now.insert(i);
+        }
+        for &i in watched.difference(&direct) {
+            dp.maps.flow_watch.set(i, 0, 0).map_err(werr)?;
+            now.remove(&i);
+        }
+        self.watched = Some(now);
+        let want = ifindexes.iter().any(|&i| !bulkhead_common::ifindex_is_direct(i));
         let mut cfg = dp.maps.config.get(&0, 0).map_err(|e| map_err(bulkhead_common::map_names::CONFIG, e))?;
         if cfg.tcp_established_timeout_ns == 0 {
             // Not configured yet: the first sync writes the config, and calls this again.
