@@ -685,6 +685,11 @@ fn spawn_flow_poller(dp: &Dataplane, tx: mpsc::Sender<Request>) -> Result<(), Ag
                         break;
                     }
                     let _ = ack_rx.recv_timeout(Duration::from_millis(50));
+                    // Under a stream of new flows (a busy monitored server), waking two threads
+                    // per event costs the node more than the events do: after a drain, let
+                    // events gather briefly so the next wake-up takes a batch. A first event
+                    // after a quiet spell is still read at once.
+                    std::thread::sleep(FLOW_BATCH_WAIT);
                 } else if tx.send(Request::Tick).is_err() {
                     break;
                 }
@@ -693,6 +698,10 @@ fn spawn_flow_poller(dp: &Dataplane, tx: mpsc::Sender<Request>) -> Result<(), Ag
         .map_err(|_| AgentError::Stopped)?;
     Ok(())
 }
+
+/// After a drain of the flow ring, how long the poller lets new events gather (bounds the
+/// extra delay of a network finding that arrives during a burst).
+const FLOW_BATCH_WAIT: Duration = Duration::from_micros(200);
 
 /// How long after a flip the now inactive generation may be written again.
 const FLIP_GRACE: Duration = Duration::from_millis(5);
