@@ -4,16 +4,14 @@
 mod common;
 
 
-use common::{Netns, converge, ips, root, unique_id};
+use common::{Netns, converge, ips, require_root, unique_id};
 use fw_sync::backend::{Backend, Runner, ipset::IpsetBackend, nftables::NftBackend};
 use fw_sync::diff::Diff;
 use fw_sync::group::{FirewallState, ObjectRef, TargetKind};
 
 #[test]
 fn ipset_backend_converges_and_touches_only_owned_sets() {
-    if !root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new(format!("fwt-{}-ipset", unique_id()));
     // Sets fw-sync does not own, one with a confusingly similar name.
     ns.exec(&["ipset", "create", "admin-allow", "hash:ip"]);
@@ -56,9 +54,7 @@ fn ipset_backend_converges_and_touches_only_owned_sets() {
 
 #[test]
 fn nftables_backend_converges_in_one_batch_and_touches_only_owned_sets() {
-    if !root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new(format!("fwt-{}-nft", unique_id()));
     let table = format!("t{}", unique_id());
     // The admin's own chain and set live in the table fw-sync writes its sets to.
@@ -100,9 +96,7 @@ fn nftables_backend_converges_in_one_batch_and_touches_only_owned_sets() {
 
 #[test]
 fn nftables_reads_a_missing_table_as_empty() {
-    if !root() {
-        return;
-    }
+    require_root();
     let ns = Netns::new(format!("fwt-{}-nfe", unique_id()));
     let mut b = NftBackend::new(Runner::new("lab", Some(ns.name.clone())), "inet", "absent");
     assert!(b.read_owned_state().expect("missing table reads as empty").is_empty());

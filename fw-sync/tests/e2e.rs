@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Netns, TempDir, root, unique_id, wait_for};
+use common::{Netns, TempDir, require_root, unique_id, wait_for};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 2);
 const PORT: u16 = 8080;
@@ -235,14 +235,12 @@ fn metrics(fw: &Netns) -> String {
 
 #[test]
 fn ipset_group_follows_pods_with_real_packets() {
-    if root() {
-        scenario(Kind::Ipset);
-    }
+    require_root();
+    scenario(Kind::Ipset);
 }
 
 #[test]
 fn nftables_group_follows_pods_with_real_packets() {
-    if root() {
-        scenario(Kind::Nftables);
-    }
+    require_root();
+    scenario(Kind::Nftables);
 }

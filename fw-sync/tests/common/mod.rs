@@ -12,14 +12,11 @@ use fw_sync::diff::Diff;
 use fw_sync::group::FirewallState;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Whether the tests can touch the kernel (root); otherwise they skip with a message.
-pub fn root() -> bool {
+/// These tests touch the kernel (real ipset, nftables, network namespaces): without root they
+/// fail, saying so, rather than pass without having run. CI runs them as root.
+pub fn require_root() {
     // SAFETY: plain syscall.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root (real ipset/nftables/network namespaces)");
-    }
-    root
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (real ipset/nftables/network namespaces); CI runs it as root");
 }
 
 /// A short id unique to this test in this process: `fwt-<id>-...` names never collide.
