@@ -14,8 +14,15 @@
 //! flow. Bulkhead is the default configuration (tcx only) plus, at 10k rules, the XDP
 //! pre-filter on the veths that the default no longer uses.
 //!
+//! After the rounds, on the same lab: policy change -> enforced (`comparison/policy_change.rs`)
+//! for Bulkhead at 10 / 1k / 10k policies next to iptables and nftables changing one rule or
+//! element of 10k; then every program's per-packet cost through BPF_PROG_TEST_RUN against a
+//! no-op at the same hook (`comparison/per_packet.rs`).
+//!
 //! Environment: `COMPARISON_ROUNDS` (default 5), `COMPARISON_SECONDS` per measurement
-//! (default 5), `COMPARISON_RULES` (default `10,1000,10000,100000`), `COMPARISON_REPORT_DIR`.
+//! (default 5), `COMPARISON_RULES` (default `10,1000,10000,100000`), `COMPARISON_FLIPS` per
+//! policy-change configuration (default 20), `COMPARISON_REPORT_DIR`. `COMPARISON_ONLY=
+//! throughput|policy_change|per_packet` runs one part and prints it (no report is written).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -28,6 +35,11 @@ use bulkhead_agent::{Agent, AgentConfig};
 use bulkhead_bench::{percentile, result};
 use bulkhead_lab::datastore::Datastore;
 use bulkhead_lab::{Lab, LabOptions, PodNetns, Topology};
+
+#[path = "comparison/per_packet.rs"]
+mod per_packet;
+#[path = "comparison/policy_change.rs"]
+mod policy_change;
 
 const ECHO_PORT: u16 = 8080;
 const IPERF_PORT: u16 = 5201;
@@ -406,10 +418,17 @@ fn main() {
     let xdp_at = counts.iter().copied().find(|&n| n == 10_000).or(counts.last().copied()).unwrap_or(10);
     configs.push(Config { imp: Impl::BulkheadXdp, rules: xdp_at });
 
+    let only = std::env::var("COMPARISON_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if let Some(o) = only.as_deref() {
+        assert!(matches!(o, "throughput" | "policy_change" | "per_packet"), "COMPARISON_ONLY={o}: expected throughput, policy_change or per_packet");
+    }
+    let flips = env_num("COMPARISON_FLIPS", 20) as usize;
     let started = Instant::now();
     let mut b = Bench::new(seconds);
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
-    for round in 0..rounds {
+    let rounds_run = if part("throughput") { rounds } else { 0 };
+    for round in 0..rounds_run {
         // Interleaved: each round visits every configuration once, in a rotated order.
         for k in 0..configs.len() {
             let i = (k + round) % configs.len();
@@ -419,8 +438,18 @@ fn main() {
             samples[i].push(s);
         }
     }
+    let changes = if part("policy_change") { policy_change::render(&policy_change::measure(&mut b, &counts, flips)) } else { String::new() };
     drop(b);
-    let report = render(&configs, &samples, rounds, seconds, started.elapsed());
+    let packets = if part("per_packet") { per_packet::render(&per_packet::measure(&counts, rounds.max(3))) } else { String::new() };
+    if only.is_some() {
+        if part("throughput") {
+            println!("{}", render(&configs, &samples, rounds, seconds, started.elapsed()).0);
+        }
+        println!("{changes}\n{packets}");
+        return;
+    }
+    let mut report = render(&configs, &samples, rounds, seconds, started.elapsed());
+    report.0 = format!("{}\n{changes}\n{packets}", report.0);
     std::fs::create_dir_all(&report_dir).expect("report dir");
     std::fs::write(report_dir.join("comparison.md"), &report.0).expect("write report");
     std::fs::write(report_dir.join("comparison.svg"), &report.1).expect("write chart");

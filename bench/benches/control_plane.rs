@@ -21,7 +21,6 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bulkhead_agent::{Agent, AgentConfig};
@@ -35,6 +34,7 @@ const ITERATIONS: usize = 40;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 const PROBE_INTERVAL: Duration = Duration::from_millis(2);
 const GIVE_UP: Duration = Duration::from_secs(5);
+const PROBING: bulkhead_bench::Probing = bulkhead_bench::Probing { interval: PROBE_INTERVAL, timeout: PROBE_TIMEOUT, give_up: GIVE_UP };
 const SETTLE: Duration = Duration::from_millis(100);
 const PORT: u16 = 8080;
 
@@ -132,49 +132,10 @@ impl Bench {
         }
         self.allowed = want;
 
-        let (tx, rx) = mpsc::channel::<(Instant, bool)>();
-        let mut first: Option<Instant> = None;
-        let mut outstanding = 0usize;
-        let mut next = t0;
-        let give_up = t0 + GIVE_UP;
-        // Launch probes every PROBE_INTERVAL until one sees the new verdict; then let the
-        // ones still in flight finish, since an earlier-started probe may report later.
-        while first.is_none() && Instant::now() < give_up {
-            let now = Instant::now();
-            if now >= next {
-                let (tx, client, ip) = (tx.clone(), self.client.clone(), self.server_ip);
-                std::thread::spawn(move || {
-                    let started = Instant::now();
-                    let ok = probe(&client, ip, PORT, Protocol::Tcp, PROBE_TIMEOUT);
-                    let _ = tx.send((started, ok));
-                });
-                outstanding += 1;
-                next += PROBE_INTERVAL;
-            }
-            while let Ok((started, ok)) = rx.try_recv() {
-                outstanding -= 1;
-                if ok == want {
-                    first = Some(first.map_or(started, |f| f.min(started)));
-                }
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        drop(tx);
-        while outstanding > 0 {
-            match rx.recv_timeout(Duration::from_secs(2)) {
-                Ok((started, ok)) => {
-                    outstanding -= 1;
-                    if ok == want {
-                        first = Some(first.map_or(started, |f| f.min(started)));
-                    }
-                }
-                Err(_) => break,
-            }
-        }
+        let first = bulkhead_bench::time_to_verdict(&self.client, self.server_ip, PORT, want, t0, PROBING);
         std::thread::sleep(SETTLE);
         match first {
-            Some(f) => {
-                let d = f.saturating_duration_since(t0);
+            Some(d) => {
                 self.samples.push((want, d));
                 Some(d)
             }

@@ -4,9 +4,13 @@
 //!   NetworkPolicies mixing every selector and port form) for the compiler benchmark.
 //! - [`heap`]: a counting allocator for peak-memory figures.
 //! - [`packet`]: Ethernet + IPv4 + TCP frames for `BPF_PROG_TEST_RUN`.
+//! - [`datapath`]: the real programs' per-packet cost through `BPF_PROG_TEST_RUN`;
+//!   [`noop`]: the no-op baselines it is measured against.
 //! - [`require_root`], [`result`], [`percentile`]: plumbing.
 
+pub mod datapath;
 pub mod heap;
+pub mod noop;
 pub mod packet;
 pub mod synth;
 
@@ -146,4 +150,70 @@ impl Drop for DataplaneGuard {
             dp.unload();
         }
     }
+}
+
+/// How [`time_to_verdict`] probes.
+#[derive(Clone, Copy, Debug)]
+pub struct Probing {
+    /// A new probe starts this often (the figure's resolution).
+    pub interval: std::time::Duration,
+    /// Each probe's connect timeout.
+    pub timeout: std::time::Duration,
+    /// No probe seeing the new verdict by then is a failure.
+    pub give_up: std::time::Duration,
+}
+
+/// Time from `t0` (when a policy change was made) until the first TCP probe from `client` to
+/// `ip:port` that sees `allowed`: probes start every `p.interval`, in parallel, until one sees
+/// the new verdict; those still in flight are then waited for, since an earlier-started probe
+/// may report later. The figure is the start of the earliest probe that saw the new verdict.
+/// `None` when no probe saw it within `p.give_up`.
+pub fn time_to_verdict(
+    client: &bulkhead_lab::PodNetns,
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    allowed: bool,
+    t0: std::time::Instant,
+    p: Probing,
+) -> Option<std::time::Duration> {
+    use std::time::{Duration, Instant};
+    let Probing { interval, timeout, give_up } = p;
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, bool)>();
+    let mut first: Option<Instant> = None;
+    let mut outstanding = 0usize;
+    let mut next = t0;
+    let deadline = t0 + give_up;
+    let seen = |first: &mut Option<Instant>, (started, ok): (Instant, bool)| {
+        if ok == allowed {
+            *first = Some(first.map_or(started, |f| f.min(started)));
+        }
+    };
+    while first.is_none() && Instant::now() < deadline {
+        if Instant::now() >= next {
+            let (tx, client) = (tx.clone(), client.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let ok = bulkhead_lab::probe::probe(&client, ip, port, bulkhead_lab::Protocol::Tcp, timeout);
+                let _ = tx.send((started, ok));
+            });
+            outstanding += 1;
+            next += interval;
+        }
+        while let Ok(r) = rx.try_recv() {
+            outstanding -= 1;
+            seen(&mut first, r);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    drop(tx);
+    while outstanding > 0 {
+        match rx.recv_timeout(timeout + Duration::from_secs(2)) {
+            Ok(r) => {
+                outstanding -= 1;
+                seen(&mut first, r);
+            }
+            Err(_) => break,
+        }
+    }
+    first.map(|f| f.saturating_duration_since(t0))
 }

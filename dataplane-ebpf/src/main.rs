@@ -2,8 +2,10 @@
 //!
 //! Enforcement sits at TC on the host side of each pod's veth: `bh_from_pod` (TC ingress of the
 //! host veth = the pod's egress) and `bh_to_pod` (TC egress of the host veth = the pod's
-//! ingress). `bh_xdp_prefilter` runs first on packets leaving the pod and drops spoofed source
-//! addresses before the stack spends anything on them. `bh_noop` is the benchmark baseline.
+//! ingress). `bh_xdp_prefilter` (off by default: XDP on a veth costs the pod TSO) can run first
+//! on packets leaving the pod and drop spoofed source addresses; `bh_xdp_uplink` drops denied
+//! outside prefixes on a node's physical interface. The benchmarks' no-op baselines are loaded
+//! by the benchmarks themselves, not shipped here.
 //!
 //! The detector's probes are tracepoints: `bh_exec` (sched_process_exec: exec events and
 //! in-kernel protect), `bh_fork` (sched_process_fork: parents) and `bh_sys_enter`
@@ -28,7 +30,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, EndpointV3, action, config_flags, counters, direction, ep_flags, flow_kind, proto,
+    ConfigV1, CtKeyV1, CtValueV1, EndpointV3, action, counters, direction, ep_flags, flow_kind, proto,
     verdict_flags,
 };
 
@@ -49,12 +51,6 @@ pub fn bh_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn bh_to_pod(ctx: TcContext) -> i32 {
     try_tc(&ctx, direction::INGRESS)
-}
-
-/// Baseline for the verdict benchmark: the cheapest possible TC program.
-#[classifier]
-pub fn bh_noop(_ctx: TcContext) -> i32 {
-    TC_PASS
 }
 
 /// Anti-spoofing pre-filter on the host side of the pod's veth.

@@ -104,21 +104,8 @@ fn pin_of(pin_dir: &Path, ifname: &str) -> PathBuf {
 /// (one `bpf_link_update`: no packet goes unfiltered). Driver mode or nothing: in generic mode
 /// the socket buffer exists already, so the filter would save nothing it is meant to save.
 pub fn attach(pin_dir: &Path, ifname: &str) -> Result<(), AgentError> {
-    if !pin_dir.join(map_names::UPLINK_DENY).exists() {
-        return Err(map_err(format!("no pinned maps in {} (has an agent of this instance run?)", pin_dir.display())));
-    }
-    let mut loader = EbpfLoader::new();
-    let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
-    for (name, path) in &paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
-    let x: &mut Xdp = ebpf
-        .program_mut(programs::XDP_UPLINK)
-        .ok_or_else(|| map_err(format!("{} missing from the object", programs::XDP_UPLINK)))?
-        .try_into()
-        .map_err(prog_err)?;
-    x.load().map_err(prog_err)?;
+    let mut ebpf = load(pin_dir)?;
+    let x = program(&mut ebpf)?;
     let pin = pin_of(pin_dir, ifname);
     let dir = pin_dir.join(UPLINKS_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| AgentError::PinDir { path: dir.clone(), source: e })?;
@@ -138,6 +125,30 @@ pub fn attach(pin_dir: &Path, ifname: &str) -> Result<(), AgentError> {
     let _ = std::fs::remove_file(&pin);
     fd.pin(&pin).map_err(|e| map_err(format!("pinning {}: {e}", pin.display())))?;
     Ok(())
+}
+
+/// Loads the eBPF object on the instance's pinned maps with the uplink program loaded (not
+/// attached): [`attach`] uses it, and benchmarks run the program through BPF_PROG_TEST_RUN.
+pub fn load(pin_dir: &Path) -> Result<aya::Ebpf, AgentError> {
+    if !pin_dir.join(map_names::UPLINK_DENY).exists() {
+        return Err(map_err(format!("no pinned maps in {} (has an agent of this instance run?)", pin_dir.display())));
+    }
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    program(&mut ebpf)?.load().map_err(prog_err)?;
+    Ok(ebpf)
+}
+
+/// The uplink program of an object from [`load`].
+pub fn program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, AgentError> {
+    ebpf.program_mut(programs::XDP_UPLINK)
+        .ok_or_else(|| map_err(format!("{} missing from the object", programs::XDP_UPLINK)))?
+        .try_into()
+        .map_err(prog_err)
 }
 
 /// Detaches the pre-filter from `ifname`; returns whether it was attached.

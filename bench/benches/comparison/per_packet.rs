@@ -1,0 +1,112 @@
+//! The report's per-packet table: every program of the product through BPF_PROG_TEST_RUN
+//! against a no-op program at the same hook, at each rule count, medians of interleaved rounds
+//! of 1e6 runs (the kernel's own average per run). See `bulkhead_bench::datapath` for the setup.
+
+use std::fmt::Write as _;
+
+use bulkhead_bench::datapath::{Bench, PathKind, REPEAT, Shape, median};
+use bulkhead_bench::result;
+
+/// Rows of the table: label, the row's no-op baseline (index into `ROWS`), and what it runs.
+#[derive(Clone, Copy)]
+enum What {
+    Tc(PathKind),
+    XdpNoop,
+    XdpPrefilter,
+    UplinkPass,
+    UplinkDrop,
+}
+
+const ROWS: [(&str, usize, What); 10] = [
+    ("TC no-op (`r0 = TC_ACT_UNSPEC`)", 0, What::Tc(PathKind::Noop)),
+    ("`bh_to_pod`: new flow from a peer pod, denied", 0, What::Tc(PathKind::Deny)),
+    ("`bh_to_pod`: new flow from outside the cluster, denied", 0, What::Tc(PathKind::DenyWorld)),
+    ("`bh_to_pod`: established flow (conntrack)", 0, What::Tc(PathKind::Established)),
+    ("`bh_from_pod`: new flow, denied by egress policy", 0, What::Tc(PathKind::EgressDeny)),
+    ("`bh_from_pod`: established flow (conntrack)", 0, What::Tc(PathKind::EgressEstablished)),
+    ("XDP no-op (`r0 = XDP_PASS`)", 6, What::XdpNoop),
+    ("`bh_xdp_prefilter` (opt-in, veth): the pod's own source", 6, What::XdpPrefilter),
+    ("`bh_xdp_uplink`: source not denied (N denied /32s)", 6, What::UplinkPass),
+    ("`bh_xdp_uplink`: denied source (N denied /32s)", 6, What::UplinkDrop),
+];
+
+/// Medians per row and rule count, plus the single-run allowed new flow.
+pub struct PerPacket {
+    sizes: Vec<usize>,
+    /// `ns[row][size]`.
+    ns: Vec<Vec<f64>>,
+    /// Per size: (allowed new flow, no-op), one run per sample, timer overhead included.
+    single: Vec<(f64, f64)>,
+    rounds: usize,
+}
+
+/// Measures every row at every size (`sizes` rules of NetworkPolicy; the uplink rows deny as
+/// many /32s).
+pub fn measure(sizes: &[usize], rounds: usize) -> PerPacket {
+    let mut ns = vec![vec![f64::NAN; sizes.len()]; ROWS.len()];
+    let mut single = Vec::new();
+    for (si, &n) in sizes.iter().enumerate() {
+        let mut b = Bench::new(n, Shape::NetworkPolicies);
+        let tc: Vec<(usize, PathKind)> = ROWS.iter().enumerate().filter_map(|(i, r)| if let What::Tc(p) = r.2 { Some((i, p)) } else { None }).collect();
+        let mut k: Vec<Vec<f64>> = vec![Vec::new(); tc.len()];
+        for _ in 0..rounds {
+            for (j, &(_, p)) in tc.iter().enumerate() {
+                k[j].push(b.run_path(p, REPEAT).kernel_ns as f64);
+            }
+        }
+        for (j, &(i, _)) in tc.iter().enumerate() {
+            ns[i][si] = median(std::mem::take(&mut k[j]));
+        }
+        let (noop, prefilter, pass, drop) = b.xdp_figures(n, rounds);
+        for (what, v) in [(6, noop), (7, prefilter), (8, pass), (9, drop)] {
+            ns[what][si] = v;
+        }
+        single.push(b.single_shot_allow(5_000));
+        eprintln!("comparison per-packet @ {n}: {:?}", ns.iter().map(|r| r[si].round()).collect::<Vec<_>>());
+    }
+    PerPacket { sizes: sizes.to_vec(), ns, single, rounds }
+}
+
+/// The Markdown section, and RESULT lines for the 10k ratios.
+pub fn render(p: &PerPacket) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "## Per-packet cost of every program (BPF_PROG_TEST_RUN)\n");
+    let _ = writeln!(
+        md,
+        "Kernel-reported ns per run, median of {} interleaved rounds of {REPEAT} runs; (x) = ratio to the no-op program at the same hook in the same round set. N = NetworkPolicy ingress rules on the pod (plus one egress policy), and as many denied /32s on the uplink rows. Goals (issue 12): a new flow <= 3x the no-op at 10k rules, an established flow <= 2x.\n",
+        p.rounds
+    );
+    let _ = write!(md, "| program: path |");
+    for &n in &p.sizes {
+        let _ = write!(md, " N = {} |", super::rules_label(n));
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in &p.sizes {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    for (i, (label, base, _)) in ROWS.iter().enumerate() {
+        let _ = write!(md, "| {label} |");
+        for si in 0..p.sizes.len() {
+            let (v, b) = (p.ns[i][si], p.ns[*base][si]);
+            if i == *base {
+                let _ = write!(md, " {v:.0} |");
+            } else {
+                let _ = write!(md, " {v:.0} ({:.2}) |", v / b);
+            }
+        }
+        md.push('\n');
+    }
+    let _ = write!(md, "| `bh_to_pod`: new flow allowed, one run per sample (timer included) / no-op the same way |");
+    for (a, n) in &p.single {
+        let _ = write!(md, " {a:.0} / {n:.0} |");
+    }
+    md.push('\n');
+    if let Some(si) = p.sizes.iter().position(|&n| n == 10_000) {
+        for (i, name) in [(1, "deny_new_flow"), (2, "deny_new_flow_world"), (3, "established"), (4, "egress_deny_new_flow"), (5, "egress_established")] {
+            result(&format!("per_packet_{name}_ratio_10k"), format!("{:.2}", p.ns[i][si] / p.ns[0][si]));
+        }
+        result("per_packet_uplink_pass_ratio_10k", format!("{:.2}", p.ns[8][si] / p.ns[6][si]));
+    }
+    md
+}
