@@ -390,6 +390,8 @@ fn main() {
     if !bulkhead_bench::start_lab_bench("comparison") {
         return;
     }
+    // RUST_LOG=info shows the agent's per-sync phases (load, compile, write).
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     let rounds = env_num("COMPARISON_ROUNDS", 5) as usize;
     let seconds = env_num("COMPARISON_SECONDS", 5);
     let counts: Vec<usize> = std::env::var("COMPARISON_RULES")

@@ -790,15 +790,14 @@ fn value(a: u8, policy_index: u32, rule_index: u16, tier_index: u16, flags: u8, 
     }
 }
 
-/// The verdict function over ports for protocol `p` (merged intervals covering 0..=65535).
-fn port_function(tiers: &[TierRef], rules: &[CRule<'_>], matched: &[bool], p: u8, dst_ports: &[NamedPort]) -> Segs {
+/// The verdict function over ports for protocol `p` (merged intervals covering 0..=65535)
+/// given the rules whose remote side matches (`matched`: ascending rule indexes, so a peer
+/// costs the rules it matches, not every rule of the endpoint).
+fn port_function(tiers: &[TierRef], rules: &[CRule<'_>], matched: &[u16], p: u8, dst_ports: &[NamedPort]) -> Segs {
     let mut cands = Vec::new();
     let mut bounds: BTreeSet<u32> = BTreeSet::new();
     bounds.insert(0);
-    for (r, &m) in rules.iter().zip(matched) {
-        if !m {
-            continue;
-        }
+    for r in matched.iter().map(|&i| &rules[usize::from(i)]) {
         let Some((incl, excl)) = rule_port_sets(r.rule, p, dst_ports) else { continue };
         for &(s, e) in incl.iter().flatten().chain(&excl) {
             bounds.insert(u32::from(s));
@@ -849,7 +848,7 @@ fn protocol_atoms(rules: &[CRule<'_>]) -> (Vec<u8>, u8) {
     (set.into_iter().collect(), other)
 }
 
-fn sig_fn(tiers: &[TierRef], rules: &[CRule<'_>], matched: &[bool], atoms: &(Vec<u8>, u8), dst_ports: &[NamedPort]) -> VerdictTable {
+fn sig_fn(tiers: &[TierRef], rules: &[CRule<'_>], matched: &[u16], atoms: &(Vec<u8>, u8), dst_ports: &[NamedPort]) -> VerdictTable {
     let other = port_function(tiers, rules, matched, atoms.1, dst_ports);
     debug_assert_eq!(other.len(), 1, "other protocols have no port conditions");
     let other = other[0].2;
@@ -875,7 +874,7 @@ fn emit_local(
     out: &mut Vec<(u32, u32)>,
 ) -> u32 {
     let atoms = protocol_atoms(rules);
-    let baseline_match: Vec<bool> = rules.iter().map(|r| r.remote.baseline).collect();
+    let baseline_match: Vec<u16> = rules.iter().enumerate().filter(|(_, r)| r.remote.baseline).map(|(i, _)| i as u16).collect();
 
     // Inverted index, flat: (peer, rule it answers differently from the baseline), sorted so
     // each peer's rules are contiguous (no allocation per peer). Egress named ports resolve on
@@ -928,10 +927,7 @@ fn emit_local(
         let f = by_sig
             .entry(key)
             .or_insert_with_key(|(devs, peer_ports)| {
-                let mut matched = baseline_match.clone();
-                for &i in devs.iter() {
-                    matched[usize::from(i)] ^= true;
-                }
+                let matched = symmetric_difference(&baseline_match, devs);
                 let dst_ports: &[NamedPort] = if dir == direction::INGRESS { local_ports } else { peer_ports };
                 let f = sig_fn(tiers, rules, &matched, &atoms, dst_ports);
                 (f != base).then(|| tables.intern(f))
@@ -942,6 +938,32 @@ fn emit_local(
         }
     }
     base_table
+}
+
+/// The ascending indexes in exactly one of two ascending lists (the rules a peer matches: the
+/// baseline's, flipped where the peer answers otherwise).
+fn symmetric_difference(a: &[u16], b: &[u16]) -> Vec<u16> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::model::{Cidr, Labels, NamedPort};
 
 /// Everything about a pod that a policy can look at. Pods with equal attributes are
 /// indistinguishable to policy and share one identity.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IdentityAttrs {
     pub namespace: String,
     pub namespace_labels: Labels,

@@ -130,6 +130,10 @@ pub(crate) struct Universe<'m> {
     local: Option<Vec<usize>>,
     /// Port name -> pod identities defining it (any protocol).
     named: HashMap<String, Vec<u32>>,
+    /// (first address, prefix length, index) of every identity with a region, ascending: the
+    /// identities inside a prefix are one run of it, so an ipBlock entity costs the regions it
+    /// covers, not the cluster's identity count.
+    by_region: Vec<(u32, u8, usize)>,
     preds: HashMap<EntityKey<'m>, Rc<PredSet>>,
     selections: HashMap<SelectKey<'m>, Rc<[u32]>>,
 }
@@ -163,7 +167,11 @@ impl<'m> Universe<'m> {
                 }
             }
         }
+        let mut by_region: Vec<(u32, u8, usize)> =
+            idents.iter().enumerate().filter_map(|(i, ident)| ident.region.map(|r| (r.range().0, r.prefix_len(), i))).collect();
+        by_region.sort_unstable();
         Universe {
+            by_region,
             idents,
             n_pods,
             baseline,
@@ -247,6 +255,33 @@ impl<'m> Universe<'m> {
         best
     }
 
+    /// Indexes (ascending) of the identities whose region lies inside one of `nets`. Collected
+    /// prefixes are nested or disjoint and every net is collected, so a region starting inside
+    /// a net and no wider than it lies inside it.
+    fn inside(&self, nets: &[Cidr]) -> Vec<usize> {
+        let mut out = Vec::new();
+        for n in nets {
+            let (lo, hi) = n.range();
+            let from = self.by_region.partition_point(|&(s, _, _)| s < lo);
+            out.extend(self.by_region[from..].iter().take_while(|&&(s, _, _)| s <= hi).filter(|&&(_, l, _)| l >= n.prefix_len()).map(|&(_, _, i)| i));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// A superset of the identities (ascending indexes) whose answer to an entity without a
+    /// pod side can differ from the baseline's, or `None` for every identity. With the baseline
+    /// outside all of the entity's prefixes, an identity differs only inside `nets` (the entity
+    /// holds there and nowhere else), or, with no `nets`, inside `not_nets`.
+    fn net_candidates(&self, e: &EntityMatch) -> Option<Vec<usize>> {
+        let baseline_in = |nets: &[Cidr]| self.baseline.region.is_some_and(|q| nets.iter().any(|n| n.contains(q)));
+        if baseline_in(&e.nets) || baseline_in(&e.not_nets) {
+            return None;
+        }
+        Some(self.inside(if e.nets.is_empty() { &e.not_nets } else { &e.nets }))
+    }
+
     pub fn ident(&self, id: u32) -> Option<&Ident> {
         self.by_id.get(&id).map(|&i| &self.idents[i])
     }
@@ -270,13 +305,13 @@ impl<'m> Universe<'m> {
             return p.clone();
         }
         let baseline = entity_holds(e, &self.baseline);
-        let narrowed = if needs_pod(e) { self.pod_candidates(e.selector.as_ref(), e.namespace.as_ref()) } else { None };
+        let narrowed = if needs_pod(e) { self.pod_candidates(e.selector.as_ref(), e.namespace.as_ref()) } else { self.net_candidates(e) };
         let candidates: Box<dyn Iterator<Item = usize>> = match (narrowed, needs_pod(e)) {
             (Some(v), _) => Box::new(v.into_iter()),
             (None, true) => Box::new(0..self.n_pods),
             (None, false) => Box::new(0..self.idents.len()),
         };
-        // Identities outside the candidates answer like the baseline (false) by construction.
+        // Identities outside the candidates answer like the baseline by construction.
         let mut diff: Vec<u32> =
             candidates.filter(|&i| entity_holds(e, &self.idents[i]) != baseline).map(|i| self.idents[i].id).collect();
         diff.sort_unstable();
@@ -315,5 +350,63 @@ impl<'m> Universe<'m> {
         let out: Rc<[u32]> = out.into();
         self.selections.insert(key, out.clone());
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn cidr(s: &str) -> Cidr {
+        let (a, l) = s.split_once('/').expect("a/len");
+        Cidr::new(a.parse::<Ipv4Addr>().expect("address"), l.parse().expect("length")).expect("canonical")
+    }
+
+    /// The narrowed evaluation of address-only entities answers exactly like asking every
+    /// identity, with the baseline in no prefix and in 0.0.0.0/0.
+    #[test]
+    fn ip_block_entities_agree_with_asking_every_identity() {
+        let prefixes = ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "10.9.0.0/16", "192.168.0.0/16", "192.168.7.0/24"];
+        let sets: Vec<Vec<Cidr>> = vec![
+            vec![],
+            vec![cidr("10.0.0.0/8")],
+            vec![cidr("10.1.0.0/16"), cidr("192.168.0.0/16")],
+            vec![cidr("10.1.2.3/32")],
+            vec![cidr("0.0.0.0/0")],
+            vec![cidr("192.168.7.0/24")],
+        ];
+        for with_all in [false, true] {
+            let mut regions: Vec<Ident> =
+                prefixes.iter().enumerate().map(|(i, p)| Ident { id: 1000 + i as u32, pod: None, region: Some(cidr(p)) }).collect();
+            if with_all {
+                regions.push(Ident { id: 999, pod: None, region: Some(cidr("0.0.0.0/0")) });
+            }
+            // Pod identities: two in regions, one in no prefix.
+            let pods: Vec<Ident> = [Some("10.1.2.0/24"), Some("192.168.0.0/16"), None]
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Ident::from_attrs(10 + i as u32, &IdentityAttrs { namespace: "ns".into(), region: r.map(cidr), ..Default::default() }))
+                .collect();
+            let baseline = Ident { id: 0, pod: None, region: with_all.then(|| cidr("0.0.0.0/0")) };
+            let mut uni = Universe::new(pods, regions, baseline);
+            let ids: Vec<u32> = uni.idents.iter().map(|i| i.id).collect();
+            for nets in &sets {
+                for not_nets in &sets {
+                    // Every net of a real compile is collected: 0.0.0.0/0 only where it is.
+                    if !with_all && nets.iter().chain(not_nets).any(|n| n.prefix_len() == 0) {
+                        continue;
+                    }
+                    let e = Box::leak(Box::new(EntityMatch { nets: nets.clone(), not_nets: not_nets.clone(), ..Default::default() }));
+                    let p = uni.entity(e);
+                    for &id in &ids {
+                        let want = entity_holds(e, uni.ident(id).expect("ident"));
+                        assert_eq!(p.holds(id), want, "identity {id}, nets {nets:?}, not_nets {not_nets:?}, 0.0.0.0/0 collected: {with_all}");
+                    }
+                    assert_eq!(p.baseline, entity_holds(e, &uni.baseline));
+                }
+            }
+        }
     }
 }

@@ -99,7 +99,12 @@ pub struct SyncReport {
     /// Datastore files rejected on their own (named with document and field); their last
     /// good version, if any, stays in force while everything else applied.
     pub rejected: Vec<String>,
+    /// Reading the datastore (files or the API watchers' cache) into the model.
+    pub load_time: Duration,
+    /// The compiler, and turning its output into map entries.
     pub compile_time: Duration,
+    /// Writing the inactive generation, flipping to it, endpoints and the detector's plan.
+    pub write_time: Duration,
     pub total_time: Duration,
 }
 
@@ -408,6 +413,7 @@ fn worker(
     let mut last_gc = Instant::now();
     let mut last_cgroups = Instant::now();
     let mut last_periodic = Instant::now();
+    let mut last_safety_poll = Instant::now();
     let mut keep: Option<mpsc::Sender<Result<usize, AgentError>>> = None;
     loop {
         match rx.recv_timeout(tick) {
@@ -456,7 +462,14 @@ fn worker(
             drain_flows(&mut st);
             st.det.tick(&mut st.dp);
             st.det.import_inbox(&mut st.dp);
-            if cfg.watch && (st.store.poll_changed() || !st.pending.is_empty()) {
+            // Changes arrive as notifications (inotify, API watches); the datastore is polled
+            // only as a slow safety net, since a stat of every file every tick would cost a
+            // large folder tens of milliseconds per tick. Interfaces still pending retry every tick.
+            let safety_poll = last_safety_poll.elapsed() >= SAFETY_POLL;
+            if safety_poll {
+                last_safety_poll = Instant::now();
+            }
+            if cfg.watch && ((safety_poll && st.store.poll_changed()) || !st.pending.is_empty()) {
                 if let Err(e) = sync(&mut st) {
                     tracing::error!(error = %e, "datastore change rejected");
                 }
@@ -703,6 +716,9 @@ fn spawn_flow_poller(dp: &Dataplane, tx: mpsc::Sender<Request>) -> Result<(), Ag
 /// extra delay of a network finding that arrives during a burst).
 const FLOW_BATCH_WAIT: Duration = Duration::from_micros(200);
 
+/// How often a watching agent checks its datastore for changes no notification announced.
+const SAFETY_POLL: Duration = Duration::from_secs(10);
+
 /// How long after a flip the now inactive generation may be written again.
 const FLIP_GRACE: Duration = Duration::from_millis(5);
 
@@ -713,6 +729,7 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     let mut model = st.store.load()?;
     let mut detector_input = st.store.load_detector()?;
     st.registry.overlay(&mut model, &mut detector_input);
+    let load_time = t0.elapsed();
     let rejected = st.store.rejected();
     for r in &rejected {
         tracing::error!(rejected = %r, "datastore file rejected; the rest applies");
@@ -720,8 +737,8 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     // Detector resources are checked before anything applies: a bad one rejects the sync.
     let detector_plan = detect::policy::plan(&detector_input, &model).map_err(AgentError::Invalid)?;
     let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Invalid(e.to_string()))?;
-    let compile_time = t0.elapsed();
     let kernel = apply::KernelState::of(&compiled);
+    let compile_time = t0.elapsed() - load_time;
     // A packet that read the old revision just before the last flip may still be judged with
     // the generation about to be written: programs run for microseconds, so a few
     // milliseconds after a flip nobody reads it any more.
@@ -739,6 +756,16 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     st.det.apply_plan(&mut st.dp, &detector_plan)?;
     st.det.peers_from(&model);
     st.det.sync_flow_events(&mut st.dp)?;
+    let write_time = t0.elapsed() - load_time - compile_time;
+    tracing::info!(
+        rev,
+        upserts = written.upserts,
+        removals = written.removals,
+        load_ms = load_time.as_secs_f64() * 1e3,
+        compile_ms = compile_time.as_secs_f64() * 1e3,
+        write_ms = write_time.as_secs_f64() * 1e3,
+        "policy enforced"
+    );
     if let Ok(json) = serde_json::to_string_pretty(&PolicyTable::of(compiled)) {
         let _ = std::fs::write(st.state_dir.join("policies.json"), json);
     }
@@ -753,7 +780,9 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
         pending_interfaces: st.pending.clone(),
         overflow: compiled.overflow.clone(),
         rejected,
+        load_time,
         compile_time,
+        write_time,
         total_time: t0.elapsed(),
     })
 }

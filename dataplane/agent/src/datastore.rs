@@ -2,9 +2,10 @@
 //! Kubernetes-style YAML; a Kubernetes API datastore will implement the same trait.
 
 use std::{
-    collections::BTreeMap,
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    time::SystemTime,
+    sync::Arc,
 };
 
 use policy_compiler::{k8s::Resource, model::Model};
@@ -55,12 +56,41 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 /// documents.
 pub struct FileDatastore {
     dir: PathBuf,
-    last_fingerprint: Vec<(PathBuf, SystemTime, u64)>,
-    /// Last good version of each file: its text and its parsed policy documents.
-    good: BTreeMap<PathBuf, (String, Vec<Resource>)>,
-    /// The texts the last load used, by display name, in name order.
+    last_fingerprint: Vec<(PathBuf, Stamp)>,
+    /// Last good version of each file. A file whose stamp is unchanged is not read or parsed
+    /// again, so a change to one file of thousands costs one parse, not thousands.
+    good: HashMap<PathBuf, Version>,
+    /// The texts the last load used that hold detector documents, by display name, in name
+    /// order.
     current: Vec<(String, String)>,
     rejected: Vec<String>,
+}
+
+/// What identifies one version of a file without reading it: inode (an atomic rename-into-place
+/// brings a new one), size, and modification and change times to the nanosecond.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        Stamp { ino: m.ino(), len: m.len(), mtime: (m.mtime(), m.mtime_nsec()), ctime: (m.ctime(), m.ctime_nsec()) }
+    }
+}
+
+/// One good version of a file.
+#[derive(Clone)]
+struct Version {
+    /// `None` when it was read while changing (its stamp moved during the read): never reused.
+    stamp: Option<Stamp>,
+    text: Arc<str>,
+    docs: Arc<[Resource]>,
+    /// Whether it holds detector documents (DetectorPolicies, cgroup annotations).
+    detector: bool,
 }
 
 impl FileDatastore {
@@ -70,7 +100,7 @@ impl FileDatastore {
         if !dir.is_dir() {
             return Err(AgentError::Datastore { path: dir, detail: "not a folder".into() });
         }
-        Ok(FileDatastore { dir, last_fingerprint: Vec::new(), good: BTreeMap::new(), current: Vec::new(), rejected: Vec::new() })
+        Ok(FileDatastore { dir, last_fingerprint: Vec::new(), good: HashMap::new(), current: Vec::new(), rejected: Vec::new() })
     }
 
     fn files(&self) -> Result<Vec<PathBuf>, AgentError> {
@@ -78,16 +108,21 @@ impl FileDatastore {
             .map_err(|(path, e)| AgentError::Datastore { path, detail: e.to_string() })
     }
 
-    fn fingerprint(&self) -> Vec<(PathBuf, SystemTime, u64)> {
+    fn fingerprint(&self) -> Vec<(PathBuf, Stamp)> {
         let Ok(files) = self.files() else { return Vec::new() };
         files
             .into_iter()
             .filter_map(|p| {
                 // The entry itself (a link is not followed): stat never blocks or reads.
                 let m = std::fs::symlink_metadata(&p).ok()?;
-                Some((p, m.modified().ok()?, m.len()))
+                Some((p, Stamp::of(&m)))
             })
             .collect()
+    }
+
+    /// The stamp of what reading `p` reads (a link's target), if it can be taken.
+    fn stamp(p: &Path) -> Option<Stamp> {
+        std::fs::metadata(p).ok().map(|m| Stamp::of(&m))
     }
 
     fn display_name(&self, p: &Path) -> String {
@@ -96,15 +131,20 @@ impl FileDatastore {
 
     /// Reads and checks one file: its text and policy documents when it is readable and both
     /// the policy and the detector parsers accept it.
-    fn check_file(&self, p: &Path) -> Result<(String, Vec<Resource>), String> {
+    fn check_file(&self, p: &Path) -> Result<Version, String> {
         let name = self.display_name(p);
+        let before = Self::stamp(p);
         let text = read_bounded(&self.dir, p).map_err(|e| format!("{name}: {e}"))?;
+        // Reused later only if nothing changed it while it was read.
+        let stamp = before.filter(|b| Self::stamp(p) == Some(*b));
         if text.trim().is_empty() {
             return Err(format!("{name}: empty file (no documents)"));
         }
         let docs = policy_compiler::k8s::parse_documents(&name, &text).map_err(|e| e.to_string())?;
-        crate::detect::policy::parse_documents(&name, &text, &mut DetectorInput::default())?;
-        Ok((text, docs))
+        let mut det = DetectorInput::default();
+        crate::detect::policy::parse_documents(&name, &text, &mut det)?;
+        let detector = !det.policies.is_empty() || !det.cgroups.is_empty();
+        Ok(Version { stamp, text: text.into(), docs: docs.into(), detector })
     }
 }
 
@@ -152,11 +192,12 @@ impl Datastore for FileDatastore {
         let files = self.files()?;
         let mut current = Vec::new();
         let mut rejected = Vec::new();
-        let mut good = BTreeMap::new();
+        let mut good = HashMap::with_capacity(self.good.len());
         let mut resources = Vec::new();
         for p in files {
             let name = self.display_name(&p);
-            let version = match self.check_file(&p) {
+            let unchanged = self.good.get(&p).filter(|v| v.stamp.is_some() && v.stamp == Self::stamp(&p));
+            let version = match unchanged.cloned().map_or_else(|| self.check_file(&p), Ok) {
                 Ok(v) => v,
                 Err(e) => match self.good.get(&p) {
                     Some(old) => {
@@ -169,8 +210,10 @@ impl Datastore for FileDatastore {
                     }
                 },
             };
-            resources.extend(version.1.iter().cloned());
-            current.push((name, version.0.clone()));
+            resources.extend(version.docs.iter().cloned());
+            if version.detector {
+                current.push((name, version.text.to_string()));
+            }
             good.insert(p, version);
         }
         let model = policy_compiler::k8s::build_model(resources)
@@ -223,5 +266,47 @@ impl Datastore for FileDatastore {
             })
             .map_err(|_| AgentError::Stopped)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(port: u16) -> String {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: a}}\nspec:\n  podSelector: {{}}\n  ingress:\n  - ports: [{{port: {port}}}]\n"
+        )
+    }
+
+    fn policy_text(m: &Model) -> String {
+        format!("{:?}", m.policies.values().next().expect("one policy"))
+    }
+
+    /// A temporary folder removed however the test ends.
+    struct TempDir(PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn an_in_place_edit_of_the_same_size_is_read_and_unchanged_files_are_reused() {
+        let dir = TempDir(std::env::temp_dir().join(format!("bh-ds-test-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).expect("temp folder");
+        std::fs::write(dir.0.join("ns.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n").expect("write");
+        let f = dir.0.join("p.yaml");
+        std::fs::write(&f, policy(8080)).expect("write");
+        let mut s = FileDatastore::new(&dir.0).expect("datastore");
+        let first = policy_text(&s.load().expect("load"));
+        assert!(first.contains("8080"), "{first}");
+        let ns_text = s.good[&dir.0.join("ns.yaml")].text.clone();
+        // Same length, same inode: only the times and the content differ.
+        std::fs::write(&f, policy(8081)).expect("rewrite");
+        let second = policy_text(&s.load().expect("load"));
+        assert!(second.contains("8081"), "the edit was not read: {second}");
+        // The untouched file's version is the very same allocation: not read again.
+        assert!(Arc::ptr_eq(&ns_text, &s.good[&dir.0.join("ns.yaml")].text), "an unchanged file was read again");
     }
 }

@@ -4,11 +4,11 @@
 
 use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
 
-
 /// An inotify instance watching a folder tree. Dropping it closes the descriptor, which also
 /// wakes a thread blocked in [`Watcher::wait`].
 pub struct Watcher {
     fd: libc::c_int,
+    root: std::path::PathBuf,
 }
 
 const MASK: u32 = libc::IN_CLOSE_WRITE
@@ -25,20 +25,27 @@ impl Watcher {
         if fd < 0 {
             return Err(context(dir, "inotify_init1", std::io::Error::last_os_error()));
         }
-        let w = Watcher { fd };
-        let mut stack = vec![dir.to_path_buf()];
+        let w = Watcher { fd, root: dir.to_path_buf() };
+        w.watch_tree()?;
+        Ok(w)
+    }
+
+    /// Adds a watch on every folder of the tree (adding one twice is harmless).
+    fn watch_tree(&self) -> std::io::Result<()> {
+        let mut stack = vec![self.root.clone()];
         while let Some(d) = stack.pop() {
             let c = CString::new(d.as_os_str().as_bytes())
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{}: path contains NUL", d.display())))?;
             // SAFETY: valid fd and NUL-terminated path.
-            if unsafe { libc::inotify_add_watch(w.fd, c.as_ptr(), MASK) } < 0 {
+            if unsafe { libc::inotify_add_watch(self.fd, c.as_ptr(), MASK) } < 0 {
                 return Err(context(&d, "inotify_add_watch", std::io::Error::last_os_error()));
             }
             if let Ok(rd) = std::fs::read_dir(&d) {
-                stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+                // The entry's own type: a link to a folder is not descended into.
+                stack.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
             }
         }
-        Ok(w)
+        Ok(())
     }
 
     /// Blocks until something changes (or `timeout_ms` passes); returns whether anything did.
@@ -49,10 +56,14 @@ impl Watcher {
         if n <= 0 {
             return false;
         }
-        // Drain the queue: one notification stands for all changes so far.
+        // Drain the queue: one notification stands for all changes so far (a queue overflow
+        // is an event too, so it also wakes the reader, who re-reads everything).
         let mut buf = [0u8; 4096];
         // SAFETY: reading into a buffer we own; the fd is readable.
         unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+        // A folder created since the last call gets its watch now; files written into it before
+        // that are found by the reader's re-read, which this notification causes.
+        let _ = self.watch_tree();
         true
     }
 }
@@ -95,6 +106,56 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, (std::path::Pat
             }
         }
     }
-    out.sort();
+    // Path order (component by component) as bytes with the separator lowest: the same order,
+    // without taking every path apart on every comparison (a folder of 10k files).
+    out.sort_by_cached_key(|p| p.as_os_str().as_bytes().iter().map(|&b| if b == b'/' { 0 } else { b }).collect::<Vec<u8>>());
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temporary folder removed however the test ends.
+    struct TempDir(std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp(tag: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!("bh-fswatch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp folder");
+        TempDir(d)
+    }
+
+    #[test]
+    fn a_folder_created_after_the_watch_starts_is_watched() {
+        let dir = temp("new-folder");
+        let w = Watcher::new(&dir.0).expect("watcher");
+        std::fs::create_dir(dir.0.join("sub")).expect("subfolder");
+        assert!(w.wait(2000), "creating a subfolder was not seen");
+        assert!(!w.wait(50), "a wake with no change");
+        std::fs::write(dir.0.join("sub").join("p.yaml"), "x").expect("file in the new subfolder");
+        assert!(w.wait(2000), "a file written into the new subfolder was not seen");
+        assert_eq!(yaml_files(&dir.0).expect("listing"), vec![dir.0.join("sub").join("p.yaml")]);
+    }
+
+    #[test]
+    fn files_come_in_path_order() {
+        let dir = temp("order");
+        for d in ["a", "a-b"] {
+            std::fs::create_dir_all(dir.0.join(d)).expect("folder");
+        }
+        for f in ["a/z.yaml", "a-b/a.yaml", "a.yaml", "b.yml"] {
+            std::fs::write(dir.0.join(f), "x").expect("file");
+        }
+        let got = yaml_files(&dir.0).expect("listing");
+        let mut want = got.clone();
+        want.sort();
+        assert_eq!(got, want, "not the order of Path's own comparison");
+        assert_eq!(got.len(), 4);
+    }
 }
