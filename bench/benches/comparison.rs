@@ -440,22 +440,31 @@ fn main() {
             samples[i].push(s);
         }
     }
-    let changes = if part("policy_change") { policy_change::render(&policy_change::measure(&mut b, &counts, flips)) } else { String::new() };
-    drop(b);
-    let packets = if part("per_packet") { per_packet::render(&per_packet::measure(&counts, rounds.max(3))) } else { String::new() };
-    if only.is_some() {
-        if part("throughput") {
-            println!("{}", render(&configs, &samples, rounds, seconds, started.elapsed()).0);
+    // Each part is written as soon as it is measured, so a failure in a later part does not
+    // lose the earlier ones (the throughput rounds take most of an hour).
+    let throughput = render(&configs, &samples, rounds, seconds, started.elapsed());
+    let write = |md: &str| {
+        if only.is_none() {
+            std::fs::create_dir_all(&report_dir).expect("report dir");
+            std::fs::write(report_dir.join("comparison.md"), md).expect("write report");
+            std::fs::write(report_dir.join("comparison.svg"), &throughput.1).expect("write chart");
         }
-        println!("{changes}\n{packets}");
+    };
+    let mut md = if part("throughput") { throughput.0.clone() } else { String::new() };
+    write(&md);
+    if part("policy_change") {
+        md = format!("{md}\n{}", policy_change::render(&policy_change::measure(&mut b, &counts, flips)));
+        write(&md);
+    }
+    drop(b);
+    if part("per_packet") {
+        md = format!("{md}\n{}", per_packet::render(&per_packet::measure(&counts, rounds.max(3))));
+        write(&md);
+    }
+    println!("{md}");
+    if only.is_some() {
         return;
     }
-    let mut report = render(&configs, &samples, rounds, seconds, started.elapsed());
-    report.0 = format!("{}\n{changes}\n{packets}", report.0);
-    std::fs::create_dir_all(&report_dir).expect("report dir");
-    std::fs::write(report_dir.join("comparison.md"), &report.0).expect("write report");
-    std::fs::write(report_dir.join("comparison.svg"), &report.1).expect("write chart");
-    println!("{}", report.0);
     println!("comparison: report written to {}", report_dir.display());
 }
 

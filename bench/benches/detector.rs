@@ -94,7 +94,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bulkhead_agent::detect::{
-    Actions, DetectorEvent, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, cgroup, network::ScanConfig,
+    Actions, DetectorEvent, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, network::ScanConfig,
 };
 use bulkhead_bench::{percentile, result};
 use bulkhead_lab::datastore::Datastore;
@@ -129,12 +129,12 @@ fn reap(mut c: Child) -> (Option<i32>, u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if let Some(st) = c.try_wait().expect("wait") {
-            return (st.signal(), cgroup::monotonic_ns());
+            return (st.signal(), bulkhead_agent::clock::monotonic_ns());
         }
         if Instant::now() > deadline {
             let _ = c.kill();
             let _ = c.wait();
-            return (None, cgroup::monotonic_ns());
+            return (None, bulkhead_agent::clock::monotonic_ns());
         }
         std::thread::sleep(Duration::from_micros(20));
     }
@@ -322,7 +322,7 @@ fn kill_latencies(b: &Bench) {
     std::fs::copy("/bin/true", &bin).expect("copy");
     let (mut in_kernel, mut to_reaped, mut spawn_to_reaped, mut failures) = (vec![], vec![], vec![], 0);
     for _ in 0..KILL_ITERATIONS {
-        let t0 = cgroup::monotonic_ns();
+        let t0 = bulkhead_agent::clock::monotonic_ns();
         let c = spawn_in_pod(b.victim(), &[bin.to_str().unwrap()]);
         let pid = c.id();
         let (sig, reaped) = reap(c);

@@ -1,7 +1,7 @@
 //! Connection tracking: replies of allowed flows pass, and a policy change reaches
 //! established flows through the revision stored in each entry.
 
-use bulkhead_common::{ConfigV1, CtKeyV1, CtValueV1, ct_flags, proto};
+use bulkhead_common::{CtKeyV1, CtValueV1, ct_flags, proto};
 
 use crate::parse::{Flow, TCP_FIN, TCP_RST};
 
@@ -31,23 +31,6 @@ pub fn reverse_key(ifindex: u32, f: &Flow) -> CtKeyV1 {
         protocol: f.protocol,
         _pad: [0; 3],
     }
-}
-
-/// Whether an entry has outlived its timeout at `now`.
-#[inline(always)]
-pub fn expired(ct: &CtValueV1, cfg: &ConfigV1, now: u64) -> bool {
-    let timeout = match ct.protocol {
-        proto::TCP => {
-            if ct.flags & ct_flags::CLOSING != 0 || ct.flags & ct_flags::SEEN_REPLY == 0 {
-                cfg.tcp_short_timeout_ns
-            } else {
-                cfg.tcp_established_timeout_ns
-            }
-        }
-        proto::ICMP => cfg.icmp_timeout_ns,
-        _ => cfg.udp_timeout_ns,
-    };
-    now.saturating_sub(ct.last_seen_ns) > timeout
 }
 
 /// Records a packet on an existing entry.

@@ -279,7 +279,7 @@ fn icmp_related(ifindex: u32, ep: &Local, cfg: &ConfigV1, reply: &Flow, dir: u8)
     for key in [conntrack::key(ifindex, reply), conntrack::reverse_key(ifindex, reply)] {
         // SAFETY: the value is only read.
         if let Some(ct) = unsafe { CONNTRACK.get(&key) } {
-            if !conntrack::expired(ct, cfg, now) {
+            if !ct.expired(cfg, now) {
                 count(counters::PASS_ICMP_RELATED);
                 return TC_PASS;
             }
@@ -306,7 +306,7 @@ struct Packet<'a> {
 /// packet was (`origin_port`); a flow the new policy denies loses its entry and is reported.
 #[inline(always)]
 fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV1, origin_port: u16, is_reply: bool) -> Option<i32> {
-    if conntrack::expired(ct, p.cfg, p.now) {
+    if ct.expired(p.cfg, p.now) {
         return None;
     }
     if ct.policy_rev != p.cfg.policy_rev {

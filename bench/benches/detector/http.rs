@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bulkhead_agent::detect::{Actions, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, cgroup};
+use bulkhead_agent::detect::{Actions, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec};
 use bulkhead_bench::result;
 
 use super::{Bench, NAME, spawn_in_pod};
@@ -223,7 +223,7 @@ pub fn http_workload_cost(b: &Bench) {
         for i in 0..figures.len() {
             let (c, close, _) = figures[i];
             apply(b, c);
-            let since = cgroup::monotonic_ns();
+            let since = bulkhead_agent::clock::monotonic_ns();
             let load = wrk(b, close, SECONDS);
             // Findings reach the agent within milliseconds; give the last flows time.
             std::thread::sleep(Duration::from_millis(50));

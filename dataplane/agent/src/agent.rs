@@ -680,7 +680,7 @@ fn spawn_flow_poller(dp: &Dataplane, tx: mpsc::Sender<Request>) -> Result<(), Ag
     // SAFETY: dup of a valid fd; the copy is owned by the thread.
     let fd = unsafe { libc::dup(dp.maps.flows.as_raw_fd()) };
     if fd < 0 {
-        return Err(AgentError::Map { map: bulkhead_common::map_names::FLOWS, detail: format!("dup: {}", std::io::Error::last_os_error()) });
+        return Err(AgentError::Io { what: "duplicating the flow ring's descriptor", source: std::io::Error::last_os_error() });
     }
     // SAFETY: fd was just returned by dup and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -736,7 +736,7 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     }
     // Detector resources are checked before anything applies: a bad one rejects the sync.
     let detector_plan = detect::policy::plan(&detector_input, &model).map_err(AgentError::Invalid)?;
-    let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Policy(Box::new(e)))?;
     let kernel = apply::KernelState::of(&compiled);
     let compile_time = t0.elapsed() - load_time;
     // A packet that read the old revision just before the last flip may still be judged with

@@ -19,8 +19,8 @@ use crate::{
     loader::{Dataplane, ipcache_key},
 };
 
-fn werr(map: &'static str, e: impl std::fmt::Display) -> AgentError {
-    AgentError::Map { map, detail: e.to_string() }
+fn werr(map: &'static str, source: aya::maps::MapError) -> AgentError {
+    AgentError::Map { map, source }
 }
 
 /// Everything the kernel's lookup maps hold, derived from one compile.

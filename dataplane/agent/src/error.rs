@@ -13,8 +13,26 @@ pub enum AgentError {
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {program}: {source}")]
     Program { program: &'static str, source: aya::programs::ProgramError },
+    #[error("eBPF map {map}: {source}")]
+    Map { map: &'static str, source: aya::maps::MapError },
+    #[error("eBPF map {map}, entry {key}: {source}")]
+    MapEntry { map: &'static str, key: String, source: aya::maps::MapError },
+    #[error("eBPF map {map} pinned at {path}: {source}")]
+    MapPin { map: &'static str, path: PathBuf, source: aya::maps::MapError },
+    /// A map held something its writer never writes.
     #[error("eBPF map {map}: {detail}")]
-    Map { map: &'static str, detail: String },
+    MapContent { map: &'static str, detail: String },
+    /// A program or map this binary needs is not in the eBPF object built into it.
+    #[error("{what} is missing from the eBPF object built into this binary")]
+    Missing { what: String },
+    #[error("eBPF link {what}: {source}")]
+    Link { what: String, source: aya::programs::links::LinkError },
+    #[error("pinning {path}: {source}")]
+    Pin { path: PathBuf, source: aya::pin::PinError },
+    #[error("no pinned maps in {pin_dir} (has an agent of this instance run?)")]
+    NotLoaded { pin_dir: PathBuf },
+    #[error("{what}: {source}")]
+    Io { what: &'static str, source: std::io::Error },
     #[error(transparent)]
     IfindexMap(#[from] crate::ifmap::IfindexMapError),
     #[error("interface {ifname}: {detail}")]
@@ -26,8 +44,9 @@ pub enum AgentError {
     /// Bad input in the datastore: nothing of it was applied, the enforced state is unchanged.
     #[error("{0} (nothing applied; the enforced policy is unchanged)")]
     Invalid(String),
-    #[error("policy compiler: {0}")]
-    Compile(String),
+    /// The compiler refused the model: nothing of it was applied.
+    #[error("{0} (nothing applied; the enforced policy is unchanged)")]
+    Policy(#[source] Box<policy_compiler::Error>),
     #[error("detector: {0}")]
     Detector(String),
     #[error("agent instance {instance}: {detail}")]

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod clock;
 pub mod crds;
 pub mod datastore;
 pub mod detect;

@@ -211,8 +211,12 @@ fn xdp_prefilter_wanted() -> bool {
     }
 }
 
-fn map_err(map: &'static str, e: impl std::fmt::Display) -> AgentError {
-    AgentError::Map { map, detail: e.to_string() }
+fn map_err(map: &'static str, source: aya::maps::MapError) -> AgentError {
+    AgentError::Map { map, source }
+}
+
+fn missing(what: impl Into<String>) -> AgentError {
+    AgentError::Missing { what: what.into() }
 }
 
 impl Dataplane {
@@ -230,7 +234,7 @@ impl Dataplane {
         for name in [programs::FROM_POD, programs::TO_POD] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(name)
-                .ok_or_else(|| map_err("programs", format!("{name} missing from the object")))?
+                .ok_or_else(|| missing(format!("program {name}")))?
                 .try_into()
                 .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
             p.load().map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
@@ -239,7 +243,7 @@ impl Dataplane {
         if xdp_prefilter {
             let x: &mut Xdp = ebpf
                 .program_mut(programs::XDP_PREFILTER)
-                .ok_or_else(|| map_err("programs", "xdp prefilter missing"))?
+                .ok_or_else(|| missing(format!("program {}", programs::XDP_PREFILTER)))?
                 .try_into()
                 .map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
             x.load().map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
@@ -247,14 +251,14 @@ impl Dataplane {
         for (name, _, _) in TRACEPOINTS {
             let t: &mut TracePoint = ebpf
                 .program_mut(name)
-                .ok_or_else(|| map_err("programs", format!("{name} missing from the object")))?
+                .ok_or_else(|| missing(format!("program {name}")))?
                 .try_into()
                 .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
             t.load().map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
         }
         let r: &mut RawTracePoint = ebpf
             .program_mut(programs::SYS_ENTER)
-            .ok_or_else(|| map_err("programs", "syscall probe missing from the object"))?
+            .ok_or_else(|| missing(format!("program {}", programs::SYS_ENTER)))?
             .try_into()
             .map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
         r.load().map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
@@ -267,13 +271,13 @@ impl Dataplane {
             let path = pin_dir.join(name);
             let _ = std::fs::remove_file(&path);
             ebpf.program_mut(name)
-                .ok_or_else(|| map_err("programs", format!("{name} missing from the object")))?
+                .ok_or_else(|| missing(format!("program {name}")))?
                 .pin(&path)
-                .map_err(|e| map_err("programs", format!("pinning {name} at {}: {e}", path.display())))?;
+                .map_err(|source| AgentError::Pin { path: path.clone(), source })?;
         }
 
         let mut take = |name: &'static str| {
-            ebpf.take_map(name).ok_or_else(|| map_err(name, "missing from the object"))
+            ebpf.take_map(name).ok_or_else(|| missing(format!("map {name}")))
         };
         let maps = Maps {
             endpoints: crate::ifmap::IfindexMap::new(
@@ -331,17 +335,17 @@ impl Dataplane {
             .iter()
             .find(|(n, _, _)| *n == name)
             .copied()
-            .ok_or_else(|| map_err("programs", format!("{name} is not a tracepoint program")))?;
+            .ok_or_else(|| missing(format!("tracepoint program {name}")))?;
         let dir = self.links_dir()?;
         let prog: &mut TracePoint = self
             .ebpf
             .program_mut(name)
-            .ok_or_else(|| map_err("programs", format!("{name} missing")))?
+            .ok_or_else(|| missing(format!("program {name}")))?
             .try_into()
             .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
         let id = prog.attach(category, tp).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
         let link = prog.take_link(id).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
-        let fd: FdLink = link.try_into().map_err(|e| map_err("links", format!("{name}: {e}")))?;
+        let fd: FdLink = link.try_into().map_err(|source| AgentError::Link { what: name.to_string(), source })?;
         let kept = pin_replacing(fd, dir.join(name))?;
         self.tracepoints.insert(name, kept);
         Ok(())
@@ -394,7 +398,7 @@ impl Dataplane {
     fn raw_sys_enter(&mut self) -> Result<&mut RawTracePoint, AgentError> {
         self.ebpf
             .program_mut(programs::SYS_ENTER)
-            .ok_or_else(|| map_err("programs", "syscall probe missing"))?
+            .ok_or_else(|| missing(format!("program {}", programs::SYS_ENTER)))?
             .try_into()
             .map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })
     }
@@ -402,7 +406,7 @@ impl Dataplane {
     fn btf_sys_enter(&mut self) -> Result<&mut BtfTracePoint, AgentError> {
         self.ebpf
             .program_mut(programs::SYS_ENTER_BTF)
-            .ok_or_else(|| map_err("programs", "tp_btf syscall probe missing"))?
+            .ok_or_else(|| missing(format!("program {}", programs::SYS_ENTER_BTF)))?
             .try_into()
             .map_err(|e| AgentError::Program { program: programs::SYS_ENTER_BTF, source: e })
     }
@@ -410,7 +414,7 @@ impl Dataplane {
     fn fentry(&mut self) -> Result<&mut FEntry, AgentError> {
         self.ebpf
             .program_mut(programs::SYS_CALL)
-            .ok_or_else(|| map_err("programs", "fentry syscall probe missing"))?
+            .ok_or_else(|| missing(format!("program {}", programs::SYS_CALL)))?
             .try_into()
             .map_err(|e| AgentError::Program { program: programs::SYS_CALL, source: e })
     }
@@ -448,7 +452,7 @@ impl Dataplane {
     pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier, AgentError> {
         self.ebpf
             .program_mut(name)
-            .ok_or_else(|| map_err("programs", format!("{name} missing")))?
+            .ok_or_else(|| missing(format!("program {name}")))?
             .try_into()
             .map_err(|e| AgentError::Program { program: static_name(name), source: e })
     }
@@ -518,7 +522,7 @@ impl Dataplane {
             match adopted {
                 Ok(id) => {
                     let link = self.classifier(prog)?.take_link(id).map_err(perr)?;
-                    let fd: FdLink = link.try_into().map_err(|e| map_err("links", format!("{}: {e}", pin.display())))?;
+                    let fd: FdLink = link.try_into().map_err(|source| AgentError::Link { what: pin.display().to_string(), source })?;
                     tracing::debug!(ifname, prog, "adopted the pinned link");
                     return Ok(KeptLink { _fd: fd, pin });
                 }
@@ -535,7 +539,7 @@ impl Dataplane {
             .attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(perr)?;
         let link = self.classifier(prog)?.take_link(id).map_err(perr)?;
-        let fd: FdLink = link.try_into().map_err(|e| map_err("links", format!("{}: {e}", pin.display())))?;
+        let fd: FdLink = link.try_into().map_err(|source| AgentError::Link { what: pin.display().to_string(), source })?;
         pin_replacing(fd, pin)
     }
 
@@ -571,7 +575,7 @@ impl Dataplane {
     fn xdp(&mut self) -> Result<&mut Xdp, AgentError> {
         self.ebpf
             .program_mut(programs::XDP_PREFILTER)
-            .ok_or_else(|| map_err("programs", "xdp prefilter missing"))?
+            .ok_or_else(|| missing(format!("program {}", programs::XDP_PREFILTER)))?
             .try_into()
             .map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })
     }
@@ -628,7 +632,7 @@ impl Dataplane {
 /// so the old link may go).
 fn pin_replacing(fd: FdLink, pin: PathBuf) -> Result<KeptLink, AgentError> {
     let _ = std::fs::remove_file(&pin);
-    let pinned = fd.pin(&pin).map_err(|e| map_err("links", format!("pinning {}: {e}", pin.display())))?;
+    let pinned = fd.pin(&pin).map_err(|source| AgentError::Pin { path: pin.clone(), source })?;
     Ok(KeptLink { _fd: pinned.into(), pin })
 }
 

@@ -39,13 +39,12 @@ pub struct DropRow {
 }
 
 fn open(dir: &Path, name: &'static str) -> Result<Map, AgentError> {
-    let data = MapData::from_pin(dir.join(name))
-        .map_err(|e| AgentError::Map { map: name, detail: format!("{} : {e}", dir.join(name).display()) })?;
-    Map::from_map_data(data).map_err(|e| AgentError::Map { map: name, detail: e.to_string() })
+    let data = MapData::from_pin(dir.join(name)).map_err(|source| AgentError::MapPin { map: name, path: dir.join(name), source })?;
+    Map::from_map_data(data).map_err(|source| AgentError::Map { map: name, source })
 }
 
-fn merr(map: &'static str, e: impl std::fmt::Display) -> AgentError {
-    AgentError::Map { map, detail: e.to_string() }
+fn merr(map: &'static str, source: aya::maps::MapError) -> AgentError {
+    AgentError::Map { map, source }
 }
 
 /// Per-policy counters of an instance, named from the policy table the agent wrote.

@@ -26,8 +26,12 @@ use crate::loader::{ALL_MAPS, EBPF_OBJECT, programs};
 /// Folder (inside the pin folder) of the uplink links.
 pub const UPLINKS_DIR: &str = "uplinks";
 
-fn map_err(detail: impl std::fmt::Display) -> AgentError {
-    AgentError::Map { map: map_names::UPLINK_DENY, detail: detail.to_string() }
+fn map_err(source: aya::maps::MapError) -> AgentError {
+    AgentError::Map { map: map_names::UPLINK_DENY, source }
+}
+
+fn entry_err(p: Ipv4Network) -> impl FnOnce(aya::maps::MapError) -> AgentError {
+    move |source| AgentError::MapEntry { map: map_names::UPLINK_DENY, key: p.to_string(), source }
 }
 
 fn prog_err(source: aya::programs::ProgramError) -> AgentError {
@@ -55,7 +59,7 @@ fn key(net: Ipv4Network) -> Key<IpCacheKeyV1> {
 
 fn deny_map(pin_dir: &Path) -> Result<LpmTrie<MapData, IpCacheKeyV1, u32>, AgentError> {
     let path = pin_dir.join(map_names::UPLINK_DENY);
-    let data = MapData::from_pin(&path).map_err(|e| map_err(format!("{}: {e} (has an agent of this instance run?)", path.display())))?;
+    let data = MapData::from_pin(&path).map_err(|source| AgentError::MapPin { map: map_names::UPLINK_DENY, path: path.clone(), source })?;
     LpmTrie::try_from(Map::LpmTrie(data)).map_err(map_err)
 }
 
@@ -63,7 +67,7 @@ fn deny_map(pin_dir: &Path) -> Result<LpmTrie<MapData, IpCacheKeyV1, u32>, Agent
 pub fn add(pin_dir: &Path, prefixes: &[Ipv4Network]) -> Result<(), AgentError> {
     let mut m = deny_map(pin_dir)?;
     for &p in prefixes {
-        m.insert(&key(p), 1, 0).map_err(|e| map_err(format!("adding {p}: {e}")))?;
+        m.insert(&key(p), 1, 0).map_err(entry_err(p))?;
     }
     Ok(())
 }
@@ -76,7 +80,7 @@ pub fn remove(pin_dir: &Path, prefixes: &[Ipv4Network]) -> Result<Vec<Ipv4Networ
         match m.remove(&key(p)) {
             Ok(()) => {}
             Err(aya::maps::MapError::KeyNotFound) => missing.push(p),
-            Err(e) => return Err(map_err(format!("removing {p}: {e}"))),
+            Err(e) => return Err(entry_err(p)(e)),
         }
     }
     Ok(missing)
@@ -88,7 +92,8 @@ pub fn list(pin_dir: &Path) -> Result<Vec<Ipv4Network>, AgentError> {
     let mut out = Vec::new();
     for k in m.keys() {
         let k = k.map_err(map_err)?;
-        let net = Ipv4Network::new(Ipv4Addr::from(k.data().addr_be), k.prefix_len() as u8).map_err(map_err)?;
+        let net = Ipv4Network::new(Ipv4Addr::from(k.data().addr_be), k.prefix_len() as u8)
+            .map_err(|e| AgentError::MapContent { map: map_names::UPLINK_DENY, detail: format!("key /{}: {e}", k.prefix_len()) })?;
         out.push(net);
     }
     out.sort();
@@ -112,7 +117,7 @@ pub fn attach(pin_dir: &Path, ifname: &str) -> Result<(), AgentError> {
     let id = match PinnedLink::from_pin(&pin) {
         Ok(old) => {
             let fd: FdLink = old.into();
-            let link = XdpLink::try_from(fd).map_err(|e| map_err(format!("{}: not an XDP link: {e}", pin.display())))?;
+            let link = XdpLink::try_from(fd).map_err(|source| AgentError::Link { what: format!("{} (not an XDP link?)", pin.display()), source })?;
             x.attach_to_link(link).map_err(prog_err)?
         }
         Err(_) => x.attach(ifname, XdpMode::Driver).map_err(|e| AgentError::Interface {
@@ -121,9 +126,9 @@ pub fn attach(pin_dir: &Path, ifname: &str) -> Result<(), AgentError> {
         })?,
     };
     let link = x.take_link(id).map_err(prog_err)?;
-    let fd: FdLink = link.try_into().map_err(|e| map_err(format!("{ifname}: {e}")))?;
+    let fd: FdLink = link.try_into().map_err(|source| AgentError::Link { what: format!("XDP on {ifname}"), source })?;
     let _ = std::fs::remove_file(&pin);
-    fd.pin(&pin).map_err(|e| map_err(format!("pinning {}: {e}", pin.display())))?;
+    fd.pin(&pin).map_err(|source| AgentError::Pin { path: pin.clone(), source })?;
     Ok(())
 }
 
@@ -131,7 +136,7 @@ pub fn attach(pin_dir: &Path, ifname: &str) -> Result<(), AgentError> {
 /// attached): [`attach`] uses it, and benchmarks run the program through BPF_PROG_TEST_RUN.
 pub fn load(pin_dir: &Path) -> Result<aya::Ebpf, AgentError> {
     if !pin_dir.join(map_names::UPLINK_DENY).exists() {
-        return Err(map_err(format!("no pinned maps in {} (has an agent of this instance run?)", pin_dir.display())));
+        return Err(AgentError::NotLoaded { pin_dir: pin_dir.to_path_buf() });
     }
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
@@ -146,7 +151,7 @@ pub fn load(pin_dir: &Path) -> Result<aya::Ebpf, AgentError> {
 /// The uplink program of an object from [`load`].
 pub fn program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, AgentError> {
     ebpf.program_mut(programs::XDP_UPLINK)
-        .ok_or_else(|| map_err(format!("{} missing from the object", programs::XDP_UPLINK)))?
+        .ok_or_else(|| AgentError::Missing { what: format!("program {}", programs::XDP_UPLINK) })?
         .try_into()
         .map_err(prog_err)
 }

@@ -582,6 +582,27 @@ pub struct CtValueV1 {
     pub _pad2: u32,
 }
 
+impl CtValueV1 {
+    /// Whether the entry has outlived its timeout at `now` (its clock): the one rule the TC
+    /// programs judge by and the agent's garbage collector sweeps by. A TCP flow not yet
+    /// answered or closing gets the short timeout.
+    #[inline(always)]
+    pub fn expired(&self, cfg: &ConfigV1, now: u64) -> bool {
+        let timeout = match self.protocol {
+            proto::TCP => {
+                if self.flags & ct_flags::CLOSING != 0 || self.flags & ct_flags::SEEN_REPLY == 0 {
+                    cfg.tcp_short_timeout_ns
+                } else {
+                    cfg.tcp_established_timeout_ns
+                }
+            }
+            proto::ICMP => cfg.icmp_timeout_ns,
+            _ => cfg.udp_timeout_ns,
+        };
+        now.saturating_sub(self.last_seen_ns) > timeout
+    }
+}
+
 /// Bits of [`ConfigV1::flags`].
 pub mod config_flags {
     /// Emit a flow event for every new flow (allowed or denied), not only for Log rules and

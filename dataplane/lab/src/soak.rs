@@ -429,7 +429,7 @@ pub fn run(opts: &SoakOptions, lab_opts: &LabOptions) -> Result<SoakReport> {
     eprintln!("soak: learned {learned:?}; protect for {:.1} min", protect.as_secs_f64() / 60.0);
 
     let mut protect_phase = start_phase(&det)?;
-    let protect_start_ts = bulkhead_agent::detect::cgroup::monotonic_ns();
+    let protect_start_ts = bulkhead_agent::clock::monotonic_ns();
     let inject_at = opts.inject_violation.then_some(protect / 3);
     drive(&mut protect_phase, protect, Some(protect / 2), inject_at, &mut workers, true)?;
     let protect_report = finish(&protect_phase, &det)?;

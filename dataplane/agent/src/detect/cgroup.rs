@@ -13,15 +13,6 @@ pub fn id(path: &Path) -> io::Result<u64> {
     Ok(std::fs::metadata(path)?.ino())
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so kernel timestamps
-/// and user-space ones can be subtracted.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 fn events_say(path: &Path, line: &str) -> io::Result<bool> {
     Ok(std::fs::read_to_string(path.join("cgroup.events"))?.lines().any(|l| l == line))
 }

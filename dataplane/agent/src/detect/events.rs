@@ -122,12 +122,12 @@ fn run(mut ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Pa
 
 /// Learns or acts on one event and builds its record.
 fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
-    let read_at = cgroup::monotonic_ns();
+    let read_at = crate::clock::monotonic_ns();
     let len = ev.filename.iter().position(|&b| b == 0).unwrap_or(ev.filename.len());
     let path = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
     let violation = ev.kind == event_kind::EXEC_VIOLATION;
     let (workload, cg_path, actions) = {
-        let mut g = shared.inner.lock().unwrap();
+        let mut g = shared.state();
         match g.workloads.get_mut(&ev.cgroup_id) {
             Some(w) => {
                 let w = w.clone();
@@ -173,7 +173,7 @@ fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
                 }
             }
             if !user_actions.is_empty() {
-                user_enforce_ns = Some(cgroup::monotonic_ns().saturating_sub(ev.ts_ns));
+                user_enforce_ns = Some(crate::clock::monotonic_ns().saturating_sub(ev.ts_ns));
             }
         }
     }

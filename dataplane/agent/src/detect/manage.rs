@@ -37,7 +37,7 @@ impl Detector {
         for pod in &plan.without_cgroup {
             tracing::warn!(pod, annotation = policy::CGROUP_ANNOTATION, "pod selected by a DetectorPolicy has no cgroup annotation; not monitored");
         }
-        let current: Vec<WorkloadState> = self.shared.inner.lock().unwrap().workloads.values().cloned().collect();
+        let current: Vec<WorkloadState> = self.shared.state().workloads.values().cloned().collect();
         let wanted: BTreeSet<&str> = plan.workloads.iter().map(|(w, _)| w.name.as_str()).collect();
         for c in &current {
             let name = &c.spec.name;
@@ -68,9 +68,7 @@ impl Detector {
     pub fn peers_from(&mut self, model: &Model) {
         let by_pod: HashMap<String, String> = self
             .shared
-            .inner
-            .lock()
-            .unwrap()
+            .state()
             .workloads
             .values()
             .map(|w| (w.spec.name.clone(), w.profile_name().to_string()))
@@ -94,7 +92,7 @@ impl Detector {
         let name = p.name.clone();
         let mut restored = Vec::new();
         let report = {
-            let mut g = self.shared.inner.lock().unwrap();
+            let mut g = self.shared.state();
             let workloads = g.workloads.values().filter(|w| w.profile_name() == name).map(|w| w.spec.name.clone()).collect();
             let r = ImportReport { profile: name.clone(), execs: p.execs.len(), egress: p.network.egress.len(), workloads };
             g.profiles.insert(name.clone(), p);

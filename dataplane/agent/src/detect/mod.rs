@@ -243,14 +243,22 @@ impl Inner {
 const RECENT_EVENTS: usize = 10_000;
 
 impl Shared {
+    /// The detector's state. Its critical sections are short and leave it consistent, so a
+    /// thread that panicked while holding it (the panic is reported where it happened) does
+    /// not take the other detector threads and the agent down with it: they go on with the
+    /// state instead of each panicking in turn on the poisoned lock.
+    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The most recent events, oldest first.
     pub fn events(&self) -> Vec<DetectorEvent> {
-        self.inner.lock().unwrap().events.iter().cloned().collect()
+        self.state().events.iter().cloned().collect()
     }
 
     /// A profile by name (a copy).
     pub fn profile(&self, name: &str) -> Option<profile::Profile> {
-        self.inner.lock().unwrap().profiles.get(name).cloned()
+        self.state().profiles.get(name).cloned()
     }
 
     /// Tells the sequence thread that workloads or profiles changed.
@@ -280,7 +288,7 @@ impl Shared {
                 w.send(json);
             }
         }
-        let mut g = self.inner.lock().unwrap();
+        let mut g = self.state();
         if g.events.len() == RECENT_EVENTS {
             g.events.pop_front();
         }
@@ -292,7 +300,7 @@ impl Shared {
     /// Waits up to `timeout` for an event matching `pred`; returns it.
     pub fn wait_event(&self, timeout: Duration, pred: impl Fn(&DetectorEvent) -> bool) -> Option<DetectorEvent> {
         let deadline = std::time::Instant::now() + timeout;
-        let mut g = self.inner.lock().unwrap();
+        let mut g = self.state();
         loop {
             if let Some(e) = g.events.iter().find(|e| pred(e)) {
                 return Some(e.clone());
@@ -301,7 +309,7 @@ impl Shared {
             if left.is_zero() {
                 return None;
             }
-            g = self.changed.wait_timeout(g, left).unwrap().0;
+            g = self.changed.wait_timeout(g, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
         }
     }
 }
@@ -335,8 +343,8 @@ pub struct Detector {
 pub const WORKLOADS_FILE: &str = "detector-workloads.json";
 pub const EVENTS_FILE: &str = "detector-events.jsonl";
 
-fn map_err(map: &'static str, e: impl std::fmt::Display) -> AgentError {
-    AgentError::Map { map, detail: e.to_string() }
+fn map_err(map: &'static str, source: aya::maps::MapError) -> AgentError {
+    AgentError::Map { map, source }
 }
 
 fn det_err(detail: impl Into<String>) -> AgentError {
@@ -355,7 +363,7 @@ impl Detector {
         let state_file = state_dir.join(WORKLOADS_FILE);
         let events_file = state_dir.join(EVENTS_FILE);
         {
-            let mut g = shared.inner.lock().unwrap();
+            let mut g = shared.state();
             for p in profile::load_dir(&state_dir.join(profile::PROFILES_DIR)) {
                 g.profiles.insert(p.name.clone(), p);
             }
@@ -363,7 +371,7 @@ impl Detector {
         if let Ok(text) = std::fs::read_to_string(&state_file) {
             match serde_json::from_str::<Vec<WorkloadState>>(&text) {
                 Ok(list) => {
-                    let mut g = shared.inner.lock().unwrap();
+                    let mut g = shared.state();
                     for mut w in list {
                         if w.spec.mode != Mode::Learn && !g.profiles.contains_key(w.profile_name()) {
                             w.profile_missing = true;
@@ -402,7 +410,7 @@ impl Detector {
         };
         // Restored profiles: the kernel's exec entries for them (pinned) may predate a hand
         // edit; rewrite them from the profiles.
-        let list: Vec<WorkloadState> = d.shared.inner.lock().unwrap().workloads.values().cloned().collect();
+        let list: Vec<WorkloadState> = d.shared.state().workloads.values().cloned().collect();
         for w in &list {
             d.write_profile(dp, w.profile_name())?;
             if w.profile_missing {
@@ -440,7 +448,7 @@ impl Detector {
             None => 0,
         };
         let state = {
-            let mut g = self.shared.inner.lock().unwrap();
+            let mut g = self.shared.state();
             // Workloads naming the same profile share its kernel id (one set of exec entries).
             // A missing profile stays missing until the workload learns (or an import or an
             // explicit mode change says otherwise).
@@ -473,7 +481,7 @@ impl Detector {
     /// Switches a workload's mode; protect and monitor install the learned profile first.
     pub fn set_mode(&mut self, dp: &mut Dataplane, name: &str, mode: Mode) -> Result<WorkloadStatus, AgentError> {
         let state = {
-            let mut g = self.shared.inner.lock().unwrap();
+            let mut g = self.shared.state();
             let w = g.workloads.values_mut().find(|w| w.spec.name == name).ok_or_else(|| det_err(format!("no workload {name}")))?;
             w.spec.mode = mode;
             // The operator chose the mode for the profile there is.
@@ -493,7 +501,7 @@ impl Detector {
     /// extra allowed execs) holds: adds first, then removes what is no longer allowed.
     pub(crate) fn write_profile(&mut self, dp: &mut Dataplane, name: &str) -> Result<(), AgentError> {
         let (ids, paths) = {
-            let g = self.shared.inner.lock().unwrap();
+            let g = self.shared.state();
             let members: Vec<&WorkloadState> = g.workloads.values().filter(|w| w.profile_name() == name).collect();
             let ids: BTreeSet<u32> = members.iter().map(|w| w.profile_id).collect();
             let mut paths: BTreeSet<String> = g.profiles.get(name).map(|p| p.execs.clone()).unwrap_or_default();
@@ -577,7 +585,7 @@ impl Detector {
             release_isolation(&mut dp.maps.det.isolation, w.cgroup_id, w.ifindex)?;
         }
         let shared_id = {
-            let mut g = self.shared.inner.lock().unwrap();
+            let mut g = self.shared.state();
             g.workloads.remove(&w.cgroup_id);
             g.workloads.values().any(|o| o.profile_id == w.profile_id)
         };
@@ -608,7 +616,7 @@ impl Detector {
         let key = |ifindex: u32, (a, p, proto): &(Ipv4Addr, u16, u8)| AllowKeyV2 { ifindex, addr_be: a.octets(), port_be: p.to_be_bytes(), protocol: *proto, _pad: 0 };
         let mut new: Vec<AllowKeyV2> = self.api_allow.iter().map(|e| key(0, e)).collect();
         {
-            let g = self.shared.inner.lock().unwrap();
+            let g = self.shared.state();
             for w in g.workloads.values().filter(|w| w.ifindex != 0) {
                 new.extend(w.opts.isolation_allow.iter().map(|e| key(w.ifindex, e)));
             }
@@ -624,7 +632,7 @@ impl Detector {
 
     /// Status of every monitored workload.
     pub fn status(&self, dp: &Dataplane) -> Vec<WorkloadStatus> {
-        let list: Vec<WorkloadState> = self.shared.inner.lock().unwrap().workloads.values().cloned().collect();
+        let list: Vec<WorkloadState> = self.shared.state().workloads.values().cloned().collect();
         list.iter().map(|w| self.status_of(dp, w)).collect()
     }
 
@@ -648,7 +656,7 @@ impl Detector {
     fn status_of(&self, dp: &Dataplane, w: &WorkloadState) -> WorkloadStatus {
         let isolated = w.ifindex != 0 && matches!(dp.maps.det.isolation.get(w.ifindex), Ok(Some(_)));
         let (execs, peers, syscalls) = {
-            let g = self.shared.inner.lock().unwrap();
+            let g = self.shared.state();
             g.profiles
                 .get(w.profile_name())
                 .map(|p| (p.execs.len(), p.network.egress.len(), p.syscall_model.as_ref().map_or(0, |m| m.len())))
@@ -673,9 +681,7 @@ impl Detector {
 
     fn find(&self, name: &str) -> Result<WorkloadState, AgentError> {
         self.shared
-            .inner
-            .lock()
-            .unwrap()
+            .state()
             .workloads
             .values()
             .find(|w| w.spec.name == name)
@@ -685,7 +691,7 @@ impl Detector {
 
     /// The syscall probe runs only while some workload wants syscall counts or sequences.
     fn sync_syscall_probe(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
-        let want = self.shared.inner.lock().unwrap().workloads.values().any(|w| w.spec.syscalls || w.opts.sequences.is_some());
+        let want = self.shared.state().workloads.values().any(|w| w.spec.syscalls || w.opts.sequences.is_some());
         dp.set_syscall_probe(want)
     }
 
@@ -695,7 +701,7 @@ impl Detector {
     /// fall back to the global FLOW_EVENTS_ALL flag. Called after every sync too (the revision
     /// bump may have written the config first).
     pub(crate) fn sync_flow_events(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
-        let ifindexes: BTreeSet<u32> = self.shared.inner.lock().unwrap().workloads.values().map(|w| w.ifindex).filter(|&i| i != 0).collect();
+        let ifindexes: BTreeSet<u32> = self.shared.state().workloads.values().map(|w| w.ifindex).filter(|&i| i != 0).collect();
         let werr = |e: aya::maps::MapError| map_err(bulkhead_common::map_names::FLOW_WATCH, e);
         let watched = match self.watched.take() {
             Some(w) => w,
@@ -731,7 +737,7 @@ impl Detector {
 
     fn persist(&self) {
         let (list, dirty): (Vec<WorkloadState>, Vec<profile::Profile>) = {
-            let mut g = self.shared.inner.lock().unwrap();
+            let mut g = self.shared.state();
             let dirty = std::mem::take(&mut g.dirty);
             (g.workloads.values().cloned().collect(), dirty.iter().filter_map(|n| g.profiles.get(n).cloned()).collect())
         };
@@ -756,7 +762,7 @@ impl Detector {
     /// Saves what a restarted agent needs (learned profiles too: learning adds to them).
     pub fn save(&self) {
         {
-            let mut g = self.shared.inner.lock().unwrap();
+            let mut g = self.shared.state();
             let names: Vec<String> = g.profiles.keys().cloned().collect();
             g.dirty.extend(names);
         }
@@ -793,7 +799,7 @@ pub(crate) fn take_actions(
     if actions.isolate {
         match isolate() {
             Ok(()) => {
-                isolate_ns = Some(cgroup::monotonic_ns().saturating_sub(since_ns));
+                isolate_ns = Some(crate::clock::monotonic_ns().saturating_sub(since_ns));
                 done.push("isolated".to_string());
             }
             Err(e) => done.push(format!("isolate-failed: {e}")),
@@ -815,7 +821,7 @@ pub(crate) fn take_actions(
 
 /// Writes the workload's isolation entry (user-space decision).
 pub(crate) fn isolate_entry(dp: &mut Dataplane, w: &WorkloadState) -> Result<(), AgentError> {
-    let iso = IsolationV1 { since_ns: cgroup::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 };
+    let iso = IsolationV1 { since_ns: crate::clock::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 };
     Ok(dp.maps.det.isolation.insert(w.ifindex, iso)?)
 }
 

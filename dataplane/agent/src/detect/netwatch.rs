@@ -13,7 +13,7 @@ use std::{
 use bulkhead_common::{CtKeyV1, FlowEventV3, direction, flow_kind};
 
 use super::{
-    Detector, DetectorEvent, Mode, NetActions, WorkloadState, cgroup,
+    Detector, DetectorEvent, Mode, NetActions, WorkloadState,
     take_actions,
     isolate_entry,
     network::{self, Finding, ScanWindow},
@@ -57,7 +57,7 @@ impl Detector {
         if inbound && ev.kind != flow_kind::NEW_ALLOWED {
             return;
         }
-        let read_at = cgroup::monotonic_ns();
+        let read_at = crate::clock::monotonic_ns();
         let Some(protocol) = Protocol::from_ip(ev.protocol) else { return };
         // A TCP flow whose first packet seen is no SYN was picked up mid-stream (its
         // conntrack entry was evicted or expired while it ran): its direction here is that of
@@ -72,7 +72,7 @@ impl Detector {
         let port = if protocol == Protocol::Icmp { 0 } else { u16::from_be_bytes(ev.dport_be) };
         let remote = Ipv4Addr::from(if inbound { ev.saddr_be } else { ev.daddr_be });
         let peer = self.peers.get(&remote).map(|n| Peer::Workload(n.clone())).unwrap_or(Peer::Address(remote));
-        let mut g = self.shared.inner.lock().unwrap();
+        let mut g = self.shared.state();
         let Some(w) = g.workloads.values().find(|w| w.ifindex == ev.ifindex).cloned() else { return };
         if w.spec.mode == Mode::Learn {
             // A flow the policy denied is no behaviour to learn.
@@ -122,7 +122,7 @@ impl Detector {
         let (user_actions, isolate_ns) = take_actions(w, actions, ev.ts_ns, || {
             if w.ifindex == 0 { Err("no interface".to_string()) } else { isolate_entry(dp, w).map_err(|e| e.to_string()) }
         });
-        let now = cgroup::monotonic_ns();
+        let now = crate::clock::monotonic_ns();
         let dst = format!("{}:{port}/{protocol:?}", Ipv4Addr::from(ev.daddr_be)).to_uppercase();
         let rec = DetectorEvent {
             kind: finding.kind(),
@@ -161,7 +161,7 @@ impl Detector {
         self.last_tick = Instant::now();
         let span = tracing::debug_span!("detector-tick");
         let _g = span.enter();
-        let workloads: Vec<WorkloadState> = self.shared.inner.lock().unwrap().workloads.values().cloned().collect();
+        let workloads: Vec<WorkloadState> = self.shared.state().workloads.values().cloned().collect();
         if workloads.iter().any(|w| w.ifindex != 0) {
             self.sample_volume(dp, &workloads, elapsed);
         }
@@ -215,7 +215,7 @@ impl Detector {
                 delta
             };
             let rate = (delta as f64 / elapsed.max(0.001)) as u64;
-            let mut g = self.shared.inner.lock().unwrap();
+            let mut g = self.shared.state();
             let p = g.profile_mut(&w);
             if w.spec.mode == Mode::Learn {
                 let net = &mut p.network;
@@ -232,7 +232,7 @@ impl Detector {
                 state.last_volume_alert = Some(Instant::now());
                 let rec = DetectorEvent {
                     kind: "egress-volume",
-                    ts_ns: cgroup::monotonic_ns(),
+                    ts_ns: crate::clock::monotonic_ns(),
                     workload: Some(w.spec.name.clone()),
                     cgroup_id: w.cgroup_id,
                     mode: if w.spec.mode == Mode::Protect { "protect" } else { "monitor" },
@@ -261,7 +261,7 @@ impl Detector {
                 *sums.entry(*nr).or_default() += c;
             }
         }
-        let mut g = self.shared.inner.lock().unwrap();
+        let mut g = self.shared.state();
         for (name, sums) in per_profile {
             let Some(p) = g.profiles.get_mut(&name) else { continue };
             let mut changed = false;

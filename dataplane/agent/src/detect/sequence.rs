@@ -34,7 +34,7 @@ use bulkhead_common::detect::{self as det, IsolationV1, SyscallRecordV1};
 use bulkhead_detector::{CoverCursor, CoverProfile};
 use serde::{Deserialize, Serialize};
 
-use super::{DetectorEvent, Mode, Shared, WorkloadState, cgroup, take_actions};
+use super::{DetectorEvent, Mode, Shared, WorkloadState, take_actions};
 use crate::error::AgentError;
 
 /// Syscalls per learning chunk of one thread.
@@ -300,7 +300,7 @@ impl Runner {
         // switch are learned or judged as sent, whatever the views say now.
         self.generation = generation;
         let (workloads, reload): (Vec<WorkloadState>, Vec<(String, Option<CoverProfile>)>) = {
-            let mut g = self.shared.inner.lock().unwrap();
+            let mut g = self.shared.state();
             let names: Vec<String> = std::mem::take(&mut g.sequence_reload).into_iter().collect();
             let reload = names.into_iter().map(|n| {
                 let m = g.profiles.get(&n).and_then(|p| p.syscall_model.clone());
@@ -339,7 +339,7 @@ impl Runner {
         for v in next.values() {
             let name = v.state.profile_name().to_string();
             if !self.models.contains_key(&name) {
-                let stored = self.shared.inner.lock().unwrap().profiles.get(&name).and_then(|p| p.syscall_model.clone());
+                let stored = self.shared.state().profiles.get(&name).and_then(|p| p.syscall_model.clone());
                 let model = stored.unwrap_or_else(|| CoverProfile::empty(v.cfg.max_syscalls as usize));
                 self.models.insert(name, Arc::new(model));
             }
@@ -410,11 +410,11 @@ impl Runner {
 
     /// Takes the workload's actions (protect mode) and builds the alert.
     fn act(&mut self, view: &View, rec: &SyscallRecordV1, finding: SeqFinding, recent: &[u16]) -> DetectorEvent {
-        let read_at = cgroup::monotonic_ns();
+        let read_at = crate::clock::monotonic_ns();
         let w = &view.state;
         let protect = w.spec.mode == Mode::Protect;
         let (user_actions, isolate_ns) = take_actions(w, w.spec.actions.syscall_anomaly, rec.ts_ns, || self.isolate(w));
-        let now = cgroup::monotonic_ns();
+        let now = crate::clock::monotonic_ns();
         let recent: Vec<String> = recent.iter().map(u16::to_string).collect();
         let (kind, detail) = match finding {
             SeqFinding::Sequence { phrases } => (
@@ -462,7 +462,7 @@ impl Runner {
             return Err("no interface".into());
         }
         let map = self.isolation.as_mut().ok_or("isolation map not open")?;
-        let iso = IsolationV1 { since_ns: cgroup::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 };
+        let iso = IsolationV1 { since_ns: crate::clock::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 };
         map.insert(w.ifindex, iso).map_err(|e| e.to_string())
     }
 
@@ -522,7 +522,7 @@ impl Runner {
                 tracing::warn!(profile = %name, dropped, cap = model.max_syscalls(), "syscall model full; new behaviour not learned");
             }
             tracing::debug!(profile = %name, syscalls = model.len(), sequences = model.sequences(), "syscall model learned");
-            let mut g = self.shared.inner.lock().unwrap();
+            let mut g = self.shared.state();
             if let Some(p) = g.profiles.get_mut(&name) {
                 p.syscall_model = Some(model.clone());
                 p.syscall_model_dropped += dropped;
