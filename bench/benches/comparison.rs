@@ -4,6 +4,11 @@
 //! configuration alike. One command: `cargo bench -p bulkhead-bench --bench comparison` (root);
 //! it writes `bench/report/comparison.md` and `bench/report/comparison.svg`.
 //!
+//! No policy is measured at the start of each round and again every `BASELINE_EVERY`
+//! configurations; a configuration's ratio is the median over the rounds of its ratio to the
+//! no-policy measurement just before it, so drift over a round (10-50 % on a 2-vCPU VM) does not
+//! pass for a difference between configurations.
+//!
 //! Per configuration and round: TCP throughput with 1 and 4 streams (iperf3, `COMPARISON_SECONDS`
 //! each), UDP small-packet rate (iperf3, 64-byte datagrams, unlimited sender; the receiver's
 //! count), request/response latency (1-byte ping-pong over one TCP connection, p50/p99), and
@@ -116,6 +121,24 @@ struct Sample {
     rr_p50_us: f64,
     rr_p99_us: f64,
     conn_per_s: f64,
+}
+
+/// No policy is measured again after this many other configurations (see `ratio_to`).
+const BASELINE_EVERY: usize = 6;
+
+impl Sample {
+    /// Each figure divided by the same figure of `base` (NaN where `base` has none).
+    fn ratio_to(&self, base: &Sample) -> Sample {
+        let r = |v: f64, b: f64| if b > 0.0 { v / b } else { f64::NAN };
+        Sample {
+            tcp1_gbps: r(self.tcp1_gbps, base.tcp1_gbps),
+            tcp4_gbps: r(self.tcp4_gbps, base.tcp4_gbps),
+            udp_kpps: r(self.udp_kpps, base.udp_kpps),
+            rr_p50_us: r(self.rr_p50_us, base.rr_p50_us),
+            rr_p99_us: r(self.rr_p99_us, base.rr_p99_us),
+            conn_per_s: r(self.conn_per_s, base.conn_per_s),
+        }
+    }
 }
 
 /// The i-th never-matching source address.
@@ -430,19 +453,33 @@ fn main() {
     let mut b = Bench::new(seconds);
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
     let rounds_run = if part("throughput") { rounds } else { 0 };
+    // Each measurement's ratio to the no-policy measurement nearest before it in time: the
+    // machine drifts by 10-50 % over a round, so a ratio to a baseline minutes away says more
+    // about the drift than about the configuration.
+    let mut ratios: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
     for round in 0..rounds_run {
-        // Interleaved: each round visits every configuration once, in a rotated order.
-        for k in 0..configs.len() {
-            let i = (k + round) % configs.len();
+        // Interleaved: each round visits every configuration once, in a rotated order, with
+        // no policy (configuration 0) measured first and again every BASELINE_EVERY.
+        let others = configs.len() - 1;
+        let mut base = Sample::default();
+        for k in 0..others {
+            if k % BASELINE_EVERY == 0 {
+                b.switch(configs[0]);
+                base = b.measure();
+                eprintln!("comparison round {}/{rounds} {}: {base:?}", round + 1, configs[0].name());
+                samples[0].push(base);
+            }
+            let i = 1 + (k + round) % others;
             b.switch(configs[i]);
             let s = b.measure();
             eprintln!("comparison round {}/{rounds} {}: {s:?}", round + 1, configs[i].name());
             samples[i].push(s);
+            ratios[i].push(s.ratio_to(&base));
         }
     }
     // Each part is written as soon as it is measured, so a failure in a later part does not
     // lose the earlier ones (the throughput rounds take most of an hour).
-    let throughput = render(&configs, &samples, rounds, seconds, started.elapsed());
+    let throughput = render(&configs, &samples, &ratios, rounds, seconds, started.elapsed());
     let write = |md: &str| {
         if only.is_none() {
             std::fs::create_dir_all(&report_dir).expect("report dir");
@@ -469,6 +506,8 @@ fn main() {
 }
 
 struct Row {
+    /// Medians of the ratios to the nearest no-policy measurement (none for no policy).
+    paired: Option<Sample>,
     name: String,
     imp: Impl,
     rules: usize,
@@ -476,13 +515,23 @@ struct Row {
     spread_tcp1: f64,
 }
 
-fn render(configs: &[Config], samples: &[Vec<Sample>], rounds: usize, seconds: u64, took: Duration) -> (String, String) {
+fn render(configs: &[Config], samples: &[Vec<Sample>], ratios: &[Vec<Sample>], rounds: usize, seconds: u64, took: Duration) -> (String, String) {
     let rows: Vec<Row> = configs
         .iter()
         .zip(samples)
-        .map(|(c, s)| {
+        .zip(ratios)
+        .map(|((c, s), r)| {
             let col = |f: fn(&Sample) -> f64| s.iter().map(f).collect::<Vec<f64>>();
+            let rcol = |f: fn(&Sample) -> f64| r.iter().map(f).collect::<Vec<f64>>();
             Row {
+                paired: (!r.is_empty()).then(|| Sample {
+                    tcp1_gbps: median(rcol(|x| x.tcp1_gbps)),
+                    tcp4_gbps: median(rcol(|x| x.tcp4_gbps)),
+                    udp_kpps: median(rcol(|x| x.udp_kpps)),
+                    rr_p50_us: median(rcol(|x| x.rr_p50_us)),
+                    rr_p99_us: median(rcol(|x| x.rr_p99_us)),
+                    conn_per_s: median(rcol(|x| x.conn_per_s)),
+                }),
                 name: c.name(),
                 imp: c.imp,
                 rules: c.rules,
@@ -507,7 +556,7 @@ fn render(configs: &[Config], samples: &[Vec<Sample>], rounds: usize, seconds: u
     let _ = writeln!(md, "# Bulkhead side by side\n");
     let _ = writeln!(
         md,
-        "Generated by `cargo bench -p bulkhead-bench --bench comparison` on {} ({cpus} vCPU, kernel {}): {rounds} rounds, interleaved, {seconds} s per measurement, {:.0} min in all. Medians over the rounds; (x) = ratio to no policy; spread = (max - min) / median of the 1-stream figure.\n",
+        "Generated by `cargo bench -p bulkhead-bench --bench comparison` on {} ({cpus} vCPU, kernel {}): {rounds} rounds, interleaved, {seconds} s per measurement, {:.0} min in all. Medians over the rounds; no policy is measured at the start of each round and again every {BASELINE_EVERY} configurations, and (x) = the median over the rounds of each measurement's ratio to the no-policy measurement just before it; spread = (max - min) / median of the 1-stream figure.\n",
         host.trim(),
         kernel.trim(),
         took.as_secs_f64() / 60.0
@@ -516,25 +565,27 @@ fn render(configs: &[Config], samples: &[Vec<Sample>], rounds: usize, seconds: u
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let m = r.med;
+        // Paired ratios where there are some; the ratio of medians otherwise.
+        let ratio = |f: fn(&Sample) -> f64| r.paired.as_ref().map_or_else(|| ratio(f(&m), f(&base)), f);
         let _ = writeln!(
             md,
             "| {} | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.0} ({:.2}) | {:.0} | {:.0} | {:.0} ({:.2}) | {:.0} % |",
             r.name,
             m.tcp1_gbps,
-            ratio(m.tcp1_gbps, base.tcp1_gbps),
+            ratio(|x| x.tcp1_gbps),
             m.tcp4_gbps,
-            ratio(m.tcp4_gbps, base.tcp4_gbps),
+            ratio(|x| x.tcp4_gbps),
             m.udp_kpps,
-            ratio(m.udp_kpps, base.udp_kpps),
+            ratio(|x| x.udp_kpps),
             m.rr_p50_us,
             m.rr_p99_us,
             m.conn_per_s,
-            ratio(m.conn_per_s, base.conn_per_s),
+            ratio(|x| x.conn_per_s),
             r.spread_tcp1
         );
         let key = r.name.replace([' ', ',', '@', '(', ')', ':', '+'], "_");
-        result(&format!("comparison_{key}_tcp1_ratio"), format!("{:.2}", ratio(m.tcp1_gbps, base.tcp1_gbps)));
-        result(&format!("comparison_{key}_conn_ratio"), format!("{:.2}", ratio(m.conn_per_s, base.conn_per_s)));
+        result(&format!("comparison_{key}_tcp1_ratio"), format!("{:.2}", ratio(|x| x.tcp1_gbps)));
+        result(&format!("comparison_{key}_conn_ratio"), format!("{:.2}", ratio(|x| x.conn_per_s)));
     }
     let _ = writeln!(md, "\n![throughput and connection rate against rule count](comparison.svg)");
     (md, svg(&rows, base))
