@@ -126,6 +126,19 @@ struct Sample {
 /// No policy is measured again after this many other configurations (see `ratio_to`).
 const BASELINE_EVERY: usize = 6;
 
+/// The median of each figure.
+fn median_sample(v: &[Sample]) -> Sample {
+    let col = |f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+    Sample {
+        tcp1_gbps: col(|x| x.tcp1_gbps),
+        tcp4_gbps: col(|x| x.tcp4_gbps),
+        udp_kpps: col(|x| x.udp_kpps),
+        rr_p50_us: col(|x| x.rr_p50_us),
+        rr_p99_us: col(|x| x.rr_p99_us),
+        conn_per_s: col(|x| x.conn_per_s),
+    }
+}
+
 impl Sample {
     /// Each figure divided by the same figure of `base` (NaN where `base` has none).
     fn ratio_to(&self, base: &Sample) -> Sample {
@@ -522,27 +535,12 @@ fn render(configs: &[Config], samples: &[Vec<Sample>], ratios: &[Vec<Sample>], r
         .zip(ratios)
         .map(|((c, s), r)| {
             let col = |f: fn(&Sample) -> f64| s.iter().map(f).collect::<Vec<f64>>();
-            let rcol = |f: fn(&Sample) -> f64| r.iter().map(f).collect::<Vec<f64>>();
             Row {
-                paired: (!r.is_empty()).then(|| Sample {
-                    tcp1_gbps: median(rcol(|x| x.tcp1_gbps)),
-                    tcp4_gbps: median(rcol(|x| x.tcp4_gbps)),
-                    udp_kpps: median(rcol(|x| x.udp_kpps)),
-                    rr_p50_us: median(rcol(|x| x.rr_p50_us)),
-                    rr_p99_us: median(rcol(|x| x.rr_p99_us)),
-                    conn_per_s: median(rcol(|x| x.conn_per_s)),
-                }),
+                paired: (!r.is_empty()).then(|| median_sample(r)),
                 name: c.name(),
                 imp: c.imp,
                 rules: c.rules,
-                med: Sample {
-                    tcp1_gbps: median(col(|x| x.tcp1_gbps)),
-                    tcp4_gbps: median(col(|x| x.tcp4_gbps)),
-                    udp_kpps: median(col(|x| x.udp_kpps)),
-                    rr_p50_us: median(col(|x| x.rr_p50_us)),
-                    rr_p99_us: median(col(|x| x.rr_p99_us)),
-                    conn_per_s: median(col(|x| x.conn_per_s)),
-                },
+                med: median_sample(s),
                 spread_tcp1: spread(&col(|x| x.tcp1_gbps)),
             }
         })
