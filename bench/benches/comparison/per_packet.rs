@@ -60,8 +60,14 @@ pub fn measure(sizes: &[usize], rounds: usize) -> PerPacket {
         // The deny list holds at most its map's capacity.
         let prefixes = n.min(bulkhead_common::capacity::UPLINK_DENY as usize);
         let (noop, prefilter, pass, drop) = b.xdp_figures(prefixes, rounds);
-        for (what, v) in [(6, noop), (7, prefilter), (8, pass), (9, drop)] {
-            ns[what][si] = v;
+        for (i, row) in ROWS.iter().enumerate() {
+            match row.2 {
+                What::Tc(_) => {}
+                What::XdpNoop => ns[i][si] = noop,
+                What::XdpPrefilter => ns[i][si] = prefilter,
+                What::UplinkPass => ns[i][si] = pass,
+                What::UplinkDrop => ns[i][si] = drop,
+            }
         }
         single.push(b.single_shot_allow(5_000));
         eprintln!("comparison per-packet @ {n}: {:?}", ns.iter().map(|r| r[si].round()).collect::<Vec<_>>());

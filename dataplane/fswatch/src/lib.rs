@@ -60,12 +60,30 @@ impl Watcher {
         // is an event too, so it also wakes the reader, who re-reads everything).
         let mut buf = [0u8; 4096];
         // SAFETY: reading into a buffer we own; the fd is readable.
-        unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
-        // A folder created since the last call gets its watch now; files written into it before
-        // that are found by the reader's re-read, which this notification causes.
-        let _ = self.watch_tree();
+        let n = unsafe { libc::read(self.fd, buf.as_mut_ptr().cast(), buf.len()) };
+        // A folder created (or moved in) since the last call gets its watch now; files written
+        // into it before that are found by the reader's re-read, which this notification
+        // causes. Only then is the tree walked: a file event costs no directory listing.
+        if new_folder(&buf[..n.max(0) as usize]) {
+            let _ = self.watch_tree();
+        }
         true
     }
+}
+
+/// Whether a buffer of `inotify_event`s reports a folder created or moved in, or lost events
+/// (a queue overflow: anything may have happened).
+fn new_folder(mut buf: &[u8]) -> bool {
+    const HDR: usize = std::mem::size_of::<libc::inotify_event>();
+    while buf.len() >= HDR {
+        let mask = u32::from_ne_bytes(buf[4..8].try_into().expect("4 bytes"));
+        let len = u32::from_ne_bytes(buf[12..16].try_into().expect("4 bytes")) as usize;
+        if mask & libc::IN_Q_OVERFLOW != 0 || (mask & libc::IN_ISDIR != 0 && mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0) {
+            return true;
+        }
+        buf = buf.get(HDR + len..).unwrap_or(&[]);
+    }
+    false
 }
 
 impl Drop for Watcher {
