@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
-use bulkhead_common::{ConfigV1, CtKeyV1, EndpointV3, proto};
+use bulkhead_common::{ConfigV2, CtKeyV1, EndpointV3, proto};
 
 use crate::DataplaneGuard as Guard;
 use crate::noop::NoopProg;
@@ -140,7 +140,7 @@ pub fn setup(n: usize, shape: Shape) -> Guard {
     let ep = EndpointV3 { identity: [target.identity; 2], flags: [target.flags; 2], ipv4_be: LOCAL_IP.octets(), present: 1 };
     let maps = &mut g.dp().maps;
     maps.endpoints.insert(IFINDEX, ep).expect("endpoint insert");
-    maps.config.set(0, ConfigV1::with_default_timeouts(1), 0).expect("config set");
+    maps.config.set(0, bulkhead_agent::apply::with_clock(ConfigV2::with_default_timeouts(1)), 0).expect("config set");
     eprintln!(
         "datapath {shape:?} {n} rules: compiled in {compile_s:.2}s to {} peer slots, {} table slices, {} port and {} range exceptions, {} ipcache entries",
         ks.layout.peers.len(),

@@ -8,7 +8,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
 use bulkhead_bench::DataplaneGuard;
 use bulkhead_bench::packet::{TCP_SYN, icmp_error_frame, tcp_frame, with_ip_options};
-use bulkhead_common::{ConfigV1, EndpointV3, FlowEventV3, capacity, counters, direction, flow_kind, identity};
+use bulkhead_common::{ConfigV2, EndpointV3, FlowEventV3, capacity, counters, direction, flow_kind, identity};
 
 /// test_run gives TC programs an skb on the loopback device.
 const IFINDEX: u32 = 1;
@@ -30,7 +30,7 @@ impl Guard {
         // Not isolated by any policy: everything the programs do not refuse is allowed.
         let ep = EndpointV3 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1 };
         g.dp().maps.endpoints.insert(IFINDEX, ep).expect("endpoint");
-        g.dp().maps.config.set(0, ConfigV1::with_default_timeouts(1), 0).expect("config");
+        g.dp().maps.config.set(0, ConfigV2::with_default_timeouts(1), 0).expect("config");
         Guard(g)
     }
 

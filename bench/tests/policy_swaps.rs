@@ -16,7 +16,7 @@ use bulkhead_agent::{
 };
 use bulkhead_bench::DataplaneGuard;
 use bulkhead_bench::packet::{TCP_SYN, tcp_frame};
-use bulkhead_common::ConfigV1;
+use bulkhead_common::ConfigV2;
 use policy_compiler::{Compiler, compile::Compiled};
 
 const RET_PASS: u32 = u32::MAX;
@@ -150,7 +150,7 @@ impl Guard {
         // SAFETY: trivial syscall.
         assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (loads BPF programs); CI runs it as root");
         let mut g = DataplaneGuard::load(&format!("bhs-{tag}-{}", std::process::id()));
-        g.dp().maps.config.set(0, ConfigV1::with_default_timeouts(0), 0).expect("config");
+        g.dp().maps.config.set(0, ConfigV2::with_default_timeouts(0), 0).expect("config");
         Guard(g)
     }
     fn dp(&mut self) -> &mut Dataplane {

@@ -9,7 +9,7 @@ use bulkhead_common::detect::{
     self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV1, CtKeyV1, CtValueV1, DropRateV1, EndpointV3, IpCacheKeyV1, IpInfoV3, PeerKeyV1, PeerValueV1, PolicyStatsV1,
+    ConfigV2, CtKeyV1, CtValueV1, DropRateV1, EndpointV3, IpCacheKeyV1, IpInfoV3, PeerKeyV1, PeerValueV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV2, capacity,
 };
 
@@ -111,7 +111,7 @@ pub static FLOW_WATCH: Array<u32> = Array::with_max_entries(capacity::IFINDEX_DI
 /// Whether every new flow of the endpoint behind `ifindex` is reported: an inlined array
 /// read; interfaces past the array follow the global flag.
 #[inline(always)]
-pub fn flow_watched(ifindex: u32, cfg: &ConfigV1) -> bool {
+pub fn flow_watched(ifindex: u32, cfg: &ConfigV2) -> bool {
     if bulkhead_common::ifindex_is_direct(ifindex) {
         matches!(FLOW_WATCH.get(ifindex), Some(w) if *w != 0)
     } else {
@@ -139,8 +139,8 @@ pub static CONNTRACK: LruHashMap<CtKeyV1, CtValueV1> =
 
 /// Key: 0. Value: global configuration (policy revision, conntrack timeouts).
 /// Written by the agent; read by TC.
-#[map(name = "BH_CONFIG_V1")]
-pub static CONFIG: Array<ConfigV1> = Array::with_max_entries(1, 0);
+#[map(name = "BH_CONFIG_V2")]
+pub static CONFIG: Array<ConfigV2> = Array::with_max_entries(1, 0);
 
 /// Key: drop reason (a `bulkhead_common::counters` index) + COUNTERS * (direction - 1).
 /// Value: per-CPU packet count. Written by TC on every drop; read by `bulkhead status`.

@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use bulkhead_common::{
-    ConfigV1, EndpointV3, GEN_DIRECTION_BIT, IpInfoV3, PeerKeyV1, PortKeyV1, SliceKeyV2, ep_flags, map_names,
+    ConfigV2, EndpointV3, GEN_DIRECTION_BIT, IpInfoV3, PeerKeyV1, PortKeyV1, SliceKeyV2, ep_flags, map_names,
 };
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
 
@@ -385,8 +385,18 @@ pub fn current_revision(dp: &Dataplane) -> Result<u32, AgentError> {
 /// packet. Keeps the timeouts and flags already configured.
 pub fn bump_revision(dp: &mut Dataplane) -> Result<u32, AgentError> {
     let cur = dp.maps.config.get(&0, 0).map_err(|e| werr(map_names::CONFIG, e))?;
-    let base = if cur.tcp_established_timeout_ns == 0 { ConfigV1::with_default_timeouts(0) } else { cur };
-    let next = ConfigV1 { policy_rev: cur.policy_rev.wrapping_add(1), ..base };
+    let base = if cur.tcp_established_timeout_ns == 0 { ConfigV2::with_default_timeouts(0) } else { cur };
+    let next = with_clock(ConfigV2 { policy_rev: cur.policy_rev.wrapping_add(1), ..base });
     dp.maps.config.set(0, next, 0).map_err(|e| werr(map_names::CONFIG, e))?;
     Ok(next.policy_rev)
+}
+
+/// `cfg` with this kernel's jiffies calibration, so the programs stamp conntrack entries
+/// without a helper call (unchanged when jiffies cannot be calibrated).
+pub fn with_clock(mut cfg: ConfigV2) -> ConfigV2 {
+    if let Some(c) = crate::clock::jiffies_clock() {
+        cfg.ns_per_jiffy = c.ns_per_jiffy;
+        cfg.jiffies_offset_ns = c.offset_ns;
+    }
+    cfg
 }

@@ -59,8 +59,8 @@ pub mod map_names {
     pub const DROP_RATE: &str = "BH_DROP_RATE_V1";
     /// Connection tracking: [`crate::CtKeyV1`] -> [`crate::CtValueV1`] (LRU).
     pub const CONNTRACK: &str = "BH_CT_V1";
-    /// Global configuration, one [`crate::ConfigV1`] at index 0.
-    pub const CONFIG: &str = "BH_CONFIG_V1";
+    /// Global configuration, one [`crate::ConfigV2`] at index 0.
+    pub const CONFIG: &str = "BH_CONFIG_V2";
     /// Per-CPU counters indexed by [`crate::counters`].
     pub const COUNTERS: &str = "BH_COUNTERS_V1";
 }
@@ -137,7 +137,7 @@ pub const STAGED_DIRECTION_BIT: u8 = 0x80;
 
 /// Bit of the direction byte in slice and port keys marking generation 1 (clear: generation
 /// 0). Policy and IP-cache entries exist in two generations: the kernel judges with the
-/// generation `ConfigV1::policy_rev & 1` only, and the agent writes a change into the other
+/// generation `ConfigV2::policy_rev & 1` only, and the agent writes a change into the other
 /// generation, then flips the revision with one map write. So no packet is ever judged by a
 /// mix of two policies, and a change costs its difference, not a full rewrite (each generation
 /// is brought from the state two changes back to the new one).
@@ -570,7 +570,7 @@ pub struct CtValueV1 {
     pub created_ns: u64,
     pub packets: u64,
     pub bytes: u64,
-    /// [`ConfigV1::policy_rev`] the flow was last admitted under; a different current revision
+    /// [`ConfigV2::policy_rev`] the flow was last admitted under; a different current revision
     /// makes the next packet be judged again.
     pub policy_rev: u32,
     /// Direction ([`direction`]) of the flow's first packet relative to the local endpoint.
@@ -587,7 +587,7 @@ impl CtValueV1 {
     /// programs judge by and the agent's garbage collector sweeps by. A TCP flow not yet
     /// answered or closing gets the short timeout.
     #[inline(always)]
-    pub fn expired(&self, cfg: &ConfigV1, now: u64) -> bool {
+    pub fn expired(&self, cfg: &ConfigV2, now: u64) -> bool {
         let timeout = match self.protocol {
             proto::TCP => {
                 if self.flags & ct_flags::CLOSING != 0 || self.flags & ct_flags::SEEN_REPLY == 0 {
@@ -603,7 +603,7 @@ impl CtValueV1 {
     }
 }
 
-/// Bits of [`ConfigV1::flags`].
+/// Bits of [`ConfigV2::flags`].
 pub mod config_flags {
     /// Emit a flow event for every new flow (allowed or denied), not only for Log rules and
     /// revoked flows.
@@ -615,7 +615,7 @@ pub mod config_flags {
 /// Global configuration, index 0 of the config array. Written by the agent, read by TC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConfigV1 {
+pub struct ConfigV2 {
     /// Bumped by the agent after every committed policy change.
     pub policy_rev: u32,
     /// [`config_flags`] bits.
@@ -625,19 +625,34 @@ pub struct ConfigV1 {
     pub tcp_short_timeout_ns: u64,
     pub udp_timeout_ns: u64,
     pub icmp_timeout_ns: u64,
+    /// Nanoseconds per kernel tick (1e9 / HZ), or 0: the programs then read the coarse clock
+    /// through a helper call. With it they stamp conntrack entries from `bpf_jiffies64`, which
+    /// the verifier inlines into one load (a helper call costs as much as a map lookup).
+    pub ns_per_jiffy: u64,
+    /// `jiffies * ns_per_jiffy - jiffies_offset_ns` is `CLOCK_MONOTONIC_COARSE` in ns, within a
+    /// tick: the clock the agent's garbage collector compares entries with.
+    pub jiffies_offset_ns: u64,
 }
 
-impl ConfigV1 {
+impl ConfigV2 {
+    /// Conntrack time from a jiffies reading (only meaningful when `ns_per_jiffy` is set).
+    #[inline(always)]
+    pub fn jiffies_to_ns(&self, jiffies: u64) -> u64 {
+        jiffies.wrapping_mul(self.ns_per_jiffy).wrapping_sub(self.jiffies_offset_ns)
+    }
+
     /// Timeouts as Cilium and Linux conntrack choose them, in nanoseconds.
     pub const fn with_default_timeouts(policy_rev: u32) -> Self {
         const S: u64 = 1_000_000_000;
-        ConfigV1 {
+        ConfigV2 {
             policy_rev,
             flags: 0,
             tcp_established_timeout_ns: 6 * 3600 * S,
             tcp_short_timeout_ns: 60 * S,
             udp_timeout_ns: 60 * S,
             icmp_timeout_ns: 30 * S,
+            ns_per_jiffy: 0,
+            jiffies_offset_ns: 0,
         }
     }
 }
@@ -660,7 +675,7 @@ const _: () = {
     assert!(core::mem::size_of::<DropRateV1>() == 16);
     assert!(core::mem::size_of::<CtKeyV1>() == 20);
     assert!(core::mem::size_of::<CtValueV1>() == 48);
-    assert!(core::mem::size_of::<ConfigV1>() == 40);
+    assert!(core::mem::size_of::<ConfigV2>() == 56);
 };
 
 #[cfg(feature = "user")]
@@ -682,5 +697,5 @@ mod user {
     unsafe impl aya::Pod for DropRateV1 {}
     unsafe impl aya::Pod for CtKeyV1 {}
     unsafe impl aya::Pod for CtValueV1 {}
-    unsafe impl aya::Pod for ConfigV1 {}
+    unsafe impl aya::Pod for ConfigV2 {}
 }
