@@ -147,7 +147,7 @@ pub fn setup(n: usize, shape: Shape) -> Guard {
         ks.layout.slices.len(),
         ks.layout.ports.len(),
         ks.layout.ranges.len(),
-        ks.iphost.len() + ks.ipcache.len()
+        ks.iphost.len() + ks.ipslot.len() + ks.ipcache.len()
     );
     g
 }

@@ -22,8 +22,10 @@ use policy_compiler::{Compiler, compile::Compiled};
 const RET_PASS: u32 = u32::MAX;
 const RET_DROP: u32 = 2;
 const TARGET: Ipv4Addr = Ipv4Addr::new(10, 40, 0, 1);
+/// Three peers share one slot of the direct-mapped address array (same low 16 bits), so as
+/// pods come and go an address moves between the array and the hash behind it.
 const PEERS: [Ipv4Addr; 5] =
-    [Ipv4Addr::new(10, 40, 0, 11), Ipv4Addr::new(10, 40, 0, 12), Ipv4Addr::new(10, 40, 0, 13), Ipv4Addr::new(10, 40, 0, 14), Ipv4Addr::new(10, 40, 0, 15)];
+    [Ipv4Addr::new(10, 40, 0, 11), Ipv4Addr::new(10, 41, 0, 11), Ipv4Addr::new(10, 42, 0, 11), Ipv4Addr::new(10, 40, 0, 14), Ipv4Addr::new(10, 40, 0, 15)];
 const PORTS: [u16; 2] = [80, 443];
 const APPS: [&str; 3] = ["a", "b", "c"];
 
@@ -137,6 +139,34 @@ fn verdicts(dp: &mut Dataplane) -> Vec<bool> {
     out
 }
 
+/// The compiler's own answer for every probe of [`verdicts`]: the peer's identity from the
+/// compiled IP cache (longest prefix), then the layout's lookup. The kernel must agree.
+fn expected(c: &Compiled) -> Vec<bool> {
+    use bulkhead_common::{action, direction, identity, proto};
+    let local = c.endpoints[&policy_compiler::model::PodRef::new("x", "target")].identity;
+    let layout = c.layout();
+    let class_of = |ip: Ipv4Addr| {
+        (0..=32u8)
+            .rev()
+            .find_map(|len| {
+                let net = if len == 0 { 0 } else { u32::from(ip) & (u32::MAX << (32 - len)) };
+                c.ipcache.get(&(Ipv4Addr::from(net), len))
+            })
+            .map_or(identity::ANY, |i| i.peer_class)
+    };
+    let mut out = Vec::new();
+    for peer in PEERS {
+        let class = class_of(peer);
+        for port in PORTS {
+            for dir in [direction::INGRESS, direction::EGRESS] {
+                let v = policy_compiler::layout::lookup(layout, local, class, dir, proto::TCP, port);
+                out.push(v.is_none_or(|v| v.action == action::ALLOW));
+            }
+        }
+    }
+    out
+}
+
 fn describe(i: usize) -> String {
     let (peer, rest) = (i / 4, i % 4);
     format!("{} {} port {}", PEERS[peer], if rest % 2 == 0 { "-> target" } else { "<- target" }, PORTS[rest / 2])
@@ -175,6 +205,10 @@ fn replay(dp: &mut Dataplane, gens: &mut Generations, eps: &mut EndpointTable, b
     // The grace the agent keeps between flips (a packet in flight may still read the old one).
     std::thread::sleep(std::time::Duration::from_millis(5));
     let after = verdicts(dp);
+    let want = expected(&compiled);
+    for (i, (got, exp)) in after.iter().zip(&want).enumerate() {
+        assert_eq!(got, exp, "after the flip: {} was {} where the compiler says {}\n{yaml}", describe(i), if *got { "allowed" } else { "denied" }, if *exp { "allow" } else { "deny" });
+    }
     for (step, (flipped, v)) in seen.iter().enumerate() {
         let want = if *flipped { &after } else { before };
         for (i, (got, exp)) in v.iter().zip(want.iter()).enumerate() {

@@ -9,7 +9,7 @@ use bulkhead_common::detect::{
     self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV2, CtKeyV1, CtValueV1, DropRateV1, EndpointV3, IpCacheKeyV1, IpInfoV3, PeerKeyV1, PeerValueV1, PolicyStatsV1,
+    ConfigV2, CtKeyV1, CtValueV1, DropRateV1, EndpointV3, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV1, PeerValueV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV2, capacity,
 };
 
@@ -49,6 +49,17 @@ pub static IPHOST_G0: HashMap<[u8; 4], IpInfoV3> = HashMap::with_max_entries(cap
 /// As [`IPHOST_G0`], for policy generation 1.
 #[map(name = "BH_IPHOST_G1_V2")]
 pub static IPHOST_G1: HashMap<[u8; 4], IpInfoV3> = HashMap::with_max_entries(capacity::IPCACHE, 0);
+
+/// Key: `ip_slot(address)` (array index). Value: the address and its identity in policy
+/// generation 0, for one address per slot (the others are in IPHOST_G0). Written by the agent
+/// while generation 0 is inactive; read by TC first for the remote address: an inlined array
+/// read, where the hash lookup is a call.
+#[map(name = "BH_IPSLOT_G0_V1")]
+pub static IPSLOT_G0: Array<IpSlotV1> = Array::with_max_entries(capacity::IPSLOT, 0);
+
+/// As [`IPSLOT_G0`], for policy generation 1.
+#[map(name = "BH_IPSLOT_G1_V1")]
+pub static IPSLOT_G1: Array<IpSlotV1> = Array::with_max_entries(capacity::IPSLOT, 0);
 
 /// Key: IPv4 prefix shorter than /32 (LPM). Value: the identity of the addresses in it, in
 /// policy generation 0. Written by the agent while generation 0 is inactive; read by TC when

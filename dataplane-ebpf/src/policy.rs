@@ -6,30 +6,48 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use bulkhead_common::{
     GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, NO_POLICY, PORT_KEY_FULL_BITS, PeerKeyV1, PolicyValueV2, PortKeyV1,
-    STAGED_DIRECTION_BIT, SliceKeyV2, action, identity, port_filter_bit, proto, slice_flags,
+    STAGED_DIRECTION_BIT, SliceKeyV2, action, identity, ip_slot_flags, port_filter_bit, proto, slice_flags,
 };
 
-use crate::maps::{IPCACHE_G0, IPCACHE_G1, IPHOST_G0, IPHOST_G1, PEERS, PORTS, RANGES, SLICES};
+use crate::maps::{IPCACHE_G0, IPCACHE_G1, IPHOST_G0, IPHOST_G1, IPSLOT_G0, IPSLOT_G1, PEERS, PORTS, RANGES, SLICES};
 
 /// Identity and peer class of a remote address in policy generation `pgen`: exact (pods)
-/// first, then prefixes, else WORLD judged as any peer.
+/// first, from the direct-mapped slot array or else the hash, then prefixes, else WORLD
+/// judged as any peer.
 #[inline(always)]
 pub fn peer_info(remote_be: [u8; 4], pgen: u8) -> IpInfoV3 {
     // Each generation with its own call sites: a map pointer chosen at run time would keep
     // the verifier from inlining the lookup.
+    let slot = bulkhead_common::ip_slot(remote_be);
     if pgen == 0 {
-        // SAFETY: value copied out immediately.
-        if let Some(info) = unsafe { IPHOST_G0.get(&remote_be) } {
-            return *info;
+        // An empty slot, or one without MORE, means no exact entry elsewhere either.
+        let more = match IPSLOT_G0.get(slot) {
+            Some(s) if s.flags & ip_slot_flags::PRESENT != 0 && s.addr_be == remote_be => return s.info,
+            Some(s) => s.flags & ip_slot_flags::MORE != 0,
+            None => true,
+        };
+        if more {
+            // SAFETY: value copied out immediately.
+            if let Some(info) = unsafe { IPHOST_G0.get(&remote_be) } {
+                return *info;
+            }
         }
         match IPCACHE_G0.get(Key::new(32, IpCacheKeyV1 { addr_be: remote_be })) {
             Some(info) => *info,
             None => WORLD,
         }
     } else {
-        // SAFETY: value copied out immediately.
-        if let Some(info) = unsafe { IPHOST_G1.get(&remote_be) } {
-            return *info;
+        // An empty slot, or one without MORE, means no exact entry elsewhere either.
+        let more = match IPSLOT_G1.get(slot) {
+            Some(s) if s.flags & ip_slot_flags::PRESENT != 0 && s.addr_be == remote_be => return s.info,
+            Some(s) => s.flags & ip_slot_flags::MORE != 0,
+            None => true,
+        };
+        if more {
+            // SAFETY: value copied out immediately.
+            if let Some(info) = unsafe { IPHOST_G1.get(&remote_be) } {
+                return *info;
+            }
         }
         match IPCACHE_G1.get(Key::new(32, IpCacheKeyV1 { addr_be: remote_be })) {
             Some(info) => *info,

@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use bulkhead_common::{
-    ConfigV2, EndpointV3, GEN_DIRECTION_BIT, IpInfoV3, PeerKeyV1, PortKeyV1, SliceKeyV2, ep_flags, map_names,
+    ConfigV2, EndpointV3, GEN_DIRECTION_BIT, IpInfoV3, IpSlotV1, PeerKeyV1, ip_slot_flags, PortKeyV1, SliceKeyV2, ep_flags, map_names,
 };
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
 
@@ -26,8 +26,10 @@ fn werr(map: &'static str, source: aya::maps::MapError) -> AgentError {
 /// Everything the kernel's lookup maps hold, derived from one compile.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelState {
-    /// /32 entries (pods and single-address prefixes), hash.
+    /// /32 entries (pods and single-address prefixes) whose slot holds another address, hash.
     pub iphost: BTreeMap<[u8; 4], IpInfoV3>,
+    /// /32 entries in the direct-mapped array, by slot: the lowest address of each slot.
+    pub ipslot: BTreeMap<u32, IpSlotV1>,
     /// Shorter prefixes, LPM.
     pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV3>,
     pub layout: PolicyLayout,
@@ -40,7 +42,18 @@ impl KernelState {
         let mut s = KernelState { layout: c.layout().clone(), ..Default::default() };
         for ((addr, len), v) in &c.ipcache {
             if *len == 32 {
-                s.iphost.insert(addr.octets(), *v);
+                // Ascending addresses: the lowest of a slot takes it, the same on every sync,
+                // so a diff moves no address between the array and the hash needlessly.
+                let a = addr.octets();
+                match s.ipslot.entry(bulkhead_common::ip_slot(a)) {
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(IpSlotV1 { addr_be: a, info: *v, flags: ip_slot_flags::PRESENT });
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut e) => {
+                        e.get_mut().flags |= ip_slot_flags::MORE;
+                        s.iphost.insert(a, *v);
+                    }
+                }
             } else {
                 s.ipcache.insert((*addr, *len), *v);
             }
@@ -118,6 +131,7 @@ pub fn write_generation(
     let ports = diff_map(&base.layout.ports, &new.layout.ports);
     let ranges = diff_map(&base.layout.ranges, &new.layout.ranges);
     let hosts = diff_map(&base.iphost, &new.iphost);
+    let slots = diff_map(&base.ipslot, &new.ipslot);
     let prefixes = diff_map(&base.ipcache, &new.ipcache);
     for k in &peers.removals {
         dp.maps.peers.remove(&peer_key(k, g)).map_err(|e| werr(map_names::PEERS, e))?;
@@ -139,13 +153,27 @@ pub fn write_generation(
         dp.maps.iphost[g].remove(k).map_err(|e| werr(map_names::IPHOST[g], e))?;
         step(dp);
     }
+    for k in &slots.removals {
+        dp.maps.ipslot[g].set(*k, IpSlotV1::default(), 0).map_err(|e| werr(map_names::IPSLOT[g], e))?;
+        step(dp);
+    }
     for (a, l) in &prefixes.removals {
         dp.maps.ipcache[g].remove(&ipcache_key(*a, *l)).map_err(|e| werr(map_names::IPCACHE[g], e))?;
         step(dp);
     }
-    w.removals = peers.removals.len() + slices.removals.len() + ports.removals.len() + ranges.removals.len() + hosts.removals.len() + prefixes.removals.len();
+    w.removals = peers.removals.len()
+        + slices.removals.len()
+        + ports.removals.len()
+        + ranges.removals.len()
+        + hosts.removals.len()
+        + slots.removals.len()
+        + prefixes.removals.len();
     for (k, v) in &hosts.upserts {
         dp.maps.iphost[g].insert(k, v, 0).map_err(|e| werr(map_names::IPHOST[g], e))?;
+        step(dp);
+    }
+    for (k, v) in &slots.upserts {
+        dp.maps.ipslot[g].set(*k, *v, 0).map_err(|e| werr(map_names::IPSLOT[g], e))?;
         step(dp);
     }
     for ((a, l), v) in &prefixes.upserts {
@@ -168,7 +196,13 @@ pub fn write_generation(
         dp.maps.peers.insert(peer_key(k, g), v, 0).map_err(|e| werr(map_names::PEERS, e))?;
         step(dp);
     }
-    w.upserts = peers.upserts.len() + slices.upserts.len() + ports.upserts.len() + ranges.upserts.len() + hosts.upserts.len() + prefixes.upserts.len();
+    w.upserts = peers.upserts.len()
+        + slices.upserts.len()
+        + ports.upserts.len()
+        + ranges.upserts.len()
+        + hosts.upserts.len()
+        + slots.upserts.len()
+        + prefixes.upserts.len();
     Ok(w)
 }
 
@@ -237,6 +271,15 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
     let stale: Vec<[u8; 4]> = dp.maps.iphost[g].keys().filter_map(Result::ok).filter(|k| !desired.iphost.contains_key(k)).collect();
     for k in &stale {
         dp.maps.iphost[g].remove(k).map_err(|e| werr(map_names::IPHOST[g], e))?;
+        step(dp);
+    }
+    // The slot array has no keys to list: every slot holding something undesired is
+    // cleared (one read per slot, only on a full write).
+    let stale: Vec<u32> = (0..bulkhead_common::capacity::IPSLOT)
+        .filter(|i| matches!(dp.maps.ipslot[g].get(i, 0), Ok(v) if v.flags != 0 && desired.ipslot.get(i) != Some(&v)))
+        .collect();
+    for k in &stale {
+        dp.maps.ipslot[g].set(*k, IpSlotV1::default(), 0).map_err(|e| werr(map_names::IPSLOT[g], e))?;
         step(dp);
     }
     let stale: Vec<_> = dp.maps.ipcache[g]

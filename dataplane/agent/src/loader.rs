@@ -22,7 +22,7 @@ use aya::{
 };
 use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
-    ConfigV2, CtKeyV1, CtValueV1, IpCacheKeyV1, IpInfoV3, PeerKeyV1, PeerValueV1, PolicyStatsV1,
+    ConfigV2, CtKeyV1, CtValueV1, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV1, PeerValueV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV2, map_names,
 };
 
@@ -85,7 +85,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 30] = [
+pub(crate) const ALL_MAPS: [&str; 32] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
     map_names::EGRESS_BYTES,
@@ -93,6 +93,8 @@ pub(crate) const ALL_MAPS: [&str; 30] = [
     map_names::ENDPOINTS_DIRECT,
     map_names::IPHOST[0],
     map_names::IPHOST[1],
+    map_names::IPSLOT[0],
+    map_names::IPSLOT[1],
     map_names::IPCACHE[0],
     map_names::IPCACHE[1],
     map_names::PEERS,
@@ -146,6 +148,8 @@ pub struct Maps {
     pub endpoints: crate::ifmap::EndpointMap<MapData>,
     /// Per policy generation.
     pub iphost: [HashMap<MapData, [u8; 4], IpInfoV3>; 2],
+    /// Per policy generation: the direct-mapped addresses (see [`bulkhead_common::ip_slot`]).
+    pub ipslot: [Array<MapData, IpSlotV1>; 2],
     /// Per policy generation.
     pub ipcache: [LpmTrie<MapData, IpCacheKeyV1, IpInfoV3>; 2],
     pub peers: HashMap<MapData, PeerKeyV1, PeerValueV1>,
@@ -288,6 +292,10 @@ impl Dataplane {
             iphost: [
                 HashMap::try_from(take(map_names::IPHOST[0])?).map_err(|e| map_err(map_names::IPHOST[0], e))?,
                 HashMap::try_from(take(map_names::IPHOST[1])?).map_err(|e| map_err(map_names::IPHOST[1], e))?,
+            ],
+            ipslot: [
+                Array::try_from(take(map_names::IPSLOT[0])?).map_err(|e| map_err(map_names::IPSLOT[0], e))?,
+                Array::try_from(take(map_names::IPSLOT[1])?).map_err(|e| map_err(map_names::IPSLOT[1], e))?,
             ],
             ipcache: [
                 LpmTrie::try_from(take(map_names::IPCACHE[0])?).map_err(|e| map_err(map_names::IPCACHE[0], e))?,

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use bulkhead_common::{
-    CtKeyV1, CtValueV1, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, PolicyValueV2, PortKeyV1, generation, map_names,
+    CtKeyV1, CtValueV1, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, IpSlotV1, PolicyValueV2, PortKeyV1, generation, map_names,
 };
 
 use crate::error::AgentError;
@@ -118,11 +118,13 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let g = generation(policy_rev);
     let ipc: LpmTrie<_, IpCacheKeyV1, IpInfoV3> = LpmTrie::try_from(open(dir, map_names::IPCACHE[g])?).map_err(|e| merr(map_names::IPCACHE[g], e))?;
     let hosts: HashMap<_, [u8; 4], IpInfoV3> = HashMap::try_from(open(dir, map_names::IPHOST[g])?).map_err(|e| merr(map_names::IPHOST[g], e))?;
+    let slots: Array<_, IpSlotV1> = Array::try_from(open(dir, map_names::IPSLOT[g])?).map_err(|e| merr(map_names::IPSLOT[g], e))?;
+    let slotted = slots.iter().filter(|v| matches!(v, Ok(s) if s.flags != 0)).count();
     let of_gen = |direction: u8| usize::from(direction & GEN_DIRECTION_BIT != 0) == g;
     Ok(Status {
         pin_dir: dir.display().to_string(),
         endpoints: eps.ifindexes()?.len(),
-        ipcache_entries: ipc.keys().count() + hosts.keys().count(),
+        ipcache_entries: ipc.keys().count() + hosts.keys().count() + slotted,
         policy_peers: peers.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_slices: slices.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_ports: ports.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
