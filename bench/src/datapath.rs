@@ -142,8 +142,8 @@ pub fn setup(n: usize, shape: Shape) -> Guard {
     maps.endpoints.insert(IFINDEX, ep).expect("endpoint insert");
     maps.config.set(0, bulkhead_agent::apply::with_clock(ConfigV2::with_default_timeouts(1)), 0).expect("config set");
     eprintln!(
-        "datapath {shape:?} {n} rules: compiled in {compile_s:.2}s to {} peer slots, {} table slices, {} port and {} range exceptions, {} ipcache entries",
-        ks.layout.peers.len(),
+        "datapath {shape:?} {n} rules: compiled in {compile_s:.2}s to {} peer entries, {} table slices, {} port and {} range exceptions, {} ipcache entries",
+        ks.peers.len(),
         ks.layout.slices.len(),
         ks.layout.ports.len(),
         ks.layout.ranges.len(),

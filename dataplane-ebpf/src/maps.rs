@@ -9,8 +9,8 @@ use bulkhead_common::detect::{
     self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV2, CtKeyV1, CtValueV1, DropRateV1, EndpointV3, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV1, PeerValueV1, PolicyStatsV1,
-    PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV2, capacity,
+    ConfigV2, CtKeyV1, CtValueV1, DropRateV1, EndpointV3, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
+    PolicyValueV2, PortKeyV1, capacity,
 };
 
 /// Key: host-side interface index below `capacity::IFINDEX_DIRECT` (array index). Value: the
@@ -71,21 +71,17 @@ pub static IPCACHE_G0: LpmTrie<IpCacheKeyV1, IpInfoV3> = LpmTrie::with_max_entri
 #[map(name = "BH_IPCACHE_G1_V2")]
 pub static IPCACHE_G1: LpmTrie<IpCacheKeyV1, IpInfoV3> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
 
-/// Key: (local identity, peer identity or any, direction (+ staged bit, + generation bit)).
-/// Value: the verdict table judging that traffic. Written by the agent from the compiler's
-/// layout into the inactive generation; read by TC for new flows and after policy changes.
-#[map(name = "BH_PEER_V1")]
-pub static PEERS: HashMap<PeerKeyV1, PeerValueV1> = HashMap::with_max_entries(capacity::POLICY, 0);
+/// Key: (local identity, peer class or any, direction (+ staged bit, + generation bit),
+/// protocol or any). Value: the slice of the verdict table judging that traffic (the verdict
+/// for most ports, whether port exceptions exist) and where the exceptions are. Written by the
+/// agent from the compiler's layout into the inactive generation; read by TC for new flows and
+/// after policy changes.
+#[map(name = "BH_PEER_V2")]
+pub static PEERS: HashMap<PeerKeyV2, PeerSliceV1> = HashMap::with_max_entries(capacity::POLICY, 0);
 
-/// Key: (verdict table, direction (+ staged, + generation bit), protocol or any). Value: the
-/// verdict for most ports and whether exceptions exist. Written by the agent; read by TC after
-/// a PEERS hit.
-#[map(name = "BH_SLICE_V4")]
-pub static SLICES: HashMap<SliceKeyV2, SliceValueV2> = HashMap::with_max_entries(capacity::POLICY, 0);
-
-/// Key: a slice key plus one port (exact). Value: that port's verdict where it differs from
-/// the slice's. Written by the agent; read by TC when the slice has HAS_PORTS and the port's
-/// filter bit is set.
+/// Key: a slice's table, direction and protocol plus one port (exact). Value: that port's
+/// verdict where it differs from the slice's. Written by the agent; read by TC when the slice
+/// has HAS_PORTS and the port's filter bit is set.
 #[map(name = "BH_PORT_V3")]
 pub static PORTS: HashMap<PortKeyV1, PolicyValueV2> = HashMap::with_max_entries(capacity::POLICY, 0);
 

@@ -1,15 +1,15 @@
 //! Policy verdict for a new flow: a fixed number of hash lookups, whatever the number of
-//! rules, tiers or policies. The compiler stores, per (local identity, peer or any peer,
+//! rules, tiers or policies. The compiler says, per (local identity, peer or any peer,
 //! direction), which verdict table judges it, and per table complete verdicts per protocol
-//! slice, so the first peer entry and the first slice found answer.
+//! slice; the agent joins the two, so the first (peer, protocol) entry found answers.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use bulkhead_common::{
-    GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, NO_POLICY, PORT_KEY_FULL_BITS, PeerKeyV1, PolicyValueV2, PortKeyV1,
-    STAGED_DIRECTION_BIT, SliceKeyV2, action, identity, ip_slot_flags, port_filter_bit, proto, slice_flags,
+    GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, NO_POLICY, PORT_KEY_FULL_BITS, PeerKeyV2, PeerSliceV1, PolicyValueV2,
+    PortKeyV1, STAGED_DIRECTION_BIT, action, identity, ip_slot_flags, port_filter_bit, proto, slice_flags,
 };
 
-use crate::maps::{IPCACHE_G0, IPCACHE_G1, IPHOST_G0, IPHOST_G1, IPSLOT_G0, IPSLOT_G1, PEERS, PORTS, RANGES, SLICES};
+use crate::maps::{IPCACHE_G0, IPCACHE_G1, IPHOST_G0, IPHOST_G1, IPSLOT_G0, IPSLOT_G1, PEERS, PORTS, RANGES};
 
 /// Identity and peer class of a remote address in policy generation `pgen`: exact (pods)
 /// first, from the direct-mapped slot array or else the hash, then prefixes, else WORLD
@@ -76,46 +76,32 @@ pub const DEFAULT_ALLOW: PolicyValueV2 = PolicyValueV2 {
     flags: 0,
 };
 
-/// Table of (local, peer class) or else (local, any peer); then its slice (protocol) or else (any
-/// protocol), through its port exceptions if it has any. No table: no tier applies, allow.
-/// `dir` carries the staged and generation bits.
+/// The slice of (local, peer class) or else (local, any peer), each for the protocol or else
+/// any protocol (an entry with a table always has its any-protocol one), through its port
+/// exceptions if it has any. No entry: no tier applies, allow. `dir` carries the staged and
+/// generation bits. Typically one hash lookup, plus one for a port with an exception.
 #[inline(always)]
 fn judge(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
-    let mut pk = PeerKeyV1 { local_identity_be: local.to_be_bytes(), peer_class_be: peer_class.to_be_bytes(), direction: dir, _pad: [0; 3] };
-    // SAFETY: value copied out before any other map call.
-    let table = match unsafe { PEERS.get(&pk) } {
-        Some(t) => t.table,
+    let mut pk = PeerKeyV2 { local_identity_be: local.to_be_bytes(), peer_class_be: peer_class.to_be_bytes(), direction: dir, protocol, _pad: [0; 2] };
+    let e = match peer_slice(&mut pk, protocol) {
+        Some(e) => e,
         // Class ANY was the any-peer lookup already.
         None if peer_class == identity::ANY => return DEFAULT_ALLOW,
         None => {
             pk.peer_class_be = identity::ANY.to_be_bytes();
-            // SAFETY: as above.
-            match unsafe { PEERS.get(&pk) } {
-                Some(t) => t.table,
+            match peer_slice(&mut pk, protocol) {
+                Some(e) => e,
                 None => return DEFAULT_ALLOW,
             }
         }
     };
-    let mut sk = SliceKeyV2 { table_be: table.to_be_bytes(), direction: dir, protocol, _pad: [0; 2] };
-    // SAFETY: value copied out before any other map call.
-    let slice = match unsafe { SLICES.get(&sk) }.copied() {
-        Some(s) => s,
-        None => {
-            sk.protocol = proto::ANY;
-            // SAFETY: as above.
-            match unsafe { SLICES.get(&sk) }.copied() {
-                Some(s) => s,
-                // Every table has its any-protocol slice; a table without one is a broken
-                // write: fail closed rather than guess, counted.
-                None => {
-                    crate::maps::count(bulkhead_common::counters::DROP_BROKEN_TABLE);
-                    return bulkhead_common::BROKEN_TABLE_VERDICT;
-                }
-            }
-        }
-    };
+    let slice = e.slice;
+    if slice.flags & slice_flags::BROKEN != 0 {
+        crate::maps::count(bulkhead_common::counters::DROP_BROKEN_TABLE);
+        return slice.verdict;
+    }
     if slice.flags & (slice_flags::HAS_PORTS | slice_flags::HAS_RANGES) != 0 {
-        let key = PortKeyV1 { table_be: sk.table_be, direction: dir, protocol: sk.protocol, port_be: port.to_be_bytes() };
+        let key = PortKeyV1 { table_be: e.table_be, direction: dir, protocol: e.protocol, port_be: port.to_be_bytes() };
         if slice.flags & slice_flags::HAS_PORTS != 0 && slice.port_filter & port_filter_bit(port) != 0 {
             // SAFETY: copied out.
             if let Some(v) = unsafe { PORTS.get(&key) } {
@@ -129,6 +115,22 @@ fn judge(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16) -> Polic
         }
     }
     slice.verdict
+}
+
+/// The entry of `pk` for `protocol`, else for any protocol (`pk.protocol` is left set).
+#[inline(always)]
+fn peer_slice(pk: &mut PeerKeyV2, protocol: u8) -> Option<PeerSliceV1> {
+    pk.protocol = protocol;
+    // SAFETY: value copied out before any other map call.
+    if let Some(e) = unsafe { PEERS.get(&*pk) } {
+        return Some(*e);
+    }
+    if protocol == proto::ANY {
+        return None;
+    }
+    pk.protocol = proto::ANY;
+    // SAFETY: as above.
+    unsafe { PEERS.get(&*pk) }.copied()
 }
 
 /// The direction byte of keys of generation `pgen`.

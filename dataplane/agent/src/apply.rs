@@ -10,7 +10,8 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use bulkhead_common::{
-    ConfigV2, EndpointV3, GEN_DIRECTION_BIT, IpInfoV3, IpSlotV1, PeerKeyV1, ip_slot_flags, PortKeyV1, SliceKeyV2, ep_flags, map_names,
+    ConfigV2, EndpointV3, GEN_DIRECTION_BIT, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PortKeyV1, SliceKeyV2, SliceValueV2,
+    ep_flags, ip_slot_flags, map_names, proto, slice_flags,
 };
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
 
@@ -32,6 +33,9 @@ pub struct KernelState {
     pub ipslot: BTreeMap<u32, IpSlotV1>,
     /// Shorter prefixes, LPM.
     pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV3>,
+    /// The layout's peer entries joined with their tables' slices: the kernel's peer map.
+    pub peers: BTreeMap<PeerKeyV2, PeerSliceV1>,
+    /// The compiler's layout; its port exceptions are written as they are.
     pub layout: PolicyLayout,
 }
 
@@ -40,6 +44,7 @@ impl KernelState {
     pub fn of(c: &Compiled) -> Self {
         // The same layout `explain` and the compiler's property tests read.
         let mut s = KernelState { layout: c.layout().clone(), ..Default::default() };
+        s.peers = join_slices(&s.layout);
         for ((addr, len), v) in &c.ipcache {
             if *len == 32 {
                 // Ascending addresses: the lowest of a slot takes it, the same on every sync,
@@ -62,6 +67,30 @@ impl KernelState {
     }
 }
 
+/// One kernel peer entry per (peer entry, slice of its table): the lookup the compiler's
+/// [`policy_compiler::layout::lookup`] does in two steps, done in one. A table without its
+/// any-protocol slice gets a BROKEN any-protocol entry that denies, as that lookup answers.
+pub fn join_slices(l: &PolicyLayout) -> BTreeMap<PeerKeyV2, PeerSliceV1> {
+    let mut out = BTreeMap::new();
+    for (pk, pv) in &l.peers {
+        let table_be = pv.table.to_be_bytes();
+        let key = |protocol| PeerKeyV2 { local_identity_be: pk.local_identity_be, peer_class_be: pk.peer_class_be, direction: pk.direction, protocol, _pad: [0; 2] };
+        // Slices are keyed (table, direction, protocol): the table's are one range.
+        let from = SliceKeyV2 { table_be, direction: pk.direction, protocol: 0, _pad: [0; 2] };
+        let to = SliceKeyV2 { table_be, direction: pk.direction, protocol: u8::MAX, _pad: [u8::MAX; 2] };
+        let mut any = false;
+        for (sk, sv) in l.slices.range(from..=to) {
+            any |= sk.protocol == proto::ANY;
+            out.insert(key(sk.protocol), PeerSliceV1 { slice: *sv, table_be, protocol: sk.protocol, _pad: [0; 3] });
+        }
+        if !any {
+            let slice = SliceValueV2 { verdict: bulkhead_common::BROKEN_TABLE_VERDICT, flags: slice_flags::BROKEN, _pad: 0, port_filter: 0 };
+            out.insert(key(proto::ANY), PeerSliceV1 { slice, table_be, protocol: proto::ANY, _pad: [0; 3] });
+        }
+    }
+    out
+}
+
 /// How many map entries a sync wrote and removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Written {
@@ -80,12 +109,8 @@ pub struct Generations {
     pub held: [Option<KernelState>; 2],
 }
 
-fn peer_key(k: &PeerKeyV1, g: usize) -> PeerKeyV1 {
-    PeerKeyV1 { direction: with_gen(k.direction, g), ..*k }
-}
-
-fn slice_key(k: &SliceKeyV2, g: usize) -> SliceKeyV2 {
-    SliceKeyV2 { direction: with_gen(k.direction, g), ..*k }
+fn peer_key(k: &PeerKeyV2, g: usize) -> PeerKeyV2 {
+    PeerKeyV2 { direction: with_gen(k.direction, g), ..*k }
 }
 
 fn policy_key(k: &PortKeyV1, g: usize) -> PortKeyV1 {
@@ -126,8 +151,7 @@ pub fn write_generation(
             o(dp)
         }
     };
-    let peers = diff_map(&base.layout.peers, &new.layout.peers);
-    let slices = diff_map(&base.layout.slices, &new.layout.slices);
+    let peers = diff_map(&base.peers, &new.peers);
     let ports = diff_map(&base.layout.ports, &new.layout.ports);
     let ranges = diff_map(&base.layout.ranges, &new.layout.ranges);
     let hosts = diff_map(&base.iphost, &new.iphost);
@@ -135,10 +159,6 @@ pub fn write_generation(
     let prefixes = diff_map(&base.ipcache, &new.ipcache);
     for k in &peers.removals {
         dp.maps.peers.remove(&peer_key(k, g)).map_err(|e| werr(map_names::PEERS, e))?;
-        step(dp);
-    }
-    for k in &slices.removals {
-        dp.maps.slices.remove(&slice_key(k, g)).map_err(|e| werr(map_names::SLICES, e))?;
         step(dp);
     }
     for k in &ports.removals {
@@ -162,7 +182,6 @@ pub fn write_generation(
         step(dp);
     }
     w.removals = peers.removals.len()
-        + slices.removals.len()
         + ports.removals.len()
         + ranges.removals.len()
         + hosts.removals.len()
@@ -188,16 +207,11 @@ pub fn write_generation(
         dp.maps.ranges.insert(&Key::new(*len, policy_key(k, g)), v, 0).map_err(|e| werr(map_names::RANGES, e))?;
         step(dp);
     }
-    for (k, v) in &slices.upserts {
-        dp.maps.slices.insert(slice_key(k, g), v, 0).map_err(|e| werr(map_names::SLICES, e))?;
-        step(dp);
-    }
     for (k, v) in &peers.upserts {
         dp.maps.peers.insert(peer_key(k, g), v, 0).map_err(|e| werr(map_names::PEERS, e))?;
         step(dp);
     }
     w.upserts = peers.upserts.len()
-        + slices.upserts.len()
         + ports.upserts.len()
         + ranges.upserts.len()
         + hosts.upserts.len()
@@ -238,14 +252,9 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
             o(dp)
         }
     };
-    let stale = stale_keys(&dp.maps.peers, g, &desired.layout.peers, |k| &mut k.direction);
+    let stale = stale_keys(&dp.maps.peers, g, &desired.peers, |k| &mut k.direction);
     for k in &stale {
         dp.maps.peers.remove(k).map_err(|e| werr(map_names::PEERS, e))?;
-        step(dp);
-    }
-    let stale = stale_keys(&dp.maps.slices, g, &desired.layout.slices, |k| &mut k.direction);
-    for k in &stale {
-        dp.maps.slices.remove(k).map_err(|e| werr(map_names::SLICES, e))?;
         step(dp);
     }
     let stale = stale_keys(&dp.maps.ports, g, &desired.layout.ports, |k| &mut k.direction);
@@ -442,4 +451,37 @@ pub fn with_clock(mut cfg: ConfigV2) -> ConfigV2 {
         cfg.jiffies_offset_ns = c.offset_ns;
     }
     cfg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_common::{PeerKeyV1, PeerValueV1, PolicyValueV2, action, direction};
+
+    fn slice(a: u8) -> SliceValueV2 {
+        SliceValueV2 { verdict: PolicyValueV2 { action: a, ..Default::default() }, ..Default::default() }
+    }
+
+    #[test]
+    fn each_peer_entry_gets_one_kernel_entry_per_slice_of_its_table_and_a_broken_table_denies() {
+        let mut l = PolicyLayout::default();
+        let pk = |peer: u32| PeerKeyV1 { local_identity_be: 300u32.to_be_bytes(), peer_class_be: peer.to_be_bytes(), direction: direction::INGRESS, _pad: [0; 3] };
+        let sk = |table: u32, protocol| SliceKeyV2 { table_be: table.to_be_bytes(), direction: direction::INGRESS, protocol, _pad: [0; 2] };
+        l.peers.insert(pk(500), PeerValueV1 { table: 7 });
+        l.peers.insert(pk(501), PeerValueV1 { table: 8 });
+        l.slices.insert(sk(7, proto::ANY), slice(action::DENY));
+        l.slices.insert(sk(7, proto::TCP), slice(action::ALLOW));
+        // Table 8 has a TCP slice only (a broken layout), and a slice of table 7 in another
+        // direction must not leak into the ingress entries.
+        l.slices.insert(sk(8, proto::TCP), slice(action::ALLOW));
+        l.slices.insert(SliceKeyV2 { direction: direction::EGRESS, ..sk(7, proto::UDP) }, slice(action::ALLOW));
+        let j = join_slices(&l);
+        let key = |peer: u32, protocol| PeerKeyV2 { local_identity_be: 300u32.to_be_bytes(), peer_class_be: peer.to_be_bytes(), direction: direction::INGRESS, protocol, _pad: [0; 2] };
+        assert_eq!(j.len(), 4, "{j:#?}");
+        assert_eq!(j[&key(500, proto::TCP)].slice.verdict.action, action::ALLOW);
+        assert_eq!((j[&key(500, proto::ANY)].slice.verdict.action, j[&key(500, proto::ANY)].table_be), (action::DENY, 7u32.to_be_bytes()));
+        assert_eq!(j[&key(501, proto::TCP)].protocol, proto::TCP);
+        let broken = j[&key(501, proto::ANY)];
+        assert_eq!((broken.slice.flags, broken.slice.verdict), (slice_flags::BROKEN, bulkhead_common::BROKEN_TABLE_VERDICT));
+    }
 }

@@ -22,8 +22,8 @@ use aya::{
 };
 use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
-    ConfigV2, CtKeyV1, CtValueV1, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV1, PeerValueV1, PolicyStatsV1,
-    PolicyValueV2, PortKeyV1, SliceKeyV2, SliceValueV2, map_names,
+    ConfigV2, CtKeyV1, CtValueV1, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
+    PolicyValueV2, PortKeyV1, map_names,
 };
 
 use crate::{error::AgentError, netns};
@@ -85,7 +85,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 32] = [
+pub(crate) const ALL_MAPS: [&str; 31] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
     map_names::EGRESS_BYTES,
@@ -98,7 +98,6 @@ pub(crate) const ALL_MAPS: [&str; 32] = [
     map_names::IPCACHE[0],
     map_names::IPCACHE[1],
     map_names::PEERS,
-    map_names::SLICES,
     map_names::PORTS,
     map_names::RANGES,
     map_names::POLICY_STATS,
@@ -152,8 +151,7 @@ pub struct Maps {
     pub ipslot: [Array<MapData, IpSlotV1>; 2],
     /// Per policy generation.
     pub ipcache: [LpmTrie<MapData, IpCacheKeyV1, IpInfoV3>; 2],
-    pub peers: HashMap<MapData, PeerKeyV1, PeerValueV1>,
-    pub slices: HashMap<MapData, SliceKeyV2, SliceValueV2>,
+    pub peers: HashMap<MapData, PeerKeyV2, PeerSliceV1>,
     pub ports: HashMap<MapData, PortKeyV1, PolicyValueV2>,
     pub ranges: LpmTrie<MapData, PortKeyV1, PolicyValueV2>,
     pub policy_stats: PerCpuArray<MapData, PolicyStatsV1>,
@@ -302,7 +300,6 @@ impl Dataplane {
                 LpmTrie::try_from(take(map_names::IPCACHE[1])?).map_err(|e| map_err(map_names::IPCACHE[1], e))?,
             ],
             peers: HashMap::try_from(take(map_names::PEERS)?).map_err(|e| map_err(map_names::PEERS, e))?,
-            slices: HashMap::try_from(take(map_names::SLICES)?).map_err(|e| map_err(map_names::SLICES, e))?,
             ports: HashMap::try_from(take(map_names::PORTS)?).map_err(|e| map_err(map_names::PORTS, e))?,
             ranges: LpmTrie::try_from(take(map_names::RANGES)?).map_err(|e| map_err(map_names::RANGES, e))?,
             policy_stats: PerCpuArray::try_from(take(map_names::POLICY_STATS)?).map_err(|e| map_err(map_names::POLICY_STATS, e))?,

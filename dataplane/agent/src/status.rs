@@ -17,7 +17,8 @@ pub struct Status {
     pub endpoints: usize,
     /// Exact-address and prefix entries of the IP cache (the enforced generation).
     pub ipcache_entries: usize,
-    /// Peer slots, verdict table slices, single-port and port-range exceptions (the enforced
+    /// Peer entries (one per peer slot and protocol of its table), the distinct table slices
+    /// they carry, single-port and port-range exceptions (the enforced
     /// generation; the other one holds the previous or the next policy).
     pub policy_peers: usize,
     pub policy_slices: usize,
@@ -91,10 +92,8 @@ pub fn policy_stats(dir: &Path, table: &crate::PolicyTable) -> Result<Vec<Policy
 /// Reads the pinned maps under `dir`.
 pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let eps = crate::ifmap::EndpointMap::open_endpoints(dir)?;
-    let peers: HashMap<_, bulkhead_common::PeerKeyV1, bulkhead_common::PeerValueV1> =
+    let peers: HashMap<_, bulkhead_common::PeerKeyV2, bulkhead_common::PeerSliceV1> =
         HashMap::try_from(open(dir, map_names::PEERS)?).map_err(|e| merr(map_names::PEERS, e))?;
-    let slices: HashMap<_, bulkhead_common::SliceKeyV2, bulkhead_common::SliceValueV2> =
-        HashMap::try_from(open(dir, map_names::SLICES)?).map_err(|e| merr(map_names::SLICES, e))?;
     let ports: HashMap<_, PortKeyV1, PolicyValueV2> = HashMap::try_from(open(dir, map_names::PORTS)?).map_err(|e| merr(map_names::PORTS, e))?;
     let ranges: LpmTrie<_, PortKeyV1, PolicyValueV2> = LpmTrie::try_from(open(dir, map_names::RANGES)?).map_err(|e| merr(map_names::RANGES, e))?;
     let ct: HashMap<_, CtKeyV1, CtValueV1> = HashMap::try_from(open(dir, map_names::CONNTRACK)?).map_err(|e| merr(map_names::CONNTRACK, e))?;
@@ -126,7 +125,14 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
         endpoints: eps.ifindexes()?.len(),
         ipcache_entries: ipc.keys().count() + hosts.keys().count() + slotted,
         policy_peers: peers.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
-        policy_slices: slices.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
+        // The tables' slices the peer entries carry, each counted once.
+        policy_slices: peers
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| of_gen(k.direction))
+            .map(|(k, v)| (v.table_be, k.direction, v.protocol))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
         policy_ports: ports.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_ranges: ranges.keys().filter_map(Result::ok).filter(|k| of_gen(k.data().direction)).count(),
         conntrack_entries: ct.keys().count(),

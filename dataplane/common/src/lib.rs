@@ -30,12 +30,9 @@ pub mod map_names {
     /// only holds the addresses whose slot another address took. The verifier inlines an
     /// array lookup, so a pod peer costs no map call (a hash lookup costs 25-30 ns here).
     pub const IPSLOT: [&str; 2] = ["BH_IPSLOT_G0_V1", "BH_IPSLOT_G1_V1"];
-    /// Which verdict table judges a (local identity, peer identity or any, direction):
-    /// [`crate::PeerKeyV1`] (generation in the direction byte) -> [`crate::PeerValueV1`] (hash).
-    pub const PEERS: &str = "BH_PEER_V1";
-    /// Verdict table slices: [`crate::SliceKeyV2`] (generation in the direction byte) ->
-    /// [`crate::SliceValueV2`] (hash).
-    pub const SLICES: &str = "BH_SLICE_V4";
+    /// The slice judging a (local identity, peer class or any, direction, protocol or any):
+    /// [`crate::PeerKeyV2`] (generation in the direction byte) -> [`crate::PeerSliceV1`] (hash).
+    pub const PEERS: &str = "BH_PEER_V2";
     /// Single-port exceptions of a slice: [`crate::PortKeyV1`] (exact) -> [`crate::PolicyValueV2`].
     pub const PORTS: &str = "BH_PORT_V3";
     /// Port-range exceptions of a slice: [`crate::PortKeyV1`] (LPM over the port) ->
@@ -163,10 +160,14 @@ pub mod slice_flags {
     pub const HAS_PORTS: u32 = 1 << 0;
     /// Some port ranges of this slice have their own verdict in the ranges map.
     pub const HAS_RANGES: u32 = 1 << 1;
+    /// The table had no any-protocol slice (a broken layout): the slice's verdict is
+    /// [`crate::BROKEN_TABLE_VERDICT`], and the datapath counts the drop.
+    pub const BROKEN: u32 = 1 << 2;
 }
 
-/// Key of the peer map: which verdict table judges traffic of a local identity with a peer
-/// class in one direction. Peers whose verdicts equal the "any other peer" ones have no entry of their
+/// Key of the compiler's peer entries (the kernel holds them joined with their tables' slices,
+/// [`PeerKeyV2`]): which verdict table judges traffic of a local identity with a peer class in
+/// one direction. Peers whose verdicts equal the "any other peer" ones have no entry of their
 /// own, so a local identity holds one entry per peer its policy tells apart, whatever the
 /// ports and protocols involved (those live once per table).
 #[repr(C)]
@@ -181,14 +182,15 @@ pub struct PeerKeyV1 {
     pub _pad: [u8; 3],
 }
 
-/// Value of the peer map: a verdict table number (host order, never 0).
+/// Value of the compiler's peer entries: a verdict table number (host order, never 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerValueV1 {
     pub table: u32,
 }
 
-/// Key of a verdict table slice: the table, the direction (its generation and staged bits:
+/// Key of a verdict table slice in the compiler's layout (joined into [`PeerSliceV1`] for the
+/// kernel): the table, the direction (its generation and staged bits:
 /// tables of one generation are written while the other is live) and a protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -199,6 +201,35 @@ pub struct SliceKeyV2 {
     /// IP protocol, or [`proto::ANY`] (every table has its any-protocol slice).
     pub protocol: u8,
     pub _pad: [u8; 2],
+}
+
+/// Key of the kernel's peer map: the compiler's peer entry ([`PeerKeyV1`]) joined with the
+/// slices of its table, one entry per protocol the table has a slice for (and any). A new flow
+/// then finds its slice with one lookup where the peer entry and the slice were two.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerKeyV2 {
+    pub local_identity_be: [u8; 4],
+    /// Peer class ([`IpInfoV3::peer_class`]), or [`identity::ANY`].
+    pub peer_class_be: [u8; 4],
+    /// As [`PeerKeyV1::direction`].
+    pub direction: u8,
+    /// IP protocol, or [`proto::ANY`] (every entry with a table has its any-protocol entry).
+    pub protocol: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the kernel's peer map: the slice judging that (local, peer, direction, protocol),
+/// and where its port exceptions are (table and the slice's own protocol, the
+/// [`PortKeyV1`] fields).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerSliceV1 {
+    pub slice: SliceValueV2,
+    pub table_be: [u8; 4],
+    /// The slice's protocol (a key's own or [`proto::ANY`]).
+    pub protocol: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Data part of the port exception keys: a slice key and a port. The LPM key of the ranges
@@ -704,6 +735,8 @@ const _: () = {
     assert!(core::mem::size_of::<PolicyValueV2>() == 16);
     assert!(core::mem::size_of::<PeerKeyV1>() == 12);
     assert!(core::mem::size_of::<PeerValueV1>() == 4);
+    assert!(core::mem::size_of::<PeerKeyV2>() == 12);
+    assert!(core::mem::size_of::<PeerSliceV1>() == 40);
     assert!(core::mem::size_of::<SliceKeyV2>() == 8);
     assert!(core::mem::size_of::<PortKeyV1>() == 8);
     assert!(core::mem::size_of::<SliceValueV2>() == 32);
@@ -726,6 +759,8 @@ mod user {
     unsafe impl aya::Pod for IpSlotV1 {}
     unsafe impl aya::Pod for PeerKeyV1 {}
     unsafe impl aya::Pod for PeerValueV1 {}
+    unsafe impl aya::Pod for PeerKeyV2 {}
+    unsafe impl aya::Pod for PeerSliceV1 {}
     unsafe impl aya::Pod for PortKeyV1 {}
     unsafe impl aya::Pod for PolicyValueV2 {}
     unsafe impl aya::Pod for PolicyStatsV1 {}
