@@ -93,16 +93,6 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DetectorCommand {
-    /// Evaluate the syscall model on ADFA-LD (train on Training_Data_Master; normal =
-    /// Validation_Data_Master, attack = Attack_Data_Master): AUC and detection rate at 1%, 5%
-    /// and 10% false alarms, side by side with STIDE n = 3..7.
-    Adfa {
-        /// The ADFA-LD zip.
-        #[arg(long)]
-        dataset: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
     /// Monitored workloads, isolated endpoints and detector counters (drops included) of an
     /// agent instance, from its pins and state files.
     Status {
@@ -594,15 +584,6 @@ fn main() -> anyhow::Result<()> {
         Command::Policy(cmd) => run_policy(cmd)?,
         Command::Flows { instance, json } => run_flows(instance, json)?,
         Command::Prefilter(cmd) => run_prefilter(cmd)?,
-        Command::Detector(DetectorCommand::Adfa { dataset, json }) => {
-            let report = bulkhead_detector::run_adfa(&dataset).with_context(|| format!("evaluating on {}", dataset.display()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
-            0
-        }
         Command::Detector(DetectorCommand::Status { instance, json }) => detector_cli::status(&instance, json)?,
         Command::Detector(DetectorCommand::Profile(ProfileCommand::List { instance, json })) => detector_cli::profile_list(&instance, json)?,
         Command::Detector(DetectorCommand::Profile(ProfileCommand::Show { name, instance, json })) => {

@@ -23,7 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::DetectorError;
-use crate::ngram::MAX_SYSCALL;
+use crate::MAX_SYSCALL;
 
 /// Default cap on the normal syscalls one covering profile holds (about 10 MB of automaton
 /// per million syscalls; ADFA-LD's training part has 308 k).

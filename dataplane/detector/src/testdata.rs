@@ -1,7 +1,8 @@
-//! Synthetic syscall traces shared by the models' unit tests.
+//! Synthetic syscall traces shared by the models' unit tests (here and in the evaluation
+//! crate).
 
 /// Deterministic pseudo-random syscalls (xorshift), so tests need no dependency.
-pub(crate) fn noise(seed: u64, n: usize, alphabet: u16) -> Vec<u16> {
+pub fn noise(seed: u64, n: usize, alphabet: u16) -> Vec<u16> {
     let mut x = seed.max(1);
     (0..n)
         .map(|_| {
@@ -14,7 +15,7 @@ pub(crate) fn noise(seed: u64, n: usize, alphabet: u16) -> Vec<u16> {
 }
 
 /// Normal behaviour: a loop of open/read/close with occasional stat, like a small server.
-pub(crate) fn normal_trace(seed: u64, len: usize) -> Vec<u16> {
+pub fn normal_trace(seed: u64, len: usize) -> Vec<u16> {
     let mut out = Vec::with_capacity(len + 5);
     let r = noise(seed, len, 10);
     let mut i = 0;

@@ -14,9 +14,9 @@
 //! `V` syscalls seen in training.
 //!
 //! Status: an evaluated alternative, **not** the project's model. On ADFA-LD (the issue's
-//! protocol, `cargo run --release -p bulkhead-detector --example adfa_gru`) the mean surprisal
+//! protocol, `cargo run --release -p bulkhead-detector-eval --example adfa_gru`) the mean surprisal
 //! per syscall lands at AUC 0.83-0.85 for every setting tried, no better than sequence
-//! covering ([`crate::cover`], 0.844), so it did not replace it; the figures are in the
+//! covering ([`bulkhead_detector::cover`], 0.844), so it did not replace it; the figures are in the
 //! evaluation notes of [`crate::adfa`]. [`GruConfig::default`] was fixed a priori (embedding
 //! 32, hidden 64, 64-step chunks, 4 chunks per Adam step, 8 epochs, step 2e-3 decaying
 //! linearly to a tenth, clip 5), not chosen on the evaluation data; the other settings in
@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use crate::error::DetectorError;
+use bulkhead_detector::DetectorError;
 
 /// Hyper-parameters; [`GruConfig::default`] is the fixed a-priori setting.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,9 +1,9 @@
-//! Evaluates the GRU language model ([`bulkhead_detector::gru`]) on ADFA-LD with the issue's
+//! Evaluates the GRU language model ([`bulkhead_detector_eval::gru`]) on ADFA-LD with the issue's
 //! protocol (learn from Training_Data_Master; normal = Validation_Data_Master, attack =
 //! Attack_Data_Master; one score per trace) and prints AUC and DR at 1/5/10% false alarms
 //! for the whole-trace mean surprisal and, for comparison, two other aggregations.
 //!
-//! `cargo run --release -p bulkhead-detector --example adfa_gru [-- ZIP]`; the hyper-parameters
+//! `cargo run --release -p bulkhead-detector-eval --example adfa_gru [-- ZIP]`; the hyper-parameters
 //! default to `GruConfig::default()` and can be overridden with the environment variables
 //! `GRU_EMBED`, `GRU_HIDDEN`, `GRU_BPTT`, `GRU_EPOCHS`, `GRU_LR`, `GRU_SEED`,
 //! `GRU_MIN_STREAMS`. Training is single-threaded; scoring uses two threads.
@@ -11,9 +11,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use bulkhead_detector::adfa::FA_BUDGETS;
-use bulkhead_detector::gru::{GruConfig, GruModel};
-use bulkhead_detector::{auc, rate_at_fa, read_adfa_zip};
+use bulkhead_detector_eval::adfa::FA_BUDGETS;
+use bulkhead_detector_eval::gru::{GruConfig, GruModel};
+use bulkhead_detector_eval::{auc, rate_at_fa, read_adfa_zip};
 
 fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -50,10 +50,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
         .map(PathBuf::from)
-        .unwrap_or_else(bulkhead_detector::dataset::default_adfa_path);
+        .unwrap_or_else(bulkhead_detector_eval::dataset::default_adfa_path);
     let start = Instant::now();
     let data = read_adfa_zip(&path)?;
-    let part = |p: &[bulkhead_detector::Trace]| -> Vec<Vec<u16>> {
+    let part = |p: &[bulkhead_detector_eval::Trace]| -> Vec<Vec<u16>> {
         p.iter().map(|t| t.syscalls.clone()).collect()
     };
     let (training, normal, attack) = (

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::DetectorError;
+use bulkhead_detector::DetectorError;
 use crate::model::Trainer;
 
 /// Held-out cross-entropy of one candidate order.

@@ -6,7 +6,7 @@
 //!
 //! # Evaluation notes: how the model family was chosen
 //!
-//! The project's model ([`crate::cover`]) learns from the training traces only and has no
+//! The project's model ([`bulkhead_detector::cover`]) learns from the training traces only and has no
 //! hyper-parameter, so no figure below fed back into code. The *family* was chosen by a
 //! researcher comparing these variants' figures on validation + attack (AUC, DR at 1/5/10%
 //! FA), which is the one use of evaluation data; all variants tried are listed:
@@ -60,9 +60,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cover::{CoverTrainer, DEFAULT_MAX_SYSCALLS};
+use bulkhead_detector::cover::{CoverTrainer, DEFAULT_MAX_SYSCALLS};
 use crate::dataset::{AdfaDataset, read_adfa_zip};
-use crate::error::DetectorError;
+use bulkhead_detector::DetectorError;
 use crate::metrics::{RateAtFa, auc, rate_at_fa};
 use crate::stide::Stide;
 

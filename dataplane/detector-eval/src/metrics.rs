@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::DetectorError;
+use bulkhead_detector::DetectorError;
 
 /// ROC AUC as the Mann-Whitney statistic: the probability that a random attack trace scores
 /// higher than a random normal one, ties counting one half (midranks).

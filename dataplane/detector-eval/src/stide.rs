@@ -1,7 +1,7 @@
 //! STIDE (Forrest, Hofmeyr et al.): the set of length-n syscall windows seen in normal
 //! training traces. The baseline the project's model is compared with.
 
-use crate::error::DetectorError;
+use bulkhead_detector::DetectorError;
 use crate::ngram::{KeySet, MAX_GRAM, pack};
 
 /// A STIDE database of n-grams.

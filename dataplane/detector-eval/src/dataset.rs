@@ -5,8 +5,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::error::DetectorError;
-use crate::ngram::MAX_SYSCALL;
+use bulkhead_detector::DetectorError;
+use bulkhead_detector::MAX_SYSCALL;
 
 /// One process's syscall trace.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::DetectorError;
+use bulkhead_detector::DetectorError;
 use crate::ngram::{KeyMap, MAX_GRAM, MAX_SYSCALL, pack, unpack};
 
 /// Syscall numbers the model assumes possible when it has seen nothing: the floor
@@ -453,7 +453,7 @@ fn check_order(order: usize) -> Result<(), DetectorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testdata::{noise, normal_trace};
+    use bulkhead_detector::testdata::{noise, normal_trace};
 
     fn trained(order: usize) -> Profile {
         let mut t = Trainer::new(order, DEFAULT_MAX_NGRAMS).unwrap();

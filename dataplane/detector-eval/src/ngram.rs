@@ -8,9 +8,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// Longest sequence a key can hold: 8 slots of 16 bits.
 pub const MAX_GRAM: usize = 8;
 
-/// Largest syscall number the model accepts; one slot value is reserved so that a key's
-/// empty slots (0) never collide with a syscall.
-pub const MAX_SYSCALL: u16 = u16::MAX - 1;
+pub use bulkhead_detector::MAX_SYSCALL;
 
 /// Packs `seq` (at most [`MAX_GRAM`] syscalls, each at most [`MAX_SYSCALL`]) into a key.
 /// Each syscall is stored +1, so sequences of different lengths never share a key and the
