@@ -139,28 +139,16 @@ fn verdicts(dp: &mut Dataplane) -> Vec<bool> {
     out
 }
 
-/// The compiler's own answer for every probe of [`verdicts`]: the peer's identity from the
-/// compiled IP cache (longest prefix), then the layout's lookup. The kernel must agree.
+/// The compiler's own answer for every probe of [`verdicts`] (`policy_compiler::lookup`, the
+/// same check `explain` gives): the kernel must agree.
 fn expected(c: &Compiled) -> Vec<bool> {
-    use bulkhead_common::{action, direction, identity, proto};
-    let local = c.endpoints[&policy_compiler::model::PodRef::new("x", "target")].identity;
-    let layout = c.layout();
-    let class_of = |ip: Ipv4Addr| {
-        (0..=32u8)
-            .rev()
-            .find_map(|len| {
-                let net = if len == 0 { 0 } else { u32::from(ip) & (u32::MAX << (32 - len)) };
-                c.ipcache.get(&(Ipv4Addr::from(net), len))
-            })
-            .map_or(identity::ANY, |i| i.peer_class)
-    };
+    use bulkhead_common::{direction, proto};
+    let target = &c.endpoints[&policy_compiler::model::PodRef::new("x", "target")];
     let mut out = Vec::new();
     for peer in PEERS {
-        let class = class_of(peer);
         for port in PORTS {
             for dir in [direction::INGRESS, direction::EGRESS] {
-                let v = policy_compiler::layout::lookup(layout, local, class, dir, proto::TCP, port);
-                out.push(v.is_none_or(|v| v.action == action::ALLOW));
+                out.push(policy_compiler::lookup::check(c, target, peer, dir, proto::TCP, port).allowed);
             }
         }
     }

@@ -22,6 +22,13 @@ pub struct JiffiesClock {
     pub offset_ns: u64,
 }
 
+impl JiffiesClock {
+    /// A config carrying only this calibration: its `jiffies_to_ns` is the datapath's clock.
+    pub fn config(&self) -> bulkhead_common::ConfigV2 {
+        bulkhead_common::ConfigV2 { ns_per_jiffy: self.ns_per_jiffy, jiffies_offset_ns: self.offset_ns, ..Default::default() }
+    }
+}
+
 /// The kernel's jiffies clock, calibrated once per process from `/proc/timer_list` (which
 /// prints `jiffies` and `CLOCK_MONOTONIC` in one read), or `None` when it cannot be read:
 /// the programs then call the coarse-clock helper, which costs a helper call per packet but
@@ -82,7 +89,7 @@ mod tests {
     fn calibration_finds_hz_from_initial_jiffies_and_the_offset_maps_the_sample_to_its_time() {
         let c = super::calibrate(SAMPLE).expect("sample calibrates");
         assert_eq!((c.hz, c.ns_per_jiffy), (250, 4_000_000), "{c:?}");
-        assert_eq!(4308280341u64.wrapping_mul(c.ns_per_jiffy).wrapping_sub(c.offset_ns), 53552436333443);
+        assert_eq!(super::JiffiesClock::config(&c).jiffies_to_ns(4308280341), 53552436333443);
     }
 
     #[test]
@@ -104,7 +111,7 @@ mod tests {
         let text = std::fs::read_to_string("/proc/timer_list").expect("second read");
         let (jiffies, _) = super::timer_list_sample(&text).expect("sample");
         let coarse = super::coarse_ns() as i64;
-        let j = jiffies.wrapping_mul(c.ns_per_jiffy).wrapping_sub(c.offset_ns) as i64;
+        let j = super::JiffiesClock::config(&c).jiffies_to_ns(jiffies) as i64;
         // Within two ticks: each of the two readings is at most one tick behind.
         assert!((j - coarse).abs() <= 2 * c.ns_per_jiffy as i64 + 1_000_000, "jiffies time {j}, coarse {coarse}, {c:?}");
     }
