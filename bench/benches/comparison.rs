@@ -28,6 +28,9 @@
 //! (default 5), `COMPARISON_RULES` (default `10,1000,10000,100000`), `COMPARISON_FLIPS` per
 //! policy-change configuration (default 20), `COMPARISON_REPORT_DIR`. `COMPARISON_ONLY=
 //! throughput|policy_change|per_packet` runs one part and prints it (no report is written).
+//! For a quick look at one figure: `COMPARISON_IMPLS=bulkhead,nft-set,...` (short names in
+//! `Impl::short`) keeps only those beside no policy, `COMPARISON_MEASURE=conn` measures only the
+//! connection rate.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -75,6 +78,21 @@ enum Impl {
 }
 
 impl Impl {
+    /// The name `COMPARISON_IMPLS` selects by.
+    fn short(self) -> &'static str {
+        match self {
+            Impl::NoPolicy => "none",
+            Impl::Bulkhead => "bulkhead",
+            Impl::BulkheadXdp => "bulkhead-xdp",
+            Impl::IptablesLegacy { stateful: true } => "iptables-legacy",
+            Impl::IptablesLegacy { stateful: false } => "iptables-legacy-stateless",
+            Impl::IptablesNft { stateful: true } => "iptables-nft",
+            Impl::IptablesNft { stateful: false } => "iptables-nft-stateless",
+            Impl::NftSet => "nft-set",
+            Impl::Ipset => "ipset",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Impl::NoPolicy => "no policy",
@@ -184,6 +202,8 @@ struct Bench {
     server: PodNetns,
     lab: Lab,
     seconds: u64,
+    /// `COMPARISON_MEASURE=conn`: only the connection rate (a quick look at one figure).
+    conn_only: bool,
 }
 
 impl Drop for Bench {
@@ -210,7 +230,8 @@ impl Bench {
         let iperf = bulkhead_lab::netns::spawn_in(&server.netns, &cg, cmd).expect("iperf3 server");
         spawn_acceptor(server.netns.clone(), ACCEPT_PORT);
         std::thread::sleep(Duration::from_millis(300));
-        Bench { agent: None, iperf: Some(iperf), ds, client, server, lab, seconds }
+        let conn_only = std::env::var("COMPARISON_MEASURE").is_ok_and(|m| m == "conn");
+        Bench { agent: None, iperf: Some(iperf), ds, client, server, lab, seconds, conn_only }
     }
 
     fn node(&self) -> String {
@@ -321,6 +342,12 @@ impl Bench {
     }
 
     fn measure(&self) -> Sample {
+        let to = SocketAddr::from((self.server.ip, ACCEPT_PORT));
+        let dur = Duration::from_secs(self.seconds.min(3));
+        if self.conn_only {
+            let conn_per_s = bulkhead_lab::netns::in_netns(&self.client.netns, move || connections(to, dur)).expect("conn in client netns");
+            return Sample { conn_per_s, ..Sample::default() };
+        }
         let tcp = |p: &str| {
             let v = self.iperf(&["-P", p]);
             v.pointer("/end/sum_received/bits_per_second").and_then(|b| b.as_f64()).unwrap_or(0.0) / 1e9
@@ -333,7 +360,6 @@ impl Bench {
         let received = s("/end/sum/packets") - s("/end/sum/lost_packets");
         let udp_kpps = received / s("/end/sum/seconds").max(1e-9) / 1e3;
         let to = SocketAddr::from((self.server.ip, ECHO_PORT));
-        let dur = Duration::from_secs(self.seconds.min(3));
         let (rr_p50_us, rr_p99_us) = bulkhead_lab::netns::in_netns(&self.client.netns, move || rr(to, dur)).expect("rr in client netns");
         let acceptor = SocketAddr::from((self.server.ip, ACCEPT_PORT));
         let conn_per_s = bulkhead_lab::netns::in_netns(&self.client.netns, move || connections(acceptor, dur)).expect("conn in client netns");
@@ -453,8 +479,15 @@ fn main() {
             configs.push(Config { imp, rules: n });
         }
     }
+    // `COMPARISON_IMPLS=bulkhead,nft-set` keeps only those (by short name) beside no policy.
+    if let Ok(keep) = std::env::var("COMPARISON_IMPLS") {
+        let keep: Vec<&str> = keep.split(',').map(str::trim).collect();
+        configs.retain(|c| c.imp == Impl::NoPolicy || keep.contains(&c.imp.short()));
+    }
     let xdp_at = counts.iter().copied().find(|&n| n == 10_000).or(counts.last().copied()).unwrap_or(10);
-    configs.push(Config { imp: Impl::BulkheadXdp, rules: xdp_at });
+    if std::env::var("COMPARISON_IMPLS").is_err() {
+        configs.push(Config { imp: Impl::BulkheadXdp, rules: xdp_at });
+    }
 
     let only = std::env::var("COMPARISON_ONLY").ok();
     let part = |name: &str| only.as_deref().is_none_or(|o| o == name);

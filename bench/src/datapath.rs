@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
-use bulkhead_common::{ConfigV2, CtKeyV1, EndpointV3, proto};
+use bulkhead_common::{ConfigV2, CtKeyV2, EndpointV3, proto};
 
 use crate::DataplaneGuard as Guard;
 use crate::noop::NoopProg;
@@ -201,6 +201,9 @@ pub enum PathKind {
     EgressDeny,
     /// Out of the pod: a later packet of an allowed flow.
     EgressEstablished,
+    /// Out of the pod: the pod's answer on the allowed flow into it (conntrack finds the flow
+    /// under the same key as its first packet).
+    Reply,
 }
 
 impl PathKind {
@@ -212,6 +215,7 @@ impl PathKind {
             PathKind::Established => "established",
             PathKind::EgressDeny => "egress_deny_new_flow",
             PathKind::EgressEstablished => "egress_established",
+            PathKind::Reply => "reply",
         }
     }
 }
@@ -227,6 +231,7 @@ pub struct Frames {
     egress_deny: Vec<u8>,
     egress_allow: Vec<u8>,
     egress_established: Vec<u8>,
+    reply: Vec<u8>,
 }
 
 impl Default for Frames {
@@ -239,6 +244,7 @@ impl Default for Frames {
             egress_deny: tcp_frame(LOCAL_IP, PEER_IP, SPORT_OUT, DENIED_PORT, TCP_SYN),
             egress_allow: tcp_frame(LOCAL_IP, PEER_IP, SPORT_OUT, ALLOWED_PORT, TCP_SYN),
             egress_established: tcp_frame(LOCAL_IP, PEER_IP, SPORT_OUT, ALLOWED_PORT, TCP_ACK),
+            reply: tcp_frame(LOCAL_IP, PEER_IP, ALLOWED_PORT, SPORT_IN, TCP_ACK),
         }
     }
 }
@@ -290,6 +296,7 @@ impl Bench {
             PathKind::Established => (programs::TO_POD, &f.established, RET_PASS),
             PathKind::EgressDeny => (programs::FROM_POD, &f.egress_deny, RET_DROP),
             PathKind::EgressEstablished => (programs::FROM_POD, &f.egress_established, RET_PASS),
+            PathKind::Reply => (programs::FROM_POD, &f.reply, RET_PASS),
         };
         let dp = self.guard.dp();
         let before = dp.counters().expect("counters");
@@ -301,6 +308,7 @@ impl Bench {
         let ok = match path {
             PathKind::Noop => unreachable!("handled above"),
             PathKind::Deny | PathKind::DenyWorld | PathKind::EgressDeny => d.len() == 1 && get("deny_policy") == u64::from(repeat),
+            PathKind::Reply => d.len() == 1 && get("allow_conntrack") == u64::from(repeat),
             PathKind::Established | PathKind::EgressEstablished => {
                 get("allow_policy") <= 1
                     && get("allow_policy") + get("allow_conntrack") == u64::from(repeat)
@@ -315,15 +323,7 @@ impl Bench {
     /// so each sample is one run plus the kernel timer's own overhead; the no-op's single-shot
     /// figure is that overhead's estimate. Returns (mean allow ns, mean noop ns).
     pub fn single_shot_allow(&mut self, samples: usize) -> (f64, f64) {
-        let ct_key = CtKeyV1 {
-            ifindex: IFINDEX,
-            saddr_be: PEER_IP.octets(),
-            daddr_be: LOCAL_IP.octets(),
-            sport_be: SPORT_IN.to_be_bytes(),
-            dport_be: ALLOWED_PORT.to_be_bytes(),
-            protocol: proto::TCP,
-            _pad: [0; 3],
-        };
+        let ct_key = CtKeyV2::of(IFINDEX, PEER_IP.octets(), SPORT_IN.to_be_bytes(), LOCAL_IP.octets(), ALLOWED_PORT.to_be_bytes(), proto::TCP);
         let before = counter(self.guard.dp(), "allow_policy");
         let (mut allow, mut noop) = (0u64, 0u64);
         for _ in 0..samples {

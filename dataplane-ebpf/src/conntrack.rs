@@ -1,36 +1,14 @@
 //! Connection tracking: replies of allowed flows pass, and a policy change reaches
 //! established flows through the revision stored in each entry.
 
-use bulkhead_common::{CtKeyV1, CtValueV1, ct_flags, proto};
+use bulkhead_common::{CtKeyV2, CtValueV1, ct_flags, proto};
 
 use crate::parse::{Flow, TCP_FIN, TCP_RST};
 
-/// Key of `flow` as seen at `ifindex`.
+/// Key of `flow` at `ifindex`, the same for its replies.
 #[inline(always)]
-pub fn key(ifindex: u32, f: &Flow) -> CtKeyV1 {
-    CtKeyV1 {
-        ifindex,
-        saddr_be: f.saddr_be,
-        daddr_be: f.daddr_be,
-        sport_be: f.sport_be,
-        dport_be: f.dport_be,
-        protocol: f.protocol,
-        _pad: [0; 3],
-    }
-}
-
-/// Key a reply of `flow` would have been tracked under.
-#[inline(always)]
-pub fn reverse_key(ifindex: u32, f: &Flow) -> CtKeyV1 {
-    CtKeyV1 {
-        ifindex,
-        saddr_be: f.daddr_be,
-        daddr_be: f.saddr_be,
-        sport_be: f.dport_be,
-        dport_be: f.sport_be,
-        protocol: f.protocol,
-        _pad: [0; 3],
-    }
+pub fn key(ifindex: u32, f: &Flow) -> CtKeyV2 {
+    CtKeyV2::of(ifindex, f.saddr_be, f.sport_be, f.daddr_be, f.dport_be, f.protocol)
 }
 
 /// Records a packet on an existing entry.

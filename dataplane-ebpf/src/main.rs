@@ -30,7 +30,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use bulkhead_common::{
-    ConfigV2, CtKeyV1, CtValueV1, EndpointV3, action, counters, direction, ep_flags, flow_kind, proto,
+    ConfigV2, CtKeyV2, CtValueV1, EndpointV3, action, counters, direction, ep_flags, flow_kind, proto,
     verdict_flags,
 };
 
@@ -208,23 +208,25 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     // a denied SYN never touches conntrack.
     let now = if bare_syn { 0 } else { coarse_now(&cfg) };
     let pkt = Packet { ifindex, ep: &ep, cfg: &cfg, flow: &flow, dir, remote, now, len };
-    // A packet in the direction the flow was first seen.
-    let fwd = conntrack::key(ifindex, &flow);
+    // One entry per flow at this interface, both directions under one key.
+    let key = conntrack::key(ifindex, &flow);
     if !bare_syn {
-        if let Some(ct) = CONNTRACK.get_ptr_mut(&fwd) {
+        if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
             // SAFETY: LRU value pointer valid for this run; races with other CPUs only blur
             // counters.
-            if let Some(verdict) = tracked(&pkt, unsafe { &mut *ct }, &fwd, flow.policy_port, false) {
-                return verdict;
-            }
-        }
-        // A reply: judged, after a policy change, as the original flow (reverse tuple), whose
-        // policy port was this packet's source port (or the ICMP echo request).
-        let rev = conntrack::reverse_key(ifindex, &flow);
-        if let Some(ct) = CONNTRACK.get_ptr_mut(&rev) {
-            let origin_port = if flow.protocol == proto::ICMP { 0x0800 } else { u16::from_be_bytes(flow.sport_be) };
-            // SAFETY: as above.
-            if let Some(verdict) = tracked(&pkt, unsafe { &mut *ct }, &rev, origin_port, true) {
+            let ct = unsafe { &mut *ct };
+            // A reply travels against the direction the flow was opened in. After a policy
+            // change it is judged as the original flow, whose policy port was the reply's
+            // source port (or the ICMP echo request).
+            let is_reply = dir != ct.origin_direction;
+            let origin_port = if !is_reply {
+                flow.policy_port
+            } else if flow.protocol == proto::ICMP {
+                0x0800
+            } else {
+                u16::from_be_bytes(flow.sport_be)
+            };
+            if let Some(verdict) = tracked(&pkt, ct, &key, origin_port, is_reply) {
                 return verdict;
             }
         }
@@ -234,7 +236,7 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     }
     let now = if bare_syn { coarse_now(&cfg) } else { now };
     let entry = conntrack::new_entry(&flow, len, now, dir, cfg.policy_rev);
-    if CONNTRACK.insert(&fwd, &entry, 0).is_err() {
+    if CONNTRACK.insert(&key, &entry, 0).is_err() {
         count(counters::CT_INSERT_FAILED);
     }
     if dir == direction::EGRESS {
@@ -282,13 +284,11 @@ impl Local {
 #[inline(always)]
 fn icmp_related(ifindex: u32, ep: &Local, cfg: &ConfigV2, reply: &Flow, dir: u8) -> i32 {
     let now = coarse_now(cfg);
-    for key in [conntrack::key(ifindex, reply), conntrack::reverse_key(ifindex, reply)] {
-        // SAFETY: the value is only read.
-        if let Some(ct) = unsafe { CONNTRACK.get(&key) } {
-            if !ct.expired(cfg, now) {
-                count(counters::PASS_ICMP_RELATED);
-                return TC_PASS;
-            }
+    // SAFETY: the value is only read.
+    if let Some(ct) = unsafe { CONNTRACK.get(&conntrack::key(ifindex, reply)) } {
+        if !ct.expired(cfg, now) {
+            count(counters::PASS_ICMP_RELATED);
+            return TC_PASS;
         }
     }
     events::dropped(ifindex, Some(reply), dir, counters::DROP_ICMP_UNRELATED, Some((ep.identity, ep.pgen)));
@@ -311,7 +311,7 @@ struct Packet<'a> {
 /// packet then starts a new flow). After a policy change the flow is judged again as its first
 /// packet was (`origin_port`); a flow the new policy denies loses its entry and is reported.
 #[inline(always)]
-fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV1, origin_port: u16, is_reply: bool) -> Option<i32> {
+fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV2, origin_port: u16, is_reply: bool) -> Option<i32> {
     if ct.expired(p.cfg, p.now) {
         return None;
     }

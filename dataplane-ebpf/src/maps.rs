@@ -9,7 +9,7 @@ use bulkhead_common::detect::{
     self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV2, CtKeyV1, CtValueV1, DropRateV1, EndpointV3, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
+    ConfigV2, CtKeyV2, CtValueV1, DropRateV1, EndpointV3, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, capacity,
 };
 
@@ -140,8 +140,8 @@ pub static FLOWS: RingBuf = RingBuf::with_byte_size(capacity::FLOW_RING_BYTES, 0
 /// Key: flow 5-tuple at one interface. Value: flow state and the policy revision it was
 /// admitted under. Written by TC; read by TC, garbage-collected by the agent. LRU so a flood of
 /// flows evicts the oldest entries instead of failing inserts.
-#[map(name = "BH_CT_V1")]
-pub static CONNTRACK: LruHashMap<CtKeyV1, CtValueV1> =
+#[map(name = "BH_CT_V2")]
+pub static CONNTRACK: LruHashMap<CtKeyV2, CtValueV1> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
 
 /// Key: 0. Value: global configuration (policy revision, conntrack timeouts).

@@ -17,17 +17,18 @@ enum What {
     UplinkDrop,
 }
 
-const ROWS: [(&str, usize, What); 10] = [
+const ROWS: [(&str, usize, What); 11] = [
     ("TC no-op (`r0 = TC_ACT_UNSPEC`)", 0, What::Tc(PathKind::Noop)),
     ("`bh_to_pod`: new flow from a peer pod, denied", 0, What::Tc(PathKind::Deny)),
     ("`bh_to_pod`: new flow from outside the cluster, denied", 0, What::Tc(PathKind::DenyWorld)),
     ("`bh_to_pod`: established flow (conntrack)", 0, What::Tc(PathKind::Established)),
     ("`bh_from_pod`: new flow, denied by egress policy", 0, What::Tc(PathKind::EgressDeny)),
     ("`bh_from_pod`: established flow (conntrack)", 0, What::Tc(PathKind::EgressEstablished)),
-    ("XDP no-op (`r0 = XDP_PASS`)", 6, What::XdpNoop),
-    ("`bh_xdp_prefilter` (opt-in, veth): the pod's own source", 6, What::XdpPrefilter),
-    ("`bh_xdp_uplink`: source not denied (N denied /32s)", 6, What::UplinkPass),
-    ("`bh_xdp_uplink`: denied source (N denied /32s)", 6, What::UplinkDrop),
+    ("`bh_from_pod`: the pod's reply on a flow into it (conntrack)", 0, What::Tc(PathKind::Reply)),
+    ("XDP no-op (`r0 = XDP_PASS`)", 7, What::XdpNoop),
+    ("`bh_xdp_prefilter` (opt-in, veth): the pod's own source", 7, What::XdpPrefilter),
+    ("`bh_xdp_uplink`: source not denied (N denied /32s)", 7, What::UplinkPass),
+    ("`bh_xdp_uplink`: denied source (N denied /32s)", 7, What::UplinkDrop),
 ];
 
 /// Medians per row and rule count, plus the single-run allowed new flow.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bulkhead_common::{CtKeyV1, map_names};
+use bulkhead_common::{CtKeyV2, map_names};
 
 use crate::{error::AgentError, loader::Dataplane};
 
@@ -18,7 +18,7 @@ pub fn sweep(dp: &mut Dataplane) -> Result<usize, AgentError> {
         .get(&0, 0)
         .map_err(|source| AgentError::Map { map: map_names::CONFIG, source })?;
     let now = crate::clock::coarse_ns();
-    let expired: Vec<CtKeyV1> = dp
+    let expired: Vec<CtKeyV2> = dp
         .maps
         .conntrack
         .iter()

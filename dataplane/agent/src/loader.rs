@@ -22,7 +22,7 @@ use aya::{
 };
 use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
-    ConfigV2, CtKeyV1, CtValueV1, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
+    ConfigV2, CtKeyV2, CtValueV1, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, map_names,
 };
 
@@ -156,7 +156,7 @@ pub struct Maps {
     pub ranges: LpmTrie<MapData, PortKeyV1, PolicyValueV2>,
     pub policy_stats: PerCpuArray<MapData, PolicyStatsV1>,
     pub flows: RingBuf<MapData>,
-    pub conntrack: HashMap<MapData, CtKeyV1, CtValueV1>,
+    pub conntrack: HashMap<MapData, CtKeyV2, CtValueV1>,
     pub config: Array<MapData, ConfigV2>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Bytes of the flows each endpoint opened, by ifindex (per CPU).

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bulkhead_common::{CtKeyV1, FlowEventV3, direction, flow_kind};
+use bulkhead_common::{CtKeyV2, FlowEventV3, direction, flow_kind};
 
 use super::{
     Detector, DetectorEvent, Mode, NetActions, WorkloadState,
@@ -27,7 +27,7 @@ pub(crate) struct NetState {
     scan: ScanWindow,
     /// Byte counts of the workload's outbound flows at the last sample (conntrack; only for
     /// interfaces past the kernel's per-endpoint counters).
-    prev_bytes: HashMap<CtKeyV1, u64>,
+    prev_bytes: HashMap<CtKeyV2, u64>,
     /// The kernel's egress byte counter of the workload's interface at the last sample.
     prev_total: Option<u64>,
     /// Last egress-volume alert (one a minute at most).
@@ -179,7 +179,7 @@ impl Detector {
         let counted = |w: &WorkloadState| bulkhead_common::ifindex_is_direct(w.ifindex);
         let walk = workloads.iter().any(|w| w.ifindex != 0 && (w.spec.mode == Mode::Learn || !counted(w)));
         // Outbound flows per interface: key -> bytes (both directions, as conntrack counts).
-        let mut per_if: HashMap<u32, Vec<(CtKeyV1, u64)>> = HashMap::new();
+        let mut per_if: HashMap<u32, Vec<(CtKeyV2, u64)>> = HashMap::new();
         if walk {
             for item in dp.maps.conntrack.iter() {
                 let Ok((k, v)) = item else { continue };
