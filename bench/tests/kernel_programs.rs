@@ -44,13 +44,7 @@ impl Guard {
 
     /// Flow events waiting in the ring.
     fn events(&mut self) -> Vec<FlowEventV3> {
-        let mut out = Vec::new();
-        while let Some(item) = self.dp().maps.flows.next() {
-            assert_eq!(item.len(), core::mem::size_of::<FlowEventV3>(), "event size");
-            // SAFETY: size checked; read unaligned.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEventV3>()) });
-        }
-        out
+        self.dp().maps.flows.as_mut().expect("flow ring").read_all()
     }
 
     fn run_n(&mut self, prog: &str, frame: &[u8], repeat: u32) -> u32 {

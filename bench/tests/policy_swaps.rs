@@ -296,11 +296,7 @@ fn a_policy_change_revokes_an_established_flow_on_its_next_packet() {
     let c = g.dp().counters().expect("counters");
     let get = |n: &str| c.iter().find(|(k, _)| k == n).map(|(_, v)| *v).unwrap_or(0);
     assert_eq!(get("ct_reeval_deny"), 1, "{c:?}");
-    let mut revoked = 0;
-    while let Some(item) = g.dp().maps.flows.next() {
-        // SAFETY: the kernel writes FlowEventV3 records; read unaligned.
-        let e: bulkhead_common::FlowEventV3 = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-        revoked += usize::from(e.kind == bulkhead_common::flow_kind::REVOKED);
-    }
+    let events = g.dp().maps.flows.as_mut().expect("flow ring").read_all();
+    let revoked = events.iter().filter(|e| e.kind == bulkhead_common::flow_kind::REVOKED).count();
     assert_eq!(revoked, 1, "the revoked flow is reported");
 }

@@ -142,6 +142,26 @@ impl LabAgent {
         LabAgent { agent: Some(agent), lab, tmp }
     }
 
+    /// As [`LabAgent::new`], with the agent reading the lab's file datastore through `wrap`
+    /// (a test's stand-in for a slow or faulty source).
+    pub fn with_store(
+        topology: &str,
+        file: &str,
+        watch: bool,
+        wrap: impl FnOnce(bulkhead_lab::agent::datastore::FileDatastore) -> Box<dyn bulkhead_lab::agent::datastore::Datastore>,
+    ) -> LabAgent {
+        require_root();
+        let topo = bulkhead_lab::Topology::parse(topology, Path::new(file)).expect("topology");
+        let opts = bulkhead_lab::LabOptions { server_bin: Some(bulkhead_bin()), ..Default::default() };
+        let lab = bulkhead_lab::Lab::create(&topo, &opts).expect("lab");
+        bulkhead_lab::datastore::Datastore::for_lab(&lab).flush().expect("datastore");
+        let store = bulkhead_lab::agent::datastore::FileDatastore::new(lab.datastore_dir()).expect("file datastore");
+        let agent = bulkhead_lab::agent::Agent::start_with(lab.agent_config(watch), wrap(store)).expect("agent");
+        let tmp = std::env::temp_dir().join(format!("bh-e2e-{}", lab.id()));
+        std::fs::create_dir_all(&tmp).expect("temp dir");
+        LabAgent { agent: Some(agent), lab, tmp }
+    }
+
     /// The running agent.
     pub fn agent(&self) -> &bulkhead_lab::agent::Agent {
         self.agent.as_ref().expect("agent running")

@@ -11,9 +11,18 @@
 //! (b) a port scan of the server isolates the pod (new ports alone only alert),
 //! (d) profile export -> add an executable -> import: that executable runs under protect
 //!     without action; a bad file is rejected naming the field and changes nothing.
+//!
+//! And a network finding made while the agent thread is held in a 30-second sync is isolated
+//! at once: detector decisions do not wait for policy work.
 use std::os::unix::process::ExitStatusExt;
 use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use bulkhead_lab::agent::AgentError;
+use bulkhead_lab::agent::datastore::{Datastore, FileDatastore, Notify};
+use bulkhead_lab::agent::detect::policy::DetectorInput;
 
 use bulkhead_e2e::{LabAgent, run_bulkhead, spawn_in_pod};
 use bulkhead_lab::agent::detect::{DetectorEvent, Mode};
@@ -48,6 +57,10 @@ bulkhead_e2e::lab_agent_fixture!(
 impl Fixture {
     fn new() -> Fixture {
         Fixture(LabAgent::new(TOPOLOGY, "detnet.yaml", true))
+    }
+    /// The agent reads the datastore through `gate`.
+    fn gated(gate: Arc<Gate>) -> Fixture {
+        Fixture(LabAgent::with_store(TOPOLOGY, "detnet.yaml", true, |inner| Box::new(GatedStore { inner, gate })))
     }
     fn pod(&self, name: &str) -> &PodNetns {
         self.lab.pods().iter().find(|p| p.key.ends_with(name)).unwrap_or_else(|| panic!("no pod {name}"))
@@ -354,4 +367,103 @@ fn egress_far_above_the_learned_peak_is_alerted_from_the_kernel_byte_counter() {
     let ev = f.agent().detector().events().into_iter().find(|e| e.kind == "egress-volume").expect("alert");
     assert!(ev.detail.as_deref().is_some_and(|d| d.contains("bytes/s outbound")), "{ev:?}");
     f.agent().detector_unmonitor("dn/stranger").expect("unmonitor");
+}
+
+/// While closed, every datastore load waits (up to 30 s) until it opens: the agent thread is
+/// then as busy as in a 30-second compile, since loading and compiling both run inside the
+/// agent's sync, on the thread that writes the maps.
+#[derive(Default)]
+struct Gate {
+    closed: AtomicBool,
+    /// A load is waiting at the gate.
+    held: AtomicBool,
+}
+
+struct GatedStore {
+    inner: FileDatastore,
+    gate: Arc<Gate>,
+}
+
+impl Datastore for GatedStore {
+    fn load(&mut self) -> Result<policy_compiler::model::Model, AgentError> {
+        let t0 = Instant::now();
+        if self.gate.closed.load(Ordering::SeqCst) {
+            self.gate.held.store(true, Ordering::SeqCst);
+            while self.gate.closed.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.gate.held.store(false, Ordering::SeqCst);
+        }
+        self.inner.load()
+    }
+    fn poll_changed(&mut self) -> bool {
+        self.inner.poll_changed()
+    }
+    fn describe(&self) -> String {
+        format!("gated {}", self.inner.describe())
+    }
+    fn load_detector(&self) -> Result<DetectorInput, AgentError> {
+        self.inner.load_detector()
+    }
+    fn rejected(&self) -> Vec<String> {
+        self.inner.rejected()
+    }
+    fn subscribe(&mut self, notify: Notify) -> Result<(), AgentError> {
+        self.inner.subscribe(notify)
+    }
+}
+
+#[test]
+fn a_network_finding_is_isolated_while_the_agent_is_held_in_a_long_sync() {
+    let gate = Arc::new(Gate::default());
+    let f = Fixture::gated(gate.clone());
+    let det = f.agent().detector();
+    f.policy("learn");
+    f.benign("client-a");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !det.profile(PROFILE).is_some_and(|p| p.network.egress.iter().any(|e| e.port == 8080)) {
+        assert!(Instant::now() < deadline, "learn mode did not record the server peer: {:?}", det.profile(PROFILE));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f.policy("protect");
+
+    // The usual latency: replica A's new peer with the agent idle.
+    let _ = f.reaches("client-a", "stranger", 8080, Protocol::Tcp);
+    let idle = det
+        .wait_event(Duration::from_secs(3), |e| e.kind == "new-peer" && e.workload.as_deref() == Some(A))
+        .unwrap_or_else(|| panic!("no new-peer finding for A: {:?}", det.events()));
+    let idle_ns = idle.isolate_ns.unwrap_or_else(|| panic!("A not isolated: {idle:?}"));
+
+    // Hold the agent thread: a datastore change starts a sync whose load waits at the gate.
+    gate.closed.store(true, Ordering::SeqCst);
+    let dir = f.lab.datastore_dir();
+    std::fs::write(dir.join("zz-trigger.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: trigger}\n").expect("write trigger");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gate.held.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the datastore change did not start a sync");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // Replica B's new peer while the sync is held.
+    let _ = f.reaches("client-b", "stranger", 8080, Protocol::Tcp);
+    let busy = det.wait_event(Duration::from_secs(5), |e| e.kind == "new-peer" && e.workload.as_deref() == Some(B));
+    let still_held = gate.held.load(Ordering::SeqCst);
+    let blocked_b = !f.reaches("client-b", "server", 8080, Protocol::Tcp);
+    gate.closed.store(false, Ordering::SeqCst);
+    let busy = busy.unwrap_or_else(|| panic!("no new-peer finding for B while the agent was held in a sync: {:?}", det.events()));
+    let busy_ns = busy.isolate_ns.unwrap_or_else(|| panic!("B not isolated: {busy:?}"));
+    println!("new peer: isolated {} us after the flow's first packet with the agent idle, {} us with it held in a sync", idle_ns / 1000, busy_ns / 1000);
+    assert!(still_held, "the sync ended before B's finding was checked: the test did not hold the agent");
+    assert!(blocked_b, "B still reaches the server: its isolation did not reach the kernel");
+    // Decided on its own path, not after the sync: far below the 30 s the sync was held.
+    assert!(busy_ns < 1_000_000_000, "B isolated {busy_ns} ns after its flow: it waited for the sync");
+    // The agent comes back: the held sync completes and the agent answers again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gate.held.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the held sync did not end after the gate opened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(f.agent().detector_status().expect("status").iter().any(|w| w.name == B && w.isolated), "status does not show B isolated");
+    f.agent().detector_release(A).expect("release A");
+    f.agent().detector_release(B).expect("release B");
 }

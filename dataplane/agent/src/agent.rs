@@ -117,9 +117,6 @@ enum Request {
     Counters(mpsc::Sender<Result<Vec<(String, u64)>, AgentError>>),
     Flows(mpsc::Sender<Vec<crate::flows::FlowRecord>>),
     PolicyStats(mpsc::Sender<Result<Vec<crate::status::PolicyStatsRow>, AgentError>>),
-    /// The flow ring has events (from the poller thread, which waits for the ack before it
-    /// polls again: the ring stays readable until drained).
-    FlowsReady(mpsc::SyncSender<()>),
     /// Work on the detector (runs on the agent thread, which owns the maps).
     Detector(Box<dyn FnOnce(&mut Dataplane, &mut Detector) + Send>),
     Stop,
@@ -350,11 +347,6 @@ fn worker(
     };
     let state_dir = cfg.state_dir();
     let _ = std::fs::create_dir_all(&state_dir);
-    if let Err(e) = spawn_flow_poller(&dp, tx_self.clone()) {
-        dp.unload();
-        let _ = init.send(Err(e));
-        return;
-    }
     let det = match Detector::start(&mut dp, &state_dir) {
         Ok(d) => d,
         Err(e) => {
@@ -430,11 +422,8 @@ fn worker(
                 }
             }
             Ok(Request::Tick) => {}
-            Ok(Request::FlowsReady(ack)) => {
-                drain_flows(&mut st);
-                let _ = ack.try_send(());
-            }
             Ok(Request::Flows(reply)) => {
+                st.det.flush_flows();
                 drain_flows(&mut st);
                 let _ = reply.send(st.flows.recent().cloned().collect());
             }
@@ -493,6 +482,7 @@ fn worker(
             }
         }
     }
+    st.det.flush_flows();
     drain_flows(&mut st);
     if let Some(c) = &control {
         c.close();
@@ -660,61 +650,14 @@ fn policy_stats(st: &State) -> Result<Vec<crate::status::PolicyStatsRow>, AgentE
         .collect())
 }
 
-/// Reads the flow ring: the detector judges first (its decisions are latency-bound), then
-/// the flow log names and writes the events.
+/// Writes the flow events the detector's network thread judged (it reads the ring and
+/// decides first: its decisions are latency-bound) into the flow log.
 fn drain_flows(st: &mut State) {
     let Some(c) = &st.applied else { return };
-    let events = crate::flows::drain_raw(&mut st.dp);
-    for ev in &events {
-        st.det.on_flow(&mut st.dp, ev);
+    for batch in st.det.flow_events() {
+        st.flows.log(c, &batch);
     }
-    st.flows.log(c, &events);
 }
-
-/// A thread that polls the flow ring's fd and wakes the agent as soon as events arrive (the
-/// agent's own tick is 20 ms: too slow for the detector's network decisions). It waits for
-/// the agent's ack (or 50 ms) before polling again, since the ring stays readable until
-/// drained; it ends when the agent's channel closes.
-fn spawn_flow_poller(dp: &Dataplane, tx: mpsc::Sender<Request>) -> Result<(), AgentError> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    // SAFETY: dup of a valid fd; the copy is owned by the thread.
-    let fd = unsafe { libc::dup(dp.maps.flows.as_raw_fd()) };
-    if fd < 0 {
-        return Err(AgentError::Io { what: "duplicating the flow ring's descriptor", source: std::io::Error::last_os_error() });
-    }
-    // SAFETY: fd was just returned by dup and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    std::thread::Builder::new()
-        .name("bh-flow-poll".into())
-        .spawn(move || {
-            let (ack_tx, ack_rx) = mpsc::sync_channel(1);
-            loop {
-                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                // SAFETY: one valid pollfd. The timeout bounds how long a stopped agent goes
-                // unnoticed.
-                let n = unsafe { libc::poll(&mut pfd, 1, 200) };
-                if n > 0 && pfd.revents & libc::POLLIN != 0 {
-                    if tx.send(Request::FlowsReady(ack_tx.clone())).is_err() {
-                        break;
-                    }
-                    let _ = ack_rx.recv_timeout(Duration::from_millis(50));
-                    // Under a stream of new flows (a busy monitored server), waking two threads
-                    // per event costs the node more than the events do: after a drain, let
-                    // events gather briefly so the next wake-up takes a batch. A first event
-                    // after a quiet spell is still read at once.
-                    std::thread::sleep(FLOW_BATCH_WAIT);
-                } else if tx.send(Request::Tick).is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(|_| AgentError::Stopped)?;
-    Ok(())
-}
-
-/// After a drain of the flow ring, how long the poller lets new events gather (bounds the
-/// extra delay of a network finding that arrives during a burst).
-const FLOW_BATCH_WAIT: Duration = Duration::from_micros(200);
 
 /// How often a watching agent checks its datastore for changes no notification announced.
 const SAFETY_POLL: Duration = Duration::from_secs(10);

@@ -13,7 +13,6 @@ use bulkhead_common::{FlowEventV3, NO_POLICY, PolicyValueV2, action, direction, 
 use policy_compiler::compile::Compiled;
 use serde::Serialize;
 
-use crate::loader::Dataplane;
 
 /// One verdict as users read it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -98,20 +97,6 @@ pub fn record(c: &Compiled, e: &FlowEventV3) -> FlowRecord {
     }
 }
 
-/// Reads every event waiting in the ring buffer (short records are skipped: a layout mismatch
-/// would otherwise be misread).
-pub fn drain_raw(dp: &mut Dataplane) -> Vec<FlowEventV3> {
-    let mut out = Vec::new();
-    while let Some(item) = dp.maps.flows.next() {
-        if item.len() < core::mem::size_of::<FlowEventV3>() {
-            continue;
-        }
-        // SAFETY: the kernel wrote a FlowEventV3 (size checked); read unaligned.
-        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEventV3>()) });
-    }
-    out
-}
-
 /// The flow log: a bounded in-memory tail plus a JSON-lines file.
 pub struct FlowLog {
     path: PathBuf,
@@ -136,13 +121,6 @@ impl FlowLog {
     /// Where the JSON lines go.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Drains the ring buffer into the log; returns how many events were read.
-    pub fn drain(&mut self, dp: &mut Dataplane, c: &Compiled) -> usize {
-        let events = drain_raw(dp);
-        self.log(c, &events);
-        events.len()
     }
 
     /// Names and writes events already read from the ring.

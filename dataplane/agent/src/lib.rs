@@ -16,6 +16,7 @@ pub mod instance;
 pub mod kubernetes;
 pub mod loader;
 pub mod netns;
+pub mod ring;
 pub mod status;
 pub mod uplink;
 

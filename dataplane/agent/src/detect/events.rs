@@ -4,7 +4,6 @@
 
 use std::{
     io::Write as _,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -19,7 +18,7 @@ use bulkhead_common::detect::{DetEventV1, event_actions, event_kind, mode};
 use serde::Serialize;
 
 use super::{Shared, cgroup};
-use crate::error::AgentError;
+use crate::{error::AgentError, ring::Ring};
 
 /// How long a user-space action may take before it counts as failed.
 pub(super) const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -92,25 +91,14 @@ pub(super) fn spawn(
         .map_err(|_| AgentError::Stopped)
 }
 
-fn run(mut ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path) {
+fn run(ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path) {
     let span = tracing::info_span!("detector-events");
     let _g = span.enter();
-    let fd = ring.as_raw_fd();
+    let mut ring = Ring::<DetEventV1>::new(ring);
     loop {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // The timeout only bounds how long a stop request goes unnoticed.
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 100) };
-        let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() < size_of::<DetEventV1>() {
-                tracing::warn!(len = item.len(), "short detector event skipped");
-                continue;
-            }
-            // SAFETY: the kernel wrote a DetEventV1 (size checked); read unaligned.
-            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DetEventV1>()) });
-        }
-        for ev in batch {
+        ring.wait(None, 100);
+        for ev in ring.read_all() {
             let rec = handle(shared, &ev);
             shared.record(file, rec);
         }

@@ -13,6 +13,7 @@
 
 pub mod cgroup;
 mod events;
+mod flowwatch;
 mod manage;
 pub mod network;
 mod netwatch;
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::{error::AgentError, ifmap::IsolationMap, loader::Dataplane, netns};
 
 pub use events::DetectorEvent;
+pub use flowwatch::FlowWatch;
 pub use manage::ImportReport;
 pub use sequence::SequenceConfig;
 
@@ -326,10 +328,13 @@ pub struct Detector {
     state_dir: PathBuf,
     /// Exec-map entries written per profile id (path hashes), to remove what a profile drops.
     written_execs: BTreeMap<u32, BTreeSet<u64>>,
-    /// Per-workload (cgroup id) network state: scan windows, egress volume samples.
+    /// Per-workload (cgroup id) egress volume samples.
     net: BTreeMap<u64, netwatch::NetState>,
-    /// Pod address -> peer name (profile name of the pod), from the last sync.
-    peers: std::collections::HashMap<Ipv4Addr, String>,
+    /// Pod address -> peer name (profile name of the pod), from the last sync; read by the
+    /// network thread.
+    peers: flowwatch::PeerBook,
+    /// The network-decision thread, which owns the flow ring.
+    flowwatch: FlowWatch,
     /// Isolation allow-list set through the API, for every workload (each workload's own
     /// list comes with it, from its DetectorPolicy).
     api_allow: BTreeSet<(Ipv4Addr, u16, u8)>,
@@ -393,6 +398,9 @@ impl Detector {
         let thread = events::spawn(ring, shared.clone(), stop.clone(), events_file.clone())?;
         let seq_ring = dp.maps.det.sysseq.take().ok_or_else(|| det_err("syscall ring already taken"))?;
         let seq_thread = sequence::spawn(seq_ring, shared.clone(), stop.clone(), events_file.clone(), dp.pin_dir())?;
+        let flow_ring = dp.maps.flows.take().ok_or_else(|| det_err("flow ring already taken"))?;
+        let peers = flowwatch::PeerBook::default();
+        let flowwatch = FlowWatch::spawn(flow_ring, shared.clone(), peers.clone(), events_file.clone(), dp.pin_dir())?;
         let mut d = Detector {
             shared,
             stop,
@@ -403,7 +411,8 @@ impl Detector {
             state_dir: state_dir.to_path_buf(),
             written_execs: BTreeMap::new(),
             net: BTreeMap::new(),
-            peers: Default::default(),
+            peers,
+            flowwatch,
             api_allow: BTreeSet::new(),
             last_tick: std::time::Instant::now(),
             watched: None,
@@ -769,8 +778,19 @@ impl Detector {
         self.persist();
     }
 
-    /// Stops the event thread (draining what is in the ring first).
+    /// Flow events the network thread judged, oldest first, for the flow log.
+    pub fn flow_events(&self) -> Vec<Vec<bulkhead_common::FlowEventV3>> {
+        self.flowwatch.take_events()
+    }
+
+    /// Has the network thread read the flow ring now (see [`FlowWatch::flush`]).
+    pub fn flush_flows(&self) {
+        self.flowwatch.flush(Duration::from_millis(500));
+    }
+
+    /// Stops the event threads (each drains what is in its ring first).
     pub fn stop(mut self) {
+        self.flowwatch.stop();
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -819,10 +839,14 @@ pub(crate) fn take_actions(
     (done, isolate_ns)
 }
 
+/// The isolation entry of a user-space decision on `w`, as of now.
+pub(crate) fn user_isolation(w: &WorkloadState) -> IsolationV1 {
+    IsolationV1 { since_ns: crate::clock::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 }
+}
+
 /// Writes the workload's isolation entry (user-space decision).
 pub(crate) fn isolate_entry(dp: &mut Dataplane, w: &WorkloadState) -> Result<(), AgentError> {
-    let iso = IsolationV1 { since_ns: crate::clock::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 };
-    Ok(dp.maps.det.isolation.insert(w.ifindex, iso)?)
+    Ok(dp.maps.det.isolation.insert(w.ifindex, user_isolation(w))?)
 }
 
 /// Removes the isolation entries of a workload (by cgroup id, and its interface). Returns

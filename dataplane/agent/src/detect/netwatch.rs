@@ -1,8 +1,7 @@
-//! The detector's network side on the agent thread: flow events (read as soon as the ring
-//! wakes the agent) are learned into the profile or judged against it; protect mode acts
-//! (isolation entry first: that is what stops traffic), and every finding is an alert.
-//! Once a second the agent also samples conntrack (egress volume) and the kernel's syscall
-//! counts into learning profiles.
+//! The detector's sampling on the agent thread: once a second the egress volume (the kernel's
+//! per-endpoint byte counter, or conntrack) and the kernel's syscall counts go into learning
+//! profiles or are judged against them. Flow events are judged on their own thread
+//! ([`super::flowwatch`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -10,21 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bulkhead_common::{CtKeyV2, FlowEventV3, direction, flow_kind};
+use bulkhead_common::{CtKeyV2, direction};
 
-use super::{
-    Detector, DetectorEvent, Mode, NetActions, WorkloadState,
-    take_actions,
-    isolate_entry,
-    network::{self, Finding, ScanWindow},
-    profile::{Peer, Protocol},
-};
+use super::{Detector, DetectorEvent, Mode, WorkloadState};
 use crate::loader::Dataplane;
 
 /// Per-workload network state kept by the agent thread.
 #[derive(Debug, Default)]
 pub(crate) struct NetState {
-    scan: ScanWindow,
     /// Byte counts of the workload's outbound flows at the last sample (conntrack; only for
     /// interfaces past the kernel's per-endpoint counters).
     prev_bytes: HashMap<CtKeyV2, u64>,
@@ -44,111 +36,7 @@ const VOLUME_FLOOR: u64 = 1 << 20;
 impl Detector {
     /// Pod addresses and their peer names (profile names), from the datastore's last sync.
     pub(crate) fn set_peers(&mut self, peers: HashMap<Ipv4Addr, String>) {
-        self.peers = peers;
-    }
-
-    /// Learns or judges one flow event (outbound new flows of monitored workloads).
-    pub fn on_flow(&mut self, dp: &mut Dataplane, ev: &FlowEventV3) {
-        if !matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || ev.ifindex == 0 {
-            return;
-        }
-        let inbound = ev.direction != direction::EGRESS;
-        // A denied inbound flow is stopped and counted by policy already: no finding of its own.
-        if inbound && ev.kind != flow_kind::NEW_ALLOWED {
-            return;
-        }
-        let read_at = crate::clock::monotonic_ns();
-        let Some(protocol) = Protocol::from_ip(ev.protocol) else { return };
-        // A TCP flow whose first packet seen is no SYN was picked up mid-stream (its
-        // conntrack entry was evicted or expired while it ran): its direction here is that of
-        // a packet, not of who opened it, so it is neither learned nor judged. A connection
-        // the workload really opens starts with a SYN, which is always seen.
-        if protocol == Protocol::Tcp && !bulkhead_common::tcp_opens(ev.tcp_flags) {
-            tracing::debug!(ifindex = ev.ifindex, flags = ev.tcp_flags, "TCP flow picked up mid-stream: not a finding");
-            return;
-        }
-        // ICMP "ports" are the echo identifier: not part of a destination. The port is the
-        // destination's either way: the peer's outbound, the workload's own inbound.
-        let port = if protocol == Protocol::Icmp { 0 } else { u16::from_be_bytes(ev.dport_be) };
-        let remote = Ipv4Addr::from(if inbound { ev.saddr_be } else { ev.daddr_be });
-        let peer = self.peers.get(&remote).map(|n| Peer::Workload(n.clone())).unwrap_or(Peer::Address(remote));
-        let mut g = self.shared.state();
-        let Some(w) = g.workloads.values().find(|w| w.ifindex == ev.ifindex).cloned() else { return };
-        if w.spec.mode == Mode::Learn {
-            // A flow the policy denied is no behaviour to learn.
-            let p = g.profile_mut(&w);
-            let new = ev.kind == flow_kind::NEW_ALLOWED && if inbound { p.learn_ingress(&peer, port, protocol) } else { p.learn_egress(&peer, port, protocol) };
-            if new {
-                g.dirty.insert(w.profile_name().to_string());
-                tracing::debug!(workload = %w.spec.name, %peer, port, ?protocol, inbound, "detector learned a peer");
-            }
-            return;
-        }
-        let findings = if inbound {
-            if g.profile_mut(&w).knows_inbound(&peer, port, protocol) { Vec::new() } else { vec![(Finding::NewInbound, None)] }
-        } else {
-            let state = self.net.entry(w.cgroup_id).or_default();
-            network::judge(g.profile_mut(&w), &mut state.scan, &w.opts.scan, ev.ts_ns, &peer, port, protocol)
-        };
-        drop(g);
-        for (finding, counts) in findings {
-            let actions = match finding {
-                Finding::NewPeer => w.spec.actions.new_peer,
-                Finding::NewPort => w.spec.actions.new_port,
-                Finding::PortScan => w.spec.actions.port_scan,
-                Finding::NewInbound => w.spec.actions.new_inbound,
-            };
-            let mut rec = self.act(dp, &w, ev, finding, actions, &peer, port, protocol, counts);
-            rec.read_delay_ns = read_at.saturating_sub(ev.ts_ns);
-            self.shared.record(&self.events_file, rec);
-        }
-    }
-
-    /// Takes a finding's actions (protect mode only) and builds its alert.
-    #[allow(clippy::too_many_arguments)]
-    fn act(
-        &mut self,
-        dp: &mut Dataplane,
-        w: &WorkloadState,
-        ev: &FlowEventV3,
-        finding: Finding,
-        actions: NetActions,
-        peer: &Peer,
-        port: u16,
-        protocol: Protocol,
-        counts: Option<(usize, usize)>,
-    ) -> DetectorEvent {
-        let protect = w.spec.mode == Mode::Protect;
-        let (user_actions, isolate_ns) = take_actions(w, actions, ev.ts_ns, || {
-            if w.ifindex == 0 { Err("no interface".to_string()) } else { isolate_entry(dp, w).map_err(|e| e.to_string()) }
-        });
-        let now = crate::clock::monotonic_ns();
-        let dst = format!("{}:{port}/{protocol:?}", Ipv4Addr::from(ev.daddr_be)).to_uppercase();
-        let rec = DetectorEvent {
-            kind: finding.kind(),
-            ts_ns: ev.ts_ns,
-            workload: Some(w.spec.name.clone()),
-            cgroup_id: w.cgroup_id,
-            mode: if protect { "protect" } else { "monitor" },
-            user_enforce_ns: (!user_actions.is_empty()).then(|| now.saturating_sub(ev.ts_ns)),
-            user_actions,
-            read_delay_ns: 0,
-            peer: Some(peer.to_string()),
-            dst: Some(dst),
-            isolate_ns,
-            detail: counts.map(|(p, q)| format!("{p} distinct ports on the peer, {q} distinct peers within {} ms", w.opts.scan.window_ms)),
-            ..Default::default()
-        };
-        tracing::warn!(
-            workload = %w.spec.name,
-            kind = rec.kind,
-            peer = %peer,
-            dst = rec.dst.as_deref().unwrap_or(""),
-            actions = ?rec.user_actions,
-            isolate_ns = rec.isolate_ns,
-            "detector: flow outside the profile"
-        );
-        rec
+        *self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(peers);
     }
 
     /// Once a second: egress volume (learn: the peak; monitor/protect: alert far above it)

@@ -30,12 +30,12 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use bulkhead_common::detect::{self as det, IsolationV1, SyscallRecordV1};
+use bulkhead_common::detect::{self as det, SyscallRecordV1};
 use bulkhead_detector::{CoverCursor, CoverProfile};
 use serde::{Deserialize, Serialize};
 
 use super::{DetectorEvent, Mode, Shared, WorkloadState, take_actions};
-use crate::error::AgentError;
+use crate::{error::AgentError, ring::Ring};
 
 /// Syscalls per learning chunk of one thread.
 pub const CHUNK: usize = 256;
@@ -177,7 +177,7 @@ struct View {
 
 /// The sequence-model thread's state.
 struct Runner {
-    ring: RingBuf<MapData>,
+    ring: Ring<SyscallRecordV1>,
     shared: Arc<Shared>,
     events_file: PathBuf,
     /// The pinned isolation map (TC reads it): protect mode's `isolate`.
@@ -214,7 +214,7 @@ pub(super) fn spawn(
         }
     };
     let mut runner = Runner {
-        ring,
+        ring: Ring::new(ring),
         shared,
         events_file,
         isolation,
@@ -238,15 +238,12 @@ impl Runner {
     fn run(&mut self, stop: &AtomicBool) {
         let span = tracing::info_span!("detector-sequences");
         let _g = span.enter();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.ring);
         loop {
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // The probe wakes this thread only when much is waiting (see SYSSEQ_WAKE_BYTES):
             // the short timeout is what bounds a finding's delay while workloads stream.
             // Otherwise it bounds how long a stop request goes unnoticed.
             let timeout = if self.views.is_empty() { 100 } else { det::SYSSEQ_POLL_MS };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, timeout) };
+            self.ring.wait(None, timeout);
             self.drain();
             self.housekeeping();
             if stop.load(Ordering::SeqCst) {
@@ -267,13 +264,8 @@ impl Runner {
             self.refresh();
             let applied = self.generation;
             batch.clear();
-            while batch.len() < batch.capacity() {
-                let Some(item) = self.ring.next() else { break };
-                if item.len() >= size_of::<SyscallRecordV1>() {
-                    // SAFETY: the probe wrote a SyscallRecordV1 (size checked); unaligned read.
-                    batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SyscallRecordV1>()) });
-                }
-            }
+            let room = batch.capacity();
+            self.ring.read(&mut batch, room);
             if batch.is_empty() {
                 if !self.left_learning.is_empty() {
                     let left = std::mem::take(&mut self.left_learning);
@@ -462,8 +454,7 @@ impl Runner {
             return Err("no interface".into());
         }
         let map = self.isolation.as_mut().ok_or("isolation map not open")?;
-        let iso = IsolationV1 { since_ns: crate::clock::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 };
-        map.insert(w.ifindex, iso).map_err(|e| e.to_string())
+        map.insert(w.ifindex, super::user_isolation(w)).map_err(|e| e.to_string())
     }
 
     /// Once per poll round: idle streams are closed (their partial chunks learned) and, once
