@@ -1,5 +1,8 @@
-//! The agent: one thread that owns the loaded dataplane, reads the datastore, compiles and
-//! writes the maps, and answers requests from the rest of the process over a channel.
+//! The agent: one thread that owns the loaded dataplane and writes the maps, and answers
+//! requests from the rest of the process over a channel. Reading the datastore and compiling
+//! run on the compile thread ([`crate::compile`]), so the agent thread stays free while a
+//! compile runs; the detector's network decisions have a thread of their own
+//! ([`crate::detect::FlowWatch`]).
 
 use std::{
     collections::BTreeMap,
@@ -13,6 +16,7 @@ use policy_compiler::compile::{Compiled, Compiler, Limits};
 
 use crate::{
     apply,
+    compile::{CompileThread, Job, Outcome, Ready},
     datastore::{Datastore, FileDatastore},
     detect::{self, Detector},
     error::AgentError,
@@ -124,6 +128,21 @@ enum Request {
     StopKeep(mpsc::Sender<Result<usize, AgentError>>),
     /// A request of the CNI plugin from the control socket.
     Endpoint(crate::endpoints::Pending),
+    /// The compile thread finished a job.
+    Compiled(Outcome),
+}
+
+/// Who waits for the sync a job starts, answered when its outcome is written.
+enum Waiter {
+    /// [`Agent::sync_now`].
+    Caller(mpsc::Sender<Result<SyncReport, AgentError>>),
+    /// A CNI ADD: answered once its endpoint is enforced, or with why not (the registration
+    /// is then withdrawn).
+    CniAdd { ifindex: u32, container_id: String, ifname: String, reply: mpsc::Sender<bulkhead_cni::api::Response> },
+    /// A CNI DEL: answered after the sync, whatever its outcome (the registration is gone).
+    CniDel(mpsc::Sender<bulkhead_cni::api::Response>),
+    /// A CNI GC: an error when the sync failed.
+    CniGc(mpsc::Sender<bulkhead_cni::api::Response>),
 }
 
 /// A running agent. Dropping it stops the thread, detaches the programs and removes the pins
@@ -305,8 +324,13 @@ impl Drop for Agent {
 
 struct State {
     dp: Dataplane,
-    store: Box<dyn Datastore>,
-    compiler: Compiler,
+    /// Reads the datastore and compiles; results come back as [`Request::Compiled`].
+    compile: CompileThread,
+    /// Waiters of the job the compile thread is running (`None`: no job out).
+    inflight: Option<Vec<Waiter>>,
+    /// A sync asked for while a job runs: (forced, waiters); sent when the job returns, so
+    /// a burst of changes costs one more compile, not one each.
+    queued: Option<(bool, Vec<Waiter>)>,
     /// The compile the kernel enforces (names flow events and counters).
     applied: Option<Compiled>,
     /// What each generation of the lookup maps holds.
@@ -361,24 +385,56 @@ fn worker(
     if replayed > 0 {
         tracing::info!(replayed, "applied CNI DELs queued while no agent ran");
     }
+    // Policy for this node's endpoints only; both policy generations share each map.
+    let compiler = Compiler::for_node(Limits::per_generation());
+    let done = tx_self.clone();
+    let compile = match CompileThread::spawn(store, compiler, move |o| done.send(Request::Compiled(o)).is_ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            det.stop();
+            dp.unload();
+            let _ = init.send(Err(e));
+            return;
+        }
+    };
     let mut st = State {
         registry,
         det,
         flows: crate::flows::FlowLog::new(&state_dir.join("flows.jsonl")),
         state_dir,
         dp,
-        store,
-        // Policy for this node's endpoints only; both policy generations share each map.
-        compiler: Compiler::for_node(Limits::per_generation()),
+        compile,
+        inflight: None,
+        queued: None,
         applied: None,
         gens: apply::Generations::default(),
         last_flip: Instant::now(),
         endpoints: BTreeMap::new(),
         pending: Vec::new(),
     };
-    st.store.poll_changed();
     let mut control = None;
-    match sync(&mut st) {
+    // The first sync completes before the agent starts: until then only the datastore's
+    // watcher can send anything, and its notifications just ask for another sync.
+    st.inflight = Some(Vec::new());
+    let first = if st.compile.send(Job { registry: st.registry.clone(), force: true }) {
+        loop {
+            match rx.recv() {
+                Ok(Request::Compiled(o)) => break o,
+                Ok(Request::Changed) => request_sync(&mut st, false, None),
+                Ok(_) => {}
+                Err(_) => break Outcome::Failed(AgentError::Stopped),
+            }
+        }
+    } else {
+        Outcome::Failed(AgentError::Stopped)
+    };
+    st.inflight = None;
+    let first = match first {
+        Outcome::Ready(r) => apply_ready(&mut st, *r),
+        Outcome::Failed(e) => Err(e),
+        Outcome::Unchanged => Err(AgentError::Stopped),
+    };
+    match first {
         Ok(r) => {
             apply::drop_stale_endpoints(&mut st.dp, &st.endpoints);
             // Links a previous agent kept for endpoints that are gone: nothing adopted them.
@@ -393,6 +449,8 @@ fn worker(
             }
             tracing::info!(rev = r.policy_rev, upserts = r.upserts, "first sync done");
             let _ = init.send(Ok(st.det.shared()));
+            // Changes notified during the first sync.
+            request_sync(&mut st, false, None);
         }
         Err(e) => {
             st.det.stop();
@@ -409,18 +467,11 @@ fn worker(
     let mut keep: Option<mpsc::Sender<Result<usize, AgentError>>> = None;
     loop {
         match rx.recv_timeout(tick) {
-            Ok(Request::Sync(reply)) => {
-                st.store.poll_changed();
-                let _ = reply.send(sync(&mut st));
-            }
-            Ok(Request::Changed) => {
-                // A burst of events costs one fingerprint check each; only a real change syncs.
-                if st.store.poll_changed() {
-                    if let Err(e) = sync(&mut st) {
-                        tracing::error!(error = %e, "datastore change rejected");
-                    }
-                }
-            }
+            Ok(Request::Sync(reply)) => request_sync(&mut st, true, Some(Waiter::Caller(reply))),
+            // A burst of events costs one fingerprint check each on the compile thread; only
+            // a real change compiles.
+            Ok(Request::Changed) => request_sync(&mut st, false, None),
+            Ok(Request::Compiled(outcome)) => finish_sync(&mut st, outcome),
             Ok(Request::Tick) => {}
             Ok(Request::Flows(reply)) => {
                 st.det.flush_flows();
@@ -434,9 +485,7 @@ fn worker(
                 let _ = reply.send(st.dp.counters());
             }
             Ok(Request::Detector(f)) => f(&mut st.dp, &mut st.det),
-            Ok(Request::Endpoint((req, reply))) => {
-                let _ = reply.send(handle_endpoint(&mut st, req));
-            }
+            Ok(Request::Endpoint((req, reply))) => handle_endpoint(&mut st, req, reply),
             Ok(Request::StopKeep(reply)) => {
                 keep = Some(reply);
                 break;
@@ -458,18 +507,15 @@ fn worker(
             if safety_poll {
                 last_safety_poll = Instant::now();
             }
-            if cfg.watch && ((safety_poll && st.store.poll_changed()) || !st.pending.is_empty()) {
-                if let Err(e) = sync(&mut st) {
-                    tracing::error!(error = %e, "datastore change rejected");
-                }
+            if cfg.watch && (safety_poll || !st.pending.is_empty()) {
+                let force = !st.pending.is_empty();
+                request_sync(&mut st, force, None);
             }
             if last_cgroups.elapsed() > Duration::from_secs(1) {
                 last_cgroups = Instant::now();
                 if st.registry.resolve_cgroups() {
                     // A container's first process appeared: bind the detector to its cgroup.
-                    if let Err(e) = sync(&mut st) {
-                        tracing::error!(error = %e, "sync after finding a container's cgroup failed");
-                    }
+                    request_sync(&mut st, true, None);
                 }
             }
             if last_gc.elapsed() > gc::INTERVAL {
@@ -570,55 +616,45 @@ pub fn uninstall(instance: &str) -> Result<UninstallReport, AgentError> {
 }
 
 /// Answers a CNI plugin request; an `add` is answered once the endpoint is enforced.
-fn handle_endpoint(st: &mut State, req: bulkhead_cni::api::Request) -> bulkhead_cni::api::Response {
+/// Answers a CNI request; ADD, DEL and GC are answered once the sync they start is written.
+fn handle_endpoint(st: &mut State, req: bulkhead_cni::api::Request, reply: mpsc::Sender<bulkhead_cni::api::Response>) {
     use bulkhead_cni::api::{Request as R, Response};
     let span = tracing::info_span!("cni", request = ?req);
     let _g = span.enter();
+    let answer = |r: Response| {
+        let _ = reply.send(r);
+    };
     match req {
         R::Add(a) => {
             let Some(ifindex) = netns::ifindex(&a.host_interface) else {
-                return Response::err(format!("interface {} (host side of {} in container {}) does not exist", a.host_interface, a.ifname, a.container_id));
+                return answer(Response::err(format!("interface {} (host side of {} in container {}) does not exist", a.host_interface, a.ifname, a.container_id)));
             };
-            let (cid, ifname) = (a.container_id.clone(), a.ifname.clone());
+            let (container_id, ifname) = (a.container_id.clone(), a.ifname.clone());
             if let Err(e) = st.registry.insert(a) {
-                return Response::err(e.to_string());
+                return answer(Response::err(e.to_string()));
             }
-            match sync(st) {
-                Ok(_) if st.endpoints.contains_key(&ifindex) => Response { ok: true, error: None, ifindex: Some(ifindex) },
-                Ok(r) => {
-                    st.registry.remove(&cid, &ifname);
-                    let _ = sync(st);
-                    Response::err(format!("the endpoint was not enforced (pending interfaces {:?}, rejected {:?})", r.pending_interfaces, r.rejected))
-                }
-                Err(e) => {
-                    // Nothing left behind: the registration goes, the enforced state is as before.
-                    st.registry.remove(&cid, &ifname);
-                    let _ = sync(st);
-                    Response::err(e.to_string())
-                }
-            }
+            request_sync(st, true, Some(Waiter::CniAdd { ifindex, container_id, ifname, reply }));
         }
         R::Del { container_id, ifname } => {
             if st.registry.remove(&container_id, &ifname) {
-                if let Err(e) = sync(st) {
-                    tracing::error!(error = %e, "sync after a CNI DEL failed; the endpoint is gone from the registry");
-                }
+                request_sync(st, true, Some(Waiter::CniDel(reply)));
+            } else {
+                answer(Response::ok());
             }
-            Response::ok()
         }
         R::Check { container_id, ifname } => {
             let Some(a) = st.registry.get(&container_id, &ifname) else {
-                return Response::err(format!("container {container_id} interface {ifname} is not registered"));
+                return answer(Response::err(format!("container {container_id} interface {ifname} is not registered")));
             };
             let host = a.host_interface.clone();
             let attached = st.dp.attached().find(|(n, _)| *n == host).map(|(_, i)| i);
-            match attached {
+            answer(match attached {
                 None => Response::err(format!("no programs attached to {host}")),
                 Some(i) if !matches!(st.dp.maps.endpoints.get(i), Ok(Some(_))) => Response::err(format!("no endpoint entry for {host} (ifindex {i})")),
                 Some(i) => Response { ok: true, error: None, ifindex: Some(i) },
-            }
+            })
         }
-        R::Status => Response::ok(),
+        R::Status => answer(Response::ok()),
         R::Gc { valid } => {
             let valid: std::collections::BTreeSet<(String, String)> = valid.into_iter().collect();
             let mut removed = 0;
@@ -628,11 +664,107 @@ fn handle_endpoint(st: &mut State, req: bulkhead_cni::api::Request) -> bulkhead_
                 }
             }
             if removed > 0 {
-                if let Err(e) = sync(st) {
-                    return Response::err(e.to_string());
-                }
+                request_sync(st, true, Some(Waiter::CniGc(reply)));
+            } else {
+                answer(Response::ok());
             }
-            Response::ok()
+        }
+    }
+}
+
+/// Asks for a sync: sent to the compile thread now if it is idle, else when its job returns
+/// (`force`: compile even if the datastore reports no change; a waiter always forces).
+fn request_sync(st: &mut State, force: bool, waiter: Option<Waiter>) {
+    let q = st.queued.get_or_insert_with(|| (false, Vec::new()));
+    q.0 |= force || waiter.is_some();
+    q.1.extend(waiter);
+    if st.inflight.is_some() {
+        return;
+    }
+    let Some((force, waiters)) = st.queued.take() else { return };
+    if st.compile.send(Job { registry: st.registry.clone(), force }) {
+        st.inflight = Some(waiters);
+    } else {
+        for w in waiters {
+            answer(st, w, Err(AgentError::Stopped));
+        }
+    }
+}
+
+/// Writes a job's outcome, answers its waiters and sends the next job if one was asked for.
+fn finish_sync(st: &mut State, outcome: Outcome) {
+    let waiters = st.inflight.take().unwrap_or_default();
+    let result = match outcome {
+        Outcome::Unchanged => None,
+        Outcome::Ready(r) => Some(apply_ready(st, *r)),
+        Outcome::Failed(e) => Some(Err(e)),
+    };
+    match result {
+        // Only an unforced job comes back unchanged, and waiters force: none to answer.
+        None => {
+            for w in waiters {
+                request_sync(st, true, Some(w));
+            }
+        }
+        Some(r) => {
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "datastore change rejected; the enforced policy stays as it was");
+            }
+            // Each waiter gets the report, or the error (its text, past the first waiter).
+            let mut r = Some(r);
+            let n = waiters.len();
+            for (i, w) in waiters.into_iter().enumerate() {
+                let this = if i + 1 == n {
+                    r.take().expect("one result per waiter")
+                } else {
+                    match r.as_ref().expect("taken only by the last") {
+                        Ok(rep) => Ok(rep.clone()),
+                        Err(e) => Err(AgentError::Invalid(e.to_string())),
+                    }
+                };
+                answer(st, w, this);
+            }
+        }
+    }
+    request_sync(st, false, None);
+}
+
+/// Answers one waiter with the outcome of its sync.
+fn answer(st: &mut State, w: Waiter, r: Result<SyncReport, AgentError>) {
+    use bulkhead_cni::api::Response;
+    match w {
+        Waiter::Caller(reply) => {
+            let _ = reply.send(r);
+        }
+        Waiter::CniAdd { ifindex, container_id, ifname, reply } => {
+            let resp = match r {
+                Ok(_) if st.endpoints.contains_key(&ifindex) => Response { ok: true, error: None, ifindex: Some(ifindex) },
+                // Nothing left behind: the registration goes, and the next sync takes the
+                // endpoint out again.
+                Ok(r) => {
+                    st.registry.remove(&container_id, &ifname);
+                    request_sync(st, true, None);
+                    Response::err(format!("the endpoint was not enforced (pending interfaces {:?}, rejected {:?})", r.pending_interfaces, r.rejected))
+                }
+                Err(e) => {
+                    st.registry.remove(&container_id, &ifname);
+                    request_sync(st, true, None);
+                    Response::err(e.to_string())
+                }
+            };
+            let _ = reply.send(resp);
+        }
+        Waiter::CniDel(reply) => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "sync after a CNI DEL failed; the endpoint is gone from the registry");
+            }
+            let _ = reply.send(Response::ok());
+        }
+        Waiter::CniGc(reply) => {
+            let _ = reply.send(match r {
+                Ok(_) => Response::ok(),
+                Err(e) => Response::err(e.to_string()),
+            });
         }
     }
 }
@@ -665,23 +797,16 @@ const SAFETY_POLL: Duration = Duration::from_secs(10);
 /// How long after a flip the now inactive generation may be written again.
 const FLIP_GRACE: Duration = Duration::from_millis(5);
 
-fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
+/// Writes a compile into the kernel: the inactive generation, the flip, the endpoints and
+/// the detector's plan.
+fn apply_ready(st: &mut State, ready: Ready) -> Result<SyncReport, AgentError> {
     let span = tracing::info_span!("sync");
     let _g = span.enter();
     let t0 = Instant::now();
-    let mut model = st.store.load()?;
-    let mut detector_input = st.store.load_detector()?;
-    st.registry.overlay(&mut model, &mut detector_input);
-    let load_time = t0.elapsed();
-    let rejected = st.store.rejected();
+    let Ready { model, compiled, kernel, plan: detector_plan, rejected, load_time, compile_time } = ready;
     for r in &rejected {
         tracing::error!(rejected = %r, "datastore file rejected; the rest applies");
     }
-    // Detector resources are checked before anything applies: a bad one rejects the sync.
-    let detector_plan = detect::policy::plan(&detector_input, &model).map_err(AgentError::Invalid)?;
-    let compiled = st.compiler.compile(&model).map_err(|e| AgentError::Policy(Box::new(e)))?;
-    let kernel = apply::KernelState::of(&compiled);
-    let compile_time = t0.elapsed() - load_time;
     // A packet that read the old revision just before the last flip may still be judged with
     // the generation about to be written: programs run for microseconds, so a few
     // milliseconds after a flip nobody reads it any more.
@@ -699,7 +824,7 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
     st.det.apply_plan(&mut st.dp, &detector_plan)?;
     st.det.peers_from(&model);
     st.det.sync_flow_events(&mut st.dp)?;
-    let write_time = t0.elapsed() - load_time - compile_time;
+    let write_time = t0.elapsed();
     tracing::info!(
         rev,
         upserts = written.upserts,
@@ -726,6 +851,6 @@ fn sync(st: &mut State) -> Result<SyncReport, AgentError> {
         load_time,
         compile_time,
         write_time,
-        total_time: t0.elapsed(),
+        total_time: load_time + compile_time + write_time,
     })
 }

@@ -24,7 +24,7 @@ use policy_compiler::model::{Model, Namespace, Pod, PodRef};
 use crate::{detect::policy::DetectorInput, error::AgentError};
 
 /// The registered attachments of one instance, mirrored in `<state dir>/endpoints/*.json`.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Registry {
     dir: PathBuf,
     entries: BTreeMap<(String, String), Attachment>,

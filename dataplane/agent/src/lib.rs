@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod apply;
 pub mod clock;
+mod compile;
 pub mod crds;
 pub mod datastore;
 pub mod detect;
