@@ -10,15 +10,10 @@ use policy_compiler::tiered::{namespace_selector_labels, pod_selector_labels};
 use crate::group::{AddressGroup, FirewallState};
 
 /// The pods a group selects that have an address. When several pods claim one address (a
-/// stale status), only the first in namespace/name order counts: the rule the compiler uses,
-/// so the firewall and the dataplane agree on who an IP is.
+/// stale status), only its owner counts, by the model's rule ([`Model::ip_owners`]) that the
+/// compiler uses too, so the firewall and the dataplane agree on who an IP is.
 pub fn members(model: &Model, group: &AddressGroup) -> BTreeMap<Ipv4Addr, PodRef> {
-    let mut owner: BTreeMap<Ipv4Addr, &PodRef> = BTreeMap::new();
-    for (r, pod) in &model.pods {
-        if let Some(ip) = pod.ip {
-            owner.entry(ip).or_insert(r);
-        }
-    }
+    let owner = model.ip_owners();
     let mut out = BTreeMap::new();
     for (r, pod) in &model.pods {
         let Some(ip) = pod.ip else { continue };

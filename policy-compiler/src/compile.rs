@@ -390,10 +390,14 @@ impl Compiler {
             };
             pod_identity.push((r, pod, id));
         }
-        // Address -> (owner pod, identity): the first pod in pod order owns a shared address.
+        // Address -> (owner pod, identity), owners by the model's one rule.
+        let owners = model.ip_owners();
         let mut ip_owner_pod: HashMap<Ipv4Addr, (&PodRef, u32)> = HashMap::with_capacity_and_hasher(pod_identity.len(), Default::default());
         for &(r, pod, id) in &pod_identity {
-            ip_owner_pod.entry(pod.ip.expect("identified pods have an IP")).or_insert((r, id));
+            let ip = pod.ip.expect("identified pods have an IP");
+            if owners.get(&ip) == Some(&r) {
+                ip_owner_pod.insert(ip, (r, id));
+            }
         }
         let regions: Vec<(Cidr, u32)> = prefixes.iter().map(|&c| (c, self.identities.cidr(c))).collect();
 

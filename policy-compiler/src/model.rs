@@ -45,10 +45,24 @@ impl Model {
         self.policies.insert(policy.policy_ref(), policy);
     }
 
-    /// The pod owning `ip`, if any. When several pods claim one address (a stale status), the
-    /// first in [`PodRef`] order wins, the same rule the compiler uses for the IP cache.
+    /// The pod owning `ip`, if any (see [`Model::ip_owners`]).
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
+        // The first claim in PodRef order, as ip_owners decides.
         self.pods.values().find(|p| p.ip == Some(ip))
+    }
+
+    /// Which pod owns each pod address. When several pods claim one address (a stale
+    /// status), the first in [`PodRef`] order keeps it: the one rule for the compiler's IP
+    /// cache, fw-sync's address groups and [`Model::pod_by_ip`], so the dataplane and the
+    /// firewalls agree on who an address is.
+    pub fn ip_owners(&self) -> std::collections::HashMap<Ipv4Addr, &PodRef> {
+        let mut owners = std::collections::HashMap::with_capacity(self.pods.len());
+        for (r, p) in &self.pods {
+            if let Some(ip) = p.ip {
+                owners.entry(ip).or_insert(r);
+            }
+        }
+        owners
     }
 }
 
