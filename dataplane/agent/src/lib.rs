@@ -17,6 +17,8 @@ pub mod instance;
 pub mod kubernetes;
 pub mod loader;
 pub mod netns;
+#[cfg(test)]
+mod object_check;
 pub mod ring;
 pub mod status;
 pub mod uplink;
