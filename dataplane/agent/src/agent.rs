@@ -463,7 +463,6 @@ fn worker(
     let mut last_gc = Instant::now();
     let mut last_cgroups = Instant::now();
     let mut last_periodic = Instant::now();
-    let mut last_safety_poll = Instant::now();
     let mut keep: Option<mpsc::Sender<Result<usize, AgentError>>> = None;
     loop {
         match rx.recv_timeout(tick) {
@@ -500,16 +499,11 @@ fn worker(
             drain_flows(&mut st);
             st.det.tick(&mut st.dp);
             st.det.import_inbox(&mut st.dp);
-            // Changes arrive as notifications (inotify, API watches); the datastore is polled
-            // only as a slow safety net, since a stat of every file every tick would cost a
-            // large folder tens of milliseconds per tick. Interfaces still pending retry every tick.
-            let safety_poll = last_safety_poll.elapsed() >= SAFETY_POLL;
-            if safety_poll {
-                last_safety_poll = Instant::now();
-            }
-            if cfg.watch && (safety_poll || !st.pending.is_empty()) {
-                let force = !st.pending.is_empty();
-                request_sync(&mut st, force, None);
+            // Changes arrive only as notifications (inotify, whose queue overflow also
+            // notifies, or the API watches): no polling beside them. Interfaces still pending
+            // retry every tick.
+            if cfg.watch && !st.pending.is_empty() {
+                request_sync(&mut st, true, None);
             }
             if last_cgroups.elapsed() > Duration::from_secs(1) {
                 last_cgroups = Instant::now();
@@ -790,9 +784,6 @@ fn drain_flows(st: &mut State) {
         st.flows.log(c, &batch);
     }
 }
-
-/// How often a watching agent checks its datastore for changes no notification announced.
-const SAFETY_POLL: Duration = Duration::from_secs(10);
 
 /// How long after a flip the now inactive generation may be written again.
 const FLIP_GRACE: Duration = Duration::from_millis(5);
