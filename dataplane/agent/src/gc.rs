@@ -1,16 +1,19 @@
 //! Conntrack garbage collection: the LRU map evicts under pressure, this removes entries whose
 //! timeout passed so the table reflects live flows.
 
+use std::os::fd::AsFd as _;
 use std::time::Duration;
 
-use bulkhead_common::{CtKeyV2, map_names};
+use aya::maps::IterableMap as _;
+use bulkhead_common::{CtKeyV2, CtValueV1, map_names};
 
 use crate::{error::AgentError, loader::Dataplane};
 
 /// How often the agent sweeps.
 pub const INTERVAL: Duration = Duration::from_secs(10);
 
-/// Removes expired entries; returns how many.
+/// Removes expired entries; returns how many. Reads and deletes in batches
+/// ([`crate::batch`]): a full table costs a few dozen syscalls, not two per entry.
 pub fn sweep(dp: &mut Dataplane) -> Result<usize, AgentError> {
     let cfg = dp
         .maps
@@ -18,16 +21,9 @@ pub fn sweep(dp: &mut Dataplane) -> Result<usize, AgentError> {
         .get(&0, 0)
         .map_err(|source| AgentError::Map { map: map_names::CONFIG, source })?;
     let now = crate::clock::coarse_ns();
-    let expired: Vec<CtKeyV2> = dp
-        .maps
-        .conntrack
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, v)| v.expired(&cfg, now))
-        .map(|(k, _)| k)
-        .collect();
-    for k in &expired {
-        let _ = dp.maps.conntrack.remove(k);
-    }
-    Ok(expired.len())
+    let fd = dp.maps.conntrack.map().fd().as_fd();
+    let io = |what: &'static str| move |source| AgentError::Io { what, source };
+    let entries: Vec<(CtKeyV2, CtValueV1)> = crate::batch::lookup_all(fd).map_err(io("reading conntrack in batches"))?;
+    let expired: Vec<CtKeyV2> = entries.into_iter().filter(|(_, v)| v.expired(&cfg, now)).map(|(k, _)| k).collect();
+    crate::batch::delete_all(fd, &expired).map_err(io("deleting expired conntrack entries in batches"))
 }

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod apply;
+mod batch;
 pub mod clock;
 mod compile;
 pub mod crds;
