@@ -62,18 +62,23 @@ impl Detector {
     fn sample_volume(&mut self, dp: &mut Dataplane, workloads: &[WorkloadState], elapsed: f64) {
         // The rate comes from TC's per-endpoint byte counter: one read per workload. Only a
         // learning workload (its largest single flow) or an interface past the counters needs
-        // the flows themselves, i.e. a walk of conntrack, which costs a syscall per entry
-        // (on a busy node, a share of a core every second).
+        // the flows themselves, i.e. a walk of conntrack (read in batches: a few dozen
+        // syscalls for a full table).
         let counted = |w: &WorkloadState| bulkhead_common::ifindex_is_direct(w.ifindex);
         let walk = workloads.iter().any(|w| w.ifindex != 0 && (w.spec.mode == Mode::Learn || !counted(w)));
         // Outbound flows per interface: key -> bytes (both directions, as conntrack counts).
         let mut per_if: HashMap<u32, Vec<(CtKeyV2, u64)>> = HashMap::new();
         if walk {
-            for item in dp.maps.conntrack.iter() {
-                let Ok((k, v)) = item else { continue };
-                if v.origin_direction == direction::EGRESS {
-                    per_if.entry(k.ifindex).or_default().push((k, v.bytes));
+            use aya::maps::IterableMap as _;
+            use std::os::fd::AsFd as _;
+            let entries = crate::batch::lookup_all::<CtKeyV2, bulkhead_common::CtValueV1>(dp.maps.conntrack.map().fd().as_fd());
+            match entries {
+                Ok(entries) => {
+                    for (k, v) in entries.into_iter().filter(|(_, v)| v.origin_direction == direction::EGRESS) {
+                        per_if.entry(k.ifindex).or_default().push((k, v.bytes));
+                    }
                 }
+                Err(e) => tracing::warn!(error = %e, "conntrack unreadable; egress volume of learning workloads not sampled this second"),
             }
         }
         for w in workloads.iter().filter(|w| w.ifindex != 0) {
