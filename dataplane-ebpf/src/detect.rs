@@ -9,7 +9,7 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal,
     },
-    programs::{BtfTracePointContext, FEntryContext, RawTracePointContext, TracePointContext},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use bulkhead_common::{
     counters,
@@ -29,8 +29,6 @@ const FORK_PARENT_PID: usize = 12;
 const FORK_CHILD_PID: usize = 20;
 /// Raw tracepoint sys_enter: TP_PROTO(struct pt_regs *regs, long id).
 const SYS_ENTER_ID_ARG: usize = 1;
-/// fentry on `long x64_sys_call(const struct pt_regs *regs, unsigned int nr)`.
-const X64_SYS_CALL_NR_ARG: usize = 1;
 
 /// sched/sched_process_exec: reports the exec; in monitor/protect mode checks the path
 /// against the profile and, in protect mode, kills and isolates in this same program.
@@ -138,25 +136,6 @@ pub fn try_fork(ctx: &TracePointContext) -> u32 {
 pub fn try_sys_enter(ctx: &RawTracePointContext) -> i32 {
     let nr: i64 = ctx.arg(SYS_ENTER_ID_ARG);
     count_syscall(nr as u32);
-    0
-}
-
-/// sys_enter as a BTF tracepoint (tp_btf): the same count with typed arguments; the same
-/// tracepoint underneath, so the same per-task slow path (kept for the benchmark's comparison).
-#[inline(always)]
-pub fn try_sys_enter_btf(ctx: &BtfTracePointContext) -> i32 {
-    let nr: i64 = ctx.arg(SYS_ENTER_ID_ARG);
-    count_syscall(nr as u32);
-    0
-}
-
-/// fentry on x64_sys_call (the x86-64 syscall dispatcher, called once per syscall): the same
-/// count as [`try_sys_enter`] through a BPF trampoline on that one function, so tasks stay on
-/// the fast syscall path (the sys_enter tracepoint sets a work flag on every task).
-#[inline(always)]
-pub fn try_sys_call_fentry(ctx: &FEntryContext) -> i32 {
-    let nr: u32 = ctx.arg(X64_SYS_CALL_NR_ARG);
-    count_syscall(nr);
     0
 }
 

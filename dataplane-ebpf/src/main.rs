@@ -9,8 +9,7 @@
 //!
 //! The detector's probes are tracepoints: `bh_exec` (sched_process_exec: exec events and
 //! in-kernel protect), `bh_fork` (sched_process_fork: parents) and `bh_sys_enter`
-//! (raw tracepoint sys_enter: syscall counts; `bh_sys_enter_btf` and `bh_sys_call`, fentry on
-//! x64_sys_call, are selectable alternatives of it). TC drops traffic of isolated endpoints.
+//! (raw tracepoint sys_enter: syscall counts). TC drops traffic of isolated endpoints.
 #![no_std]
 #![no_main]
 
@@ -26,8 +25,8 @@ mod uplink;
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
-    macros::{btf_tracepoint, classifier, fentry, raw_tracepoint, tracepoint, xdp},
-    programs::{BtfTracePointContext, FEntryContext, RawTracePointContext, TcContext, TracePointContext, XdpContext},
+    macros::{classifier, raw_tracepoint, tracepoint, xdp},
+    programs::{RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use bulkhead_common::{
     ConfigV2, CtKeyV2, CtValueV1, EndpointV3, action, counters, direction, ep_flags, flow_kind, proto,
@@ -84,22 +83,6 @@ pub fn bh_fork(ctx: TracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn bh_sys_enter(ctx: RawTracePointContext) -> i32 {
     detect::try_sys_enter(&ctx)
-}
-
-/// The same syscall count as `bh_sys_enter` as a BTF tracepoint on sys_enter (selected with
-/// BULKHEAD_SYSCALL_PROBE=tp_btf; the benchmark compares it).
-#[btf_tracepoint(function = "sys_enter")]
-pub fn bh_sys_enter_btf(ctx: BtfTracePointContext) -> i32 {
-    detect::try_sys_enter_btf(&ctx)
-}
-
-/// The same syscall count as `bh_sys_enter`, on a BPF trampoline at the syscall dispatcher
-/// `x64_sys_call`: no per-task tracepoint flag, so unmonitored tasks keep the fast path.
-/// Opt-in (BULKHEAD_SYSCALL_PROBE=fentry): this machine kind refuses to load it (EPERM), so it
-/// has not run here; the loader falls back to `bh_sys_enter`.
-#[fentry(function = "x64_sys_call")]
-pub fn bh_sys_call(ctx: FEntryContext) -> i32 {
-    detect::try_sys_call_fentry(&ctx)
 }
 
 #[inline(always)]

@@ -8,12 +8,10 @@ use std::{
 };
 
 use aya::{
-    Btf, Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{
-        BtfTracePoint, FEntry, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, Xdp,
-        fentry::FEntryLinkId,
-        tp_btf::BtfTracePointLinkId,
+        LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, Xdp,
         raw_trace_point::RawTracePointLinkId,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -41,40 +39,10 @@ pub mod programs {
     /// Detector probes (tracepoints).
     pub const EXEC: &str = "bh_exec";
     pub const FORK: &str = "bh_fork";
+    /// The syscall probe: raw tracepoint `sys_enter`. Attaching any sys_enter tracepoint sets
+    /// a work flag on every task, which sends every syscall of the machine through the slow
+    /// entry path.
     pub const SYS_ENTER: &str = "bh_sys_enter";
-    /// The syscall probe as fentry on `x64_sys_call` (opt-in, see [`super::SyscallProbe`]).
-    pub const SYS_CALL: &str = "bh_sys_call";
-    /// The syscall probe as a BTF tracepoint on sys_enter (`BULKHEAD_SYSCALL_PROBE=tp_btf`).
-    pub const SYS_ENTER_BTF: &str = "bh_sys_enter_btf";
-}
-
-/// How the syscall probe is attached. Both count the same thing into the same map.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyscallProbe {
-    /// Raw tracepoint `sys_enter`. Attaching any sys_enter tracepoint sets a work flag on every
-    /// task, which sends every syscall of the machine through the slow entry path.
-    RawTracepoint,
-    /// BTF tracepoint (tp_btf) `sys_enter`: the same tracepoint as [`Self::RawTracepoint`],
-    /// so the same slow path; only selected explicitly.
-    BtfTracepoint,
-    /// fentry (BPF trampoline) on `x64_sys_call`, the dispatcher every x86-64 syscall goes
-    /// through: costs one trampoline call per syscall, no slow path. Needs BTF and ftrace
-    /// direct calls (kernel >= 6.9 for `x64_sys_call`); misses ia32 compat syscalls (they go
-    /// through `ia32_sys_call`). Opt-in and untested: refused (EPERM) on this machine kind.
-    FEntry,
-}
-
-/// Environment variable that selects the syscall probe's attachment (`fentry`, `tp_btf` or
-/// `raw_tp`);
-/// for benchmarks and for kernels where the trampoline misbehaves. Default: fentry when it
-/// loads, else the raw tracepoint.
-pub const SYSCALL_PROBE_ENV: &str = "BULKHEAD_SYSCALL_PROBE";
-
-/// The attached syscall probe's link.
-enum SyscallLink {
-    RawTracepoint(RawTracePointLinkId),
-    BtfTracepoint(BtfTracePointLinkId),
-    FEntry(FEntryLinkId),
 }
 
 /// Tracepoints of the detector probes: (program, category, name). The syscall probe is a raw
@@ -187,10 +155,8 @@ pub struct Dataplane {
     attached: BTreeMap<String, Attachment>,
     /// Attached (and pinned) detector tracepoints by program name.
     tracepoints: BTreeMap<&'static str, KeptLink>,
-    /// The syscall probe's link while attached.
-    sys_enter: Option<SyscallLink>,
-    /// Which attachment [`Dataplane::set_syscall_probe`] uses.
-    syscall_probe: SyscallProbe,
+    /// The syscall probe's (raw tracepoint sys_enter) link while attached.
+    sys_enter: Option<RawTracePointLinkId>,
     /// Whether the XDP pre-filter goes on pod interfaces ([`XDP_PREFILTER_ENV`]).
     xdp_prefilter: bool,
 }
@@ -264,7 +230,6 @@ impl Dataplane {
             .try_into()
             .map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
         r.load().map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
-        let syscall_probe = load_syscall_probe(&mut ebpf);
         // Programs are pinned beside the maps so `bpftool` and operators find everything of an
         // instance in one folder; a pin left by an earlier run is replaced.
         let _ = std::fs::remove_file(pin_dir.join(programs::XDP_PREFILTER));
@@ -324,7 +289,7 @@ impl Dataplane {
                 sysseq: Some(RingBuf::try_from(take(det::map_names::SYSSEQ)?).map_err(|e| map_err(det::map_names::SYSSEQ, e))?),
             },
         };
-        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, syscall_probe, xdp_prefilter };
+        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, xdp_prefilter };
         // Exec and fork are rare events: their probes are always on (they return at once for
         // unmonitored cgroups). The syscall probe is attached only while someone needs it.
         dp.attach_tracepoint(programs::EXEC)?;
@@ -362,42 +327,22 @@ impl Dataplane {
         Ok(dir)
     }
 
-    /// Attaches (`on`) or detaches the syscall probe ([`SyscallProbe`]: fentry on
-    /// `x64_sys_call` where it loads, else the raw tracepoint sys_enter). Idempotent.
-    /// While attached, every syscall of every task runs it (it returns at once for
+    /// Attaches (`on`) or detaches the syscall probe (the raw tracepoint sys_enter).
+    /// Idempotent. While attached, every syscall of every task runs it (it returns at once for
     /// unmonitored cgroups), so it is attached only while a workload wants syscall counts.
     pub fn set_syscall_probe(&mut self, on: bool) -> Result<(), AgentError> {
         match (on, self.sys_enter.take()) {
             (true, None) => {
-                self.sys_enter = Some(match self.syscall_probe {
-                    SyscallProbe::FEntry => SyscallLink::FEntry(
-                        self.fentry()?.attach().map_err(|e| AgentError::Program { program: programs::SYS_CALL, source: e })?,
-                    ),
-                    SyscallProbe::BtfTracepoint => SyscallLink::BtfTracepoint(
-                        self.btf_sys_enter()?.attach().map_err(|e| AgentError::Program { program: programs::SYS_ENTER_BTF, source: e })?,
-                    ),
-                    SyscallProbe::RawTracepoint => SyscallLink::RawTracepoint(
-                        self.raw_sys_enter()?.attach("sys_enter").map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?,
-                    ),
-                });
+                self.sys_enter = Some(
+                    self.raw_sys_enter()?.attach("sys_enter").map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?,
+                );
             }
-            (false, Some(SyscallLink::FEntry(id))) => {
-                self.fentry()?.detach(id).map_err(|e| AgentError::Program { program: programs::SYS_CALL, source: e })?
-            }
-            (false, Some(SyscallLink::BtfTracepoint(id))) => {
-                self.btf_sys_enter()?.detach(id).map_err(|e| AgentError::Program { program: programs::SYS_ENTER_BTF, source: e })?
-            }
-            (false, Some(SyscallLink::RawTracepoint(id))) => {
+            (false, Some(id)) => {
                 self.raw_sys_enter()?.detach(id).map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?
             }
             (_, keep) => self.sys_enter = keep,
         }
         Ok(())
-    }
-
-    /// How the syscall probe attaches on this kernel (and with [`SYSCALL_PROBE_ENV`]).
-    pub fn syscall_probe(&self) -> SyscallProbe {
-        self.syscall_probe
     }
 
     fn raw_sys_enter(&mut self) -> Result<&mut RawTracePoint, AgentError> {
@@ -408,26 +353,9 @@ impl Dataplane {
             .map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })
     }
 
-    fn btf_sys_enter(&mut self) -> Result<&mut BtfTracePoint, AgentError> {
-        self.ebpf
-            .program_mut(programs::SYS_ENTER_BTF)
-            .ok_or_else(|| missing(format!("program {}", programs::SYS_ENTER_BTF)))?
-            .try_into()
-            .map_err(|e| AgentError::Program { program: programs::SYS_ENTER_BTF, source: e })
-    }
-
-    fn fentry(&mut self) -> Result<&mut FEntry, AgentError> {
-        self.ebpf
-            .program_mut(programs::SYS_CALL)
-            .ok_or_else(|| missing(format!("program {}", programs::SYS_CALL)))?
-            .try_into()
-            .map_err(|e| AgentError::Program { program: programs::SYS_CALL, source: e })
-    }
-
-    /// Whether a detector probe (exec, fork, syscalls) is attached. The syscall probe answers
-    /// to both of its names, whichever attachment it uses.
+    /// Whether a detector probe (exec, fork, syscalls) is attached, by program name.
     pub fn probe_attached(&self, name: &str) -> bool {
-        if [programs::SYS_ENTER, programs::SYS_CALL, programs::SYS_ENTER_BTF].contains(&name) { self.sys_enter.is_some() } else { self.tracepoints.contains_key(name) }
+        if name == programs::SYS_ENTER { self.sys_enter.is_some() } else { self.tracepoints.contains_key(name) }
     }
 
     /// Lets go of every link without detaching it: TC and exec/fork links are pinned under
@@ -641,47 +569,6 @@ fn pin_replacing(fd: FdLink, pin: PathBuf) -> Result<KeptLink, AgentError> {
     Ok(KeptLink { _fd: pinned.into(), pin })
 }
 
-/// Loads the syscall probe's BTF variant chosen by [`SYSCALL_PROBE_ENV`], if any;
-/// returns the attachment to use. Where it cannot load (no BTF, trampolines refused: on the
-/// project's machine kind fentry loading fails with EPERM), the raw tracepoint is used, which
-/// counts the same syscalls at a higher cost.
-fn load_syscall_probe(ebpf: &mut Ebpf) -> SyscallProbe {
-    let want = match std::env::var(SYSCALL_PROBE_ENV).as_deref() {
-        Ok("raw_tp") | Err(_) => return SyscallProbe::RawTracepoint,
-        Ok("tp_btf") => SyscallProbe::BtfTracepoint,
-        Ok("fentry") => SyscallProbe::FEntry,
-        Ok(other) => {
-            tracing::warn!(value = other, "{SYSCALL_PROBE_ENV}: expected raw_tp, tp_btf or fentry; using raw_tp");
-            return SyscallProbe::RawTracepoint;
-        }
-    };
-    let res = Btf::from_sys_fs().map_err(|e| e.to_string()).and_then(|btf| match want {
-        SyscallProbe::BtfTracepoint => {
-            let p: &mut BtfTracePoint = ebpf
-                .program_mut(programs::SYS_ENTER_BTF)
-                .ok_or_else(|| "missing from the object".to_string())?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-            p.load("sys_enter", &btf).map_err(|e| e.to_string())
-        }
-        _ => {
-            let p: &mut FEntry = ebpf
-                .program_mut(programs::SYS_CALL)
-                .ok_or_else(|| "missing from the object".to_string())?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-            p.load("x64_sys_call", &btf).map_err(|e| e.to_string())
-        }
-    });
-    match res {
-        Ok(()) => want,
-        Err(e) => {
-            tracing::warn!(error = %e, wanted = ?want, "syscall probe falls back to the raw tracepoint sys_enter");
-            SyscallProbe::RawTracepoint
-        }
-    }
-}
-
 /// LPM key of the IP cache for `addr/prefix_len`.
 pub fn ipcache_key(addr: std::net::Ipv4Addr, prefix_len: u8) -> Key<IpCacheKeyV1> {
     Key::new(prefix_len as u32, IpCacheKeyV1 { addr_be: addr.octets() })
@@ -694,8 +581,6 @@ fn static_name(name: &str) -> &'static str {
         programs::EXEC => programs::EXEC,
         programs::FORK => programs::FORK,
         programs::SYS_ENTER => programs::SYS_ENTER,
-        programs::SYS_CALL => programs::SYS_CALL,
-        programs::SYS_ENTER_BTF => programs::SYS_ENTER_BTF,
         programs::XDP_PREFILTER => programs::XDP_PREFILTER,
         programs::XDP_UPLINK => programs::XDP_UPLINK,
         // Names come from the constants above; anything else is a caller's typo, shown as such
