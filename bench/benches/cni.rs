@@ -9,7 +9,6 @@
 
 use std::{
     io::Write as _,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -50,8 +49,6 @@ impl Drop for NsGuard {
 }
 
 fn call(node: &str, plugin: &Path, cmd: &str, netns: &str, cid: &str, conf: &Value) -> (bool, Value, Duration) {
-    let ns = std::fs::File::open(format!("/var/run/netns/{node}")).expect("node netns");
-    let fd = ns.as_raw_fd();
     let mut c = Command::new(plugin);
     c.env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", cid)
@@ -62,15 +59,7 @@ fn call(node: &str, plugin: &Path, cmd: &str, netns: &str, cid: &str, conf: &Val
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: setns on an fd opened before fork; async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    bulkhead_netns::pre_exec_enter(&mut c, bulkhead_netns::open(node).expect("node netns"));
     let t0 = Instant::now();
     let mut child = c.spawn().expect("spawn plugin");
     child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("stdin");

@@ -373,7 +373,7 @@ fn spawn_acceptor(netns: String, port: u16) {
     let name = netns.clone();
     std::thread::spawn(move || {
         // setns affects this thread only: the listener lives in the server pod's namespace.
-        if let Err(e) = bulkhead_lab::netns::enter_netns(&netns) {
+        if let Err(e) = bulkhead_netns::enter(&netns) {
             let _ = tx.send(Err(e.to_string()));
             return;
         }

@@ -294,15 +294,9 @@ fn faults(rig: &Rig) {
 /// Runs a command inside a network namespace (entered between fork and exec, as fw-sync
 /// does) and returns its stdout, empty when it fails (e.g. the set does not exist yet).
 fn in_netns(ns: &str, args: &[&str]) -> String {
-    use std::os::unix::process::CommandExt as _;
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("namespace file");
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
     let mut cmd = Command::new(args[0]);
     cmd.args(&args[1..]);
-    // SAFETY: setns is async-signal-safe; `file` outlives the spawn.
-    unsafe {
-        cmd.pre_exec(move || if libc::setns(fd, libc::CLONE_NEWNET) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) });
-    }
+    bulkhead_netns::pre_exec_enter(&mut cmd, bulkhead_netns::open(ns).expect("namespace file"));
     let out = cmd.output().expect("spawn in namespace");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

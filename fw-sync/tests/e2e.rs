@@ -38,10 +38,10 @@ impl Server {
     fn start(ns: &Netns) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let path = format!("/run/netns/{}", ns.name);
+        let name = ns.name.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || {
-            common::enter(&path);
+            bulkhead_netns::enter(&name).expect("enter the server's netns");
             let l = TcpListener::bind((SERVER, PORT)).expect("server binds");
             l.set_nonblocking(true).expect("nonblocking listener");
             tx.send(()).expect("signal ready");

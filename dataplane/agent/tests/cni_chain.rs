@@ -10,7 +10,6 @@
 use std::{
     io::Write as _,
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
@@ -76,7 +75,6 @@ impl Net {
 
     /// Runs one plugin as the runtime would, from inside the node namespace.
     fn call(&self, plugin: &std::path::Path, cmd: &str, container: usize, conf: &Value, pod: &str) -> (i32, Value) {
-        let ns = std::fs::File::open(format!("/var/run/netns/{}", self.node())).expect("node netns");
         let netns = format!("/var/run/netns/{}", self.containers[container]);
         let mut c = Command::new(plugin);
         c.env("CNI_COMMAND", cmd)
@@ -88,16 +86,7 @@ impl Net {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let fd = ns.as_raw_fd();
-        // SAFETY: setns on an fd opened before fork; async-signal-safe.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        bulkhead_netns::pre_exec_enter(&mut c, bulkhead_netns::open(&self.node()).expect("node netns"));
         let mut child = c.spawn().unwrap_or_else(|e| panic!("spawning {}: {e}", plugin.display()));
         child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("write config");
         let out = child.wait_with_output().expect("plugin");
@@ -135,16 +124,8 @@ impl Net {
     }
 
     /// Runs `f` in container `i`'s network namespace.
-    fn in_container<T: Send + 'static>(&self, i: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.containers[i]);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("netns");
-            // SAFETY: valid fd; moves only this thread.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            f()
-        })
-        .join()
-        .expect("container thread")
+    fn in_container<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> T {
+        bulkhead_netns::in_netns(&self.containers[i], f).unwrap_or_else(|e| panic!("in container {i}: {e}"))
     }
 }
 

@@ -9,7 +9,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -100,16 +99,10 @@ impl Env {
     }
 
     /// Runs `f` in container `c`'s network namespace.
-    fn in_container<T: Send + 'static>(&self, c: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    fn in_container<T: Send>(&self, c: &str, f: impl FnOnce() -> T + Send) -> T {
         let path = self.inspect(c, "{{.NetworkSettings.SandboxKey}}");
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("netns {path}: {e}"));
-            // SAFETY: valid fd; moves only this thread.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            f()
-        })
-        .join()
-        .expect("container thread")
+        let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("netns {path}: {e}"));
+        bulkhead_netns::in_netns_file(&ns, f).unwrap_or_else(|e| panic!("in netns {path}: {e}"))
     }
 
     fn registrations(&self) -> Vec<String> {

@@ -165,15 +165,14 @@ impl PodCgroup {
     /// Runs `argv` inside pod 2 (its network namespace and this cgroup); returns its exit.
     fn run(&self, t: &Topo, argv: &[&str]) -> std::process::ExitStatus {
         use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
-        let ns = std::fs::File::open(format!("/var/run/netns/{}", t.pod(2))).expect("pod netns");
         let procs = std::fs::OpenOptions::new().write(true).open(self.0.join("cgroup.procs")).expect("cgroup.procs");
-        let (ns_fd, cg_fd) = (ns.as_raw_fd(), procs.as_raw_fd());
         let mut cmd = Command::new(argv[0]);
         cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        // SAFETY: only async-signal-safe syscalls on fds opened before fork; no allocation.
+        bulkhead_netns::pre_exec_enter(&mut cmd, bulkhead_netns::open(&t.pod(2)).expect("pod netns"));
+        // SAFETY: one async-signal-safe write on a descriptor the hook owns; no allocation.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 || libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

@@ -2,7 +2,7 @@
 //! seen from inside the container's network namespace, read over rtnetlink. (/sys/class/net
 //! cannot be used: sysfs shows the namespace it was mounted in, not the caller's.)
 
-use std::{fs::File, os::fd::AsRawFd as _};
+use std::fs::File;
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
@@ -14,19 +14,13 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 /// The peer index of `ifname` inside the network namespace at `netns_path`.
 pub fn peer_ifindex(netns_path: &str, ifname: &str) -> Result<u32, String> {
     let ns = File::open(netns_path).map_err(|e| format!("opening the netns: {e}"))?;
-    let ifname = ifname.to_string();
-    // setns moves only this thread; the socket is bound to the namespace it is made in.
-    std::thread::spawn(move || {
-        // SAFETY: valid fd; affects this short-lived thread only.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("entering the netns: {}", std::io::Error::last_os_error()));
-        }
+    // The socket talks to the namespace it is made in, so it is made on a thread inside.
+    bulkhead_netns::in_netns_file(&ns, || {
         let links = dump_links()?;
-        let link = links.iter().find(|(name, _)| *name == ifname).ok_or_else(|| format!("no interface {ifname} in the netns"))?;
+        let link = links.iter().find(|(name, _)| name == ifname).ok_or_else(|| format!("no interface {ifname} in the netns"))?;
         link.1.ok_or_else(|| format!("{ifname} has no peer (not a veth?)"))
     })
-    .join()
-    .map_err(|_| "netlink thread panicked".to_string())?
+    .map_err(|e| format!("entering the netns: {e}"))?
 }
 
 /// The name of interface `index` in the caller's namespace.

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 /// Everything the lab's library API can fail with.
 ///
-/// Messages name the file and field (for input errors) or the command and its stderr (for
+/// Messages name the file and field (for input errors) or the object and the errno (for
 /// system errors), so a user can act on them without reading the source.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -35,15 +35,16 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
-    /// An external command (iproute2) exited non-zero.
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// Exit status.
-        status: String,
-        /// Its standard error, trimmed.
-        stderr: String,
+    /// A netlink request (link, address, route) was refused, or could not be made.
+    #[error("netns {netns}: {what}: {source}")]
+    Netlink {
+        /// The network namespace the request was for.
+        netns: String,
+        /// The step, naming its interface and address, e.g. `adding address 10.0.0.1/32 to eth0`.
+        what: String,
+        /// The kernel's errno (from the NACK) or the socket's error.
+        #[source]
+        source: std::io::Error,
     },
     /// A system call failed.
     #[error("{context}: {source}")]
@@ -76,8 +77,5 @@ impl LabError {
     }
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         LabError::Io { path: path.into(), source }
-    }
-    pub(crate) fn sys(context: impl Into<String>) -> Self {
-        LabError::Sys { context: context.into(), source: std::io::Error::last_os_error() }
     }
 }

@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{LabError, Result};
-use crate::netns::{self, ip};
+use crate::netns;
+use crate::rtnl::{self, Rtnl};
 use crate::server::{self, Server};
 use crate::teardown::{self, CGROUP_ROOT, PIN_ROOT, Plan, STATE_ROOT};
 use crate::topology::{Protocol, Topology};
 
 /// The gateway every pod routes through; it answers ARP from the node namespace.
-pub const GATEWAY: &str = "169.254.1.1";
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The outside client's address.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 /// The key the outside client has in matrices.
@@ -103,10 +104,12 @@ impl Lab {
 
         let node = self.node_netns.clone();
         self.add_netns(&node)?;
-        ip(&["-n", &node, "link", "set", "lo", "up"])?;
+        // One socket for the node's whole wiring (every pod's host side and route).
+        let mut node_nl = Rtnl::open(&node)?;
+        node_nl.set_up("lo")?;
         // A local gateway address makes every veth answer ARP for it (weak host model);
         // proxy_arp below answers for pod IPs as Calico does.
-        ip(&["-n", &node, "addr", "add", &format!("{GATEWAY}/32"), "dev", "lo"])?;
+        node_nl.add_address("lo", GATEWAY)?;
         netns::set_ipv4_sysctls(
             &node,
             &[
@@ -130,7 +133,7 @@ impl Lab {
                 host_veth: format!("bh{}p{idx}", self.id),
                 cgroup: Some(cg_parent.join(format!("p{idx}"))),
             };
-            self.wire(&ep, &mut sysctls)?;
+            self.wire(&mut node_nl, &ep, &mut sysctls)?;
             let cg = ep.cgroup.clone().unwrap();
             std::fs::create_dir(&cg).map_err(|e| LabError::io(&cg, e))?;
             self.plan.lock().unwrap().cgroups.insert(0, cg);
@@ -143,7 +146,7 @@ impl Lab {
             host_veth: format!("bh{}out", self.id),
             cgroup: None,
         };
-        self.wire(&out, &mut sysctls)?;
+        self.wire(&mut node_nl, &out, &mut sysctls)?;
         self.outside = Some(out);
         netns::set_ipv4_sysctls(&node, &sysctls)?;
 
@@ -159,21 +162,22 @@ impl Lab {
         }
         // Recorded first so a half-made namespace is still deleted.
         self.plan.lock().unwrap().netns.push(name.to_string());
-        ip(&["netns", "add", name])
+        rtnl::add_netns(name)
     }
 
     /// Creates the endpoint's netns and veth pair and routes it from the node namespace.
-    fn wire(&self, ep: &PodNetns, sysctls: &mut Vec<(String, &'static str)>) -> Result<()> {
-        let node = self.node_netns.as_str();
+    /// `node_nl` is the node namespace's socket.
+    fn wire(&self, node_nl: &mut Rtnl, ep: &PodNetns, sysctls: &mut Vec<(String, &'static str)>) -> Result<()> {
         let (ns, veth) = (ep.netns.as_str(), ep.host_veth.as_str());
         self.add_netns(ns)?;
-        ip(&["-n", node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{}/32", ep.ip), "dev", "eth0"])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", ns, "route", "add", "default", "via", GATEWAY, "dev", "eth0", "onlink"])?;
-        ip(&["-n", node, "link", "set", veth, "up"])?;
-        ip(&["-n", node, "route", "add", &format!("{}/32", ep.ip), "dev", veth])?;
+        node_nl.add_veth(veth, "eth0", ns)?;
+        let mut pod_nl = Rtnl::open(ns)?;
+        pod_nl.set_up("lo")?;
+        pod_nl.add_address("eth0", ep.ip)?;
+        pod_nl.set_up("eth0")?;
+        pod_nl.add_default_route_onlink(GATEWAY, "eth0")?;
+        node_nl.set_up(veth)?;
+        node_nl.add_host_route(ep.ip, veth)?;
         sysctls.push((format!("conf/{veth}/proxy_arp"), "1"));
         sysctls.push((format!("conf/{veth}/rp_filter"), "0"));
         sysctls.push((format!("neigh/{veth}/proxy_delay"), "0"));

@@ -16,6 +16,7 @@ pub mod lab;
 pub mod matrix;
 pub mod netns;
 pub mod probe;
+pub mod rtnl;
 pub mod runner;
 pub mod scenario;
 pub mod server;

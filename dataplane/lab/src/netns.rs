@@ -1,35 +1,11 @@
-//! Network-namespace plumbing: running `ip`, entering a namespace from a thread, sysctls.
+//! Network-namespace plumbing: pods' processes, code run inside a namespace, sysctls.
+//! Entering a namespace is bulkhead-netns's; creating namespaces and wiring them is [`crate::rtnl`]'s.
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::process::Command;
 
 use crate::error::{LabError, Result};
 
-/// Where iproute2 keeps named network namespaces.
-pub const NETNS_DIR: &str = "/var/run/netns";
-
-/// Runs `ip ARGS...`, failing with its stderr when it exits non-zero.
-pub fn ip(args: &[&str]) -> Result<()> {
-    run_cmd("ip", args)
-}
-
-/// Runs a command and turns a non-zero exit into [`LabError::Command`].
-pub fn run_cmd(program: &str, args: &[&str]) -> Result<()> {
-    let command = format!("{program} {}", args.join(" "));
-    tracing::trace!(%command, "exec");
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| LabError::Sys { context: format!("spawning `{command}`"), source: e })?;
-    if !out.status.success() {
-        return Err(LabError::Command {
-            command,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
-}
+pub use bulkhead_netns::NETNS_DIR;
 
 /// Lists the named network namespaces (`ip netns list`, names only).
 pub fn list_netns() -> Vec<String> {
@@ -40,39 +16,23 @@ pub fn list_netns() -> Vec<String> {
     }
 }
 
-/// Moves the calling thread into the named network namespace.
-///
-/// Network namespaces are per thread, so this is only safe on a thread that exists for the
-/// purpose (see [`in_netns`]); the rest of the process stays where it was.
-pub fn enter_netns(name: &str) -> Result<()> {
-    let path = format!("{NETNS_DIR}/{name}");
-    let f = File::open(&path).map_err(|e| LabError::io(&path, e))?;
-    // SAFETY: plain syscall on a valid fd.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(LabError::sys(format!("setns({path})")));
-    }
-    Ok(())
-}
-
 /// Spawns `cmd` inside a pod: the network namespace `netns` and the cgroup folder `cgroup`,
 /// both joined in the child before exec, so the exec is the pod's (the detector sees it).
 /// Every pod process the lab, its tests and benches start goes through here.
 pub fn spawn_in(netns: &str, cgroup: &std::path::Path, mut cmd: std::process::Command) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt as _;
-    let ns_path = format!("{NETNS_DIR}/{netns}");
+    let ns_path = bulkhead_netns::path(netns);
     let ns_file = File::open(&ns_path).map_err(|e| LabError::io(&ns_path, e))?;
     let procs = cgroup.join("cgroup.procs");
     let cg_file = std::fs::OpenOptions::new().write(true).open(&procs).map_err(|e| LabError::io(&procs, e))?;
-    let (ns_fd, cg_fd) = (ns_file.as_raw_fd(), cg_file.as_raw_fd());
-    // SAFETY: only async-signal-safe syscalls on fds opened before fork (kept open by
-    // `ns_file` and `cg_file` until spawn returns); no allocation.
+    // The namespace first, so the exec below already happens inside it.
+    bulkhead_netns::pre_exec_enter(&mut cmd, ns_file);
+    // The hook owns `cg_file`: open in the child whenever spawn forks, close-on-exec after.
+    // SAFETY: one async-signal-safe write(2) on that descriptor; no allocation.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
             // Writing "0" moves the writer itself into the pod's cgroup.
-            if libc::write(cg_fd, b"0".as_ptr().cast(), 1) != 1 {
+            if libc::write(cg_file.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -83,17 +43,7 @@ pub fn spawn_in(netns: &str, cgroup: &std::path::Path, mut cmd: std::process::Co
 
 /// Runs `f` on a fresh thread inside network namespace `name` and returns its result.
 pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enter_netns(name)?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| LabError::Sys {
-            context: format!("thread in netns {name} panicked"),
-            source: std::io::Error::other("panic"),
-        })?
-    })
+    bulkhead_netns::in_netns(name, f).map_err(|source| LabError::Sys { context: format!("running in netns {name}"), source })
 }
 
 /// Writes IPv4 sysctls (`conf/<dev>/<key>` style paths under /proc/sys/net/ipv4) inside `netns`.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::netns;
+use crate::{netns, rtnl};
 
 /// Root of the lab cgroups (cgroup v2 is mounted here on this machine kind).
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup/unified";
@@ -80,7 +80,7 @@ pub(crate) fn run_plan(plan: &Plan, children: &mut [Child]) {
     }
     for ns in &plan.netns {
         if Path::new(netns::NETNS_DIR).join(ns).exists()
-            && let Err(e) = netns::ip(&["netns", "del", ns])
+            && let Err(e) = rtnl::del_netns(ns)
         {
             tracing::warn!("teardown of lab {}: {e}", plan.id);
         }
@@ -146,7 +146,7 @@ pub fn install_signal_teardown() {
             libc::sigwait(&set, &mut sig);
             eprintln!("\ninterrupted: tearing down labs");
             SHUTTING_DOWN.store(true, Ordering::SeqCst);
-            // Lets builders in the middle of an `ip` command reach their next shutdown check.
+            // Lets builders in the middle of a step reach their next shutdown check.
             std::thread::sleep(Duration::from_millis(200));
             let plans: Vec<_> = registry().lock().unwrap().drain().map(|(_, p)| p).collect();
             for p in plans {
@@ -216,7 +216,7 @@ pub fn cleanup(id: Option<&str>) -> usize {
     }
     for ns in netns::list_netns() {
         if matches(&ns) {
-            match netns::ip(&["netns", "del", &ns]) {
+            match rtnl::del_netns(&ns) {
                 Ok(()) => removed += 1,
                 Err(e) => tracing::warn!("{e}"),
             }

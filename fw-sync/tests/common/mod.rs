@@ -66,24 +66,9 @@ impl Netns {
     }
 
     /// Runs `f` on a thread that has entered the namespace (network namespaces are per thread).
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            enter(&path);
-            f()
-        })
-        .join()
-        .expect("thread in netns panicked")
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        bulkhead_netns::in_netns(&self.name, f).unwrap_or_else(|e| panic!("in netns {}: {e}", self.name))
     }
-}
-
-/// Moves the calling thread into the network namespace at `path`.
-pub fn enter(path: &str) {
-    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: valid fd; affects only this thread's network namespace.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 impl Drop for Netns {

@@ -3,10 +3,8 @@
 #![allow(dead_code)]
 
 use std::{
-    fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
     path::PathBuf,
     process::Command,
     time::Duration,
@@ -88,16 +86,8 @@ impl Topo {
     }
 
     /// Runs `f` on a thread inside pod `i`'s network namespace.
-    pub fn in_pod<T: Send + 'static>(&self, i: u8, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.pod(i));
-        std::thread::spawn(move || {
-            let ns = File::open(&path).expect("open netns");
-            // SAFETY: valid fd; moves only this thread.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
-            f()
-        })
-        .join()
-        .expect("pod thread")
+    pub fn in_pod<T: Send>(&self, i: u8, f: impl FnOnce() -> T + Send) -> T {
+        bulkhead_netns::in_netns(&self.pod(i), f).unwrap_or_else(|e| panic!("in pod {i}: {e}"))
     }
 }
 
