@@ -378,6 +378,8 @@ struct Gate {
     closed: AtomicBool,
     /// A load is waiting at the gate.
     held: AtomicBool,
+    /// Change checks the agent made (each sync it starts makes one).
+    polls: std::sync::atomic::AtomicUsize,
 }
 
 struct GatedStore {
@@ -398,6 +400,7 @@ impl Datastore for GatedStore {
         self.inner.load()
     }
     fn poll_changed(&mut self) -> bool {
+        self.gate.polls.fetch_add(1, Ordering::SeqCst);
         self.inner.poll_changed()
     }
     fn describe(&self) -> String {
@@ -419,6 +422,11 @@ fn a_finding_during_a_30_second_sync_is_isolated_at_once_and_the_agent_answers()
     let gate = Arc::new(Gate::default());
     let f = Fixture::gated(gate.clone());
     let det = f.agent().detector();
+    // An idle agent starts no syncs: nothing changed, so nothing is read or compiled.
+    let before = gate.polls.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_polls = gate.polls.load(Ordering::SeqCst) - before;
+    assert!(idle_polls <= 1, "an idle agent checked its datastore {idle_polls} times in 0.5 s");
     f.policy("learn");
     f.benign("client-a");
     let deadline = Instant::now() + Duration::from_secs(3);

@@ -450,7 +450,7 @@ fn worker(
             tracing::info!(rev = r.policy_rev, upserts = r.upserts, "first sync done");
             let _ = init.send(Ok(st.det.shared()));
             // Changes notified during the first sync.
-            request_sync(&mut st, false, None);
+            send_queued(&mut st);
         }
         Err(e) => {
             st.det.stop();
@@ -672,6 +672,11 @@ fn request_sync(st: &mut State, force: bool, waiter: Option<Waiter>) {
     let q = st.queued.get_or_insert_with(|| (false, Vec::new()));
     q.0 |= force || waiter.is_some();
     q.1.extend(waiter);
+    send_queued(st);
+}
+
+/// Sends the queued sync, if any, once no job is out.
+fn send_queued(st: &mut State) {
     if st.inflight.is_some() {
         return;
     }
@@ -720,7 +725,8 @@ fn finish_sync(st: &mut State, outcome: Outcome) {
             }
         }
     }
-    request_sync(st, false, None);
+    // Only what was asked for meanwhile: an idle agent sends no job.
+    send_queued(st);
 }
 
 /// Answers one waiter with the outcome of its sync.
