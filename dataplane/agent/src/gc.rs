@@ -5,7 +5,7 @@ use std::os::fd::AsFd as _;
 use std::time::Duration;
 
 use aya::maps::IterableMap as _;
-use bulkhead_common::{CtKeyV2, CtValueV1, map_names};
+use bulkhead_common::{CtKeyV2, map_names};
 
 use crate::{error::AgentError, loader::Dataplane};
 
@@ -21,9 +21,8 @@ pub fn sweep(dp: &mut Dataplane) -> Result<usize, AgentError> {
         .get(&0, 0)
         .map_err(|source| AgentError::Map { map: map_names::CONFIG, source })?;
     let now = crate::clock::coarse_ns();
-    let fd = dp.maps.conntrack.map().fd().as_fd();
-    let io = |what: &'static str| move |source| AgentError::Io { what, source };
-    let entries: Vec<(CtKeyV2, CtValueV1)> = crate::batch::lookup_all(fd).map_err(io("reading conntrack in batches"))?;
+    let entries = crate::batch::conntrack(&dp.maps.conntrack)?;
     let expired: Vec<CtKeyV2> = entries.into_iter().filter(|(_, v)| v.expired(&cfg, now)).map(|(k, _)| k).collect();
-    crate::batch::delete_all(fd, &expired).map_err(io("deleting expired conntrack entries in batches"))
+    crate::batch::delete_all(dp.maps.conntrack.map().fd().as_fd(), &expired)
+        .map_err(|source| AgentError::Io { what: "deleting expired conntrack entries in batches", source })
 }

@@ -135,11 +135,7 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
             .len(),
         policy_ports: ports.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_ranges: ranges.keys().filter_map(Result::ok).filter(|k| of_gen(k.data().direction)).count(),
-        conntrack_entries: {
-            use aya::maps::IterableMap as _;
-            use std::os::fd::AsFd as _;
-            crate::batch::lookup_all::<CtKeyV2, CtValueV1>(ct.map().fd().as_fd()).map_err(|source| AgentError::Io { what: "reading conntrack in batches", source })?.len()
-        },
+        conntrack_entries: crate::batch::conntrack(&ct)?.len(),
         policy_rev,
         counters,
         drops,

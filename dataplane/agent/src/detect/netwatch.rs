@@ -69,10 +69,7 @@ impl Detector {
         // Outbound flows per interface: key -> bytes (both directions, as conntrack counts).
         let mut per_if: HashMap<u32, Vec<(CtKeyV2, u64)>> = HashMap::new();
         if walk {
-            use aya::maps::IterableMap as _;
-            use std::os::fd::AsFd as _;
-            let entries = crate::batch::lookup_all::<CtKeyV2, bulkhead_common::CtValueV1>(dp.maps.conntrack.map().fd().as_fd());
-            match entries {
+            match crate::batch::conntrack(&dp.maps.conntrack) {
                 Ok(entries) => {
                     for (k, v) in entries.into_iter().filter(|(_, v)| v.origin_direction == direction::EGRESS) {
                         per_if.entry(k.ifindex).or_default().push((k, v.bytes));
