@@ -139,6 +139,7 @@ pub fn model_with(shape: Shape, seed: u64) -> Synth {
                 labels: labels(&[("app", &app), ("tier", tier), ("version", version)]),
                 service_account: app.clone(),
                 ip: Some(pod_ip(i)),
+                ip6: None,
                 ports: tier_ports(tier),
                 interface: Some(format!("cali{i:011x}")),
             });
@@ -315,6 +316,7 @@ impl Synth {
         m.upsert_pod(Pod {
             name: format!("{}-extra", d.app),
             ip: Some(pod_ip(i)),
+            ip6: None,
             interface: Some(format!("cali{i:011x}")),
             ..template
         });

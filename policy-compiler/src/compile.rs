@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::rc::Rc;
 
 use bulkhead_common::{
@@ -70,10 +70,15 @@ impl Default for Limits {
 /// `interface`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointEntry {
+    /// The identity of the pod's IPv4 address: the local side of its IPv4 traffic's keys.
     pub identity: u32,
+    /// The identity of its IPv6 address (equal to `identity` unless a policy prefix tells
+    /// the two addresses apart; `identity` when the pod has no IPv6 address).
+    pub identity6: u32,
     /// [`ep_flags`] bits.
     pub flags: u32,
     pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
     pub interface: Option<String>,
 }
 
@@ -106,8 +111,9 @@ pub struct PolicyEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Compiled {
     pub endpoints: BTreeMap<PodRef, EndpointEntry>,
-    /// (network address, prefix length) -> identity. Pods as /32, CIDR regions as their prefix.
-    pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV3>,
+    /// (network address, prefix length) -> identity, both families. Pods as /32 or /128,
+    /// CIDR regions as their prefix; `::/0` for IPv6 addresses in no region.
+    pub ipcache: BTreeMap<(IpAddr, u8), IpInfoV3>,
     /// Enforced verdicts: the table judging each peer slot.
     pub policy: BTreeMap<PeerSlot, u32>,
     /// Counterfactual verdicts (staged policies as if enforced), for endpoints flagged
@@ -149,8 +155,9 @@ impl Compiled {
     }
 
     /// The endpoint that owns `ip`.
-    pub fn endpoint_by_ip(&self, ip: Ipv4Addr) -> Option<(&PodRef, &EndpointEntry)> {
-        self.endpoints.iter().find(|(_, e)| e.ip == ip)
+    pub fn endpoint_by_ip(&self, ip: impl Into<IpAddr>) -> Option<(&PodRef, &EndpointEntry)> {
+        let ip = ip.into();
+        self.endpoints.iter().find(|(_, e)| IpAddr::V4(e.ip) == ip || e.ip6.map(IpAddr::V6) == Some(ip))
     }
 
     /// The policy table row of `index`, unless it is [`NO_POLICY`] or out of range.
@@ -346,19 +353,26 @@ impl Compiler {
                 }
             }
         }
-        let prefix_keys: HashSet<(u32, u8)> = prefixes.iter().map(|c| (u32::from(c.addr()), c.prefix_len())).collect();
-        // Only the prefix lengths policies use are tried, longest first.
-        let lengths: Vec<u8> = prefixes.iter().map(|c| c.prefix_len()).collect::<BTreeSet<u8>>().into_iter().rev().collect();
-        let region_of = |ip: Ipv4Addr| -> Option<Cidr> {
-            lengths.iter().map(|&len| Cidr::containing(ip, len)).find(|c| prefix_keys.contains(&(u32::from(c.addr()), c.prefix_len())))
+        let prefix_keys: HashSet<Cidr> = prefixes.iter().copied().collect();
+        // Only the prefix lengths policies use are tried, longest first, per family.
+        let lengths = |v6: bool| -> Vec<u8> {
+            prefixes.iter().filter(|c| c.is_ipv6() == v6).map(|c| c.prefix_len()).collect::<BTreeSet<u8>>().into_iter().rev().collect()
+        };
+        let (lengths4, lengths6) = (lengths(false), lengths(true));
+        let region_of = |ip: IpAddr| -> Option<Cidr> {
+            let lengths = if ip.is_ipv6() { &lengths6 } else { &lengths4 };
+            lengths.iter().map(|&len| Cidr::containing(ip, len)).find(|c| prefix_keys.contains(c))
         };
 
         // Pod identities. Pods are grouped by borrowed attributes first (the namespace name
         // stands for its labels), so the attributes are copied once per identity, not per pod.
         type PodKey<'a> = (&'a str, &'a crate::model::Labels, &'a str, std::borrow::Cow<'a, [NamedPort]>, Option<Cidr>);
         let mut attrs_by_id: BTreeMap<u32, IdentityAttrs> = BTreeMap::new();
-        // (pod, its model entry, identity), in pod order.
-        let mut pod_identity: Vec<(&PodRef, &crate::model::Pod, u32)> = Vec::with_capacity(model.pods.len());
+        // (pod, its model entry, identity of its IPv4 address, of its IPv6 address), in pod
+        // order. Each address has the identity of the pod's attributes and that address's
+        // region, so a dual-stack pod has two when its addresses lie in different regions
+        // (one when neither does): a CIDR then matches only addresses of its own family.
+        let mut pod_identity: Vec<(&PodRef, &crate::model::Pod, u32, Option<u32>)> = Vec::with_capacity(model.pods.len());
         let mut seen: HashMap<PodKey<'_>, u32> = HashMap::default();
         for (r, pod) in &model.pods {
             let Some(ip) = pod.ip else { continue };
@@ -370,48 +384,60 @@ impl Compiler {
                 ports.dedup();
                 std::borrow::Cow::Owned(ports)
             };
-            let key: PodKey<'_> = (pod.namespace.as_str(), &pod.labels, pod.service_account.as_str(), ports, region_of(ip));
-            let id = match seen.get(&key) {
-                Some(&id) => id,
-                None => {
-                    let attrs = IdentityAttrs {
-                        namespace: pod.namespace.clone(),
-                        namespace_labels: model.namespaces[&pod.namespace].labels.clone(),
-                        labels: pod.labels.clone(),
-                        service_account: pod.service_account.clone(),
-                        ports: key.3.to_vec(),
-                        region: key.4,
-                    };
-                    let id = self.identities.labels(&attrs);
-                    attrs_by_id.insert(id, attrs);
-                    seen.insert(key, id);
-                    id
+            let mut identify = |region: Option<Cidr>| -> u32 {
+                let key: PodKey<'_> = (pod.namespace.as_str(), &pod.labels, pod.service_account.as_str(), ports.clone(), region);
+                match seen.get(&key) {
+                    Some(&id) => id,
+                    None => {
+                        let attrs = IdentityAttrs {
+                            namespace: pod.namespace.clone(),
+                            namespace_labels: model.namespaces[&pod.namespace].labels.clone(),
+                            labels: pod.labels.clone(),
+                            service_account: pod.service_account.clone(),
+                            ports: key.3.to_vec(),
+                            region: key.4,
+                        };
+                        let id = self.identities.labels(&attrs);
+                        attrs_by_id.insert(id, attrs);
+                        seen.insert(key, id);
+                        id
+                    }
                 }
             };
-            pod_identity.push((r, pod, id));
+            let id4 = identify(region_of(IpAddr::V4(ip)));
+            let id6 = pod.ip6.map(|a| identify(region_of(IpAddr::V6(a))));
+            pod_identity.push((r, pod, id4, id6));
         }
         // Address -> (owner pod, identity), owners by the model's one rule.
         let owners = model.ip_owners();
-        let mut ip_owner_pod: HashMap<Ipv4Addr, (&PodRef, u32)> = HashMap::with_capacity_and_hasher(pod_identity.len(), Default::default());
-        for &(r, pod, id) in &pod_identity {
-            let ip = pod.ip.expect("identified pods have an IP");
-            if owners.get(&ip) == Some(&r) {
-                ip_owner_pod.insert(ip, (r, id));
+        let mut ip_owner_pod: HashMap<IpAddr, (&PodRef, u32)> = HashMap::with_capacity_and_hasher(pod_identity.len(), Default::default());
+        for &(r, pod, id4, id6) in &pod_identity {
+            let addrs = [pod.ip.map(|a| (IpAddr::V4(a), id4)), pod.ip6.zip(id6).map(|(a, id)| (IpAddr::V6(a), id))];
+            for (ip, id) in addrs.into_iter().flatten() {
+                if owners.get(&ip) == Some(&r) {
+                    ip_owner_pod.insert(ip, (r, id));
+                }
             }
         }
         let regions: Vec<(Cidr, u32)> = prefixes.iter().map(|&c| (c, self.identities.cidr(c))).collect();
 
         // The baseline address: in no prefix, or only in 0.0.0.0/0 when that is collected
         // (then no address is outside every prefix).
-        let all = Cidr::containing(Ipv4Addr::UNSPECIFIED, 0);
+        let all = Cidr::all(false);
         let baseline = Ident { id: identity::WORLD, pod: None, region: prefixes.contains(&all).then_some(all) };
+        // IPv6 addresses outside every policy prefix: unless `::/0` is a region, the IPv6
+        // cache holds `::/0` with this identity, so they are never judged as the baseline
+        // (which may lie in 0.0.0.0/0, a block no IPv6 address is in).
+        let world6 = !prefixes.contains(&Cidr::all(true));
         let mut uni = Universe::new(
             attrs_by_id.iter().map(|(&id, a)| Ident::from_attrs(id, a)).collect(),
-            regions.iter().map(|&(c, id)| Ident { id, pod: None, region: Some(c) }).collect(),
+            regions.iter().map(|&(c, id)| Ident { id, pod: None, region: Some(c) }).chain(world6.then_some(Ident { id: identity::WORLD6, pod: None, region: None })).collect(),
             baseline,
         );
         if self.scope == Scope::Node {
-            uni.restrict_local(pod_identity.iter().filter(|(_, p, _)| p.interface.is_some()).map(|(_, _, id)| *id));
+            uni.restrict_local(
+                pod_identity.iter().filter(|(_, p, _, _)| p.interface.is_some()).flat_map(|&(_, _, id4, id6)| std::iter::once(id4).chain(id6)),
+            );
         }
 
         // Per-policy preparation; `by_local`: local identity -> policies selecting it, in
@@ -470,7 +496,8 @@ impl Compiler {
         let mut overflow = Vec::new();
         let mut fail_closed: HashSet<u32> = HashSet::default();
         let pods_of = |id: u32| -> String {
-            let names: Vec<String> = pod_identity.iter().filter(|(_, _, i)| *i == id).map(|(r, _, _)| r.to_string()).collect();
+            let names: Vec<String> =
+                pod_identity.iter().filter(|(_, _, i4, i6)| *i4 == id || *i6 == Some(id)).map(|(r, _, _, _)| r.to_string()).collect();
             names.join(", ")
         };
         for (&l, attrs) in &attrs_by_id {
@@ -585,15 +612,20 @@ impl Compiler {
             for &(c, id) in &regions {
                 ipcache.insert((c.addr(), c.prefix_len()), IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) });
             }
+            if world6 {
+                let id = identity::WORLD6;
+                ipcache.insert((Cidr::all(true).addr(), 0), IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) });
+            }
             // In address order, so which pods miss out on a full map does not vary.
-            let mut owners: Vec<(Ipv4Addr, &PodRef, u32)> = ip_owner_pod.iter().map(|(ip, (r, id))| (*ip, *r, *id)).collect();
+            let mut owners: Vec<(IpAddr, &PodRef, u32)> = ip_owner_pod.iter().map(|(ip, (r, id))| (*ip, *r, *id)).collect();
             owners.sort_unstable_by_key(|o| o.0);
             for (ip, r, id) in owners {
-                let key = (ip, 32);
+                let key = (ip, if ip.is_ipv6() { 128 } else { 32 });
                 if !ipcache.contains_key(&key) && ipcache.len() >= self.limits.max_ipcache_entries {
                     fail_closed_pods.insert(r);
                     overflow.push(format!(
-                        "ipcache: no room for {ip}/32 of pod {r} (limit {}); it fails closed",
+                        "ipcache: no room for {ip}/{} of pod {r} (limit {}); it fails closed",
+                        key.1,
                         self.limits.max_ipcache_entries
                     ));
                     continue;
@@ -604,21 +636,29 @@ impl Compiler {
 
         // Endpoint entries: every pod's, or on a node its own pods' only.
         let mut endpoints = BTreeMap::new();
-        for &(r, pod, id) in &pod_identity {
+        for &(r, pod, id4, id6) in &pod_identity {
             if self.scope == Scope::Node && pod.interface.is_none() {
                 continue;
             }
             let ip = pod.ip.expect("pods with identities have an IP");
-            let mut f = flags.get(&id).copied().unwrap_or(0);
-            let owner = ip_owner_pod[&ip].0;
-            if owner != r {
-                overflow.push(format!("pod {r} shares {ip} with pod {owner}; it fails closed"));
+            let ids = [id4, id6.unwrap_or(id4)];
+            // The selection flags are the same for both (they follow labels); a table or
+            // entry that did not fit for either address fails the endpoint closed.
+            let mut f = ids.iter().fold(0, |f, id| f | flags.get(id).copied().unwrap_or(0));
+            for a in pod.addrs() {
+                let owner = ip_owner_pod[&a].0;
+                if owner != r {
+                    overflow.push(format!("pod {r} shares {a} with pod {owner}; it fails closed"));
+                    f |= ep_flags::OVERFLOW_FAIL_CLOSED;
+                }
+            }
+            if all_fail_closed || tables_fail_closed || ids.iter().any(|id| fail_closed.contains(id)) || fail_closed_pods.contains(r) {
                 f |= ep_flags::OVERFLOW_FAIL_CLOSED;
             }
-            if all_fail_closed || tables_fail_closed || fail_closed.contains(&id) || fail_closed_pods.contains(r) {
-                f |= ep_flags::OVERFLOW_FAIL_CLOSED;
-            }
-            endpoints.insert(r.clone(), EndpointEntry { identity: id, flags: f, ip, interface: pod.interface.clone() });
+            endpoints.insert(
+                r.clone(),
+                EndpointEntry { identity: id4, identity6: ids[1], flags: f, ip, ip6: pod.ip6, interface: pod.interface.clone() },
+            );
         }
 
         let live: HashSet<u32> = attrs_by_id.keys().copied().chain(regions.iter().map(|r| r.1)).collect();

@@ -138,7 +138,7 @@ spec:
             (pod("b"), ip("10.1.0.0"), TCP, 80, true),
         ],
     );
-    assert!(c.ipcache.contains_key(&(Ipv4Addr::new(10, 0, 0, 0), 16)), "region prefix in the ipcache");
+    assert!(c.ipcache.contains_key(&(std::net::IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 16)), "region prefix in the ipcache");
     assert_eq!(c.endpoints[&PodRef::new("x", "a")].flags, ep_flags::EGRESS_ISOLATED);
     // a (10.0.0.1, in the except /31) and b (10.0.0.2, only in the /16) differ in region, so
     // their identities differ although nothing else tells them apart... and c's too.

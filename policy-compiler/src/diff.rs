@@ -1,7 +1,7 @@
 //! Differences between two compiles, so the agent rewrites only what changed.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use bulkhead_common::IpInfoV3;
 
@@ -40,7 +40,7 @@ impl<K, V> MapDiff<K, V> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledDiff {
     pub endpoints: MapDiff<PodRef, EndpointEntry>,
-    pub ipcache: MapDiff<(Ipv4Addr, u8), IpInfoV3>,
+    pub ipcache: MapDiff<(IpAddr, u8), IpInfoV3>,
     pub policy: MapDiff<PeerSlot, u32>,
     pub staged: MapDiff<PeerSlot, u32>,
     pub tables: MapDiff<u32, VerdictTable>,

@@ -4,7 +4,7 @@
 //! (counterfactual) verdict.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use bulkhead_common::{PolicyValueV2, action, direction, verdict_flags};
 
@@ -86,7 +86,7 @@ pub struct SideExplanation {
     /// [`direction`] value.
     pub direction: u8,
     /// The peer address and its identity from the ipcache.
-    pub peer_ip: Ipv4Addr,
+    pub peer_ip: IpAddr,
     pub peer_identity: u32,
     pub local_identity: u32,
     pub enforced: Decision,
@@ -117,6 +117,17 @@ pub struct Explanation {
 /// Explains a connection from `src` to `dst` (`port`: the policy port, see
 /// [`crate::lookup`]) from the compiled maps. `model` names pods behind addresses.
 pub fn explain(compiled: &Compiled, model: &Model, src: &Endpoint, dst: &Endpoint, protocol: u8, port: u16) -> Explanation {
+    explain_family(compiled, model, src, dst, protocol, port, false)
+}
+
+/// As [`explain`], between the pods' IPv6 addresses with `v6` (an address given as such
+/// keeps its own family).
+pub fn explain_family(compiled: &Compiled, model: &Model, src: &Endpoint, dst: &Endpoint, protocol: u8, port: u16, v6: bool) -> Explanation {
+    // An explicit address decides the family for pods on the other side.
+    let v6 = match (src, dst) {
+        (Endpoint::Ip(a), _) | (_, Endpoint::Ip(a)) => a.is_ipv6(),
+        _ => v6,
+    };
     let mut out = Explanation {
         src: src.clone(),
         dst: dst.clone(),
@@ -128,19 +139,25 @@ pub fn explain(compiled: &Compiled, model: &Model, src: &Endpoint, dst: &Endpoin
         staged_allowed: false,
         notes: Vec::new(),
     };
-    let (Some((s_ep, s_ip)), Some((d_ep, d_ip))) = (lookup::resolve(compiled, src), lookup::resolve(compiled, dst)) else {
+    let (Some((s_ep, s_ip)), Some((d_ep, d_ip))) = (lookup::resolve(compiled, src, v6), lookup::resolve(compiled, dst, v6)) else {
         for e in [src, dst] {
-            if lookup::resolve(compiled, e).is_none() {
+            if lookup::resolve(compiled, e, v6).is_none() {
                 let known = matches!(e, Endpoint::Pod(r) if model.pods.contains_key(r));
                 out.notes.push(format!(
                     "{e:?} has no datapath ({}): nothing to or from it is allowed",
-                    if known { "pod without an address" } else { "unknown pod" }
+                    if !known {
+                        "unknown pod"
+                    } else if v6 {
+                        "pod without an IPv6 address"
+                    } else {
+                        "pod without an address"
+                    }
                 ));
             }
         }
         return out;
     };
-    let side = |ep: (&PodRef, &crate::compile::EndpointEntry), dir: u8, peer_ip: Ipv4Addr| {
+    let side = |ep: (&PodRef, &crate::compile::EndpointEntry), dir: u8, peer_ip: IpAddr| {
         let (r, e) = ep;
         let v = lookup::check(compiled, e, peer_ip, dir, protocol, port);
         let staged = lookup::check_staged(compiled, e, peer_ip, dir, protocol, port).map(|s| Decision::from_verdict(compiled, &s));
@@ -149,7 +166,7 @@ pub fn explain(compiled: &Compiled, model: &Model, src: &Endpoint, dst: &Endpoin
             direction: dir,
             peer_ip,
             peer_identity: lookup::ipcache_lookup(compiled, peer_ip).identity,
-            local_identity: e.identity,
+            local_identity: if peer_ip.is_ipv6() { e.identity6 } else { e.identity },
             enforced: Decision::from_verdict(compiled, &v),
             staged,
             fail_closed: v.fail_closed,

@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn cidr_and_label_identities_do_not_collide() {
         let mut a = IdentityAllocator::new();
-        let c = a.cidr(Cidr::new([10, 0, 0, 0].into(), 8).expect("valid cidr"));
+        let c = a.cidr(Cidr::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).expect("valid cidr"));
         let l = a.labels(&attrs("web"));
         assert_ne!(c, l, "one number space for both kinds");
     }

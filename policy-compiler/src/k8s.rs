@@ -11,7 +11,7 @@ mod calico;
 mod syntax;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
@@ -249,27 +249,29 @@ fn parse_pod(
         }
     }
     let host_network = get(spec, "hostNetwork").and_then(Value::as_bool).unwrap_or(false);
-    let ip = if host_network { None } else { pod_ip(d, top)? };
+    let (ip, ip6) = if host_network { (None, None) } else { pod_ip(d, top)? };
     Ok(Pod {
         namespace: namespace.to_string(),
         name: name.to_string(),
         labels,
         service_account,
         ip,
+        ip6,
         ports,
         interface,
     })
 }
 
-/// The pod's IPv4 address. Host-network pods (no own address) and terminated pods (whose
-/// address may already belong to another pod) have none for policy purposes.
-fn pod_ip(d: &Doc<'_>, top: &Mapping) -> Result<Option<Ipv4Addr>, Error> {
-    let Some(status) = get(top, "status") else { return Ok(None) };
+/// The pod's IPv4 and IPv6 addresses (the first of each family in `status.podIP` and
+/// `status.podIPs`). Host-network pods (no own address) and terminated pods (whose address
+/// may already belong to another pod) have none for policy purposes.
+fn pod_ip(d: &Doc<'_>, top: &Mapping) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), Error> {
+    let Some(status) = get(top, "status") else { return Ok((None, None)) };
     let status = d.map(status, "status")?;
     if let Some(phase) = get(status, "phase").and_then(Value::as_str)
         && matches!(phase, "Succeeded" | "Failed")
     {
-        return Ok(None);
+        return Ok((None, None));
     }
     let mut candidates = Vec::new();
     if let Some(v) = get(status, "podIP") {
@@ -285,16 +287,20 @@ fn pod_ip(d: &Doc<'_>, top: &Mapping) -> Result<Option<Ipv4Addr>, Error> {
             }
         }
     }
-    // Dual-stack pods list both families; this dataplane enforces IPv4.
-    let mut found = None;
+    // Dual-stack pods list both families.
+    let (mut v4, mut v6) = (None, None);
     for (s, path) in candidates {
-        if let Ok(v4) = s.parse::<Ipv4Addr>() {
-            found.get_or_insert(v4);
-        } else if s.parse::<Ipv6Addr>().is_err() {
-            return Err(d.err(&path, format!("{s:?} is not an IP address")));
+        match s.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => {
+                v4.get_or_insert(a);
+            }
+            Ok(IpAddr::V6(a)) => {
+                v6.get_or_insert(a);
+            }
+            Err(_) => return Err(d.err(&path, format!("{s:?} is not an IP address"))),
         }
     }
-    Ok(found)
+    Ok((v4, v6))
 }
 
 fn protocol(d: &Doc<'_>, m: &Mapping, path: &str) -> Result<Protocol, Error> {
@@ -394,33 +400,22 @@ fn peer(d: &Doc<'_>, v: &Value, path: &str) -> Result<Option<Peer>, Error> {
     }
 }
 
-enum AnyCidr {
-    V4(Cidr),
-    V6(u128, u8),
-}
-
-fn parse_cidr(d: &Doc<'_>, s: &str, path: &str) -> Result<AnyCidr, Error> {
+fn parse_cidr(d: &Doc<'_>, s: &str, path: &str) -> Result<Cidr, Error> {
     let bad = |why: &str| d.err(path, format!("invalid CIDR {s:?}: {why}"));
     let (addr, len) = s.split_once('/').ok_or_else(|| bad("expected address/prefix-length"))?;
     let len: u8 = len.parse().map_err(|_| bad("prefix length is not a number"))?;
-    if let Ok(a) = addr.parse::<Ipv4Addr>() {
-        if len > 32 {
-            return Err(bad("IPv4 prefix length must be at most 32"));
-        }
-        return Cidr::new(a, len).map(AnyCidr::V4).ok_or_else(|| {
-            bad(&format!("host bits are set (did you mean {}?)", Cidr::containing(a, len)))
-        });
+    let a: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
+    if a.is_ipv4() && len > 32 {
+        return Err(bad("IPv4 prefix length must be at most 32"));
     }
-    let a: Ipv6Addr = addr.parse().map_err(|_| bad("not an IP address"))?;
     if len > 128 {
         return Err(bad("IPv6 prefix length must be at most 128"));
     }
-    let bits = u128::from(a);
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
-    if bits & !mask != 0 {
-        return Err(bad(&format!("host bits are set (did you mean {}/{len}?)", Ipv6Addr::from(bits & mask))));
-    }
-    Ok(AnyCidr::V6(bits, len))
+    Cidr::new(a, len).ok_or_else(|| bad(&format!("host bits are set (did you mean {}?)", Cidr::containing(a, len))))
+}
+
+fn family(c: Cidr) -> &'static str {
+    if c.is_ipv6() { "IPv6" } else { "IPv4" }
 }
 
 fn ip_block(d: &Doc<'_>, v: &Value, path: &str) -> Result<Option<IpBlock>, Error> {
@@ -433,26 +428,17 @@ fn ip_block(d: &Doc<'_>, v: &Value, path: &str) -> Result<Option<IpBlock>, Error
         for (i, e) in d.seq(list, &epath)?.iter().enumerate() {
             let p = index(&epath, i);
             let s = d.str(e, &p)?;
-            let inside = match (&cidr, parse_cidr(d, s, &p)?) {
-                (AnyCidr::V4(c), AnyCidr::V4(e)) => {
-                    except.push(e);
-                    e.prefix_len() > c.prefix_len() && c.contains(e)
-                }
-                (AnyCidr::V6(cb, cl), AnyCidr::V6(eb, el)) => {
-                    let mask = if *cl == 0 { 0 } else { u128::MAX << (128 - u32::from(*cl)) };
-                    el > *cl && eb & mask == *cb
-                }
-                _ => false,
-            };
-            if !inside {
+            let e = parse_cidr(d, s, &p)?;
+            if e.is_ipv6() != cidr.is_ipv6() {
+                return Err(d.err(&p, format!("except {s:?} is {} but cidr {cidr} is {}", family(e), family(cidr))));
+            }
+            if !(e.prefix_len() > cidr.prefix_len() && cidr.contains(e)) {
                 return Err(d.err(&p, format!("except {s:?} must be strictly inside cidr")));
             }
+            except.push(e);
         }
     }
-    Ok(match cidr {
-        AnyCidr::V4(cidr) => Some(IpBlock { cidr, except }),
-        AnyCidr::V6(..) => None,
-    })
+    Ok(Some(IpBlock { cidr, except }))
 }
 
 fn port(d: &Doc<'_>, v: &Value, path: &str) -> Result<PortSpec, Error> {

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bulkhead_common::proto;
 
@@ -45,20 +45,22 @@ impl Model {
         self.policies.insert(policy.policy_ref(), policy);
     }
 
-    /// The pod owning `ip`, if any (see [`Model::ip_owners`]).
-    pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
+    /// The pod owning `ip` (either family), if any (see [`Model::ip_owners`]).
+    pub fn pod_by_ip(&self, ip: impl Into<IpAddr>) -> Option<&Pod> {
+        let ip = ip.into();
         // The first claim in PodRef order, as ip_owners decides.
-        self.pods.values().find(|p| p.ip == Some(ip))
+        self.pods.values().find(|p| p.addrs().any(|a| a == ip))
     }
 
     /// Which pod owns each pod address. When several pods claim one address (a stale
     /// status), the first in [`PodRef`] order keeps it: the one rule for the compiler's IP
     /// cache, fw-sync's address groups and [`Model::pod_by_ip`], so the dataplane and the
     /// firewalls agree on who an address is.
-    pub fn ip_owners(&self) -> std::collections::HashMap<Ipv4Addr, &PodRef> {
+    /// Both families: a dual-stack pod owns (or loses) each of its addresses on its own.
+    pub fn ip_owners(&self) -> std::collections::HashMap<IpAddr, &PodRef> {
         let mut owners = std::collections::HashMap::with_capacity(self.pods.len());
         for (r, p) in &self.pods {
-            if let Some(ip) = p.ip {
+            for ip in p.addrs() {
                 owners.entry(ip).or_insert(r);
             }
         }
@@ -174,6 +176,10 @@ pub struct Pod {
     /// `None` while the pod has no address (pending) or is not enforceable (host network,
     /// terminated); such pods are ignored by the compiler.
     pub ip: Option<Ipv4Addr>,
+    /// The pod's IPv6 address (`status.podIPs` of a dual-stack pod). Only pods with an IPv4
+    /// address are enforced today: an IPv6-only pod gets no endpoint and its interface fails
+    /// closed.
+    pub ip6: Option<Ipv6Addr>,
     pub ports: Vec<NamedPort>,
     /// Host-side veth name (annotation `bulkhead.io/interface`), carried through for the agent.
     pub interface: Option<String>,
@@ -182,6 +188,11 @@ pub struct Pod {
 impl Pod {
     pub fn pod_ref(&self) -> PodRef {
         PodRef::new(&self.namespace, &self.name)
+    }
+
+    /// The pod's addresses, IPv4 first.
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ip.map(IpAddr::V4).into_iter().chain(self.ip6.map(IpAddr::V6))
     }
 
     /// Resolves a named port the way upstream does: same name and same protocol.
@@ -311,7 +322,8 @@ pub struct IpBlock {
 }
 
 impl IpBlock {
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+    pub fn contains(&self, ip: impl Into<IpAddr>) -> bool {
+        let ip = ip.into();
         self.cidr.contains_addr(ip) && !self.except.iter().any(|e| e.contains_addr(ip))
     }
 }
@@ -343,31 +355,44 @@ pub enum PortMatch {
     Named(String),
 }
 
-/// An IPv4 prefix with its host bits zero.
+/// An IPv4 or IPv6 prefix with its host bits zero. Prefixes of one family never contain an
+/// address or prefix of the other (an IPv4 block never matches IPv6 traffic, as upstream).
+/// IPv4 sorts before IPv6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
-    addr: Ipv4Addr,
+    addr: IpAddr,
     len: u8,
 }
 
 impl Cidr {
-    /// `None` if `len > 32` or host bits are set: a prefix must be written canonically so that
-    /// two spellings of one block cannot get two identities.
-    pub fn new(addr: Ipv4Addr, len: u8) -> Option<Self> {
-        if len > 32 || u32::from(addr) & !mask(len) != 0 {
+    /// `None` if `len` exceeds the family's width or host bits are set: a prefix must be
+    /// written canonically so that two spellings of one block cannot get two identities.
+    pub fn new(addr: impl Into<IpAddr>, len: u8) -> Option<Self> {
+        let addr = addr.into();
+        if len > max_len(addr) || bits(addr) & !mask(addr, len) != 0 {
             return None;
         }
         Some(Cidr { addr, len })
     }
 
-    /// The prefix of length `len` containing `ip` (host bits cleared).
-    pub fn containing(ip: Ipv4Addr, len: u8) -> Self {
-        let len = len.min(32);
-        Cidr { addr: Ipv4Addr::from(u32::from(ip) & mask(len)), len }
+    /// The prefix of length `len` (at most the family's width) containing `ip`.
+    pub fn containing(ip: impl Into<IpAddr>, len: u8) -> Self {
+        let ip = ip.into();
+        let len = len.min(max_len(ip));
+        Cidr { addr: from_bits(ip, bits(ip) & mask(ip, len)), len }
     }
 
-    pub fn addr(self) -> Ipv4Addr {
+    /// `0.0.0.0/0` or `::/0`: every address of a family.
+    pub fn all(v6: bool) -> Self {
+        if v6 { Cidr { addr: IpAddr::V6(Ipv6Addr::UNSPECIFIED), len: 0 } } else { Cidr { addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED), len: 0 } }
+    }
+
+    pub fn addr(self) -> IpAddr {
         self.addr
+    }
+
+    pub fn is_ipv6(self) -> bool {
+        self.addr.is_ipv6()
     }
 
     /// Prefix length.
@@ -375,14 +400,15 @@ impl Cidr {
         self.len
     }
 
-    /// First and last address, as integers.
-    pub fn range(self) -> (u32, u32) {
-        let start = u32::from(self.addr);
-        (start, start | !mask(self.len))
+    /// First and last address, as integers of the prefix's family.
+    pub fn range(self) -> (u128, u128) {
+        let start = bits(self.addr);
+        (start, start | (!mask(self.addr, self.len) & family_max(self.addr)))
     }
 
-    pub fn contains_addr(self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask(self.len) == u32::from(self.addr)
+    pub fn contains_addr(self, ip: impl Into<IpAddr>) -> bool {
+        let ip = ip.into();
+        ip.is_ipv6() == self.addr.is_ipv6() && bits(ip) & mask(ip, self.len) == bits(self.addr)
     }
 
     /// Whether `other` lies inside (or equals) `self`.
@@ -397,8 +423,33 @@ impl fmt::Display for Cidr {
     }
 }
 
-fn mask(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) }
+fn max_len(a: IpAddr) -> u8 {
+    if a.is_ipv6() { 128 } else { 32 }
+}
+
+fn bits(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn family_max(a: IpAddr) -> u128 {
+    if a.is_ipv6() { u128::MAX } else { u128::from(u32::MAX) }
+}
+
+fn from_bits(like: IpAddr, b: u128) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(b as u32)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(b)),
+    }
+}
+
+/// The network mask of a `len`-bit prefix in `a`'s family, as an integer of that family.
+fn mask(a: IpAddr, len: u8) -> u128 {
+    let w = u32::from(max_len(a));
+    let len = u32::from(len.min(max_len(a)));
+    if len == 0 { 0 } else { (u128::MAX << (128 - len)) >> (128 - w) }
 }
 
 #[cfg(test)]
@@ -466,6 +517,15 @@ mod tests {
         assert!(!Cidr::containing(ip("10.0.0.7"), 30).contains(c), "not the other way");
         let all = Cidr::new(ip("0.0.0.0"), 0).expect("default route");
         assert!(all.contains(c) && all.contains_addr(ip("255.255.255.255")));
-        assert_eq!(all.range(), (0, u32::MAX));
+        assert_eq!(all.range(), (0, u128::from(u32::MAX)));
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().expect("test address");
+        let b = Cidr::new(v6("fd00:10:240::"), 48).expect("canonical v6");
+        assert!(Cidr::new(v6("fd00:10:240::1"), 48).is_none(), "v6 host bits");
+        assert!(Cidr::new(v6("fd00::"), 129).is_none(), "v6 length > 128");
+        assert!(b.contains_addr(v6("fd00:10:240:2::11")) && !b.contains_addr(v6("fd00:10:241::1")));
+        assert!(!all.contains_addr(v6("::1")) && !all.contains(b), "an IPv4 prefix holds no IPv6 address");
+        assert!(!Cidr::all(true).contains_addr(ip("10.0.0.1")) && Cidr::all(true).contains(b), "and the reverse");
+        assert_eq!(Cidr::containing(v6("fd00:10:240:2::11"), 64).to_string(), "fd00:10:240:2::/64");
+        assert_eq!(b.range().1, u128::from(v6("fd00:10:240:ffff:ffff:ffff:ffff:ffff")));
     }
 }

@@ -2,7 +2,7 @@
 //! [`Model`]: no identities, no maps, every policy and rule walked per query. It exists to be
 //! obviously right, so tests can hold the compiler against it.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::lookup::Endpoint;
 use crate::model::{Model, NamespaceScope, NetworkPolicy, Peer, Peers, Pod, PortMatch, Ports, Rule};
@@ -16,14 +16,17 @@ enum Dir {
 /// A resolved side: the pod (if the address is a pod's) and the address.
 struct Side<'m> {
     pod: Option<&'m Pod>,
-    ip: Ipv4Addr,
+    ip: IpAddr,
 }
 
-fn resolve<'m>(model: &'m Model, e: &Endpoint) -> Option<Side<'m>> {
+/// A pod's address of the family (`v6`), or the address itself.
+fn resolve<'m>(model: &'m Model, e: &Endpoint, v6: bool) -> Option<Side<'m>> {
     match e {
         Endpoint::Pod(r) => {
             let pod = model.pods.get(r)?;
-            Some(Side { pod: Some(pod), ip: pod.ip? })
+            pod.ip?; // A pod without an IPv4 address is not enforced (see Pod::ip6).
+            let ip = if v6 { IpAddr::V6(pod.ip6?) } else { IpAddr::V4(pod.ip?) };
+            Some(Side { pod: Some(pod), ip })
         }
         Endpoint::Ip(ip) => Some(Side { pod: model.pod_by_ip(*ip), ip: *ip }),
     }
@@ -32,7 +35,7 @@ fn resolve<'m>(model: &'m Model, e: &Endpoint) -> Option<Side<'m>> {
 /// Whether upstream semantics allow a connection from `src` to `dst` with IP protocol number
 /// `protocol` to destination port `port`. Unknown or address-less pods get nothing.
 pub fn allowed(model: &Model, src: &Endpoint, dst: &Endpoint, protocol: u8, port: u16) -> bool {
-    let (Some(s), Some(d)) = (resolve(model, src), resolve(model, dst)) else { return false };
+    let (Some(s), Some(d)) = (resolve(model, src, false), resolve(model, dst, false)) else { return false };
     if let Some(pod) = s.pod
         && !direction_allows(model, pod, Dir::Egress, &d, protocol, port)
     {
@@ -123,7 +126,7 @@ pub use tiered_ref::{TieredReference, TieredSide};
 /// maps). Kubernetes NetworkPolicies go through the same conversion as in the compiler
 /// ([`crate::knp`]); their upstream meaning is checked separately by [`allowed`].
 mod tiered_ref {
-    use std::net::Ipv4Addr;
+    use std::net::IpAddr;
 
     use bulkhead_common::proto;
 
@@ -173,7 +176,7 @@ mod tiered_ref {
                 && p.service_account_selector.as_ref().is_none_or(|s| s.matches(&service_account_labels(&pod.service_account)))
         }
 
-        fn entity(&self, e: &EntityMatch, pod: Option<&Pod>, ip: Ipv4Addr) -> bool {
+        fn entity(&self, e: &EntityMatch, pod: Option<&Pod>, ip: IpAddr) -> bool {
             let label_field = e.selector.is_some()
                 || e.not_selector.is_some()
                 || e.namespace.is_some()
@@ -223,8 +226,12 @@ mod tiered_ref {
         }
 
         #[allow(clippy::too_many_arguments)]
-        fn rule(&self, r: &TRule, ingress: bool, local: &Pod, peer: Option<&Pod>, peer_ip: Ipv4Addr, protocol: u8, port: u16) -> bool {
-            let local_ip = local.ip.expect("local pods have an address");
+        fn rule(&self, r: &TRule, ingress: bool, local: &Pod, peer: Option<&Pod>, peer_ip: IpAddr, protocol: u8, port: u16) -> bool {
+            // The local address of the packet's family.
+            let local_ip = match peer_ip {
+                IpAddr::V4(_) => IpAddr::V4(local.ip.expect("local pods have an address")),
+                IpAddr::V6(_) => IpAddr::V6(local.ip6.expect("IPv6 traffic has a local IPv6 address")),
+            };
             let (src, src_ip, dst, dst_ip) =
                 if ingress { (peer, peer_ip, Some(local), local_ip) } else { (Some(local), local_ip, peer, peer_ip) };
             if r.protocol.is_some_and(|p| p != protocol) || r.not_protocol == Some(protocol) {
@@ -261,7 +268,7 @@ mod tiered_ref {
         /// (`peer`: the pod owning `peer_ip`, if any) in direction `ingress`/egress. `staged`:
         /// evaluate the staged world instead ([`crate::tiered::in_world`]).
         #[allow(clippy::too_many_arguments)]
-        pub fn decide(&self, local: &Pod, ingress: bool, peer: Option<&Pod>, peer_ip: Ipv4Addr, protocol: u8, port: u16, staged: bool) -> Decision {
+        pub fn decide(&self, local: &Pod, ingress: bool, peer: Option<&Pod>, peer_ip: IpAddr, protocol: u8, port: u16, staged: bool) -> Decision {
             let mut log = None;
             for tier in &self.tiers {
                 let mut here: Vec<&(TieredPolicy, Option<knp::Converted>)> = self
@@ -327,7 +334,7 @@ mod tiered_ref {
             })
         }
 
-        fn side(&self, local: &Pod, ingress: bool, peer: Option<&Pod>, peer_ip: Ipv4Addr, protocol: u8, port: u16) -> TieredSide {
+        fn side(&self, local: &Pod, ingress: bool, peer: Option<&Pod>, peer_ip: IpAddr, protocol: u8, port: u16) -> TieredSide {
             TieredSide {
                 enforced: self.decide(local, ingress, peer, peer_ip, protocol, port, false),
                 staged: self.has_staged(local).then(|| self.decide(local, ingress, peer, peer_ip, protocol, port, true)),
@@ -338,7 +345,16 @@ mod tiered_ref {
         /// (`None` for a side that is not a pod); `None` if an endpoint is unknown.
         #[allow(clippy::type_complexity)]
         pub fn sides(&self, src: &Endpoint, dst: &Endpoint, protocol: u8, port: u16) -> Option<(Option<TieredSide>, Option<TieredSide>)> {
-            let (s, d) = (resolve(self.model, src)?, resolve(self.model, dst)?);
+            self.sides_family(src, dst, protocol, port, false)
+        }
+
+        /// As [`Self::sides`], between the pods' IPv6 addresses with `v6`.
+        #[allow(clippy::type_complexity)]
+        pub fn sides_family(&self, src: &Endpoint, dst: &Endpoint, protocol: u8, port: u16, v6: bool) -> Option<(Option<TieredSide>, Option<TieredSide>)> {
+            let (s, d) = (resolve(self.model, src, v6)?, resolve(self.model, dst, v6)?);
+            if s.ip.is_ipv6() != d.ip.is_ipv6() {
+                return None;
+            }
             let egress = s.pod.map(|pod| self.side(pod, false, d.pod, d.ip, protocol, port));
             let ingress = d.pod.map(|pod| self.side(pod, true, s.pod, s.ip, protocol, port));
             Some((egress, ingress))
@@ -346,7 +362,12 @@ mod tiered_ref {
 
         /// Whether the connection is allowed (enforced verdicts).
         pub fn allowed(&self, src: &Endpoint, dst: &Endpoint, protocol: u8, port: u16) -> bool {
-            match self.sides(src, dst, protocol, port) {
+            self.allowed_family(src, dst, protocol, port, false)
+        }
+
+        /// As [`Self::allowed`], between the pods' IPv6 addresses with `v6`.
+        pub fn allowed_family(&self, src: &Endpoint, dst: &Endpoint, protocol: u8, port: u16, v6: bool) -> bool {
+            match self.sides_family(src, dst, protocol, port, v6) {
                 None => false,
                 Some((e, i)) => [e, i].iter().flatten().all(|s| s.enforced.allowed),
             }

@@ -133,7 +133,8 @@ pub(crate) struct Universe<'m> {
     /// (first address, prefix length, index) of every identity with a region, ascending: the
     /// identities inside a prefix are one run of it, so an ipBlock entity costs the regions it
     /// covers, not the cluster's identity count.
-    by_region: Vec<(u32, u8, usize)>,
+    /// (family (1 = IPv6), first address, prefix length, index) of every region, sorted.
+    by_region: Vec<(bool, u128, u8, usize)>,
     preds: HashMap<EntityKey<'m>, Rc<PredSet>>,
     selections: HashMap<SelectKey<'m>, Rc<[u32]>>,
 }
@@ -167,8 +168,11 @@ impl<'m> Universe<'m> {
                 }
             }
         }
-        let mut by_region: Vec<(u32, u8, usize)> =
-            idents.iter().enumerate().filter_map(|(i, ident)| ident.region.map(|r| (r.range().0, r.prefix_len(), i))).collect();
+        let mut by_region: Vec<(bool, u128, u8, usize)> = idents
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ident)| ident.region.map(|r| (r.is_ipv6(), r.range().0, r.prefix_len(), i)))
+            .collect();
         by_region.sort_unstable();
         Universe {
             by_region,
@@ -262,8 +266,15 @@ impl<'m> Universe<'m> {
         let mut out = Vec::new();
         for n in nets {
             let (lo, hi) = n.range();
-            let from = self.by_region.partition_point(|&(s, _, _)| s < lo);
-            out.extend(self.by_region[from..].iter().take_while(|&&(s, _, _)| s <= hi).filter(|&&(_, l, _)| l >= n.prefix_len()).map(|&(_, _, i)| i));
+            let v6 = n.is_ipv6();
+            let from = self.by_region.partition_point(|&(f, s, _, _)| (f, s) < (v6, lo));
+            out.extend(
+                self.by_region[from..]
+                    .iter()
+                    .take_while(|&&(f, s, _, _)| f == v6 && s <= hi)
+                    .filter(|&&(_, _, l, _)| l >= n.prefix_len())
+                    .map(|&(_, _, _, i)| i),
+            );
         }
         out.sort_unstable();
         out.dedup();

@@ -87,7 +87,7 @@ proptest! {
                 }
             }
             // Outside addresses too.
-            let src = Endpoint::Ip(Ipv4Addr::new(192, 0, 2, 1));
+            let src = Endpoint::Ip(Ipv4Addr::new(192, 0, 2, 1).into());
             let dst = Endpoint::Pod(PodRef::new(NAMESPACES[a.0], format!("p{i}")));
             if !allowed(&c_sec, &src, &dst, 6, 22) {
                 prop_assert!(!allowed(&c_full, &src, &dst, 6, 22), "outside -> p{i}:22");

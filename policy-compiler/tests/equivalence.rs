@@ -87,6 +87,7 @@ fn cidr() -> impl Strategy<Value = Cidr> {
 fn ip_block() -> impl Strategy<Value = IpBlock> {
     (cidr(), prop::collection::vec((0u32..256, 1u8..=8), 0..=2)).prop_map(|(cidr, ex)| {
         let (start, end) = cidr.range();
+        let (start, end) = (start as u32, end as u32);
         let except = ex
             .into_iter()
             .filter(|_| cidr.prefix_len() < 32)
@@ -166,6 +167,7 @@ fn model() -> impl Strategy<Value = Model> {
                     labels,
                     service_account: sa.into(),
                     ip: has_ip.then_some(Ipv4Addr::new(10, 0, 0, last)),
+                    ip6: None,
                     ports,
                     interface: Some(format!("veth{i}")),
                 });
@@ -198,14 +200,14 @@ fn endpoints(m: &Model) -> Vec<Endpoint> {
     let used: BTreeSet<Ipv4Addr> = m.pods.values().filter_map(|p| p.ip).collect();
     for ip in [Ipv4Addr::new(10, 0, 0, 0), Ipv4Addr::new(10, 0, 0, 77), Ipv4Addr::new(10, 0, 0, 200), Ipv4Addr::new(10, 0, 0, 255)] {
         if !used.contains(&ip) {
-            out.push(Endpoint::Ip(ip));
+            out.push(Endpoint::Ip(ip.into()));
         }
     }
-    out.push(Endpoint::Ip(Ipv4Addr::new(10, 0, 1, 1)));
-    out.push(Endpoint::Ip(Ipv4Addr::new(8, 8, 8, 8)));
+    out.push(Endpoint::Ip(Ipv4Addr::new(10, 0, 1, 1).into()));
+    out.push(Endpoint::Ip(Ipv4Addr::new(8, 8, 8, 8).into()));
     // A pod reached by address must be the same as the pod by name.
     if let Some(ip) = used.iter().next() {
-        out.push(Endpoint::Ip(*ip));
+        out.push(Endpoint::Ip((*ip).into()));
     }
     out
 }

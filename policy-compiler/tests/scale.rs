@@ -30,6 +30,7 @@ fn big_model(pods: usize, policies: usize) -> Model {
             labels: [("app".to_string(), format!("app{}", i % 200)), ("tier".to_string(), format!("t{}", i % 3))].into(),
             service_account: "default".into(),
             ip: Some(Ipv4Addr::from(0x0a00_0000 + i as u32 + 1)),
+            ip6: None,
             ports: vec![NamedPort { name: Some("http".into()), port: 8000 + (i % 3) as u16, protocol: Protocol::Tcp }],
             interface: None,
         });

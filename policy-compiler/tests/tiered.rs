@@ -231,6 +231,7 @@ fn model() -> impl Strategy<Value = Model> {
                     labels,
                     service_account: sa.into(),
                     ip: Some(Ipv4Addr::new(10, 0, 0, last)),
+                    ip6: None,
                     ports,
                     interface: None,
                 });
@@ -263,7 +264,7 @@ fn endpoints(m: &Model) -> Vec<Endpoint> {
     let used: BTreeSet<Ipv4Addr> = m.pods.values().filter_map(|p| p.ip).collect();
     for ip in [Ipv4Addr::new(10, 0, 0, 0), Ipv4Addr::new(10, 0, 0, 77), Ipv4Addr::new(10, 0, 0, 200), Ipv4Addr::new(10, 0, 1, 1), Ipv4Addr::new(8, 8, 8, 8)] {
         if !used.contains(&ip) {
-            out.push(Endpoint::Ip(ip));
+            out.push(Endpoint::Ip(ip.into()));
         }
     }
     out

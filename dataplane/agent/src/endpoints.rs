@@ -147,6 +147,7 @@ impl Registry {
                         labels: Default::default(),
                         service_account: "default".into(),
                         ip,
+                        ip6: None,
                         ports: Vec::new(),
                         interface: Some(a.host_interface.clone()),
                     });
@@ -275,7 +276,7 @@ mod tests {
         let mut labels = policy_compiler::model::Labels::new();
         labels.insert("app".into(), "web".into());
         model.upsert_namespace(Namespace { name: "shop".into(), labels: Default::default() });
-        model.upsert_pod(Pod { namespace: "shop".into(), name: "web".into(), labels, service_account: "default".into(), ip: None, ports: vec![], interface: None });
+        model.upsert_pod(Pod { namespace: "shop".into(), name: "web".into(), labels, service_account: "default".into(), ip: None, ip6: None, ports: vec![], interface: None });
         let mut det = DetectorInput::default();
         r2.overlay(&mut model, &mut det);
         let web = &model.pods[&PodRef::new("shop", "web")];

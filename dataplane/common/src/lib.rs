@@ -115,6 +115,9 @@ pub mod identity {
     pub const ANY: u32 = 0;
     /// An address the IP cache has no entry for (outside every known prefix).
     pub const WORLD: u32 = 1;
+    /// IPv6 addresses outside every policy prefix (the compiler keeps `::/0` for them
+    /// unless a policy names it; a miss in the IPv6 cache means the same).
+    pub const WORLD6: u32 = 2;
     /// First identity the compiler hands out.
     pub const FIRST_ALLOCATED: u32 = 256;
 }

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 
 use serde_yaml::{Mapping, Value};
 
-use super::AnyCidr;
 use super::syntax::{self, Doc, child, get, index};
 use crate::error::Error;
 use crate::model::Protocol;
@@ -184,10 +183,7 @@ fn peer(d: &Doc<'_>, v: &Value, path: &str, ingress: bool) -> Result<Option<Enti
             let mut nets = Vec::new();
             for (i, c) in list.iter().enumerate() {
                 let p = index(&fpath, i);
-                match super::parse_cidr(d, d.str(c, &p)?, &p)? {
-                    AnyCidr::V4(c) => nets.push(c),
-                    AnyCidr::V6(..) => {}
-                }
+                nets.push(super::parse_cidr(d, d.str(c, &p)?, &p)?);
             }
             Ok((!nets.is_empty()).then(|| EntityMatch { nets, ..Default::default() }))
         }

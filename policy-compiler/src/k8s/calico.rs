@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use serde_yaml::{Mapping, Value};
 
 use super::syntax::{self, Doc, child, get, index};
-use super::{AnyCidr, CLUSTER_SCOPED_ONLY_ANNOTATION};
+use super::CLUSTER_SCOPED_ONLY_ANNOTATION;
 use crate::error::Error;
 use crate::model::Cidr;
 use crate::selector_parser::parse_selector;
@@ -305,14 +305,17 @@ fn rule(d: &Doc<'_>, v: &Value, path: &str, ctx: &Ctx<'_>) -> Result<Option<TRul
         "Log" => Action::Log,
         other => return Err(d.err(&apath, format!("unknown action {other:?} (expected Allow, Deny, Pass or Log)"))),
     };
-    if let Some(v) = get(m, "ipVersion") {
-        let vpath = child(path, "ipVersion");
-        match d.int(v, &vpath)? {
-            4 => {}
-            6 => return Err(d.err(&vpath, "IPv6 rules are not supported: Bulkhead enforces IPv4 only")),
-            n => return Err(d.err(&vpath, format!("unknown IP version {n} (expected 4 or 6)"))),
+    let ip_version = match get(m, "ipVersion") {
+        None => None,
+        Some(v) => {
+            let vpath = child(path, "ipVersion");
+            match d.int(v, &vpath)? {
+                4 => Some(false),
+                6 => Some(true),
+                n => return Err(d.err(&vpath, format!("unknown IP version {n} (expected 4 or 6)"))),
+            }
         }
-    }
+    };
     let protocol = get(m, "protocol").map(|v| parse_protocol(d, v, &child(path, "protocol"))).transpose()?;
     let not_protocol = get(m, "notProtocol").map(|v| parse_protocol(d, v, &child(path, "notProtocol"))).transpose()?;
     let mut icmp_fields = [None, None];
@@ -327,7 +330,21 @@ fn rule(d: &Doc<'_>, v: &Value, path: &str, ctx: &Ctx<'_>) -> Result<Option<TRul
     }
     let [icmp, not_icmp] = icmp_fields;
 
-    let Some(source) = entity(d, get(m, "source"), &child(path, "source"), ctx, false)? else { return Ok(None) };
+    let Some(mut source) = entity(d, get(m, "source"), &child(path, "source"), ctx, false)? else { return Ok(None) };
+    if let Some(v6) = ip_version {
+        // Both ends of a packet are of one family: the source's address in `0.0.0.0/0` or
+        // `::/0` says the packet's family, in the compiler's one way of telling addresses
+        // apart (regions). Nets of the other family can never match.
+        let spath = child(path, "source");
+        for (field, nets) in [("nets", &source.nets), ("notNets", &source.not_nets)] {
+            if let Some(c) = nets.iter().find(|c| c.is_ipv6() != v6) {
+                return Err(d.err(&child(&spath, field), format!("{c} does not match ipVersion {}", if v6 { 6 } else { 4 })));
+            }
+        }
+        if source.nets.is_empty() {
+            source.nets.push(Cidr::all(v6));
+        }
+    }
     let dpath = child(path, "destination");
     let Some(destination) = entity(d, get(m, "destination"), &dpath, ctx, true)? else { return Ok(None) };
     if !destination.ports.is_empty() || !destination.not_ports.is_empty() {
@@ -381,7 +398,7 @@ fn parse_protocol(d: &Doc<'_>, v: &Value, path: &str) -> Result<u8, Error> {
         _ => return Err(d.err(path, "expected a protocol name or number")),
     };
     match number {
-        None | Some(58) => Err(d.err(path, "ICMPv6 is not supported: Bulkhead enforces IPv4 only")),
+        None | Some(58) => Err(d.err(path, "ICMPv6 rules are not supported yet: ICMPv6 echo is judged as any protocol; ND and errors of allowed flows always pass")),
         Some(n) => u8::try_from(n)
             .ok()
             .filter(|&p| p != 0 && p != ICMPV6)
@@ -536,8 +553,7 @@ fn parse_nets(d: &Doc<'_>, v: Option<&Value>, path: &str) -> Result<(Vec<Cidr>, 
             format!("{s}/32")
         };
         match super::parse_cidr(d, &with_len, &p) {
-            Ok(AnyCidr::V4(c)) => out.push(c),
-            Ok(AnyCidr::V6(..)) => {}
+            Ok(c) => out.push(c),
             Err(_) if !s.contains('/') => return Err(d.err(&p, format!("invalid CIDR {s:?}: not an IP address"))),
             Err(e) => return Err(e),
         }

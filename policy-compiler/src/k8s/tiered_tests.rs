@@ -322,7 +322,7 @@ fn full_global_network_policy() {
     assert_eq!(p.egress.as_ref().map(Vec::len), Some(1), "egress rules add Egress");
     let cidr = |s: &str| {
         let (a, l) = s.split_once('/').expect("cidr");
-        Cidr::new(a.parse().expect("addr"), l.parse().expect("len")).expect("canonical")
+        Cidr::new(a.parse::<std::net::IpAddr>().expect("addr"), l.parse().expect("len")).expect("canonical")
     };
     assert_eq!(
         ingress[0],
