@@ -612,9 +612,9 @@ impl Compiler {
             for &(c, id) in &regions {
                 ipcache.insert((c.addr(), c.prefix_len()), IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) });
             }
-            if world6 {
-                let id = identity::WORLD6;
-                ipcache.insert((Cidr::all(true).addr(), 0), IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) });
+            // Only when it is judged otherwise than a miss (the datapath's WORLD6, any peer).
+            if let Some(&class) = class_of.get(&identity::WORLD6).filter(|&&c| world6 && c != identity::ANY) {
+                ipcache.insert((Cidr::all(true).addr(), 0), IpInfoV3 { identity: identity::WORLD6, peer_class: class });
             }
             // In address order, so which pods miss out on a full map does not vary.
             let mut owners: Vec<(IpAddr, &PodRef, u32)> = ip_owner_pod.iter().map(|(ip, (r, id))| (*ip, *r, *id)).collect();
@@ -754,7 +754,7 @@ pub(crate) fn rule_port_sets(rule: &TRule, p: u8, dst_ports: &[NamedPort]) -> Op
     let d = &rule.destination;
     let port_rule = !d.ports.is_empty() || !d.not_ports.is_empty();
     let icmp_rule = rule.icmp.is_some() || rule.not_icmp.is_some();
-    if (port_rule && !is_port_protocol(p)) || (icmp_rule && p != proto::ICMP) {
+    if (port_rule && !is_port_protocol(p)) || (icmp_rule && p != proto::ICMP && p != proto::ICMPV6) {
         return None;
     }
     let mut incl = None;
@@ -883,7 +883,7 @@ fn protocol_atoms(rules: &[CRule<'_>]) -> (Vec<u8>, u8) {
             set.extend([proto::TCP, proto::UDP, proto::SCTP]);
         }
         if t.icmp.is_some() || t.not_icmp.is_some() {
-            set.insert(proto::ICMP);
+            set.insert(t.protocol.unwrap_or(proto::ICMP));
         }
     }
     // Protocol 0 is the key's wildcard; a packet of protocol 0 is judged by the any slices.

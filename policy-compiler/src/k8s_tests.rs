@@ -65,9 +65,15 @@ fn policy_types_default_like_upstream() {
 }
 
 #[test]
-fn ipv6_blocks_match_nothing_but_do_not_widen() {
-    let p = parse_policy_ok("  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 'fd00::/64'}}]\n");
-    assert_eq!(p.ingress.expect("ingress")[0].peers, Peers::List(vec![]), "IPv6-only rule must match no IPv4 peer");
+fn ipv6_blocks_are_kept_and_match_their_own_family_only() {
+    let p = parse_policy_ok("  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 'fd00::/64', except: ['fd00::/80']}}]\n");
+    let Peers::List(peers) = &p.ingress.expect("ingress")[0].peers else { panic!("a peer list") };
+    let [crate::model::Peer::IpBlock(b)] = peers.as_slice() else { panic!("one ipBlock: {peers:?}") };
+    assert!(b.contains("fd00::1:0:0:1".parse::<std::net::Ipv6Addr>().expect("v6")), "inside the block, outside the except");
+    assert!(!b.contains("fd00::1".parse::<std::net::Ipv6Addr>().expect("v6")), "inside the except");
+    assert!(!b.contains(std::net::Ipv4Addr::new(10, 0, 0, 1)), "an IPv6 block holds no IPv4 address");
+    let e = parse_policy_err("  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 'fd00::/64', except: ['10.0.0.0/8']}}]\n");
+    assert!(e.contains("except \"10.0.0.0/8\" is IPv4 but cidr fd00::/64 is IPv6"), "{e}");
 }
 
 #[test]

@@ -105,6 +105,9 @@ pub mod proto {
     pub const ANY: u8 = 0;
     pub const ICMP: u8 = 1;
     pub const TCP: u8 = 6;
+    /// ICMPv6: echo is judged by policy like ICMP echo (`type << 8 | code` as the port);
+    /// neighbour discovery passes and errors pass when they quote a tracked flow.
+    pub const ICMPV6: u8 = 58;
     pub const UDP: u8 = 17;
     pub const SCTP: u8 = 132;
 }

@@ -322,8 +322,8 @@ fn rule(d: &Doc<'_>, v: &Value, path: &str, ctx: &Ctx<'_>) -> Result<Option<TRul
     for (slot, field) in icmp_fields.iter_mut().zip(["icmp", "notICMP"]) {
         if let Some(v) = get(m, field) {
             let ipath = child(path, field);
-            if protocol != Some(ICMP) {
-                return Err(d.err(&ipath, format!("{field} requires protocol: ICMP")));
+            if protocol != Some(ICMP) && protocol != Some(ICMPV6) {
+                return Err(d.err(&ipath, format!("{field} requires protocol: ICMP or ICMPv6")));
             }
             *slot = Some(icmp(d, v, &ipath)?);
         }
@@ -384,7 +384,7 @@ fn parse_protocol(d: &Doc<'_>, v: &Value, path: &str) -> Result<u8, Error> {
             "icmp" => return Ok(ICMP),
             "sctp" => return Ok(SCTP),
             "udplite" => return Ok(UDPLITE),
-            "icmpv6" => None,
+            "icmpv6" => return Ok(ICMPV6),
             _ => match s.parse::<i64>() {
                 Ok(n) => Some(n),
                 Err(_) => {
@@ -398,10 +398,10 @@ fn parse_protocol(d: &Doc<'_>, v: &Value, path: &str) -> Result<u8, Error> {
         _ => return Err(d.err(path, "expected a protocol name or number")),
     };
     match number {
-        None | Some(58) => Err(d.err(path, "ICMPv6 rules are not supported yet: ICMPv6 echo is judged as any protocol; ND and errors of allowed flows always pass")),
+        None => Err(d.err(path, "expected a protocol name or number")),
         Some(n) => u8::try_from(n)
             .ok()
-            .filter(|&p| p != 0 && p != ICMPV6)
+            .filter(|&p| p != 0)
             .ok_or_else(|| d.err(path, format!("protocol number {n} is out of range 1..=255"))),
     }
 }

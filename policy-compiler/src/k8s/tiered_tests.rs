@@ -335,7 +335,7 @@ fn full_global_network_policy() {
             source: EntityMatch {
                 selector: Some(eq("app", "client")),
                 not_selector: Some(eq("bad", "true")),
-                nets: vec![cidr("10.0.0.0/8"), cidr("10.1.2.3/32")],
+                nets: vec![cidr("10.0.0.0/8"), cidr("10.1.2.3/32"), cidr("fd00::/64")],
                 not_nets: vec![cidr("10.9.0.0/16")],
                 ..Default::default()
             },
@@ -351,8 +351,8 @@ fn full_global_network_policy() {
     assert_eq!((ingress[2].action, ingress[2].not_protocol), (Action::Pass, Some(17)));
     assert_eq!(
         ingress[2].source,
-        EntityMatch { namespace: Some(NamespaceMatch::Selector(eq("team", "a"))), ..Default::default() },
-        "a namespaceSelector alone selects all pods of the namespaces"
+        EntityMatch { namespace: Some(NamespaceMatch::Selector(eq("team", "a"))), nets: vec![cidr("0.0.0.0/0")], ..Default::default() },
+        "a namespaceSelector alone selects all pods of the namespaces; ipVersion 4 keeps IPv4 addresses only"
     );
     assert_eq!((ingress[3].action, ingress[3].protocol), (Action::Log, Some(136)));
     let egress = &p.egress.expect("egress")[0];
@@ -510,10 +510,9 @@ fn calico_policy_errors_name_file_document_and_field() {
             format!("{d}: spec.egress[0].source.notPorts: source ports are not supported by Bulkhead's datapath (only destination ports can be matched)"),
         ),
         (
-            gnp("  ingress:\n  - action: Allow\n    protocol: ICMPv6\n"),
-            format!("{d}: spec.ingress[0].protocol: ICMPv6 is not supported: Bulkhead enforces IPv4 only"),
+            gnp("  ingress:\n  - action: Allow\n    protocol: TCP\n    icmp: {type: 8}\n"),
+            format!("{d}: spec.ingress[0].icmp: icmp requires protocol: ICMP or ICMPv6"),
         ),
-        (gnp("  ingress:\n  - action: Allow\n    notProtocol: 58\n"), format!("{d}: spec.ingress[0].notProtocol: ICMPv6 is not supported: Bulkhead enforces IPv4 only")),
         (
             gnp("  ingress:\n  - action: Allow\n    protocol: 256\n"),
             format!("{d}: spec.ingress[0].protocol: protocol number 256 is out of range 1..=255"),
@@ -523,8 +522,8 @@ fn calico_policy_errors_name_file_document_and_field() {
             format!("{d}: spec.ingress[0].protocol: unknown protocol \"TPC\" (expected TCP, UDP, ICMP, SCTP, UDPLite or a number 1-255)"),
         ),
         (
-            gnp("  ingress:\n  - action: Allow\n    ipVersion: 6\n"),
-            format!("{d}: spec.ingress[0].ipVersion: IPv6 rules are not supported: Bulkhead enforces IPv4 only"),
+            gnp("  ingress:\n  - action: Allow\n    ipVersion: 6\n    source: {nets: [10.0.0.0/8]}\n"),
+            format!("{d}: spec.ingress[0].source.nets: 10.0.0.0/8 does not match ipVersion 6"),
         ),
         (gnp("  ingress:\n  - action: Allow\n    ipVersion: 5\n"), format!("{d}: spec.ingress[0].ipVersion: unknown IP version 5 (expected 4 or 6)")),
         (
@@ -534,7 +533,7 @@ fn calico_policy_errors_name_file_document_and_field() {
         (gnp("  ingress:\n  - protocol: TCP\n"), format!("{d}: spec.ingress[0].action: required")),
         (
             gnp("  ingress:\n  - action: Allow\n    icmp: {type: 8}\n"),
-            format!("{d}: spec.ingress[0].icmp: icmp requires protocol: ICMP"),
+            format!("{d}: spec.ingress[0].icmp: icmp requires protocol: ICMP or ICMPv6"),
         ),
         (
             gnp("  ingress:\n  - action: Allow\n    protocol: ICMP\n    notICMP: {type: 255}\n"),
@@ -623,8 +622,9 @@ fn ipv6_nets_match_no_ipv4_address() {
         "  ingress:\n  - action: Deny\n    source: {nets: ['fd00::/64']}\n  - action: Allow\n    source: {notNets: ['fd00::/64']}\n",
     ));
     let r = p.ingress.expect("ingress");
-    assert_eq!(r.len(), 1, "a rule whose nets are all IPv6 never matches IPv4 and is dropped: {r:?}");
-    assert_eq!((r[0].action, r[0].source.not_nets.len()), (Action::Allow, 0), "IPv6 notNets exclude nothing");
+    assert_eq!(r.len(), 2, "IPv6 nets are kept (they match IPv6 addresses only; see the compiler's tests): {r:?}");
+    assert_eq!((r[0].action, r[0].source.nets[0].to_string()), (Action::Deny, "fd00::/64".to_string()));
+    assert_eq!((r[1].action, r[1].source.not_nets.len()), (Action::Allow, 1));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -691,8 +691,8 @@ fn anp_subject_priority_and_peer_split() {
     let web = vec![PortItem::Named("web".into())];
     assert_eq!(
         egress.iter().map(|r| (r.protocol, r.destination.nets.len(), r.destination.ports.clone())).collect::<Vec<_>>(),
-        vec![(Some(6), 1, web.clone()), (Some(17), 1, web.clone()), (Some(132), 1, web)],
-        "a named port joins every protocol; the IPv6-only peer is dropped"
+        vec![(Some(6), 2, web.clone()), (Some(17), 2, web.clone()), (Some(132), 2, web.clone()), (Some(6), 1, web.clone()), (Some(17), 1, web.clone()), (Some(132), 1, web)],
+        "a named port joins every protocol; the IPv6 peer is a rule of its own"
     );
     assert_eq!(egress[0].source, EntityMatch::default());
 }
