@@ -8,7 +8,7 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
 use bulkhead_bench::DataplaneGuard;
 use bulkhead_bench::packet::{TCP_SYN, icmp_error_frame, tcp_frame, with_ip_options};
-use bulkhead_common::{ConfigV2, EndpointV3, FlowEventV3, capacity, counters, direction, flow_kind, identity};
+use bulkhead_common::{ConfigV2, EndpointV4, FlowEventV4, capacity, counters, direction, flow_kind, identity};
 
 /// test_run gives TC programs an skb on the loopback device.
 const IFINDEX: u32 = 1;
@@ -28,7 +28,7 @@ impl Guard {
         assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (loads BPF programs); CI runs it as root");
         let mut g = DataplaneGuard::load(&format!("bhk-{tag}-{}", std::process::id()));
         // Not isolated by any policy: everything the programs do not refuse is allowed.
-        let ep = EndpointV3 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1 };
+        let ep = EndpointV4 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1 };
         g.dp().maps.endpoints.insert(IFINDEX, ep).expect("endpoint");
         g.dp().maps.config.set(0, ConfigV2::with_default_timeouts(1), 0).expect("config");
         Guard(g)
@@ -43,7 +43,7 @@ impl Guard {
     }
 
     /// Flow events waiting in the ring.
-    fn events(&mut self) -> Vec<FlowEventV3> {
+    fn events(&mut self) -> Vec<FlowEventV4> {
         self.dp().maps.flows.as_mut().expect("flow ring").read_all()
     }
 
@@ -102,7 +102,7 @@ fn an_endpoint_above_the_array_bound_is_found_through_the_hash() {
         };
         assert_eq!(run(&mut g), RET_DROP, "no endpoint at ifindex {BIG} yet: fails closed");
         assert_eq!(g.counter("drop_no_endpoint_fail_closed"), 1);
-        let ep = EndpointV3 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1 };
+        let ep = EndpointV4 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1 };
         g.dp().maps.endpoints.insert(BIG, ep).expect("endpoint above the bound");
         assert_eq!(g.dp().maps.endpoints.get(BIG).expect("read back"), Some(ep));
         assert!(g.dp().maps.endpoints.ifindexes().expect("list").contains(&BIG), "listed with the array's endpoints");

@@ -1,19 +1,13 @@
 //! Connection tracking: replies of allowed flows pass, and a policy change reaches
 //! established flows through the revision stored in each entry.
 
-use bulkhead_common::{CtKeyV2, CtValueV1, ct_flags, proto};
+use bulkhead_common::{CtValueV1, ct_flags, proto};
 
 use crate::parse::{Flow, TCP_FIN, TCP_RST};
 
-/// Key of `flow` at `ifindex`, the same for its replies.
-#[inline(always)]
-pub fn key(ifindex: u32, f: &Flow) -> CtKeyV2 {
-    CtKeyV2::of(ifindex, f.saddr_be, f.sport_be, f.daddr_be, f.dport_be, f.protocol)
-}
-
 /// Records a packet on an existing entry.
 #[inline(always)]
-pub fn touch(ct: &mut CtValueV1, f: &Flow, len: u32, now: u64, is_reply: bool) {
+pub fn touch<A>(ct: &mut CtValueV1, f: &Flow<A>, len: u32, now: u64, is_reply: bool) {
     ct.last_seen_ns = now;
     ct.packets += 1;
     ct.bytes += len as u64;
@@ -27,7 +21,7 @@ pub fn touch(ct: &mut CtValueV1, f: &Flow, len: u32, now: u64, is_reply: bool) {
 
 /// A fresh entry for the first packet of an allowed flow.
 #[inline(always)]
-pub fn new_entry(f: &Flow, len: u32, now: u64, dir: u8, rev: u32) -> CtValueV1 {
+pub fn new_entry<A>(f: &Flow<A>, len: u32, now: u64, dir: u8, rev: u32) -> CtValueV1 {
     let mut ct = CtValueV1 {
         last_seen_ns: now,
         created_ns: now,

@@ -1,9 +1,10 @@
 //! Flow events and per-policy counters.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use bulkhead_common::{FlowEventV3, NO_POLICY, PolicyValueV2, action, capacity, counters, direction, flow_kind};
+use bulkhead_common::{FlowEventV4, NO_POLICY, PolicyValueV2, action, capacity, counters, direction, flow_kind};
 
 use crate::{
+    family::Addr,
     maps::{DROP_RATE, DROPS, FLOWS, POLICY_STATS, count},
     parse::Flow,
 };
@@ -19,28 +20,53 @@ impl Ids {
     pub const UNKNOWN: Ids = Ids { local: 0, peer: 0 };
 }
 
+/// What a flow event says beside the tuple.
+pub struct Meta<'a> {
+    pub dir: u8,
+    pub kind: u8,
+    pub verdict: &'a PolicyValueV2,
+    pub staged: Option<&'a PolicyValueV2>,
+    pub drop_reason: u16,
+    pub ids: Ids,
+}
+
+const NO_VERDICT: PolicyValueV2 = PolicyValueV2 {
+    policy_index: 0,
+    log_policy_index: 0,
+    rule_index: 0,
+    log_rule_index: 0,
+    tier_index: 0,
+    action: 0,
+    flags: 0,
+};
+
 /// A dropped packet: counts it under its reason (and per direction) and, within this CPU's
 /// per-second budget, reports it with whatever of its tuple was parsed. `local` is the
 /// endpoint's identity and policy generation when known; the peer's identity is looked up
 /// only for an event that is sent.
 #[inline(always)]
-pub fn dropped(ifindex: u32, flow: Option<&Flow>, dir: u8, reason: u32, local: Option<(u32, u8)>) {
+pub fn dropped<A: Addr>(ifindex: u32, flow: Option<&Flow<A>>, dir: u8, reason: u32, local: Option<(u32, u8)>) {
     count_drop(reason, dir);
     if !within_budget() {
         count(counters::DROP_EVENTS_RATE_LIMITED);
         return;
     }
-    let none = Flow { saddr_be: [0; 4], daddr_be: [0; 4], sport_be: [0; 2], dport_be: [0; 2], policy_port: 0, protocol: 0, tcp_flags: 0 };
-    let f = flow.unwrap_or(&none);
     let ids = match (local, flow) {
         (Some((identity, pgen)), Some(fl)) => {
             let remote = if dir == direction::EGRESS { fl.daddr_be } else { fl.saddr_be };
-            Ids { local: identity, peer: crate::policy::peer_identity(remote, pgen) }
+            Ids { local: identity, peer: remote.peer_info(pgen).identity }
         }
         (Some((identity, _)), None) => Ids { local: identity, peer: 0 },
         _ => Ids::UNKNOWN,
     };
-    write(ifindex, f, dir, flow_kind::DROPPED, &PolicyValueV2::default(), None, reason as u16, ids);
+    let m = Meta { dir, kind: flow_kind::DROPPED, verdict: &NO_VERDICT, staged: None, drop_reason: reason as u16, ids };
+    write(ifindex, flow, &m);
+}
+
+/// A drop before the packet's family was known.
+#[inline(always)]
+pub fn dropped_unparsed(ifindex: u32, dir: u8, reason: u32, local: Option<(u32, u8)>) {
+    dropped::<[u8; 4]>(ifindex, None, dir, reason, local)
 }
 
 /// Counts a drop under its reason, in total and per direction. Policy denials and revoked
@@ -105,41 +131,60 @@ pub fn record_stats(verdict: &PolicyValueV2, staged: Option<&PolicyValueV2>) {
 
 /// Writes a flow event; a full ring is counted, never blocks or changes the verdict.
 #[inline(always)]
-pub fn emit(ifindex: u32, f: &Flow, dir: u8, kind: u8, verdict: &PolicyValueV2, staged: Option<&PolicyValueV2>, ids: Ids) {
-    write(ifindex, f, dir, kind, verdict, staged, 0, ids);
+pub fn emit<A: Addr>(ifindex: u32, f: &Flow<A>, dir: u8, kind: u8, verdict: &PolicyValueV2, staged: Option<&PolicyValueV2>, ids: Ids) {
+    write(ifindex, Some(f), &Meta { dir, kind, verdict, staged, drop_reason: 0, ids });
 }
 
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn write(ifindex: u32, f: &Flow, dir: u8, kind: u8, verdict: &PolicyValueV2, staged: Option<&PolicyValueV2>, drop_reason: u16, ids: Ids) {
-    let Some(mut slot) = FLOWS.reserve::<FlowEventV3>(0) else {
+/// Writes the event (a tuple of zeros and family 0 without `f`). Not inlined: events are the
+/// uncommon path, and each inlined copy would hold its own copy of the tuple on the caller's
+/// BPF stack.
+#[inline(never)]
+fn write<A: Addr>(ifindex: u32, f: Option<&Flow<A>>, m: &Meta) {
+    let Some(mut slot) = FLOWS.reserve::<FlowEventV4>(0) else {
         count(counters::EVENTS_DROPPED);
         return;
     };
-    let ev = FlowEventV3 {
+    // Written field by field into the ring: a whole event built on the BPF stack first
+    // would take 96 of its 512 bytes.
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` points to a reserved, writable FlowEventV4 in the ring; every field is
+    // written before submit.
+    unsafe {
         // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        ifindex,
-        saddr_be: f.saddr_be,
-        daddr_be: f.daddr_be,
-        sport_be: f.sport_be,
-        dport_be: f.dport_be,
-        verdict: *verdict,
-        staged: match staged {
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).ifindex = ifindex;
+        match f {
+            Some(f) => {
+                (*ev).saddr_be = f.saddr_be.to16();
+                (*ev).daddr_be = f.daddr_be.to16();
+                (*ev).sport_be = f.sport_be;
+                (*ev).dport_be = f.dport_be;
+                (*ev).protocol = f.protocol;
+                (*ev).tcp_flags = f.tcp_flags;
+                (*ev).family = A::FAMILY;
+            }
+            None => {
+                (*ev).saddr_be = [0; 16];
+                (*ev).daddr_be = [0; 16];
+                (*ev).sport_be = [0; 2];
+                (*ev).dport_be = [0; 2];
+                (*ev).protocol = 0;
+                (*ev).tcp_flags = 0;
+                (*ev).family = 0;
+            }
+        }
+        (*ev).verdict = *m.verdict;
+        (*ev).staged = match m.staged {
             Some(s) => *s,
             None => PolicyValueV2::default(),
-        },
-        protocol: f.protocol,
-        direction: dir,
-        kind,
-        has_staged: staged.is_some() as u8,
-        drop_reason,
-        tcp_flags: f.tcp_flags,
-        _pad: 0,
-        local_identity: ids.local,
-        peer_identity: ids.peer,
-    };
-    slot.write(ev);
+        };
+        (*ev).direction = m.dir;
+        (*ev).kind = m.kind;
+        (*ev).has_staged = m.staged.is_some() as u8;
+        (*ev).drop_reason = m.drop_reason;
+        (*ev).local_identity = m.ids.local;
+        (*ev).peer_identity = m.ids.peer;
+    }
     slot.submit(0);
     count(counters::EVENTS_SENT);
 }

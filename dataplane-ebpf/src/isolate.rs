@@ -5,6 +5,7 @@
 use bulkhead_common::{counters, detect::AllowKeyV2, direction};
 
 use crate::{
+    family::Addr,
     maps::{ISOLATION_ALLOW, count},
     parse::Flow,
 };
@@ -12,21 +13,22 @@ use crate::{
 /// `Some(false)` = drop (isolated, not allowed), `Some(true)` = isolated but allowed (policy
 /// still judges it), `None` = not isolated.
 #[inline(always)]
-pub fn check(ifindex: u32, flow: &Flow, dir: u8) -> Option<bool> {
+pub fn check<A: Addr>(ifindex: u32, flow: &Flow<A>, dir: u8) -> Option<bool> {
     if !crate::maps::isolated(ifindex) {
         return None;
     }
     // Egress matches the destination, ingress the source (answers from the allowed server).
     let (addr, port) = if dir == direction::EGRESS { (flow.daddr_be, flow.dport_be) } else { (flow.saddr_be, flow.sport_be) };
     // The endpoint's own list (its DetectorPolicy's), then the list for every endpoint.
-    let exact = AllowKeyV2 { ifindex, addr_be: addr, port_be: port, protocol: flow.protocol, _pad: 0 };
-    let any = AllowKeyV2 { addr_be: [0; 4], ..exact };
-    let all_exact = AllowKeyV2 { ifindex: 0, ..exact };
+    // The list holds IPv4 addresses: an IPv6 packet matches its any-address entries only.
+    let any = AllowKeyV2 { ifindex, addr_be: [0; 4], port_be: port, protocol: flow.protocol, _pad: 0 };
     let all_any = AllowKeyV2 { ifindex: 0, ..any };
-    if ISOLATION_ALLOW.get_ptr(&exact).is_some()
-        || ISOLATION_ALLOW.get_ptr(&any).is_some()
-        || ISOLATION_ALLOW.get_ptr(&all_exact).is_some()
-        || ISOLATION_ALLOW.get_ptr(&all_any).is_some()
+    let exact = addr.allow_addr().map(|a| AllowKeyV2 { addr_be: a, ..any });
+    let exact_hit = match exact {
+        Some(e) => ISOLATION_ALLOW.get_ptr(&e).is_some() || ISOLATION_ALLOW.get_ptr(&AllowKeyV2 { ifindex: 0, ..e }).is_some(),
+        None => false,
+    };
+    if exact_hit || ISOLATION_ALLOW.get_ptr(&any).is_some() || ISOLATION_ALLOW.get_ptr(&all_any).is_some()
     {
         count(counters::PASS_ISOLATION_ALLOWLIST);
         Some(true)

@@ -16,6 +16,7 @@
 mod conntrack;
 mod detect;
 mod events;
+mod family;
 mod isolate;
 mod maps;
 mod parse;
@@ -29,11 +30,11 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use bulkhead_common::{
-    ConfigV2, CtKeyV2, CtValueV1, EndpointV3, action, counters, direction, ep_flags, flow_kind, proto,
-    verdict_flags,
+    ConfigV2, CtValueV1, EndpointV4, action, counters, direction, ep_flags, flow_kind, proto, verdict_flags,
 };
 
-use maps::{CONFIG, CONNTRACK, count};
+use family::Addr;
+use maps::{CONFIG, count};
 use parse::{Flow, Frame, parse};
 
 /// Continue: with tcx, the next program on the hook (or the stack) decides.
@@ -118,68 +119,130 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: __sk_buff is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(raw) = maps::endpoint(ifindex) else {
-        events::dropped(ifindex, None, dir, counters::DROP_NO_ENDPOINT, None);
+        events::dropped_unparsed(ifindex, dir, counters::DROP_NO_ENDPOINT, None);
         return TC_DROP;
     };
-    let Some(cfg) = CONFIG.get(0).copied() else {
-        events::dropped(ifindex, None, dir, counters::DROP_NO_CONFIG, None);
+    let Some(cfg) = CONFIG.get(0) else {
+        events::dropped_unparsed(ifindex, dir, counters::DROP_NO_CONFIG, None);
         return TC_DROP;
     };
+    // Each family in a function of its own: inlined together, the two paths' stack slots
+    // add up past the BPF stack's 512 bytes. The entry keeps almost nothing on its stack, so
+    // either callee has nearly all of it.
+    if parse::is_ipv6(ctx.data(), ctx.data_end()) {
+        tc_v6(ctx.skb.skb, raw, cfg, dir, ifindex)
+    } else {
+        tc_v4(ctx.skb.skb, raw, cfg, dir, ifindex)
+    }
+}
+
+/// Parses the frame with `parse_fn`, pulling headers beyond the linear part into it once;
+/// `None` after a drop (reported).
+#[inline(always)]
+fn parse_pulled<T>(ctx: &TcContext, local: Option<(u32, u8)>, dir: u8, ifindex: u32, mut parse_fn: impl FnMut(usize, usize) -> Option<T>) -> Option<T> {
+    if let Some(f) = parse_fn(ctx.data(), ctx.data_end()) {
+        return Some(f);
+    }
+    // Headers beyond the linear part (IP options, extension headers, an ICMP error's quote):
+    // pull in what the parser may read, once, then fail closed.
+    if ctx.pull_data((parse::MAX_PARSE_LEN as u32).min(ctx.len())).is_err() {
+        events::dropped_unparsed(ifindex, dir, counters::DROP_MALFORMED, local);
+        return None;
+    }
+    let f = parse_fn(ctx.data(), ctx.data_end());
+    if f.is_none() {
+        events::dropped_unparsed(ifindex, dir, counters::DROP_MALFORMED, local);
+    }
+    f
+}
+
+/// Everything but IPv6: IPv4 (and its ICMP errors) judged, ARP passed, the rest dropped.
+#[inline(never)]
+fn tc_v4(skb: *mut aya_ebpf::bindings::__sk_buff, raw: &EndpointV4, cfg: &ConfigV2, dir: u8, ifindex: u32) -> i32 {
+    let ctx = TcContext::new(skb);
     // One generation for the whole packet: every lookup below sees one complete policy.
-    let ep = Local::of(&raw, &cfg);
-    let frame = match parse(ctx.data(), ctx.data_end()) {
-        Some(f) => f,
-        None => {
-            // Headers beyond the linear part (IP options, an ICMP error's quote): pull in what
-            // the parser may read, once, then fail closed.
-            if ctx.pull_data((parse::MAX_PARSE_LEN as u32).min(ctx.len())).is_err() {
-                events::dropped(ifindex, None, dir, counters::DROP_MALFORMED, Some((ep.identity, ep.pgen)));
-                return TC_DROP;
-            }
-            match parse(ctx.data(), ctx.data_end()) {
-                Some(f) => f,
-                None => {
-                    events::dropped(ifindex, None, dir, counters::DROP_MALFORMED, Some((ep.identity, ep.pgen)));
-                    return TC_DROP;
-                }
-            }
-        }
-    };
+    let g = bulkhead_common::generation(cfg.policy_rev) as usize & 1;
+    let local = Some((raw.identity[g], g as u8));
+    let Some(frame) = parse_pulled(&ctx, local, dir, ifindex, parse) else { return TC_DROP };
     // An ICMP error goes through the same checks as its flow's packets, as the reversed quote:
     // that puts the flow's remote side where the isolation allow-list expects it in this
     // direction (destination on egress, source on ingress). Anti-spoofing checks the error's
     // own source.
-    let (flow, saddr_be, is_icmp_error) = match frame {
-        Frame::Ipv4(f) => (f, f.saddr_be, false),
-        Frame::IcmpError { saddr_be, quoted } => (parse::reversed(&quoted), saddr_be, true),
+    let len = ctx.len();
+    match frame {
+        Frame::Ipv4(f) => judge(ifindex, raw, cfg, g, &f, &f.saddr_be, false, dir, len),
+        Frame::IcmpError { saddr_be, quoted } => judge(ifindex, raw, cfg, g, &parse::reversed(&quoted), &saddr_be, true, dir, len),
         Frame::Pass(c) => {
             count(c);
-            return TC_PASS;
+            TC_PASS
         }
         Frame::Drop(c) => {
-            events::dropped(ifindex, None, dir, c, Some((ep.identity, ep.pgen)));
-            return TC_DROP;
+            events::dropped_unparsed(ifindex, dir, c, local);
+            TC_DROP
         }
+    }
+}
+
+/// IPv6: the same steps as IPv4, with the IPv6 caches and conntrack map and the tuple in the
+/// per-CPU scratch; neighbour discovery passed.
+#[inline(never)]
+fn tc_v6(skb: *mut aya_ebpf::bindings::__sk_buff, raw: &EndpointV4, cfg: &ConfigV2, dir: u8, ifindex: u32) -> i32 {
+    let ctx = TcContext::new(skb);
+    let g = bulkhead_common::generation(cfg.policy_rev) as usize & 1;
+    let local = Some((raw.identity6[g], g as u8));
+    let Some(s) = maps::SCRATCH6.get_ptr_mut(0) else {
+        // Index 0 of a one-entry array always exists; fail closed should it not.
+        events::dropped_unparsed(ifindex, dir, counters::DROP_IPV6_UNPARSED, local);
+        return TC_DROP;
     };
+    // SAFETY: this CPU's scratch slot, used by this packet only.
+    let s = unsafe { &mut *s };
+    let Some(frame) = parse_pulled(&ctx, local, dir, ifindex, |d, e| parse::parse_v6(d, e, &mut s.flow, &mut s.err_saddr)) else {
+        return TC_DROP;
+    };
+    let len = ctx.len();
+    match frame {
+        parse::Frame6::Flow => judge(ifindex, raw, cfg, g, &s.flow, &s.flow.saddr_be, false, dir, len),
+        parse::Frame6::IcmpError => {
+            parse::reverse(&mut s.flow);
+            judge(ifindex, raw, cfg, g, &s.flow, &s.err_saddr, true, dir, len)
+        }
+        parse::Frame6::Pass(c) => {
+            count(c);
+            TC_PASS
+        }
+        parse::Frame6::Drop(c) => {
+            events::dropped_unparsed(ifindex, dir, c, local);
+            TC_DROP
+        }
+    }
+}
+
+/// The verdict for a parsed packet of either family: anti-spoofing, isolation, conntrack,
+/// then policy for a new flow. `saddr_be` is the packet's own source (for an ICMP error, not
+/// the quote's).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn judge<A: Addr>(ifindex: u32, raw: &EndpointV4, cfg: &ConfigV2, g: usize, flow: &Flow<A>, saddr_be: &A, is_icmp_error: bool, dir: u8, len: u32) -> i32 {
+    let ep = Local::of::<A>(raw, g);
     let local = Some((ep.identity, ep.pgen));
-    if dir == direction::EGRESS && saddr_be != ep.ipv4_be {
-        events::dropped(ifindex, Some(&flow), dir, counters::DROP_SPOOFED, local);
+    if dir == direction::EGRESS && !saddr_be.own_source(raw) {
+        events::dropped(ifindex, Some(flow), dir, counters::DROP_SPOOFED, local);
         return TC_DROP;
     }
     // Before conntrack, so established flows of an isolated endpoint stop too.
-    if isolate::check(ifindex, &flow, dir) == Some(false) {
-        events::dropped(ifindex, Some(&flow), dir, counters::DROP_ISOLATED, local);
+    if isolate::check(ifindex, flow, dir) == Some(false) {
+        events::dropped(ifindex, Some(flow), dir, counters::DROP_ISOLATED, local);
         return TC_DROP;
     }
     if ep.flags & ep_flags::OVERFLOW_FAIL_CLOSED != 0 {
-        events::dropped(ifindex, Some(&flow), dir, counters::DROP_OVERFLOW, local);
+        events::dropped(ifindex, Some(flow), dir, counters::DROP_OVERFLOW, local);
         return TC_DROP;
     }
     if is_icmp_error {
-        return icmp_related(ifindex, &ep, &cfg, &flow, dir);
+        return icmp_related(ifindex, &ep, cfg, flow, dir);
     }
     let remote = if dir == direction::EGRESS { flow.daddr_be } else { flow.saddr_be };
-    let len = ctx.len();
 
     // A bare SYN opens a connection: it is never a reply, and a SYN reusing the tuple of an
     // old flow must be judged by today's policy, not inherit the old verdict. So it skips
@@ -189,12 +252,15 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
         && flow.tcp_flags & parse::TCP_ACK == 0;
     // The clock only when conntrack needs it: a helper call costs as much as a map lookup, and
     // a denied SYN never touches conntrack.
-    let now = if bare_syn { 0 } else { coarse_now(&cfg) };
-    let pkt = Packet { ifindex, ep: &ep, cfg: &cfg, flow: &flow, dir, remote, now, len };
+    let now = if bare_syn { 0 } else { coarse_now(cfg) };
+    let pkt = Packet { ifindex, ep: &ep, cfg, flow, dir, remote, now, len };
     // One entry per flow at this interface, both directions under one key.
-    let key = conntrack::key(ifindex, &flow);
+    let Some(key) = A::ct_key(ifindex, flow) else {
+        events::dropped(ifindex, Some(flow), dir, counters::DROP_IPV6_UNPARSED, local);
+        return TC_DROP;
+    };
     if !bare_syn {
-        if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+        if let Some(ct) = A::ct_get_mut(&key) {
             // SAFETY: LRU value pointer valid for this run; races with other CPUs only blur
             // counters.
             let ct = unsafe { &mut *ct };
@@ -206,6 +272,8 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
                 flow.policy_port
             } else if flow.protocol == proto::ICMP {
                 0x0800
+            } else if flow.protocol == proto::ICMPV6 {
+                (parse::ICMP6_ECHO_REQUEST as u16) << 8
             } else {
                 u16::from_be_bytes(flow.sport_be)
             };
@@ -214,12 +282,12 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
             }
         }
     }
-    if !judge_new_flow(ifindex, &ep, &cfg, &flow, dir, remote) {
+    if !judge_new_flow(ifindex, &ep, cfg, flow, dir, remote) {
         return TC_DROP;
     }
-    let now = if bare_syn { coarse_now(&cfg) } else { now };
-    let entry = conntrack::new_entry(&flow, len, now, dir, cfg.policy_rev);
-    if CONNTRACK.insert(&key, &entry, 0).is_err() {
+    let now = if bare_syn { coarse_now(cfg) } else { now };
+    let entry = conntrack::new_entry(flow, len, now, dir, cfg.policy_rev);
+    if !A::ct_insert(&key, &entry) {
         count(counters::CT_INSERT_FAILED);
     }
     if dir == direction::EGRESS {
@@ -242,21 +310,20 @@ fn coarse_now(cfg: &ConfigV2) -> u64 {
     }
 }
 
-/// The endpoint as the packet's policy generation sees it.
+/// The endpoint as the packet's policy generation and family see it.
 struct Local {
+    /// The identity of the endpoint's address of the packet's family.
     identity: u32,
     flags: u32,
-    ipv4_be: [u8; 4],
     /// Policy generation (0 or 1) of every lookup for this packet.
     pgen: u8,
 }
 
 impl Local {
     #[inline(always)]
-    fn of(raw: &EndpointV3, cfg: &ConfigV2) -> Local {
-        let (identity, flags, pgen) =
-            if bulkhead_common::generation(cfg.policy_rev) == 0 { (raw.identity[0], raw.flags[0], 0) } else { (raw.identity[1], raw.flags[1], 1) };
-        Local { identity, flags, ipv4_be: raw.ipv4_be, pgen }
+    fn of<A: Addr>(raw: &EndpointV4, g: usize) -> Local {
+        let flags = if g == 0 { raw.flags[0] } else { raw.flags[1] };
+        Local { identity: A::local_identity(raw, g), flags, pgen: g as u8 }
     }
 }
 
@@ -265,10 +332,9 @@ impl Local {
 /// allowed flows work under default deny. Anything else is dropped and counted: policy never
 /// judges errors.
 #[inline(always)]
-fn icmp_related(ifindex: u32, ep: &Local, cfg: &ConfigV2, reply: &Flow, dir: u8) -> i32 {
+fn icmp_related<A: Addr>(ifindex: u32, ep: &Local, cfg: &ConfigV2, reply: &Flow<A>, dir: u8) -> i32 {
     let now = coarse_now(cfg);
-    // SAFETY: the value is only read.
-    if let Some(ct) = unsafe { CONNTRACK.get(&conntrack::key(ifindex, reply)) } {
+    if let Some(ct) = A::ct_key(ifindex, reply).and_then(|k| A::ct_get(&k)) {
         if !ct.expired(cfg, now) {
             count(counters::PASS_ICMP_RELATED);
             return TC_PASS;
@@ -279,13 +345,13 @@ fn icmp_related(ifindex: u32, ep: &Local, cfg: &ConfigV2, reply: &Flow, dir: u8)
 }
 
 /// What the conntrack path needs to know about the packet at hand.
-struct Packet<'a> {
+struct Packet<'a, A> {
     ifindex: u32,
     ep: &'a Local,
     cfg: &'a ConfigV2,
-    flow: &'a Flow,
+    flow: &'a Flow<A>,
     dir: u8,
-    remote: [u8; 4],
+    remote: A,
     now: u64,
     len: u32,
 }
@@ -294,16 +360,16 @@ struct Packet<'a> {
 /// packet then starts a new flow). After a policy change the flow is judged again as its first
 /// packet was (`origin_port`); a flow the new policy denies loses its entry and is reported.
 #[inline(always)]
-fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV2, origin_port: u16, is_reply: bool) -> Option<i32> {
+fn tracked<A: Addr>(p: &Packet<A>, ct: &mut CtValueV1, key: &A::CtKey, origin_port: u16, is_reply: bool) -> Option<i32> {
     if ct.expired(p.cfg, p.now) {
         return None;
     }
     if ct.policy_rev != p.cfg.policy_rev {
-        let info = policy::peer_info(p.remote, p.ep.pgen);
+        let info = p.remote.peer_info(p.ep.pgen);
         let peer = info.identity;
         let v = policy::enforced(p.ep.identity, info.peer_class, ct.origin_direction, p.flow.protocol, origin_port, p.ep.pgen);
         if v.action != action::ALLOW {
-            let _ = CONNTRACK.remove(key);
+            A::ct_remove(key);
             events::count_drop(counters::CT_REEVAL_DENY, p.dir);
             events::emit(p.ifindex, p.flow, p.dir, flow_kind::REVOKED, &v, None, events::Ids { local: p.ep.identity, peer });
             return Some(TC_DROP);
@@ -322,8 +388,8 @@ fn tracked(p: &Packet, ct: &mut CtValueV1, key: &CtKeyV2, origin_port: u16, is_r
 /// Judges the first packet of a flow: enforced verdict, staged verdict for endpoints with
 /// staged policies, per-policy counters and flow events. Returns whether it is allowed.
 #[inline(always)]
-fn judge_new_flow(ifindex: u32, ep: &Local, cfg: &ConfigV2, flow: &Flow, dir: u8, remote: [u8; 4]) -> bool {
-    let info = policy::peer_info(remote, ep.pgen);
+fn judge_new_flow<A: Addr>(ifindex: u32, ep: &Local, cfg: &ConfigV2, flow: &Flow<A>, dir: u8, remote: A) -> bool {
+    let info = remote.peer_info(ep.pgen);
     let peer = info.identity;
     let v = policy::enforced(ep.identity, info.peer_class, dir, flow.protocol, flow.policy_port, ep.pgen);
     let allow = v.action == action::ALLOW;

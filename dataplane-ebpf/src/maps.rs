@@ -2,6 +2,7 @@
 //! layout version so an agent never reads a pinned map of another layout.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -9,7 +10,7 @@ use bulkhead_common::detect::{
     self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV2, CtKeyV2, CtValueV1, DropRateV1, EndpointV3, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
+    ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV1, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, capacity,
 };
 
@@ -17,25 +18,26 @@ use bulkhead_common::{
 /// endpoint behind it (identity and flags per policy generation; `present` 0 = none). Written
 /// by the agent when a pod's interface appears and for the inactive generation before a flip;
 /// read by TC and XDP on every packet (through [`endpoint`]).
-#[map(name = "BH_EP_DIRECT_V3")]
-pub static ENDPOINTS_DIRECT: Array<EndpointV3> = Array::with_max_entries(capacity::IFINDEX_DIRECT, 0);
+#[map(name = "BH_EP_DIRECT_V4")]
+pub static ENDPOINTS_DIRECT: Array<EndpointV4> = Array::with_max_entries(capacity::IFINDEX_DIRECT, 0);
 
 /// As [`ENDPOINTS_DIRECT`], for interface indexes from `capacity::IFINDEX_DIRECT` up (hash).
-#[map(name = "BH_EP_V3")]
-pub static ENDPOINTS: HashMap<u32, EndpointV3> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
+#[map(name = "BH_EP_V4")]
+pub static ENDPOINTS: HashMap<u32, EndpointV4> = HashMap::with_max_entries(capacity::ENDPOINTS, 0);
 
 /// The endpoint behind host interface `ifindex`, if it is one. Most interfaces are found in
 /// the array, whose lookup the verifier inlines: no call on the hot path.
 #[inline(always)]
-pub fn endpoint(ifindex: u32) -> Option<EndpointV3> {
+pub fn endpoint(ifindex: u32) -> Option<&'static EndpointV4> {
     if bulkhead_common::ifindex_is_direct(ifindex) {
         match ENDPOINTS_DIRECT.get(ifindex) {
-            Some(ep) if ep.present != 0 => Some(*ep),
+            Some(ep) if ep.present != 0 => Some(ep),
             _ => None,
         }
     } else {
-        // SAFETY: the value is copied out at once.
-        unsafe { ENDPOINTS.get(&ifindex) }.copied()
+        // SAFETY: a map value stays valid for the program's run (the agent replaces entries,
+        // it never frees one under a reader); read in place rather than copied to the stack.
+        unsafe { ENDPOINTS.get(&ifindex) }
     }
 }
 
@@ -70,6 +72,28 @@ pub static IPCACHE_G0: LpmTrie<IpCacheKeyV1, IpInfoV3> = LpmTrie::with_max_entri
 /// As [`IPCACHE_G0`], for policy generation 1.
 #[map(name = "BH_IPCACHE_G1_V2")]
 pub static IPCACHE_G1: LpmTrie<IpCacheKeyV1, IpInfoV3> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+
+/// Key: IPv6 address (network order). Value: its identity in policy generation 0 (pods'
+/// addresses). Written by the agent while generation 0 is inactive; read by TC for the remote
+/// address of IPv6 packets while it is enforced. Not preallocated: IPv4-only clusters pay
+/// no memory for it.
+#[map(name = "BH_IPHOST6_G0_V1")]
+pub static IPHOST6_G0: HashMap<[u8; 16], IpInfoV3> = HashMap::with_max_entries(capacity::IPCACHE, BPF_F_NO_PREALLOC);
+
+/// As [`IPHOST6_G0`], for policy generation 1.
+#[map(name = "BH_IPHOST6_G1_V1")]
+pub static IPHOST6_G1: HashMap<[u8; 16], IpInfoV3> = HashMap::with_max_entries(capacity::IPCACHE, BPF_F_NO_PREALLOC);
+
+/// Key: IPv6 prefix shorter than /128 (LPM). Value: the identity of the addresses in it, in
+/// policy generation 0 (`::/0` holds the identity of addresses in no policy prefix when that
+/// differs from a miss). Written by the agent while generation 0 is inactive; read by TC when
+/// IPHOST6_G0 has no entry for the remote address.
+#[map(name = "BH_IPCACHE6_G0_V1")]
+pub static IPCACHE6_G0: LpmTrie<IpCache6KeyV1, IpInfoV3> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+
+/// As [`IPCACHE6_G0`], for policy generation 1.
+#[map(name = "BH_IPCACHE6_G1_V1")]
+pub static IPCACHE6_G1: LpmTrie<IpCache6KeyV1, IpInfoV3> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
 
 /// Key: (local identity, peer class or any, direction (+ staged bit, + generation bit),
 /// protocol or any). Value: the slice of the verdict table judging that traffic (the verdict
@@ -132,9 +156,9 @@ pub fn flow_watched(ifindex: u32, cfg: &ConfigV2) -> bool {
 pub static POLICY_STATS: PerCpuArray<PolicyStatsV1> =
     PerCpuArray::with_max_entries(capacity::POLICIES, 0);
 
-/// Flow events (`FlowEventV3`): new flows (when enabled), Log-rule matches, revoked flows and
+/// Flow events (`FlowEventV4`): new flows (when enabled), Log-rule matches, revoked flows and
 /// rate-limited drops. Written by TC; read by the agent's flow log.
-#[map(name = "BH_FLOWS_V3")]
+#[map(name = "BH_FLOWS_V4")]
 pub static FLOWS: RingBuf = RingBuf::with_byte_size(capacity::FLOW_RING_BYTES, 0);
 
 /// Key: flow 5-tuple at one interface. Value: flow state and the policy revision it was
@@ -143,6 +167,25 @@ pub static FLOWS: RingBuf = RingBuf::with_byte_size(capacity::FLOW_RING_BYTES, 0
 #[map(name = "BH_CT_V2")]
 pub static CONNTRACK: LruHashMap<CtKeyV2, CtValueV1> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+/// Key: IPv6 flow 5-tuple at one interface. Value: as CONNTRACK. Written by TC; read by TC,
+/// garbage-collected by the agent. LRU, like CONNTRACK.
+#[map(name = "BH_CT6_V1")]
+pub static CONNTRACK6: LruHashMap<Ct6KeyV1, CtValueV1> = LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+/// Key: 0. Value: the IPv6 packet being judged (its tuple, an ICMPv6 error's own source, its
+/// conntrack key): 16-byte addresses would crowd the 512-byte BPF stack. Written and read by
+/// TC only, within one packet (per CPU, programs do not preempt each other on one CPU).
+#[map(name = "BH_SCRATCH6_V1")]
+pub static SCRATCH6: PerCpuArray<Scratch6> = PerCpuArray::with_max_entries(1, 0);
+
+/// The per-CPU scratch of an IPv6 packet ([`SCRATCH6`]).
+#[repr(C)]
+pub struct Scratch6 {
+    pub flow: crate::parse::Flow6,
+    pub err_saddr: [u8; 16],
+    pub key: Ct6KeyV1,
+}
 
 /// Key: 0. Value: global configuration (policy revision, conntrack timeouts).
 /// Written by the agent; read by TC.

@@ -5,11 +5,14 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use bulkhead_common::{
-    GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, NO_POLICY, PORT_KEY_FULL_BITS, PeerKeyV2, PeerSliceV1, PolicyValueV2,
+    GEN_DIRECTION_BIT, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, NO_POLICY, PORT_KEY_FULL_BITS, PeerKeyV2, PeerSliceV1, PolicyValueV2,
     PortKeyV1, STAGED_DIRECTION_BIT, action, identity, ip_slot_flags, port_filter_bit, proto, slice_flags,
 };
 
-use crate::maps::{IPCACHE_G0, IPCACHE_G1, IPHOST_G0, IPHOST_G1, IPSLOT_G0, IPSLOT_G1, PEERS, PORTS, RANGES};
+use crate::maps::{
+    IPCACHE6_G0, IPCACHE6_G1, IPCACHE_G0, IPCACHE_G1, IPHOST6_G0, IPHOST6_G1, IPHOST_G0, IPHOST_G1, IPSLOT_G0, IPSLOT_G1, PEERS,
+    PORTS, RANGES,
+};
 
 /// Identity and peer class of a remote address in policy generation `pgen`: exact (pods)
 /// first, from the direct-mapped slot array or else the hash, then prefixes, else WORLD
@@ -59,10 +62,32 @@ pub fn peer_info(remote_be: [u8; 4], pgen: u8) -> IpInfoV3 {
 /// An address in no cached prefix.
 const WORLD: IpInfoV3 = IpInfoV3 { identity: identity::WORLD, peer_class: identity::ANY };
 
-/// Identity of a remote address in policy generation `pgen` (for events).
+/// An IPv6 address in no cached prefix (the compiler writes `::/0` when such addresses are
+/// judged otherwise than any peer).
+const WORLD6: IpInfoV3 = IpInfoV3 { identity: identity::WORLD6, peer_class: identity::ANY };
+
+/// As [`peer_info`], for an IPv6 address: the host hash (pods), then the prefix trie.
 #[inline(always)]
-pub fn peer_identity(remote_be: [u8; 4], pgen: u8) -> u32 {
-    peer_info(remote_be, pgen).identity
+pub fn peer_info6(remote_be: [u8; 16], pgen: u8) -> IpInfoV3 {
+    if pgen == 0 {
+        // SAFETY: value copied out immediately.
+        if let Some(info) = unsafe { IPHOST6_G0.get(&remote_be) } {
+            return *info;
+        }
+        match IPCACHE6_G0.get(Key::new(128, IpCache6KeyV1 { addr_be: remote_be })) {
+            Some(info) => *info,
+            None => WORLD6,
+        }
+    } else {
+        // SAFETY: value copied out immediately.
+        if let Some(info) = unsafe { IPHOST6_G1.get(&remote_be) } {
+            return *info;
+        }
+        match IPCACHE6_G1.get(Key::new(128, IpCache6KeyV1 { addr_be: remote_be })) {
+            Some(info) => *info,
+            None => WORLD6,
+        }
+    }
 }
 
 /// The verdict when no tier applies: allow, decided by no policy.

@@ -5,19 +5,19 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use aya::maps::lpm_trie::Key;
 use bulkhead_common::{
-    ConfigV2, EndpointV3, GEN_DIRECTION_BIT, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PortKeyV1, SliceKeyV2, SliceValueV2,
+    ConfigV2, EndpointV4, GEN_DIRECTION_BIT, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PortKeyV1, SliceKeyV2, SliceValueV2,
     ep_flags, ip_slot_flags, map_names, proto, slice_flags,
 };
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
 
 use crate::{
     error::AgentError,
-    loader::{Dataplane, ipcache_key},
+    loader::{Dataplane, ipcache_key, ipcache6_key},
 };
 
 fn werr(map: &'static str, source: aya::maps::MapError) -> AgentError {
@@ -33,6 +33,10 @@ pub struct KernelState {
     pub ipslot: BTreeMap<u32, IpSlotV1>,
     /// Shorter prefixes, LPM.
     pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV3>,
+    /// IPv6 /128 entries (pods), hash.
+    pub iphost6: BTreeMap<[u8; 16], IpInfoV3>,
+    /// Shorter IPv6 prefixes, LPM.
+    pub ipcache6: BTreeMap<(Ipv6Addr, u8), IpInfoV3>,
     /// The layout's peer entries joined with their tables' slices: the kernel's peer map.
     pub peers: BTreeMap<PeerKeyV2, PeerSliceV1>,
     /// The compiler's layout; its port exceptions are written as they are.
@@ -46,6 +50,17 @@ impl KernelState {
         let mut s = KernelState { layout: c.layout().clone(), ..Default::default() };
         s.peers = join_slices(&s.layout);
         for ((addr, len), v) in &c.ipcache {
+            let addr = match addr {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(a) if *len == 128 => {
+                    s.iphost6.insert(a.octets(), *v);
+                    continue;
+                }
+                IpAddr::V6(a) => {
+                    s.ipcache6.insert((*a, *len), *v);
+                    continue;
+                }
+            };
             if *len == 32 {
                 // Ascending addresses: the lowest of a slot takes it, the same on every sync,
                 // so a diff moves no address between the array and the hash needlessly.
@@ -157,6 +172,8 @@ pub fn write_generation(
     let hosts = diff_map(&base.iphost, &new.iphost);
     let slots = diff_map(&base.ipslot, &new.ipslot);
     let prefixes = diff_map(&base.ipcache, &new.ipcache);
+    let hosts6 = diff_map(&base.iphost6, &new.iphost6);
+    let prefixes6 = diff_map(&base.ipcache6, &new.ipcache6);
     for k in &peers.removals {
         dp.maps.peers.remove(&peer_key(k, g)).map_err(|e| werr(map_names::PEERS, e))?;
         step(dp);
@@ -181,12 +198,22 @@ pub fn write_generation(
         dp.maps.ipcache[g].remove(&ipcache_key(*a, *l)).map_err(|e| werr(map_names::IPCACHE[g], e))?;
         step(dp);
     }
+    for k in &hosts6.removals {
+        dp.maps.iphost6[g].remove(k).map_err(|e| werr(map_names::IPHOST6[g], e))?;
+        step(dp);
+    }
+    for (a, l) in &prefixes6.removals {
+        dp.maps.ipcache6[g].remove(&ipcache6_key(*a, *l)).map_err(|e| werr(map_names::IPCACHE6[g], e))?;
+        step(dp);
+    }
     w.removals = peers.removals.len()
         + ports.removals.len()
         + ranges.removals.len()
         + hosts.removals.len()
         + slots.removals.len()
-        + prefixes.removals.len();
+        + prefixes.removals.len()
+        + hosts6.removals.len()
+        + prefixes6.removals.len();
     for (k, v) in &hosts.upserts {
         dp.maps.iphost[g].insert(k, v, 0).map_err(|e| werr(map_names::IPHOST[g], e))?;
         step(dp);
@@ -197,6 +224,14 @@ pub fn write_generation(
     }
     for ((a, l), v) in &prefixes.upserts {
         dp.maps.ipcache[g].insert(&ipcache_key(*a, *l), v, 0).map_err(|e| werr(map_names::IPCACHE[g], e))?;
+        step(dp);
+    }
+    for (k, v) in &hosts6.upserts {
+        dp.maps.iphost6[g].insert(k, v, 0).map_err(|e| werr(map_names::IPHOST6[g], e))?;
+        step(dp);
+    }
+    for ((a, l), v) in &prefixes6.upserts {
+        dp.maps.ipcache6[g].insert(&ipcache6_key(*a, *l), v, 0).map_err(|e| werr(map_names::IPCACHE6[g], e))?;
         step(dp);
     }
     for (k, v) in &ports.upserts {
@@ -216,7 +251,9 @@ pub fn write_generation(
         + ranges.upserts.len()
         + hosts.upserts.len()
         + slots.upserts.len()
-        + prefixes.upserts.len();
+        + prefixes.upserts.len()
+        + hosts6.upserts.len()
+        + prefixes6.upserts.len();
     Ok(w)
 }
 
@@ -300,11 +337,25 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
         dp.maps.ipcache[g].remove(k).map_err(|e| werr(map_names::IPCACHE[g], e))?;
         step(dp);
     }
+    let stale: Vec<[u8; 16]> = dp.maps.iphost6[g].keys().filter_map(Result::ok).filter(|k| !desired.iphost6.contains_key(k)).collect();
+    for k in &stale {
+        dp.maps.iphost6[g].remove(k).map_err(|e| werr(map_names::IPHOST6[g], e))?;
+        step(dp);
+    }
+    let stale: Vec<_> = dp.maps.ipcache6[g]
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !desired.ipcache6.contains_key(&(Ipv6Addr::from(k.data().addr_be), k.prefix_len() as u8)))
+        .collect();
+    for k in &stale {
+        dp.maps.ipcache6[g].remove(k).map_err(|e| werr(map_names::IPCACHE6[g], e))?;
+        step(dp);
+    }
     Ok(())
 }
 
 /// The endpoint map entries of a sync, per interface.
-pub type EndpointTable = BTreeMap<u32, (String, EndpointV3)>;
+pub type EndpointTable = BTreeMap<u32, (String, EndpointV4)>;
 
 /// Writes every local endpoint's identity and flags for generation `g` (the one about to be
 /// enforced). A new endpoint fails closed in the other generation until the flip; its
@@ -332,14 +383,16 @@ pub fn stage_endpoints(
         let mut value = match written.get(&ifindex).map(|(_, v)| *v).or_else(|| dp.maps.endpoints.get(ifindex).ok().flatten()) {
             Some(v) => v,
             None => {
-                let mut v = EndpointV3::default();
+                let mut v = EndpointV4::default();
                 v.flags[1 - g] = ep_flags::OVERFLOW_FAIL_CLOSED;
                 v
             }
         };
         value.identity[g] = ep.identity;
+        value.identity6[g] = ep.identity6;
         value.flags[g] = ep.flags;
         value.ipv4_be = ep.ip.octets();
+        value.ipv6_be = ep.ip6.map_or([0; 16], |a| a.octets());
         if written.get(&ifindex).map(|(_, v)| v) != Some(&value) {
             dp.maps.endpoints.insert(ifindex, value)?;
             written.insert(ifindex, (ifname.clone(), value));

@@ -104,11 +104,11 @@ pub fn delete_all<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
     Ok(deleted)
 }
 
-/// Every conntrack entry, read in batches: the one walk the sweep, the detector's sampling
+/// Every conntrack entry (of either family's map), read in batches: the one walk the sweep, the detector's sampling
 /// and `status` share.
-pub fn conntrack(
-    map: &aya::maps::HashMap<aya::maps::MapData, bulkhead_common::CtKeyV2, bulkhead_common::CtValueV1>,
-) -> Result<Vec<(bulkhead_common::CtKeyV2, bulkhead_common::CtValueV1)>, crate::error::AgentError> {
+pub fn conntrack<K: aya::Pod>(
+    map: &aya::maps::HashMap<aya::maps::MapData, K, bulkhead_common::CtValueV1>,
+) -> Result<Vec<(K, bulkhead_common::CtValueV1)>, crate::error::AgentError> {
     use aya::maps::IterableMap as _;
     use std::os::fd::AsFd as _;
     lookup_all(map.map().fd().as_fd()).map_err(|source| crate::error::AgentError::Io { what: "reading conntrack in batches", source })

@@ -5,11 +5,10 @@
 use std::{
     collections::VecDeque,
     io::Write as _,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
-use bulkhead_common::{FlowEventV3, NO_POLICY, PolicyValueV2, action, direction, flow_kind, verdict_flags};
+use bulkhead_common::{FlowEventV4, NO_POLICY, PolicyValueV2, action, direction, flow_kind, verdict_flags};
 use policy_compiler::compile::Compiled;
 use serde::Serialize;
 
@@ -71,7 +70,7 @@ pub fn verdict_record(c: &Compiled, v: &PolicyValueV2) -> VerdictRecord {
 }
 
 /// Turns a raw event into a record.
-pub fn record(c: &Compiled, e: &FlowEventV3) -> FlowRecord {
+pub fn record(c: &Compiled, e: &FlowEventV4) -> FlowRecord {
     FlowRecord {
         ts_ns: e.ts_ns,
         kind: match e.kind {
@@ -83,8 +82,8 @@ pub fn record(c: &Compiled, e: &FlowEventV3) -> FlowRecord {
         },
         direction: if e.direction == direction::INGRESS { "ingress" } else { "egress" },
         interface_index: e.ifindex,
-        src: Ipv4Addr::from(e.saddr_be).to_string(),
-        dst: Ipv4Addr::from(e.daddr_be).to_string(),
+        src: e.saddr().map_or_else(String::new, |a| a.to_string()),
+        dst: e.daddr().map_or_else(String::new, |a| a.to_string()),
         protocol: e.protocol,
         src_port: u16::from_be_bytes(e.sport_be),
         dst_port: u16::from_be_bytes(e.dport_be),
@@ -124,7 +123,7 @@ impl FlowLog {
     }
 
     /// Names and writes events already read from the ring.
-    pub fn log(&mut self, c: &Compiled, events: &[FlowEventV3]) {
+    pub fn log(&mut self, c: &Compiled, events: &[FlowEventV4]) {
         if events.is_empty() {
             return;
         }

@@ -10,7 +10,7 @@ use std::path::Path;
 use aya::Pod;
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use bulkhead_common::detect::{self as det, IsolationV1};
-use bulkhead_common::{EndpointV3, capacity, ifindex_is_direct, map_names};
+use bulkhead_common::{EndpointV4, capacity, ifindex_is_direct, map_names};
 
 /// A value that can sit in the array half: an all-zero (default) slot means "no entry".
 pub trait Slot: Pod + Default {
@@ -20,7 +20,7 @@ pub trait Slot: Pod + Default {
     fn mark_present(&mut self);
 }
 
-impl Slot for EndpointV3 {
+impl Slot for EndpointV4 {
     fn present(&self) -> bool {
         self.present != 0
     }
@@ -47,7 +47,7 @@ pub struct IfindexMap<T, V: Pod> {
 }
 
 /// The endpoint table ([`map_names::ENDPOINTS_DIRECT`], [`map_names::ENDPOINTS`]).
-pub type EndpointMap<T> = IfindexMap<T, EndpointV3>;
+pub type EndpointMap<T> = IfindexMap<T, EndpointV4>;
 /// The isolation table ([`det::map_names::ISOLATION_DIRECT`], [`det::map_names::ISOLATION`]).
 pub type IsolationMap<T> = IfindexMap<T, IsolationV1>;
 
@@ -148,7 +148,7 @@ fn open<V: Pod>(dir: &Path, direct: &'static str, other: &'static str) -> Result
     Ok((a, h))
 }
 
-impl IfindexMap<MapData, EndpointV3> {
+impl IfindexMap<MapData, EndpointV4> {
     /// The endpoint table pinned under `dir`.
     pub fn open_endpoints(dir: &Path) -> Result<Self, IfindexMapError> {
         let names = (map_names::ENDPOINTS_DIRECT, map_names::ENDPOINTS);

@@ -53,7 +53,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 31] = [
+pub(crate) const ALL_MAPS: [&str; 37] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
     map_names::EGRESS_BYTES,
@@ -65,12 +65,18 @@ pub(crate) const ALL_MAPS: [&str; 31] = [
     map_names::IPSLOT[1],
     map_names::IPCACHE[0],
     map_names::IPCACHE[1],
+    map_names::IPHOST6[0],
+    map_names::IPHOST6[1],
+    map_names::IPCACHE6[0],
+    map_names::IPCACHE6[1],
+    map_names::SCRATCH6,
     map_names::PEERS,
     map_names::PORTS,
     map_names::RANGES,
     map_names::POLICY_STATS,
     map_names::FLOWS,
     map_names::CONNTRACK,
+    map_names::CONNTRACK6,
     map_names::CONFIG,
     map_names::COUNTERS,
     map_names::DROPS,
@@ -119,12 +125,17 @@ pub struct Maps {
     pub ipslot: [Array<MapData, IpSlotV1>; 2],
     /// Per policy generation.
     pub ipcache: [LpmTrie<MapData, IpCacheKeyV1, IpInfoV3>; 2],
+    /// Per policy generation: IPv6 single addresses (pods).
+    pub iphost6: [HashMap<MapData, [u8; 16], IpInfoV3>; 2],
+    /// Per policy generation: IPv6 prefixes.
+    pub ipcache6: [LpmTrie<MapData, bulkhead_common::IpCache6KeyV1, IpInfoV3>; 2],
     pub peers: HashMap<MapData, PeerKeyV2, PeerSliceV1>,
     pub ports: HashMap<MapData, PortKeyV1, PolicyValueV2>,
     pub ranges: LpmTrie<MapData, PortKeyV1, PolicyValueV2>,
     pub policy_stats: PerCpuArray<MapData, PolicyStatsV1>,
-    pub flows: Option<crate::ring::Ring<bulkhead_common::FlowEventV3>>,
+    pub flows: Option<crate::ring::Ring<bulkhead_common::FlowEventV4>>,
     pub conntrack: HashMap<MapData, CtKeyV2, CtValueV1>,
+    pub conntrack6: HashMap<MapData, bulkhead_common::Ct6KeyV1, CtValueV1>,
     pub config: Array<MapData, ConfigV2>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Bytes of the flows each endpoint opened, by ifindex (per CPU).
@@ -264,12 +275,21 @@ impl Dataplane {
                 LpmTrie::try_from(take(map_names::IPCACHE[0])?).map_err(|e| map_err(map_names::IPCACHE[0], e))?,
                 LpmTrie::try_from(take(map_names::IPCACHE[1])?).map_err(|e| map_err(map_names::IPCACHE[1], e))?,
             ],
+            iphost6: [
+                HashMap::try_from(take(map_names::IPHOST6[0])?).map_err(|e| map_err(map_names::IPHOST6[0], e))?,
+                HashMap::try_from(take(map_names::IPHOST6[1])?).map_err(|e| map_err(map_names::IPHOST6[1], e))?,
+            ],
+            ipcache6: [
+                LpmTrie::try_from(take(map_names::IPCACHE6[0])?).map_err(|e| map_err(map_names::IPCACHE6[0], e))?,
+                LpmTrie::try_from(take(map_names::IPCACHE6[1])?).map_err(|e| map_err(map_names::IPCACHE6[1], e))?,
+            ],
             peers: HashMap::try_from(take(map_names::PEERS)?).map_err(|e| map_err(map_names::PEERS, e))?,
             ports: HashMap::try_from(take(map_names::PORTS)?).map_err(|e| map_err(map_names::PORTS, e))?,
             ranges: LpmTrie::try_from(take(map_names::RANGES)?).map_err(|e| map_err(map_names::RANGES, e))?,
             policy_stats: PerCpuArray::try_from(take(map_names::POLICY_STATS)?).map_err(|e| map_err(map_names::POLICY_STATS, e))?,
             flows: Some(crate::ring::Ring::new(RingBuf::try_from(take(map_names::FLOWS)?).map_err(|e| map_err(map_names::FLOWS, e))?)),
             conntrack: HashMap::try_from(take(map_names::CONNTRACK)?).map_err(|e| map_err(map_names::CONNTRACK, e))?,
+            conntrack6: HashMap::try_from(take(map_names::CONNTRACK6)?).map_err(|e| map_err(map_names::CONNTRACK6, e))?,
             config: Array::try_from(take(map_names::CONFIG)?).map_err(|e| map_err(map_names::CONFIG, e))?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?).map_err(|e| map_err(map_names::COUNTERS, e))?,
             egress_bytes: PerCpuArray::try_from(take(map_names::EGRESS_BYTES)?).map_err(|e| map_err(map_names::EGRESS_BYTES, e))?,
@@ -567,6 +587,11 @@ fn pin_replacing(fd: FdLink, pin: PathBuf) -> Result<KeptLink, AgentError> {
     let _ = std::fs::remove_file(&pin);
     let pinned = fd.pin(&pin).map_err(|source| AgentError::Pin { path: pin.clone(), source })?;
     Ok(KeptLink { _fd: pinned.into(), pin })
+}
+
+/// LPM key of the IPv6 cache for `addr/prefix_len`.
+pub fn ipcache6_key(addr: std::net::Ipv6Addr, prefix_len: u8) -> Key<bulkhead_common::IpCache6KeyV1> {
+    Key::new(prefix_len as u32, bulkhead_common::IpCache6KeyV1 { addr_be: addr.octets() })
 }
 
 /// LPM key of the IP cache for `addr/prefix_len`.

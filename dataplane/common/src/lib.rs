@@ -12,11 +12,11 @@ pub mod detect;
 /// Map names. The version suffix changes whenever a key or value layout changes.
 pub mod map_names {
     /// Endpoint table for interface indexes from [`crate::capacity::IFINDEX_DIRECT`] up:
-    /// host-side interface index -> [`crate::EndpointV3`] (hash).
-    pub const ENDPOINTS: &str = "BH_EP_V3";
+    /// host-side interface index -> [`crate::EndpointV4`] (hash).
+    pub const ENDPOINTS: &str = "BH_EP_V4";
     /// Endpoint table for interface indexes below [`crate::capacity::IFINDEX_DIRECT`]: array
-    /// indexed by the host-side interface index -> [`crate::EndpointV3`] (`present` 0: none).
-    pub const ENDPOINTS_DIRECT: &str = "BH_EP_DIRECT_V3";
+    /// indexed by the host-side interface index -> [`crate::EndpointV4`] (`present` 0: none).
+    pub const ENDPOINTS_DIRECT: &str = "BH_EP_DIRECT_V4";
     /// IP cache, one map per policy generation: IPv4 prefix -> [`crate::IpInfoV3`] (the
     /// identity and peer class of addresses). One map each rather than a generation in the
     /// key, which would lengthen every LPM walk.
@@ -30,6 +30,15 @@ pub mod map_names {
     /// only holds the addresses whose slot another address took. The verifier inlines an
     /// array lookup, so a pod peer costs no map call (a hash lookup costs 25-30 ns here).
     pub const IPSLOT: [&str; 2] = ["BH_IPSLOT_G0_V1", "BH_IPSLOT_G1_V1"];
+    /// The IPv6 cache, per policy generation: IPv6 prefix ([`crate::IpCache6KeyV1`], LPM)
+    /// -> [`crate::IpInfoV3`]. Its own maps, so IPv4 lookups keep their 4-byte keys.
+    pub const IPCACHE6: [&str; 2] = ["BH_IPCACHE6_G0_V1", "BH_IPCACHE6_G1_V1"];
+    /// Single IPv6 addresses (pods), per policy generation: IPv6 (network order) ->
+    /// [`crate::IpInfoV3`] (hash), consulted before [`IPCACHE6`].
+    pub const IPHOST6: [&str; 2] = ["BH_IPHOST6_G0_V1", "BH_IPHOST6_G1_V1"];
+    /// The IPv6 packet being judged, per CPU (TC's scratch: 16-byte addresses would crowd
+    /// the BPF stack). Never read by user space.
+    pub const SCRATCH6: &str = "BH_SCRATCH6_V1";
     /// The slice judging a (local identity, peer class or any, direction, protocol or any):
     /// [`crate::PeerKeyV2`] (generation in the direction byte) -> [`crate::PeerSliceV1`] (hash).
     pub const PEERS: &str = "BH_PEER_V2";
@@ -52,8 +61,8 @@ pub mod map_names {
     pub const FLOW_WATCH: &str = "BH_FLOW_WATCH_V1";
     /// Per-policy counters: policy index -> [`crate::PolicyStatsV1`] (per CPU).
     pub const POLICY_STATS: &str = "BH_POLICY_STATS_V1";
-    /// Flow events ring buffer of [`crate::FlowEventV3`].
-    pub const FLOWS: &str = "BH_FLOWS_V3";
+    /// Flow events ring buffer of [`crate::FlowEventV4`].
+    pub const FLOWS: &str = "BH_FLOWS_V4";
     /// Drops per reason and direction: index `reason + capacity::COUNTERS * (direction - 1)`
     /// -> packets (per CPU); the reasons are [`crate::counters`] indexes.
     pub const DROPS: &str = "BH_DROPS_V1";
@@ -61,6 +70,8 @@ pub mod map_names {
     pub const DROP_RATE: &str = "BH_DROP_RATE_V1";
     /// Connection tracking: [`crate::CtKeyV2`] -> [`crate::CtValueV1`] (LRU).
     pub const CONNTRACK: &str = "BH_CT_V2";
+    /// Connection tracking of IPv6 flows: [`crate::Ct6KeyV1`] -> [`crate::CtValueV1`] (LRU).
+    pub const CONNTRACK6: &str = "BH_CT6_V1";
     /// Global configuration, one [`crate::ConfigV2`] at index 0.
     pub const CONFIG: &str = "BH_CONFIG_V2";
     /// Per-CPU counters indexed by [`crate::counters`].
@@ -283,7 +294,7 @@ pub const fn port_filter_bit(port: u16) -> u64 {
     1u64 << ((p ^ (p >> 6) ^ (p >> 12)) & 63)
 }
 
-/// Bits of [`EndpointV3::flags`].
+/// Bits of [`EndpointV4::flags`].
 pub mod ep_flags {
     /// At least one enforced policy selects the endpoint for ingress (informational: the
     /// policy map holds complete verdicts for such endpoints).
@@ -334,8 +345,10 @@ pub mod counters {
         CT_REEVAL_DENY = "ct_reeval_deny",
         /// ARP passes: pods need it to reach their gateway, and it carries no L4 payload.
         PASS_ARP = "pass_arp",
-        /// Fail-closed: IPv6 is not enforced by this dataplane yet, so it is dropped.
-        DROP_IPV6 = "drop_ipv6_fail_closed",
+        /// Fail-closed: an IPv6 packet whose extension headers run past the parser's bound
+        /// (more than [`crate::IPV6_MAX_EXT_HEADERS`] or beyond the first 512 bytes), or an
+        /// IPv6 header of another version: its ports cannot be known.
+        DROP_IPV6_UNPARSED = "drop_ipv6_unparsed_fail_closed",
         /// Fail-closed: truncated or malformed header.
         DROP_MALFORMED = "drop_malformed_fail_closed",
         /// Fail-closed: non-first IP fragment (ports unknown).
@@ -407,6 +420,14 @@ pub mod counters {
         /// The uplink pre-filter passed a packet to the stack (not IPv4, or a source in no
         /// denied prefix: TC and the host's rules decide as before).
         UPLINK_PASS = "uplink_pass",
+        /// ICMPv6 neighbour discovery (router and neighbour solicitation/advertisement,
+        /// redirect) and multicast listener messages pass without policy, as ARP does: IPv6
+        /// needs them to reach the gateway. Only with hop limit 255 (ND) or 1 (MLD), which a
+        /// router never forwards.
+        PASS_ICMPV6_ND = "pass_icmpv6_nd",
+        /// Fail-closed: an ICMPv6 neighbour discovery or listener message with a hop limit
+        /// that says it was forwarded (RFC 4861 and 3810 receivers discard these).
+        DROP_ICMPV6_ND_HOPLIMIT = "drop_icmpv6_nd_forwarded_fail_closed",
     }
 }
 
@@ -418,17 +439,24 @@ pub mod counters {
 /// Written by the agent, read by the TC and XDP programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EndpointV3 {
-    /// The endpoint's own identity (the local side of policy keys), per generation.
+pub struct EndpointV4 {
+    /// The identity of the endpoint's IPv4 address (the local side of IPv4 policy keys), per
+    /// generation.
     pub identity: [u32; 2],
     /// [`ep_flags`] bits, per generation.
     pub flags: [u32; 2],
-    /// The endpoint's IPv4 address, network order (anti-spoofing: the only source address its
-    /// packets may carry).
+    /// The endpoint's IPv4 address, network order (anti-spoofing: the only IPv4 source
+    /// address its packets may carry).
     pub ipv4_be: [u8; 4],
     /// 1 for an endpoint; 0 marks an empty slot of the array (an interface that is no
     /// endpoint), which the datapath treats as a missing entry.
     pub present: u32,
+    /// The identity of its IPv6 address (the local side of IPv6 policy keys), per generation.
+    pub identity6: [u32; 2],
+    /// The endpoint's IPv6 address, network order; all zero when it has none (then only
+    /// link-local sources pass anti-spoofing, so an IPv4-only pod cannot send IPv6 past its
+    /// link).
+    pub ipv6_be: [u8; 16],
 }
 
 /// Whether an interface's endpoint entry lives in the array [`map_names::ENDPOINTS_DIRECT`]
@@ -447,6 +475,19 @@ pub const fn ifindex_is_direct(ifindex: u32) -> bool {
 pub struct IpCacheKeyV1 {
     pub addr_be: [u8; 4],
 }
+
+/// Data part of the IPv6 cache LPM key ([`map_names::IPCACHE6`]); also the key of
+/// [`map_names::IPHOST6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpCache6KeyV1 {
+    pub addr_be: [u8; 16],
+}
+
+/// How many IPv6 extension headers the datapath walks before the transport header (hop-by-hop,
+/// routing, fragment, destination options, authentication); a packet with more is dropped
+/// and counted ([`counters::DROP_IPV6_UNPARSED`]).
+pub const IPV6_MAX_EXT_HEADERS: usize = 4;
 
 /// Value of the IP cache: the identity of an address. Every address has exactly one
 /// identity; a pod's identity covers its labels *and* which policy prefixes contain its IP, so
@@ -540,7 +581,7 @@ pub struct PolicyStatsV1 {
     pub would_deny: u64,
 }
 
-/// Kinds of [`FlowEventV3`].
+/// Kinds of [`FlowEventV4`].
 pub mod flow_kind {
     /// A new flow was allowed.
     pub const NEW_ALLOWED: u8 = 1;
@@ -557,11 +598,13 @@ pub mod flow_kind {
 /// detector's peer baseline).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowEventV3 {
+pub struct FlowEventV4 {
     pub ts_ns: u64,
     pub ifindex: u32,
-    pub saddr_be: [u8; 4],
-    pub daddr_be: [u8; 4],
+    /// Source address, network order: IPv4 in the first 4 bytes (the rest zero), or IPv6
+    /// (see `family`).
+    pub saddr_be: [u8; 16],
+    pub daddr_be: [u8; 16],
     pub sport_be: [u8; 2],
     pub dport_be: [u8; 2],
     /// The enforced verdict's value (policy, rule, tier, log policy).
@@ -581,11 +624,32 @@ pub struct FlowEventV3 {
     /// a TCP flow whose first packet is no SYN ([`tcp_opens`]) was picked up mid-stream, e.g. after its conntrack
     /// entry was evicted, and says nothing about who opened it). 0 for other protocols.
     pub tcp_flags: u8,
-    pub _pad: u8,
+    /// 4 or 6: the addresses' family (0 for a drop before the IP header was parsed).
+    pub family: u8,
     /// The endpoint's identity (0 when the drop came before it was known).
     pub local_identity: u32,
     /// The remote address's identity (0 when the drop came before it was known).
     pub peer_identity: u32,
+}
+
+impl FlowEventV4 {
+    fn addr(&self, b: [u8; 16]) -> Option<core::net::IpAddr> {
+        match self.family {
+            4 => Some(core::net::IpAddr::V4(core::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+            6 => Some(core::net::IpAddr::V6(core::net::Ipv6Addr::from(b))),
+            _ => None,
+        }
+    }
+
+    /// The source address (`None` for a drop before the IP header was parsed).
+    pub fn saddr(&self) -> Option<core::net::IpAddr> {
+        self.addr(self.saddr_be)
+    }
+
+    /// The destination address.
+    pub fn daddr(&self) -> Option<core::net::IpAddr> {
+        self.addr(self.daddr_be)
+    }
 }
 
 /// Per-CPU state of the drop-event rate limit. Written and read by TC only.
@@ -637,8 +701,64 @@ impl CtKeyV2 {
     }
 }
 
+/// Conntrack key of an IPv6 flow, as [`CtKeyV2`] with 16-byte addresses (map
+/// [`map_names::CONNTRACK6`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ct6KeyV1 {
+    pub ifindex: u32,
+    pub addr_lo_be: [u8; 16],
+    pub addr_hi_be: [u8; 16],
+    pub port_lo_be: [u8; 2],
+    pub port_hi_be: [u8; 2],
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+impl Ct6KeyV1 {
+    /// As [`CtKeyV2::of`]: the ends ordered by (address, port), compared as numbers.
+    pub fn of(ifindex: u32, saddr_be: [u8; 16], sport_be: [u8; 2], daddr_be: [u8; 16], dport_be: [u8; 2], protocol: u8) -> Ct6KeyV1 {
+        let mut k = Ct6KeyV1::default();
+        k.set(ifindex, &saddr_be, sport_be, &daddr_be, dport_be, protocol);
+        k
+    }
+
+    /// [`Ct6KeyV1::of`] written in place: the datapath fills a per-CPU slot, since copies of
+    /// 16-byte addresses would crowd the BPF stack.
+    #[inline(always)]
+    pub fn set(&mut self, ifindex: u32, saddr_be: &[u8; 16], sport_be: [u8; 2], daddr_be: &[u8; 16], dport_be: [u8; 2], protocol: u8) {
+        // Two 64-bit halves per address rather than u128, which the BPF backend lowers badly.
+        let half = |a: &[u8; 16], i: usize| {
+            let mut v = 0u64;
+            for b in &a[i..i + 8] {
+                v = v << 8 | u64::from(*b);
+            }
+            v
+        };
+        let (s_hi, d_hi) = (half(saddr_be, 0), half(daddr_be, 0));
+        let s_first = s_hi < d_hi || (s_hi == d_hi && {
+            let (s_lo, d_lo) = (half(saddr_be, 8), half(daddr_be, 8));
+            s_lo < d_lo || (s_lo == d_lo && u16::from_be_bytes(sport_be) <= u16::from_be_bytes(dport_be))
+        });
+        self.ifindex = ifindex;
+        self.protocol = protocol;
+        self._pad = [0; 3];
+        if s_first {
+            self.addr_lo_be = *saddr_be;
+            self.addr_hi_be = *daddr_be;
+            self.port_lo_be = sport_be;
+            self.port_hi_be = dport_be;
+        } else {
+            self.addr_lo_be = *daddr_be;
+            self.addr_hi_be = *saddr_be;
+            self.port_lo_be = dport_be;
+            self.port_hi_be = sport_be;
+        }
+    }
+}
+
 /// TCP flags (SYN set, ACK clear) of a connection's opening packet, as in
-/// [`FlowEventV3::tcp_flags`].
+/// [`FlowEventV4::tcp_flags`].
 pub const TCP_SYN: u8 = 0x02;
 /// TCP ACK flag.
 pub const TCP_ACK: u8 = 0x10;
@@ -755,8 +875,10 @@ impl ConfigV2 {
 const _: () = {
     // Every counter has a slot in the per-CPU counter array.
     assert!(counters::COUNT <= capacity::COUNTERS);
-    assert!(core::mem::size_of::<EndpointV3>() == 24);
+    assert!(core::mem::size_of::<EndpointV4>() == 48);
     assert!(core::mem::size_of::<IpCacheKeyV1>() == 4);
+    assert!(core::mem::size_of::<IpCache6KeyV1>() == 16);
+    assert!(core::mem::size_of::<Ct6KeyV1>() == 44);
     assert!(core::mem::size_of::<IpInfoV3>() == 8);
     assert!(core::mem::size_of::<IpSlotV1>() == 16);
     assert!(capacity::IPSLOT == 1 << 16);
@@ -769,7 +891,7 @@ const _: () = {
     assert!(core::mem::size_of::<PortKeyV1>() == 8);
     assert!(core::mem::size_of::<SliceValueV2>() == 32);
     assert!(core::mem::size_of::<PolicyStatsV1>() == 32);
-    assert!(core::mem::size_of::<FlowEventV3>() == 72);
+    assert!(core::mem::size_of::<FlowEventV4>() == 96);
     assert!(core::mem::size_of::<DropRateV1>() == 16);
     assert!(core::mem::size_of::<CtKeyV2>() == 20);
     assert!(core::mem::size_of::<CtValueV1>() == 48);
@@ -781,8 +903,10 @@ mod user {
     use super::*;
     // SAFETY: plain #[repr(C)] integers and byte arrays with explicit padding; every bit
     // pattern is valid.
-    unsafe impl aya::Pod for EndpointV3 {}
+    unsafe impl aya::Pod for EndpointV4 {}
     unsafe impl aya::Pod for IpCacheKeyV1 {}
+    unsafe impl aya::Pod for IpCache6KeyV1 {}
+    unsafe impl aya::Pod for Ct6KeyV1 {}
     unsafe impl aya::Pod for IpInfoV3 {}
     unsafe impl aya::Pod for IpSlotV1 {}
     unsafe impl aya::Pod for PeerKeyV1 {}
@@ -794,7 +918,7 @@ mod user {
     unsafe impl aya::Pod for PolicyStatsV1 {}
     unsafe impl aya::Pod for SliceKeyV2 {}
     unsafe impl aya::Pod for SliceValueV2 {}
-    unsafe impl aya::Pod for FlowEventV3 {}
+    unsafe impl aya::Pod for FlowEventV4 {}
     unsafe impl aya::Pod for DropRateV1 {}
     unsafe impl aya::Pod for CtKeyV2 {}
     unsafe impl aya::Pod for CtValueV1 {}

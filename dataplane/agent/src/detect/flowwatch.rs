@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -19,7 +19,7 @@ use std::{
 };
 
 use aya::maps::MapData;
-use bulkhead_common::{FlowEventV3, direction, flow_kind};
+use bulkhead_common::{FlowEventV4, direction, flow_kind};
 
 use super::{
     DetectorEvent, Mode, NetActions, Shared, WorkloadState,
@@ -34,7 +34,7 @@ use crate::{
 };
 
 /// Pod address -> peer name (the pod's profile name), replaced whole at each sync.
-pub type PeerBook = Arc<Mutex<Arc<HashMap<Ipv4Addr, String>>>>;
+pub type PeerBook = Arc<Mutex<Arc<HashMap<IpAddr, String>>>>;
 
 /// Batches of events waiting for the flow log; past this many the agent thread is too far
 /// behind and new batches are counted as lost (the ring itself stays drained, so the
@@ -52,13 +52,13 @@ pub struct FlowWatch {
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
     flush_tx: mpsc::Sender<mpsc::SyncSender<()>>,
-    events_rx: mpsc::Receiver<Vec<FlowEventV3>>,
+    events_rx: mpsc::Receiver<Vec<FlowEventV4>>,
     lost: Arc<AtomicU64>,
 }
 
 impl FlowWatch {
     /// Starts the thread on the flow ring.
-    pub(super) fn spawn(ring: Ring<FlowEventV3>, shared: Arc<Shared>, peers: PeerBook, events_file: PathBuf, pin_dir: &Path) -> Result<FlowWatch, AgentError> {
+    pub(super) fn spawn(ring: Ring<FlowEventV4>, shared: Arc<Shared>, peers: PeerBook, events_file: PathBuf, pin_dir: &Path) -> Result<FlowWatch, AgentError> {
         let isolation = match IsolationMap::open_isolation(pin_dir) {
             Ok(m) => Some(m),
             Err(e) => {
@@ -83,7 +83,7 @@ impl FlowWatch {
     }
 
     /// Event batches judged and waiting for the flow log, oldest first.
-    pub fn take_events(&self) -> Vec<Vec<FlowEventV3>> {
+    pub fn take_events(&self) -> Vec<Vec<FlowEventV4>> {
         self.events_rx.try_iter().collect()
     }
 
@@ -120,7 +120,7 @@ impl Drop for FlowWatch {
 
 /// The thread's state.
 struct Watcher {
-    ring: Ring<FlowEventV3>,
+    ring: Ring<FlowEventV4>,
     shared: Arc<Shared>,
     peers: PeerBook,
     events_file: PathBuf,
@@ -128,7 +128,7 @@ struct Watcher {
     isolation: Option<IsolationMap<MapData>>,
     /// Port-scan windows per workload (cgroup id).
     scan: HashMap<u64, ScanWindow>,
-    to_log: mpsc::SyncSender<Vec<FlowEventV3>>,
+    to_log: mpsc::SyncSender<Vec<FlowEventV4>>,
     lost: Arc<AtomicU64>,
 }
 
@@ -182,7 +182,7 @@ impl Watcher {
     }
 
     /// Learns or judges one flow event (new flows of monitored workloads).
-    fn on_flow(&mut self, peers: &HashMap<Ipv4Addr, String>, ev: &FlowEventV3) {
+    fn on_flow(&mut self, peers: &HashMap<IpAddr, String>, ev: &FlowEventV4) {
         if !matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || ev.ifindex == 0 {
             return;
         }
@@ -204,7 +204,7 @@ impl Watcher {
         // ICMP "ports" are the echo identifier: not part of a destination. The port is the
         // destination's either way: the peer's outbound, the workload's own inbound.
         let port = if protocol == Protocol::Icmp { 0 } else { u16::from_be_bytes(ev.dport_be) };
-        let remote = Ipv4Addr::from(if inbound { ev.saddr_be } else { ev.daddr_be });
+        let Some(remote) = (if inbound { ev.saddr() } else { ev.daddr() }) else { return };
         let peer = peers.get(&remote).map(|n| Peer::Workload(n.clone())).unwrap_or(Peer::Address(remote));
         let mut g = self.shared.state();
         let Some(w) = g.workloads.values().find(|w| w.ifindex == ev.ifindex).cloned() else { return };
@@ -243,7 +243,7 @@ impl Watcher {
     fn act(
         &mut self,
         w: &WorkloadState,
-        ev: &FlowEventV3,
+        ev: &FlowEventV4,
         finding: Finding,
         actions: NetActions,
         peer: &Peer,
@@ -261,7 +261,12 @@ impl Watcher {
             map.insert(w.ifindex, super::user_isolation(w)).map_err(|e| e.to_string())
         });
         let now = crate::clock::monotonic_ns();
-        let dst = format!("{}:{port}/{protocol:?}", Ipv4Addr::from(ev.daddr_be)).to_uppercase();
+        let dst = match ev.daddr() {
+            Some(IpAddr::V6(a)) => format!("[{a}]:{port}/{protocol:?}"),
+            Some(a) => format!("{a}:{port}/{protocol:?}"),
+            None => format!("?:{port}/{protocol:?}"),
+        }
+        .to_uppercase();
         let rec = DetectorEvent {
             kind: finding.kind(),
             ts_ns: ev.ts_ns,

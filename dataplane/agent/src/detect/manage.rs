@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::Path,
 };
 
@@ -73,14 +73,19 @@ impl Detector {
             .values()
             .map(|w| (w.spec.name.clone(), w.profile_name().to_string()))
             .collect();
-        let mut peers: HashMap<Ipv4Addr, String> = HashMap::new();
+        let mut peers: HashMap<IpAddr, String> = HashMap::new();
         for pod in model.pods.values() {
-            let Some(ip) = pod.ip else { continue };
+            if pod.ip.is_none() {
+                continue;
+            }
             let name = by_pod
                 .get(&format!("{}/{}", pod.namespace, pod.name))
                 .cloned()
                 .unwrap_or_else(|| profile::key_of(&pod.namespace, &pod.labels, None).0);
-            peers.insert(ip, name);
+            // Both families: a dual-stack peer is one workload whichever address it uses.
+            for ip in pod.addrs() {
+                peers.insert(ip, name.clone());
+            }
         }
         self.set_peers(peers);
     }

@@ -779,7 +779,7 @@ impl Detector {
     }
 
     /// Flow events the network thread judged, oldest first, for the flow log.
-    pub fn flow_events(&self) -> Vec<Vec<bulkhead_common::FlowEventV3>> {
+    pub fn flow_events(&self) -> Vec<Vec<bulkhead_common::FlowEventV4>> {
         self.flowwatch.take_events()
     }
 

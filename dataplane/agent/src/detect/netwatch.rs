@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -35,7 +35,7 @@ const VOLUME_FLOOR: u64 = 1 << 20;
 
 impl Detector {
     /// Pod addresses and their peer names (profile names), from the datastore's last sync.
-    pub(crate) fn set_peers(&mut self, peers: HashMap<Ipv4Addr, String>) {
+    pub(crate) fn set_peers(&mut self, peers: HashMap<IpAddr, String>) {
         *self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(peers);
     }
 

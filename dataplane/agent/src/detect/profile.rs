@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
 };
 
@@ -79,7 +79,7 @@ pub struct Egress {
     pub workload: Option<String>,
     /// The peer's address, for anything else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
     /// Destination port (0 for ICMP).
     pub port: u16,
     pub protocol: Protocol,
@@ -89,7 +89,7 @@ pub struct Egress {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Peer {
     Workload(String),
-    Address(Ipv4Addr),
+    Address(IpAddr),
 }
 
 impl std::fmt::Display for Peer {
@@ -107,7 +107,7 @@ impl Egress {
         match (&self.workload, self.address) {
             (Some(w), _) => Peer::Workload(w.clone()),
             (None, Some(a)) => Peer::Address(a),
-            (None, None) => Peer::Address(Ipv4Addr::UNSPECIFIED),
+            (None, None) => Peer::Address(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         }
     }
 
