@@ -91,7 +91,11 @@ const IPV4_MAX_HLEN: usize = 60;
 /// header, an ICMP header, the quoted packet's longest IPv4 header and its first 8 L4 bytes;
 /// for IPv6 the extension headers up to [`IPV6_MAX_L4_OFF`] and the same quote. The caller
 /// pulls this much into the linear part before giving up on a frame.
-pub const MAX_PARSE_LEN: usize = IPV6_MAX_L4_OFF + 8 + IPV6_HLEN + 8;
+pub const MAX_PARSE_LEN: usize = max(ETH_HLEN + IPV4_MAX_HLEN + 8 + IPV4_MAX_HLEN + 8, IPV6_MAX_L4_OFF + 8 + IPV6_HLEN + 8);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b { a } else { b }
+}
 
 const IPV6_HLEN: usize = 40;
 /// The transport header of an IPv6 packet must start within this many bytes of the frame:

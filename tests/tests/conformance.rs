@@ -4,14 +4,14 @@ use bulkhead_e2e::{LabIdsGuard, lab_ids, leftovers, require_root, run_bulkhead};
 
 #[test]
 fn vendored_conformance_cases_pass() {
-    run_folder(&["tests/conformance/cases"], &[], 60);
+    run_folder(&["tests/conformance/cases"], &[], 68);
 }
 
 /// The same cases with every step written through the Kubernetes API (an API-server
 /// emulator) and read by the agent's Kubernetes datastore.
 #[test]
 fn vendored_conformance_cases_pass_through_the_kubernetes_datastore() {
-    run_folder(&["tests/conformance/cases"], &["--datastore", "kubernetes"], 60);
+    run_folder(&["tests/conformance/cases"], &["--datastore", "kubernetes"], 68);
 }
 
 /// Cases that change policy, labels and deletions, with every change arriving through a

@@ -72,6 +72,9 @@ pub enum Step {
         port: PortRef,
         /// Protocol.
         protocol: Protocol,
+        /// `family: IPv6`: probe between the pods' IPv6 addresses; pairs where either pod has
+        /// none are not probed.
+        ipv6: bool,
         /// Expected matrix.
         expect: Expect,
     },
@@ -124,6 +127,7 @@ struct RawLabel {
 struct RawProbe {
     port: PortRef,
     protocol: Option<String>,
+    family: Option<String>,
 }
 
 impl Case {
@@ -172,6 +176,11 @@ impl Case {
                 let proto_s = p.protocol.unwrap_or_else(|| "TCP".into());
                 let protocol = Protocol::parse(&proto_s)
                     .ok_or_else(|| LabError::invalid(&file, at("probe.protocol"), format!("{proto_s:?} is not TCP or UDP")))?;
+                let ipv6 = match p.family.as_deref() {
+                    None | Some("IPv4") => false,
+                    Some("IPv6") => true,
+                    Some(f) => return Err(LabError::invalid(&file, at("probe.family"), format!("{f:?} is not IPv4 or IPv6"))),
+                };
                 let expect = s.expect.ok_or_else(|| LabError::invalid(&file, at("expect"), "missing"))?;
                 for (r, rule) in expect.rules.iter().enumerate() {
                     for (fname, pat) in [("from", &rule.from), ("to", &rule.to)] {
@@ -180,7 +189,7 @@ impl Case {
                         }
                     }
                 }
-                Step::Probe { port: p.port, protocol, expect }
+                Step::Probe { port: p.port, protocol, ipv6, expect }
             };
             steps.push(step);
         }

@@ -84,7 +84,10 @@ impl Datastore {
                     "annotations": annotations,
                 },
                 "spec": {"serviceAccountName": pod.service_account, "containers": [{"name": "app", "ports": ports}]},
-                "status": {"podIP": pod.ip.to_string()},
+                "status": {
+                    "podIP": pod.ip.to_string(),
+                    "podIPs": std::iter::once(pod.ip.to_string()).chain(pod.ip6.map(|a| a.to_string())).map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>(),
+                },
             }))
             .expect("plain JSON");
             ds.insert(doc).expect("has type and name");

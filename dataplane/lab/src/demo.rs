@@ -104,7 +104,7 @@ fn probe_matrix(lab: &Lab) -> Matrix {
                 continue;
             }
             if let Some(p) = topo.ports_of(pod).first() {
-                jobs.push(ProbeJob { from_netns: src.netns.clone(), to_ip: dst.ip, port: p.port, protocol: p.protocol });
+                jobs.push(ProbeJob { from_netns: src.netns.clone(), to_ip: dst.ip.into(), port: p.port, protocol: p.protocol });
                 at.push((r, c));
             }
         }

@@ -1,7 +1,7 @@
 //! A lab instance: one node network namespace, one namespace per pod wired Calico-style, one
 //! "outside" client namespace, a cgroup per pod, and an echo server in every pod.
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +15,9 @@ use crate::topology::{Protocol, Topology};
 
 /// The gateway every pod routes through; it answers ARP from the node namespace.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The IPv6 gateway of dual-stack pods: a link-local address on the host side of every
+/// veth (as Calico's fe80::ecee:eeff:feee:eeee), so it needs no route of its own.
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// The outside client's address.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 /// The key the outside client has in matrices.
@@ -44,6 +47,8 @@ pub struct PodNetns {
     pub netns: String,
     /// The endpoint's IPv4 address (on its `eth0`).
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, for a dual-stack pod.
+    pub ip6: Option<Ipv6Addr>,
     /// The host-side veth, in the node namespace.
     pub host_veth: String,
     /// The pod's cgroup v2 directory (none for the outside client).
@@ -124,12 +129,14 @@ impl Lab {
         self.plan.lock().unwrap().cgroup_parent = Some(cg_parent.clone());
 
         let mut sysctls = Vec::new();
-        let pods: Vec<_> = self.topology.pods.iter().map(|p| (p.key(), p.ip)).collect();
-        for (idx, (key, pod_ip)) in pods.into_iter().enumerate() {
+        let pods: Vec<_> = self.topology.pods.iter().map(|p| (p.key(), p.ip, p.ip6)).collect();
+        let dual_stack = pods.iter().any(|p| p.2.is_some());
+        for (idx, (key, pod_ip, pod_ip6)) in pods.into_iter().enumerate() {
             let ep = PodNetns {
                 key,
                 netns: format!("bh-{}-p{idx}", self.id),
                 ip: pod_ip,
+                ip6: pod_ip6,
                 host_veth: format!("bh{}p{idx}", self.id),
                 cgroup: Some(cg_parent.join(format!("p{idx}"))),
             };
@@ -143,12 +150,16 @@ impl Lab {
             key: OUTSIDE_KEY.into(),
             netns: format!("bh-{}-out", self.id),
             ip: OUTSIDE_IP,
+            ip6: None,
             host_veth: format!("bh{}out", self.id),
             cgroup: None,
         };
         self.wire(&mut node_nl, &out, &mut sysctls)?;
         self.outside = Some(out);
         netns::set_ipv4_sysctls(&node, &sysctls)?;
+        if dual_stack {
+            netns::set_net_sysctls(&node, &[("ipv6/conf/all/forwarding".to_string(), "1")])?;
+        }
 
         if options.serve {
             self.start_servers(options)?;
@@ -176,8 +187,16 @@ impl Lab {
         pod_nl.add_address("eth0", ep.ip)?;
         pod_nl.set_up("eth0")?;
         pod_nl.add_default_route_onlink(GATEWAY, "eth0")?;
+        if let Some(ip6) = ep.ip6 {
+            pod_nl.add_prefix("eth0", ip6.into(), 128)?;
+            node_nl.add_prefix(veth, GATEWAY6.into(), 64)?;
+        }
         node_nl.set_up(veth)?;
         node_nl.add_host_route(ep.ip, veth)?;
+        if let Some(ip6) = ep.ip6 {
+            pod_nl.add_default_route6(GATEWAY6, "eth0")?;
+            node_nl.add_host_route6(ip6, veth)?;
+        }
         sysctls.push((format!("conf/{veth}/proxy_arp"), "1"));
         sysctls.push((format!("conf/{veth}/rp_filter"), "0"));
         sysctls.push((format!("neigh/{veth}/proxy_delay"), "0"));

@@ -51,9 +51,14 @@ pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T> 
 /// /proc/sys/net resolves against the opening thread's namespace, so one thread that entered the
 /// namespace can set them all without spawning `ip netns exec sysctl` per value.
 pub fn set_ipv4_sysctls(netns: &str, settings: &[(String, &str)]) -> Result<()> {
+    set_net_sysctls(netns, &settings.iter().map(|(k, v)| (format!("ipv4/{k}"), *v)).collect::<Vec<_>>())
+}
+
+/// Sets `/proc/sys/net/KEY` = value in `netns` (keys like `ipv6/conf/all/forwarding`).
+pub fn set_net_sysctls(netns: &str, settings: &[(String, &str)]) -> Result<()> {
     in_netns(netns, || -> Result<()> {
         for (key, value) in settings {
-            let path = format!("/proc/sys/net/ipv4/{key}");
+            let path = format!("/proc/sys/net/{key}");
             std::fs::write(&path, value).map_err(|e| LabError::io(format!("{path} in netns {netns}"), e))?;
         }
         Ok(())

@@ -1,6 +1,6 @@
 //! Probes: real TCP/UDP packets from inside a source namespace to a destination IP and port.
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use crate::lab::PodNetns;
@@ -15,8 +15,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct ProbeJob {
     /// Source network namespace name.
     pub from_netns: String,
-    /// Destination IP.
-    pub to_ip: Ipv4Addr,
+    /// Destination IP (either family).
+    pub to_ip: IpAddr,
     /// Destination port.
     pub port: u16,
     /// Protocol.
@@ -24,8 +24,8 @@ pub struct ProbeJob {
 }
 
 /// Sends one probe from `from`; true if the echo came back within `timeout`.
-pub fn probe(from: &PodNetns, to_ip: Ipv4Addr, port: u16, protocol: Protocol, timeout: Duration) -> bool {
-    probe_job(&ProbeJob { from_netns: from.netns.clone(), to_ip, port, protocol }, timeout)
+pub fn probe(from: &PodNetns, to_ip: impl Into<IpAddr>, port: u16, protocol: Protocol, timeout: Duration) -> bool {
+    probe_job(&ProbeJob { from_netns: from.netns.clone(), to_ip: to_ip.into(), port, protocol }, timeout)
 }
 
 /// Runs a job on a fresh thread in the source namespace (the thread is discarded after).
@@ -90,7 +90,7 @@ fn tcp(to: SocketAddr, payload: &[u8], deadline: Instant) -> std::io::Result<boo
 }
 
 fn udp(to: SocketAddr, payload: &[u8], deadline: Instant) -> std::io::Result<bool> {
-    let s = UdpSocket::bind(("0.0.0.0", 0))?;
+    let s = if to.is_ipv6() { UdpSocket::bind(("::", 0))? } else { UdpSocket::bind(("0.0.0.0", 0))? };
     // Connected, so only the destination's reply is accepted and ICMP errors surface.
     s.connect(to)?;
     s.send(payload)?;

@@ -9,7 +9,7 @@
 use std::ffi::CString;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::Path;
@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use netlink_packet_core::{
     ErrorBuffer, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkMessageBuffer};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -81,14 +81,28 @@ impl Rtnl {
 
     /// `ip addr add ADDR/32 dev IFNAME`.
     pub fn add_address(&mut self, ifname: &str, addr: Ipv4Addr) -> Result<()> {
-        let what = || format!("adding address {addr}/32 to {ifname}");
+        self.add_prefix(ifname, addr.into(), 32)
+    }
+
+    /// `ip addr add ADDR/LEN dev IFNAME`, with `nodad` for IPv6: a lab address is unique by
+    /// construction, and duplicate address detection would leave it tentative (unusable) for
+    /// a second or more.
+    pub fn add_prefix(&mut self, ifname: &str, addr: IpAddr, prefix_len: u8) -> Result<()> {
+        let what = || format!("adding address {addr}/{prefix_len} to {ifname}");
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = 32;
+        msg.header.family = if addr.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
+        msg.header.prefix_len = prefix_len;
         msg.header.index = self.ifindex(ifname, what)?;
-        // Local and address both, as iproute2 sends for an address without a peer.
-        msg.attributes.push(AddressAttribute::Local(addr.into()));
-        msg.attributes.push(AddressAttribute::Address(addr.into()));
+        if addr.is_ipv6() {
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            // IPv6 takes the address alone (iproute2 sends IFA_LOCAL only for IPv4 and peers).
+            msg.attributes.push(AddressAttribute::Address(addr));
+        } else {
+            // Local and address both, as iproute2 sends for an address without a peer.
+            msg.attributes.push(AddressAttribute::Local(addr));
+            msg.attributes.push(AddressAttribute::Address(addr));
+        }
         self.request(RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE | NLM_F_EXCL, what)?;
         Ok(())
     }
@@ -100,6 +114,29 @@ impl Rtnl {
         let mut msg = route(0, RouteScope::Universe);
         msg.header.flags = RouteFlags::Onlink;
         msg.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        msg.attributes.push(RouteAttribute::Oif(self.ifindex(ifname, what)?));
+        self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL, what)?;
+        Ok(())
+    }
+
+    /// `ip -6 route add default via GATEWAY dev IFNAME` (a link-local gateway needs no route).
+    pub fn add_default_route6(&mut self, gateway: Ipv6Addr, ifname: &str) -> Result<()> {
+        let what = || format!("adding route ::/0 via {gateway} dev {ifname}");
+        let mut msg = route(0, RouteScope::Universe);
+        msg.header.address_family = AddressFamily::Inet6;
+        msg.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet6(gateway)));
+        msg.attributes.push(RouteAttribute::Oif(self.ifindex(ifname, what)?));
+        self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL, what)?;
+        Ok(())
+    }
+
+    /// `ip -6 route add DEST/128 dev IFNAME`.
+    pub fn add_host_route6(&mut self, dest: Ipv6Addr, ifname: &str) -> Result<()> {
+        let what = || format!("adding route {dest}/128 dev {ifname}");
+        // IPv6 routes are scope universe (iproute2 sends no link scope for them).
+        let mut msg = route(128, RouteScope::Universe);
+        msg.header.address_family = AddressFamily::Inet6;
+        msg.attributes.push(RouteAttribute::Destination(RouteAddress::Inet6(dest)));
         msg.attributes.push(RouteAttribute::Oif(self.ifindex(ifname, what)?));
         self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL, what)?;
         Ok(())

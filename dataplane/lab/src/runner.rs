@@ -288,10 +288,10 @@ pub fn run_case(case: &Case, topo: &Topology, opts: &RunOptions, rep: &mut CaseR
             Step::Apply(text) => ds.apply(text).map(|_| ()),
             Step::Delete(refs) => ds.delete(refs),
             Step::Label { target, set, remove } => ds.label(target, set, remove),
-            Step::Probe { port, protocol, expect } => {
-                let (expected, observed, skipped) = probe_step(&lab, port, *protocol, expect);
+            Step::Probe { port, protocol, ipv6, expect } => {
+                let (expected, observed, skipped) = probe_step(&lab, port, *protocol, *ipv6, expect);
                 let diff = expected.diff(&observed);
-                let probe = format!("{port}/{protocol}");
+                let probe = if *ipv6 { format!("{port}/{protocol}/IPv6") } else { format!("{port}/{protocol}") };
                 if !diff.is_empty() {
                     out.push_str(&format!("  step {i} probe {probe}: {} pair(s) differ\n", diff.len()));
                     for block in [expected.render("  expected:", None), observed.render("  observed (* = differs):", Some(&expected))] {
@@ -327,8 +327,9 @@ pub fn run_case(case: &Case, topo: &Topology, opts: &RunOptions, rep: &mut CaseR
     Ok(())
 }
 
-/// Probes every ordered pair of pods; returns (expected, observed, skipped pairs).
-fn probe_step(lab: &Lab, port: &PortRef, protocol: Protocol, expect: &crate::matrix::Expect) -> (Matrix, Matrix, usize) {
+/// Probes every ordered pair of pods (between their IPv6 addresses with `ipv6`); returns
+/// (expected, observed, skipped pairs).
+fn probe_step(lab: &Lab, port: &PortRef, protocol: Protocol, ipv6: bool, expect: &crate::matrix::Expect) -> (Matrix, Matrix, usize) {
     let topo = lab.topology();
     let keys: Vec<String> = lab.pods().iter().map(|p| p.key.clone()).collect();
     let mut expected = Matrix::expand(expect, &keys, &keys);
@@ -350,9 +351,17 @@ fn probe_step(lab: &Lab, port: &PortRef, protocol: Protocol, expect: &crate::mat
                     .find(|p| p.name.as_deref() == Some(name.as_str()) && p.protocol == protocol)
                     .map(|p| p.port),
             };
-            match number {
-                Some(n) => {
-                    jobs.push(ProbeJob { from_netns: from.netns.clone(), to_ip: to.ip, port: n, protocol });
+            // FORMAT.md: an IPv6 probe skips pairs where either pod has no IPv6 address.
+            let to_ip: Option<std::net::IpAddr> = if !ipv6 {
+                Some(to.ip.into())
+            } else if from.ip6.is_some() {
+                to.ip6.map(Into::into)
+            } else {
+                None
+            };
+            match number.zip(to_ip) {
+                Some((n, to_ip)) => {
+                    jobs.push(ProbeJob { from_netns: from.netns.clone(), to_ip, port: n, protocol });
                     cells.push((r, c));
                 }
                 None => {

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use crate::error::{LabError, Result};
 
-/// Serves TCP echo and UDP echo on 0.0.0.0 until stdin reaches EOF (the lab closed it or died).
+/// Serves TCP echo and UDP echo on `::` (both families: a dual-stack socket) until stdin reaches EOF (the lab closed it or died).
 ///
 /// Prints `ready` on stdout once every socket is bound, which is what the lab waits for.
 pub fn serve(tcp: &[u16], udp: &[u16]) -> Result<()> {
     for &port in tcp {
-        let l = TcpListener::bind(("0.0.0.0", port)).map_err(|e| LabError::Sys { context: format!("bind TCP {port}"), source: e })?;
+        let l = TcpListener::bind(("::", port)).map_err(|e| LabError::Sys { context: format!("bind TCP {port}"), source: e })?;
         std::thread::spawn(move || {
             for conn in l.incoming().flatten() {
                 std::thread::spawn(move || echo_tcp(conn));
@@ -21,7 +21,7 @@ pub fn serve(tcp: &[u16], udp: &[u16]) -> Result<()> {
         });
     }
     for &port in udp {
-        let s = UdpSocket::bind(("0.0.0.0", port)).map_err(|e| LabError::Sys { context: format!("bind UDP {port}"), source: e })?;
+        let s = UdpSocket::bind(("::", port)).map_err(|e| LabError::Sys { context: format!("bind UDP {port}"), source: e })?;
         std::thread::spawn(move || {
             let mut buf = [0u8; 65536];
             while let Ok((n, peer)) = s.recv_from(&mut buf) {

@@ -1,7 +1,7 @@
 //! The conformance topology format (see /work/shared/conformance/FORMAT.md): namespaces with
 //! labels, pods with fixed IPs and labels, and the ports every pod serves.
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -72,6 +72,8 @@ pub struct Pod {
     pub name: String,
     /// Fixed IPv4 address.
     pub ip: Ipv4Addr,
+    /// Fixed IPv6 address of a dual-stack pod (`ip6:`).
+    pub ip6: Option<Ipv6Addr>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// The pod's own port list; `None` means the topology-wide list.
@@ -135,7 +137,7 @@ impl Topology {
         let ports = parse_ports(&file, "ports", raw.ports)?;
         let mut pods = Vec::new();
         let mut keys = HashSet::new();
-        let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
+        let mut ips: HashMap<IpAddr, String> = HashMap::new();
         for (i, p) in raw.pods.into_iter().enumerate() {
             let at = |f: &str| format!("pods[{i}].{f}");
             if !ns_names.contains(&p.namespace) {
@@ -146,12 +148,21 @@ impl Topology {
                 .ip
                 .parse()
                 .map_err(|_| LabError::invalid(&file, at("ip"), format!("{:?} is not an IPv4 address", p.ip)))?;
+            let ip6: Option<Ipv6Addr> = match &p.ip6 {
+                None => None,
+                Some(s) => Some(s.parse().map_err(|_| LabError::invalid(&file, at("ip6"), format!("{s:?} is not an IPv6 address")))?),
+            };
             let key = format!("{}/{}", p.namespace, p.name);
             if !keys.insert(key.clone()) {
                 return Err(LabError::invalid(&file, at("name"), format!("duplicate pod {key}")));
             }
-            if let Some(other) = ips.insert(ip, key.clone()) {
+            if let Some(other) = ips.insert(ip.into(), key.clone()) {
                 return Err(LabError::invalid(&file, at("ip"), format!("{ip} is already the IP of {other}")));
+            }
+            if let Some(a) = ip6
+                && let Some(other) = ips.insert(a.into(), key.clone())
+            {
+                return Err(LabError::invalid(&file, at("ip6"), format!("{a} is already the IP of {other}")));
             }
             let own_ports = match p.ports {
                 Some(list) => Some(parse_ports(&file, &at("ports"), list)?),
@@ -161,6 +172,7 @@ impl Topology {
                 namespace: p.namespace,
                 name: p.name,
                 ip,
+                ip6,
                 labels: p.labels.unwrap_or_default(),
                 ports: own_ports,
                 service_account: p.service_account.unwrap_or_else(|| "default".to_string()),
@@ -237,6 +249,7 @@ struct RawPod {
     namespace: String,
     name: String,
     ip: String,
+    ip6: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     ports: Option<Vec<RawPort>>,
     service_account: Option<String>,
