@@ -33,7 +33,7 @@ fn lab_is_torn_down_on_panic_and_probes_are_real() {
         assert!(probe(a, b.ip, 81, Protocol::Udp, t), "UDP 81 x/a -> y/b");
         assert!(probe(lab.outside(), b.ip, 80, Protocol::Tcp, t), "TCP 80 outside -> y/b");
         assert!(!probe(a, b.ip, 82, Protocol::Tcp, t), "nothing listens on TCP 82");
-        assert!(!probe(a, "10.240.9.9".parse().unwrap(), 80, Protocol::Tcp, t), "no such pod");
+        assert!(!probe(a, "10.240.9.9".parse::<std::net::Ipv4Addr>().unwrap(), 80, Protocol::Tcp, t), "no such pod");
         assert!(!leftovers(lab.id()).is_empty(), "the lab exists while alive");
         panic!("deliberate panic with the lab alive");
     });

@@ -129,10 +129,18 @@ impl Registry {
     pub fn overlay(&self, model: &mut Model, detector: &mut DetectorInput) {
         for a in self.entries.values() {
             let r = PodRef::new(&a.pod_namespace, &a.pod_name);
-            let ip = a.ips.first().copied();
+            let ip = a.ips.iter().find_map(|a| match a {
+                std::net::IpAddr::V4(a) => Some(*a),
+                _ => None,
+            });
+            let ip6 = a.ips.iter().find_map(|a| match a {
+                std::net::IpAddr::V6(a) => Some(*a),
+                _ => None,
+            });
             match model.pods.get_mut(&r) {
                 Some(p) => {
                     p.ip = p.ip.or(ip);
+                    p.ip6 = p.ip6.or(ip6);
                     p.interface = Some(a.host_interface.clone());
                 }
                 None => {
@@ -147,7 +155,7 @@ impl Registry {
                         labels: Default::default(),
                         service_account: "default".into(),
                         ip,
-                        ip6: None,
+                        ip6,
                         ports: Vec::new(),
                         interface: Some(a.host_interface.clone()),
                     });

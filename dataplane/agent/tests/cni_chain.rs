@@ -187,7 +187,7 @@ fn the_chained_plugin_registers_real_containers_with_the_agent() {
         ifname: "eth0".into(),
         netns: "/nonexistent".into(),
         host_interface: "nope0".into(),
-        ips: vec![Ipv4Addr::new(10, 77, 0, 250)],
+        ips: vec![Ipv4Addr::new(10, 77, 0, 250).into()],
         pod_namespace: "x".into(),
         pod_name: "ghost".into(),
         cgroup: None,

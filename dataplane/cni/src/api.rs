@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
@@ -36,7 +36,8 @@ pub struct Attachment {
     pub netns: String,
     /// The host side of the container's veth (its peer, found from inside the netns).
     pub host_interface: String,
-    pub ips: Vec<Ipv4Addr>,
+    /// The container interface's addresses, both families (a dual-stack pod lists both).
+    pub ips: Vec<IpAddr>,
     /// From `CNI_ARGS` `K8S_POD_NAMESPACE` (default `default`) and `K8S_POD_NAME` (default:
     /// the container id).
     pub pod_namespace: String,
@@ -116,7 +117,7 @@ mod tests {
             ifname: "eth0".into(),
             netns: "/run/netns/x".into(),
             host_interface: "veth1".into(),
-            ips: vec![Ipv4Addr::new(10, 88, 0, 2)],
+            ips: vec![Ipv4Addr::new(10, 88, 0, 2).into()],
             pod_namespace: "default".into(),
             pod_name: "a".into(),
             cgroup: None,

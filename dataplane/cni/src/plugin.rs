@@ -8,7 +8,7 @@
 //! and the entries written. No agent: code 11 (try again later), nothing left behind. DEL
 //! never fails: without an agent it is queued on disk and replayed when the agent starts.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use serde_json::{Value, json};
 
@@ -188,7 +188,9 @@ fn add(env: &Env, cfg: &Config, socket: &std::path::Path) -> Result<Option<Strin
             format!("the peer of {} is {host_interface}, prevResult's host interfaces are {}", env.ifname, host_listed.join(", ")),
         ));
     }
-    if ips.is_empty() {
+    // Only pods with an IPv4 address are enforced today (an IPv6-only pod would get no
+    // endpoint and fail closed): refuse it here, where the runtime sees why.
+    if !ips.iter().any(IpAddr::is_ipv4) {
         return Err(CniError::new(code::INVALID_CONFIG, "invalid prevResult", format!("no IPv4 address for interface {}", env.ifname)));
     }
     let attachment = Attachment {
@@ -212,9 +214,9 @@ fn add(env: &Env, cfg: &Config, socket: &std::path::Path) -> Result<Option<Strin
     Ok(Some(out.to_string()))
 }
 
-/// Host-side interface names (no `sandbox`) and the IPv4 addresses of the container's
-/// interface `ifname`, from a 0.3/0.4/1.0 result.
-fn read_prev_result(prev: &Value, ifname: &str) -> (Vec<String>, Vec<Ipv4Addr>) {
+/// Host-side interface names (no `sandbox`) and the addresses (both families) of the
+/// container's interface `ifname`, from a 0.3/0.4/1.0 result.
+fn read_prev_result(prev: &Value, ifname: &str) -> (Vec<String>, Vec<IpAddr>) {
     let ifaces = prev.get("interfaces").and_then(Value::as_array).cloned().unwrap_or_default();
     let sandboxed = |i: &Value| i.get("sandbox").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
     let host: Vec<String> = ifaces.iter().filter(|i| !sandboxed(i)).filter_map(|i| i.get("name")?.as_str().map(str::to_string)).collect();
@@ -228,7 +230,7 @@ fn read_prev_result(prev: &Value, ifname: &str) -> (Vec<String>, Vec<Ipv4Addr>) 
                     (Some(o), Some(i)) => i as usize == o,
                     _ => true,
                 })
-                .filter_map(|ip| ip.get("address")?.as_str()?.split('/').next()?.parse::<Ipv4Addr>().ok())
+                .filter_map(|ip| ip.get("address")?.as_str()?.split('/').next()?.parse::<IpAddr>().ok())
                 .collect()
         })
         .unwrap_or_default();
@@ -315,8 +317,10 @@ mod tests {
         .expect("json");
         let (host, ips) = read_prev_result(&v040, "eth0");
         assert_eq!(host, vec!["br0".to_string(), "veth1".to_string()]);
-        assert_eq!(ips, vec![Ipv4Addr::new(10, 88, 7, 2)]);
+        assert_eq!(ips, vec![IpAddr::from([10, 88, 7, 2])]);
         let v100: Value = serde_json::from_str(r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"x"}],"ips":[{"address":"10.1.0.5/32","interface":0}]}"#).expect("json");
-        assert_eq!(read_prev_result(&v100, "eth0").1, vec![Ipv4Addr::new(10, 1, 0, 5)]);
+        assert_eq!(read_prev_result(&v100, "eth0").1, vec![IpAddr::from([10, 1, 0, 5])]);
+        let dual: Value = serde_json::from_str(r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"x"}],"ips":[{"address":"10.1.0.5/32","interface":0},{"address":"fd00::5/128","interface":0}]}"#).expect("json");
+        assert_eq!(read_prev_result(&dual, "eth0").1, vec![IpAddr::from([10, 1, 0, 5]), "fd00::5".parse::<IpAddr>().expect("v6")], "both families");
     }
 }
