@@ -217,12 +217,16 @@ enum PolicyCommand {
     Explain {
         #[arg(long)]
         datastore: PathBuf,
-        /// Source: a pod as NAMESPACE/NAME, or an IPv4 address.
+        /// Source: a pod as NAMESPACE/NAME, or an IPv4 or IPv6 address.
         #[arg(long)]
         from: String,
-        /// Destination: a pod as NAMESPACE/NAME, or an IPv4 address.
+        /// Destination: a pod as NAMESPACE/NAME, or an IPv4 or IPv6 address.
         #[arg(long)]
         to: String,
+        /// IPv4 or IPv6: which addresses of pods given by name (an address given as such
+        /// decides the family itself).
+        #[arg(long, default_value = "IPv4")]
+        family: String,
         /// Destination port (a number, or a port name of the destination pod).
         #[arg(long)]
         port: String,
@@ -246,7 +250,8 @@ fn protocol_number(p: &str) -> anyhow::Result<u8> {
         "UDP" => 17,
         "SCTP" => 132,
         "ICMP" => 1,
-        n => n.parse().with_context(|| format!("--protocol: {p:?} is not TCP, UDP, SCTP, ICMP or a number"))?,
+        "ICMPV6" => 58,
+        n => n.parse().with_context(|| format!("--protocol: {p:?} is not TCP, UDP, SCTP, ICMP, ICMPv6 or a number"))?,
     })
 }
 
@@ -255,7 +260,7 @@ fn endpoint(model: &policy_compiler::Model, s: &str, flag: &str) -> anyhow::Resu
     if let Ok(ip) = s.parse() {
         return Ok(Endpoint::Ip(ip));
     }
-    let (ns, name) = s.split_once('/').with_context(|| format!("{flag}: {s:?} is neither NAMESPACE/POD nor an IPv4 address"))?;
+    let (ns, name) = s.split_once('/').with_context(|| format!("{flag}: {s:?} is neither NAMESPACE/POD nor an IP address"))?;
     let r = PodRef::new(ns, name);
     anyhow::ensure!(model.pods.contains_key(&r), "{flag}: no pod {s} in the datastore");
     Ok(Endpoint::Pod(r))
@@ -295,7 +300,12 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             }
             Ok(if c.overflow.is_empty() { 0 } else { 1 })
         }
-        PolicyCommand::Explain { datastore, from, to, port, protocol } => {
+        PolicyCommand::Explain { datastore, from, to, port, protocol, family } => {
+            let v6 = match family.as_str() {
+                "IPv4" | "ipv4" | "4" => false,
+                "IPv6" | "ipv6" | "6" => true,
+                f => anyhow::bail!("--family: {f:?} is not IPv4 or IPv6"),
+            };
             let model = load_strict(&datastore)?;
             let mut compiler = policy_compiler::Compiler::new(policy_compiler::Limits::default());
             let c = compiler.compile(&model)?;
@@ -316,7 +326,7 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                         .with_context(|| format!("--port: pod {r} has no {protocol} port named {port:?}"))?
                 }
             };
-            let e = policy_compiler::explain::explain(&c, &model, &src, &dst, proto, port);
+            let e = policy_compiler::explain::explain_family(&c, &model, &src, &dst, proto, port, v6);
             println!("{e}");
             Ok(0)
         }

@@ -571,3 +571,91 @@ fn a_node_compiles_policy_for_its_own_endpoints_only() {
         );
     }
 }
+
+/// Dual-stack pods in two namespaces, each address in its own /64 or /24.
+const DUAL: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {ns: x}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y, labels: {ns: y}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {pod: a}}
+status: {podIPs: [{ip: 10.1.1.10}, {ip: 'fd00:1::10'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {pod: b}}
+status: {podIPs: [{ip: 10.1.1.11}, {ip: 'fd00:1::11'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: y, labels: {pod: b}}
+status: {podIPs: [{ip: 10.1.2.11}, {ip: 'fd00:2::11'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: v4only, namespace: y, labels: {pod: c}}
+status: {podIP: 10.1.2.12}
+";
+
+fn dpod(key: &str) -> Endpoint {
+    let (ns, name) = key.split_once('/').expect("ns/name");
+    Endpoint::Pod(PodRef::new(ns, name))
+}
+
+#[test]
+fn each_family_is_judged_by_its_own_blocks_and_matches_the_reference() {
+    let policies = [
+        // An IPv6 block with an IPv6 except: IPv4 sources match nothing.
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: 'fd00::/16', except: ['fd00:2::/64']}}]}]\n",
+        // An IPv4 block: IPv6 sources match nothing.
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: 0.0.0.0/0}}]}]\n",
+        // A selector matches a pod whatever the family; egress to an IPv6 block.
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n  egress: [{to: [{ipBlock: {cidr: 'fd00:2::/64'}}]}]\n",
+    ];
+    let pods = ["x/a", "x/b", "y/b", "y/v4only"];
+    for (i, p) in policies.iter().enumerate() {
+        let m = build_model(parse_documents("dual.yaml", &format!("{DUAL}---\n{p}")).expect("parses")).expect("valid");
+        let c = Compiler::new(Limits::default()).compile(&m).expect("compiles");
+        let r = reference::TieredReference::new(&m);
+        let mut allowed = [0usize; 2];
+        for v6 in [false, true] {
+            for s in pods {
+                for d in pods {
+                    if s == d {
+                        continue;
+                    }
+                    let (se, de) = (dpod(s), dpod(d));
+                    let got = lookup::allowed_family(&c, &se, &de, 6, 80, v6);
+                    let want = r.allowed_family(&se, &de, 6, 80, v6);
+                    assert_eq!(got, want, "policy {i}: {s} -> {d} over {}", if v6 { "IPv6" } else { "IPv4" });
+                    allowed[v6 as usize] += got as usize;
+                }
+            }
+        }
+        match i {
+            0 => {
+                assert!(lookup::allowed_family(&c, &dpod("x/b"), &dpod("x/a"), 6, 80, true), "x/b's IPv6 is in the block");
+                assert!(!lookup::allowed_family(&c, &dpod("y/b"), &dpod("x/a"), 6, 80, true), "y/b's IPv6 is in the except");
+                assert!(!lookup::allowed_family(&c, &dpod("x/b"), &dpod("x/a"), 6, 80, false), "no IPv4 address is in an IPv6 block");
+            }
+            1 => {
+                assert!(lookup::allowed_family(&c, &dpod("y/b"), &dpod("x/a"), 6, 80, false), "0.0.0.0/0 holds every IPv4 address");
+                assert!(!lookup::allowed_family(&c, &dpod("y/b"), &dpod("x/a"), 6, 80, true), "0.0.0.0/0 holds no IPv6 address");
+                let world6: std::net::IpAddr = "2001:db8::1".parse().expect("v6");
+                assert!(!lookup::allowed(&c, &Endpoint::Ip(world6), &dpod("x/a"), 6, 80), "nor an outside IPv6 one");
+            }
+            _ => {
+                assert!(lookup::allowed_family(&c, &dpod("x/a"), &dpod("y/b"), 6, 80, true), "egress to the IPv6 block");
+                assert!(!lookup::allowed_family(&c, &dpod("x/a"), &dpod("y/b"), 6, 80, false), "not to y/b's IPv4 address");
+            }
+        }
+        assert!(!lookup::allowed_family(&c, &dpod("x/b"), &dpod("y/v4only"), 6, 80, true), "a pod without IPv6 has no IPv6 traffic");
+        assert!(allowed[0] > 0 && allowed[1] > 0, "policy {i}: something allowed in each family: {allowed:?}");
+    }
+}
