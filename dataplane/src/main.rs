@@ -577,7 +577,7 @@ fn main() -> anyhow::Result<()> {
                     "  policy peers      {} (verdict tables: {} slices, +{} port, {} range exceptions)",
                     st.policy_peers, st.policy_slices, st.policy_ports, st.policy_ranges
                 );
-                println!("  conntrack entries {}", st.conntrack_entries);
+                println!("  conntrack entries {} IPv4, {} IPv6", st.conntrack_entries, st.conntrack6_entries);
                 println!("  datapath counters:");
                 for (k, v) in &st.counters {
                     println!("    {k:<34} {v}");

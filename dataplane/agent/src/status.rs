@@ -24,7 +24,10 @@ pub struct Status {
     pub policy_slices: usize,
     pub policy_ports: usize,
     pub policy_ranges: usize,
+    /// Tracked IPv4 flows.
     pub conntrack_entries: usize,
+    /// Tracked IPv6 flows (their own map).
+    pub conntrack6_entries: usize,
     pub policy_rev: u32,
     pub counters: Vec<(String, u64)>,
     /// Dropped packets by reason and direction (reasons with any drop only).
@@ -97,6 +100,8 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let ports: HashMap<_, PortKeyV1, PolicyValueV2> = HashMap::try_from(open(dir, map_names::PORTS)?).map_err(|e| merr(map_names::PORTS, e))?;
     let ranges: LpmTrie<_, PortKeyV1, PolicyValueV2> = LpmTrie::try_from(open(dir, map_names::RANGES)?).map_err(|e| merr(map_names::RANGES, e))?;
     let ct: HashMap<_, CtKeyV2, CtValueV1> = HashMap::try_from(open(dir, map_names::CONNTRACK)?).map_err(|e| merr(map_names::CONNTRACK, e))?;
+    let ct6: HashMap<_, bulkhead_common::Ct6KeyV1, CtValueV1> =
+        HashMap::try_from(open(dir, map_names::CONNTRACK6)?).map_err(|e| merr(map_names::CONNTRACK6, e))?;
     let cfg: aya::maps::Array<_, bulkhead_common::ConfigV2> = aya::maps::Array::try_from(open(dir, map_names::CONFIG)?).map_err(|e| merr(map_names::CONFIG, e))?;
     let cnt: PerCpuArray<_, u64> = PerCpuArray::try_from(open(dir, map_names::COUNTERS)?).map_err(|e| merr(map_names::COUNTERS, e))?;
     let mut counters = Vec::new();
@@ -118,12 +123,15 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let ipc: LpmTrie<_, IpCacheKeyV1, IpInfoV3> = LpmTrie::try_from(open(dir, map_names::IPCACHE[g])?).map_err(|e| merr(map_names::IPCACHE[g], e))?;
     let hosts: HashMap<_, [u8; 4], IpInfoV3> = HashMap::try_from(open(dir, map_names::IPHOST[g])?).map_err(|e| merr(map_names::IPHOST[g], e))?;
     let slots: Array<_, IpSlotV1> = Array::try_from(open(dir, map_names::IPSLOT[g])?).map_err(|e| merr(map_names::IPSLOT[g], e))?;
+    let ipc6: LpmTrie<_, bulkhead_common::IpCache6KeyV1, IpInfoV3> =
+        LpmTrie::try_from(open(dir, map_names::IPCACHE6[g])?).map_err(|e| merr(map_names::IPCACHE6[g], e))?;
+    let hosts6: HashMap<_, [u8; 16], IpInfoV3> = HashMap::try_from(open(dir, map_names::IPHOST6[g])?).map_err(|e| merr(map_names::IPHOST6[g], e))?;
     let slotted = slots.iter().filter(|v| matches!(v, Ok(s) if s.flags != 0)).count();
     let of_gen = |direction: u8| usize::from(direction & GEN_DIRECTION_BIT != 0) == g;
     Ok(Status {
         pin_dir: dir.display().to_string(),
         endpoints: eps.ifindexes()?.len(),
-        ipcache_entries: ipc.keys().count() + hosts.keys().count() + slotted,
+        ipcache_entries: ipc.keys().count() + hosts.keys().count() + slotted + ipc6.keys().count() + hosts6.keys().count(),
         policy_peers: peers.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         // The tables' slices the peer entries carry, each counted once.
         policy_slices: peers
@@ -136,6 +144,7 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
         policy_ports: ports.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_ranges: ranges.keys().filter_map(Result::ok).filter(|k| of_gen(k.data().direction)).count(),
         conntrack_entries: crate::batch::conntrack(&ct)?.len(),
+        conntrack6_entries: crate::batch::conntrack(&ct6)?.len(),
         policy_rev,
         counters,
         drops,
