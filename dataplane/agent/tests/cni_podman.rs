@@ -37,21 +37,32 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Env::with_ipv6(false)
+    }
+
+    /// With `ipv6`, the network also hands out IPv6 addresses (a second host-local range):
+    /// containers are dual-stack.
+    fn with_ipv6(ipv6: bool) -> Env {
         // SAFETY: trivial syscall.
         assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (podman, BPF)");
         assert!(Path::new(ROOTFS).join("bin/busybox").is_file(), "no busybox root file system at {ROOTFS}: run scripts/setup.sh");
         let pid = std::process::id();
-        let id = format!("{:04x}", pid & 0xffff);
+        let id = format!("{:04x}{}", pid & 0xffff, if ipv6 { "6" } else { "" });
         let e = Env { store: std::env::temp_dir().join(format!("bhpd{id}-store")), ipam: std::env::temp_dir().join(format!("bhpd{id}-ipam")), id };
         // The plugin the conflist names, installed atomically (parallel tests may run it).
         std::fs::create_dir_all(PLUGIN_DIR).expect("plugin dir");
         let tmp = Path::new(PLUGIN_DIR).join(format!(".bulkhead-cni.{pid}"));
         std::fs::copy(plugin_bin(), &tmp).expect("install plugin");
         std::fs::rename(&tmp, Path::new(PLUGIN_DIR).join("bulkhead-cni")).expect("install plugin");
-        let subnet = format!("10.79.{}.0/24", pid % 250);
+        let subnet = format!("10.{}.{}.0/24", if ipv6 { 78 } else { 79 }, pid % 250);
+        let ranges = if ipv6 {
+            format!(r#"[{{"subnet":"{subnet}"}}],[{{"subnet":"fd00:79:{:x}::/64"}}]"#, pid % 250)
+        } else {
+            format!(r#"[{{"subnet":"{subnet}"}}]"#)
+        };
         let conflist = format!(
             r#"{{"cniVersion":"1.0.0","name":"{net}","plugins":[
-  {{"type":"bridge","bridge":"{net}","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet}"}}]],"dataDir":"{ipam}"}}}},
+  {{"type":"bridge","bridge":"{net}","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[{ranges}],"dataDir":"{ipam}"}}}},
   {{"type":"bulkhead-cni","instance":"{net}"}}]}}"#,
             net = e.net(),
             ipam = e.ipam.display()
@@ -96,6 +107,12 @@ impl Env {
     fn ip(&self, c: &str) -> Ipv4Addr {
         let s = self.inspect(c, &format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", self.net()));
         s.parse().unwrap_or_else(|_| panic!("address of {c}: {s:?}"))
+    }
+
+    /// The container's global IPv6 address on this network.
+    fn ip6(&self, c: &str) -> std::net::Ipv6Addr {
+        let s = self.inspect(c, &format!("{{{{(index .NetworkSettings.Networks \"{}\").GlobalIPv6Address}}}}", self.net()));
+        s.parse().unwrap_or_else(|_| panic!("IPv6 address of {c}: {s:?}"))
     }
 
     /// Runs `f` in container `c`'s network namespace.
@@ -219,5 +236,47 @@ fn podman_containers_get_policy_detector_and_clean_state_through_the_chain() {
         let t = std::fs::read_to_string(PathBuf::from("/run/bulkhead").join(e.net()).join("endpoints").join(&f)).expect("registration");
         serde_json::from_str::<bulkhead_cni::api::Attachment>(&t).unwrap_or_else(|err| panic!("{f} corrupt: {err}"));
     }
+    drop(agent);
+}
+
+/// A dual-stack podman network: the plugin registers both addresses from prevResult and the
+/// agent enforces policy on the IPv6 one too.
+#[test]
+fn podman_dual_stack_containers_are_enforced_on_ipv6() {
+    let e = Env::with_ipv6(true);
+    let (a, b) = (e.name("a"), e.name("b"));
+    std::fs::write(
+        e.store.join("pods.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: default}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {a}, namespace: default, labels: {{app: a}}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {b}, namespace: default, labels: {{app: b}}}}\n"
+        ),
+    )
+    .expect("pods");
+    let agent = e.agent();
+    let out = e.run("b", &["/bin/nc", "-ll", "-p", "8080", "-e", "/bin/cat"]);
+    assert!(out.status.success(), "podman run b: {}", String::from_utf8_lossy(&out.stderr));
+    let out = e.run("a", &["/bin/sleep", "3600"]);
+    assert!(out.status.success(), "podman run a: {}", String::from_utf8_lossy(&out.stderr));
+    let ip6_b = e.ip6("b");
+    for f in e.registrations() {
+        let t = std::fs::read_to_string(PathBuf::from("/run/bulkhead").join(e.net()).join("endpoints").join(&f)).expect("registration");
+        let reg: bulkhead_cni::api::Attachment = serde_json::from_str(&t).unwrap_or_else(|err| panic!("{f} corrupt: {err}"));
+        assert!(reg.ips.iter().any(|a| a.is_ipv4()) && reg.ips.iter().any(|a| a.is_ipv6()), "both families registered: {:?}", reg.ips);
+    }
+    let connect = |e: &Env| {
+        e.in_container("a", move || TcpStream::connect_timeout(&SocketAddr::from((ip6_b, 8080)), Duration::from_millis(800)).ok())
+    };
+    // The containers' IPv6 addresses may still be in duplicate address detection.
+    wait_for("IPv6 from a to b with no policy", || connect(&e).is_some_and(|mut s| echo(&mut s)));
+    let mut held = connect(&e).expect("no policy: a reaches b over IPv6");
+    assert!(echo(&mut held), "echo through the held IPv6 connection");
+
+    std::fs::write(e.store.join("deny.yaml"), "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: default}\nspec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}\n").expect("deny");
+    agent.sync_now().expect("sync");
+    assert!(!echo(&mut held), "the policy change reaches the established IPv6 connection");
+    assert!(connect(&e).is_none(), "a -> b denied over IPv6");
+    std::fs::write(e.store.join("deny.yaml"), "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: default}\nspec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress], ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}\n").expect("allow a");
+    agent.sync_now().expect("sync");
+    assert!(connect(&e).is_some_and(|mut s| echo(&mut s)), "a -> b allowed over IPv6 by the pod selector");
     drop(agent);
 }
