@@ -7,7 +7,7 @@ mod common;
 use common::{converge, ips, reconcile_until};
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use bulkhead_fw_emulator::FaultConfig;
 use bulkhead_fw_emulator::fortios::{FortiosEmulator, FortiosOptions};
@@ -21,8 +21,8 @@ use fw_sync::secret::Secret;
 
 const TOKEN: &str = "s3cr3t-fortios-token-0123456789";
 
-fn range(base: u32, n: u32) -> BTreeSet<Ipv4Addr> {
-    (0..n).map(|i| Ipv4Addr::from(base + i)).collect()
+fn range(base: u32, n: u32) -> BTreeSet<IpAddr> {
+    (0..n).map(|i| IpAddr::V4(Ipv4Addr::from(base + i))).collect()
 }
 
 fn o(name: &str) -> ObjectRef {
@@ -49,7 +49,7 @@ fn assert_on_device(emu: &FortiosEmulator, vdom: &str, desired: &FirewallState) 
         let mut got = emu.group_members(vdom, &format!("bhfw-{}", obj.name)).unwrap_or_else(|| panic!("group {obj} missing on the device"));
         // An empty group holds the placeholder address 255.255.255.255 (FortiOS refuses empty groups).
         if want.is_empty() {
-            assert!(got.remove(&Ipv4Addr::BROADCAST), "empty group {obj} holds the placeholder");
+            assert!(got.remove(&IpAddr::V4(Ipv4Addr::BROADCAST)), "empty group {obj} holds the placeholder");
         }
         assert_eq!(&got, want, "group {obj} on the device");
     }
@@ -107,7 +107,7 @@ fn an_address_moving_between_groups_is_never_in_both() {
     assert_eq!(d.moves(), ips(&["10.2.0.5"]));
     let history = emu.history();
     assert!(!history.is_empty());
-    let moved: Ipv4Addr = "10.2.0.5".parse().expect("ip");
+    let moved: IpAddr = "10.2.0.5".parse().expect("ip");
     for (i, (_, groups)) in history.iter().enumerate() {
         let holders: Vec<_> = groups.iter().filter(|(_, m)| m.contains(&moved)).map(|(g, _)| g.clone()).collect();
         assert!(holders.len() <= 1, "after change {i}, {moved} is in {holders:?}");
@@ -250,7 +250,7 @@ fn a_thousand_new_ips_in_one_group_and_large_groups_in_chunks() {
     let mut desired2 = desired.clone();
     let set = desired2.get_mut(&o("big")).expect("big");
     set.insert("10.17.0.1".parse().expect("ip"));
-    set.remove(&Ipv4Addr::from(0x0a10_0000u32));
+    set.remove(&IpAddr::V4(Ipv4Addr::from(0x0a10_0000u32)));
     let calls = b.calls();
     b.apply(&Diff::compute(&desired2, &desired)).expect("apply one in, one out");
     assert_eq!(b.calls() - calls, 3, "POST address + PUT one container + DELETE address");

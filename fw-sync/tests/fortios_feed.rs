@@ -8,7 +8,7 @@ mod common;
 use common::{ips, reconcile_until};
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use bulkhead_fw_emulator::FaultConfig;
 use bulkhead_fw_emulator::fortios::{FortiosEmulator, FortiosOptions};
@@ -22,8 +22,8 @@ use fw_sync::secret::Secret;
 
 const TOKEN: &str = "s3cr3t-fortios-feed-token-0123";
 
-fn range(base: u32, n: u32) -> BTreeSet<Ipv4Addr> {
-    (0..n).map(|i| Ipv4Addr::from(base + i)).collect()
+fn range(base: u32, n: u32) -> BTreeSet<IpAddr> {
+    (0..n).map(|i| IpAddr::V4(Ipv4Addr::from(base + i))).collect()
 }
 
 fn f(name: &str) -> ObjectRef {
@@ -247,7 +247,7 @@ fn a_restarted_backend_pushes_only_the_difference() {
     emu.record_history(true);
     // A new process: nothing cached; three pods gone, five new.
     let mut b = backend(&emu);
-    let new: BTreeSet<Ipv4Addr> = old.iter().skip(3).copied().chain(range(0x0a0d_0000, 5)).collect();
+    let new: BTreeSet<IpAddr> = old.iter().skip(3).copied().chain(range(0x0a0d_0000, 5)).collect();
     let desired: FirewallState = [(f("web"), new.clone())].into();
     converge(&mut b, &desired);
     let commands: Vec<_> = emu.feed_commands().into_iter().skip(pushes_before).map(|c| (c.2, c.3)).collect();

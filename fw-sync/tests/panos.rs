@@ -7,7 +7,7 @@ mod common;
 use common::{converge, ips};
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bulkhead_fw_emulator::FaultConfig;
@@ -22,7 +22,7 @@ use fw_sync::secret::Secret;
 
 const VSYS: &str = "/config/devices/entry[@name='localhost.localdomain']/vsys/entry[@name='vsys1']";
 
-fn range(prefix: &str, n: usize) -> BTreeSet<Ipv4Addr> {
+fn range(prefix: &str, n: usize) -> BTreeSet<IpAddr> {
     (0..n).map(|i| format!("{prefix}.{}.{}", i / 250, i % 250 + 1).parse().expect("test IP")).collect()
 }
 
@@ -47,7 +47,7 @@ fn backend(emu: &PanosEmulator) -> PanosBackend {
     backend_with(emu, "LUFRPT1test-key-42", PanosLocation::Vsys("vsys1".into()), None)
 }
 
-fn running(emu: &PanosEmulator, group: &str) -> Option<BTreeSet<Ipv4Addr>> {
+fn running(emu: &PanosEmulator, group: &str) -> Option<BTreeSet<IpAddr>> {
     emu.running_static_group("vsys1", &format!("bhfw-{group}"))
 }
 
@@ -278,7 +278,7 @@ fn dynamic_tags_register_unregister_and_read_back_page_by_page() {
     assert_eq!(b.calls() - calls, 3 + 3, "three shows + three pages of 500 registered IPs");
 
     // 10.41.0.1 moves from db to web; web drops 200 IPs; db stays as an empty tag.
-    let mut web: BTreeSet<Ipv4Addr> = big.iter().copied().skip(200).collect();
+    let mut web: BTreeSet<IpAddr> = big.iter().copied().skip(200).collect();
     web.insert("10.41.0.1".parse().expect("ip"));
     desired = [(dy("web"), web.clone()), (dy("db"), ips(&[])), (st("g"), ips(&["10.41.0.1"]))].into();
     let d = converge(&mut b, &desired);
