@@ -329,3 +329,30 @@ fn a_wrong_api_key_is_a_clear_error_without_the_key() {
     let e = b.apply(&Diff::compute(&[(st("x"), ips(&["10.0.0.1"]))].into(), &FirewallState::new())).expect_err("wrong key").to_string();
     assert!(e.contains("Invalid Credential") && !e.contains("wrong-secret"), "{e}");
 }
+
+#[test]
+fn ipv6_members_are_host_objects_in_the_same_group_and_registered_ips() {
+    let emu = emulator(false);
+    let mut b = backend(&emu);
+    let mut desired: FirewallState = [(st("web"), ips(&["10.8.0.1", "fd00:8::1"])), (st("db"), ips(&["fd00:8::5"])), (dy("app"), ips(&["10.8.1.1", "fd00:8:1::1"]))].into();
+    converge(&mut b, &desired);
+    assert_eq!(running(&emu, "web"), Some(ips(&["10.8.0.1", "fd00:8::1"])), "one group holds both families");
+    assert!(emu.running_xml(&format!("{VSYS}/address/entry[@name='bhfw-fd00-8--1']")).contains("<ip-netmask>fd00:8::1/128</ip-netmask>"));
+    assert_eq!(emu.registered_ips("bhfw-app"), ips(&["10.8.1.1", "fd00:8:1::1"]));
+
+    // An IPv6 address moves from db to web; an IPv6 registered IP changes.
+    desired = [(st("web"), ips(&["10.8.0.1", "fd00:8::1", "fd00:8::5"])), (st("db"), ips(&[])), (dy("app"), ips(&["10.8.1.1", "fd00:8:1::2"]))].into();
+    let d = converge(&mut b, &desired);
+    assert_eq!(d.moves(), ips(&["fd00:8::5"]));
+    assert_eq!(running(&emu, "web"), Some(ips(&["10.8.0.1", "fd00:8::1", "fd00:8::5"])));
+    assert_eq!(emu.registered_ips("bhfw-app"), ips(&["10.8.1.1", "fd00:8:1::2"]));
+
+    // An owned-looking IPv6 object with another value (edited by hand) is not taken as the host.
+    emu.edit_running("edit", &format!("{VSYS}/address/entry[@name='bhfw-fd00-8--1']"), Some("<entry name='bhfw-fd00-8--1'><ip-netmask>fd00:8::/64</ip-netmask></entry>")).expect("hand edit");
+    let read = b.read_owned_state().expect("read");
+    assert_eq!(read[&st("web")], ips(&["10.8.0.1", "fd00:8::5"]), "a /64 is not the pod's host address");
+    converge(&mut b, &desired);
+    assert!(emu.running_xml(&format!("{VSYS}/address/entry[@name='bhfw-fd00-8--1']")).contains("<ip-netmask>fd00:8::1/128</ip-netmask>"), "repaired");
+    converge(&mut b, &FirewallState::new());
+    assert_eq!(running(&emu, "web"), None);
+}
