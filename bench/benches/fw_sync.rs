@@ -391,11 +391,14 @@ fn emulator_rigs() -> Vec<Rig> {
     rigs
 }
 
-/// Members without the placeholder (255.255.255.255) that PAN-OS and FortiOS groups hold
-/// while empty, since both refuse an empty group.
-fn real(mut members: BTreeSet<Ipv4Addr>) -> BTreeSet<Ipv4Addr> {
-    members.remove(&Ipv4Addr::BROADCAST);
-    members
+/// IPv4 members (the emulators report both families; this bench's pods are IPv4) without the
+/// placeholder (255.255.255.255) that PAN-OS and FortiOS groups hold while empty, since both
+/// refuse an empty group.
+fn real(members: BTreeSet<std::net::IpAddr>) -> BTreeSet<Ipv4Addr> {
+    members.into_iter().filter_map(|ip| match ip {
+        std::net::IpAddr::V4(a) if a != Ipv4Addr::BROADCAST => Some(a),
+        _ => None,
+    }).collect()
 }
 
 fn set(faults: &Faults, f: FaultConfig) {

@@ -15,14 +15,16 @@ pub const API_VERSION: &str = "bulkhead.io/v1alpha1";
 pub const KIND: &str = "AddressGroup";
 
 /// Longest target name per kind: ipset names are at most 31 bytes and fw-sync needs room for
-/// its `bhfw-` prefix and for the `bhfwtmp-` temporary set used by the atomic swap.
+/// its `bhfw-` prefix and `-v6` suffix (`bhfw-<name>-v6`, the IPv6 set) and for the temporary
+/// sets of the atomic swap (`bhfwtmp-<name>`, `bhfwt6-<name>`): 23 characters.
 fn max_name_len(kind: TargetKind) -> usize {
     match kind {
-        TargetKind::Ipset => 31 - "bhfwtmp-".len(),
+        TargetKind::Ipset => 31 - crate::group::OWNED_PREFIX.len() - crate::group::V6_SUFFIX.len(),
         TargetKind::NftablesSet => 64,
         // PAN-OS and FortiOS limit names to 63 and 79 characters.
         TargetKind::PanosStaticGroup | TargetKind::PanosDynamicTag => 63 - crate::group::OWNED_PREFIX.len(),
-        TargetKind::FortiosAddrgrp => 79 - crate::group::OWNED_PREFIX.len(),
+        // The IPv6 half is the addrgrp6 `bhfw-<name>-v6`.
+        TargetKind::FortiosAddrgrp => 79 - crate::group::OWNED_PREFIX.len() - crate::group::V6_SUFFIX.len(),
         // `system external-resource` names: at most 35 characters (6.4 schema, 7.2 CLI reference).
         TargetKind::FortiosThreatFeed => 35 - crate::group::OWNED_PREFIX.len(),
     }
@@ -74,6 +76,10 @@ pub fn parse(place: &str, doc: &Value) -> Result<AddressGroup, FwSyncError> {
         let object = ctx.str(ctx.required(m, &path, "name")?, &name_path)?;
         if let Some(problem) = name_problem(object, max_name_len(kind)) {
             return Err(ctx.err(&name_path, format!("invalid {kind} name {object:?}: {problem}")));
+        }
+        if kind.splits_families() && object.ends_with(crate::group::V6_SUFFIX) {
+            let why = format!("names ending in {:?} are reserved: {kind} keeps a target's IPv6 members in `bhfw-<name>{}`", crate::group::V6_SUFFIX, crate::group::V6_SUFFIX);
+            return Err(ctx.err(&name_path, format!("invalid {kind} name {object:?}: {why}")));
         }
         let target = Target { firewall: firewall.to_string(), object: ObjectRef { kind, name: object.to_string() } };
         if targets.contains(&target) {
@@ -148,6 +154,12 @@ mod tests {
         assert!(e.contains("spec.targets[0].name: invalid ipset name \"a b\""), "{e}");
         let e = err(&GOOD.replace("name: web}\n  -", "name: abcdefghijklmnopqrstuvwxyz}\n  -"));
         assert!(e.contains("longer than 23"), "{e}");
+        // 23 characters fit: bhfw-<23>-v6 is 31, ipset's limit.
+        assert!(parse("g.yaml: document 1", &doc(&GOOD.replace("name: web}\n  -", "name: abcdefghijklmnopqrstuvw}\n  -"))).is_ok());
+        let e = err(&GOOD.replace("name: web}\n  -", "name: web-v6}\n  -"));
+        assert!(e.contains("spec.targets[0].name: invalid ipset name \"web-v6\": names ending in \"-v6\" are reserved"), "{e}");
+        let e = err(&GOOD.replace("nftables-set, name: web}", "nftables-set, name: web-v6}"));
+        assert!(e.contains("spec.targets[1].name: invalid nftables-set name \"web-v6\""), "{e}");
         let e = err(&GOOD.replace("nft, kind: nftables-set", "edge, kind: ipset"));
         assert!(e.contains("spec.targets[1]: target ipset web on firewall edge is listed twice"), "{e}");
         let e = err("apiVersion: bulkhead.io/v1alpha1\nkind: AddressGroup\nmetadata: {name: x}\nspec: {podSelector: all(), targets: []}\n");

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use crate::group::{FirewallState, ObjectRef};
+use crate::group::{FirewallState, ObjectRef, count_by_family};
 
 /// What happens to one object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -24,12 +24,12 @@ pub struct ObjectChange {
     pub object: ObjectRef,
     pub action: Action,
     /// Addresses to add (all of `desired` for a create).
-    pub add: BTreeSet<Ipv4Addr>,
+    pub add: BTreeSet<IpAddr>,
     /// Addresses to remove (all current members for a delete).
-    pub remove: BTreeSet<Ipv4Addr>,
+    pub remove: BTreeSet<IpAddr>,
     /// The complete member list after the change (empty for a delete), for backends that
     /// replace an object whole.
-    pub desired: BTreeSet<Ipv4Addr>,
+    pub desired: BTreeSet<IpAddr>,
 }
 
 /// Every change on one firewall.
@@ -83,7 +83,7 @@ impl Diff {
 
     /// Removals from objects that stay, as (object, address): what a non-atomic backend
     /// applies first.
-    pub fn removals(&self) -> impl Iterator<Item = (&ObjectRef, Ipv4Addr)> {
+    pub fn removals(&self) -> impl Iterator<Item = (&ObjectRef, IpAddr)> {
         self.changes
             .iter()
             .filter(|c| c.action == Action::Update)
@@ -92,7 +92,7 @@ impl Diff {
 
     /// Addresses removed from one object and added to another in this diff (an IP reused by
     /// another pod, or a pod relabelled).
-    pub fn moves(&self) -> BTreeSet<Ipv4Addr> {
+    pub fn moves(&self) -> BTreeSet<IpAddr> {
         let removed: BTreeSet<_> = self.changes.iter().flat_map(|c| c.remove.iter().copied()).collect();
         self.changes.iter().flat_map(|c| c.add.iter().copied()).filter(|ip| removed.contains(ip)).collect()
     }
@@ -100,6 +100,11 @@ impl Diff {
     /// Number of addresses added plus removed (objects deleted count their members).
     pub fn size(&self) -> usize {
         self.changes.iter().map(|c| c.add.len() + c.remove.len()).sum()
+    }
+
+    /// [`Diff::size`] by family: (IPv4, IPv6).
+    pub fn size_by_family(&self) -> (usize, usize) {
+        count_by_family(self.changes.iter().flat_map(|c| c.add.iter().chain(&c.remove)))
     }
 }
 
@@ -124,6 +129,13 @@ impl fmt::Display for Diff {
             if c.action == Action::Create && c.add.is_empty() {
                 write!(f, " (empty)")?;
             }
+            // Where a change touches IPv6, say how many of each family it moves: an operator
+            // reading a long line of mixed addresses sees at once which objects (ipset and
+            // nftables `-v6` sets, FortiOS addrgrp6) are written.
+            let (n4, n6) = count_by_family(c.add.iter().chain(&c.remove));
+            if n6 > 0 {
+                write!(f, " [ipv4 {n4}, ipv6 {n6}]")?;
+            }
             writeln!(f)?;
         }
         Ok(())
@@ -138,8 +150,23 @@ mod tests {
     fn obj(name: &str) -> ObjectRef {
         ObjectRef { kind: TargetKind::Ipset, name: name.into() }
     }
-    fn set(ips: &[&str]) -> BTreeSet<Ipv4Addr> {
+    fn set(ips: &[&str]) -> BTreeSet<IpAddr> {
         ips.iter().map(|s| s.parse().expect("test IP")).collect()
+    }
+
+    #[test]
+    fn dual_stack_changes_name_the_family() {
+        let desired: FirewallState = [(obj("a"), set(&["10.0.0.1", "fd00::1", "fd00::2"])), (obj("b"), set(&["10.0.0.2"]))].into();
+        let actual: FirewallState = [(obj("a"), set(&["10.0.0.1", "fd00::3"])), (obj("b"), set(&["10.0.0.3"]))].into();
+        let d = Diff::compute(&desired, &actual);
+        assert_eq!(d.to_string(), "  update ipset a: -fd00::3 +fd00::1 +fd00::2 [ipv4 0, ipv6 3]\n  update ipset b: -10.0.0.3 +10.0.0.2\n");
+        assert_eq!(d.size_by_family(), (2, 3));
+        // An IPv6 address moving between objects is a move like an IPv4 one.
+        let actual: FirewallState = [(obj("a"), set(&["fd00::9"])), (obj("b"), set(&[]))].into();
+        let desired: FirewallState = [(obj("a"), set(&[])), (obj("b"), set(&["fd00::9"]))].into();
+        let d = Diff::compute(&desired, &actual);
+        assert_eq!(d.moves(), set(&["fd00::9"]));
+        assert_eq!(d.removals().map(|(o, ip)| (o.name.as_str(), ip)).collect::<Vec<_>>(), [("a", "fd00::9".parse().expect("ip"))]);
     }
 
     #[test]

@@ -123,9 +123,12 @@ impl Engine {
                         match backend.apply(&report.diff) {
                             Ok(()) => {
                                 self.known.insert(name.clone(), want.clone());
+                                let (ipv4, ipv6) = report.diff.size_by_family();
                                 tracing::info!(
                                     objects = report.diff.changes.len(),
                                     addresses = report.diff.size(),
+                                    ipv4,
+                                    ipv6,
                                     moved = report.diff.moves().len(),
                                     elapsed_us = start.elapsed().as_micros() as u64,
                                     "applied"
@@ -147,9 +150,13 @@ impl Engine {
         Ok(reports)
     }
 
-    /// (objects, addresses) fw-sync owns on `firewall`, as last read or applied.
-    pub fn owned(&self, firewall: &str) -> Option<(usize, usize)> {
-        self.known.get(firewall).map(|s| (s.len(), s.values().map(|m| m.len()).sum()))
+    /// (objects, IPv4 addresses, IPv6 addresses) fw-sync owns on `firewall`, as last read or
+    /// applied.
+    pub fn owned(&self, firewall: &str) -> Option<(usize, usize, usize)> {
+        self.known.get(firewall).map(|s| {
+            let (v4, v6) = crate::group::count_by_family(s.values().flatten());
+            (s.len(), v4, v6)
+        })
     }
 
     /// Calls made to every firewall so far.

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use policy_compiler::tiered::Selector;
 
@@ -15,17 +15,19 @@ pub const OWNED_PREFIX: &str = "bhfw-";
 /// What kind of firewall object a target is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TargetKind {
-    /// A Linux ipset of type hash:ip.
+    /// A pair of Linux ipsets of type hash:ip, one per family (`<name>` and `<name>-v6`).
     Ipset,
-    /// A named set of type ipv4_addr in an nftables table.
+    /// A pair of named nftables sets in one table: `ipv4_addr` and `ipv6_addr` (`-v6`).
     NftablesSet,
     /// A PAN-OS static address group (next slice).
     PanosStaticGroup,
     /// A PAN-OS dynamic address group fed by a registered-IP tag (next slice).
     PanosDynamicTag,
-    /// A FortiOS address group of one address object per IP (every FortiOS version).
+    /// A FortiOS address group of one address object per IP (every FortiOS version): an
+    /// `addrgrp` for IPv4 and an `addrgrp6` (`-v6`) for IPv6, which FortiOS keeps apart.
     FortiosAddrgrp,
-    /// A FortiOS external threat feed (IP addresses) updated through the push API (7.2.1+).
+    /// A FortiOS external threat feed (IP addresses of both families) updated through the
+    /// push API (7.2.1+).
     FortiosThreatFeed,
 }
 
@@ -49,6 +51,38 @@ impl TargetKind {
     pub fn as_str(self) -> &'static str {
         Self::ALL.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).expect("every kind is in ALL")
     }
+
+    /// Whether the firewall keeps the families in separate objects, the IPv6 one named
+    /// with [`V6_SUFFIX`] (so target names of this kind must not end with it).
+    pub fn splits_families(self) -> bool {
+        matches!(self, TargetKind::Ipset | TargetKind::NftablesSet | TargetKind::FortiosAddrgrp)
+    }
+}
+
+/// Suffix of the object holding a target's IPv6 members where a firewall keeps the families
+/// apart: ipset `bhfw-web-v6`, nftables set `bhfw-web-v6`, FortiOS addrgrp6 `bhfw-web-v6`.
+pub const V6_SUFFIX: &str = "-v6";
+
+/// An address's family as metrics, logs and messages name it.
+pub fn family(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() { "ipv4" } else { "ipv6" }
+}
+
+/// Members split by family.
+pub fn split(ips: &BTreeSet<IpAddr>) -> (BTreeSet<Ipv4Addr>, BTreeSet<Ipv6Addr>) {
+    let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
+    for ip in ips {
+        match ip {
+            IpAddr::V4(a) => v4.insert(*a),
+            IpAddr::V6(a) => v6.insert(*a),
+        };
+    }
+    (v4, v6)
+}
+
+/// (IPv4, IPv6) counts of a member set.
+pub fn count_by_family<'a>(ips: impl IntoIterator<Item = &'a IpAddr>) -> (usize, usize) {
+    ips.into_iter().fold((0, 0), |(a, b), ip| if ip.is_ipv4() { (a + 1, b) } else { (a, b + 1) })
 }
 
 impl fmt::Display for TargetKind {
@@ -79,7 +113,8 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// An address group: the IPv4 addresses of the pods a selector matches, written to targets.
+/// An address group: the addresses (IPv4 and IPv6) of the pods a selector matches, written to
+/// targets.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AddressGroup {
     /// `metadata.name`.
@@ -94,5 +129,6 @@ pub struct AddressGroup {
     pub origin: String,
 }
 
-/// The members of every object fw-sync owns on one firewall.
-pub type FirewallState = BTreeMap<ObjectRef, BTreeSet<Ipv4Addr>>;
+/// The members of every object fw-sync owns on one firewall, both families in one set (IPv4
+/// sorts first); each backend splits them as its firewall stores them.
+pub type FirewallState = BTreeMap<ObjectRef, BTreeSet<IpAddr>>;

@@ -44,7 +44,8 @@ struct FirewallMetrics {
     errors: u64,
     drift_repairs: u64,
     owned_objects: u64,
-    owned_addresses: u64,
+    /// Owned addresses by family: [IPv4, IPv6].
+    owned_addresses: [u64; 2],
     syncs: BTreeMap<&'static str, u64>,
 }
 
@@ -58,7 +59,8 @@ impl Metrics {
     /// Records one sync of every firewall; `elapsed` runs from the datastore change (or the
     /// start of the reconcile) to this sync's end. Only changes that touched a firewall count
     /// in its latency histogram: an event that changes nothing there is not an update.
-    pub fn record(&self, mode: Mode, reports: &[FirewallReport], elapsed: Duration, owned: impl Fn(&str) -> Option<(usize, usize)>) {
+    /// `owned` gives (objects, IPv4 addresses, IPv6 addresses) owned on a firewall.
+    pub fn record(&self, mode: Mode, reports: &[FirewallReport], elapsed: Duration, owned: impl Fn(&str) -> Option<(usize, usize, usize)>) {
         let mut all = self.inner.lock().expect("metrics lock");
         for r in reports {
             let m = all.entry(r.firewall.clone()).or_default();
@@ -72,9 +74,9 @@ impl Metrics {
             if r.drift {
                 m.drift_repairs += 1;
             }
-            if let Some((objects, addresses)) = owned(&r.firewall) {
+            if let Some((objects, v4, v6)) = owned(&r.firewall) {
                 m.owned_objects = objects as u64;
-                m.owned_addresses = addresses as u64;
+                m.owned_addresses = [v4 as u64, v6 as u64];
             }
         }
     }
@@ -116,7 +118,13 @@ impl Metrics {
         family("fwsync_sync_errors_total", "counter", "Syncs that left the firewall out of step (retried).", &|o| counter(o, "fwsync_sync_errors_total", &|m| m.errors));
         family("fwsync_drift_repairs_total", "counter", "Reconciles that found and repaired hand-made changes.", &|o| counter(o, "fwsync_drift_repairs_total", &|m| m.drift_repairs));
         family("fwsync_owned_objects", "gauge", "Objects (sets, groups, tags) fw-sync owns on the firewall.", &|o| counter(o, "fwsync_owned_objects", &|m| m.owned_objects));
-        family("fwsync_owned_addresses", "gauge", "Addresses in the objects fw-sync owns.", &|o| counter(o, "fwsync_owned_addresses", &|m| m.owned_addresses));
+        family("fwsync_owned_addresses", "gauge", "Addresses in the objects fw-sync owns, by family (ipv4, ipv6).", &|o| {
+            for (fw, m) in &all {
+                for (fam, n) in ["ipv4", "ipv6"].iter().zip(m.owned_addresses) {
+                    let _ = writeln!(o, "fwsync_owned_addresses{{firewall=\"{fw}\",family=\"{fam}\"}} {n}");
+                }
+            }
+        });
         family("fwsync_syncs_total", "counter", "Syncs by trigger (event, reconcile).", &|o| {
             for (fw, m) in &all {
                 for (mode, n) in &m.syncs {
@@ -161,7 +169,7 @@ mod tests {
     #[test]
     fn renders_histogram_and_counters() {
         let m = Metrics::default();
-        m.record(Mode::Event, &[report("edge", true, false), report("pa", false, true)], Duration::from_millis(3), |fw| (fw == "edge").then_some((1, 1)));
+        m.record(Mode::Event, &[report("edge", true, false), report("pa", false, true)], Duration::from_millis(3), |fw| (fw == "edge").then_some((1, 1, 2)));
         m.record(Mode::Reconcile, &[report("edge", false, false)], Duration::from_millis(40), |_| None);
         let text = m.render();
         for line in [
@@ -172,6 +180,8 @@ mod tests {
             "fwsync_api_calls_total{firewall=\"edge\"} 4",
             "fwsync_sync_errors_total{firewall=\"pa\"} 1",
             "fwsync_owned_objects{firewall=\"edge\"} 1",
+            "fwsync_owned_addresses{firewall=\"edge\",family=\"ipv4\"} 1",
+            "fwsync_owned_addresses{firewall=\"edge\",family=\"ipv6\"} 2",
             "fwsync_syncs_total{firewall=\"edge\",trigger=\"reconcile\"} 1",
             "# TYPE fwsync_update_latency_seconds histogram",
         ] {

@@ -101,3 +101,74 @@ fn nftables_reads_a_missing_table_as_empty() {
     let mut b = NftBackend::new(Runner::new("lab", Some(ns.name.clone())), "inet", "absent");
     assert!(b.read_owned_state().expect("missing table reads as empty").is_empty());
 }
+
+#[test]
+fn ipset_backend_keeps_ipv6_members_in_the_v6_set() {
+    require_root();
+    let ns = Netns::new(format!("fwt-{}-ipset6", unique_id()));
+    // An object made before fw-sync knew IPv6: its IPv4 set only.
+    ns.exec(&["ipset", "create", "bhfw-old", "hash:ip", "family", "inet", "maxelem", "1048576"]);
+    ns.exec(&["ipset", "add", "bhfw-old", "10.3.0.9"]);
+    let mut b = IpsetBackend::new(Runner::new("lab", Some(ns.name.clone())));
+    let o = |n: &str| ObjectRef { kind: TargetKind::Ipset, name: n.into() };
+    assert_eq!(b.read_owned_state().expect("read")[&o("old")], ips(&["10.3.0.9"]), "a lone IPv4 set reads as its target");
+
+    let mut desired: FirewallState = [(o("web"), ips(&["10.3.0.1", "fd00:3::1", "fd00:3::2"])), (o("db"), ips(&["10.3.0.5"])), (o("old"), ips(&["10.3.0.9", "fd00:3::9"]))].into();
+    converge(&mut b, &desired);
+    assert!(ns.exec(&["ipset", "list", "-t", "bhfw-web-v6"]).contains("family inet6"));
+    assert!(ns.try_exec(&["ipset", "test", "bhfw-web-v6", "fd00:3::2"]) && ns.try_exec(&["ipset", "test", "bhfw-web", "10.3.0.1"]));
+    assert!(ns.try_exec(&["ipset", "list", "-n", "bhfw-db-v6"]), "an IPv4-only target has its (empty) IPv6 set, ready for rules");
+    assert!(ns.try_exec(&["ipset", "test", "bhfw-old-v6", "fd00:3::9"]), "the missing half was created at the target's change");
+
+    // An IPv6 address moves from web to db, with a rule on the v6 set meanwhile, in one restore.
+    ns.exec(&["ip6tables", "-A", "FORWARD", "-m", "set", "--match-set", "bhfw-web-v6", "src", "-j", "ACCEPT"]);
+    let calls = b.calls();
+    desired = [(o("web"), ips(&["10.3.0.1", "fd00:3::1"])), (o("db"), ips(&["10.3.0.5", "fd00:3::2"]))].into();
+    let d = converge(&mut b, &desired);
+    assert_eq!(d.moves(), ips(&["fd00:3::2"]));
+    assert_eq!(b.calls() - calls, 3 + 2, "read + one restore + destroy of both halves of `old` + read");
+    assert!(!ns.try_exec(&["ipset", "test", "bhfw-web-v6", "fd00:3::2"]) && ns.try_exec(&["ipset", "test", "bhfw-db-v6", "fd00:3::2"]));
+    assert!(!ns.try_exec(&["ipset", "list", "-n", "bhfw-old-v6"]) && !ns.try_exec(&["ipset", "list", "-n", "bhfw-old"]), "a deleted target loses both sets");
+
+    // Everything goes; the v6 set a rule uses is emptied instead (and still reads as `web`).
+    let actual = b.read_owned_state().expect("read");
+    b.apply(&Diff::compute(&FirewallState::new(), &actual)).expect("apply with an in-use set");
+    assert_eq!(b.read_owned_state().expect("read"), [(o("web"), ips(&[]))].into());
+    let left = ns.exec(&["ipset", "list", "-n"]);
+    assert_eq!(left.split_whitespace().collect::<Vec<_>>(), ["bhfw-web-v6"], "only the in-use set is left, and no temporary: {left}");
+    assert!(!ns.try_exec(&["ipset", "test", "bhfw-web-v6", "fd00:3::1"]), "emptied");
+}
+
+#[test]
+fn nftables_backend_keeps_ipv6_members_in_an_ipv6_addr_set() {
+    require_root();
+    let ns = Netns::new(format!("fwt-{}-nft6", unique_id()));
+    let table = format!("t{}", unique_id());
+    let mut b = NftBackend::new(Runner::new("lab", Some(ns.name.clone())), "inet", &table);
+    let o = |n: &str| ObjectRef { kind: TargetKind::NftablesSet, name: n.into() };
+    let mut desired: FirewallState = [(o("web"), ips(&["10.4.0.1", "fd00:4::1", "fd00:4::2"])), (o("db"), ips(&["10.4.0.5"]))].into();
+    converge(&mut b, &desired);
+    let listing = ns.exec(&["nft", "list", "set", "inet", &table, "bhfw-web-v6"]);
+    assert!(listing.contains("type ipv6_addr") && listing.contains("fd00:4::2"), "{listing}");
+    assert!(ns.exec(&["nft", "list", "set", "inet", &table, "bhfw-db-v6"]).contains("type ipv6_addr"), "an IPv4-only target has its IPv6 set");
+
+    // A rule matches the IPv6 set; a move between targets is one transaction.
+    ns.exec(&["nft", "add", "chain", "inet", &table, "admin_forward", "{ type filter hook forward priority 0; policy accept; }"]);
+    ns.exec(&["nft", "add", "rule", "inet", &table, "admin_forward", "ip6", "saddr", "@bhfw-web-v6", "accept"]);
+    let calls = b.calls();
+    desired = [(o("web"), ips(&["10.4.0.1", "fd00:4::1"])), (o("db"), ips(&["10.4.0.5", "fd00:4::2"]))].into();
+    let d = converge(&mut b, &desired);
+    assert_eq!(d.moves(), ips(&["fd00:4::2"]));
+    assert_eq!(b.calls() - calls, 3, "read + one nft batch + read");
+
+    // A half deleted by hand is back at the target's next change.
+    ns.exec(&["nft", "delete", "set", "inet", &table, "bhfw-db-v6"]);
+    desired = [(o("web"), ips(&["10.4.0.1", "fd00:4::1"])), (o("db"), ips(&["10.4.0.5", "fd00:4::7"]))].into();
+    converge(&mut b, &desired);
+    assert!(ns.exec(&["nft", "list", "set", "inet", &table, "bhfw-db-v6"]).contains("fd00:4::7"));
+
+    converge(&mut b, &[(o("web"), ips(&[]))].into());
+    let after = ns.exec(&["nft", "list", "table", "inet", &table]);
+    assert!(!after.contains("bhfw-db"), "both halves of db deleted:\n{after}");
+    assert!(after.contains("set bhfw-web-v6") && !after.contains("fd00:4::1"), "the used v6 set stays, emptied:\n{after}");
+}

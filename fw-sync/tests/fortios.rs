@@ -7,7 +7,7 @@ mod common;
 use common::{converge, ips, reconcile_until};
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use bulkhead_fw_emulator::FaultConfig;
 use bulkhead_fw_emulator::fortios::{FortiosEmulator, FortiosOptions};
@@ -21,8 +21,8 @@ use fw_sync::secret::Secret;
 
 const TOKEN: &str = "s3cr3t-fortios-token-0123456789";
 
-fn range(base: u32, n: u32) -> BTreeSet<Ipv4Addr> {
-    (0..n).map(|i| Ipv4Addr::from(base + i)).collect()
+fn range(base: u32, n: u32) -> BTreeSet<IpAddr> {
+    (0..n).map(|i| IpAddr::V4(Ipv4Addr::from(base + i))).collect()
 }
 
 fn o(name: &str) -> ObjectRef {
@@ -49,7 +49,7 @@ fn assert_on_device(emu: &FortiosEmulator, vdom: &str, desired: &FirewallState) 
         let mut got = emu.group_members(vdom, &format!("bhfw-{}", obj.name)).unwrap_or_else(|| panic!("group {obj} missing on the device"));
         // An empty group holds the placeholder address 255.255.255.255 (FortiOS refuses empty groups).
         if want.is_empty() {
-            assert!(got.remove(&Ipv4Addr::BROADCAST), "empty group {obj} holds the placeholder");
+            assert!(got.remove(&IpAddr::V4(Ipv4Addr::BROADCAST)), "empty group {obj} holds the placeholder");
         }
         assert_eq!(&got, want, "group {obj} on the device");
     }
@@ -62,8 +62,10 @@ fn converges_and_costs_one_request_per_object() {
     let mut desired: FirewallState = [(o("web"), ips(&["10.1.0.1", "10.1.0.2"])), (o("db"), ips(&["10.1.0.5"]))].into();
     let calls = b.calls();
     converge(&mut b, &desired);
-    // 2 reads + 3 address POSTs + 2 group POSTs + 2 reads.
-    assert_eq!(b.calls() - calls, 9);
+    // A read is 4 GETs (address, address6, addrgrp, addrgrp6): read + 3 address POSTs + 2
+    // group POSTs + read. An IPv4-only target makes no IPv6 object.
+    assert_eq!(b.calls() - calls, 4 + 3 + 2 + 4);
+    assert_eq!(emu.names6("root"), (vec![], vec![]));
     assert_on_device(&emu, "root", &desired);
     let addr = emu.object("root", "bhfw-10.1.0.1").expect("address object");
     assert_eq!((addr["type"].as_str(), addr["subnet"].as_str()), (Some("ipmask"), Some("10.1.0.1 255.255.255.255")));
@@ -79,7 +81,7 @@ fn converges_and_costs_one_request_per_object() {
     let calls = b.calls();
     let known = b.read_owned_state().expect("read");
     b.apply(&Diff::compute(&desired, &known)).expect("apply pod gone");
-    assert_eq!(b.calls() - calls, 2 + 2, "read (2 GETs) + PUT group + DELETE address");
+    assert_eq!(b.calls() - calls, 4 + 2, "read (4 GETs) + PUT group + DELETE address");
     assert!(emu.object("root", "bhfw-10.1.0.1").is_none(), "unused address object deleted");
 
     // Emptied group keeps existing with the placeholder; a deleted group goes with its addresses.
@@ -107,7 +109,7 @@ fn an_address_moving_between_groups_is_never_in_both() {
     assert_eq!(d.moves(), ips(&["10.2.0.5"]));
     let history = emu.history();
     assert!(!history.is_empty());
-    let moved: Ipv4Addr = "10.2.0.5".parse().expect("ip");
+    let moved: IpAddr = "10.2.0.5".parse().expect("ip");
     for (i, (_, groups)) in history.iter().enumerate() {
         let holders: Vec<_> = groups.iter().filter(|(_, m)| m.contains(&moved)).map(|(g, _)| g.clone()).collect();
         assert!(holders.len() <= 1, "after change {i}, {moved} is in {holders:?}");
@@ -116,8 +118,8 @@ fn an_address_moving_between_groups_is_never_in_both() {
     assert_on_device(&emu, "root", &desired);
     let posts: Vec<_> = emu.request_log().into_iter().skip(log_start).filter(|r| r.method == "POST").map(|r| r.path).collect();
     assert_eq!(posts, ["/api/v2/cmdb/firewall/address"], "only 10.2.0.9 is new");
-    // 2 GETs + POST 10.2.0.9 + PUT a (-.5) + PUT b (+.5 -.2) + PUT a (+.9) + DELETE 10.2.0.2 + 2 GETs.
-    assert_eq!(b.calls() - calls, 9);
+    // 4 GETs + POST 10.2.0.9 + PUT a (-.5) + PUT b (+.5 -.2) + PUT a (+.9) + DELETE 10.2.0.2 + 4 GETs.
+    assert_eq!(b.calls() - calls, 4 + 5 + 4);
 }
 
 #[test]
@@ -250,7 +252,7 @@ fn a_thousand_new_ips_in_one_group_and_large_groups_in_chunks() {
     let mut desired2 = desired.clone();
     let set = desired2.get_mut(&o("big")).expect("big");
     set.insert("10.17.0.1".parse().expect("ip"));
-    set.remove(&Ipv4Addr::from(0x0a10_0000u32));
+    set.remove(&IpAddr::V4(Ipv4Addr::from(0x0a10_0000u32)));
     let calls = b.calls();
     b.apply(&Diff::compute(&desired2, &desired)).expect("apply one in, one out");
     assert_eq!(b.calls() - calls, 3, "POST address + PUT one container + DELETE address");
@@ -322,4 +324,47 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+#[test]
+fn ipv6_members_go_to_address6_objects_in_an_addrgrp6() {
+    let emu = emulator(&["root"]);
+    let mut b = backend(&emu, "root");
+    let v4_of = |s: &BTreeSet<IpAddr>| s.iter().filter(|ip| ip.is_ipv4()).copied().collect::<BTreeSet<_>>();
+    let v6_of = |s: &BTreeSet<IpAddr>| s.iter().filter(|ip| ip.is_ipv6()).copied().collect::<BTreeSet<_>>();
+    let mut desired: FirewallState = [(o("web"), ips(&["10.7.0.1", "fd00:7::1", "fd00:7::2"])), (o("db"), ips(&["fd00:7::5"]))].into();
+    converge(&mut b, &desired);
+    assert_eq!(emu.group_members("root", "bhfw-web"), Some(v4_of(&desired[&o("web")])));
+    assert_eq!(emu.group_members("root", "bhfw-web-v6"), Some(v6_of(&desired[&o("web")])));
+    assert_eq!(emu.group_members("root", "bhfw-db-v6"), Some(ips(&["fd00:7::5"])));
+    // The IPv4 group of an IPv6-only target holds the placeholder.
+    assert_eq!(emu.group_member_names("root", "bhfw-db"), Some(vec!["bhfw-~none".to_string()]));
+    let addr = emu.object("root", "bhfw-fd00-7--1").expect("address6 object");
+    assert_eq!((addr["type"].as_str(), addr["ip6"].as_str()), (Some("ipprefix"), Some("fd00:7::1/128")));
+    assert!(emu.names("root").0.iter().all(|n| !n.contains("fd00")), "no IPv6 address in the IPv4 table");
+
+    // fd00:7::5 moves from db to web, never in both addrgrp6 groups at once.
+    emu.record_history(true);
+    desired = [(o("web"), ips(&["10.7.0.1", "fd00:7::1", "fd00:7::5"])), (o("db"), ips(&[]))].into();
+    let d = converge(&mut b, &desired);
+    assert_eq!(d.moves(), ips(&["fd00:7::5"]));
+    let moved: IpAddr = "fd00:7::5".parse().expect("ip");
+    for (i, (_, groups)) in emu.history().iter().enumerate() {
+        let holders: Vec<_> = groups.iter().filter(|(_, m)| m.contains(&moved)).map(|(g, _)| g.clone()).collect();
+        assert!(holders.len() <= 1, "after change {i}, {moved} is in {holders:?}");
+    }
+    // The emptied addrgrp6 stays, holding the IPv6 placeholder; the unused address6 went.
+    assert_eq!(emu.group_member_names("root", "bhfw-db-v6"), Some(vec!["bhfw-~none6".to_string()]));
+    assert!(emu.object("root", "bhfw-fd00-7--2").is_none(), "unused address6 deleted");
+
+    // Drift in the addrgrp6 by hand is repaired.
+    emu.put_address6("root", "admin6", "fd00:7::99/128", "").expect("admin address6");
+    emu.put_group6("root", "bhfw-web-v6", &["admin6"]).expect("drift");
+    converge(&mut b, &desired);
+    assert_eq!(emu.group_members("root", "bhfw-web-v6"), Some(ips(&["fd00:7::1", "fd00:7::5"])));
+
+    // Everything owned goes, in both families' tables; the admin's address6 stays.
+    converge(&mut b, &FirewallState::new());
+    assert_eq!(emu.names6("root"), (vec!["admin6".to_string()], vec![]));
+    assert_eq!(emu.names("root"), (vec![], vec![]));
 }

@@ -8,7 +8,7 @@ mod common;
 use common::{ips, reconcile_until};
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use bulkhead_fw_emulator::FaultConfig;
 use bulkhead_fw_emulator::fortios::{FortiosEmulator, FortiosOptions};
@@ -22,8 +22,8 @@ use fw_sync::secret::Secret;
 
 const TOKEN: &str = "s3cr3t-fortios-feed-token-0123";
 
-fn range(base: u32, n: u32) -> BTreeSet<Ipv4Addr> {
-    (0..n).map(|i| Ipv4Addr::from(base + i)).collect()
+fn range(base: u32, n: u32) -> BTreeSet<IpAddr> {
+    (0..n).map(|i| IpAddr::V4(Ipv4Addr::from(base + i))).collect()
 }
 
 fn f(name: &str) -> ObjectRef {
@@ -85,9 +85,9 @@ fn feeds_are_created_updated_and_deleted_in_few_requests() {
     let calls = b.calls();
     let spent = converge(&mut b, &desired);
     assert_eq!(spent, 3 + 1, "three CMDB POSTs (one per new feed) + one push for both lists");
-    // A read: 2 GETs (addresses, groups) + 1 GET of the feeds + one entry-list GET per feed
-    // (none before the apply, three after).
-    assert_eq!(b.calls() - calls - spent, 3 + (3 + 3));
+    // A read: 4 GETs (addresses and groups of both families) + 1 GET of the feeds + one
+    // entry-list GET per feed (none before the apply, three after).
+    assert_eq!(b.calls() - calls - spent, 5 + (5 + 3));
     assert_on_device(&emu, &desired);
     let obj = emu.object("root", "bhfw-web").expect("external resource");
     assert_eq!((obj["type"].as_str(), obj["update-method"].as_str(), obj["status"].as_str()), (Some("address"), Some("push"), Some("enable")), "{obj}");
@@ -247,7 +247,7 @@ fn a_restarted_backend_pushes_only_the_difference() {
     emu.record_history(true);
     // A new process: nothing cached; three pods gone, five new.
     let mut b = backend(&emu);
-    let new: BTreeSet<Ipv4Addr> = old.iter().skip(3).copied().chain(range(0x0a0d_0000, 5)).collect();
+    let new: BTreeSet<IpAddr> = old.iter().skip(3).copied().chain(range(0x0a0d_0000, 5)).collect();
     let desired: FirewallState = [(f("web"), new.clone())].into();
     converge(&mut b, &desired);
     let commands: Vec<_> = emu.feed_commands().into_iter().skip(pushes_before).map(|c| (c.2, c.3)).collect();
@@ -265,7 +265,7 @@ fn fortios_before_7_2_1_has_no_feeds_and_pays_nothing_for_them() {
     let mut b = backend(&emu);
     let calls = b.calls();
     b.read_owned_state().expect("read");
-    assert_eq!(b.calls() - calls, 2, "addresses and groups only");
+    assert_eq!(b.calls() - calls, 4, "addresses and groups (of both families) only");
     let e = b.apply(&Diff::compute(&[(f("web"), ips(&["10.5.0.1"]))].into(), &FirewallState::new())).expect_err("no push feeds").to_string();
     assert!(e.contains("v6.4.14 has no push threat feeds") && e.contains("fortios-addrgrp"), "{e}");
     assert!(emu.feed_names("root").is_empty());
@@ -316,4 +316,19 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+#[test]
+fn one_feed_carries_both_families() {
+    let emu = emulator();
+    let mut b = backend(&emu);
+    let mut desired: FirewallState = [(f("web"), ips(&["10.9.0.1", "fd00:9::1", "fd00:9::2"]))].into();
+    converge(&mut b, &desired);
+    assert_eq!(emu.feed_entries("root", "bhfw-web"), Some(desired[&f("web")].clone()));
+    // An IPv6 entry pushed by hand as /128 is the same address: removing it names that text.
+    emu.push_feed("root", "bhfw-web", "add", &["fd00:9::3/128"]).expect("hand push");
+    desired = [(f("web"), ips(&["10.9.0.1", "fd00:9::1"]))].into();
+    converge(&mut b, &desired);
+    assert_eq!(emu.feed_entry_texts("root", "bhfw-web").len(), 2, "{:?}", emu.feed_entry_texts("root", "bhfw-web"));
+    assert_eq!(emu.feed_entries("root", "bhfw-web"), Some(desired[&f("web")].clone()));
 }

@@ -7,7 +7,7 @@ mod common;
 use common::{converge, ips};
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bulkhead_fw_emulator::FaultConfig;
@@ -22,7 +22,7 @@ use fw_sync::secret::Secret;
 
 const VSYS: &str = "/config/devices/entry[@name='localhost.localdomain']/vsys/entry[@name='vsys1']";
 
-fn range(prefix: &str, n: usize) -> BTreeSet<Ipv4Addr> {
+fn range(prefix: &str, n: usize) -> BTreeSet<IpAddr> {
     (0..n).map(|i| format!("{prefix}.{}.{}", i / 250, i % 250 + 1).parse().expect("test IP")).collect()
 }
 
@@ -47,7 +47,7 @@ fn backend(emu: &PanosEmulator) -> PanosBackend {
     backend_with(emu, "LUFRPT1test-key-42", PanosLocation::Vsys("vsys1".into()), None)
 }
 
-fn running(emu: &PanosEmulator, group: &str) -> Option<BTreeSet<Ipv4Addr>> {
+fn running(emu: &PanosEmulator, group: &str) -> Option<BTreeSet<IpAddr>> {
     emu.running_static_group("vsys1", &format!("bhfw-{group}"))
 }
 
@@ -278,7 +278,7 @@ fn dynamic_tags_register_unregister_and_read_back_page_by_page() {
     assert_eq!(b.calls() - calls, 3 + 3, "three shows + three pages of 500 registered IPs");
 
     // 10.41.0.1 moves from db to web; web drops 200 IPs; db stays as an empty tag.
-    let mut web: BTreeSet<Ipv4Addr> = big.iter().copied().skip(200).collect();
+    let mut web: BTreeSet<IpAddr> = big.iter().copied().skip(200).collect();
     web.insert("10.41.0.1".parse().expect("ip"));
     desired = [(dy("web"), web.clone()), (dy("db"), ips(&[])), (st("g"), ips(&["10.41.0.1"]))].into();
     let d = converge(&mut b, &desired);
@@ -328,4 +328,31 @@ fn a_wrong_api_key_is_a_clear_error_without_the_key() {
     assert!(!e.contains("wrong-secret") && !e.contains("test-key"), "the key leaks: {e}");
     let e = b.apply(&Diff::compute(&[(st("x"), ips(&["10.0.0.1"]))].into(), &FirewallState::new())).expect_err("wrong key").to_string();
     assert!(e.contains("Invalid Credential") && !e.contains("wrong-secret"), "{e}");
+}
+
+#[test]
+fn ipv6_members_are_host_objects_in_the_same_group_and_registered_ips() {
+    let emu = emulator(false);
+    let mut b = backend(&emu);
+    let mut desired: FirewallState = [(st("web"), ips(&["10.8.0.1", "fd00:8::1"])), (st("db"), ips(&["fd00:8::5"])), (dy("app"), ips(&["10.8.1.1", "fd00:8:1::1"]))].into();
+    converge(&mut b, &desired);
+    assert_eq!(running(&emu, "web"), Some(ips(&["10.8.0.1", "fd00:8::1"])), "one group holds both families");
+    assert!(emu.running_xml(&format!("{VSYS}/address/entry[@name='bhfw-fd00-8--1']")).contains("<ip-netmask>fd00:8::1/128</ip-netmask>"));
+    assert_eq!(emu.registered_ips("bhfw-app"), ips(&["10.8.1.1", "fd00:8:1::1"]));
+
+    // An IPv6 address moves from db to web; an IPv6 registered IP changes.
+    desired = [(st("web"), ips(&["10.8.0.1", "fd00:8::1", "fd00:8::5"])), (st("db"), ips(&[])), (dy("app"), ips(&["10.8.1.1", "fd00:8:1::2"]))].into();
+    let d = converge(&mut b, &desired);
+    assert_eq!(d.moves(), ips(&["fd00:8::5"]));
+    assert_eq!(running(&emu, "web"), Some(ips(&["10.8.0.1", "fd00:8::1", "fd00:8::5"])));
+    assert_eq!(emu.registered_ips("bhfw-app"), ips(&["10.8.1.1", "fd00:8:1::2"]));
+
+    // An owned-looking IPv6 object with another value (edited by hand) is not taken as the host.
+    emu.edit_running("edit", &format!("{VSYS}/address/entry[@name='bhfw-fd00-8--1']"), Some("<entry name='bhfw-fd00-8--1'><ip-netmask>fd00:8::/64</ip-netmask></entry>")).expect("hand edit");
+    let read = b.read_owned_state().expect("read");
+    assert_eq!(read[&st("web")], ips(&["10.8.0.1", "fd00:8::5"]), "a /64 is not the pod's host address");
+    converge(&mut b, &desired);
+    assert!(emu.running_xml(&format!("{VSYS}/address/entry[@name='bhfw-fd00-8--1']")).contains("<ip-netmask>fd00:8::1/128</ip-netmask>"), "repaired");
+    converge(&mut b, &FirewallState::new());
+    assert_eq!(running(&emu, "web"), None);
 }

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::Command;
 
 use fw_sync::backend::Backend;
@@ -99,7 +99,7 @@ impl Drop for TempDir {
 }
 
 /// Parses test addresses.
-pub fn ips(list: &[&str]) -> BTreeSet<Ipv4Addr> {
+pub fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
     list.iter().map(|s| s.parse().expect("test IP")).collect()
 }
 

@@ -1,4 +1,4 @@
-//! The REST layer: Bearer-token check, routing of `/api/v2/cmdb/firewall/{address,addrgrp}`,
+//! The REST layer: Bearer-token check, routing of `/api/v2/cmdb/firewall/{address,addrgrp,address6,addrgrp6}`,
 //! `/api/v2/cmdb/system/external-resource`, `/api/v2/monitor/system/status` and the threat
 //! feed monitor endpoints ([`super::feed`]), query parameters (`vdom`, `filter`, `format`,
 //! `start`, `count`, `mkey`) and FortiOS's JSON envelopes.
@@ -127,6 +127,8 @@ pub fn handle(dev: &Device, store: &mut Store, req: &Request, params: &[(String,
     let table = match (cmdb.is_some_and(|r| r.starts_with("system/")), table_name) {
         (false, "address") => Table::Address,
         (false, "addrgrp") => Table::Addrgrp,
+        (false, "address6") => Table::Address6,
+        (false, "addrgrp6") => Table::Addrgrp6,
         (true, "external-resource") => Table::ExternalResource,
         (_, other) => {
             let e = ApiError { http: 404, code: -3, cli: format!("no such table {other}") };

@@ -30,7 +30,7 @@
 //!   is no attribute either.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::{Map, Value, json};
 
@@ -50,9 +50,17 @@ pub struct FeedList {
 }
 
 impl FeedList {
-    /// The valid entries that are one IPv4 address ("10.1.2.3" or "10.1.2.3/32").
-    pub fn single_ips(&self) -> BTreeSet<Ipv4Addr> {
-        self.entries.iter().filter_map(|e| e.strip_suffix("/32").unwrap_or(e).parse().ok()).collect()
+    /// The valid entries that are one address ("10.1.2.3" or "10.1.2.3/32", "fd00::1" or
+    /// "fd00::1/128"): IP address feeds hold both families.
+    pub fn single_ips(&self) -> BTreeSet<IpAddr> {
+        self.entries
+            .iter()
+            .filter_map(|e| {
+                let (addr, len) = e.split_once('/').map_or((e.as_str(), None), |(a, l)| (a, Some(l)));
+                let ip: IpAddr = addr.parse().ok()?;
+                len.is_none_or(|l| l == if ip.is_ipv4() { "32" } else { "128" }).then_some(ip)
+            })
+            .collect()
     }
 }
 

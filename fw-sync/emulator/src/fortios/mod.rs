@@ -41,7 +41,7 @@ pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -204,16 +204,17 @@ impl FortiosEmulator {
         self.shared.history.lock().expect("history lock").clone().unwrap_or_default()
     }
 
-    /// IPs of a group's members in a VDOM, resolved through address objects and nested
-    /// groups (only /32 `ipmask` addresses count); None if the group is absent.
-    pub fn group_members(&self, vdom: &str, group: &str) -> Option<BTreeSet<Ipv4Addr>> {
+    /// IPs of a group's members in a VDOM (an addrgrp or an addrgrp6), resolved through
+    /// address objects and nested groups (only /32 `ipmask` and /128 `ipprefix` addresses
+    /// count); None if the group is absent.
+    pub fn group_members(&self, vdom: &str, group: &str) -> Option<BTreeSet<IpAddr>> {
         let st = self.store();
         store::resolve(st.vdoms.get(vdom)?, group)
     }
 
-    /// The single IPv4 entries of a threat feed (valid ones, "a.b.c.d" or "a.b.c.d/32");
-    /// None if the feed is absent.
-    pub fn feed_entries(&self, vdom: &str, name: &str) -> Option<BTreeSet<Ipv4Addr>> {
+    /// The single-address entries of a threat feed (valid ones, "a.b.c.d" or "a.b.c.d/32",
+    /// IPv6 with /128 or no length); None if the feed is absent.
+    pub fn feed_entries(&self, vdom: &str, name: &str) -> Option<BTreeSet<IpAddr>> {
         let st = self.store();
         let v = st.vdoms.get(vdom)?;
         v.feeds.get(name)?;
@@ -252,20 +253,38 @@ impl FortiosEmulator {
     /// Member names of a group as stored.
     pub fn group_member_names(&self, vdom: &str, group: &str) -> Option<Vec<String>> {
         let st = self.store();
-        Some(store::member_names(st.vdoms.get(vdom)?.groups.get(group)?).map(str::to_string).collect())
+        let v = st.vdoms.get(vdom)?;
+        Some(store::member_names(v.groups.get(group).or_else(|| v.groups6.get(group))?).map(str::to_string).collect())
     }
 
     /// An object as GET returns it (address, group or external resource).
     pub fn object(&self, vdom: &str, name: &str) -> Option<Value> {
         let st = self.store();
         let v = st.vdoms.get(vdom)?;
-        v.addresses.get(name).or_else(|| v.groups.get(name)).or_else(|| v.feeds.get(name)).map(|o| Value::Object(o.clone()))
+        v.addresses.get(name).or_else(|| v.groups.get(name)).or_else(|| v.addresses6.get(name)).or_else(|| v.groups6.get(name)).or_else(|| v.feeds.get(name)).map(|o| Value::Object(o.clone()))
     }
 
     /// (address names, group names) of a VDOM.
     pub fn names(&self, vdom: &str) -> (Vec<String>, Vec<String>) {
         let st = self.store();
         st.vdoms.get(vdom).map(|v| (v.addresses.keys().cloned().collect(), v.groups.keys().cloned().collect())).unwrap_or_default()
+    }
+
+    /// (address6 names, addrgrp6 names) of a VDOM.
+    pub fn names6(&self, vdom: &str) -> (Vec<String>, Vec<String>) {
+        let st = self.store();
+        st.vdoms.get(vdom).map(|v| (v.addresses6.keys().cloned().collect(), v.groups6.keys().cloned().collect())).unwrap_or_default()
+    }
+
+    /// Creates or changes an address6 object by hand (`ipprefix` `ip6`).
+    pub fn put_address6(&self, vdom: &str, name: &str, ip6: &str, comment: &str) -> anyhow::Result<()> {
+        self.put(vdom, Table::Address6, name, json!({"name": name, "type": "ipprefix", "ip6": ip6, "comment": comment}))
+    }
+
+    /// Creates or changes an addrgrp6 by hand, with FortiOS's checks.
+    pub fn put_group6(&self, vdom: &str, name: &str, members: &[&str]) -> anyhow::Result<()> {
+        let member: Vec<Value> = members.iter().map(|m| json!({"name": m})).collect();
+        self.put(vdom, Table::Addrgrp6, name, json!({"name": name, "member": member}))
     }
 
     /// Creates or changes an address object by hand (an admin's edit: drift, foreign objects).
@@ -284,6 +303,8 @@ impl FortiosEmulator {
         let mut st = self.store();
         let table = match st.vdoms.get(vdom) {
             Some(v) if v.groups.contains_key(name) => Table::Addrgrp,
+            Some(v) if v.groups6.contains_key(name) => Table::Addrgrp6,
+            Some(v) if v.addresses6.contains_key(name) => Table::Address6,
             Some(v) if v.feeds.contains_key(name) => Table::ExternalResource,
             _ => Table::Address,
         };

@@ -1,11 +1,18 @@
-//! The emulated CMDB of one FortiGate: per VDOM, `firewall address`, `firewall addrgrp` and
-//! `system external-resource` tables stored as the JSON objects the REST API returns, with
+//! The emulated CMDB of one FortiGate: per VDOM, `firewall address`, `firewall addrgrp`,
+//! `firewall address6`, `firewall addrgrp6` and `system external-resource` tables stored as the JSON objects the REST API returns, with
 //! FortiOS's validation rules (from the 6.4.14 swagger shipped in `fortigate-api` and the CLI
 //! reference) and its internal error codes; and the entries pushed to threat feeds
 //! ([`super::feed`]).
+//!
+//! IPv6 as FortiOS keeps it: `address6` objects (`type` `ipprefix` by default, `ip6`
+//! "addr/len", stored in canonical form) live in their own table and `addrgrp6` groups hold
+//! only `address6` and `addrgrp6` members (an IPv4 address named in an addrgrp6 is "entry
+//! not found in datasource", as is an address6 in an addrgrp). Assumed, unverified: an
+//! addrgrp6 refuses an empty member list like an addrgrp, and has no member cap (the 6.4
+//! swagger gives `maxItems: null`); names are unique across all five tables.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::{Map, Value, json};
 
@@ -67,6 +74,10 @@ impl ApiError {
 pub enum Table {
     Address,
     Addrgrp,
+    /// `firewall address6`.
+    Address6,
+    /// `firewall addrgrp6`.
+    Addrgrp6,
     /// `system external-resource`: threat feeds.
     ExternalResource,
 }
@@ -77,6 +88,8 @@ impl Table {
         match self {
             Table::Address => "address",
             Table::Addrgrp => "addrgrp",
+            Table::Address6 => "address6",
+            Table::Addrgrp6 => "addrgrp6",
             Table::ExternalResource => "external-resource",
         }
     }
@@ -95,6 +108,10 @@ impl Table {
 pub struct Vdom {
     pub addresses: BTreeMap<String, Map<String, Value>>,
     pub groups: BTreeMap<String, Map<String, Value>>,
+    /// `firewall address6` objects.
+    pub addresses6: BTreeMap<String, Map<String, Value>>,
+    /// `firewall addrgrp6` objects.
+    pub groups6: BTreeMap<String, Map<String, Value>>,
     /// `system external-resource` objects.
     pub feeds: BTreeMap<String, Map<String, Value>>,
     /// Entries pushed to each push feed (absent: nothing pushed yet).
@@ -122,18 +139,20 @@ pub struct Store {
     uuid_state: u64,
 }
 
-/// Resolved members of every group and threat feed of one VDOM (names are unique across the
-/// tables); feeds count their single IPv4 entries.
-pub type Membership = BTreeMap<String, BTreeSet<Ipv4Addr>>;
+/// Resolved members of every group (addrgrp and addrgrp6) and threat feed of one VDOM (names
+/// are unique across the tables); feeds count their single-address entries.
+pub type Membership = BTreeMap<String, BTreeSet<IpAddr>>;
 
 /// The membership of a VDOM now.
 pub fn membership(v: &Vdom) -> Membership {
-    let groups = v.groups.keys().filter_map(|g| Some((g.clone(), resolve(v, g)?)));
+    let groups = v.groups.keys().chain(v.groups6.keys()).filter_map(|g| Some((g.clone(), resolve(v, g)?)));
     let feeds = v.feed_lists.iter().map(|(n, l)| (n.clone(), l.single_ips()));
     groups.chain(feeds).collect()
 }
 
 const ADDRESS_TYPES: [&str; 8] = ["ipmask", "iprange", "fqdn", "geography", "wildcard", "dynamic", "interface-subnet", "mac"];
+/// `firewall address6` types (6.4 swagger).
+const ADDRESS6_TYPES: [&str; 7] = ["ipprefix", "iprange", "fqdn", "geography", "dynamic", "template", "mac"];
 
 impl Store {
     /// VDOMs named in `vdoms` (at least `root` when empty); `seed` fixes the UUIDs.
@@ -251,10 +270,11 @@ impl Store {
     }
 }
 
-/// Whether a name is used: addresses, groups and external resources share one namespace
-/// (policies name all three alike; the emulator's assumption, unverified for feeds).
+/// Whether a name is used: addresses, groups (of both families) and external resources share
+/// one namespace (the CLI reference: addresses and groups "must all have unique names";
+/// the emulator's assumption, unverified for feeds and across the families).
 pub fn taken(v: &Vdom, name: &str) -> bool {
-    v.addresses.contains_key(name) || v.groups.contains_key(name) || v.feeds.contains_key(name)
+    v.addresses.contains_key(name) || v.groups.contains_key(name) || v.addresses6.contains_key(name) || v.groups6.contains_key(name) || v.feeds.contains_key(name)
 }
 
 /// The objects of one table.
@@ -262,6 +282,8 @@ pub fn table_of(v: &Vdom, table: Table) -> &BTreeMap<String, Map<String, Value>>
     match table {
         Table::Address => &v.addresses,
         Table::Addrgrp => &v.groups,
+        Table::Address6 => &v.addresses6,
+        Table::Addrgrp6 => &v.groups6,
         Table::ExternalResource => &v.feeds,
     }
 }
@@ -270,6 +292,8 @@ fn table_of_mut(v: &mut Vdom, table: Table) -> &mut BTreeMap<String, Map<String,
     match table {
         Table::Address => &mut v.addresses,
         Table::Addrgrp => &mut v.groups,
+        Table::Address6 => &mut v.addresses6,
+        Table::Addrgrp6 => &mut v.groups6,
         Table::ExternalResource => &mut v.feeds,
     }
 }
@@ -279,11 +303,14 @@ pub fn referrer(v: &Vdom, name: &str) -> Option<String> {
     if let Some(g) = v.groups.iter().find(|(_, g)| member_names(g).any(|m| m == name)) {
         return Some(format!("firewall.addrgrp \"{}\"", g.0));
     }
+    if let Some(g) = v.groups6.iter().find(|(_, g)| member_names(g).any(|m| m == name)) {
+        return Some(format!("firewall.addrgrp6 \"{}\"", g.0));
+    }
     v.policy_refs.get(name).and_then(|ids| ids.first()).map(|id| format!("firewall.policy {id}"))
 }
 
 fn rename_references(v: &mut Vdom, old: &str, new: &str) {
-    for g in v.groups.values_mut() {
+    for g in v.groups.values_mut().chain(v.groups6.values_mut()) {
         if let Some(Value::Array(members)) = g.get_mut("member") {
             for m in members.iter_mut() {
                 if m.get("name").and_then(Value::as_str) == Some(old) {
@@ -323,6 +350,13 @@ fn defaults(table: Table, name: &str, uuid: &str) -> Map<String, Value> {
         Table::Addrgrp => json!({
             "name": name, "q_origin_key": name, "uuid": uuid, "type": "default", "member": [], "comment": "",
             "exclude": "disable", "exclude-member": [], "color": 0, "allow-routing": "disable", "fabric-object": "disable",
+        }),
+        Table::Address6 => json!({
+            "name": name, "q_origin_key": name, "uuid": uuid, "type": "ipprefix", "ip6": "::/0", "start-ip": "::", "end-ip": "::",
+            "host-type": "any", "host": "::", "comment": "", "color": 0, "fabric-object": "disable",
+        }),
+        Table::Addrgrp6 => json!({
+            "name": name, "q_origin_key": name, "uuid": uuid, "member": [], "comment": "", "color": 0, "fabric-object": "disable",
         }),
         // The CLI reference's defaults (7.2); `password` is never shown.
         Table::ExternalResource => json!({
@@ -370,6 +404,42 @@ fn validate(v: &Vdom, table: Table, name: &str, mut obj: Map<String, Value>, max
             let (ip, prefix) = parse_subnet(subnet).ok_or_else(|| ApiError::invalid_ip(subnet))?;
             obj.insert("subnet".into(), json!(format!("{ip} {}", prefix_mask(prefix))));
         }
+        Table::Address6 => {
+            let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
+            if !ADDRESS6_TYPES.contains(&kind) {
+                return Err(ApiError::invalid(format!("type: invalid value '{kind}'")));
+            }
+            if kind == "ipprefix" {
+                let ip6 = obj.get("ip6").and_then(Value::as_str).ok_or_else(|| ApiError::invalid_ip("(not a string)"))?;
+                let (ip, prefix) = parse_prefix6(ip6).ok_or_else(|| ApiError::invalid_ip(ip6))?;
+                obj.insert("ip6".into(), json!(format!("{ip}/{prefix}")));
+            }
+        }
+        Table::Addrgrp6 => {
+            let members = match obj.get("member") {
+                Some(Value::Array(a)) => a.clone(),
+                _ => return Err(ApiError::invalid("member: not a list")),
+            };
+            if members.is_empty() {
+                return Err(ApiError::invalid("Attribute 'member' MUST be set."));
+            }
+            let mut seen = BTreeSet::new();
+            let mut out = Vec::with_capacity(members.len());
+            for m in &members {
+                let m = m.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("member: entry without a name"))?;
+                if m == name || (v.groups6.contains_key(m) && contains_group(&v.groups6, m, name)) {
+                    return Err(ApiError::invalid(format!("member: \"{m}\" would make a loop of groups")));
+                }
+                // The datasource is address6 and addrgrp6 only: IPv4 objects are not found.
+                if !v.addresses6.contains_key(m) && !v.groups6.contains_key(m) {
+                    return Err(ApiError::missing_reference(m));
+                }
+                if seen.insert(m.to_string()) {
+                    out.push(json!({"name": m, "q_origin_key": m}));
+                }
+            }
+            obj.insert("member".into(), Value::Array(out));
+        }
         Table::Addrgrp => {
             let members = match obj.get("member") {
                 Some(Value::Array(a)) => a.clone(),
@@ -386,7 +456,7 @@ fn validate(v: &Vdom, table: Table, name: &str, mut obj: Map<String, Value>, max
             let mut out = Vec::with_capacity(members.len());
             for m in &members {
                 let m = m.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("member: entry without a name"))?;
-                if m == name || (v.groups.contains_key(m) && contains_group(v, m, name)) {
+                if m == name || (v.groups.contains_key(m) && contains_group(&v.groups, m, name)) {
                     return Err(ApiError::invalid(format!("member: \"{m}\" would make a loop of groups")));
                 }
                 if !v.addresses.contains_key(m) && !v.groups.contains_key(m) {
@@ -404,19 +474,19 @@ fn validate(v: &Vdom, table: Table, name: &str, mut obj: Map<String, Value>, max
     Ok(obj)
 }
 
-/// Whether group `outer` contains group `inner`, directly or through nested groups.
-fn contains_group(v: &Vdom, outer: &str, inner: &str) -> bool {
+/// Whether group `outer` of `groups` contains group `inner`, directly or through nested groups.
+fn contains_group(groups: &BTreeMap<String, Map<String, Value>>, outer: &str, inner: &str) -> bool {
     let mut stack = vec![outer.to_string()];
     let mut seen = BTreeSet::new();
     while let Some(g) = stack.pop() {
         if !seen.insert(g.clone()) {
             continue;
         }
-        for m in v.groups.get(&g).into_iter().flat_map(member_names) {
+        for m in groups.get(&g).into_iter().flat_map(member_names) {
             if m == inner {
                 return true;
             }
-            if v.groups.contains_key(m) {
+            if groups.contains_key(m) {
                 stack.push(m.to_string());
             }
         }
@@ -443,6 +513,25 @@ pub fn parse_subnet(s: &str) -> Option<(Ipv4Addr, u8)> {
     Some((ip, prefix))
 }
 
+/// Parses an `ip6` value "addr/len" (no length: /128).
+pub fn parse_prefix6(s: &str) -> Option<(Ipv6Addr, u8)> {
+    let s = s.trim();
+    let (ip, len) = s.split_once('/').unwrap_or((s, "128"));
+    let len: u8 = len.trim().parse().ok()?;
+    Some((ip.trim().parse().ok()?, (len <= 128).then_some(len)?))
+}
+
+/// The single IPv6 address an `ipprefix` /128 address6 object stands for.
+pub fn host_of6(addr: &Map<String, Value>) -> Option<Ipv6Addr> {
+    if addr.get("type").and_then(Value::as_str) != Some("ipprefix") {
+        return None;
+    }
+    match parse_prefix6(addr.get("ip6")?.as_str()?)? {
+        (ip, 128) => Some(ip),
+        _ => None,
+    }
+}
+
 /// "255.255.255.0" for 24.
 pub fn prefix_mask(prefix: u8) -> Ipv4Addr {
     Ipv4Addr::from(if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) })
@@ -459,9 +548,15 @@ pub fn host_of(addr: &Map<String, Value>) -> Option<Ipv4Addr> {
     }
 }
 
-/// Host addresses of a group, through nested groups (non-host members are skipped).
-pub fn resolve(v: &Vdom, group: &str) -> Option<BTreeSet<Ipv4Addr>> {
-    v.groups.get(group)?;
+/// Host addresses of a group (an addrgrp or an addrgrp6), through nested groups of its table
+/// (non-host members are skipped).
+pub fn resolve(v: &Vdom, group: &str) -> Option<BTreeSet<IpAddr>> {
+    let v6 = !v.groups.contains_key(group);
+    let groups = if v6 { &v.groups6 } else { &v.groups };
+    groups.get(group)?;
+    let host = |m: &str| -> Option<IpAddr> {
+        if v6 { v.addresses6.get(m).and_then(host_of6).map(IpAddr::V6) } else { v.addresses.get(m).and_then(host_of).map(IpAddr::V4) }
+    };
     let mut out = BTreeSet::new();
     let mut stack = vec![group.to_string()];
     let mut seen = BTreeSet::new();
@@ -469,10 +564,10 @@ pub fn resolve(v: &Vdom, group: &str) -> Option<BTreeSet<Ipv4Addr>> {
         if !seen.insert(g.clone()) {
             continue;
         }
-        for m in v.groups.get(&g).into_iter().flat_map(member_names) {
-            if let Some(ip) = v.addresses.get(m).and_then(host_of) {
+        for m in groups.get(&g).into_iter().flat_map(member_names) {
+            if let Some(ip) = host(m) {
                 out.insert(ip);
-            } else if v.groups.contains_key(m) {
+            } else if groups.contains_key(m) {
                 stack.push(m.to_string());
             }
         }
@@ -517,7 +612,7 @@ mod tests {
         let e = s.delete("root", Table::Address, "a").expect_err("in use");
         assert_eq!((e.http, e.code), (500, -23), "{e:?}");
         s.create("root", Table::Addrgrp, &body(json!({"name": "outer", "member": [{"name": "g"}]}))).expect("nested");
-        assert_eq!(resolve(&s.vdoms["root"], "outer"), Some(["10.0.0.1".parse().expect("ip")].into()));
+        assert_eq!(resolve(&s.vdoms["root"], "outer"), Some(["10.0.0.1".parse::<IpAddr>().expect("ip")].into()));
         let e = s.update("root", Table::Addrgrp, "g", &body(json!({"member": [{"name": "outer"}]}))).expect_err("loop");
         assert_eq!(e.code, -651);
         s.create("root", Table::Address, &body(json!({"name": "b", "subnet": "10.0.0.2/32"}))).expect("b");
@@ -527,6 +622,35 @@ mod tests {
         assert_eq!(s.create("root", Table::Address, &body(json!({"name": "x".repeat(80)}))).expect_err("long").code, -1);
         assert_eq!(s.create("root", Table::Address, &body(json!({"name": "y", "subnet": "1.2.3"}))).expect_err("bad ip").code, -8);
         assert_eq!(s.create("dmz", Table::Address, &body(json!({"name": "y"}))).expect_err("no vdom").http, 403);
+    }
+
+    #[test]
+    fn ipv6_lives_in_its_own_tables() {
+        let mut s = Store::new(&[], 2, 1);
+        s.create("root", Table::Address6, &body(json!({"name": "a6", "ip6": "FD00:9:0::1/128"}))).expect("address6");
+        let stored = &s.vdoms["root"].addresses6["a6"];
+        assert_eq!((stored["type"].clone(), stored["ip6"].clone()), (json!("ipprefix"), json!("fd00:9::1/128")), "canonical form");
+        for bad in ["fd00:9::zz/128", "fd00:9::1/129", "10.0.0.1/32"] {
+            let e = s.create("root", Table::Address6, &body(json!({"name": "bad", "ip6": bad}))).expect_err(bad);
+            assert_eq!((e.http, e.code), (424, -8), "{bad}: {e:?}");
+        }
+        assert_eq!(s.create("root", Table::Address6, &body(json!({"name": "t", "type": "ipmask"}))).expect_err("v4 type").code, -651);
+        s.create("root", Table::Address, &body(json!({"name": "a4", "subnet": "10.0.0.1/32"}))).expect("address");
+        // One namespace: an address6 cannot take an address's name.
+        assert_eq!(s.create("root", Table::Address6, &body(json!({"name": "a4", "ip6": "fd00::2/128"}))).expect_err("taken").code, -5);
+        // An addrgrp6 takes address6 members only, and an addrgrp no address6.
+        let e = s.create("root", Table::Addrgrp6, &body(json!({"name": "g6", "member": [{"name": "a4"}]}))).expect_err("v4 member");
+        assert_eq!((e.http, e.code), (424, -3));
+        let e = s.create("root", Table::Addrgrp, &body(json!({"name": "g4", "member": [{"name": "a6"}]}))).expect_err("v6 member");
+        assert_eq!((e.http, e.code), (424, -3));
+        assert_eq!(s.create("root", Table::Addrgrp6, &body(json!({"name": "g6", "member": []}))).expect_err("empty").code, -651);
+        s.create("root", Table::Addrgrp6, &body(json!({"name": "g6", "member": [{"name": "a6"}]}))).expect("addrgrp6");
+        s.create("root", Table::Addrgrp6, &body(json!({"name": "outer6", "member": [{"name": "g6"}]}))).expect("nested addrgrp6");
+        assert_eq!(resolve(&s.vdoms["root"], "outer6"), Some(["fd00:9::1".parse::<IpAddr>().expect("ip")].into()));
+        assert_eq!(s.update("root", Table::Addrgrp6, "g6", &body(json!({"member": [{"name": "outer6"}]}))).expect_err("loop").code, -651);
+        let e = s.delete("root", Table::Address6, "a6").expect_err("in use");
+        assert!(e.code == -23 && e.cli.contains("firewall.addrgrp6 \"g6\""), "{e:?}");
+        assert_eq!(membership(&s.vdoms["root"])["g6"].len(), 1);
     }
 
     #[test]

@@ -320,6 +320,22 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_host_addresses_are_checked_like_ipv4_ones() {
+        let mut t = Node::new("config");
+        let a = |n: &str| format!("{VSYS}/address/entry[@name='{n}']");
+        assert_eq!(apply_op(&mut t, "set", &a("bhfw-fd00-9--1"), frag("<ip-netmask>fd00:9::1/128</ip-netmask>")), Ok((20, "command succeeded".into())));
+        assert_eq!(apply_op(&mut t, "set", &a("v6net"), frag("<ip-netmask>2001:db8::/32</ip-netmask>")), Ok((20, "command succeeded".into())));
+        for bad in ["fd00:9::1/129", "fd00:9::zz/128", "fd00:9::1/", "fd00:9:::1"] {
+            let e = apply_op(&mut t, "set", &a("bad6"), frag(&format!("<ip-netmask>{bad}</ip-netmask>"))).expect_err(bad);
+            assert_eq!(e.0, 12, "{bad}: {e:?}");
+            assert!(e.1.contains(&format!("ip-netmask '{bad}' is not a valid IP netmask")), "{e:?}");
+        }
+        // PAN-OS names take no colon: an IPv6 address cannot be a name as it is.
+        let e = apply_op(&mut t, "set", &a("fd00:9::1"), frag("<ip-netmask>fd00:9::1/128</ip-netmask>")).expect_err("colon");
+        assert_eq!(e.0, 12, "{e:?}");
+    }
+
+    #[test]
     fn invalid_names_addresses_and_edits_are_refused() {
         let mut t = Node::new("config");
         let long = "x".repeat(64);

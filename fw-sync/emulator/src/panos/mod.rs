@@ -21,7 +21,7 @@ pub mod xml;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -205,14 +205,15 @@ impl PanosEmulator {
     }
 
     /// Members (IPs) of a static group in the running config, resolved through its address
-    /// objects (ip-netmask of a single host; others are skipped); None if the group is absent.
-    pub fn running_static_group(&self, location: &str, group: &str) -> Option<BTreeSet<Ipv4Addr>> {
+    /// objects (ip-netmask of a single host, IPv4 or IPv6; others are skipped); None if the
+    /// group is absent.
+    pub fn running_static_group(&self, location: &str, group: &str) -> Option<BTreeSet<IpAddr>> {
         let loc = self.location_xpath(location);
         static_group(&self.state().running, &loc, group)
     }
 
     /// The same for a device group as last pushed to its firewalls by commit-all.
-    pub fn pushed_static_group(&self, device_group: &str, group: &str) -> Option<BTreeSet<Ipv4Addr>> {
+    pub fn pushed_static_group(&self, device_group: &str, group: &str) -> Option<BTreeSet<IpAddr>> {
         let st = self.state();
         let mut root = Node::new("config");
         let dg = st.pushed.get(device_group)?.clone();
@@ -221,12 +222,12 @@ impl PanosEmulator {
     }
 
     /// IPs registered with `tag` (on any User-ID target).
-    pub fn registered_ips(&self, tag: &str) -> BTreeSet<Ipv4Addr> {
+    pub fn registered_ips(&self, tag: &str) -> BTreeSet<IpAddr> {
         self.state().tagged(None, tag)
     }
 
     /// IPs registered with `tag` on one User-ID target (`""`: the device itself).
-    pub fn registered_ips_on(&self, target: &str, tag: &str) -> BTreeSet<Ipv4Addr> {
+    pub fn registered_ips_on(&self, target: &str, tag: &str) -> BTreeSet<IpAddr> {
         self.state().tagged(Some(target), tag)
     }
 
@@ -303,7 +304,7 @@ impl Drop for PanosEmulator {
 }
 
 /// The IPs a static group's members resolve to through host address objects.
-fn static_group(root: &Node, location: &str, group: &str) -> Option<BTreeSet<Ipv4Addr>> {
+fn static_group(root: &Node, location: &str, group: &str) -> Option<BTreeSet<IpAddr>> {
     let g = xml::select(root, &xml::parse_xpath(&format!("{location}/address-group/entry[@name='{group}']")).ok()?).first().copied()?;
     let members: Vec<&str> = g.child("static").map(|s| s.children_named("member").map(|m| m.text.as_str()).collect()).unwrap_or_default();
     let mut out = BTreeSet::new();
@@ -311,7 +312,12 @@ fn static_group(root: &Node, location: &str, group: &str) -> Option<BTreeSet<Ipv
         for base in [location, "/config/shared"] {
             let steps = xml::parse_xpath(&format!("{base}/address/entry[@name='{m}']")).ok()?;
             if let Some(a) = xml::select(root, &steps).first() {
-                let ip: Option<Ipv4Addr> = a.child("ip-netmask").map(|n| n.text.trim_end_matches("/32")).and_then(|t| t.parse().ok());
+                // A host: IPv4 with /32 or no length, IPv6 with /128 or no length.
+                let ip: Option<IpAddr> = a.child("ip-netmask").and_then(|n| {
+                    let (addr, len) = n.text.split_once('/').map_or((n.text.as_str(), None), |(a, l)| (a, Some(l)));
+                    let ip: IpAddr = addr.parse().ok()?;
+                    len.is_none_or(|l| l == if ip.is_ipv4() { "32" } else { "128" }).then_some(ip)
+                });
                 out.extend(ip);
                 break;
             }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::xml;
@@ -17,7 +17,7 @@ const MAX_TIMEOUT: u64 = 2_592_000;
 pub(crate) const PAGE: usize = 500;
 
 /// IP -> tag -> expiry (None: never), per User-ID target (`""` is the device itself).
-pub(crate) type Registrations = BTreeMap<String, BTreeMap<Ipv4Addr, BTreeMap<String, Option<Instant>>>>;
+pub(crate) type Registrations = BTreeMap<String, BTreeMap<IpAddr, BTreeMap<String, Option<Instant>>>>;
 
 impl State {
     /// The emulator's clock: real time plus what a test advanced it by.
@@ -37,7 +37,7 @@ impl State {
     }
 
     /// IPs registered with `tag` on `target` (None: any target).
-    pub(crate) fn tagged(&self, target: Option<&str>, tag: &str) -> BTreeSet<Ipv4Addr> {
+    pub(crate) fn tagged(&self, target: Option<&str>, tag: &str) -> BTreeSet<IpAddr> {
         let now = self.now();
         self.uid
             .iter()
@@ -76,7 +76,7 @@ pub(crate) fn handle(st: &mut State, p: &BTreeMap<String, String>) -> ApiReply {
             let mut fail = |m: String| {
                 let _ = write!(lines, "<entry ip=\"{}\" message=\"{}\"/>", xml::escape(ip_text), xml::escape(&m));
             };
-            let Ok(ip) = ip_text.parse::<Ipv4Addr>() else {
+            let Ok(ip) = ip_text.parse::<IpAddr>() else {
                 fail(format!("invalid ip address {ip_text}"));
                 continue;
             };
@@ -143,7 +143,7 @@ pub(crate) fn show_registered(st: &mut State, target: Option<&str>, q: roxmltree
     let tags: Vec<String> =
         q.children().filter(|c| c.has_tag_name("tag")).flat_map(|t| t.children()).filter_map(|e| e.attribute("name").map(String::from)).collect();
     let ip_filter = q.children().find(|c| c.has_tag_name("ip")).and_then(|n| n.text()).map(|t| t.trim().to_string());
-    let mut merged: BTreeMap<Ipv4Addr, BTreeSet<&String>> = BTreeMap::new();
+    let mut merged: BTreeMap<IpAddr, BTreeSet<&String>> = BTreeMap::new();
     for (t, ips) in &st.uid {
         if target.is_some_and(|x| x != t) {
             continue;

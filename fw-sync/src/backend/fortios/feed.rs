@@ -3,7 +3,9 @@
 //! (FortiOS 7.2.1+), whose entries are pushed in batches through
 //! `POST /api/v2/monitor/system/external-resource/dynamic`:
 //! `{"commands":[{"name":"bhfw-T","command":"snapshot|add|remove","entries":["10.1.2.3", ...]}]}`.
-//! A policy uses the feed as a source or destination address, like an address group.
+//! A policy uses the feed as a source or destination address, like an address group. One
+//! feed holds both families: FortiOS's IP address feeds take IPv4 and IPv6 entries and serve
+//! IPv4 and IPv6 policies alike, so a dual-stack target is one feed.
 //!
 //! Reading is one CMDB GET (owned feeds) plus one `entry-list` GET per feed. Applying:
 //! 1. create (POST) the feeds that do not exist yet (rare: once per target);
@@ -27,7 +29,7 @@
 //! changes nothing), so a request retried after a lost answer does no harm.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
@@ -57,11 +59,11 @@ pub fn feed_name(target: &str) -> String {
 /// One owned feed's entries as read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Feed {
-    /// Single IPv4 addresses and the text FortiOS stores for each ("10.1.2.3" or
-    /// "10.1.2.3/32"): a `remove` names that text.
-    pub ips: BTreeMap<Ipv4Addr, String>,
-    /// Entries that are not one IPv4 address (CIDRs, ranges, IPv6, invalid lines, a second
-    /// spelling of an address): not pod IPs, dropped at the feed's next change.
+    /// Single addresses and the text FortiOS stores for each ("10.1.2.3", "10.1.2.3/32",
+    /// "fd00::1", "fd00::1/128"): a `remove` names that text.
+    pub ips: BTreeMap<IpAddr, String>,
+    /// Entries that are not one address (CIDRs, ranges, invalid lines, a second spelling of
+    /// an address): not pod IPs, dropped at the feed's next change.
     pub extras: Vec<String>,
 }
 
@@ -138,11 +140,13 @@ impl Feed {
     }
 }
 
-/// "10.1.2.3" or "10.1.2.3/32".
-fn single_ip(entry: &str) -> Option<Ipv4Addr> {
+/// "10.1.2.3" or "10.1.2.3/32"; "fd00::1" or "fd00::1/128".
+fn single_ip(entry: &str) -> Option<IpAddr> {
     let e = entry.trim();
-    let ip = e.strip_suffix("/32").unwrap_or(e);
-    ip.parse().ok()
+    let (ip, len) = e.split_once('/').map_or((e, None), |(a, l)| (a, Some(l)));
+    let ip: IpAddr = ip.parse().ok()?;
+    let full = if ip.is_ipv4() { "32" } else { "128" };
+    len.is_none_or(|l| l == full).then_some(ip)
 }
 
 /// Reads the owned feeds: the CMDB list, then each feed's entries.
@@ -216,13 +220,13 @@ impl Feeds {
 
 /// Plans the feed changes of a diff. `moves` are the addresses some object of the diff loses
 /// and another gains; `taken` says whether a name is used by an owned address or group.
-pub fn plan(changes: &[&ObjectChange], feeds: &Feeds, moves: &BTreeSet<Ipv4Addr>, max_entries: usize, taken: impl Fn(&str) -> bool) -> Result<Plan, (String, String)> {
+pub fn plan(changes: &[&ObjectChange], feeds: &Feeds, moves: &BTreeSet<IpAddr>, max_entries: usize, taken: impl Fn(&str) -> bool) -> Result<Plan, (String, String)> {
     let mut p = Plan::default();
     for c in changes {
         let target = c.object.name.as_str();
         let name = feed_name(target);
         let fail = |why: String| (c.object.to_string(), why);
-        if name.len() > MAX_NAME || target.parse::<Ipv4Addr>().is_ok() || target.contains('~') {
+        if name.len() > MAX_NAME || super::layout::looks_like_address(target) || target.contains('~') {
             return Err(fail(format!("{name} is over FortiOS's {MAX_NAME} characters or clashes with fw-sync's address objects; rename the target")));
         }
         if feeds.misfits.contains(&name) {
@@ -251,13 +255,13 @@ pub fn plan(changes: &[&ObjectChange], feeds: &Feeds, moves: &BTreeSet<Ipv4Addr>
             p.create.push(name.clone());
         }
         let to_remove: Vec<String> = f.ips.iter().filter(|(ip, _)| !c.desired.contains(ip)).map(|(_, t)| t.clone()).collect();
-        let to_add: Vec<Ipv4Addr> = c.desired.iter().filter(|ip| !f.ips.contains_key(ip)).copied().collect();
-        let (moving, plain): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) = to_add.iter().partition(|ip| moves.contains(ip));
+        let to_add: Vec<IpAddr> = c.desired.iter().filter(|ip| !f.ips.contains_key(ip)).copied().collect();
+        let (moving, plain): (Vec<IpAddr>, Vec<IpAddr>) = to_add.iter().partition(|ip| moves.contains(ip));
         let keep: Vec<String> = c.desired.iter().filter(|ip| !moving.contains(ip)).map(|ip| f.ips.get(ip).cloned().unwrap_or_else(|| ip.to_string())).collect();
         let snapshot = (current.is_none() || !f.extras.is_empty() || to_add.len() + to_remove.len() > c.desired.len())
             && !keep.is_empty()
             && keep.len() <= MAX_ENTRIES_PER_REQUEST;
-        let texts = |ips: &[Ipv4Addr]| ips.iter().map(Ipv4Addr::to_string).collect::<Vec<_>>();
+        let texts = |ips: &[IpAddr]| ips.iter().map(IpAddr::to_string).collect::<Vec<_>>();
         if snapshot {
             p.first.push(Command::new(&name, "snapshot", keep));
         } else {

@@ -1,12 +1,12 @@
 use super::*;
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().expect("test IP")
 }
 
 fn change(name: &str, action: Action, have: &[&str], want: &[&str]) -> ObjectChange {
-    let have: BTreeSet<Ipv4Addr> = have.iter().map(|s| ip(s)).collect();
-    let want: BTreeSet<Ipv4Addr> = want.iter().map(|s| ip(s)).collect();
+    let have: BTreeSet<IpAddr> = have.iter().map(|s| ip(s)).collect();
+    let want: BTreeSet<IpAddr> = want.iter().map(|s| ip(s)).collect();
     ObjectChange {
         object: ObjectRef { kind: TargetKind::FortiosThreatFeed, name: name.into() },
         action,
@@ -92,4 +92,22 @@ fn a_feed_copy_follows_commands_as_fortios_does() {
     assert_eq!(f.ips.keys().copied().collect::<Vec<_>>(), [ip("10.3.0.1")]);
     f.apply(&cmd("x", "snapshot", &["10.3.0.5"]));
     assert_eq!((f.ips.keys().copied().collect::<Vec<_>>(), f.extras.len()), (vec![ip("10.3.0.5")], 0));
+}
+
+#[test]
+fn one_feed_holds_both_families() {
+    let mut f = feed(&["10.3.0.1", "fd00:3::1", "fd00:3::2/128", "fd00:3::/64"]);
+    assert_eq!(f.ips.keys().map(ToString::to_string).collect::<Vec<_>>(), ["10.3.0.1", "fd00:3::1", "fd00:3::2"]);
+    assert_eq!(f.extras, ["fd00:3::/64"], "an IPv6 network is no pod address");
+    let mut feeds = Feeds::default();
+    feeds.feeds.insert("bhfw-a".into(), feed(&["10.3.0.1", "fd00:3::1", "fd00:3::2/128"]));
+    let a = change("a", Action::Update, &["10.3.0.1", "fd00:3::1", "fd00:3::2"], &["10.3.0.1", "fd00:3::1", "fd00:3::9"]);
+    let p = plan(&[&a], &feeds, &BTreeSet::new(), 100, |_| false).expect("plan");
+    // The removal names the stored text ("fd00:3::2/128").
+    assert_eq!(p.first, [cmd("bhfw-a", "remove", &["fd00:3::2/128"])]);
+    assert_eq!(p.then, [cmd("bhfw-a", "add", &["fd00:3::9"])]);
+    f.apply(&cmd("x", "remove", &["fd00:3::2/128"]));
+    assert!(!f.ips.contains_key(&ip("fd00:3::2")));
+    let clash = change("fd00-3--1", Action::Create, &[], &[]);
+    assert!(plan(&[&clash], &feeds, &BTreeSet::new(), 9, |_| false).expect_err("spelled like an address").1.contains("clashes"));
 }

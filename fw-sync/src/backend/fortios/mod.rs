@@ -2,8 +2,8 @@
 //!
 //! | kind | FortiOS object | versions | cost of N new IPs |
 //! | --- | --- | --- | --- |
-//! | `fortios-addrgrp` | `firewall addrgrp` of `firewall address` objects | every version (6.4 too) | one request per new IP, plus one per changed group |
-//! | `fortios-threat-feed` | `system external-resource`, `type address`, `update-method push` | 7.2.1 and later | one request per batch of up to 10,000 entries |
+//! | `fortios-addrgrp` | `firewall addrgrp` of `firewall address` objects, and for IPv6 `firewall addrgrp6` of `firewall address6` objects | every version (6.4 too) | one request per new IP, plus one per changed group |
+//! | `fortios-threat-feed` | `system external-resource`, `type address`, `update-method push` (one feed holds both families) | 7.2.1 and later | one request per batch of up to 10,000 entries |
 //!
 //! Use the address group where policies must see ordinary address objects (e.g. to be
 //! shown or reused elsewhere) or where the FortiGate runs FortiOS before 7.2.1. Use the
@@ -14,8 +14,9 @@
 //!
 //! Address groups (see [`layout`] for the objects and their names):
 //!
-//! Reading is two GETs (owned addresses, owned groups; `filter=name=@bhfw-`), plus the
-//! feeds' reads when the FortiGate (its version is in every answer) is 7.2.1 or later.
+//! Reading is four GETs (owned addresses and groups of each family; `filter=name=@bhfw-`),
+//! plus the feeds' reads when the FortiGate (its version is in every answer) is 7.2.1 or
+//! later.
 //! Applying:
 //! 1. create (POST) the address objects new IPs need; one object serves every owned group
 //!    holding its IP, so N new IPs cost N POSTs once;
@@ -41,7 +42,7 @@ pub mod feed;
 pub mod layout;
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
@@ -53,7 +54,7 @@ use crate::error::FwSyncError;
 use crate::group::{FirewallState, OWNED_PREFIX, TargetKind};
 use client::{Answer, Client};
 use feed::Feeds;
-use layout::{Layout, Owned, PLACEHOLDER, PLACEHOLDER_IP, address_name, group_name, is_chunk};
+use layout::{Fam, Layout, Owned, address_name, group_name, is_chunk};
 
 /// Members per address group FortiOS accepts (`maxItems` in the 6.4 schema).
 pub const DEFAULT_MAX_MEMBERS: usize = 600;
@@ -64,8 +65,9 @@ const COMMENT: &str = "managed by bulkhead fw-sync: do not edit";
 pub struct FortiosBackend {
     client: Client,
     max_members: usize,
-    /// Owned objects as last read, updated by every write; None forces a read before apply.
-    owned: Option<Owned>,
+    /// Owned objects of each family's tables as last read (indexed by [`Fam::idx`]), updated
+    /// by every write; None forces a read before apply.
+    owned: Option<[Owned; 2]>,
     /// Owned addresses FortiOS refused to delete as in use (a foreign group or policy); not
     /// tried again until the next read.
     in_use: BTreeSet<String>,
@@ -113,8 +115,13 @@ impl FortiosBackend {
         FwSyncError::Backend { firewall: self.client.firewall().to_string(), object: object.to_string(), detail: detail.into() }
     }
 
-    fn owned(&mut self) -> &mut Owned {
-        self.owned.as_mut().expect("read before apply")
+    fn owned(&mut self, fam: Fam) -> &mut Owned {
+        &mut self.owned.as_mut().expect("read before apply")[fam.idx()]
+    }
+
+    /// Whether an owned address or group of either family has this name.
+    fn name_taken(owned: &[Owned; 2], name: &str) -> bool {
+        owned.iter().any(|o| o.groups.contains_key(name) || o.addresses.contains_key(name))
     }
 
     /// GETs the owned objects of one table: (name, object) pairs.
@@ -161,10 +168,11 @@ impl FortiosBackend {
         let path = self.client.path(table, Some(name), "");
         let a: Answer = self.client.call("DELETE", &path, None)?;
         if a.ok() || a.missing() {
-            if table == "address" {
-                self.owned().addresses.remove(name);
+            let fam = if table.ends_with('6') { Fam::V6 } else { Fam::V4 };
+            if table.starts_with("address") {
+                self.owned(fam).addresses.remove(name);
             } else {
-                self.owned().groups.remove(name);
+                self.owned(fam).groups.remove(name);
             }
             return Ok(true);
         }
@@ -174,87 +182,96 @@ impl FortiosBackend {
         Err(self.client.refused("DELETE", &path, &a))
     }
 
-    /// Makes `bhfw-<ip>` exist and stand for `ip`.
-    fn ensure_address(&mut self, name: &str, ip: Ipv4Addr) -> Result<(), FwSyncError> {
-        let current = self.owned().addresses.get(name).copied();
+    /// Makes `bhfw-<ip>` exist and stand for `ip`: an `address` `ipmask` /32, or an
+    /// `address6` `ipprefix` /128.
+    fn ensure_address(&mut self, name: &str, ip: IpAddr) -> Result<(), FwSyncError> {
+        let fam = Fam::of(&ip);
+        let current = self.owned(fam).addresses.get(name).copied();
         if current == Some(Some(ip)) {
             return Ok(());
         }
-        let body = json!({"name": name, "type": "ipmask", "subnet": format!("{ip} 255.255.255.255"), "comment": COMMENT});
-        self.upsert("cmdb/firewall/address", name, &body, current.is_some())?;
-        self.owned().addresses.insert(name.to_string(), Some(ip));
+        let body = match ip {
+            IpAddr::V4(_) => json!({"name": name, "type": "ipmask", "subnet": format!("{ip} 255.255.255.255"), "comment": COMMENT}),
+            IpAddr::V6(_) => json!({"name": name, "type": "ipprefix", "ip6": format!("{ip}/128"), "comment": COMMENT}),
+        };
+        self.upsert(&format!("cmdb/firewall/{}", fam.address_table()), name, &body, current.is_some())?;
+        self.owned(fam).addresses.insert(name.to_string(), Some(ip));
         Ok(())
     }
 
-    /// Writes group `name` with `members` unless it already has them.
-    fn write_group(&mut self, name: &str, members: Vec<String>, comment: &str) -> Result<(), FwSyncError> {
-        if self.owned().has_members(name, &members) {
+    /// Writes group `name` of the family's table with `members` unless it already has them.
+    fn write_group(&mut self, fam: Fam, name: &str, members: Vec<String>, comment: &str) -> Result<(), FwSyncError> {
+        if self.owned(fam).has_members(name, &members) {
             return Ok(());
         }
-        if members.iter().any(|m| m == PLACEHOLDER) {
-            self.ensure_address(PLACEHOLDER, PLACEHOLDER_IP)?;
+        if members.iter().any(|m| m == fam.placeholder()) {
+            self.ensure_address(fam.placeholder(), fam.placeholder_ip())?;
         }
-        let exists = self.owned().groups.contains_key(name);
+        let exists = self.owned(fam).groups.contains_key(name);
         let body = json!({"name": name, "member": members.iter().map(|m| json!({"name": m})).collect::<Vec<_>>(), "comment": comment});
-        self.upsert("cmdb/firewall/addrgrp", name, &body, exists)?;
-        self.owned().groups.insert(name.to_string(), members);
+        self.upsert(&format!("cmdb/firewall/{}", fam.group_table()), name, &body, exists)?;
+        self.owned(fam).groups.insert(name.to_string(), members);
         Ok(())
     }
 
-    /// Brings `target`'s group and chunks to `to`: chunks first (so the group never names a
-    /// missing one), then the group, then chunks it no longer uses are deleted.
-    fn write_layout(&mut self, target: &str, to: &Layout) -> Result<(), FwSyncError> {
-        let top = group_name(target);
-        let old_chunks = self.owned().chunks_of(&top);
+    /// Brings `target`'s group and chunks of one family to `to`: chunks first (so the group
+    /// never names a missing one), then the group, then chunks it no longer uses are deleted.
+    fn write_layout(&mut self, fam: Fam, target: &str, to: &Layout) -> Result<(), FwSyncError> {
+        let top = group_name(target, fam);
+        let old_chunks = self.owned(fam).chunks_of(&top);
         for (chunk, ips) in &to.chunks {
             let members = ips.iter().map(|ip| address_name(*ip)).collect();
-            self.write_group(chunk, members, &format!("{COMMENT} (part of {top})"))?;
+            self.write_group(fam, chunk, members, &format!("{COMMENT} (part of {top})"))?;
         }
-        self.write_group(&top, to.top_members(), COMMENT)?;
+        self.write_group(fam, &top, to.top_members(fam), COMMENT)?;
         for chunk in old_chunks.iter().filter(|c| !to.chunks.contains_key(*c)) {
-            if !self.delete("addrgrp", chunk)? {
+            if !self.delete(fam.group_table(), chunk)? {
                 tracing::debug!(object = %chunk, "chunk group in use elsewhere; kept");
             }
         }
         Ok(())
     }
 
-    /// Deletes `target`'s group and chunks; a group a policy still uses is emptied instead.
-    fn delete_target(&mut self, target: &str) -> Result<(), FwSyncError> {
-        let top = group_name(target);
-        if !self.owned().groups.contains_key(&top) {
+    /// Deletes `target`'s group and chunks of one family; a group a policy still uses is
+    /// emptied instead.
+    fn delete_target(&mut self, fam: Fam, target: &str) -> Result<(), FwSyncError> {
+        let top = group_name(target, fam);
+        if !self.owned(fam).groups.contains_key(&top) {
             return Ok(());
         }
-        let chunks = self.owned().chunks_of(&top);
-        if !self.delete("addrgrp", &top)? {
-            tracing::warn!(object = %top, "group is still used (by a policy?): emptied instead of deleted");
-            self.write_group(&top, vec![PLACEHOLDER.to_string()], COMMENT)?;
+        let chunks = self.owned(fam).chunks_of(&top);
+        if !self.delete(fam.group_table(), &top)? {
+            tracing::warn!(object = %top, family = fam.name(), "group is still used (by a policy?): emptied instead of deleted");
+            self.write_group(fam, &top, vec![fam.placeholder().to_string()], COMMENT)?;
         }
         for chunk in chunks {
-            self.delete("addrgrp", &chunk)?;
+            self.delete(fam.group_table(), &chunk)?;
         }
         Ok(())
     }
 
-    /// Deletes owned chunks no group references, then owned addresses no group uses.
+    /// Deletes owned chunks no group references, then owned addresses no group uses, in
+    /// both families' tables.
     fn collect_garbage(&mut self) -> Result<(), FwSyncError> {
-        let orphans: Vec<String> = {
-            let o = self.owned();
-            let used = o.referenced();
-            o.groups.keys().filter(|g| is_chunk(g) && !used.contains(g.as_str())).cloned().collect()
-        };
-        for chunk in orphans {
-            self.delete("addrgrp", &chunk)?;
-        }
-        let unused: Vec<String> = {
-            let o = self.owned.as_ref().expect("read before apply");
-            let used = o.referenced();
-            o.addresses.keys().filter(|a| !used.contains(a.as_str()) && !self.in_use.contains(*a)).cloned().collect()
-        };
-        for addr in unused {
-            if !self.delete("address", &addr)? {
-                tracing::debug!(object = %addr, "address still used by an object fw-sync does not own; kept");
-                self.in_use.insert(addr);
+        for fam in Fam::BOTH {
+            let orphans: Vec<String> = {
+                let o = self.owned(fam);
+                let used = o.referenced();
+                o.groups.keys().filter(|g| is_chunk(g) && !used.contains(g.as_str())).cloned().collect()
+            };
+            for chunk in orphans {
+                self.delete(fam.group_table(), &chunk)?;
+            }
+            let unused: Vec<String> = {
+                let o = &self.owned.as_ref().expect("read before apply")[fam.idx()];
+                let used = o.referenced();
+                o.addresses.keys().filter(|a| !used.contains(a.as_str()) && !self.in_use.contains(*a)).cloned().collect()
+            };
+            for addr in unused {
+                if !self.delete(fam.address_table(), &addr)? {
+                    tracing::debug!(object = %addr, family = fam.name(), "address still used by an object fw-sync does not own; kept");
+                    self.in_use.insert(addr);
+                }
             }
         }
         Ok(())
@@ -274,7 +291,7 @@ impl FortiosBackend {
         }
         let moves = diff.moves();
         let owned = self.owned.as_ref().expect("read before apply");
-        let plan = feed::plan(&feeds, &self.feeds, &moves, self.max_feed_entries, |n| owned.groups.contains_key(n) || owned.addresses.contains_key(n))
+        let plan = feed::plan(&feeds, &self.feeds, &moves, self.max_feed_entries, |n| Self::name_taken(owned, n))
             .map_err(|(object, why)| self.err(&object, why))?;
         for name in &plan.create {
             self.upsert(feed::TABLE, name, &feed::create_body(name, COMMENT), false)?;
@@ -304,8 +321,8 @@ impl FortiosBackend {
     fn apply_changes(&mut self, diff: &Diff) -> Result<(), FwSyncError> {
         let moves = diff.moves();
         let cap = self.max_members;
-        // (target, layout after removals when they must go first, final layout)
-        let mut plans: Vec<(String, Option<Layout>, Layout)> = Vec::new();
+        // (family, target, layout after removals when they must go first, final layout)
+        let mut plans: Vec<(Fam, String, Option<Layout>, Layout)> = Vec::new();
         let mut deletes = Vec::new();
         for c in &diff.changes {
             let target = c.object.name.as_str();
@@ -313,41 +330,50 @@ impl FortiosBackend {
             if c.object.kind != TargetKind::FortiosAddrgrp {
                 return Err(self.err(&what, "not a FortiOS address group"));
             }
-            if target.parse::<Ipv4Addr>().is_ok() || target.contains('~') || group_name(target).len() > layout::MAX_NAME {
+            if layout::looks_like_address(target) || target.contains('~') || group_name(target, Fam::V6).len() > layout::MAX_NAME {
                 return Err(self.err(&what, "name clashes with fw-sync's address objects (bhfw-<ip>) or is too long; rename the target"));
             }
             if c.action == Action::Delete {
                 deletes.push(target.to_string());
                 continue;
             }
-            let owned = self.owned.as_ref().expect("read before apply");
-            let before = owned.layout(target);
-            let kept = before.clone().unwrap_or_default().keep(&c.desired);
-            let after = kept
-                .with(&c.desired, cap, target, |n| owned.groups.contains_key(n) || owned.addresses.contains_key(n))
-                .map_err(|e| self.err(&what, e))?;
-            // Back under the limit: fold the chunks into the group (one PUT, chunks deleted).
-            let after = if after.chunks.is_empty() || c.desired.len() > cap { after } else { Layout { direct: c.desired.clone(), chunks: Default::default() } };
-            let first = (before.is_some() && c.remove.iter().any(|ip| moves.contains(ip))).then_some(kept);
-            plans.push((target.to_string(), first, after));
+            for fam in Fam::BOTH {
+                let desired: BTreeSet<IpAddr> = c.desired.iter().filter(|ip| Fam::of(ip) == fam).copied().collect();
+                let owned = self.owned.as_ref().expect("read before apply");
+                let before = owned[fam.idx()].layout(target);
+                // The IPv4 group always exists; the addrgrp6 once the target has had an
+                // IPv6 member.
+                if fam == Fam::V6 && before.is_none() && desired.is_empty() {
+                    continue;
+                }
+                let kept = before.clone().unwrap_or_default().keep(&desired);
+                let chunk_target = format!("{target}{}", fam.suffix());
+                let after = kept.with(&desired, cap, &chunk_target, |n| Self::name_taken(owned, n)).map_err(|e| self.err(&format!("{what} ({})", fam.name()), e))?;
+                // Back under the limit: fold the chunks into the group (one PUT, chunks deleted).
+                let after = if after.chunks.is_empty() || desired.len() > cap { after } else { Layout { direct: desired.clone(), chunks: Default::default() } };
+                let first = (before.is_some() && c.remove.iter().any(|ip| Fam::of(ip) == fam && moves.contains(ip))).then_some(kept);
+                plans.push((fam, target.to_string(), first, after));
+            }
         }
-        let mut needed: BTreeSet<Ipv4Addr> = BTreeSet::new();
-        for (_, _, after) in &plans {
+        let mut needed: BTreeSet<IpAddr> = BTreeSet::new();
+        for (_, _, _, after) in &plans {
             needed.extend(after.ips());
         }
         for ip in needed {
             self.ensure_address(&address_name(ip), ip)?;
         }
-        for (target, first, _) in &plans {
+        for (fam, target, first, _) in &plans {
             if let Some(kept) = first {
-                self.write_layout(target, kept)?;
+                self.write_layout(*fam, target, kept)?;
             }
         }
         for target in &deletes {
-            self.delete_target(target)?;
+            for fam in Fam::BOTH {
+                self.delete_target(fam, target)?;
+            }
         }
-        for (target, _, after) in &plans {
-            self.write_layout(target, after)?;
+        for (fam, target, _, after) in &plans {
+            self.write_layout(*fam, target, after)?;
         }
         self.collect_garbage()
     }
@@ -365,18 +391,28 @@ impl Backend for FortiosBackend {
     }
 
     fn read_owned_state(&mut self) -> Result<FirewallState, FwSyncError> {
-        let mut owned = Owned::default();
+        let mut owned = [Owned::new(Fam::V4), Owned::new(Fam::V6)];
         for (name, o) in self.list("address", "name%7Ctype%7Csubnet")? {
             let host = (o.get("type").and_then(Value::as_str) == Some("ipmask"))
                 .then(|| o.get("subnet").and_then(Value::as_str).and_then(layout::host_of_subnet))
                 .flatten();
-            owned.addresses.insert(name, host);
+            owned[0].addresses.insert(name, host.map(IpAddr::V4));
         }
-        for (name, o) in self.list("addrgrp", "name%7Cmember")? {
-            let members = o.get("member").and_then(Value::as_array).into_iter().flatten();
-            owned.groups.insert(name, members.filter_map(|m| m.get("name").and_then(Value::as_str).map(str::to_string)).collect());
+        for (name, o) in self.list("address6", "name%7Ctype%7Cip6")? {
+            let host = (o.get("type").and_then(Value::as_str) == Some("ipprefix")).then(|| o.get("ip6").and_then(Value::as_str).and_then(layout::host_of_ip6)).flatten();
+            owned[1].addresses.insert(name, host.map(IpAddr::V6));
         }
-        let mut state = owned.state();
+        for fam in Fam::BOTH {
+            for (name, o) in self.list(fam.group_table(), "name%7Cmember")? {
+                let members = o.get("member").and_then(Value::as_array).into_iter().flatten();
+                owned[fam.idx()].groups.insert(name, members.filter_map(|m| m.get("name").and_then(Value::as_str).map(str::to_string)).collect());
+            }
+        }
+        // A target's members are those of its group and of its addrgrp6.
+        let mut state = owned[0].state();
+        for (object, ips) in owned[1].state() {
+            state.entry(object).or_default().extend(ips);
+        }
         // The version came with the GETs above: FortiOS before 7.2.1 has no push feeds.
         let feeds = if self.has_feeds() { feed::read(&mut self.client)? } else { Feeds::default() };
         state.extend(feeds.state());

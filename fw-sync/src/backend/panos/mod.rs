@@ -1,9 +1,13 @@
 //! PAN-OS (firewall or Panorama) through the XML API.
 //!
 //! Objects fw-sync owns carry the `bhfw-` prefix: host address objects `bhfw-<ip>`
-//! (`<ip>/32`, described as managed by fw-sync), static address groups `bhfw-<name>`
+//! (`ip-netmask` `<ip>/32`, or `<ip>/128` for IPv6, whose name spells the address with `-`
+//! for `:` since PAN-OS names allow no colon: `bhfw-fd00-9--1` is `fd00:9::1/128`; described
+//! as managed by fw-sync), static address groups `bhfw-<name>` (one group holds both
+//! families, as PAN-OS groups do)
 //! (target kind `panos-static-group`) and tags `bhfw-<name>` (`panos-dynamic-tag`), whose
-//! IPs are registered through the User-ID API for dynamic address groups matching the tag.
+//! IPs (of both families) are registered through the User-ID API for dynamic address groups
+//! matching the tag.
 //! Nothing without the prefix is read as owned, changed or deleted.
 //!
 //! Reading (3 requests, plus one per 500 registered IPs when fw-sync owns tags) shows the
@@ -35,7 +39,7 @@ mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use api::{Api, CallError, esc};
@@ -62,9 +66,34 @@ const UID_BATCH: usize = 1000;
 /// Registered IPs per page of `show object registered-ip` (the PAN-OS maximum).
 const PAGE: usize = 500;
 
-/// The name of the address object for `ip`.
-pub(crate) fn address_name(ip: Ipv4Addr) -> String {
-    format!("{OWNED_PREFIX}{ip}")
+/// The name of the address object for `ip`: `bhfw-10.1.2.3`, or for IPv6 the compressed
+/// form with `-` for `:` (`bhfw-fd00-9--1`), PAN-OS names allowing letters, digits, `-`,
+/// `_`, `.` and spaces only.
+pub(crate) fn address_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{OWNED_PREFIX}{a}"),
+        IpAddr::V6(a) => format!("{OWNED_PREFIX}{}", a.to_string().replace(':', "-")),
+    }
+}
+
+/// The address an owned address object's name spells ([`address_name`] read back; only the
+/// name fw-sync itself would give that address counts).
+pub(crate) fn address_of_name(name: &str) -> Option<IpAddr> {
+    let rest = name.strip_prefix(OWNED_PREFIX)?;
+    let ip = match rest.parse::<IpAddr>() {
+        Ok(ip @ IpAddr::V4(_)) => ip,
+        Ok(IpAddr::V6(_)) => return None,
+        Err(_) if rest.contains("--") || rest.matches('-').count() >= 2 => IpAddr::V6(rest.replace('-', ":").parse::<Ipv6Addr>().ok()?),
+        Err(_) => return None,
+    };
+    (address_name(ip) == name).then_some(ip)
+}
+
+/// Whether an `ip-netmask` value is exactly the host `ip` (`/32`, `/128` or no length).
+fn is_host_value(value: &str, ip: IpAddr) -> bool {
+    let (addr, len) = value.trim().split_once('/').map_or((value.trim(), None), |(a, l)| (a, Some(l)));
+    let full = if ip.is_ipv4() { "32" } else { "128" };
+    addr.parse::<IpAddr>().is_ok_and(|a| a == ip) && len.is_none_or(|l| l == full)
 }
 
 /// A PAN-OS firewall (vsys) or Panorama (device group).
@@ -77,7 +106,7 @@ pub struct PanosBackend {
     /// Owned state as last read or applied.
     known: FirewallState,
     /// Owned addresses no group used at the last read.
-    orphans: BTreeSet<Ipv4Addr>,
+    orphans: BTreeSet<IpAddr>,
     /// Owned address names that objects fw-sync does not own use.
     foreign_refs: BTreeSet<String>,
     /// A commit went through on Panorama but its push (commit-all) was not confirmed.
@@ -164,7 +193,7 @@ impl PanosBackend {
     }
 
     /// Every registered IP with its tags, page by page.
-    fn registered(&mut self) -> Result<BTreeMap<Ipv4Addr, Vec<String>>, FwSyncError> {
+    fn registered(&mut self) -> Result<BTreeMap<IpAddr, Vec<String>>, FwSyncError> {
         let mut out = BTreeMap::new();
         let mut start = 1;
         loop {
@@ -179,7 +208,7 @@ impl PanosBackend {
             let mut n = 0;
             for e in doc.descendants().filter(|e| e.has_tag_name("entry") && e.attribute("ip").is_some()) {
                 n += 1;
-                let Ok(ip) = e.attribute("ip").unwrap_or("").parse::<Ipv4Addr>() else { continue };
+                let Ok(ip) = e.attribute("ip").unwrap_or("").parse::<IpAddr>() else { continue };
                 let tags = e.descendants().filter(|m| m.has_tag_name("member")).filter_map(|m| m.text()).map(String::from);
                 out.entry(ip).or_insert_with(Vec::new).extend(tags);
             }
@@ -191,7 +220,7 @@ impl PanosBackend {
     }
 
     /// Sends register or unregister messages for `entries` (IP -> tags), in batches.
-    fn user_id(&mut self, op: &str, entries: &BTreeMap<Ipv4Addr, BTreeSet<String>>) -> Result<(), FwSyncError> {
+    fn user_id(&mut self, op: &str, entries: &BTreeMap<IpAddr, BTreeSet<String>>) -> Result<(), FwSyncError> {
         let list: Vec<_> = entries.iter().collect();
         let timeout = match (op, self.config.registered_ip_timeout) {
             ("register", t) if t > 0 => format!(" timeout=\"{t}\""),
@@ -394,10 +423,10 @@ impl Backend for PanosBackend {
         if let Some(body) = self.show(&format!("{base}/address"))? {
             let doc = roxmltree::Document::parse(&body).map_err(|e| self.fail("config show address", e.to_string()))?;
             for (name, id) in entries(&doc) {
-                let Some(ip) = name.strip_prefix(OWNED_PREFIX).and_then(|s| s.parse::<Ipv4Addr>().ok()) else { continue };
+                let Some(ip) = address_of_name(&name) else { continue };
                 let e = doc.get_node(id).expect("node of this document");
                 let value = e.children().find(|c| c.has_tag_name("ip-netmask")).and_then(|c| c.text()).unwrap_or("");
-                if value == format!("{ip}/32") || value == ip.to_string() {
+                if is_host_value(value, ip) {
                     addresses.insert(ip);
                 }
             }
@@ -413,7 +442,7 @@ impl Backend for PanosBackend {
                 let owned = name.strip_prefix(OWNED_PREFIX).map(String::from);
                 let mut ips = BTreeSet::new();
                 for m in members {
-                    let ip = m.strip_prefix(OWNED_PREFIX).and_then(|s| s.parse::<Ipv4Addr>().ok());
+                    let ip = address_of_name(m);
                     match (&owned, ip) {
                         (Some(_), Some(ip)) if addresses.contains(&ip) => {
                             ips.insert(ip);
@@ -455,8 +484,8 @@ impl Backend for PanosBackend {
         if let Some(c) = diff.changes.iter().find(|c| !matches!(c.object.kind, TargetKind::PanosStaticGroup | TargetKind::PanosDynamicTag)) {
             return Err(self.fail(&c.object.to_string(), "not a PAN-OS object kind".into()));
         }
-        let tag_changes = |pick: fn(&crate::diff::ObjectChange) -> &BTreeSet<Ipv4Addr>| {
-            let mut m: BTreeMap<Ipv4Addr, BTreeSet<String>> = BTreeMap::new();
+        let tag_changes = |pick: fn(&crate::diff::ObjectChange) -> &BTreeSet<IpAddr>| {
+            let mut m: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
             for c in diff.changes.iter().filter(|c| c.object.kind == TargetKind::PanosDynamicTag) {
                 for ip in pick(c) {
                     m.entry(*ip).or_default().insert(format!("{OWNED_PREFIX}{}", c.object.name));

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::api::esc;
 use super::{DESCRIPTION, PLACEHOLDER, PLACEHOLDER_IP, address_name};
@@ -18,7 +18,7 @@ use crate::group::{FirewallState, OWNED_PREFIX, TargetKind};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Purpose {
     DeleteGroup(String),
-    DeleteAddress(Ipv4Addr),
+    DeleteAddress(IpAddr),
     Other,
 }
 
@@ -43,13 +43,13 @@ pub(crate) struct Pinned {
     /// Owned groups still used by a rule or another group: emptied instead of deleted.
     pub groups: BTreeSet<String>,
     /// Owned addresses still used elsewhere: kept.
-    pub addresses: BTreeSet<Ipv4Addr>,
+    pub addresses: BTreeSet<IpAddr>,
 }
 
 /// The operations for the static groups and tags of `diff`. `known` is the owned state
 /// before it (to tell which addresses stay in use), `orphans` owned addresses no group uses,
 /// `foreign_refs` owned address names that objects fw-sync does not own refer to.
-pub(crate) fn plan(base: &str, diff: &Diff, known: &FirewallState, orphans: &BTreeSet<Ipv4Addr>, foreign_refs: &BTreeSet<String>, pinned: &Pinned) -> Vec<Op> {
+pub(crate) fn plan(base: &str, diff: &Diff, known: &FirewallState, orphans: &BTreeSet<IpAddr>, foreign_refs: &BTreeSet<String>, pinned: &Pinned) -> Vec<Op> {
     let group_xpath = |name: &str| format!("{base}/address-group/entry[@name='{OWNED_PREFIX}{name}']");
     let statics = diff.changes.iter().filter(|c| c.object.kind == TargetKind::PanosStaticGroup);
     let (mut deletes, mut groups) = (Vec::new(), Vec::new());
@@ -85,7 +85,8 @@ pub(crate) fn plan(base: &str, diff: &Diff, known: &FirewallState, orphans: &BTr
     if !needed.is_empty() || need_placeholder {
         let mut el = String::new();
         for ip in &needed {
-            let _ = write!(el, "<entry name=\"{}\"><ip-netmask>{ip}/32</ip-netmask><description>{DESCRIPTION}</description></entry>", address_name(*ip));
+            let len = if ip.is_ipv4() { 32 } else { 128 };
+            let _ = write!(el, "<entry name=\"{}\"><ip-netmask>{ip}/{len}</ip-netmask><description>{DESCRIPTION}</description></entry>", address_name(*ip));
         }
         if need_placeholder {
             let _ = write!(el, "<entry name=\"{PLACEHOLDER}\"><ip-netmask>{PLACEHOLDER_IP}/32</ip-netmask><description>{DESCRIPTION} (stands in for no member)</description></entry>");
@@ -102,14 +103,14 @@ pub(crate) fn plan(base: &str, diff: &Diff, known: &FirewallState, orphans: &BTr
         }
     }
     // Addresses in use after the diff: every static group's members as they will be.
-    let mut after_state: BTreeMap<&str, &BTreeSet<Ipv4Addr>> =
+    let mut after_state: BTreeMap<&str, &BTreeSet<IpAddr>> =
         known.iter().filter(|(o, _)| o.kind == TargetKind::PanosStaticGroup).map(|(o, m)| (o.name.as_str(), m)).collect();
     let empty = BTreeSet::new();
     for c in diff.changes.iter().filter(|c| c.object.kind == TargetKind::PanosStaticGroup) {
         after_state.insert(&c.object.name, if c.action == Action::Delete { &empty } else { &c.desired });
     }
-    let in_use: BTreeSet<Ipv4Addr> = after_state.values().flat_map(|m| m.iter().copied()).collect();
-    let candidates: BTreeSet<Ipv4Addr> =
+    let in_use: BTreeSet<IpAddr> = after_state.values().flat_map(|m| m.iter().copied()).collect();
+    let candidates: BTreeSet<IpAddr> =
         diff.changes.iter().filter(|c| c.object.kind == TargetKind::PanosStaticGroup).flat_map(|c| c.remove.iter().copied()).chain(orphans.iter().copied()).collect();
     for ip in candidates {
         if in_use.contains(&ip) || pinned.addresses.contains(&ip) || foreign_refs.contains(&address_name(ip)) {
@@ -140,7 +141,7 @@ mod tests {
     use super::*;
     use crate::group::ObjectRef;
 
-    fn ips(l: &[&str]) -> BTreeSet<Ipv4Addr> {
+    fn ips(l: &[&str]) -> BTreeSet<IpAddr> {
         l.iter().map(|s| s.parse().expect("test IP")).collect()
     }
 
@@ -171,6 +172,38 @@ mod tests {
         assert_eq!(ops[2].element, "<entry name=\"bhfw-b\"><static><member>bhfw-10.0.0.2</member><member>bhfw-10.0.0.5</member></static></entry>");
         let el = multi_config_element(&ops[3..]);
         assert_eq!(el, "<multi-config><delete id=\"1\" xpath=\"/B/address/entry[@name=&apos;bhfw-10.9.9.9&apos;]\"/></multi-config>");
+    }
+
+    #[test]
+    fn ipv6_members_are_host_addresses_in_the_same_group() {
+        let o = |n: &str| ObjectRef { kind: TargetKind::PanosStaticGroup, name: n.into() };
+        let known: FirewallState = [(o("a"), ips(&["10.0.0.1", "fd00:9::5"]))].into();
+        let desired: FirewallState = [(o("a"), ips(&["10.0.0.1", "fd00:9::6"]))].into();
+        let diff = Diff::compute(&desired, &known);
+        let ops = plan("/B", &diff, &known, &BTreeSet::new(), &BTreeSet::new(), &Pinned::default());
+        let shown: Vec<String> = ops.iter().map(|o| format!("{} {}", o.action, o.xpath)).collect();
+        assert_eq!(shown, ["set /B/address", "edit /B/address-group/entry[@name='bhfw-a']", "delete /B/address/entry[@name='bhfw-fd00-9--5']"]);
+        assert!(ops[0].element.contains("<entry name=\"bhfw-fd00-9--6\"><ip-netmask>fd00:9::6/128</ip-netmask>"), "{}", ops[0].element);
+        assert!(ops[0].element.contains("<entry name=\"bhfw-10.0.0.1\"><ip-netmask>10.0.0.1/32</ip-netmask>"), "{}", ops[0].element);
+        assert_eq!(ops[1].element, "<entry name=\"bhfw-a\"><static><member>bhfw-10.0.0.1</member><member>bhfw-fd00-9--6</member></static></entry>");
+        assert_eq!(ops[2].purpose, Purpose::DeleteAddress("fd00:9::5".parse().expect("ip")));
+    }
+
+    #[test]
+    fn address_names_read_back_only_as_fw_sync_writes_them() {
+        use super::super::{address_name, address_of_name, is_host_value};
+        for ip in ["10.1.2.3", "fd00:9::1", "2001:db8::", "::1", "fd00:1:2:3:4:5:6:7"] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert_eq!(address_of_name(&address_name(ip)), Some(ip), "{ip}");
+        }
+        assert_eq!(address_name("fd00:9::1".parse().expect("ip")), "bhfw-fd00-9--1");
+        for name in ["bhfw-empty-group", "bhfw-web", "bhfw-FD00-9--1", "bhfw-fd00-0009--1", "bhfw-fd00:9::1", "other-10.0.0.1"] {
+            assert_eq!(address_of_name(name), None, "{name}");
+        }
+        assert!(is_host_value("fd00:9::1/128", "fd00:9::1".parse().expect("ip")));
+        assert!(is_host_value("FD00:9:0::1", "fd00:9::1".parse().expect("ip")));
+        assert!(!is_host_value("fd00:9::1/64", "fd00:9::1".parse().expect("ip")));
+        assert!(!is_host_value("10.0.0.1/128", "10.0.0.1".parse().expect("ip")));
     }
 
     #[test]
