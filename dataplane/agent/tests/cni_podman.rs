@@ -51,7 +51,7 @@ impl Env {
         let e = Env { store: std::env::temp_dir().join(format!("bhpd{id}-store")), ipam: std::env::temp_dir().join(format!("bhpd{id}-ipam")), id };
         // The plugin the conflist names, installed atomically (parallel tests may run it).
         std::fs::create_dir_all(PLUGIN_DIR).expect("plugin dir");
-        let tmp = Path::new(PLUGIN_DIR).join(format!(".bulkhead-cni.{pid}"));
+        let tmp = Path::new(PLUGIN_DIR).join(format!(".bulkhead-cni.{}", e.id));
         std::fs::copy(plugin_bin(), &tmp).expect("install plugin");
         std::fs::rename(&tmp, Path::new(PLUGIN_DIR).join("bulkhead-cni")).expect("install plugin");
         let subnet = format!("10.{}.{}.0/24", if ipv6 { 78 } else { 79 }, pid % 250);
@@ -89,6 +89,25 @@ impl Env {
             watch: false,
         })
         .expect("agent starts")
+    }
+
+    /// Writes pods a and b (labels app: a / app: b), starts the agent, then container b (a TCP
+    /// echo server on 8080) and container a (idle).
+    fn start_a_and_b(&self) -> bulkhead_agent::Agent {
+        let (a, b) = (self.name("a"), self.name("b"));
+        std::fs::write(
+            self.store.join("pods.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: default}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {a}, namespace: default, labels: {{app: a}}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {b}, namespace: default, labels: {{app: b}}}}\n"
+            ),
+        )
+        .expect("pods");
+        let agent = self.agent();
+        let out = self.run("b", &["/bin/nc", "-ll", "-p", "8080", "-e", "/bin/cat"]);
+        assert!(out.status.success(), "podman run b: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.run("a", &["/bin/sleep", "3600"]);
+        assert!(out.status.success(), "podman run a: {}", String::from_utf8_lossy(&out.stderr));
+        agent
     }
 
     /// `podman run -d` of a busybox container on this network; returns whether it started.
@@ -167,19 +186,8 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn podman_containers_get_policy_detector_and_clean_state_through_the_chain() {
     let e = Env::new();
-    let (a, b) = (e.name("a"), e.name("b"));
-    std::fs::write(
-        e.store.join("pods.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: default}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {a}, namespace: default, labels: {{app: a}}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {b}, namespace: default, labels: {{app: b}}}}\n"
-        ),
-    )
-    .expect("pods");
-    let agent = e.agent();
-    let out = e.run("b", &["/bin/nc", "-ll", "-p", "8080", "-e", "/bin/cat"]);
-    assert!(out.status.success(), "podman run b: {}", String::from_utf8_lossy(&out.stderr));
-    let out = e.run("a", &["/bin/sleep", "3600"]);
-    assert!(out.status.success(), "podman run a: {}", String::from_utf8_lossy(&out.stderr));
+    let agent = e.start_a_and_b();
+    let b = e.name("b");
     assert_eq!(e.registrations().len(), 2, "both containers registered: {:?}", e.registrations());
     let ip_b = e.ip("b");
     let connect = |e: &Env| e.in_container("a", move || TcpStream::connect_timeout(&SocketAddr::from((ip_b, 8080)), Duration::from_millis(800)).ok());
@@ -244,19 +252,7 @@ fn podman_containers_get_policy_detector_and_clean_state_through_the_chain() {
 #[test]
 fn podman_dual_stack_containers_are_enforced_on_ipv6() {
     let e = Env::with_ipv6(true);
-    let (a, b) = (e.name("a"), e.name("b"));
-    std::fs::write(
-        e.store.join("pods.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: default}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {a}, namespace: default, labels: {{app: a}}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {b}, namespace: default, labels: {{app: b}}}}\n"
-        ),
-    )
-    .expect("pods");
-    let agent = e.agent();
-    let out = e.run("b", &["/bin/nc", "-ll", "-p", "8080", "-e", "/bin/cat"]);
-    assert!(out.status.success(), "podman run b: {}", String::from_utf8_lossy(&out.stderr));
-    let out = e.run("a", &["/bin/sleep", "3600"]);
-    assert!(out.status.success(), "podman run a: {}", String::from_utf8_lossy(&out.stderr));
+    let agent = e.start_a_and_b();
     let ip6_b = e.ip6("b");
     for f in e.registrations() {
         let t = std::fs::read_to_string(PathBuf::from("/run/bulkhead").join(e.net()).join("endpoints").join(&f)).expect("registration");

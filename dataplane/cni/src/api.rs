@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
@@ -117,7 +117,7 @@ mod tests {
             ifname: "eth0".into(),
             netns: "/run/netns/x".into(),
             host_interface: "veth1".into(),
-            ips: vec![Ipv4Addr::new(10, 88, 0, 2).into()],
+            ips: vec![std::net::Ipv4Addr::new(10, 88, 0, 2).into()],
             pod_namespace: "default".into(),
             pod_name: "a".into(),
             cgroup: None,
