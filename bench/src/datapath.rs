@@ -137,7 +137,7 @@ pub fn setup(n: usize, shape: Shape) -> Guard {
     // The config below enforces revision 1, i.e. generation 1.
     bulkhead_agent::apply::write_generation(g.dp(), 1, None, &ks, &mut None).expect("writing the maps");
     let target = &compiled.endpoints[&policy_compiler::model::PodRef::new("x", "target")];
-    let ep = EndpointV4 { identity: [target.identity; 2], flags: [target.flags; 2], ipv4_be: LOCAL_IP.octets(), present: 1 };
+    let ep = EndpointV4 { identity: [target.identity; 2], flags: [target.flags; 2], ipv4_be: LOCAL_IP.octets(), present: 1, identity6: [target.identity; 2], ipv6_be: [0; 16] };
     let maps = &mut g.dp().maps;
     maps.endpoints.insert(IFINDEX, ep).expect("endpoint insert");
     maps.config.set(0, bulkhead_agent::apply::with_clock(ConfigV2::with_default_timeouts(1)), 0).expect("config set");

@@ -28,7 +28,7 @@ impl Guard {
         assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (loads BPF programs); CI runs it as root");
         let mut g = DataplaneGuard::load(&format!("bhk-{tag}-{}", std::process::id()));
         // Not isolated by any policy: everything the programs do not refuse is allowed.
-        let ep = EndpointV4 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1 };
+        let ep = EndpointV4 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1, identity6: [identity::FIRST_ALLOCATED; 2], ipv6_be: [0; 16] };
         g.dp().maps.endpoints.insert(IFINDEX, ep).expect("endpoint");
         g.dp().maps.config.set(0, ConfigV2::with_default_timeouts(1), 0).expect("config");
         Guard(g)
@@ -102,7 +102,7 @@ fn an_endpoint_above_the_array_bound_is_found_through_the_hash() {
         };
         assert_eq!(run(&mut g), RET_DROP, "no endpoint at ifindex {BIG} yet: fails closed");
         assert_eq!(g.counter("drop_no_endpoint_fail_closed"), 1);
-        let ep = EndpointV4 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1 };
+        let ep = EndpointV4 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1, identity6: [identity::FIRST_ALLOCATED; 2], ipv6_be: [0; 16] };
         g.dp().maps.endpoints.insert(BIG, ep).expect("endpoint above the bound");
         assert_eq!(g.dp().maps.endpoints.get(BIG).expect("read back"), Some(ep));
         assert!(g.dp().maps.endpoints.ifindexes().expect("list").contains(&BIG), "listed with the array's endpoints");
@@ -177,19 +177,20 @@ fn drops_are_reported_with_tuple_identities_direction_and_reason_within_a_budget
     assert_eq!(ev.len(), 1, "one drop, one event: {ev:?}");
     let e = ev[0];
     assert_eq!((e.kind, e.direction, e.drop_reason), (flow_kind::DROPPED, direction::EGRESS, counters::DROP_SPOOFED as u16));
-    assert_eq!((e.saddr_be, e.daddr_be, u16::from_be_bytes(e.sport_be), u16::from_be_bytes(e.dport_be)), ([10, 30, 0, 77], PEER.octets(), 40001, 80));
+    assert_eq!((e.family, e.saddr(), e.daddr(), u16::from_be_bytes(e.sport_be), u16::from_be_bytes(e.dport_be)), (4, Some(std::net::Ipv4Addr::new(10, 30, 0, 77).into()), Some(PEER.into()), 40001, 80));
     assert_eq!((e.local_identity, e.peer_identity), (identity::FIRST_ALLOCATED, identity::WORLD), "both identities");
     assert!(bulkhead_common::tcp_opens(e.tcp_flags), "the event carries the packet's TCP flags (a bare SYN): {:#x}", e.tcp_flags);
     let mid = tcp_frame(Ipv4Addr::new(10, 30, 0, 77), PEER, 40002, 80, bulkhead_bench::packet::TCP_ACK);
     assert_eq!(g.run(programs::FROM_POD, &mid), RET_DROP);
     let ev = g.events();
     assert!(!bulkhead_common::tcp_opens(ev[0].tcp_flags), "an ACK is no opening packet: {:#x}", ev[0].tcp_flags);
-    // An unparseable frame (IPv6) is reported too, without a tuple.
+    // An unparseable frame (an IPv4 header behind the IPv6 ethertype) is reported too,
+    // without a tuple (family 0).
     let mut v6 = tcp_frame(POD, PEER, 1, 2, TCP_SYN);
     v6[12..14].copy_from_slice(&[0x86, 0xdd]);
     assert_eq!(g.run(programs::TO_POD, &v6), RET_DROP);
     let ev = g.events();
-    assert_eq!((ev[0].drop_reason, ev[0].direction), (counters::DROP_IPV6 as u16, direction::INGRESS), "{ev:?}");
+    assert_eq!((ev[0].drop_reason, ev[0].direction), (counters::DROP_IPV6_UNPARSED as u16, direction::INGRESS), "{ev:?}");
 
     // A flood: every drop counted, events bounded by the per-CPU budget, the rest counted.
     let before = g.counter("drop_spoofed_source_fail_closed");
@@ -223,7 +224,7 @@ fn every_parse_failure_fails_closed_under_its_own_reason() {
         ("TCP header cut short", cut_l4(&good, 10), "drop_malformed_fail_closed"),
         ("non-first fragment", with(&|v| v[20..22].copy_from_slice(&0x0010u16.to_be_bytes())), "drop_fragment_fail_closed"),
         ("VLAN-tagged frame", with(&|v| v[12..14].copy_from_slice(&[0x81, 0x00])), "drop_unknown_l2_fail_closed"),
-        ("IPv6 frame", with(&|v| v[12..14].copy_from_slice(&[0x86, 0xdd])), "drop_ipv6_fail_closed"),
+        ("IPv6 ethertype with an IPv4 header", with(&|v| v[12..14].copy_from_slice(&[0x86, 0xdd])), "drop_ipv6_unparsed_fail_closed"),
         ("ICMP error with a cut quote", cut_l4(&icmp_error_frame(ROUTER, POD, 3, 4, &good), 8 + 12), "drop_malformed_fail_closed"),
     ];
     for (what, frame, counter) in cases {
