@@ -8,7 +8,7 @@
 //! the endpoint entry is written under ifindex 1. Counters are checked after each run so that a
 //! miss (no endpoint, no config) cannot masquerade as a fast verdict.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use bulkhead_common::{ConfigV2, CtKeyV2, EndpointV4, proto};
 
 use crate::DataplaneGuard as Guard;
 use crate::noop::NoopProg;
-use crate::packet::{TCP_ACK, TCP_SYN, tcp_frame};
+use crate::packet::{TCP_ACK, TCP_SYN, tcp6_frame, tcp_frame};
 
 const PIN_ROOT: &str = "/sys/fs/bpf/bulkhead";
 /// Runs per BPF_PROG_TEST_RUN call.
@@ -35,6 +35,10 @@ pub const LOCAL_IP: Ipv4Addr = Ipv4Addr::new(10, 16, 0, 1);
 pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 17, 0, 0);
 /// An address no pod and no policy prefix covers (identity WORLD).
 pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+/// The same three roles for IPv6: every synthetic pod is dual-stack.
+pub const LOCAL_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x16, 0, 0, 0, 0, 1);
+pub const PEER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x17, 0, 0, 0, 0, 0);
+pub const WORLD_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7);
 pub const DENIED_PORT: u16 = 5432;
 pub const ALLOWED_PORT: u16 = 8080;
 /// Source port of the frames into the pod and out of it (distinct flows).
@@ -81,10 +85,11 @@ pub enum Shape {
 fn model(n: usize, shape: Shape) -> policy_compiler::Model {
     use std::fmt::Write as _;
     let peers = (n / 10).clamp(1, 2000);
-    let mut y = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: target, namespace: x, labels: {app: target}}\nstatus: {podIP: 10.16.0.1}\n");
+    let mut y = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: target, namespace: x, labels: {app: target}}\nstatus: {podIPs: [{ip: 10.16.0.1}, {ip: 'fd00:10:16::1'}]}\n");
     for i in 0..peers {
         let ip = Ipv4Addr::from(u32::from(PEER_IP) + i as u32);
-        let _ = write!(y, "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: peer-{i}, namespace: x, labels: {{app: peer-{i}}}}}\nstatus: {{podIP: {ip}}}\n");
+        let ip6 = Ipv6Addr::from(u128::from(PEER_IP6) + i as u128);
+        let _ = write!(y, "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: peer-{i}, namespace: x, labels: {{app: peer-{i}}}}}\nstatus: {{podIPs: [{{ip: {ip}}}, {{ip: '{ip6}'}}]}}\n");
     }
     let port = |r: usize| -> u16 {
         if r == 0 { ALLOWED_PORT } else { 1000 + ((r * 13) % 20000) as u16 + if (1000 + (r * 13) % 20000) as u16 >= DENIED_PORT { 1 } else { 0 } }
@@ -137,7 +142,8 @@ pub fn setup(n: usize, shape: Shape) -> Guard {
     // The config below enforces revision 1, i.e. generation 1.
     bulkhead_agent::apply::write_generation(g.dp(), 1, None, &ks, &mut None).expect("writing the maps");
     let target = &compiled.endpoints[&policy_compiler::model::PodRef::new("x", "target")];
-    let ep = EndpointV4 { identity: [target.identity; 2], flags: [target.flags; 2], ipv4_be: LOCAL_IP.octets(), present: 1, identity6: [target.identity; 2], ipv6_be: [0; 16] };
+    assert_eq!(target.ip6, Some(LOCAL_IP6), "the target pod is dual-stack");
+    let ep = EndpointV4 { identity: [target.identity; 2], flags: [target.flags; 2], ipv4_be: LOCAL_IP.octets(), present: 1, identity6: [target.identity6; 2], ipv6_be: LOCAL_IP6.octets() };
     let maps = &mut g.dp().maps;
     maps.endpoints.insert(IFINDEX, ep).expect("endpoint insert");
     maps.config.set(0, bulkhead_agent::apply::with_clock(ConfigV2::with_default_timeouts(1)), 0).expect("config set");
@@ -220,7 +226,14 @@ impl PathKind {
     }
 }
 
-/// The test frames.
+/// The address family a measured path runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// The test frames of one family.
 pub struct Frames {
     deny: Vec<u8>,
     deny_world: Vec<u8>,
@@ -234,18 +247,38 @@ pub struct Frames {
     reply: Vec<u8>,
 }
 
+impl Frames {
+    /// The same flows in `family`: the same ports, the family's addresses of the same pods.
+    pub fn of(family: Family) -> Frames {
+        let tcp = |s: u8, d: u8, sport: u16, dport: u16, flags: u8| -> Vec<u8> {
+            // 0: the pod, 1: peer 0, 2: outside the cluster.
+            match family {
+                Family::V4 => {
+                    let a = [LOCAL_IP, PEER_IP, WORLD_IP];
+                    tcp_frame(a[s as usize], a[d as usize], sport, dport, flags)
+                }
+                Family::V6 => {
+                    let a = [LOCAL_IP6, PEER_IP6, WORLD_IP6];
+                    tcp6_frame(a[s as usize], a[d as usize], sport, dport, flags)
+                }
+            }
+        };
+        Frames {
+            deny: tcp(1, 0, SPORT_IN, DENIED_PORT, TCP_SYN),
+            deny_world: tcp(2, 0, SPORT_IN, DENIED_PORT, TCP_SYN),
+            allow: tcp(1, 0, SPORT_IN, ALLOWED_PORT, TCP_SYN),
+            established: tcp(1, 0, SPORT_IN, ALLOWED_PORT, TCP_ACK),
+            egress_deny: tcp(0, 1, SPORT_OUT, DENIED_PORT, TCP_SYN),
+            egress_allow: tcp(0, 1, SPORT_OUT, ALLOWED_PORT, TCP_SYN),
+            egress_established: tcp(0, 1, SPORT_OUT, ALLOWED_PORT, TCP_ACK),
+            reply: tcp(0, 1, ALLOWED_PORT, SPORT_IN, TCP_ACK),
+        }
+    }
+}
+
 impl Default for Frames {
     fn default() -> Self {
-        Frames {
-            deny: tcp_frame(PEER_IP, LOCAL_IP, SPORT_IN, DENIED_PORT, TCP_SYN),
-            deny_world: tcp_frame(WORLD_IP, LOCAL_IP, SPORT_IN, DENIED_PORT, TCP_SYN),
-            allow: tcp_frame(PEER_IP, LOCAL_IP, SPORT_IN, ALLOWED_PORT, TCP_SYN),
-            established: tcp_frame(PEER_IP, LOCAL_IP, SPORT_IN, ALLOWED_PORT, TCP_ACK),
-            egress_deny: tcp_frame(LOCAL_IP, PEER_IP, SPORT_OUT, DENIED_PORT, TCP_SYN),
-            egress_allow: tcp_frame(LOCAL_IP, PEER_IP, SPORT_OUT, ALLOWED_PORT, TCP_SYN),
-            egress_established: tcp_frame(LOCAL_IP, PEER_IP, SPORT_OUT, ALLOWED_PORT, TCP_ACK),
-            reply: tcp_frame(LOCAL_IP, PEER_IP, ALLOWED_PORT, SPORT_IN, TCP_ACK),
-        }
+        Frames::of(Family::V4)
     }
 }
 
@@ -253,6 +286,7 @@ impl Default for Frames {
 pub struct Bench {
     pub guard: Guard,
     pub frames: Frames,
+    pub frames6: Frames,
     noop_tc: NoopProg,
     noop_xdp: NoopProg,
 }
@@ -263,7 +297,8 @@ impl Bench {
     pub fn new(n: usize, shape: Shape) -> Bench {
         let mut b = Bench {
             guard: setup(n, shape),
-            frames: Frames::default(),
+            frames: Frames::of(Family::V4),
+            frames6: Frames::of(Family::V6),
             noop_tc: NoopProg::tc().expect("loading the no-op TC program"),
             noop_xdp: NoopProg::xdp().expect("loading the no-op XDP program"),
         };
@@ -271,24 +306,32 @@ impl Bench {
         b
     }
 
-    /// Sends the SYNs of the allowed flows (conntrack entries for the established paths).
+    /// Sends the SYNs of the allowed flows of both families (conntrack entries for the
+    /// established paths).
     pub fn open_flows(&mut self) {
         let dp = self.guard.dp();
-        for (prog, frame) in [(programs::TO_POD, &self.frames.allow), (programs::FROM_POD, &self.frames.egress_allow)] {
-            let r = run(dp.classifier(prog).expect("program"), frame, 1);
-            assert_eq!(r.retval, RET_PASS, "{prog}: the allowed SYN was not passed");
+        for f in [&self.frames, &self.frames6] {
+            for (prog, frame) in [(programs::TO_POD, &f.allow), (programs::FROM_POD, &f.egress_allow)] {
+                let r = run(dp.classifier(prog).expect("program"), frame, 1);
+                assert_eq!(r.retval, RET_PASS, "{prog}: the allowed SYN was not passed");
+            }
         }
     }
 
     /// Runs `path` `repeat` times; panics when the verdict or the counters are not the ones
     /// the path must produce.
     pub fn run_path(&mut self, path: PathKind, repeat: u32) -> Run {
+        self.run_path_in(path, Family::V4, repeat)
+    }
+
+    /// [`Bench::run_path`] with the frames of `family`.
+    pub fn run_path_in(&mut self, path: PathKind, family: Family, repeat: u32) -> Run {
+        let f = if family == Family::V4 { &self.frames } else { &self.frames6 };
         if path == PathKind::Noop {
-            let r = run_noop(&self.noop_tc, &self.frames.deny, repeat);
+            let r = run_noop(&self.noop_tc, &f.deny, repeat);
             assert_eq!(r.retval, RET_PASS, "no-op returned {}", r.retval as i32);
             return r;
         }
-        let f = &self.frames;
         let (prog, frame, want) = match path {
             PathKind::Noop => unreachable!("handled above"),
             PathKind::Deny => (programs::TO_POD, &f.deny, RET_DROP),
@@ -301,7 +344,7 @@ impl Bench {
         let dp = self.guard.dp();
         let before = dp.counters().expect("counters");
         let r = run(dp.classifier(prog).expect("program"), frame, repeat);
-        assert_eq!(r.retval, want, "{} returned {}", path.label(), r.retval as i32);
+        assert_eq!(r.retval, want, "{} ({family:?}) returned {}", path.label(), r.retval as i32);
         // Counters, not just the return value: a missing endpoint or config also drops.
         let d = moved(&before, &dp.counters().expect("counters"));
         let get = |name: &str| d.iter().find(|(n, _)| n == name).map(|x| x.1).unwrap_or(0);
@@ -315,7 +358,7 @@ impl Bench {
                     && d.iter().all(|(n, _)| n == "allow_policy" || n == "allow_conntrack")
             }
         };
-        assert!(ok, "{} x{repeat}: unexpected counters {d:?}", path.label());
+        assert!(ok, "{} ({family:?}) x{repeat}: unexpected counters {d:?}", path.label());
         r
     }
 

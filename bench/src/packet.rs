@@ -1,6 +1,6 @@
 //! Test frames for `BPF_PROG_TEST_RUN` (TC programs see the Ethernet header).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// TCP flag bits.
 pub const TCP_SYN: u8 = 0x02;
@@ -101,6 +101,100 @@ pub fn icmp_error_frame(saddr: Ipv4Addr, daddr: Ipv4Addr, ty: u8, code: u8, quot
     f
 }
 
+/// IPv6 next-header values of the extension headers the builders insert.
+pub const NH_HOP_BY_HOP: u8 = 0;
+pub const NH_ROUTING: u8 = 43;
+pub const NH_FRAGMENT: u8 = 44;
+pub const NH_DEST_OPTS: u8 = 60;
+/// Offset of the IPv6 header in a frame, and of what follows it.
+const IP6: usize = 14;
+const L4_6: usize = IP6 + 40;
+
+/// Ethernet + IPv6 (hop limit 64, no extension headers) + TCP (no options) frame, 74 bytes,
+/// checksum filled in.
+pub fn tcp6_frame(saddr: Ipv6Addr, daddr: Ipv6Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&1u32.to_be_bytes());
+    tcp.extend_from_slice(&0u32.to_be_bytes());
+    tcp.push(5 << 4);
+    tcp.push(flags);
+    tcp.extend_from_slice(&64240u16.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 0]);
+    ipv6_frame(saddr, daddr, 64, 6, tcp, 16)
+}
+
+/// Ethernet + IPv6 + ICMPv6 (`ty`, `code`, then `body`) with `hop_limit`, checksum filled in.
+pub fn icmp6_frame(saddr: Ipv6Addr, daddr: Ipv6Addr, hop_limit: u8, ty: u8, code: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(body);
+    ipv6_frame(saddr, daddr, hop_limit, 58, m, 2)
+}
+
+/// An ICMPv6 error (`ty` 1..=4, `code`) from `saddr` to `daddr` quoting the IPv6 packet of
+/// `quoted_frame` (an Ethernet + IPv6 frame, as the quoted packet was sent) from its IPv6
+/// header on. Packet too big (type 2) carries an MTU of 1280.
+pub fn icmp6_error_frame(saddr: Ipv6Addr, daddr: Ipv6Addr, ty: u8, code: u8, quoted_frame: &[u8]) -> Vec<u8> {
+    let mut body = if ty == 2 { 1280u32.to_be_bytes().to_vec() } else { vec![0; 4] };
+    body.extend_from_slice(&quoted_frame[IP6..]);
+    icmp6_frame(saddr, daddr, 64, ty, code, &body)
+}
+
+/// `frame` (Ethernet + IPv6, no extension headers) with extension headers of the kinds in
+/// `chain` inserted in that order after the IPv6 header, each 8 bytes (options of PadN; a
+/// fragment header with `fragment_offset` in 8-byte units and the more-fragments bit set).
+/// The transport checksum stays as it was (it does not cover extension headers).
+pub fn with_ext_headers(frame: &[u8], chain: &[u8], fragment_offset: u16) -> Vec<u8> {
+    let last_nh = frame[IP6 + 6];
+    let mut f = frame[..L4_6].to_vec();
+    f[IP6 + 6] = chain.first().copied().unwrap_or(last_nh);
+    for (i, &kind) in chain.iter().enumerate() {
+        let next = chain.get(i + 1).copied().unwrap_or(last_nh);
+        let h = match kind {
+            NH_FRAGMENT => {
+                let off = (fragment_offset << 3) | 1;
+                let o = off.to_be_bytes();
+                [next, 0, o[0], o[1], 0, 0, 0x12, 0x34]
+            }
+            // Hdr Ext Len 0 (8 bytes): 6 bytes of options, one PadN of 4 data bytes. Routing:
+            // type 0 with segments left 0, which the node ignores.
+            _ => [next, 0, 1, 4, 0, 0, 0, 0],
+        };
+        f.extend_from_slice(&h);
+    }
+    f.extend_from_slice(&frame[L4_6..]);
+    let payload = (f.len() - L4_6) as u16;
+    f[IP6 + 4..IP6 + 6].copy_from_slice(&payload.to_be_bytes());
+    f
+}
+
+/// Ethernet + IPv6 header + `l4` (next header `nh`), with the upper-layer checksum (RFC 8200
+/// 8.1) written at `csum_at` within `l4`.
+fn ipv6_frame(saddr: Ipv6Addr, daddr: Ipv6Addr, hop_limit: u8, nh: u8, mut l4: Vec<u8>, csum_at: usize) -> Vec<u8> {
+    let mut pseudo = 0u32;
+    for a in [saddr.octets(), daddr.octets()] {
+        for w in a.chunks(2) {
+            pseudo += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        }
+    }
+    pseudo += l4.len() as u32 + u32::from(nh);
+    let csum = checksum(&l4, pseudo);
+    l4[csum_at..csum_at + 2].copy_from_slice(&csum.to_be_bytes());
+    let mut f = Vec::with_capacity(L4_6 + l4.len());
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.push(nh);
+    f.push(hop_limit);
+    f.extend_from_slice(&saddr.octets());
+    f.extend_from_slice(&daddr.octets());
+    f.extend_from_slice(&l4);
+    f
+}
+
 fn checksum(bytes: &[u8], initial: u32) -> u16 {
     let mut sum = initial;
     for c in bytes.chunks(2) {
@@ -130,5 +224,21 @@ mod tests {
         assert_eq!(f[47], TCP_SYN);
         // A correct IPv4 header checksums to zero.
         assert_eq!(checksum(&f[14..34], 0), 0);
+    }
+
+    #[test]
+    fn ipv6_frame_layout() {
+        let (a, b): (Ipv6Addr, Ipv6Addr) = ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
+        let f = tcp6_frame(a, b, 40000, 80, TCP_SYN);
+        assert_eq!((f.len(), &f[12..14], f[14] >> 4, f[20], f[21]), (74, &[0x86, 0xdd][..], 6, 6, 64));
+        assert_eq!(u16::from_be_bytes([f[18], f[19]]), 20, "payload length");
+        assert_eq!(&f[22..38], &a.octets());
+        assert_eq!(&f[54..56], &40000u16.to_be_bytes());
+        let x = with_ext_headers(&f, &[NH_HOP_BY_HOP, NH_FRAGMENT], 0);
+        assert_eq!((x.len(), x[20], x[54], x[62], u16::from_be_bytes([x[18], x[19]])), (90, NH_HOP_BY_HOP, NH_FRAGMENT, 6, 36));
+        assert_eq!(&x[70..], &f[54..], "the TCP header follows the chain");
+        let e = icmp6_error_frame(b, a, 1, 4, &f);
+        assert_eq!((e[20], e[54], e.len()), (58, 1, 54 + 8 + 60));
+        assert_eq!(&e[62..], &f[14..], "the quote is the IPv6 packet");
     }
 }

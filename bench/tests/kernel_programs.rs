@@ -1,13 +1,17 @@
 //! The real TC programs run through BPF_PROG_TEST_RUN on hand-built frames, with an endpoint
 //! written as the agent writes it: anti-spoofing, IPv4 options up to IHL 15, and ICMP errors
-//! passing only when they quote a tracked flow. Needs root (loads BPF programs).
+//! passing only when they quote a tracked flow; for IPv6 the same plus extension headers up to
+//! the bound, fragments, and neighbour discovery. Needs root (loads BPF programs).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use bulkhead_agent::loader::{Dataplane, programs};
 use bulkhead_bench::DataplaneGuard;
-use bulkhead_bench::packet::{TCP_SYN, icmp_error_frame, tcp_frame, with_ip_options};
+use bulkhead_bench::packet::{
+    NH_DEST_OPTS, NH_FRAGMENT, NH_HOP_BY_HOP, NH_ROUTING, TCP_ACK, TCP_SYN, icmp6_error_frame, icmp6_frame, icmp_error_frame, tcp6_frame, tcp_frame,
+    with_ext_headers, with_ip_options,
+};
 use bulkhead_common::{ConfigV2, EndpointV4, FlowEventV4, capacity, counters, direction, flow_kind, identity};
 
 /// test_run gives TC programs an skb on the loopback device.
@@ -17,6 +21,11 @@ const RET_PASS: u32 = u32::MAX;
 const POD: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 1);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 31, 0, 9);
 const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 254);
+/// The endpoint's IPv6 address, a peer's, a router's, and the pod's link-local address.
+const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 1);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 9);
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 0xfe);
+const POD6_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x1234);
 
 /// A loaded dataplane in its own pin folder (unloaded on drop, also when a test panics) with
 /// one endpoint as the agent writes it.
@@ -28,7 +37,7 @@ impl Guard {
         assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (loads BPF programs); CI runs it as root");
         let mut g = DataplaneGuard::load(&format!("bhk-{tag}-{}", std::process::id()));
         // Not isolated by any policy: everything the programs do not refuse is allowed.
-        let ep = EndpointV4 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1, identity6: [identity::FIRST_ALLOCATED; 2], ipv6_be: [0; 16] };
+        let ep = EndpointV4 { identity: [identity::FIRST_ALLOCATED; 2], flags: [0; 2], ipv4_be: POD.octets(), present: 1, identity6: [identity::FIRST_ALLOCATED; 2], ipv6_be: POD6.octets() };
         g.dp().maps.endpoints.insert(IFINDEX, ep).expect("endpoint");
         g.dp().maps.config.set(0, ConfigV2::with_default_timeouts(1), 0).expect("config");
         Guard(g)
@@ -269,4 +278,134 @@ fn conntrack_passes_replies_and_isolation_stops_established_flows_except_the_all
     // Released: the flow resumes.
     g.dp().maps.det.isolation.remove(IFINDEX).expect("release");
     assert_eq!(g.run(programs::FROM_POD, &tcp_frame(POD, PEER, 45000, 443, 0x10)), RET_PASS);
+}
+
+#[test]
+fn ipv6_anti_spoofing_allows_the_pods_own_and_link_local_sources_only() {
+    let mut g = Guard::new("spoof6");
+    assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, PEER6, 40000, 80, TCP_SYN)), RET_PASS, "the pod's own IPv6 source");
+    assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6_LL, PEER6, 40001, 80, TCP_SYN)), RET_PASS, "a link-local source stays on the link");
+    let other = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 2);
+    assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(other, PEER6, 40002, 80, TCP_SYN)), RET_DROP, "another global source");
+    // The IPv4 address mapped into IPv6 is not the pod's IPv6 address either.
+    let mapped = POD.to_ipv6_mapped();
+    assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(mapped, PEER6, 40003, 80, TCP_SYN)), RET_DROP, "{mapped}");
+    // Extension headers must not hide a spoofed source.
+    let hidden = with_ext_headers(&tcp6_frame(other, PEER6, 40004, 80, TCP_SYN), &[NH_HOP_BY_HOP, NH_DEST_OPTS], 0);
+    assert_eq!(g.run(programs::FROM_POD, &hidden), RET_DROP, "spoofed behind extension headers");
+    assert_eq!(g.counter("drop_spoofed_source_fail_closed"), 3);
+    // The drop is reported as an IPv6 event with both addresses.
+    let ev = g.events();
+    let e = ev.last().copied().unwrap_or_else(|| panic!("no drop event: {ev:?}"));
+    assert_eq!((e.family, e.saddr(), e.daddr(), e.drop_reason), (6, Some(other.into()), Some(PEER6.into()), counters::DROP_SPOOFED as u16), "{e:?}");
+    assert_eq!(e.peer_identity, identity::WORLD6, "an IPv6 address outside every pod and prefix is WORLD6");
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_up_to_the_bound_and_later_fragments_fail_closed() {
+    let mut g = Guard::new("ext6");
+    let chains: [&[u8]; 4] = [&[NH_HOP_BY_HOP], &[NH_HOP_BY_HOP, NH_DEST_OPTS], &[NH_HOP_BY_HOP, NH_ROUTING, NH_DEST_OPTS], &[NH_HOP_BY_HOP, NH_ROUTING, NH_DEST_OPTS, NH_FRAGMENT]];
+    for (i, chain) in chains.iter().enumerate() {
+        let f = with_ext_headers(&tcp6_frame(POD6, PEER6, 41000 + i as u16, 80, TCP_SYN), chain, 0);
+        assert_eq!(g.run(programs::FROM_POD, &f), RET_PASS, "chain {chain:?} (a first fragment is judged on its ports)");
+    }
+    // The judged ports are the transport header's: the flow of the four-header SYN is tracked,
+    // so its peer's answer (no extension headers) passes by conntrack.
+    let before = g.counter("allow_conntrack");
+    assert_eq!(g.run(programs::TO_POD, &tcp6_frame(PEER6, POD6, 80, 41003, 0x12)), RET_PASS);
+    assert_eq!(g.counter("allow_conntrack"), before + 1, "the answer found the flow opened behind four extension headers");
+    // One header past the bound: not parsed, dropped, counted.
+    let five = with_ext_headers(&tcp6_frame(POD6, PEER6, 41010, 80, TCP_SYN), &[NH_HOP_BY_HOP, NH_DEST_OPTS, NH_ROUTING, NH_DEST_OPTS, NH_FRAGMENT], 0);
+    assert_eq!(g.run(programs::FROM_POD, &five), RET_DROP, "five extension headers");
+    assert_eq!(g.counter("drop_ipv6_unparsed_fail_closed"), 1);
+    // A later fragment carries no ports: dropped under its own reason, in both directions.
+    let later = with_ext_headers(&tcp6_frame(POD6, PEER6, 41011, 80, TCP_ACK), &[NH_FRAGMENT], 185);
+    assert_eq!(g.run(programs::FROM_POD, &later), RET_DROP, "non-first fragment out");
+    let later_in = with_ext_headers(&tcp6_frame(PEER6, POD6, 80, 41003, TCP_ACK), &[NH_DEST_OPTS, NH_FRAGMENT], 1);
+    assert_eq!(g.run(programs::TO_POD, &later_in), RET_DROP, "non-first fragment in");
+    assert_eq!(g.counter("drop_fragment_fail_closed"), 2);
+    // An IPv6 header whose version field says 4: dropped as unparsed.
+    let mut bad = tcp6_frame(POD6, PEER6, 41012, 80, TCP_SYN);
+    bad[14] = 0x40;
+    assert_eq!(g.run(programs::FROM_POD, &bad), RET_DROP);
+    assert_eq!(g.counter("drop_ipv6_unparsed_fail_closed"), 2);
+    assert_eq!(g.counter("drop_malformed_fail_closed"), 0, "none of these counted as malformed");
+}
+
+#[test]
+fn neighbour_discovery_and_mld_pass_only_with_their_link_local_hop_limits() {
+    let mut g = Guard::new("nd6");
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let solicited = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 0xfe);
+    let target = ROUTER6.octets();
+    // Neighbour solicitation from the pod's link-local address, router solicitation, and the
+    // router's neighbour advertisement towards the pod: hop limit 255, as RFC 4861 demands.
+    let ns = icmp6_frame(POD6_LL, solicited, 255, 135, 0, &[&[0u8; 4][..], &target].concat());
+    let rs = icmp6_frame(POD6_LL, Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2), 255, 133, 0, &[0; 4]);
+    let na = icmp6_frame(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1), POD6_LL, 255, 136, 0, &[&[0x60u8, 0, 0, 0][..], &target].concat());
+    assert_eq!(g.run(programs::FROM_POD, &ns), RET_PASS, "neighbour solicitation");
+    assert_eq!(g.run(programs::FROM_POD, &rs), RET_PASS, "router solicitation");
+    assert_eq!(g.run(programs::TO_POD, &na), RET_PASS, "neighbour advertisement");
+    // MLD listener report (v2) at hop limit 1.
+    let mld = icmp6_frame(POD6_LL, Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16), 1, 143, 0, &[0; 4]);
+    assert_eq!(g.run(programs::FROM_POD, &mld), RET_PASS, "MLDv2 report");
+    assert_eq!(g.counter("pass_icmpv6_nd"), 4);
+    // The same messages with a forwarded hop limit come from off the link: dropped, counted.
+    let forwarded_na = icmp6_frame(PEER6, POD6, 64, 136, 0, &[&[0x60u8, 0, 0, 0][..], &target].concat());
+    assert_eq!(g.run(programs::TO_POD, &forwarded_na), RET_DROP, "advertisement at hop limit 64");
+    let forwarded_ra = icmp6_frame(PEER6, all_nodes, 254, 134, 0, &[0; 12]);
+    assert_eq!(g.run(programs::TO_POD, &forwarded_ra), RET_DROP, "router advertisement at hop limit 254");
+    let mld_far = icmp6_frame(POD6_LL, Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16), 2, 143, 0, &[0; 4]);
+    assert_eq!(g.run(programs::FROM_POD, &mld_far), RET_DROP, "MLD report at hop limit 2");
+    assert_eq!(g.counter("drop_icmpv6_nd_forwarded_fail_closed"), 3);
+    assert_eq!(g.counter("pass_icmpv6_nd"), 4, "no forwarded message passed as neighbour discovery");
+}
+
+#[test]
+fn icmpv6_errors_pass_only_when_they_quote_a_tracked_flow() {
+    let mut g = Guard::new("icmp6");
+    let syn = tcp6_frame(POD6, PEER6, 43000, 8080, TCP_SYN);
+    // Packet too big for a flow that was never seen: dropped, counted.
+    let too_big = icmp6_error_frame(ROUTER6, POD6, 2, 0, &syn);
+    assert_eq!(g.run(programs::TO_POD, &too_big), RET_DROP, "an error quoting no flow must be dropped");
+    assert_eq!(g.counter("drop_icmp_unrelated_fail_closed"), 1);
+    // The pod opens the flow; the same error is related now and passes.
+    assert_eq!(g.run(programs::FROM_POD, &syn), RET_PASS);
+    assert_eq!(g.run(programs::TO_POD, &too_big), RET_PASS, "packet too big quoting the tracked flow");
+    // Destination unreachable quoting the flow's reply direction passes too, and so does one
+    // whose quote carries extension headers before the transport header.
+    let reply = tcp6_frame(PEER6, POD6, 8080, 43000, 0x12);
+    assert_eq!(g.run(programs::TO_POD, &icmp6_error_frame(ROUTER6, POD6, 1, 3, &reply)), RET_PASS, "unreachable quoting the reply");
+    let quoted_ext = with_ext_headers(&syn, &[NH_DEST_OPTS], 0);
+    assert_eq!(g.run(programs::TO_POD, &icmp6_error_frame(ROUTER6, POD6, 3, 0, &quoted_ext)), RET_PASS, "time exceeded quoting a packet with a destination-options header");
+    assert_eq!(g.counter("pass_icmp_related"), 3);
+    // The pod reporting an error about the tracked flow passes out; from a spoofed source not.
+    assert_eq!(g.run(programs::FROM_POD, &icmp6_error_frame(POD6, PEER6, 1, 4, &reply)), RET_PASS);
+    assert_eq!(g.run(programs::FROM_POD, &icmp6_error_frame(ROUTER6, PEER6, 1, 4, &reply)), RET_DROP, "spoofed outer source");
+    // Another port of the same peer is not related; an error about an error never is.
+    let other = tcp6_frame(POD6, PEER6, 43000, 9090, TCP_SYN);
+    assert_eq!(g.run(programs::TO_POD, &icmp6_error_frame(ROUTER6, POD6, 2, 0, &other)), RET_DROP, "another port");
+    let err_about_err = icmp6_error_frame(ROUTER6, POD6, 1, 0, &icmp6_error_frame(POD6, PEER6, 1, 4, &reply));
+    assert_eq!(g.run(programs::TO_POD, &err_about_err), RET_DROP, "an error about an error");
+    assert_eq!(g.counter("drop_icmp_unrelated_fail_closed"), 3);
+    // Echo is judged like ICMP echo: the request opens a flow, the reply passes by conntrack.
+    let echo = |s: Ipv6Addr, d: Ipv6Addr, ty: u8| icmp6_frame(s, d, 64, ty, 0, &[0x12, 0x34, 0, 1]);
+    assert_eq!(g.run(programs::FROM_POD, &echo(POD6, PEER6, 128)), RET_PASS, "echo request");
+    let before = g.counter("allow_conntrack");
+    assert_eq!(g.run(programs::TO_POD, &echo(PEER6, POD6, 129)), RET_PASS, "echo reply");
+    assert_eq!(g.counter("allow_conntrack"), before + 1, "the echo reply went through conntrack");
+}
+
+#[test]
+fn an_isolated_endpoint_stops_its_ipv6_flows_too() {
+    use bulkhead_common::detect::IsolationV1;
+    let mut g = Guard::new("iso6");
+    assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, PEER6, 45000, 443, TCP_SYN)), RET_PASS);
+    assert_eq!(g.run(programs::TO_POD, &tcp6_frame(PEER6, POD6, 443, 45000, 0x12)), RET_PASS);
+    g.dp().maps.det.isolation.insert(IFINDEX, IsolationV1 { since_ns: 1, cgroup_id: 7, reason: 1, _pad: 0 }).expect("isolate");
+    assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, PEER6, 45000, 443, TCP_ACK)), RET_DROP, "established IPv6 flow out stops");
+    assert_eq!(g.run(programs::TO_POD, &tcp6_frame(PEER6, POD6, 443, 45000, TCP_ACK)), RET_DROP, "established IPv6 flow in stops");
+    assert_eq!(g.counter("drop_isolated_fail_closed"), 2);
+    g.dp().maps.det.isolation.remove(IFINDEX).expect("release");
+    assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, PEER6, 45000, 443, TCP_ACK)), RET_PASS, "released");
 }

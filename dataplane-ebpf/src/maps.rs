@@ -10,7 +10,7 @@ use bulkhead_common::detect::{
     self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV1, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
+    ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV1, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, capacity,
 };
 
@@ -72,6 +72,16 @@ pub static IPCACHE_G0: LpmTrie<IpCacheKeyV1, IpInfoV3> = LpmTrie::with_max_entri
 /// As [`IPCACHE_G0`], for policy generation 1.
 #[map(name = "BH_IPCACHE_G1_V2")]
 pub static IPCACHE_G1: LpmTrie<IpCacheKeyV1, IpInfoV3> = LpmTrie::with_max_entries(capacity::IPCACHE, 0);
+
+/// Key: `ip_slot6(address)` (array index). Value: the IPv6 address and its identity in policy
+/// generation 0, for one address per slot (the others are in IPHOST6_G0). Written by the
+/// agent while generation 0 is inactive; read by TC first for the remote IPv6 address.
+#[map(name = "BH_IPSLOT6_G0_V1")]
+pub static IPSLOT6_G0: Array<IpSlot6V1> = Array::with_max_entries(capacity::IPSLOT6, 0);
+
+/// As [`IPSLOT6_G0`], for policy generation 1.
+#[map(name = "BH_IPSLOT6_G1_V1")]
+pub static IPSLOT6_G1: Array<IpSlot6V1> = Array::with_max_entries(capacity::IPSLOT6, 0);
 
 /// Key: IPv6 address (network order). Value: its identity in policy generation 0 (pods'
 /// addresses). Written by the agent while generation 0 is inactive; read by TC for the remote

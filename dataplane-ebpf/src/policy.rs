@@ -10,7 +10,7 @@ use bulkhead_common::{
 };
 
 use crate::maps::{
-    IPCACHE6_G0, IPCACHE6_G1, IPCACHE_G0, IPCACHE_G1, IPHOST6_G0, IPHOST6_G1, IPHOST_G0, IPHOST_G1, IPSLOT_G0, IPSLOT_G1, PEERS,
+    IPCACHE6_G0, IPCACHE6_G1, IPCACHE_G0, IPCACHE_G1, IPHOST6_G0, IPHOST6_G1, IPHOST_G0, IPHOST_G1, IPSLOT6_G0, IPSLOT6_G1, IPSLOT_G0, IPSLOT_G1, PEERS,
     PORTS, RANGES,
 };
 
@@ -66,22 +66,38 @@ const WORLD: IpInfoV3 = IpInfoV3 { identity: identity::WORLD, peer_class: identi
 /// judged otherwise than any peer).
 const WORLD6: IpInfoV3 = IpInfoV3 { identity: identity::WORLD6, peer_class: identity::ANY };
 
-/// As [`peer_info`], for an IPv6 address: the host hash (pods), then the prefix trie.
+/// As [`peer_info`], for an IPv6 address: the slot array, the host hash (pods whose slot
+/// another took), then the prefix trie.
 #[inline(always)]
 pub fn peer_info6(remote_be: [u8; 16], pgen: u8) -> IpInfoV3 {
+    let slot = bulkhead_common::ip_slot6(&remote_be);
     if pgen == 0 {
-        // SAFETY: value copied out immediately.
-        if let Some(info) = unsafe { IPHOST6_G0.get(&remote_be) } {
-            return *info;
+        let more = match IPSLOT6_G0.get(slot) {
+            Some(s) if s.flags & ip_slot_flags::PRESENT != 0 && s.addr_be == remote_be => return s.info,
+            Some(s) => s.flags & ip_slot_flags::MORE != 0,
+            None => true,
+        };
+        if more {
+            // SAFETY: value copied out immediately.
+            if let Some(info) = unsafe { IPHOST6_G0.get(&remote_be) } {
+                return *info;
+            }
         }
         match IPCACHE6_G0.get(Key::new(128, IpCache6KeyV1 { addr_be: remote_be })) {
             Some(info) => *info,
             None => WORLD6,
         }
     } else {
-        // SAFETY: value copied out immediately.
-        if let Some(info) = unsafe { IPHOST6_G1.get(&remote_be) } {
-            return *info;
+        let more = match IPSLOT6_G1.get(slot) {
+            Some(s) if s.flags & ip_slot_flags::PRESENT != 0 && s.addr_be == remote_be => return s.info,
+            Some(s) => s.flags & ip_slot_flags::MORE != 0,
+            None => true,
+        };
+        if more {
+            // SAFETY: value copied out immediately.
+            if let Some(info) = unsafe { IPHOST6_G1.get(&remote_be) } {
+                return *info;
+            }
         }
         match IPCACHE6_G1.get(Key::new(128, IpCache6KeyV1 { addr_be: remote_be })) {
             Some(info) => *info,

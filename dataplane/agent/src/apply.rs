@@ -10,7 +10,7 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use bulkhead_common::{
-    ConfigV2, EndpointV4, GEN_DIRECTION_BIT, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PortKeyV1, SliceKeyV2, SliceValueV2,
+    ConfigV2, EndpointV4, GEN_DIRECTION_BIT, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PortKeyV1, SliceKeyV2, SliceValueV2,
     ep_flags, ip_slot_flags, map_names, proto, slice_flags,
 };
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
@@ -33,8 +33,10 @@ pub struct KernelState {
     pub ipslot: BTreeMap<u32, IpSlotV1>,
     /// Shorter prefixes, LPM.
     pub ipcache: BTreeMap<(Ipv4Addr, u8), IpInfoV3>,
-    /// IPv6 /128 entries (pods), hash.
+    /// IPv6 /128 entries (pods) whose slot holds another address, hash.
     pub iphost6: BTreeMap<[u8; 16], IpInfoV3>,
+    /// IPv6 /128 entries in the direct-mapped array, by slot: the lowest address of each.
+    pub ipslot6: BTreeMap<u32, IpSlot6V1>,
     /// Shorter IPv6 prefixes, LPM.
     pub ipcache6: BTreeMap<(Ipv6Addr, u8), IpInfoV3>,
     /// The layout's peer entries joined with their tables' slices: the kernel's peer map.
@@ -53,7 +55,17 @@ impl KernelState {
             let addr = match addr {
                 IpAddr::V4(a) => a,
                 IpAddr::V6(a) if *len == 128 => {
-                    s.iphost6.insert(a.octets(), *v);
+                    // As for IPv4: the lowest address of a slot takes it.
+                    let a = a.octets();
+                    match s.ipslot6.entry(bulkhead_common::ip_slot6(&a)) {
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(IpSlot6V1 { addr_be: a, info: *v, flags: ip_slot_flags::PRESENT, _pad: 0 });
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut e) => {
+                            e.get_mut().flags |= ip_slot_flags::MORE;
+                            s.iphost6.insert(a, *v);
+                        }
+                    }
                     continue;
                 }
                 IpAddr::V6(a) => {
@@ -173,6 +185,7 @@ pub fn write_generation(
     let slots = diff_map(&base.ipslot, &new.ipslot);
     let prefixes = diff_map(&base.ipcache, &new.ipcache);
     let hosts6 = diff_map(&base.iphost6, &new.iphost6);
+    let slots6 = diff_map(&base.ipslot6, &new.ipslot6);
     let prefixes6 = diff_map(&base.ipcache6, &new.ipcache6);
     for k in &peers.removals {
         dp.maps.peers.remove(&peer_key(k, g)).map_err(|e| werr(map_names::PEERS, e))?;
@@ -202,6 +215,10 @@ pub fn write_generation(
         dp.maps.iphost6[g].remove(k).map_err(|e| werr(map_names::IPHOST6[g], e))?;
         step(dp);
     }
+    for k in &slots6.removals {
+        dp.maps.ipslot6[g].set(*k, IpSlot6V1::default(), 0).map_err(|e| werr(map_names::IPSLOT6[g], e))?;
+        step(dp);
+    }
     for (a, l) in &prefixes6.removals {
         dp.maps.ipcache6[g].remove(&ipcache6_key(*a, *l)).map_err(|e| werr(map_names::IPCACHE6[g], e))?;
         step(dp);
@@ -213,6 +230,7 @@ pub fn write_generation(
         + slots.removals.len()
         + prefixes.removals.len()
         + hosts6.removals.len()
+        + slots6.removals.len()
         + prefixes6.removals.len();
     for (k, v) in &hosts.upserts {
         dp.maps.iphost[g].insert(k, v, 0).map_err(|e| werr(map_names::IPHOST[g], e))?;
@@ -228,6 +246,10 @@ pub fn write_generation(
     }
     for (k, v) in &hosts6.upserts {
         dp.maps.iphost6[g].insert(k, v, 0).map_err(|e| werr(map_names::IPHOST6[g], e))?;
+        step(dp);
+    }
+    for (k, v) in &slots6.upserts {
+        dp.maps.ipslot6[g].set(*k, *v, 0).map_err(|e| werr(map_names::IPSLOT6[g], e))?;
         step(dp);
     }
     for ((a, l), v) in &prefixes6.upserts {
@@ -253,6 +275,7 @@ pub fn write_generation(
         + slots.upserts.len()
         + prefixes.upserts.len()
         + hosts6.upserts.len()
+        + slots6.upserts.len()
         + prefixes6.upserts.len();
     Ok(w)
 }
@@ -340,6 +363,13 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
     let stale: Vec<[u8; 16]> = dp.maps.iphost6[g].keys().filter_map(Result::ok).filter(|k| !desired.iphost6.contains_key(k)).collect();
     for k in &stale {
         dp.maps.iphost6[g].remove(k).map_err(|e| werr(map_names::IPHOST6[g], e))?;
+        step(dp);
+    }
+    let stale: Vec<u32> = (0..bulkhead_common::capacity::IPSLOT6)
+        .filter(|i| matches!(dp.maps.ipslot6[g].get(i, 0), Ok(v) if v.flags != 0 && desired.ipslot6.get(i) != Some(&v)))
+        .collect();
+    for k in &stale {
+        dp.maps.ipslot6[g].set(*k, IpSlot6V1::default(), 0).map_err(|e| werr(map_names::IPSLOT6[g], e))?;
         step(dp);
     }
     let stale: Vec<_> = dp.maps.ipcache6[g]
@@ -536,5 +566,28 @@ mod tests {
         assert_eq!(j[&key(501, proto::TCP)].protocol, proto::TCP);
         let broken = j[&key(501, proto::ANY)];
         assert_eq!((broken.slice.flags, broken.slice.verdict), (slice_flags::BROKEN, bulkhead_common::BROKEN_TABLE_VERDICT));
+    }
+
+    #[test]
+    fn addresses_sharing_a_slot_go_to_the_hash_with_the_slot_marked_for_both_families() {
+        let mut c = Compiled::default();
+        let info = |identity: u32| IpInfoV3 { identity, peer_class: identity };
+        let v6 = |s: &str| -> IpAddr { s.parse().expect("IPv6 literal") };
+        // Same low 16 bits: 10.0.1.2 and 10.9.1.2; fd00::1:2 and fd00:9::1:2.
+        for (addr, len, id) in [(IpAddr::from([10, 0, 1, 2]), 32, 300), (IpAddr::from([10, 9, 1, 2]), 32, 301), (v6("fd00::1:2"), 128, 302), (v6("fd00:9::1:2"), 128, 303), (v6("fd00::1:3"), 128, 304), (v6("fd00:1::"), 64, 305)] {
+            c.ipcache.insert((addr, len), info(id));
+        }
+        let k = KernelState::of(&c);
+        let a6 = |s: &str| s.parse::<Ipv6Addr>().expect("IPv6 literal").octets();
+        let slot = &k.ipslot6[&bulkhead_common::ip_slot6(&a6("fd00::1:2"))];
+        assert_eq!((slot.addr_be, slot.info.identity, slot.flags), (a6("fd00::1:2"), 302, ip_slot_flags::PRESENT | ip_slot_flags::MORE), "the lowest address takes the slot, marked MORE");
+        assert_eq!(k.iphost6.get(&a6("fd00:9::1:2")).map(|i| i.identity), Some(303), "the other goes to the hash");
+        let alone = &k.ipslot6[&bulkhead_common::ip_slot6(&a6("fd00::1:3"))];
+        assert_eq!((alone.info.identity, alone.flags), (304, ip_slot_flags::PRESENT), "a slot of its own: no hash lookup needed for misses");
+        assert_eq!(k.iphost6.len(), 1, "{:?}", k.iphost6);
+        assert_eq!(k.ipcache6.len(), 1, "the /64 stays in the trie");
+        let v4 = &k.ipslot[&bulkhead_common::ip_slot([10, 0, 1, 2])];
+        assert_eq!((v4.info.identity, v4.flags), (300, ip_slot_flags::PRESENT | ip_slot_flags::MORE));
+        assert_eq!(k.iphost.get(&[10, 9, 1, 2]).map(|i| i.identity), Some(301));
     }
 }

@@ -20,7 +20,7 @@ use aya::{
 };
 use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
-    ConfigV2, CtKeyV2, CtValueV1, IpCacheKeyV1, IpInfoV3, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
+    ConfigV2, CtKeyV2, CtValueV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, map_names,
 };
 
@@ -53,7 +53,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 37] = [
+pub(crate) const ALL_MAPS: [&str; 39] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
     map_names::EGRESS_BYTES,
@@ -67,6 +67,8 @@ pub(crate) const ALL_MAPS: [&str; 37] = [
     map_names::IPCACHE[1],
     map_names::IPHOST6[0],
     map_names::IPHOST6[1],
+    map_names::IPSLOT6[0],
+    map_names::IPSLOT6[1],
     map_names::IPCACHE6[0],
     map_names::IPCACHE6[1],
     map_names::SCRATCH6,
@@ -127,6 +129,8 @@ pub struct Maps {
     pub ipcache: [LpmTrie<MapData, IpCacheKeyV1, IpInfoV3>; 2],
     /// Per policy generation: IPv6 single addresses (pods).
     pub iphost6: [HashMap<MapData, [u8; 16], IpInfoV3>; 2],
+    /// Per policy generation: the direct-mapped IPv6 addresses.
+    pub ipslot6: [Array<MapData, IpSlot6V1>; 2],
     /// Per policy generation: IPv6 prefixes.
     pub ipcache6: [LpmTrie<MapData, bulkhead_common::IpCache6KeyV1, IpInfoV3>; 2],
     pub peers: HashMap<MapData, PeerKeyV2, PeerSliceV1>,
@@ -278,6 +282,10 @@ impl Dataplane {
             iphost6: [
                 HashMap::try_from(take(map_names::IPHOST6[0])?).map_err(|e| map_err(map_names::IPHOST6[0], e))?,
                 HashMap::try_from(take(map_names::IPHOST6[1])?).map_err(|e| map_err(map_names::IPHOST6[1], e))?,
+            ],
+            ipslot6: [
+                Array::try_from(take(map_names::IPSLOT6[0])?).map_err(|e| map_err(map_names::IPSLOT6[0], e))?,
+                Array::try_from(take(map_names::IPSLOT6[1])?).map_err(|e| map_err(map_names::IPSLOT6[1], e))?,
             ],
             ipcache6: [
                 LpmTrie::try_from(take(map_names::IPCACHE6[0])?).map_err(|e| map_err(map_names::IPCACHE6[0], e))?,

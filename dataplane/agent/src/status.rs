@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use bulkhead_common::{
-    CtKeyV2, CtValueV1, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, IpSlotV1, PolicyValueV2, PortKeyV1, generation, map_names,
+    CtKeyV2, CtValueV1, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PolicyValueV2, PortKeyV1, generation, map_names,
 };
 
 use crate::error::AgentError;
@@ -126,7 +126,9 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let ipc6: LpmTrie<_, bulkhead_common::IpCache6KeyV1, IpInfoV3> =
         LpmTrie::try_from(open(dir, map_names::IPCACHE6[g])?).map_err(|e| merr(map_names::IPCACHE6[g], e))?;
     let hosts6: HashMap<_, [u8; 16], IpInfoV3> = HashMap::try_from(open(dir, map_names::IPHOST6[g])?).map_err(|e| merr(map_names::IPHOST6[g], e))?;
-    let slotted = slots.iter().filter(|v| matches!(v, Ok(s) if s.flags != 0)).count();
+    let slots6: Array<_, IpSlot6V1> = Array::try_from(open(dir, map_names::IPSLOT6[g])?).map_err(|e| merr(map_names::IPSLOT6[g], e))?;
+    let slotted = slots.iter().filter(|v| matches!(v, Ok(s) if s.flags != 0)).count()
+        + slots6.iter().filter(|v| matches!(v, Ok(s) if s.flags != 0)).count();
     let of_gen = |direction: u8| usize::from(direction & GEN_DIRECTION_BIT != 0) == g;
     Ok(Status {
         pin_dir: dir.display().to_string(),

@@ -36,6 +36,11 @@ pub mod map_names {
     /// Single IPv6 addresses (pods), per policy generation: IPv6 (network order) ->
     /// [`crate::IpInfoV3`] (hash), consulted before [`IPCACHE6`].
     pub const IPHOST6: [&str; 2] = ["BH_IPHOST6_G0_V1", "BH_IPHOST6_G1_V1"];
+    /// Single IPv6 addresses direct-mapped, per policy generation, as [`IPSLOT`] for IPv4:
+    /// array indexed by [`crate::ip_slot6`] -> [`crate::IpSlot6V1`], consulted before
+    /// [`IPHOST6`], which then only holds the addresses whose slot another took. Without it an
+    /// IPv6 peer pod cost a hash lookup of a 16-byte key that an IPv4 peer does not pay.
+    pub const IPSLOT6: [&str; 2] = ["BH_IPSLOT6_G0_V1", "BH_IPSLOT6_G1_V1"];
     /// The IPv6 packet being judged, per CPU (TC's scratch: 16-byte addresses would crowd
     /// the BPF stack). Never read by user space.
     pub const SCRATCH6: &str = "BH_SCRATCH6_V1";
@@ -91,6 +96,8 @@ pub mod capacity {
     /// Slots of the direct-mapped address array: the low 16 bits of the address, so a pod
     /// CIDR of up to a /16 maps without collisions.
     pub const IPSLOT: u32 = 65_536;
+    /// Slots of each IPv6 slot array (2 MiB per generation).
+    pub const IPSLOT6: u32 = 65_536;
     pub const POLICY: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 262_144;
     pub const COUNTERS: u32 = 64;
@@ -525,6 +532,25 @@ pub mod ip_slot_flags {
     pub const MORE: u32 = 1 << 1;
 }
 
+/// An IPv6 address's entry in the direct-mapped array [`map_names::IPSLOT6`], as
+/// [`IpSlotV1`] for IPv4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpSlot6V1 {
+    pub addr_be: [u8; 16],
+    pub info: IpInfoV3,
+    /// [`ip_slot_flags`]; 0 = empty (an all-zero slot must not match `::`).
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Slot of an IPv6 address (network order) in [`map_names::IPSLOT6`]: its low 16 bits (pod
+/// addresses of a node's range differ there first).
+#[inline(always)]
+pub fn ip_slot6(addr_be: &[u8; 16]) -> u32 {
+    u32::from(u16::from_be_bytes([addr_be[14], addr_be[15]]))
+}
+
 /// Slot of an IPv4 address (network order) in [`map_names::IPSLOT`]: its low 16 bits.
 #[inline(always)]
 pub fn ip_slot(addr_be: [u8; 4]) -> u32 {
@@ -882,6 +908,8 @@ const _: () = {
     assert!(core::mem::size_of::<IpInfoV3>() == 8);
     assert!(core::mem::size_of::<IpSlotV1>() == 16);
     assert!(capacity::IPSLOT == 1 << 16);
+    assert!(core::mem::size_of::<IpSlot6V1>() == 32);
+    assert!(capacity::IPSLOT6 == 1 << 16);
     assert!(core::mem::size_of::<PolicyValueV2>() == 16);
     assert!(core::mem::size_of::<PeerKeyV1>() == 12);
     assert!(core::mem::size_of::<PeerValueV1>() == 4);
@@ -909,6 +937,7 @@ mod user {
     unsafe impl aya::Pod for Ct6KeyV1 {}
     unsafe impl aya::Pod for IpInfoV3 {}
     unsafe impl aya::Pod for IpSlotV1 {}
+    unsafe impl aya::Pod for IpSlot6V1 {}
     unsafe impl aya::Pod for PeerKeyV1 {}
     unsafe impl aya::Pod for PeerValueV1 {}
     unsafe impl aya::Pod for PeerKeyV2 {}
