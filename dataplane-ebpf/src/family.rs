@@ -91,16 +91,83 @@ impl Addr for [u8; 4] {
     }
 }
 
-impl Addr for [u8; 16] {
+/// An IPv6 address as two 64-bit words holding its network-order bytes (not numbers).
+/// With `[u8; 16]` (alignment 1) LLVM's BPF backend, which may not assume unaligned access,
+/// moved and compared every address byte by byte: about 400 byte loads and stores more in the
+/// IPv6 path than in IPv4's, and a quarter more time per packet. Two words are two moves.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct In6(pub [u64; 2]);
+
+impl PartialEq for In6 {
+    #[inline(always)]
+    fn eq(&self, o: &In6) -> bool {
+        self.0[0] == o.0[0] && self.0[1] == o.0[1]
+    }
+}
+
+impl In6 {
+    /// The network-order bytes.
+    #[inline(always)]
+    pub fn bytes(&self) -> &[u8; 16] {
+        // SAFETY: same size, and [u8; 16] needs no alignment.
+        unsafe { &*(self as *const In6 as *const [u8; 16]) }
+    }
+
+    /// The 16 bytes at `p` as words. `p` is an address in the packet or in a map value;
+    /// BPF on this architecture loads 8 bytes from any alignment (the verifier enforces
+    /// alignment only on strict-alignment machines), and the words are moved, never
+    /// interpreted, so byte order stays as in the packet.
+    #[inline(always)]
+    pub fn at(p: *const [u8; 16]) -> In6 {
+        let w = p as *const u64;
+        // SAFETY: `p` points to 16 readable bytes (bounds checked by the caller).
+        unsafe { In6([*w, *w.add(1)]) }
+    }
+
+    /// The address as a number's high and low halves, for ordering.
+    #[inline(always)]
+    fn halves(&self) -> (u64, u64) {
+        (u64::from_be(self.0[0]), u64::from_be(self.0[1]))
+    }
+}
+
+/// Writes `a` into 16 bytes at `p` (a map value field at least 4-byte aligned) as four
+/// 4-byte stores.
+#[inline(always)]
+fn put16(p: *mut [u8; 16], a: &In6) {
+    let w = p as *mut u32;
+    // SAFETY: `p` points to 16 writable bytes of a map value; In6 is 16 plain bytes.
+    let src = unsafe { &*(a as *const In6 as *const [u32; 4]) };
+    unsafe {
+        *w = src[0];
+        *w.add(1) = src[1];
+        *w.add(2) = src[2];
+        *w.add(3) = src[3];
+    }
+}
+
+impl Addr for In6 {
     type CtKey = &'static Ct6KeyV1;
     const FAMILY: u8 = 6;
 
+    /// As [`Ct6KeyV1::set`] (the ends ordered by address then port), with word moves.
     #[inline(always)]
     fn ct_key(ifindex: u32, f: &Flow<Self>) -> Option<&'static Ct6KeyV1> {
         let s = SCRATCH6.get_ptr_mut(0)?;
         // SAFETY: this CPU's scratch slot, used by one packet at a time.
         let k = unsafe { &mut (*s).key };
-        k.set(ifindex, &f.saddr_be, f.sport_be, &f.daddr_be, f.dport_be, f.protocol);
+        let (sh, sl) = f.saddr_be.halves();
+        let (dh, dl) = f.daddr_be.halves();
+        let s_first = sh < dh || (sh == dh && (sl < dl || (sl == dl && u16::from_be_bytes(f.sport_be) <= u16::from_be_bytes(f.dport_be))));
+        k.ifindex = ifindex;
+        k.protocol = f.protocol;
+        k._pad = [0; 3];
+        let (lo, hi, plo, phi) = if s_first { (&f.saddr_be, &f.daddr_be, f.sport_be, f.dport_be) } else { (&f.daddr_be, &f.saddr_be, f.dport_be, f.sport_be) };
+        put16(&mut k.addr_lo_be, lo);
+        put16(&mut k.addr_hi_be, hi);
+        k.port_lo_be = plo;
+        k.port_hi_be = phi;
         Some(k)
     }
     #[inline(always)]
@@ -122,14 +189,15 @@ impl Addr for [u8; 16] {
     }
     #[inline(always)]
     fn peer_info(self, pgen: u8) -> IpInfoV3 {
-        policy::peer_info6(self, pgen)
+        policy::peer_info6(&self, pgen)
     }
     /// The pod's own address, or a link-local one (fe80::/10): those never leave the link,
     /// so they only reach the host side of the veth, and the pod needs them for neighbour
     /// discovery replies and its default route.
     #[inline(always)]
     fn own_source(self, ep: &EndpointV4) -> bool {
-        (self[0] == 0xfe && self[1] & 0xc0 == 0x80) || (self == ep.ipv6_be && self != [0; 16])
+        let b = self.bytes();
+        (b[0] == 0xfe && b[1] & 0xc0 == 0x80) || (self == In6::at(&ep.ipv6_be) && self.0 != [0; 2])
     }
     #[inline(always)]
     fn local_identity(ep: &EndpointV4, g: usize) -> u32 {
@@ -141,6 +209,6 @@ impl Addr for [u8; 16] {
     }
     #[inline(always)]
     fn to16(self) -> [u8; 16] {
-        self
+        *self.bytes()
     }
 }

@@ -193,7 +193,7 @@ pub static SCRATCH6: PerCpuArray<Scratch6> = PerCpuArray::with_max_entries(1, 0)
 #[repr(C)]
 pub struct Scratch6 {
     pub flow: crate::parse::Flow6,
-    pub err_saddr: [u8; 16],
+    pub err_saddr: crate::family::In6,
     pub key: Ct6KeyV1,
 }
 

@@ -2,6 +2,8 @@
 
 use bulkhead_common::{IPV6_MAX_EXT_HEADERS, counters, proto};
 
+use crate::family::In6;
+
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -19,7 +21,7 @@ pub enum Frame {
     Drop(u32),
 }
 
-/// A flow tuple of either family (`A`: `[u8; 4]` or `[u8; 16]`). Addresses and ports stay
+/// A flow tuple of either family (`A`: `[u8; 4]` or [`crate::family::In6`]). Addresses and ports stay
 /// in network order, as in the packet.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -35,7 +37,7 @@ pub struct Flow<A> {
 }
 
 pub type Flow4 = Flow<[u8; 4]>;
-pub type Flow6 = Flow<[u8; 16]>;
+pub type Flow6 = Flow<crate::family::In6>;
 
 /// The tuple of the other direction of `f`.
 #[inline(always)]
@@ -225,6 +227,17 @@ struct Ipv6Hdr {
     daddr: [u8; 16],
 }
 
+impl Ipv6Hdr {
+    #[inline(always)]
+    fn saddr(&self) -> In6 {
+        In6::at(&self.saddr)
+    }
+    #[inline(always)]
+    fn daddr(&self) -> In6 {
+        In6::at(&self.daddr)
+    }
+}
+
 /// ICMPv6 echo, as the policy port's type.
 pub const ICMP6_ECHO_REQUEST: u8 = 128;
 pub const ICMP6_ECHO_REPLY: u8 = 129;
@@ -310,7 +323,7 @@ pub enum Frame6 {
 /// error, its own source into `err_saddr`): the IPv6 tuple lives in a per-CPU scratch slot,
 /// as 16-byte addresses would crowd the BPF stack. `None` as for [`parse`].
 #[inline(always)]
-pub fn parse_v6(data: usize, data_end: usize, out: &mut Flow6, err_saddr: &mut [u8; 16]) -> Option<Frame6> {
+pub fn parse_v6(data: usize, data_end: usize, out: &mut Flow6, err_saddr: &mut In6) -> Option<Frame6> {
     let ip: *const Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -323,8 +336,8 @@ pub fn parse_v6(data: usize, data_end: usize, out: &mut Flow6, err_saddr: &mut [
         Err(c) => return Some(Frame6::Drop(c)),
     };
     l4_flow_into(data, data_end, l4_off, protocol, false, out)?;
-    out.saddr_be = ip.saddr;
-    out.daddr_be = ip.daddr;
+    out.saddr_be = ip.saddr();
+    out.daddr_be = ip.daddr();
     if protocol == proto::ICMPV6 {
         let ty = (out.policy_port >> 8) as u8;
         if let Some(hop_limit) = icmp6_network(ty) {
@@ -334,7 +347,7 @@ pub fn parse_v6(data: usize, data_end: usize, out: &mut Flow6, err_saddr: &mut [
             return Some(Frame6::Pass(counters::PASS_ICMPV6_ND));
         }
         if icmp6_error(ty) {
-            *err_saddr = ip.saddr;
+            *err_saddr = ip.saddr();
             return quoted_v6(data, data_end, l4_off + 8, out);
         }
     }
@@ -361,8 +374,8 @@ fn quoted_v6(data: usize, data_end: usize, off: usize, out: &mut Flow6) -> Optio
         Err(_) => return Some(Frame6::Drop(counters::DROP_MALFORMED)),
     };
     l4_flow_into(data, data_end, l4_off, protocol, true, out)?;
-    out.saddr_be = ip.saddr;
-    out.daddr_be = ip.daddr;
+    out.saddr_be = ip.saddr();
+    out.daddr_be = ip.daddr();
     let ty = (out.policy_port >> 8) as u8;
     if out.protocol == proto::ICMPV6 && ty != ICMP6_ECHO_REQUEST && ty != ICMP6_ECHO_REPLY {
         return Some(Frame6::Drop(counters::DROP_ICMP_UNRELATED));

@@ -9,6 +9,7 @@ use bulkhead_common::{
     PortKeyV1, STAGED_DIRECTION_BIT, action, identity, ip_slot_flags, port_filter_bit, proto, slice_flags,
 };
 
+use crate::family::In6;
 use crate::maps::{
     IPCACHE6_G0, IPCACHE6_G1, IPCACHE_G0, IPCACHE_G1, IPHOST6_G0, IPHOST6_G1, IPHOST_G0, IPHOST_G1, IPSLOT6_G0, IPSLOT6_G1, IPSLOT_G0, IPSLOT_G1, PEERS,
     PORTS, RANGES,
@@ -69,37 +70,38 @@ const WORLD6: IpInfoV3 = IpInfoV3 { identity: identity::WORLD6, peer_class: iden
 /// As [`peer_info`], for an IPv6 address: the slot array, the host hash (pods whose slot
 /// another took), then the prefix trie.
 #[inline(always)]
-pub fn peer_info6(remote_be: [u8; 16], pgen: u8) -> IpInfoV3 {
-    let slot = bulkhead_common::ip_slot6(&remote_be);
+pub fn peer_info6(remote: &In6, pgen: u8) -> IpInfoV3 {
+    let remote_be = remote.bytes();
+    let slot = bulkhead_common::ip_slot6(remote_be);
     if pgen == 0 {
         let more = match IPSLOT6_G0.get(slot) {
-            Some(s) if s.flags & ip_slot_flags::PRESENT != 0 && s.addr_be == remote_be => return s.info,
+            Some(s) if s.flags & ip_slot_flags::PRESENT != 0 && In6::at(&s.addr_be) == *remote => return s.info,
             Some(s) => s.flags & ip_slot_flags::MORE != 0,
             None => true,
         };
         if more {
             // SAFETY: value copied out immediately.
-            if let Some(info) = unsafe { IPHOST6_G0.get(&remote_be) } {
+            if let Some(info) = unsafe { IPHOST6_G0.get(remote_be) } {
                 return *info;
             }
         }
-        match IPCACHE6_G0.get(Key::new(128, IpCache6KeyV1 { addr_be: remote_be })) {
+        match IPCACHE6_G0.get(Key::new(128, IpCache6KeyV1 { addr_be: *remote_be })) {
             Some(info) => *info,
             None => WORLD6,
         }
     } else {
         let more = match IPSLOT6_G1.get(slot) {
-            Some(s) if s.flags & ip_slot_flags::PRESENT != 0 && s.addr_be == remote_be => return s.info,
+            Some(s) if s.flags & ip_slot_flags::PRESENT != 0 && In6::at(&s.addr_be) == *remote => return s.info,
             Some(s) => s.flags & ip_slot_flags::MORE != 0,
             None => true,
         };
         if more {
             // SAFETY: value copied out immediately.
-            if let Some(info) = unsafe { IPHOST6_G1.get(&remote_be) } {
+            if let Some(info) = unsafe { IPHOST6_G1.get(remote_be) } {
                 return *info;
             }
         }
-        match IPCACHE6_G1.get(Key::new(128, IpCache6KeyV1 { addr_be: remote_be })) {
+        match IPCACHE6_G1.get(Key::new(128, IpCache6KeyV1 { addr_be: *remote_be })) {
             Some(info) => *info,
             None => WORLD6,
         }

@@ -135,7 +135,7 @@ pub fn render(p: &PerPacket) -> String {
         for (i, name) in [(1, "deny_new_flow"), (2, "deny_new_flow_world"), (3, "established"), (4, "egress_deny_new_flow"), (5, "egress_established")] {
             result(&format!("per_packet_{name}_ratio_10k"), format!("{:.2}", p.ns[i][si] / p.ns[0][si]));
         }
-        result("per_packet_uplink_pass_ratio_10k", format!("{:.2}", p.ns[8][si] / p.ns[6][si]));
+        result("per_packet_uplink_pass_ratio_10k", format!("{:.2}", p.ns[9][si] / p.ns[7][si]));
     }
     md
 }
