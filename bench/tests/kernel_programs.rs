@@ -409,7 +409,7 @@ fn icmpv6_errors_pass_only_when_they_quote_a_tracked_flow() {
 }
 
 #[test]
-fn an_isolated_endpoint_stops_its_ipv6_flows_too() {
+fn an_isolated_endpoint_stops_its_ipv6_flows_except_its_ipv6_allow_list() {
     use bulkhead_common::detect::IsolationV1;
     let mut g = Guard::new("iso6");
     assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, PEER6, 45000, 443, TCP_SYN)), RET_PASS);
@@ -418,6 +418,29 @@ fn an_isolated_endpoint_stops_its_ipv6_flows_too() {
     assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, PEER6, 45000, 443, TCP_ACK)), RET_DROP, "established IPv6 flow out stops");
     assert_eq!(g.run(programs::TO_POD, &tcp6_frame(PEER6, POD6, 443, 45000, TCP_ACK)), RET_DROP, "established IPv6 flow in stops");
     assert_eq!(g.counter("drop_isolated_fail_closed"), 2);
+    // The allow-list's exact IPv6 entries: this endpoint's DNS server, and one for every
+    // isolated endpoint; an IPv4 entry of the same port does not open IPv6.
+    use bulkhead_common::detect::{AllowKey6V1, AllowKeyV2};
+    let dns6 = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 0x35);
+    let ntp6 = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 0x7b);
+    g.dp().maps.det.isolation_allow6.insert(AllowKey6V1 { ifindex: IFINDEX, addr_be: dns6.octets(), port_be: 53u16.to_be_bytes(), protocol: 6, _pad: 0 }, 1, 0).expect("allow-list");
+    g.dp().maps.det.isolation_allow6.insert(AllowKey6V1 { ifindex: 0, addr_be: ntp6.octets(), port_be: 123u16.to_be_bytes(), protocol: 6, _pad: 0 }, 1, 0).expect("allow-list");
+    g.dp().maps.det.isolation_allow.insert(AllowKeyV2 { ifindex: IFINDEX, addr_be: ROUTER.octets(), port_be: 853u16.to_be_bytes(), protocol: 6, _pad: 0 }, 1, 0).expect("allow-list");
+    assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, dns6, 45001, 53, TCP_SYN)), RET_PASS, "this endpoint's IPv6 entry");
+    assert_eq!(g.run(programs::TO_POD, &tcp6_frame(dns6, POD6, 53, 45001, 0x12)), RET_PASS, "its answer");
+    assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, ntp6, 45002, 123, TCP_SYN)), RET_PASS, "the entry for every endpoint");
+    assert_eq!(g.counter("pass_isolation_allowlist"), 3);
+    for (what, frame) in [
+        ("another address, same port", tcp6_frame(POD6, PEER6, 45003, 53, TCP_SYN)),
+        ("the allowed address, another port", tcp6_frame(POD6, dns6, 45004, 54, TCP_SYN)),
+        ("the port of an IPv4 entry", tcp6_frame(POD6, ROUTER6, 45005, 853, TCP_SYN)),
+    ] {
+        assert_eq!(g.run(programs::FROM_POD, &frame), RET_DROP, "{what}");
+    }
+    assert_eq!(g.counter("drop_isolated_fail_closed"), 5);
+    // Any-address entries (IPv4 keys with 0.0.0.0) cover IPv6 too.
+    g.dp().maps.det.isolation_allow.insert(AllowKeyV2 { ifindex: IFINDEX, addr_be: [0; 4], port_be: 54u16.to_be_bytes(), protocol: 6, _pad: 0 }, 1, 0).expect("allow-list");
+    assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, dns6, 45006, 54, TCP_SYN)), RET_PASS, "any-address entry");
     g.dp().maps.det.isolation.remove(IFINDEX).expect("release");
     assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, PEER6, 45000, 443, TCP_ACK)), RET_PASS, "released");
 }

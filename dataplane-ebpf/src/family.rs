@@ -2,10 +2,13 @@
 //! map, anti-spoofing and the isolation allow-list. The path itself (`main.rs`) is written
 //! once, generic over [`Addr`], so both families take the same steps at the same cost.
 
-use bulkhead_common::{Ct6KeyV1, CtKeyV2, CtValueV1, EndpointV4, IpInfoV3};
+use bulkhead_common::{
+    Ct6KeyV1, CtKeyV2, CtValueV1, EndpointV4, IpInfoV3,
+    detect::{AllowKey6V1, AllowKeyV2},
+};
 
 use crate::{
-    maps::{CONNTRACK, CONNTRACK6, SCRATCH6},
+    maps::{CONNTRACK, CONNTRACK6, ISOLATION_ALLOW, ISOLATION_ALLOW6, SCRATCH6},
     parse::Flow,
     policy,
 };
@@ -34,10 +37,9 @@ pub trait Addr: Copy + PartialEq {
     fn own_source(self, ep: &EndpointV4) -> bool;
     /// The endpoint's identity for this family's traffic in generation `g` (0 or 1).
     fn local_identity(ep: &EndpointV4, g: usize) -> u32;
-    /// The address as the isolation allow-list's exact entries hold it; `None` for IPv6,
-    /// whose packets match only the allow-list's any-address entries (fail-closed for
-    /// exact ones).
-    fn allow_addr(self) -> Option<[u8; 4]>;
+    /// Whether the isolation allow-list has an exact entry for this address, `port_be` and
+    /// `protocol`, for endpoint `ifindex` or for every endpoint.
+    fn allow_listed(self, ifindex: u32, port_be: [u8; 2], protocol: u8) -> bool;
     /// The address in a flow event's 16 bytes.
     fn to16(self) -> [u8; 16];
 }
@@ -80,8 +82,9 @@ impl Addr for [u8; 4] {
         if g == 0 { ep.identity[0] } else { ep.identity[1] }
     }
     #[inline(always)]
-    fn allow_addr(self) -> Option<[u8; 4]> {
-        Some(self)
+    fn allow_listed(self, ifindex: u32, port_be: [u8; 2], protocol: u8) -> bool {
+        let k = AllowKeyV2 { ifindex, addr_be: self, port_be, protocol, _pad: 0 };
+        ISOLATION_ALLOW.get_ptr(&k).is_some() || ISOLATION_ALLOW.get_ptr(&AllowKeyV2 { ifindex: 0, ..k }).is_some()
     }
     #[inline(always)]
     fn to16(self) -> [u8; 16] {
@@ -204,8 +207,9 @@ impl Addr for In6 {
         if g == 0 { ep.identity6[0] } else { ep.identity6[1] }
     }
     #[inline(always)]
-    fn allow_addr(self) -> Option<[u8; 4]> {
-        None
+    fn allow_listed(self, ifindex: u32, port_be: [u8; 2], protocol: u8) -> bool {
+        let k = AllowKey6V1 { ifindex, addr_be: *self.bytes(), port_be, protocol, _pad: 0 };
+        ISOLATION_ALLOW6.get_ptr(&k).is_some() || ISOLATION_ALLOW6.get_ptr(&AllowKey6V1 { ifindex: 0, ..k }).is_some()
     }
     #[inline(always)]
     fn to16(self) -> [u8; 16] {

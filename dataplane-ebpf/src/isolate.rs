@@ -19,16 +19,11 @@ pub fn check<A: Addr>(ifindex: u32, flow: &Flow<A>, dir: u8) -> Option<bool> {
     }
     // Egress matches the destination, ingress the source (answers from the allowed server).
     let (addr, port) = if dir == direction::EGRESS { (flow.daddr_be, flow.dport_be) } else { (flow.saddr_be, flow.sport_be) };
-    // The endpoint's own list (its DetectorPolicy's), then the list for every endpoint.
-    // The list holds IPv4 addresses: an IPv6 packet matches its any-address entries only.
+    // The endpoint's own list (its DetectorPolicy's), then the list for every endpoint:
+    // exact entries in the family's map, any-address entries (IPv4 keys) for both families.
     let any = AllowKeyV2 { ifindex, addr_be: [0; 4], port_be: port, protocol: flow.protocol, _pad: 0 };
     let all_any = AllowKeyV2 { ifindex: 0, ..any };
-    let exact = addr.allow_addr().map(|a| AllowKeyV2 { addr_be: a, ..any });
-    let exact_hit = match exact {
-        Some(e) => ISOLATION_ALLOW.get_ptr(&e).is_some() || ISOLATION_ALLOW.get_ptr(&AllowKeyV2 { ifindex: 0, ..e }).is_some(),
-        None => false,
-    };
-    if exact_hit || ISOLATION_ALLOW.get_ptr(&any).is_some() || ISOLATION_ALLOW.get_ptr(&all_any).is_some()
+    if addr.allow_listed(ifindex, port, flow.protocol) || ISOLATION_ALLOW.get_ptr(&any).is_some() || ISOLATION_ALLOW.get_ptr(&all_any).is_some()
     {
         count(counters::PASS_ISOLATION_ALLOWLIST);
         Some(true)

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bulkhead_common::detect::{
-    self as det, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
+    self as det, AllowKey6V1, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
     ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV1, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
@@ -272,6 +272,13 @@ pub fn isolate(ifindex: u32, iso: &IsolationV1) -> bool {
 /// Written by the agent; read by TC for packets of isolated endpoints.
 #[map(name = "BH_ISOALLOW_V2")]
 pub static ISOLATION_ALLOW: HashMap<AllowKeyV2, u8> =
+    HashMap::with_max_entries(det::capacity::ISOLATION_ALLOW, 0);
+
+/// Key: (endpoint ifindex or 0 = all, IPv6 address, port, protocol) an isolated endpoint may
+/// still reach. Value: 1. Written by the agent; read by TC for IPv6 packets of isolated
+/// endpoints (their any-address entries are in ISOLATION_ALLOW).
+#[map(name = "BH_ISOALLOW6_V1")]
+pub static ISOLATION_ALLOW6: HashMap<AllowKey6V1, u8> =
     HashMap::with_max_entries(det::capacity::ISOLATION_ALLOW, 0);
 
 /// Exec events (`DetEventV1`). Written by the exec probe; read by the agent's detector thread.

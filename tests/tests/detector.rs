@@ -53,7 +53,7 @@ impl Fixture {
     /// echo server via nc, and a second echo server) and switches to protect.
     fn learn_then_protect(&self, actions: Actions) {
         self.agent()
-            .detector_isolation_allow(vec![(self.dns().ip, 53, 17)])
+            .detector_isolation_allow(vec![(self.dns().ip.into(), 53, 17)])
             .expect("allow-list");
         self.agent()
             .detector_monitor(WorkloadSpec {

@@ -5,7 +5,8 @@
 //! (c) both replicas keep working for a few seconds with no action (the second judged by the
 //!     profile the first learned: its exec of nc and its flows pass),
 //! (a) an outbound connection to a peer never seen isolates the pod (traffic stops, the
-//!     DNS allow-list of the clients' policy passes, and only for them: a pod of another
+//!     DNS allow-list of the clients' policy passes, over IPv4 and IPv6 (the pods are
+//!     dual-stack; the list has an entry per family), and only for them: a pod of another
 //!     policy isolated meanwhile does not get it; latency measured from the flow's first
 //!     packet in TC),
 //! (b) a port scan of the server isolates the pod (new ports alone only alert),
@@ -37,10 +38,10 @@ namespaces:
   - name: dn
     labels: {kubernetes.io/metadata.name: dn}
 pods:
-  - {namespace: dn, name: client-a, ip: 10.244.0.10, labels: {app: client, pod-template-hash: aaa}}
-  - {namespace: dn, name: client-b, ip: 10.244.0.11, labels: {app: client, pod-template-hash: bbb}}
-  - {namespace: dn, name: server, ip: 10.244.0.12, labels: {app: server}}
-  - {namespace: dn, name: stranger, ip: 10.244.0.13, labels: {app: stranger}}
+  - {namespace: dn, name: client-a, ip: 10.244.0.10, ip6: 'fd00:244::10', labels: {app: client, pod-template-hash: aaa}}
+  - {namespace: dn, name: client-b, ip: 10.244.0.11, ip6: 'fd00:244::11', labels: {app: client, pod-template-hash: bbb}}
+  - {namespace: dn, name: server, ip: 10.244.0.12, ip6: 'fd00:244::12', labels: {app: server}}
+  - {namespace: dn, name: stranger, ip: 10.244.0.13, ip6: 'fd00:244::13', labels: {app: stranger}}
 ports:
   - {port: 8080, protocol: TCP}
   - {port: 53, protocol: UDP}
@@ -74,6 +75,7 @@ impl Fixture {
     /// client replicas are monitored in `mode`.
     fn policy(&self, mode: &str) {
         let server = self.pod("server").ip;
+        let server6 = self.pod("server").ip6.expect("the server is dual-stack");
         let text = format!(
             "apiVersion: bulkhead.io/v1alpha1
 kind: DetectorPolicy
@@ -84,7 +86,7 @@ spec:
   syscalls: true
   actions: {{exec: [kill, isolate], newPeer: [isolate], newPort: [alert], portScan: [isolate]}}
   portScan: {{distinctPorts: 8, windowMs: 5000}}
-  isolationAllow: [{{address: {server}, port: 53, protocol: UDP}}]
+  isolationAllow: [{{address: {server}, port: 53, protocol: UDP}}, {{address: '{server6}', port: 53, protocol: UDP}}]
 ---
 apiVersion: bulkhead.io/v1alpha1
 kind: DetectorPolicy
@@ -196,6 +198,11 @@ fn replicas_share_a_profile_and_network_deviations_isolate() {
     assert!(!f.reaches("client-b", "server", 8080, Protocol::Tcp), "isolated B still reaches the server");
     assert!(!f.reaches("client-b", "stranger", 8080, Protocol::Tcp), "isolated B still reaches the stranger");
     assert!(f.reaches("client-b", "server", 53, Protocol::Udp), "the isolation allow-list (UDP 53 to the server) is blocked");
+    // The same over IPv6: the allow-list's IPv6 entry passes, the rest of IPv6 is cut too.
+    let server6 = f.pod("server").ip6.expect("dual-stack server");
+    assert!(probe(f.pod("client-b"), server6, 53, Protocol::Udp, T), "the isolation allow-list's IPv6 entry (UDP 53 to the server) is blocked");
+    assert!(!probe(f.pod("client-b"), server6, 8080, Protocol::Tcp, T), "isolated B still reaches the server over IPv6");
+    assert!(!probe(f.pod("client-b"), f.pod("stranger").ip6.expect("dual-stack"), 53, Protocol::Udp, T), "the IPv6 entry opened another address");
     // That allow-list is the clients' policy's: the stranger, isolated under its own policy
     // (no allow-list), does not get it.
     f.agent().detector_isolate("dn/stranger").expect("isolate the stranger");

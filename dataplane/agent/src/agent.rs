@@ -265,7 +265,7 @@ impl Agent {
     }
 
     /// Replaces the isolation allow-list: (address or 0.0.0.0, port, IP protocol).
-    pub fn detector_isolation_allow(&self, allow: Vec<(std::net::Ipv4Addr, u16, u8)>) -> Result<(), AgentError> {
+    pub fn detector_isolation_allow(&self, allow: Vec<(std::net::IpAddr, u16, u8)>) -> Result<(), AgentError> {
         self.with_detector(move |dp, det| det.set_isolation_allow(dp, &allow))
     }
 

@@ -18,7 +18,7 @@ use aya::{
         xdp::{XdpLinkId, XdpMode},
     },
 };
-use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, SyscallKeyV1, WorkloadV1};
+use bulkhead_common::detect::{self as det, AllowKey6V1, AllowKeyV2, ExecKeyV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
     ConfigV2, CtKeyV2, CtValueV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, map_names,
@@ -53,7 +53,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 39] = [
+pub(crate) const ALL_MAPS: [&str; 40] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
     map_names::EGRESS_BYTES,
@@ -88,6 +88,7 @@ pub(crate) const ALL_MAPS: [&str; 39] = [
     det::map_names::ISOLATION,
     det::map_names::ISOLATION_DIRECT,
     det::map_names::ISOLATION_ALLOW,
+    det::map_names::ISOLATION_ALLOW6,
     det::map_names::EVENTS,
     det::map_names::SCRATCH,
     det::map_names::SYSCALLS,
@@ -155,6 +156,8 @@ pub struct DetectorMaps {
     pub exec_allow: HashMap<MapData, ExecKeyV1, u8>,
     pub isolation: crate::ifmap::IsolationMap<MapData>,
     pub isolation_allow: HashMap<MapData, AllowKeyV2, u8>,
+    /// Exact IPv6 entries of the isolation allow-list.
+    pub isolation_allow6: HashMap<MapData, AllowKey6V1, u8>,
     pub syscalls: PerCpuHashMap<MapData, SyscallKeyV1, u64>,
     /// Exec events; taken by the detector's event thread.
     pub events: Option<RingBuf<MapData>>,
@@ -312,6 +315,8 @@ impl Dataplane {
                 ),
                 isolation_allow: HashMap::try_from(take(det::map_names::ISOLATION_ALLOW)?)
                     .map_err(|e| map_err(det::map_names::ISOLATION_ALLOW, e))?,
+                isolation_allow6: HashMap::try_from(take(det::map_names::ISOLATION_ALLOW6)?)
+                    .map_err(|e| map_err(det::map_names::ISOLATION_ALLOW6, e))?,
                 syscalls: PerCpuHashMap::try_from(take(det::map_names::SYSCALLS)?).map_err(|e| map_err(det::map_names::SYSCALLS, e))?,
                 events: Some(RingBuf::try_from(take(det::map_names::EVENTS)?).map_err(|e| map_err(det::map_names::EVENTS, e))?),
                 sysseq: Some(RingBuf::try_from(take(det::map_names::SYSSEQ)?).map_err(|e| map_err(det::map_names::SYSSEQ, e))?),

@@ -20,6 +20,9 @@ pub mod map_names {
     /// What an isolated endpoint may still talk to: [`crate::detect::AllowKeyV2`] -> u8 (1).
     /// V2 adds the endpoint to the key (V1 had one list for every endpoint).
     pub const ISOLATION_ALLOW: &str = "BH_ISOALLOW_V2";
+    /// The same for IPv6 addresses: [`crate::detect::AllowKey6V1`] -> u8 (1). Entries
+    /// without an address stay in [`ISOLATION_ALLOW`] (0.0.0.0) and match both families.
+    pub const ISOLATION_ALLOW6: &str = "BH_ISOALLOW6_V1";
     /// Exec events ring buffer of [`crate::detect::DetEventV1`].
     pub const EVENTS: &str = "BH_DET_EVENTS_V1";
     /// Per-CPU scratch event (one slot) the exec probe fills before deciding.
@@ -128,6 +131,18 @@ pub struct AllowKeyV2 {
     /// Host-side ifindex of the endpoint the entry is for; 0 = every isolated endpoint.
     pub ifindex: u32,
     pub addr_be: [u8; 4],
+    pub port_be: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// [`AllowKeyV2`] for an IPv6 address (never `::`: any-address entries are IPv4 keys).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AllowKey6V1 {
+    /// Host-side ifindex of the endpoint the entry is for; 0 = every isolated endpoint.
+    pub ifindex: u32,
+    pub addr_be: [u8; 16],
     pub port_be: [u8; 2],
     pub protocol: u8,
     pub _pad: u8,
@@ -246,6 +261,7 @@ const _: () = {
     assert!(core::mem::size_of::<ExecKeyV1>() == 16);
     assert!(core::mem::size_of::<IsolationV1>() == 24);
     assert!(core::mem::size_of::<AllowKeyV2>() == 12);
+    assert!(core::mem::size_of::<AllowKey6V1>() == 24);
     assert!(core::mem::size_of::<SyscallKeyV1>() == 16);
     assert!(core::mem::size_of::<DetEventV1>() == 56 + EXEC_PATH_MAX);
 };
@@ -258,6 +274,7 @@ mod user {
     unsafe impl aya::Pod for ExecKeyV1 {}
     unsafe impl aya::Pod for IsolationV1 {}
     unsafe impl aya::Pod for AllowKeyV2 {}
+    unsafe impl aya::Pod for AllowKey6V1 {}
     unsafe impl aya::Pod for SyscallKeyV1 {}
     unsafe impl aya::Pod for DetEventV1 {}
     unsafe impl aya::Pod for SyscallRecordV1 {}

@@ -24,7 +24,7 @@ pub mod webhook;
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{
         Arc, Condvar, Mutex,
@@ -35,7 +35,7 @@ use std::{
 };
 
 use aya::maps::MapData;
-use bulkhead_common::detect::{self as det, AllowKeyV2, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
+use bulkhead_common::detect::{self as det, AllowKey6V1, AllowKeyV2, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
 use serde::{Deserialize, Serialize};
 
 use crate::{error::AgentError, ifmap::IsolationMap, loader::Dataplane, netns};
@@ -147,10 +147,10 @@ pub struct WorkloadOptions {
     /// The syscall-sequence model's settings; `None` = no sequence model (no syscall stream).
     #[serde(default)]
     pub sequences: Option<SequenceConfig>,
-    /// What this workload may still reach while isolated (address or 0.0.0.0, port, IP
-    /// protocol), besides the API's list for every workload.
+    /// What this workload may still reach while isolated (address of either family or
+    /// 0.0.0.0 for any, port, IP protocol), besides the API's list for every workload.
     #[serde(default)]
-    pub isolation_allow: Vec<(Ipv4Addr, u16, u8)>,
+    pub isolation_allow: Vec<(IpAddr, u16, u8)>,
 }
 
 /// A monitored workload as the agent keeps it (persisted, so a restarted agent knows it).
@@ -337,7 +337,7 @@ pub struct Detector {
     flowwatch: FlowWatch,
     /// Isolation allow-list set through the API, for every workload (each workload's own
     /// list comes with it, from its DetectorPolicy).
-    api_allow: BTreeSet<(Ipv4Addr, u16, u8)>,
+    api_allow: BTreeSet<(IpAddr, u16, u8)>,
     last_tick: std::time::Instant,
     /// Interfaces whose new flows TC reports (FLOW_WATCH slots set to 1); `None` until the
     /// first sync, which clears whatever an earlier agent left.
@@ -615,26 +615,42 @@ impl Detector {
 
     /// Replaces the API's isolation allow-list (what every isolated endpoint may still reach);
     /// each workload's own list (its DetectorPolicy's) applies to it besides.
-    pub fn set_isolation_allow(&mut self, dp: &mut Dataplane, allow: &[(Ipv4Addr, u16, u8)]) -> Result<(), AgentError> {
+    pub fn set_isolation_allow(&mut self, dp: &mut Dataplane, allow: &[(IpAddr, u16, u8)]) -> Result<(), AgentError> {
         self.api_allow = allow.iter().copied().collect();
         self.write_isolation_allow(dp)
     }
 
     pub(crate) fn write_isolation_allow(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
-        let old: Vec<AllowKeyV2> = dp.maps.det.isolation_allow.keys().filter_map(Result::ok).collect();
-        let key = |ifindex: u32, (a, p, proto): &(Ipv4Addr, u16, u8)| AllowKeyV2 { ifindex, addr_be: a.octets(), port_be: p.to_be_bytes(), protocol: *proto, _pad: 0 };
-        let mut new: Vec<AllowKeyV2> = self.api_allow.iter().map(|e| key(0, e)).collect();
+        let mut entries: Vec<(u32, (IpAddr, u16, u8))> = self.api_allow.iter().map(|e| (0, *e)).collect();
         {
             let g = self.shared.state();
             for w in g.workloads.values().filter(|w| w.ifindex != 0) {
-                new.extend(w.opts.isolation_allow.iter().map(|e| key(w.ifindex, e)));
+                entries.extend(w.opts.isolation_allow.iter().map(|e| (w.ifindex, *e)));
             }
         }
+        // Exact IPv6 entries in their own map; any-address entries (0.0.0.0) match both
+        // families in the IPv4 map.
+        let (mut new, mut new6) = (Vec::new(), Vec::new());
+        for (ifindex, (a, p, protocol)) in entries {
+            let port_be = p.to_be_bytes();
+            match a {
+                IpAddr::V4(a) => new.push(AllowKeyV2 { ifindex, addr_be: a.octets(), port_be, protocol, _pad: 0 }),
+                IpAddr::V6(a) => new6.push(AllowKey6V1 { ifindex, addr_be: a.octets(), port_be, protocol, _pad: 0 }),
+            }
+        }
+        let old: Vec<AllowKeyV2> = dp.maps.det.isolation_allow.keys().filter_map(Result::ok).collect();
         for k in &new {
             dp.maps.det.isolation_allow.insert(*k, 1, 0).map_err(|e| map_err(det::map_names::ISOLATION_ALLOW, e))?;
         }
         for k in old.iter().filter(|k| !new.contains(k)) {
             let _ = dp.maps.det.isolation_allow.remove(k);
+        }
+        let old6: Vec<AllowKey6V1> = dp.maps.det.isolation_allow6.keys().filter_map(Result::ok).collect();
+        for k in &new6 {
+            dp.maps.det.isolation_allow6.insert(*k, 1, 0).map_err(|e| map_err(det::map_names::ISOLATION_ALLOW6, e))?;
+        }
+        for k in old6.iter().filter(|k| !new6.contains(k)) {
+            let _ = dp.maps.det.isolation_allow6.remove(k);
         }
         Ok(())
     }

@@ -32,7 +32,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
 };
 
@@ -64,8 +64,8 @@ pub struct DetectorPolicy {
     /// The syscall-sequence model, when the policy asks for one.
     pub sequences: Option<SequenceConfig>,
     pub allowed_execs: Vec<String>,
-    /// (address or 0.0.0.0, port, IP protocol).
-    pub isolation_allow: Vec<(Ipv4Addr, u16, u8)>,
+    /// (address of either family, or 0.0.0.0 for any; port; IP protocol).
+    pub isolation_allow: Vec<(IpAddr, u16, u8)>,
 }
 
 impl DetectorPolicy {
@@ -275,29 +275,24 @@ fn parse_policy(file: &str, n: usize, value: &serde_yaml::Value) -> Result<Detec
             return Err(err("spec.profileLabels", "empty: leave it out to key profiles by all labels"));
         }
     }
-    for (i, a) in spec.isolation_allow.iter().enumerate() {
-        if let Some(std::net::IpAddr::V6(v6)) = a.address {
-            return Err(err(
-                &format!("spec.isolationAllow[{i}].address"),
-                &format!("{v6}: IPv6 addresses are not supported on the isolation allow-list yet (an isolated pod's IPv6 packets match only entries without an address)"),
-            ));
-        }
-    }
     let isolation_allow = spec
         .isolation_allow
         .iter()
         .map(|a| {
-            let proto = match a.protocol {
-                Protocol::Tcp => 6,
-                Protocol::Udp => 17,
-                Protocol::Icmp => 1,
-                Protocol::Sctp => 132,
+            // ICMP towards an IPv6 address is ICMPv6.
+            let proto = match (a.protocol, a.address) {
+                (Protocol::Tcp, _) => 6,
+                (Protocol::Udp, _) => 17,
+                (Protocol::Icmp, Some(IpAddr::V6(_))) => 58,
+                (Protocol::Icmp, _) => 1,
+                (Protocol::Sctp, _) => 132,
             };
-            let address = match a.address {
-                Some(std::net::IpAddr::V4(v4)) => v4,
-                _ => Ipv4Addr::UNSPECIFIED,
-            };
-            (address, a.port, proto)
+            (a.address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), a.port, proto)
+        })
+        // An ICMP entry without an address covers ICMPv6 too.
+        .flat_map(|e| {
+            let v6 = (e.2 == 1 && e.0 == IpAddr::V4(Ipv4Addr::UNSPECIFIED)).then_some((e.0, e.1, 58));
+            std::iter::once(e).chain(v6)
         })
         .collect();
     Ok(DetectorPolicy {
@@ -410,7 +405,15 @@ spec:
         assert!(p.actions.new_peer.isolate && !p.actions.new_port.isolate && p.actions.port_scan.pause);
         assert_eq!(p.scan.distinct_ports, 5);
         assert_eq!(p.scan.window_ms, ScanConfig::default().window_ms);
-        assert_eq!(p.isolation_allow, vec![([10, 0, 0, 53].into(), 53, 17), (Ipv4Addr::UNSPECIFIED, 123, 17)]);
+        assert_eq!(p.isolation_allow, vec![(IpAddr::from([10, 0, 0, 53]), 53, 17), (Ipv4Addr::UNSPECIFIED.into(), 123, 17)]);
+        // IPv6 addresses are taken as they are; ICMP towards one is ICMPv6, and an ICMP entry
+        // without an address covers both.
+        let mut input = DetectorInput::default();
+        let text = GOOD.replace("10.0.0.53", "'fd00::53'").replace("{port: 123, protocol: UDP}", "{port: 0, protocol: ICMP}, {address: 'fd00::1', port: 0, protocol: ICMP}");
+        parse_documents("p.yaml", &text, &mut input).expect("IPv6 isolation allow-list entries parse");
+        let v6: IpAddr = "fd00::53".parse().expect("literal");
+        let any = IpAddr::from(Ipv4Addr::UNSPECIFIED);
+        assert_eq!(input.policies[0].isolation_allow, vec![(v6, 53, 17), (any, 0, 1), (any, 0, 58), ("fd00::1".parse().expect("literal"), 0, 58)]);
         assert_eq!(p.sequences, None, "no sequence model unless asked");
         assert_eq!(p.actions.syscall_anomaly, NetActions::default(), "syscall findings alert by default");
         let mut input = DetectorInput::default();
@@ -435,8 +438,8 @@ spec:
         assert!(e.contains("spec.selector"), "{e}");
         let e = bad(&GOOD.replace("10.0.0.53", "10.0.0.530"));
         assert!(e.contains("spec.isolationAllow"), "{e}");
-        let e = bad(&GOOD.replace("10.0.0.53", "'fd00::53'"));
-        assert!(e.contains("spec.isolationAllow[0].address") && e.contains("fd00::53") && e.contains("IPv6"), "{e}");
+        let e = bad(&GOOD.replace("10.0.0.53", "'fd00::5g'"));
+        assert!(e.contains("spec.isolationAllow[0].address") && e.contains("IP address"), "{e}");
         let e = bad(&GOOD.replace("  mode: protect", "  mode: protect\n  modes: learn"));
         assert!(e.contains("spec") && e.contains("modes"), "{e}");
         let e = bad(&GOOD.replace("  mode: protect", "  mode: protect\n  syscallModel: {window: 80}"));
