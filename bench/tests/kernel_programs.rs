@@ -281,7 +281,7 @@ fn conntrack_passes_replies_and_isolation_stops_established_flows_except_the_all
 }
 
 #[test]
-fn ipv6_anti_spoofing_allows_the_pods_own_and_link_local_sources_only() {
+fn ipv6_anti_spoofing_allows_the_pods_own_and_link_local_sources_only_and_an_ipv6_only_pod_no_ipv4() {
     let mut g = Guard::new("spoof6");
     assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, PEER6, 40000, 80, TCP_SYN)), RET_PASS, "the pod's own IPv6 source");
     assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6_LL, PEER6, 40001, 80, TCP_SYN)), RET_PASS, "a link-local source stays on the link");
@@ -299,6 +299,15 @@ fn ipv6_anti_spoofing_allows_the_pods_own_and_link_local_sources_only() {
     let e = ev.last().copied().unwrap_or_else(|| panic!("no drop event: {ev:?}"));
     assert_eq!((e.family, e.saddr(), e.daddr(), e.drop_reason), (6, Some(other.into()), Some(PEER6.into()), counters::DROP_SPOOFED as u16), "{e:?}");
     assert_eq!(e.peer_identity, identity::WORLD6, "an IPv6 address outside every pod and prefix is WORLD6");
+    // An IPv6-only endpoint (no IPv4 address: 0.0.0.0 in its entry) sends no IPv4 at all,
+    // not even from 0.0.0.0; its IPv6 passes.
+    let ep = EndpointV4 { ipv4_be: [0; 4], ..g.dp().maps.endpoints.get(IFINDEX).expect("read").expect("present") };
+    g.dp().maps.endpoints.insert(IFINDEX, ep).expect("IPv6-only endpoint");
+    let before = g.counter("drop_spoofed_source_fail_closed");
+    assert_eq!(g.run(programs::FROM_POD, &tcp_frame(Ipv4Addr::UNSPECIFIED, PEER, 40005, 80, TCP_SYN)), RET_DROP, "IPv4 from 0.0.0.0");
+    assert_eq!(g.run(programs::FROM_POD, &tcp_frame(POD, PEER, 40006, 80, TCP_SYN)), RET_DROP, "IPv4 from its former address");
+    assert_eq!(g.counter("drop_spoofed_source_fail_closed"), before + 2);
+    assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, PEER6, 40007, 80, TCP_SYN)), RET_PASS, "its IPv6");
 }
 
 #[test]

@@ -73,9 +73,10 @@ impl Addr for [u8; 4] {
     fn peer_info(self, pgen: u8) -> IpInfoV3 {
         policy::peer_info(self, pgen)
     }
+    /// The pod's own IPv4 address; an IPv6-only pod (0.0.0.0 in its entry) has none.
     #[inline(always)]
     fn own_source(self, ep: &EndpointV4) -> bool {
-        self == ep.ipv4_be
+        self == ep.ipv4_be && self != [0; 4]
     }
     #[inline(always)]
     fn local_identity(ep: &EndpointV4, g: usize) -> u32 {

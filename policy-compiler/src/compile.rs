@@ -70,14 +70,16 @@ impl Default for Limits {
 /// `interface`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointEntry {
-    /// The identity of the pod's IPv4 address: the local side of its IPv4 traffic's keys.
+    /// The identity of the pod's IPv4 address: the local side of its IPv4 traffic's keys
+    /// (`identity6` for an IPv6-only pod, which has no IPv4 traffic).
     pub identity: u32,
     /// The identity of its IPv6 address (equal to `identity` unless a policy prefix tells
     /// the two addresses apart; `identity` when the pod has no IPv6 address).
     pub identity6: u32,
     /// [`ep_flags`] bits.
     pub flags: u32,
-    pub ip: Ipv4Addr,
+    /// `None` for an IPv6-only pod.
+    pub ip: Option<Ipv4Addr>,
     pub ip6: Option<Ipv6Addr>,
     pub interface: Option<String>,
 }
@@ -157,7 +159,7 @@ impl Compiled {
     /// The endpoint that owns `ip`.
     pub fn endpoint_by_ip(&self, ip: impl Into<IpAddr>) -> Option<(&PodRef, &EndpointEntry)> {
         let ip = ip.into();
-        self.endpoints.iter().find(|(_, e)| IpAddr::V4(e.ip) == ip || e.ip6.map(IpAddr::V6) == Some(ip))
+        self.endpoints.iter().find(|(_, e)| e.ip.map(IpAddr::V4) == Some(ip) || e.ip6.map(IpAddr::V6) == Some(ip))
     }
 
     /// The policy table row of `index`, unless it is [`NO_POLICY`] or out of range.
@@ -372,10 +374,14 @@ impl Compiler {
         // order. Each address has the identity of the pod's attributes and that address's
         // region, so a dual-stack pod has two when its addresses lie in different regions
         // (one when neither does): a CIDR then matches only addresses of its own family.
-        let mut pod_identity: Vec<(&PodRef, &crate::model::Pod, u32, Option<u32>)> = Vec::with_capacity(model.pods.len());
+        let mut pod_identity: Vec<(&PodRef, &crate::model::Pod, Option<u32>, Option<u32>)> = Vec::with_capacity(model.pods.len());
         let mut seen: HashMap<PodKey<'_>, u32> = HashMap::default();
         for (r, pod) in &model.pods {
-            let Some(ip) = pod.ip else { continue };
+            // A pod is enforced with an address of either family (dual-stack, IPv4-only or
+            // IPv6-only); without any it has nothing to enforce on.
+            if pod.ip.is_none() && pod.ip6.is_none() {
+                continue;
+            }
             let ports: std::borrow::Cow<'_, [NamedPort]> = if pod.ports.windows(2).all(|w| w[0] < w[1]) {
                 std::borrow::Cow::Borrowed(&pod.ports)
             } else {
@@ -404,7 +410,7 @@ impl Compiler {
                     }
                 }
             };
-            let id4 = identify(region_of(IpAddr::V4(ip)));
+            let id4 = pod.ip.map(|a| identify(region_of(IpAddr::V4(a))));
             let id6 = pod.ip6.map(|a| identify(region_of(IpAddr::V6(a))));
             pod_identity.push((r, pod, id4, id6));
         }
@@ -412,7 +418,7 @@ impl Compiler {
         let owners = model.ip_owners();
         let mut ip_owner_pod: HashMap<IpAddr, (&PodRef, u32)> = HashMap::with_capacity_and_hasher(pod_identity.len(), Default::default());
         for &(r, pod, id4, id6) in &pod_identity {
-            let addrs = [pod.ip.map(|a| (IpAddr::V4(a), id4)), pod.ip6.zip(id6).map(|(a, id)| (IpAddr::V6(a), id))];
+            let addrs = [pod.ip.zip(id4).map(|(a, id)| (IpAddr::V4(a), id)), pod.ip6.zip(id6).map(|(a, id)| (IpAddr::V6(a), id))];
             for (ip, id) in addrs.into_iter().flatten() {
                 if owners.get(&ip) == Some(&r) {
                     ip_owner_pod.insert(ip, (r, id));
@@ -436,7 +442,7 @@ impl Compiler {
         );
         if self.scope == Scope::Node {
             uni.restrict_local(
-                pod_identity.iter().filter(|(_, p, _, _)| p.interface.is_some()).flat_map(|&(_, _, id4, id6)| std::iter::once(id4).chain(id6)),
+                pod_identity.iter().filter(|(_, p, _, _)| p.interface.is_some()).flat_map(|&(_, _, id4, id6)| id4.into_iter().chain(id6)),
             );
         }
 
@@ -497,7 +503,7 @@ impl Compiler {
         let mut fail_closed: HashSet<u32> = HashSet::default();
         let pods_of = |id: u32| -> String {
             let names: Vec<String> =
-                pod_identity.iter().filter(|(_, _, i4, i6)| *i4 == id || *i6 == Some(id)).map(|(r, _, _, _)| r.to_string()).collect();
+                pod_identity.iter().filter(|(_, _, i4, i6)| *i4 == Some(id) || *i6 == Some(id)).map(|(r, _, _, _)| r.to_string()).collect();
             names.join(", ")
         };
         for (&l, attrs) in &attrs_by_id {
@@ -640,8 +646,9 @@ impl Compiler {
             if self.scope == Scope::Node && pod.interface.is_none() {
                 continue;
             }
-            let ip = pod.ip.expect("pods with identities have an IP");
-            let ids = [id4, id6.unwrap_or(id4)];
+            // One of the two exists (pods without an address have no identity).
+            let (Some(id4), Some(id6)) = (id4.or(id6), id6.or(id4)) else { continue };
+            let ids = [id4, id6];
             // The selection flags are the same for both (they follow labels); a table or
             // entry that did not fit for either address fails the endpoint closed.
             let mut f = ids.iter().fold(0, |f, id| f | flags.get(id).copied().unwrap_or(0));
@@ -657,7 +664,7 @@ impl Compiler {
             }
             endpoints.insert(
                 r.clone(),
-                EndpointEntry { identity: id4, identity6: ids[1], flags: f, ip, ip6: pod.ip6, interface: pod.interface.clone() },
+                EndpointEntry { identity: id4, identity6: id6, flags: f, ip: pod.ip, ip6: pod.ip6, interface: pod.interface.clone() },
             );
         }
 
@@ -689,7 +696,7 @@ fn check_consistency(model: &Model) -> Result<(), Error> {
         if key.namespace != pod.namespace || key.name != pod.name {
             return Err(Error::InconsistentModel { what: "pod", key: key.to_string(), actual: pod.pod_ref().to_string() });
         }
-        if pod.ip.is_some() && !model.namespaces.contains_key(&pod.namespace) {
+        if (pod.ip.is_some() || pod.ip6.is_some()) && !model.namespaces.contains_key(&pod.namespace) {
             return Err(Error::MissingNamespace { pod: key.clone(), namespace: pod.namespace.clone(), origin: None });
         }
     }

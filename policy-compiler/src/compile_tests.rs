@@ -601,6 +601,11 @@ apiVersion: v1
 kind: Pod
 metadata: {name: v4only, namespace: y, labels: {pod: c}}
 status: {podIP: 10.1.2.12}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: v6only, namespace: y, labels: {pod: d}}
+status: {podIPs: [{ip: 'fd00:2::13'}]}
 ";
 
 fn dpod(key: &str) -> Endpoint {
@@ -618,7 +623,7 @@ fn each_family_is_judged_by_its_own_blocks_and_matches_the_reference() {
         // A selector matches a pod whatever the family; egress to an IPv6 block.
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n  egress: [{to: [{ipBlock: {cidr: 'fd00:2::/64'}}]}]\n",
     ];
-    let pods = ["x/a", "x/b", "y/b", "y/v4only"];
+    let pods = ["x/a", "x/b", "y/b", "y/v4only", "y/v6only"];
     for (i, p) in policies.iter().enumerate() {
         let m = build_model(parse_documents("dual.yaml", &format!("{DUAL}---\n{p}")).expect("parses")).expect("valid");
         let c = Compiler::new(Limits::default()).compile(&m).expect("compiles");
@@ -640,6 +645,7 @@ fn each_family_is_judged_by_its_own_blocks_and_matches_the_reference() {
         }
         match i {
             0 => {
+                assert!(!lookup::allowed_family(&c, &dpod("y/v6only"), &dpod("x/a"), 6, 80, true), "y/v6only's address is in the except");
                 assert!(lookup::allowed_family(&c, &dpod("x/b"), &dpod("x/a"), 6, 80, true), "x/b's IPv6 is in the block");
                 assert!(!lookup::allowed_family(&c, &dpod("y/b"), &dpod("x/a"), 6, 80, true), "y/b's IPv6 is in the except");
                 assert!(!lookup::allowed_family(&c, &dpod("x/b"), &dpod("x/a"), 6, 80, false), "no IPv4 address is in an IPv6 block");
@@ -652,10 +658,16 @@ fn each_family_is_judged_by_its_own_blocks_and_matches_the_reference() {
             }
             _ => {
                 assert!(lookup::allowed_family(&c, &dpod("x/a"), &dpod("y/b"), 6, 80, true), "egress to the IPv6 block");
+                assert!(lookup::allowed_family(&c, &dpod("x/a"), &dpod("y/v6only"), 6, 80, true), "egress to the IPv6-only pod in the block");
                 assert!(!lookup::allowed_family(&c, &dpod("x/a"), &dpod("y/b"), 6, 80, false), "not to y/b's IPv4 address");
             }
         }
         assert!(!lookup::allowed_family(&c, &dpod("x/b"), &dpod("y/v4only"), 6, 80, true), "a pod without IPv6 has no IPv6 traffic");
+        assert!(!lookup::allowed_family(&c, &dpod("x/b"), &dpod("y/v6only"), 6, 80, false), "an IPv6-only pod has no IPv4 traffic");
+        // The IPv6-only pod is an endpoint: no IPv4 address, its IPv6 identity for both.
+        let e = &c.endpoints[&PodRef::new("y", "v6only")];
+        assert_eq!((e.ip, e.ip6, e.identity), (None, Some("fd00:2::13".parse().expect("v6")), e.identity6), "{e:?}");
+        assert_eq!(c.endpoint_by_ip("fd00:2::13".parse::<std::net::IpAddr>().expect("v6")).map(|(r, _)| r.to_string()), Some("y/v6only".to_string()));
         assert!(allowed[0] > 0 && allowed[1] > 0, "policy {i}: something allowed in each family: {allowed:?}");
     }
 }

@@ -89,7 +89,7 @@ pub fn resolve<'c>(compiled: &'c Compiled, e: &Endpoint, v6: bool) -> Option<(Op
     match e {
         Endpoint::Pod(r) => {
             let (r, ep) = compiled.endpoints.get_key_value(r)?;
-            let ip = if v6 { IpAddr::V6(ep.ip6?) } else { IpAddr::V4(ep.ip) };
+            let ip = if v6 { IpAddr::V6(ep.ip6?) } else { IpAddr::V4(ep.ip?) };
             Some((Some((r, ep)), ip))
         }
         Endpoint::Ip(ip) => Some((compiled.endpoint_by_ip(*ip), *ip)),

@@ -176,9 +176,7 @@ pub struct Pod {
     /// `None` while the pod has no address (pending) or is not enforceable (host network,
     /// terminated); such pods are ignored by the compiler.
     pub ip: Option<Ipv4Addr>,
-    /// The pod's IPv6 address (`status.podIPs` of a dual-stack pod). Only pods with an IPv4
-    /// address are enforced today: an IPv6-only pod gets no endpoint and its interface fails
-    /// closed.
+    /// The pod's IPv6 address (`status.podIPs` of a dual-stack or IPv6-only pod).
     pub ip6: Option<Ipv6Addr>,
     pub ports: Vec<NamedPort>,
     /// Host-side veth name (annotation `bulkhead.io/interface`), carried through for the agent.

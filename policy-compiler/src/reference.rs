@@ -24,7 +24,6 @@ fn resolve<'m>(model: &'m Model, e: &Endpoint, v6: bool) -> Option<Side<'m>> {
     match e {
         Endpoint::Pod(r) => {
             let pod = model.pods.get(r)?;
-            pod.ip?; // A pod without an IPv4 address is not enforced (see Pod::ip6).
             let ip = if v6 { IpAddr::V6(pod.ip6?) } else { IpAddr::V4(pod.ip?) };
             Some(Side { pod: Some(pod), ip })
         }

@@ -421,7 +421,8 @@ pub fn stage_endpoints(
         value.identity[g] = ep.identity;
         value.identity6[g] = ep.identity6;
         value.flags[g] = ep.flags;
-        value.ipv4_be = ep.ip.octets();
+        // 0.0.0.0 for an IPv6-only pod: TC then lets no IPv4 source of it through.
+        value.ipv4_be = ep.ip.map_or([0; 4], |a| a.octets());
         value.ipv6_be = ep.ip6.map_or([0; 16], |a| a.octets());
         if written.get(&ifindex).map(|(_, v)| v) != Some(&value) {
             dp.maps.endpoints.insert(ifindex, value)?;

@@ -37,28 +37,29 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        Env::with_ipv6(false)
+        Env::with_families(true, false)
     }
 
-    /// With `ipv6`, the network also hands out IPv6 addresses (a second host-local range):
-    /// containers are dual-stack.
-    fn with_ipv6(ipv6: bool) -> Env {
+    /// A network handing out IPv4 addresses (`v4`), IPv6 addresses (`v6`, a host-local range
+    /// of its own), or both: containers are IPv4-only, IPv6-only or dual-stack.
+    fn with_families(v4: bool, v6: bool) -> Env {
         // SAFETY: trivial syscall.
         assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (podman, BPF)");
         assert!(Path::new(ROOTFS).join("bin/busybox").is_file(), "no busybox root file system at {ROOTFS}: run scripts/setup.sh");
         let pid = std::process::id();
-        let id = format!("{:04x}{}", pid & 0xffff, if ipv6 { "6" } else { "" });
+        let id = format!("{:04x}{}", pid & 0xffff, match (v4, v6) { (true, false) => "", (true, true) => "6", _ => "o" });
         let e = Env { store: std::env::temp_dir().join(format!("bhpd{id}-store")), ipam: std::env::temp_dir().join(format!("bhpd{id}-ipam")), id };
         // The plugin the conflist names, installed atomically (parallel tests may run it).
         std::fs::create_dir_all(PLUGIN_DIR).expect("plugin dir");
         let tmp = Path::new(PLUGIN_DIR).join(format!(".bulkhead-cni.{}", e.id));
         std::fs::copy(plugin_bin(), &tmp).expect("install plugin");
         std::fs::rename(&tmp, Path::new(PLUGIN_DIR).join("bulkhead-cni")).expect("install plugin");
-        let subnet = format!("10.{}.{}.0/24", if ipv6 { 78 } else { 79 }, pid % 250);
-        let ranges = if ipv6 {
-            format!(r#"[{{"subnet":"{subnet}"}}],[{{"subnet":"fd00:79:{:x}::/64"}}]"#, pid % 250)
-        } else {
-            format!(r#"[{{"subnet":"{subnet}"}}]"#)
+        let subnet = format!("10.{}.{}.0/24", if v6 { 78 } else { 79 }, pid % 250);
+        let subnet6 = format!("fd00:{}:{:x}::/64", if v4 { 79 } else { 77 }, pid % 250);
+        let ranges = match (v4, v6) {
+            (true, true) => format!(r#"[{{"subnet":"{subnet}"}}],[{{"subnet":"{subnet6}"}}]"#),
+            (false, _) => format!(r#"[{{"subnet":"{subnet6}"}}]"#),
+            (true, false) => format!(r#"[{{"subnet":"{subnet}"}}]"#),
         };
         let conflist = format!(
             r#"{{"cniVersion":"1.0.0","name":"{net}","plugins":[
@@ -251,7 +252,7 @@ fn podman_containers_get_policy_detector_and_clean_state_through_the_chain() {
 /// agent enforces policy on the IPv6 one too.
 #[test]
 fn podman_dual_stack_containers_are_enforced_on_ipv6() {
-    let e = Env::with_ipv6(true);
+    let e = Env::with_families(true, true);
     let agent = e.start_a_and_b();
     let ip6_b = e.ip6("b");
     for f in e.registrations() {
@@ -270,6 +271,34 @@ fn podman_dual_stack_containers_are_enforced_on_ipv6() {
     std::fs::write(e.store.join("deny.yaml"), "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: default}\nspec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}\n").expect("deny");
     agent.sync_now().expect("sync");
     assert!(!echo(&mut held), "the policy change reaches the established IPv6 connection");
+    assert!(connect(&e).is_none(), "a -> b denied over IPv6");
+    std::fs::write(e.store.join("deny.yaml"), "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: default}\nspec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress], ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}\n").expect("allow a");
+    agent.sync_now().expect("sync");
+    assert!(connect(&e).is_some_and(|mut s| echo(&mut s)), "a -> b allowed over IPv6 by the pod selector");
+    drop(agent);
+}
+
+/// An IPv6-only podman network: the plugin registers the container with its IPv6 address
+/// alone, and the agent enforces policy on it (an IPv6-only pod is an endpoint like any other).
+#[test]
+fn podman_ipv6_only_containers_are_enforced() {
+    let e = Env::with_families(false, true);
+    let agent = e.start_a_and_b();
+    let ip6_b = e.ip6("b");
+    for f in e.registrations() {
+        let t = std::fs::read_to_string(PathBuf::from("/run/bulkhead").join(e.net()).join("endpoints").join(&f)).expect("registration");
+        let reg: bulkhead_cni::api::Attachment = serde_json::from_str(&t).unwrap_or_else(|err| panic!("{f} corrupt: {err}"));
+        assert!(!reg.ips.is_empty() && reg.ips.iter().all(|a| a.is_ipv6()), "IPv6 addresses only: {:?}", reg.ips);
+    }
+    agent.sync_now().expect("sync");
+    let st = bulkhead_agent::status::read(&PathBuf::from("/sys/fs/bpf/bulkhead").join(e.net())).expect("status");
+    assert_eq!(st.endpoints, 2, "both IPv6-only containers are endpoints");
+    let connect = |e: &Env| {
+        e.in_container("a", move || TcpStream::connect_timeout(&SocketAddr::from((ip6_b, 8080)), Duration::from_millis(800)).ok())
+    };
+    wait_for("IPv6 from a to b with no policy", || connect(&e).is_some_and(|mut s| echo(&mut s)));
+    std::fs::write(e.store.join("deny.yaml"), "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: default}\nspec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress]}\n").expect("deny");
+    agent.sync_now().expect("sync");
     assert!(connect(&e).is_none(), "a -> b denied over IPv6");
     std::fs::write(e.store.join("deny.yaml"), "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: default}\nspec: {podSelector: {matchLabels: {app: b}}, policyTypes: [Ingress], ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}\n").expect("allow a");
     agent.sync_now().expect("sync");

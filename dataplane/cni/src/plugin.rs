@@ -188,10 +188,10 @@ fn add(env: &Env, cfg: &Config, socket: &std::path::Path) -> Result<Option<Strin
             format!("the peer of {} is {host_interface}, prevResult's host interfaces are {}", env.ifname, host_listed.join(", ")),
         ));
     }
-    // Only pods with an IPv4 address are enforced today (an IPv6-only pod would get no
-    // endpoint and fail closed): refuse it here, where the runtime sees why.
-    if !ips.iter().any(IpAddr::is_ipv4) {
-        return Err(CniError::new(code::INVALID_CONFIG, "invalid prevResult", format!("no IPv4 address for interface {}", env.ifname)));
+    // A pod without an address of either family would get no endpoint and fail closed:
+    // refuse it here, where the runtime sees why.
+    if ips.is_empty() {
+        return Err(CniError::new(code::INVALID_CONFIG, "invalid prevResult", format!("no IP address for interface {}", env.ifname)));
     }
     let attachment = Attachment {
         container_id: env.container_id.clone(),

@@ -75,7 +75,7 @@ impl Detector {
             .collect();
         let mut peers: HashMap<IpAddr, String> = HashMap::new();
         for pod in model.pods.values() {
-            if pod.ip.is_none() {
+            if pod.ip.is_none() && pod.ip6.is_none() {
                 continue;
             }
             let name = by_pod
