@@ -389,15 +389,18 @@ impl Bench {
     /// undenied and from a denied source. Returns (noop, prefilter, uplink pass, uplink drop).
     pub fn xdp_figures(&mut self, prefixes: usize, rounds: usize) -> (f64, f64, f64, f64) {
         let pin = self.guard.dp().pin_dir().to_path_buf();
-        let denied: Vec<ipnetwork::Ipv4Network> = (0..prefixes)
-            .map(|i| ipnetwork::Ipv4Network::new(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i as u32), 32).expect("/32"))
+        let denied: Vec<ipnetwork::IpNetwork> = (0..prefixes)
+            .map(|i| ipnetwork::Ipv4Network::new(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i as u32), 32).expect("/32").into())
             .collect();
         bulkhead_agent::uplink::add(&pin, &denied).expect("filling the uplink deny list");
         let mut uplink_obj = bulkhead_agent::uplink::load(&pin).expect("loading the uplink program");
         let uplink = bulkhead_agent::uplink::program(&mut uplink_obj).expect("uplink program");
         let from_pod = tcp_frame(LOCAL_IP, PEER_IP, SPORT_OUT, ALLOWED_PORT, TCP_ACK);
         let undenied = tcp_frame(WORLD_IP, LOCAL_IP, SPORT_IN, ALLOWED_PORT, TCP_SYN);
-        let denied_src = denied.last().expect("at least one prefix").ip();
+        let denied_src = match denied.last().expect("at least one prefix").ip() {
+            std::net::IpAddr::V4(a) => a,
+            std::net::IpAddr::V6(a) => unreachable!("IPv4 prefixes only: {a}"),
+        };
         let denied_frame = tcp_frame(denied_src, LOCAL_IP, SPORT_IN, ALLOWED_PORT, TCP_SYN);
         let xrun = |p: &aya::programs::Xdp, frame: &[u8]| {
             let r = p.test_run(TestRunOptions { data_in: Some(frame), repeat: REPEAT, ..TestRunOptions::new() }).expect("BPF_PROG_TEST_RUN (XDP)");

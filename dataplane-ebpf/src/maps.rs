@@ -129,6 +129,11 @@ pub static RANGES: LpmTrie<PortKeyV1, PolicyValueV2> = LpmTrie::with_max_entries
 #[map(name = "BH_UPLINK_DENY_V1")]
 pub static UPLINK_DENY: LpmTrie<IpCacheKeyV1, u32> = LpmTrie::with_max_entries(capacity::UPLINK_DENY, 0);
 
+/// Key: IPv6 source prefix (LPM). Value: 1. Written by `bulkhead prefilter add/remove`; read
+/// by the uplink pre-filter for IPv6 packets.
+#[map(name = "BH_UPLINK_DENY6_V1")]
+pub static UPLINK_DENY6: LpmTrie<IpCache6KeyV1, u32> = LpmTrie::with_max_entries(capacity::UPLINK_DENY, 0);
+
 /// Key: host ifindex below `capacity::IFINDEX_DIRECT`. Value: per-CPU bytes (both directions)
 /// of the flows that endpoint opened. Written by TC; read by the detector's egress-volume check.
 #[map(name = "BH_EGRESS_BYTES_V1")]

@@ -126,8 +126,8 @@ enum DetectorCommand {
 
 #[derive(Subcommand)]
 enum PrefilterCommand {
-    /// Deny source prefixes (`203.0.113.0/24`, or an address for /32). All are checked before
-    /// any is written.
+    /// Deny source prefixes of either family (`203.0.113.0/24`, `2001:db8::/32`, or an address
+    /// for /32 or /128). All are checked before any is written.
     Add {
         #[arg(long, default_value = "node")]
         instance: String,
@@ -421,7 +421,7 @@ fn run_prefilter(cmd: PrefilterCommand) -> anyhow::Result<i32> {
         bulkhead_agent::instance::validate_name(instance)?;
         Ok(bulkhead_agent::AgentConfig::default_pin_dir(instance))
     };
-    let parse = |v: &[String]| -> anyhow::Result<Vec<ipnetwork::Ipv4Network>> { v.iter().map(|p| Ok(uplink::parse_prefix(p)?)).collect() };
+    let parse = |v: &[String]| -> anyhow::Result<Vec<ipnetwork::IpNetwork>> { v.iter().map(|p| Ok(uplink::parse_prefix(p)?)).collect() };
     match cmd {
         PrefilterCommand::Add { instance, prefixes } => {
             let nets = parse(&prefixes)?;

@@ -53,9 +53,10 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 40] = [
+pub(crate) const ALL_MAPS: [&str; 41] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
+    map_names::UPLINK_DENY6,
     map_names::EGRESS_BYTES,
     map_names::FLOW_WATCH,
     map_names::ENDPOINTS_DIRECT,

@@ -1,14 +1,15 @@
 //! The uplink pre-filter, as Cilium's `prefilter` and Calico's XDP-accelerated deny rules on
 //! host endpoints: an XDP program in driver mode on a node's physical interface drops packets
-//! from denied IPv4 source prefixes before the kernel spends a socket buffer on them (a flood
+//! from denied IPv4 and IPv6 source prefixes before the kernel spends a socket buffer on them (a flood
 //! from a denied network then costs the node almost nothing). It is where XDP helps: on pod
 //! veths it would turn TSO off (see the README), so pods never get it.
 //!
-//! The deny list is the instance's pinned LPM map ([`map_names::UPLINK_DENY`]); the links are
+//! The deny list is the instance's pinned LPM maps ([`map_names::UPLINK_DENY`], and
+//! [`map_names::UPLINK_DENY6`] for IPv6); the links are
 //! pinned under `<pin dir>/uplinks/<interface>`, so the filter keeps working while no agent or
 //! command runs, and `bulkhead agent uninstall` removes it with the instance.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
@@ -17,8 +18,8 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::{XdpLink, XdpMode};
 use aya::programs::Xdp;
 use aya::EbpfLoader;
-use bulkhead_common::{IpCacheKeyV1, map_names};
-use ipnetwork::Ipv4Network;
+use bulkhead_common::{IpCache6KeyV1, IpCacheKeyV1, map_names};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::error::AgentError;
 use crate::loader::{ALL_MAPS, EBPF_OBJECT, programs};
@@ -26,26 +27,27 @@ use crate::loader::{ALL_MAPS, EBPF_OBJECT, programs};
 /// Folder (inside the pin folder) of the uplink links.
 pub const UPLINKS_DIR: &str = "uplinks";
 
-fn map_err(source: aya::maps::MapError) -> AgentError {
-    AgentError::Map { map: map_names::UPLINK_DENY, source }
+fn deny_map_name(net: &IpNetwork) -> &'static str {
+    if net.is_ipv4() { map_names::UPLINK_DENY } else { map_names::UPLINK_DENY6 }
 }
 
-fn entry_err(p: Ipv4Network) -> impl FnOnce(aya::maps::MapError) -> AgentError {
-    move |source| AgentError::MapEntry { map: map_names::UPLINK_DENY, key: p.to_string(), source }
+fn entry_err(p: IpNetwork) -> impl FnOnce(aya::maps::MapError) -> AgentError {
+    move |source| AgentError::MapEntry { map: deny_map_name(&p), key: p.to_string(), source }
 }
 
 fn prog_err(source: aya::programs::ProgramError) -> AgentError {
     AgentError::Program { program: programs::XDP_UPLINK, source }
 }
 
-/// Parses a denied source (`203.0.113.0/24`, or an address for /32). Host bits must be zero:
-/// `10.0.0.1/8` is refused rather than silently widened.
-pub fn parse_prefix(text: &str) -> Result<Ipv4Network, AgentError> {
-    let net: Ipv4Network = if text.contains('/') {
+/// Parses a denied source of either family (`203.0.113.0/24`, `2001:db8::/32`, or an address
+/// for /32 or /128). Host bits must be zero: `10.0.0.1/8` is refused rather than silently
+/// widened.
+pub fn parse_prefix(text: &str) -> Result<IpNetwork, AgentError> {
+    let net: IpNetwork = if text.contains('/') {
         text.parse().map_err(|e| AgentError::Invalid(format!("prefix {text:?}: {e}")))?
     } else {
-        let ip: Ipv4Addr = text.parse().map_err(|e| AgentError::Invalid(format!("address {text:?}: {e}")))?;
-        Ipv4Network::new(ip, 32).map_err(|e| AgentError::Invalid(format!("address {text:?}: {e}")))?
+        let ip: IpAddr = text.parse().map_err(|e| AgentError::Invalid(format!("address {text:?}: {e}")))?;
+        IpNetwork::from(ip)
     };
     if net.network() != net.ip() {
         return Err(AgentError::Invalid(format!("prefix {text:?} has host bits set (did you mean {}/{}?)", net.network(), net.prefix())));
@@ -53,31 +55,50 @@ pub fn parse_prefix(text: &str) -> Result<Ipv4Network, AgentError> {
     Ok(net)
 }
 
-fn key(net: Ipv4Network) -> Key<IpCacheKeyV1> {
+type DenyMap = LpmTrie<MapData, IpCacheKeyV1, u32>;
+type DenyMap6 = LpmTrie<MapData, IpCache6KeyV1, u32>;
+
+fn open<K: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<LpmTrie<MapData, K, u32>, AgentError> {
+    let path = pin_dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| AgentError::MapPin { map: name, path: path.clone(), source })?;
+    LpmTrie::try_from(Map::LpmTrie(data)).map_err(|source| AgentError::Map { map: name, source })
+}
+
+fn deny_maps(pin_dir: &Path) -> Result<(DenyMap, DenyMap6), AgentError> {
+    Ok((open(pin_dir, map_names::UPLINK_DENY)?, open(pin_dir, map_names::UPLINK_DENY6)?))
+}
+
+fn key4(net: Ipv4Network) -> Key<IpCacheKeyV1> {
     Key::new(u32::from(net.prefix()), IpCacheKeyV1 { addr_be: net.network().octets() })
 }
 
-fn deny_map(pin_dir: &Path) -> Result<LpmTrie<MapData, IpCacheKeyV1, u32>, AgentError> {
-    let path = pin_dir.join(map_names::UPLINK_DENY);
-    let data = MapData::from_pin(&path).map_err(|source| AgentError::MapPin { map: map_names::UPLINK_DENY, path: path.clone(), source })?;
-    LpmTrie::try_from(Map::LpmTrie(data)).map_err(map_err)
+fn key6(net: Ipv6Network) -> Key<IpCache6KeyV1> {
+    Key::new(u32::from(net.prefix()), IpCache6KeyV1 { addr_be: net.network().octets() })
 }
 
-/// Adds denied source prefixes (all parsed before any is written).
-pub fn add(pin_dir: &Path, prefixes: &[Ipv4Network]) -> Result<(), AgentError> {
-    let mut m = deny_map(pin_dir)?;
+/// Adds denied source prefixes of either family (all parsed before any is written).
+pub fn add(pin_dir: &Path, prefixes: &[IpNetwork]) -> Result<(), AgentError> {
+    let (mut m4, mut m6) = deny_maps(pin_dir)?;
     for &p in prefixes {
-        m.insert(&key(p), 1, 0).map_err(entry_err(p))?;
+        match p {
+            IpNetwork::V4(n) => m4.insert(&key4(n), 1, 0),
+            IpNetwork::V6(n) => m6.insert(&key6(n), 1, 0),
+        }
+        .map_err(entry_err(p))?;
     }
     Ok(())
 }
 
 /// Removes denied prefixes; returns those that were not in the list.
-pub fn remove(pin_dir: &Path, prefixes: &[Ipv4Network]) -> Result<Vec<Ipv4Network>, AgentError> {
-    let mut m = deny_map(pin_dir)?;
+pub fn remove(pin_dir: &Path, prefixes: &[IpNetwork]) -> Result<Vec<IpNetwork>, AgentError> {
+    let (mut m4, mut m6) = deny_maps(pin_dir)?;
     let mut missing = Vec::new();
     for &p in prefixes {
-        match m.remove(&key(p)) {
+        let r = match p {
+            IpNetwork::V4(n) => m4.remove(&key4(n)),
+            IpNetwork::V6(n) => m6.remove(&key6(n)),
+        };
+        match r {
             Ok(()) => {}
             Err(aya::maps::MapError::KeyNotFound) => missing.push(p),
             Err(e) => return Err(entry_err(p)(e)),
@@ -86,17 +107,22 @@ pub fn remove(pin_dir: &Path, prefixes: &[Ipv4Network]) -> Result<Vec<Ipv4Networ
     Ok(missing)
 }
 
-/// The denied prefixes, sorted.
-pub fn list(pin_dir: &Path) -> Result<Vec<Ipv4Network>, AgentError> {
-    let m = deny_map(pin_dir)?;
+/// The denied prefixes, IPv4 then IPv6, each sorted.
+pub fn list(pin_dir: &Path) -> Result<Vec<IpNetwork>, AgentError> {
+    let (m4, m6) = deny_maps(pin_dir)?;
+    let content = |name: &'static str, len: u32, e: ipnetwork::IpNetworkError| AgentError::MapContent { map: name, detail: format!("key /{len}: {e}") };
     let mut out = Vec::new();
-    for k in m.keys() {
-        let k = k.map_err(map_err)?;
-        let net = Ipv4Network::new(Ipv4Addr::from(k.data().addr_be), k.prefix_len() as u8)
-            .map_err(|e| AgentError::MapContent { map: map_names::UPLINK_DENY, detail: format!("key /{}: {e}", k.prefix_len()) })?;
-        out.push(net);
+    for k in m4.keys() {
+        let k = k.map_err(|source| AgentError::Map { map: map_names::UPLINK_DENY, source })?;
+        let net = Ipv4Network::new(Ipv4Addr::from(k.data().addr_be), k.prefix_len() as u8).map_err(|e| content(map_names::UPLINK_DENY, k.prefix_len(), e))?;
+        out.push(IpNetwork::V4(net));
     }
-    out.sort();
+    for k in m6.keys() {
+        let k = k.map_err(|source| AgentError::Map { map: map_names::UPLINK_DENY6, source })?;
+        let net = Ipv6Network::new(Ipv6Addr::from(k.data().addr_be), k.prefix_len() as u8).map_err(|e| content(map_names::UPLINK_DENY6, k.prefix_len(), e))?;
+        out.push(IpNetwork::V6(net));
+    }
+    out.sort_by_key(|n| (n.is_ipv6(), n.network(), n.prefix()));
     Ok(out)
 }
 

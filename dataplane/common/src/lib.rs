@@ -55,6 +55,8 @@ pub mod map_names {
     /// Sources the uplink pre-filter drops: IPv4 prefix ([`crate::IpCacheKeyV1`], LPM) -> u32
     /// (1). Written by `bulkhead prefilter`, read by the XDP program on uplinks.
     pub const UPLINK_DENY: &str = "BH_UPLINK_DENY_V1";
+    /// The same for IPv6 source prefixes ([`crate::IpCache6KeyV1`], LPM) -> u32 (1).
+    pub const UPLINK_DENY6: &str = "BH_UPLINK_DENY6_V1";
     /// Bytes (both directions) of the flows each endpoint opened: host ifindex below
     /// [`crate::capacity::IFINDEX_DIRECT`] -> u64 (per CPU). Written by TC on every packet of
     /// such a flow; read by the detector's egress-volume check once a second (no conntrack walk).
