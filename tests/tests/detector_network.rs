@@ -493,3 +493,65 @@ fn a_finding_during_a_30_second_sync_is_isolated_at_once_and_the_agent_answers()
     f.agent().detector_release(A).expect("release A");
     f.agent().detector_release(B).expect("release B");
 }
+
+/// Monitor mode on a busy workload: one new-peer alert per new flow would flood the JSON
+/// lines and the webhook. Forty flows to one never-seen peer give one alert and, when the
+/// de-duplication window closes, one summary counting the repeats; alerts about many peers
+/// beyond the workload's rate are counted in one `alerts-rate-limited` event. The JSON-lines
+/// file holds exactly what was reported.
+#[test]
+fn monitor_alerts_are_deduplicated_and_rate_limited_with_counts() {
+    use bulkhead_lab::agent::detect::alerts::{AlertLimits, RATE_LIMITED_KIND};
+    use bulkhead_lab::agent::detect::{Actions, WorkloadSpec};
+    let f = Fixture::new();
+    let det = f.agent().detector();
+    det.set_alert_limits(AlertLimits { dedup_window: Duration::from_secs(2), per_workload: 3, rate_window: Duration::from_secs(2) });
+    let client = f.pod("stranger");
+    let spec = |mode: Mode| WorkloadSpec {
+        name: "dn/stranger".into(),
+        cgroup: client.cgroup.clone().expect("cgroup"),
+        interface: Some(client.host_veth.clone()),
+        mode,
+        actions: Actions::default(),
+        syscalls: false,
+        allowed_execs: vec![],
+    };
+    f.agent().detector_monitor(spec(Mode::Learn)).expect("learn");
+    assert!(f.reaches("stranger", "server", 8080, Protocol::Tcp), "benign TCP while learning");
+    f.agent().detector_monitor(spec(Mode::Monitor)).expect("monitor");
+    let of_stranger = |kind: &str| det.events().into_iter().filter(|e| e.kind == kind && e.workload.as_deref() == Some("dn/stranger")).collect::<Vec<_>>();
+
+    // 40 flows to one peer never seen (client-a): one alert now, the rest folded.
+    for _ in 0..40 {
+        let _ = f.reaches("stranger", "client-a", 8080, Protocol::Tcp);
+    }
+    let first = of_stranger("new-peer");
+    assert_eq!(first.len(), 1, "one alert for 40 flows to one peer: {first:?}");
+    let folded = det.alert_stats().deduplicated;
+    assert!(folded >= 30, "the repeats were counted: {:?}", det.alert_stats());
+    let summary = det
+        .wait_event(Duration::from_secs(4), |e| e.kind == "new-peer" && e.workload.as_deref() == Some("dn/stranger") && e.count.is_some())
+        .unwrap_or_else(|| panic!("no summary after the window: {:?}", det.events()));
+    assert_eq!(summary.count, Some(folded), "the summary carries the count: {summary:?}");
+    assert_eq!(summary.peer, first[0].peer, "of the same peer");
+
+    // Many peers at once (outside addresses, each a peer of its own; nothing answers, the
+    // first packet is enough): three alerts within the rate window, the rest in one notice.
+    for i in 1..=6u8 {
+        let _ = probe(client, std::net::Ipv4Addr::new(192, 0, 2, i), 80, Protocol::Tcp, Duration::from_millis(150));
+    }
+    let notice = det
+        .wait_event(Duration::from_secs(4), |e| e.kind == RATE_LIMITED_KIND && e.workload.as_deref() == Some("dn/stranger"))
+        .unwrap_or_else(|| panic!("no rate-limit notice: {:?} {:?}", det.alert_stats(), det.events()));
+    assert!(notice.count.is_some_and(|n| n >= 1), "{notice:?}");
+    assert_eq!(det.alert_stats().rate_limited, notice.count.expect("count"), "{:?}", det.alert_stats());
+
+    // The JSON lines hold what was reported, summaries with their counts.
+    let file = std::path::PathBuf::from("/run/bulkhead").join(f.instance()).join(bulkhead_lab::agent::detect::EVENTS_FILE);
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let stranger = |kind: &str| lines.iter().filter(|v| v["kind"] == kind && v["workload"] == "dn/stranger").count();
+    assert_eq!(stranger("new-peer") as u64, det.events().iter().filter(|e| e.kind == "new-peer" && e.workload.as_deref() == Some("dn/stranger")).count() as u64);
+    assert!(lines.iter().any(|v| v["kind"] == "new-peer" && v["count"] == folded), "the summary's count is in the JSON lines");
+    assert_eq!(stranger(RATE_LIMITED_KIND), 1);
+}

@@ -65,6 +65,10 @@ pub struct DetectorEvent {
     /// Port scans: distinct ports on the peer and distinct peers within the window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Summaries ([`super::alerts`]): how many repeats of this alert were folded into this
+    /// one, or how many alerts an `alerts-rate-limited` event stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 impl DetectorEvent {
@@ -102,6 +106,8 @@ fn run(ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path) 
             let rec = handle(shared, &ev);
             shared.record(file, rec);
         }
+        // Alert summaries come out when their windows close, also for silent workloads.
+        shared.flush_alerts(file);
         if stop.load(Ordering::SeqCst) {
             break;
         }

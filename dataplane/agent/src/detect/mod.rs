@@ -21,6 +21,7 @@ pub mod policy;
 pub mod profile;
 pub mod sequence;
 pub mod webhook;
+pub mod alerts;
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -219,6 +220,8 @@ pub struct Shared {
     pub(crate) seq_applied: AtomicU64,
     /// Where alerts are POSTed too, when configured ([`webhook`]).
     pub(crate) webhook: std::sync::OnceLock<webhook::Webhook>,
+    /// De-duplication and rate limit of alerts, before they are recorded anywhere.
+    pub(crate) alerts: Mutex<alerts::AlertGate>,
 }
 
 #[derive(Default)]
@@ -282,8 +285,40 @@ impl Shared {
         true
     }
 
-    /// Records an event: memory, JSON line, waiters.
+    /// Records an event through the alert gate ([`alerts`]): what it reports (the event, or
+    /// nothing when folded or over the rate, plus summaries due) goes to memory, JSON line,
+    /// webhook and waiters.
     pub(crate) fn record(&self, file: &Path, rec: DetectorEvent) {
+        let out = self.gate().admit(rec, std::time::Instant::now());
+        for e in out {
+            self.report(file, e);
+        }
+    }
+
+    /// Reports the alert summaries whose windows have closed.
+    pub(crate) fn flush_alerts(&self, file: &Path) {
+        let out = self.gate().flush(std::time::Instant::now());
+        for e in out {
+            self.report(file, e);
+        }
+    }
+
+    /// Changes the alert gate's limits (the environment sets them at start).
+    pub fn set_alert_limits(&self, limits: alerts::AlertLimits) {
+        self.gate().set_limits(limits);
+    }
+
+    /// What the alert gate did so far.
+    pub fn alert_stats(&self) -> alerts::AlertStats {
+        self.gate().stats()
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, alerts::AlertGate> {
+        // Plain counters and windows: usable after a panic elsewhere, as `state`.
+        self.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn report(&self, file: &Path, rec: DetectorEvent) {
         events::append(file, &rec);
         if let Some(w) = self.webhook.get() {
             if let Ok(json) = serde_json::to_string(&rec) {
@@ -361,7 +396,7 @@ impl Detector {
     /// previous agent left in `state_dir` (their map entries are pinned and still enforced).
     pub fn start(dp: &mut Dataplane, state_dir: &Path) -> Result<Detector, AgentError> {
         let ring = dp.maps.det.events.take().ok_or_else(|| det_err("event ring already taken"))?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared { alerts: Mutex::new(alerts::AlertGate::new(alerts::AlertLimits::from_env().map_err(det_err)?)), ..Shared::default() });
         if let Some(w) = webhook::Webhook::from_env().map_err(det_err)? {
             let _ = shared.webhook.set(w);
         }
