@@ -50,11 +50,11 @@ mkdir -p /var/run/netns
 
 # The vendors' own Python clients, which fw-sync's tests point at the PAN-OS and FortiOS
 # emulators, the official Kubernetes client checked against the API-server emulator, and
-# kubernetes-validate for deploy/'s offline schema check (pinned; a venv so the system
-# Python stays untouched).
+# kubernetes-validate for deploy/'s offline schema check, Prometheus's own client library whose
+# parser checks the agent's metrics page (pinned; a venv so the system Python stays untouched).
 PYENV=/opt/bulkhead/pyenv
-PY_PKGS=(pan-python==0.26.0 fortigate-api==2.0.8 kubernetes==37.0.2 kubernetes-validate==1.37.0)
-if ! "$PYENV/bin/python3" -c 'import pan.xapi, fortigate_api, kubernetes, kubernetes_validate' >/dev/null 2>&1; then
+PY_PKGS=(pan-python==0.26.0 fortigate-api==2.0.8 kubernetes==37.0.2 kubernetes-validate==1.37.0 prometheus-client==0.21.1)
+if ! "$PYENV/bin/python3" -c 'import pan.xapi, fortigate_api, kubernetes, kubernetes_validate, prometheus_client' >/dev/null 2>&1; then
   log "python venv $PYENV: ${PY_PKGS[*]}"
   python3 -m venv "$PYENV"
   "$PYENV/bin/pip" install -q --disable-pip-version-check "${PY_PKGS[@]}"

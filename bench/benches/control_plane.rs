@@ -187,7 +187,7 @@ impl Bench {
         for i in 0..=RESTARTS {
             let t0 = Instant::now();
             let mut child = std::process::Command::new(bulkhead_bin())
-                .args(["agent", "--datastore", self.lab.datastore_dir().to_str().expect("utf-8"), "--node-netns", self.lab.node_netns(), "--instance", &instance])
+                .args(["agent", "--datastore", self.lab.datastore_dir().to_str().expect("utf-8"), "--node-netns", self.lab.node_netns(), "--instance", &instance, "--metrics-listen", "127.0.0.1:0"])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())

@@ -54,6 +54,10 @@ enum Command {
         /// Instance name: maps are pinned under /sys/fs/bpf/bulkhead/INSTANCE.
         #[arg(long, default_value = "node")]
         instance: String,
+        /// Prometheus metrics at http://ADDR/metrics (read-only); `off` disables it. Loopback
+        /// by default: expose it wider only on purpose (e.g. `0.0.0.0:9964`).
+        #[arg(long, default_value = bulkhead_agent::metrics::DEFAULT_LISTEN)]
+        metrics_listen: String,
     },
     /// Print the CustomResourceDefinitions of the kinds the agent reads from Kubernetes
     /// (deploy/kubernetes/crds/bulkhead-agent.yaml holds this output).
@@ -476,7 +480,7 @@ fn run_prefilter(cmd: PrefilterCommand) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn run_agent(datastore: PathBuf, kubeconfig: Option<PathBuf>, node_netns: Option<String>, instance: String) -> anyhow::Result<i32> {
+fn run_agent(datastore: PathBuf, kubeconfig: Option<PathBuf>, node_netns: Option<String>, instance: String, metrics_listen: &str) -> anyhow::Result<i32> {
     let kubernetes = datastore.as_os_str() == "kubernetes";
     if kubeconfig.is_some() && !kubernetes {
         anyhow::bail!("--kubeconfig needs --datastore kubernetes");
@@ -512,6 +516,25 @@ fn run_agent(datastore: PathBuf, kubeconfig: Option<PathBuf>, node_netns: Option
         bulkhead_agent::Agent::start_with(cfg, Box::new(store)).context("starting the agent")?
     } else {
         bulkhead_agent::Agent::start(cfg).context("starting the agent")?
+    };
+    let pin_dir = bulkhead_agent::AgentConfig::default_pin_dir(&instance);
+    // A metrics endpoint that cannot bind (the port taken, e.g. by a second instance) is
+    // reported and left out: enforcement never waits for it. A malformed address is refused
+    // before the agent starts (in main).
+    let _metrics = if metrics_listen == "off" {
+        None
+    } else {
+        let state_dir = PathBuf::from("/run/bulkhead").join(&instance);
+        match bulkhead_agent::metrics::serve(metrics_listen, pin_dir, state_dir, Some(agent.detector()), agent.sync_metrics()) {
+            Ok(server) => {
+                eprintln!("bulkhead agent: metrics at http://{}/metrics", server.addr());
+                Some(server)
+            }
+            Err(e) => {
+                eprintln!("bulkhead agent: no metrics endpoint: {e} (--metrics-listen ADDR or off)");
+                None
+            }
+        }
     };
     eprintln!(
         "bulkhead agent running (instance {instance}, pid {}); SIGTERM/Ctrl-C stop it and leave the kernel enforcing; \
@@ -553,10 +576,15 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Agent { action: Some(AgentAction::Uninstall { instance }), .. } => run_uninstall(&instance)?,
-        Command::Agent { action: None, datastore, kubeconfig, node_netns, instance } => {
+        Command::Agent { action: None, datastore, kubeconfig, node_netns, instance, metrics_listen } => {
             let datastore = datastore.context("bulkhead agent: --datastore DIR|kubernetes is required")?;
             bulkhead_agent::instance::validate_name(&instance)?;
-            run_agent(datastore, kubeconfig, node_netns, instance)?
+            if metrics_listen != "off" {
+                metrics_listen
+                    .parse::<std::net::SocketAddr>()
+                    .with_context(|| format!("--metrics-listen {metrics_listen:?}: expected ADDRESS:PORT (e.g. 127.0.0.1:9964) or off"))?;
+            }
+            run_agent(datastore, kubeconfig, node_netns, instance, &metrics_listen)?
         }
         Command::Crds => {
             print!("{}", bulkhead_agent::crds::render_yaml(&bulkhead_agent::crds::agent_crds()));

@@ -152,6 +152,8 @@ pub struct Agent {
     tx: mpsc::Sender<Request>,
     thread: Option<JoinHandle<()>>,
     detector: Arc<detect::Shared>,
+    /// Fed by the agent thread, read by the metrics endpoint.
+    sync_metrics: crate::metrics::SyncMetrics,
     /// Held until the thread has ended (fields drop after [`Drop::drop`]).
     _lock: crate::instance::InstanceLock,
 }
@@ -170,6 +172,7 @@ impl Agent {
         let lock = crate::instance::InstanceLock::acquire(&instance)?;
         let (tx, rx) = mpsc::channel();
         let (init_tx, init_rx) = mpsc::channel();
+        let sync_metrics = crate::metrics::SyncMetrics::default();
         if cfg.watch {
             let tx = tx.clone();
             store.subscribe(Box::new(move |changed| tx.send(if changed { Request::Changed } else { Request::Tick }).is_ok()))?;
@@ -178,11 +181,12 @@ impl Agent {
             .name("bh-agent".into())
             .spawn({
                 let tx = tx.clone();
-                move || worker(cfg, store, tx, rx, init_tx)
+                let m = sync_metrics.clone();
+                move || worker(cfg, store, tx, rx, init_tx, m)
             })
             .map_err(|_| AgentError::Stopped)?;
         match init_rx.recv() {
-            Ok(Ok(detector)) => Ok(Agent { tx, thread: Some(thread), detector, _lock: lock }),
+            Ok(Ok(detector)) => Ok(Agent { tx, thread: Some(thread), detector, sync_metrics, _lock: lock }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -292,6 +296,12 @@ impl Agent {
         self.detector.clone()
     }
 
+    /// The policy-programming latency histogram and failed-sync counter the agent thread
+    /// feeds (for [`crate::metrics::serve`]).
+    pub fn sync_metrics(&self) -> crate::metrics::SyncMetrics {
+        self.sync_metrics.clone()
+    }
+
     /// Stops the agent but leaves the kernel enforcing: TC and exec-probe links and all maps
     /// stay pinned, so isolation, protect and policy hold while no agent runs; the next agent
     /// on the same pin folder takes over. Returns the number of links kept.
@@ -345,6 +355,8 @@ struct State {
     det: Detector,
     /// Endpoints registered by the CNI plugin.
     registry: crate::endpoints::Registry,
+    /// Policy-programming latency and failed syncs, for the metrics endpoint.
+    sync_metrics: crate::metrics::SyncMetrics,
 }
 
 fn worker(
@@ -353,6 +365,7 @@ fn worker(
     tx_self: mpsc::Sender<Request>,
     rx: mpsc::Receiver<Request>,
     init: mpsc::Sender<Result<Arc<detect::Shared>, AgentError>>,
+    sync_metrics: crate::metrics::SyncMetrics,
 ) {
     let span = tracing::info_span!("agent", store = %store.describe());
     let _g = span.enter();
@@ -399,6 +412,7 @@ fn worker(
     };
     let mut st = State {
         registry,
+        sync_metrics,
         det,
         flows: crate::flows::FlowLog::new(&state_dir.join("flows.jsonl")),
         state_dir,
@@ -698,6 +712,9 @@ fn finish_sync(st: &mut State, outcome: Outcome) {
         Outcome::Ready(r) => Some(apply_ready(st, *r)),
         Outcome::Failed(e) => Some(Err(e)),
     };
+    if let Some(Err(_)) = &result {
+        st.sync_metrics.failed.inc();
+    }
     match result {
         // Only an unforced job comes back unchanged, and waiters force: none to answer.
         None => {
@@ -822,6 +839,7 @@ fn apply_ready(st: &mut State, ready: Ready) -> Result<SyncReport, AgentError> {
     st.det.peers_from(&model);
     st.det.sync_flow_events(&mut st.dp)?;
     let write_time = t0.elapsed();
+    st.sync_metrics.programming_seconds.observe((load_time + compile_time + write_time).as_secs_f64());
     tracing::info!(
         rev,
         upserts = written.upserts,

@@ -17,6 +17,7 @@ pub mod gc;
 pub mod instance;
 pub mod kubernetes;
 pub mod loader;
+pub mod metrics;
 pub mod netns;
 #[cfg(test)]
 mod object_check;

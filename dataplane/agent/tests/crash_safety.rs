@@ -42,7 +42,7 @@ impl Daemon {
 
     fn spawn(&self) -> Child {
         Command::new(bulkhead_bin())
-            .args(["agent", "--datastore", self.t_dir.to_str().unwrap(), "--node-netns", &self.node, "--instance", &self.instance])
+            .args(["agent", "--datastore", self.t_dir.to_str().unwrap(), "--node-netns", &self.node, "--instance", &self.instance, "--metrics-listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -222,6 +222,8 @@ pub struct Shared {
     pub(crate) webhook: std::sync::OnceLock<webhook::Webhook>,
     /// De-duplication and rate limit of alerts, before they are recorded anywhere.
     pub(crate) alerts: Mutex<alerts::AlertGate>,
+    /// Events reported by kind, and actions by (kind, action): the metrics' counters.
+    pub(crate) counts: Mutex<(BTreeMap<&'static str, u64>, BTreeMap<(&'static str, String), u64>)>,
 }
 
 #[derive(Default)]
@@ -318,7 +320,20 @@ impl Shared {
         self.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Events reported by kind, and actions taken by (finding kind, action), since start.
+    pub fn finding_counts(&self) -> (Vec<(&'static str, u64)>, Vec<((&'static str, String), u64)>) {
+        let g = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (g.0.iter().map(|(k, v)| (*k, *v)).collect(), g.1.iter().map(|(k, v)| (k.clone(), *v)).collect())
+    }
+
     fn report(&self, file: &Path, rec: DetectorEvent) {
+        {
+            let mut g = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *g.0.entry(rec.kind).or_default() += 1;
+            for a in rec.kernel_actions.iter().map(|a| a.to_string()).chain(rec.user_actions.iter().cloned()) {
+                *g.1.entry((rec.kind, a)).or_default() += 1;
+            }
+        }
         events::append(file, &rec);
         if let Some(w) = self.webhook.get() {
             if let Ok(json) = serde_json::to_string(&rec) {
