@@ -1,15 +1,21 @@
-//! Prometheus metrics of the daemon, served as text at `GET /metrics` on `metricsListen`.
+//! Prometheus metrics of the daemon, served as text at `GET /metrics` on `metricsListen`,
+//! through the `prometheus-client` crate (as the agent's).
 //!
 //! Per firewall: the latency from a datastore change to the firewall updated (histogram),
 //! API calls, failed syncs, drift repairs, owned objects and addresses. Written by the sync
-//! loop, read by the HTTP server's threads; one mutex, taken once per sync and per scrape.
+//! loop, read by the HTTP server's threads (the crate's metrics are atomics behind locks of
+//! their own).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_httpd::{Handler, Reply, Request, Response, Server};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::engine::{FirewallReport, Mode};
 use crate::error::FwSyncError;
@@ -18,41 +24,56 @@ use crate::error::FwSyncError;
 /// multi-second PAN-OS commit.
 const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-#[derive(Clone, Debug, Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
+type Labels = Vec<(&'static str, String)>;
 
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if seconds <= *le {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += seconds;
-        self.count += 1;
+#[derive(Clone, Debug)]
+struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(BUCKETS)
     }
 }
 
-#[derive(Clone, Debug, Default)]
-struct FirewallMetrics {
-    latency: Histogram,
-    calls: u64,
-    errors: u64,
-    drift_repairs: u64,
-    owned_objects: u64,
-    /// Owned addresses by family: [IPv4, IPv6].
-    owned_addresses: [u64; 2],
-    syncs: BTreeMap<&'static str, u64>,
+/// The daemon's metrics (cheap to clone: every clone shares them).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    latency: Family<Labels, Histogram, LatencyBuckets>,
+    calls: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
+    drift_repairs: Family<Labels, Counter>,
+    owned_objects: Family<Labels, Gauge>,
+    owned_addresses: Family<Labels, Gauge>,
+    syncs: Family<Labels, Counter>,
 }
 
-/// The daemon's metrics.
-#[derive(Clone, Debug, Default)]
-pub struct Metrics {
-    inner: Arc<Mutex<BTreeMap<String, FirewallMetrics>>>,
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            latency: Family::new_with_constructor(LatencyBuckets),
+            calls: Family::default(),
+            errors: Family::default(),
+            drift_repairs: Family::default(),
+            owned_objects: Family::default(),
+            owned_addresses: Family::default(),
+            syncs: Family::default(),
+        };
+        let mut r = Registry::default();
+        r.register("fwsync_update_latency_seconds", "Datastore change to firewall updated, per firewall", m.latency.clone());
+        r.register("fwsync_api_calls", "Requests or commands sent to the firewall", m.calls.clone());
+        r.register("fwsync_sync_errors", "Syncs that left the firewall out of step (retried)", m.errors.clone());
+        r.register("fwsync_drift_repairs", "Reconciles that found and repaired hand-made changes", m.drift_repairs.clone());
+        r.register("fwsync_owned_objects", "Objects (sets, groups, tags) fw-sync owns on the firewall", m.owned_objects.clone());
+        r.register("fwsync_owned_addresses", "Addresses in the objects fw-sync owns, by family (ipv4, ipv6)", m.owned_addresses.clone());
+        r.register("fwsync_syncs", "Syncs by trigger (event, reconcile)", m.syncs.clone());
+        Metrics { registry: Arc::new(r), ..m }
+    }
+}
+
+fn fw(name: &str) -> Labels {
+    vec![("firewall", name.to_string())]
 }
 
 impl Metrics {
@@ -61,77 +82,47 @@ impl Metrics {
     /// in its latency histogram: an event that changes nothing there is not an update.
     /// `owned` gives (objects, IPv4 addresses, IPv6 addresses) owned on a firewall.
     pub fn record(&self, mode: Mode, reports: &[FirewallReport], elapsed: Duration, owned: impl Fn(&str) -> Option<(usize, usize, usize)>) {
-        let mut all = self.inner.lock().expect("metrics lock");
         for r in reports {
-            let m = all.entry(r.firewall.clone()).or_default();
-            m.calls += r.calls;
-            *m.syncs.entry(if mode == Mode::Event { "event" } else { "reconcile" }).or_default() += 1;
+            let l = fw(&r.firewall);
+            // Every firewall's series exist from its first sync, at 0 until something happens.
+            let latency = self.latency.get_or_create_owned(&l);
+            self.calls.get_or_create(&l).inc_by(r.calls);
+            let errors = self.errors.get_or_create_owned(&l);
+            let drift = self.drift_repairs.get_or_create_owned(&l);
+            let trigger = if mode == Mode::Event { "event" } else { "reconcile" };
+            self.syncs.get_or_create(&vec![("firewall", r.firewall.clone()), ("trigger", trigger.to_string())]).inc();
             if r.error.is_some() {
-                m.errors += 1;
+                errors.inc();
             } else if !r.diff.is_empty() {
-                m.latency.observe(elapsed.as_secs_f64());
+                latency.observe(elapsed.as_secs_f64());
             }
             if r.drift {
-                m.drift_repairs += 1;
+                drift.inc();
             }
             if let Some((objects, v4, v6)) = owned(&r.firewall) {
-                m.owned_objects = objects as u64;
-                m.owned_addresses = [v4 as u64, v6 as u64];
+                self.owned_objects.get_or_create(&l).set(objects as i64);
+                for (family, n) in [("ipv4", v4), ("ipv6", v6)] {
+                    self.owned_addresses.get_or_create(&vec![("firewall", r.firewall.clone()), ("family", family.to_string())]).set(n as i64);
+                }
             }
         }
     }
 
     /// API calls made to `firewall` so far.
     pub fn calls(&self, firewall: &str) -> u64 {
-        self.inner.lock().expect("metrics lock").get(firewall).map_or(0, |m| m.calls)
+        self.calls.get_or_create(&fw(firewall)).get()
     }
 
     /// Syncs of `firewall` that failed so far.
     pub fn errors(&self, firewall: &str) -> u64 {
-        self.inner.lock().expect("metrics lock").get(firewall).map_or(0, |m| m.errors)
+        self.errors.get_or_create(&fw(firewall)).get()
     }
 
-    /// The text exposition format.
+    /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let all = self.inner.lock().expect("metrics lock").clone();
         let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, body: &dyn Fn(&mut String)| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            body(&mut out);
-        };
-        family("fwsync_update_latency_seconds", "histogram", "Datastore change to firewall updated, per firewall.", &|o| {
-            for (fw, m) in &all {
-                for (le, c) in BUCKETS.iter().zip(m.latency.counts) {
-                    let _ = writeln!(o, "fwsync_update_latency_seconds_bucket{{firewall=\"{fw}\",le=\"{le}\"}} {c}");
-                }
-                let _ = writeln!(o, "fwsync_update_latency_seconds_bucket{{firewall=\"{fw}\",le=\"+Inf\"}} {}", m.latency.count);
-                let _ = writeln!(o, "fwsync_update_latency_seconds_sum{{firewall=\"{fw}\"}} {}", m.latency.sum);
-                let _ = writeln!(o, "fwsync_update_latency_seconds_count{{firewall=\"{fw}\"}} {}", m.latency.count);
-            }
-        });
-        let counter = |o: &mut String, name: &str, get: &dyn Fn(&FirewallMetrics) -> u64| {
-            for (fw, m) in &all {
-                let _ = writeln!(o, "{name}{{firewall=\"{fw}\"}} {}", get(m));
-            }
-        };
-        family("fwsync_api_calls_total", "counter", "Requests or commands sent to the firewall.", &|o| counter(o, "fwsync_api_calls_total", &|m| m.calls));
-        family("fwsync_sync_errors_total", "counter", "Syncs that left the firewall out of step (retried).", &|o| counter(o, "fwsync_sync_errors_total", &|m| m.errors));
-        family("fwsync_drift_repairs_total", "counter", "Reconciles that found and repaired hand-made changes.", &|o| counter(o, "fwsync_drift_repairs_total", &|m| m.drift_repairs));
-        family("fwsync_owned_objects", "gauge", "Objects (sets, groups, tags) fw-sync owns on the firewall.", &|o| counter(o, "fwsync_owned_objects", &|m| m.owned_objects));
-        family("fwsync_owned_addresses", "gauge", "Addresses in the objects fw-sync owns, by family (ipv4, ipv6).", &|o| {
-            for (fw, m) in &all {
-                for (fam, n) in ["ipv4", "ipv6"].iter().zip(m.owned_addresses) {
-                    let _ = writeln!(o, "fwsync_owned_addresses{{firewall=\"{fw}\",family=\"{fam}\"}} {n}");
-                }
-            }
-        });
-        family("fwsync_syncs_total", "counter", "Syncs by trigger (event, reconcile).", &|o| {
-            for (fw, m) in &all {
-                for (mode, n) in &m.syncs {
-                    let _ = writeln!(o, "fwsync_syncs_total{{firewall=\"{fw}\",trigger=\"{mode}\"}} {n}");
-                }
-            }
-        });
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.registry);
         out
     }
 
@@ -140,7 +131,7 @@ impl Metrics {
         let metrics = self.clone();
         let handler: Handler = Arc::new(move |r: &Request| {
             Reply::Respond(match (r.method.as_str(), r.path.as_str()) {
-                ("GET", "/metrics") => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+                ("GET", "/metrics") => Response::new(200, prometheus_text::CONTENT_TYPE, metrics.render()),
                 ("GET", _) => Response::text(404, "try /metrics\n"),
                 _ => Response::text(405, "GET only\n"),
             })
