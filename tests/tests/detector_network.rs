@@ -125,6 +125,20 @@ spec:
         assert!(self.reaches(from, "server", 8080, Protocol::Tcp), "benign TCP from {from} to the server failed");
     }
 
+    /// The stranger pod monitored through the API (no DetectorPolicy), default actions.
+    fn stranger_spec(&self, mode: Mode) -> bulkhead_lab::agent::detect::WorkloadSpec {
+        let p = self.pod("stranger");
+        bulkhead_lab::agent::detect::WorkloadSpec {
+            name: "dn/stranger".into(),
+            cgroup: p.cgroup.clone().expect("cgroup"),
+            interface: Some(p.host_veth.clone()),
+            mode,
+            actions: bulkhead_lab::agent::detect::Actions::default(),
+            syscalls: false,
+            allowed_execs: vec![],
+        }
+    }
+
     fn isolated(&self, name: &str) -> bool {
         self.agent().detector_status().expect("status").iter().any(|w| w.name == name && w.isolated)
     }
@@ -320,20 +334,11 @@ fn a_bad_detector_policy_changes_nothing() {
 
 #[test]
 fn egress_far_above_the_learned_peak_is_alerted_from_the_kernel_byte_counter() {
-    use bulkhead_lab::agent::detect::{Actions, WorkloadSpec};
     use std::io::{Read, Write};
     let f = Fixture::new();
     let client = f.pod("stranger");
     let server = f.pod("server").ip;
-    let spec = |mode: Mode| WorkloadSpec {
-        name: "dn/stranger".into(),
-        cgroup: client.cgroup.clone().expect("cgroup"),
-        interface: Some(client.host_veth.clone()),
-        mode,
-        actions: Actions::default(),
-        syscalls: false,
-        allowed_execs: vec![],
-    };
+    let spec = |mode: Mode| f.stranger_spec(mode);
     // Learn a quiet peer: a few small exchanges, sampled by a few one-second ticks.
     f.agent().detector_monitor(spec(Mode::Learn)).expect("learn");
     for _ in 0..3 {
@@ -502,20 +507,11 @@ fn a_finding_during_a_30_second_sync_is_isolated_at_once_and_the_agent_answers()
 #[test]
 fn monitor_alerts_are_deduplicated_and_rate_limited_with_counts() {
     use bulkhead_lab::agent::detect::alerts::{AlertLimits, RATE_LIMITED_KIND};
-    use bulkhead_lab::agent::detect::{Actions, WorkloadSpec};
     let f = Fixture::new();
     let det = f.agent().detector();
     det.set_alert_limits(AlertLimits { dedup_window: Duration::from_secs(2), per_workload: 3, rate_window: Duration::from_secs(2) });
     let client = f.pod("stranger");
-    let spec = |mode: Mode| WorkloadSpec {
-        name: "dn/stranger".into(),
-        cgroup: client.cgroup.clone().expect("cgroup"),
-        interface: Some(client.host_veth.clone()),
-        mode,
-        actions: Actions::default(),
-        syscalls: false,
-        allowed_execs: vec![],
-    };
+    let spec = |mode: Mode| f.stranger_spec(mode);
     f.agent().detector_monitor(spec(Mode::Learn)).expect("learn");
     assert!(f.reaches("stranger", "server", 8080, Protocol::Tcp), "benign TCP while learning");
     f.agent().detector_monitor(spec(Mode::Monitor)).expect("monitor");

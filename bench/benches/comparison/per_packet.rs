@@ -104,15 +104,7 @@ pub fn render(p: &PerPacket) -> String {
         "Kernel-reported ns per run, median of {} interleaved rounds of {REPEAT} runs; (x) = ratio to the no-op program at the same hook in the same round set. N = NetworkPolicy ingress rules on the pod (plus one egress policy), and as many denied /32s on the uplink rows (at most the deny list's capacity, 65,536). Goals (issue 12): a new flow <= 3x the no-op at 10k rules, an established flow <= 2x.\n",
         p.rounds
     );
-    let _ = write!(md, "| program: path |");
-    for &n in &p.sizes {
-        let _ = write!(md, " N = {} |", super::rules_label(n));
-    }
-    let _ = write!(md, "\n|---|");
-    for _ in &p.sizes {
-        let _ = write!(md, "---|");
-    }
-    md.push('\n');
+    header(&mut md, "program: path", &p.sizes);
     for (i, (label, base, _)) in ROWS.iter().enumerate() {
         let _ = write!(md, "| {label} |");
         for si in 0..p.sizes.len() {
@@ -145,15 +137,7 @@ pub fn render(p: &PerPacket) -> String {
 fn render_v6(p: &PerPacket, md: &mut String) {
     let _ = writeln!(md, "\n### IPv6 against IPv4\n");
     let _ = writeln!(md, "The same flows between the same dual-stack pods, IPv6 frames against IPv4 frames, from the table above (same rounds, interleaved): IPv6 ns / IPv4 ns. Goal (issue 14): within 10 %.\n");
-    let _ = write!(md, "| path |");
-    for &n in &p.sizes {
-        let _ = write!(md, " N = {} |", super::rules_label(n));
-    }
-    let _ = write!(md, "\n|---|");
-    for _ in &p.sizes {
-        let _ = write!(md, "---|");
-    }
-    md.push('\n');
+    header(md, "path", &p.sizes);
     let mut worst = vec![0f64; p.sizes.len()];
     for (k, (label, _, _)) in ROWS[FIRST_V6..].iter().enumerate() {
         let _ = write!(md, "| {} |", label.trim_start_matches("IPv6 "));
@@ -167,4 +151,17 @@ fn render_v6(p: &PerPacket, md: &mut String) {
     for (si, &n) in p.sizes.iter().enumerate() {
         result(&format!("per_packet_v6_v4_worst_ratio_{}", super::rules_label(n)), format!("{:.2}", worst[si]));
     }
+}
+
+/// A table's header: the first column's title, then one column per rule count.
+fn header(md: &mut String, first: &str, sizes: &[usize]) {
+    let _ = write!(md, "| {first} |");
+    for &n in sizes {
+        let _ = write!(md, " N = {} |", super::rules_label(n));
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in sizes {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
 }

@@ -142,6 +142,18 @@ impl Env {
         bulkhead_netns::in_netns_file(&ns, f).unwrap_or_else(|e| panic!("in netns {path}: {e}"))
     }
 
+    /// The addresses of every registration, read as the agent reads them.
+    fn registered_ips(&self) -> Vec<Vec<std::net::IpAddr>> {
+        self.registrations()
+            .iter()
+            .map(|f| {
+                let t = std::fs::read_to_string(PathBuf::from("/run/bulkhead").join(self.net()).join("endpoints").join(f)).expect("registration");
+                let reg: bulkhead_cni::api::Attachment = serde_json::from_str(&t).unwrap_or_else(|err| panic!("{f} corrupt: {err}"));
+                reg.ips
+            })
+            .collect()
+    }
+
     fn registrations(&self) -> Vec<String> {
         let dir = PathBuf::from("/run/bulkhead").join(self.net()).join("endpoints");
         let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -255,10 +267,8 @@ fn podman_dual_stack_containers_are_enforced_on_ipv6() {
     let e = Env::with_families(true, true);
     let agent = e.start_a_and_b();
     let ip6_b = e.ip6("b");
-    for f in e.registrations() {
-        let t = std::fs::read_to_string(PathBuf::from("/run/bulkhead").join(e.net()).join("endpoints").join(&f)).expect("registration");
-        let reg: bulkhead_cni::api::Attachment = serde_json::from_str(&t).unwrap_or_else(|err| panic!("{f} corrupt: {err}"));
-        assert!(reg.ips.iter().any(|a| a.is_ipv4()) && reg.ips.iter().any(|a| a.is_ipv6()), "both families registered: {:?}", reg.ips);
+    for ips in e.registered_ips() {
+        assert!(ips.iter().any(|a| a.is_ipv4()) && ips.iter().any(|a| a.is_ipv6()), "both families registered: {ips:?}");
     }
     let connect = |e: &Env| {
         e.in_container("a", move || TcpStream::connect_timeout(&SocketAddr::from((ip6_b, 8080)), Duration::from_millis(800)).ok())
@@ -285,10 +295,8 @@ fn podman_ipv6_only_containers_are_enforced() {
     let e = Env::with_families(false, true);
     let agent = e.start_a_and_b();
     let ip6_b = e.ip6("b");
-    for f in e.registrations() {
-        let t = std::fs::read_to_string(PathBuf::from("/run/bulkhead").join(e.net()).join("endpoints").join(&f)).expect("registration");
-        let reg: bulkhead_cni::api::Attachment = serde_json::from_str(&t).unwrap_or_else(|err| panic!("{f} corrupt: {err}"));
-        assert!(!reg.ips.is_empty() && reg.ips.iter().all(|a| a.is_ipv6()), "IPv6 addresses only: {:?}", reg.ips);
+    for ips in e.registered_ips() {
+        assert!(!ips.is_empty() && ips.iter().all(|a| a.is_ipv6()), "IPv6 addresses only: {ips:?}");
     }
     agent.sync_now().expect("sync");
     let st = bulkhead_agent::status::read(&PathBuf::from("/sys/fs/bpf/bulkhead").join(e.net())).expect("status");
