@@ -11,7 +11,8 @@
 //!   event says how many.
 //!
 //! Events that record an action (killed, isolated, paused...) always pass: they are rare by
-//! nature (the workload is stopped) and each one changed something.
+//! nature (the workload is stopped) and each one changed something. So do `exec` events,
+//! which record a learned executable run (the trail of what a workload ran, not an alert).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -130,8 +131,9 @@ fn key(e: &DetectorEvent) -> Key {
     (workload_key(e), e.kind, subject)
 }
 
-fn has_actions(e: &DetectorEvent) -> bool {
-    !e.kernel_actions.is_empty() || !e.user_actions.is_empty()
+/// Whether the gate lets `e` through untouched: it records an action, or it is no alert.
+fn always_passes(e: &DetectorEvent) -> bool {
+    !e.kernel_actions.is_empty() || !e.user_actions.is_empty() || e.kind == "exec"
 }
 
 impl AlertGate {
@@ -152,7 +154,7 @@ impl AlertGate {
     /// Also returns the summaries whose windows closed by `now`.
     pub fn admit(&mut self, e: DetectorEvent, now: Instant) -> Vec<DetectorEvent> {
         let mut out = self.flush(now);
-        if has_actions(&e) {
+        if always_passes(&e) {
             self.stats.reported += 1;
             out.push(e);
             return out;
@@ -281,7 +283,7 @@ mod tests {
     }
 
     #[test]
-    fn events_with_actions_always_pass() {
+    fn events_with_actions_and_exec_trails_always_pass() {
         let mut g = AlertGate::new(AlertLimits { per_workload: 0, ..limits() });
         let t0 = Instant::now();
         for _ in 0..5 {
@@ -290,5 +292,10 @@ mod tests {
         }
         assert!(g.admit(alert("ns/w", "new-peer", "1.2.3.4"), t0).is_empty(), "a budget of 0 holds back plain alerts");
         assert_eq!(g.stats().reported, 5);
+        // Runs of learned executables are a trail, not alerts: every one is kept.
+        for _ in 0..5 {
+            let e = DetectorEvent { kind: "exec", workload: Some("ns/w".into()), path: "/bin/date".into(), ..DetectorEvent::default() };
+            assert_eq!(g.admit(e, t0).len(), 1, "exec events are never folded or limited");
+        }
     }
 }
