@@ -155,15 +155,14 @@ impl Addr for In6 {
     type CtKey = &'static Ct6KeyV1;
     const FAMILY: u8 = 6;
 
-    /// As [`Ct6KeyV1::set`] (the ends ordered by address then port), with word moves.
+    /// As [`Ct6KeyV1::set`] (the same ordering rule), with word moves.
     #[inline(always)]
     fn ct_key(ifindex: u32, f: &Flow<Self>) -> Option<&'static Ct6KeyV1> {
         let s = SCRATCH6.get_ptr_mut(0)?;
         // SAFETY: this CPU's scratch slot, used by one packet at a time.
         let k = unsafe { &mut (*s).key };
-        let (sh, sl) = f.saddr_be.halves();
-        let (dh, dl) = f.daddr_be.halves();
-        let s_first = sh < dh || (sh == dh && (sl < dl || (sl == dl && u16::from_be_bytes(f.sport_be) <= u16::from_be_bytes(f.dport_be))));
+        let ((sh, sl), (dh, dl)) = (f.saddr_be.halves(), f.daddr_be.halves());
+        let s_first = bulkhead_common::ct6_source_first((sh, sl, f.sport_be), (dh, dl, f.dport_be));
         k.ifindex = ifindex;
         k.protocol = f.protocol;
         k._pad = [0; 3];

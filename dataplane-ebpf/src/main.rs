@@ -267,10 +267,7 @@ fn judge<A: Addr>(ifindex: u32, raw: &EndpointV4, cfg: &ConfigV2, g: usize, flow
     // and copying two 16-byte addresses is a good part of the packet's cost.
     let mut key = None;
     if !bare_syn {
-        let Some(k) = A::ct_key(ifindex, flow) else {
-            events::dropped(ifindex, Some(flow), dir, counters::DROP_IPV6_UNPARSED, local);
-            return TC_DROP;
-        };
+        let Some(k) = ct_key(ifindex, flow, dir, local) else { return TC_DROP };
         let k = key.insert(k);
         if let Some(ct) = A::ct_get_mut(k) {
             // SAFETY: LRU value pointer valid for this run; races with other CPUs only blur
@@ -298,16 +295,7 @@ fn judge<A: Addr>(ifindex: u32, raw: &EndpointV4, cfg: &ConfigV2, g: usize, flow
         return TC_DROP;
     }
     let now = if bare_syn { coarse_now(cfg) } else { now };
-    let key = match key {
-        Some(k) => k,
-        None => {
-            let Some(k) = A::ct_key(ifindex, flow) else {
-                events::dropped(ifindex, Some(flow), dir, counters::DROP_IPV6_UNPARSED, local);
-                return TC_DROP;
-            };
-            k
-        }
-    };
+    let Some(key) = key.or_else(|| ct_key(ifindex, flow, dir, local)) else { return TC_DROP };
     let entry = conntrack::new_entry(flow, len, now, dir, cfg.policy_rev);
     if !A::ct_insert(&key, &entry) {
         count(counters::CT_INSERT_FAILED);
@@ -316,6 +304,17 @@ fn judge<A: Addr>(ifindex: u32, raw: &EndpointV4, cfg: &ConfigV2, g: usize, flow
         maps::add_egress_bytes(ifindex, len);
     }
     TC_PASS
+}
+
+/// The flow's conntrack key; `None` (reported, fail closed) only if the IPv6 scratch slot
+/// were missing. A function, not a closure: LLVM keeps closures as BPF subprograms.
+#[inline(always)]
+fn ct_key<A: Addr>(ifindex: u32, flow: &Flow<A>, dir: u8, local: Option<(u32, u8)>) -> Option<A::CtKey> {
+    let k = A::ct_key(ifindex, flow);
+    if k.is_none() {
+        events::dropped(ifindex, Some(flow), dir, counters::DROP_IPV6_UNPARSED, local);
+    }
+    k
 }
 
 /// Conntrack only needs timeouts of seconds: tick resolution is enough. From jiffies when the

@@ -52,46 +52,55 @@ impl KernelState {
         let mut s = KernelState { layout: c.layout().clone(), ..Default::default() };
         s.peers = join_slices(&s.layout);
         for ((addr, len), v) in &c.ipcache {
-            let addr = match addr {
-                IpAddr::V4(a) => a,
-                IpAddr::V6(a) if *len == 128 => {
-                    // As for IPv4: the lowest address of a slot takes it.
+            match (addr, *len) {
+                (IpAddr::V4(a), 32) => {
                     let a = a.octets();
-                    match s.ipslot6.entry(bulkhead_common::ip_slot6(&a)) {
-                        std::collections::btree_map::Entry::Vacant(e) => {
-                            e.insert(IpSlot6V1 { addr_be: a, info: *v, flags: ip_slot_flags::PRESENT, _pad: 0 });
-                        }
-                        std::collections::btree_map::Entry::Occupied(mut e) => {
-                            e.get_mut().flags |= ip_slot_flags::MORE;
-                            s.iphost6.insert(a, *v);
-                        }
-                    }
-                    continue;
+                    place(&mut s.ipslot, &mut s.iphost, bulkhead_common::ip_slot(a), a, *v, || IpSlotV1 { addr_be: a, info: *v, flags: ip_slot_flags::PRESENT }, |x| &mut x.flags);
                 }
-                IpAddr::V6(a) => {
-                    s.ipcache6.insert((*a, *len), *v);
-                    continue;
+                (IpAddr::V6(a), 128) => {
+                    let a = a.octets();
+                    place(&mut s.ipslot6, &mut s.iphost6, bulkhead_common::ip_slot6(&a), a, *v, || IpSlot6V1 { addr_be: a, info: *v, flags: ip_slot_flags::PRESENT, _pad: 0 }, |x| &mut x.flags);
                 }
-            };
-            if *len == 32 {
-                // Ascending addresses: the lowest of a slot takes it, the same on every sync,
-                // so a diff moves no address between the array and the hash needlessly.
-                let a = addr.octets();
-                match s.ipslot.entry(bulkhead_common::ip_slot(a)) {
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        e.insert(IpSlotV1 { addr_be: a, info: *v, flags: ip_slot_flags::PRESENT });
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut e) => {
-                        e.get_mut().flags |= ip_slot_flags::MORE;
-                        s.iphost.insert(a, *v);
-                    }
+                (IpAddr::V4(a), len) => {
+                    s.ipcache.insert((*a, len), *v);
                 }
-            } else {
-                s.ipcache.insert((*addr, *len), *v);
+                (IpAddr::V6(a), len) => {
+                    s.ipcache6.insert((*a, len), *v);
+                }
             }
         }
         s
     }
+}
+
+/// Puts a single address of either family into its slot array (`make` builds the entry), or,
+/// when its slot is taken, into the hash with the slot marked MORE. Addresses come in
+/// ascending order, so the lowest of a slot takes it, the same on every sync, and a diff moves
+/// no address between the array and the hash needlessly.
+fn place<A: Ord, S>(
+    slots: &mut BTreeMap<u32, S>,
+    hosts: &mut BTreeMap<A, IpInfoV3>,
+    slot: u32,
+    addr: A,
+    v: IpInfoV3,
+    make: impl FnOnce() -> S,
+    flags: impl FnOnce(&mut S) -> &mut u32,
+) {
+    match slots.entry(slot) {
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(make());
+        }
+        std::collections::btree_map::Entry::Occupied(mut e) => {
+            *flags(e.get_mut()) |= ip_slot_flags::MORE;
+            hosts.insert(addr, v);
+        }
+    }
+}
+
+/// Slots of a slot array holding something `desired` does not: the array has no keys to
+/// list, so every slot is read (only on a full write).
+fn stale_slots<S: aya::Pod + PartialEq>(map: &aya::maps::Array<aya::maps::MapData, S>, desired: &BTreeMap<u32, S>, capacity: u32, flags: impl Fn(&S) -> u32) -> Vec<u32> {
+    (0..capacity).filter(|i| matches!(map.get(i, 0), Ok(v) if flags(&v) != 0 && desired.get(i) != Some(&v))).collect()
 }
 
 /// One kernel peer entry per (peer entry, slice of its table): the lookup the compiler's
@@ -342,11 +351,7 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
         dp.maps.iphost[g].remove(k).map_err(|e| werr(map_names::IPHOST[g], e))?;
         step(dp);
     }
-    // The slot array has no keys to list: every slot holding something undesired is
-    // cleared (one read per slot, only on a full write).
-    let stale: Vec<u32> = (0..bulkhead_common::capacity::IPSLOT)
-        .filter(|i| matches!(dp.maps.ipslot[g].get(i, 0), Ok(v) if v.flags != 0 && desired.ipslot.get(i) != Some(&v)))
-        .collect();
+    let stale = stale_slots(&dp.maps.ipslot[g], &desired.ipslot, bulkhead_common::capacity::IPSLOT, |v| v.flags);
     for k in &stale {
         dp.maps.ipslot[g].set(*k, IpSlotV1::default(), 0).map_err(|e| werr(map_names::IPSLOT[g], e))?;
         step(dp);
@@ -365,9 +370,7 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
         dp.maps.iphost6[g].remove(k).map_err(|e| werr(map_names::IPHOST6[g], e))?;
         step(dp);
     }
-    let stale: Vec<u32> = (0..bulkhead_common::capacity::IPSLOT6)
-        .filter(|i| matches!(dp.maps.ipslot6[g].get(i, 0), Ok(v) if v.flags != 0 && desired.ipslot6.get(i) != Some(&v)))
-        .collect();
+    let stale = stale_slots(&dp.maps.ipslot6[g], &desired.ipslot6, bulkhead_common::capacity::IPSLOT6, |v| v.flags);
     for k in &stale {
         dp.maps.ipslot6[g].set(*k, IpSlot6V1::default(), 0).map_err(|e| werr(map_names::IPSLOT6[g], e))?;
         step(dp);

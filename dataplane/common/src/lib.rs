@@ -763,11 +763,7 @@ impl Ct6KeyV1 {
             }
             v
         };
-        let (s_hi, d_hi) = (half(saddr_be, 0), half(daddr_be, 0));
-        let s_first = s_hi < d_hi || (s_hi == d_hi && {
-            let (s_lo, d_lo) = (half(saddr_be, 8), half(daddr_be, 8));
-            s_lo < d_lo || (s_lo == d_lo && u16::from_be_bytes(sport_be) <= u16::from_be_bytes(dport_be))
-        });
+        let s_first = ct6_source_first((half(saddr_be, 0), half(saddr_be, 8), sport_be), (half(daddr_be, 0), half(daddr_be, 8), dport_be));
         self.ifindex = ifindex;
         self.protocol = protocol;
         self._pad = [0; 3];
@@ -783,6 +779,14 @@ impl Ct6KeyV1 {
             self.port_hi_be = sport_be;
         }
     }
+}
+
+/// The ordering rule of [`Ct6KeyV1`], shared by [`Ct6KeyV1::set`] and the datapath (which
+/// holds addresses as words): whether the source end, (high 64 bits, low 64 bits, port in
+/// network order), sorts first, comparing the address as a number, then the port.
+#[inline(always)]
+pub fn ct6_source_first(s: (u64, u64, [u8; 2]), d: (u64, u64, [u8; 2])) -> bool {
+    (s.0, s.1, u16::from_be_bytes(s.2)) <= (d.0, d.1, u16::from_be_bytes(d.2))
 }
 
 /// TCP flags (SYN set, ACK clear) of a connection's opening packet, as in
