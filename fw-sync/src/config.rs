@@ -49,6 +49,8 @@ pub struct DaemonConfig {
     pub reconcile_interval: Duration,
     /// Where `GET /metrics` is served (none when absent).
     pub metrics_listen: Option<String>,
+    /// The quarantine group kept on every firewall (none when absent).
+    pub quarantine: Option<crate::quarantine::QuarantineConfig>,
 }
 
 /// The Kubernetes API as the datastore.
@@ -159,7 +161,7 @@ impl DaemonConfig {
     pub fn parse(file: &str, text: &str, base: &Path) -> Result<Self, FwSyncError> {
         let ctx = Ctx::new(file);
         let value: Value = serde_yaml::from_str(text).map_err(|e| ctx.err("", format!("invalid YAML: {e}")))?;
-        let top = ctx.strict_map(&value, "", &["firewalls", "datastore", "reconcileInterval", "metricsListen"])?;
+        let top = ctx.strict_map(&value, "", &["firewalls", "datastore", "reconcileInterval", "metricsListen", "quarantine"])?;
         let mut firewalls = Vec::new();
         let mut names = BTreeSet::new();
         for (i, f) in ctx.seq(ctx.required(top, "", "firewalls")?, "firewalls")?.iter().enumerate() {
@@ -197,13 +199,19 @@ impl DaemonConfig {
             }
             None => None,
         };
-        Ok(DaemonConfig { firewalls, datastore, kubernetes, reconcile_interval, metrics_listen })
+        let quarantine = get(top, "quarantine").map(|v| crate::quarantine::QuarantineConfig::parse(&ctx, v, &firewalls)).transpose()?;
+        if quarantine.is_some() && kubernetes.is_some() {
+            // The agents write Quarantines into a folder datastore only (for now).
+            return Err(ctx.err("quarantine", "needs a folder datastore: agents do not publish Quarantines to the Kubernetes API yet"));
+        }
+        Ok(DaemonConfig { firewalls, datastore, kubernetes, reconcile_interval, metrics_listen, quarantine })
     }
 
     /// Checks that every target names a configured firewall of a fitting type and that no two
     /// groups write one object (they would fight over its members).
     pub fn check_groups(&self, groups: &[AddressGroup]) -> Result<(), FwSyncError> {
         let mut seen: BTreeMap<&Target, &AddressGroup> = BTreeMap::new();
+        let quarantine = self.quarantine_targets();
         let mut group_names: BTreeMap<&str, &AddressGroup> = BTreeMap::new();
         for g in groups {
             let ctx = Ctx::new(format!("{} (AddressGroup {})", g.origin, g.name));
@@ -219,12 +227,22 @@ impl DaemonConfig {
                 if !fw.kind.accepts(t.object.kind) {
                     return Err(ctx.err(&child(&path, "kind"), format!("firewall {} is of type {}, which has no {} objects", fw.name, fw.kind.type_name(), t.object.kind)));
                 }
+                if quarantine.contains(t) {
+                    return Err(ctx.err(&path, format!("{} on firewall {} is the quarantine group (the config's quarantine.name)", t.object, t.firewall)));
+                }
                 if let Some(other) = seen.insert(t, g) {
                     return Err(ctx.err(&path, format!("{} on firewall {} is also a target of AddressGroup {} ({})", t.object, t.firewall, other.name, other.origin)));
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl DaemonConfig {
+    /// The quarantine object on every firewall (empty without a `quarantine` block).
+    pub fn quarantine_targets(&self) -> Vec<Target> {
+        self.quarantine.as_ref().map(|q| q.targets(&self.firewalls)).unwrap_or_default()
     }
 }
 

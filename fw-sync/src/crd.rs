@@ -96,6 +96,18 @@ pub fn parse(place: &str, doc: &Value) -> Result<AddressGroup, FwSyncError> {
     })
 }
 
+/// What is wrong with `name` as a target of `kind`, if anything (the AddressGroup's rules,
+/// for objects named elsewhere, such as the quarantine group).
+pub(crate) fn name_problem_for(kind: TargetKind, name: &str) -> Option<String> {
+    if let Some(p) = name_problem(name, max_name_len(kind)) {
+        return Some(p);
+    }
+    if kind.splits_families() && name.ends_with(crate::group::V6_SUFFIX) {
+        return Some(format!("names ending in {:?} are reserved for the IPv6 half", crate::group::V6_SUFFIX));
+    }
+    None
+}
+
 /// Names are kept to what every firewall accepts unquoted, so one name works on all of them.
 fn name_problem(name: &str, max: usize) -> Option<String> {
     if name.is_empty() {

@@ -46,7 +46,8 @@ pub fn run_until(config: DaemonConfig, metrics: Metrics, stop: &AtomicBool) -> R
     let snapshot = Arc::new(source::load(&dir)?);
     config.check_groups(&snapshot.groups)?;
     let backends: Vec<_> = config.firewalls.iter().map(crate::backend::for_firewall).collect::<Result<_, _>>()?;
-    let workers: Vec<Worker> = backends.into_iter().map(|b| Worker::start(config.clone(), b, metrics.clone(), snapshot.clone())).collect();
+    let statuses = Arc::new(crate::quarantine::StatusBook::default());
+    let workers: Vec<Worker> = backends.into_iter().map(|b| Worker::start(config.clone(), b, metrics.clone(), snapshot.clone(), statuses.clone())).collect();
     tracing::info!(datastore = %dir.display(), groups = snapshot.groups.len(), firewalls = workers.len(), "fw-sync running");
     while !stopped(stop) {
         if !watcher.wait(100) {
@@ -93,7 +94,8 @@ fn run_kubernetes(config: DaemonConfig, k: &crate::config::KubeSource, metrics: 
     let snapshot = Arc::new(source.load()?);
     config.check_groups(&snapshot.groups)?;
     let backends: Vec<_> = config.firewalls.iter().map(crate::backend::for_firewall).collect::<Result<_, _>>()?;
-    let workers: Vec<Worker> = backends.into_iter().map(|b| Worker::start(config.clone(), b, metrics.clone(), snapshot.clone())).collect();
+    let statuses = Arc::new(crate::quarantine::StatusBook::default());
+    let workers: Vec<Worker> = backends.into_iter().map(|b| Worker::start(config.clone(), b, metrics.clone(), snapshot.clone(), statuses.clone())).collect();
     tracing::info!(groups = snapshot.groups.len(), firewalls = workers.len(), "fw-sync running on the Kubernetes API");
     while !stopped(stop) {
         if leadership.as_ref().is_some_and(|l| l.is_lost()) {

@@ -72,7 +72,15 @@ impl Engine {
     /// Desired state per firewall, after checking the groups against the config.
     pub fn desired(&self, snapshot: &Snapshot) -> Result<BTreeMap<String, FirewallState>, FwSyncError> {
         self.config.check_groups(&snapshot.groups)?;
-        Ok(desired(&snapshot.model, &snapshot.groups, self.backends.keys().map(String::as_str)))
+        let mut out = desired(&snapshot.model, &snapshot.groups, self.backends.keys().map(String::as_str));
+        let quarantine = self.config.quarantine_targets();
+        if !quarantine.is_empty() {
+            let ips = crate::quarantine::members(&snapshot.model, &snapshot.quarantines);
+            for t in quarantine.into_iter().filter(|t| self.backends.contains_key(&t.firewall)) {
+                out.entry(t.firewall).or_default().insert(t.object, ips.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// Reads every firewall and returns the diff that would be applied, applying nothing.

@@ -62,7 +62,7 @@ fn snapshot(pods: &[(&str, &str, &str)]) -> Snapshot {
         targets: vec![Target { firewall: "edge".into(), object: obj() }],
         origin: "t.yaml: document 9".into(),
     };
-    Snapshot { model, groups: vec![group] }
+    Snapshot { model, groups: vec![group], quarantines: Vec::new() }
 }
 
 fn engine() -> (Engine, Arc<Mutex<Fake>>) {

@@ -74,7 +74,7 @@ impl KubeSource {
         }
         let model = policy_compiler::k8s::build_model(resources)
             .map_err(|source| FwSyncError::Model { dir: self.set.server().into(), source: Box::new(source) })?;
-        Ok(Snapshot { model, groups })
+        Ok(Snapshot { model, groups, quarantines: Vec::new() })
     }
 
     /// Waits up to `ms` for a change since the last load.

@@ -5,6 +5,7 @@
 //! - [`source`]: reads pods, namespaces and AddressGroups from the datastore folder;
 //!   [`kube_source`] from the Kubernetes API.
 //! - [`desired`], [`diff`]: desired state and what must change.
+//! - [`quarantine`]: the quarantine group from the agents' Quarantines, and its statuses.
 //! - [`backend`]: the [`backend::Backend`] trait and one module per firewall API.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`secret`]: credentials from files or the environment, never shown.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod group;
 pub mod kube_source;
 pub mod metrics;
+pub mod quarantine;
 pub mod secret;
 pub mod source;
 pub mod worker;

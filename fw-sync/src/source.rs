@@ -17,12 +17,15 @@ use crate::group::AddressGroup;
 pub struct Snapshot {
     pub model: Model,
     pub groups: Vec<AddressGroup>,
+    /// The agents' Quarantines (folder datastore).
+    pub quarantines: Vec<crate::quarantine::QuarantineDoc>,
 }
 
 /// Reads every `*.yaml`/`*.yml` below `dir` (hidden files skipped, in name order).
 pub fn load(dir: &Path) -> Result<Snapshot, FwSyncError> {
     let mut resources = Vec::new();
     let mut groups = Vec::new();
+    let mut quarantines = Vec::new();
     for path in files(dir)? {
         let text = std::fs::read_to_string(&path).map_err(|source| FwSyncError::Read { path: path.clone(), source })?;
         let name = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
@@ -34,6 +37,9 @@ pub fn load(dir: &Path) -> Result<Snapshot, FwSyncError> {
             let value = Value::deserialize(de).map_err(|e| FwSyncError::Config { file: place.clone(), field: String::new(), message: format!("invalid YAML: {e}") })?;
             if crate::crd::is_address_group(&value) {
                 groups.push(crate::crd::parse(&place, &value)?);
+                kept.push(Value::Null);
+            } else if crate::quarantine::is_quarantine(&value) {
+                quarantines.push(crate::quarantine::parse(&place, path.clone(), &value)?);
                 kept.push(Value::Null);
             } else if is_pod_or_namespace(&value) {
                 kept.push(value);
@@ -53,7 +59,7 @@ pub fn load(dir: &Path) -> Result<Snapshot, FwSyncError> {
         resources.extend(parsed);
     }
     let model = policy_compiler::k8s::build_model(resources).map_err(|source| FwSyncError::Model { dir: dir.into(), source: Box::new(source) })?;
-    Ok(Snapshot { model, groups })
+    Ok(Snapshot { model, groups, quarantines })
 }
 
 fn is_pod_or_namespace(v: &Value) -> bool {

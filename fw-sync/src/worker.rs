@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use crate::backend::Backend;
 use crate::config::DaemonConfig;
 use crate::engine::{Engine, Mode};
+use crate::group::Target;
 use crate::metrics::Metrics;
+use crate::quarantine::StatusBook;
 use crate::source::Snapshot;
 
 /// First retry after a failed sync; doubled per failure up to [`RETRY_MAX`] (or the
@@ -42,7 +44,8 @@ pub struct Worker {
 impl Worker {
     /// Starts the worker: a reconcile against `first` at once, then syncs on [`Worker::send`],
     /// a reconcile every `config.reconcile_interval` and retries after failures.
-    pub fn start(config: DaemonConfig, backend: Box<dyn Backend>, metrics: Metrics, first: Arc<Snapshot>) -> Worker {
+    /// Quarantine statuses go to `statuses` (shared by the workers).
+    pub fn start(config: DaemonConfig, backend: Box<dyn Backend>, metrics: Metrics, first: Arc<Snapshot>, statuses: Arc<StatusBook>) -> Worker {
         let firewall = backend.firewall().to_string();
         let inbox = Arc::new((Mutex::new(Inbox::default()), Condvar::new()));
         let inbox2 = inbox.clone();
@@ -53,8 +56,10 @@ impl Worker {
             .spawn(move || {
                 let interval = config.reconcile_interval;
                 let window = config.firewalls.iter().find(|f| f.name == name_in).map_or(Duration::ZERO, |f| f.batch_window);
+                let quarantine = config.quarantine_targets().into_iter().find(|t| t.firewall == name_in);
                 let engine = Engine::new(config, vec![backend]);
-                run(engine, &metrics, &inbox2, first, interval, window);
+                let out = Out { metrics: &metrics, quarantine, statuses: &statuses };
+                run(engine, &out, &inbox2, first, interval, window);
             })
             .expect("spawning a worker thread");
         tracing::debug!(firewall = %name, "worker started");
@@ -89,7 +94,15 @@ impl Drop for Worker {
     }
 }
 
-fn run(mut engine: Engine, metrics: &Metrics, inbox: &(Mutex<Inbox>, Condvar), first: Arc<Snapshot>, interval: Duration, window: Duration) {
+/// Where a sync's results go: metrics, and the quarantine statuses when this firewall holds
+/// the quarantine group.
+struct Out<'a> {
+    metrics: &'a Metrics,
+    quarantine: Option<Target>,
+    statuses: &'a StatusBook,
+}
+
+fn run(mut engine: Engine, out: &Out, inbox: &(Mutex<Inbox>, Condvar), first: Arc<Snapshot>, interval: Duration, window: Duration) {
     let mut last = first;
     let mut retry_at: Option<Instant>;
     let mut delay = RETRY_FIRST;
@@ -97,7 +110,7 @@ fn run(mut engine: Engine, metrics: &Metrics, inbox: &(Mutex<Inbox>, Condvar), f
     let mut since = Instant::now();
     let mut next_reconcile = Instant::now() + interval;
     loop {
-        let failed = sync(&mut engine, metrics, &last, mode, since);
+        let failed = sync(&mut engine, out, &last, mode, since);
         if failed {
             retry_at = Some(Instant::now() + delay);
             delay = (delay * 2).min(interval).min(RETRY_MAX);
@@ -139,7 +152,7 @@ fn run(mut engine: Engine, metrics: &Metrics, inbox: &(Mutex<Inbox>, Condvar), f
 }
 
 /// One sync; returns whether the firewall was left out of step.
-fn sync(engine: &mut Engine, metrics: &Metrics, snapshot: &Snapshot, mode: Mode, since: Instant) -> bool {
+fn sync(engine: &mut Engine, out: &Out, snapshot: &Snapshot, mode: Mode, since: Instant) -> bool {
     let reports = match engine.sync(snapshot, mode) {
         Ok(r) => r,
         // The daemon checks every snapshot before sending it; this is a bug guard.
@@ -148,7 +161,12 @@ fn sync(engine: &mut Engine, metrics: &Metrics, snapshot: &Snapshot, mode: Mode,
             return false;
         }
     };
-    metrics.record(mode, &reports, since.elapsed(), |fw| engine.owned(fw));
+    out.metrics.record(mode, &reports, since.elapsed(), |fw| engine.owned(fw));
+    if let Some(t) = &out.quarantine {
+        for r in &reports {
+            out.statuses.record(r, t, &snapshot.quarantines);
+        }
+    }
     let mut failed = false;
     for r in reports {
         if let Some(e) = r.error {

@@ -118,9 +118,10 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, Error> {
 }
 
 /// Kinds other Bulkhead components keep in the same datastore folder (fw-sync's
-/// AddressGroups, the detector's DetectorPolicies): not network policy, so skipped here rather
-/// than reported as unsupported; their own reader validates them.
-pub const OTHER_COMPONENT_KINDS: [(&str, &str); 2] = [("bulkhead.io/v1alpha1", "AddressGroup"), ("bulkhead.io/v1alpha1", "DetectorPolicy")];
+/// AddressGroups, the detector's DetectorPolicies, the agents' Quarantines): not network policy,
+/// so skipped here rather than reported as unsupported; their own reader validates them.
+pub const OTHER_COMPONENT_KINDS: [(&str, &str); 3] =
+    [("bulkhead.io/v1alpha1", "AddressGroup"), ("bulkhead.io/v1alpha1", "DetectorPolicy"), ("bulkhead.io/v1alpha1", "Quarantine")];
 
 fn belongs_to_another_component(value: &Value) -> bool {
     let field = |k: &str| get_str(value, k);

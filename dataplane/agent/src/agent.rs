@@ -384,7 +384,7 @@ fn worker(
     };
     let state_dir = cfg.state_dir();
     let _ = std::fs::create_dir_all(&state_dir);
-    let det = match Detector::start(&mut dp, &state_dir) {
+    let mut det = match Detector::start(&mut dp, &state_dir) {
         Ok(d) => d,
         Err(e) => {
             dp.unload();
@@ -393,6 +393,9 @@ fn worker(
         }
     };
     let instance = cfg.instance();
+    if let Some(folder) = store.folder() {
+        det.set_perimeter(&folder, &instance);
+    }
     let mut registry = crate::endpoints::Registry::load(&state_dir);
     let replayed = registry.replay_del_queue(&bulkhead_cni::api::del_queue_dir(&instance));
     if replayed > 0 {
@@ -483,7 +486,12 @@ fn worker(
             Ok(Request::Sync(reply)) => request_sync(&mut st, true, Some(Waiter::Caller(reply))),
             // A burst of events costs one fingerprint check each on the compile thread; only
             // a real change compiles.
-            Ok(Request::Changed) => request_sync(&mut st, false, None),
+            Ok(Request::Changed) => {
+                // fw-sync's quarantine statuses are hidden files: they wake the watcher
+                // without changing the datastore's content.
+                st.det.poll_perimeter();
+                request_sync(&mut st, false, None)
+            }
             Ok(Request::Compiled(outcome)) => finish_sync(&mut st, outcome),
             Ok(Request::Tick) => {}
             Ok(Request::Flows(reply)) => {

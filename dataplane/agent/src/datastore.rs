@@ -37,6 +37,11 @@ pub trait Datastore: Send {
     }
     /// Starts telling `notify` about changes (an agent that watches its datastore).
     fn subscribe(&mut self, notify: Notify) -> Result<(), AgentError>;
+    /// The folder of a folder datastore, where the detector's Quarantines go for fw-sync
+    /// ([`crate::detect::perimeter`]); `None` for other datastores.
+    fn folder(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Largest datastore file read, in bytes; a bigger file is rejected without being read, so a
@@ -254,6 +259,10 @@ impl Datastore for FileDatastore {
 
     /// A thread turns inotify events on the folder into notifications; it ends when the
     /// notification is refused (the agent is gone).
+    fn folder(&self) -> Option<PathBuf> {
+        Some(self.dir.clone())
+    }
+
     fn subscribe(&mut self, notify: Notify) -> Result<(), AgentError> {
         let dir = self.dir.clone();
         let w = bulkhead_fswatch::Watcher::new(&dir)

@@ -9,8 +9,10 @@
 //! namespace/name and field while the rest of the cluster's state still applies.
 //!
 //! [`lease`] elects one leader among replicas on a `coordination.k8s.io/v1` Lease.
+//! [`quarantine`] is the Quarantine resource the agent writes and fw-sync answers.
 
 pub mod lease;
+pub mod quarantine;
 
 /// The client type the watchers use.
 pub use kube::Client;

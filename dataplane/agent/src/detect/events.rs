@@ -28,7 +28,7 @@ pub(super) const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct DetectorEvent {
     /// `exec` or `violation` (exec probe); `new-peer`, `new-port`, `port-scan` or
     /// `new-inbound` (network); `syscall-sequence` or `syscall-unseen` (sequence model);
-    /// `egress-volume`.
+    /// `egress-volume`; `quarantine-perimeter` (firewalls holding an isolated workload).
     pub kind: &'static str,
     /// Kernel timestamp of the exec or of the flow's first packet (CLOCK_MONOTONIC ns).
     pub ts_ns: u64,
@@ -69,6 +69,10 @@ pub struct DetectorEvent {
     /// one, or how many alerts an `alerts-rate-limited` event stands for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// `quarantine-perimeter`: the firewalls whose quarantine group now holds the
+    /// workload's addresses ([`super::perimeter`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub firewalls: Vec<String>,
 }
 
 impl DetectorEvent {

@@ -74,9 +74,14 @@ impl Detector {
             .map(|w| (w.spec.name.clone(), w.profile_name().to_string()))
             .collect();
         let mut peers: HashMap<IpAddr, String> = HashMap::new();
+        let mut addresses: HashMap<String, Vec<IpAddr>> = HashMap::new();
         for pod in model.pods.values() {
             if pod.ip.is_none() && pod.ip6.is_none() {
                 continue;
+            }
+            let pod_name = format!("{}/{}", pod.namespace, pod.name);
+            if by_pod.contains_key(&pod_name) {
+                addresses.insert(pod_name, pod.addrs().collect());
             }
             let name = by_pod
                 .get(&format!("{}/{}", pod.namespace, pod.name))
@@ -88,6 +93,7 @@ impl Detector {
             }
         }
         self.set_peers(peers);
+        self.shared.state().addresses = addresses;
     }
 
     /// Replaces a profile by a validated one (a bad text changes nothing); the kernel's exec

@@ -17,6 +17,7 @@ mod flowwatch;
 mod manage;
 pub mod network;
 mod netwatch;
+pub mod perimeter;
 pub mod policy;
 pub mod profile;
 pub mod sequence;
@@ -224,6 +225,8 @@ pub struct Shared {
     pub(crate) alerts: Mutex<alerts::AlertGate>,
     /// Events reported by kind, and actions by (kind, action): the metrics' counters.
     pub(crate) counts: Mutex<(BTreeMap<&'static str, u64>, BTreeMap<(&'static str, String), u64>)>,
+    /// The node's Quarantines for fw-sync (folder datastore only, see [`perimeter`]).
+    pub(crate) perimeter: Mutex<Option<perimeter::Perimeter>>,
 }
 
 #[derive(Default)]
@@ -236,6 +239,9 @@ pub(crate) struct Inner {
     pub events: VecDeque<DetectorEvent>,
     /// Profiles replaced by an import whose syscall model the sequence thread must reload.
     pub sequence_reload: BTreeSet<String>,
+    /// Monitored workloads' addresses (both families) from the last sync, by workload name:
+    /// what a quarantine puts in the perimeter's group.
+    pub addresses: std::collections::HashMap<String, Vec<IpAddr>>,
 }
 
 impl Inner {
@@ -327,6 +333,8 @@ impl Shared {
     }
 
     fn report(&self, file: &Path, rec: DetectorEvent) {
+        // The node has acted already; the perimeter follows before the alert is written.
+        self.quarantine_if_acted(&rec);
         {
             let mut g = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             *g.0.entry(rec.kind).or_default() += 1;
@@ -626,6 +634,7 @@ impl Detector {
         let isolated = release_isolation(&mut dp.maps.det.isolation, w.cgroup_id, w.ifindex)?;
         let frozen = cgroup::is_frozen(&w.spec.cgroup).unwrap_or(false);
         cgroup::thaw(&w.spec.cgroup).map_err(|e| det_err(format!("thawing {}: {e}", w.spec.cgroup.display())))?;
+        self.shared.withdraw_quarantine(name);
         tracing::info!(workload = name, isolated, frozen, "detector released workload");
         Ok((isolated, frozen))
     }
@@ -642,6 +651,7 @@ impl Detector {
         let _ = dp.maps.det.workloads.remove(&w.cgroup_id);
         if release {
             release_isolation(&mut dp.maps.det.isolation, w.cgroup_id, w.ifindex)?;
+            self.shared.withdraw_quarantine(name);
         }
         let shared_id = {
             let mut g = self.shared.state();

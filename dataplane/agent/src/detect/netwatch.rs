@@ -47,6 +47,7 @@ impl Detector {
         }
         let elapsed = self.last_tick.elapsed().as_secs_f64();
         self.last_tick = Instant::now();
+        self.sync_perimeter(dp);
         let span = tracing::debug_span!("detector-tick");
         let _g = span.enter();
         let workloads: Vec<WorkloadState> = self.shared.state().workloads.values().cloned().collect();
