@@ -196,6 +196,50 @@ mod tests {
         QuarantineDoc { file: PathBuf::from(format!("/nonexistent/{}", bulkhead_kube::quarantine::file_name(workload))), quarantine: q }
     }
 
+    fn config(extra: &str) -> Result<crate::config::DaemonConfig, FwSyncError> {
+        let text = format!("firewalls:\n  - {{name: edge, type: ipset}}\n  - {{name: core, type: nftables}}\ndatastore: ./d\n{extra}");
+        crate::config::DaemonConfig::parse("fw.yaml", &text, std::path::Path::new("/tmp"))
+    }
+
+    #[test]
+    fn one_object_per_firewall_with_default_or_chosen_kind() {
+        let c = config("quarantine: {name: qz}\n").expect("valid");
+        let t: Vec<String> = c.quarantine_targets().iter().map(|t| format!("{} {}", t.firewall, t.object)).collect();
+        assert_eq!(t, ["edge ipset qz", "core nftables-set qz"]);
+        assert_eq!(config("quarantine: {}\n").expect("defaults").quarantine.expect("set").name, "quarantine");
+    }
+
+    #[test]
+    fn bad_quarantine_config_is_refused_naming_the_field() {
+        for (extra, want) in [
+            ("quarantine: {kinds: {nope: ipset}}\n", "quarantine.kinds.nope: no firewall \"nope\""),
+            ("quarantine: {kinds: {edge: nftables-set}}\n", "quarantine.kinds.edge: firewall edge has no nftables-set objects"),
+            ("quarantine: {name: 'bad name'}\n", "quarantine.name: invalid ipset name"),
+            ("quarantine: {name: x-v6}\n", "reserved"),
+            ("quarantine: {nam: x}\n", "nam"),
+        ] {
+            let e = config(extra).expect_err(extra).to_string();
+            assert!(e.contains(want) && e.starts_with("fw.yaml"), "{extra}: {e}");
+        }
+        let text = "firewalls: [{name: edge, type: ipset}]\ndatastore: kubernetes\nquarantine: {}\n";
+        let e = crate::config::DaemonConfig::parse("fw.yaml", text, std::path::Path::new("/tmp")).expect_err("kubernetes").to_string();
+        assert!(e.contains("quarantine: needs a folder datastore"), "{e}");
+    }
+
+    #[test]
+    fn an_address_group_cannot_write_the_quarantine_object() {
+        let c = config("quarantine: {name: qz}\n").expect("valid");
+        let g = crate::group::AddressGroup {
+            name: "g".into(),
+            pod_selector: policy_compiler::selector_parser::parse_selector("all()").expect("selector"),
+            namespace_selector: None,
+            targets: vec![Target { firewall: "edge".into(), object: ObjectRef { kind: TargetKind::Ipset, name: "qz".into() } }],
+            origin: "g.yaml: document 1".into(),
+        };
+        let e = c.check_groups(&[g]).expect_err("conflict").to_string();
+        assert!(e.contains("is the quarantine group"), "{e}");
+    }
+
     #[test]
     fn an_address_another_pod_owns_now_is_left_out() {
         let m = model("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nstatus: {podIP: 10.0.0.2}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nstatus: {podIP: 10.0.0.1}\n");

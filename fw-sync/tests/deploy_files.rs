@@ -27,4 +27,5 @@ fn example_config_and_datastore_load() {
     let snapshot = fw_sync::source::load(&config.datastore).unwrap_or_else(|e| panic!("example datastore: {e}"));
     config.check_groups(&snapshot.groups).unwrap_or_else(|e| panic!("example groups: {e}"));
     assert!(!snapshot.groups.is_empty(), "the example has AddressGroups");
+    assert_eq!(config.quarantine_targets().len(), config.firewalls.len(), "the example keeps a quarantine group on every firewall");
 }

@@ -79,9 +79,8 @@ impl Detector {
             if pod.ip.is_none() && pod.ip6.is_none() {
                 continue;
             }
-            let pod_name = format!("{}/{}", pod.namespace, pod.name);
-            if by_pod.contains_key(&pod_name) {
-                addresses.insert(pod_name, pod.addrs().collect());
+            if let Some(i) = &pod.interface {
+                addresses.insert(i.clone(), pod.addrs().collect());
             }
             let name = by_pod
                 .get(&format!("{}/{}", pod.namespace, pod.name))

@@ -239,9 +239,23 @@ pub(crate) struct Inner {
     pub events: VecDeque<DetectorEvent>,
     /// Profiles replaced by an import whose syscall model the sequence thread must reload.
     pub sequence_reload: BTreeSet<String>,
-    /// Monitored workloads' addresses (both families) from the last sync, by workload name:
-    /// what a quarantine puts in the perimeter's group.
+    /// This node's endpoints' addresses (both families) from the last sync, by host-side
+    /// interface: what a quarantine puts in the perimeter's group (a workload monitored
+    /// since the last sync is found too).
     pub addresses: std::collections::HashMap<String, Vec<IpAddr>>,
+}
+
+impl Inner {
+    /// The addresses of the workload named `name`, as of the last sync.
+    pub fn addresses_of(&self, name: &str) -> Vec<IpAddr> {
+        self.workloads
+            .values()
+            .find(|w| w.spec.name == name)
+            .and_then(|w| w.spec.interface.as_ref())
+            .and_then(|i| self.addresses.get(i))
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 impl Inner {

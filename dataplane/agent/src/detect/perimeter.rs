@@ -170,7 +170,7 @@ impl Shared {
         }
         let mut g = self.perimeter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(p) = g.as_mut() else { return };
-        let addrs = self.state().addresses.get(w).cloned().unwrap_or_default();
+        let addrs = self.state().addresses_of(w);
         p.publish(w, rec.kind, acted, addrs);
     }
 
@@ -228,7 +228,7 @@ impl Detector {
                     || isolated.contains(&w.cgroup_id)
                     || cgroup::is_frozen(&w.spec.cgroup).unwrap_or(false);
                 if held {
-                    quarantined.insert(w.spec.name.clone(), g.addresses.get(&w.spec.name).cloned().unwrap_or_default());
+                    quarantined.insert(w.spec.name.clone(), g.addresses_of(&w.spec.name));
                 }
             }
         }
