@@ -25,6 +25,10 @@
 //! during 200 mixed events (create, delete, relabel) at 100 events/s; then the time until
 //! the firewall equals the datastore, and the updates lost (addresses that differ from the
 //! datastore after convergence, or after 60 s if it never converges).
+//!
+//! Quarantine (the perimeter's part of a detector isolation): a node's Quarantine file written
+//! (or removed, for a release) to the firewall's `bhfw-quarantine` object holding (or no
+//! longer holding) the address, measured as the pod events are.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -43,6 +47,8 @@ use fw_sync::config::DaemonConfig;
 use fw_sync::metrics::Metrics;
 
 const LATENCY_EVENTS: usize = 100;
+/// Quarantines and releases measured per backend (half each).
+const QUARANTINE_EVENTS: usize = 40;
 const SPACING: Duration = Duration::from_millis(30);
 const GIVE_UP: Duration = Duration::from_secs(60);
 const FIREWALL: &str = "bench";
@@ -83,7 +89,8 @@ struct Rig {
     firewall_yaml: String,
     /// Target kind of the AddressGroup.
     kind: &'static str,
-    observe: Box<dyn Fn() -> BTreeSet<Ipv4Addr>>,
+    /// The IPv4 members of an owned object, by name (`bhfw-web`, `bhfw-quarantine`).
+    observe: Box<dyn Fn(&str) -> BTreeSet<Ipv4Addr>>,
     faults: Option<Arc<dyn Fn(FaultConfig)>>,
     /// Only the calls phase (a variant that differs in a way only calls show).
     calls_only: bool,
@@ -101,6 +108,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(rig: &Rig, initial_pods: usize) -> Daemon {
+        Self::start_with(rig, initial_pods, "")
+    }
+
+    /// With `extra` appended to the daemon config (the quarantine block).
+    fn start_with(rig: &Rig, initial_pods: usize, extra: &str) -> Daemon {
         let dir = std::env::temp_dir().join(format!("bulkhead-bench-fwsync-{}-{}", std::process::id(), rig.name));
         let _ = std::fs::remove_dir_all(&dir);
         let ds = dir.join("datastore");
@@ -115,7 +127,7 @@ impl Daemon {
             write_pod(&ds, i, "web");
         }
         let cfg_path = dir.join("fw-sync.yaml");
-        std::fs::write(&cfg_path, format!("firewalls:\n- {}\ndatastore: datastore\nreconcileInterval: 30s\n", rig.firewall_yaml)).expect("config");
+        std::fs::write(&cfg_path, format!("firewalls:\n- {}\ndatastore: datastore\nreconcileInterval: 30s\n{extra}", rig.firewall_yaml)).expect("config");
         let config = DaemonConfig::load(&cfg_path).unwrap_or_else(|e| panic!("{}: {e}", rig.name));
         let stop = Arc::new(AtomicBool::new(false));
         let metrics = Metrics::default();
@@ -163,7 +175,7 @@ fn delete_pod(ds: &Path, i: usize) {
 fn wait_until(rig: &Rig, want: &BTreeSet<Ipv4Addr>) -> Option<Duration> {
     let start = Instant::now();
     loop {
-        if (rig.observe)() == *want {
+        if (rig.observe)("bhfw-web") == *want {
             return Some(start.elapsed());
         }
         if start.elapsed() > GIVE_UP {
@@ -205,6 +217,54 @@ fn latency(rig: &Rig) {
     result(&format!("fw_sync_{}_event_to_updated_p50_ms", rig.name), p(50.0));
     result(&format!("fw_sync_{}_event_to_updated_p99_ms", rig.name), p(99.0));
     result(&format!("fw_sync_{}_event_failures", rig.name), failures);
+}
+
+/// A node's quarantine (the Quarantine file the agent writes when its detector isolates a
+/// workload) to the firewall's quarantine group holding the address, and its withdrawal
+/// (release) to the address gone: the perimeter's part of an isolation.
+fn quarantine(rig: &Rig) {
+    let d = Daemon::start_with(rig, 20, &format!("quarantine: {{name: quarantine, kinds: {{{FIREWALL}: {}}}}}\n", rig.kind));
+    let node = d.dir.join(bulkhead_kube::quarantine::FOLDER).join("bench-node");
+    std::fs::create_dir_all(&node).expect("quarantine folder");
+    let holds = |want: &BTreeSet<Ipv4Addr>| {
+        let start = Instant::now();
+        while (rig.observe)("bhfw-quarantine") != *want {
+            if start.elapsed() > GIVE_UP {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
+    };
+    let mut samples = Vec::new();
+    let mut failures = 0;
+    for k in 0..QUARANTINE_EVENTS {
+        // Quarantine one of the 20 pods, then release it.
+        let pod = k / 2 % 20;
+        let ip = pod_ip(pod);
+        let file = node.join(bulkhead_kube::quarantine::file_name(&format!("shop/p{pod}")));
+        let t0 = Instant::now();
+        let want: BTreeSet<Ipv4Addr> = if k % 2 == 0 {
+            let q = bulkhead_kube::quarantine::Quarantine::new("bench-node", &format!("shop/p{pod}"), "violation", vec!["isolated".into()], vec![ip.into()], bulkhead_kube::quarantine::now_unix_ms());
+            bulkhead_kube::quarantine::write_atomic(&file, serde_yaml::to_string(&q).expect("serializes").as_bytes()).expect("write quarantine");
+            [ip].into()
+        } else {
+            let _ = std::fs::remove_file(&file);
+            BTreeSet::new()
+        };
+        if holds(&want) {
+            samples.push(t0.elapsed());
+        } else {
+            failures += 1;
+        }
+        std::thread::sleep(SPACING);
+    }
+    samples.sort();
+    let p = |q| percentile(&samples, q).map_or("n/a".into(), ms);
+    println!("fw_sync {}: quarantine published / withdrawn -> firewall's quarantine group updated over {} events: p50 {} ms, p99 {} ms, max {} ms, failures {failures}", rig.name, samples.len(), p(50.0), p(99.0), p(100.0));
+    result(&format!("fw_sync_{}_quarantine_to_updated_p50_ms", rig.name), p(50.0));
+    result(&format!("fw_sync_{}_quarantine_to_updated_p99_ms", rig.name), p(99.0));
+    result(&format!("fw_sync_{}_quarantine_failures", rig.name), failures);
 }
 
 /// API calls per 1,000 pod events, for a burst and for a steady stream.
@@ -276,7 +336,7 @@ fn faults(rig: &Rig) {
     let last = Instant::now();
     let want: BTreeSet<_> = app.iter().enumerate().filter(|(_, a)| **a == Some("web")).map(|(i, _)| pod_ip(i)).collect();
     let converged = wait_until(rig, &want);
-    let got = (rig.observe)();
+    let got = (rig.observe)("bhfw-web");
     let lost = want.symmetric_difference(&got).count();
     set_faults(FaultConfig::default());
     let errors = d.metrics.errors(FIREWALL);
@@ -309,8 +369,8 @@ fn kernel_rigs(ns: &Arc<Netns>) -> Vec<Rig> {
             name: "ipset",
             firewall_yaml: format!("{{name: {FIREWALL}, type: ipset, netns: {}}}", ns.0),
             kind: "ipset",
-            observe: Box::new(move || {
-                let text = in_netns(&n1, &["ipset", "list", "bhfw-web"]);
+            observe: Box::new(move |set| {
+                let text = in_netns(&n1, &["ipset", "list", set]);
                 text.split_once("Members:").map_or_else(BTreeSet::new, |(_, m)| addresses(m))
             }),
             faults: None,
@@ -321,8 +381,8 @@ fn kernel_rigs(ns: &Arc<Netns>) -> Vec<Rig> {
             name: "nftables",
             firewall_yaml: format!("{{name: {FIREWALL}, type: nftables, netns: {}, nftables: {{family: inet, table: bhb}}}}", ns.0),
             kind: "nftables-set",
-            observe: Box::new(move || {
-                let text = in_netns(&n2, &["nft", "list", "set", "inet", "bhb", "bhfw-web"]);
+            observe: Box::new(move |set| {
+                let text = in_netns(&n2, &["nft", "list", "set", "inet", "bhb", set]);
                 text.split_once("elements").map_or_else(BTreeSet::new, |(_, m)| addresses(m))
             }),
             faults: None,
@@ -364,7 +424,7 @@ fn emulator_rigs() -> Vec<Rig> {
             name,
             firewall_yaml: format!("{{name: {FIREWALL}, type: panos, panos: {{url: '{}', apiKey: {{file: {}}}, vsys: vsys1}}, tls: {{caFile: {}}}}}", emu.url(), key.display(), emu.ca_file().display()),
             kind,
-            observe: Box::new(move || real(if static_group { e2.running_static_group("vsys1", "bhfw-web").unwrap_or_default() } else { e2.registered_ips("bhfw-web") })),
+            observe: Box::new(move |g| real(if static_group { e2.running_static_group("vsys1", g).unwrap_or_default() } else { e2.registered_ips(g) })),
             faults: Some(Arc::new(move |f| set(e3.faults(), f))),
             calls_only: commit_ms != 20,
             _keep: vec![Box::new(emu), Box::new(TempFiles(secrets.clone()))],
@@ -382,7 +442,7 @@ fn emulator_rigs() -> Vec<Rig> {
             name,
             firewall_yaml: format!("{{name: {FIREWALL}, type: fortios, fortios: {{url: '{}', token: {{file: {}}}, vdom: root}}, tls: {{caFile: {}}}}}", emu.url(), token.display(), emu.ca_file().display()),
             kind,
-            observe: Box::new(move || real(if feed { e2.feed_entries("root", "bhfw-web").unwrap_or_default() } else { e2.group_members("root", "bhfw-web").unwrap_or_default() })),
+            observe: Box::new(move |g| real(if feed { e2.feed_entries("root", g).unwrap_or_default() } else { e2.group_members("root", g).unwrap_or_default() })),
             faults: Some(Arc::new(move |f| set(e3.faults(), f))),
             calls_only: false,
             _keep: vec![Box::new(emu), Box::new(TempFiles(secrets.clone()))],
@@ -416,6 +476,8 @@ fn main() {
         tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     }
     let only = std::env::var("FW_SYNC_BENCH_ONLY").ok();
+    // FW_SYNC_BENCH_PHASES=latency,quarantine,calls,faults (default: all).
+    let phases = std::env::var("FW_SYNC_BENCH_PHASES").ok();
     let mut rigs = Vec::new();
     if is_root() {
         let ns = Arc::new(Netns::new());
@@ -428,11 +490,17 @@ fn main() {
         if only.as_deref().is_some_and(|o| !rig.name.starts_with(o)) {
             continue;
         }
-        if !rig.calls_only {
+        let run = |phase: &str| phases.as_deref().is_none_or(|p| p.split(',').any(|x| x == phase));
+        if !rig.calls_only && run("latency") {
             latency(rig);
         }
-        calls(rig);
-        if !rig.calls_only {
+        if !rig.calls_only && run("quarantine") {
+            quarantine(rig);
+        }
+        if run("calls") {
+            calls(rig);
+        }
+        if !rig.calls_only && run("faults") {
             faults(rig);
         }
     }

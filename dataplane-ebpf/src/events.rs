@@ -135,6 +135,13 @@ pub fn emit<A: Addr>(ifindex: u32, f: &Flow<A>, dir: u8, kind: u8, verdict: &Pol
     write(ifindex, Some(f), &Meta { dir, kind, verdict, staged, drop_reason: 0, ids });
 }
 
+/// A flow dropped for `reason` after the policy judged it (`verdict`): reported whatever the
+/// drop-event budget says, since a decision follows from it.
+#[inline(always)]
+pub fn emit_dropped<A: Addr>(ifindex: u32, f: &Flow<A>, dir: u8, reason: u32, verdict: &PolicyValueV2, ids: Ids) {
+    write(ifindex, Some(f), &Meta { dir, kind: flow_kind::DROPPED, verdict, staged: None, drop_reason: reason as u16, ids });
+}
+
 /// Writes the event (a tuple of zeros and family 0 without `f`). Not inlined: events are the
 /// uncommon path, and each inlined copy would hold its own copy of the tuple on the caller's
 /// BPF stack.

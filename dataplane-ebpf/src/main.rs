@@ -18,6 +18,7 @@ mod detect;
 mod events;
 mod family;
 mod isolate;
+mod learned;
 mod maps;
 mod parse;
 mod policy;
@@ -413,8 +414,12 @@ fn judge_new_flow<A: Addr>(ifindex: u32, ep: &Local, cfg: &ConfigV2, flow: &Flow
     let info = remote.peer_info(ep.pgen);
     let peer = info.identity;
     let v = policy::enforced(ep.identity, info.peer_class, dir, flow.protocol, flow.policy_port, ep.pgen);
-    let allow = v.action == action::ALLOW;
-    let counter = if !allow {
+    // The detector's kernel decision (protect mode), for flows the policy lets out.
+    let unlearned = v.action == action::ALLOW && dir == direction::EGRESS && learned::denies(ifindex, flow);
+    let allow = v.action == action::ALLOW && !unlearned;
+    let counter = if unlearned {
+        counters::DROP_DETECTOR_UNLEARNED
+    } else if !allow {
         counters::DENY_POLICY
     } else if v.policy_index == bulkhead_common::NO_POLICY && v.flags & verdict_flags::END_OF_TIER == 0 {
         counters::ALLOW_NOT_ISOLATED
@@ -435,7 +440,10 @@ fn judge_new_flow<A: Addr>(ifindex: u32, ep: &Local, cfg: &ConfigV2, flow: &Flow
         None
     };
     events::record_stats(&v, staged);
-    if maps::flow_watched(ifindex, cfg) || v.flags & verdict_flags::LOG != 0 {
+    if unlearned {
+        // Always reported (not rate-limited as other drops): the agent's finding follows it.
+        events::emit_dropped(ifindex, flow, dir, counters::DROP_DETECTOR_UNLEARNED, &v, events::Ids { local: ep.identity, peer });
+    } else if maps::flow_watched(ifindex, cfg) || v.flags & verdict_flags::LOG != 0 {
         let kind = if allow { flow_kind::NEW_ALLOWED } else { flow_kind::DENIED };
         events::emit(ifindex, flow, dir, kind, &v, staged, events::Ids { local: ep.identity, peer });
     }

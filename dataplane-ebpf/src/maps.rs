@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bulkhead_common::detect::{
-    self as det, AllowKey6V1, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1,
+    self as det, AllowKey6V1, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, LearnedKeyV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
     ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV1, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
@@ -149,8 +149,9 @@ pub fn add_egress_bytes(ifindex: u32, len: u32) {
     }
 }
 
-/// Key: host ifindex below `capacity::IFINDEX_DIRECT`. Value: 1 when every new flow of that
-/// endpoint is reported (a monitored workload's). Written by the detector; read by TC.
+/// Key: host ifindex below `capacity::IFINDEX_DIRECT`. Value: [`det::watch_flags`] of that
+/// endpoint (a monitored workload's: report every new flow; in protect mode, drop new flows
+/// outside the learned destinations). Written by the detector; read by TC.
 #[map(name = "BH_FLOW_WATCH_V1")]
 pub static FLOW_WATCH: Array<u32> = Array::with_max_entries(capacity::IFINDEX_DIRECT, 0);
 
@@ -164,6 +165,24 @@ pub fn flow_watched(ifindex: u32, cfg: &ConfigV2) -> bool {
         cfg.flags & bulkhead_common::config_flags::FLOW_EVENTS_ALL != 0
     }
 }
+
+/// The endpoint's [`det::watch_flags`] (0 for interfaces past the array: reported through
+/// the global flag, never dropped for the detector).
+#[inline(always)]
+pub fn watch_flags(ifindex: u32) -> u32 {
+    if bulkhead_common::ifindex_is_direct(ifindex) {
+        FLOW_WATCH.get(ifindex).copied().unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// Key: (endpoint ifindex, destination, port, protocol; or port and protocol 0 for "a learned
+/// peer"). Value: 1. Written by the agent from protect-mode workloads' profiles (and by its
+/// network thread when it finds an entry missing); read by TC on a new outbound flow of an
+/// endpoint with [`det::watch_flags::DROP_NEW_PEER`] or `DROP_NEW_PORT`.
+#[map(name = "BH_DET_LEARNED_V1")]
+pub static LEARNED: HashMap<LearnedKeyV1, u8> = HashMap::with_max_entries(det::capacity::LEARNED, 0);
 
 /// Key: policy index. Value: per-CPU allow/deny and would-allow/would-deny counts.
 /// Written by TC on every judged new flow; read by `bulkhead policy stats`.

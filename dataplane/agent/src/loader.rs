@@ -53,7 +53,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 41] = [
+pub(crate) const ALL_MAPS: [&str; 42] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
     map_names::UPLINK_DENY6,
@@ -95,6 +95,7 @@ pub(crate) const ALL_MAPS: [&str; 41] = [
     det::map_names::SYSCALLS,
     det::map_names::PARENTS,
     det::map_names::SYSSEQ,
+    det::map_names::LEARNED,
 ];
 
 /// A link pinned under `<pin dir>/links` as soon as it exists, so the kernel keeps it (and
@@ -164,6 +165,8 @@ pub struct DetectorMaps {
     pub events: Option<RingBuf<MapData>>,
     /// Syscall records of sequence-modelled workloads; taken by the sequence-model thread.
     pub sysseq: Option<RingBuf<MapData>>,
+    /// Learned outbound destinations of protect-mode endpoints (TC drops the rest).
+    pub learned: HashMap<MapData, bulkhead_common::detect::LearnedKeyV1, u8>,
 }
 
 /// The loaded programs and maps of one agent instance.
@@ -321,6 +324,7 @@ impl Dataplane {
                 syscalls: PerCpuHashMap::try_from(take(det::map_names::SYSCALLS)?).map_err(|e| map_err(det::map_names::SYSCALLS, e))?,
                 events: Some(RingBuf::try_from(take(det::map_names::EVENTS)?).map_err(|e| map_err(det::map_names::EVENTS, e))?),
                 sysseq: Some(RingBuf::try_from(take(det::map_names::SYSSEQ)?).map_err(|e| map_err(det::map_names::SYSSEQ, e))?),
+                learned: HashMap::try_from(take(det::map_names::LEARNED)?).map_err(|e| map_err(det::map_names::LEARNED, e))?,
             },
         };
         let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, xdp_prefilter };

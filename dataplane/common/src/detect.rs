@@ -34,7 +34,41 @@ pub mod map_names {
     /// Syscall stream of workloads with [`super::wl_flags::SYSCALL_SEQ`]: ring buffer of
     /// [`crate::detect::SyscallRecordV1`].
     pub const SYSSEQ: &str = "BH_DET_SYSSEQ_V1";
+    /// Outbound destinations a protect-mode workload learned, per endpoint:
+    /// [`crate::detect::LearnedKeyV1`] -> u8 (1). TC drops a new flow outside them before it
+    /// leaves (see [`super::watch_flags`]).
+    pub const LEARNED: &str = "BH_DET_LEARNED_V1";
 }
+
+/// Bits of the per-endpoint flow-watch array ([`crate::map_names::FLOW_WATCH`]). Written by
+/// the agent; read by TC on a new flow.
+pub mod watch_flags {
+    /// Report every new flow of the endpoint (a monitored workload's).
+    pub const REPORT: u32 = 1;
+    /// Protect mode, new peers isolate: a new outbound flow to an address the endpoint's
+    /// profile never reached is dropped and the endpoint isolated, in TC.
+    pub const DROP_NEW_PEER: u32 = 2;
+    /// Protect mode, new ports isolate: a new outbound flow to a learned address on a port or
+    /// protocol never used with it is dropped and the endpoint isolated, in TC.
+    pub const DROP_NEW_PORT: u32 = 4;
+}
+
+/// A learned outbound destination of an endpoint. With `port_be` 0 and `protocol` 0: the
+/// address is a learned peer on some port. Key of [`map_names::LEARNED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LearnedKeyV1 {
+    /// Host-side ifindex of the endpoint.
+    pub ifindex: u32,
+    /// IPv4 in the first 4 bytes (rest 0) or IPv6, network order.
+    pub addr_be: [u8; 16],
+    /// Destination port (0 for ICMP).
+    pub port_be: [u8; 2],
+    pub protocol: u8,
+    /// 4 or 6.
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<LearnedKeyV1>() == 24);
 
 /// Capacities of the detector maps.
 pub mod capacity {
@@ -46,6 +80,8 @@ pub mod capacity {
     /// (workload, syscall) pairs; ~450 syscalls, so ~580 busy workloads fit.
     pub const SYSCALLS: u32 = 262_144;
     pub const PARENTS: u32 = 65_536;
+    /// (endpoint, destination, port) entries of protect-mode workloads.
+    pub const LEARNED: u32 = 65_536;
     pub const EVENT_RING_BYTES: u32 = 1 << 20;
     /// 4 MiB: about 100 k records of 40 bytes (with the ring's header), some 100 ms of a
     /// workload making a million syscalls a second.
@@ -106,6 +142,8 @@ pub mod isolation_reason {
     pub const EXEC_VIOLATION: u32 = 1;
     /// User space isolated it (operator command or a user-space decision).
     pub const USER: u32 = 2;
+    /// TC isolated it: a new outbound flow outside its learned destinations (protect mode).
+    pub const UNLEARNED_FLOW: u32 = 3;
 }
 
 /// An isolated endpoint. Key: host-side ifindex (u32). Written by the exec probe and the
@@ -273,6 +311,7 @@ mod user {
     unsafe impl aya::Pod for WorkloadV1 {}
     unsafe impl aya::Pod for ExecKeyV1 {}
     unsafe impl aya::Pod for IsolationV1 {}
+    unsafe impl aya::Pod for LearnedKeyV1 {}
     unsafe impl aya::Pod for AllowKeyV2 {}
     unsafe impl aya::Pod for AllowKey6V1 {}
     unsafe impl aya::Pod for SyscallKeyV1 {}

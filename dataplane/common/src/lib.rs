@@ -437,6 +437,10 @@ pub mod counters {
         /// Fail-closed: an ICMPv6 neighbour discovery or listener message with a hop limit
         /// that says it was forwarded (RFC 4861 and 3810 receivers discard these).
         DROP_ICMPV6_ND_HOPLIMIT = "drop_icmpv6_nd_forwarded_fail_closed",
+        /// A new outbound flow of a protect-mode workload to a destination outside its
+        /// learned profile, dropped (and the endpoint isolated where the finding's action
+        /// says so) before its first packet left: the detector's kernel decision.
+        DROP_DETECTOR_UNLEARNED = "drop_detector_unlearned_flow",
     }
 }
 

@@ -66,12 +66,18 @@ impl FlowWatch {
                 None
             }
         };
+        let learned = MapData::from_pin(pin_dir.join(bulkhead_common::detect::map_names::LEARNED))
+            .ok()
+            .and_then(|m| aya::maps::HashMap::try_from(aya::maps::Map::HashMap(m)).ok());
+        if learned.is_none() {
+            tracing::error!("network decisions cannot open the learned-destination map; a flow TC dropped for a stale entry stays dropped");
+        }
         let wake = Arc::new(Wake::new()?);
         let stop = Arc::new(AtomicBool::new(false));
         let lost = Arc::new(AtomicU64::new(0));
         let (flush_tx, flush_rx) = mpsc::channel();
         let (events_tx, events_rx) = mpsc::sync_channel(LOG_BACKLOG);
-        let mut w = Watcher { ring, shared, peers, events_file, isolation, scan: HashMap::new(), to_log: events_tx, lost: lost.clone() };
+        let mut w = Watcher { ring, shared, peers, events_file, isolation, learned, scan: HashMap::new(), to_log: events_tx, lost: lost.clone() };
         let thread = std::thread::Builder::new()
             .name("bh-netwatch".into())
             .spawn({
@@ -126,6 +132,8 @@ struct Watcher {
     events_file: PathBuf,
     /// The pinned isolation map (TC reads it): protect mode's `isolate`.
     isolation: Option<IsolationMap<MapData>>,
+    /// The pinned learned-destination map ([`super::learned`]), for repairs.
+    learned: Option<aya::maps::HashMap<MapData, bulkhead_common::detect::LearnedKeyV1, u8>>,
     /// Port-scan windows per workload (cgroup id).
     scan: HashMap<u64, ScanWindow>,
     to_log: mpsc::SyncSender<Vec<FlowEventV4>>,
@@ -183,7 +191,9 @@ impl Watcher {
 
     /// Learns or judges one flow event (new flows of monitored workloads).
     fn on_flow(&mut self, peers: &HashMap<IpAddr, String>, ev: &FlowEventV4) {
-        if !matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || ev.ifindex == 0 {
+        // TC's own detector decision (protect mode): the flow never left.
+        let kernel_dropped = ev.kind == flow_kind::DROPPED && u32::from(ev.drop_reason) == bulkhead_common::counters::DROP_DETECTOR_UNLEARNED;
+        if !(matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || kernel_dropped) || ev.ifindex == 0 {
             return;
         }
         let inbound = ev.direction != direction::EGRESS;
@@ -225,6 +235,16 @@ impl Watcher {
             network::judge(g.profile_mut(&w), scan, &w.opts.scan, ev.ts_ns, &peer, port, protocol)
         };
         drop(g);
+        if kernel_dropped && findings.is_empty() && super::learned::may_be_stale(&peer) {
+            // TC had not heard of this address of a learned peer yet (a replica newer than
+            // the last sync): let the retransmit through and undo TC's isolation.
+            let lifted = super::learned::repair(self.learned.as_mut(), self.isolation.as_mut(), ev.ifindex, remote, port, ev.protocol);
+            tracing::warn!(workload = %w.spec.name, %peer, %remote, port, lifted, "TC dropped a flow to a learned peer's new address; entry added");
+            return;
+        }
+        // Read before the actions below overwrite TC's entry with their own.
+        let tc_isolated = kernel_dropped
+            && self.isolation.as_ref().and_then(|m| m.get(ev.ifindex).ok().flatten()).is_some_and(|v| v.reason == bulkhead_common::detect::isolation_reason::UNLEARNED_FLOW);
         for (finding, counts) in findings {
             let actions = match finding {
                 Finding::NewPeer => w.spec.actions.new_peer,
@@ -234,6 +254,12 @@ impl Watcher {
             };
             let mut rec = self.act(&w, ev, finding, actions, &peer, port, protocol, counts);
             rec.read_delay_ns = read_at.saturating_sub(ev.ts_ns);
+            if kernel_dropped {
+                rec.kernel_actions.push("dropped-first-packet");
+                if tc_isolated {
+                    rec.kernel_actions.push("isolated");
+                }
+            }
             self.shared.record(&self.events_file, rec);
         }
     }

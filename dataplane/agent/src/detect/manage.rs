@@ -124,6 +124,7 @@ impl Detector {
         }
         self.persist();
         self.shared.bump();
+        self.sync_flow_events(dp)?;
         tracing::info!(profile = %name, execs = report.execs, egress = report.egress, workloads = ?report.workloads, "detector profile imported");
         Ok(report)
     }

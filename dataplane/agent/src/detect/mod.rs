@@ -14,6 +14,7 @@
 pub mod cgroup;
 mod events;
 mod flowwatch;
+mod learned;
 mod manage;
 pub mod network;
 mod netwatch;
@@ -411,9 +412,12 @@ pub struct Detector {
     /// list comes with it, from its DetectorPolicy).
     api_allow: BTreeSet<(IpAddr, u16, u8)>,
     last_tick: std::time::Instant,
-    /// Interfaces whose new flows TC reports (FLOW_WATCH slots set to 1); `None` until the
-    /// first sync, which clears whatever an earlier agent left.
-    watched: Option<BTreeSet<u32>>,
+    /// FLOW_WATCH slots written (interface -> [`det::watch_flags`]); `None` until the first
+    /// sync, which clears whatever an earlier agent left.
+    watched: Option<BTreeMap<u32, u32>>,
+    /// Learned-destination entries written for protect-mode endpoints ([`learned`]); `None`
+    /// until the first sync reads what an earlier agent left.
+    learned_written: Option<BTreeSet<det::LearnedKeyV1>>,
 }
 
 /// File names in the agent's state folder.
@@ -488,6 +492,7 @@ impl Detector {
             api_allow: BTreeSet::new(),
             last_tick: std::time::Instant::now(),
             watched: None,
+            learned_written: None,
         };
         // Restored profiles: the kernel's exec entries for them (pinned) may predate a hand
         // edit; rewrite them from the profiles.
@@ -574,6 +579,7 @@ impl Detector {
             tracing::warn!(workload = name, "sequence model did not confirm the mode change within 2 s");
         }
         self.persist();
+        self.sync_flow_events(dp)?;
         tracing::info!(workload = name, ?mode, profile = state.profile_name(), "detector mode changed");
         Ok(self.status_of(dp, &state))
     }
@@ -801,23 +807,29 @@ impl Detector {
     /// bump may have written the config first).
     pub(crate) fn sync_flow_events(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
         let ifindexes: BTreeSet<u32> = self.shared.state().workloads.values().map(|w| w.ifindex).filter(|&i| i != 0).collect();
+        // Protect mode's learned destinations go in before the flags that make TC drop
+        // everything else, and stale ones leave after.
+        let (want, entries) = self.learned_plan();
+        self.write_learned(dp, &entries, false)?;
         let werr = |e: aya::maps::MapError| map_err(bulkhead_common::map_names::FLOW_WATCH, e);
-        let watched = match self.watched.take() {
+        let mut watched = match self.watched.take() {
             Some(w) => w,
             // First sync: whatever slots an earlier agent set.
-            None => (0..bulkhead_common::capacity::IFINDEX_DIRECT).filter(|i| dp.maps.flow_watch.get(i, 0).is_ok_and(|v| v != 0)).collect(),
+            None => (0..bulkhead_common::capacity::IFINDEX_DIRECT).filter_map(|i| dp.maps.flow_watch.get(&i, 0).ok().filter(|&v| v != 0).map(|v| (i, v))).collect(),
         };
-        let direct: BTreeSet<u32> = ifindexes.iter().copied().filter(|&i| bulkhead_common::ifindex_is_direct(i)).collect();
-        let mut now = watched.clone();
-        for &i in direct.difference(&watched) {
-            dp.maps.flow_watch.set(i, 1, 0).map_err(werr)?;
-            now.insert(i);
+        for (&i, &v) in &want {
+            if watched.get(&i) != Some(&v) {
+                dp.maps.flow_watch.set(i, v, 0).map_err(werr)?;
+                watched.insert(i, v);
+            }
         }
-        for &i in watched.difference(&direct) {
+        let gone: Vec<u32> = watched.keys().copied().filter(|i| !want.contains_key(i)).collect();
+        for i in gone {
             dp.maps.flow_watch.set(i, 0, 0).map_err(werr)?;
-            now.remove(&i);
+            watched.remove(&i);
         }
-        self.watched = Some(now);
+        self.watched = Some(watched);
+        self.write_learned(dp, &entries, true)?;
         let want = ifindexes.iter().any(|&i| !bulkhead_common::ifindex_is_direct(i));
         let mut cfg = dp.maps.config.get(&0, 0).map_err(|e| map_err(bulkhead_common::map_names::CONFIG, e))?;
         if cfg.tcp_established_timeout_ns == 0 {
