@@ -551,3 +551,98 @@ fn monitor_alerts_are_deduplicated_and_rate_limited_with_counts() {
     assert!(lines.iter().any(|v| v["kind"] == "new-peer" && v["count"] == folded), "the summary's count is in the JSON lines");
     assert_eq!(stranger(RATE_LIMITED_KIND), 1);
 }
+
+/// Packets from `src` that reached `pod`'s network namespace on `proto`/`ports` (an iptables
+/// counting rule in the pod, inserted first; its namespace goes with the lab).
+struct Arrivals {
+    netns: String,
+    rule: Vec<String>,
+}
+
+impl Arrivals {
+    fn count(f: &Fixture, pod: &str, src: std::net::Ipv4Addr, proto: &str, ports: &str) -> Arrivals {
+        let netns = f.pod(pod).netns.clone();
+        let rule: Vec<String> = ["INPUT", "-s", &src.to_string(), "-p", proto, "--dport", ports].iter().map(|s| s.to_string()).collect();
+        let mut args = vec!["netns".to_string(), "exec".into(), netns.clone(), "iptables".into(), "-w".into(), "-I".into()];
+        args.extend(rule.clone());
+        let out = std::process::Command::new("ip").args(&args).output().expect("iptables");
+        assert!(out.status.success(), "counting rule in {pod}: {}", String::from_utf8_lossy(&out.stderr));
+        Arrivals { netns, rule }
+    }
+
+    fn packets(&self) -> u64 {
+        let out = std::process::Command::new("ip").args(["netns", "exec", &self.netns, "iptables", "-w", "-nvx", "-L", "INPUT"]).output().expect("iptables -L");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let src = &self.rule[2];
+        let line = text.lines().find(|l| l.contains(src.as_str())).unwrap_or_else(|| panic!("no counting rule in {text}"));
+        line.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("counter in {line:?}"))
+    }
+}
+
+/// No first packet: under the default actions (new peers and new ports isolate), the kernel
+/// drops the first packet of an exfiltration (TCP and UDP) and of a scan before it leaves and
+/// isolates the pod there; nothing reaches the destination (counted there with iptables), and
+/// the user-space finding follows from TC's event.
+#[test]
+fn protect_mode_lets_no_packet_of_an_unlearned_flow_out() {
+    let f = Fixture::new();
+    let det = f.agent().detector();
+    let write = |mode: &str| {
+        let text = format!(
+            "apiVersion: bulkhead.io/v1alpha1\nkind: DetectorPolicy\nmetadata: {{name: clients, namespace: dn}}\nspec:\n  selector: app == 'client'\n  mode: {mode}\n"
+        );
+        let dir = f.lab.datastore_dir();
+        std::fs::write(dir.join(".detector-policy.tmp"), text).expect("write policy");
+        std::fs::rename(dir.join(".detector-policy.tmp"), dir.join("detector-policy.yaml")).expect("rename policy");
+        let want = if mode == "protect" { Mode::Protect } else { Mode::Learn };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f.agent().detector_status().expect("status").iter().any(|w| w.name == A && w.mode == want) {
+            assert!(Instant::now() < deadline, "policy ({mode}) not applied");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    write("learn");
+    f.benign("client-a");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !det.profile(PROFILE).is_some_and(|p| p.network.egress.iter().any(|e| e.workload.as_deref() == Some("dn/app=server") && e.port == 8080)) {
+        assert!(Instant::now() < deadline, "the server peer was not learned: {:?}", det.profile(PROFILE));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    write("protect");
+    assert!(f.reaches("client-a", "server", 8080, Protocol::Tcp), "the learned flow passes under protect");
+    let a_ip = f.pod("client-a").ip;
+    let before = f.agent().counters().expect("counters").into_iter().find(|(n, _)| n == "drop_detector_unlearned_flow").map_or(0, |(_, v)| v);
+
+    // Exfiltration over TCP to a peer never seen.
+    let tcp = Arrivals::count(&f, "stranger", a_ip, "tcp", "8080");
+    assert!(!f.reaches("client-a", "stranger", 8080, Protocol::Tcp), "the exfiltration connected");
+    let ev = det
+        .wait_event(Duration::from_secs(3), |e| e.kind == "new-peer" && e.workload.as_deref() == Some(A))
+        .unwrap_or_else(|| panic!("no new-peer finding: {:?}", det.events()));
+    assert!(ev.kernel_actions.contains(&"dropped-first-packet") && ev.kernel_actions.contains(&"isolated"), "decided in TC: {ev:?}");
+    assert_eq!(tcp.packets(), 0, "a packet of the exfiltration reached the stranger");
+    assert!(f.isolated(A));
+    f.agent().detector_release(A).expect("release");
+
+    // The first datagram of a UDP exfiltration never arrives either.
+    let udp = Arrivals::count(&f, "stranger", a_ip, "udp", "53");
+    assert!(!f.reaches("client-a", "stranger", 53, Protocol::Udp), "the UDP exfiltration was answered");
+    assert_eq!(udp.packets(), 0, "a datagram reached the stranger");
+    assert!(f.isolated(A), "the UDP exfiltration isolated the pod");
+    f.agent().detector_release(A).expect("release");
+
+    // A scan of the learned server: its first probe is dropped and the pod isolated; no probe
+    // reaches the server.
+    let scan = Arrivals::count(&f, "server", a_ip, "tcp", "9000:9019");
+    for port in 9000..9010u16 {
+        let _ = probe(f.pod("client-a"), f.pod("server").ip, port, Protocol::Tcp, Duration::from_millis(100));
+    }
+    det.wait_event(Duration::from_secs(3), |e| e.kind == "new-port" && e.workload.as_deref() == Some(A) && e.kernel_actions.contains(&"dropped-first-packet"))
+        .unwrap_or_else(|| panic!("no new-port finding from TC: {:?}", det.events()));
+    assert_eq!(scan.packets(), 0, "a probe of the scan reached the server");
+    assert!(!f.reaches("client-a", "server", 8080, Protocol::Tcp), "the scanner is isolated");
+    let after = f.agent().counters().expect("counters").into_iter().find(|(n, _)| n == "drop_detector_unlearned_flow").map_or(0, |(_, v)| v);
+    assert!(after >= before + 3, "TC's own drops counted: {before} -> {after}");
+    f.agent().detector_release(A).expect("release");
+    assert!(f.reaches("client-a", "server", 8080, Protocol::Tcp), "released");
+}
