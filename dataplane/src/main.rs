@@ -6,6 +6,7 @@ use std::{
 };
 
 mod detector_cli;
+mod flows_cli;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -74,13 +75,49 @@ enum Command {
     /// Policy tools: check a datastore, explain a verdict, per-policy counters.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Flow events of an agent instance (Log rules, denied and revoked flows).
+    /// Flow records of an agent instance (denied, revoked and dropped flows, Log rules, every
+    /// new flow of monitored workloads), like `hubble observe`: the last N, optionally
+    /// followed, filtered (filters combine with AND; namespace, pod, label and port match
+    /// either end).
     Flows {
         #[arg(long, default_value = "node")]
         instance: String,
-        /// Print the raw JSON lines.
+        /// How many of the most recent matching records to print first.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        /// Keep printing matching records as they arrive (until interrupted).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Output: table, json (one array; without --follow) or jsonl (one object per line).
+        #[arg(long, short = 'o', default_value = "table")]
+        output: String,
+        /// Same as `-o jsonl` (kept for scripts).
         #[arg(long)]
         json: bool,
+        /// Either end in this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Either end is this pod (NAME or NAMESPACE/NAME).
+        #[arg(long)]
+        pod: Option<String>,
+        /// Either end carries this label (KEY=VALUE; repeat for several).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// allowed, denied, dropped or revoked (comma-separated for several).
+        #[arg(long)]
+        verdict: Option<String>,
+        /// Source or destination port.
+        #[arg(long)]
+        port: Option<String>,
+        /// tcp, udp, icmp, icmpv6, sctp or a protocol number.
+        #[arg(long)]
+        protocol: Option<String>,
+        /// The deciding (or staged, or logging) policy, by name or tier/name.
+        #[arg(long)]
+        policy: Option<String>,
+        /// ingress or egress (of the pod whose interface saw it).
+        #[arg(long)]
+        direction: Option<String>,
     },
     /// Detector tools (the syscall-behaviour model).
     #[command(subcommand)]
@@ -362,54 +399,24 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
     }
 }
 
-fn run_flows(instance: String, json: bool) -> anyhow::Result<i32> {
+fn run_flows(instance: &str, args: &flows_cli::FilterArgs, last: usize, output: String, follow: bool) -> anyhow::Result<i32> {
+    // Bad filters first: nothing is read for a question that cannot be answered.
+    let (filter, out) = match args.parse().and_then(|f| flows_cli::Output::parse(&output).map(|o| (f, o))) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("bulkhead flows: {e}");
+            return Ok(2);
+        }
+    };
     let cfg = bulkhead_agent::AgentConfig {
         datastore_dir: PathBuf::new(),
         node_netns: None,
-        pin_dir: bulkhead_agent::AgentConfig::default_pin_dir(&instance),
+        pin_dir: bulkhead_agent::AgentConfig::default_pin_dir(instance),
         watch: false,
     };
     let path = cfg.state_dir().join("flows.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("is agent instance {instance:?} running? ({} missing)", path.display()))?;
-    for line in text.lines() {
-        if json {
-            println!("{line}");
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}: bad line", path.display()))?;
-        let verdict = &v["verdict"];
-        let head = format!(
-            "{:<11} {:<7} {}:{} -> {}:{} proto {}",
-            v["kind"].as_str().unwrap_or("?"),
-            v["direction"].as_str().unwrap_or("?"),
-            v["src"].as_str().unwrap_or("?"),
-            v["src_port"],
-            v["dst"].as_str().unwrap_or("?"),
-            v["dst_port"],
-            v["protocol"],
-        );
-        if v["kind"] == "dropped" {
-            println!(
-                "{head} reason {} (identities local {} peer {})",
-                v["drop_reason"].as_str().unwrap_or("?"),
-                v["local_identity"],
-                v["peer_identity"]
-            );
-            continue;
-        }
-        println!(
-            "{head} {} by {}{}",
-            verdict["action"].as_str().unwrap_or("?"),
-            verdict["policy"].as_str().map(|p| format!("{p} rule {}", verdict["rule"])).unwrap_or_else(|| {
-                if verdict["end_of_tier"].as_bool() == Some(true) {
-                    format!("end of tier {}", verdict["tier"].as_str().unwrap_or("?"))
-                } else {
-                    "default (no tier applies)".into()
-                }
-            }),
-            verdict["log_policy"].as_str().map(|p| format!(" [logged by {p} rule {}]", verdict["log_rule"])).unwrap_or_default(),
-        );
-    }
+    // Following ends with the process (Ctrl-C): there is nothing to clean up.
+    flows_cli::run(&path, &filter, last, out, follow, &|| STOP.load(Ordering::SeqCst)).with_context(|| format!("agent instance {instance:?}"))?;
     Ok(0)
 }
 
@@ -620,7 +627,10 @@ fn main() -> anyhow::Result<()> {
             0
         }
         Command::Policy(cmd) => run_policy(cmd)?,
-        Command::Flows { instance, json } => run_flows(instance, json)?,
+        Command::Flows { instance, last, follow, output, json, namespace, pod, labels, verdict, port, protocol, policy, direction } => {
+            let args = flows_cli::FilterArgs { namespace, pod, labels, verdict, port, protocol, policy, direction };
+            run_flows(&instance, &args, last, if json { "jsonl".into() } else { output }, follow)?
+        }
         Command::Prefilter(cmd) => run_prefilter(cmd)?,
         Command::Detector(DetectorCommand::Status { instance, json }) => detector_cli::status(&instance, json)?,
         Command::Detector(DetectorCommand::Profile(ProfileCommand::List { instance, json })) => detector_cli::profile_list(&instance, json)?,

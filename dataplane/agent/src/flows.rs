@@ -3,9 +3,11 @@
 //! rate-limited drops with their reason, and every new flow when enabled).
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, HashMap, VecDeque},
     io::Write as _,
+    net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use bulkhead_common::{FlowEventV4, NO_POLICY, PolicyValueV2, action, direction, flow_kind, verdict_flags};
@@ -28,6 +30,29 @@ pub struct VerdictRecord {
     pub log_rule: Option<u16>,
 }
 
+/// The pod behind an address, as of the last sync.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct WorkloadRef {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Pods by address (both families), from the last sync's model.
+pub type PodsByAddress = HashMap<IpAddr, Arc<WorkloadRef>>;
+
+/// The address -> pod table of `model`.
+pub fn pods_by_address(model: &policy_compiler::Model) -> PodsByAddress {
+    let mut out = HashMap::new();
+    for (r, pod) in &model.pods {
+        let owner = Arc::new(WorkloadRef { namespace: r.namespace.clone(), name: r.name.clone(), labels: pod.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect() });
+        for ip in pod.addrs() {
+            out.insert(ip, owner.clone());
+        }
+    }
+    out
+}
+
 /// A flow event as written to the flow log.
 #[derive(Clone, Debug, Serialize)]
 pub struct FlowRecord {
@@ -47,6 +72,12 @@ pub struct FlowRecord {
     /// The endpoint's and the remote address's identities (0 = not known at the drop).
     pub local_identity: u32,
     pub peer_identity: u32,
+    /// The pods behind the source and destination addresses (none for addresses outside
+    /// the cluster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_workload: Option<WorkloadRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_workload: Option<WorkloadRef>,
 }
 
 fn name_policy(c: &Compiled, i: u32) -> Option<String> {
@@ -69,9 +100,12 @@ pub fn verdict_record(c: &Compiled, v: &PolicyValueV2) -> VerdictRecord {
     }
 }
 
-/// Turns a raw event into a record.
-pub fn record(c: &Compiled, e: &FlowEventV4) -> FlowRecord {
+/// Turns a raw event into a record, naming the pods behind its addresses from `pods`.
+pub fn record(c: &Compiled, pods: &PodsByAddress, e: &FlowEventV4) -> FlowRecord {
+    let pod = |a: Option<IpAddr>| a.and_then(|a| pods.get(&a).map(|w| (**w).clone()));
     FlowRecord {
+        src_workload: pod(e.saddr()),
+        dst_workload: pod(e.daddr()),
         ts_ns: e.ts_ns,
         kind: match e.kind {
             flow_kind::NEW_ALLOWED => "new-allowed",
@@ -100,6 +134,7 @@ pub fn record(c: &Compiled, e: &FlowEventV4) -> FlowRecord {
 pub struct FlowLog {
     path: PathBuf,
     recent: VecDeque<FlowRecord>,
+    pods: PodsByAddress,
 }
 
 /// Records kept in memory.
@@ -114,7 +149,12 @@ impl FlowLog {
         if let Some(d) = path.parent() {
             let _ = std::fs::create_dir_all(d);
         }
-        FlowLog { path: path.to_path_buf(), recent: VecDeque::new() }
+        FlowLog { path: path.to_path_buf(), recent: VecDeque::new(), pods: HashMap::new() }
+    }
+
+    /// Names flows after the pods of `model` from now on (each sync).
+    pub fn set_pods(&mut self, model: &policy_compiler::Model) {
+        self.pods = pods_by_address(model);
     }
 
     /// Where the JSON lines go.
@@ -127,7 +167,7 @@ impl FlowLog {
         if events.is_empty() {
             return;
         }
-        let out: Vec<FlowRecord> = events.iter().map(|e| record(c, e)).collect();
+        let out: Vec<FlowRecord> = events.iter().map(|e| record(c, &self.pods, e)).collect();
         // Bounded on disk: past the limit the log moves to `<name>.1` (replacing the older one).
         if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
             let mut old = self.path.clone().into_os_string();
