@@ -69,6 +69,10 @@ fn verdict_of(name: &str) -> Option<(&'static str, &str)> {
     if name == "deny_policy" {
         return Some(("drop", "policy"));
     }
+    // A decision (the detector's in TC, protect mode), not an error path.
+    if name == "drop_detector_unlearned_flow" {
+        return Some(("drop", "detector_unlearned_flow"));
+    }
     if name.starts_with("drop_") && name.ends_with("_fail_closed") {
         return Some(("drop", &name["drop_".len()..name.len() - "_fail_closed".len()]));
     }
@@ -193,6 +197,7 @@ mod tests {
         assert_eq!(verdict_of("pass_icmpv6_nd"), Some(("pass", "icmpv6_nd")));
         assert_eq!(verdict_of("deny_policy"), Some(("drop", "policy")));
         assert_eq!(verdict_of("drop_spoofed_source_fail_closed"), Some(("drop", "spoofed_source")));
+        assert_eq!(verdict_of("drop_detector_unlearned_flow"), Some(("drop", "detector_unlearned_flow")));
         assert_eq!(verdict_of("flow_events_dropped"), None);
         assert_eq!(verdict_of("xdp_pass_no_endpoint_fail_open"), None);
         // Every counter is either a verdict or another event, and every drop fails closed.
