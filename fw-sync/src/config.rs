@@ -200,10 +200,6 @@ impl DaemonConfig {
             None => None,
         };
         let quarantine = get(top, "quarantine").map(|v| crate::quarantine::QuarantineConfig::parse(&ctx, v, &firewalls)).transpose()?;
-        if quarantine.is_some() && kubernetes.is_some() {
-            // The agents write Quarantines into a folder datastore only (for now).
-            return Err(ctx.err("quarantine", "needs a folder datastore: agents do not publish Quarantines to the Kubernetes API yet"));
-        }
         Ok(DaemonConfig { firewalls, datastore, kubernetes, reconcile_interval, metrics_listen, quarantine })
     }
 

@@ -80,7 +80,7 @@ fn run_kubernetes(config: DaemonConfig, k: &crate::config::KubeSource, metrics: 
         None => None,
     };
     let opts = bulkhead_kube::KubeOptions { kubeconfig: k.kubeconfig.clone(), ..Default::default() };
-    let mut source = crate::kube_source::KubeSource::connect(&opts)?;
+    let mut source = crate::kube_source::KubeSource::connect(&opts, config.quarantine.is_some())?;
     let leadership = match &k.election {
         Some(e) => {
             let (client, rt) = source.client();
@@ -94,7 +94,7 @@ fn run_kubernetes(config: DaemonConfig, k: &crate::config::KubeSource, metrics: 
     let snapshot = Arc::new(source.load()?);
     config.check_groups(&snapshot.groups)?;
     let backends: Vec<_> = config.firewalls.iter().map(crate::backend::for_firewall).collect::<Result<_, _>>()?;
-    let statuses = Arc::new(crate::quarantine::StatusBook::default());
+    let statuses = Arc::new(crate::quarantine::StatusBook::with_kube(source.client()));
     let workers: Vec<Worker> = backends.into_iter().map(|b| Worker::start(config.clone(), b, metrics.clone(), snapshot.clone(), statuses.clone())).collect();
     tracing::info!(groups = snapshot.groups.len(), firewalls = workers.len(), "fw-sync running on the Kubernetes API");
     while !stopped(stop) {

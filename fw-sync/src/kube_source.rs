@@ -22,10 +22,14 @@ pub const WATCHED: [WatchedKind; 3] = [
     WatchedKind::new("bulkhead.io", "v1alpha1", crate::crd::KIND, "addressgroups"),
 ];
 
+/// The agents' Quarantines, read when the config keeps a quarantine group.
+pub const QUARANTINES: WatchedKind = WatchedKind::new("bulkhead.io", "v1alpha1", bulkhead_kube::quarantine::KIND, bulkhead_kube::quarantine::PLURAL);
+
 #[derive(Clone, Debug)]
 enum Item {
     Resources(Vec<Resource>),
     Group(AddressGroup),
+    Quarantine(crate::quarantine::QuarantineDoc),
 }
 
 /// A connected Kubernetes datastore.
@@ -36,6 +40,11 @@ pub struct KubeSource {
 
 fn accept() -> bulkhead_kube::Accept<Item> {
     Arc::new(|k: &WatchedKind, origin: &str, v: Value| {
+        if k.kind == bulkhead_kube::quarantine::KIND {
+            let (q, _) = bulkhead_kube::quarantine::from_object(&v).map_err(|e| format!("{origin}: {e}"))?;
+            let o = crate::quarantine::Origin::Object(q.metadata.namespace.clone().unwrap_or_default(), q.metadata.name.clone());
+            return Ok(Item::Quarantine(crate::quarantine::QuarantineDoc { origin: o, quarantine: q }));
+        }
         if k.kind == crate::crd::KIND {
             let y = serde_yaml::to_value(&v).map_err(|e| e.to_string())?;
             return crate::crd::parse(origin, &y).map(Item::Group).map_err(|e| e.to_string());
@@ -46,35 +55,41 @@ fn accept() -> bulkhead_kube::Accept<Item> {
 }
 
 impl KubeSource {
-    /// Connects and waits for the first complete list of every kind.
-    pub fn connect(opts: &KubeOptions) -> Result<KubeSource, FwSyncError> {
-        Ok(KubeSource { set: WatchSet::connect(opts, &WATCHED, accept())?, loaded: u64::MAX })
+    /// Connects and waits for the first complete list of every kind (with the agents'
+    /// Quarantines when `quarantine`).
+    pub fn connect(opts: &KubeOptions, quarantine: bool) -> Result<KubeSource, FwSyncError> {
+        let mut kinds = WATCHED.to_vec();
+        if quarantine {
+            kinds.push(QUARANTINES);
+        }
+        Ok(KubeSource { set: WatchSet::connect(opts, &kinds, accept())?, loaded: u64::MAX })
     }
 
     /// The current snapshot; objects that do not parse are logged and keep their last good
     /// version.
     pub fn load(&mut self) -> Result<Snapshot, FwSyncError> {
         self.loaded = self.set.generation();
-        let (resources, groups, errors) = self.set.read(|_, states| {
-            let (mut resources, mut groups, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+        let (resources, groups, quarantines, errors) = self.set.read(|_, states| {
+            let (mut resources, mut groups, mut quarantines, mut errors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for st in states {
                 for obj in st.objects.values() {
                     errors.extend(obj.error.clone());
                     match &obj.good {
                         Some(Item::Resources(r)) => resources.extend(r.iter().cloned()),
                         Some(Item::Group(g)) => groups.push(g.clone()),
+                        Some(Item::Quarantine(q)) => quarantines.push(q.clone()),
                         None => {}
                     }
                 }
             }
-            (resources, groups, errors)
+            (resources, groups, quarantines, errors)
         });
         for e in errors {
             tracing::error!(rejected = %e, "object not applied (its last good version stays)");
         }
         let model = policy_compiler::k8s::build_model(resources)
             .map_err(|source| FwSyncError::Model { dir: self.set.server().into(), source: Box::new(source) })?;
-        Ok(Snapshot { model, groups, quarantines: Vec::new() })
+        Ok(Snapshot { model, groups, quarantines })
     }
 
     /// Waits up to `ms` for a change since the last load.

@@ -39,10 +39,28 @@ pub struct QuarantineConfig {
     pub kinds: BTreeMap<String, TargetKind>,
 }
 
-/// A Quarantine and the file it came from (its status goes beside it).
+/// Where a Quarantine came from, which is where its status goes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    /// A file of the folder datastore: the status is a hidden file beside it.
+    File(PathBuf),
+    /// An API object (namespace, name): the status is its `status`.
+    Object(String, String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Object(ns, n) => write!(f, "kubernetes Quarantine {ns}/{n}"),
+        }
+    }
+}
+
+/// A Quarantine and where it came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuarantineDoc {
-    pub file: PathBuf,
+    pub origin: Origin,
     pub quarantine: Quarantine,
 }
 
@@ -113,7 +131,7 @@ pub fn is_quarantine(v: &Value) -> bool {
 pub fn parse(place: &str, file: PathBuf, v: &Value) -> Result<QuarantineDoc, FwSyncError> {
     let quarantine: Quarantine =
         serde_yaml::from_value(v.clone()).map_err(|e| FwSyncError::Config { file: format!("{place} (Quarantine)"), field: String::new(), message: e.to_string() })?;
-    Ok(QuarantineDoc { file, quarantine })
+    Ok(QuarantineDoc { origin: Origin::File(file), quarantine })
 }
 
 /// The addresses the quarantine group holds: every quarantined address that no other pod
@@ -127,7 +145,7 @@ pub fn members(model: &Model, docs: &[QuarantineDoc]) -> BTreeSet<IpAddr> {
         for ip in &d.quarantine.spec.addresses {
             match (owners.get(ip), d.quarantine.pod()) {
                 (Some(owner), Some((ns, name))) if owner.namespace != ns || owner.name != name => {
-                    tracing::warn!(%ip, quarantined = %d.quarantine.spec.workload, owner = %owner, file = %d.file.display(), "quarantined address now belongs to another pod; left out");
+                    tracing::warn!(%ip, quarantined = %d.quarantine.spec.workload, owner = %owner, origin = %d.origin, "quarantined address now belongs to another pod; left out");
                 }
                 _ => {
                     out.insert(*ip);
@@ -138,24 +156,50 @@ pub fn members(model: &Model, docs: &[QuarantineDoc]) -> BTreeSet<IpAddr> {
     out
 }
 
-/// The status files fw-sync writes, shared by the firewalls' workers.
+/// Where statuses of API objects are written.
+pub type KubeWriter = (bulkhead_kube::Client, bulkhead_kube::RuntimeHandle);
+
+/// The statuses fw-sync writes, shared by the firewalls' workers.
 #[derive(Default)]
 pub struct StatusBook {
-    /// Per quarantine file, the status last written.
-    written: Mutex<BTreeMap<PathBuf, QuarantineStatus>>,
+    /// Per quarantine, the status last written.
+    written: Mutex<BTreeMap<Origin, QuarantineStatus>>,
+    /// The API client for [`Origin::Object`] statuses.
+    kube: Option<KubeWriter>,
 }
 
 impl StatusBook {
+    /// A book that also writes the statuses of API objects through `kube`.
+    pub fn with_kube(kube: KubeWriter) -> StatusBook {
+        StatusBook { written: Mutex::default(), kube: Some(kube) }
+    }
+
+    fn write(&self, origin: &Origin, st: &QuarantineStatus) {
+        let result = match origin {
+            Origin::File(f) => {
+                let json = serde_json::to_vec_pretty(st).expect("a status serializes");
+                write_atomic(&status_path(f), &json).map_err(|e| e.to_string())
+            }
+            Origin::Object(ns, name) => match &self.kube {
+                Some((client, rt)) => bulkhead_kube::quarantine::api::patch_status(client, rt, ns, name, st),
+                None => Err("no API client".into()),
+            },
+        };
+        if let Err(e) = result {
+            tracing::error!(quarantine = %origin, error = %e, "writing the quarantine status failed");
+        }
+    }
+
     /// Records one firewall's sync of `docs`: applied (no error) or the error, writing each
     /// status that changed. Statuses of quarantines gone from the datastore are forgotten.
     pub fn record(&self, report: &FirewallReport, target: &Target, docs: &[QuarantineDoc]) {
         let mut g = self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = now_unix_ms();
-        let live: BTreeSet<&PathBuf> = docs.iter().map(|d| &d.file).collect();
+        let live: BTreeSet<&Origin> = docs.iter().map(|d| &d.origin).collect();
         g.retain(|f, _| live.contains(f));
         for d in docs {
             let since = d.quarantine.spec.since_unix_ms;
-            let st = g.entry(d.file.clone()).or_default();
+            let st = g.entry(d.origin.clone()).or_default();
             if st.since_unix_ms != since {
                 *st = QuarantineStatus { since_unix_ms: since, firewalls: BTreeMap::new() };
             }
@@ -173,11 +217,8 @@ impl StatusBook {
                 Some(_) => {}
             }
             if *fw != before {
-                let path = status_path(&d.file);
-                let json = serde_json::to_vec_pretty(&*st).expect("a status serializes");
-                if let Err(e) = write_atomic(&path, &json) {
-                    tracing::error!(file = %path.display(), error = %e, "writing the quarantine status failed");
-                }
+                let st = st.clone();
+                self.write(&d.origin, &st);
             }
         }
     }
@@ -193,7 +234,7 @@ mod tests {
 
     fn doc(workload: &str, ips: &[&str]) -> QuarantineDoc {
         let q = Quarantine::new("n1", workload, "violation", vec!["isolated".into()], ips.iter().map(|i| i.parse().unwrap()).collect(), 5);
-        QuarantineDoc { file: PathBuf::from(format!("/nonexistent/{}", bulkhead_kube::quarantine::file_name(workload))), quarantine: q }
+        QuarantineDoc { origin: Origin::File(PathBuf::from(format!("/nonexistent/{}", bulkhead_kube::quarantine::file_name(workload)))), quarantine: q }
     }
 
     fn config(extra: &str) -> Result<crate::config::DaemonConfig, FwSyncError> {
@@ -221,9 +262,6 @@ mod tests {
             let e = config(extra).expect_err(extra).to_string();
             assert!(e.contains(want) && e.starts_with("fw.yaml"), "{extra}: {e}");
         }
-        let text = "firewalls: [{name: edge, type: ipset}]\ndatastore: kubernetes\nquarantine: {}\n";
-        let e = crate::config::DaemonConfig::parse("fw.yaml", text, std::path::Path::new("/tmp")).expect_err("kubernetes").to_string();
-        assert!(e.contains("quarantine: needs a folder datastore"), "{e}");
     }
 
     #[test]

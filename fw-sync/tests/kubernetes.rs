@@ -80,3 +80,51 @@ fn replicas_elect_one_writer_and_follow_api_events() {
     stop_other.store(true, Ordering::SeqCst);
     other_thread.join().expect("other thread").expect("stops cleanly");
 }
+
+/// The agents' Quarantines from the API: the quarantine group on the firewall follows them,
+/// and fw-sync answers in each Quarantine's status (the agent reads it back).
+#[test]
+fn quarantines_from_the_api_reach_the_firewall_and_get_a_status() {
+    let fg = FortiosEmulator::start(FortiosOptions { token: TOKEN.into(), vdoms: vec!["root".into()], seed: 9, ..FortiosOptions::default() }).expect("fortios emulator");
+    let api = Emulator::start().expect("api emulator");
+    let crd = |file: &str| -> serde_json::Value {
+        let path = format!("{}/../deploy/kubernetes/crds/{file}", env!("CARGO_MANIFEST_DIR"));
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    api.create(crd("addressgroup.yaml")).expect("AddressGroup CRD");
+    api.create(crd("quarantine.yaml")).expect("Quarantine CRD");
+    api.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})).expect("ns");
+    api.create(pod("a", "10.31.0.1")).expect("pod");
+
+    let tmp = TempDir::new("kube-q");
+    std::fs::write(tmp.0.join("token"), TOKEN).expect("token");
+    std::fs::write(tmp.0.join("kubeconfig"), api.kubeconfig()).expect("kubeconfig");
+    let text = format!(
+        "firewalls:\n- name: fg\n  type: fortios\n  fortios: {{url: '{}', vdom: root, token: {{file: token}}}}\n  tls: {{caFile: '{}'}}\n  batchWindow: 0ms\ndatastore: kubernetes\nquarantine: {{name: quarantine}}\n",
+        fg.url(),
+        fg.ca_file().display()
+    );
+    let mut config = DaemonConfig::parse("c.yaml", &text, &tmp.0).expect("config");
+    config.kubernetes = Some(KubeSource { kubeconfig: Some(tmp.0.join("kubeconfig")), election: None });
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let t = std::thread::spawn(move || fw_sync::daemon::run_until(config, fw_sync::metrics::Metrics::default(), &s));
+    // FortiOS refuses empty groups: an empty quarantine holds the placeholder.
+    wait_for("the empty quarantine group", || fg.group_members("root", "bhfw-quarantine").is_some());
+
+    // What the agent writes when it isolates pod a.
+    let q = bulkhead_kube::quarantine::Quarantine::new("node-1", "x/a", "violation", vec!["isolated".into()], vec!["10.31.0.1".parse().unwrap()], bulkhead_kube::quarantine::now_unix_ms());
+    api.create(serde_json::to_value(&q).expect("json")).expect("create the Quarantine");
+    wait_for("the pod's address in the quarantine group", || fg.group_members("root", "bhfw-quarantine") == Some(ips(&["10.31.0.1"])));
+    wait_for("fw-sync's status on the Quarantine", || {
+        api.get("bulkhead.io/v1alpha1", "Quarantine", "x", "a").ok().is_some_and(|o| {
+            let (_, st) = bulkhead_kube::quarantine::from_object(&o).expect("the object parses");
+            st.is_some_and(|st| st.since_unix_ms == q.spec.since_unix_ms && st.firewalls.get("fg").is_some_and(|f| f.applied_unix_ms.is_some() && f.target.contains("bhfw-quarantine")))
+        })
+    });
+    // Released: deleted by the agent, the address leaves the group.
+    api.delete("bulkhead.io/v1alpha1", "Quarantine", "x", "a").expect("delete");
+    wait_for("the address gone from the quarantine group", || fg.group_members("root", "bhfw-quarantine").is_some_and(|m| !m.contains(&"10.31.0.1".parse().unwrap())));
+    stop.store(true, Ordering::SeqCst);
+    t.join().expect("thread").expect("stops cleanly");
+}

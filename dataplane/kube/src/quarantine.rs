@@ -26,6 +26,10 @@ pub const API_VERSION: &str = "bulkhead.io/v1alpha1";
 pub const KIND: &str = "Quarantine";
 /// Folder under the datastore holding one folder per node.
 pub const FOLDER: &str = "bulkhead-quarantine";
+/// The resource's plural (Kubernetes API), namespaced.
+pub const PLURAL: &str = "quarantines";
+/// Label naming the node whose agent wrote a Quarantine (on the API: each agent lists its own).
+pub const NODE_LABEL: &str = "bulkhead.io/node";
 
 /// One quarantined workload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +48,9 @@ pub struct Metadata {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// [`NODE_LABEL`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What was decided, where and when, and the addresses to quarantine.
@@ -100,7 +107,7 @@ impl Quarantine {
         Quarantine {
             api_version: API_VERSION.into(),
             kind: KIND.into(),
-            metadata: Metadata { name, namespace },
+            metadata: Metadata { name, namespace, labels: [(NODE_LABEL.to_string(), node.to_string())].into() },
             spec: QuarantineSpec { workload: workload.into(), node: node.into(), reason: reason.into(), actions, since_unix_ms, addresses },
         }
     }
@@ -109,6 +116,17 @@ impl Quarantine {
     pub fn pod(&self) -> Option<(&str, &str)> {
         self.metadata.namespace.as_deref().map(|ns| (ns, self.metadata.name.as_str()))
     }
+}
+
+/// A Quarantine as the API serves it: the spec read strictly, name and namespace from the
+/// metadata (the server adds its own fields there), and fw-sync's status if any.
+pub fn from_object(v: &serde_json::Value) -> Result<(Quarantine, Option<QuarantineStatus>), String> {
+    let spec: QuarantineSpec = serde_json::from_value(v["spec"].clone()).map_err(|e| format!("spec: {e}"))?;
+    let name = v["metadata"]["name"].as_str().ok_or("metadata.name: missing")?.to_string();
+    let namespace = v["metadata"]["namespace"].as_str().map(str::to_string);
+    let labels = v["metadata"]["labels"].as_object().map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()).unwrap_or_default();
+    let status = v.get("status").filter(|s| !s.is_null()).map(|s| serde_json::from_value(s.clone()).map_err(|e| format!("status: {e}"))).transpose()?;
+    Ok((Quarantine { api_version: API_VERSION.into(), kind: KIND.into(), metadata: Metadata { name, namespace, labels }, spec }, status))
 }
 
 /// Whether a parsed YAML document is a Quarantine (the caller skips other kinds).
@@ -146,6 +164,61 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
+/// The API calls on Quarantines (blocking: from threads outside the runtime). Errors are
+/// messages naming the call.
+pub mod api {
+    use super::*;
+    use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+
+    fn resource() -> ApiResource {
+        ApiResource { group: "bulkhead.io".into(), version: "v1alpha1".into(), api_version: API_VERSION.into(), kind: KIND.into(), plural: PLURAL.into() }
+    }
+
+    fn namespaced(client: &kube::Client, q: &Quarantine) -> Result<Api<DynamicObject>, String> {
+        let ns = q.metadata.namespace.as_deref().ok_or_else(|| format!("workload {:?} is not a pod (no namespace): not published to the API", q.spec.workload))?;
+        Ok(Api::namespaced_with(client.clone(), ns, &resource()))
+    }
+
+    /// Creates or updates the Quarantine (server-side apply by the agent).
+    pub fn apply(client: &kube::Client, rt: &tokio::runtime::Handle, q: &Quarantine) -> Result<(), String> {
+        let api = namespaced(client, q)?;
+        let obj = serde_json::to_value(q).map_err(|e| e.to_string())?;
+        rt.block_on(api.patch(&q.metadata.name, &PatchParams::apply("bulkhead-agent").force(), &Patch::Apply(obj))).map(|_| ()).map_err(|e| format!("apply Quarantine {}: {e}", q.spec.workload))
+    }
+
+    /// Deletes it (gone already is fine).
+    pub fn delete(client: &kube::Client, rt: &tokio::runtime::Handle, q: &Quarantine) -> Result<(), String> {
+        let api = namespaced(client, q)?;
+        match rt.block_on(api.delete(&q.metadata.name, &DeleteParams::default())) {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(format!("delete Quarantine {}: {e}", q.spec.workload)),
+        }
+    }
+
+    /// The Quarantines `node` wrote, with their statuses.
+    pub fn list(client: &kube::Client, rt: &tokio::runtime::Handle, node: &str) -> Result<Vec<(Quarantine, Option<QuarantineStatus>)>, String> {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource());
+        let list = rt.block_on(api.list(&ListParams::default().labels(&format!("{NODE_LABEL}={node}")))).map_err(|e| format!("list Quarantines: {e}"))?;
+        let mut out = Vec::new();
+        for o in list.items {
+            let v = serde_json::to_value(&o).map_err(|e| e.to_string())?;
+            match from_object(&v) {
+                Ok(x) => out.push(x),
+                Err(e) => tracing::warn!(name = ?o.metadata.name, error = %e, "unreadable Quarantine of this node"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// fw-sync's answer on the object's status.
+    pub fn patch_status(client: &kube::Client, rt: &tokio::runtime::Handle, namespace: &str, name: &str, st: &QuarantineStatus) -> Result<(), String> {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource());
+        let patch = Patch::Merge(serde_json::json!({ "status": st }));
+        rt.block_on(api.patch_status(name, &PatchParams::default(), &patch)).map(|_| ()).map_err(|e| format!("patch status of Quarantine {namespace}/{name}: {e}"))
+    }
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -162,6 +235,15 @@ mod tests {
         assert!(text.contains("kind: Quarantine") && text.contains("sinceUnixMs: 1700000000000") && text.contains("namespace: shop"), "{text}");
         let back: Quarantine = serde_yaml::from_str(&text).expect("parses");
         assert_eq!(back, q);
+        assert_eq!(q.metadata.labels[NODE_LABEL], "node1");
+        // As the API serves it: server fields in metadata, a status.
+        let mut obj = serde_json::to_value(&q).expect("json");
+        obj["metadata"]["uid"] = "u-1".into();
+        obj["metadata"]["resourceVersion"] = "7".into();
+        obj["status"] = serde_json::json!({"sinceUnixMs": 1_700_000_000_000u64, "firewalls": {"edge": {"target": "ipset bhfw-quarantine", "appliedUnixMs": 1_700_000_000_009u64}}});
+        let (from_api, status) = from_object(&obj).expect("from the API");
+        assert_eq!(from_api, q);
+        assert_eq!(status.expect("status").firewalls["edge"].applied_unix_ms, Some(1_700_000_000_009));
         assert_eq!(back.pod(), Some(("shop", "web-1")));
         let e = serde_yaml::from_str::<Quarantine>(&text.replace("reason:", "raeson:")).expect_err("typo").to_string();
         assert!(e.contains("raeson"), "{e}");
