@@ -149,3 +149,64 @@ fn api_server_down_at_start_is_an_error_naming_what_was_not_listed() {
     };
     assert!(err.contains("not listed within") && err.contains("v1 Pod") && err.contains(&port.to_string()), "{err}");
 }
+
+/// On the Kubernetes datastore the agent publishes an isolated pod's Quarantine as an API
+/// object (labelled with its node), reports fw-sync's answer from the object's status, and
+/// deletes it on release.
+#[test]
+fn an_isolated_pod_is_published_as_a_quarantine_object_and_withdrawn_on_release() {
+    use bulkhead_lab::agent::detect::{Actions, Mode, WorkloadSpec};
+    require_root();
+    let topo = bulkhead_lab::Topology::parse(&TOPOLOGY.replace("kube-faults", "kube-quarantine").replace("10.240.1.", "10.240.2."), Path::new("kube_datastore.rs")).expect("topology");
+    let opts = bulkhead_lab::LabOptions { server_bin: Some(bulkhead_bin()), ..Default::default() };
+    let lab = bulkhead_lab::Lab::create(&topo, &opts).expect("lab");
+    let mut ds = bulkhead_lab::datastore::Datastore::for_lab(&lab);
+    let mut kube = KubeLab::start(&lab, &mut ds, false).expect("kubernetes datastore");
+    let agent = kube.start_agent(&lab, true).expect("agent");
+    let emu = kube.emulator();
+    let a = lab.endpoint("x/a").expect("pod a");
+    agent
+        .detector_monitor(WorkloadSpec {
+            name: "x/a".into(),
+            cgroup: a.cgroup.clone().expect("cgroup"),
+            interface: Some(a.host_veth.clone()),
+            mode: Mode::Learn,
+            actions: Actions::default(),
+            syscalls: false,
+            allowed_execs: vec![],
+        })
+        .expect("monitor");
+    agent.detector_isolate("x/a").expect("isolate");
+    let node = lab.pin_dir().file_name().expect("instance").to_string_lossy().into_owned();
+    let get = || emu.get("bulkhead.io/v1alpha1", "Quarantine", "x", "a").ok();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let obj = loop {
+        if let Some(o) = get() {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "no Quarantine object for the isolated pod");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (q, st) = bulkhead_kube::quarantine::from_object(&obj).expect("the object parses");
+    assert_eq!((q.spec.workload.as_str(), q.spec.addresses.clone()), ("x/a", vec!["10.240.2.10".parse::<std::net::IpAddr>().unwrap()]), "{obj}");
+    assert_eq!(q.metadata.labels.get(bulkhead_kube::quarantine::NODE_LABEL), Some(&node));
+    assert!(st.is_none(), "no answer yet");
+    // fw-sync's answer, as it writes it.
+    let status = json!({"sinceUnixMs": q.spec.since_unix_ms, "firewalls": {"fg": {"target": "fortios-addrgrp bhfw-quarantine", "appliedUnixMs": q.spec.since_unix_ms + 42}}});
+    emu.patch("bulkhead.io/v1alpha1", "Quarantine", "x", "a", json!({"status": status})).expect("status");
+    let det = agent.detector();
+    let ev = det
+        .wait_event(Duration::from_secs(5), |e| e.kind == "quarantine-perimeter" && e.workload.as_deref() == Some("x/a"))
+        .unwrap_or_else(|| panic!("the firewall's answer was not reported: {:?}", det.events()));
+    assert_eq!(ev.firewalls, ["fg"], "{ev:?}");
+    assert!(ev.detail.as_deref().is_some_and(|d| d.contains("fg (fortios-addrgrp bhfw-quarantine, 42 ms)")), "{ev:?}");
+    // Released: the object goes.
+    agent.detector_release("x/a").expect("release");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get().is_some() {
+        assert!(Instant::now() < deadline, "the Quarantine object outlived the release");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(agent);
+    drop(kube);
+}

@@ -393,8 +393,8 @@ fn worker(
         }
     };
     let instance = cfg.instance();
-    if let Some(folder) = store.folder() {
-        det.set_perimeter(&folder, &instance);
+    if let Some(q) = store.quarantine_store(&instance) {
+        det.set_perimeter(q, &instance);
     }
     let mut registry = crate::endpoints::Registry::load(&state_dir);
     let replayed = registry.replay_del_queue(&bulkhead_cni::api::del_queue_dir(&instance));

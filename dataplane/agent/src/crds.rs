@@ -174,9 +174,27 @@ pub fn structural(v: &mut Value) {
     walk(v, &defs, 0);
 }
 
+/// The Quarantine CRD (the agent writes Quarantines, fw-sync reads them): the shipped
+/// `deploy/kubernetes/crds/quarantine.yaml`, written by hand like fw-sync's AddressGroup CRD.
+pub fn quarantine_crd() -> Value {
+    serde_yaml::from_str(include_str!("../../../deploy/kubernetes/crds/quarantine.yaml")).expect("the shipped Quarantine CRD parses")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quarantine_crd_serves_the_wire_type() {
+        let c = quarantine_crd();
+        assert_eq!(c["spec"]["names"]["kind"], bulkhead_kube::quarantine::KIND);
+        assert_eq!(c["spec"]["names"]["plural"], bulkhead_kube::quarantine::PLURAL);
+        let q = bulkhead_kube::quarantine::Quarantine::new("n", "a/b", "violation", vec![], vec![], 1);
+        let spec = serde_json::to_value(&q.spec).expect("json");
+        let props = c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"].as_object().expect("spec properties");
+        let fields: Vec<&String> = spec.as_object().expect("object").keys().collect();
+        assert_eq!(fields, props.keys().collect::<Vec<_>>(), "the CRD's spec fields are the wire type's");
+    }
 
     #[test]
     fn deploy_crds_are_current() {

@@ -37,9 +37,9 @@ pub trait Datastore: Send {
     }
     /// Starts telling `notify` about changes (an agent that watches its datastore).
     fn subscribe(&mut self, notify: Notify) -> Result<(), AgentError>;
-    /// The folder of a folder datastore, where the detector's Quarantines go for fw-sync
-    /// ([`crate::detect::perimeter`]); `None` for other datastores.
-    fn folder(&self) -> Option<PathBuf> {
+    /// Where the detector's Quarantines for `node` go for fw-sync
+    /// ([`crate::detect::perimeter`]); `None` where they cannot.
+    fn quarantine_store(&self, _node: &str) -> Option<Box<dyn crate::detect::perimeter::QuarantineStore>> {
         None
     }
 }
@@ -259,8 +259,8 @@ impl Datastore for FileDatastore {
 
     /// A thread turns inotify events on the folder into notifications; it ends when the
     /// notification is refused (the agent is gone).
-    fn folder(&self) -> Option<PathBuf> {
-        Some(self.dir.clone())
+    fn quarantine_store(&self, node: &str) -> Option<Box<dyn crate::detect::perimeter::QuarantineStore>> {
+        Some(Box::new(crate::detect::perimeter::FileStore::new(&self.dir, node)))
     }
 
     fn subscribe(&mut self, notify: Notify) -> Result<(), AgentError> {

@@ -147,4 +147,8 @@ impl Datastore for KubeDatastore {
         self.set.subscribe(notify);
         Ok(())
     }
+
+    fn quarantine_store(&self, node: &str) -> Option<Box<dyn crate::detect::perimeter::QuarantineStore>> {
+        Some(Box::new(crate::detect::perimeter::KubeStore::new(self.set.client(), self.set.runtime().clone(), node)))
+    }
 }

@@ -174,6 +174,13 @@ pub mod api {
         ApiResource { group: "bulkhead.io".into(), version: "v1alpha1".into(), api_version: API_VERSION.into(), kind: KIND.into(), plural: PLURAL.into() }
     }
 
+    /// Runs `fut` on the runtime's own threads and waits: the caller may sit in another
+    /// network namespace (the agent's threads live in the node's), where the API server's
+    /// address does not route; the runtime's threads were started where the client connects.
+    fn run<T: Send + 'static>(rt: &tokio::runtime::Handle, fut: impl std::future::Future<Output = T> + Send + 'static) -> Result<T, String> {
+        rt.block_on(rt.spawn(fut)).map_err(|e| format!("API task failed: {e}"))
+    }
+
     fn namespaced(client: &kube::Client, q: &Quarantine) -> Result<Api<DynamicObject>, String> {
         let ns = q.metadata.namespace.as_deref().ok_or_else(|| format!("workload {:?} is not a pod (no namespace): not published to the API", q.spec.workload))?;
         Ok(Api::namespaced_with(client.clone(), ns, &resource()))
@@ -183,14 +190,17 @@ pub mod api {
     pub fn apply(client: &kube::Client, rt: &tokio::runtime::Handle, q: &Quarantine) -> Result<(), String> {
         let api = namespaced(client, q)?;
         let obj = serde_json::to_value(q).map_err(|e| e.to_string())?;
-        rt.block_on(api.patch(&q.metadata.name, &PatchParams::apply("bulkhead-agent").force(), &Patch::Apply(obj))).map(|_| ()).map_err(|e| format!("apply Quarantine {}: {e}", q.spec.workload))
+        let (name, workload) = (q.metadata.name.clone(), q.spec.workload.clone());
+        run(rt, async move { api.patch(&name, &PatchParams::apply("bulkhead-agent").force(), &Patch::Apply(obj)).await.map(|_| ()) })?
+            .map_err(|e| format!("apply Quarantine {workload}: {e}"))
     }
 
     /// Deletes it (gone already is fine).
     pub fn delete(client: &kube::Client, rt: &tokio::runtime::Handle, q: &Quarantine) -> Result<(), String> {
         let api = namespaced(client, q)?;
-        match rt.block_on(api.delete(&q.metadata.name, &DeleteParams::default())) {
-            Ok(_) => Ok(()),
+        let name = q.metadata.name.clone();
+        match run(rt, async move { api.delete(&name, &DeleteParams::default()).await.map(|_| ()) })? {
+            Ok(()) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(format!("delete Quarantine {}: {e}", q.spec.workload)),
         }
@@ -199,7 +209,8 @@ pub mod api {
     /// The Quarantines `node` wrote, with their statuses.
     pub fn list(client: &kube::Client, rt: &tokio::runtime::Handle, node: &str) -> Result<Vec<(Quarantine, Option<QuarantineStatus>)>, String> {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource());
-        let list = rt.block_on(api.list(&ListParams::default().labels(&format!("{NODE_LABEL}={node}")))).map_err(|e| format!("list Quarantines: {e}"))?;
+        let lp = ListParams::default().labels(&format!("{NODE_LABEL}={node}"));
+        let list = run(rt, async move { api.list(&lp).await })?.map_err(|e| format!("list Quarantines: {e}"))?;
         let mut out = Vec::new();
         for o in list.items {
             let v = serde_json::to_value(&o).map_err(|e| e.to_string())?;
@@ -215,7 +226,9 @@ pub mod api {
     pub fn patch_status(client: &kube::Client, rt: &tokio::runtime::Handle, namespace: &str, name: &str, st: &QuarantineStatus) -> Result<(), String> {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource());
         let patch = Patch::Merge(serde_json::json!({ "status": st }));
-        rt.block_on(api.patch_status(name, &PatchParams::default(), &patch)).map(|_| ()).map_err(|e| format!("patch status of Quarantine {namespace}/{name}: {e}"))
+        let n = name.to_string();
+        run(rt, async move { api.patch_status(&n, &PatchParams::default(), &patch).await.map(|_| ()) })?
+            .map_err(|e| format!("patch status of Quarantine {namespace}/{name}: {e}"))
     }
 }
 

@@ -29,7 +29,7 @@ impl KubeLab {
     pub fn start(lab: &Lab, ds: &mut Datastore, force_relist: bool) -> Result<KubeLab> {
         let agent_err = |e: String| LabError::Agent(format!("kubernetes datastore: {e}"));
         let emu = Emulator::start().map_err(|e| agent_err(format!("starting the API-server emulator: {e}")))?;
-        for crd in bulkhead_agent::crds::agent_crds() {
+        for crd in bulkhead_agent::crds::agent_crds().into_iter().chain([bulkhead_agent::crds::quarantine_crd()]) {
             emu.create(crd).map_err(|e| agent_err(format!("installing a CRD: {}", e.message)))?;
         }
         let dir = lab.datastore_dir();

@@ -227,7 +227,7 @@ pub struct Shared {
     /// Events reported by kind, and actions by (kind, action): the metrics' counters.
     pub(crate) counts: Mutex<(BTreeMap<&'static str, u64>, BTreeMap<(&'static str, String), u64>)>,
     /// The node's Quarantines for fw-sync (folder datastore only, see [`perimeter`]).
-    pub(crate) perimeter: Mutex<Option<perimeter::Perimeter>>,
+    pub(crate) perimeter: Mutex<Option<perimeter::PerimeterThread>>,
 }
 
 #[derive(Default)]
@@ -900,6 +900,8 @@ impl Detector {
         if let Some(t) = self.seq_thread.take() {
             let _ = t.join();
         }
+        // Last: what the threads above asked of it is done first.
+        self.stop_perimeter();
     }
 }
 
