@@ -56,15 +56,21 @@ fn stays_denied(lab: &bulkhead_lab::Lab, d: Duration, what: &str) {
     }
 }
 
-#[test]
-fn api_faults_never_loosen_enforcement() {
+/// A lab whose datastore is the API emulator, with a watching agent on it (root).
+fn lab_on_the_api(topology: &str) -> (bulkhead_lab::Lab, KubeLab, bulkhead_lab::agent::Agent) {
     require_root();
-    let topo = bulkhead_lab::Topology::parse(TOPOLOGY, Path::new("kube_datastore.rs")).expect("topology");
+    let topo = bulkhead_lab::Topology::parse(topology, Path::new("kube_datastore.rs")).expect("topology");
     let opts = bulkhead_lab::LabOptions { server_bin: Some(bulkhead_bin()), ..Default::default() };
     let lab = bulkhead_lab::Lab::create(&topo, &opts).expect("lab");
     let mut ds = bulkhead_lab::datastore::Datastore::for_lab(&lab);
     let mut kube = KubeLab::start(&lab, &mut ds, false).expect("kubernetes datastore");
     let agent = kube.start_agent(&lab, true).expect("agent");
+    (lab, kube, agent)
+}
+
+#[test]
+fn api_faults_never_loosen_enforcement() {
+    let (lab, kube, agent) = lab_on_the_api(TOPOLOGY);
     let emu = kube.emulator();
     wait_verdict(&lab, true, "no policy yet");
 
@@ -156,13 +162,7 @@ fn api_server_down_at_start_is_an_error_naming_what_was_not_listed() {
 #[test]
 fn an_isolated_pod_is_published_as_a_quarantine_object_and_withdrawn_on_release() {
     use bulkhead_lab::agent::detect::{Actions, Mode, WorkloadSpec};
-    require_root();
-    let topo = bulkhead_lab::Topology::parse(&TOPOLOGY.replace("kube-faults", "kube-quarantine").replace("10.240.1.", "10.240.2."), Path::new("kube_datastore.rs")).expect("topology");
-    let opts = bulkhead_lab::LabOptions { server_bin: Some(bulkhead_bin()), ..Default::default() };
-    let lab = bulkhead_lab::Lab::create(&topo, &opts).expect("lab");
-    let mut ds = bulkhead_lab::datastore::Datastore::for_lab(&lab);
-    let mut kube = KubeLab::start(&lab, &mut ds, false).expect("kubernetes datastore");
-    let agent = kube.start_agent(&lab, true).expect("agent");
+    let (lab, kube, agent) = lab_on_the_api(&TOPOLOGY.replace("kube-faults", "kube-quarantine").replace("10.240.1.", "10.240.2."));
     let emu = kube.emulator();
     let a = lab.endpoint("x/a").expect("pod a");
     agent
