@@ -235,9 +235,10 @@ impl Watcher {
             network::judge(g.profile_mut(&w), scan, &w.opts.scan, ev.ts_ns, &peer, port, protocol)
         };
         drop(g);
-        if kernel_dropped && findings.is_empty() && super::learned::may_be_stale(&peer) {
-            // TC had not heard of this address of a learned peer yet (a replica newer than
-            // the last sync): let the retransmit through and undo TC's isolation.
+        if kernel_dropped && findings.is_empty() {
+            // The profile knows the flow but TC's entries did not (a learned peer's replica
+            // newer than the last sync): the profile decides; let the retransmit through and
+            // undo TC's isolation.
             let lifted = super::learned::repair(self.learned.as_mut(), self.isolation.as_mut(), ev.ifindex, remote, port, ev.protocol);
             tracing::warn!(workload = %w.spec.name, %peer, %remote, port, lifted, "TC dropped a flow to a learned peer's new address; entry added");
             return;

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use bulkhead_common::detect::{self as det, LearnedKeyV1, isolation_reason, watch_flags};
 
-use super::profile::{Peer, Protocol};
+use super::profile::Protocol;
 use super::{Detector, Mode, WorkloadState, map_err};
 use crate::{error::AgentError, ifmap::IsolationMap, loader::Dataplane};
 
@@ -151,11 +151,6 @@ pub(crate) fn repair(
     }
 }
 
-/// Whether `peer` is one TC could have missed: a workload peer (addresses change with its
-/// replicas), not a fixed address.
-pub(crate) fn may_be_stale(peer: &Peer) -> bool {
-    matches!(peer, Peer::Workload(_))
-}
 
 #[cfg(test)]
 mod tests {
