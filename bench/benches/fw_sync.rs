@@ -53,6 +53,41 @@ const SPACING: Duration = Duration::from_millis(30);
 const GIVE_UP: Duration = Duration::from_secs(60);
 const FIREWALL: &str = "bench";
 
+/// Removes what an earlier run killed before its drops ran left behind (a SIGTERM or a
+/// timeout skips them): the namespaces `bhb-<pid>-fw`, the temp folders
+/// `bulkhead-bench-fwsync-*` and the emulators' CA files `bulkhead-*-ca-<pid>-*`, of pids no
+/// longer running.
+fn sweep_dead_runs() {
+    let dead = |pid: &str| pid.parse::<u32>().is_ok_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists());
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if let Some(pid) = name.strip_prefix("bhb-").and_then(|r| r.strip_suffix("-fw"))
+                && dead(pid)
+            {
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+            }
+        }
+    }
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = if let Some(rest) = name.strip_prefix("bulkhead-bench-fwsync-secrets-") {
+            rest.to_string()
+        } else if let Some(rest) = name.strip_prefix("bulkhead-bench-fwsync-") {
+            rest.split('-').next().unwrap_or_default().to_string()
+        } else if name.starts_with("bulkhead-") && name.contains("-ca-") && name.ends_with(".pem") {
+            name.rsplit("-ca-").next().and_then(|r| r.split('-').next()).unwrap_or_default().to_string()
+        } else {
+            continue;
+        };
+        if dead(&pid) {
+            let p = e.path();
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        }
+    }
+}
+
 /// A network namespace for the kernel-set firewalls, deleted on drop.
 struct Netns(String);
 
@@ -475,6 +510,7 @@ fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     }
+    sweep_dead_runs();
     let only = std::env::var("FW_SYNC_BENCH_ONLY").ok();
     // FW_SYNC_BENCH_PHASES=latency,quarantine,calls,faults (default: all).
     let phases = std::env::var("FW_SYNC_BENCH_PHASES").ok();
