@@ -456,19 +456,10 @@ fn an_isolated_endpoint_stops_its_ipv6_flows_except_its_ipv6_allow_list() {
 
 #[test]
 fn protect_mode_drops_an_unlearned_new_flow_before_it_leaves_and_isolates_in_tc() {
-    use bulkhead_common::detect::{LearnedKeyV1, isolation_reason, watch_flags};
+    use bulkhead_common::detect::{isolation_reason, watch_flags};
     let mut g = Guard::new("learned");
-    let key = |addr: std::net::IpAddr, port: u16, protocol: u8| {
-        let (addr_be, family) = match addr {
-            std::net::IpAddr::V4(a) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (b, 4)
-            }
-            std::net::IpAddr::V6(a) => (a.octets(), 6),
-        };
-        LearnedKeyV1 { ifindex: IFINDEX, addr_be, port_be: port.to_be_bytes(), protocol, family }
-    };
+    // The agent's keys: what TC looks up must be what the agent writes.
+    let key = |addr: std::net::IpAddr, port: u16, protocol: u8| bulkhead_agent::detect::learned::key(IFINDEX, addr, port, protocol);
     // The profile: PEER on TCP 443 (both families), the peer entries beside.
     for k in [key(PEER.into(), 443, 6), key(PEER.into(), 0, 0), key(PEER6.into(), 443, 6), key(PEER6.into(), 0, 0)] {
         g.dp().maps.det.learned.insert(k, 1, 0).expect("learned entry");
@@ -487,12 +478,12 @@ fn protect_mode_drops_an_unlearned_new_flow_before_it_leaves_and_isolates_in_tc(
     let _ = g.events();
     // The exfiltration: the SYN to a peer never seen is dropped, the endpoint isolated, one event.
     assert_eq!(g.run(programs::FROM_POD, &tcp_frame(POD, ROUTER, 40004, 4444, TCP_SYN)), RET_DROP, "the first packet never leaves");
-    assert_eq!(g.counter("drop_detector_unlearned_flow"), 1);
+    assert_eq!(g.counter("deny_detector_unlearned_flow"), 1);
     let iso = g.dp().maps.det.isolation.get(IFINDEX).expect("read").expect("TC isolated the endpoint");
     assert_eq!(iso.reason, isolation_reason::UNLEARNED_FLOW);
     let ev = g.events();
     assert_eq!(ev.len(), 1, "{ev:?}");
-    assert_eq!((ev[0].kind, ev[0].drop_reason, ev[0].daddr(), u16::from_be_bytes(ev[0].dport_be)), (flow_kind::DROPPED, counters::DROP_DETECTOR_UNLEARNED as u16, Some(ROUTER.into()), 4444));
+    assert_eq!((ev[0].kind, ev[0].drop_reason, ev[0].daddr(), u16::from_be_bytes(ev[0].dport_be)), (flow_kind::DROPPED, counters::DENY_DETECTOR_UNLEARNED as u16, Some(ROUTER.into()), 4444));
     // From now on isolation stops even the learned destination.
     assert_eq!(g.run(programs::FROM_POD, &tcp_frame(POD, PEER, 40005, 443, TCP_SYN)), RET_DROP);
     // New ports isolate too: released, the scan's first probe on the learned peer is dropped.
@@ -501,7 +492,7 @@ fn protect_mode_drops_an_unlearned_new_flow_before_it_leaves_and_isolates_in_tc(
     assert_eq!(g.run(programs::FROM_POD, &tcp_frame(POD, PEER, 40006, 23, TCP_SYN)), RET_DROP, "a new port on a learned peer");
     g.dp().maps.det.isolation.remove(IFINDEX).expect("release");
     assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, ROUTER6, 40007, 443, TCP_SYN)), RET_DROP, "an IPv6 peer never seen");
-    assert_eq!(g.counter("drop_detector_unlearned_flow"), 3);
+    assert_eq!(g.counter("deny_detector_unlearned_flow"), 3);
     // Inbound flows are not this decision's (new inbound clients only alert).
     g.dp().maps.det.isolation.remove(IFINDEX).expect("release");
     assert_eq!(g.run(programs::TO_POD, &tcp_frame(ROUTER, POD, 40008, 8080, TCP_SYN)), RET_PASS, "inbound");

@@ -418,7 +418,7 @@ fn judge_new_flow<A: Addr>(ifindex: u32, ep: &Local, cfg: &ConfigV2, flow: &Flow
     let unlearned = v.action == action::ALLOW && dir == direction::EGRESS && learned::denies(ifindex, flow);
     let allow = v.action == action::ALLOW && !unlearned;
     let counter = if unlearned {
-        counters::DROP_DETECTOR_UNLEARNED
+        counters::DENY_DETECTOR_UNLEARNED
     } else if !allow {
         counters::DENY_POLICY
     } else if v.policy_index == bulkhead_common::NO_POLICY && v.flags & verdict_flags::END_OF_TIER == 0 {
@@ -442,7 +442,7 @@ fn judge_new_flow<A: Addr>(ifindex: u32, ep: &Local, cfg: &ConfigV2, flow: &Flow
     events::record_stats(&v, staged);
     if unlearned {
         // Always reported (not rate-limited as other drops): the agent's finding follows it.
-        events::emit_dropped(ifindex, flow, dir, counters::DROP_DETECTOR_UNLEARNED, &v, events::Ids { local: ep.identity, peer });
+        events::emit_dropped(ifindex, flow, dir, counters::DENY_DETECTOR_UNLEARNED, &v, events::Ids { local: ep.identity, peer });
     } else if maps::flow_watched(ifindex, cfg) || v.flags & verdict_flags::LOG != 0 {
         let kind = if allow { flow_kind::NEW_ALLOWED } else { flow_kind::DENIED };
         events::emit(ifindex, flow, dir, kind, &v, staged, events::Ids { local: ep.identity, peer });

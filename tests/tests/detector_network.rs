@@ -611,7 +611,7 @@ fn protect_mode_lets_no_packet_of_an_unlearned_flow_out() {
     write("protect");
     assert!(f.reaches("client-a", "server", 8080, Protocol::Tcp), "the learned flow passes under protect");
     let a_ip = f.pod("client-a").ip;
-    let before = f.agent().counters().expect("counters").into_iter().find(|(n, _)| n == "drop_detector_unlearned_flow").map_or(0, |(_, v)| v);
+    let before = f.agent().counters().expect("counters").into_iter().find(|(n, _)| n == "deny_detector_unlearned_flow").map_or(0, |(_, v)| v);
 
     // Exfiltration over TCP to a peer never seen.
     let tcp = Arrivals::count(&f, "stranger", a_ip, "tcp", "8080");
@@ -641,7 +641,7 @@ fn protect_mode_lets_no_packet_of_an_unlearned_flow_out() {
         .unwrap_or_else(|| panic!("no new-port finding from TC: {:?}", det.events()));
     assert_eq!(scan.packets(), 0, "a probe of the scan reached the server");
     assert!(!f.reaches("client-a", "server", 8080, Protocol::Tcp), "the scanner is isolated");
-    let after = f.agent().counters().expect("counters").into_iter().find(|(n, _)| n == "drop_detector_unlearned_flow").map_or(0, |(_, v)| v);
+    let after = f.agent().counters().expect("counters").into_iter().find(|(n, _)| n == "deny_detector_unlearned_flow").map_or(0, |(_, v)| v);
     assert!(after >= before + 3, "TC's own drops counted: {before} -> {after}");
     f.agent().detector_release(A).expect("release");
     assert!(f.reaches("client-a", "server", 8080, Protocol::Tcp), "released");

@@ -845,7 +845,7 @@ fn apply_ready(st: &mut State, ready: Ready) -> Result<SyncReport, AgentError> {
     let (rev, written) = (c.rev, c.written);
     st.det.apply_plan(&mut st.dp, &detector_plan)?;
     st.det.peers_from(&model);
-    st.flows.set_pods(&model);
+    st.flows.set_model(model);
     st.det.sync_flow_events(&mut st.dp)?;
     let write_time = t0.elapsed();
     st.sync_metrics.programming_seconds.observe((load_time + compile_time + write_time).as_secs_f64());

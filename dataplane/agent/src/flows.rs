@@ -134,7 +134,10 @@ pub fn record(c: &Compiled, pods: &PodsByAddress, e: &FlowEventV4) -> FlowRecord
 pub struct FlowLog {
     path: PathBuf,
     recent: VecDeque<FlowRecord>,
-    pods: PodsByAddress,
+    /// The last sync's model, and its address index built the first time a flow needs it
+    /// (a sync with no flow after it pays nothing).
+    model: Option<policy_compiler::Model>,
+    pods: Option<PodsByAddress>,
 }
 
 /// Records kept in memory.
@@ -149,12 +152,13 @@ impl FlowLog {
         if let Some(d) = path.parent() {
             let _ = std::fs::create_dir_all(d);
         }
-        FlowLog { path: path.to_path_buf(), recent: VecDeque::new(), pods: HashMap::new() }
+        FlowLog { path: path.to_path_buf(), recent: VecDeque::new(), model: None, pods: None }
     }
 
     /// Names flows after the pods of `model` from now on (each sync).
-    pub fn set_pods(&mut self, model: &policy_compiler::Model) {
-        self.pods = pods_by_address(model);
+    pub fn set_model(&mut self, model: policy_compiler::Model) {
+        self.model = Some(model);
+        self.pods = None;
     }
 
     /// Where the JSON lines go.
@@ -167,7 +171,9 @@ impl FlowLog {
         if events.is_empty() {
             return;
         }
-        let out: Vec<FlowRecord> = events.iter().map(|e| record(c, &self.pods, e)).collect();
+        let model = &self.model;
+        let pods = self.pods.get_or_insert_with(|| model.as_ref().map(pods_by_address).unwrap_or_default());
+        let out: Vec<FlowRecord> = events.iter().map(|e| record(c, pods, e)).collect();
         // Bounded on disk: past the limit the log moves to `<name>.1` (replacing the older one).
         if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
             let mut old = self.path.clone().into_os_string();

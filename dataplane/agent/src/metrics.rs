@@ -66,12 +66,9 @@ fn verdict_of(name: &str) -> Option<(&'static str, &str)> {
     if let Some(r) = name.strip_prefix("pass_") {
         return Some(("pass", r));
     }
-    if name == "deny_policy" {
-        return Some(("drop", "policy"));
-    }
-    // A decision (the detector's in TC, protect mode), not an error path.
-    if name == "drop_detector_unlearned_flow" {
-        return Some(("drop", "detector_unlearned_flow"));
+    // Decisions (policy, the detector's in TC), as opposed to fail-closed error paths.
+    if let Some(r) = name.strip_prefix("deny_") {
+        return Some(("drop", r));
     }
     if name.starts_with("drop_") && name.ends_with("_fail_closed") {
         return Some(("drop", &name["drop_".len()..name.len() - "_fail_closed".len()]));
@@ -197,12 +194,13 @@ mod tests {
         assert_eq!(verdict_of("pass_icmpv6_nd"), Some(("pass", "icmpv6_nd")));
         assert_eq!(verdict_of("deny_policy"), Some(("drop", "policy")));
         assert_eq!(verdict_of("drop_spoofed_source_fail_closed"), Some(("drop", "spoofed_source")));
-        assert_eq!(verdict_of("drop_detector_unlearned_flow"), Some(("drop", "detector_unlearned_flow")));
+        assert_eq!(verdict_of("deny_detector_unlearned_flow"), Some(("drop", "detector_unlearned_flow")));
         assert_eq!(verdict_of("flow_events_dropped"), None);
         assert_eq!(verdict_of("xdp_pass_no_endpoint_fail_open"), None);
-        // Every counter is either a verdict or another event, and every drop fails closed.
+        // Every counter is either a verdict or another event; every drop is a decision
+        // (deny_) or fails closed.
         for n in bulkhead_common::counters::NAMES {
-            if n.starts_with("drop_") && n != "drop_events_rate_limited" {
+            if (n.starts_with("drop_") && n != "drop_events_rate_limited") || n.starts_with("deny_") {
                 assert!(verdict_of(n).is_some(), "{n}");
             }
         }

@@ -440,7 +440,7 @@ pub mod counters {
         /// A new outbound flow of a protect-mode workload to a destination outside its
         /// learned profile, dropped (and the endpoint isolated where the finding's action
         /// says so) before its first packet left: the detector's kernel decision.
-        DROP_DETECTOR_UNLEARNED = "drop_detector_unlearned_flow",
+        DENY_DETECTOR_UNLEARNED = "deny_detector_unlearned_flow",
     }
 }
 

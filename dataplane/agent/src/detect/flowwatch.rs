@@ -192,7 +192,7 @@ impl Watcher {
     /// Learns or judges one flow event (new flows of monitored workloads).
     fn on_flow(&mut self, peers: &HashMap<IpAddr, String>, ev: &FlowEventV4) {
         // TC's own detector decision (protect mode): the flow never left.
-        let kernel_dropped = ev.kind == flow_kind::DROPPED && u32::from(ev.drop_reason) == bulkhead_common::counters::DROP_DETECTOR_UNLEARNED;
+        let kernel_dropped = ev.kind == flow_kind::DROPPED && u32::from(ev.drop_reason) == bulkhead_common::counters::DENY_DETECTOR_UNLEARNED;
         if !(matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || kernel_dropped) || ev.ifindex == 0 {
             return;
         }

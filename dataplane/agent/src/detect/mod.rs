@@ -14,7 +14,7 @@
 pub mod cgroup;
 mod events;
 mod flowwatch;
-mod learned;
+pub mod learned;
 mod manage;
 pub mod network;
 mod netwatch;

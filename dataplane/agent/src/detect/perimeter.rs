@@ -35,8 +35,9 @@ pub trait QuarantineStore: Send {
     fn put(&self, q: &Quarantine) -> Result<(), String>;
     /// Removes one (gone already is fine), with its status.
     fn delete(&self, q: &Quarantine) -> Result<(), String>;
-    /// fw-sync's status of one, if it answered this quarantine (same `sinceUnixMs`).
-    fn status(&self, q: &Quarantine) -> Option<QuarantineStatus>;
+    /// fw-sync's status of each of `qs`, where it answered that quarantine (same
+    /// `sinceUnixMs`).
+    fn statuses(&self, qs: &[&Quarantine]) -> Vec<Option<QuarantineStatus>>;
 }
 
 /// The folder datastore's store: `<datastore>/bulkhead-quarantine/<node>/`.
@@ -105,8 +106,8 @@ impl QuarantineStore for FileStore {
         remove(&wire::status_path(&file))
     }
 
-    fn status(&self, q: &Quarantine) -> Option<QuarantineStatus> {
-        read_status(&wire::status_path(&self.file(q))).filter(|s| s.since_unix_ms == q.spec.since_unix_ms)
+    fn statuses(&self, qs: &[&Quarantine]) -> Vec<Option<QuarantineStatus>> {
+        qs.iter().map(|q| read_status(&wire::status_path(&self.file(q))).filter(|s| s.since_unix_ms == q.spec.since_unix_ms)).collect()
     }
 }
 
@@ -140,10 +141,16 @@ impl QuarantineStore for KubeStore {
         wire::api::delete(&self.client, &self.rt, q)
     }
 
-    fn status(&self, q: &Quarantine) -> Option<QuarantineStatus> {
-        // One GET per published quarantine and poll: there are few, and only while they last.
-        let all = self.list().ok()?;
-        all.into_iter().find(|(o, _)| o.spec.workload == q.spec.workload).and_then(|(_, s)| s).filter(|s| s.since_unix_ms == q.spec.since_unix_ms)
+    fn statuses(&self, qs: &[&Quarantine]) -> Vec<Option<QuarantineStatus>> {
+        // One listing of the node's objects answers them all.
+        let all: BTreeMap<String, Option<QuarantineStatus>> = match self.list() {
+            Ok(l) => l.into_iter().map(|(o, s)| (o.spec.workload, s)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "quarantine statuses not read; read again next poll");
+                BTreeMap::new()
+            }
+        };
+        qs.iter().map(|q| all.get(&q.spec.workload).cloned().flatten().filter(|s| s.since_unix_ms == q.spec.since_unix_ms)).collect()
     }
 }
 
@@ -269,8 +276,21 @@ impl Perimeter {
     /// workload's addresses, or newly fails to, becomes one `quarantine-perimeter` event.
     pub fn poll(&mut self) -> Vec<DetectorEvent> {
         let mut out = Vec::new();
-        for (w, a) in self.active.iter_mut().filter(|(_, a)| a.stored) {
-            let Some(st) = self.store.status(&a.quarantine) else { continue };
+        // Only quarantines whose answer may still change: no firewall reported yet, one
+        // failing, or published within the last minute (firewalls answer at their pace).
+        let now = wire::now_unix_ms();
+        let waiting = |a: &Active| a.stored && (a.reported.is_empty() || a.reported.values().any(Option::is_some) || now.saturating_sub(a.quarantine.spec.since_unix_ms) < 60_000);
+        let asked: Vec<String> = self.active.iter().filter(|(_, a)| waiting(a)).map(|(w, _)| w.clone()).collect();
+        if asked.is_empty() {
+            return out;
+        }
+        let statuses = {
+            let qs: Vec<&Quarantine> = asked.iter().map(|w| &self.active[w].quarantine).collect();
+            self.store.statuses(&qs)
+        };
+        for (w, st) in asked.iter().zip(statuses) {
+            let Some(st) = st else { continue };
+            let Some(a) = self.active.get_mut(w) else { continue };
             let mut applied = Vec::new();
             let mut failing = Vec::new();
             for (fw, s) in st.firewalls {
@@ -433,8 +453,8 @@ impl Detector {
         if self.shared.perimeter.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_none() {
             return;
         }
-        let isolated: BTreeSet<u64> = match dp.maps.det.isolation.entries() {
-            Ok(e) => e.into_iter().map(|(_, v)| v.cgroup_id).collect(),
+        let (isolated_ifs, isolated): (BTreeSet<u32>, BTreeSet<u64>) = match dp.maps.det.isolation.entries() {
+            Ok(e) => e.into_iter().map(|(i, v)| (i, v.cgroup_id)).unzip(),
             Err(e) => {
                 tracing::warn!(error = %e, "isolation table unreadable; the perimeter is reconciled next second");
                 return;
@@ -446,7 +466,7 @@ impl Detector {
             let g = self.shared.state();
             for w in g.workloads.values() {
                 monitored.insert(w.spec.name.clone());
-                let held = (w.ifindex != 0 && matches!(dp.maps.det.isolation.get(w.ifindex), Ok(Some(_))))
+                let held = (w.ifindex != 0 && isolated_ifs.contains(&w.ifindex))
                     || isolated.contains(&w.cgroup_id)
                     || cgroup::is_frozen(&w.spec.cgroup).unwrap_or(false);
                 if held {
@@ -537,8 +557,8 @@ mod tests {
         fn delete(&self, q: &Quarantine) -> Result<(), String> {
             self.1.delete(q)
         }
-        fn status(&self, q: &Quarantine) -> Option<QuarantineStatus> {
-            self.1.status(q)
+        fn statuses(&self, qs: &[&Quarantine]) -> Vec<Option<QuarantineStatus>> {
+            self.1.statuses(qs)
         }
     }
 
