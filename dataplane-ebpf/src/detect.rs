@@ -102,8 +102,8 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
     ev.kind = kind;
     ev.actions = actions;
     ev.mode = wl.mode;
-    ev._pad = 0;
-    ev._pad2 = 0;
+    ev.op = 0;
+    ev.dirfd = 0;
     if DET_EVENTS.output::<DetEventV1>(ev, 0).is_ok() {
         count(counters::DET_EVENTS_SENT);
     } else {

@@ -9,7 +9,8 @@
 //!
 //! The detector's probes are tracepoints: `bh_exec` (sched_process_exec: exec events and
 //! in-kernel protect), `bh_fork` (sched_process_fork: parents) and `bh_sys_enter`
-//! (raw tracepoint sys_enter: syscall counts). TC drops traffic of isolated endpoints.
+//! (raw tracepoint sys_enter: syscall counts), `bh_file` (syscalls/sys_enter_* of the file
+//! calls: file-system baselines). TC drops traffic of isolated endpoints.
 #![no_std]
 #![no_main]
 
@@ -17,6 +18,7 @@ mod conntrack;
 mod detect;
 mod events;
 mod family;
+mod files;
 mod isolate;
 mod learned;
 mod maps;
@@ -78,6 +80,13 @@ pub fn bh_exec(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn bh_fork(ctx: TracePointContext) -> u32 {
     detect::try_fork(&ctx)
+}
+
+/// Entry of a file syscall (one program on the syscalls/sys_enter_* tracepoints of the calls
+/// that change the file system, and open): judge it against the workload's file baseline.
+#[tracepoint]
+pub fn bh_file(ctx: TracePointContext) -> u32 {
+    files::try_file(&ctx)
 }
 
 /// Entry of a syscall: count it per workload (monitored workloads only). A raw tracepoint:

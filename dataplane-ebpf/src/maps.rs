@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bulkhead_common::detect::{
-    self as det, AllowKey6V1, AllowKeyV2, DetEventV1, ExecKeyV1, IsolationV1, LearnedKeyV1, SyscallKeyV1, WorkloadV1,
+    self as det, AllowKey6V1, AllowKeyV2, DetEventV1, ExecKeyV1, FileDataV1, FileKeyV1, FileRuleV1, IsolationV1, LearnedKeyV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
     ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV1, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
@@ -329,6 +329,31 @@ pub static PARENTS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(det::cap
 /// A full ring drops the record (counted as DET_SYSSEQ_DROPPED), never the syscall.
 #[map(name = "BH_DET_SYSSEQ_V1")]
 pub static SYSSEQ: RingBuf = RingBuf::with_byte_size(det::capacity::SYSSEQ_RING_BYTES, 0);
+
+/// Key: (class, profile id, path) as an LPM prefix. Value: the rule (operations, subtree
+/// operations, its path length). Learned directories, sensitive path prefixes and sensitive
+/// files read while learning, of every profile with a file baseline. Written by the agent
+/// (event thread while learning, agent thread on mode changes and imports); read by the file
+/// probe. The trie's longest match answers "which learned directory holds this path".
+#[map(name = "BH_DET_FILES_V1")]
+pub static FILE_RULES: LpmTrie<FileDataV1, FileRuleV1> = LpmTrie::with_max_entries(det::capacity::FILE_RULES, 0);
+
+/// Key: 0. Value: [`FileScratchV1`] (too big for the stack). Written and read by the file
+/// probe only.
+#[map(name = "BH_DET_FSCRATCH_V1")]
+pub static FILE_SCRATCH: PerCpuArray<FileScratchV1> = PerCpuArray::with_max_entries(1, 0);
+
+/// The file probe's per-CPU scratch: the LPM key it builds and the path scan's counters
+/// (kept in memory on purpose, see `files::shape`). Kernel-only: user space never reads it.
+#[repr(C)]
+pub struct FileScratchV1 {
+    pub key: FileKeyV1,
+    pub seg_len: u32,
+    pub seg_dots: u32,
+    pub last_slash: u32,
+    pub bad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FileScratchV1>() == 276);
 
 /// Adds one to a counter. A missing slot is impossible (index < capacity); ignoring it keeps
 /// the hot path free of a branch that could never be taken.

@@ -43,7 +43,40 @@ pub mod programs {
     /// a work flag on every task, which sends every syscall of the machine through the slow
     /// entry path.
     pub const SYS_ENTER: &str = "bh_sys_enter";
+    /// The file probe ([`super::FILE_TRACEPOINTS`]): file-system baselines.
+    pub const FILE: &str = "bh_file";
 }
+
+/// The `syscalls` tracepoints the file probe is attached to: the calls that change the file
+/// system, and open (listings, sensitive reads). Attaching any of them sets the syscall
+/// tracing flag on every task (every syscall takes the slower entry path), so the probe is
+/// attached only while a workload has a file baseline. fchmod/fchown/ftruncate act on an
+/// fd, not a path: not judged.
+pub const FILE_TRACEPOINTS: [&str; 23] = [
+    "sys_enter_open",
+    "sys_enter_openat",
+    "sys_enter_openat2",
+    "sys_enter_creat",
+    "sys_enter_truncate",
+    "sys_enter_mkdir",
+    "sys_enter_mkdirat",
+    "sys_enter_unlink",
+    "sys_enter_unlinkat",
+    "sys_enter_rmdir",
+    "sys_enter_rename",
+    "sys_enter_renameat",
+    "sys_enter_renameat2",
+    "sys_enter_link",
+    "sys_enter_linkat",
+    "sys_enter_symlink",
+    "sys_enter_symlinkat",
+    "sys_enter_chmod",
+    "sys_enter_fchmodat",
+    "sys_enter_fchmodat2",
+    "sys_enter_chown",
+    "sys_enter_lchown",
+    "sys_enter_fchownat",
+];
 
 /// Tracepoints of the detector probes: (program, category, name). The syscall probe is a raw
 /// tracepoint (`sys_enter`), see [`Dataplane::set_syscall_probe`].
@@ -53,7 +86,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 42] = [
+pub(crate) const ALL_MAPS: [&str; 44] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
     map_names::UPLINK_DENY6,
@@ -96,6 +129,8 @@ pub(crate) const ALL_MAPS: [&str; 42] = [
     det::map_names::PARENTS,
     det::map_names::SYSSEQ,
     det::map_names::LEARNED,
+    det::map_names::FILE_RULES,
+    det::map_names::FILE_SCRATCH,
 ];
 
 /// A link pinned under `<pin dir>/links` as soon as it exists, so the kernel keeps it (and
@@ -179,6 +214,8 @@ pub struct Dataplane {
     tracepoints: BTreeMap<&'static str, KeptLink>,
     /// The syscall probe's (raw tracepoint sys_enter) link while attached.
     sys_enter: Option<RawTracePointLinkId>,
+    /// The file probe's links (pinned) while attached.
+    file_links: Vec<KeptLink>,
     /// Whether the XDP pre-filter goes on pod interfaces ([`XDP_PREFILTER_ENV`]).
     xdp_prefilter: bool,
 }
@@ -246,6 +283,12 @@ impl Dataplane {
                 .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
             t.load().map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
         }
+        let f: &mut TracePoint = ebpf
+            .program_mut(programs::FILE)
+            .ok_or_else(|| missing(format!("program {}", programs::FILE)))?
+            .try_into()
+            .map_err(|e| AgentError::Program { program: programs::FILE, source: e })?;
+        f.load().map_err(|e| AgentError::Program { program: programs::FILE, source: e })?;
         let r: &mut RawTracePoint = ebpf
             .program_mut(programs::SYS_ENTER)
             .ok_or_else(|| missing(format!("program {}", programs::SYS_ENTER)))?
@@ -327,7 +370,7 @@ impl Dataplane {
                 learned: HashMap::try_from(take(det::map_names::LEARNED)?).map_err(|e| map_err(det::map_names::LEARNED, e))?,
             },
         };
-        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, xdp_prefilter };
+        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, file_links: Vec::new(), xdp_prefilter };
         // Exec and fork are rare events: their probes are always on (they return at once for
         // unmonitored cgroups). The syscall probe is attached only while someone needs it.
         dp.attach_tracepoint(programs::EXEC)?;
@@ -383,6 +426,42 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches (`on`) or detaches the file probe on every [`FILE_TRACEPOINTS`] entry.
+    /// Idempotent. Its links are pinned like the exec probe's: protect holds while no agent
+    /// runs; a link an earlier agent pinned is replaced after ours is attached.
+    pub fn set_file_probe(&mut self, on: bool) -> Result<(), AgentError> {
+        if !on {
+            for k in std::mem::take(&mut self.file_links) {
+                k.remove();
+            }
+            // Pins an earlier agent left while this one has none of its own.
+            if let Ok(rd) = std::fs::read_dir(self.pin_dir.join(LINKS_DIR)) {
+                for e in rd.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&format!("{}-", programs::FILE)) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if !self.file_links.is_empty() {
+            return Ok(());
+        }
+        let dir = self.links_dir()?;
+        let err = |e| AgentError::Program { program: programs::FILE, source: e };
+        let prog: &mut TracePoint = self.ebpf.program_mut(programs::FILE).ok_or_else(|| missing(format!("program {}", programs::FILE)))?.try_into().map_err(err)?;
+        let mut kept = Vec::new();
+        for tp in FILE_TRACEPOINTS {
+            let id = prog.attach("syscalls", tp).map_err(err)?;
+            let link = prog.take_link(id).map_err(err)?;
+            let fd: FdLink = link.try_into().map_err(|source| AgentError::Link { what: format!("{} on {tp}", programs::FILE), source })?;
+            // bpffs refuses names with a dot.
+            kept.push(pin_replacing(fd, dir.join(format!("{}-{tp}", programs::FILE)))?);
+        }
+        self.file_links = kept;
+        Ok(())
+    }
+
     fn raw_sys_enter(&mut self) -> Result<&mut RawTracePoint, AgentError> {
         self.ebpf
             .program_mut(programs::SYS_ENTER)
@@ -393,7 +472,11 @@ impl Dataplane {
 
     /// Whether a detector probe (exec, fork, syscalls) is attached, by program name.
     pub fn probe_attached(&self, name: &str) -> bool {
-        if name == programs::SYS_ENTER { self.sys_enter.is_some() } else { self.tracepoints.contains_key(name) }
+        match name {
+            programs::SYS_ENTER => self.sys_enter.is_some(),
+            programs::FILE => !self.file_links.is_empty(),
+            _ => self.tracepoints.contains_key(name),
+        }
     }
 
     /// Lets go of every link without detaching it: TC and exec/fork links are pinned under
@@ -411,6 +494,7 @@ impl Dataplane {
             kept += 2;
         }
         kept += std::mem::take(&mut self.tracepoints).len();
+        kept += std::mem::take(&mut self.file_links).len();
         Ok(kept)
     }
 
@@ -533,6 +617,7 @@ impl Dataplane {
             .values()
             .flat_map(|a| [a.from_pod.pin.clone(), a.to_pod.pin.clone()])
             .chain(self.tracepoints.values().map(|k| k.pin.clone()))
+            .chain(self.file_links.iter().map(|k| k.pin.clone()))
             .collect();
         let mut n = 0;
         for e in rd.flatten() {
@@ -573,6 +658,9 @@ impl Dataplane {
             self.detach(&n);
         }
         for (_, k) in std::mem::take(&mut self.tracepoints) {
+            k.remove();
+        }
+        for k in std::mem::take(&mut self.file_links) {
             k.remove();
         }
         for m in ALL_MAPS {
@@ -624,6 +712,7 @@ fn static_name(name: &str) -> &'static str {
         programs::EXEC => programs::EXEC,
         programs::FORK => programs::FORK,
         programs::SYS_ENTER => programs::SYS_ENTER,
+        programs::FILE => programs::FILE,
         programs::XDP_PREFILTER => programs::XDP_PREFILTER,
         programs::XDP_UPLINK => programs::XDP_UPLINK,
         // Names come from the constants above; anything else is a caller's typo, shown as such

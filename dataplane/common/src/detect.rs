@@ -1,5 +1,5 @@
 //! Map types of the detector: monitored workloads, learned executables, isolation of
-//! workloads, exec events and per-workload syscall counts.
+//! workloads, exec and file events, file-system baselines and per-workload syscall counts.
 //!
 //! Same rules as the rest of this crate: `#[repr(C)]`, integers and byte arrays only,
 //! explicit padding, versioned map names, size asserts at the bottom.
@@ -38,6 +38,15 @@ pub mod map_names {
     /// [`crate::detect::LearnedKeyV1`] -> u8 (1). TC drops a new flow outside them before it
     /// leaves (see [`super::watch_flags`]).
     pub const LEARNED: &str = "BH_DET_LEARNED_V1";
+    /// File-system baselines of the profiles: LPM trie [`crate::detect::FileKeyV1`] ->
+    /// [`crate::detect::FileRuleV1`]: learned directories with their operations, the sensitive
+    /// paths configured, and sensitive files read while learning. Written by the agent (the
+    /// event thread as it learns, the agent thread on mode changes and imports); read by the
+    /// file probe.
+    pub const FILE_RULES: &str = "BH_DET_FILES_V1";
+    /// Per-CPU scratch (one slot) of the file probe: the key it builds its lookups in and its
+    /// path scan's counters (a kernel-only layout).
+    pub const FILE_SCRATCH: &str = "BH_DET_FSCRATCH_V1";
 }
 
 /// Bits of the per-endpoint flow-watch array ([`crate::map_names::FLOW_WATCH`]). Written by
@@ -82,6 +91,8 @@ pub mod capacity {
     pub const PARENTS: u32 = 65_536;
     /// (endpoint, destination, port) entries of protect-mode workloads.
     pub const LEARNED: u32 = 65_536;
+    /// File rules of all profiles (directories, sensitive paths, learned sensitive reads).
+    pub const FILE_RULES: u32 = 65_536;
     pub const EVENT_RING_BYTES: u32 = 1 << 20;
     /// 4 MiB: about 100 k records of 40 bytes (with the ring's header), some 100 ms of a
     /// workload making a million syscalls a second.
@@ -108,6 +119,103 @@ pub mod wl_flags {
     pub const SYSCALLS: u32 = 1 << 2;
     /// Stream the workload's syscalls (number, thread, time) to the agent's sequence model.
     pub const SYSCALL_SEQ: u32 = 1 << 3;
+    /// File-system baseline: the file probe judges the workload's file operations.
+    pub const FILES: u32 = 1 << 4;
+    /// Protect: SIGKILL a process writing where the profile never wrote (before the write:
+    /// the signal lands when the syscall returns).
+    pub const KILL_ON_FILE_WRITE: u32 = 1 << 5;
+    /// Protect: isolate the endpoint on such a write.
+    pub const ISOLATE_ON_FILE_WRITE: u32 = 1 << 6;
+    /// Protect: SIGKILL a process opening a sensitive file the profile never read (it dies
+    /// before it can read a byte).
+    pub const KILL_ON_SENSITIVE_READ: u32 = 1 << 7;
+    /// Protect: isolate the endpoint on such a read.
+    pub const ISOLATE_ON_SENSITIVE_READ: u32 = 1 << 8;
+    /// Protect: SIGKILL a process listing a directory the profile never listed.
+    pub const KILL_ON_DIR_LIST: u32 = 1 << 9;
+    /// Protect: isolate the endpoint on such a listing.
+    pub const ISOLATE_ON_DIR_LIST: u32 = 1 << 10;
+}
+
+/// Longest path the file probe reads (bytes, including the terminating NUL). A longer path
+/// is not judged in the kernel: it goes to user space as unresolved.
+pub const FILE_PATH_MAX: usize = 251;
+
+/// File operations (bits), as the file probe classifies syscalls and profiles learn them
+/// per directory.
+pub mod file_ops {
+    /// Open with write intent (write, read-write, truncate), creat, truncate.
+    pub const WRITE: u8 = 1 << 0;
+    /// A new name in the directory: O_CREAT, mkdir, link, symlink, O_TMPFILE.
+    pub const CREATE: u8 = 1 << 1;
+    /// unlink, rmdir.
+    pub const DELETE: u8 = 1 << 2;
+    /// rename (judged in both the source's and the destination's directory).
+    pub const RENAME: u8 = 1 << 3;
+    /// chmod, chown (and their *at forms).
+    pub const ATTR: u8 = 1 << 4;
+    /// Open of a directory for reading (listing it: ls, os.listdir, find).
+    pub const LIST: u8 = 1 << 5;
+    /// Open for reading of a path under a sensitive prefix.
+    pub const READ_SENSITIVE: u8 = 1 << 6;
+    /// Every operation that changes the file system.
+    pub const MUTATING: u8 = WRITE | CREATE | DELETE | RENAME | ATTR;
+}
+
+/// [`FileDataV1::class`] values: what kind of rule an LPM entry is.
+pub mod file_class {
+    /// A learned directory (path ends with `/`): [`super::FileRuleV1`] holds the operations.
+    pub const DIR: u8 = 1;
+    /// A sensitive path prefix (from the DetectorPolicy).
+    pub const SENSITIVE: u8 = 2;
+    /// A sensitive file the profile read while learning (exact path).
+    pub const READ: u8 = 3;
+}
+
+/// The LPM data of a file rule: class, profile, path. The prefix length (bits) covers class
+/// and profile always, and the path up to the rule's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileDataV1 {
+    /// [`file_class`] value.
+    pub class: u8,
+    /// The profile id, big-endian (a byte prefix in the trie).
+    pub profile_id_be: [u8; 4],
+    /// The path bytes (no NUL needed: the prefix length bounds them).
+    pub path: [u8; FILE_PATH_MAX],
+}
+
+impl Default for FileDataV1 {
+    fn default() -> Self {
+        FileDataV1 { class: 0, profile_id_be: [0; 4], path: [0; FILE_PATH_MAX] }
+    }
+}
+
+/// Bytes of [`FileDataV1`] before the path.
+pub const FILE_DATA_HEADER: u32 = 5;
+
+/// Key of [`map_names::FILE_RULES`]: the kernel's LPM trie key layout (prefix length in bits,
+/// host order, then the data).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileKeyV1 {
+    pub prefix_len: u32,
+    pub data: FileDataV1,
+}
+
+/// Value of [`map_names::FILE_RULES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileRuleV1 {
+    /// [`file_ops`] allowed in the directory itself (class DIR).
+    pub ops: u32,
+    /// [`file_ops`] allowed anywhere below it: its own `**` entry and those of ancestors,
+    /// copied down by the agent because the trie answers with the longest match only.
+    pub subtree_ops: u32,
+    /// The rule's path length in bytes (a match shorter than the looked-up path is a
+    /// parent directory, which allows only `subtree_ops`).
+    pub path_len: u32,
+    pub _pad: u32,
 }
 
 /// A monitored workload. Key: its cgroup v2 id. Written by the agent; read by the exec and
@@ -144,6 +252,8 @@ pub mod isolation_reason {
     pub const USER: u32 = 2;
     /// TC isolated it: a new outbound flow outside its learned destinations (protect mode).
     pub const UNLEARNED_FLOW: u32 = 3;
+    /// The file probe isolated it: a file operation outside its baseline (protect mode).
+    pub const FILE_VIOLATION: u32 = 4;
 }
 
 /// An isolated endpoint. Key: host-side ifindex (u32). Written by the exec probe and the
@@ -233,6 +343,13 @@ pub mod event_kind {
     pub const EXEC: u8 = 1;
     /// An exec of a binary outside the profile (monitor or protect mode).
     pub const EXEC_VIOLATION: u8 = 2;
+    /// Learn mode: a file operation outside what the profile holds ([`DetEventV1::op`]).
+    pub const FILE_LEARN: u8 = 3;
+    /// Monitor or protect mode: a file operation outside the profile, judged in the kernel.
+    pub const FILE_VIOLATION: u8 = 4;
+    /// A file operation on a relative or non-canonical path (or one too long): the kernel
+    /// cannot judge it; user space resolves it against the process's directories and judges.
+    pub const FILE_UNRESOLVED: u8 = 5;
 }
 
 /// Bits of [`DetEventV1::actions`]: what the kernel did.
@@ -269,8 +386,10 @@ pub struct DetEventV1 {
     pub actions: u8,
     /// [`mode`] of the workload at the time.
     pub mode: u8,
-    pub _pad: u8,
-    pub _pad2: u32,
+    /// File events: the [`file_ops`] bit judged (0 for execs).
+    pub op: u8,
+    /// File events: the directory fd the path is relative to (`AT_FDCWD` = -100).
+    pub dirfd: i32,
     /// The exec path, NUL-terminated (cut at [`EXEC_PATH_MAX`]).
     pub filename: [u8; EXEC_PATH_MAX],
 }
@@ -302,6 +421,10 @@ const _: () = {
     assert!(core::mem::size_of::<AllowKey6V1>() == 24);
     assert!(core::mem::size_of::<SyscallKeyV1>() == 16);
     assert!(core::mem::size_of::<DetEventV1>() == 56 + EXEC_PATH_MAX);
+    assert!(core::mem::size_of::<FileDataV1>() == 256);
+    assert!(core::mem::size_of::<FileKeyV1>() == 260);
+    assert!(core::mem::size_of::<FileRuleV1>() == 16);
+    assert!(FILE_PATH_MAX <= EXEC_PATH_MAX);
 };
 
 #[cfg(feature = "user")]
@@ -317,4 +440,7 @@ mod user {
     unsafe impl aya::Pod for SyscallKeyV1 {}
     unsafe impl aya::Pod for DetEventV1 {}
     unsafe impl aya::Pod for SyscallRecordV1 {}
+    unsafe impl aya::Pod for FileDataV1 {}
+    unsafe impl aya::Pod for FileKeyV1 {}
+    unsafe impl aya::Pod for FileRuleV1 {}
 }

@@ -441,6 +441,15 @@ pub mod counters {
         /// learned profile, dropped (and the endpoint isolated where the finding's action
         /// says so) before its first packet left: the detector's kernel decision.
         DENY_DETECTOR_UNLEARNED = "deny_detector_unlearned_flow",
+        /// File operations of monitored workloads outside their file baseline (monitor or
+        /// protect mode), judged in the kernel.
+        DET_FILE_VIOLATIONS = "detector_file_violations",
+        /// File operations sent to user space unjudged (relative, non-canonical or too long
+        /// a path): the agent resolves and judges them after the fact.
+        DET_FILE_UNRESOLVED = "detector_file_unresolved",
+        /// A file syscall whose path pointer could not be read: not judged (the syscall fails
+        /// with EFAULT on the same pointer; fail-open, counted).
+        DET_FILE_PATH_FAULT = "detector_file_path_fault_fail_open",
     }
 }
 

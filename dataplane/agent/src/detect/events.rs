@@ -28,6 +28,7 @@ pub(super) const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct DetectorEvent {
     /// `exec` or `violation` (exec probe); `new-peer`, `new-port`, `port-scan` or
     /// `new-inbound` (network); `syscall-sequence` or `syscall-unseen` (sequence model);
+    /// `file-write-unseen`, `file-sensitive-read` or `dir-list-unseen` (file baseline);
     /// `egress-volume`; `quarantine-perimeter` (firewalls holding an isolated workload).
     pub kind: &'static str,
     /// Kernel timestamp of the exec or of the flow's first packet (CLOCK_MONOTONIC ns).
@@ -92,14 +93,23 @@ pub(super) fn spawn(
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     file: PathBuf,
+    pin_dir: &Path,
 ) -> Result<JoinHandle<()>, AgentError> {
+    // File findings the kernel could not judge are isolated from here.
+    let isolation = match crate::ifmap::IsolationMap::open_isolation(pin_dir) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::error!(error = %e, "detector event thread cannot open the isolation maps; its isolate actions will fail");
+            None
+        }
+    };
     std::thread::Builder::new()
         .name("bh-detector".into())
-        .spawn(move || run(ring, &shared, &stop, &file))
+        .spawn(move || run(ring, &shared, &stop, &file, isolation))
         .map_err(|_| AgentError::Stopped)
 }
 
-fn run(ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path) {
+fn run(ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path, mut isolation: Option<crate::ifmap::IsolationMap<MapData>>) {
     let span = tracing::info_span!("detector-events");
     let _g = span.enter();
     let mut ring = Ring::<DetEventV1>::new(ring);
@@ -107,6 +117,12 @@ fn run(ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path) 
         // The timeout only bounds how long a stop request goes unnoticed.
         ring.wait(None, 100);
         for ev in ring.read_all() {
+            if super::fileevents::is_file_event(&ev) {
+                if let Some(rec) = super::fileevents::handle(shared, &ev, &mut isolation) {
+                    shared.record(file, rec);
+                }
+                continue;
+            }
             let rec = handle(shared, &ev);
             shared.record(file, rec);
         }
@@ -219,7 +235,7 @@ fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
 }
 
 /// The parent pid from /proc/<pid>/stat (field 4, after the parenthesised command).
-fn proc_ppid(pid: u32) -> Option<u32> {
+pub(super) fn proc_ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }

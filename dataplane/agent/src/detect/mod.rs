@@ -13,6 +13,8 @@
 
 pub mod cgroup;
 mod events;
+mod fileevents;
+pub mod files;
 mod flowwatch;
 pub mod learned;
 mod manage;
@@ -83,6 +85,17 @@ pub struct NetActions {
     pub terminate: bool,
 }
 
+/// What happens on a file finding in protect mode. `kill` and `isolate` are done by the file
+/// probe itself, before the syscall runs (for paths the kernel could not judge, by the agent
+/// once it has resolved them); `pause` and `terminate` by the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileActions {
+    pub kill: bool,
+    pub isolate: bool,
+    pub pause: bool,
+    pub terminate: bool,
+}
+
 /// What happens on a violation in protect mode. Exec violations: `kill` and `isolate` are
 /// done by the exec probe itself; `pause` and `terminate` by the agent on the probe's event.
 /// Network findings: the per-finding [`NetActions`], all in user space.
@@ -111,6 +124,16 @@ pub struct Actions {
     /// On a finding of the syscall-sequence model ([`sequence`]).
     #[serde(default)]
     pub syscall_anomaly: NetActions,
+    /// On a write, create, delete, rename or chmod/chown in a directory the profile never
+    /// changed that way ([`files`]).
+    #[serde(default)]
+    pub file_write: FileActions,
+    /// On a read of a sensitive path the profile never read.
+    #[serde(default)]
+    pub sensitive_read: FileActions,
+    /// On a listing of a directory the profile never listed.
+    #[serde(default)]
+    pub dir_list: FileActions,
 }
 
 /// A workload to monitor.
@@ -154,6 +177,9 @@ pub struct WorkloadOptions {
     /// 0.0.0.0 for any, port, IP protocol), besides the API's list for every workload.
     #[serde(default)]
     pub isolation_allow: Vec<(IpAddr, u16, u8)>,
+    /// The file-system baseline's settings; `None` = no file baseline (no file probe).
+    #[serde(default)]
+    pub files: Option<files::FileConfig>,
 }
 
 /// A monitored workload as the agent keeps it (persisted, so a restarted agent knows it).
@@ -202,6 +228,8 @@ pub struct WorkloadStatus {
     pub learned_peers: usize,
     /// Normal syscalls held by the profile's sequence model (0 = none learned).
     pub learned_syscalls: usize,
+    /// Directories in the profile's file baseline.
+    pub learned_dirs: usize,
     /// Whether the workload's syscalls go to the sequence model.
     pub sequence_model: bool,
     pub isolated: bool,
@@ -228,6 +256,9 @@ pub struct Shared {
     pub(crate) counts: Mutex<(BTreeMap<&'static str, u64>, BTreeMap<(&'static str, String), u64>)>,
     /// The node's Quarantines for fw-sync (folder datastore only, see [`perimeter`]).
     pub(crate) perimeter: Mutex<Option<perimeter::PerimeterThread>>,
+    /// The one writer of the kernel's file rules ([`files::FileRules`]); `None` when the
+    /// pinned map could not be opened (file baselines then only alert from user space).
+    pub(crate) file_rules: Mutex<Option<files::FileRules>>,
 }
 
 #[derive(Default)]
@@ -372,6 +403,41 @@ impl Shared {
         self.changed.notify_all();
     }
 
+    /// Makes the kernel's file rules of profile `name` what the profile and its workloads'
+    /// sensitive paths say (nothing when none of its workloads has a file baseline).
+    pub(crate) fn sync_file_rules(&self, name: &str) -> Result<(), String> {
+        let (ids, plan) = {
+            let g = self.state();
+            let members: Vec<&WorkloadState> = g.workloads.values().filter(|w| w.profile_name() == name).collect();
+            let ids: BTreeSet<u32> = members.iter().map(|w| w.profile_id).collect();
+            let with: Vec<&files::FileConfig> = members.iter().filter_map(|w| w.opts.files.as_ref()).collect();
+            let plan = if with.is_empty() {
+                files::RulePlan::new()
+            } else {
+                let sensitive: BTreeSet<String> = with.iter().flat_map(|c| c.sensitive_paths.iter().cloned()).collect();
+                files::plan(&g.profiles.get(name).map(|p| p.files.clone()).unwrap_or_default(), &sensitive)
+            };
+            (ids, plan)
+        };
+        let mut fr = self.file_rules.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(fr) = fr.as_mut() else {
+            return if plan.is_empty() { Ok(()) } else { Err(format!("{} not open", det::map_names::FILE_RULES)) };
+        };
+        for id in ids {
+            fr.sync(id, &plan)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the kernel's file rules of a profile id no workload uses any more.
+    pub(crate) fn clear_file_rules(&self, id: u32) {
+        if let Some(fr) = self.file_rules.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+            if let Err(e) = fr.clear(id) {
+                tracing::error!(profile_id = id, error = %e, "detector file rules not removed");
+            }
+        }
+    }
+
     /// Waits up to `timeout` for an event matching `pred`; returns it.
     pub fn wait_event(&self, timeout: Duration, pred: impl Fn(&DetectorEvent) -> bool) -> Option<DetectorEvent> {
         let deadline = std::time::Instant::now() + timeout;
@@ -471,7 +537,11 @@ impl Detector {
             }
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = events::spawn(ring, shared.clone(), stop.clone(), events_file.clone())?;
+        match files::FileRules::open(dp.pin_dir()) {
+            Ok(fr) => *shared.file_rules.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fr),
+            Err(e) => tracing::error!(error = %e, "detector file rules map not open: file baselines cannot be enforced"),
+        }
+        let thread = events::spawn(ring, shared.clone(), stop.clone(), events_file.clone(), dp.pin_dir())?;
         let seq_ring = dp.maps.det.sysseq.take().ok_or_else(|| det_err("syscall ring already taken"))?;
         let seq_thread = sequence::spawn(seq_ring, shared.clone(), stop.clone(), events_file.clone(), dp.pin_dir())?;
         let flow_ring = dp.maps.flows.take().ok_or_else(|| det_err("flow ring already taken"))?;
@@ -505,6 +575,7 @@ impl Detector {
             }
         }
         d.sync_syscall_probe(dp)?;
+        d.sync_file_probe(dp)?;
         d.sync_flow_events(dp)?;
         // What was restored (missing profiles flagged) is what the CLI reads.
         d.persist();
@@ -559,6 +630,7 @@ impl Detector {
         self.write_isolation_allow(dp)?;
         self.persist();
         self.sync_syscall_probe(dp)?;
+        self.sync_file_probe(dp)?;
         self.sync_flow_events(dp)?;
         tracing::info!(workload = %state.spec.name, cgroup_id, mode = ?state.spec.mode, "detector monitors workload");
         Ok(self.status_of(dp, &state))
@@ -608,7 +680,7 @@ impl Detector {
                 let _ = dp.maps.det.exec_allow.remove(&ExecKeyV1 { profile_id: id, _pad: 0, path_hash: *h });
             }
         }
-        Ok(())
+        self.shared.sync_file_rules(name).map_err(det_err)
     }
 
     /// Writes the profile (allowed execs) and then the workload entry: the probe never sees
@@ -628,6 +700,21 @@ impl Detector {
         }
         if w.opts.sequences.is_some() {
             flags |= det::wl_flags::SYSCALL_SEQ;
+        }
+        if w.opts.files.is_some() {
+            flags |= det::wl_flags::FILES;
+            for (fa, kill, isolate) in [
+                (a.file_write, det::wl_flags::KILL_ON_FILE_WRITE, det::wl_flags::ISOLATE_ON_FILE_WRITE),
+                (a.sensitive_read, det::wl_flags::KILL_ON_SENSITIVE_READ, det::wl_flags::ISOLATE_ON_SENSITIVE_READ),
+                (a.dir_list, det::wl_flags::KILL_ON_DIR_LIST, det::wl_flags::ISOLATE_ON_DIR_LIST),
+            ] {
+                if fa.kill {
+                    flags |= kill;
+                }
+                if fa.isolate {
+                    flags |= isolate;
+                }
+            }
         }
         // The sequence thread learns of the workload before the kernel streams for it.
         self.shared.bump();
@@ -682,14 +769,18 @@ impl Detector {
         self.shared.bump();
         if shared_id {
             self.write_profile(dp, w.profile_name())?;
-        } else if let Some(had) = self.written_execs.remove(&w.profile_id) {
-            for h in had {
-                let _ = dp.maps.det.exec_allow.remove(&ExecKeyV1 { profile_id: w.profile_id, _pad: 0, path_hash: h });
+        } else {
+            if let Some(had) = self.written_execs.remove(&w.profile_id) {
+                for h in had {
+                    let _ = dp.maps.det.exec_allow.remove(&ExecKeyV1 { profile_id: w.profile_id, _pad: 0, path_hash: h });
+                }
             }
+            self.shared.clear_file_rules(w.profile_id);
         }
         self.write_isolation_allow(dp)?;
         self.persist();
         self.sync_syscall_probe(dp)?;
+        self.sync_file_probe(dp)?;
         self.sync_flow_events(dp)
     }
 
@@ -760,12 +851,12 @@ impl Detector {
 
     fn status_of(&self, dp: &Dataplane, w: &WorkloadState) -> WorkloadStatus {
         let isolated = w.ifindex != 0 && matches!(dp.maps.det.isolation.get(w.ifindex), Ok(Some(_)));
-        let (execs, peers, syscalls) = {
+        let (execs, peers, syscalls, dirs) = {
             let g = self.shared.state();
             g.profiles
                 .get(w.profile_name())
-                .map(|p| (p.execs.len(), p.network.egress.len(), p.syscall_model.as_ref().map_or(0, |m| m.len())))
-                .unwrap_or((0, 0, 0))
+                .map(|p| (p.execs.len(), p.network.egress.len(), p.syscall_model.as_ref().map_or(0, |m| m.len()), p.files.dirs.len()))
+                .unwrap_or((0, 0, 0, 0))
         };
         WorkloadStatus {
             name: w.spec.name.clone(),
@@ -777,6 +868,7 @@ impl Detector {
             learned_execs: execs,
             learned_peers: peers,
             learned_syscalls: syscalls,
+            learned_dirs: dirs,
             sequence_model: w.opts.sequences.is_some(),
             isolated,
             frozen: cgroup::is_frozen(&w.spec.cgroup).unwrap_or(false),
@@ -798,6 +890,13 @@ impl Detector {
     fn sync_syscall_probe(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
         let want = self.shared.state().workloads.values().any(|w| w.spec.syscalls || w.opts.sequences.is_some());
         dp.set_syscall_probe(want)
+    }
+
+    /// The file probe runs only while some workload has a file baseline (attaching it puts
+    /// every task's syscalls on the slower traced entry path).
+    fn sync_file_probe(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
+        let want = self.shared.state().workloads.values().any(|w| w.opts.files.is_some());
+        dp.set_file_probe(want)
     }
 
     /// TC reports every new flow only of the monitored workloads' endpoints (FLOW_WATCH):

@@ -21,6 +21,11 @@
 //!     portScan: [isolate]
 //!     newInbound: [alert]              # inbound from a client never seen (default alert)
 //!     syscallAnomaly: [alert]          # isolate | pause | terminate | alert (default alert)
+//!     fileWrite: [isolate]             # kill | isolate | pause | terminate | alert
+//!     sensitiveRead: [kill, isolate]   # (default kill, isolate: the file is never read)
+//!     dirList: [alert]                 # listing a directory never listed (default alert)
+//!   files:                             # file-system baseline (optional; on when present)
+//!     sensitivePaths: [/etc/shadow, /root/]   # prefixes; default: files::DEFAULT_SENSITIVE
 //!   portScan: {distinctPorts: 10, distinctPeers: 16, windowMs: 10000}
 //!   isolationAllow:                    # what these pods still reach when isolated (e.g. DNS)
 //!     - {address: 10.96.0.10, port: 53, protocol: UDP}   # address optional: any
@@ -39,7 +44,7 @@ use std::{
 use policy_compiler::{model::Model, selector_parser::parse_selector, tiered::Selector};
 use serde::Deserialize;
 
-use super::{Actions, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, network::ScanConfig, profile::Protocol};
+use super::{Actions, FileActions, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, files::FileConfig, network::ScanConfig, profile::Protocol};
 
 pub const API_VERSION: &str = "bulkhead.io/v1alpha1";
 pub const KIND: &str = "DetectorPolicy";
@@ -66,6 +71,8 @@ pub struct DetectorPolicy {
     pub allowed_execs: Vec<String>,
     /// (address of either family, or 0.0.0.0 for any; port; IP protocol).
     pub isolation_allow: Vec<(IpAddr, u16, u8)>,
+    /// The file-system baseline, when the policy asks for one.
+    pub files: Option<FileConfig>,
 }
 
 impl DetectorPolicy {
@@ -128,6 +135,15 @@ struct Spec {
     syscall_model: Option<SequenceConfig>,
     #[serde(default)]
     allowed_execs: Vec<String>,
+    #[serde(default)]
+    files: Option<FilesSpec>,
+}
+
+#[derive(Deserialize, Default, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FilesSpec {
+    #[serde(default)]
+    sensitive_paths: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default, schemars::JsonSchema)]
@@ -139,6 +155,9 @@ struct ActionsSpec {
     port_scan: Option<Vec<String>>,
     new_inbound: Option<Vec<String>>,
     syscall_anomaly: Option<Vec<String>>,
+    file_write: Option<Vec<String>>,
+    sensitive_read: Option<Vec<String>>,
+    dir_list: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -258,6 +277,32 @@ fn parse_policy(file: &str, n: usize, value: &serde_yaml::Value) -> Result<Detec
     actions.port_scan = net(&a.port_scan, "spec.actions.portScan", isolate)?;
     actions.new_inbound = net(&a.new_inbound, "spec.actions.newInbound", NetActions::default())?;
     actions.syscall_anomaly = net(&a.syscall_anomaly, "spec.actions.syscallAnomaly", NetActions::default())?;
+    // File findings: an unseen write isolates; a sensitive read kills before the file is read
+    // and isolates; a new listing only alerts (reconnaissance, rarely harm by itself).
+    let file = |l: &Option<Vec<String>>, field: &str, default: FileActions| -> Result<FileActions, String> {
+        match l {
+            Some(l) => exec_actions(l, field)
+                .map(|a| FileActions { kill: a.kill, isolate: a.isolate, pause: a.pause, terminate: a.terminate })
+                .map_err(|(f, m)| err(&f, &m)),
+            None => Ok(default),
+        }
+    };
+    actions.file_write = file(&a.file_write, "spec.actions.fileWrite", FileActions { isolate: true, ..Default::default() })?;
+    actions.sensitive_read = file(&a.sensitive_read, "spec.actions.sensitiveRead", FileActions { kill: true, isolate: true, ..Default::default() })?;
+    actions.dir_list = file(&a.dir_list, "spec.actions.dirList", FileActions::default())?;
+    let files = match &spec.files {
+        None => None,
+        Some(f) => {
+            let mut cfg = FileConfig::default();
+            if let Some(list) = &f.sensitive_paths {
+                for (i, p) in list.iter().enumerate() {
+                    super::files::check_path(p).map_err(|m| err(&format!("spec.files.sensitivePaths[{i}]"), &format!("{p:?}: {m}")))?;
+                }
+                cfg.sensitive_paths = list.clone();
+            }
+            Some(cfg)
+        }
+    };
     if let Some(cfg) = &spec.syscall_model {
         cfg.validate().map_err(|(f, m)| err(&format!("spec.syscallModel.{f}"), &m))?;
     }
@@ -309,6 +354,7 @@ fn parse_policy(file: &str, n: usize, value: &serde_yaml::Value) -> Result<Detec
         sequences: spec.syscall_model,
         allowed_execs: spec.allowed_execs,
         isolation_allow,
+        files,
     })
 }
 
@@ -370,6 +416,7 @@ pub fn plan(input: &DetectorInput, model: &Model) -> Result<Plan, String> {
                     policy: Some(p.id()),
                     sequences: p.sequences,
                     isolation_allow: p.isolation_allow.clone(),
+                    files: p.files.clone(),
                 },
             ));
         }

@@ -158,6 +158,9 @@ pub struct Profile {
     pub syscalls: BTreeMap<u32, u64>,
     #[serde(default)]
     pub network: Network,
+    /// The file-system baseline ([`super::files`]).
+    #[serde(default, skip_serializing_if = "super::files::Files::is_empty")]
+    pub files: super::files::Files,
     /// The syscall-sequence model (normal syscall sequences; see [`super::sequence`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syscall_model: Option<bulkhead_detector::CoverProfile>,
@@ -181,6 +184,7 @@ impl Profile {
             execs: BTreeSet::new(),
             syscalls: BTreeMap::new(),
             network: Network::default(),
+            files: Default::default(),
             syscall_model: None,
             syscall_model_dropped: 0,
         }
@@ -253,6 +257,7 @@ impl Profile {
                 return Err((format!("execs[{i}]"), "contains a NUL byte".into()));
             }
         }
+        self.files.validate()?;
         for (i, e) in self.network.egress.iter().enumerate() {
             let f = format!("network.egress[{i}]");
             match (&e.workload, &e.address) {
