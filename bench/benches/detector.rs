@@ -82,8 +82,14 @@
 //! nginx in the monitored pod under wrk from the other pod, requests/s and latency per
 //! detector configuration, interleaved rounds.
 //!
+//! File-system baseline (`detector/files.rs`; `DETECTOR_BENCH=files` runs only that part):
+//! from the offending file syscall to the isolation entry (kernel and agent decisions), and
+//! the per-open cost of the file probe.
+//!
 //! The bench binary doubles as the lab's echo server (`<bench> lab serve --tcp ...`).
 
+#[path = "detector/files.rs"]
+mod files;
 #[path = "detector/http.rs"]
 mod http;
 
@@ -582,10 +588,12 @@ fn main() {
     std::fs::create_dir_all(&tmp).expect("tmp");
     let mut b = Bench { agent: Some(agent), lab, tmp };
 
-    // DETECTOR_BENCH=http: only the cost on a real HTTP service.
-    if std::env::var("DETECTOR_BENCH").as_deref() == Ok("http") {
-        http::http_workload_cost(&b);
-        return;
+    // DETECTOR_BENCH=http: only the cost on a real HTTP service; =files: only the file
+    // baseline's latencies and per-open cost.
+    match std::env::var("DETECTOR_BENCH").as_deref() {
+        Ok("http") => return http::http_workload_cost(&b),
+        Ok("files") => return files::file_latencies(&b),
+        _ => {}
     }
     overhead(&mut b);
     http::http_workload_cost(&b);
@@ -593,6 +601,7 @@ fn main() {
     user_latencies(&b);
     network_latencies(&b);
     sequence_latencies(&b);
+    files::file_latencies(&b);
     let counters = b.agent().counters().expect("counters");
     for (k, v) in counters.iter().filter(|(k, _)| k.starts_with("detector_events") || k.starts_with("flow_events") || k.starts_with("detector_syscall_records")) {
         result(k, v);

@@ -9,7 +9,8 @@
 //! the kill and the isolation happen in this program, before the syscall runs (the signal is
 //! delivered as the syscall returns, so the process never writes into the file it opened, nor
 //! reads a byte of a sensitive one). A relative or non-canonical path (`..`, `.`, `//`) cannot
-//! be judged without the process's directories: it goes to user space as FILE_UNRESOLVED.
+//! be judged without the process's directories: it goes to user space as FILE_UNRESOLVED (in
+//! protect mode with the process stopped until the agent has resolved and judged it).
 //! Plain reads on relative paths are not reported (they are most reads; documented).
 
 use aya_ebpf::{
@@ -28,6 +29,7 @@ use bulkhead_common::{
 use crate::maps::{DET_EVENTS, DET_SCRATCH, FILE_RULES, FILE_SCRATCH, FileScratchV1, WORKLOADS, count};
 
 const SIGKILL: u32 = 9;
+const SIGSTOP: u32 = 19;
 const AT_FDCWD: i64 = -100;
 /// `__syscall_nr` in a syscalls/sys_enter_* record; the arguments follow at 16, 8 bytes each.
 const NR_OFFSET: usize = 8;
@@ -238,7 +240,15 @@ fn judge(wl: &WorkloadV1, cgroup_id: u64, op: u8, dfd: u64, ptr: u64, is_dir: bo
             return;
         }
         count(counters::DET_FILE_UNRESOLVED);
-        emit(wl, cgroup_id, event_kind::FILE_UNRESOLVED, op, dfd, ptr, unsafe { bpf_ktime_get_ns() }, 0, 0);
+        // Protect: the process is stopped (as the syscall returns) until the agent has
+        // resolved the path through /proc and judged it: a short-lived process would be gone
+        // before it could look. Only once the agent has the event, so it can continue it.
+        let protect = wl.mode == mode::PROTECT;
+        let actions = if protect { event_actions::STOPPED } else { 0 };
+        if emit(wl, cgroup_id, event_kind::FILE_UNRESOLVED, op, dfd, ptr, unsafe { bpf_ktime_get_ns() }, actions, 0) && protect {
+            // SAFETY: signals the current process.
+            unsafe { bpf_send_signal(SIGSTOP) };
+        }
         return;
     }
     k.data.profile_id_be = wl.profile_id.to_be_bytes();
@@ -289,7 +299,7 @@ fn judge(wl: &WorkloadV1, cgroup_id: u64, op: u8, dfd: u64, ptr: u64, is_dir: bo
         return;
     }
     if wl.mode == mode::LEARN {
-        emit(wl, cgroup_id, event_kind::FILE_LEARN, op, dfd, ptr, unsafe { bpf_ktime_get_ns() }, 0, 0);
+        let _ = emit(wl, cgroup_id, event_kind::FILE_LEARN, op, dfd, ptr, unsafe { bpf_ktime_get_ns() }, 0, 0);
         return;
     }
     count(counters::DET_FILE_VIOLATIONS);
@@ -327,14 +337,14 @@ fn judge(wl: &WorkloadV1, cgroup_id: u64, op: u8, dfd: u64, ptr: u64, is_dir: bo
         }
         enforced_ns = unsafe { bpf_ktime_get_ns() };
     }
-    emit(wl, cgroup_id, event_kind::FILE_VIOLATION, op, dfd, ptr, ts_ns, actions, enforced_ns);
+    let _ = emit(wl, cgroup_id, event_kind::FILE_VIOLATION, op, dfd, ptr, ts_ns, actions, enforced_ns);
 }
 
-/// Sends a file event (the path read again into the event).
+/// Sends a file event (the path read again into the event); whether it was sent.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn emit(wl: &WorkloadV1, cgroup_id: u64, kind: u8, op: u8, dfd: u64, ptr: u64, ts_ns: u64, actions: u8, enforced_ns: u64) {
-    let Some(ev) = DET_SCRATCH.get_ptr_mut(0) else { return };
+fn emit(wl: &WorkloadV1, cgroup_id: u64, kind: u8, op: u8, dfd: u64, ptr: u64, ts_ns: u64, actions: u8, enforced_ns: u64) -> bool {
+    let Some(ev) = DET_SCRATCH.get_ptr_mut(0) else { return false };
     // SAFETY: per-CPU scratch slot; the exec probe cannot run on this CPU while this does.
     let ev: &mut DetEventV1 = unsafe { &mut *ev };
     ev.filename[0] = 0;
@@ -358,8 +368,10 @@ fn emit(wl: &WorkloadV1, cgroup_id: u64, kind: u8, op: u8, dfd: u64, ptr: u64, t
     ev.dirfd = dfd as i32;
     if DET_EVENTS.output::<DetEventV1>(ev, 0).is_ok() {
         count(counters::DET_EVENTS_SENT);
+        true
     } else {
         // The kernel's actions above already happened; only the report is lost, and counted.
         count(counters::DET_EVENTS_DROPPED);
+        false
     }
 }

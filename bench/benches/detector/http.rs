@@ -10,6 +10,8 @@
 //! - `exec_fork_network`: protect mode, exec/fork probes and network findings (new peer, new
 //!   port, new inbound client, port scan; all set to isolate), no syscall counts: the common
 //!   configuration, whose goal is within 5 % of unmonitored.
+//! - `file_baseline`: exec_fork_network plus the file-system baseline (the file probe on the
+//!   file syscalls; nginx opens the page on every request).
 //! - `syscall_counts`: the same plus per-syscall counts (the sys_enter probe).
 //! - `sequence_model`: the same plus the syscall-sequence model (every syscall streamed to the
 //!   agent and judged; monitor mode for its findings, so a false positive does not stop the
@@ -22,7 +24,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bulkhead_agent::detect::{Actions, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec};
+use bulkhead_agent::detect::{Actions, Mode, NetActions, SequenceConfig, WorkloadOptions, WorkloadSpec, files::FileConfig};
 use bulkhead_bench::result;
 
 use super::{Bench, NAME, spawn_in_pod};
@@ -101,17 +103,19 @@ fn wrk(b: &Bench, close: bool, seconds: u32) -> Load {
 enum Config {
     Unmonitored,
     ExecForkNetwork,
+    FileBaseline,
     SyscallCounts,
     SequenceModel,
 }
 
 impl Config {
-    const ALL: [Config; 4] = [Config::Unmonitored, Config::ExecForkNetwork, Config::SyscallCounts, Config::SequenceModel];
+    const ALL: [Config; 5] = [Config::Unmonitored, Config::ExecForkNetwork, Config::FileBaseline, Config::SyscallCounts, Config::SequenceModel];
 
     fn label(self) -> &'static str {
         match self {
             Config::Unmonitored => "unmonitored",
             Config::ExecForkNetwork => "exec_fork_network",
+            Config::FileBaseline => "file_baseline",
             Config::SyscallCounts => "syscall_counts",
             Config::SequenceModel => "sequence_model",
         }
@@ -132,8 +136,13 @@ fn spec(b: &Bench, mode: Mode, syscalls: bool) -> WorkloadSpec {
     }
 }
 
-fn opts(sequences: bool) -> WorkloadOptions {
-    WorkloadOptions { profile: Some("bench/nginx".into()), sequences: sequences.then(SequenceConfig::default), ..Default::default() }
+fn opts(sequences: bool, files: bool) -> WorkloadOptions {
+    WorkloadOptions {
+        profile: Some("bench/nginx".into()),
+        sequences: sequences.then(SequenceConfig::default),
+        files: files.then(FileConfig::default),
+        ..Default::default()
+    }
 }
 
 fn apply(b: &Bench, c: Config) {
@@ -143,13 +152,16 @@ fn apply(b: &Bench, c: Config) {
             let _ = agent.detector_unmonitor(NAME);
         }
         Config::ExecForkNetwork => {
-            agent.detector_monitor_with(spec(b, Mode::Protect, false), opts(false)).expect("protect");
+            agent.detector_monitor_with(spec(b, Mode::Protect, false), opts(false, false)).expect("protect");
+        }
+        Config::FileBaseline => {
+            agent.detector_monitor_with(spec(b, Mode::Protect, false), opts(false, true)).expect("protect + files");
         }
         Config::SyscallCounts => {
-            agent.detector_monitor_with(spec(b, Mode::Protect, true), opts(false)).expect("protect + syscalls");
+            agent.detector_monitor_with(spec(b, Mode::Protect, true), opts(false, false)).expect("protect + syscalls");
         }
         Config::SequenceModel => {
-            agent.detector_monitor_with(spec(b, Mode::Monitor, true), opts(true)).expect("monitor + sequences");
+            agent.detector_monitor_with(spec(b, Mode::Monitor, true), opts(true, false)).expect("monitor + sequences");
         }
     }
 }
@@ -213,7 +225,7 @@ pub fn http_workload_cost(b: &Bench) {
         }
     }
     assert!(ready, "nginx never listened in the pod (see {}/error.log)", dir.display());
-    b.agent().detector_monitor_with(spec(b, Mode::Learn, true), opts(true)).expect("learn");
+    b.agent().detector_monitor_with(spec(b, Mode::Learn, true), opts(true, true)).expect("learn");
     for close in [false, true] {
         let _ = wrk(b, close, 2);
     }

@@ -362,6 +362,9 @@ pub mod event_actions {
     pub const ISOLATE_FAILED: u8 = 1 << 3;
     /// The path could not be read; judged as an empty path (fail-closed in protect).
     pub const PATH_UNREADABLE: u8 = 1 << 4;
+    /// File events on paths the kernel cannot judge, protect mode: the process was stopped
+    /// (SIGSTOP) until the agent has resolved the path; the agent continues it (SIGCONT).
+    pub const STOPPED: u8 = 1 << 5;
 }
 
 /// An exec event. Written by the exec probe into the ring buffer; read by the agent.

@@ -25,8 +25,19 @@ pub(super) fn is_file_event(ev: &DetEventV1) -> bool {
     matches!(ev.kind, event_kind::FILE_LEARN | event_kind::FILE_VIOLATION | event_kind::FILE_UNRESOLVED)
 }
 
-/// Learns or judges one file event; returns the finding to report, if any.
+/// Learns or judges one file event; returns the finding to report, if any. A process the
+/// kernel stopped for the agent to resolve its path is continued afterwards, whatever the
+/// outcome (unless it was killed).
 pub(super) fn handle(shared: &Shared, ev: &DetEventV1, isolation: &mut Option<IsolationMap<aya::maps::MapData>>) -> Option<DetectorEvent> {
+    let rec = judge(shared, ev, isolation);
+    if ev.actions & event_actions::STOPPED != 0 && !rec.as_ref().is_some_and(|r| r.user_actions.iter().any(|a| a == "killed")) {
+        // SAFETY: plain syscall; the process may be gone.
+        unsafe { libc::kill(ev.pid as i32, libc::SIGCONT) };
+    }
+    rec
+}
+
+fn judge(shared: &Shared, ev: &DetEventV1, isolation: &mut Option<IsolationMap<aya::maps::MapData>>) -> Option<DetectorEvent> {
     let read_at = crate::clock::monotonic_ns();
     let len = ev.filename.iter().position(|&b| b == 0).unwrap_or(ev.filename.len());
     let raw = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
@@ -101,6 +112,7 @@ fn finding(
         (event_actions::ISOLATED, "isolated"),
         (event_actions::SIGNAL_FAILED, "signal-failed"),
         (event_actions::ISOLATE_FAILED, "isolate-failed"),
+        (event_actions::STOPPED, "stopped-until-judged"),
     ] {
         if ev.actions & bit != 0 {
             kernel_actions.push(n);

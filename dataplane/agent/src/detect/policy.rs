@@ -468,6 +468,20 @@ spec:
         parse_documents("p.yaml", &text, &mut input).expect("parses");
         let cfg = input.policies[0].sequences.expect("sequence model");
         assert_eq!(cfg, SequenceConfig { max_phrases: 8, ..SequenceConfig::default() });
+        // File baselines: off unless asked; defaults for paths and actions.
+        assert_eq!(p.files, None);
+        assert!(p.actions.file_write.isolate && !p.actions.file_write.kill);
+        assert!(p.actions.sensitive_read.kill && p.actions.sensitive_read.isolate);
+        assert_eq!(p.actions.dir_list, FileActions::default());
+        let mut input = DetectorInput::default();
+        let text = GOOD.replace("  mode: protect", "  mode: protect\n  files: {}").replace("portScan: [pause]", "portScan: [pause], fileWrite: [kill, pause]");
+        parse_documents("p.yaml", &text, &mut input).expect("parses");
+        let p = &input.policies[0];
+        assert_eq!(p.files, Some(FileConfig::default()));
+        assert_eq!(p.actions.file_write, FileActions { kill: true, pause: true, ..Default::default() });
+        let mut input = DetectorInput::default();
+        parse_documents("p.yaml", &GOOD.replace("  mode: protect", "  mode: protect\n  files: {sensitivePaths: [/srv/keys/]}"), &mut input).expect("parses");
+        assert_eq!(input.policies[0].files.as_ref().map(|f| f.sensitive_paths.clone()), Some(vec!["/srv/keys/".to_string()]));
     }
 
     fn bad(text: &str) -> String {
@@ -495,6 +509,14 @@ spec:
         assert!(e.contains("syscallModel") && e.contains("windows"), "{e}");
         let e = bad(&GOOD.replace("portScan: [pause]", "portScan: [pause], syscallAnomaly: [kill]"));
         assert!(e.contains("spec.actions.syscallAnomaly[0]"), "{e}");
+        let e = bad(&GOOD.replace("portScan: [pause]", "portScan: [pause], fileWrite: [quarantine]"));
+        assert!(e.contains("spec.actions.fileWrite[0]") && e.contains("quarantine"), "{e}");
+        let e = bad(&GOOD.replace("  mode: protect", "  mode: protect\n  files: {sensitivePaths: [/etc/shadow, etc/passwd]}"));
+        assert!(e.contains("spec.files.sensitivePaths[1]") && e.contains("etc/passwd"), "{e}");
+        let e = bad(&GOOD.replace("  mode: protect", "  mode: protect\n  files: {sensitivePaths: [/etc/../shadow]}"));
+        assert!(e.contains("spec.files.sensitivePaths[0]") && e.contains("normal form"), "{e}");
+        let e = bad(&GOOD.replace("  mode: protect", "  mode: protect\n  files: {sensitive: []}"));
+        assert!(e.contains("files") && e.contains("sensitive"), "{e}");
         let e = bad(&format!("---\nkind: Other\n---\n{}", GOOD.replace("distinctPorts: 5", "distinctPorts: 0")));
         assert!(e.contains("document 2") && e.contains("spec.portScan"), "{e}");
     }
@@ -508,6 +530,7 @@ spec:
         let p = &input.policies[0];
         assert_eq!((p.mode, p.sequences.map(|c| c.max_phrases)), (Mode::Protect, Some(16)));
         assert!(p.actions.kill && p.actions.isolate && p.actions.port_scan.isolate && p.actions.syscall_anomaly == NetActions::default());
+        assert!(p.files.as_ref().is_some_and(|f| f.sensitive_paths.len() == 5) && p.actions.sensitive_read.kill);
     }
 
     /// The fields the parser accepts in `spec` or in the object `spec.<field>`, from serde's
