@@ -14,6 +14,7 @@
 //! Plain reads on relative paths are not reported (they are most reads; documented).
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes, generated::bpf_send_signal},
     maps::lpm_trie::Key,
     programs::TracePointContext,
@@ -69,8 +70,15 @@ const O_TRUNC: u64 = 0o1000;
 const O_DIRECTORY: u64 = 0o200000;
 const O_TMPFILE_BIT: u64 = 0o20000000;
 
+/// Argument `i` of the syscall. The first is a direct load of the record (no helper call);
+/// the others go through `read_at`: the kernel refuses to attach a program whose direct loads
+/// reach past the shortest record it is attached to (unlink's holds one argument).
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: usize) -> u64 {
+    if i == 0 {
+        // SAFETY: offset from the syscalls tracepoints' format; every record holds it.
+        return unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(ARGS_OFFSET) as *const u64) };
+    }
     // SAFETY: offsets from the syscalls tracepoints' format (every argument is 8 bytes).
     unsafe { ctx.read_at::<u64>(ARGS_OFFSET + 8 * i) }.unwrap_or(0)
 }
@@ -108,47 +116,48 @@ pub fn try_file(ctx: &TracePointContext) -> u32 {
     if wl.flags & wl_flags::FILES == 0 {
         return 0;
     }
-    // SAFETY: offset from the tracepoints' format.
-    let nr: i32 = unsafe { ctx.read_at(NR_OFFSET) }.unwrap_or(-1);
-    let (a0, a1, a2, a3) = (arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3));
+    // SAFETY: offset from the tracepoints' format; a direct load as in `arg`.
+    let nr: i32 = unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(NR_OFFSET) as *const i32) };
+    let a0 = arg(ctx, 0);
+    let a = |i| arg(ctx, i);
     let cwd = AT_FDCWD as u64;
     // (operation, dirfd, path, path names a directory); renames and links judge a second path.
     let (op, dfd, path, is_dir) = match nr {
         nr::OPEN => {
-            let (op, d) = open_op(a1);
+            let (op, d) = open_op(a(1));
             (op, cwd, a0, d)
         }
         nr::OPENAT => {
-            let (op, d) = open_op(a2);
-            (op, a0, a1, d)
+            let (op, d) = open_op(a(2));
+            (op, a0, a(1), d)
         }
         nr::OPENAT2 => {
             // struct open_how { u64 flags; ... } in user memory.
             // SAFETY: checked read of user memory.
-            let flags: u64 = unsafe { bpf_probe_read_user(a2 as *const u64) }.unwrap_or(0);
+            let flags: u64 = unsafe { bpf_probe_read_user(a(2) as *const u64) }.unwrap_or(0);
             let (op, d) = open_op(flags);
-            (op, a0, a1, d)
+            (op, a0, a(1), d)
         }
         nr::CREAT => (file_ops::WRITE | file_ops::CREATE, cwd, a0, false),
         nr::TRUNCATE => (file_ops::WRITE, cwd, a0, false),
         nr::MKDIR => (file_ops::CREATE, cwd, a0, false),
-        nr::MKDIRAT => (file_ops::CREATE, a0, a1, false),
+        nr::MKDIRAT => (file_ops::CREATE, a0, a(1), false),
         nr::UNLINK | nr::RMDIR => (file_ops::DELETE, cwd, a0, false),
-        nr::UNLINKAT => (file_ops::DELETE, a0, a1, false),
+        nr::UNLINKAT => (file_ops::DELETE, a0, a(1), false),
         nr::RENAME => {
             judge(&wl, cgroup_id, file_ops::RENAME, cwd, a0, false);
-            (file_ops::RENAME, cwd, a1, false)
+            (file_ops::RENAME, cwd, a(1), false)
         }
         nr::RENAMEAT | nr::RENAMEAT2 => {
-            judge(&wl, cgroup_id, file_ops::RENAME, a0, a1, false);
-            (file_ops::RENAME, a2, a3, false)
+            judge(&wl, cgroup_id, file_ops::RENAME, a0, a(1), false);
+            (file_ops::RENAME, a(2), a(3), false)
         }
-        nr::LINK => (file_ops::CREATE, cwd, a1, false),
-        nr::LINKAT => (file_ops::CREATE, a2, a3, false),
-        nr::SYMLINK => (file_ops::CREATE, cwd, a1, false),
-        nr::SYMLINKAT => (file_ops::CREATE, a1, a2, false),
+        nr::LINK => (file_ops::CREATE, cwd, a(1), false),
+        nr::LINKAT => (file_ops::CREATE, a(2), a(3), false),
+        nr::SYMLINK => (file_ops::CREATE, cwd, a(1), false),
+        nr::SYMLINKAT => (file_ops::CREATE, a(1), a(2), false),
         nr::CHMOD | nr::CHOWN | nr::LCHOWN => (file_ops::ATTR, cwd, a0, false),
-        nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT => (file_ops::ATTR, a0, a1, false),
+        nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT => (file_ops::ATTR, a0, a(1), false),
         _ => return 0,
     };
     judge(&wl, cgroup_id, op, dfd, path, is_dir);
