@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bulkhead_agent::detect::{Actions, DetectorEvent, Mode, SequenceConfig, WorkloadOptions, WorkloadSpec};
+use bulkhead_agent::detect::{Actions, DetectorEvent, FileActions, Mode, SequenceConfig, WorkloadOptions, WorkloadSpec, files::FileConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::datastore::Datastore;
@@ -286,15 +286,22 @@ pub fn run(opts: &SoakOptions, lab_opts: &LabOptions) -> Result<SoakReport> {
     let (web, client) = (&lab.pods()[0], &lab.pods()[1]);
     for pod in [web, client] {
         // The syscall-sequence model alerts only: its findings are counted (false alarms of a
-        // benign run), the exec decisions are the ones acting.
-        let opts = WorkloadOptions { sequences: Some(SequenceConfig::default()), ..Default::default() };
+        // benign run); the exec decisions and the file baseline (DetectorPolicy defaults:
+        // unseen writes isolate, sensitive reads kill and isolate) are the ones acting.
+        let opts = WorkloadOptions { sequences: Some(SequenceConfig::default()), files: Some(FileConfig::default()), ..Default::default() };
         agent
             .detector_monitor_with(WorkloadSpec {
                 name: pod.key.clone(),
                 cgroup: pod.cgroup.clone().ok_or_else(|| soak_err(format!("pod {} has no cgroup", pod.key)))?,
                 interface: Some(pod.host_veth.clone()),
                 mode: Mode::Learn,
-                actions: Actions { kill: true, isolate: true, ..Default::default() },
+                actions: Actions {
+                    kill: true,
+                    isolate: true,
+                    file_write: FileActions { isolate: true, ..Default::default() },
+                    sensitive_read: FileActions { kill: true, isolate: true, ..Default::default() },
+                    ..Default::default()
+                },
                 syscalls: true,
                 allowed_execs: vec![],
             }, opts)
