@@ -1,4 +1,5 @@
-//! Detector probes: exec (with in-kernel protect), fork (parent tracking) and syscall counts.
+//! Detector probes: exec (with in-kernel protect, on the path and on which image starts
+//! which), fork (parent and image tracking) and syscall counts.
 //! Each probe looks its cgroup up in WORKLOADS first and returns at once when it is not
 //! monitored.
 
@@ -14,12 +15,12 @@ use aya_ebpf::{
 use bulkhead_common::{
     counters,
     detect::{
-        self as det, DetEventV1, EXEC_PATH_MAX, ExecKeyV1, IsolationV1, SyscallKeyV1, SyscallRecordV1, event_actions, event_kind, isolation_reason, mode,
+        self as det, DetEventV2, EXEC_PATH_MAX, exec_allow, ExecKeyV1, IsolationV1, LineageKeyV1, SyscallKeyV1, SyscallRecordV1, event_actions, event_kind, isolation_reason, mode,
         path_hash, wl_flags,
     },
 };
 
-use crate::maps::{DET_EVENTS, DET_SCRATCH, EXEC_ALLOW, PARENTS, SYSCALLS, SYSSEQ, WORKLOADS, count};
+use crate::maps::{DET_EVENTS, DET_SCRATCH, EXE, EXEC_ALLOW, LINEAGE, PARENTS, SYSCALLS, SYSSEQ, WORKLOADS, count};
 
 const SIGKILL: u32 = 9;
 /// sched_process_exec: `__data_loc char[] filename` at offset 8.
@@ -58,10 +59,22 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let mut kind = event_kind::EXEC;
     let mut enforced_ns = 0;
+    // SAFETY: value copied out. The image calling exec is the new image's parent.
+    let parent_hash = unsafe { EXE.get(&pid) }.copied().unwrap_or(0);
     if wl.mode == mode::MONITOR || wl.mode == mode::PROTECT {
         let key = ExecKeyV1 { profile_id: wl.profile_id, _pad: 0, path_hash: hash };
-        if EXEC_ALLOW.get_ptr(&key).is_none() {
-            kind = event_kind::EXEC_VIOLATION;
+        // SAFETY: value copied out.
+        match unsafe { EXEC_ALLOW.get(&key) }.copied() {
+            None => kind = event_kind::EXEC_VIOLATION,
+            Some(v) if v & exec_allow::LINEAGE != 0 => {
+                let lk = LineageKeyV1 { profile_id: wl.profile_id, _pad: 0, parent_hash, child_hash: hash };
+                if LINEAGE.get_ptr(&lk).is_none() {
+                    kind = event_kind::EXEC_LINEAGE;
+                }
+            }
+            Some(_) => {}
+        }
+        if kind != event_kind::EXEC {
             count(counters::DET_EXEC_VIOLATIONS);
             if wl.mode == mode::PROTECT {
                 // Isolation first: the network stops before the process could use it.
@@ -90,10 +103,14 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
             }
         }
     }
+    // LRU: an insert evicts an old entry instead of failing. A killed process never runs
+    // the image, but a later exec from it is judged as from the image it tried.
+    let _ = EXE.insert(&pid, &hash, 0);
     ev.ts_ns = ts_ns;
     ev.enforced_ns = enforced_ns;
     ev.cgroup_id = cgroup_id;
     ev.path_hash = hash;
+    ev.parent_hash = parent_hash;
     ev.pid = pid;
     // SAFETY: value copied out.
     ev.ppid = unsafe { PARENTS.get(&pid) }.copied().unwrap_or(0);
@@ -104,7 +121,7 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
     ev.mode = wl.mode;
     ev.op = 0;
     ev.dirfd = 0;
-    if DET_EVENTS.output::<DetEventV1>(ev, 0).is_ok() {
+    if DET_EVENTS.output::<DetEventV2>(ev, 0).is_ok() {
         count(counters::DET_EVENTS_SENT);
     } else {
         // Enforcement above already happened; only the report is lost, and counted.
@@ -127,6 +144,13 @@ pub fn try_fork(ctx: &TracePointContext) -> u32 {
     };
     // LRU: an insert evicts an old entry instead of failing.
     let _ = PARENTS.insert(&child, &parent, 0);
+    // The child runs its parent's image until it execs. The forking task is current: its
+    // process id, not the thread's, keys the image.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: value copied out.
+    if let Some(h) = unsafe { EXE.get(&tgid) }.copied() {
+        let _ = EXE.insert(&child, &h, 0);
+    }
     0
 }
 

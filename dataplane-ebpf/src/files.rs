@@ -22,7 +22,7 @@ use aya_ebpf::{
 use bulkhead_common::{
     counters,
     detect::{
-        DetEventV1, FILE_DATA_HEADER, FILE_PATH_MAX, FileDataV1, IsolationV1, WorkloadV1, event_actions, event_kind, file_class, file_ops,
+        DetEventV2, FILE_DATA_HEADER, FILE_PATH_MAX, FileDataV1, IsolationV1, WorkloadV1, event_actions, event_kind, file_class, file_ops,
         isolation_reason, mode, wl_flags,
     },
 };
@@ -355,7 +355,7 @@ fn judge(wl: &WorkloadV1, cgroup_id: u64, op: u8, dfd: u64, ptr: u64, is_dir: bo
 fn emit(wl: &WorkloadV1, cgroup_id: u64, kind: u8, op: u8, dfd: u64, ptr: u64, ts_ns: u64, actions: u8, enforced_ns: u64) -> bool {
     let Some(ev) = DET_SCRATCH.get_ptr_mut(0) else { return false };
     // SAFETY: per-CPU scratch slot; the exec probe cannot run on this CPU while this does.
-    let ev: &mut DetEventV1 = unsafe { &mut *ev };
+    let ev: &mut DetEventV2 = unsafe { &mut *ev };
     ev.filename[0] = 0;
     // SAFETY: checked read of user memory.
     if unsafe { bpf_probe_read_user_str_bytes(ptr as *const u8, &mut ev.filename) }.is_err() {
@@ -366,6 +366,7 @@ fn emit(wl: &WorkloadV1, cgroup_id: u64, kind: u8, op: u8, dfd: u64, ptr: u64, t
     ev.enforced_ns = enforced_ns;
     ev.cgroup_id = cgroup_id;
     ev.path_hash = 0;
+    ev.parent_hash = 0;
     ev.pid = (pid_tgid >> 32) as u32;
     ev.ppid = 0;
     ev.uid = bpf_get_current_uid_gid() as u32;
@@ -375,7 +376,7 @@ fn emit(wl: &WorkloadV1, cgroup_id: u64, kind: u8, op: u8, dfd: u64, ptr: u64, t
     ev.mode = wl.mode;
     ev.op = op;
     ev.dirfd = dfd as i32;
-    if DET_EVENTS.output::<DetEventV1>(ev, 0).is_ok() {
+    if DET_EVENTS.output::<DetEventV2>(ev, 0).is_ok() {
         count(counters::DET_EVENTS_SENT);
         true
     } else {

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bulkhead_common::detect::{
-    self as det, AllowKey6V1, AllowKeyV2, DetEventV1, ExecKeyV1, FileDataV1, FileKeyV1, FileRuleV1, IsolationV1, LearnedKeyV1, SyscallKeyV1, WorkloadV1,
+    self as det, AllowKey6V1, AllowKeyV2, DetEventV2, ExecKeyV1, FileDataV1, FileKeyV1, FileRuleV1, IsolationV1, LearnedKeyV1, LineageKeyV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
     ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV1, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
@@ -305,14 +305,15 @@ pub static ISOLATION_ALLOW: HashMap<AllowKeyV2, u8> =
 pub static ISOLATION_ALLOW6: HashMap<AllowKey6V1, u8> =
     HashMap::with_max_entries(det::capacity::ISOLATION_ALLOW, 0);
 
-/// Exec events (`DetEventV1`). Written by the exec probe; read by the agent's detector thread.
-#[map(name = "BH_DET_EVENTS_V1")]
+/// Exec and file events (`DetEventV2`). Written by the exec and file probes; read by the
+/// agent's detector thread.
+#[map(name = "BH_DET_EVENTS_V2")]
 pub static DET_EVENTS: RingBuf = RingBuf::with_byte_size(det::capacity::EVENT_RING_BYTES, 0);
 
 /// Key: 0. Value: the event being built (too big for the BPF stack). Written and read by the
 /// exec probe only.
-#[map(name = "BH_DET_SCRATCH_V1")]
-pub static DET_SCRATCH: PerCpuArray<DetEventV1> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "BH_DET_SCRATCH_V2")]
+pub static DET_SCRATCH: PerCpuArray<DetEventV2> = PerCpuArray::with_max_entries(1, 0);
 
 /// Key: (cgroup id, syscall number). Value: per-CPU count. Written by the syscall probe for
 /// workloads with the SYSCALLS flag; read (summed) and cleared by the agent.
@@ -323,6 +324,18 @@ pub static SYSCALLS: PerCpuHashMap<SyscallKeyV1, u64> = PerCpuHashMap::with_max_
 /// fork probe; read by the exec probe (the parent of an exec). LRU: old tasks fall out.
 #[map(name = "BH_DET_PARENTS_V1")]
 pub static PARENTS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(det::capacity::PARENTS, 0);
+
+/// Key: pid (tgid) of a process of a monitored workload. Value: `path_hash` of its image.
+/// Written by the exec probe (after judging an exec) and the fork probe (a child inherits its
+/// parent's image); read by the exec probe, for which the calling image is the new one's
+/// parent. LRU: old processes fall out.
+#[map(name = "BH_DET_EXE_V1")]
+pub static EXE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(det::capacity::EXE, 0);
+
+/// Key: (profile, parent image hash, child path hash). Value: 1. Written by the agent from the
+/// profiles' learned lineage; read by the exec probe for workloads with the LINEAGE flag.
+#[map(name = "BH_DET_LINEAGE_V1")]
+pub static LINEAGE: HashMap<LineageKeyV1, u8> = HashMap::with_max_entries(det::capacity::LINEAGE, 0);
 
 /// Syscall records (`SyscallRecordV1`) of workloads with the SYSCALL_SEQ flag, in each
 /// thread's order. Written by the syscall probe; read by the agent's sequence-model thread.

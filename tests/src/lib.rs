@@ -116,6 +116,52 @@ pub fn spawn_in_pod(pod: &bulkhead_lab::PodNetns, argv: &[&str]) -> Child {
     bulkhead_lab::netns::spawn_in(&pod.netns, cgroup, cmd).unwrap_or_else(|e| panic!("spawning {argv:?} in {}: {e}", pod.key))
 }
 
+/// A long-running process in a lab pod served one request per line on stdin, answering one
+/// line on stdout (the detector tests' "learned server").
+pub struct LineServer {
+    pub child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl LineServer {
+    /// Starts `argv` in the pod (its netns and cgroup) with piped stdin and stdout.
+    pub fn spawn(pod: &bulkhead_lab::PodNetns, argv: &[&str]) -> LineServer {
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let cgroup = pod.cgroup.as_ref().unwrap_or_else(|| panic!("pod {} has no cgroup", pod.key));
+        let mut child = bulkhead_lab::netns::spawn_in(&pod.netns, cgroup, cmd).unwrap_or_else(|e| panic!("spawning {argv:?} in {}: {e}", pod.key));
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        LineServer { child, stdin, stdout }
+    }
+
+    /// Sends a request; the answer line, or `None` when the server died first.
+    pub fn ask(&mut self, cmd: &str) -> Option<String> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{cmd}").ok()?;
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim().to_string()),
+        }
+    }
+
+    /// Ends the server (closing stdin ends its loop; killed after 5 s).
+    pub fn stop(mut self) {
+        drop(self.stdin);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// A lab with a running agent and a temp folder, for the detector's end-to-end tests. Drops
 /// in order: the agent, then every process left in the pods (a failed test's offenders must
 /// not write into the temp folder while it goes; frozen pods are thawed first), the temp

@@ -5,12 +5,10 @@
 //! action; in protect, the cron write isolates the pod in the kernel, reading /etc/shadow kills
 //! the server before it reads a byte (and isolates), and a write through a relative path (the
 //! kernel cannot judge it) is resolved and isolated by the agent.
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bulkhead_e2e::LabAgent;
+use bulkhead_e2e::{LabAgent, LineServer};
 use bulkhead_lab::PodNetns;
 use bulkhead_lab::agent::detect::{Actions, DetectorEvent, FileActions, Mode, WorkloadOptions, WorkloadSpec, files::FileConfig};
 
@@ -86,39 +84,6 @@ bulkhead_e2e::lab_agent_fixture!(
     Fixture
 );
 
-/// The server process with its request and answer pipes.
-struct Server {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Server {
-    /// Sends a request; the answer line, or `None` when the server died first.
-    fn ask(&mut self, cmd: &str) -> Option<String> {
-        writeln!(self.stdin, "{cmd}").ok()?;
-        let mut line = String::new();
-        match self.stdout.read_line(&mut line) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(line.trim().to_string()),
-        }
-    }
-
-    /// Ends the server (closing stdin ends its loop).
-    fn stop(mut self) {
-        drop(self.stdin);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.child.try_wait().expect("wait").is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.wait();
-    }
-}
-
 impl Fixture {
     fn new() -> Fixture {
         let f = Fixture(LabAgent::new(TOPOLOGY, "detector_files.yaml", false));
@@ -136,17 +101,9 @@ impl Fixture {
         &self.lab.pods()[0]
     }
 
-    fn server(&self) -> Server {
-        let mut cmd = Command::new(PYTHON);
-        cmd.args(["-B", self.tmp.join("server.py").to_str().unwrap(), self.root().to_str().unwrap()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let cg = self.app().cgroup.clone().expect("pod cgroup");
-        let mut child = bulkhead_lab::netns::spawn_in(&self.app().netns, &cg, cmd).expect("spawning the server");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Server { child, stdin, stdout }
+    fn server(&self) -> LineServer {
+        let script = self.tmp.join("server.py");
+        LineServer::spawn(self.app(), &[PYTHON, "-B", script.to_str().unwrap(), self.root().to_str().unwrap()])
     }
 
     /// Monitors the app pod with a file baseline (the DetectorPolicy defaults for file

@@ -86,7 +86,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 44] = [
+pub(crate) const ALL_MAPS: [&str; 46] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
     map_names::UPLINK_DENY6,
@@ -131,6 +131,8 @@ pub(crate) const ALL_MAPS: [&str; 44] = [
     det::map_names::LEARNED,
     det::map_names::FILE_RULES,
     det::map_names::FILE_SCRATCH,
+    det::map_names::EXE,
+    det::map_names::LINEAGE,
 ];
 
 /// A link pinned under `<pin dir>/links` as soon as it exists, so the kernel keeps it (and
@@ -202,6 +204,8 @@ pub struct DetectorMaps {
     pub sysseq: Option<RingBuf<MapData>>,
     /// Learned outbound destinations of protect-mode endpoints (TC drops the rest).
     pub learned: HashMap<MapData, bulkhead_common::detect::LearnedKeyV1, u8>,
+    /// Parent -> child executables the profiles allow.
+    pub lineage: HashMap<MapData, bulkhead_common::detect::LineageKeyV1, u8>,
 }
 
 /// The loaded programs and maps of one agent instance.
@@ -368,6 +372,7 @@ impl Dataplane {
                 events: Some(RingBuf::try_from(take(det::map_names::EVENTS)?).map_err(|e| map_err(det::map_names::EVENTS, e))?),
                 sysseq: Some(RingBuf::try_from(take(det::map_names::SYSSEQ)?).map_err(|e| map_err(det::map_names::SYSSEQ, e))?),
                 learned: HashMap::try_from(take(det::map_names::LEARNED)?).map_err(|e| map_err(det::map_names::LEARNED, e))?,
+                lineage: HashMap::try_from(take(det::map_names::LINEAGE)?).map_err(|e| map_err(det::map_names::LINEAGE, e))?,
             },
         };
         let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, file_links: Vec::new(), xdp_prefilter };

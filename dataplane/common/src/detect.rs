@@ -8,7 +8,8 @@
 pub mod map_names {
     /// Monitored workloads: cgroup v2 id (u64) -> [`crate::detect::WorkloadV1`].
     pub const WORKLOADS: &str = "BH_DET_WL_V1";
-    /// Executables a profile allows: [`crate::detect::ExecKeyV1`] -> u8 (1).
+    /// Executables a profile allows: [`crate::detect::ExecKeyV1`] -> u8
+    /// ([`crate::detect::exec_allow`] bits).
     pub const EXEC_ALLOW: &str = "BH_DET_EXEC_V1";
     /// Isolated endpoints with a host-side ifindex from [`crate::capacity::IFINDEX_DIRECT`]
     /// up: ifindex (u32) -> [`crate::detect::IsolationV1`] (hash).
@@ -23,10 +24,11 @@ pub mod map_names {
     /// The same for IPv6 addresses: [`crate::detect::AllowKey6V1`] -> u8 (1). Entries
     /// without an address stay in [`ISOLATION_ALLOW`] (0.0.0.0) and match both families.
     pub const ISOLATION_ALLOW6: &str = "BH_ISOALLOW6_V1";
-    /// Exec events ring buffer of [`crate::detect::DetEventV1`].
-    pub const EVENTS: &str = "BH_DET_EVENTS_V1";
-    /// Per-CPU scratch event (one slot) the exec probe fills before deciding.
-    pub const SCRATCH: &str = "BH_DET_SCRATCH_V1";
+    /// Exec and file events ring buffer of [`crate::detect::DetEventV2`] (V2: the parent
+    /// image's hash).
+    pub const EVENTS: &str = "BH_DET_EVENTS_V2";
+    /// Per-CPU scratch event (one slot) the exec and file probes fill before deciding.
+    pub const SCRATCH: &str = "BH_DET_SCRATCH_V2";
     /// Syscall counts: [`crate::detect::SyscallKeyV1`] -> u64 (per CPU).
     pub const SYSCALLS: &str = "BH_DET_SYSCALLS_V1";
     /// Parent of each task forked in a monitored workload: pid (u32) -> parent pid (u32), LRU.
@@ -38,6 +40,15 @@ pub mod map_names {
     /// [`crate::detect::LearnedKeyV1`] -> u8 (1). TC drops a new flow outside them before it
     /// leaves (see [`super::watch_flags`]).
     pub const LEARNED: &str = "BH_DET_LEARNED_V1";
+    /// The executable image of each process of a monitored workload: pid (tgid, u32) ->
+    /// [`crate::detect::path_hash`] of the path it was exec'd from (u64), LRU. Written by the
+    /// exec probe (after judging) and the fork probe (the child inherits its parent's); read by
+    /// the exec probe: the image that calls exec is the parent of the new one.
+    pub const EXE: &str = "BH_DET_EXE_V1";
+    /// Parent -> child executables a profile allows: [`crate::detect::LineageKeyV1`] -> u8
+    /// (1). Written by the agent; read by the exec probe for executables whose
+    /// [`super::exec_allow::LINEAGE`] bit is set.
+    pub const LINEAGE: &str = "BH_DET_LINEAGE_V1";
     /// File-system baselines of the profiles: LPM trie [`crate::detect::FileKeyV1`] ->
     /// [`crate::detect::FileRuleV1`]: learned directories with their operations, the sensitive
     /// paths configured, and sensitive files read while learning. Written by the agent (the
@@ -91,6 +102,10 @@ pub mod capacity {
     pub const PARENTS: u32 = 65_536;
     /// (endpoint, destination, port) entries of protect-mode workloads.
     pub const LEARNED: u32 = 65_536;
+    /// Processes of monitored workloads whose image is remembered.
+    pub const EXE: u32 = 65_536;
+    /// (profile, parent, child) executable pairs.
+    pub const LINEAGE: u32 = 65_536;
     /// File rules of all profiles (directories, sensitive paths, learned sensitive reads).
     pub const FILE_RULES: u32 = 65_536;
     pub const EVENT_RING_BYTES: u32 = 1 << 20;
@@ -135,6 +150,29 @@ pub mod wl_flags {
     pub const KILL_ON_DIR_LIST: u32 = 1 << 9;
     /// Protect: isolate the endpoint on such a listing.
     pub const ISOLATE_ON_DIR_LIST: u32 = 1 << 10;
+}
+
+/// Bits of the [`map_names::EXEC_ALLOW`] value.
+pub mod exec_allow {
+    /// The executable is allowed.
+    pub const ALLOWED: u8 = 1;
+    /// The profile learned which images start it: the exec probe also judges the parent
+    /// ([`super::map_names::LINEAGE`]). Executables added by hand, or learned before lineage
+    /// existed, carry only [`ALLOWED`] and are judged on their path.
+    pub const LINEAGE: u8 = 2;
+}
+
+/// A parent -> child executable pair a profile allows. `parent_hash` 0: a process started
+/// from outside the workload (its first process, exec'd by the runtime).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LineageKeyV1 {
+    pub profile_id: u32,
+    pub _pad: u32,
+    /// [`path_hash`] of the image that called exec.
+    pub parent_hash: u64,
+    /// [`path_hash`] of the new image's path.
+    pub child_hash: u64,
 }
 
 /// Longest path the file probe reads (bytes, including the terminating NUL). A longer path
@@ -337,22 +375,25 @@ pub struct SyscallRecordV1 {
 /// hashed as cut (the same way when learning and when checking).
 pub const EXEC_PATH_MAX: usize = 256;
 
-/// [`DetEventV1::kind`] values.
+/// [`DetEventV2::kind`] values.
 pub mod event_kind {
     /// An exec in a monitored workload that the profile allows (or learn mode).
     pub const EXEC: u8 = 1;
     /// An exec of a binary outside the profile (monitor or protect mode).
     pub const EXEC_VIOLATION: u8 = 2;
-    /// Learn mode: a file operation outside what the profile holds ([`DetEventV1::op`]).
+    /// Learn mode: a file operation outside what the profile holds ([`DetEventV2::op`]).
     pub const FILE_LEARN: u8 = 3;
     /// Monitor or protect mode: a file operation outside the profile, judged in the kernel.
     pub const FILE_VIOLATION: u8 = 4;
     /// A file operation on a relative or non-canonical path (or one too long): the kernel
     /// cannot judge it; user space resolves it against the process's directories and judges.
     pub const FILE_UNRESOLVED: u8 = 5;
+    /// An exec of an allowed binary by an image that never started it while learning
+    /// ([`super::DetEventV2::parent_hash`]), monitor or protect mode.
+    pub const EXEC_LINEAGE: u8 = 6;
 }
 
-/// Bits of [`DetEventV1::actions`]: what the kernel did.
+/// Bits of [`DetEventV2::actions`]: what the kernel did.
 pub mod event_actions {
     pub const KILLED: u8 = 1 << 0;
     pub const ISOLATED: u8 = 1 << 1;
@@ -367,16 +408,19 @@ pub mod event_actions {
     pub const STOPPED: u8 = 1 << 5;
 }
 
-/// An exec event. Written by the exec probe into the ring buffer; read by the agent.
+/// An exec or file event. Written by the exec and file probes into the ring buffer; read by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DetEventV1 {
+pub struct DetEventV2 {
     /// `bpf_ktime_get_ns` at the exec tracepoint.
     pub ts_ns: u64,
     /// `bpf_ktime_get_ns` after the kernel's actions (0 when it took none).
     pub enforced_ns: u64,
     pub cgroup_id: u64,
     pub path_hash: u64,
+    /// Exec events: [`path_hash`] of the image that called exec (0: started from outside the
+    /// workload, or before it was monitored).
+    pub parent_hash: u64,
     /// Process id (tgid) after exec.
     pub pid: u32,
     /// Parent pid from the fork probe, 0 if the process was forked before monitoring.
@@ -423,7 +467,8 @@ const _: () = {
     assert!(core::mem::size_of::<AllowKeyV2>() == 12);
     assert!(core::mem::size_of::<AllowKey6V1>() == 24);
     assert!(core::mem::size_of::<SyscallKeyV1>() == 16);
-    assert!(core::mem::size_of::<DetEventV1>() == 56 + EXEC_PATH_MAX);
+    assert!(core::mem::size_of::<DetEventV2>() == 64 + EXEC_PATH_MAX);
+    assert!(core::mem::size_of::<LineageKeyV1>() == 24);
     assert!(core::mem::size_of::<FileDataV1>() == 256);
     assert!(core::mem::size_of::<FileKeyV1>() == 260);
     assert!(core::mem::size_of::<FileRuleV1>() == 16);
@@ -438,10 +483,11 @@ mod user {
     unsafe impl aya::Pod for ExecKeyV1 {}
     unsafe impl aya::Pod for IsolationV1 {}
     unsafe impl aya::Pod for LearnedKeyV1 {}
+    unsafe impl aya::Pod for LineageKeyV1 {}
     unsafe impl aya::Pod for AllowKeyV2 {}
     unsafe impl aya::Pod for AllowKey6V1 {}
     unsafe impl aya::Pod for SyscallKeyV1 {}
-    unsafe impl aya::Pod for DetEventV1 {}
+    unsafe impl aya::Pod for DetEventV2 {}
     unsafe impl aya::Pod for SyscallRecordV1 {}
     unsafe impl aya::Pod for FileDataV1 {}
     unsafe impl aya::Pod for FileKeyV1 {}

@@ -14,11 +14,14 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use bulkhead_common::detect::{DetEventV1, event_actions, event_kind, mode};
+use bulkhead_common::detect::{self as det, DetEventV2, event_actions, event_kind, mode};
 use serde::Serialize;
 
 use super::{Shared, cgroup};
 use crate::{error::AgentError, ring::Ring};
+
+/// Finding kind of an allowed binary started by an image that never started it.
+pub const LINEAGE_KIND: &str = "exec-lineage";
 
 /// How long a user-space action may take before it counts as failed.
 pub(super) const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -26,7 +29,7 @@ pub(super) const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// One detector event as reported (JSON line, log line, `Agent::detector_events`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DetectorEvent {
-    /// `exec` or `violation` (exec probe); `new-peer`, `new-port`, `port-scan` or
+    /// `exec`, `violation` or `exec-lineage` (exec probe); `new-peer`, `new-port`, `port-scan` or
     /// `new-inbound` (network); `syscall-sequence` or `syscall-unseen` (sequence model);
     /// `file-write-unseen`, `file-sensitive-read` or `dir-list-unseen` (file baseline);
     /// `egress-volume`; `quarantine-perimeter` (firewalls holding an isolated workload).
@@ -77,9 +80,10 @@ pub struct DetectorEvent {
 }
 
 impl DetectorEvent {
-    /// Whether this is an exec violation of the profile.
+    /// Whether this is an exec violation of the profile (a binary outside it, or one started
+    /// by an image that never started it).
     pub fn is_violation(&self) -> bool {
-        self.kind == "violation"
+        self.kind == "violation" || self.kind == LINEAGE_KIND
     }
 
     /// Whether this is a network finding (new peer, new port, port scan).
@@ -112,7 +116,7 @@ pub(super) fn spawn(
 fn run(ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path, mut isolation: Option<crate::ifmap::IsolationMap<MapData>>) {
     let span = tracing::info_span!("detector-events");
     let _g = span.enter();
-    let mut ring = Ring::<DetEventV1>::new(ring);
+    let mut ring = Ring::<DetEventV2>::new(ring);
     loop {
         // The timeout only bounds how long a stop request goes unnoticed.
         ring.wait(None, 100);
@@ -135,22 +139,38 @@ fn run(ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path, 
 }
 
 /// Learns or acts on one event and builds its record.
-fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
+fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
     let read_at = crate::clock::monotonic_ns();
     let len = ev.filename.iter().position(|&b| b == 0).unwrap_or(ev.filename.len());
     let path = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
-    let violation = ev.kind == event_kind::EXEC_VIOLATION;
-    let (workload, cg_path, actions) = {
+    let lineage = ev.kind == event_kind::EXEC_LINEAGE;
+    let violation = ev.kind == event_kind::EXEC_VIOLATION || lineage;
+    let (workload, cg_path, actions, parent) = {
         let mut g = shared.state();
         match g.workloads.get_mut(&ev.cgroup_id) {
             Some(w) => {
                 let w = w.clone();
-                if ev.mode == mode::LEARN && !path.is_empty() && g.profile_mut(&w).execs.insert(path.clone()) {
+                let p = g.profile_mut(&w);
+                // The parent image by its hash: one of the profile's (or the workload's
+                // allowed) executables; "" = started from outside the workload.
+                let parent = if ev.parent_hash == 0 {
+                    Some(String::new())
+                } else {
+                    p.execs.iter().chain(w.spec.allowed_execs.iter()).find(|x| det::path_hash(x.as_bytes()) == ev.parent_hash).cloned()
+                };
+                let mut changed = false;
+                if ev.mode == mode::LEARN && !path.is_empty() {
+                    changed |= p.execs.insert(path.clone());
+                    if let Some(parent) = &parent {
+                        changed |= p.lineage.insert(super::profile::Lineage { parent: parent.clone(), child: path.clone() });
+                    }
+                }
+                if changed {
                     g.dirty.insert(w.profile_name().to_string());
                 }
-                (Some(w.spec.name), Some(w.spec.cgroup), w.spec.actions)
+                (Some(w.spec.name), Some(w.spec.cgroup), w.spec.actions, parent)
             }
-            None => (None, None, Default::default()),
+            None => (None, None, Default::default(), None),
         }
     };
     let mut kernel_actions = Vec::new();
@@ -195,7 +215,13 @@ fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
     // started from outside (moved into the cgroup before exec) ask /proc while it still exists.
     let ppid = if ev.ppid != 0 { ev.ppid } else { proc_ppid(ev.pid).unwrap_or(0) };
     let rec = DetectorEvent {
-        kind: if violation { "violation" } else { "exec" },
+        kind: if lineage {
+            LINEAGE_KIND
+        } else if violation {
+            "violation"
+        } else {
+            "exec"
+        },
         ts_ns: ev.ts_ns,
         workload,
         cgroup_id: ev.cgroup_id,
@@ -213,6 +239,11 @@ fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
         user_actions,
         user_enforce_ns,
         read_delay_ns: read_at.saturating_sub(ev.ts_ns),
+        detail: lineage.then(|| match parent.as_deref() {
+            Some("") => "started from outside the workload, which it never was while learning".to_string(),
+            Some(p) => format!("started by {p}, which never started it while learning"),
+            None => format!("started by an image outside the profile (hash {:016x})", ev.parent_hash),
+        }),
         ..Default::default()
     };
     if violation {
@@ -226,6 +257,7 @@ fn handle(shared: &Shared, ev: &DetEventV1) -> DetectorEvent {
             user = ?rec.user_actions,
             kernel_enforce_ns = rec.kernel_enforce_ns,
             user_enforce_ns = rec.user_enforce_ns,
+            detail = rec.detail.as_deref().unwrap_or(""),
             "detector: exec outside the profile"
         );
     } else {

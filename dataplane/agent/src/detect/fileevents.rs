@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use bulkhead_common::detect::{DetEventV1, event_actions, event_kind, file_ops, mode};
+use bulkhead_common::detect::{DetEventV2, event_actions, event_kind, file_ops, mode};
 
 use super::{
     DetectorEvent, NetActions, Shared, WorkloadState,
@@ -21,14 +21,14 @@ pub const SENSITIVE_READ: &str = "file-sensitive-read";
 pub const LIST_UNSEEN: &str = "dir-list-unseen";
 
 /// Whether an event of the ring is the file probe's.
-pub(super) fn is_file_event(ev: &DetEventV1) -> bool {
+pub(super) fn is_file_event(ev: &DetEventV2) -> bool {
     matches!(ev.kind, event_kind::FILE_LEARN | event_kind::FILE_VIOLATION | event_kind::FILE_UNRESOLVED)
 }
 
 /// Learns or judges one file event; returns the finding to report, if any. A process the
 /// kernel stopped for the agent to resolve its path is continued afterwards, whatever the
 /// outcome (unless it was killed).
-pub(super) fn handle(shared: &Shared, ev: &DetEventV1, isolation: &mut Option<IsolationMap<aya::maps::MapData>>) -> Option<DetectorEvent> {
+pub(super) fn handle(shared: &Shared, ev: &DetEventV2, isolation: &mut Option<IsolationMap<aya::maps::MapData>>) -> Option<DetectorEvent> {
     let rec = judge(shared, ev, isolation);
     if ev.actions & event_actions::STOPPED != 0 && !rec.as_ref().is_some_and(|r| r.user_actions.iter().any(|a| a == "killed")) {
         // SAFETY: plain syscall; the process may be gone.
@@ -37,7 +37,7 @@ pub(super) fn handle(shared: &Shared, ev: &DetEventV1, isolation: &mut Option<Is
     rec
 }
 
-fn judge(shared: &Shared, ev: &DetEventV1, isolation: &mut Option<IsolationMap<aya::maps::MapData>>) -> Option<DetectorEvent> {
+fn judge(shared: &Shared, ev: &DetEventV2, isolation: &mut Option<IsolationMap<aya::maps::MapData>>) -> Option<DetectorEvent> {
     let read_at = crate::clock::monotonic_ns();
     let len = ev.filename.iter().position(|&b| b == 0).unwrap_or(ev.filename.len());
     let raw = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
@@ -90,7 +90,7 @@ fn judge(shared: &Shared, ev: &DetEventV1, isolation: &mut Option<IsolationMap<a
 #[allow(clippy::too_many_arguments)]
 fn finding(
     w: &WorkloadState,
-    ev: &DetEventV1,
+    ev: &DetEventV2,
     path: String,
     raw: String,
     read: bool,

@@ -40,7 +40,7 @@ use std::{
 };
 
 use aya::maps::MapData;
-use bulkhead_common::detect::{self as det, AllowKey6V1, AllowKeyV2, ExecKeyV1, IsolationV1, SyscallKeyV1, WorkloadV1};
+use bulkhead_common::detect::{self as det, AllowKey6V1, AllowKeyV2, ExecKeyV1, IsolationV1, LineageKeyV1, SyscallKeyV1, WorkloadV1};
 use serde::{Deserialize, Serialize};
 
 use crate::{error::AgentError, ifmap::IsolationMap, loader::Dataplane, netns};
@@ -467,6 +467,8 @@ pub struct Detector {
     state_dir: PathBuf,
     /// Exec-map entries written per profile id (path hashes), to remove what a profile drops.
     written_execs: BTreeMap<u32, BTreeSet<u64>>,
+    /// Lineage entries written per profile id (parent, child hashes).
+    written_lineage: BTreeMap<u32, BTreeSet<(u64, u64)>>,
     /// Per-workload (cgroup id) egress volume samples.
     net: BTreeMap<u64, netwatch::NetState>,
     /// Pod address -> peer name (profile name of the pod), from the last sync; read by the
@@ -556,6 +558,7 @@ impl Detector {
             events_file,
             state_dir: state_dir.to_path_buf(),
             written_execs: BTreeMap::new(),
+            written_lineage: BTreeMap::new(),
             net: BTreeMap::new(),
             peers,
             flowwatch,
@@ -659,7 +662,7 @@ impl Detector {
     /// Makes the kernel's exec entries of a profile what the profile (and its workloads'
     /// extra allowed execs) holds: adds first, then removes what is no longer allowed.
     pub(crate) fn write_profile(&mut self, dp: &mut Dataplane, name: &str) -> Result<(), AgentError> {
-        let (ids, paths) = {
+        let (ids, paths, pairs) = {
             let g = self.shared.state();
             let members: Vec<&WorkloadState> = g.workloads.values().filter(|w| w.profile_name() == name).collect();
             let ids: BTreeSet<u32> = members.iter().map(|w| w.profile_id).collect();
@@ -667,17 +670,33 @@ impl Detector {
             for w in &members {
                 paths.extend(w.spec.allowed_execs.iter().cloned());
             }
-            (ids, paths)
+            let hash = |p: &str| if p.is_empty() { 0 } else { det::path_hash(p.as_bytes()) };
+            let pairs: BTreeSet<(u64, u64)> =
+                g.profiles.get(name).map(|p| p.lineage.iter().map(|l| (hash(&l.parent), hash(&l.child))).collect()).unwrap_or_default();
+            (ids, paths, pairs)
         };
         let want: BTreeSet<u64> = paths.iter().map(|p| det::path_hash(p.as_bytes())).collect();
+        // Executables with learned lineage are judged on their parent too.
+        let judged: BTreeSet<u64> = pairs.iter().map(|p| p.1).collect();
         for id in ids {
+            // The pairs first: an exec entry that turns lineage judging on never meets a
+            // partial set of them.
+            for &(parent_hash, child_hash) in &pairs {
+                let key = LineageKeyV1 { profile_id: id, _pad: 0, parent_hash, child_hash };
+                dp.maps.det.lineage.insert(key, 1, 0).map_err(|e| map_err(det::map_names::LINEAGE, e))?;
+            }
             for h in &want {
                 let key = ExecKeyV1 { profile_id: id, _pad: 0, path_hash: *h };
-                dp.maps.det.exec_allow.insert(key, 1, 0).map_err(|e| map_err(det::map_names::EXEC_ALLOW, e))?;
+                let v = if judged.contains(h) { det::exec_allow::ALLOWED | det::exec_allow::LINEAGE } else { det::exec_allow::ALLOWED };
+                dp.maps.det.exec_allow.insert(key, v, 0).map_err(|e| map_err(det::map_names::EXEC_ALLOW, e))?;
             }
             let had = self.written_execs.insert(id, want.clone()).unwrap_or_default();
             for h in had.difference(&want) {
                 let _ = dp.maps.det.exec_allow.remove(&ExecKeyV1 { profile_id: id, _pad: 0, path_hash: *h });
+            }
+            let had = self.written_lineage.insert(id, pairs.clone()).unwrap_or_default();
+            for &(parent_hash, child_hash) in had.difference(&pairs) {
+                let _ = dp.maps.det.lineage.remove(&LineageKeyV1 { profile_id: id, _pad: 0, parent_hash, child_hash });
             }
         }
         self.shared.sync_file_rules(name).map_err(det_err)
@@ -774,6 +793,9 @@ impl Detector {
                 for h in had {
                     let _ = dp.maps.det.exec_allow.remove(&ExecKeyV1 { profile_id: w.profile_id, _pad: 0, path_hash: h });
                 }
+            }
+            for (parent_hash, child_hash) in self.written_lineage.remove(&w.profile_id).unwrap_or_default() {
+                let _ = dp.maps.det.lineage.remove(&LineageKeyV1 { profile_id: w.profile_id, _pad: 0, parent_hash, child_hash });
             }
             self.shared.clear_file_rules(w.profile_id);
         }

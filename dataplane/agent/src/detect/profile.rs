@@ -119,6 +119,16 @@ impl Egress {
     }
 }
 
+/// Which executable started which: `parent` is the image that called exec (empty: the
+/// workload's first process, started from outside it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lineage {
+    #[serde(default)]
+    pub parent: String,
+    pub child: String,
+}
+
 /// Network part of a profile.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -152,6 +162,10 @@ pub struct Profile {
     /// Executables allowed (learned, or added by hand).
     #[serde(default)]
     pub execs: BTreeSet<String>,
+    /// Which executable starts which (learned). Judged in the kernel once not empty; a
+    /// profile learned before lineage existed has none and is judged on paths only.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub lineage: BTreeSet<Lineage>,
     /// Syscall counts while learning, by syscall number, summed over the replicas (the
     /// kernel's per-workload aggregation; highest value seen).
     #[serde(default)]
@@ -182,6 +196,7 @@ impl Profile {
             name: name.into(),
             labels,
             execs: BTreeSet::new(),
+            lineage: BTreeSet::new(),
             syscalls: BTreeMap::new(),
             network: Network::default(),
             files: Default::default(),
@@ -255,6 +270,14 @@ impl Profile {
             }
             if e.contains('\0') {
                 return Err((format!("execs[{i}]"), "contains a NUL byte".into()));
+            }
+        }
+        for (i, l) in self.lineage.iter().enumerate() {
+            if !l.child.starts_with('/') || l.child.len() >= EXEC_PATH_MAX {
+                return Err((format!("lineage[{i}].child"), format!("{:?} is not an absolute path shorter than {EXEC_PATH_MAX} bytes", l.child)));
+            }
+            if !l.parent.is_empty() && (!l.parent.starts_with('/') || l.parent.len() >= EXEC_PATH_MAX) {
+                return Err((format!("lineage[{i}].parent"), format!("{:?} is neither empty nor an absolute path", l.parent)));
             }
         }
         self.files.validate()?;

@@ -1,0 +1,96 @@
+//! Process lineage end to end (run as root): a Python server in a lab pod learns that it runs
+//! `/bin/ls` for its requests; under protect that keeps working, while the same server
+//! running its own interpreter (`python3 -c ...`: an allowed path, so the path allow-list
+//! alone let it through) is killed by the exec probe before the child runs, and the pod
+//! isolated; the server itself lives on.
+use std::time::Duration;
+
+use bulkhead_e2e::{LabAgent, LineServer};
+use bulkhead_lab::PodNetns;
+use bulkhead_lab::agent::detect::{Actions, Mode, WorkloadSpec};
+
+const TOPOLOGY: &str = "
+kind: Topology
+name: detlineage
+namespaces:
+  - name: l
+    labels: {kubernetes.io/metadata.name: l}
+pods:
+  - {namespace: l, name: app, ip: 10.247.0.10, labels: {app: app}}
+ports:
+  - {port: 8080, protocol: TCP}
+";
+const APP: &str = "l/app";
+const PYTHON: &str = "/usr/bin/python3";
+
+const SERVER: &str = r#"
+import subprocess, sys
+for line in sys.stdin:
+    cmd = line.strip()
+    if cmd == "work":
+        r = subprocess.run(["/bin/ls", "/"], stdout=subprocess.DEVNULL)
+    elif cmd == "inline":
+        r = subprocess.run([sys.executable, "-c", "print(open('/etc/hostname').read())"], stdout=subprocess.DEVNULL)
+    else:
+        print("?", flush=True)
+        continue
+    print("rc %d" % r.returncode, flush=True)
+"#;
+
+bulkhead_e2e::lab_agent_fixture!(
+    /// The shared lab-with-agent fixture.
+    Fixture
+);
+
+impl Fixture {
+    fn app(&self) -> &PodNetns {
+        &self.lab.pods()[0]
+    }
+    fn server(&self) -> LineServer {
+        let script = self.tmp.join("server.py");
+        std::fs::write(&script, SERVER).expect("server script");
+        LineServer::spawn(self.app(), &[PYTHON, "-B", script.to_str().unwrap()])
+    }
+}
+
+#[test]
+fn a_learned_server_running_its_own_interpreter_is_killed() {
+    let f = Fixture(LabAgent::new(TOPOLOGY, "detector_lineage.yaml", false));
+    f.agent()
+        .detector_monitor(WorkloadSpec {
+            name: APP.into(),
+            cgroup: f.app().cgroup.clone().expect("pod cgroup"),
+            interface: Some(f.app().host_veth.clone()),
+            mode: Mode::Learn,
+            actions: Actions { kill: true, isolate: true, ..Default::default() },
+            syscalls: false,
+            allowed_execs: vec![],
+        })
+        .expect("monitor");
+    let mut s = f.server();
+    for i in 0..5 {
+        assert_eq!(s.ask("work").as_deref(), Some("rc 0"), "learning request {i}");
+    }
+    s.stop();
+    let det = f.agent().detector();
+    det.wait_event(Duration::from_secs(3), |e| e.kind == "exec" && e.path == "/bin/ls" && e.mode == "learn").expect("ls learned");
+    let st = f.agent().detector_set_mode(APP, Mode::Protect).expect("protect");
+    assert_eq!(st.learned_execs, 2, "python3 and ls: {st:?}");
+    let profile = det.profile(APP).expect("profile");
+    let pairs: Vec<(String, String)> = profile.lineage.iter().map(|l| (l.parent.clone(), l.child.clone())).collect();
+    assert_eq!(pairs, vec![(String::new(), PYTHON.to_string()), (PYTHON.to_string(), "/bin/ls".to_string())], "learned lineage");
+
+    // Under protect: the learned work goes on, the interpreter with inline code is killed.
+    let mut s = f.server();
+    assert_eq!(s.ask("work").as_deref(), Some("rc 0"), "benign request under protect");
+    assert_eq!(s.ask("inline").as_deref(), Some("rc -9"), "the inline interpreter was not killed");
+    let ev = det
+        .wait_event(Duration::from_secs(3), |e| e.kind == "exec-lineage" && e.path == PYTHON)
+        .unwrap_or_else(|| panic!("no exec-lineage finding: {:?}", det.events()));
+    assert!(ev.kernel_actions.contains(&"killed") && ev.kernel_actions.contains(&"isolated"), "{ev:?}");
+    assert!(ev.detail.as_deref().is_some_and(|d| d.contains("started by /usr/bin/python3")), "{ev:?}");
+    println!("python3 -c from the server: killed and isolated in the kernel {} ns after the exec", ev.kernel_enforce_ns.unwrap_or(0));
+    assert_eq!(s.ask("work").as_deref(), Some("rc 0"), "the server itself must live on");
+    s.stop();
+    assert!(f.agent().detector_status().expect("status").iter().any(|w| w.name == APP && w.isolated), "pod not isolated");
+}
