@@ -15,7 +15,7 @@ use aya_ebpf::{
 use bulkhead_common::{
     counters,
     detect::{
-        self as det, DetEventV2, EXEC_PATH_MAX, exec_allow, ExecKeyV1, IsolationV1, LineageKeyV1, SyscallKeyV1, SyscallRecordV1, event_actions, event_kind, isolation_reason, mode,
+        self as det, DetEventV2, EXEC_PATH_MAX, exec_allow, ExecKeyV1, IsolationV1, LineageKeyV1, SyscallKeyV1, WorkloadV1, SyscallRecordV1, event_actions, event_kind, isolation_reason, mode,
         path_hash, wl_flags,
     },
 };
@@ -77,28 +77,9 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
         if kind != event_kind::EXEC {
             count(counters::DET_EXEC_VIOLATIONS);
             if wl.mode == mode::PROTECT {
-                // Isolation first: the network stops before the process could use it.
-                if wl.flags & wl_flags::ISOLATE_ON_EXEC != 0 && wl.ifindex != 0 {
-                    // since_ns 0 would read as "not isolated" in the array.
-                    let iso = IsolationV1 { since_ns: ts_ns.max(1), cgroup_id, reason: isolation_reason::EXEC_VIOLATION, _pad: 0 };
-                    if crate::maps::isolate(wl.ifindex, &iso) {
-                        actions |= event_actions::ISOLATED;
-                    } else {
-                        actions |= event_actions::ISOLATE_FAILED;
-                        count(counters::DET_ISOLATE_FAILED);
-                    }
-                }
-                if wl.flags & wl_flags::KILL_ON_EXEC != 0 {
-                    // SAFETY: signals the current process (the one that just exec'd); SIGKILL
-                    // is handled before it runs a single instruction of the new image.
-                    if unsafe { bpf_send_signal(SIGKILL) } == 0 {
-                        actions |= event_actions::KILLED;
-                        count(counters::DET_KILLED);
-                    } else {
-                        actions |= event_actions::SIGNAL_FAILED;
-                        count(counters::DET_SIGNAL_FAILED);
-                    }
-                }
+                // SIGKILL is handled before the process runs a single instruction of the new
+                // image.
+                actions |= contain(&wl, cgroup_id, ts_ns, wl_flags::ISOLATE_ON_EXEC, wl_flags::KILL_ON_EXEC, isolation_reason::EXEC_VIOLATION);
                 enforced_ns = unsafe { bpf_ktime_get_ns() };
             }
         }
@@ -128,6 +109,37 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
         count(counters::DET_EVENTS_DROPPED);
     }
     0
+}
+
+/// Protect mode's in-kernel containment of the current process's workload, as its flags
+/// ask (`isolate` and `kill` are [`wl_flags`] bits): the isolation entry first (the network
+/// stops before the process could use what it did), then SIGKILL to the current process. Every
+/// outcome is counted; returns the [`event_actions`] bits.
+#[inline(always)]
+pub fn contain(wl: &WorkloadV1, cgroup_id: u64, ts_ns: u64, isolate: u32, kill: u32, reason: u32) -> u8 {
+    let mut actions = 0;
+    if wl.flags & isolate != 0 && wl.ifindex != 0 {
+        // since_ns 0 would read as "not isolated" in the array.
+        let iso = IsolationV1 { since_ns: ts_ns.max(1), cgroup_id, reason, _pad: 0 };
+        if crate::maps::isolate(wl.ifindex, &iso) {
+            actions |= event_actions::ISOLATED;
+        } else {
+            actions |= event_actions::ISOLATE_FAILED;
+            count(counters::DET_ISOLATE_FAILED);
+        }
+    }
+    if wl.flags & kill != 0 {
+        // SAFETY: signals the current process; the kernel delivers SIGKILL before it returns
+        // to user space.
+        if unsafe { bpf_send_signal(SIGKILL) } == 0 {
+            actions |= event_actions::KILLED;
+            count(counters::DET_KILLED);
+        } else {
+            actions |= event_actions::SIGNAL_FAILED;
+            count(counters::DET_SIGNAL_FAILED);
+        }
+    }
+    actions
 }
 
 /// sched/sched_process_fork: remembers the parent of tasks forked in monitored workloads.

@@ -22,14 +22,13 @@ use aya_ebpf::{
 use bulkhead_common::{
     counters,
     detect::{
-        DetEventV2, FILE_DATA_HEADER, FILE_PATH_MAX, FileDataV1, IsolationV1, WorkloadV1, event_actions, event_kind, file_class, file_ops,
+        DetEventV2, FILE_DATA_HEADER, FILE_PATH_MAX, FileDataV1, WorkloadV1, event_actions, event_kind, file_class, file_ops,
         isolation_reason, mode, wl_flags,
     },
 };
 
 use crate::maps::{DET_EVENTS, DET_SCRATCH, FILE_RULES, FILE_SCRATCH, FileScratchV1, WORKLOADS, count};
 
-const SIGKILL: u32 = 9;
 const SIGSTOP: u32 = 19;
 const AT_FDCWD: i64 = -100;
 /// `__syscall_nr` in a syscalls/sys_enter_* record; the arguments follow at 16, 8 bytes each.
@@ -323,27 +322,9 @@ fn judge(wl: &WorkloadV1, cgroup_id: u64, op: u8, dfd: u64, ptr: u64, is_dir: bo
         } else {
             (wl_flags::KILL_ON_FILE_WRITE, wl_flags::ISOLATE_ON_FILE_WRITE)
         };
-        // Isolation first: the network stops before the process could use what it found.
-        if wl.flags & isolate != 0 && wl.ifindex != 0 {
-            let iso = IsolationV1 { since_ns: ts_ns.max(1), cgroup_id, reason: isolation_reason::FILE_VIOLATION, _pad: 0 };
-            if crate::maps::isolate(wl.ifindex, &iso) {
-                actions |= event_actions::ISOLATED;
-            } else {
-                actions |= event_actions::ISOLATE_FAILED;
-                count(counters::DET_ISOLATE_FAILED);
-            }
-        }
-        if wl.flags & kill != 0 {
-            // SAFETY: signals the current process; it dies as the syscall returns, before its
-            // next instruction.
-            if unsafe { bpf_send_signal(SIGKILL) } == 0 {
-                actions |= event_actions::KILLED;
-                count(counters::DET_KILLED);
-            } else {
-                actions |= event_actions::SIGNAL_FAILED;
-                count(counters::DET_SIGNAL_FAILED);
-            }
-        }
+        // The kill lands as the syscall returns: a file opened for writing is never
+        // written, a sensitive one never read.
+        actions |= crate::detect::contain(wl, cgroup_id, ts_ns, isolate, kill, isolation_reason::FILE_VIOLATION);
         enforced_ns = unsafe { bpf_ktime_get_ns() };
     }
     let _ = emit(wl, cgroup_id, event_kind::FILE_VIOLATION, op, dfd, ptr, ts_ns, actions, enforced_ns);

@@ -173,18 +173,7 @@ fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
             None => (None, None, Default::default(), None),
         }
     };
-    let mut kernel_actions = Vec::new();
-    for (bit, name) in [
-        (event_actions::KILLED, "killed"),
-        (event_actions::ISOLATED, "isolated"),
-        (event_actions::SIGNAL_FAILED, "signal-failed"),
-        (event_actions::ISOLATE_FAILED, "isolate-failed"),
-        (event_actions::PATH_UNREADABLE, "path-unreadable"),
-    ] {
-        if ev.actions & bit != 0 {
-            kernel_actions.push(name);
-        }
-    }
+    let kernel_actions = kernel_actions(ev.actions);
     let mut user_actions = Vec::new();
     let mut user_enforce_ns = None;
     if violation && ev.mode == mode::PROTECT {
@@ -264,6 +253,22 @@ fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
         tracing::debug!(workload = rec.workload.as_deref().unwrap_or("?"), pid = rec.pid, path = %rec.path, "detector: exec");
     }
     rec
+}
+
+/// What the kernel did, by name, from an event's [`event_actions`] bits.
+pub(super) fn kernel_actions(bits: u8) -> Vec<&'static str> {
+    [
+        (event_actions::KILLED, "killed"),
+        (event_actions::ISOLATED, "isolated"),
+        (event_actions::SIGNAL_FAILED, "signal-failed"),
+        (event_actions::ISOLATE_FAILED, "isolate-failed"),
+        (event_actions::PATH_UNREADABLE, "path-unreadable"),
+        (event_actions::STOPPED, "stopped-until-judged"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| bits & bit != 0)
+    .map(|(_, name)| name)
+    .collect()
 }
 
 /// The parent pid from /proc/<pid>/stat (field 4, after the parenthesised command).

@@ -106,18 +106,7 @@ fn finding(
     } else {
         (WRITE_UNSEEN, a.file_write)
     };
-    let mut kernel_actions = Vec::new();
-    for (bit, n) in [
-        (event_actions::KILLED, "killed"),
-        (event_actions::ISOLATED, "isolated"),
-        (event_actions::SIGNAL_FAILED, "signal-failed"),
-        (event_actions::ISOLATE_FAILED, "isolate-failed"),
-        (event_actions::STOPPED, "stopped-until-judged"),
-    ] {
-        if ev.actions & bit != 0 {
-            kernel_actions.push(n);
-        }
-    }
+    let kernel_actions = super::events::kernel_actions(ev.actions);
     let judged_here = ev.kind == event_kind::FILE_UNRESOLVED;
     let protect = ev.mode == mode::PROTECT;
     let mut user_actions = Vec::new();
