@@ -38,6 +38,9 @@ pub fn status(instance: &str, json: bool) -> anyhow::Result<i32> {
                     "learned_egress": prof(w).map(|p| p.network.egress.len()).unwrap_or(0),
                     "sequence_model": w.opts.sequences,
                     "learned_sequence_syscalls": prof(w).and_then(|p| p.syscall_model.as_ref()).map_or(0, |m| m.len()),
+                    "learned_lineage": prof(w).map(|p| p.lineage.len()).unwrap_or(0),
+                    "file_baseline": w.opts.files,
+                    "learned_dirs": prof(w).map(|p| p.files.dirs.len()).unwrap_or(0),
                     "isolated": isolated.iter().any(|(i, v)| *i == w.ifindex || v.cgroup_id == w.cgroup_id),
                     "profile_missing": w.profile_missing, "effective_mode": w.effective_mode(),
                     "frozen": detect::cgroup::is_frozen(&w.spec.cgroup).unwrap_or(false),
@@ -53,8 +56,8 @@ pub fn status(instance: &str, json: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<24} {:<8} {:<24} {:>5} {:>6} {:>8} {:<9} {:<7} policy",
-        "WORKLOAD", "MODE", "PROFILE", "EXECS", "EGRESS", "SEQUENCE", "ISOLATED", "FROZEN"
+        "{:<24} {:<8} {:<24} {:>5} {:>6} {:>8} {:>5} {:<9} {:<7} policy",
+        "WORKLOAD", "MODE", "PROFILE", "EXECS", "EGRESS", "SEQUENCE", "DIRS", "ISOLATED", "FROZEN"
     );
     for w in &workloads {
         let iso = isolated.iter().any(|(i, v)| *i == w.ifindex || v.cgroup_id == w.cgroup_id);
@@ -64,14 +67,20 @@ pub fn status(instance: &str, json: bool) -> anyhow::Result<i32> {
             Some(_) => prof(w).and_then(|p| p.syscall_model.as_ref()).map_or(0, |m| m.len()).to_string(),
             None => "-".into(),
         };
+        // Directories in the file baseline, or "-" without one.
+        let dirs = match w.opts.files {
+            Some(_) => prof(w).map_or(0, |p| p.files.dirs.len()).to_string(),
+            None => "-".into(),
+        };
         println!(
-            "{:<24} {:<8} {:<24} {:>5} {:>6} {:>8} {:<9} {:<7} {}",
+            "{:<24} {:<8} {:<24} {:>5} {:>6} {:>8} {:>5} {:<9} {:<7} {}",
             w.spec.name,
             format!("{:?}", w.spec.mode).to_lowercase(),
             w.profile_name(),
             prof(w).map(|p| p.execs.len()).unwrap_or(0),
             prof(w).map(|p| p.network.egress.len()).unwrap_or(0),
             seq,
+            dirs,
             iso,
             frozen,
             w.opts.policy.as_deref().unwrap_or("-")

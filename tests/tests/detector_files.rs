@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bulkhead_e2e::{LabAgent, LineServer};
+use bulkhead_e2e::{LabAgent, LineServer, run_bulkhead};
 use bulkhead_lab::PodNetns;
 use bulkhead_lab::agent::detect::{Actions, DetectorEvent, FileActions, Mode, WorkloadOptions, WorkloadSpec, files::FileConfig};
 
@@ -188,6 +188,12 @@ fn file_baseline_learns_then_alerts_in_monitor_and_acts_in_protect() {
 
     // A benign run under protect: no finding, no action.
     f.set_mode(Mode::Protect);
+    let inst = f.lab.pin_dir().file_name().unwrap().to_string_lossy().into_owned();
+    let out = run_bulkhead(&["detector", "status", "--instance", &inst, "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let w = &st["workloads"][0];
+    assert_eq!(w["learned_dirs"].as_u64(), Some(profile.files.dirs.len() as u64), "status: {st}");
+    assert!(w["file_baseline"]["sensitive_paths"].as_array().is_some_and(|a| !a.is_empty()), "status: {st}");
     f.benign_run("protect");
     std::thread::sleep(Duration::from_millis(200));
     assert!(f.file_events().is_empty(), "benign run under protect raised: {:?}", f.file_events());
