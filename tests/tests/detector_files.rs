@@ -249,4 +249,38 @@ fn file_baseline_learns_then_alerts_in_monitor_and_acts_in_protect() {
     println!("relative write: isolated by the agent {} us after the syscall entry", ev.isolate_ns.unwrap_or(0) / 1000);
     s.stop();
     f.release();
+
+    // No agent: the kernel still judges, and a relative write waits stopped for the next
+    // agent, which judges it from the pinned ring and continues it.
+    let mut f = f;
+    let kept = f.agent.take().unwrap().stop_keep_enforcing().expect("stop keeping enforcement");
+    assert!(kept >= 4, "links kept: {kept}");
+    let cron = f.root().join("cron.d");
+    let script = format!("cd {} && echo x > rel3", cron.display());
+    // Without cargo's LD_LIBRARY_PATH (folders under /root/): the loader's probes there would
+    // be sensitive reads this never-learned shell is killed for.
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.args(["-c", &script]).env_remove("LD_LIBRARY_PATH").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = bulkhead_lab::netns::spawn_in(&f.app().netns, f.app().cgroup.as_ref().expect("cgroup"), cmd).expect("spawn sh");
+    let state = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim().chars().next().unwrap_or('?')));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while state(child.id()) != Some('T') {
+        if state(child.id()) == Some('Z') || Instant::now() > deadline {
+            let st = child.wait().expect("wait");
+            panic!("the relative write did not wait stopped for an agent: {st:?}; rel3 exists: {}", cron.join("rel3").exists());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f.agent = Some(f.lab.start_agent(false).expect("agent restarts"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the stopped process was not continued by the new agent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let det = f.agent().detector();
+    let p = cron.join("rel3").to_string_lossy().into_owned();
+    let ev = det
+        .wait_event(Duration::from_secs(3), |e| e.kind == "file-write-unseen" && e.path == p)
+        .unwrap_or_else(|| panic!("the new agent did not judge the waiting write: {:?}", det.events()));
+    assert!(ev.user_actions.iter().any(|a| a == "isolated"), "{ev:?}");
 }

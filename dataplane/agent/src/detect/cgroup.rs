@@ -1,4 +1,5 @@
-//! cgroup v2 operations of the detector's actions: id, freeze, thaw, kill.
+//! cgroup v2 operations of the detector's actions: id, freeze, thaw, kill, and finding the
+//! processes stopped by a signal.
 
 use std::{
     io,
@@ -57,4 +58,17 @@ pub fn kill(path: &Path, timeout: Duration) -> io::Result<()> {
 /// Process ids in the cgroup.
 pub fn procs(path: &Path) -> io::Result<Vec<u32>> {
     Ok(std::fs::read_to_string(path.join("cgroup.procs"))?.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+/// Process ids in the cgroup stopped by a signal (state `T` in /proc/<pid>/stat).
+pub fn stopped(path: &Path) -> io::Result<Vec<u32>> {
+    Ok(procs(path)?
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "T")))
+                .unwrap_or(false)
+        })
+        .collect())
 }

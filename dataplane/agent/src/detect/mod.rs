@@ -580,6 +580,16 @@ impl Detector {
         d.sync_syscall_probe(dp)?;
         d.sync_file_probe(dp)?;
         d.sync_flow_events(dp)?;
+        // A process the file probe stopped for an agent that died before continuing it would
+        // stay stopped: continue those of file-baseline workloads (events still in the pinned
+        // ring are judged and continued by the event thread anyway).
+        for w in list.iter().filter(|w| w.opts.files.is_some()) {
+            for pid in cgroup::stopped(&w.spec.cgroup).unwrap_or_default() {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+                tracing::warn!(workload = %w.spec.name, pid, "detector: continued a process left stopped (an earlier agent's file decision)");
+            }
+        }
         // What was restored (missing profiles flagged) is what the CLI reads.
         d.persist();
         Ok(d)
