@@ -8,19 +8,19 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal,
+        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal,
     },
     programs::{RawTracePointContext, TracePointContext},
 };
 use bulkhead_common::{
     counters,
     detect::{
-        self as det, DetEventV2, EXEC_PATH_MAX, exec_allow, ExecKeyV1, IsolationV1, LineageKeyV1, SyscallKeyV1, WorkloadV1, SyscallRecordV1, event_actions, event_kind, isolation_reason, mode,
+        self as det, DetEventV2, EXEC_PATH_MAX, exec_allow, ExecKeyV1, IsolationV1, IdentKeyV1, LineageKeyV1, SyscallKeyV1, WorkloadV1, SyscallRecordV1, event_actions, event_kind, isolation_reason, mode,
         path_hash, wl_flags,
     },
 };
 
-use crate::maps::{DET_EVENTS, DET_SCRATCH, EXE, EXEC_ALLOW, LINEAGE, PARENTS, SYSCALLS, SYSSEQ, WORKLOADS, count};
+use crate::maps::{DET_EVENTS, DET_SCRATCH, EXE, EXEC_ALLOW, IDENT, KOFFSETS, LINEAGE, PARENTS, SYSCALLS, SYSSEQ, WORKLOADS, count};
 
 const SIGKILL: u32 = 9;
 /// sched_process_exec: `__data_loc char[] filename` at offset 8.
@@ -74,6 +74,21 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
             }
             Some(_) => {}
         }
+        if kind == event_kind::EXEC {
+            if let Some(id) = identity() {
+                let ik = IdentKeyV1 { cgroup_id, path_hash: hash };
+                // SAFETY: value copied out.
+                match unsafe { IDENT.get(&ik) }.copied() {
+                    // Trust on first use: a workload (or a replica) that never ran this path
+                    // keeps what it runs now.
+                    None => {
+                        let _ = IDENT.insert(&ik, &id, 0);
+                    }
+                    Some(known) if known != id => kind = event_kind::EXEC_IDENTITY,
+                    Some(_) => {}
+                }
+            }
+        }
         if kind != event_kind::EXEC {
             count(counters::DET_EXEC_VIOLATIONS);
             if wl.mode == mode::PROTECT {
@@ -82,6 +97,12 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
                 actions |= contain(&wl, cgroup_id, ts_ns, wl_flags::ISOLATE_ON_EXEC, wl_flags::KILL_ON_EXEC, isolation_reason::EXEC_VIOLATION);
                 enforced_ns = unsafe { bpf_ktime_get_ns() };
             }
+        }
+    }
+    if wl.mode == mode::LEARN {
+        // Learning keeps the latest: an image updated while learning is what protect knows.
+        if let Some(id) = identity() {
+            let _ = IDENT.insert(&IdentKeyV1 { cgroup_id, path_hash: hash }, &id, 0);
         }
     }
     // LRU: an insert evicts an old entry instead of failing. A killed process never runs
@@ -109,6 +130,31 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
         count(counters::DET_EVENTS_DROPPED);
     }
     0
+}
+
+/// The identity of the file the current process runs (device, inode, change time), from
+/// task -> mm -> exe_file -> f_inode at the offsets the agent read from the kernel's BTF.
+/// `None` when the offsets are unknown or a read fails (the exec is then judged on its path
+/// and lineage only).
+#[inline(always)]
+fn identity() -> Option<u64> {
+    let o = KOFFSETS.get(0)?;
+    if o.valid == 0 {
+        return None;
+    }
+    // SAFETY: checked reads of kernel memory at offsets from the running kernel's BTF.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let mm: *const u8 = bpf_probe_read_kernel(task.add(o.task_mm as usize) as *const *const u8).ok()?;
+        let file: *const u8 = bpf_probe_read_kernel(mm.add(o.mm_exe_file as usize) as *const *const u8).ok()?;
+        let inode: *const u8 = bpf_probe_read_kernel(file.add(o.file_inode as usize) as *const *const u8).ok()?;
+        let ino: u64 = bpf_probe_read_kernel(inode.add(o.inode_ino as usize) as *const u64).ok()?;
+        let sb: *const u8 = bpf_probe_read_kernel(inode.add(o.inode_sb as usize) as *const *const u8).ok()?;
+        let dev: u32 = bpf_probe_read_kernel(sb.add(o.sb_dev as usize) as *const u32).ok()?;
+        let sec: i64 = bpf_probe_read_kernel(inode.add(o.inode_ctime_sec as usize) as *const i64).ok()?;
+        let nsec: u32 = bpf_probe_read_kernel(inode.add(o.inode_ctime_nsec as usize) as *const u32).ok()?;
+        Some(det::file_identity(dev, ino, sec, nsec))
+    }
 }
 
 /// Protect mode's in-kernel containment of the current process's workload, as its flags

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bulkhead_common::detect::{
-    self as det, AllowKey6V1, AllowKeyV2, DetEventV2, ExecKeyV1, FileDataV1, FileKeyV1, FileRuleV1, IsolationV1, LearnedKeyV1, LineageKeyV1, SyscallKeyV1, WorkloadV1,
+    self as det, AllowKey6V1, AllowKeyV2, DetEventV2, ExecKeyV1, FileDataV1, FileKeyV1, FileRuleV1, IdentKeyV1, IsolationV1, KernelOffsetsV1, LearnedKeyV1, LineageKeyV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
     ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV1, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
@@ -336,6 +336,19 @@ pub static EXE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(det::capacit
 /// profiles' learned lineage; read by the exec probe for workloads with the LINEAGE flag.
 #[map(name = "BH_DET_LINEAGE_V1")]
 pub static LINEAGE: HashMap<LineageKeyV1, u8> = HashMap::with_max_entries(det::capacity::LINEAGE, 0);
+
+/// Key: 0. Value: the kernel struct offsets the exec probe follows to the executable's inode
+/// (`valid` 0: identities are not judged). Written by the agent at load, from the kernel's
+/// BTF; read by the exec probe.
+#[map(name = "BH_DET_KOFFSETS_V1")]
+pub static KOFFSETS: Array<KernelOffsetsV1> = Array::with_max_entries(1, 0);
+
+/// Key: (workload cgroup id, path hash). Value: the identity of the file the workload ran
+/// from that path (device, inode, change time). Written by the exec probe (learn mode: the
+/// latest; monitor and protect: the first, trust on first use) and cleared by the agent when
+/// it stops monitoring the workload; read by the exec probe.
+#[map(name = "BH_DET_IDENT_V1")]
+pub static IDENT: HashMap<IdentKeyV1, u64> = HashMap::with_max_entries(det::capacity::IDENT, 0);
 
 /// Syscall records (`SyscallRecordV1`) of workloads with the SYSCALL_SEQ flag, in each
 /// thread's order. Written by the syscall probe; read by the agent's sequence-model thread.

@@ -1,8 +1,10 @@
-//! Process lineage end to end (run as root): a Python server in a lab pod learns that it runs
-//! `/bin/ls` for its requests; under protect that keeps working, while the same server
-//! running its own interpreter (`python3 -c ...`: an allowed path, so the path allow-list
-//! alone let it through) is killed by the exec probe before the child runs, and the pod
-//! isolated; the server itself lives on.
+//! Process lineage and exec identity end to end (run as root): a Python server in a lab pod
+//! learns that it runs `/bin/ls` and a tool of its own for its requests; under protect that
+//! keeps working, while the same server running its own interpreter (`python3 -c ...`: an
+//! allowed path, so the path allow-list alone let it through) is killed by the exec probe
+//! before the child runs, and the pod isolated; the server itself lives on. The tool
+//! overwritten with another binary, and then replaced by a symlink to a foreign binary, is
+//! killed too (same path, another file).
 use std::time::Duration;
 
 use bulkhead_e2e::{LabAgent, LineServer};
@@ -29,6 +31,8 @@ for line in sys.stdin:
     cmd = line.strip()
     if cmd == "work":
         r = subprocess.run(["/bin/ls", "/"], stdout=subprocess.DEVNULL)
+    elif cmd == "tool":
+        r = subprocess.run([sys.argv[1]], stdout=subprocess.DEVNULL)
     elif cmd == "inline":
         r = subprocess.run([sys.executable, "-c", "print(open('/etc/hostname').read())"], stdout=subprocess.DEVNULL)
     else:
@@ -49,7 +53,10 @@ impl Fixture {
     fn server(&self) -> LineServer {
         let script = self.tmp.join("server.py");
         std::fs::write(&script, SERVER).expect("server script");
-        LineServer::spawn(self.app(), &[PYTHON, "-B", script.to_str().unwrap()])
+        LineServer::spawn(self.app(), &[PYTHON, "-B", script.to_str().unwrap(), self.tool().to_str().unwrap()])
+    }
+    fn tool(&self) -> std::path::PathBuf {
+        self.tmp.join("tool")
     }
 }
 
@@ -67,18 +74,23 @@ fn a_learned_server_running_its_own_interpreter_is_killed() {
             allowed_execs: vec![],
         })
         .expect("monitor");
+    std::fs::copy("/bin/true", f.tool()).expect("tool");
     let mut s = f.server();
     for i in 0..5 {
         assert_eq!(s.ask("work").as_deref(), Some("rc 0"), "learning request {i}");
+        assert_eq!(s.ask("tool").as_deref(), Some("rc 0"), "learning request {i}");
     }
     s.stop();
     let det = f.agent().detector();
     det.wait_event(Duration::from_secs(3), |e| e.kind == "exec" && e.path == "/bin/ls" && e.mode == "learn").expect("ls learned");
     let st = f.agent().detector_set_mode(APP, Mode::Protect).expect("protect");
-    assert_eq!(st.learned_execs, 2, "python3 and ls: {st:?}");
+    assert_eq!(st.learned_execs, 3, "python3, ls and the tool: {st:?}");
     let profile = det.profile(APP).expect("profile");
     let pairs: Vec<(String, String)> = profile.lineage.iter().map(|l| (l.parent.clone(), l.child.clone())).collect();
-    assert_eq!(pairs, vec![(String::new(), PYTHON.to_string()), (PYTHON.to_string(), "/bin/ls".to_string())], "learned lineage");
+    let tool = f.tool().to_string_lossy().into_owned();
+    let mut want = vec![(String::new(), PYTHON.to_string()), (PYTHON.to_string(), "/bin/ls".to_string()), (PYTHON.to_string(), tool.clone())];
+    want.sort();
+    assert_eq!(pairs, want, "learned lineage");
 
     // Under protect: the learned work goes on, the interpreter with inline code is killed.
     let mut s = f.server();
@@ -91,6 +103,27 @@ fn a_learned_server_running_its_own_interpreter_is_killed() {
     assert!(ev.detail.as_deref().is_some_and(|d| d.contains("started by /usr/bin/python3")), "{ev:?}");
     println!("python3 -c from the server: killed and isolated in the kernel {} ns after the exec", ev.kernel_enforce_ns.unwrap_or(0));
     assert_eq!(s.ask("work").as_deref(), Some("rc 0"), "the server itself must live on");
-    s.stop();
     assert!(f.agent().detector_status().expect("status").iter().any(|w| w.name == APP && w.isolated), "pod not isolated");
+    f.agent().detector_release(APP).expect("release");
+
+    // Exec identity: the learned tool runs; overwritten in place, or replaced by a symlink to
+    // a foreign binary, the same path is killed.
+    assert_eq!(s.ask("tool").as_deref(), Some("rc 0"), "the learned tool under protect");
+    std::fs::copy("/bin/false", f.tool()).expect("overwrite the tool");
+    assert_eq!(s.ask("tool").as_deref(), Some("rc -9"), "the overwritten tool was not killed");
+    let ev = det
+        .wait_event(Duration::from_secs(3), |e| e.kind == "exec-identity" && e.path == tool)
+        .unwrap_or_else(|| panic!("no exec-identity finding: {:?}", det.events()));
+    assert!(ev.kernel_actions.contains(&"killed"), "{ev:?}");
+    let n = det.events().iter().filter(|e| e.kind == "exec-identity").count();
+    f.agent().detector_release(APP).expect("release");
+    std::fs::remove_file(f.tool()).expect("remove the tool");
+    std::os::unix::fs::symlink("/bin/true", f.tool()).expect("symlink");
+    assert_eq!(s.ask("tool").as_deref(), Some("rc -9"), "the symlinked tool was not killed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while det.events().iter().filter(|e| e.kind == "exec-identity").count() == n {
+        assert!(std::time::Instant::now() < deadline, "no exec-identity finding for the symlink: {:?}", det.events());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.stop();
 }

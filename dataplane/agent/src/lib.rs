@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod btf;
 mod batch;
 pub mod clock;
 mod compile;

@@ -86,7 +86,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 46] = [
+pub(crate) const ALL_MAPS: [&str; 48] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
     map_names::UPLINK_DENY6,
@@ -133,6 +133,8 @@ pub(crate) const ALL_MAPS: [&str; 46] = [
     det::map_names::FILE_SCRATCH,
     det::map_names::EXE,
     det::map_names::LINEAGE,
+    det::map_names::KOFFSETS,
+    det::map_names::IDENT,
 ];
 
 /// A link pinned under `<pin dir>/links` as soon as it exists, so the kernel keeps it (and
@@ -206,6 +208,9 @@ pub struct DetectorMaps {
     pub learned: HashMap<MapData, bulkhead_common::detect::LearnedKeyV1, u8>,
     /// Parent -> child executables the profiles allow.
     pub lineage: HashMap<MapData, bulkhead_common::detect::LineageKeyV1, u8>,
+    /// Executable identities per workload (the exec probe writes them; the agent clears a
+    /// workload's when it stops monitoring it).
+    pub ident: HashMap<MapData, bulkhead_common::detect::IdentKeyV1, u64>,
 }
 
 /// The loaded programs and maps of one agent instance.
@@ -373,8 +378,21 @@ impl Dataplane {
                 sysseq: Some(RingBuf::try_from(take(det::map_names::SYSSEQ)?).map_err(|e| map_err(det::map_names::SYSSEQ, e))?),
                 learned: HashMap::try_from(take(det::map_names::LEARNED)?).map_err(|e| map_err(det::map_names::LEARNED, e))?,
                 lineage: HashMap::try_from(take(det::map_names::LINEAGE)?).map_err(|e| map_err(det::map_names::LINEAGE, e))?,
+                ident: HashMap::try_from(take(det::map_names::IDENT)?).map_err(|e| map_err(det::map_names::IDENT, e))?,
             },
         };
+        // The exec probe's way to the executable's inode, from this kernel's BTF. Without it
+        // (a kernel without BTF, a renamed field) identities are not judged: said, not hidden.
+        let mut koffsets: Array<MapData, det::KernelOffsetsV1> =
+            Array::try_from(take(det::map_names::KOFFSETS)?).map_err(|e| map_err(det::map_names::KOFFSETS, e))?;
+        let offsets = match crate::btf::Btf::from_sys().and_then(|b| crate::btf::exec_offsets(&b)) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "kernel BTF: exec identities (inode, change time) will not be judged");
+                det::KernelOffsetsV1::default()
+            }
+        };
+        koffsets.set(0, offsets, 0).map_err(|e| map_err(det::map_names::KOFFSETS, e))?;
         let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, file_links: Vec::new(), xdp_prefilter };
         // Exec and fork are rare events: their probes are always on (they return at once for
         // unmonitored cgroups). The syscall probe is attached only while someone needs it.

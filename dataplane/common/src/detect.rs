@@ -49,6 +49,15 @@ pub mod map_names {
     /// (1). Written by the agent; read by the exec probe for executables whose
     /// [`super::exec_allow::LINEAGE`] bit is set.
     pub const LINEAGE: &str = "BH_DET_LINEAGE_V1";
+    /// Kernel struct offsets the exec probe follows (array, one [`crate::detect::KernelOffsetsV1`]).
+    /// Written by the agent at load from the kernel's BTF; read by the exec probe.
+    pub const KOFFSETS: &str = "BH_DET_KOFFSETS_V1";
+    /// What each workload's executables are: [`crate::detect::IdentKeyV1`] -> identity (u64:
+    /// device, inode and change time of the file the process runs). Written by the exec
+    /// probe (learn mode: the latest; monitor and protect: the first seen, trust on first
+    /// use); read by the exec probe; an agent removes a workload's entries when it stops
+    /// monitoring it.
+    pub const IDENT: &str = "BH_DET_IDENT_V1";
     /// File-system baselines of the profiles: LPM trie [`crate::detect::FileKeyV1`] ->
     /// [`crate::detect::FileRuleV1`]: learned directories with their operations, the sensitive
     /// paths configured, and sensitive files read while learning. Written by the agent (the
@@ -106,6 +115,8 @@ pub mod capacity {
     pub const EXE: u32 = 65_536;
     /// (profile, parent, child) executable pairs.
     pub const LINEAGE: u32 = 65_536;
+    /// (workload, executable) identities.
+    pub const IDENT: u32 = 65_536;
     /// File rules of all profiles (directories, sensitive paths, learned sensitive reads).
     pub const FILE_RULES: u32 = 65_536;
     pub const EVENT_RING_BYTES: u32 = 1 << 20;
@@ -150,6 +161,31 @@ pub mod wl_flags {
     pub const KILL_ON_DIR_LIST: u32 = 1 << 9;
     /// Protect: isolate the endpoint on such a listing.
     pub const ISOLATE_ON_DIR_LIST: u32 = 1 << 10;
+}
+
+/// Byte offsets in kernel structs, from the running kernel's BTF (`valid` 0: unknown, the
+/// exec probe does not judge identities).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsetsV1 {
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    pub inode_ctime_sec: u32,
+    pub inode_ctime_nsec: u32,
+    pub valid: u32,
+    pub _pad: u32,
+}
+
+/// Key of [`map_names::IDENT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdentKeyV1 {
+    pub cgroup_id: u64,
+    pub path_hash: u64,
 }
 
 /// Bits of the [`map_names::EXEC_ALLOW`] value.
@@ -294,6 +330,18 @@ pub mod isolation_reason {
     pub const FILE_VIOLATION: u32 = 4;
 }
 
+/// The identity of an executable file: FNV-1a over device, inode and change time, so the
+/// same file changed in place (new ctime) is another identity.
+#[inline(always)]
+pub fn file_identity(dev: u32, ino: u64, ctime_sec: i64, ctime_nsec: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for v in [dev as u64, ino, ctime_sec as u64, ctime_nsec as u64] {
+        h ^= v;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// An isolated endpoint. Key: host-side ifindex (u32). Written by the exec probe and the
 /// agent, removed by `release`; read by TC on every packet (before conntrack).
 #[repr(C)]
@@ -391,6 +439,9 @@ pub mod event_kind {
     /// An exec of an allowed binary by an image that never started it while learning
     /// ([`super::DetEventV2::parent_hash`]), monitor or protect mode.
     pub const EXEC_LINEAGE: u8 = 6;
+    /// An exec of an allowed path whose file is no longer the one this workload ran from it
+    /// (another inode, or the same one changed: overwritten, replaced by a symlink).
+    pub const EXEC_IDENTITY: u8 = 7;
 }
 
 /// Bits of [`DetEventV2::actions`]: what the kernel did.
@@ -469,6 +520,8 @@ const _: () = {
     assert!(core::mem::size_of::<SyscallKeyV1>() == 16);
     assert!(core::mem::size_of::<DetEventV2>() == 64 + EXEC_PATH_MAX);
     assert!(core::mem::size_of::<LineageKeyV1>() == 24);
+    assert!(core::mem::size_of::<KernelOffsetsV1>() == 40);
+    assert!(core::mem::size_of::<IdentKeyV1>() == 16);
     assert!(core::mem::size_of::<FileDataV1>() == 256);
     assert!(core::mem::size_of::<FileKeyV1>() == 260);
     assert!(core::mem::size_of::<FileRuleV1>() == 16);
@@ -484,6 +537,8 @@ mod user {
     unsafe impl aya::Pod for IsolationV1 {}
     unsafe impl aya::Pod for LearnedKeyV1 {}
     unsafe impl aya::Pod for LineageKeyV1 {}
+    unsafe impl aya::Pod for KernelOffsetsV1 {}
+    unsafe impl aya::Pod for IdentKeyV1 {}
     unsafe impl aya::Pod for AllowKeyV2 {}
     unsafe impl aya::Pod for AllowKey6V1 {}
     unsafe impl aya::Pod for SyscallKeyV1 {}

@@ -22,6 +22,8 @@ use crate::{error::AgentError, ring::Ring};
 
 /// Finding kind of an allowed binary started by an image that never started it.
 pub const LINEAGE_KIND: &str = "exec-lineage";
+/// Finding kind of an allowed path whose file changed since the workload first ran it.
+pub const IDENTITY_KIND: &str = "exec-identity";
 
 /// How long a user-space action may take before it counts as failed.
 pub(super) const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,7 +31,7 @@ pub(super) const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// One detector event as reported (JSON line, log line, `Agent::detector_events`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DetectorEvent {
-    /// `exec`, `violation` or `exec-lineage` (exec probe); `new-peer`, `new-port`, `port-scan` or
+    /// `exec`, `violation`, `exec-lineage` or `exec-identity` (exec probe); `new-peer`, `new-port`, `port-scan` or
     /// `new-inbound` (network); `syscall-sequence` or `syscall-unseen` (sequence model);
     /// `file-write-unseen`, `file-sensitive-read` or `dir-list-unseen` (file baseline);
     /// `egress-volume`; `quarantine-perimeter` (firewalls holding an isolated workload).
@@ -83,7 +85,7 @@ impl DetectorEvent {
     /// Whether this is an exec violation of the profile (a binary outside it, or one started
     /// by an image that never started it).
     pub fn is_violation(&self) -> bool {
-        self.kind == "violation" || self.kind == LINEAGE_KIND
+        self.kind == "violation" || self.kind == LINEAGE_KIND || self.kind == IDENTITY_KIND
     }
 
     /// Whether this is a network finding (new peer, new port, port scan).
@@ -144,7 +146,8 @@ fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
     let len = ev.filename.iter().position(|&b| b == 0).unwrap_or(ev.filename.len());
     let path = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
     let lineage = ev.kind == event_kind::EXEC_LINEAGE;
-    let violation = ev.kind == event_kind::EXEC_VIOLATION || lineage;
+    let identity = ev.kind == event_kind::EXEC_IDENTITY;
+    let violation = ev.kind == event_kind::EXEC_VIOLATION || lineage || identity;
     let (workload, cg_path, actions, parent) = {
         let mut g = shared.state();
         match g.workloads.get_mut(&ev.cgroup_id) {
@@ -206,6 +209,8 @@ fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
     let rec = DetectorEvent {
         kind: if lineage {
             LINEAGE_KIND
+        } else if identity {
+            IDENTITY_KIND
         } else if violation {
             "violation"
         } else {
@@ -228,11 +233,15 @@ fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
         user_actions,
         user_enforce_ns,
         read_delay_ns: read_at.saturating_sub(ev.ts_ns),
-        detail: lineage.then(|| match parent.as_deref() {
-            Some("") => "started from outside the workload, which it never was while learning".to_string(),
-            Some(p) => format!("started by {p}, which never started it while learning"),
-            None => format!("started by an image outside the profile (hash {:016x})", ev.parent_hash),
-        }),
+        detail: if identity {
+            Some("the file at this path is not the one the workload ran from it (another inode, or changed since: overwritten, replaced, a symlink)".to_string())
+        } else {
+            lineage.then(|| match parent.as_deref() {
+                Some("") => "started from outside the workload, which it never was while learning".to_string(),
+                Some(p) => format!("started by {p}, which never started it while learning"),
+                None => format!("started by an image outside the profile (hash {:016x})", ev.parent_hash),
+            })
+        },
         ..Default::default()
     };
     if violation {

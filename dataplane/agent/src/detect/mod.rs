@@ -785,6 +785,11 @@ impl Detector {
     pub(crate) fn unmonitor_inner(&mut self, dp: &mut Dataplane, name: &str, release: bool) -> Result<(), AgentError> {
         let w = self.find(name)?;
         let _ = dp.maps.det.workloads.remove(&w.cgroup_id);
+        // Its executables' identities: a workload monitored again starts over.
+        let ids: Vec<det::IdentKeyV1> = dp.maps.det.ident.keys().flatten().filter(|k| k.cgroup_id == w.cgroup_id).collect();
+        for k in ids {
+            let _ = dp.maps.det.ident.remove(&k);
+        }
         if release {
             release_isolation(&mut dp.maps.det.isolation, w.cgroup_id, w.ifindex)?;
             self.shared.withdraw_quarantine(name);
