@@ -61,10 +61,13 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
     let mut enforced_ns = 0;
     // SAFETY: value copied out. The image calling exec is the new image's parent.
     let parent_hash = unsafe { EXE.get(&pid) }.copied().unwrap_or(0);
+    let inline = inline_code();
     if wl.mode == mode::MONITOR || wl.mode == mode::PROTECT {
         let key = ExecKeyV1 { profile_id: wl.profile_id, _pad: 0, path_hash: hash };
         // SAFETY: value copied out.
-        match unsafe { EXEC_ALLOW.get(&key) }.copied() {
+        let found = unsafe { EXEC_ALLOW.get(&key) }.copied();
+        let allow = found.unwrap_or(0);
+        match found {
             None => kind = event_kind::EXEC_VIOLATION,
             Some(v) if v & exec_allow::LINEAGE != 0 => {
                 let lk = LineageKeyV1 { profile_id: wl.profile_id, _pad: 0, parent_hash, child_hash: hash };
@@ -73,6 +76,9 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
                 }
             }
             Some(_) => {}
+        }
+        if kind == event_kind::EXEC && inline && allow & exec_allow::INTERPRETER != 0 && allow & exec_allow::INLINE == 0 {
+            kind = event_kind::EXEC_INLINE;
         }
         if kind == event_kind::EXEC {
             if let Some(id) = identity() {
@@ -113,6 +119,7 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
     ev.cgroup_id = cgroup_id;
     ev.path_hash = hash;
     ev.parent_hash = parent_hash;
+    ev.op = inline as u8;
     ev.pid = pid;
     // SAFETY: value copied out.
     ev.ppid = unsafe { PARENTS.get(&pid) }.copied().unwrap_or(0);
@@ -121,7 +128,6 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
     ev.kind = kind;
     ev.actions = actions;
     ev.mode = wl.mode;
-    ev.op = 0;
     ev.dirfd = 0;
     if DET_EVENTS.output::<DetEventV2>(ev, 0).is_ok() {
         count(counters::DET_EVENTS_SENT);
@@ -155,6 +161,67 @@ fn identity() -> Option<u64> {
         let nsec: u32 = bpf_probe_read_kernel(inode.add(o.inode_ctime_nsec as usize) as *const u32).ok()?;
         Some(det::file_identity(dev, ino, sec, nsec))
     }
+}
+
+/// Bytes of the new process's argv read to look for inline code.
+const ARGV_BYTES: usize = 128;
+
+/// Whether the new process's first or second argument asks an interpreter for inline code
+/// (`-c`, `-e`) or a script on stdin (`-`). Reads the argv strings from the process's own
+/// memory (mm->arg_start, offset from BTF); counters live in the scratch map, as in the file
+/// probe's path scan, so the verifier's states merge.
+#[inline(always)]
+fn inline_code() -> bool {
+    use core::ptr::{read_volatile as rd, write_volatile as wr};
+    let Some(o) = KOFFSETS.get(0) else { return false };
+    if o.valid == 0 {
+        return false;
+    }
+    let Some(sc) = crate::maps::FILE_SCRATCH.get_ptr_mut(0) else { return false };
+    // SAFETY: per-CPU scratch; the file probe never runs on this CPU while this does.
+    let sc = unsafe { &mut *sc };
+    // SAFETY: checked reads of kernel and then user memory (the current process's).
+    let start: u64 = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let Ok(mm) = bpf_probe_read_kernel(task.add(o.task_mm as usize) as *const *const u8) else { return false };
+        let Ok(start) = bpf_probe_read_kernel(mm.add(o.mm_arg_start as usize) as *const u64) else { return false };
+        start
+    };
+    let buf = &mut sc.key.data.path;
+    // SAFETY: checked read of user memory.
+    if unsafe { aya_ebpf::helpers::bpf_probe_read_user_buf(start as *const u8, &mut buf[..ARGV_BYTES]) }.is_err() {
+        return false;
+    }
+    // SAFETY: plain reads and writes of the scratch map value.
+    unsafe {
+        wr(&mut sc.seg_len, 0); // argument index
+        wr(&mut sc.seg_dots, 0); // current argument's start
+        wr(&mut sc.bad, 0); // found
+    }
+    let mut i = 0usize;
+    while i < ARGV_BYTES {
+        if sc.key.data.path[i] == 0 {
+            // SAFETY: as above.
+            unsafe {
+                let (arg, st) = (rd(&sc.seg_len), rd(&sc.seg_dots) as usize & (ARGV_BYTES - 1));
+                let len = i.wrapping_sub(st);
+                if (arg == 1 || arg == 2) && sc.key.data.path[st] == b'-' {
+                    let b1 = sc.key.data.path[(st + 1) & (ARGV_BYTES - 1)];
+                    if len == 1 || (len == 2 && (b1 == b'c' || b1 == b'e')) {
+                        wr(&mut sc.bad, 1);
+                    }
+                }
+                if arg >= 2 {
+                    break;
+                }
+                wr(&mut sc.seg_len, arg + 1);
+                wr(&mut sc.seg_dots, (i + 1) as u32);
+            }
+        }
+        i += 1;
+    }
+    // SAFETY: as above.
+    unsafe { rd(&sc.bad) == 1 }
 }
 
 /// Protect mode's in-kernel containment of the current process's workload, as its flags

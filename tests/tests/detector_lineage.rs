@@ -4,7 +4,9 @@
 //! allowed path, so the path allow-list alone let it through) is killed by the exec probe
 //! before the child runs, and the pod isolated; the server itself lives on. The tool
 //! overwritten with another binary, and then replaced by a symlink to a foreign binary, is
-//! killed too (same path, another file).
+//! killed too (same path, another file). Once the server has learned to run a Python
+//! script of its own (python3 starting python3 is then known lineage), `python3 -c` is still
+//! killed, for the inline code.
 use std::time::Duration;
 
 use bulkhead_e2e::{LabAgent, LineServer};
@@ -33,6 +35,8 @@ for line in sys.stdin:
         r = subprocess.run(["/bin/ls", "/"], stdout=subprocess.DEVNULL)
     elif cmd == "tool":
         r = subprocess.run([sys.argv[1]], stdout=subprocess.DEVNULL)
+    elif cmd == "child":
+        r = subprocess.run([sys.executable, "-B", sys.argv[2]], stdout=subprocess.DEVNULL)
     elif cmd == "inline":
         r = subprocess.run([sys.executable, "-c", "print(open('/etc/hostname').read())"], stdout=subprocess.DEVNULL)
     else:
@@ -53,7 +57,9 @@ impl Fixture {
     fn server(&self) -> LineServer {
         let script = self.tmp.join("server.py");
         std::fs::write(&script, SERVER).expect("server script");
-        LineServer::spawn(self.app(), &[PYTHON, "-B", script.to_str().unwrap(), self.tool().to_str().unwrap()])
+        let child = self.tmp.join("child.py");
+        std::fs::write(&child, "print('child')\n").expect("child script");
+        LineServer::spawn(self.app(), &[PYTHON, "-B", script.to_str().unwrap(), self.tool().to_str().unwrap(), child.to_str().unwrap()])
     }
     fn tool(&self) -> std::path::PathBuf {
         self.tmp.join("tool")
@@ -125,5 +131,29 @@ fn a_learned_server_running_its_own_interpreter_is_killed() {
         assert!(std::time::Instant::now() < deadline, "no exec-identity finding for the symlink: {:?}", det.events());
         std::thread::sleep(Duration::from_millis(10));
     }
+    s.stop();
+    f.agent().detector_release(APP).expect("release");
+
+    // Inline code: the server learns to run a Python script of its own (python3 -> python3 is
+    // now learned lineage); python3 -c is still killed, for the inline code.
+    f.agent().detector_set_mode(APP, Mode::Learn).expect("learn");
+    let mut s = f.server();
+    for _ in 0..3 {
+        assert_eq!(s.ask("child").as_deref(), Some("rc 0"), "learning the child script");
+    }
+    s.stop();
+    det.wait_event(Duration::from_secs(3), |e| e.kind == "exec" && e.path == PYTHON && e.mode == "learn" && e.ppid != 0).expect("child learned");
+    std::thread::sleep(Duration::from_millis(200));
+    f.agent().detector_set_mode(APP, Mode::Protect).expect("protect");
+    let profile = det.profile(APP).expect("profile");
+    assert!(profile.lineage.iter().any(|l| l.parent == PYTHON && l.child == PYTHON), "python3 -> python3 learned: {:?}", profile.lineage);
+    assert!(profile.inline_code.is_empty(), "no inline code while learning: {:?}", profile.inline_code);
+    let mut s = f.server();
+    assert_eq!(s.ask("child").as_deref(), Some("rc 0"), "the learned child script under protect");
+    assert_eq!(s.ask("inline").as_deref(), Some("rc -9"), "inline code not killed");
+    let ev = det
+        .wait_event(Duration::from_secs(3), |e| e.kind == "exec-inline-code" && e.path == PYTHON)
+        .unwrap_or_else(|| panic!("no exec-inline-code finding: {:?}", det.events()));
+    assert!(ev.kernel_actions.contains(&"killed"), "{ev:?}");
     s.stop();
 }

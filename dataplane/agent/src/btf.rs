@@ -149,7 +149,7 @@ pub fn exec_offsets(btf: &Btf) -> Result<bulkhead_common::detect::KernelOffsetsV
         inode_ctime_sec: btf.member_offset("inode", "i_ctime_sec")?,
         inode_ctime_nsec: btf.member_offset("inode", "i_ctime_nsec")?,
         valid: 1,
-        _pad: 0,
+        mm_arg_start: btf.member_offset("mm_struct", "arg_start")?,
     })
 }
 

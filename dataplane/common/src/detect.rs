@@ -177,7 +177,8 @@ pub struct KernelOffsetsV1 {
     pub inode_ctime_sec: u32,
     pub inode_ctime_nsec: u32,
     pub valid: u32,
-    pub _pad: u32,
+    /// `mm_struct.arg_start`: where the new process's argv strings are (its own memory).
+    pub mm_arg_start: u32,
 }
 
 /// Key of [`map_names::IDENT`].
@@ -196,6 +197,11 @@ pub mod exec_allow {
     /// ([`super::map_names::LINEAGE`]). Executables added by hand, or learned before lineage
     /// existed, carry only [`ALLOWED`] and are judged on their path.
     pub const LINEAGE: u8 = 2;
+    /// The executable is an interpreter (by name: python, perl, ruby, node, php, lua, shells):
+    /// inline code (`-c`, `-e`, `-` as its first or second argument) is judged.
+    pub const INTERPRETER: u8 = 4;
+    /// The profile saw it run inline code while learning: allowed.
+    pub const INLINE: u8 = 8;
 }
 
 /// A parent -> child executable pair a profile allows. `parent_hash` 0: a process started
@@ -442,6 +448,9 @@ pub mod event_kind {
     /// An exec of an allowed path whose file is no longer the one this workload ran from it
     /// (another inode, or the same one changed: overwritten, replaced by a symlink).
     pub const EXEC_IDENTITY: u8 = 7;
+    /// An interpreter running inline code (`-c`, `-e`, `-`) where the profile never saw it do
+    /// so. Exec events carry the inline-code observation in [`super::DetEventV2::op`] (1).
+    pub const EXEC_INLINE: u8 = 8;
 }
 
 /// Bits of [`DetEventV2::actions`]: what the kernel did.

@@ -24,6 +24,8 @@ use crate::{error::AgentError, ring::Ring};
 pub const LINEAGE_KIND: &str = "exec-lineage";
 /// Finding kind of an allowed path whose file changed since the workload first ran it.
 pub const IDENTITY_KIND: &str = "exec-identity";
+/// Finding kind of an interpreter given inline code it never was while learning.
+pub const INLINE_KIND: &str = "exec-inline-code";
 
 /// How long a user-space action may take before it counts as failed.
 pub(super) const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,7 +33,7 @@ pub(super) const ACTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// One detector event as reported (JSON line, log line, `Agent::detector_events`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DetectorEvent {
-    /// `exec`, `violation`, `exec-lineage` or `exec-identity` (exec probe); `new-peer`, `new-port`, `port-scan` or
+    /// `exec`, `violation`, `exec-lineage`, `exec-identity` or `exec-inline-code` (exec probe); `new-peer`, `new-port`, `port-scan` or
     /// `new-inbound` (network); `syscall-sequence` or `syscall-unseen` (sequence model);
     /// `file-write-unseen`, `file-sensitive-read` or `dir-list-unseen` (file baseline);
     /// `egress-volume`; `quarantine-perimeter` (firewalls holding an isolated workload).
@@ -85,7 +87,7 @@ impl DetectorEvent {
     /// Whether this is an exec violation of the profile (a binary outside it, or one started
     /// by an image that never started it).
     pub fn is_violation(&self) -> bool {
-        self.kind == "violation" || self.kind == LINEAGE_KIND || self.kind == IDENTITY_KIND
+        matches!(self.kind, "violation" | LINEAGE_KIND | IDENTITY_KIND | INLINE_KIND)
     }
 
     /// Whether this is a network finding (new peer, new port, port scan).
@@ -147,7 +149,8 @@ fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
     let path = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
     let lineage = ev.kind == event_kind::EXEC_LINEAGE;
     let identity = ev.kind == event_kind::EXEC_IDENTITY;
-    let violation = ev.kind == event_kind::EXEC_VIOLATION || lineage || identity;
+    let inline = ev.kind == event_kind::EXEC_INLINE;
+    let violation = ev.kind == event_kind::EXEC_VIOLATION || lineage || identity || inline;
     let (workload, cg_path, actions, parent) = {
         let mut g = shared.state();
         match g.workloads.get_mut(&ev.cgroup_id) {
@@ -164,6 +167,9 @@ fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
                 let mut changed = false;
                 if ev.mode == mode::LEARN && !path.is_empty() {
                     changed |= p.execs.insert(path.clone());
+                    if ev.op == 1 {
+                        changed |= p.inline_code.insert(path.clone());
+                    }
                     if let Some(parent) = &parent {
                         changed |= p.lineage.insert(super::profile::Lineage { parent: parent.clone(), child: path.clone() });
                     }
@@ -211,6 +217,8 @@ fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
             LINEAGE_KIND
         } else if identity {
             IDENTITY_KIND
+        } else if inline {
+            INLINE_KIND
         } else if violation {
             "violation"
         } else {
@@ -233,7 +241,9 @@ fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
         user_actions,
         user_enforce_ns,
         read_delay_ns: read_at.saturating_sub(ev.ts_ns),
-        detail: if identity {
+        detail: if inline {
+            Some("an interpreter given inline code (-c, -e or -), which it never was while learning".to_string())
+        } else if identity {
             Some("the file at this path is not the one the workload ran from it (another inode, or changed since: overwritten, replaced, a symlink)".to_string())
         } else {
             lineage.then(|| match parent.as_deref() {

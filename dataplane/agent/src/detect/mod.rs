@@ -672,7 +672,7 @@ impl Detector {
     /// Makes the kernel's exec entries of a profile what the profile (and its workloads'
     /// extra allowed execs) holds: adds first, then removes what is no longer allowed.
     pub(crate) fn write_profile(&mut self, dp: &mut Dataplane, name: &str) -> Result<(), AgentError> {
-        let (ids, paths, pairs) = {
+        let (ids, paths, pairs, inline) = {
             let g = self.shared.state();
             let members: Vec<&WorkloadState> = g.workloads.values().filter(|w| w.profile_name() == name).collect();
             let ids: BTreeSet<u32> = members.iter().map(|w| w.profile_id).collect();
@@ -683,7 +683,8 @@ impl Detector {
             let hash = |p: &str| if p.is_empty() { 0 } else { det::path_hash(p.as_bytes()) };
             let pairs: BTreeSet<(u64, u64)> =
                 g.profiles.get(name).map(|p| p.lineage.iter().map(|l| (hash(&l.parent), hash(&l.child))).collect()).unwrap_or_default();
-            (ids, paths, pairs)
+            let inline: BTreeSet<String> = g.profiles.get(name).map(|p| p.inline_code.clone()).unwrap_or_default();
+            (ids, paths, pairs, inline)
         };
         let want: BTreeSet<u64> = paths.iter().map(|p| det::path_hash(p.as_bytes())).collect();
         // Executables with learned lineage are judged on their parent too.
@@ -695,9 +696,19 @@ impl Detector {
                 let key = LineageKeyV1 { profile_id: id, _pad: 0, parent_hash, child_hash };
                 dp.maps.det.lineage.insert(key, 1, 0).map_err(|e| map_err(det::map_names::LINEAGE, e))?;
             }
-            for h in &want {
-                let key = ExecKeyV1 { profile_id: id, _pad: 0, path_hash: *h };
-                let v = if judged.contains(h) { det::exec_allow::ALLOWED | det::exec_allow::LINEAGE } else { det::exec_allow::ALLOWED };
+            for p in &paths {
+                let h = det::path_hash(p.as_bytes());
+                let key = ExecKeyV1 { profile_id: id, _pad: 0, path_hash: h };
+                let mut v = det::exec_allow::ALLOWED;
+                if judged.contains(&h) {
+                    v |= det::exec_allow::LINEAGE;
+                }
+                if profile::is_interpreter(p) {
+                    v |= det::exec_allow::INTERPRETER;
+                }
+                if inline.contains(p) {
+                    v |= det::exec_allow::INLINE;
+                }
                 dp.maps.det.exec_allow.insert(key, v, 0).map_err(|e| map_err(det::map_names::EXEC_ALLOW, e))?;
             }
             let had = self.written_execs.insert(id, want.clone()).unwrap_or_default();

@@ -166,6 +166,10 @@ pub struct Profile {
     /// profile learned before lineage existed has none and is judged on paths only.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub lineage: BTreeSet<Lineage>,
+    /// Interpreters seen running inline code (`-c`, `-e`, `-`) while learning; the others
+    /// are killed for it (see [`is_interpreter`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub inline_code: BTreeSet<String>,
     /// Syscall counts while learning, by syscall number, summed over the replicas (the
     /// kernel's per-workload aggregation; highest value seen).
     #[serde(default)]
@@ -197,6 +201,7 @@ impl Profile {
             labels,
             execs: BTreeSet::new(),
             lineage: BTreeSet::new(),
+            inline_code: BTreeSet::new(),
             syscalls: BTreeMap::new(),
             network: Network::default(),
             files: Default::default(),
@@ -297,6 +302,17 @@ impl Profile {
     }
 }
 
+/// Whether an executable is an interpreter whose inline code is judged, by its file name
+/// with any version suffix (`python3.11`, `php8.2`, `lua5.4`) taken off.
+pub fn is_interpreter(path: &str) -> bool {
+    const NAMES: [&str; 16] = [
+        "python", "perl", "ruby", "node", "nodejs", "php", "lua", "luajit", "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "tclsh",
+    ];
+    let base = path.rsplit('/').next().unwrap_or(path);
+    let stem = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+    NAMES.contains(&stem)
+}
+
 /// The profile name of a pod: `namespace/k=v,...` over `key_labels` (all labels except the
 /// per-replica ones when `None`), sorted by key.
 pub fn key_of(namespace: &str, labels: &BTreeMap<String, String>, key_labels: Option<&[String]>) -> (String, BTreeMap<String, String>) {
@@ -353,6 +369,16 @@ mod tests {
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
         kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn interpreters_by_name() {
+        for p in ["/usr/bin/python3", "/usr/bin/python3.11", "/bin/sh", "/bin/bash", "/usr/bin/php8.2", "/usr/bin/node", "/usr/bin/perl"] {
+            assert!(is_interpreter(p), "{p}");
+        }
+        for p in ["/bin/ls", "/usr/bin/shred", "/usr/bin/tar", "/usr/bin/grep", "/usr/sbin/nginx", "/bin/true"] {
+            assert!(!is_interpreter(p), "{p}");
+        }
     }
 
     #[test]
