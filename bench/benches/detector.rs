@@ -589,10 +589,11 @@ fn main() {
     let mut b = Bench { agent: Some(agent), lab, tmp };
 
     // DETECTOR_BENCH=http: only the cost on a real HTTP service; =files: only the file
-    // baseline's latencies and per-open cost.
+    // baseline's latencies and per-open cost; =exec: only the exec decision's latencies.
     match std::env::var("DETECTOR_BENCH").as_deref() {
         Ok("http") => return http::http_workload_cost(&b),
         Ok("files") => return files::file_latencies(&b),
+        Ok("exec") => return kill_latencies(&b),
         _ => {}
     }
     overhead(&mut b);

@@ -61,7 +61,10 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
     let mut enforced_ns = 0;
     // SAFETY: value copied out. The image calling exec is the new image's parent.
     let parent_hash = unsafe { EXE.get(&pid) }.copied().unwrap_or(0);
-    let inline = inline_code();
+    // Reading argv costs a few helper calls: done while learning (every exec, so the profile
+    // learns which interpreters take inline code) and otherwise only for interpreters the
+    // profile never saw take it.
+    let mut inline = wl.mode == mode::LEARN && inline_code();
     if wl.mode == mode::MONITOR || wl.mode == mode::PROTECT {
         let key = ExecKeyV1 { profile_id: wl.profile_id, _pad: 0, path_hash: hash };
         // SAFETY: value copied out.
@@ -77,8 +80,11 @@ pub fn try_exec(ctx: &TracePointContext) -> u32 {
             }
             Some(_) => {}
         }
-        if kind == event_kind::EXEC && inline && allow & exec_allow::INTERPRETER != 0 && allow & exec_allow::INLINE == 0 {
-            kind = event_kind::EXEC_INLINE;
+        if kind == event_kind::EXEC && allow & exec_allow::INTERPRETER != 0 && allow & exec_allow::INLINE == 0 {
+            inline = inline_code();
+            if inline {
+                kind = event_kind::EXEC_INLINE;
+            }
         }
         if kind == event_kind::EXEC {
             if let Some(id) = identity() {

@@ -4,8 +4,6 @@
 //! here), and paths the kernel could not judge (relative or not in normal form), resolved
 //! against the process's directories and judged here with the same rules.
 
-use std::collections::BTreeSet;
-
 use bulkhead_common::detect::{DetEventV2, event_actions, event_kind, file_ops, mode};
 
 use super::{
@@ -58,10 +56,9 @@ fn judge(shared: &Shared, ev: &DetEventV2, isolation: &mut Option<IsolationMap<a
     } else {
         raw.clone()
     };
-    let sensitive: BTreeSet<String> = cfg.sensitive_paths.iter().cloned().collect();
     let ops = FileOp::from_mask(ev.op);
     let read = ev.op == file_ops::READ_SENSITIVE;
-    if read && !files::is_sensitive(&path, &sensitive) {
+    if read && !files::is_sensitive(&path, &cfg.sensitive_paths) {
         return None;
     }
     let name = w.profile_name().to_string();

@@ -343,7 +343,7 @@ pub fn resolve(pid: u32, dirfd: i32, path: &str) -> Option<String> {
 }
 
 /// Whether `path` falls under one of the sensitive prefixes.
-pub fn is_sensitive(path: &str, sensitive: &BTreeSet<String>) -> bool {
+pub fn is_sensitive(path: &str, sensitive: &[String]) -> bool {
     sensitive.iter().any(|s| path.starts_with(s.as_str()))
 }
 
@@ -425,6 +425,7 @@ mod tests {
         assert_eq!(resolve(u32::MAX, -100, "x"), None, "a process that is gone");
         assert_eq!(parent("/x"), "/");
         assert_eq!(parent("/a/b"), "/a");
-        assert!(is_sensitive("/etc/shadow-", &["/etc/shadow".to_string()].into()));
+        assert!(is_sensitive("/etc/shadow-", &["/etc/shadow".to_string()]));
+        assert!(!is_sensitive("/etc/passwd", &["/etc/shadow".to_string()]));
     }
 }
