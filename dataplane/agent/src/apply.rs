@@ -100,7 +100,11 @@ fn place<A: Ord, S>(
 /// Slots of a slot array holding something `desired` does not: the array has no keys to
 /// list, so every slot is read (only on a full write).
 fn stale_slots<S: aya::Pod + PartialEq>(map: &aya::maps::Array<aya::maps::MapData, S>, desired: &BTreeMap<u32, S>, capacity: u32, flags: impl Fn(&S) -> u32) -> Vec<u32> {
-    (0..capacity).filter(|i| matches!(map.get(i, 0), Ok(v) if flags(&v) != 0 && desired.get(i) != Some(&v))).collect()
+    match crate::batch::array_all(map) {
+        Ok(all) => all.into_iter().filter(|(i, v)| *i < capacity && flags(v) != 0 && desired.get(i) != Some(v)).map(|(i, _)| i).collect(),
+        // A kernel without batched reads: one slot per call, as before.
+        Err(_) => (0..capacity).filter(|i| matches!(map.get(i, 0), Ok(v) if flags(&v) != 0 && desired.get(i) != Some(&v))).collect(),
+    }
 }
 
 /// One kernel peer entry per (peer entry, slice of its table): the lookup the compiler's

@@ -90,14 +90,19 @@ impl<T: Borrow<MapData>, V: Slot> IfindexMap<T, V> {
         }
     }
 
-    /// Every entry. Reads each array slot (one syscall each: tens of milliseconds; for
-    /// start-up, status and release, not for a hot loop).
+    /// Every entry. Reads the array in batches (a few calls; one syscall per slot on a
+    /// kernel without batched reads).
     pub fn entries(&self) -> Result<Vec<(u32, V)>, IfindexMapError> {
         let mut out = Vec::new();
-        for i in 0..capacity::IFINDEX_DIRECT {
-            let v = self.direct.get(&i, 0).map_err(self.direct_err())?;
-            if v.present() {
-                out.push((i, v));
+        match crate::batch::array_all(&self.direct) {
+            Ok(all) => out.extend(all.into_iter().filter(|(i, v)| *i < capacity::IFINDEX_DIRECT && v.present())),
+            Err(_) => {
+                for i in 0..capacity::IFINDEX_DIRECT {
+                    let v = self.direct.get(&i, 0).map_err(self.direct_err())?;
+                    if v.present() {
+                        out.push((i, v));
+                    }
+                }
             }
         }
         for item in self.other.iter() {

@@ -292,12 +292,9 @@ impl Dataplane {
                 .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
             t.load().map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
         }
-        let f: &mut TracePoint = ebpf
-            .program_mut(programs::FILE)
-            .ok_or_else(|| missing(format!("program {}", programs::FILE)))?
-            .try_into()
-            .map_err(|e| AgentError::Program { program: programs::FILE, source: e })?;
-        f.load().map_err(|e| AgentError::Program { program: programs::FILE, source: e })?;
+        // The file probe is loaded the first time a workload needs it (`set_file_probe`): its
+        // verification takes about as long as the policy program's (1.2 s here), which every
+        // agent start would pay for a probe most nodes never attach.
         let r: &mut RawTracePoint = ebpf
             .program_mut(programs::SYS_ENTER)
             .ok_or_else(|| missing(format!("program {}", programs::SYS_ENTER)))?
@@ -473,6 +470,9 @@ impl Dataplane {
         let dir = self.links_dir()?;
         let err = |e| AgentError::Program { program: programs::FILE, source: e };
         let prog: &mut TracePoint = self.ebpf.program_mut(programs::FILE).ok_or_else(|| missing(format!("program {}", programs::FILE)))?.try_into().map_err(err)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(err)?;
+        }
         let mut kept = Vec::new();
         for tp in FILE_TRACEPOINTS {
             let id = prog.attach("syscalls", tp).map_err(err)?;

@@ -962,7 +962,10 @@ impl Detector {
         let mut watched = match self.watched.take() {
             Some(w) => w,
             // First sync: whatever slots an earlier agent set.
-            None => (0..bulkhead_common::capacity::IFINDEX_DIRECT).filter_map(|i| dp.maps.flow_watch.get(&i, 0).ok().filter(|&v| v != 0).map(|v| (i, v))).collect(),
+            None => match crate::batch::array_all(&dp.maps.flow_watch) {
+                Ok(all) => all.into_iter().filter(|&(_, v)| v != 0).collect(),
+                Err(_) => (0..bulkhead_common::capacity::IFINDEX_DIRECT).filter_map(|i| dp.maps.flow_watch.get(&i, 0).ok().filter(|&v| v != 0).map(|v| (i, v))).collect(),
+            },
         };
         for (&i, &v) in &want {
             if watched.get(&i) != Some(&v) {
