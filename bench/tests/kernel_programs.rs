@@ -12,7 +12,7 @@ use bulkhead_bench::packet::{
     NH_DEST_OPTS, NH_FRAGMENT, NH_HOP_BY_HOP, NH_ROUTING, TCP_ACK, TCP_SYN, icmp6_error_frame, icmp6_frame, icmp_error_frame, tcp6_frame, tcp_frame,
     with_ext_headers, with_ip_options,
 };
-use bulkhead_common::{ConfigV2, EndpointV4, FlowEventV4, capacity, counters, direction, flow_kind, identity};
+use bulkhead_common::{ConfigV2, EndpointV4, FlowEventV5, capacity, counters, direction, flow_kind, identity};
 
 /// test_run gives TC programs an skb on the loopback device.
 const IFINDEX: u32 = 1;
@@ -52,7 +52,7 @@ impl Guard {
     }
 
     /// Flow events waiting in the ring.
-    fn events(&mut self) -> Vec<FlowEventV4> {
+    fn events(&mut self) -> Vec<FlowEventV5> {
         self.dp().maps.flows.as_mut().expect("flow ring").read_all()
     }
 

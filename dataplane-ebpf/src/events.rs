@@ -1,7 +1,7 @@
 //! Flow events and per-policy counters.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use bulkhead_common::{FlowEventV4, NO_POLICY, PolicyValueV2, action, capacity, counters, direction, flow_kind};
+use bulkhead_common::{CtValueV2, FlowEventV5, NO_POLICY, PolicyValueV2, action, capacity, counters, direction, flow_kind};
 
 use crate::{
     family::Addr,
@@ -23,6 +23,11 @@ impl Ids {
 /// What a flow event says beside the tuple.
 pub struct Meta<'a> {
     pub dir: u8,
+    /// Write the tuple's ends swapped (an end record written from a reply packet carries the
+    /// flow's origin as its source).
+    pub swap: bool,
+    /// For an end record: the flow's conntrack entry (its start and counts).
+    pub ct: Option<&'a CtValueV2>,
     pub kind: u8,
     pub verdict: &'a PolicyValueV2,
     pub staged: Option<&'a PolicyValueV2>,
@@ -59,7 +64,7 @@ pub fn dropped<A: Addr>(ifindex: u32, flow: Option<&Flow<A>>, dir: u8, reason: u
         (Some((identity, _)), None) => Ids { local: identity, peer: 0 },
         _ => Ids::UNKNOWN,
     };
-    let m = Meta { dir, kind: flow_kind::DROPPED, verdict: &NO_VERDICT, staged: None, drop_reason: reason as u16, ids };
+    let m = Meta { dir, swap: false, ct: None, kind: flow_kind::DROPPED, verdict: &NO_VERDICT, staged: None, drop_reason: reason as u16, ids };
     write(ifindex, flow, &m);
 }
 
@@ -132,14 +137,23 @@ pub fn record_stats(verdict: &PolicyValueV2, staged: Option<&PolicyValueV2>) {
 /// Writes a flow event; a full ring is counted, never blocks or changes the verdict.
 #[inline(always)]
 pub fn emit<A: Addr>(ifindex: u32, f: &Flow<A>, dir: u8, kind: u8, verdict: &PolicyValueV2, staged: Option<&PolicyValueV2>, ids: Ids) {
-    write(ifindex, Some(f), &Meta { dir, kind, verdict, staged, drop_reason: 0, ids });
+    write(ifindex, Some(f), &Meta { dir, swap: false, ct: None, kind, verdict, staged, drop_reason: 0, ids });
+}
+
+/// A TCP flow's end (an RST, or a FIN each way), with its packets and bytes both ways, from
+/// the packet that ended it (`is_reply`: sent by the answering end). One per flow: the
+/// entry's ENDED flag keeps it so. Reported as the flow's origin saw it.
+#[inline(always)]
+pub fn ended<A: Addr>(ifindex: u32, f: &Flow<A>, ct: &CtValueV2, is_reply: bool, ids: Ids) {
+    const ALLOWED: PolicyValueV2 = PolicyValueV2 { action: action::ALLOW, policy_index: NO_POLICY, ..NO_VERDICT };
+    write(ifindex, Some(f), &Meta { dir: ct.origin_direction, swap: is_reply, ct: Some(ct), kind: flow_kind::END, verdict: &ALLOWED, staged: None, drop_reason: 0, ids });
 }
 
 /// A flow dropped for `reason` after the policy judged it (`verdict`): reported whatever the
 /// drop-event budget says, since a decision follows from it.
 #[inline(always)]
 pub fn emit_dropped<A: Addr>(ifindex: u32, f: &Flow<A>, dir: u8, reason: u32, verdict: &PolicyValueV2, ids: Ids) {
-    write(ifindex, Some(f), &Meta { dir, kind: flow_kind::DROPPED, verdict, staged: None, drop_reason: reason as u16, ids });
+    write(ifindex, Some(f), &Meta { dir, swap: false, ct: None, kind: flow_kind::DROPPED, verdict, staged: None, drop_reason: reason as u16, ids });
 }
 
 /// Writes the event (a tuple of zeros and family 0 without `f`). Not inlined: events are the
@@ -147,20 +161,29 @@ pub fn emit_dropped<A: Addr>(ifindex: u32, f: &Flow<A>, dir: u8, reason: u32, ve
 /// BPF stack.
 #[inline(never)]
 fn write<A: Addr>(ifindex: u32, f: Option<&Flow<A>>, m: &Meta) {
-    let Some(mut slot) = FLOWS.reserve::<FlowEventV4>(0) else {
+    let Some(mut slot) = FLOWS.reserve::<FlowEventV5>(0) else {
         count(counters::EVENTS_DROPPED);
         return;
     };
     // Written field by field into the ring: a whole event built on the BPF stack first
-    // would take 96 of its 512 bytes.
+    // would take 136 of its 512 bytes.
     let ev = slot.as_mut_ptr();
-    // SAFETY: `ev` points to a reserved, writable FlowEventV4 in the ring; every field is
+    // SAFETY: `ev` points to a reserved, writable FlowEventV5 in the ring; every field is
     // written before submit.
     unsafe {
         // SAFETY: helper without preconditions.
         (*ev).ts_ns = bpf_ktime_get_ns();
         (*ev).ifindex = ifindex;
         match f {
+            Some(f) if m.swap => {
+                (*ev).saddr_be = f.daddr_be.to16();
+                (*ev).daddr_be = f.saddr_be.to16();
+                (*ev).sport_be = f.dport_be;
+                (*ev).dport_be = f.sport_be;
+                (*ev).protocol = f.protocol;
+                (*ev).tcp_flags = f.tcp_flags;
+                (*ev).family = A::FAMILY;
+            }
             Some(f) => {
                 (*ev).saddr_be = f.saddr_be.to16();
                 (*ev).daddr_be = f.daddr_be.to16();
@@ -191,6 +214,22 @@ fn write<A: Addr>(ifindex: u32, f: Option<&Flow<A>>, m: &Meta) {
         (*ev).drop_reason = m.drop_reason;
         (*ev).local_identity = m.ids.local;
         (*ev).peer_identity = m.ids.peer;
+        match m.ct {
+            Some(ct) => {
+                (*ev).start_ns = ct.created_ns;
+                (*ev).packets_orig = ct.packets_orig;
+                (*ev).bytes_orig = ct.bytes_orig;
+                (*ev).packets_reply = ct.packets_reply;
+                (*ev).bytes_reply = ct.bytes_reply;
+            }
+            None => {
+                (*ev).start_ns = 0;
+                (*ev).packets_orig = 0;
+                (*ev).bytes_orig = 0;
+                (*ev).packets_reply = 0;
+                (*ev).bytes_reply = 0;
+            }
+        }
     }
     slot.submit(0);
     count(counters::EVENTS_SENT);

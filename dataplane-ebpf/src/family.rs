@@ -3,7 +3,7 @@
 //! once, generic over [`Addr`], so both families take the same steps at the same cost.
 
 use bulkhead_common::{
-    Ct6KeyV1, CtKeyV2, CtValueV1, EndpointV4, IpInfoV3,
+    Ct6KeyV1, CtKeyV2, CtValueV2, EndpointV4, IpInfoV3,
     detect::{AllowKey6V1, AllowKeyV2},
 };
 
@@ -18,18 +18,20 @@ pub trait Addr: Copy + PartialEq {
     /// The conntrack key of this family's flows (IPv6: a reference into the per-CPU
     /// scratch).
     type CtKey;
-    /// 4 or 6, as in [`bulkhead_common::FlowEventV4::family`].
+    /// 4 or 6, as in [`bulkhead_common::FlowEventV5::family`].
     const FAMILY: u8;
 
     /// Key of `f` at `ifindex`, the same for its replies (`None` only if the scratch slot
     /// were missing, which the caller fails closed).
     fn ct_key(ifindex: u32, f: &Flow<Self>) -> Option<Self::CtKey>;
+    /// Whether `f`'s source is the `hi` end of its key (see [`bulkhead_common::ct_flags::ORIGIN_HI`]).
+    fn ct_source_hi(key: &Self::CtKey, f: &Flow<Self>) -> bool;
     /// The entry of `key`, for update in place.
-    fn ct_get_mut(key: &Self::CtKey) -> Option<*mut CtValueV1>;
+    fn ct_get_mut(key: &Self::CtKey) -> Option<*mut CtValueV2>;
     /// A copy of the entry of `key`.
-    fn ct_get(key: &Self::CtKey) -> Option<CtValueV1>;
+    fn ct_get(key: &Self::CtKey) -> Option<CtValueV2>;
     /// Writes the entry; false when the map refused it.
-    fn ct_insert(key: &Self::CtKey, v: &CtValueV1) -> bool;
+    fn ct_insert(key: &Self::CtKey, v: &CtValueV2) -> bool;
     fn ct_remove(key: &Self::CtKey);
     /// Identity and peer class of this remote address in policy generation `pgen`.
     fn peer_info(self, pgen: u8) -> IpInfoV3;
@@ -53,16 +55,20 @@ impl Addr for [u8; 4] {
         Some(CtKeyV2::of(ifindex, f.saddr_be, f.sport_be, f.daddr_be, f.dport_be, f.protocol))
     }
     #[inline(always)]
-    fn ct_get_mut(key: &CtKeyV2) -> Option<*mut CtValueV1> {
+    fn ct_source_hi(key: &CtKeyV2, f: &Flow<Self>) -> bool {
+        key.addr_lo_be != f.saddr_be || key.port_lo_be != f.sport_be
+    }
+    #[inline(always)]
+    fn ct_get_mut(key: &CtKeyV2) -> Option<*mut CtValueV2> {
         CONNTRACK.get_ptr_mut(key)
     }
     #[inline(always)]
-    fn ct_get(key: &CtKeyV2) -> Option<CtValueV1> {
+    fn ct_get(key: &CtKeyV2) -> Option<CtValueV2> {
         // SAFETY: copied out at once.
         unsafe { CONNTRACK.get(key) }.copied()
     }
     #[inline(always)]
-    fn ct_insert(key: &CtKeyV2, v: &CtValueV1) -> bool {
+    fn ct_insert(key: &CtKeyV2, v: &CtValueV2) -> bool {
         CONNTRACK.insert(key, v, 0).is_ok()
     }
     #[inline(always)]
@@ -174,16 +180,21 @@ impl Addr for In6 {
         Some(k)
     }
     #[inline(always)]
-    fn ct_get_mut(key: &&'static Ct6KeyV1) -> Option<*mut CtValueV1> {
+    fn ct_source_hi(_key: &&'static Ct6KeyV1, f: &Flow<Self>) -> bool {
+        let ((sh, sl), (dh, dl)) = (f.saddr_be.halves(), f.daddr_be.halves());
+        !bulkhead_common::ct6_source_first((sh, sl, f.sport_be), (dh, dl, f.dport_be))
+    }
+    #[inline(always)]
+    fn ct_get_mut(key: &&'static Ct6KeyV1) -> Option<*mut CtValueV2> {
         CONNTRACK6.get_ptr_mut(*key)
     }
     #[inline(always)]
-    fn ct_get(key: &&'static Ct6KeyV1) -> Option<CtValueV1> {
+    fn ct_get(key: &&'static Ct6KeyV1) -> Option<CtValueV2> {
         // SAFETY: copied out at once.
         unsafe { CONNTRACK6.get(*key) }.copied()
     }
     #[inline(always)]
-    fn ct_insert(key: &&'static Ct6KeyV1, v: &CtValueV1) -> bool {
+    fn ct_insert(key: &&'static Ct6KeyV1, v: &CtValueV2) -> bool {
         CONNTRACK6.insert(*key, v, 0).is_ok()
     }
     #[inline(always)]

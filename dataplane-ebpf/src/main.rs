@@ -33,7 +33,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TcContext, TracePointContext, XdpContext},
 };
 use bulkhead_common::{
-    ConfigV2, CtValueV1, EndpointV4, action, counters, direction, ep_flags, flow_kind, proto, verdict_flags,
+    ConfigV2, CtValueV2, EndpointV4, action, counters, direction, ep_flags, flow_kind, proto, verdict_flags,
 };
 
 use family::Addr;
@@ -306,7 +306,7 @@ fn judge<A: Addr>(ifindex: u32, raw: &EndpointV4, cfg: &ConfigV2, g: usize, flow
     }
     let now = if bare_syn { coarse_now(cfg) } else { now };
     let Some(key) = key.or_else(|| ct_key(ifindex, flow, dir, local)) else { return TC_DROP };
-    let entry = conntrack::new_entry(flow, len, now, dir, cfg.policy_rev);
+    let entry = conntrack::new_entry(flow, len, now, dir, cfg.policy_rev, A::ct_source_hi(&key, flow));
     if !A::ct_insert(&key, &entry) {
         count(counters::CT_INSERT_FAILED);
     }
@@ -391,7 +391,7 @@ struct Packet<'a, A> {
 /// packet then starts a new flow). After a policy change the flow is judged again as its first
 /// packet was (`origin_port`); a flow the new policy denies loses its entry and is reported.
 #[inline(always)]
-fn tracked<A: Addr>(p: &Packet<A>, ct: &mut CtValueV1, key: &A::CtKey, origin_port: u16, is_reply: bool) -> Option<i32> {
+fn tracked<A: Addr>(p: &Packet<A>, ct: &mut CtValueV2, key: &A::CtKey, origin_port: u16, is_reply: bool) -> Option<i32> {
     if ct.expired(p.cfg, p.now) {
         return None;
     }
@@ -408,7 +408,9 @@ fn tracked<A: Addr>(p: &Packet<A>, ct: &mut CtValueV1, key: &A::CtKey, origin_po
         ct.policy_rev = p.cfg.policy_rev;
         count(counters::CT_REEVAL_ALLOW);
     }
-    conntrack::touch(ct, p.flow, p.len, p.now, is_reply);
+    if conntrack::touch(ct, p.flow, p.len, p.now, is_reply) && maps::flow_watched(p.ifindex, p.cfg) {
+        events::ended(p.ifindex, p.flow, ct, is_reply, events::Ids { local: p.ep.identity, peer: p.remote.peer_info(p.ep.pgen).identity });
+    }
     if ct.origin_direction == direction::EGRESS {
         maps::add_egress_bytes(p.ifindex, p.len);
     }

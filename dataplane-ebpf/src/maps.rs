@@ -10,7 +10,7 @@ use bulkhead_common::detect::{
     self as det, AllowKey6V1, AllowKeyV2, DetEventV2, ExecKeyV1, FileDataV1, FileKeyV1, FileRuleV1, IdentKeyV1, IsolationV1, KernelOffsetsV1, LearnedKeyV1, LineageKeyV1, SyscallKeyV1, WorkloadV1,
 };
 use bulkhead_common::{
-    ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV1, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
+    ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV2, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, capacity,
 };
 
@@ -190,22 +190,22 @@ pub static LEARNED: HashMap<LearnedKeyV1, u8> = HashMap::with_max_entries(det::c
 pub static POLICY_STATS: PerCpuArray<PolicyStatsV1> =
     PerCpuArray::with_max_entries(capacity::POLICIES, 0);
 
-/// Flow events (`FlowEventV4`): new flows (when enabled), Log-rule matches, revoked flows and
+/// Flow events (`FlowEventV5`): new flows (when enabled), Log-rule matches, revoked flows and
 /// rate-limited drops. Written by TC; read by the agent's flow log.
-#[map(name = "BH_FLOWS_V4")]
+#[map(name = "BH_FLOWS_V5")]
 pub static FLOWS: RingBuf = RingBuf::with_byte_size(capacity::FLOW_RING_BYTES, 0);
 
 /// Key: flow 5-tuple at one interface. Value: flow state and the policy revision it was
 /// admitted under. Written by TC; read by TC, garbage-collected by the agent. LRU so a flood of
 /// flows evicts the oldest entries instead of failing inserts.
-#[map(name = "BH_CT_V2")]
-pub static CONNTRACK: LruHashMap<CtKeyV2, CtValueV1> =
+#[map(name = "BH_CT_V3")]
+pub static CONNTRACK: LruHashMap<CtKeyV2, CtValueV2> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
 
 /// Key: IPv6 flow 5-tuple at one interface. Value: as CONNTRACK. Written by TC; read by TC,
 /// garbage-collected by the agent. LRU, like CONNTRACK.
-#[map(name = "BH_CT6_V1")]
-pub static CONNTRACK6: LruHashMap<Ct6KeyV1, CtValueV1> = LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+#[map(name = "BH_CT6_V2")]
+pub static CONNTRACK6: LruHashMap<Ct6KeyV1, CtValueV2> = LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
 
 /// Key: 0. Value: the IPv6 packet being judged (its tuple, an ICMPv6 error's own source, its
 /// conntrack key): 16-byte addresses would crowd the 512-byte BPF stack. Written and read by

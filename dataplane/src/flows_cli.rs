@@ -20,7 +20,7 @@ pub struct Filter {
     /// `(namespace, name)`; namespace `None` = any.
     pod: Option<(Option<String>, String)>,
     labels: Vec<(String, String)>,
-    /// Record kinds (`new-allowed`, `denied`, `dropped`, `revoked`).
+    /// Record kinds (`new-allowed`, `denied`, `dropped`, `revoked`, `end`).
     kinds: Vec<&'static str>,
     port: Option<u16>,
     protocol: Option<u8>,
@@ -100,7 +100,8 @@ impl FilterArgs {
                     "denied" | "deny" => "denied",
                     "dropped" | "drop" => "dropped",
                     "revoked" => "revoked",
-                    other => bail!("--verdict {other:?}: unknown verdict (expected allowed, denied, dropped or revoked)"),
+                    "end" | "ended" => "end",
+                    other => bail!("--verdict {other:?}: unknown verdict (expected allowed, denied, dropped, revoked or end)"),
                 });
             }
         }
@@ -198,6 +199,13 @@ pub fn table_line(v: &Value) -> String {
         endpoint(v, "dst"),
         v["protocol"],
     );
+    if v["kind"] == "end" {
+        let t = &v["totals"];
+        return format!(
+            "{head} sent {} packets / {} bytes, received {} packets / {} bytes in {} ms",
+            t["packets_sent"], t["bytes_sent"], t["packets_received"], t["bytes_received"], t["duration_ms"]
+        );
+    }
     if v["kind"] == "dropped" {
         return format!("{head} reason {} (identities local {} peer {})", v["drop_reason"].as_str().unwrap_or("?"), v["local_identity"], v["peer_identity"]);
     }

@@ -93,6 +93,29 @@ fn flows_are_named_after_pods_filtered_followed_and_bad_filters_refused() {
     let of_a = lines(&out);
     assert!(!of_a.is_empty() && of_a.iter().all(|v| v["src_workload"]["name"] == "a" || v["dst_workload"]["name"] == "a"), "{out}");
     assert!(of_a.iter().any(|v| v["kind"] == "new-allowed" && v["dst_workload"]["name"] == "c"), "{out}");
+    // The a -> c connection ended (the probe closes it): one end record at each end's
+    // interface, oriented as a opened it, with packets and bytes both ways.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ends = loop {
+        let (_, out, _) = flows(&instance, &["--verdict", "end", "--pod", "fl/c", "-o", "jsonl"]);
+        let l = lines(&out);
+        if l.len() >= 2 || Instant::now() > deadline {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(ends.len(), 2, "one end record at a's egress and one at c's ingress: {ends:?}");
+    for v in &ends {
+        assert_eq!((v["src_workload"]["name"].as_str(), v["dst_workload"]["name"].as_str(), v["dst_port"].as_u64()), (Some("a"), Some("c"), Some(8080)), "{v}");
+        let t = &v["totals"];
+        // SYN, ACK, the payload, FIN at least one way; SYN-ACK, the echo, FIN the other.
+        assert!(t["packets_sent"].as_u64() >= Some(3) && t["packets_received"].as_u64() >= Some(2), "{v}");
+        // The probe's payload is more than 20 bytes of text each way, over 40+ byte headers.
+        assert!(t["bytes_sent"].as_u64() > Some(3 * 40 + 20) && t["bytes_received"].as_u64() > Some(2 * 40 + 20), "{v}");
+    }
+    assert_eq!(ends.iter().map(|v| v["direction"].as_str().unwrap_or("?")).collect::<std::collections::BTreeSet<_>>(), ["egress", "ingress"].into(), "{ends:?}");
+    let (_, table, _) = flows(&instance, &["--verdict", "end", "--pod", "fl/c"]);
+    assert!(table.contains("fl/a (10.245.0.10:") && table.contains("received") && table.contains(" ms"), "{table}");
     // Label and verdict together; a namespace with no flows; another port.
     // b's flow leaves b (its egress is open) and is denied at c's ingress: two observation
     // points, as in Hubble.

@@ -537,8 +537,14 @@ fn worker(
             if last_gc.elapsed() > gc::INTERVAL {
                 last_gc = Instant::now();
                 match gc::sweep(&mut st.dp) {
-                    Ok(n) if n > 0 => tracing::debug!(removed = n, "conntrack gc"),
-                    Ok(_) => {}
+                    Ok(sw) => {
+                        if sw.removed > 0 {
+                            tracing::debug!(removed = sw.removed, ended = sw.ended.len(), "conntrack gc");
+                        }
+                        if let Some(c) = &st.applied {
+                            st.flows.log(c, &sw.ended);
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "conntrack gc failed"),
                 }
             }

@@ -116,8 +116,8 @@ pub fn array_all<V: aya::Pod, T: std::borrow::Borrow<aya::maps::MapData>>(map: &
 /// Every conntrack entry (of either family's map), read in batches: the one walk the sweep, the detector's sampling
 /// and `status` share.
 pub fn conntrack<K: aya::Pod>(
-    map: &aya::maps::HashMap<aya::maps::MapData, K, bulkhead_common::CtValueV1>,
-) -> Result<Vec<(K, bulkhead_common::CtValueV1)>, crate::error::AgentError> {
+    map: &aya::maps::HashMap<aya::maps::MapData, K, bulkhead_common::CtValueV2>,
+) -> Result<Vec<(K, bulkhead_common::CtValueV2)>, crate::error::AgentError> {
     use aya::maps::IterableMap as _;
     use std::os::fd::AsFd as _;
     lookup_all(map.map().fd().as_fd()).map_err(|source| crate::error::AgentError::Io { what: "reading conntrack in batches", source })

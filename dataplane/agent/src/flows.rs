@@ -10,7 +10,7 @@ use std::{
     sync::Arc,
 };
 
-use bulkhead_common::{FlowEventV4, NO_POLICY, PolicyValueV2, action, direction, flow_kind, verdict_flags};
+use bulkhead_common::{FlowEventV5, NO_POLICY, PolicyValueV2, action, direction, flow_kind, verdict_flags};
 use policy_compiler::compile::Compiled;
 use serde::Serialize;
 
@@ -78,6 +78,20 @@ pub struct FlowRecord {
     pub src_workload: Option<WorkloadRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_workload: Option<WorkloadRef>,
+    /// For `end`: the flow's packets and bytes both ways and how long it lasted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<FlowTotals>,
+}
+
+/// A finished flow's traffic, as its source (`src` of the record) sent it and got back.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FlowTotals {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    /// From the flow's first packet to its end (the last packet, or the closing one).
+    pub duration_ms: u64,
 }
 
 fn name_policy(c: &Compiled, i: u32) -> Option<String> {
@@ -101,7 +115,7 @@ pub fn verdict_record(c: &Compiled, v: &PolicyValueV2) -> VerdictRecord {
 }
 
 /// Turns a raw event into a record, naming the pods behind its addresses from `pods`.
-pub fn record(c: &Compiled, pods: &PodsByAddress, e: &FlowEventV4) -> FlowRecord {
+pub fn record(c: &Compiled, pods: &PodsByAddress, e: &FlowEventV5) -> FlowRecord {
     let pod = |a: Option<IpAddr>| a.and_then(|a| pods.get(&a).map(|w| (**w).clone()));
     FlowRecord {
         src_workload: pod(e.saddr()),
@@ -112,6 +126,7 @@ pub fn record(c: &Compiled, pods: &PodsByAddress, e: &FlowEventV4) -> FlowRecord
             flow_kind::DENIED => "denied",
             flow_kind::REVOKED => "revoked",
             flow_kind::DROPPED => "dropped",
+            flow_kind::END => "end",
             _ => "unknown",
         },
         direction: if e.direction == direction::INGRESS { "ingress" } else { "egress" },
@@ -127,6 +142,13 @@ pub fn record(c: &Compiled, pods: &PodsByAddress, e: &FlowEventV4) -> FlowRecord
             .then(|| bulkhead_common::counters::NAMES.get(usize::from(e.drop_reason)).copied().unwrap_or("unknown")),
         local_identity: e.local_identity,
         peer_identity: e.peer_identity,
+        totals: (e.kind == flow_kind::END).then(|| FlowTotals {
+            packets_sent: e.packets_orig,
+            bytes_sent: e.bytes_orig,
+            packets_received: e.packets_reply,
+            bytes_received: e.bytes_reply,
+            duration_ms: e.ts_ns.saturating_sub(e.start_ns) / 1_000_000,
+        }),
     }
 }
 
@@ -167,7 +189,7 @@ impl FlowLog {
     }
 
     /// Names and writes events already read from the ring.
-    pub fn log(&mut self, c: &Compiled, events: &[FlowEventV4]) {
+    pub fn log(&mut self, c: &Compiled, events: &[FlowEventV5]) {
         if events.is_empty() {
             return;
         }

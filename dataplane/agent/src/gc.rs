@@ -1,33 +1,117 @@
 //! Conntrack garbage collection: the LRU map evicts under pressure, this removes entries whose
-//! timeout passed so the table reflects live flows.
+//! timeout passed so the table reflects live flows. An expired entry of a flow whose end the
+//! datapath did not report (UDP, ICMP, a TCP flow that went quiet) becomes the flow's end
+//! record here, with its packets and bytes both ways.
 
+use std::collections::BTreeMap;
 use std::os::fd::AsFd as _;
 use std::time::Duration;
 
 use aya::maps::IterableMap as _;
-use bulkhead_common::{Ct6KeyV1, CtKeyV2, map_names};
+use bulkhead_common::{ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV2, FlowEventV5, PolicyValueV2, action, config_flags, ct_flags, flow_kind, map_names};
 
 use crate::{error::AgentError, loader::Dataplane};
 
 /// How often the agent sweeps.
 pub const INTERVAL: Duration = Duration::from_secs(10);
 
-/// Removes expired entries; returns how many. Reads and deletes in batches
-/// ([`crate::batch`]): a full table costs a few dozen syscalls, not two per entry.
-pub fn sweep(dp: &mut Dataplane) -> Result<usize, AgentError> {
+/// What a sweep did.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Expired entries removed.
+    pub removed: usize,
+    /// End records of removed flows whose endpoint reports flows and whose end the datapath
+    /// had not reported, oriented as each flow's origin saw it.
+    pub ended: Vec<FlowEventV5>,
+}
+
+/// Removes expired entries and returns them as end records where flows are reported. Reads
+/// and deletes in batches ([`crate::batch`]): a full table costs a few dozen syscalls, not
+/// two per entry.
+pub fn sweep(dp: &mut Dataplane) -> Result<Sweep, AgentError> {
     let cfg = dp
         .maps
         .config
         .get(&0, 0)
         .map_err(|source| AgentError::Map { map: map_names::CONFIG, source })?;
     let now = crate::clock::coarse_ns();
-    let entries = crate::batch::conntrack(&dp.maps.conntrack)?;
-    let expired: Vec<CtKeyV2> = entries.into_iter().filter(|(_, v)| v.expired(&cfg, now)).map(|(k, _)| k).collect();
-    let n = crate::batch::delete_all(dp.maps.conntrack.map().fd().as_fd(), &expired)
+    let mut watched = Watched { dp, cfg, known: BTreeMap::new() };
+    let mut out = Sweep::default();
+    let entries = crate::batch::conntrack(&watched.dp.maps.conntrack)?;
+    let mut expired: Vec<CtKeyV2> = Vec::new();
+    for (k, v) in entries.into_iter().filter(|(_, v)| v.expired(&cfg, now)) {
+        if v.flags & ct_flags::ENDED == 0 && watched.reports(k.ifindex) {
+            let (lo, hi) = (widen(k.addr_lo_be), widen(k.addr_hi_be));
+            out.ended.push(end_record(k.ifindex, 4, (lo, k.port_lo_be), (hi, k.port_hi_be), k.protocol, &v, now));
+        }
+        expired.push(k);
+    }
+    let dp = watched.dp;
+    out.removed += crate::batch::delete_all(dp.maps.conntrack.map().fd().as_fd(), &expired)
         .map_err(|source| AgentError::Io { what: "deleting expired conntrack entries in batches", source })?;
-    let entries = crate::batch::conntrack(&dp.maps.conntrack6)?;
-    let expired: Vec<Ct6KeyV1> = entries.into_iter().filter(|(_, v)| v.expired(&cfg, now)).map(|(k, _)| k).collect();
-    let n6 = crate::batch::delete_all(dp.maps.conntrack6.map().fd().as_fd(), &expired)
+    let mut watched = Watched { dp, cfg, known: watched.known };
+    let entries = crate::batch::conntrack(&watched.dp.maps.conntrack6)?;
+    let mut expired: Vec<Ct6KeyV1> = Vec::new();
+    for (k, v) in entries.into_iter().filter(|(_, v)| v.expired(&cfg, now)) {
+        if v.flags & ct_flags::ENDED == 0 && watched.reports(k.ifindex) {
+            out.ended.push(end_record(k.ifindex, 6, (k.addr_lo_be, k.port_lo_be), (k.addr_hi_be, k.port_hi_be), k.protocol, &v, now));
+        }
+        expired.push(k);
+    }
+    let dp = watched.dp;
+    out.removed += crate::batch::delete_all(dp.maps.conntrack6.map().fd().as_fd(), &expired)
         .map_err(|source| AgentError::Io { what: "deleting expired IPv6 conntrack entries in batches", source })?;
-    Ok(n + n6)
+    Ok(out)
+}
+
+fn widen(a: [u8; 4]) -> [u8; 16] {
+    let mut w = [0; 16];
+    w[..4].copy_from_slice(&a);
+    w
+}
+
+/// Which endpoints report flows: the datapath's rule ([`config_flags::FLOW_EVENTS_ALL`] or
+/// the endpoint's flow-watch slot), read once per interface per sweep.
+struct Watched<'a> {
+    dp: &'a mut Dataplane,
+    cfg: ConfigV2,
+    known: BTreeMap<u32, bool>,
+}
+
+impl Watched<'_> {
+    fn reports(&mut self, ifindex: u32) -> bool {
+        if self.cfg.flags & config_flags::FLOW_EVENTS_ALL != 0 {
+            return true;
+        }
+        let maps = &self.dp.maps;
+        *self.known.entry(ifindex).or_insert_with(|| {
+            bulkhead_common::ifindex_is_direct(ifindex) && maps.flow_watch.get(&ifindex, 0).is_ok_and(|w| w != 0)
+        })
+    }
+}
+
+/// The end record of an expired entry, its ends oriented by [`ct_flags::ORIGIN_HI`].
+fn end_record(ifindex: u32, family: u8, lo: ([u8; 16], [u8; 2]), hi: ([u8; 16], [u8; 2]), protocol: u8, v: &CtValueV2, now: u64) -> FlowEventV5 {
+    let (src, dst) = if v.flags & ct_flags::ORIGIN_HI != 0 { (hi, lo) } else { (lo, hi) };
+    FlowEventV5 {
+        // The event clock is CLOCK_MONOTONIC and the entry's is its coarse variant: the
+        // same clock at tick resolution.
+        ts_ns: now,
+        ifindex,
+        saddr_be: src.0,
+        daddr_be: dst.0,
+        sport_be: src.1,
+        dport_be: dst.1,
+        verdict: PolicyValueV2 { action: action::ALLOW, policy_index: bulkhead_common::NO_POLICY, ..Default::default() },
+        protocol,
+        direction: v.origin_direction,
+        kind: flow_kind::END,
+        family,
+        start_ns: v.created_ns,
+        packets_orig: v.packets_orig,
+        bytes_orig: v.bytes_orig,
+        packets_reply: v.packets_reply,
+        bytes_reply: v.bytes_reply,
+        ..Default::default()
+    }
 }

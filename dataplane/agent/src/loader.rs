@@ -20,7 +20,7 @@ use aya::{
 };
 use bulkhead_common::detect::{self as det, AllowKey6V1, AllowKeyV2, ExecKeyV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
-    ConfigV2, CtKeyV2, CtValueV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
+    ConfigV2, CtKeyV2, CtValueV2, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, map_names,
 };
 
@@ -179,9 +179,9 @@ pub struct Maps {
     pub ports: HashMap<MapData, PortKeyV1, PolicyValueV2>,
     pub ranges: LpmTrie<MapData, PortKeyV1, PolicyValueV2>,
     pub policy_stats: PerCpuArray<MapData, PolicyStatsV1>,
-    pub flows: Option<crate::ring::Ring<bulkhead_common::FlowEventV4>>,
-    pub conntrack: HashMap<MapData, CtKeyV2, CtValueV1>,
-    pub conntrack6: HashMap<MapData, bulkhead_common::Ct6KeyV1, CtValueV1>,
+    pub flows: Option<crate::ring::Ring<bulkhead_common::FlowEventV5>>,
+    pub conntrack: HashMap<MapData, CtKeyV2, CtValueV2>,
+    pub conntrack6: HashMap<MapData, bulkhead_common::Ct6KeyV1, CtValueV2>,
     pub config: Array<MapData, ConfigV2>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Bytes of the flows each endpoint opened, by ifindex (per CPU).

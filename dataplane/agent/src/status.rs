@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use bulkhead_common::{
-    CtKeyV2, CtValueV1, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PolicyValueV2, PortKeyV1, generation, map_names,
+    CtKeyV2, CtValueV2, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PolicyValueV2, PortKeyV1, generation, map_names,
 };
 
 use crate::error::AgentError;
@@ -99,8 +99,8 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
         HashMap::try_from(open(dir, map_names::PEERS)?).map_err(|e| merr(map_names::PEERS, e))?;
     let ports: HashMap<_, PortKeyV1, PolicyValueV2> = HashMap::try_from(open(dir, map_names::PORTS)?).map_err(|e| merr(map_names::PORTS, e))?;
     let ranges: LpmTrie<_, PortKeyV1, PolicyValueV2> = LpmTrie::try_from(open(dir, map_names::RANGES)?).map_err(|e| merr(map_names::RANGES, e))?;
-    let ct: HashMap<_, CtKeyV2, CtValueV1> = HashMap::try_from(open(dir, map_names::CONNTRACK)?).map_err(|e| merr(map_names::CONNTRACK, e))?;
-    let ct6: HashMap<_, bulkhead_common::Ct6KeyV1, CtValueV1> =
+    let ct: HashMap<_, CtKeyV2, CtValueV2> = HashMap::try_from(open(dir, map_names::CONNTRACK)?).map_err(|e| merr(map_names::CONNTRACK, e))?;
+    let ct6: HashMap<_, bulkhead_common::Ct6KeyV1, CtValueV2> =
         HashMap::try_from(open(dir, map_names::CONNTRACK6)?).map_err(|e| merr(map_names::CONNTRACK6, e))?;
     let cfg: aya::maps::Array<_, bulkhead_common::ConfigV2> = aya::maps::Array::try_from(open(dir, map_names::CONFIG)?).map_err(|e| merr(map_names::CONFIG, e))?;
     let cnt: PerCpuArray<_, u64> = PerCpuArray::try_from(open(dir, map_names::COUNTERS)?).map_err(|e| merr(map_names::COUNTERS, e))?;

@@ -68,17 +68,17 @@ pub mod map_names {
     pub const FLOW_WATCH: &str = "BH_FLOW_WATCH_V1";
     /// Per-policy counters: policy index -> [`crate::PolicyStatsV1`] (per CPU).
     pub const POLICY_STATS: &str = "BH_POLICY_STATS_V1";
-    /// Flow events ring buffer of [`crate::FlowEventV4`].
-    pub const FLOWS: &str = "BH_FLOWS_V4";
+    /// Flow events ring buffer of [`crate::FlowEventV5`].
+    pub const FLOWS: &str = "BH_FLOWS_V5";
     /// Drops per reason and direction: index `reason + capacity::COUNTERS * (direction - 1)`
     /// -> packets (per CPU); the reasons are [`crate::counters`] indexes.
     pub const DROPS: &str = "BH_DROPS_V1";
     /// Rate limit of drop events: one [`crate::DropRateV1`] per CPU.
     pub const DROP_RATE: &str = "BH_DROP_RATE_V1";
-    /// Connection tracking: [`crate::CtKeyV2`] -> [`crate::CtValueV1`] (LRU).
-    pub const CONNTRACK: &str = "BH_CT_V2";
-    /// Connection tracking of IPv6 flows: [`crate::Ct6KeyV1`] -> [`crate::CtValueV1`] (LRU).
-    pub const CONNTRACK6: &str = "BH_CT6_V1";
+    /// Connection tracking: [`crate::CtKeyV2`] -> [`crate::CtValueV2`] (LRU).
+    pub const CONNTRACK: &str = "BH_CT_V3";
+    /// Connection tracking of IPv6 flows: [`crate::Ct6KeyV1`] -> [`crate::CtValueV2`] (LRU).
+    pub const CONNTRACK6: &str = "BH_CT6_V2";
     /// Global configuration, one [`crate::ConfigV2`] at index 0.
     pub const CONFIG: &str = "BH_CONFIG_V2";
     /// Per-CPU counters indexed by [`crate::counters`].
@@ -622,7 +622,7 @@ pub struct PolicyStatsV1 {
     pub would_deny: u64,
 }
 
-/// Kinds of [`FlowEventV4`].
+/// Kinds of [`FlowEventV5`].
 pub mod flow_kind {
     /// A new flow was allowed.
     pub const NEW_ALLOWED: u8 = 1;
@@ -632,6 +632,10 @@ pub mod flow_kind {
     pub const REVOKED: u8 = 3;
     /// A packet dropped for a reason other than policy (`drop_reason` says which).
     pub const DROPPED: u8 = 4;
+    /// A tracked flow ended (TCP: an RST or a FIN each way, reported by TC; otherwise its
+    /// conntrack entry expired, reported by the agent's sweep), with packets and bytes both
+    /// ways. The tuple and direction are the flow's origin's.
+    pub const END: u8 = 5;
 }
 
 /// A flow event, written by TC into the ring buffer for new flows (when enabled or logged),
@@ -639,7 +643,7 @@ pub mod flow_kind {
 /// detector's peer baseline).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowEventV4 {
+pub struct FlowEventV5 {
     pub ts_ns: u64,
     pub ifindex: u32,
     /// Source address, network order: IPv4 in the first 4 bytes (the rest zero), or IPv6
@@ -671,9 +675,16 @@ pub struct FlowEventV4 {
     pub local_identity: u32,
     /// The remote address's identity (0 when the drop came before it was known).
     pub peer_identity: u32,
+    /// For [`flow_kind::END`]: when the flow started (its conntrack entry's clock), and its
+    /// packets and bytes as it was opened (`orig`) and back (`reply`). Zero otherwise.
+    pub start_ns: u64,
+    pub packets_orig: u64,
+    pub bytes_orig: u64,
+    pub packets_reply: u64,
+    pub bytes_reply: u64,
 }
 
-impl FlowEventV4 {
+impl FlowEventV5 {
     fn addr(&self, b: [u8; 16]) -> Option<core::net::IpAddr> {
         match self.family {
             4 => Some(core::net::IpAddr::V4(core::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
@@ -803,7 +814,7 @@ pub fn ct6_source_first(s: (u64, u64, [u8; 2]), d: (u64, u64, [u8; 2])) -> bool 
 }
 
 /// TCP flags (SYN set, ACK clear) of a connection's opening packet, as in
-/// [`FlowEventV4::tcp_flags`].
+/// [`FlowEventV5::tcp_flags`].
 pub const TCP_SYN: u8 = 0x02;
 /// TCP ACK flag.
 pub const TCP_ACK: u8 = 0x10;
@@ -812,23 +823,37 @@ pub const fn tcp_opens(flags: u8) -> bool {
     flags & TCP_SYN != 0 && flags & TCP_ACK == 0
 }
 
-/// Bits of [`CtValueV1::flags`].
+/// Bits of [`CtValueV2::flags`].
 pub mod ct_flags {
     /// A FIN or RST was seen: the short timeout applies.
     pub const CLOSING: u32 = 1 << 0;
     /// A reply was seen.
     pub const SEEN_REPLY: u32 = 1 << 1;
+    /// The flow's first packet came from the key's `hi` end (else from its `lo` end): how
+    /// the agent orients an entry it reports when the entry expires.
+    pub const ORIGIN_HI: u32 = 1 << 2;
+    /// A FIN was seen from the flow's origin.
+    pub const FIN_ORIG: u32 = 1 << 3;
+    /// A FIN was seen from the flow's answering end.
+    pub const FIN_REPLY: u32 = 1 << 4;
+    /// The flow's end was reported (an RST, or a FIN each way): the garbage collector does
+    /// not report it again.
+    pub const ENDED: u32 = 1 << 5;
 }
 
 /// Conntrack value. Written by the TC programs; read and garbage-collected by the agent.
+/// Packets and bytes are counted per direction of the flow (`orig`: as its first packet
+/// went, `reply`: back), which the flow's end record reports.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtValueV1 {
+pub struct CtValueV2 {
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) of the last packet.
     pub last_seen_ns: u64,
     pub created_ns: u64,
-    pub packets: u64,
-    pub bytes: u64,
+    pub packets_orig: u64,
+    pub bytes_orig: u64,
+    pub packets_reply: u64,
+    pub bytes_reply: u64,
     /// [`ConfigV2::policy_rev`] the flow was last admitted under; a different current revision
     /// makes the next packet be judged again.
     pub policy_rev: u32,
@@ -841,7 +866,7 @@ pub struct CtValueV1 {
     pub _pad2: u32,
 }
 
-impl CtValueV1 {
+impl CtValueV2 {
     /// Whether the entry has outlived its timeout at `now` (its clock): the one rule the TC
     /// programs judge by and the agent's garbage collector sweeps by. A TCP flow not yet
     /// answered or closing gets the short timeout.
@@ -938,10 +963,10 @@ const _: () = {
     assert!(core::mem::size_of::<PortKeyV1>() == 8);
     assert!(core::mem::size_of::<SliceValueV2>() == 32);
     assert!(core::mem::size_of::<PolicyStatsV1>() == 32);
-    assert!(core::mem::size_of::<FlowEventV4>() == 96);
+    assert!(core::mem::size_of::<FlowEventV5>() == 136);
     assert!(core::mem::size_of::<DropRateV1>() == 16);
     assert!(core::mem::size_of::<CtKeyV2>() == 20);
-    assert!(core::mem::size_of::<CtValueV1>() == 48);
+    assert!(core::mem::size_of::<CtValueV2>() == 64);
     assert!(core::mem::size_of::<ConfigV2>() == 56);
 };
 
@@ -966,10 +991,10 @@ mod user {
     unsafe impl aya::Pod for PolicyStatsV1 {}
     unsafe impl aya::Pod for SliceKeyV2 {}
     unsafe impl aya::Pod for SliceValueV2 {}
-    unsafe impl aya::Pod for FlowEventV4 {}
+    unsafe impl aya::Pod for FlowEventV5 {}
     unsafe impl aya::Pod for DropRateV1 {}
     unsafe impl aya::Pod for CtKeyV2 {}
-    unsafe impl aya::Pod for CtValueV1 {}
+    unsafe impl aya::Pod for CtValueV2 {}
     unsafe impl aya::Pod for ConfigV2 {}
 }
 

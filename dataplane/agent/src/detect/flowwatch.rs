@@ -19,7 +19,7 @@ use std::{
 };
 
 use aya::maps::MapData;
-use bulkhead_common::{FlowEventV4, direction, flow_kind};
+use bulkhead_common::{FlowEventV5, direction, flow_kind};
 
 use super::{
     DetectorEvent, Mode, NetActions, Shared, WorkloadState,
@@ -52,13 +52,13 @@ pub struct FlowWatch {
     stop: Arc<AtomicBool>,
     wake: Arc<Wake>,
     flush_tx: mpsc::Sender<mpsc::SyncSender<()>>,
-    events_rx: mpsc::Receiver<Vec<FlowEventV4>>,
+    events_rx: mpsc::Receiver<Vec<FlowEventV5>>,
     lost: Arc<AtomicU64>,
 }
 
 impl FlowWatch {
     /// Starts the thread on the flow ring.
-    pub(super) fn spawn(ring: Ring<FlowEventV4>, shared: Arc<Shared>, peers: PeerBook, events_file: PathBuf, pin_dir: &Path) -> Result<FlowWatch, AgentError> {
+    pub(super) fn spawn(ring: Ring<FlowEventV5>, shared: Arc<Shared>, peers: PeerBook, events_file: PathBuf, pin_dir: &Path) -> Result<FlowWatch, AgentError> {
         let isolation = match IsolationMap::open_isolation(pin_dir) {
             Ok(m) => Some(m),
             Err(e) => {
@@ -89,7 +89,7 @@ impl FlowWatch {
     }
 
     /// Event batches judged and waiting for the flow log, oldest first.
-    pub fn take_events(&self) -> Vec<Vec<FlowEventV4>> {
+    pub fn take_events(&self) -> Vec<Vec<FlowEventV5>> {
         self.events_rx.try_iter().collect()
     }
 
@@ -126,7 +126,7 @@ impl Drop for FlowWatch {
 
 /// The thread's state.
 struct Watcher {
-    ring: Ring<FlowEventV4>,
+    ring: Ring<FlowEventV5>,
     shared: Arc<Shared>,
     peers: PeerBook,
     events_file: PathBuf,
@@ -136,7 +136,7 @@ struct Watcher {
     learned: Option<aya::maps::HashMap<MapData, bulkhead_common::detect::LearnedKeyV1, u8>>,
     /// Port-scan windows per workload (cgroup id).
     scan: HashMap<u64, ScanWindow>,
-    to_log: mpsc::SyncSender<Vec<FlowEventV4>>,
+    to_log: mpsc::SyncSender<Vec<FlowEventV5>>,
     lost: Arc<AtomicU64>,
 }
 
@@ -190,7 +190,7 @@ impl Watcher {
     }
 
     /// Learns or judges one flow event (new flows of monitored workloads).
-    fn on_flow(&mut self, peers: &HashMap<IpAddr, String>, ev: &FlowEventV4) {
+    fn on_flow(&mut self, peers: &HashMap<IpAddr, String>, ev: &FlowEventV5) {
         // TC's own detector decision (protect mode): the flow never left.
         let kernel_dropped = ev.kind == flow_kind::DROPPED && u32::from(ev.drop_reason) == bulkhead_common::counters::DENY_DETECTOR_UNLEARNED;
         if !(matches!(ev.kind, flow_kind::NEW_ALLOWED | flow_kind::DENIED) || kernel_dropped) || ev.ifindex == 0 {
@@ -270,7 +270,7 @@ impl Watcher {
     fn act(
         &mut self,
         w: &WorkloadState,
-        ev: &FlowEventV4,
+        ev: &FlowEventV5,
         finding: Finding,
         actions: NetActions,
         peer: &Peer,

@@ -1031,7 +1031,7 @@ impl Detector {
     }
 
     /// Flow events the network thread judged, oldest first, for the flow log.
-    pub fn flow_events(&self) -> Vec<Vec<bulkhead_common::FlowEventV4>> {
+    pub fn flow_events(&self) -> Vec<Vec<bulkhead_common::FlowEventV5>> {
         self.flowwatch.take_events()
     }
 

@@ -73,7 +73,7 @@ impl Detector {
             match crate::batch::conntrack(&dp.maps.conntrack) {
                 Ok(entries) => {
                     for (k, v) in entries.into_iter().filter(|(_, v)| v.origin_direction == direction::EGRESS) {
-                        per_if.entry(k.ifindex).or_default().push((k, v.bytes));
+                        per_if.entry(k.ifindex).or_default().push((k, v.bytes_orig + v.bytes_reply));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "conntrack unreadable; egress volume of learning workloads not sampled this second"),
