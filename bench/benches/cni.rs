@@ -89,6 +89,7 @@ fn main() {
         node_netns: Some(g.node.clone()),
         pin_dir: PathBuf::from("/sys/fs/bpf/bulkhead").join(&g.instance),
         watch: false,
+        flow_records: true,
     })
     .expect("agent");
     let bridge = json!({"cniVersion": "1.0.0", "name": g.instance, "type": "bridge", "bridge": format!("bhcb{id}"), "isGateway": true,

@@ -280,6 +280,7 @@ impl Bench {
                     node_netns: Some(node.clone()),
                     pin_dir: self.lab.pin_dir(),
                     watch: false,
+                    flow_records: true,
                 })
                 .expect("agent");
                 self.agent = Some(agent);

@@ -104,6 +104,7 @@ impl Bench {
                 node_netns: Some(lab.node_netns().to_string()),
                 pin_dir: lab.pin_dir(),
                 watch: true,
+                flow_records: true,
             })
             .expect("starting the agent");
             (agent, None)
@@ -216,6 +217,7 @@ impl Bench {
                 node_netns: Some(self.lab.node_netns().to_string()),
                 pin_dir: self.lab.pin_dir(),
                 watch: true,
+                flow_records: true,
             })
             .expect("restarting the in-process agent"),
         );

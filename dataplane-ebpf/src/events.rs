@@ -52,8 +52,7 @@ const NO_VERDICT: PolicyValueV2 = PolicyValueV2 {
 #[inline(always)]
 pub fn dropped<A: Addr>(ifindex: u32, flow: Option<&Flow<A>>, dir: u8, reason: u32, local: Option<(u32, u8)>) {
     count_drop(reason, dir);
-    if !within_budget() {
-        count(counters::DROP_EVENTS_RATE_LIMITED);
+    if !drop_budget() {
         return;
     }
     let ids = match (local, flow) {
@@ -86,7 +85,17 @@ pub fn count_drop(reason: u32, dir: u8) {
     }
 }
 
-/// Takes one event from this CPU's per-second budget.
+/// Takes one event from this CPU's per-second budget of drop and denial records; past it the
+/// record is counted as rate-limited and not sent.
+#[inline(always)]
+pub fn drop_budget() -> bool {
+    let ok = within_budget();
+    if !ok {
+        count(counters::DROP_EVENTS_RATE_LIMITED);
+    }
+    ok
+}
+
 #[inline(always)]
 fn within_budget() -> bool {
     let Some(r) = DROP_RATE.get_ptr_mut(0) else { return false };

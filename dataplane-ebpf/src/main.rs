@@ -454,7 +454,10 @@ fn judge_new_flow<A: Addr>(ifindex: u32, ep: &Local, cfg: &ConfigV2, flow: &Flow
     if unlearned {
         // Always reported (not rate-limited as other drops): the agent's finding follows it.
         events::emit_dropped(ifindex, flow, dir, counters::DENY_DETECTOR_UNLEARNED, &v, events::Ids { local: ep.identity, peer });
-    } else if maps::flow_watched(ifindex, cfg) || v.flags & verdict_flags::LOG != 0 {
+    } else if (maps::flow_watched(ifindex, cfg) || v.flags & verdict_flags::LOG != 0) && (allow || events::drop_budget()) {
+        // An allowed flow is reported once (its next packets find conntrack); a denied one
+        // has no entry, so each packet of a flood would be a record: denials share the
+        // drops' per-second budget.
         let kind = if allow { flow_kind::NEW_ALLOWED } else { flow_kind::DENIED };
         events::emit(ifindex, flow, dir, kind, &v, staged, events::Ids { local: ep.identity, peer });
     }

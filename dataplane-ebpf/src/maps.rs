@@ -159,11 +159,9 @@ pub static FLOW_WATCH: Array<u32> = Array::with_max_entries(capacity::IFINDEX_DI
 /// read; interfaces past the array follow the global flag.
 #[inline(always)]
 pub fn flow_watched(ifindex: u32, cfg: &ConfigV2) -> bool {
-    if bulkhead_common::ifindex_is_direct(ifindex) {
-        matches!(FLOW_WATCH.get(ifindex), Some(w) if *w != 0)
-    } else {
-        cfg.flags & bulkhead_common::config_flags::FLOW_EVENTS_ALL != 0
-    }
+    // The slot is read only when the flag does not decide already.
+    let slot = if cfg.flags & bulkhead_common::config_flags::FLOW_RECORDS == 0 { FLOW_WATCH.get(ifindex).copied().unwrap_or(0) } else { 0 };
+    bulkhead_common::flow_reported(cfg.flags, ifindex, slot)
 }
 
 /// The endpoint's [`det::watch_flags`] (0 for interfaces past the array: reported through

@@ -59,6 +59,11 @@ enum Command {
         /// by default: expose it wider only on purpose (e.g. `0.0.0.0:9964`).
         #[arg(long, default_value = bulkhead_agent::metrics::DEFAULT_LISTEN)]
         metrics_listen: String,
+        /// Flow records (`bulkhead flows`, the service map, `policy recommend`): every new
+        /// flow and every flow's end, per endpoint, aggregated in the kernel. `off` keeps only
+        /// denied flows of monitored workloads, revoked flows, Log rules and drops.
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        flow_records: String,
     },
     /// Print the CustomResourceDefinitions of the kinds the agent reads from Kubernetes
     /// (deploy/kubernetes/crds/bulkhead-agent.yaml holds this output).
@@ -377,6 +382,7 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                 node_netns: None,
                 pin_dir: bulkhead_agent::AgentConfig::default_pin_dir(&instance),
                 watch: false,
+                flow_records: true,
             };
             let table_path = cfg.state_dir().join("policies.json");
             let table: bulkhead_agent::PolicyTable = serde_json::from_str(
@@ -413,6 +419,7 @@ fn run_flows(instance: &str, args: &flows_cli::FilterArgs, last: usize, output: 
         node_netns: None,
         pin_dir: bulkhead_agent::AgentConfig::default_pin_dir(instance),
         watch: false,
+        flow_records: true,
     };
     let path = cfg.state_dir().join("flows.jsonl");
     // Following ends with the process (Ctrl-C): there is nothing to clean up.
@@ -487,7 +494,7 @@ fn run_prefilter(cmd: PrefilterCommand) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn run_agent(datastore: PathBuf, kubeconfig: Option<PathBuf>, node_netns: Option<String>, instance: String, metrics_listen: &str) -> anyhow::Result<i32> {
+fn run_agent(datastore: PathBuf, kubeconfig: Option<PathBuf>, node_netns: Option<String>, instance: String, metrics_listen: &str, flow_records: bool) -> anyhow::Result<i32> {
     let kubernetes = datastore.as_os_str() == "kubernetes";
     if kubeconfig.is_some() && !kubernetes {
         anyhow::bail!("--kubeconfig needs --datastore kubernetes");
@@ -497,6 +504,7 @@ fn run_agent(datastore: PathBuf, kubeconfig: Option<PathBuf>, node_netns: Option
         node_netns,
         pin_dir: bulkhead_agent::AgentConfig::default_pin_dir(&instance),
         watch: true,
+        flow_records,
     };
     // SAFETY: the handler only stores to an atomic. A supervisor may start us with the signals
     // blocked (the mask survives exec): unblock them, or SIGTERM would never stop the agent.
@@ -583,7 +591,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Agent { action: Some(AgentAction::Uninstall { instance }), .. } => run_uninstall(&instance)?,
-        Command::Agent { action: None, datastore, kubeconfig, node_netns, instance, metrics_listen } => {
+        Command::Agent { action: None, datastore, kubeconfig, node_netns, instance, metrics_listen, flow_records } => {
             let datastore = datastore.context("bulkhead agent: --datastore DIR|kubernetes is required")?;
             bulkhead_agent::instance::validate_name(&instance)?;
             if metrics_listen != "off" {
@@ -591,7 +599,7 @@ fn main() -> anyhow::Result<()> {
                     .parse::<std::net::SocketAddr>()
                     .with_context(|| format!("--metrics-listen {metrics_listen:?}: expected ADDRESS:PORT (e.g. 127.0.0.1:9964) or off"))?;
             }
-            run_agent(datastore, kubeconfig, node_netns, instance, &metrics_listen)?
+            run_agent(datastore, kubeconfig, node_netns, instance, &metrics_listen, flow_records == "on")?
         }
         Command::Crds => {
             print!("{}", bulkhead_agent::crds::render_yaml(&bulkhead_agent::crds::agent_crds()));

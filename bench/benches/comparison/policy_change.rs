@@ -75,7 +75,7 @@ fn bulkhead(b: &mut Bench, n: usize, count: usize) -> Change {
     }
     b.ds.apply(&toggle(false)).expect("toggle policy");
     b.ds.flush().expect("datastore");
-    let agent = Agent::start(AgentConfig { datastore_dir: b.lab.datastore_dir(), node_netns: Some(b.node()), pin_dir: b.lab.pin_dir(), watch: true }).expect("agent");
+    let agent = Agent::start(AgentConfig { datastore_dir: b.lab.datastore_dir(), node_netns: Some(b.node()), pin_dir: b.lab.pin_dir(), watch: true, flow_records: true }).expect("agent");
     b.agent = Some(agent);
     assert!(
         time_to_verdict(&b.client, b.server.ip, ECHO_PORT, false, Instant::now(), PROBING).is_some(),

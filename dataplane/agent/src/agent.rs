@@ -37,6 +37,9 @@ pub struct AgentConfig {
     pub pin_dir: PathBuf,
     /// Re-sync on its own when the datastore changes.
     pub watch: bool,
+    /// Flow records for every endpoint: each new flow (allowed or denied) and each flow's
+    /// end. Revoked flows, Log rules and (rate-limited) drops are reported either way.
+    pub flow_records: bool,
 }
 
 impl AgentConfig {
@@ -382,6 +385,7 @@ fn worker(
             return;
         }
     };
+    dp.flow_records = cfg.flow_records;
     let state_dir = cfg.state_dir();
     let _ = std::fs::create_dir_all(&state_dir);
     let mut det = match Detector::start(&mut dp, &state_dir) {
@@ -609,7 +613,7 @@ pub struct UninstallReport {
 pub fn uninstall(instance: &str) -> Result<UninstallReport, AgentError> {
     crate::instance::validate_name(instance)?;
     let _lock = crate::instance::InstanceLock::acquire(instance)?;
-    let cfg = AgentConfig { datastore_dir: PathBuf::new(), node_netns: None, pin_dir: AgentConfig::default_pin_dir(instance), watch: false };
+    let cfg = AgentConfig { datastore_dir: PathBuf::new(), node_netns: None, pin_dir: AgentConfig::default_pin_dir(instance), watch: false, flow_records: true };
     let mut report = UninstallReport::default();
     let links = cfg.pin_dir.join("links");
     if let Ok(rd) = std::fs::read_dir(&links) {

@@ -529,7 +529,9 @@ pub fn current_revision(dp: &Dataplane) -> Result<u32, AgentError> {
 pub fn bump_revision(dp: &mut Dataplane) -> Result<u32, AgentError> {
     let cur = dp.maps.config.get(&0, 0).map_err(|e| werr(map_names::CONFIG, e))?;
     let base = if cur.tcp_established_timeout_ns == 0 { ConfigV2::with_default_timeouts(0) } else { cur };
-    let next = with_clock(ConfigV2 { policy_rev: cur.policy_rev.wrapping_add(1), ..base });
+    let records = bulkhead_common::config_flags::FLOW_RECORDS;
+    let flags = if dp.flow_records { base.flags | records } else { base.flags & !records };
+    let next = with_clock(ConfigV2 { policy_rev: cur.policy_rev.wrapping_add(1), flags, ..base });
     dp.maps.config.set(0, next, 0).map_err(|e| werr(map_names::CONFIG, e))?;
     Ok(next.policy_rev)
 }

@@ -8,7 +8,7 @@ use std::os::fd::AsFd as _;
 use std::time::Duration;
 
 use aya::maps::IterableMap as _;
-use bulkhead_common::{ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV2, FlowEventV5, PolicyValueV2, action, config_flags, ct_flags, flow_kind, map_names};
+use bulkhead_common::{ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV2, FlowEventV5, PolicyValueV2, action, ct_flags, flow_kind, map_names};
 
 use crate::{error::AgentError, loader::Dataplane};
 
@@ -70,8 +70,8 @@ fn widen(a: [u8; 4]) -> [u8; 16] {
     w
 }
 
-/// Which endpoints report flows: the datapath's rule ([`config_flags::FLOW_EVENTS_ALL`] or
-/// the endpoint's flow-watch slot), read once per interface per sweep.
+/// Which endpoints report flows: the datapath's rule ([`bulkhead_common::flow_reported`]),
+/// read once per interface per sweep.
 struct Watched<'a> {
     dp: &'a mut Dataplane,
     cfg: ConfigV2,
@@ -80,12 +80,10 @@ struct Watched<'a> {
 
 impl Watched<'_> {
     fn reports(&mut self, ifindex: u32) -> bool {
-        if self.cfg.flags & config_flags::FLOW_EVENTS_ALL != 0 {
-            return true;
-        }
-        let maps = &self.dp.maps;
+        let (maps, flags) = (&self.dp.maps, self.cfg.flags);
         *self.known.entry(ifindex).or_insert_with(|| {
-            bulkhead_common::ifindex_is_direct(ifindex) && maps.flow_watch.get(&ifindex, 0).is_ok_and(|w| w != 0)
+            let slot = if bulkhead_common::ifindex_is_direct(ifindex) { maps.flow_watch.get(&ifindex, 0).unwrap_or(0) } else { 0 };
+            bulkhead_common::flow_reported(flags, ifindex, slot)
         })
     }
 }

@@ -227,6 +227,9 @@ pub struct Dataplane {
     file_links: Vec<KeptLink>,
     /// Whether the XDP pre-filter goes on pod interfaces ([`XDP_PREFILTER_ENV`]).
     xdp_prefilter: bool,
+    /// Flow records for every endpoint ([`bulkhead_common::config_flags::FLOW_RECORDS`]),
+    /// written with the next revision. Off unless the agent turns it on.
+    pub flow_records: bool,
 }
 
 /// Environment variable that puts the XDP anti-spoofing pre-filter on pod veths (`veth`).
@@ -390,7 +393,7 @@ impl Dataplane {
             }
         };
         koffsets.set(0, offsets, 0).map_err(|e| map_err(det::map_names::KOFFSETS, e))?;
-        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, file_links: Vec::new(), xdp_prefilter };
+        let mut dp = Dataplane { ebpf, maps, pin_dir: pin_dir.to_path_buf(), attached: BTreeMap::new(), tracepoints: BTreeMap::new(), sys_enter: None, file_links: Vec::new(), xdp_prefilter, flow_records: false };
         // Exec and fork are rare events: their probes are always on (they return at once for
         // unmonitored cgroups). The syscall probe is attached only while someone needs it.
         dp.attach_tracepoint(programs::EXEC)?;

@@ -119,6 +119,7 @@ impl Net {
             node_netns: Some(self.node()),
             pin_dir: PathBuf::from("/sys/fs/bpf/bulkhead").join(self.instance()),
             watch: false,
+            flow_records: true,
         })
         .expect("agent starts")
     }

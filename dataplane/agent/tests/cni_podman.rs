@@ -88,6 +88,7 @@ impl Env {
             node_netns: None,
             pin_dir: PathBuf::from("/sys/fs/bpf/bulkhead").join(self.net()),
             watch: false,
+            flow_records: true,
         })
         .expect("agent starts")
     }

@@ -57,7 +57,7 @@ fn expired_flows_become_end_records_once() {
     let mut g = Loaded(Some(Dataplane::load(&dir).expect("loading the dataplane")));
     let dp = g.0.as_mut().expect("loaded");
     let mut cfg = bulkhead_common::ConfigV2::with_default_timeouts(1);
-    cfg.flags |= config_flags::FLOW_EVENTS_ALL;
+    cfg.flags |= config_flags::FLOW_RECORDS;
     dp.maps.config.set(0, cfg, 0).expect("config");
     // 10.0.0.9:40000 -> 10.0.0.1:80 sorts the server first: the origin is the key's hi end.
     let k = key(0x0a00_0009);

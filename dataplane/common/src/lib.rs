@@ -894,6 +894,21 @@ pub mod config_flags {
     /// (Only for endpoints whose interface index is past the per-endpoint array
     /// [`crate::map_names::FLOW_WATCH`], which says it for the others.)
     pub const FLOW_EVENTS_ALL: u32 = 1 << 0;
+    /// Flow records: every endpoint reports every new flow and every flow's end (the
+    /// agent's `--flow-records`, on by default).
+    pub const FLOW_RECORDS: u32 = 1 << 1;
+}
+
+/// Whether endpoint `ifindex` reports its new flows and flow ends: flow records are on, or
+/// the detector watches it (`watch_slot`, its [`map_names::FLOW_WATCH`] slot, for interfaces
+/// in the array; [`config_flags::FLOW_EVENTS_ALL`] for the others). The one rule for TC and
+/// the agent's conntrack sweep.
+#[inline(always)]
+pub fn flow_reported(flags: u32, ifindex: u32, watch_slot: u32) -> bool {
+    if flags & config_flags::FLOW_RECORDS != 0 {
+        return true;
+    }
+    if ifindex_is_direct(ifindex) { watch_slot != 0 } else { flags & config_flags::FLOW_EVENTS_ALL != 0 }
 }
 
 /// Global configuration, index 0 of the config array. Written by the agent, read by TC.

@@ -267,6 +267,7 @@ impl Lab {
             node_netns: Some(self.node_netns().to_string()),
             pin_dir: self.pin_dir(),
             watch,
+            flow_records: true,
         }
     }
 

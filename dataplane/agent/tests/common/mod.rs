@@ -184,6 +184,7 @@ pub fn start_agent_watching(t: &Topo, watch: bool) -> (bulkhead_agent::Agent, Pa
         node_netns: Some(t.node()),
         pin_dir: pin_dir.clone(),
         watch,
+        flow_records: true,
     })
     .expect("agent starts");
     (agent, pin_dir)
