@@ -15,7 +15,7 @@ need_root
 
 APT_PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev iproute2 iputils-ping iperf3
   netcat-openbsd iptables nftables ipset bpftool python3 python3-venv containernetworking-plugins
-  podman runc busybox-static nginx-light wrk)
+  podman runc busybox-static nginx-light wrk chromium fonts-dejavu-core)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,6 +7,7 @@ use std::{
 
 mod detector_cli;
 mod flows_cli;
+mod recommend_cli;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -288,6 +289,31 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Recommend policies from the flows an instance observed: one per workload, admitting
+    /// exactly the allowed flows seen, in the `namespace-isolation` tier; staged by default,
+    /// to review with `policy stats` before enforcing. Stability per workload goes to stderr.
+    Recommend {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        /// The cluster's datastore folder: every pod gets a policy (a workload with no flow is
+        /// isolated). Without it, only workloads named in the flow records.
+        #[arg(long)]
+        datastore: Option<PathBuf>,
+        /// A file of flow records instead of the instance's flow log.
+        #[arg(long)]
+        flows: Option<PathBuf>,
+        /// calico-staged (StagedNetworkPolicy), calico (NetworkPolicy, to enforce) or
+        /// kubernetes (networking.k8s.io NetworkPolicy).
+        #[arg(long, short = 'o', default_value = "calico-staged")]
+        output: String,
+        /// A workload's recommendation is stable once no new peer, port or protocol arrived
+        /// for this long (300s, 5m, 1h).
+        #[arg(long, default_value = "300s")]
+        stable_after: String,
+        /// Keep reading the flow log and print the recommendation again when it changes.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
 }
 
 fn protocol_number(p: &str) -> anyhow::Result<u8> {
@@ -324,6 +350,14 @@ fn load_strict(datastore: &std::path::Path) -> anyhow::Result<policy_compiler::m
 
 fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
     match cmd {
+        PolicyCommand::Recommend { instance, datastore, flows, output, stable_after, follow } => {
+            let format = recommend_cli::parse_format(&output)?;
+            let stable_after = recommend_cli::parse_window(&stable_after)?;
+            let model = datastore.as_deref().map(load_strict).transpose()?;
+            let flows = flows.unwrap_or_else(|| flow_log_path(&instance));
+            recommend_cli::run(recommend_cli::Args { flows: &flows, model, format, stable_after, follow })?;
+            Ok(0)
+        }
         PolicyCommand::Check { datastore } => {
             let model = load_strict(&datastore)?;
             let mut compiler = policy_compiler::Compiler::new(policy_compiler::Limits::default());
@@ -403,6 +437,13 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// The flow log of agent instance `instance`.
+fn flow_log_path(instance: &str) -> PathBuf {
+    let pin_dir = bulkhead_agent::AgentConfig::default_pin_dir(instance);
+    let cfg = bulkhead_agent::AgentConfig { datastore_dir: PathBuf::new(), node_netns: None, pin_dir, watch: false, flow_records: true };
+    cfg.state_dir().join("flows.jsonl")
 }
 
 fn run_flows(instance: &str, args: &flows_cli::FilterArgs, last: usize, output: String, follow: bool) -> anyhow::Result<i32> {

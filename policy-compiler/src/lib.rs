@@ -26,6 +26,7 @@ pub mod knp;
 pub mod lookup;
 pub mod model;
 pub mod portrange;
+pub mod recommend;
 pub mod reference;
 pub mod selector_parser;
 pub mod tiered;
