@@ -81,6 +81,36 @@ fn measure(c: &mut Criterion, shape: Shape, n: usize) -> Figures {
     Figures { noop, deny, deny_world, established }
 }
 
+/// What flow records cost the datapath at 10k rules: a new allowed flow (single shot, its
+/// record written to the ring, which is drained between runs outside the timing) and a denied
+/// packet (its record within the per-second budget, then counted as rate-limited), with
+/// records on and off, interleaved. The established path writes no record.
+fn flow_record_cost() {
+    let mut b = Bench::new(10_000, Shape::NetworkPolicies);
+    let (mut allow, mut deny) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    let mut noop = Vec::new();
+    for _ in 0..ROUNDS {
+        for (i, on) in [false, true].into_iter().enumerate() {
+            b.set_flow_records(on);
+            let (a, n) = b.single_shot_allow(2_000);
+            allow[i].push(a);
+            noop.push(n);
+            deny[i].push(b.run_path(PathKind::Deny, REPEAT).kernel_ns as f64);
+            b.drain_flow_records();
+        }
+    }
+    let [allow_off, allow_on] = allow.map(median);
+    let [deny_off, deny_on] = deny.map(median);
+    let noop = median(noop);
+    result("flow_records_allow_new_flow_ns_off", format!("{allow_off:.1}"));
+    result("flow_records_allow_new_flow_ns_on", format!("{allow_on:.1}"));
+    result("flow_records_allow_new_flow_ratio_on_off", format!("{:.2}", allow_on / allow_off));
+    result("flow_records_single_shot_noop_ns", format!("{noop:.1}"));
+    result("flow_records_deny_ns_off", format!("{deny_off:.0}"));
+    result("flow_records_deny_ns_on", format!("{deny_on:.0}"));
+    result("flow_records_deny_ratio_on_off", format!("{:.2}", deny_on / deny_off));
+}
+
 /// `DATAPATH_PROFILE=noop|deny|deny_world|established`: runs that path at 10k rules for 10 s
 /// and nothing else, for a profiler (`perf record -a -e cpu-clock`) to see where the time goes
 /// inside the program and the helpers it calls.
@@ -117,10 +147,16 @@ fn main() {
         profile(&which);
         return;
     }
+    // `DATAPATH_BENCH=flow_records`: only what flow records cost.
+    if std::env::var("DATAPATH_BENCH").as_deref() == Ok("flow_records") {
+        flow_record_cost();
+        return;
+    }
     let mut np = Vec::new();
     for n in SIZES {
         np.push((n, measure(&mut c, Shape::NetworkPolicies, n)));
     }
+    flow_record_cost();
     let one = measure(&mut c, Shape::Tiers, 1);
     let tiered = measure(&mut c, Shape::Tiers, 10_000);
 

@@ -350,7 +350,11 @@ impl Bench {
         let get = |name: &str| d.iter().find(|(n, _)| n == name).map(|x| x.1).unwrap_or(0);
         let ok = match path {
             PathKind::Noop => unreachable!("handled above"),
-            PathKind::Deny | PathKind::DenyWorld | PathKind::EgressDeny => d.len() == 1 && get("deny_policy") == u64::from(repeat),
+            // With flow records on, the denials' records (sent, then rate-limited) move too.
+            PathKind::Deny | PathKind::DenyWorld | PathKind::EgressDeny => {
+                get("deny_policy") == u64::from(repeat)
+                    && d.iter().all(|(n, _)| matches!(n.as_str(), "deny_policy" | "flow_events_sent" | "drop_events_rate_limited" | "flow_events_dropped"))
+            }
             PathKind::Reply => d.len() == 1 && get("allow_conntrack") == u64::from(repeat),
             PathKind::Established | PathKind::EgressEstablished => {
                 get("allow_policy") <= 1
@@ -360,6 +364,21 @@ impl Bench {
         };
         assert!(ok, "{} ({family:?}) x{repeat}: unexpected counters {d:?}", path.label());
         r
+    }
+
+    /// Turns flow records (every new flow reported through the ring) on or off.
+    pub fn set_flow_records(&mut self, on: bool) {
+        let maps = &mut self.guard.dp().maps;
+        let mut cfg = maps.config.get(&0, 0).expect("config");
+        let flag = bulkhead_common::config_flags::FLOW_RECORDS;
+        cfg.flags = if on { cfg.flags | flag } else { cfg.flags & !flag };
+        maps.config.set(0, cfg, 0).expect("config set");
+    }
+
+    /// Flow records waiting in the ring, read and dropped (outside any timed run), so the
+    /// ring never fills during a measurement.
+    pub fn drain_flow_records(&mut self) -> usize {
+        self.guard.dp().maps.flows.as_mut().map_or(0, |r| r.read_all().len())
     }
 
     /// Single-shot new-flow allow into the pod: conntrack cleared before each run, repeat = 1,
@@ -376,6 +395,7 @@ impl Bench {
             assert_eq!(r.retval, RET_PASS);
             allow += r.kernel_ns;
             noop += run_noop(&self.noop_tc, &self.frames.allow, 1).kernel_ns;
+            self.drain_flow_records();
         }
         let hits = counter(self.guard.dp(), "allow_policy") - before;
         assert_eq!(hits, samples as u64, "single-shot allow: {hits} policy allows of {samples} runs");
