@@ -23,6 +23,9 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "datapath/records.rs"]
+mod records;
+
 use bulkhead_bench::datapath::{Bench, PathKind, REPEAT, Shape, median, remove_stale_pins};
 use bulkhead_bench::{require_root, result};
 use criterion::{BenchmarkId, Criterion};
@@ -150,6 +153,7 @@ fn main() {
     // `DATAPATH_BENCH=flow_records`: only what flow records cost.
     if std::env::var("DATAPATH_BENCH").as_deref() == Ok("flow_records") {
         flow_record_cost();
+        records::agent_record_rate();
         return;
     }
     let mut np = Vec::new();
@@ -157,6 +161,7 @@ fn main() {
         np.push((n, measure(&mut c, Shape::NetworkPolicies, n)));
     }
     flow_record_cost();
+    records::agent_record_rate();
     let one = measure(&mut c, Shape::Tiers, 1);
     let tiered = measure(&mut c, Shape::Tiers, 10_000);
 

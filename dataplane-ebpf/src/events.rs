@@ -12,6 +12,8 @@ use crate::{
 /// `bpf_ringbuf_submit` flags: do not wake the reader; wake it whatever is pending.
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// `bpf_ringbuf_query` flag: bytes written and not yet read.
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Who a packet belongs to, as far as it is known when it is dropped or reported.
 #[derive(Clone, Copy)]
@@ -246,10 +248,12 @@ fn write<A: Addr>(ifindex: u32, f: Option<&Flow<A>>, m: &Meta) {
     }
     // Waking the reader costs an interrupt (a VM exit on a virtual machine: about 7 us, 14x
     // a new flow's verdict, measured by the datapath bench). Only records a decision waits
-    // for wake it: the detector's workloads and its kernel drops; the rest (flow records,
-    // Log rules, drops) are read at the reader's next tick (500 ms at most).
+    // for wake it (the detector's workloads, its kernel drops), and a ring a quarter full;
+    // the rest (flow records, Log rules, drops) are read at the reader's next tick (500 ms at
+    // most), many per wake-up.
     let urgent = watch_flags(ifindex) != 0 || (m.kind == flow_kind::DROPPED && u32::from(m.drop_reason) == counters::DENY_DETECTOR_UNLEARNED);
+    let filling = FLOWS.query(BPF_RB_AVAIL_DATA) > u64::from(capacity::FLOW_RING_BYTES / 4);
     // Forced: the kernel's adaptive wake-up skips it when earlier unwoken records wait.
-    slot.submit(if urgent { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP });
+    slot.submit(if urgent || filling { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP });
     count(counters::EVENTS_SENT);
 }

@@ -202,12 +202,15 @@ impl FlowLog {
             old.push(".1");
             let _ = std::fs::rename(&self.path, old);
         }
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+            // One write per batch, not per record: a flood of new flows is a flood of records.
+            let mut f = std::io::BufWriter::with_capacity(1 << 16, f);
             for r in &out {
-                if let Ok(line) = serde_json::to_string(r) {
-                    let _ = writeln!(f, "{line}");
+                if serde_json::to_writer(&mut f, r).is_ok() {
+                    let _ = f.write_all(b"\n");
                 }
             }
+            let _ = f.flush();
         }
         for r in out {
             if self.recent.len() == RECENT {

@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -53,7 +53,6 @@ pub struct FlowWatch {
     wake: Arc<Wake>,
     flush_tx: mpsc::Sender<mpsc::SyncSender<()>>,
     events_rx: mpsc::Receiver<Vec<FlowEventV5>>,
-    lost: Arc<AtomicU64>,
 }
 
 impl FlowWatch {
@@ -74,10 +73,9 @@ impl FlowWatch {
         }
         let wake = Arc::new(Wake::new()?);
         let stop = Arc::new(AtomicBool::new(false));
-        let lost = Arc::new(AtomicU64::new(0));
         let (flush_tx, flush_rx) = mpsc::channel();
         let (events_tx, events_rx) = mpsc::sync_channel(LOG_BACKLOG);
-        let mut w = Watcher { ring, shared, peers, events_file, isolation, learned, scan: HashMap::new(), to_log: events_tx, lost: lost.clone() };
+        let mut w = Watcher { ring, shared, peers, events_file, isolation, learned, scan: HashMap::new(), to_log: events_tx };
         let thread = std::thread::Builder::new()
             .name("bh-netwatch".into())
             .spawn({
@@ -85,7 +83,7 @@ impl FlowWatch {
                 move || w.run(&stop, &wake, &flush_rx)
             })
             .map_err(|_| AgentError::Stopped)?;
-        Ok(FlowWatch { thread: Some(thread), stop, wake, flush_tx, events_rx, lost })
+        Ok(FlowWatch { thread: Some(thread), stop, wake, flush_tx, events_rx })
     }
 
     /// Event batches judged and waiting for the flow log, oldest first.
@@ -103,10 +101,6 @@ impl FlowWatch {
         }
     }
 
-    /// Batches the flow log lost because the agent thread was too far behind.
-    pub fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
-    }
 
     /// Stops the thread (it reads what is left first).
     pub fn stop(&mut self) {
@@ -137,7 +131,6 @@ struct Watcher {
     /// Port-scan windows per workload (cgroup id).
     scan: HashMap<u64, ScanWindow>,
     to_log: mpsc::SyncSender<Vec<FlowEventV5>>,
-    lost: Arc<AtomicU64>,
 }
 
 impl Watcher {
@@ -181,9 +174,10 @@ impl Watcher {
                 self.on_flow(&peers, ev);
             }
             if let Err(mpsc::TrySendError::Full(b)) = self.to_log.try_send(batch) {
-                let lost = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
-                if lost.is_power_of_two() {
-                    tracing::warn!(events = b.len(), batches_lost = lost, "flow log behind: a batch of flow events not logged (the detector judged them)");
+                let n = b.len() as u64;
+                let before = self.shared.flow_records_lost.fetch_add(n, Ordering::Relaxed);
+                if (before + n).ilog2() != before.max(1).ilog2() || before == 0 {
+                    tracing::warn!(records = n, records_lost = before + n, "flow log behind: flow records not logged (the detector judged them)");
                 }
             }
         }

@@ -259,6 +259,9 @@ pub struct Shared {
     /// The one writer of the kernel's file rules ([`files::FileRules`]); `None` when the
     /// pinned map could not be opened (file baselines then only alert from user space).
     pub(crate) file_rules: Mutex<Option<files::FileRules>>,
+    /// Flow records read from the ring that the flow log could not take (the agent thread
+    /// too far behind): counted, never silent.
+    pub(crate) flow_records_lost: AtomicU64,
 }
 
 #[derive(Default)]
@@ -302,6 +305,12 @@ impl Inner {
 const RECENT_EVENTS: usize = 10_000;
 
 impl Shared {
+    /// Flow records the flow log lost behind the ring (see `flow_events_dropped` for those
+    /// lost in the ring itself).
+    pub fn flow_records_lost(&self) -> u64 {
+        self.flow_records_lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The detector's state. Its critical sections are short and leave it consistent, so a
     /// thread that panicked while holding it (the panic is reported where it happened) does
     /// not take the other detector threads and the agent down with it: they go on with the
