@@ -84,6 +84,7 @@ fn metrics_show_verdicts_policy_hits_occupancy_and_programming_latency() {
     assert!(get("bulkhead_policy_programming_seconds_count") >= 2.0, "the first sync and the policy's");
     assert!(get("bulkhead_policy_revision") >= 1.0);
     assert!(page.contains("# TYPE bulkhead_detector_alerts_total counter"), "{page}");
+    assert!(page.contains("\nbulkhead_flow_records_lost_total 0\n"), "records lost behind the ring are a metric: {page}");
     // Bounded labels: no address or pod name in any label value.
     for l in page.lines().filter(|l| !l.starts_with('#')) {
         assert!(!l.contains("10.245.") && !l.contains("mt/client\"") && !l.contains("mt/server\""), "an address or pod as a label: {l}");
