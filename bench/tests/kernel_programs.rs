@@ -497,3 +497,48 @@ fn protect_mode_drops_an_unlearned_new_flow_before_it_leaves_and_isolates_in_tc(
     g.dp().maps.det.isolation.remove(IFINDEX).expect("release");
     assert_eq!(g.run(programs::TO_POD, &tcp_frame(ROUTER, POD, 40008, 8080, TCP_SYN)), RET_PASS, "inbound");
 }
+
+/// Flow records on: each new flow is one record and a TCP flow's end one more, with its
+/// packets and bytes both ways, oriented as the pod opened it; a flood of new flows past the
+/// ring's room loses records, and every lost one is counted.
+#[test]
+fn flow_records_report_ends_with_counts_and_count_what_a_flood_loses() {
+    use bulkhead_common::config_flags;
+    let mut g = Guard::new("records");
+    let mut cfg = g.dp().maps.config.get(&0, 0).expect("config");
+    cfg.flags |= config_flags::FLOW_RECORDS;
+    g.dp().maps.config.set(0, cfg, 0).expect("config");
+    const FIN_ACK: u8 = 0x11;
+    let out = [tcp_frame(POD, PEER, 41000, 80, TCP_SYN), tcp_frame(POD, PEER, 41000, 80, TCP_ACK), tcp_frame(POD, PEER, 41000, 80, FIN_ACK)];
+    let back = [tcp_frame(PEER, POD, 80, 41000, TCP_SYN | TCP_ACK), tcp_frame(PEER, POD, 80, 41000, FIN_ACK)];
+    assert_eq!(g.run(programs::FROM_POD, &out[0]), RET_PASS);
+    assert_eq!(g.run(programs::TO_POD, &back[0]), RET_PASS);
+    assert_eq!(g.run(programs::FROM_POD, &out[1]), RET_PASS);
+    assert_eq!(g.run(programs::FROM_POD, &out[2]), RET_PASS);
+    assert!(g.events().iter().all(|e| e.kind == flow_kind::NEW_ALLOWED), "one FIN is no end yet");
+    // The peer's FIN ends it: reported from the reply, oriented as the pod opened it.
+    assert_eq!(g.run(programs::TO_POD, &back[1]), RET_PASS);
+    let ends: Vec<FlowEventV5> = g.events().into_iter().filter(|e| e.kind == flow_kind::END).collect();
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    let e = ends[0];
+    assert_eq!((e.saddr(), e.daddr(), u16::from_be_bytes(e.sport_be), u16::from_be_bytes(e.dport_be), e.direction), (Some(POD.into()), Some(PEER.into()), 41000, 80, direction::EGRESS));
+    let (olen, blen): (u64, u64) = (out.iter().map(|f| f.len() as u64).sum(), back.iter().map(|f| f.len() as u64).sum());
+    assert_eq!((e.packets_orig, e.packets_reply), (3, 2));
+    // Lengths as TC sees them (the frame; the kernel may count a padded minimum).
+    assert!(e.bytes_orig >= olen - 3 * 14 && e.bytes_reply >= blen - 2 * 14, "{e:?}");
+    // A last ACK after the end reports nothing more.
+    assert_eq!(g.run(programs::FROM_POD, &out[1]), RET_PASS);
+    assert!(g.events().is_empty());
+
+    // 20,000 new flows against a ring of about 7,300 records: what is not in the ring is
+    // counted, none silently.
+    let (sent0, lost0) = (g.counter("flow_events_sent"), g.counter("flow_events_dropped"));
+    for i in 0..20_000u32 {
+        let f = tcp_frame(POD, PEER, 1024 + (i % 60_000) as u16, 443 + (i / 60_000) as u16, TCP_SYN);
+        assert_eq!(g.run(programs::FROM_POD, &f), RET_PASS);
+    }
+    let read = g.events().len() as u64;
+    let (sent, lost) = (g.counter("flow_events_sent") - sent0, g.counter("flow_events_dropped") - lost0);
+    assert!(lost > 0, "the flood must overflow the ring for this test to mean anything");
+    assert_eq!((read, read + lost), (sent, 20_000), "every record is in the ring or counted lost");
+}
