@@ -64,12 +64,7 @@ fn calico(out: &mut String, r: &Recommended, staged: bool) {
         quote(&calico_selector(&r.workload))
     );
     for (field, rules, peer_side) in [("ingress", &r.ingress, "source"), ("egress", &r.egress, "destination")] {
-        if rules.is_empty() {
-            let _ = writeln!(out, "  {field}: []");
-            continue;
-        }
-        let _ = writeln!(out, "  {field}:");
-        for rule in rules.iter() {
+        for rule in section(out, field, rules) {
             comment(out, rule, "    ");
             let _ = writeln!(out, "    - action: Allow");
             let _ = writeln!(out, "      protocol: {}", protocol_name(rule.protocol));
@@ -102,12 +97,7 @@ fn kubernetes(out: &mut String, r: &Recommended) {
     match_labels(out, &r.workload, "    ");
     out.push_str("  policyTypes: [Ingress, Egress]\n");
     for (field, rules, peers) in [("ingress", &r.ingress, "from"), ("egress", &r.egress, "to")] {
-        if rules.is_empty() {
-            let _ = writeln!(out, "  {field}: []");
-            continue;
-        }
-        let _ = writeln!(out, "  {field}:");
-        for rule in rules.iter() {
+        for rule in section(out, field, rules) {
             comment(out, rule, "    ");
             if !matches!(rule.protocol, 6 | 17 | 132) {
                 let _ = writeln!(out, "    # NetworkPolicy cannot name protocol {}: this rule admits every protocol of the peer.", protocol_name(rule.protocol));
@@ -131,6 +121,12 @@ fn kubernetes(out: &mut String, r: &Recommended) {
             }
         }
     }
+}
+
+/// Starts an `ingress`/`egress` list (`[]`: nothing admitted) and hands out its rules.
+fn section<'r>(out: &mut String, field: &str, rules: &'r [Rule]) -> std::slice::Iter<'r, Rule> {
+    let _ = writeln!(out, "  {field}:{}", if rules.is_empty() { " []" } else { "" });
+    rules.iter()
 }
 
 fn comment(out: &mut String, rule: &Rule, indent: &str) {
