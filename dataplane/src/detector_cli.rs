@@ -7,8 +7,7 @@ use anyhow::Context as _;
 use bulkhead_agent::{AgentConfig, detect};
 
 fn state_dir(instance: &str) -> PathBuf {
-    AgentConfig { datastore_dir: PathBuf::new(), node_netns: None, pin_dir: AgentConfig::default_pin_dir(instance), watch: false, flow_records: true }
-        .state_dir()
+    AgentConfig::state_dir_of(instance)
 }
 
 /// Monitored workloads (from the agent's state file), isolated endpoints (pinned map) and the

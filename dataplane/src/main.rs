@@ -7,6 +7,7 @@ use std::{
 
 mod detector_cli;
 mod flows_cli;
+mod servicemap_cli;
 mod recommend_cli;
 
 use anyhow::Context as _;
@@ -84,8 +85,11 @@ enum Command {
     /// Flow records of an agent instance (denied, revoked and dropped flows, Log rules, every
     /// new flow of monitored workloads), like `hubble observe`: the last N, optionally
     /// followed, filtered (filters combine with AND; namespace, pod, label and port match
-    /// either end).
+    /// either end). `bulkhead flows graph` draws them as a service map.
+    #[command(args_conflicts_with_subcommands = true)]
     Flows {
+        #[command(subcommand)]
+        action: Option<FlowsAction>,
         #[arg(long, default_value = "node")]
         instance: String,
         /// How many of the most recent matching records to print first.
@@ -136,6 +140,32 @@ enum Command {
     /// Network-namespace lab: pods, echo servers, conformance runner, demo.
     #[command(subcommand)]
     Lab(bulkhead_lab::LabCommand),
+    /// The service map of an agent instance as a web page (workloads grouped by namespace,
+    /// flows coloured by verdict, the deciding policy and rule on a click on an edge), served
+    /// until interrupted. The agent serves the same page at its metrics address.
+    Ui {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        /// Where to listen. Loopback by default: expose it wider only on purpose.
+        #[arg(long, default_value = bulkhead_agent::servicemap::DEFAULT_LISTEN)]
+        listen: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlowsAction {
+    /// The service map of the last flow records: workloads grouped by namespace, flows as
+    /// edges coloured by verdict and labelled with port and deciding policy.
+    Graph {
+        #[arg(long, default_value = "node")]
+        instance: String,
+        /// svg (a static picture) or json (the model: nodes, edges, deciding policies).
+        #[arg(long, short = 'o', default_value = "svg")]
+        output: String,
+        /// How many of the most recent flow records to draw from.
+        #[arg(long, default_value_t = bulkhead_agent::servicemap::MAX_RECORDS)]
+        last: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -411,20 +441,13 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         PolicyCommand::Stats { instance, json } => {
-            let cfg = bulkhead_agent::AgentConfig {
-                datastore_dir: PathBuf::new(),
-                node_netns: None,
-                pin_dir: bulkhead_agent::AgentConfig::default_pin_dir(&instance),
-                watch: false,
-                flow_records: true,
-            };
-            let table_path = cfg.state_dir().join("policies.json");
+            let table_path = bulkhead_agent::AgentConfig::state_dir_of(&instance).join("policies.json");
             let table: bulkhead_agent::PolicyTable = serde_json::from_str(
                 &std::fs::read_to_string(&table_path)
                     .with_context(|| format!("is agent instance {instance:?} running? ({} missing)", table_path.display()))?,
             )
             .with_context(|| format!("{}: not a policy table", table_path.display()))?;
-            let rows = bulkhead_agent::status::policy_stats(&cfg.pin_dir, &table)?;
+            let rows = bulkhead_agent::status::policy_stats(&bulkhead_agent::AgentConfig::default_pin_dir(&instance), &table)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -441,9 +464,7 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
 
 /// The flow log of agent instance `instance`.
 fn flow_log_path(instance: &str) -> PathBuf {
-    let pin_dir = bulkhead_agent::AgentConfig::default_pin_dir(instance);
-    let cfg = bulkhead_agent::AgentConfig { datastore_dir: PathBuf::new(), node_netns: None, pin_dir, watch: false, flow_records: true };
-    cfg.state_dir().join("flows.jsonl")
+    bulkhead_agent::AgentConfig::state_dir_of(instance).join("flows.jsonl")
 }
 
 fn run_flows(instance: &str, args: &flows_cli::FilterArgs, last: usize, output: String, follow: bool) -> anyhow::Result<i32> {
@@ -455,14 +476,7 @@ fn run_flows(instance: &str, args: &flows_cli::FilterArgs, last: usize, output: 
             return Ok(2);
         }
     };
-    let cfg = bulkhead_agent::AgentConfig {
-        datastore_dir: PathBuf::new(),
-        node_netns: None,
-        pin_dir: bulkhead_agent::AgentConfig::default_pin_dir(instance),
-        watch: false,
-        flow_records: true,
-    };
-    let path = cfg.state_dir().join("flows.jsonl");
+    let path = flow_log_path(instance);
     // Following ends with the process (Ctrl-C): there is nothing to clean up.
     flows_cli::run(&path, &filter, last, out, follow, &|| STOP.load(Ordering::SeqCst)).with_context(|| format!("agent instance {instance:?}"))?;
     Ok(0)
@@ -676,7 +690,8 @@ fn main() -> anyhow::Result<()> {
             0
         }
         Command::Policy(cmd) => run_policy(cmd)?,
-        Command::Flows { instance, last, follow, output, json, namespace, pod, labels, verdict, port, protocol, policy, direction } => {
+        Command::Flows { action: Some(FlowsAction::Graph { instance, output, last }), .. } => servicemap_cli::graph(&instance, &output, last)?,
+        Command::Flows { action: None, instance, last, follow, output, json, namespace, pod, labels, verdict, port, protocol, policy, direction } => {
             let args = flows_cli::FilterArgs { namespace, pod, labels, verdict, port, protocol, policy, direction };
             run_flows(&instance, &args, last, if json { "jsonl".into() } else { output }, follow)?
         }
@@ -693,6 +708,7 @@ fn main() -> anyhow::Result<()> {
         Command::Detector(DetectorCommand::Events { instance, json }) => detector_cli::events(&instance, json)?,
         Command::Detector(DetectorCommand::Release { instance, cgroup, json }) => detector_cli::release(&instance, &cgroup, json)?,
         Command::Lab(cmd) => bulkhead_lab::run(cmd)?,
+        Command::Ui { instance, listen } => servicemap_cli::ui(&instance, &listen)?,
     };
     std::process::exit(code);
 }

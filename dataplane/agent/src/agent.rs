@@ -55,8 +55,12 @@ impl AgentConfig {
 
     /// Runtime files of the instance (flow log, policy table): `/run/bulkhead/<pin dir name>`.
     pub fn state_dir(&self) -> PathBuf {
-        let name = self.pin_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "node".into());
-        PathBuf::from("/run/bulkhead").join(name)
+        Self::state_dir_of(&self.instance())
+    }
+
+    /// [`AgentConfig::state_dir`] of instance `instance` (for the commands that read it).
+    pub fn state_dir_of(instance: &str) -> PathBuf {
+        PathBuf::from("/run/bulkhead").join(instance)
     }
 }
 

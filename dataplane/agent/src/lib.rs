@@ -23,6 +23,7 @@ pub mod netns;
 #[cfg(test)]
 mod object_check;
 pub mod ring;
+pub mod servicemap;
 pub mod status;
 pub mod uplink;
 

@@ -11,7 +11,8 @@
 //! policy names, map names): never addresses or pods.
 //!
 //! The endpoint binds to `127.0.0.1:9964` unless told otherwise (`--metrics-listen`), and only
-//! answers `GET /metrics`: it is read-only.
+//! answers GET: `/metrics`, and the instance's service map (`/`, `/api/servicemap`,
+//! `/servicemap.svg`; see [`crate::servicemap`]). It is read-only.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -158,6 +159,9 @@ pub fn collect(pin_dir: &Path, state_dir: &Path, detector: Option<&Shared>, sync
         for (outcome, n) in [("reported", s.reported), ("deduplicated", s.deduplicated), ("rate_limited", s.rate_limited), ("summaries", s.summaries)] {
             g.get_or_create(&labels(&[("outcome", outcome)])).inc_by(n);
         }
+        let lost = Counter::<u64>::default();
+        lost.inc_by(d.flow_records_lost());
+        r.register("flow_records_lost", "Flow records read from the ring that the flow log could not take (agent behind); records lost in the ring itself are the datapath counter flow_events_dropped", lost);
         r.register("detector_alerts", "Alerts through the alert gate: reported, folded into a summary, over a workload's rate, summaries sent", g);
     }
     Ok(r)
@@ -177,8 +181,10 @@ pub fn serve(addr: &str, pin_dir: PathBuf, state_dir: PathBuf, detector: Option<
                 }
                 Err(e) => Response::text(503, format!("reading the pinned maps: {e}\n")),
             },
-            ("GET", _) => Response::text(404, "try /metrics\n"),
-            _ => Response::text(405, "read-only: GET /metrics\n"),
+            // The service map of the same instance: the page at `/`, its model, its SVG.
+            ("GET", path) => crate::servicemap::respond(path, &state_dir)
+                .unwrap_or_else(|| Response::text(404, format!("try /metrics, / (the service map) or {}\n", crate::servicemap::API_PATH))),
+            _ => Response::text(405, "read-only: GET /metrics, / and /api/servicemap\n"),
         })
     });
     Server::start(addr, None, handler).map_err(|e| AgentError::Invalid(format!("metrics endpoint on {addr}: {e}")))

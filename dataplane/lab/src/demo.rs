@@ -31,6 +31,13 @@ pub fn demo_dir(given: Option<PathBuf>) -> PathBuf {
 
 /// Runs the demo; returns the exit code (1 on any unexpected cell).
 pub fn run(dir: &Path, lab_opts: &LabOptions) -> Result<i32> {
+    run_with_ui(dir, lab_opts, None)
+}
+
+/// As [`run`]; with `ui`, also serves the demo lab's service map at `http://UI/` and, after the
+/// demo, keeps the lab up until Ctrl-C (the signal thread tears it down and exits, as for
+/// `lab up`), so the map can be looked at.
+pub fn run_with_ui(dir: &Path, lab_opts: &LabOptions, ui: Option<std::net::SocketAddr>) -> Result<i32> {
     let topo = Topology::load(&dir.join("topology.yaml"))?;
     let exp_path = dir.join("expected.yaml");
     let exp_text = std::fs::read_to_string(&exp_path).map_err(|e| LabError::io(&exp_path, e))?;
@@ -49,6 +56,13 @@ pub fn run(dir: &Path, lab_opts: &LabOptions) -> Result<i32> {
     let mut ds = Datastore::for_lab(&lab);
     ds.flush()?;
     let agent = lab.start_agent(false)?;
+    // Bound before the probes: a port already taken fails now, not after them.
+    let map_server = match ui {
+        Some(addr) => Some(
+            bulkhead_agent::servicemap::serve(&addr.to_string(), lab.agent_config(false).state_dir()).map_err(|e| LabError::Agent(e.to_string()))?,
+        ),
+        None => None,
+    };
 
     let before = probe_matrix(&lab);
     let exp_before = expect_over(&expected.before, &before);
@@ -75,6 +89,15 @@ pub fn run(dir: &Path, lab_opts: &LabOptions) -> Result<i32> {
     let (allowed, denied) = after.counts();
     let verdict = if unexpected.is_empty() { "policy enforced" } else { "POLICY NOT AS EXPECTED" };
     println!("{verdict}: {allowed} allowed, {denied} denied, {} unexpected", unexpected.len());
+    match &map_server {
+        Some(server) => {
+            println!("service map: http://{}/ (Ctrl-C ends the demo and tears the lab down)", server.addr());
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        None => println!("service map of these flows: bulkhead lab demo --ui 127.0.0.1:9965, then open http://127.0.0.1:9965/"),
+    }
     drop(agent);
     drop(lab);
     Ok(if unexpected.is_empty() { 0 } else { 1 })

@@ -71,6 +71,10 @@ pub enum LabCommand {
         /// Folder with topology.yaml, policies/ and expected.yaml (default deploy/demo).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Serve the demo's service map at http://ADDR/ (e.g. 127.0.0.1:9965) and keep the
+        /// lab up after the demo until Ctrl-C.
+        #[arg(long, value_name = "ADDR")]
+        ui: Option<std::net::SocketAddr>,
     },
     /// Build a lab from a topology file and keep it running with the agent watching its
     /// datastore folder (write policy files there); Ctrl-C tears everything down.
@@ -149,9 +153,9 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<i32> {
             }
             Ok(report.exit_code(allow_unsupported))
         }
-        LabCommand::Demo { dir } => {
+        LabCommand::Demo { dir, ui } => {
             teardown::install_signal_teardown();
-            let res = demo::run(&demo::demo_dir(dir), &LabOptions::default());
+            let res = demo::run_with_ui(&demo::demo_dir(dir), &LabOptions::default(), ui);
             teardown::park_if_shutting_down();
             Ok(res?)
         }
