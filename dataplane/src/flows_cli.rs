@@ -270,23 +270,35 @@ pub fn run(path: &Path, filter: &Filter, last: usize, out: Output, follow: bool,
         let Ok(meta) = std::fs::metadata(path) else { continue };
         let now_inode = std::os::unix::fs::MetadataExt::ino(&meta);
         if now_inode != inode || meta.len() < pos {
-            // Rotated: start on the new file.
+            // Rotated: the open file is the old log under its new name (or unlinked, still
+            // readable through this descriptor), complete since the agent writes the new one:
+            // finish it, then start on the new file. A slow reader loses nothing.
+            if now_inode != inode {
+                print_complete_lines(&mut reader, &mut line, filter, out)?;
+            }
             reader = std::io::BufReader::new(std::fs::File::open(path)?);
             inode = now_inode;
             line.clear();
         }
-        while reader.read_line(&mut line)? > 0 {
-            if !line.ends_with('\n') {
-                break;
-            }
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && filter.matches(&v)
-            {
-                print(&v, out);
-            }
-            line.clear();
-        }
+        print_complete_lines(&mut reader, &mut line, filter, out)?;
         pos = reader.stream_position()?;
+    }
+    Ok(())
+}
+
+/// Prints the matching records of every complete line from `reader`; a partial last line
+/// stays in `line` until its end arrives.
+fn print_complete_lines(reader: &mut std::io::BufReader<std::fs::File>, line: &mut String, filter: &Filter, out: Output) -> std::io::Result<()> {
+    while reader.read_line(line)? > 0 {
+        if !line.ends_with('\n') {
+            break;
+        }
+        if let Ok(v) = serde_json::from_str::<Value>(line)
+            && filter.matches(&v)
+        {
+            print(&v, out);
+        }
+        line.clear();
     }
     Ok(())
 }

@@ -86,6 +86,13 @@ spec:
     assert!(row.staged, "the row says staged: {row:?}");
     assert!(row.would_deny >= 3, "three new flows the staged policy would deny: {row:?} counters {:?}", agent.counters());
     assert_eq!(row.denied, 0, "a staged policy never denies: {row:?}");
+    // Each flow's record carries both verdicts: allowed, and what the staged policy would do.
+    let flows = agent.recent_flows().expect("flows");
+    let rec = flows
+        .iter()
+        .find(|f| f.dst_port == 8080 && f.kind == "new-allowed" && f.staged.as_ref().is_some_and(|s| s.policy.as_deref().is_some_and(|p| p.contains("would-deny-p2"))))
+        .unwrap_or_else(|| panic!("a flow record names the staged policy: {flows:?}"));
+    assert_eq!((rec.verdict.action, rec.staged.as_ref().map(|s| s.action)), ("allow", Some("deny")), "{rec:?}");
 }
 
 #[test]
