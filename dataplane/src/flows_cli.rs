@@ -6,7 +6,7 @@
 //! filter that cannot match anything (a bad port, an unknown verdict or protocol, a label
 //! without `=`) is an error naming the flag and the value, before anything is read.
 
-use std::io::{BufRead as _, Seek as _};
+use std::io::{BufRead as _, Seek as _, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -222,17 +222,17 @@ pub fn table_line(v: &Value) -> String {
     format!("{head} {} by {by}{staged}{logged}", verdict["action"].as_str().unwrap_or("?"))
 }
 
-fn print(v: &Value, out: Output) {
+fn print(w: &mut dyn Write, v: &Value, out: Output) -> std::io::Result<()> {
     match out {
-        Output::Table => println!("{}", table_line(v)),
-        Output::Json | Output::Jsonl => println!("{v}"),
+        Output::Table => writeln!(w, "{}", table_line(v)),
+        Output::Json | Output::Jsonl => writeln!(w, "{v}"),
     }
 }
 
 /// Prints the last `last` matching records of the flow log at `path`, then (with `follow`)
 /// every matching record appended until `stop` says so. A rotated log (renamed to `.1`) is
 /// followed into its new file.
-pub fn run(path: &Path, filter: &Filter, last: usize, out: Output, follow: bool, stop: &dyn Fn() -> bool) -> anyhow::Result<()> {
+pub fn run(w: &mut dyn Write, path: &Path, filter: &Filter, last: usize, out: Output, follow: bool, stop: &dyn Fn() -> bool) -> anyhow::Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("{} (is the agent instance running?)", path.display()))?;
     let mut reader = std::io::BufReader::new(file);
     let mut tail = std::collections::VecDeque::new();
@@ -253,11 +253,11 @@ pub fn run(path: &Path, filter: &Filter, last: usize, out: Output, follow: bool,
         }
     }
     if out == Output::Json && !follow {
-        println!("{}", Value::Array(tail.into_iter().collect()));
+        writeln!(w, "{}", Value::Array(tail.into_iter().collect()))?;
         return Ok(());
     }
     for v in &tail {
-        print(v, out);
+        print(w, v, out)?;
     }
     if !follow {
         return Ok(());
@@ -274,13 +274,13 @@ pub fn run(path: &Path, filter: &Filter, last: usize, out: Output, follow: bool,
             // readable through this descriptor), complete since the agent writes the new one:
             // finish it, then start on the new file. A slow reader loses nothing.
             if now_inode != inode {
-                print_complete_lines(&mut reader, &mut line, filter, out)?;
+                print_complete_lines(w, &mut reader, &mut line, filter, out)?;
             }
             reader = std::io::BufReader::new(std::fs::File::open(path)?);
             inode = now_inode;
             line.clear();
         }
-        print_complete_lines(&mut reader, &mut line, filter, out)?;
+        print_complete_lines(w, &mut reader, &mut line, filter, out)?;
         pos = reader.stream_position()?;
     }
     Ok(())
@@ -288,7 +288,7 @@ pub fn run(path: &Path, filter: &Filter, last: usize, out: Output, follow: bool,
 
 /// Prints the matching records of every complete line from `reader`; a partial last line
 /// stays in `line` until its end arrives.
-fn print_complete_lines(reader: &mut std::io::BufReader<std::fs::File>, line: &mut String, filter: &Filter, out: Output) -> std::io::Result<()> {
+fn print_complete_lines(w: &mut dyn Write, reader: &mut std::io::BufReader<std::fs::File>, line: &mut String, filter: &Filter, out: Output) -> std::io::Result<()> {
     while reader.read_line(line)? > 0 {
         if !line.ends_with('\n') {
             break;
@@ -296,16 +296,48 @@ fn print_complete_lines(reader: &mut std::io::BufReader<std::fs::File>, line: &m
         if let Ok(v) = serde_json::from_str::<Value>(line)
             && filter.matches(&v)
         {
-            print(&v, out);
+            print(w, &v, out)?;
         }
         line.clear();
     }
-    Ok(())
+    w.flush()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `-f` across a rotation: the records appended to the old file after the last read, and
+    /// those in the new file, are all printed, in order.
+    #[test]
+    fn following_across_a_rotation_loses_nothing() {
+        let dir = std::env::temp_dir().join(format!("bh-flows-rot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let log = dir.join("flows.jsonl");
+        let line = |n: u32| format!("{{\"kind\":\"denied\",\"n\":{n}}}\n");
+        std::fs::write(&log, line(1)).expect("write");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut got = Vec::new();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let append = |n: u32| {
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&log).expect("open");
+                    f.write_all(line(n).as_bytes()).expect("append");
+                };
+                std::thread::sleep(Duration::from_millis(250));
+                // Written to the old file, then rotated away before the reader's next look.
+                append(2);
+                std::fs::rename(&log, dir.join("flows.jsonl.1")).expect("rotate");
+                std::fs::write(&log, line(3)).expect("new log");
+                std::thread::sleep(Duration::from_millis(400));
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            run(&mut got, &log, &Filter::default(), 10, Output::Jsonl, true, &|| stop.load(std::sync::atomic::Ordering::SeqCst)).expect("run");
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        let ns: Vec<u64> = String::from_utf8(got).expect("utf8").lines().map(|l| serde_json::from_str::<Value>(l).expect("json")["n"].as_u64().expect("n")).collect();
+        assert_eq!(ns, [1, 2, 3]);
+    }
 
     fn rec(kind: &str, src_ns: &str, src: &str, dport: u16, policy: Option<&str>) -> Value {
         serde_json::json!({

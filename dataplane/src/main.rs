@@ -478,7 +478,7 @@ fn run_flows(instance: &str, args: &flows_cli::FilterArgs, last: usize, output: 
     };
     let path = flow_log_path(instance);
     // Following ends with the process (Ctrl-C): there is nothing to clean up.
-    flows_cli::run(&path, &filter, last, out, follow, &|| STOP.load(Ordering::SeqCst)).with_context(|| format!("agent instance {instance:?}"))?;
+    flows_cli::run(&mut std::io::stdout().lock(), &path, &filter, last, out, follow, &|| STOP.load(Ordering::SeqCst)).with_context(|| format!("agent instance {instance:?}"))?;
     Ok(0)
 }
 
