@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 
 use bulkhead_detector::DetectorError;
+use bulkhead_detector::streams::Streams;
 
 /// Hyper-parameters; [`GruConfig::default`] is the fixed a-priori setting.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,75 +140,49 @@ impl Layout {
 #[derive(Debug, Clone)]
 pub struct GruTrainer {
     config: GruConfig,
-    max_syscalls: usize,
-    held: usize,
-    streams: Vec<Vec<u16>>,
-    current: Vec<u16>,
-    dropped: u64,
+    streams: Streams,
 }
 
 impl GruTrainer {
     /// A trainer holding at most `max_syscalls` (positive) normal syscalls.
     pub fn new(config: GruConfig, max_syscalls: usize) -> Result<Self, DetectorError> {
-        if max_syscalls == 0 {
-            return Err(DetectorError::InvalidParameter {
-                name: "max_syscalls",
-                value: "0".into(),
-                reason: "must be positive",
-            });
-        }
-        Ok(Self {
-            config,
-            max_syscalls,
-            held: 0,
-            streams: Vec::new(),
-            current: Vec::new(),
-            dropped: 0,
-        })
+        Ok(Self { config, streams: Streams::new(max_syscalls)? })
     }
 
     /// Learns one syscall of the current stream.
     pub fn push(&mut self, syscall: u16) {
-        if self.held >= self.max_syscalls {
-            self.dropped += 1;
-            return;
-        }
-        self.current.push(syscall);
-        self.held += 1;
+        self.streams.push(syscall);
     }
 
     /// Ends the current stream.
     pub fn end_trace(&mut self) {
-        if !self.current.is_empty() {
-            self.streams.push(std::mem::take(&mut self.current));
-        }
+        self.streams.end_trace();
     }
 
     /// Learns a whole trace and ends it.
     pub fn train_trace(&mut self, trace: &[u16]) {
-        trace.iter().for_each(|&s| self.push(s));
-        self.end_trace();
+        self.streams.train_trace(trace);
     }
 
     /// Syscalls held.
     pub fn len(&self) -> usize {
-        self.held
+        self.streams.len()
     }
 
     /// Whether nothing was learned yet.
     pub fn is_empty(&self) -> bool {
-        self.held == 0
+        self.streams.is_empty()
     }
 
     /// Syscalls dropped because the cap was reached.
     pub fn dropped(&self) -> u64 {
-        self.dropped
+        self.streams.dropped()
     }
 
     /// Trains the model on the held streams (an unfinished stream is ended first).
-    pub fn finish(mut self) -> Result<GruModel, DetectorError> {
-        self.end_trace();
-        let streams: Vec<&[u16]> = self.streams.iter().map(Vec::as_slice).collect();
+    pub fn finish(self) -> Result<GruModel, DetectorError> {
+        let held = self.streams.finish();
+        let streams: Vec<&[u16]> = held.iter().map(Vec::as_slice).collect();
         GruModel::train(self.config, &streams)
     }
 }

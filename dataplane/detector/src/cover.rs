@@ -23,6 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::DetectorError;
+use crate::streams::Streams;
 use crate::MAX_SYSCALL;
 
 /// Default cap on the normal syscalls one covering profile holds (about 10 MB of automaton
@@ -35,75 +36,48 @@ const SEPARATOR: u16 = u16::MAX;
 /// Learns a [`CoverProfile`] from normal syscall streams, one syscall at a time, keeping at
 /// most `max_syscalls` syscalls (later ones are dropped and counted).
 #[derive(Debug, Clone)]
-pub struct CoverTrainer {
-    max_syscalls: usize,
-    held: usize,
-    sequences: Vec<Vec<u16>>,
-    current: Vec<u16>,
-    dropped: u64,
-}
+pub struct CoverTrainer(Streams);
 
 impl CoverTrainer {
     /// A trainer holding at most `max_syscalls` (positive) normal syscalls.
     pub fn new(max_syscalls: usize) -> Result<Self, DetectorError> {
-        if max_syscalls == 0 {
-            return Err(DetectorError::InvalidParameter {
-                name: "max_syscalls",
-                value: "0".into(),
-                reason: "must be positive",
-            });
-        }
-        Ok(Self {
-            max_syscalls,
-            held: 0,
-            sequences: Vec::new(),
-            current: Vec::new(),
-            dropped: 0,
-        })
+        Streams::new(max_syscalls).map(Self)
     }
 
     /// Learns one syscall of the current stream.
     pub fn push(&mut self, syscall: u16) {
-        if self.held >= self.max_syscalls {
-            self.dropped += 1;
-            return;
-        }
-        self.current.push(syscall.min(MAX_SYSCALL));
-        self.held += 1;
+        self.0.push(syscall);
     }
 
     /// Ends the current stream, so that no phrase can span two streams.
     pub fn end_trace(&mut self) {
-        if !self.current.is_empty() {
-            self.sequences.push(std::mem::take(&mut self.current));
-        }
+        self.0.end_trace();
     }
 
     /// Learns a whole trace and ends it.
     pub fn train_trace(&mut self, trace: &[u16]) {
-        trace.iter().for_each(|&s| self.push(s));
-        self.end_trace();
+        self.0.train_trace(trace);
     }
 
     /// Syscalls held (never above `max_syscalls`).
     pub fn len(&self) -> usize {
-        self.held
+        self.0.len()
     }
 
     /// Whether nothing was learned yet.
     pub fn is_empty(&self) -> bool {
-        self.held == 0
+        self.0.is_empty()
     }
 
     /// Syscalls not learned because the cap was reached.
     pub fn dropped(&self) -> u64 {
-        self.dropped
+        self.0.dropped()
     }
 
     /// The learned profile (an unfinished stream is ended first).
-    pub fn finish(mut self) -> CoverProfile {
-        self.end_trace();
-        CoverProfile::from_sequences(self.max_syscalls, self.sequences)
+    pub fn finish(self) -> CoverProfile {
+        let max = self.0.max_syscalls();
+        CoverProfile::from_sequences(max, self.0.finish())
     }
 }
 

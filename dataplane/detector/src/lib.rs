@@ -13,6 +13,7 @@
 
 pub mod cover;
 pub mod error;
+pub mod streams;
 #[doc(hidden)]
 pub mod testdata;
 
