@@ -523,11 +523,13 @@ fn monitor_alerts_are_deduplicated_and_rate_limited_with_counts() {
     }
     let first = of_stranger("new-peer");
     assert_eq!(first.len(), 1, "one alert for 40 flows to one peer: {first:?}");
-    let folded = det.alert_stats().deduplicated;
-    assert!(folded >= 30, "the repeats were counted: {:?}", det.alert_stats());
     let summary = det
         .wait_event(Duration::from_secs(4), |e| e.kind == "new-peer" && e.workload.as_deref() == Some("dn/stranger") && e.count.is_some())
         .unwrap_or_else(|| panic!("no summary after the window: {:?}", det.events()));
+    // Read once the window closed: the last flows' events may still be in the ring when the
+    // loop ends (they are judged on the detector's own thread).
+    let folded = det.alert_stats().deduplicated;
+    assert!(folded >= 30, "the repeats were counted: {:?}", det.alert_stats());
     assert_eq!(summary.count, Some(folded), "the summary carries the count: {summary:?}");
     assert_eq!(summary.peer, first[0].peer, "of the same peer");
 
