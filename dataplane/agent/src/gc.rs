@@ -8,7 +8,7 @@ use std::os::fd::AsFd as _;
 use std::time::Duration;
 
 use aya::maps::IterableMap as _;
-use bulkhead_common::{ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV2, FlowEventV5, PolicyValueV2, action, ct_flags, flow_kind, map_names};
+use bulkhead_common::{Ct6KeyV1, CtKeyV2, CtValueV2, FlowEventV5, PolicyValueV2, action, ct_flags, flow_kind, map_names};
 
 use crate::{error::AgentError, loader::Dataplane};
 
@@ -35,30 +35,25 @@ pub fn sweep(dp: &mut Dataplane) -> Result<Sweep, AgentError> {
         .get(&0, 0)
         .map_err(|source| AgentError::Map { map: map_names::CONFIG, source })?;
     let now = crate::clock::coarse_ns();
-    let mut watched = Watched { dp, cfg, known: BTreeMap::new() };
+    let mut reports = Reports { flags: cfg.flags, known: BTreeMap::new() };
     let mut out = Sweep::default();
-    let entries = crate::batch::conntrack(&watched.dp.maps.conntrack)?;
     let mut expired: Vec<CtKeyV2> = Vec::new();
-    for (k, v) in entries.into_iter().filter(|(_, v)| v.expired(&cfg, now)) {
-        if v.flags & ct_flags::ENDED == 0 && watched.reports(k.ifindex) {
+    for (k, v) in crate::batch::conntrack(&dp.maps.conntrack)?.into_iter().filter(|(_, v)| v.expired(&cfg, now)) {
+        if v.flags & ct_flags::ENDED == 0 && reports.of(&dp.maps.flow_watch, k.ifindex) {
             let (lo, hi) = (widen(k.addr_lo_be), widen(k.addr_hi_be));
             out.ended.push(end_record(k.ifindex, 4, (lo, k.port_lo_be), (hi, k.port_hi_be), k.protocol, &v, now));
         }
         expired.push(k);
     }
-    let dp = watched.dp;
     out.removed += crate::batch::delete_all(dp.maps.conntrack.map().fd().as_fd(), &expired)
         .map_err(|source| AgentError::Io { what: "deleting expired conntrack entries in batches", source })?;
-    let mut watched = Watched { dp, cfg, known: watched.known };
-    let entries = crate::batch::conntrack(&watched.dp.maps.conntrack6)?;
     let mut expired: Vec<Ct6KeyV1> = Vec::new();
-    for (k, v) in entries.into_iter().filter(|(_, v)| v.expired(&cfg, now)) {
-        if v.flags & ct_flags::ENDED == 0 && watched.reports(k.ifindex) {
+    for (k, v) in crate::batch::conntrack(&dp.maps.conntrack6)?.into_iter().filter(|(_, v)| v.expired(&cfg, now)) {
+        if v.flags & ct_flags::ENDED == 0 && reports.of(&dp.maps.flow_watch, k.ifindex) {
             out.ended.push(end_record(k.ifindex, 6, (k.addr_lo_be, k.port_lo_be), (k.addr_hi_be, k.port_hi_be), k.protocol, &v, now));
         }
         expired.push(k);
     }
-    let dp = watched.dp;
     out.removed += crate::batch::delete_all(dp.maps.conntrack6.map().fd().as_fd(), &expired)
         .map_err(|source| AgentError::Io { what: "deleting expired IPv6 conntrack entries in batches", source })?;
     Ok(out)
@@ -72,17 +67,16 @@ fn widen(a: [u8; 4]) -> [u8; 16] {
 
 /// Which endpoints report flows: the datapath's rule ([`bulkhead_common::flow_reported`]),
 /// read once per interface per sweep.
-struct Watched<'a> {
-    dp: &'a mut Dataplane,
-    cfg: ConfigV2,
+struct Reports {
+    flags: u32,
     known: BTreeMap<u32, bool>,
 }
 
-impl Watched<'_> {
-    fn reports(&mut self, ifindex: u32) -> bool {
-        let (maps, flags) = (&self.dp.maps, self.cfg.flags);
+impl Reports {
+    fn of(&mut self, flow_watch: &aya::maps::Array<aya::maps::MapData, u32>, ifindex: u32) -> bool {
+        let flags = self.flags;
         *self.known.entry(ifindex).or_insert_with(|| {
-            let slot = if bulkhead_common::ifindex_is_direct(ifindex) { maps.flow_watch.get(&ifindex, 0).unwrap_or(0) } else { 0 };
+            let slot = if bulkhead_common::ifindex_is_direct(ifindex) { flow_watch.get(&ifindex, 0).unwrap_or(0) } else { 0 };
             bulkhead_common::flow_reported(flags, ifindex, slot)
         })
     }
