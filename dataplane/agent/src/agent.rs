@@ -622,12 +622,18 @@ pub fn uninstall(instance: &str) -> Result<UninstallReport, AgentError> {
     let links = cfg.pin_dir.join("links");
     if let Ok(rd) = std::fs::read_dir(&links) {
         for e in rd.flatten() {
-            if std::fs::remove_file(e.path()).is_ok() {
+            if matches!(crate::linkpin::remove(&e.path()), Ok(true)) {
                 report.links.push(e.path());
             }
         }
     }
     let _ = std::fs::remove_dir(&links);
+    for ifname in crate::uplink::attached(&cfg.pin_dir) {
+        if crate::uplink::detach(&cfg.pin_dir, &ifname) {
+            report.links.push(cfg.pin_dir.join(crate::uplink::UPLINKS_DIR).join(ifname));
+        }
+    }
+    let _ = std::fs::remove_dir(cfg.pin_dir.join(crate::uplink::UPLINKS_DIR));
     if let Ok(rd) = std::fs::read_dir(&cfg.pin_dir) {
         for e in rd.flatten() {
             if std::fs::remove_file(e.path()).is_ok() {

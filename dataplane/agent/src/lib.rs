@@ -17,6 +17,7 @@ pub mod flows;
 pub mod gc;
 pub mod instance;
 pub mod kubernetes;
+mod linkpin;
 pub mod loader;
 pub mod metrics;
 pub mod netns;

@@ -146,9 +146,9 @@ struct KeptLink {
 }
 
 impl KeptLink {
-    /// Unpins the link; with our handle closed the kernel detaches it.
+    /// Detaches the link and unpins it.
     fn remove(self) {
-        let _ = std::fs::remove_file(&self.pin);
+        let _ = crate::linkpin::remove(&self.pin);
     }
 }
 
@@ -647,7 +647,7 @@ impl Dataplane {
             .collect();
         let mut n = 0;
         for e in rd.flatten() {
-            if !ours.contains(&e.path()) && std::fs::remove_file(e.path()).is_ok() {
+            if !ours.contains(&e.path()) && matches!(crate::linkpin::remove(&e.path()), Ok(true)) {
                 n += 1;
             }
         }
@@ -696,11 +696,11 @@ impl Dataplane {
         for p in [programs::FROM_POD, programs::TO_POD, programs::XDP_PREFILTER, "bh_noop"] {
             let _ = std::fs::remove_file(self.pin_dir.join(p));
         }
-        // Links a previous agent kept: removing the pins detaches them.
+        // Links a previous agent kept.
         let links = self.pin_dir.join(LINKS_DIR);
         if let Ok(rd) = std::fs::read_dir(&links) {
             for e in rd.flatten() {
-                let _ = std::fs::remove_file(e.path());
+                let _ = crate::linkpin::remove(&e.path());
             }
         }
         let _ = std::fs::remove_dir(&links);

@@ -184,7 +184,7 @@ pub fn program(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, AgentError> {
 
 /// Detaches the pre-filter from `ifname`; returns whether it was attached.
 pub fn detach(pin_dir: &Path, ifname: &str) -> bool {
-    std::fs::remove_file(pin_of(pin_dir, ifname)).is_ok()
+    matches!(crate::linkpin::remove(&pin_of(pin_dir, ifname)), Ok(true))
 }
 
 /// Interfaces the pre-filter is attached to.
