@@ -228,14 +228,14 @@ impl Agent {
     }
 
     /// Runs `f` on the agent thread with the detector and the maps.
-    fn with_detector<T: Send + 'static>(
+    fn with_detector<T: Send + 'static, E: Into<AgentError>>(
         &self,
-        f: impl FnOnce(&mut Dataplane, &mut Detector) -> Result<T, AgentError> + Send + 'static,
+        f: impl FnOnce(&mut Dataplane, &mut Detector) -> Result<T, E> + Send + 'static,
     ) -> Result<T, AgentError> {
         let (tx, rx) = mpsc::channel();
         self.tx
             .send(Request::Detector(Box::new(move |dp, det| {
-                let _ = tx.send(f(dp, det));
+                let _ = tx.send(f(dp, det).map_err(Into::into));
             })))
             .map_err(|_| AgentError::Stopped)?;
         rx.recv().map_err(|_| AgentError::Stopped)?
@@ -282,7 +282,7 @@ impl Agent {
 
     /// Status of the monitored workloads.
     pub fn detector_status(&self) -> Result<Vec<detect::WorkloadStatus>, AgentError> {
-        self.with_detector(|dp, det| Ok(det.status(dp)))
+        self.with_detector(|dp, det| Ok::<_, AgentError>(det.status(dp)))
     }
 
     /// A workload's syscall counts (number, count).
@@ -378,14 +378,14 @@ fn worker(
     let _g = span.enter();
     if let Some(ns) = &cfg.node_netns {
         if let Err(e) = netns::enter(ns) {
-            let _ = init.send(Err(e));
+            let _ = init.send(Err(e.into()));
             return;
         }
     }
     let mut dp = match Dataplane::load(&cfg.pin_dir) {
         Ok(dp) => dp,
         Err(e) => {
-            let _ = init.send(Err(e));
+            let _ = init.send(Err(e.into()));
             return;
         }
     };
@@ -396,7 +396,7 @@ fn worker(
         Ok(d) => d,
         Err(e) => {
             dp.unload();
-            let _ = init.send(Err(e));
+            let _ = init.send(Err(e.into()));
             return;
         }
     };
@@ -417,7 +417,7 @@ fn worker(
         Err(e) => {
             det.stop();
             dp.unload();
-            let _ = init.send(Err(e));
+            let _ = init.send(Err(e.into()));
             return;
         }
     };
@@ -480,7 +480,7 @@ fn worker(
         Err(e) => {
             st.det.stop();
             st.dp.unload();
-            let _ = init.send(Err(e));
+            let _ = init.send(Err(e.into()));
             return;
         }
     }
@@ -511,7 +511,7 @@ fn worker(
                 let _ = reply.send(policy_stats(&st));
             }
             Ok(Request::Counters(reply)) => {
-                let _ = reply.send(st.dp.counters());
+                let _ = reply.send(st.dp.counters().map_err(Into::into));
             }
             Ok(Request::Detector(f)) => f(&mut st.dp, &mut st.det),
             Ok(Request::Endpoint((req, reply))) => handle_endpoint(&mut st, req, reply),
@@ -571,7 +571,7 @@ fn worker(
         tracing::info!(kept = ?r.as_ref().ok(), "agent stopped; the kernel keeps enforcing");
         // Dropping the loaded object closes our handles only: the pins hold the rest.
         drop(dp);
-        let _ = reply.send(r);
+        let _ = reply.send(r.map_err(Into::into));
         return;
     }
     dp.unload();
@@ -622,7 +622,7 @@ pub fn uninstall(instance: &str) -> Result<UninstallReport, AgentError> {
     let links = cfg.pin_dir.join("links");
     if let Ok(rd) = std::fs::read_dir(&links) {
         for e in rd.flatten() {
-            if matches!(crate::linkpin::remove(&e.path()), Ok(true)) {
+            if matches!(bulkhead_loader::linkpin::remove(&e.path()), Ok(true)) {
                 report.links.push(e.path());
             }
         }
@@ -779,7 +779,7 @@ fn answer(st: &mut State, w: Waiter, r: Result<SyncReport, AgentError>) {
     use bulkhead_cni::api::Response;
     match w {
         Waiter::Caller(reply) => {
-            let _ = reply.send(r);
+            let _ = reply.send(r.map_err(Into::into));
         }
         Waiter::CniAdd { ifindex, container_id, ifname, reply } => {
             let resp = match r {

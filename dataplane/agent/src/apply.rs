@@ -16,12 +16,12 @@ use bulkhead_common::{
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
 
 use crate::{
-    error::AgentError,
+    error::{AgentError, DataplaneError},
     loader::{Dataplane, ipcache_key, ipcache6_key},
 };
 
 fn werr(map: &'static str, source: aya::maps::MapError) -> AgentError {
-    AgentError::Map { map, source }
+    DataplaneError::Map { map, source }.into()
 }
 
 /// Everything the kernel's lookup maps hold, derived from one compile.

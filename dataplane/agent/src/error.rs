@@ -2,41 +2,18 @@
 
 use std::path::PathBuf;
 
+pub use bulkhead_detector_runtime::DetectorError;
+pub use bulkhead_loader::DataplaneError;
+
 /// Everything the agent can fail at, with the object it failed on.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("network namespace {name}: {source}")]
-    Netns { name: String, source: std::io::Error },
-    #[error("bpffs folder {path}: {source}")]
-    PinDir { path: PathBuf, source: std::io::Error },
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("eBPF program {program}: {source}")]
-    Program { program: &'static str, source: aya::programs::ProgramError },
-    #[error("eBPF map {map}: {source}")]
-    Map { map: &'static str, source: aya::maps::MapError },
-    #[error("eBPF map {map}, entry {key}: {source}")]
-    MapEntry { map: &'static str, key: String, source: aya::maps::MapError },
-    #[error("eBPF map {map} pinned at {path}: {source}")]
-    MapPin { map: &'static str, path: PathBuf, source: aya::maps::MapError },
-    /// A map held something its writer never writes.
-    #[error("eBPF map {map}: {detail}")]
-    MapContent { map: &'static str, detail: String },
-    /// A program or map this binary needs is not in the eBPF object built into it.
-    #[error("{what} is missing from the eBPF object built into this binary")]
-    Missing { what: String },
-    #[error("eBPF link {what}: {source}")]
-    Link { what: String, source: aya::programs::links::LinkError },
-    #[error("pinning {path}: {source}")]
-    Pin { path: PathBuf, source: aya::pin::PinError },
-    #[error("no pinned maps in {pin_dir} (has an agent of this instance run?)")]
-    NotLoaded { pin_dir: PathBuf },
-    #[error("{what}: {source}")]
-    Io { what: &'static str, source: std::io::Error },
+    /// The kernel side: loading, pinning, attaching, reading or writing maps.
     #[error(transparent)]
-    IfindexMap(#[from] crate::ifmap::IfindexMapError),
-    #[error("interface {ifname}: {detail}")]
-    Interface { ifname: String, detail: String },
+    Dataplane(#[from] DataplaneError),
+    /// The detector runtime.
+    #[error(transparent)]
+    Detector(#[from] DetectorError),
     #[error("datastore {path}: {detail}")]
     Datastore { path: PathBuf, detail: String },
     #[error(transparent)]
@@ -47,10 +24,20 @@ pub enum AgentError {
     /// The compiler refused the model: nothing of it was applied.
     #[error("{0} (nothing applied; the enforced policy is unchanged)")]
     Policy(#[source] Box<policy_compiler::Error>),
-    #[error("detector: {0}")]
-    Detector(String),
     #[error("agent instance {instance}: {detail}")]
     Instance { instance: String, detail: String },
     #[error("the agent thread stopped")]
     Stopped,
+}
+
+impl From<bulkhead_loader::ifmap::IfindexMapError> for AgentError {
+    fn from(e: bulkhead_loader::ifmap::IfindexMapError) -> Self {
+        AgentError::Dataplane(e.into())
+    }
+}
+
+impl From<aya::EbpfError> for AgentError {
+    fn from(e: aya::EbpfError) -> Self {
+        AgentError::Dataplane(e.into())
+    }
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 use aya::maps::IterableMap as _;
 use bulkhead_common::{Ct6KeyV1, CtKeyV2, CtValueV2, FlowEventV5, PolicyValueV2, action, ct_flags, flow_kind, map_names};
 
-use crate::{error::AgentError, loader::Dataplane};
+use crate::{
+    error::{AgentError, DataplaneError},
+    loader::Dataplane,
+};
 
 /// How often the agent sweeps.
 pub const INTERVAL: Duration = Duration::from_secs(10);
@@ -33,7 +36,7 @@ pub fn sweep(dp: &mut Dataplane) -> Result<Sweep, AgentError> {
         .maps
         .config
         .get(&0, 0)
-        .map_err(|source| AgentError::Map { map: map_names::CONFIG, source })?;
+        .map_err(|source| DataplaneError::Map { map: map_names::CONFIG, source })?;
     let now = crate::clock::coarse_ns();
     let mut reports = Reports { flags: cfg.flags, known: BTreeMap::new() };
     let mut out = Sweep::default();
@@ -46,7 +49,7 @@ pub fn sweep(dp: &mut Dataplane) -> Result<Sweep, AgentError> {
         expired.push(k);
     }
     out.removed += crate::batch::delete_all(dp.maps.conntrack.map().fd().as_fd(), &expired)
-        .map_err(|source| AgentError::Io { what: "deleting expired conntrack entries in batches", source })?;
+        .map_err(|source| DataplaneError::Io { what: "deleting expired conntrack entries in batches", source })?;
     let mut expired: Vec<Ct6KeyV1> = Vec::new();
     for (k, v) in crate::batch::conntrack(&dp.maps.conntrack6)?.into_iter().filter(|(_, v)| v.expired(&cfg, now)) {
         if v.flags & ct_flags::ENDED == 0 && reports.of(&dp.maps.flow_watch, k.ifindex) {
@@ -55,7 +58,7 @@ pub fn sweep(dp: &mut Dataplane) -> Result<Sweep, AgentError> {
         expired.push(k);
     }
     out.removed += crate::batch::delete_all(dp.maps.conntrack6.map().fd().as_fd(), &expired)
-        .map_err(|source| AgentError::Io { what: "deleting expired IPv6 conntrack entries in batches", source })?;
+        .map_err(|source| DataplaneError::Io { what: "deleting expired IPv6 conntrack entries in batches", source })?;
     Ok(out)
 }
 

@@ -8,7 +8,7 @@ use bulkhead_common::{
     CtKeyV2, CtValueV2, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PolicyValueV2, PortKeyV1, generation, map_names,
 };
 
-use crate::error::AgentError;
+use crate::error::{AgentError, DataplaneError};
 
 /// A snapshot of one instance.
 #[derive(Debug, serde::Serialize)]
@@ -43,12 +43,12 @@ pub struct DropRow {
 }
 
 fn open(dir: &Path, name: &'static str) -> Result<Map, AgentError> {
-    let data = MapData::from_pin(dir.join(name)).map_err(|source| AgentError::MapPin { map: name, path: dir.join(name), source })?;
-    Map::from_map_data(data).map_err(|source| AgentError::Map { map: name, source })
+    let data = MapData::from_pin(dir.join(name)).map_err(|source| DataplaneError::MapPin { map: name, path: dir.join(name), source })?;
+    Ok(Map::from_map_data(data).map_err(|source| DataplaneError::Map { map: name, source })?)
 }
 
 fn merr(map: &'static str, source: aya::maps::MapError) -> AgentError {
-    AgentError::Map { map, source }
+    DataplaneError::Map { map, source }.into()
 }
 
 /// Per-policy counters of an instance, named from the policy table the agent wrote.

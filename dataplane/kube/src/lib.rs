@@ -13,6 +13,7 @@
 
 pub mod lease;
 pub mod quarantine;
+pub mod schema;
 
 /// The client type the watchers use.
 pub use kube::Client;

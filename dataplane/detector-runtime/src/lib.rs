@@ -12,6 +12,7 @@
 //! judged by it); see [`profile`]. [`policy`] turns `DetectorPolicy` resources into workloads.
 
 pub mod cgroup;
+mod error;
 mod events;
 mod fileevents;
 pub mod files;
@@ -43,7 +44,9 @@ use aya::maps::MapData;
 use bulkhead_common::detect::{self as det, AllowKey6V1, AllowKeyV2, ExecKeyV1, IsolationV1, LineageKeyV1, SyscallKeyV1, WorkloadV1};
 use serde::{Deserialize, Serialize};
 
-use crate::{error::AgentError, ifmap::IsolationMap, loader::Dataplane, netns};
+use bulkhead_loader::{Dataplane, ifmap::IsolationMap, netns};
+
+pub use error::DetectorError;
 
 pub use events::DetectorEvent;
 pub use flowwatch::FlowWatch;
@@ -501,18 +504,18 @@ pub struct Detector {
 pub const WORKLOADS_FILE: &str = "detector-workloads.json";
 pub const EVENTS_FILE: &str = "detector-events.jsonl";
 
-fn map_err(map: &'static str, source: aya::maps::MapError) -> AgentError {
-    AgentError::Map { map, source }
+fn map_err(map: &'static str, source: aya::maps::MapError) -> DetectorError {
+    bulkhead_loader::DataplaneError::Map { map, source }.into()
 }
 
-fn det_err(detail: impl Into<String>) -> AgentError {
-    AgentError::Detector(detail.into())
+fn det_err(detail: impl Into<String>) -> DetectorError {
+    DetectorError::State(detail.into())
 }
 
 impl Detector {
     /// Starts the event thread on the dataplane's event ring and restores the workloads a
     /// previous agent left in `state_dir` (their map entries are pinned and still enforced).
-    pub fn start(dp: &mut Dataplane, state_dir: &Path) -> Result<Detector, AgentError> {
+    pub fn start(dp: &mut Dataplane, state_dir: &Path) -> Result<Detector, DetectorError> {
         let ring = dp.maps.det.events.take().ok_or_else(|| det_err("event ring already taken"))?;
         let shared = Arc::new(Shared { alerts: Mutex::new(alerts::AlertGate::new(alerts::AlertLimits::from_env().map_err(det_err)?)), ..Shared::default() });
         if let Some(w) = webhook::Webhook::from_env().map_err(det_err)? {
@@ -615,15 +618,15 @@ impl Detector {
     }
 
     /// Starts (or changes) monitoring of a workload (its own profile, default thresholds).
-    pub fn monitor(&mut self, dp: &mut Dataplane, spec: WorkloadSpec) -> Result<WorkloadStatus, AgentError> {
+    pub fn monitor(&mut self, dp: &mut Dataplane, spec: WorkloadSpec) -> Result<WorkloadStatus, DetectorError> {
         self.monitor_with(dp, spec, WorkloadOptions::default())
     }
 
     /// Starts (or changes) monitoring of a workload with a shared profile and thresholds.
-    pub fn monitor_with(&mut self, dp: &mut Dataplane, spec: WorkloadSpec, opts: WorkloadOptions) -> Result<WorkloadStatus, AgentError> {
+    pub fn monitor_with(&mut self, dp: &mut Dataplane, spec: WorkloadSpec, opts: WorkloadOptions) -> Result<WorkloadStatus, DetectorError> {
         let cgroup_id = cgroup::id(&spec.cgroup).map_err(|e| det_err(format!("cgroup {}: {e}", spec.cgroup.display())))?;
         let ifindex = match &spec.interface {
-            Some(i) => netns::ifindex(i).ok_or_else(|| AgentError::Interface { ifname: i.clone(), detail: "no such interface".into() })?,
+            Some(i) => netns::ifindex(i).ok_or_else(|| DetectorError::Interface { ifname: i.clone(), detail: "no such interface".into() })?,
             None => 0,
         };
         let state = {
@@ -659,7 +662,7 @@ impl Detector {
     }
 
     /// Switches a workload's mode; protect and monitor install the learned profile first.
-    pub fn set_mode(&mut self, dp: &mut Dataplane, name: &str, mode: Mode) -> Result<WorkloadStatus, AgentError> {
+    pub fn set_mode(&mut self, dp: &mut Dataplane, name: &str, mode: Mode) -> Result<WorkloadStatus, DetectorError> {
         let state = {
             let mut g = self.shared.state();
             let w = g.workloads.values_mut().find(|w| w.spec.name == name).ok_or_else(|| det_err(format!("no workload {name}")))?;
@@ -680,7 +683,7 @@ impl Detector {
 
     /// Makes the kernel's exec entries of a profile what the profile (and its workloads'
     /// extra allowed execs) holds: adds first, then removes what is no longer allowed.
-    pub(crate) fn write_profile(&mut self, dp: &mut Dataplane, name: &str) -> Result<(), AgentError> {
+    pub(crate) fn write_profile(&mut self, dp: &mut Dataplane, name: &str) -> Result<(), DetectorError> {
         let (ids, paths, pairs, inline) = {
             let g = self.shared.state();
             let members: Vec<&WorkloadState> = g.workloads.values().filter(|w| w.profile_name() == name).collect();
@@ -734,7 +737,7 @@ impl Detector {
 
     /// Writes the profile (allowed execs) and then the workload entry: the probe never sees
     /// protect mode with a half-written profile.
-    fn write_workload(&mut self, dp: &mut Dataplane, w: &WorkloadState) -> Result<(), AgentError> {
+    fn write_workload(&mut self, dp: &mut Dataplane, w: &WorkloadState) -> Result<(), DetectorError> {
         self.write_profile(dp, w.profile_name())?;
         let a = w.spec.actions;
         let mut flags = 0;
@@ -776,7 +779,7 @@ impl Detector {
     }
 
     /// Isolates a workload's endpoint from user space (same map the exec probe writes).
-    pub fn isolate(&mut self, dp: &mut Dataplane, name: &str) -> Result<(), AgentError> {
+    pub fn isolate(&mut self, dp: &mut Dataplane, name: &str) -> Result<(), DetectorError> {
         let w = self.find(name)?;
         if w.ifindex == 0 {
             return Err(det_err(format!("workload {name} has no interface to isolate")));
@@ -785,7 +788,7 @@ impl Detector {
     }
 
     /// Undoes isolate and pause for a workload. Returns whether it was isolated, frozen.
-    pub fn release(&mut self, dp: &mut Dataplane, name: &str) -> Result<(bool, bool), AgentError> {
+    pub fn release(&mut self, dp: &mut Dataplane, name: &str) -> Result<(bool, bool), DetectorError> {
         let w = self.find(name)?;
         let isolated = release_isolation(&mut dp.maps.det.isolation, w.cgroup_id, w.ifindex)?;
         let frozen = cgroup::is_frozen(&w.spec.cgroup).unwrap_or(false);
@@ -796,13 +799,13 @@ impl Detector {
     }
 
     /// Stops monitoring a workload (its isolation is removed too; the shared profile stays).
-    pub fn unmonitor(&mut self, dp: &mut Dataplane, name: &str) -> Result<(), AgentError> {
+    pub fn unmonitor(&mut self, dp: &mut Dataplane, name: &str) -> Result<(), DetectorError> {
         self.unmonitor_inner(dp, name, true)
     }
 
     /// Stops monitoring; `release` also removes its isolation (a policy that stops selecting
     /// an isolated pod leaves it isolated: release is an operator's decision).
-    pub(crate) fn unmonitor_inner(&mut self, dp: &mut Dataplane, name: &str, release: bool) -> Result<(), AgentError> {
+    pub(crate) fn unmonitor_inner(&mut self, dp: &mut Dataplane, name: &str, release: bool) -> Result<(), DetectorError> {
         let w = self.find(name)?;
         let _ = dp.maps.det.workloads.remove(&w.cgroup_id);
         // Its executables' identities: a workload monitored again starts over.
@@ -843,12 +846,12 @@ impl Detector {
 
     /// Replaces the API's isolation allow-list (what every isolated endpoint may still reach);
     /// each workload's own list (its DetectorPolicy's) applies to it besides.
-    pub fn set_isolation_allow(&mut self, dp: &mut Dataplane, allow: &[(IpAddr, u16, u8)]) -> Result<(), AgentError> {
+    pub fn set_isolation_allow(&mut self, dp: &mut Dataplane, allow: &[(IpAddr, u16, u8)]) -> Result<(), DetectorError> {
         self.api_allow = allow.iter().copied().collect();
         self.write_isolation_allow(dp)
     }
 
-    pub(crate) fn write_isolation_allow(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
+    pub(crate) fn write_isolation_allow(&mut self, dp: &mut Dataplane) -> Result<(), DetectorError> {
         let mut entries: Vec<(u32, (IpAddr, u16, u8))> = self.api_allow.iter().map(|e| (0, *e)).collect();
         {
             let g = self.shared.state();
@@ -890,7 +893,7 @@ impl Detector {
     }
 
     /// The workload's syscall counts (number, count), summed over CPUs.
-    pub fn syscalls(&self, dp: &Dataplane, name: &str) -> Result<Vec<(u32, u64)>, AgentError> {
+    pub fn syscalls(&self, dp: &Dataplane, name: &str) -> Result<Vec<(u32, u64)>, DetectorError> {
         let w = self.find(name)?;
         let mut out = Vec::new();
         for k in dp.maps.det.syscalls.keys() {
@@ -933,7 +936,7 @@ impl Detector {
         }
     }
 
-    fn find(&self, name: &str) -> Result<WorkloadState, AgentError> {
+    fn find(&self, name: &str) -> Result<WorkloadState, DetectorError> {
         self.shared
             .state()
             .workloads
@@ -944,16 +947,16 @@ impl Detector {
     }
 
     /// The syscall probe runs only while some workload wants syscall counts or sequences.
-    fn sync_syscall_probe(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
+    fn sync_syscall_probe(&mut self, dp: &mut Dataplane) -> Result<(), DetectorError> {
         let want = self.shared.state().workloads.values().any(|w| w.spec.syscalls || w.opts.sequences.is_some());
-        dp.set_syscall_probe(want)
+        Ok(dp.set_syscall_probe(want)?)
     }
 
     /// The file probe runs only while some workload has a file baseline (attaching it puts
     /// every task's syscalls on the slower traced entry path).
-    fn sync_file_probe(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
+    fn sync_file_probe(&mut self, dp: &mut Dataplane) -> Result<(), DetectorError> {
         let want = self.shared.state().workloads.values().any(|w| w.opts.files.is_some());
-        dp.set_file_probe(want)
+        Ok(dp.set_file_probe(want)?)
     }
 
     /// TC reports every new flow only of the monitored workloads' endpoints (FLOW_WATCH):
@@ -961,7 +964,7 @@ impl Detector {
     /// them should not pay for events nobody reads. Endpoints past the per-endpoint array
     /// fall back to the global FLOW_EVENTS_ALL flag. Called after every sync too (the revision
     /// bump may have written the config first).
-    pub(crate) fn sync_flow_events(&mut self, dp: &mut Dataplane) -> Result<(), AgentError> {
+    pub fn sync_flow_events(&mut self, dp: &mut Dataplane) -> Result<(), DetectorError> {
         let ifindexes: BTreeSet<u32> = self.shared.state().workloads.values().map(|w| w.ifindex).filter(|&i| i != 0).collect();
         // Protect mode's learned destinations go in before the flags that make TC drop
         // everything else, and stale ones leave after.
@@ -971,7 +974,7 @@ impl Detector {
         let mut watched = match self.watched.take() {
             Some(w) => w,
             // First sync: whatever slots an earlier agent set.
-            None => match crate::batch::array_all(&dp.maps.flow_watch) {
+            None => match bulkhead_loader::batch::array_all(&dp.maps.flow_watch) {
                 Ok(all) => all.into_iter().filter(|&(_, v)| v != 0).collect(),
                 Err(_) => (0..bulkhead_common::capacity::IFINDEX_DIRECT).filter_map(|i| dp.maps.flow_watch.get(&i, 0).ok().filter(|&v| v != 0).map(|v| (i, v))).collect(),
             },
@@ -1082,7 +1085,7 @@ pub(crate) fn take_actions(
     if actions.isolate {
         match isolate() {
             Ok(()) => {
-                isolate_ns = Some(crate::clock::monotonic_ns().saturating_sub(since_ns));
+                isolate_ns = Some(bulkhead_loader::clock::monotonic_ns().saturating_sub(since_ns));
                 done.push("isolated".to_string());
             }
             Err(e) => done.push(format!("isolate-failed: {e}")),
@@ -1104,11 +1107,11 @@ pub(crate) fn take_actions(
 
 /// The isolation entry of a user-space decision on `w`, as of now.
 pub(crate) fn user_isolation(w: &WorkloadState) -> IsolationV1 {
-    IsolationV1 { since_ns: crate::clock::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 }
+    IsolationV1 { since_ns: bulkhead_loader::clock::monotonic_ns(), cgroup_id: w.cgroup_id, reason: det::isolation_reason::USER, _pad: 0 }
 }
 
 /// Writes the workload's isolation entry (user-space decision).
-pub(crate) fn isolate_entry(dp: &mut Dataplane, w: &WorkloadState) -> Result<(), AgentError> {
+pub(crate) fn isolate_entry(dp: &mut Dataplane, w: &WorkloadState) -> Result<(), DetectorError> {
     Ok(dp.maps.det.isolation.insert(w.ifindex, user_isolation(w))?)
 }
 
@@ -1118,7 +1121,7 @@ pub fn release_isolation<T: std::borrow::BorrowMut<MapData>>(
     map: &mut IsolationMap<T>,
     cgroup_id: u64,
     ifindex: u32,
-) -> Result<bool, AgentError> {
+) -> Result<bool, DetectorError> {
     let keys: Vec<u32> =
         map.entries()?.into_iter().filter(|(k, v)| v.cgroup_id == cgroup_id || (ifindex != 0 && *k == ifindex)).map(|(k, _)| k).collect();
     for &k in &keys {
@@ -1129,7 +1132,7 @@ pub fn release_isolation<T: std::borrow::BorrowMut<MapData>>(
 
 /// Release without an agent: opens the instance's pinned isolation map, removes the
 /// workload's entries and thaws its cgroup. Returns whether it was isolated, frozen.
-pub fn release_pinned(pin_dir: &Path, cgroup: &Path) -> Result<(bool, bool), AgentError> {
+pub fn release_pinned(pin_dir: &Path, cgroup: &Path) -> Result<(bool, bool), DetectorError> {
     let cgroup_id = cgroup::id(cgroup).map_err(|e| det_err(format!("cgroup {}: {e}", cgroup.display())))?;
     let mut map = IsolationMap::open_isolation(pin_dir)?;
     let isolated = release_isolation(&mut map, cgroup_id, 0)?;
@@ -1139,6 +1142,6 @@ pub fn release_pinned(pin_dir: &Path, cgroup: &Path) -> Result<(bool, bool), Age
 }
 
 /// Isolation entries of a pinned instance: (ifindex, entry).
-pub fn isolated_pinned(pin_dir: &Path) -> Result<Vec<(u32, IsolationV1)>, AgentError> {
+pub fn isolated_pinned(pin_dir: &Path) -> Result<Vec<(u32, IsolationV1)>, DetectorError> {
     Ok(IsolationMap::open_isolation(pin_dir)?.entries()?)
 }

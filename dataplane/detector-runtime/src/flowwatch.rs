@@ -27,11 +27,12 @@ use super::{
     profile::{Peer, Protocol},
     take_actions,
 };
-use crate::{
-    error::AgentError,
+use bulkhead_loader::{
     ifmap::IsolationMap,
     ring::{Ring, Wake},
 };
+
+use crate::error::DetectorError;
 
 /// Pod address -> peer name (the pod's profile name), replaced whole at each sync.
 pub type PeerBook = Arc<Mutex<Arc<HashMap<IpAddr, String>>>>;
@@ -57,7 +58,7 @@ pub struct FlowWatch {
 
 impl FlowWatch {
     /// Starts the thread on the flow ring.
-    pub(super) fn spawn(ring: Ring<FlowEventV5>, shared: Arc<Shared>, peers: PeerBook, events_file: PathBuf, pin_dir: &Path) -> Result<FlowWatch, AgentError> {
+    pub(super) fn spawn(ring: Ring<FlowEventV5>, shared: Arc<Shared>, peers: PeerBook, events_file: PathBuf, pin_dir: &Path) -> Result<FlowWatch, DetectorError> {
         let isolation = match IsolationMap::open_isolation(pin_dir) {
             Ok(m) => Some(m),
             Err(e) => {
@@ -82,7 +83,7 @@ impl FlowWatch {
                 let (stop, wake) = (stop.clone(), wake.clone());
                 move || w.run(&stop, &wake, &flush_rx)
             })
-            .map_err(|_| AgentError::Stopped)?;
+            .map_err(|_| DetectorError::Stopped)?;
         Ok(FlowWatch { thread: Some(thread), stop, wake, flush_tx, events_rx })
     }
 
@@ -195,7 +196,7 @@ impl Watcher {
         if inbound && ev.kind != flow_kind::NEW_ALLOWED {
             return;
         }
-        let read_at = crate::clock::monotonic_ns();
+        let read_at = bulkhead_loader::clock::monotonic_ns();
         let Some(protocol) = Protocol::from_ip(ev.protocol) else { return };
         // A TCP flow whose first packet seen is no SYN was picked up mid-stream (its
         // conntrack entry was evicted or expired while it ran): its direction here is that of
@@ -281,7 +282,7 @@ impl Watcher {
             let map = isolation.as_mut().ok_or("isolation map not open")?;
             map.insert(w.ifindex, super::user_isolation(w)).map_err(|e| e.to_string())
         });
-        let now = crate::clock::monotonic_ns();
+        let now = bulkhead_loader::clock::monotonic_ns();
         let dst = match ev.daddr() {
             Some(IpAddr::V6(a)) => format!("[{a}]:{port}/{protocol:?}"),
             Some(a) => format!("{a}:{port}/{protocol:?}"),

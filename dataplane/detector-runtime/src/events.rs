@@ -18,7 +18,9 @@ use bulkhead_common::detect::{self as det, DetEventV2, event_actions, event_kind
 use serde::Serialize;
 
 use super::{Shared, cgroup};
-use crate::{error::AgentError, ring::Ring};
+use bulkhead_loader::ring::Ring;
+
+use crate::error::DetectorError;
 
 /// Finding kind of an allowed binary started by an image that never started it.
 pub const LINEAGE_KIND: &str = "exec-lineage";
@@ -102,9 +104,9 @@ pub(super) fn spawn(
     stop: Arc<AtomicBool>,
     file: PathBuf,
     pin_dir: &Path,
-) -> Result<JoinHandle<()>, AgentError> {
+) -> Result<JoinHandle<()>, DetectorError> {
     // File findings the kernel could not judge are isolated from here.
-    let isolation = match crate::ifmap::IsolationMap::open_isolation(pin_dir) {
+    let isolation = match bulkhead_loader::ifmap::IsolationMap::open_isolation(pin_dir) {
         Ok(m) => Some(m),
         Err(e) => {
             tracing::error!(error = %e, "detector event thread cannot open the isolation maps; its isolate actions will fail");
@@ -114,10 +116,10 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("bh-detector".into())
         .spawn(move || run(ring, &shared, &stop, &file, isolation))
-        .map_err(|_| AgentError::Stopped)
+        .map_err(|_| DetectorError::Stopped)
 }
 
-fn run(ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path, mut isolation: Option<crate::ifmap::IsolationMap<MapData>>) {
+fn run(ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path, mut isolation: Option<bulkhead_loader::ifmap::IsolationMap<MapData>>) {
     let span = tracing::info_span!("detector-events");
     let _g = span.enter();
     let mut ring = Ring::<DetEventV2>::new(ring);
@@ -144,7 +146,7 @@ fn run(ring: RingBuf<MapData>, shared: &Shared, stop: &AtomicBool, file: &Path, 
 
 /// Learns or acts on one event and builds its record.
 fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
-    let read_at = crate::clock::monotonic_ns();
+    let read_at = bulkhead_loader::clock::monotonic_ns();
     let len = ev.filename.iter().position(|&b| b == 0).unwrap_or(ev.filename.len());
     let path = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
     let lineage = ev.kind == event_kind::EXEC_LINEAGE;
@@ -205,7 +207,7 @@ fn handle(shared: &Shared, ev: &DetEventV2) -> DetectorEvent {
                 }
             }
             if !user_actions.is_empty() {
-                user_enforce_ns = Some(crate::clock::monotonic_ns().saturating_sub(ev.ts_ns));
+                user_enforce_ns = Some(bulkhead_loader::clock::monotonic_ns().saturating_sub(ev.ts_ns));
             }
         }
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bulkhead_kube::quarantine::{self as wire, Quarantine, QuarantineStatus};
 
 use super::{Detector, DetectorEvent, Shared, cgroup};
-use crate::loader::Dataplane;
+use bulkhead_loader::Dataplane;
 
 /// Where a node's Quarantines live.
 pub trait QuarantineStore: Send {
@@ -317,7 +317,7 @@ impl Perimeter {
             }
             out.push(DetectorEvent {
                 kind: "quarantine-perimeter",
-                ts_ns: crate::clock::monotonic_ns(),
+                ts_ns: bulkhead_loader::clock::monotonic_ns(),
                 workload: Some(w.clone()),
                 mode: "protect",
                 detail: Some(parts.join("; ")),
@@ -426,7 +426,7 @@ impl Shared {
 
 impl Detector {
     /// Carries isolations to the perimeter through `store` (the datastore's, see
-    /// [`crate::datastore::Datastore::quarantine_store`]), on a thread of its own.
+    /// `bulkhead_agent::datastore::Datastore::quarantine_store`), on a thread of its own.
     pub fn set_perimeter(&mut self, store: Box<dyn QuarantineStore>, node: &str) {
         let described = store.describe();
         let p = Perimeter::new(store, node);
@@ -442,14 +442,14 @@ impl Detector {
     }
 
     /// The datastore changed: fw-sync may have answered.
-    pub(crate) fn poll_perimeter(&mut self) {
+    pub fn poll_perimeter(&mut self) {
         if let Some(p) = self.shared.perimeter.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
             p.send(Msg::Poll);
         }
     }
 
     /// Once a second: the perimeter follows what is isolated or paused now.
-    pub(crate) fn sync_perimeter(&mut self, dp: &Dataplane) {
+    pub fn sync_perimeter(&mut self, dp: &Dataplane) {
         if self.shared.perimeter.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_none() {
             return;
         }

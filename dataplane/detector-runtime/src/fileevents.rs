@@ -11,7 +11,7 @@ use super::{
     files::{self, FileOp},
     take_actions,
 };
-use crate::ifmap::IsolationMap;
+use bulkhead_loader::ifmap::IsolationMap;
 
 /// Finding kinds of the file baseline.
 pub const WRITE_UNSEEN: &str = "file-write-unseen";
@@ -36,7 +36,7 @@ pub(super) fn handle(shared: &Shared, ev: &DetEventV2, isolation: &mut Option<Is
 }
 
 fn judge(shared: &Shared, ev: &DetEventV2, isolation: &mut Option<IsolationMap<aya::maps::MapData>>) -> Option<DetectorEvent> {
-    let read_at = crate::clock::monotonic_ns();
+    let read_at = bulkhead_loader::clock::monotonic_ns();
     let len = ev.filename.iter().position(|&b| b == 0).unwrap_or(ev.filename.len());
     let raw = String::from_utf8_lossy(&ev.filename[..len]).into_owned();
     let (w, cfg) = {
@@ -149,7 +149,7 @@ fn finding(
         mode: if protect { "protect" } else { "monitor" },
         kernel_actions,
         kernel_enforce_ns: (ev.enforced_ns != 0).then(|| ev.enforced_ns.saturating_sub(ev.ts_ns)),
-        user_enforce_ns: (!user_actions.is_empty()).then(|| crate::clock::monotonic_ns().saturating_sub(ev.ts_ns)),
+        user_enforce_ns: (!user_actions.is_empty()).then(|| bulkhead_loader::clock::monotonic_ns().saturating_sub(ev.ts_ns)),
         user_actions,
         read_delay_ns: read_at.saturating_sub(ev.ts_ns),
         isolate_ns,

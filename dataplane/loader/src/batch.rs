@@ -117,10 +117,10 @@ pub fn array_all<V: aya::Pod, T: std::borrow::Borrow<aya::maps::MapData>>(map: &
 /// and `status` share.
 pub fn conntrack<K: aya::Pod>(
     map: &aya::maps::HashMap<aya::maps::MapData, K, bulkhead_common::CtValueV2>,
-) -> Result<Vec<(K, bulkhead_common::CtValueV2)>, crate::error::AgentError> {
+) -> Result<Vec<(K, bulkhead_common::CtValueV2)>, crate::error::DataplaneError> {
     use aya::maps::IterableMap as _;
     use std::os::fd::AsFd as _;
-    lookup_all(map.map().fd().as_fd()).map_err(|source| crate::error::AgentError::Io { what: "reading conntrack in batches", source })
+    lookup_all(map.map().fd().as_fd()).map_err(|source| crate::error::DataplaneError::Io { what: "reading conntrack in batches", source })
 }
 
 #[cfg(test)]

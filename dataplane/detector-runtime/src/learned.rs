@@ -18,7 +18,9 @@ use bulkhead_common::detect::{self as det, LearnedKeyV1, isolation_reason, watch
 
 use super::profile::Protocol;
 use super::{Detector, Mode, WorkloadState, map_err};
-use crate::{error::AgentError, ifmap::IsolationMap, loader::Dataplane};
+use bulkhead_loader::{Dataplane, ifmap::IsolationMap};
+
+use crate::error::DetectorError;
 
 /// The IP protocol number a profile's protocol has on the wire of `addr`'s family; `None`
 /// where TC does not judge it (ICMPv6 is not part of the network model).
@@ -99,7 +101,7 @@ impl Detector {
 
     /// Adds the entries of `want` not written yet, or (`remove`) removes written entries not
     /// in `want`.
-    pub(crate) fn write_learned(&mut self, dp: &mut Dataplane, want: &BTreeSet<LearnedKeyV1>, remove: bool) -> Result<(), AgentError> {
+    pub(crate) fn write_learned(&mut self, dp: &mut Dataplane, want: &BTreeSet<LearnedKeyV1>, remove: bool) -> Result<(), DetectorError> {
         let mut written = match self.learned_written.take() {
             Some(w) => w,
             // First sync: what an earlier agent left (pinned).

@@ -12,7 +12,7 @@ use std::{
 use bulkhead_common::{CtKeyV2, direction};
 
 use super::{Detector, DetectorEvent, Mode, WorkloadState};
-use crate::loader::Dataplane;
+use bulkhead_loader::Dataplane;
 
 /// Per-workload network state kept by the agent thread.
 #[derive(Debug, Default)]
@@ -70,7 +70,7 @@ impl Detector {
         // Outbound flows per interface: key -> bytes (both directions, as conntrack counts).
         let mut per_if: HashMap<u32, Vec<(CtKeyV2, u64)>> = HashMap::new();
         if walk {
-            match crate::batch::conntrack(&dp.maps.conntrack) {
+            match bulkhead_loader::batch::conntrack(&dp.maps.conntrack) {
                 Ok(entries) => {
                     for (k, v) in entries.into_iter().filter(|(_, v)| v.origin_direction == direction::EGRESS) {
                         per_if.entry(k.ifindex).or_default().push((k, v.bytes_orig + v.bytes_reply));
@@ -123,7 +123,7 @@ impl Detector {
                 state.last_volume_alert = Some(Instant::now());
                 let rec = DetectorEvent {
                     kind: "egress-volume",
-                    ts_ns: crate::clock::monotonic_ns(),
+                    ts_ns: bulkhead_loader::clock::monotonic_ns(),
                     workload: Some(w.spec.name.clone()),
                     cgroup_id: w.cgroup_id,
                     mode: if w.spec.mode == Mode::Protect { "protect" } else { "monitor" },

@@ -9,7 +9,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 
-use crate::error::AgentError;
+use crate::error::DataplaneError;
 
 /// A ring of records of type `T` (a `#[repr(C)]` type the kernel writes whole).
 pub struct Ring<T> {
@@ -78,11 +78,11 @@ pub struct Wake(OwnedFd);
 
 impl Wake {
     /// A new, unsignalled wake-up.
-    pub fn new() -> Result<Wake, AgentError> {
+    pub fn new() -> Result<Wake, DataplaneError> {
         // SAFETY: plain syscall; the result is checked.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
-            return Err(AgentError::Io { what: "creating an eventfd", source: std::io::Error::last_os_error() });
+            return Err(DataplaneError::Io { what: "creating an eventfd", source: std::io::Error::last_os_error() });
         }
         // SAFETY: fd was just returned by eventfd and is owned by nobody else.
         Ok(Wake(unsafe { OwnedFd::from_raw_fd(fd) }))

@@ -10,7 +10,9 @@ use policy_compiler::model::Model;
 use serde::Serialize;
 
 use super::{Detector, WorkloadState, cgroup, det_err, policy, profile};
-use crate::{error::AgentError, loader::Dataplane, netns};
+use bulkhead_loader::{Dataplane, netns};
+
+use crate::error::DetectorError;
 
 /// What an import did.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -26,12 +28,12 @@ impl Detector {
     /// Makes the policy-managed workloads what `plan` asks for. Checked first (every cgroup
     /// exists), then applied; API-managed workloads are left alone unless a policy now
     /// selects the same pod (the policy wins).
-    pub fn apply_plan(&mut self, dp: &mut Dataplane, plan: &policy::Plan) -> Result<(), AgentError> {
+    pub fn apply_plan(&mut self, dp: &mut Dataplane, plan: &policy::Plan) -> Result<(), DetectorError> {
         let span = tracing::info_span!("detector-policies", workloads = plan.workloads.len());
         let _g = span.enter();
         for (w, o) in &plan.workloads {
             cgroup::id(&w.cgroup).map_err(|e| {
-                AgentError::Invalid(format!("{}: pod {}: cgroup {} (annotation {}): {e}", o.policy.as_deref().unwrap_or("?"), w.name, w.cgroup.display(), policy::CGROUP_ANNOTATION))
+                DetectorError::Invalid(format!("{}: pod {}: cgroup {} (annotation {}): {e}", o.policy.as_deref().unwrap_or("?"), w.name, w.cgroup.display(), policy::CGROUP_ANNOTATION))
             })?;
         }
         for pod in &plan.without_cgroup {
@@ -97,8 +99,8 @@ impl Detector {
 
     /// Replaces a profile by a validated one (a bad text changes nothing); the kernel's exec
     /// entries of every workload using it follow at once.
-    pub fn import_profile(&mut self, dp: &mut Dataplane, source: &str, text: &str) -> Result<ImportReport, AgentError> {
-        let p = profile::Profile::from_yaml(source, text).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    pub fn import_profile(&mut self, dp: &mut Dataplane, source: &str, text: &str) -> Result<ImportReport, DetectorError> {
+        let p = profile::Profile::from_yaml(source, text).map_err(|e| DetectorError::Invalid(e.to_string()))?;
         let name = p.name.clone();
         let mut restored = Vec::new();
         let report = {

@@ -35,7 +35,9 @@ use bulkhead_detector::{CoverCursor, CoverProfile};
 use serde::{Deserialize, Serialize};
 
 use super::{DetectorEvent, Mode, Shared, WorkloadState, take_actions};
-use crate::{error::AgentError, ring::Ring};
+use bulkhead_loader::ring::Ring;
+
+use crate::error::DetectorError;
 
 /// Syscalls per learning chunk of one thread.
 pub const CHUNK: usize = 256;
@@ -181,7 +183,7 @@ struct Runner {
     shared: Arc<Shared>,
     events_file: PathBuf,
     /// The pinned isolation map (TC reads it): protect mode's `isolate`.
-    isolation: Option<crate::ifmap::IsolationMap<MapData>>,
+    isolation: Option<bulkhead_loader::ifmap::IsolationMap<MapData>>,
     generation: u64,
     views: HashMap<u64, View>,
     /// The model of each profile (by name) as this thread last built or loaded it.
@@ -204,9 +206,9 @@ pub(super) fn spawn(
     stop: Arc<AtomicBool>,
     events_file: PathBuf,
     pin_dir: &Path,
-) -> Result<JoinHandle<()>, AgentError> {
+) -> Result<JoinHandle<()>, DetectorError> {
     // Without the pinned maps, isolate fails (reported per finding); the rest still works.
-    let isolation = match crate::ifmap::IsolationMap::open_isolation(pin_dir) {
+    let isolation = match bulkhead_loader::ifmap::IsolationMap::open_isolation(pin_dir) {
         Ok(m) => Some(m),
         Err(e) => {
             tracing::error!(error = %e, "sequence model cannot open the isolation maps; isolate actions will fail");
@@ -231,7 +233,7 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("bh-sequences".into())
         .spawn(move || runner.run(&stop))
-        .map_err(|_| AgentError::Stopped)
+        .map_err(|_| DetectorError::Stopped)
 }
 
 impl Runner {
@@ -402,11 +404,11 @@ impl Runner {
 
     /// Takes the workload's actions (protect mode) and builds the alert.
     fn act(&mut self, view: &View, rec: &SyscallRecordV1, finding: SeqFinding, recent: &[u16]) -> DetectorEvent {
-        let read_at = crate::clock::monotonic_ns();
+        let read_at = bulkhead_loader::clock::monotonic_ns();
         let w = &view.state;
         let protect = w.spec.mode == Mode::Protect;
         let (user_actions, isolate_ns) = take_actions(w, w.spec.actions.syscall_anomaly, rec.ts_ns, || self.isolate(w));
-        let now = crate::clock::monotonic_ns();
+        let now = bulkhead_loader::clock::monotonic_ns();
         let recent: Vec<String> = recent.iter().map(u16::to_string).collect();
         let (kind, detail) = match finding {
             SeqFinding::Sequence { phrases } => (

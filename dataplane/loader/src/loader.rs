@@ -24,7 +24,7 @@ use bulkhead_common::{
     PolicyValueV2, PortKeyV1, map_names,
 };
 
-use crate::{error::AgentError, netns};
+use crate::{error::DataplaneError, netns};
 
 /// The compiled eBPF object, built by build.rs from dataplane-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bulkhead-ebpf"));
@@ -250,20 +250,20 @@ fn xdp_prefilter_wanted() -> bool {
     }
 }
 
-fn map_err(map: &'static str, source: aya::maps::MapError) -> AgentError {
-    AgentError::Map { map, source }
+fn map_err(map: &'static str, source: aya::maps::MapError) -> DataplaneError {
+    DataplaneError::Map { map, source }
 }
 
-fn missing(what: impl Into<String>) -> AgentError {
-    AgentError::Missing { what: what.into() }
+fn missing(what: impl Into<String>) -> DataplaneError {
+    DataplaneError::Missing { what: what.into() }
 }
 
 impl Dataplane {
     /// Loads the programs into the kernel and pins the maps under `pin_dir` (reusing maps
     /// already pinned there, so conntrack and enforcement state survive an agent restart).
-    pub fn load(pin_dir: &Path) -> Result<Self, AgentError> {
+    pub fn load(pin_dir: &Path) -> Result<Self, DataplaneError> {
         std::fs::create_dir_all(pin_dir)
-            .map_err(|e| AgentError::PinDir { path: pin_dir.to_path_buf(), source: e })?;
+            .map_err(|e| DataplaneError::PinDir { path: pin_dir.to_path_buf(), source: e })?;
         let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &paths {
@@ -275,8 +275,8 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or_else(|| missing(format!("program {name}")))?
                 .try_into()
-                .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
-            p.load().map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
+                .map_err(|e| DataplaneError::Program { program: static_name(name), source: e })?;
+            p.load().map_err(|e| DataplaneError::Program { program: static_name(name), source: e })?;
         }
         let xdp_prefilter = xdp_prefilter_wanted();
         if xdp_prefilter {
@@ -284,16 +284,16 @@ impl Dataplane {
                 .program_mut(programs::XDP_PREFILTER)
                 .ok_or_else(|| missing(format!("program {}", programs::XDP_PREFILTER)))?
                 .try_into()
-                .map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
-            x.load().map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
+                .map_err(|e| DataplaneError::Program { program: programs::XDP_PREFILTER, source: e })?;
+            x.load().map_err(|e| DataplaneError::Program { program: programs::XDP_PREFILTER, source: e })?;
         }
         for (name, _, _) in TRACEPOINTS {
             let t: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| missing(format!("program {name}")))?
                 .try_into()
-                .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
-            t.load().map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
+                .map_err(|e| DataplaneError::Program { program: static_name(name), source: e })?;
+            t.load().map_err(|e| DataplaneError::Program { program: static_name(name), source: e })?;
         }
         // The file probe is loaded the first time a workload needs it (`set_file_probe`): its
         // verification takes about as long as the policy program's (1.2 s here), which every
@@ -302,8 +302,8 @@ impl Dataplane {
             .program_mut(programs::SYS_ENTER)
             .ok_or_else(|| missing(format!("program {}", programs::SYS_ENTER)))?
             .try_into()
-            .map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
-        r.load().map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?;
+            .map_err(|e| DataplaneError::Program { program: programs::SYS_ENTER, source: e })?;
+        r.load().map_err(|e| DataplaneError::Program { program: programs::SYS_ENTER, source: e })?;
         // Programs are pinned beside the maps so `bpftool` and operators find everything of an
         // instance in one folder; a pin left by an earlier run is replaced.
         let _ = std::fs::remove_file(pin_dir.join(programs::XDP_PREFILTER));
@@ -314,7 +314,7 @@ impl Dataplane {
             ebpf.program_mut(name)
                 .ok_or_else(|| missing(format!("program {name}")))?
                 .pin(&path)
-                .map_err(|source| AgentError::Pin { path: path.clone(), source })?;
+                .map_err(|source| DataplaneError::Pin { path: path.clone(), source })?;
         }
 
         let mut take = |name: &'static str| {
@@ -404,7 +404,7 @@ impl Dataplane {
     /// Attaches a detector tracepoint program and pins its link (protect mode holds while no
     /// agent runs). A link a previous agent pinned is replaced after ours runs: for a moment
     /// both see the same exec, never neither.
-    fn attach_tracepoint(&mut self, name: &'static str) -> Result<(), AgentError> {
+    fn attach_tracepoint(&mut self, name: &'static str) -> Result<(), DataplaneError> {
         let (_, category, tp) = TRACEPOINTS
             .iter()
             .find(|(n, _, _)| *n == name)
@@ -416,33 +416,33 @@ impl Dataplane {
             .program_mut(name)
             .ok_or_else(|| missing(format!("program {name}")))?
             .try_into()
-            .map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
-        let id = prog.attach(category, tp).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
-        let link = prog.take_link(id).map_err(|e| AgentError::Program { program: static_name(name), source: e })?;
-        let fd: FdLink = link.try_into().map_err(|source| AgentError::Link { what: name.to_string(), source })?;
+            .map_err(|e| DataplaneError::Program { program: static_name(name), source: e })?;
+        let id = prog.attach(category, tp).map_err(|e| DataplaneError::Program { program: static_name(name), source: e })?;
+        let link = prog.take_link(id).map_err(|e| DataplaneError::Program { program: static_name(name), source: e })?;
+        let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link { what: name.to_string(), source })?;
         let kept = pin_replacing(fd, dir.join(name))?;
         self.tracepoints.insert(name, kept);
         Ok(())
     }
 
-    fn links_dir(&self) -> Result<PathBuf, AgentError> {
+    fn links_dir(&self) -> Result<PathBuf, DataplaneError> {
         let dir = self.pin_dir.join(LINKS_DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| AgentError::PinDir { path: dir.clone(), source: e })?;
+        std::fs::create_dir_all(&dir).map_err(|e| DataplaneError::PinDir { path: dir.clone(), source: e })?;
         Ok(dir)
     }
 
     /// Attaches (`on`) or detaches the syscall probe (the raw tracepoint sys_enter).
     /// Idempotent. While attached, every syscall of every task runs it (it returns at once for
     /// unmonitored cgroups), so it is attached only while a workload wants syscall counts.
-    pub fn set_syscall_probe(&mut self, on: bool) -> Result<(), AgentError> {
+    pub fn set_syscall_probe(&mut self, on: bool) -> Result<(), DataplaneError> {
         match (on, self.sys_enter.take()) {
             (true, None) => {
                 self.sys_enter = Some(
-                    self.raw_sys_enter()?.attach("sys_enter").map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?,
+                    self.raw_sys_enter()?.attach("sys_enter").map_err(|e| DataplaneError::Program { program: programs::SYS_ENTER, source: e })?,
                 );
             }
             (false, Some(id)) => {
-                self.raw_sys_enter()?.detach(id).map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })?
+                self.raw_sys_enter()?.detach(id).map_err(|e| DataplaneError::Program { program: programs::SYS_ENTER, source: e })?
             }
             (_, keep) => self.sys_enter = keep,
         }
@@ -452,7 +452,7 @@ impl Dataplane {
     /// Attaches (`on`) or detaches the file probe on every [`FILE_TRACEPOINTS`] entry.
     /// Idempotent. Its links are pinned like the exec probe's: protect holds while no agent
     /// runs; a link an earlier agent pinned is replaced after ours is attached.
-    pub fn set_file_probe(&mut self, on: bool) -> Result<(), AgentError> {
+    pub fn set_file_probe(&mut self, on: bool) -> Result<(), DataplaneError> {
         if !on {
             for k in std::mem::take(&mut self.file_links) {
                 k.remove();
@@ -471,7 +471,7 @@ impl Dataplane {
             return Ok(());
         }
         let dir = self.links_dir()?;
-        let err = |e| AgentError::Program { program: programs::FILE, source: e };
+        let err = |e| DataplaneError::Program { program: programs::FILE, source: e };
         let prog: &mut TracePoint = self.ebpf.program_mut(programs::FILE).ok_or_else(|| missing(format!("program {}", programs::FILE)))?.try_into().map_err(err)?;
         if prog.fd().is_err() {
             prog.load().map_err(err)?;
@@ -480,7 +480,7 @@ impl Dataplane {
         for tp in FILE_TRACEPOINTS {
             let id = prog.attach("syscalls", tp).map_err(err)?;
             let link = prog.take_link(id).map_err(err)?;
-            let fd: FdLink = link.try_into().map_err(|source| AgentError::Link { what: format!("{} on {tp}", programs::FILE), source })?;
+            let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link { what: format!("{} on {tp}", programs::FILE), source })?;
             // bpffs refuses names with a dot.
             kept.push(pin_replacing(fd, dir.join(format!("{}-{tp}", programs::FILE)))?);
         }
@@ -488,12 +488,12 @@ impl Dataplane {
         Ok(())
     }
 
-    fn raw_sys_enter(&mut self) -> Result<&mut RawTracePoint, AgentError> {
+    fn raw_sys_enter(&mut self) -> Result<&mut RawTracePoint, DataplaneError> {
         self.ebpf
             .program_mut(programs::SYS_ENTER)
             .ok_or_else(|| missing(format!("program {}", programs::SYS_ENTER)))?
             .try_into()
-            .map_err(|e| AgentError::Program { program: programs::SYS_ENTER, source: e })
+            .map_err(|e| DataplaneError::Program { program: programs::SYS_ENTER, source: e })
     }
 
     /// Whether a detector probe (exec, fork, syscalls) is attached, by program name.
@@ -510,7 +510,7 @@ impl Dataplane {
     /// (policy, isolation, protect) while no agent runs, and the next agent on this pin folder
     /// adopts them ([`Dataplane::attach`]). The opt-in XDP pre-filter and the syscall probe
     /// are not kept. Returns the number of links kept.
-    pub fn pin_links(&mut self) -> Result<usize, AgentError> {
+    pub fn pin_links(&mut self) -> Result<usize, DataplaneError> {
         let mut kept = 0;
         let attached: Vec<Attachment> = std::mem::take(&mut self.attached).into_values().collect();
         for a in attached {
@@ -530,20 +530,20 @@ impl Dataplane {
     }
 
     /// A loaded TC program by name (benchmarks run them through BPF_PROG_TEST_RUN).
-    pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier, AgentError> {
+    pub fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier, DataplaneError> {
         self.ebpf
             .program_mut(name)
             .ok_or_else(|| missing(format!("program {name}")))?
             .try_into()
-            .map_err(|e| AgentError::Program { program: static_name(name), source: e })
+            .map_err(|e| DataplaneError::Program { program: static_name(name), source: e })
     }
 
     /// The veth XDP pre-filter, loaded now if this dataplane was loaded without it (benchmarks
     /// run it through BPF_PROG_TEST_RUN; nothing is attached).
-    pub fn xdp_prefilter(&mut self) -> Result<&Xdp, AgentError> {
+    pub fn xdp_prefilter(&mut self) -> Result<&Xdp, DataplaneError> {
         let x = self.xdp()?;
         if x.fd().is_err() {
-            x.load().map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })?;
+            x.load().map_err(|e| DataplaneError::Program { program: programs::XDP_PREFILTER, source: e })?;
         }
         Ok(x)
     }
@@ -559,12 +559,12 @@ impl Dataplane {
     /// Links a previous agent pinned for this interface are adopted: their program is replaced
     /// by ours in one `bpf_link_update`, so no packet passes unjudged and none is judged
     /// twice. Links whose interface is gone (ENOLINK) are replaced by fresh ones.
-    pub fn attach(&mut self, ifname: &str) -> Result<u32, AgentError> {
+    pub fn attach(&mut self, ifname: &str) -> Result<u32, DataplaneError> {
         if let Some(a) = self.attached.get(ifname) {
             return Ok(a.ifindex);
         }
         let ifindex = netns::ifindex(ifname)
-            .ok_or_else(|| AgentError::Interface { ifname: ifname.into(), detail: "no such interface".into() })?;
+            .ok_or_else(|| DataplaneError::Interface { ifname: ifname.into(), detail: "no such interface".into() })?;
         let dir = self.links_dir()?;
         let from_pod = self.attach_tc(programs::FROM_POD, ifname, TcAttachType::Ingress, dir.join(format!("{ifname}-from")))?;
         let to_pod = match self.attach_tc(programs::TO_POD, ifname, TcAttachType::Egress, dir.join(format!("{ifname}-to"))) {
@@ -593,8 +593,8 @@ impl Dataplane {
 
     /// One tcx link of `prog` on `ifname`, pinned at `pin`: the pinned link of a previous
     /// agent with its program replaced by ours, or a new link.
-    fn attach_tc(&mut self, prog: &'static str, ifname: &str, at: TcAttachType, pin: PathBuf) -> Result<KeptLink, AgentError> {
-        let perr = |e| AgentError::Program { program: prog, source: e };
+    fn attach_tc(&mut self, prog: &'static str, ifname: &str, at: TcAttachType, pin: PathBuf) -> Result<KeptLink, DataplaneError> {
+        let perr = |e| DataplaneError::Program { program: prog, source: e };
         if let Ok(old) = PinnedLink::from_pin(&pin) {
             let fd: FdLink = old.into();
             let adopted = SchedClassifierLink::try_from(fd)
@@ -603,7 +603,7 @@ impl Dataplane {
             match adopted {
                 Ok(id) => {
                     let link = self.classifier(prog)?.take_link(id).map_err(perr)?;
-                    let fd: FdLink = link.try_into().map_err(|source| AgentError::Link { what: pin.display().to_string(), source })?;
+                    let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link { what: pin.display().to_string(), source })?;
                     tracing::debug!(ifname, prog, "adopted the pinned link");
                     return Ok(KeptLink { _fd: fd, pin });
                 }
@@ -620,7 +620,7 @@ impl Dataplane {
             .attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(perr)?;
         let link = self.classifier(prog)?.take_link(id).map_err(perr)?;
-        let fd: FdLink = link.try_into().map_err(|source| AgentError::Link { what: pin.display().to_string(), source })?;
+        let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link { what: pin.display().to_string(), source })?;
         pin_replacing(fd, pin)
     }
 
@@ -654,16 +654,16 @@ impl Dataplane {
         n
     }
 
-    fn xdp(&mut self) -> Result<&mut Xdp, AgentError> {
+    fn xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
         self.ebpf
             .program_mut(programs::XDP_PREFILTER)
             .ok_or_else(|| missing(format!("program {}", programs::XDP_PREFILTER)))?
             .try_into()
-            .map_err(|e| AgentError::Program { program: programs::XDP_PREFILTER, source: e })
+            .map_err(|e| DataplaneError::Program { program: programs::XDP_PREFILTER, source: e })
     }
 
     /// Sums the per-CPU counters.
-    pub fn counters(&self) -> Result<Vec<(String, u64)>, AgentError> {
+    pub fn counters(&self) -> Result<Vec<(String, u64)>, DataplaneError> {
         let mut out = Vec::new();
         for (i, name) in bulkhead_common::counters::NAMES.iter().enumerate() {
             let v = self.maps.counters.get(&(i as u32), 0).map_err(|e| map_err(map_names::COUNTERS, e))?;
@@ -673,7 +673,7 @@ impl Dataplane {
     }
 
     /// Per-policy counters summed over CPUs, for policies with any count.
-    pub fn policy_stats(&self, policies: u32) -> Result<Vec<(u32, bulkhead_common::PolicyStatsV1)>, AgentError> {
+    pub fn policy_stats(&self, policies: u32) -> Result<Vec<(u32, bulkhead_common::PolicyStatsV1)>, DataplaneError> {
         read_policy_stats(&self.maps.policy_stats, policies)
     }
 
@@ -715,9 +715,9 @@ impl Dataplane {
 
 /// Pins `fd` at `pin`, replacing whatever a previous agent pinned there (ours runs already,
 /// so the old link may go).
-fn pin_replacing(fd: FdLink, pin: PathBuf) -> Result<KeptLink, AgentError> {
+fn pin_replacing(fd: FdLink, pin: PathBuf) -> Result<KeptLink, DataplaneError> {
     let _ = std::fs::remove_file(&pin);
-    let pinned = fd.pin(&pin).map_err(|source| AgentError::Pin { path: pin.clone(), source })?;
+    let pinned = fd.pin(&pin).map_err(|source| DataplaneError::Pin { path: pin.clone(), source })?;
     Ok(KeptLink { _fd: pinned.into(), pin })
 }
 
@@ -752,7 +752,7 @@ fn static_name(name: &str) -> &'static str {
 pub fn read_policy_stats<T: std::borrow::Borrow<MapData>>(
     map: &PerCpuArray<T, PolicyStatsV1>,
     policies: u32,
-) -> Result<Vec<(u32, PolicyStatsV1)>, AgentError> {
+) -> Result<Vec<(u32, PolicyStatsV1)>, DataplaneError> {
     let mut out = Vec::new();
     for i in 0..policies.min(bulkhead_common::capacity::POLICIES) {
         let per_cpu = map.get(&i, 0).map_err(|e| map_err(map_names::POLICY_STATS, e))?;
