@@ -182,7 +182,8 @@ pub enum Scope {
     /// Only pods placed on this node (those with an `interface`): what an agent enforces.
     /// Every pod stays a peer (ipcache), but policy entries exist for local identities only,
     /// so a node holds entries for its own endpoints, not the cluster's (as Cilium keeps one
-    /// policy map per local endpoint).
+    /// policy map per local endpoint). Namespaced policies of namespaces without a local pod
+    /// are skipped whole: not converted, no policy slot, their prefixes no regions.
     Node,
 }
 
@@ -320,22 +321,34 @@ impl Compiler {
                 return Err(Error::InconsistentModel { what: "tier of policy", key: p.id.to_string(), actual: p.tier.clone() });
             }
         }
+        // On a node, a namespaced policy of a namespace without a local pod selects nothing
+        // compiled here: it is neither converted nor given a slot, and the prefixes its rules
+        // name are no regions here.
+        let local_namespaces: Option<HashSet<&str>> = (self.scope == Scope::Node)
+            .then(|| model.pods.values().filter(|p| p.interface.is_some()).map(|p| p.namespace.as_str()).collect());
+        let concerns = |namespace: Option<&str>| match (&local_namespaces, namespace) {
+            (Some(local), Some(ns)) => local.contains(ns),
+            _ => true,
+        };
         // Conversions of unchanged NetworkPolicies are kept from the previous compile.
         let mut cache = std::mem::take(&mut self.knp_cache);
-        let converted: Vec<std::sync::Arc<(crate::model::NetworkPolicy, knp::Converted)>> = model
+        let converted: Vec<(&crate::model::PolicyRef, std::sync::Arc<(crate::model::NetworkPolicy, knp::Converted)>)> = model
             .policies
             .iter()
+            .filter(|(_, p)| concerns(Some(&p.namespace)))
             .map(|(r, p)| match cache.remove(r) {
-                Some(c) if c.0 == *p => c,
-                _ => std::sync::Arc::new((p.clone(), knp::convert(p))),
+                Some(c) if c.0 == *p => (r, c),
+                _ => (r, std::sync::Arc::new((p.clone(), knp::convert(p)))),
             })
             .collect();
-        self.knp_cache = model.policies.keys().cloned().zip(converted.iter().cloned()).collect();
+        self.knp_cache = converted.iter().map(|(r, c)| ((*r).clone(), c.clone())).collect();
         drop(cache);
         let mut sources: Vec<(&TieredPolicy, Option<&knp::Converted>)> = converted
             .iter()
-            .map(|c| (&c.1.policy, Some(&c.1)))
-            .chain(model.tiered.values().map(|p| (p, None)))
+            .map(|(_, c)| (&c.1.policy, Some(&c.1)))
+            .chain(
+                model.tiered.values().filter(|p| !p.id.kind.is_namespaced() || concerns(p.id.namespace.as_deref())).map(|p| (p, None)),
+            )
             .collect();
         sources.sort_by(|a, b| tier_pos[a.0.tier.as_str()].cmp(&tier_pos[b.0.tier.as_str()]).then_with(|| a.0.eval_cmp(b.0)));
 

@@ -572,6 +572,32 @@ fn a_node_compiles_policy_for_its_own_endpoints_only() {
     }
 }
 
+#[test]
+fn a_node_skips_namespaced_policies_of_namespaces_without_local_pods() {
+    let y_policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: q, namespace: y}\n\
+                    spec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 192.168.0.0/16}}]}]}\n";
+    let mut m = model(&format!("{}---\n{y_policy}", admit_all_namespaces_to_x(80)));
+    let cluster = Compiler::default().compile(&m).expect("compile");
+    assert_eq!(cluster.policy_table.len(), 2, "the cluster compile holds both policies");
+    m.pods.get_mut(&PodRef::new("x", "a")).expect("pod a").interface = Some("veth-a".into());
+    let node = Compiler::for_node(Limits::default()).compile(&m).expect("node compile");
+    let names: Vec<String> = node.policy_table.iter().map(|p| p.id.to_string()).collect();
+    assert_eq!(names.len(), 1, "only the policy of the local pod's namespace: {names:?}");
+    assert!(names[0].ends_with("x/p"), "{names:?}");
+    let region: (IpAddr, u8) = ("192.168.0.0".parse().expect("address"), 16);
+    assert!(cluster.ipcache.contains_key(&region), "the cluster compile has y's prefix as a region");
+    assert!(!node.ipcache.contains_key(&region), "a prefix only a skipped policy names is no region on the node");
+    // Pod c (namespace y, not local) reaches a as a peer: through its address on the node.
+    assert!(lookup::allowed(&cluster, &pod("c"), &pod("a"), TCP, 80), "x/p admits every namespace on 80");
+    for port in [80, 81] {
+        assert_eq!(
+            lookup::allowed(&node, &ip("10.0.1.3"), &pod("a"), TCP, port),
+            lookup::allowed(&cluster, &pod("c"), &pod("a"), TCP, port),
+            "port {port}"
+        );
+    }
+}
+
 /// Dual-stack pods in two namespaces, each address in its own /64 or /24.
 const DUAL: &str = "
 apiVersion: v1
