@@ -384,7 +384,7 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             let format = recommend_cli::parse_format(&output)?;
             let stable_after = recommend_cli::parse_window(&stable_after)?;
             let model = datastore.as_deref().map(load_strict).transpose()?;
-            let flows = flows.unwrap_or_else(|| flow_log_path(&instance));
+            let flows = flows.unwrap_or_else(|| bulkhead_agent::AgentConfig::flow_log_of(&instance));
             recommend_cli::run(recommend_cli::Args { flows: &flows, model, format, stable_after, follow })?;
             Ok(0)
         }
@@ -462,11 +462,6 @@ fn run_policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
     }
 }
 
-/// The flow log of agent instance `instance`.
-fn flow_log_path(instance: &str) -> PathBuf {
-    bulkhead_agent::AgentConfig::state_dir_of(instance).join("flows.jsonl")
-}
-
 fn run_flows(instance: &str, args: &flows_cli::FilterArgs, last: usize, output: String, follow: bool) -> anyhow::Result<i32> {
     // Bad filters first: nothing is read for a question that cannot be answered.
     let (filter, out) = match args.parse().and_then(|f| flows_cli::Output::parse(&output).map(|o| (f, o))) {
@@ -476,7 +471,7 @@ fn run_flows(instance: &str, args: &flows_cli::FilterArgs, last: usize, output: 
             return Ok(2);
         }
     };
-    let path = flow_log_path(instance);
+    let path = bulkhead_agent::AgentConfig::flow_log_of(instance);
     // Following ends with the process (Ctrl-C): there is nothing to clean up.
     flows_cli::run(&mut std::io::stdout().lock(), &path, &filter, last, out, follow, &|| STOP.load(Ordering::SeqCst)).with_context(|| format!("agent instance {instance:?}"))?;
     Ok(0)

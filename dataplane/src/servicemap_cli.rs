@@ -19,7 +19,7 @@ pub fn ui(instance: &str, listen: &str) -> anyhow::Result<i32> {
         .parse::<std::net::SocketAddr>()
         .with_context(|| format!("--listen {listen:?}: expected ADDRESS:PORT (e.g. {})", servicemap::DEFAULT_LISTEN))?;
     let dir = state_dir(instance)?;
-    let log = dir.join("flows.jsonl");
+    let log = dir.join(bulkhead_agent::flows::FLOW_LOG_FILE);
     let server = servicemap::serve(listen, dir)?;
     println!("service map of instance {instance}: http://{}/ (Ctrl-C stops it)", server.addr());
     if !log.exists() {
@@ -35,7 +35,7 @@ pub fn graph(instance: &str, output: &str, last: usize) -> anyhow::Result<i32> {
     if !matches!(output, "svg" | "json") {
         bail!("-o {output:?}: unknown output (expected svg or json)");
     }
-    let log = state_dir(instance)?.join("flows.jsonl");
+    let log = state_dir(instance)?.join(bulkhead_agent::flows::FLOW_LOG_FILE);
     let map = ServiceMap::from_flow_log(&log, last).with_context(|| format!("{} (is the agent instance {instance:?} running?)", log.display()))?;
     if output == "svg" {
         print!("{}", servicemap::render_svg(&map));

@@ -34,7 +34,7 @@ pub fn agent_record_rate() {
     let lab = Lab::create(&topo, &LabOptions { serve: false, ..Default::default() }).expect("lab");
     Datastore::for_lab(&lab).flush().expect("datastore");
     let agent = lab.start_agent(false).expect("agent");
-    let log = lab.agent_config(false).state_dir().join("flows.jsonl");
+    let log = lab.agent_config(false).state_dir().join(bulkhead_agent::flows::FLOW_LOG_FILE);
     let (a, b) = (&lab.pods()[0], &lab.pods()[1]);
     // Lost in the ring (the datapath's counter) or behind it (the flow log's).
     let lost = |agent: &bulkhead_lab::agent::Agent| {

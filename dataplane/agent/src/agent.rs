@@ -62,6 +62,12 @@ impl AgentConfig {
     pub fn state_dir_of(instance: &str) -> PathBuf {
         PathBuf::from("/run/bulkhead").join(instance)
     }
+
+    /// The flow log of an instance (readers: `bulkhead flows`, the service map, `policy
+    /// recommend`).
+    pub fn flow_log_of(instance: &str) -> PathBuf {
+        Self::state_dir_of(instance).join(crate::flows::FLOW_LOG_FILE)
+    }
 }
 
 /// The policy and tier tables of the last sync, written to `policies.json` in the state dir so
@@ -425,7 +431,7 @@ fn worker(
         registry,
         sync_metrics,
         det,
-        flows: crate::flows::FlowLog::new(&state_dir.join("flows.jsonl")),
+        flows: crate::flows::FlowLog::new(&state_dir.join(crate::flows::FLOW_LOG_FILE)),
         state_dir,
         dp,
         compile,
@@ -582,7 +588,7 @@ fn worker(
 /// files: the folder may be shared (the lab keeps its datastore there).
 fn remove_state_files(state_dir: &std::path::Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
-    for f in ["flows.jsonl", "policies.json", detect::WORKLOADS_FILE, detect::EVENTS_FILE] {
+    for f in [crate::flows::FLOW_LOG_FILE, "policies.json", detect::WORKLOADS_FILE, detect::EVENTS_FILE] {
         let p = state_dir.join(f);
         if std::fs::remove_file(&p).is_ok() {
             removed.push(p);

@@ -35,9 +35,3 @@ impl From<bulkhead_loader::ifmap::IfindexMapError> for AgentError {
         AgentError::Dataplane(e.into())
     }
 }
-
-impl From<aya::EbpfError> for AgentError {
-    fn from(e: aya::EbpfError) -> Self {
-        AgentError::Dataplane(e.into())
-    }
-}

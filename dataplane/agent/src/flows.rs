@@ -14,6 +14,8 @@ use bulkhead_common::{FlowEventV5, NO_POLICY, PolicyValueV2, action, direction, 
 use policy_compiler::compile::Compiled;
 use serde::Serialize;
 
+/// The flow log's file name in an instance's state folder (rotated to `<name>.1`).
+pub const FLOW_LOG_FILE: &str = "flows.jsonl";
 
 /// One verdict as users read it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

@@ -21,7 +21,7 @@ struct ApiView<'a> {
 }
 
 fn map_of(state_dir: &Path) -> (PathBuf, ServiceMap, Option<String>) {
-    let path = state_dir.join("flows.jsonl");
+    let path = state_dir.join(crate::flows::FLOW_LOG_FILE);
     match ServiceMap::from_flow_log(&path, MAX_RECORDS) {
         Ok(m) => (path, m, None),
         Err(e) => {
