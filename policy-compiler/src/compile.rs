@@ -32,11 +32,12 @@ use bulkhead_common::{
 
 use crate::error::Error;
 use crate::fasthash::{HashMap, HashSet};
-use crate::identity::{IdentityAllocator, IdentityAttrs};
+use crate::identity::IdentityAllocator;
 use crate::knp;
+use crate::pods::{self, PodCache};
 use crate::model::{Cidr, Model, NamedPort, PodRef, Protocol, resolve_named_port};
 use crate::classes::{Ctx, Tables, peer_classes, runs};
-use crate::select::{Ident, PredSet, Universe};
+use crate::select::{PredSet, Universe};
 use crate::tiered::{Action, PolicyId, PortItem, TRule, TierDefault, TieredPolicy, effective_tiers};
 
 /// `tier_index` of a verdict no tier decided (no applicable tier denied or decided: allow).
@@ -198,6 +199,8 @@ pub struct Compiler {
     identities: IdentityAllocator,
     policy_slots: Slots<PolicyId>,
     tier_slots: Slots<String>,
+    /// The pod side of the previous compile, reused while pods, namespaces and prefixes stay.
+    pod_cache: Option<PodCache>,
 }
 
 impl Default for Compiler {
@@ -294,6 +297,7 @@ impl Compiler {
             identities: IdentityAllocator::new(),
             policy_slots: Slots::default(),
             tier_slots: Slots::default(),
+            pod_cache: None,
         }
     }
 
@@ -313,7 +317,7 @@ impl Compiler {
     /// Compiles `model`. Identity numbers and policy/tier indexes of unchanged things are kept
     /// from the previous call.
     pub fn compile(&mut self, model: &Model) -> Result<Compiled, Error> {
-        check_consistency(model)?;
+        check_policies(model)?;
         let tiers = effective_tiers(model);
         let tier_pos: HashMap<&str, usize> = tiers.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
         for p in model.tiered.values() {
@@ -368,96 +372,20 @@ impl Compiler {
                 }
             }
         }
-        let prefix_keys: HashSet<Cidr> = prefixes.iter().copied().collect();
-        // Only the prefix lengths policies use are tried, longest first, per family.
-        let lengths = |v6: bool| -> Vec<u8> {
-            prefixes.iter().filter(|c| c.is_ipv6() == v6).map(|c| c.prefix_len()).collect::<BTreeSet<u8>>().into_iter().rev().collect()
-        };
-        let (lengths4, lengths6) = (lengths(false), lengths(true));
-        let region_of = |ip: IpAddr| -> Option<Cidr> {
-            let lengths = if ip.is_ipv6() { &lengths6 } else { &lengths4 };
-            lengths.iter().map(|&len| Cidr::containing(ip, len)).find(|c| prefix_keys.contains(c))
-        };
-
-        // Pod identities. Pods are grouped by borrowed attributes first (the namespace name
-        // stands for its labels), so the attributes are copied once per identity, not per pod.
-        type PodKey<'a> = (&'a str, &'a crate::model::Labels, &'a str, std::borrow::Cow<'a, [NamedPort]>, Option<Cidr>);
-        let mut attrs_by_id: BTreeMap<u32, IdentityAttrs> = BTreeMap::new();
-        // (pod, its model entry, identity of its IPv4 address, of its IPv6 address), in pod
-        // order. Each address has the identity of the pod's attributes and that address's
-        // region, so a dual-stack pod has two when its addresses lie in different regions
-        // (one when neither does): a CIDR then matches only addresses of its own family.
-        let mut pod_identity: Vec<(&PodRef, &crate::model::Pod, Option<u32>, Option<u32>)> = Vec::with_capacity(model.pods.len());
-        let mut seen: HashMap<PodKey<'_>, u32> = HashMap::default();
-        for (r, pod) in &model.pods {
-            // A pod is enforced with an address of either family (dual-stack, IPv4-only or
-            // IPv6-only); without any it has nothing to enforce on.
-            if pod.ip.is_none() && pod.ip6.is_none() {
-                continue;
+        let side = match PodCache::hit(&self.pod_cache, model, &prefixes) {
+            Some(side) => side,
+            None => {
+                // Dropped first: its identities are released by the rebuild's `retain` only.
+                self.pod_cache = None;
+                let side = std::sync::Arc::new(pods::build(model, &prefixes, self.scope == Scope::Node, &mut self.identities)?);
+                self.pod_cache = Some(PodCache::new(model, prefixes, side.clone()));
+                side
             }
-            let ports: std::borrow::Cow<'_, [NamedPort]> = if pod.ports.windows(2).all(|w| w[0] < w[1]) {
-                std::borrow::Cow::Borrowed(&pod.ports)
-            } else {
-                let mut ports = pod.ports.clone();
-                ports.sort();
-                ports.dedup();
-                std::borrow::Cow::Owned(ports)
-            };
-            let mut identify = |region: Option<Cidr>| -> u32 {
-                let key: PodKey<'_> = (pod.namespace.as_str(), &pod.labels, pod.service_account.as_str(), ports.clone(), region);
-                match seen.get(&key) {
-                    Some(&id) => id,
-                    None => {
-                        let attrs = IdentityAttrs {
-                            namespace: pod.namespace.clone(),
-                            namespace_labels: model.namespaces[&pod.namespace].labels.clone(),
-                            labels: pod.labels.clone(),
-                            service_account: pod.service_account.clone(),
-                            ports: key.3.to_vec(),
-                            region: key.4,
-                        };
-                        let id = self.identities.labels(&attrs);
-                        attrs_by_id.insert(id, attrs);
-                        seen.insert(key, id);
-                        id
-                    }
-                }
-            };
-            let id4 = pod.ip.map(|a| identify(region_of(IpAddr::V4(a))));
-            let id6 = pod.ip6.map(|a| identify(region_of(IpAddr::V6(a))));
-            pod_identity.push((r, pod, id4, id6));
-        }
-        // Address -> (owner pod, identity), owners by the model's one rule.
-        let owners = model.ip_owners();
-        let mut ip_owner_pod: HashMap<IpAddr, (&PodRef, u32)> = HashMap::with_capacity_and_hasher(pod_identity.len(), Default::default());
-        for &(r, pod, id4, id6) in &pod_identity {
-            let addrs = [pod.ip.zip(id4).map(|(a, id)| (IpAddr::V4(a), id)), pod.ip6.zip(id6).map(|(a, id)| (IpAddr::V6(a), id))];
-            for (ip, id) in addrs.into_iter().flatten() {
-                if owners.get(&ip) == Some(&r) {
-                    ip_owner_pod.insert(ip, (r, id));
-                }
-            }
-        }
-        let regions: Vec<(Cidr, u32)> = prefixes.iter().map(|&c| (c, self.identities.cidr(c))).collect();
-
-        // The baseline address: in no prefix, or only in 0.0.0.0/0 when that is collected
-        // (then no address is outside every prefix).
-        let all = Cidr::all(false);
-        let baseline = Ident { id: identity::WORLD, pod: None, region: prefixes.contains(&all).then_some(all) };
-        // IPv6 addresses outside every policy prefix: unless `::/0` is a region, the IPv6
-        // cache holds `::/0` with this identity, so they are never judged as the baseline
-        // (which may lie in 0.0.0.0/0, a block no IPv6 address is in).
-        let world6 = !prefixes.contains(&Cidr::all(true));
-        let mut uni = Universe::new(
-            attrs_by_id.iter().map(|(&id, a)| Ident::from_attrs(id, a)).collect(),
-            regions.iter().map(|&(c, id)| Ident { id, pod: None, region: Some(c) }).chain(world6.then_some(Ident { id: identity::WORLD6, pod: None, region: None })).collect(),
-            baseline,
-        );
-        if self.scope == Scope::Node {
-            uni.restrict_local(
-                pod_identity.iter().filter(|(_, p, _, _)| p.interface.is_some()).flat_map(|&(_, _, id4, id6)| id4.into_iter().chain(id6)),
-            );
-        }
+        };
+        let attrs_by_id = &side.attrs_by_id;
+        let regions = &side.regions;
+        let world6 = side.world6;
+        let mut uni = Universe::new(side.index.clone());
 
         // Per-policy preparation; `by_local`: local identity -> policies selecting it, in
         // evaluation order.
@@ -516,10 +444,10 @@ impl Compiler {
         let mut fail_closed: HashSet<u32> = HashSet::default();
         let pods_of = |id: u32| -> String {
             let names: Vec<String> =
-                pod_identity.iter().filter(|(_, _, i4, i6)| *i4 == Some(id) || *i6 == Some(id)).map(|(r, _, _, _)| r.to_string()).collect();
+                side.pods(model).iter().filter(|(_, _, i4, i6)| *i4 == Some(id) || *i6 == Some(id)).map(|(r, _, _, _)| r.to_string()).collect();
             names.join(", ")
         };
-        for (&l, attrs) in &attrs_by_id {
+        for (&l, attrs) in attrs_by_id {
             let Some(sel) = by_local.get(&l) else { continue };
             let has_staged = sel.iter().any(|&i| preps[i].staged);
             let mut f = if has_staged { ep_flags::HAS_STAGED } else { 0 };
@@ -618,7 +546,9 @@ impl Compiler {
         // IP cache: region prefixes first (a missing prefix could change what an address
         // matches), then pod addresses (a pod /32 replaces a /32 region of the same address).
         let mut ipcache = BTreeMap::new();
-        let mut fail_closed_pods: HashSet<&PodRef> = HashSet::default();
+        // Positions in model order.
+        let mut fail_closed_pods: HashSet<u32> = HashSet::default();
+        let refs: Vec<&PodRef> = model.pods.keys().collect();
         let mut all_fail_closed = false;
         if regions.len() > self.limits.max_ipcache_entries {
             all_fail_closed = true;
@@ -628,7 +558,7 @@ impl Compiler {
                 self.limits.max_ipcache_entries
             ));
         } else {
-            for &(c, id) in &regions {
+            for &(c, id) in regions {
                 ipcache.insert((c.addr(), c.prefix_len()), IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) });
             }
             // Only when it is judged otherwise than a miss (the datapath's WORLD6, any peer).
@@ -636,12 +566,11 @@ impl Compiler {
                 ipcache.insert((Cidr::all(true).addr(), 0), IpInfoV3 { identity: identity::WORLD6, peer_class: class });
             }
             // In address order, so which pods miss out on a full map does not vary.
-            let mut owners: Vec<(IpAddr, &PodRef, u32)> = ip_owner_pod.iter().map(|(ip, (r, id))| (*ip, *r, *id)).collect();
-            owners.sort_unstable_by_key(|o| o.0);
-            for (ip, r, id) in owners {
+            for &(ip, pos, id) in &side.owners {
                 let key = (ip, if ip.is_ipv6() { 128 } else { 32 });
                 if !ipcache.contains_key(&key) && ipcache.len() >= self.limits.max_ipcache_entries {
-                    fail_closed_pods.insert(r);
+                    let r = refs[pos as usize];
+                    fail_closed_pods.insert(pos);
                     overflow.push(format!(
                         "ipcache: no room for {ip}/{} of pod {r} (limit {}); it fails closed",
                         key.1,
@@ -655,7 +584,7 @@ impl Compiler {
 
         // Endpoint entries: every pod's, or on a node its own pods' only.
         let mut endpoints = BTreeMap::new();
-        for &(r, pod, id4, id6) in &pod_identity {
+        for (pos, ((r, pod), &(id4, id6))) in model.pods.iter().zip(&side.ids).enumerate() {
             if self.scope == Scope::Node && pod.interface.is_none() {
                 continue;
             }
@@ -666,13 +595,14 @@ impl Compiler {
             // entry that did not fit for either address fails the endpoint closed.
             let mut f = ids.iter().fold(0, |f, id| f | flags.get(id).copied().unwrap_or(0));
             for a in pod.addrs() {
-                let owner = ip_owner_pod[&a].0;
-                if owner != r {
+                let owner = side.owner(a).map_or(u32::MAX, |o| o.0);
+                if owner != pos as u32 {
+                    let owner = refs.get(owner as usize).map_or_else(|| "none".to_string(), |o| o.to_string());
                     overflow.push(format!("pod {r} shares {a} with pod {owner}; it fails closed"));
                     f |= ep_flags::OVERFLOW_FAIL_CLOSED;
                 }
             }
-            if all_fail_closed || tables_fail_closed || ids.iter().any(|id| fail_closed.contains(id)) || fail_closed_pods.contains(r) {
+            if all_fail_closed || tables_fail_closed || ids.iter().any(|id| fail_closed.contains(id)) || fail_closed_pods.contains(&(pos as u32)) {
                 f |= ep_flags::OVERFLOW_FAIL_CLOSED;
             }
             endpoints.insert(
@@ -698,21 +628,9 @@ impl Compiler {
     }
 }
 
-fn check_consistency(model: &Model) -> Result<(), Error> {
-    for (key, ns) in &model.namespaces {
-        if *key != ns.name {
-            return Err(Error::InconsistentModel { what: "namespace", key: key.clone(), actual: ns.name.clone() });
-        }
-    }
-    for (key, pod) in &model.pods {
-        // Compared field by field: a PodRef per pod would allocate twice for every pod.
-        if key.namespace != pod.namespace || key.name != pod.name {
-            return Err(Error::InconsistentModel { what: "pod", key: key.to_string(), actual: pod.pod_ref().to_string() });
-        }
-        if (pod.ip.is_some() || pod.ip6.is_some()) && !model.namespaces.contains_key(&pod.namespace) {
-            return Err(Error::MissingNamespace { pod: key.clone(), namespace: pod.namespace.clone(), origin: None });
-        }
-    }
+/// Checks the policies and tiers of `model` are keyed by their own names (pods and
+/// namespaces: [`pods::build`]).
+fn check_policies(model: &Model) -> Result<(), Error> {
     for (key, p) in &model.policies {
         if key.namespace != p.namespace || key.name != p.name {
             return Err(Error::InconsistentModel { what: "policy", key: key.to_string(), actual: p.policy_ref().to_string() });

@@ -25,6 +25,7 @@ pub mod k8s;
 pub mod knp;
 pub mod lookup;
 pub mod model;
+mod pods;
 pub mod portrange;
 pub mod recommend;
 pub mod reference;

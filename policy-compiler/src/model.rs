@@ -15,11 +15,16 @@ use bulkhead_common::proto;
 pub type Labels = BTreeMap<String, String>;
 
 /// Everything the compiler needs to know about a cluster.
+///
+/// Namespaces and pods are [`Shared`]: a clone of a model shares them until either copy
+/// changes them, and a [`crate::Compiler`] that sees the same ones as in its previous compile
+/// reuses what it derived from them (identities, address owners, selection indexes) instead
+/// of visiting every pod again.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Model {
     /// Keyed by namespace name.
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub pods: BTreeMap<PodRef, Pod>,
+    pub namespaces: Shared<BTreeMap<String, Namespace>>,
+    pub pods: Shared<BTreeMap<PodRef, Pod>>,
     pub policies: BTreeMap<PolicyRef, NetworkPolicy>,
     /// Calico tiers by name (the built-in `default`, ANP and BANP tiers are implicit and need
     /// not be listed).
@@ -65,6 +70,56 @@ impl Model {
             }
         }
         owners
+    }
+}
+
+/// A part of a model shared by reference and copied on write: reading goes through
+/// [`Deref`](std::ops::Deref); any mutable access ([`DerefMut`](std::ops::DerefMut)) first
+/// copies the contents if another holder shares them. So two holders of the
+/// [`Shared::same`] value hold equal contents, whoever changed what since: the compiler keeps a
+/// holder of what it last compiled and skips the work on parts that are still the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Shared<T>(std::sync::Arc<T>);
+
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Self {
+        Shared(std::sync::Arc::new(value))
+    }
+
+    /// Whether both hold the very same contents (not merely equal ones).
+    pub fn same(a: &Shared<T>, b: &Shared<T>) -> bool {
+        std::sync::Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl<T> From<T> for Shared<T> {
+    fn from(value: T) -> Self {
+        Shared::new(value)
+    }
+}
+
+impl<T> std::ops::Deref for Shared<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: Clone> std::ops::DerefMut for Shared<T> {
+    /// Copies the contents first when they are shared, so no other holder sees the change.
+    fn deref_mut(&mut self) -> &mut T {
+        std::sync::Arc::make_mut(&mut self.0)
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Shared<T>
+where
+    &'a T: IntoIterator,
+{
+    type Item = <&'a T as IntoIterator>::Item;
+    type IntoIter = <&'a T as IntoIterator>::IntoIter;
+    fn into_iter(self) -> Self::IntoIter {
+        (&*self.0).into_iter()
     }
 }
 

@@ -109,8 +109,9 @@ type EntityKey<'m> =
 
 type SelectKey<'m> = (Option<&'m str>, &'m Selector, Option<&'m Selector>, Option<&'m Selector>);
 
-/// The identities of one compile, indexed for selection, with predicate caches.
-pub(crate) struct Universe<'m> {
+/// The identities of one compile, indexed for selection. Owned and built from the pods,
+/// namespaces and prefixes alone, so a compiler keeps it while those are unchanged.
+pub(crate) struct Index {
     /// Pod identities, then region identities.
     pub idents: Vec<Ident>,
     pub n_pods: usize,
@@ -130,16 +131,28 @@ pub(crate) struct Universe<'m> {
     local: Option<Vec<usize>>,
     /// Port name -> pod identities defining it (any protocol).
     named: HashMap<String, Vec<u32>>,
-    /// (first address, prefix length, index) of every identity with a region, ascending: the
+    /// (family (1 = IPv6), first address, prefix length, index) of every region, sorted: the
     /// identities inside a prefix are one run of it, so an ipBlock entity costs the regions it
     /// covers, not the cluster's identity count.
-    /// (family (1 = IPv6), first address, prefix length, index) of every region, sorted.
     by_region: Vec<(bool, u128, u8, usize)>,
+}
+
+/// An [`Index`] with the predicate caches of one compile (keyed by the compiled policies'
+/// selectors, which live as long as the compile's model).
+pub(crate) struct Universe<'m> {
+    ix: std::sync::Arc<Index>,
     preds: HashMap<EntityKey<'m>, Rc<PredSet>>,
     selections: HashMap<SelectKey<'m>, Rc<[u32]>>,
 }
 
-impl<'m> Universe<'m> {
+impl std::ops::Deref for Universe<'_> {
+    type Target = Index;
+    fn deref(&self) -> &Index {
+        &self.ix
+    }
+}
+
+impl Index {
     pub fn new(pods: Vec<Ident>, regions: Vec<Ident>, baseline: Ident) -> Self {
         let n_pods = pods.len();
         let idents: Vec<Ident> = pods.into_iter().chain(regions).collect();
@@ -174,21 +187,7 @@ impl<'m> Universe<'m> {
             .filter_map(|(i, ident)| ident.region.map(|r| (r.is_ipv6(), r.range().0, r.prefix_len(), i)))
             .collect();
         by_region.sort_unstable();
-        Universe {
-            by_region,
-            idents,
-            n_pods,
-            baseline,
-            by_id,
-            by_ns,
-            by_label,
-            by_key,
-            ns_labels,
-            local: None,
-            named,
-            preds: HashMap::default(),
-            selections: HashMap::default(),
-        }
+        Index { by_region, idents, n_pods, baseline, by_id, by_ns, by_label, by_key, ns_labels, local: None, named }
     }
 
     /// Restricts [`Universe::selected`] to these pod identities (a node's own endpoints):
@@ -198,7 +197,6 @@ impl<'m> Universe<'m> {
         v.sort_unstable();
         v.dedup();
         self.local = Some(v);
-        self.selections.clear();
     }
 
     /// A superset of the pod identities (ascending indexes) whose selector labels can satisfy
@@ -302,6 +300,13 @@ impl<'m> Universe<'m> {
         self.named.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 
+}
+
+impl<'m> Universe<'m> {
+    pub fn new(ix: std::sync::Arc<Index>) -> Self {
+        Universe { ix, preds: HashMap::default(), selections: HashMap::default() }
+    }
+
     /// The identity predicate of an entity (cached by content).
     pub fn entity(&mut self, e: &'m EntityMatch) -> Rc<PredSet> {
         let key = (
@@ -401,7 +406,7 @@ mod tests {
                 .map(|(i, r)| Ident::from_attrs(10 + i as u32, &IdentityAttrs { namespace: "ns".into(), region: r.map(cidr), ..Default::default() }))
                 .collect();
             let baseline = Ident { id: 0, pod: None, region: with_all.then(|| cidr("0.0.0.0/0")) };
-            let mut uni = Universe::new(pods, regions, baseline);
+            let mut uni = Universe::new(std::sync::Arc::new(Index::new(pods, regions, baseline)));
             let ids: Vec<u32> = uni.idents.iter().map(|i| i.id).collect();
             for nets in &sets {
                 for not_nets in &sets {
