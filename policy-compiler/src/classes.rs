@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::Hash;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use bulkhead_common::identity;
 
@@ -17,10 +17,10 @@ use crate::fasthash::{HashMap, HashSet};
 
 /// Interns verdict tables: equal functions get one number, derived from the content so that
 /// an unchanged function keeps its number across compiles (a probe past collisions).
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub(crate) struct Tables {
-    by_content: HashMap<Rc<VerdictTable>, u32>,
-    pub by_number: BTreeMap<u32, Rc<VerdictTable>>,
+    by_content: HashMap<Arc<VerdictTable>, u32>,
+    pub by_number: BTreeMap<u32, Arc<VerdictTable>>,
 }
 
 impl Tables {
@@ -36,10 +36,16 @@ impl Tables {
         while n == 0 || self.by_number.contains_key(&n) {
             n = n.wrapping_add(1);
         }
-        let t = Rc::new(t);
+        let t = Arc::new(t);
         self.by_content.insert(t.clone(), n);
         self.by_number.insert(n, t);
         n
+    }
+
+    /// Forgets every table but `live` ones.
+    pub fn retain(&mut self, live: &HashSet<u32>) {
+        self.by_number.retain(|n, _| live.contains(n));
+        self.by_content.retain(|_, n| live.contains(n));
     }
 }
 

@@ -35,6 +35,7 @@ use crate::fasthash::{HashMap, HashSet};
 use crate::identity::IdentityAllocator;
 use crate::knp;
 use crate::pods::{self, PodCache};
+use crate::reuse::{CtxOut, Kept, LocalOut, Matches, Member};
 use crate::model::{Cidr, Model, NamedPort, PodRef, Protocol, resolve_named_port};
 use crate::classes::{Ctx, Tables, peer_classes, runs};
 use crate::select::{PredSet, Universe};
@@ -201,6 +202,11 @@ pub struct Compiler {
     tier_slots: Slots<String>,
     /// The pod side of the previous compile, reused while pods, namespaces and prefixes stay.
     pod_cache: Option<PodCache>,
+    /// Each local identity's verdicts from the previous compile, and the tables they name.
+    kept: Kept,
+    tables: Tables,
+    /// What the last compile reused: the pod side, and how many local identities' verdicts.
+    reused: (bool, usize),
 }
 
 impl Default for Compiler {
@@ -266,8 +272,8 @@ struct Prep<'m> {
     staged: bool,
     /// Position of its tier in evaluation order.
     tier_pos: usize,
-    /// Per direction (0 ingress, 1 egress): per rule (local-side, remote-side) predicates.
-    dirs: [Option<RulePreds>; 2],
+    /// Per direction (0 ingress, 1 egress): whether it has rules there.
+    dirs: [bool; 2],
 }
 
 /// An applicable tier of one (local, direction).
@@ -298,12 +304,28 @@ impl Compiler {
             policy_slots: Slots::default(),
             tier_slots: Slots::default(),
             pod_cache: None,
+            kept: Kept::default(),
+            tables: Tables::default(),
+            reused: (false, 0),
         }
     }
 
     /// A compiler for one node's agent ([`Scope::Node`]).
     pub fn for_node(limits: Limits) -> Self {
         Compiler { scope: Scope::Node, ..Compiler::new(limits) }
+    }
+
+    /// What the last compile reused: the pod side (identities, owners, selection index), and
+    /// the verdicts of how many local identities.
+    pub fn reused(&self) -> (bool, usize) {
+        self.reused
+    }
+
+    /// Forgets the work kept for reuse (not the numbering): the next compile starts afresh.
+    #[cfg(test)]
+    pub(crate) fn forget(&mut self) {
+        self.pod_cache = None;
+        self.kept = Kept::default();
     }
 
     pub fn limits(&self) -> Limits {
@@ -372,8 +394,12 @@ impl Compiler {
                 }
             }
         }
+        self.reused = (false, 0);
         let side = match PodCache::hit(&self.pod_cache, model, &prefixes) {
-            Some(side) => side,
+            Some(side) => {
+                self.reused.0 = true;
+                side
+            }
             None => {
                 // Dropped first: its identities are released by the rebuild's `retain` only.
                 self.pod_cache = None;
@@ -399,21 +425,8 @@ impl Compiler {
             if selected.is_empty() {
                 continue;
             }
-            let mut dirs: [Option<RulePreds>; 2] = [None, None];
-            for (d, ingress) in [(0, true), (1, false)] {
-                if let Some(rules) = policy.rules(ingress) {
-                    dirs[d] = Some(
-                        rules
-                            .iter()
-                            .map(|r| {
-                                let (local, remote) = if ingress { (&r.destination, &r.source) } else { (&r.source, &r.destination) };
-                                (uni.entity(local), uni.entity(remote))
-                            })
-                            .collect(),
-                    );
-                }
-            }
-            if dirs.iter().all(Option::is_none) {
+            let dirs = [policy.rules(true).is_some(), policy.rules(false).is_some()];
+            if dirs == [false, false] {
                 continue;
             }
             let i = preps.len();
@@ -438,7 +451,7 @@ impl Compiler {
         // (peer, context, table) of peers judged otherwise.
         let mut contexts: Vec<Ctx> = Vec::new();
         let mut pairs: Vec<(u32, u32, u32)> = Vec::new();
-        let mut tables = Tables::default();
+        let tables = &mut self.tables;
         let mut flags: HashMap<u32, u32> = HashMap::default();
         let mut overflow = Vec::new();
         let mut fail_closed: HashSet<u32> = HashSet::default();
@@ -447,67 +460,88 @@ impl Compiler {
                 side.pods(model).iter().filter(|(_, _, i4, i6)| *i4 == Some(id) || *i6 == Some(id)).map(|(r, _, _, _)| r.to_string()).collect();
             names.join(", ")
         };
+        // Per local identity: its kept result when the policies selecting it are as they were,
+        // else a fresh one (the rules' identity predicates built for those policies only).
+        self.kept.for_side(&side);
+        let mut kept = std::mem::take(&mut self.kept.by_local);
+        let mut now_kept: HashMap<u32, LocalOut> = HashMap::default();
+        let mut matches = Matches::default();
+        let mut preds: Vec<[Option<RulePreds>; 2]> = (0..preps.len()).map(|_| [None, None]).collect();
+        let tier_slots = &self.tier_slots;
+        let tier_ref = |pos: usize| TierRef {
+            tier_index: u16::try_from(tier_slots.index[&tiers[pos].name]).unwrap_or(NO_TIER - 1),
+            default: tiers[pos].default_action,
+        };
         for (&l, attrs) in attrs_by_id {
             let Some(sel) = by_local.get(&l) else { continue };
-            let has_staged = sel.iter().any(|&i| preps[i].staged);
-            let mut f = if has_staged { ep_flags::HAS_STAGED } else { 0 };
-            for (d, dir) in [(0usize, direction::INGRESS), (1, direction::EGRESS)] {
-                for staged_world in [false, true] {
-                    if staged_world && !has_staged {
-                        continue;
-                    }
-                    let members: Vec<usize> = sel
-                        .iter()
-                        .copied()
-                        .filter(|&i| preps[i].dirs[d].is_some() && in_world_of[i][staged_world as usize])
-                        .collect();
-                    if members.is_empty() {
-                        continue;
-                    }
-                    if !staged_world {
-                        f |= if d == 0 { ep_flags::INGRESS_ISOLATED } else { ep_flags::EGRESS_ISOLATED };
-                    }
-                    let applicable: BTreeSet<usize> = members.iter().map(|&i| preps[i].tier_pos).collect();
-                    let tier_list: Vec<usize> = applicable.iter().copied().collect();
-                    let trefs: Vec<TierRef> = tier_list
-                        .iter()
-                        .map(|&t| TierRef {
-                            tier_index: u16::try_from(self.tier_slots.index[&tiers[t].name]).unwrap_or(NO_TIER - 1),
-                            default: tiers[t].default_action,
-                        })
-                        .collect();
-                    let local_ports: &[NamedPort] = &attrs.ports;
-                    let mut rules = Vec::new();
-                    for &i in &members {
+            let same = |o: &LocalOut, matches: &mut Matches| {
+                o.members.len() == sel.len()
+                    && o.members.iter().zip(sel).all(|(m, &i)| {
                         let p = &preps[i];
-                        let Some(preds) = &p.dirs[d] else { continue };
-                        let prules = p.policy.rules(d == 0).expect("direction present");
-                        let tier = tier_list.binary_search(&p.tier_pos).expect("applicable tier");
-                        for (ri, (rule, (local, remote))) in prules.iter().zip(preds).enumerate() {
-                            if !local.holds(l) {
+                        let t = tier_ref(p.tier_pos);
+                        m.index == p.index
+                            && m.tier_pos == p.tier_pos
+                            && m.tier_index == t.tier_index
+                            && m.tier_default == t.default
+                            && m.in_world == in_world_of[i]
+                            && matches.same(i, &m.content, p.policy, p.knp)
+                    })
+            };
+            let out = match kept.remove(&l) {
+                Some(o) if same(&o, &mut matches) => {
+                    self.reused.1 += 1;
+                    o
+                }
+                _ => {
+                    for &i in sel {
+                        for (d, ingress) in [(0, true), (1, false)] {
+                            if preds[i][d].is_some() {
                                 continue;
                             }
-                            let origin = p.knp.map_or(ri, |c| c.origin(d == 0, ri));
-                            rules.push(CRule {
-                                tier,
-                                policy_index: p.index,
-                                rule_index: u16::try_from(origin).unwrap_or(u16::MAX),
-                                rule,
-                                remote,
-                            });
+                            if let Some(rules) = preps[i].policy.rules(ingress) {
+                                preds[i][d] = Some(
+                                    rules
+                                        .iter()
+                                        .map(|r| {
+                                            let (local, remote) =
+                                                if ingress { (&r.destination, &r.source) } else { (&r.source, &r.destination) };
+                                            (uni.entity(local), uni.entity(remote))
+                                        })
+                                        .collect(),
+                                );
+                            }
                         }
                     }
-                    let ctx = contexts.len() as u32;
-                    let mut deviating = Vec::new();
-                    let base = emit_local(&uni, dir, &trefs, &rules, local_ports, &mut tables, &mut deviating);
-                    contexts.push(Ctx { local: l, dir, staged: staged_world, base });
-                    pairs.extend(deviating.into_iter().map(|(peer, t)| (peer, ctx, t)));
+                    let members = sel
+                        .iter()
+                        .map(|&i| {
+                            let p = &preps[i];
+                            let t = tier_ref(p.tier_pos);
+                            Member {
+                                index: p.index,
+                                tier_pos: p.tier_pos,
+                                tier_index: t.tier_index,
+                                tier_default: t.default,
+                                in_world: in_world_of[i],
+                                content: matches.content(i, p.policy, p.knp),
+                            }
+                        })
+                        .collect();
+                    let (flags, contexts) = emit_identity(l, &attrs.ports, sel, &preps, &preds, &in_world_of, &tier_ref, &uni, tables);
+                    LocalOut { members, flags, contexts }
                 }
+            };
+            for c in &out.contexts {
+                let ctx = contexts.len() as u32;
+                contexts.push(Ctx { local: l, dir: c.dir, staged: c.staged, base: c.base });
+                pairs.extend(c.deviating.iter().map(|&(peer, t)| (peer, ctx, t)));
             }
-            if f != 0 {
-                flags.insert(l, f);
+            if out.flags != 0 {
+                flags.insert(l, out.flags);
             }
+            now_kept.insert(l, out);
         }
+        self.kept.by_local = now_kept;
         let (policy, staged, class_of) = peer_classes(self.limits.max_policy_entries, &contexts, pairs, &pods_of, &mut fail_closed, &mut overflow);
         // Tables still named, with the entries they take: shared by every slot naming them,
         // so they are few; should they not fit, nothing can be judged and every endpoint fails
@@ -535,6 +569,10 @@ impl Compiler {
         }
         let tables: BTreeMap<u32, VerdictTable> =
             named.iter().map(|(t, _)| *t).collect::<BTreeSet<u32>>().into_iter().map(|t| (t, (*tables.by_number[&t]).clone())).collect();
+        // Tables no kept result names are gone for good: a later compile that needs the same
+        // function interns it again (under the same number, barring a collision).
+        let live_tables = self.kept.tables();
+        self.tables.retain(&live_tables);
         if self.policy_slots.table.len() > capacity::POLICIES as usize {
             overflow.push(format!(
                 "policy table: {} policies exceed the {} with counters; policies past that index have no statistics",
@@ -842,6 +880,62 @@ fn sig_fn(tiers: &[TierRef], rules: &[CRule<'_>], matched: &[u16], atoms: &(Vec<
         }
     }
     VerdictTable { other, per_proto }
+}
+
+/// A local identity's verdicts: its endpoint flags and, per context (direction, world), the
+/// any-peer table and the peers judged otherwise. `sel`: the prepared policies selecting it,
+/// in evaluation order, whose identity predicates are in `preds`.
+#[allow(clippy::too_many_arguments)]
+fn emit_identity(
+    l: u32,
+    local_ports: &[NamedPort],
+    sel: &[usize],
+    preps: &[Prep<'_>],
+    preds: &[[Option<RulePreds>; 2]],
+    in_world_of: &[[bool; 2]],
+    tier_ref: &dyn Fn(usize) -> TierRef,
+    uni: &Universe<'_>,
+    tables: &mut Tables,
+) -> (u32, Vec<CtxOut>) {
+    let has_staged = sel.iter().any(|&i| preps[i].staged);
+    let mut f = if has_staged { ep_flags::HAS_STAGED } else { 0 };
+    let mut out = Vec::new();
+    for (d, dir) in [(0usize, direction::INGRESS), (1, direction::EGRESS)] {
+        for staged_world in [false, true] {
+            if staged_world && !has_staged {
+                continue;
+            }
+            let members: Vec<usize> =
+                sel.iter().copied().filter(|&i| preps[i].dirs[d] && in_world_of[i][staged_world as usize]).collect();
+            if members.is_empty() {
+                continue;
+            }
+            if !staged_world {
+                f |= if d == 0 { ep_flags::INGRESS_ISOLATED } else { ep_flags::EGRESS_ISOLATED };
+            }
+            let applicable: BTreeSet<usize> = members.iter().map(|&i| preps[i].tier_pos).collect();
+            let tier_list: Vec<usize> = applicable.iter().copied().collect();
+            let trefs: Vec<TierRef> = tier_list.iter().map(|&t| tier_ref(t)).collect();
+            let mut rules = Vec::new();
+            for &i in &members {
+                let p = &preps[i];
+                let Some(preds) = &preds[i][d] else { continue };
+                let prules = p.policy.rules(d == 0).expect("direction present");
+                let tier = tier_list.binary_search(&p.tier_pos).expect("applicable tier");
+                for (ri, (rule, (local, remote))) in prules.iter().zip(preds).enumerate() {
+                    if !local.holds(l) {
+                        continue;
+                    }
+                    let origin = p.knp.map_or(ri, |c| c.origin(d == 0, ri));
+                    rules.push(CRule { tier, policy_index: p.index, rule_index: u16::try_from(origin).unwrap_or(u16::MAX), rule, remote });
+                }
+            }
+            let mut deviating = Vec::new();
+            let base = emit_local(uni, dir, &trefs, &rules, local_ports, tables, &mut deviating);
+            out.push(CtxOut { dir, staged: staged_world, base, deviating });
+        }
+    }
+    (f, out)
 }
 
 /// The verdict tables of a local identity in direction `dir` for these ordered rules: the

@@ -29,6 +29,7 @@ mod pods;
 pub mod portrange;
 pub mod recommend;
 pub mod reference;
+mod reuse;
 pub mod selector_parser;
 pub mod tiered;
 mod select;

@@ -1,0 +1,128 @@
+//! A compiler reusing its previous work must produce exactly what the same compiler produces
+//! when it has forgotten that work, across every kind of change.
+
+use crate::compile::{Compiler, Scope};
+use crate::k8s::{build_model, parse_documents};
+use crate::model::{Model, PodRef};
+
+const BASE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: a}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {containers: [{ports: [{name: serve, containerPort: 80}]}]}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {containers: [{ports: [{name: serve, containerPort: 81}]}]}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: y, labels: {app: c}}
+status: {podIP: 10.0.1.3}
+---
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: security}
+spec: {order: 10}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: security.quarantine}
+spec: {tier: security, order: 1, selector: "app == 'b'", types: [Ingress], ingress: [{action: Deny, source: {selector: "app == 'd'"}}, {action: Pass}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress: [{from: [{namespaceSelector: {}}], ports: [{port: serve}]}]
+  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.0/24]}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+"#;
+
+fn model(extra: &str) -> Model {
+    let text = format!("{BASE}---\n{extra}");
+    build_model(parse_documents("reuse.yaml", &text).expect("test YAML parses")).expect("test model is valid")
+}
+
+/// Places pods a and b on this node.
+fn on_node(mut m: Model) -> Model {
+    for name in ["a", "b"] {
+        m.pods.get_mut(&PodRef::new("x", name)).expect("pod").interface = Some(format!("veth-{name}"));
+    }
+    m
+}
+
+const ALLOW_C: &str = r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-c, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}], ports: [{port: 81}]}]
+"#;
+
+#[test]
+fn reused_work_compiles_like_a_fresh_look() {
+    let m0 = on_node(model("apiVersion: v1\nkind: Namespace\nmetadata: {name: z}\n"));
+    // A policy added: pods and prefixes unchanged, so the pod side is reused.
+    let mut m1 = m0.clone();
+    m1.policies = model(ALLOW_C).policies;
+    // A policy's port changed.
+    let mut m2 = m1.clone();
+    let p = m2.policies.values_mut().find(|p| p.name == "from-c").expect("from-c");
+    let text = format!("{:?}", p.ingress);
+    assert!(text.contains("81"), "test policy has port 81: {text}");
+    *p = model(&ALLOW_C.replace("port: 81", "port: 82")).policies.values().find(|p| p.name == "from-c").expect("from-c").clone();
+    // A pod relabelled through the shared map: the model must stop sharing it.
+    let mut m3 = m2.clone();
+    m3.pods.get_mut(&PodRef::new("y", "c")).expect("pod c").labels.insert("app".into(), "d".into());
+    // A new prefix (an ipBlock nobody named before).
+    let mut m4 = m3.clone();
+    let extra = model(&ALLOW_C.replace("namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}", "ipBlock: {cidr: 10.0.1.0/25}"));
+    m4.policies = extra.policies;
+    // A tiered policy removed, a namespace relabelled.
+    let mut m5 = m4.clone();
+    m5.tiered.clear();
+    m5.namespaces.get_mut("x").expect("x").labels.insert("team".into(), "b".into());
+    let models = [&m0, &m1, &m2, &m3, &m4, &m5, &m2, &m0];
+
+    for scope in [Scope::Node, Scope::Cluster] {
+        let new = || if scope == Scope::Node { Compiler::for_node(Default::default()) } else { Compiler::default() };
+        let (mut warm, mut forgetful) = (new(), new());
+        let mut previous = None;
+        for (step, m) in models.iter().enumerate() {
+            let reused = warm.compile(m).unwrap_or_else(|e| panic!("{scope:?} step {step}: {e}"));
+            forgetful.forget();
+            let fresh = forgetful.compile(m).unwrap_or_else(|e| panic!("{scope:?} step {step}: {e}"));
+            assert_eq!(reused, fresh, "{scope:?} step {step}: reused work differs from a fresh look");
+            let (side, locals) = warm.reused();
+            // Steps 1 and 2 change policies only: the pod side stays, and the identities the
+            // changed policy does not select (a, and c in the cluster) keep their verdicts.
+            if step == 1 || step == 2 {
+                assert!(side && locals >= 1, "{scope:?} step {step}: nothing reused ({side}, {locals})");
+            }
+            if step == 3 || step == 4 {
+                assert!(!side && locals == 0, "{scope:?} step {step}: pods or prefixes changed, yet reused ({side}, {locals})");
+            }
+            assert_ne!(Some(&reused), previous.as_ref(), "{scope:?} step {step}: the change changed nothing compiled; the test would not see stale reuse");
+            previous = Some(reused);
+        }
+    }
+    assert!(!crate::model::Shared::same(&m2.pods, &m3.pods), "a changed pod map is no longer shared");
+    assert!(crate::model::Shared::same(&m1.pods, &m2.pods), "an unchanged pod map stays shared");
+}
