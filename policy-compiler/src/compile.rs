@@ -27,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::rc::Rc;
 
 use bulkhead_common::{
-    IpInfoV3, NO_POLICY, PolicyValueV2, action, capacity, direction, ep_flags, identity, proto, verdict_flags,
+    IpInfoV3, NO_POLICY, PolicyValueV2, action, capacity, direction, ep_flags, proto, verdict_flags,
 };
 
 use crate::error::Error;
@@ -117,7 +117,8 @@ pub struct Compiled {
     pub endpoints: BTreeMap<PodRef, EndpointEntry>,
     /// (network address, prefix length) -> identity, both families. Pods as /32 or /128,
     /// CIDR regions as their prefix; `::/0` for IPv6 addresses in no region.
-    pub ipcache: BTreeMap<(IpAddr, u8), IpInfoV3>,
+    /// Shared with the previous compile's when unchanged.
+    pub ipcache: crate::model::Shared<BTreeMap<(IpAddr, u8), IpInfoV3>>,
     /// Enforced verdicts: the table judging each peer slot.
     pub policy: BTreeMap<PeerSlot, u32>,
     /// Counterfactual verdicts (staged policies as if enforced), for endpoints flagged
@@ -410,7 +411,6 @@ impl Compiler {
         };
         let attrs_by_id = &side.attrs_by_id;
         let regions = &side.regions;
-        let world6 = side.world6;
         let mut uni = Universe::new(side.index.clone());
 
         // Per-policy preparation; `by_local`: local identity -> policies selecting it, in
@@ -581,51 +581,27 @@ impl Compiler {
             ));
         }
 
-        // IP cache: region prefixes first (a missing prefix could change what an address
-        // matches), then pod addresses (a pod /32 replaces a /32 region of the same address).
-        let mut ipcache = BTreeMap::new();
-        // Positions in model order.
-        let mut fail_closed_pods: HashSet<u32> = HashSet::default();
-        let refs: Vec<&PodRef> = model.pods.keys().collect();
-        let mut all_fail_closed = false;
-        if regions.len() > self.limits.max_ipcache_entries {
-            all_fail_closed = true;
-            overflow.push(format!(
-                "ipcache: {} policy prefixes do not fit (limit {}); every endpoint fails closed",
-                regions.len(),
-                self.limits.max_ipcache_entries
-            ));
-        } else {
-            for &(c, id) in regions {
-                ipcache.insert((c.addr(), c.prefix_len()), IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) });
-            }
-            // Only when it is judged otherwise than a miss (the datapath's WORLD6, any peer).
-            if let Some(&class) = class_of.get(&identity::WORLD6).filter(|&&c| world6 && c != identity::ANY) {
-                ipcache.insert((Cidr::all(true).addr(), 0), IpInfoV3 { identity: identity::WORLD6, peer_class: class });
-            }
-            // In address order, so which pods miss out on a full map does not vary.
-            for &(ip, pos, id) in &side.owners {
-                let key = (ip, if ip.is_ipv6() { 128 } else { 32 });
-                if !ipcache.contains_key(&key) && ipcache.len() >= self.limits.max_ipcache_entries {
-                    let r = refs[pos as usize];
-                    fail_closed_pods.insert(pos);
-                    overflow.push(format!(
-                        "ipcache: no room for {ip}/{} of pod {r} (limit {}); it fails closed",
-                        key.1,
-                        self.limits.max_ipcache_entries
-                    ));
-                    continue;
+        // The IP cache follows from the pod side and the peer classes alone: kept while both are.
+        let ipc = match self.pod_cache.as_mut().and_then(|c| c.ipcache(&class_of)) {
+            Some(ipc) => ipc,
+            None => {
+                let ipc = std::sync::Arc::new(pods::ipcache(model, &side, &class_of, self.limits.max_ipcache_entries));
+                if let Some(c) = self.pod_cache.as_mut() {
+                    c.keep_ipcache(class_of, ipc.clone());
                 }
-                ipcache.insert(key, IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) });
+                ipc
             }
-        }
+        };
+        overflow.extend(ipc.overflow.iter().cloned());
+        let (all_fail_closed, fail_closed_pods) = (ipc.all_fail_closed, &ipc.fail_closed_pods);
+        let ipcache = ipc.entries.clone();
 
         // Endpoint entries: every pod's, or on a node its own pods' only.
         let mut endpoints = BTreeMap::new();
-        for (pos, ((r, pod), &(id4, id6))) in model.pods.iter().zip(&side.ids).enumerate() {
-            if self.scope == Scope::Node && pod.interface.is_none() {
-                continue;
-            }
+        // Pod names for the reports, listed on the first one.
+        let mut refs: Option<Vec<&PodRef>> = None;
+        for (pos, r, pod) in side.endpoints(model, self.scope == Scope::Node) {
+            let (id4, id6) = side.ids[pos as usize];
             // One of the two exists (pods without an address have no identity).
             let (Some(id4), Some(id6)) = (id4.or(id6), id6.or(id4)) else { continue };
             let ids = [id4, id6];
@@ -634,13 +610,13 @@ impl Compiler {
             let mut f = ids.iter().fold(0, |f, id| f | flags.get(id).copied().unwrap_or(0));
             for a in pod.addrs() {
                 let owner = side.owner(a).map_or(u32::MAX, |o| o.0);
-                if owner != pos as u32 {
-                    let owner = refs.get(owner as usize).map_or_else(|| "none".to_string(), |o| o.to_string());
+                if owner != pos {
+                    let owner = refs.get_or_insert_with(|| model.pods.keys().collect()).get(owner as usize).map_or_else(|| "none".to_string(), |o| o.to_string());
                     overflow.push(format!("pod {r} shares {a} with pod {owner}; it fails closed"));
                     f |= ep_flags::OVERFLOW_FAIL_CLOSED;
                 }
             }
-            if all_fail_closed || tables_fail_closed || ids.iter().any(|id| fail_closed.contains(id)) || fail_closed_pods.contains(&(pos as u32)) {
+            if all_fail_closed || tables_fail_closed || ids.iter().any(|id| fail_closed.contains(id)) || fail_closed_pods.contains(&pos) {
                 f |= ep_flags::OVERFLOW_FAIL_CLOSED;
             }
             endpoints.insert(

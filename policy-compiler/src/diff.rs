@@ -56,7 +56,8 @@ impl CompiledDiff {
 pub fn diff(old: &Compiled, new: &Compiled) -> CompiledDiff {
     CompiledDiff {
         endpoints: diff_map(&old.endpoints, &new.endpoints),
-        ipcache: diff_map(&old.ipcache, &new.ipcache),
+        // A compile that kept the IP cache shares it: nothing to compare.
+        ipcache: if crate::model::Shared::same(&old.ipcache, &new.ipcache) { MapDiff::default() } else { diff_map(&old.ipcache, &new.ipcache) },
         policy: diff_map(&old.policy, &new.policy),
         staged: diff_map(&old.staged, &new.staged),
         tables: diff_map(&old.tables, &new.tables),

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::fasthash::HashMap;
-use bulkhead_common::identity;
+use crate::fasthash::{HashMap, HashSet};
+use bulkhead_common::{IpInfoV3, identity};
 
 use crate::identity::{IdentityAllocator, IdentityAttrs};
 use crate::model::{Cidr, Model, Namespace, NamedPort, Pod, PodRef, Shared};
@@ -35,6 +35,8 @@ pub(crate) struct PodSide {
     /// baseline (which may lie in 0.0.0.0/0, a block no IPv6 address is in).
     pub world6: bool,
     pub index: Arc<Index>,
+    /// The pods placed on this node (with an interface), with their position in model order.
+    pub local: Vec<(PodRef, u32)>,
 }
 
 impl PodSide {
@@ -49,6 +51,18 @@ impl PodSide {
             .collect()
     }
 
+    /// The pods with an endpoint entry (on a node: its own pods only), with their position in
+    /// model order.
+    pub fn endpoints<'m>(&'m self, model: &'m Model, node: bool) -> Box<dyn Iterator<Item = (u32, &'m PodRef, &'m Pod)> + 'm> {
+        // One of the two identities exists for pods with an address.
+        let enforced = |&(pos, _, _): &(u32, &PodRef, &Pod)| self.ids.get(pos as usize).is_some_and(|&(a, b)| a.is_some() || b.is_some());
+        if node {
+            Box::new(self.local.iter().filter_map(|(r, pos)| model.pods.get_key_value(r).map(|(r, p)| (*pos, r, p))).filter(enforced))
+        } else {
+            Box::new(model.pods.iter().enumerate().map(|(pos, (r, p))| (pos as u32, r, p)).filter(enforced))
+        }
+    }
+
     /// The owner (position in model order) and identity of a pod address.
     pub fn owner(&self, ip: IpAddr) -> Option<(u32, u32)> {
         self.owners.binary_search_by_key(&ip, |o| o.0).ok().map(|i| (self.owners[i].1, self.owners[i].2))
@@ -61,6 +75,8 @@ pub(crate) struct PodCache {
     namespaces: Shared<BTreeMap<String, Namespace>>,
     prefixes: BTreeSet<Cidr>,
     side: Arc<PodSide>,
+    /// The IP cache of the previous compile, with the peer classes it was built for.
+    ipcache: Option<(HashMap<u32, u32>, Arc<Ipcache>)>,
 }
 
 impl PodCache {
@@ -72,7 +88,16 @@ impl PodCache {
     }
 
     pub fn new(model: &Model, prefixes: BTreeSet<Cidr>, side: Arc<PodSide>) -> PodCache {
-        PodCache { pods: model.pods.clone(), namespaces: model.namespaces.clone(), prefixes, side }
+        PodCache { pods: model.pods.clone(), namespaces: model.namespaces.clone(), prefixes, side, ipcache: None }
+    }
+
+    /// The kept IP cache when it was built for these peer classes.
+    pub fn ipcache(&self, class_of: &HashMap<u32, u32>) -> Option<Arc<Ipcache>> {
+        self.ipcache.as_ref().filter(|(c, _)| c == class_of).map(|(_, i)| i.clone())
+    }
+
+    pub fn keep_ipcache(&mut self, class_of: HashMap<u32, u32>, ipcache: Arc<Ipcache>) {
+        self.ipcache = Some((class_of, ipcache));
     }
 }
 
@@ -182,16 +207,68 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
             .collect(),
         baseline,
     );
+    let local: Vec<(PodRef, u32)> = model
+        .pods
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, p))| node && p.interface.is_some())
+        .map(|(pos, (r, _))| (r.clone(), pos as u32))
+        .collect();
     if node {
         index.restrict_local(
             model.pods.values().zip(&ids).filter(|(p, _)| p.interface.is_some()).flat_map(|(_, &(a, b))| a.into_iter().chain(b)),
         );
     }
-    Ok(PodSide { ids, attrs_by_id, owners, regions, world6, index: Arc::new(index) })
+    Ok(PodSide { ids, attrs_by_id, owners, regions, world6, index: Arc::new(index), local })
 }
 
 impl std::fmt::Debug for PodCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PodCache").field("pods", &self.pods.len()).field("prefixes", &self.prefixes.len()).finish()
     }
+}
+
+/// The IP cache of a compile, with what did not fit.
+pub(crate) struct Ipcache {
+    pub entries: Shared<BTreeMap<(IpAddr, u8), IpInfoV3>>,
+    /// Every endpoint fails closed (the policy prefixes alone do not fit).
+    pub all_fail_closed: bool,
+    /// Positions (model order) of the pods whose address did not fit.
+    pub fail_closed_pods: HashSet<u32>,
+    pub overflow: Vec<String>,
+}
+
+/// The IP cache for these peer classes: region prefixes first (a missing prefix could change
+/// what an address matches), then pod addresses (a pod /32 replaces a /32 region of the same
+/// address), within `limit` entries.
+pub(crate) fn ipcache(model: &Model, side: &PodSide, class_of: &HashMap<u32, u32>, limit: usize) -> Ipcache {
+    let info = |id: u32| IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) };
+    let mut entries = BTreeMap::new();
+    let mut fail_closed_pods = HashSet::default();
+    let mut overflow = Vec::new();
+    if side.regions.len() > limit {
+        overflow.push(format!("ipcache: {} policy prefixes do not fit (limit {limit}); every endpoint fails closed", side.regions.len()));
+        return Ipcache { entries: Shared::new(entries), all_fail_closed: true, fail_closed_pods, overflow };
+    }
+    for &(c, id) in &side.regions {
+        entries.insert((c.addr(), c.prefix_len()), info(id));
+    }
+    // Only when it is judged otherwise than a miss (the datapath's WORLD6, any peer).
+    if let Some(&class) = class_of.get(&identity::WORLD6).filter(|&&c| side.world6 && c != identity::ANY) {
+        entries.insert((Cidr::all(true).addr(), 0), IpInfoV3 { identity: identity::WORLD6, peer_class: class });
+    }
+    // Pod names for the reports, listed on the first one.
+    let mut refs: Option<Vec<&PodRef>> = None;
+    // In address order, so which pods miss out on a full map does not vary.
+    for &(ip, pos, id) in &side.owners {
+        let key = (ip, if ip.is_ipv6() { 128 } else { 32 });
+        if !entries.contains_key(&key) && entries.len() >= limit {
+            fail_closed_pods.insert(pos);
+            let r = refs.get_or_insert_with(|| model.pods.keys().collect())[pos as usize];
+            overflow.push(format!("ipcache: no room for {ip}/{} of pod {r} (limit {limit}); it fails closed", key.1));
+            continue;
+        }
+        entries.insert(key, info(id));
+    }
+    Ipcache { entries: Shared::new(entries), all_fail_closed: false, fail_closed_pods, overflow }
 }
