@@ -208,6 +208,8 @@ pub struct Compiler {
     tables: Tables,
     /// What the last compile reused: the pod side, and how many local identities' verdicts.
     reused: (bool, usize),
+    /// On a node: the namespaces of its own pods, with the pods they were read from.
+    local_namespaces: Option<(crate::model::Shared<BTreeMap<PodRef, crate::model::Pod>>, HashSet<String>)>,
 }
 
 impl Default for Compiler {
@@ -308,12 +310,23 @@ impl Compiler {
             kept: Kept::default(),
             tables: Tables::default(),
             reused: (false, 0),
+            local_namespaces: None,
         }
     }
 
     /// A compiler for one node's agent ([`Scope::Node`]).
     pub fn for_node(limits: Limits) -> Self {
         Compiler { scope: Scope::Node, ..Compiler::new(limits) }
+    }
+
+    /// For callers that build a new model for every compile (an agent reading its datastore):
+    /// replaces `model`'s pods and namespaces by those of the previous compile where they are
+    /// equal, so that the work derived from them is reused. A comparison of every pod, far
+    /// cheaper than deriving identities again.
+    pub fn share_unchanged(&self, model: &mut Model) {
+        if let Some(c) = &self.pod_cache {
+            c.share_unchanged(model);
+        }
     }
 
     /// What the last compile reused: the pod side (identities, owners, selection index), and
@@ -351,9 +364,13 @@ impl Compiler {
         // On a node, a namespaced policy of a namespace without a local pod selects nothing
         // compiled here: it is neither converted nor given a slot, and the prefixes its rules
         // name are no regions here.
-        let local_namespaces: Option<HashSet<&str>> = (self.scope == Scope::Node)
-            .then(|| model.pods.values().filter(|p| p.interface.is_some()).map(|p| p.namespace.as_str()).collect());
-        let concerns = |namespace: Option<&str>| match (&local_namespaces, namespace) {
+        // Kept while the pods are the same (a pass over every pod otherwise).
+        if self.scope == Scope::Node && !self.local_namespaces.as_ref().is_some_and(|(pods, _)| crate::model::Shared::same(pods, &model.pods)) {
+            let local = model.pods.values().filter(|p| p.interface.is_some()).map(|p| p.namespace.clone()).collect();
+            self.local_namespaces = Some((model.pods.clone(), local));
+        }
+        let local_namespaces: Option<&HashSet<String>> = self.local_namespaces.as_ref().map(|(_, l)| l);
+        let concerns = |namespace: Option<&str>| match (local_namespaces, namespace) {
             (Some(local), Some(ns)) => local.contains(ns),
             _ => true,
         };

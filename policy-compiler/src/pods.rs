@@ -91,6 +91,17 @@ impl PodCache {
         PodCache { pods: model.pods.clone(), namespaces: model.namespaces.clone(), prefixes, side, ipcache: None }
     }
 
+    /// Gives `model` the kept pods and namespaces where its own are equal to them, so that a
+    /// caller rebuilding its model from scratch still meets [`PodCache::hit`].
+    pub fn share_unchanged(&self, model: &mut Model) {
+        if !Shared::same(&self.pods, &model.pods) && *self.pods == *model.pods {
+            model.pods = self.pods.clone();
+        }
+        if !Shared::same(&self.namespaces, &model.namespaces) && *self.namespaces == *model.namespaces {
+            model.namespaces = self.namespaces.clone();
+        }
+    }
+
     /// The kept IP cache when it was built for these peer classes.
     pub fn ipcache(&self, class_of: &HashMap<u32, u32>) -> Option<Arc<Ipcache>> {
         self.ipcache.as_ref().filter(|(c, _)| c == class_of).map(|(_, i)| i.clone())

@@ -126,3 +126,27 @@ fn reused_work_compiles_like_a_fresh_look() {
     assert!(!crate::model::Shared::same(&m2.pods, &m3.pods), "a changed pod map is no longer shared");
     assert!(crate::model::Shared::same(&m1.pods, &m2.pods), "an unchanged pod map stays shared");
 }
+
+/// A model built afresh with equal pods and namespaces (as an agent builds one per sync)
+/// takes the compiler's, and so reuses the pod side; a changed one does not.
+#[test]
+fn a_rebuilt_model_shares_unchanged_pods() {
+    let m = on_node(model(ALLOW_C));
+    let mut c = Compiler::for_node(Default::default());
+    let first = c.compile(&m).expect("compile");
+    let mut rebuilt = m.clone();
+    rebuilt.pods = crate::model::Shared::new((*m.pods).clone());
+    rebuilt.namespaces = crate::model::Shared::new((*m.namespaces).clone());
+    c.share_unchanged(&mut rebuilt);
+    assert!(crate::model::Shared::same(&rebuilt.pods, &m.pods) && crate::model::Shared::same(&rebuilt.namespaces, &m.namespaces));
+    assert_eq!(c.compile(&rebuilt).expect("compile"), first);
+    assert_eq!(c.reused(), (true, 2), "pod side and both local identities reused");
+
+    let mut changed = m.clone();
+    changed.pods = crate::model::Shared::new((*m.pods).clone());
+    changed.pods.get_mut(&PodRef::new("y", "c")).expect("pod c").labels.insert("tier".into(), "x".into());
+    c.share_unchanged(&mut changed);
+    assert!(!crate::model::Shared::same(&changed.pods, &m.pods), "changed pods are not replaced");
+    c.compile(&changed).expect("compile");
+    assert!(!c.reused().0, "changed pods: the pod side is built again");
+}
