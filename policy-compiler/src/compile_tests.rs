@@ -5,6 +5,7 @@ use crate::{diff, reference};
 use std::collections::BTreeSet;
 use crate::model::PolicyRef;
 use crate::tiered::{NamespaceMatch, PortItem};
+use bulkhead_common::proto;
 
 
 const BASE: &str = r#"

@@ -33,6 +33,7 @@ mod reuse;
 pub mod selector_parser;
 pub mod tiered;
 mod select;
+mod verdicts;
 
 pub use compile::{Compiled, Compiler, EndpointEntry, Limits, PeerSlot, PolicyEntry, Scope, VerdictTable};
 pub use diff::{CompiledDiff, MapDiff, diff};
