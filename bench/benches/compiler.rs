@@ -147,6 +147,27 @@ fn cluster_scale() {
         println!("compiler scale {tag} node {node}: one policy changed: {:.1} ms, diff {}", t.as_secs_f64() * 1e3, diff_size(&d));
         result(&format!("compiler_node_incremental_ms_{tag}"), format!("{:.1}", t.as_secs_f64() * 1e3));
 
+        // A replica added on another node, and removed again: the identities stay, so the
+        // compiler patches its pod side (address owners, IP cache) and keeps every verdict.
+        let added = s.add_replica_elsewhere(&base);
+        compile(&mut warm, &base);
+        let before = compile(&mut warm, &added);
+        let used = warm.reused();
+        let after = compile(&mut warm, &base);
+        let d = diff(&before, &after);
+        let t = median_time(7, || {
+            flip = !flip;
+            black_box(compile(&mut warm, if flip { &base } else { &added }));
+        });
+        println!(
+            "compiler scale {tag} node {node}: one pod added on another node: {:.1} ms (pod side {:?}, {} identities' verdicts kept), diff {}",
+            t.as_secs_f64() * 1e3,
+            used.0,
+            used.1,
+            diff_size(&d)
+        );
+        result(&format!("compiler_node_pod_added_ms_{tag}"), format!("{:.1}", t.as_secs_f64() * 1e3));
+
         if s.model.pods.len() <= 10_000 {
             let ((out, secs), peak) = heap::peak_during(|| {
                 let t = Instant::now();

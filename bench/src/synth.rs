@@ -323,6 +323,17 @@ impl Synth {
         m
     }
 
+    /// `model` (a node's view) with one more replica of a Deployment whose pods run elsewhere:
+    /// an existing identity at a new address, on another node. The most common pod change a
+    /// node's agent sees in a large cluster.
+    pub fn add_replica_elsewhere(&self, model: &Model) -> Model {
+        let mut m = model.clone();
+        let template = m.pods.values().find(|p| p.interface.is_none() && p.ip.is_some()).expect("a pod on another node").clone();
+        let i = self.next_pod;
+        m.upsert_pod(Pod { name: format!("{}-extra", template.name), ip: Some(pod_ip(i)), ip6: None, interface: None, ..template });
+        m
+    }
+
     /// `model` with the default deny of `pod`'s namespace changed to admit one port from
     /// anywhere: a change that reaches every identity of that namespace.
     pub fn change_default_deny_of(model: &Model, pod: &PodRef) -> Model {

@@ -190,6 +190,17 @@ pub enum Scope {
     Node,
 }
 
+/// What a compile did with the pod side (identities, address owners, selection index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodSideUse {
+    /// Built from every pod.
+    Built,
+    /// The previous one, brought up to changed pods whose identities all existed already.
+    Patched,
+    /// The previous one as it was (pods, namespaces and policy prefixes the same).
+    Kept,
+}
+
 /// Compiles models into map contents, keeping identity numbers, policy and tier indexes
 /// across calls so that small model changes produce small map changes.
 #[derive(Debug)]
@@ -206,8 +217,9 @@ pub struct Compiler {
     /// Each local identity's verdicts from the previous compile, and the tables they name.
     kept: Kept,
     tables: Tables,
-    /// What the last compile reused: the pod side, and how many local identities' verdicts.
-    reused: (bool, usize),
+    /// What the last compile did with the pod side, and how many local identities' verdicts
+    /// it reused.
+    reused: (PodSideUse, usize),
     /// On a node: the namespaces of its own pods, with the pods they were read from.
     local_namespaces: Option<(crate::model::Shared<BTreeMap<PodRef, crate::model::Pod>>, HashSet<String>)>,
 }
@@ -273,7 +285,7 @@ impl Compiler {
             pod_cache: None,
             kept: Kept::default(),
             tables: Tables::default(),
-            reused: (false, 0),
+            reused: (PodSideUse::Built, 0),
             local_namespaces: None,
         }
     }
@@ -295,7 +307,7 @@ impl Compiler {
 
     /// What the last compile reused: the pod side (identities, owners, selection index), and
     /// the verdicts of how many local identities.
-    pub fn reused(&self) -> (bool, usize) {
+    pub fn reused(&self) -> (PodSideUse, usize) {
         self.reused
     }
 
@@ -376,16 +388,24 @@ impl Compiler {
                 }
             }
         }
-        self.reused = (false, 0);
+        self.reused = (PodSideUse::Kept, 0);
         let side = match PodCache::hit(&self.pod_cache, model, &prefixes) {
-            Some(side) => {
-                self.reused.0 = true;
-                side
-            }
+            Some(side) => side,
             None => {
+                let node = self.scope == Scope::Node;
+                let patched = self.pod_cache.as_ref().and_then(|c| c.patch(model, &prefixes, node, &self.identities));
                 // Dropped first: its identities are released by the rebuild's `retain` only.
                 self.pod_cache = None;
-                let side = std::sync::Arc::new(pods::build(model, &prefixes, self.scope == Scope::Node, &mut self.identities)?);
+                let side = std::sync::Arc::new(match patched {
+                    Some(side) => {
+                        self.reused.0 = PodSideUse::Patched;
+                        side
+                    }
+                    None => {
+                        self.reused.0 = PodSideUse::Built;
+                        pods::build(model, &prefixes, node, &mut self.identities)?
+                    }
+                });
                 self.pod_cache = Some(PodCache::new(model, prefixes, side.clone()));
                 side
             }
@@ -453,7 +473,7 @@ impl Compiler {
             tier_index: u16::try_from(tier_slots.index[&tiers[pos].name]).unwrap_or(NO_TIER - 1),
             default: tiers[pos].default_action,
         };
-        for (&l, attrs) in attrs_by_id {
+        for (&l, attrs) in attrs_by_id.iter() {
             let Some(sel) = by_local.get(&l) else { continue };
             let same = |o: &LocalOut, matches: &mut Matches| {
                 o.members.len() == sel.len()

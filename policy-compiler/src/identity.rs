@@ -62,6 +62,11 @@ impl IdentityAllocator {
         self.get_or_alloc(Key::Labels(attrs.clone()))
     }
 
+    /// The identity of these attributes, if they have one (allocates nothing).
+    pub fn find_labels(&self, attrs: &IdentityAttrs) -> Option<u32> {
+        self.by_key.get(&Key::Labels(attrs.clone())).copied()
+    }
+
     /// Identity of the non-pod addresses of a CIDR region (a prefix collected from policies).
     pub fn cidr(&mut self, cidr: Cidr) -> u32 {
         self.get_or_alloc(Key::Cidr(cidr))

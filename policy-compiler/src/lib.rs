@@ -35,7 +35,7 @@ pub mod tiered;
 mod select;
 mod verdicts;
 
-pub use compile::{Compiled, Compiler, EndpointEntry, Limits, PeerSlot, PolicyEntry, Scope, VerdictTable};
+pub use compile::{Compiled, Compiler, EndpointEntry, Limits, PeerSlot, PodSideUse, PolicyEntry, Scope, VerdictTable};
 pub use diff::{CompiledDiff, MapDiff, diff};
 pub use explain::{Decision, Explanation, explain};
 pub use error::{CompileError, DocumentRef, Error, Origin};

@@ -24,7 +24,9 @@ pub(crate) struct PodSide {
     /// does): a CIDR then matches only addresses of its own family. Pods without an address
     /// have neither and are not enforced.
     pub ids: Vec<(Option<u32>, Option<u32>)>,
-    pub attrs_by_id: BTreeMap<u32, IdentityAttrs>,
+    pub attrs_by_id: Arc<BTreeMap<u32, IdentityAttrs>>,
+    /// Per identity, how many pod addresses have it (a patch must not empty one).
+    members: HashMap<u32, u32>,
     /// Every pod address with (the position of its owner pod in model order, the address's
     /// identity), in address order; owners by the model's one rule ([`Model::ip_owners`]).
     pub owners: Vec<(IpAddr, u32, u32)>,
@@ -37,6 +39,8 @@ pub(crate) struct PodSide {
     pub index: Arc<Index>,
     /// The pods placed on this node (with an interface), with their position in model order.
     pub local: Vec<(PodRef, u32)>,
+    /// Their identities, sorted: what the selection index is restricted to.
+    local_ids: Vec<u32>,
 }
 
 impl PodSide {
@@ -91,6 +95,102 @@ impl PodCache {
         PodCache { pods: model.pods.clone(), namespaces: model.namespaces.clone(), prefixes, side, ipcache: None }
     }
 
+    /// The kept pod side brought up to `model` when only pods changed and the identities stay
+    /// as they were: every changed pod's address has an identity some pod already has, no
+    /// identity loses its last address, and the node's own identities are the same. The
+    /// selection index (and with it every kept verdict) then stands; address owners are
+    /// listed again. `None` when a full build is needed (or the model does not hold together,
+    /// which the build reports).
+    pub fn patch(&self, model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identities: &IdentityAllocator) -> Option<PodSide> {
+        if !Shared::same(&self.namespaces, &model.namespaces) || self.prefixes != *prefixes {
+            return None;
+        }
+        let old = &self.side;
+        let regions = Regions::new(prefixes);
+        // Address count changes per identity.
+        let mut delta: HashMap<u32, i64> = HashMap::default();
+        let mut count = |(a, b): (Option<u32>, Option<u32>), by: i64| {
+            for id in a.into_iter().chain(b) {
+                *delta.entry(id).or_insert(0) += by;
+            }
+        };
+        let identify = |r: &PodRef, pod: &Pod| -> Option<(Option<u32>, Option<u32>)> {
+            if r.namespace != pod.namespace || r.name != pod.name {
+                return None;
+            }
+            let id = |ip: IpAddr| {
+                let attrs = attrs_of(model, pod, regions.of(ip))?;
+                identities.find_labels(&attrs).filter(|id| old.attrs_by_id.contains_key(id))
+            };
+            let id4 = match pod.ip {
+                Some(a) => Some(id(IpAddr::V4(a))?),
+                None => None,
+            };
+            let id6 = match pod.ip6 {
+                Some(a) => Some(id(IpAddr::V6(a))?),
+                None => None,
+            };
+            Some((id4, id6))
+        };
+        let mut ids = Vec::with_capacity(model.pods.len());
+        let mut olds = self.pods.iter().zip(&old.ids).peekable();
+        for (r, pod) in model.pods.iter() {
+            // Kept pods ordered before this one are gone.
+            while let Some(&((or, _), &oi)) = olds.peek() {
+                if or >= r {
+                    break;
+                }
+                count(oi, -1);
+                olds.next();
+            }
+            match olds.peek() {
+                Some(&((or, op), &oi)) if or == r => {
+                    if op == pod {
+                        ids.push(oi);
+                    } else {
+                        count(oi, -1);
+                        let ni = identify(r, pod)?;
+                        count(ni, 1);
+                        ids.push(ni);
+                    }
+                    olds.next();
+                }
+                _ => {
+                    let ni = identify(r, pod)?;
+                    count(ni, 1);
+                    ids.push(ni);
+                }
+            }
+        }
+        for (_, &oi) in olds {
+            count(oi, -1);
+        }
+        let mut members = old.members.clone();
+        for (id, d) in delta {
+            let n = members.get(&id).copied().unwrap_or(0) as i64 + d;
+            if n <= 0 {
+                // An identity without pods leaves the index.
+                return None;
+            }
+            members.insert(id, n as u32);
+        }
+        let (local, local_ids) = local_of(model, &ids, node);
+        if local_ids != old.local_ids {
+            return None;
+        }
+        Some(PodSide {
+            owners: owners_of(model, &ids),
+            ids,
+            attrs_by_id: old.attrs_by_id.clone(),
+            members,
+            regions: old.regions.clone(),
+            world6: old.world6,
+            index: old.index.clone(),
+            local,
+            local_ids,
+        })
+    }
+
     /// Gives `model` the kept pods and namespaces where its own are equal to them, so that a
     /// caller rebuilding its model from scratch still meets [`PodCache::hit`].
     pub fn share_unchanged(&self, model: &mut Model) {
@@ -110,6 +210,85 @@ impl PodCache {
     pub fn keep_ipcache(&mut self, class_of: HashMap<u32, u32>, ipcache: Arc<Ipcache>) {
         self.ipcache = Some((class_of, ipcache));
     }
+}
+
+/// The collected prefixes, as the regions of addresses.
+struct Regions {
+    keys: StdHashSet<Cidr>,
+    /// The prefix lengths policies use, longest first, per family.
+    lengths4: Vec<u8>,
+    lengths6: Vec<u8>,
+}
+
+impl Regions {
+    fn new(prefixes: &BTreeSet<Cidr>) -> Regions {
+        let lengths = |v6: bool| -> Vec<u8> {
+            prefixes.iter().filter(|c| c.is_ipv6() == v6).map(|c| c.prefix_len()).collect::<BTreeSet<u8>>().into_iter().rev().collect()
+        };
+        Regions { keys: prefixes.iter().copied().collect(), lengths4: lengths(false), lengths6: lengths(true) }
+    }
+
+    /// The longest collected prefix holding `ip`.
+    fn of(&self, ip: IpAddr) -> Option<Cidr> {
+        let lengths = if ip.is_ipv6() { &self.lengths6 } else { &self.lengths4 };
+        lengths.iter().map(|&len| Cidr::containing(ip, len)).find(|c| self.keys.contains(c))
+    }
+}
+
+/// Every pod address with (its owner's position, its identity), in address order: the first
+/// claim in model order keeps an address.
+fn owners_of(model: &Model, ids: &[(Option<u32>, Option<u32>)]) -> Vec<(IpAddr, u32, u32)> {
+    let mut owners: Vec<(IpAddr, u32, u32)> = Vec::with_capacity(ids.len());
+    for (pos, (pod, &(id4, id6))) in model.pods.values().zip(ids).enumerate() {
+        let addrs = [pod.ip.zip(id4).map(|(a, id)| (IpAddr::V4(a), id)), pod.ip6.zip(id6).map(|(a, id)| (IpAddr::V6(a), id))];
+        owners.extend(addrs.into_iter().flatten().map(|(ip, id)| (ip, pos as u32, id)));
+    }
+    // Stable: among claims of one address, the first pod's comes first and stays.
+    owners.sort_by_key(|o| o.0);
+    owners.dedup_by_key(|o| o.0);
+    owners
+}
+
+/// On a node, its own pods (with an interface) and their identities, sorted.
+fn local_of(model: &Model, ids: &[(Option<u32>, Option<u32>)], node: bool) -> (Vec<(PodRef, u32)>, Vec<u32>) {
+    if !node {
+        return (Vec::new(), Vec::new());
+    }
+    let local: Vec<(PodRef, u32)> =
+        model.pods.iter().enumerate().filter(|(_, (_, p))| p.interface.is_some()).map(|(pos, (r, _))| (r.clone(), pos as u32)).collect();
+    let mut local_ids: Vec<u32> = local.iter().flat_map(|&(_, pos)| {
+        let (a, b) = ids[pos as usize];
+        a.into_iter().chain(b)
+    }).collect();
+    local_ids.sort_unstable();
+    local_ids.dedup();
+    (local, local_ids)
+}
+
+/// How many pod addresses have each identity.
+fn members_of(ids: &[(Option<u32>, Option<u32>)]) -> HashMap<u32, u32> {
+    let mut members = HashMap::default();
+    for &(a, b) in ids {
+        for id in a.into_iter().chain(b) {
+            *members.entry(id).or_insert(0) += 1;
+        }
+    }
+    members
+}
+
+/// The identity attributes of `pod`'s address in `region` (ports sorted, without repeats).
+fn attrs_of(model: &Model, pod: &Pod, region: Option<Cidr>) -> Option<IdentityAttrs> {
+    let mut ports = pod.ports.clone();
+    ports.sort();
+    ports.dedup();
+    Some(IdentityAttrs {
+        namespace: pod.namespace.clone(),
+        namespace_labels: model.namespaces.get(&pod.namespace)?.labels.clone(),
+        labels: pod.labels.clone(),
+        service_account: pod.service_account.clone(),
+        ports,
+        region,
+    })
 }
 
 /// Checks the pods and namespaces of `model` hold together.
@@ -135,16 +314,8 @@ fn check(model: &Model) -> Result<(), Error> {
 /// to the pods placed here (those with an interface).
 pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identities: &mut IdentityAllocator) -> Result<PodSide, Error> {
     check(model)?;
-    let prefix_keys: StdHashSet<Cidr> = prefixes.iter().copied().collect();
-    // Only the prefix lengths policies use are tried, longest first, per family.
-    let lengths = |v6: bool| -> Vec<u8> {
-        prefixes.iter().filter(|c| c.is_ipv6() == v6).map(|c| c.prefix_len()).collect::<BTreeSet<u8>>().into_iter().rev().collect()
-    };
-    let (lengths4, lengths6) = (lengths(false), lengths(true));
-    let region_of = |ip: IpAddr| -> Option<Cidr> {
-        let lengths = if ip.is_ipv6() { &lengths6 } else { &lengths4 };
-        lengths.iter().map(|&len| Cidr::containing(ip, len)).find(|c| prefix_keys.contains(c))
-    };
+    let regions_of = Regions::new(prefixes);
+    let region_of = |ip: IpAddr| regions_of.of(ip);
 
     // Pods are grouped by borrowed attributes first (the namespace name stands for its
     // labels), so the attributes are copied once per identity, not per pod.
@@ -193,16 +364,7 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
     }
     drop(seen);
 
-    // Address -> (owner pod, identity): the first claim in model order keeps an address.
-    let mut owners: Vec<(IpAddr, u32, u32)> = Vec::with_capacity(ids.len());
-    for (pos, (pod, &(id4, id6))) in model.pods.values().zip(&ids).enumerate() {
-        let addrs = [pod.ip.zip(id4).map(|(a, id)| (IpAddr::V4(a), id)), pod.ip6.zip(id6).map(|(a, id)| (IpAddr::V6(a), id))];
-        owners.extend(addrs.into_iter().flatten().map(|(ip, id)| (ip, pos as u32, id)));
-    }
-    // Stable: among claims of one address, the first pod's comes first and stays.
-    owners.sort_by_key(|o| o.0);
-    owners.dedup_by_key(|o| o.0);
-
+    let owners = owners_of(model, &ids);
     let regions: Vec<(Cidr, u32)> = prefixes.iter().map(|&c| (c, identities.cidr(c))).collect();
     // The baseline address: in no prefix, or only in 0.0.0.0/0 when that is collected (then
     // no address is outside every prefix).
@@ -218,19 +380,12 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
             .collect(),
         baseline,
     );
-    let local: Vec<(PodRef, u32)> = model
-        .pods
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, p))| node && p.interface.is_some())
-        .map(|(pos, (r, _))| (r.clone(), pos as u32))
-        .collect();
+    let (local, local_ids) = local_of(model, &ids, node);
     if node {
-        index.restrict_local(
-            model.pods.values().zip(&ids).filter(|(p, _)| p.interface.is_some()).flat_map(|(_, &(a, b))| a.into_iter().chain(b)),
-        );
+        index.restrict_local(local_ids.iter().copied());
     }
-    Ok(PodSide { ids, attrs_by_id, owners, regions, world6, index: Arc::new(index), local })
+    let members = members_of(&ids);
+    Ok(PodSide { ids, attrs_by_id: Arc::new(attrs_by_id), members, owners, regions, world6, index: Arc::new(index), local, local_ids })
 }
 
 impl std::fmt::Debug for PodCache {

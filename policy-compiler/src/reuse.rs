@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::fasthash::HashMap;
 use crate::knp;
 use crate::pods::PodSide;
+use crate::select::Index;
 use crate::tiered::{TierDefault, TieredPolicy};
 
 /// A policy as a local identity's verdicts depend on it.
@@ -66,16 +67,17 @@ pub(crate) struct LocalOut {
 /// The kept results, valid for one pod side.
 #[derive(Default)]
 pub(crate) struct Kept {
-    side: Option<Arc<PodSide>>,
+    index: Option<Arc<Index>>,
     pub by_local: HashMap<u32, LocalOut>,
 }
 
 impl Kept {
-    /// Forgets everything unless it was computed on `side`.
-    pub fn for_side(&mut self, side: &Arc<PodSide>) {
-        if !self.side.as_ref().is_some_and(|s| Arc::ptr_eq(s, side)) {
+    /// Forgets everything unless it was computed on the selection index of `side` (a patched
+    /// pod side keeps the index: the identities and their attributes are the same).
+    pub fn for_side(&mut self, side: &PodSide) {
+        if !self.index.as_ref().is_some_and(|s| Arc::ptr_eq(s, &side.index)) {
             self.by_local.clear();
-            self.side = Some(side.clone());
+            self.index = Some(side.index.clone());
         }
     }
 

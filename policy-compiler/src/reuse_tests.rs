@@ -1,7 +1,7 @@
 //! A compiler reusing its previous work must produce exactly what the same compiler produces
 //! when it has forgotten that work, across every kind of change.
 
-use crate::compile::{Compiler, Scope};
+use crate::compile::{Compiler, PodSideUse, Scope};
 use crate::k8s::{build_model, parse_documents};
 use crate::model::{Model, PodRef};
 
@@ -88,6 +88,19 @@ fn reused_work_compiles_like_a_fresh_look() {
     let text = format!("{:?}", p.ingress);
     assert!(text.contains("81"), "test policy has port 81: {text}");
     *p = model(&ALLOW_C.replace("port: 81", "port: 82")).policies.values().find(|p| p.name == "from-c").expect("from-c").clone();
+    // Pod changes that keep the identities: a replica of b on another node, a's address
+    // changed, the replica gone again.
+    let mut m2b = m2.clone();
+    let mut b2 = m2.pods[&PodRef::new("x", "b")].clone();
+    (b2.name, b2.ip, b2.interface) = ("b2".into(), Some("10.0.0.9".parse().expect("address")), None);
+    m2b.upsert_pod(b2);
+    let mut m2c = m2b.clone();
+    m2c.pods.get_mut(&PodRef::new("x", "a")).expect("pod a").ip = Some("10.0.0.11".parse().expect("address"));
+    let mut m2d = m2c.clone();
+    m2d.pods.remove(&PodRef::new("x", "b2"));
+    // The last pod of an identity gone: the identities change.
+    let mut m2e = m2d.clone();
+    m2e.pods.remove(&PodRef::new("y", "c"));
     // A pod relabelled through the shared map: the model must stop sharing it.
     let mut m3 = m2.clone();
     m3.pods.get_mut(&PodRef::new("y", "c")).expect("pod c").labels.insert("app".into(), "d".into());
@@ -99,7 +112,13 @@ fn reused_work_compiles_like_a_fresh_look() {
     let mut m5 = m4.clone();
     m5.tiered.clear();
     m5.namespaces.get_mut("x").expect("x").labels.insert("team".into(), "b".into());
-    let models = [&m0, &m1, &m2, &m3, &m4, &m5, &m2, &m0];
+    let models = [&m0, &m1, &m2, &m2b, &m2c, &m2d, &m2e, &m3, &m4, &m5, &m2, &m0];
+    let expected = |step: usize| match step {
+        1 | 2 => Some(PodSideUse::Kept),
+        3..=5 => Some(PodSideUse::Patched),
+        6..=9 => Some(PodSideUse::Built),
+        _ => None,
+    };
 
     for scope in [Scope::Node, Scope::Cluster] {
         let new = || if scope == Scope::Node { Compiler::for_node(Default::default()) } else { Compiler::default() };
@@ -111,13 +130,12 @@ fn reused_work_compiles_like_a_fresh_look() {
             let fresh = forgetful.compile(m).unwrap_or_else(|e| panic!("{scope:?} step {step}: {e}"));
             assert_eq!(reused, fresh, "{scope:?} step {step}: reused work differs from a fresh look");
             let (side, locals) = warm.reused();
-            // Steps 1 and 2 change policies only: the pod side stays, and the identities the
-            // changed policy does not select (a, and c in the cluster) keep their verdicts.
-            if step == 1 || step == 2 {
-                assert!(side && locals >= 1, "{scope:?} step {step}: nothing reused ({side}, {locals})");
-            }
-            if step == 3 || step == 4 {
-                assert!(!side && locals == 0, "{scope:?} step {step}: pods or prefixes changed, yet reused ({side}, {locals})");
+            if let Some(want) = expected(step) {
+                assert_eq!(side, want, "{scope:?} step {step}: pod side");
+                // Kept or patched, the identities the change does not touch keep their
+                // verdicts; built, nothing is kept.
+                let ok = if want == PodSideUse::Built { locals == 0 } else { locals >= 1 };
+                assert!(ok, "{scope:?} step {step}: {locals} identities' verdicts reused with the pod side {side:?}");
             }
             assert_ne!(Some(&reused), previous.as_ref(), "{scope:?} step {step}: the change changed nothing compiled; the test would not see stale reuse");
             previous = Some(reused);
@@ -140,7 +158,7 @@ fn a_rebuilt_model_shares_unchanged_pods() {
     c.share_unchanged(&mut rebuilt);
     assert!(crate::model::Shared::same(&rebuilt.pods, &m.pods) && crate::model::Shared::same(&rebuilt.namespaces, &m.namespaces));
     assert_eq!(c.compile(&rebuilt).expect("compile"), first);
-    assert_eq!(c.reused(), (true, 2), "pod side and both local identities reused");
+    assert_eq!(c.reused(), (PodSideUse::Kept, 2), "pod side and both local identities reused");
 
     let mut changed = m.clone();
     changed.pods = crate::model::Shared::new((*m.pods).clone());
@@ -148,5 +166,5 @@ fn a_rebuilt_model_shares_unchanged_pods() {
     c.share_unchanged(&mut changed);
     assert!(!crate::model::Shared::same(&changed.pods, &m.pods), "changed pods are not replaced");
     c.compile(&changed).expect("compile");
-    assert!(!c.reused().0, "changed pods: the pod side is built again");
+    assert_ne!(c.reused().0, PodSideUse::Kept, "changed pods: the pod side is not kept as it was");
 }
