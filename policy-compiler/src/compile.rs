@@ -394,20 +394,22 @@ impl Compiler {
             None => {
                 let node = self.scope == Scope::Node;
                 let patched = self.pod_cache.as_ref().and_then(|c| c.patch(model, &prefixes, node, &self.identities));
-                // Dropped first: its identities are released by the rebuild's `retain` only.
-                self.pod_cache = None;
-                let side = std::sync::Arc::new(match patched {
-                    Some(side) => {
+                match (patched, self.pod_cache.take()) {
+                    (Some(side), Some(old)) => {
                         self.reused.0 = PodSideUse::Patched;
+                        let side = std::sync::Arc::new(side);
+                        self.pod_cache = Some(old.patched(model, prefixes, side.clone()));
                         side
                     }
-                    None => {
+                    (_, old) => {
+                        // Dropped first: the build holds a second pod side at its peak.
+                        drop(old);
                         self.reused.0 = PodSideUse::Built;
-                        pods::build(model, &prefixes, node, &mut self.identities)?
+                        let side = std::sync::Arc::new(pods::build(model, &prefixes, node, &mut self.identities)?);
+                        self.pod_cache = Some(PodCache::new(model, prefixes, side.clone()));
+                        side
                     }
-                });
-                self.pod_cache = Some(PodCache::new(model, prefixes, side.clone()));
-                side
+                }
             }
         };
         let attrs_by_id = &side.attrs_by_id;
@@ -586,7 +588,9 @@ impl Compiler {
         let ipc = match self.pod_cache.as_mut().and_then(|c| c.ipcache(&class_of)) {
             Some(ipc) => ipc,
             None => {
-                let ipc = std::sync::Arc::new(pods::ipcache(model, &side, &class_of, self.limits.max_ipcache_entries));
+                let limit = self.limits.max_ipcache_entries;
+                let patched = self.pod_cache.as_ref().and_then(|c| c.patch_ipcache(&class_of, limit));
+                let ipc = std::sync::Arc::new(patched.unwrap_or_else(|| pods::ipcache(model, &side, &class_of, limit)));
                 if let Some(c) = self.pod_cache.as_mut() {
                     c.keep_ipcache(class_of, ipc.clone());
                 }

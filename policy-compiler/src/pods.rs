@@ -81,6 +81,9 @@ pub(crate) struct PodCache {
     side: Arc<PodSide>,
     /// The IP cache of the previous compile, with the peer classes it was built for.
     ipcache: Option<(HashMap<u32, u32>, Arc<Ipcache>)>,
+    /// When `side` was patched: the pod side it was patched from, with that side's IP cache
+    /// and peer classes, from which [`PodCache::patch_ipcache`] derives this side's.
+    base: Option<(Arc<PodSide>, HashMap<u32, u32>, Arc<Ipcache>)>,
 }
 
 impl PodCache {
@@ -92,7 +95,62 @@ impl PodCache {
     }
 
     pub fn new(model: &Model, prefixes: BTreeSet<Cidr>, side: Arc<PodSide>) -> PodCache {
-        PodCache { pods: model.pods.clone(), namespaces: model.namespaces.clone(), prefixes, side, ipcache: None }
+        PodCache { pods: model.pods.clone(), namespaces: model.namespaces.clone(), prefixes, side, ipcache: None, base: None }
+    }
+
+    /// A cache for `side`, patched from this one's: it keeps what its IP cache derives from.
+    pub fn patched(&self, model: &Model, prefixes: BTreeSet<Cidr>, side: Arc<PodSide>) -> PodCache {
+        let base = self.ipcache.as_ref().map(|(c, i)| (self.side.clone(), c.clone(), i.clone()));
+        PodCache { base, ..PodCache::new(model, prefixes, side) }
+    }
+
+    /// The IP cache of a patched pod side, from its base's: the addresses whose owner or
+    /// identity changed are written again. `None` (build it whole) when the peer classes
+    /// changed, or anything did not fit in the base or would not fit now (who fails closed
+    /// then depends on the whole list).
+    pub fn patch_ipcache(&self, class_of: &HashMap<u32, u32>, limit: usize) -> Option<Ipcache> {
+        let (old_side, old_classes, old) = self.base.as_ref()?;
+        if old_classes != class_of || old.all_fail_closed || !old.fail_closed_pods.is_empty() {
+            return None;
+        }
+        let side = &self.side;
+        let info = |id: u32| IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) };
+        let key = |ip: IpAddr| (ip, if ip.is_ipv6() { 128 } else { 32 });
+        // A removed pod address that is a /32 (or /128) region gives the key back to it.
+        let region = |k: (IpAddr, u8)| side.regions.iter().find(|(c, _)| (c.addr(), c.prefix_len()) == k).map(|&(_, id)| id);
+        let mut entries = (*old.entries).clone();
+        let (mut a, mut b) = (old_side.owners.iter().peekable(), side.owners.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(&&(ip, _, _)), None) => {
+                    a.next();
+                    match region(key(ip)) {
+                        Some(id) => entries.insert(key(ip), info(id)),
+                        None => entries.remove(&key(ip)),
+                    };
+                }
+                (Some(&&(ip, _, _)), Some(&&(nip, _, _))) if ip < nip => {
+                    a.next();
+                    match region(key(ip)) {
+                        Some(id) => entries.insert(key(ip), info(id)),
+                        None => entries.remove(&key(ip)),
+                    };
+                }
+                (Some(&&(ip, _, id)), Some(&&(nip, _, nid))) if ip == nip => {
+                    a.next();
+                    b.next();
+                    if id != nid {
+                        entries.insert(key(ip), info(nid));
+                    }
+                }
+                (_, Some(&&(nip, _, nid))) => {
+                    b.next();
+                    entries.insert(key(nip), info(nid));
+                }
+            }
+        }
+        (entries.len() <= limit).then(|| Ipcache { entries: Shared::new(entries), all_fail_closed: false, fail_closed_pods: HashSet::default(), overflow: Vec::new() })
     }
 
     /// The kept pod side brought up to `model` when only pods changed and the identities stay
@@ -209,6 +267,7 @@ impl PodCache {
 
     pub fn keep_ipcache(&mut self, class_of: HashMap<u32, u32>, ipcache: Arc<Ipcache>) {
         self.ipcache = Some((class_of, ipcache));
+        self.base = None;
     }
 }
 
