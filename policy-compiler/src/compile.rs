@@ -190,6 +190,9 @@ pub enum Scope {
     Node,
 }
 
+/// A node's local namespaces, with the pods they were read from.
+type LocalNamespaces = (crate::model::Shared<BTreeMap<PodRef, crate::model::Pod>>, HashSet<String>);
+
 /// What a compile did with the pod side (identities, address owners, selection index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PodSideUse {
@@ -221,7 +224,7 @@ pub struct Compiler {
     /// it reused.
     reused: (PodSideUse, usize),
     /// On a node: the namespaces of its own pods, with the pods they were read from.
-    local_namespaces: Option<(crate::model::Shared<BTreeMap<PodRef, crate::model::Pod>>, HashSet<String>)>,
+    local_namespaces: Option<LocalNamespaces>,
 }
 
 impl Default for Compiler {

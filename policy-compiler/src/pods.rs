@@ -73,6 +73,9 @@ impl PodSide {
     }
 }
 
+/// A pod side with its IP cache and the peer classes that cache was built for.
+type IpcacheBase = (Arc<PodSide>, HashMap<u32, u32>, Arc<Ipcache>);
+
 /// The last pod side built, with what it was built from.
 pub(crate) struct PodCache {
     pods: Shared<BTreeMap<PodRef, Pod>>,
@@ -83,7 +86,7 @@ pub(crate) struct PodCache {
     ipcache: Option<(HashMap<u32, u32>, Arc<Ipcache>)>,
     /// When `side` was patched: the pod side it was patched from, with that side's IP cache
     /// and peer classes, from which [`PodCache::patch_ipcache`] derives this side's.
-    base: Option<(Arc<PodSide>, HashMap<u32, u32>, Arc<Ipcache>)>,
+    base: Option<IpcacheBase>,
 }
 
 impl PodCache {
@@ -119,23 +122,21 @@ impl PodCache {
         // A removed pod address that is a /32 (or /128) region gives the key back to it.
         let region = |k: (IpAddr, u8)| side.regions.iter().find(|(c, _)| (c.addr(), c.prefix_len()) == k).map(|&(_, id)| id);
         let mut entries = (*old.entries).clone();
+        let gone = |entries: &mut BTreeMap<(IpAddr, u8), IpInfoV3>, ip: IpAddr| match region(key(ip)) {
+            Some(id) => entries.insert(key(ip), info(id)),
+            None => entries.remove(&key(ip)),
+        };
         let (mut a, mut b) = (old_side.owners.iter().peekable(), side.owners.iter().peekable());
         loop {
             match (a.peek(), b.peek()) {
                 (None, None) => break,
                 (Some(&&(ip, _, _)), None) => {
                     a.next();
-                    match region(key(ip)) {
-                        Some(id) => entries.insert(key(ip), info(id)),
-                        None => entries.remove(&key(ip)),
-                    };
+                    gone(&mut entries, ip);
                 }
                 (Some(&&(ip, _, _)), Some(&&(nip, _, _))) if ip < nip => {
                     a.next();
-                    match region(key(ip)) {
-                        Some(id) => entries.insert(key(ip), info(id)),
-                        None => entries.remove(&key(ip)),
-                    };
+                    gone(&mut entries, ip);
                 }
                 (Some(&&(ip, _, id)), Some(&&(nip, _, nid))) if ip == nip => {
                     a.next();

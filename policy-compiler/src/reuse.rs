@@ -95,10 +95,8 @@ pub(crate) struct Matches(HashMap<usize, Arc<Content>>);
 impl Matches {
     /// Whether `kept` holds the content of prepared policy `i` (`policy`, `knp`).
     pub fn same(&mut self, i: usize, kept: &Arc<Content>, policy: &TieredPolicy, knp: Option<&knp::Converted>) -> bool {
-        if let Some(k) = self.0.get(&i) {
-            if Arc::ptr_eq(k, kept) {
-                return true;
-            }
+        if self.0.get(&i).is_some_and(|k| Arc::ptr_eq(k, kept)) {
+            return true;
         }
         if kept.is(policy, knp) {
             self.0.insert(i, kept.clone());
