@@ -33,7 +33,7 @@ use crate::error::Error;
 use crate::fasthash::{HashMap, HashSet};
 use crate::identity::IdentityAllocator;
 use crate::knp;
-use crate::pods::{self, PodCache};
+use crate::pods::{self, Patch, PodCache};
 use crate::reuse::{Kept, LocalOut, Matches, Member};
 use crate::verdicts::{Prep, RulePreds, TierRef, emit_identity};
 use crate::model::{Cidr, Model, PodRef};
@@ -298,20 +298,16 @@ impl Compiler {
         Compiler { scope: Scope::Node, ..Compiler::new(limits) }
     }
 
-    /// For callers that build a new model for every compile (an agent reading its datastore):
-    /// replaces `model`'s pods and namespaces by those of the previous compile where they are
-    /// equal, so that the work derived from them is reused. A comparison of every pod, far
-    /// cheaper than deriving identities again.
-    pub fn share_unchanged(&self, model: &mut Model) {
-        if let Some(c) = &self.pod_cache {
-            c.share_unchanged(model);
-        }
-    }
-
     /// What the last compile reused: the pod side (identities, owners, selection index), and
     /// the verdicts of how many local identities.
     pub fn reused(&self) -> (PodSideUse, usize) {
         self.reused
+    }
+
+    /// Whether the kept pod side was derived from the very pods `m` holds.
+    #[cfg(test)]
+    pub(crate) fn holds_pods_of(&self, m: &Model) -> bool {
+        self.pod_cache.as_ref().is_some_and(|c| c.holds_pods_of(m))
     }
 
     /// Forgets the work kept for reuse (not the numbering): the next compile starts afresh.
@@ -398,7 +394,13 @@ impl Compiler {
                 let node = self.scope == Scope::Node;
                 let patched = self.pod_cache.as_ref().and_then(|c| c.patch(model, &prefixes, node, &self.identities));
                 match (patched, self.pod_cache.take()) {
-                    (Some(side), Some(old)) => {
+                    (Some(Patch::Unchanged), Some(mut old)) => {
+                        old.adopt(model);
+                        let side = old.side();
+                        self.pod_cache = Some(old);
+                        side
+                    }
+                    (Some(Patch::Changed(side)), Some(old)) => {
                         self.reused.0 = PodSideUse::Patched;
                         let side = std::sync::Arc::new(side);
                         self.pod_cache = Some(old.patched(model, prefixes, side.clone()));
@@ -534,7 +536,7 @@ impl Compiler {
                         })
                         .collect();
                     let (flags, contexts) = emit_identity(l, &attrs.ports, sel, &preps, &preds, &in_world_of, &tier_ref, &uni, tables);
-                    LocalOut { members, flags, contexts }
+                    LocalOut::new(members, flags, contexts)
                 }
             };
             for c in &out.contexts {

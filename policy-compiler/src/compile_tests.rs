@@ -8,38 +8,7 @@ use crate::tiered::{NamespaceMatch, PortItem};
 use bulkhead_common::proto;
 
 
-const BASE: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: y}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: x, labels: {app: a}}
-spec: {containers: [{ports: [{name: serve, containerPort: 80}]}]}
-status: {podIP: 10.0.0.1}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: x, labels: {app: b}}
-spec: {containers: [{ports: [{name: serve, containerPort: 81}, {name: dns, containerPort: 53, protocol: UDP}]}]}
-status: {podIP: 10.0.0.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: c, namespace: y, labels: {app: c}}
-spec: {containers: [{ports: [{name: serve, containerPort: 82}]}]}
-status: {podIP: 10.0.1.3}
-"#;
-
-fn model(policies: &str) -> Model {
-    let text = format!("{BASE}---\n{policies}");
-    build_model(parse_documents("test.yaml", &text).expect("test YAML parses")).expect("test model is valid")
-}
+use crate::fixtures::model;
 
 fn pod(name: &str) -> Endpoint {
     let ns = if name == "c" { "y" } else { "x" };

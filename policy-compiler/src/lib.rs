@@ -19,6 +19,8 @@ pub mod compile;
 pub mod diff;
 pub mod error;
 pub mod explain;
+#[cfg(test)]
+mod fixtures;
 pub mod identity;
 pub mod layout;
 pub mod k8s;

@@ -73,6 +73,14 @@ impl PodSide {
     }
 }
 
+/// What [`PodCache::patch`] found.
+pub(crate) enum Patch {
+    /// Every pod equal to a kept one.
+    Unchanged,
+    /// The pod side for the changed pods.
+    Changed(PodSide),
+}
+
 /// A pod side with its IP cache and the peer classes that cache was built for.
 type IpcacheBase = (Arc<PodSide>, HashMap<u32, u32>, Arc<Ipcache>);
 
@@ -90,11 +98,32 @@ pub(crate) struct PodCache {
 }
 
 impl PodCache {
-    /// The kept pod side when `model` and `prefixes` are what it was built from.
+    /// The kept pod side when `model` and `prefixes` are what it was built from: the very
+    /// same pods (no pod visited), equal namespaces and prefixes.
     pub fn hit(cache: &Option<PodCache>, model: &Model, prefixes: &BTreeSet<Cidr>) -> Option<Arc<PodSide>> {
         let c = cache.as_ref()?;
-        (Shared::same(&c.pods, &model.pods) && Shared::same(&c.namespaces, &model.namespaces) && c.prefixes == *prefixes)
-            .then(|| c.side.clone())
+        (Shared::same(&c.pods, &model.pods) && c.same_namespaces(model) && c.prefixes == *prefixes).then(|| c.side.clone())
+    }
+
+    /// Namespaces the same or equal (a model built afresh has equal ones; there are few).
+    fn same_namespaces(&self, model: &Model) -> bool {
+        Shared::same(&self.namespaces, &model.namespaces) || *self.namespaces == *model.namespaces
+    }
+
+    #[cfg(test)]
+    pub fn holds_pods_of(&self, m: &Model) -> bool {
+        Shared::same(&self.pods, &m.pods)
+    }
+
+    pub fn side(&self) -> Arc<PodSide> {
+        self.side.clone()
+    }
+
+    /// Holds `model`'s pods and namespaces from now on, found equal to the kept ones, so the
+    /// next compile of the same model meets [`PodCache::hit`] without visiting a pod.
+    pub fn adopt(&mut self, model: &Model) {
+        self.pods = model.pods.clone();
+        self.namespaces = model.namespaces.clone();
     }
 
     pub fn new(model: &Model, prefixes: BTreeSet<Cidr>, side: Arc<PodSide>) -> PodCache {
@@ -154,16 +183,18 @@ impl PodCache {
         (entries.len() <= limit).then(|| Ipcache { entries: Shared::new(entries), all_fail_closed: false, fail_closed_pods: HashSet::default(), overflow: Vec::new() })
     }
 
-    /// The kept pod side brought up to `model` when only pods changed and the identities stay
-    /// as they were: every changed pod's address has an identity some pod already has, no
+    /// The kept pod side brought up to `model` (not the very same pods as kept) when only pods
+    /// changed and the identities stay as they were: every changed pod's address has an identity some pod already has, no
     /// identity loses its last address, and the node's own identities are the same. The
     /// selection index (and with it every kept verdict) then stands; address owners are
-    /// listed again. `None` when a full build is needed (or the model does not hold together,
-    /// which the build reports).
-    pub fn patch(&self, model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identities: &IdentityAllocator) -> Option<PodSide> {
-        if !Shared::same(&self.namespaces, &model.namespaces) || self.prefixes != *prefixes {
+    /// listed again. Pods all equal to the kept ones (a model built afresh, as an agent builds
+    /// one per sync) are [`Patch::Unchanged`]. `None` when a full build is needed (or the
+    /// model does not hold together, which the build reports).
+    pub fn patch(&self, model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identities: &IdentityAllocator) -> Option<Patch> {
+        if !self.same_namespaces(model) || self.prefixes != *prefixes {
             return None;
         }
+        let mut changed = self.pods.len() != model.pods.len();
         let old = &self.side;
         let regions = Regions::new(prefixes);
         // Address count changes per identity.
@@ -207,6 +238,7 @@ impl PodCache {
                     if op == pod {
                         ids.push(oi);
                     } else {
+                        changed = true;
                         count(oi, -1);
                         let ni = identify(r, pod)?;
                         count(ni, 1);
@@ -215,11 +247,15 @@ impl PodCache {
                     olds.next();
                 }
                 _ => {
+                    changed = true;
                     let ni = identify(r, pod)?;
                     count(ni, 1);
                     ids.push(ni);
                 }
             }
+        }
+        if !changed {
+            return Some(Patch::Unchanged);
         }
         for (_, &oi) in olds {
             count(oi, -1);
@@ -237,7 +273,7 @@ impl PodCache {
         if local_ids != old.local_ids {
             return None;
         }
-        Some(PodSide {
+        Some(Patch::Changed(PodSide {
             owners: owners_of(model, &ids),
             ids,
             attrs_by_id: old.attrs_by_id.clone(),
@@ -247,18 +283,7 @@ impl PodCache {
             index: old.index.clone(),
             local,
             local_ids,
-        })
-    }
-
-    /// Gives `model` the kept pods and namespaces where its own are equal to them, so that a
-    /// caller rebuilding its model from scratch still meets [`PodCache::hit`].
-    pub fn share_unchanged(&self, model: &mut Model) {
-        if !Shared::same(&self.pods, &model.pods) && *self.pods == *model.pods {
-            model.pods = self.pods.clone();
-        }
-        if !Shared::same(&self.namespaces, &model.namespaces) && *self.namespaces == *model.namespaces {
-            model.namespaces = self.namespaces.clone();
-        }
+        }))
     }
 
     /// The kept IP cache when it was built for these peer classes.
@@ -403,14 +428,8 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
             match seen.get(&key) {
                 Some(&id) => id,
                 None => {
-                    let attrs = IdentityAttrs {
-                        namespace: pod.namespace.clone(),
-                        namespace_labels: model.namespaces[&pod.namespace].labels.clone(),
-                        labels: pod.labels.clone(),
-                        service_account: pod.service_account.clone(),
-                        ports: key.3.to_vec(),
-                        region: key.4,
-                    };
+                    // The namespace exists: `check` made sure of it for pods with an address.
+                    let attrs = attrs_of(model, pod, region).expect("namespace checked");
                     let id = identities.labels(&attrs);
                     attrs_by_id.insert(id, attrs);
                     seen.insert(key, id);

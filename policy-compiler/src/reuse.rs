@@ -62,6 +62,18 @@ pub(crate) struct LocalOut {
     pub members: Vec<Member>,
     pub flags: u32,
     pub contexts: Vec<CtxOut>,
+    /// The tables its contexts name, each once.
+    tables: Vec<u32>,
+}
+
+impl LocalOut {
+    pub fn new(members: Vec<Member>, flags: u32, contexts: Vec<CtxOut>) -> LocalOut {
+        let mut tables: Vec<u32> =
+            contexts.iter().flat_map(|c| std::iter::once(c.base).chain(c.deviating.iter().map(|d| d.1))).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        LocalOut { members, flags, contexts, tables }
+    }
 }
 
 /// The kept results, valid for one pod side.
@@ -81,9 +93,10 @@ impl Kept {
         }
     }
 
-    /// Every table number a kept result names.
+    /// Every table number a kept result names (from each result's own short list, not its
+    /// deviating peers, which run to a million at cluster scale).
     pub fn tables(&self) -> crate::fasthash::HashSet<u32> {
-        self.by_local.values().flat_map(|o| o.contexts.iter()).flat_map(|c| std::iter::once(c.base).chain(c.deviating.iter().map(|d| d.1))).collect()
+        self.by_local.values().flat_map(|o| o.tables.iter().copied()).collect()
     }
 }
 

@@ -102,9 +102,6 @@ fn run(store: &mut dyn Datastore, compiler: &mut Compiler, registry: &Registry) 
         Err(e) => return Outcome::Failed(e),
     };
     registry.overlay(&mut model, &mut detector_input);
-    // The model is built afresh: unchanged pods and namespaces are taken from the last compile,
-    // so the compiler reuses what it derived from them.
-    compiler.share_unchanged(&mut model);
     let load_time = t0.elapsed();
     let rejected = store.rejected();
     // Detector resources are checked before anything applies: a bad one rejects the sync.
