@@ -390,7 +390,7 @@ impl Bench {
         let (mut allow, mut noop) = (0u64, 0u64);
         for _ in 0..samples {
             let dp = self.guard.dp();
-            let _ = dp.maps.conntrack.remove(&ct_key);
+            let _ = dp.maps.conntrack.remove_key(&ct_key);
             let r = run(dp.classifier(programs::TO_POD).expect("program"), &self.frames.allow, 1);
             assert_eq!(r.retval, RET_PASS);
             allow += r.kernel_ns;

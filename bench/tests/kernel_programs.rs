@@ -327,14 +327,14 @@ fn ipv6_extension_headers_are_walked_up_to_the_bound_and_later_fragments_fail_cl
     // both ends ordered the same way, whichever side sent first.
     for (a, ap, b, bp) in [(POD6, 41003u16, PEER6, 80u16), (PEER6, 80, POD6, 41003)] {
         let k = bulkhead_common::Ct6KeyV1::of(IFINDEX, a.octets(), ap.to_be_bytes(), b.octets(), bp.to_be_bytes(), 6);
-        assert!(g.dp().maps.conntrack6.get(&k, 0).is_ok(), "no conntrack entry under the user-space key {k:?}");
+        assert!(g.dp().maps.conntrack6.get(&k).is_some(), "no conntrack entry under the user-space key {k:?}");
     }
     // A peer whose address sorts below the pod's: the other order of the key.
     let low = Ipv6Addr::new(0xfd00, 0x1, 0, 0, 0, 0, 0, 1);
     assert_eq!(g.run(programs::FROM_POD, &tcp6_frame(POD6, low, 41020, 80, TCP_SYN)), RET_PASS);
     let k = bulkhead_common::Ct6KeyV1::of(IFINDEX, POD6.octets(), 41020u16.to_be_bytes(), low.octets(), 80u16.to_be_bytes(), 6);
     assert_eq!(k.addr_lo_be, low.octets(), "the lower address first");
-    assert!(g.dp().maps.conntrack6.get(&k, 0).is_ok(), "no conntrack entry under {k:?}");
+    assert!(g.dp().maps.conntrack6.get(&k).is_some(), "no conntrack entry under {k:?}");
     // One header past the bound: not parsed, dropped, counted.
     let five = with_ext_headers(&tcp6_frame(POD6, PEER6, 41010, 80, TCP_SYN), &[NH_HOP_BY_HOP, NH_DEST_OPTS, NH_ROUTING, NH_DEST_OPTS, NH_FRAGMENT], 0);
     assert_eq!(g.run(programs::FROM_POD, &five), RET_DROP, "five extension headers");

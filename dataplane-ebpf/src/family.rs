@@ -3,12 +3,13 @@
 //! once, generic over [`Addr`], so both families take the same steps at the same cost.
 
 use bulkhead_common::{
-    Ct6KeyV1, CtKeyV2, CtValueV2, EndpointV4, IpInfoV3,
+    ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV2, EndpointV4, IpInfoV3,
     detect::{AllowKey6V1, AllowKeyV2},
 };
 
 use crate::{
-    maps::{CONNTRACK, CONNTRACK6, ISOLATION_ALLOW, ISOLATION_ALLOW6, SCRATCH6},
+    conntrack,
+    maps::{ISOLATION_ALLOW, ISOLATION_ALLOW6, SCRATCH6},
     parse::Flow,
     policy,
 };
@@ -30,8 +31,8 @@ pub trait Addr: Copy + PartialEq {
     fn ct_get_mut(key: &Self::CtKey) -> Option<*mut CtValueV2>;
     /// A copy of the entry of `key`.
     fn ct_get(key: &Self::CtKey) -> Option<CtValueV2>;
-    /// Writes the entry; false when the map refused it.
-    fn ct_insert(key: &Self::CtKey, v: &CtValueV2) -> bool;
+    /// Writes the entry (`now`: to tell expired slots); false when it could not be written.
+    fn ct_insert(key: &Self::CtKey, v: &CtValueV2, cfg: &ConfigV2, now: u64) -> bool;
     fn ct_remove(key: &Self::CtKey);
     /// Identity and peer class of this remote address in policy generation `pgen`.
     fn peer_info(self, pgen: u8) -> IpInfoV3;
@@ -60,20 +61,20 @@ impl Addr for [u8; 4] {
     }
     #[inline(always)]
     fn ct_get_mut(key: &CtKeyV2) -> Option<*mut CtValueV2> {
-        CONNTRACK.get_ptr_mut(key)
+        conntrack::find::<conntrack::V4>(key)
     }
     #[inline(always)]
     fn ct_get(key: &CtKeyV2) -> Option<CtValueV2> {
-        // SAFETY: copied out at once.
-        unsafe { CONNTRACK.get(key) }.copied()
+        // SAFETY: a valid slot's value, copied out at once.
+        conntrack::find::<conntrack::V4>(key).map(|v| unsafe { *v })
     }
     #[inline(always)]
-    fn ct_insert(key: &CtKeyV2, v: &CtValueV2) -> bool {
-        CONNTRACK.insert(key, v, 0).is_ok()
+    fn ct_insert(key: &CtKeyV2, v: &CtValueV2, cfg: &ConfigV2, now: u64) -> bool {
+        conntrack::insert::<conntrack::V4>(key, v, cfg, now)
     }
     #[inline(always)]
     fn ct_remove(key: &CtKeyV2) {
-        let _ = CONNTRACK.remove(key);
+        conntrack::remove::<conntrack::V4>(key)
     }
     #[inline(always)]
     fn peer_info(self, pgen: u8) -> IpInfoV3 {
@@ -145,7 +146,7 @@ impl In6 {
 /// Writes `a` into 16 bytes at `p` (a map value field at least 4-byte aligned) as four
 /// 4-byte stores.
 #[inline(always)]
-fn put16(p: *mut [u8; 16], a: &In6) {
+pub fn put16(p: *mut [u8; 16], a: &In6) {
     let w = p as *mut u32;
     // SAFETY: `p` points to 16 writable bytes of a map value; In6 is 16 plain bytes.
     let src = unsafe { &*(a as *const In6 as *const [u32; 4]) };
@@ -186,20 +187,20 @@ impl Addr for In6 {
     }
     #[inline(always)]
     fn ct_get_mut(key: &&'static Ct6KeyV1) -> Option<*mut CtValueV2> {
-        CONNTRACK6.get_ptr_mut(*key)
+        conntrack::find::<conntrack::V6>(key)
     }
     #[inline(always)]
     fn ct_get(key: &&'static Ct6KeyV1) -> Option<CtValueV2> {
-        // SAFETY: copied out at once.
-        unsafe { CONNTRACK6.get(*key) }.copied()
+        // SAFETY: a valid slot's value, copied out at once.
+        conntrack::find::<conntrack::V6>(key).map(|v| unsafe { *v })
     }
     #[inline(always)]
-    fn ct_insert(key: &&'static Ct6KeyV1, v: &CtValueV2) -> bool {
-        CONNTRACK6.insert(*key, v, 0).is_ok()
+    fn ct_insert(key: &&'static Ct6KeyV1, v: &CtValueV2, cfg: &ConfigV2, now: u64) -> bool {
+        conntrack::insert::<conntrack::V6>(key, v, cfg, now)
     }
     #[inline(always)]
     fn ct_remove(key: &&'static Ct6KeyV1) {
-        let _ = CONNTRACK6.remove(*key);
+        conntrack::remove::<conntrack::V6>(key)
     }
     #[inline(always)]
     fn peer_info(self, pgen: u8) -> IpInfoV3 {

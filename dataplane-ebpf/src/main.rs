@@ -13,6 +13,9 @@
 //! calls: file-system baselines). TC drops traffic of isolated endpoints.
 #![no_std]
 #![no_main]
+// The conntrack table's compare-and-swap (`conntrack::claim`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod conntrack;
 mod detect;
@@ -307,7 +310,7 @@ fn judge<A: Addr>(ifindex: u32, raw: &EndpointV4, cfg: &ConfigV2, g: usize, flow
     let now = if bare_syn { coarse_now(cfg) } else { now };
     let Some(key) = key.or_else(|| ct_key(ifindex, flow, dir, local)) else { return TC_DROP };
     let entry = conntrack::new_entry(flow, len, now, dir, cfg.policy_rev, A::ct_source_hi(&key, flow));
-    if !A::ct_insert(&key, &entry) {
+    if !A::ct_insert(&key, &entry, cfg, now) {
         count(counters::CT_INSERT_FAILED);
     }
     if dir == direction::EGRESS {

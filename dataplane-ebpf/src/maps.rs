@@ -2,15 +2,16 @@
 //! layout version so an agent never reads a pinned map of another layout.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use bulkhead_common::detect::{
     self as det, AllowKey6V1, AllowKeyV2, DetEventV2, ExecKeyV1, FileDataV1, FileKeyV1, FileRuleV1, IdentKeyV1, IsolationV1, KernelOffsetsV1, LearnedKeyV1, LineageKeyV1, SyscallKeyV1, WorkloadV1,
 };
+use bulkhead_common::ct::{Ct6SlotV1, CtSlotV1};
 use bulkhead_common::{
-    ConfigV2, Ct6KeyV1, CtKeyV2, CtValueV2, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
+    ConfigV2, Ct6KeyV1, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, capacity,
 };
 
@@ -193,17 +194,17 @@ pub static POLICY_STATS: PerCpuArray<PolicyStatsV1> =
 #[map(name = "BH_FLOWS_V5")]
 pub static FLOWS: RingBuf = RingBuf::with_byte_size(capacity::FLOW_RING_BYTES, 0);
 
-/// Key: flow 5-tuple at one interface. Value: flow state and the policy revision it was
-/// admitted under. Written by TC; read by TC, garbage-collected by the agent. LRU so a flood of
-/// flows evicts the oldest entries instead of failing inserts.
-#[map(name = "BH_CT_V3")]
-pub static CONNTRACK: LruHashMap<CtKeyV2, CtValueV2> =
-    LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+/// Key: slot index (bucket * WAYS + way, see `bulkhead_common::ct`). Value: a flow's
+/// 5-tuple at one interface, its state and the policy revision it was admitted under. Written
+/// by TC (insert, update in place, remove); read by TC; read and garbage-collected by the
+/// agent through a memory mapping (hence BPF_F_MMAPABLE). An array because the verifier
+/// inlines its lookups: the table is probed without a call ([`crate::conntrack`]).
+#[map(name = "BH_CT_V4")]
+pub static CONNTRACK: Array<CtSlotV1> = Array::with_max_entries(capacity::CONNTRACK, BPF_F_MMAPABLE);
 
-/// Key: IPv6 flow 5-tuple at one interface. Value: as CONNTRACK. Written by TC; read by TC,
-/// garbage-collected by the agent. LRU, like CONNTRACK.
-#[map(name = "BH_CT6_V2")]
-pub static CONNTRACK6: LruHashMap<Ct6KeyV1, CtValueV2> = LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+/// As [`CONNTRACK`], for IPv6 flows.
+#[map(name = "BH_CT6_V3")]
+pub static CONNTRACK6: Array<Ct6SlotV1> = Array::with_max_entries(capacity::CONNTRACK, BPF_F_MMAPABLE);
 
 /// Key: 0. Value: the IPv6 packet being judged (its tuple, an ICMPv6 error's own source, its
 /// conntrack key): 16-byte addresses would crowd the 512-byte BPF stack. Written and read by

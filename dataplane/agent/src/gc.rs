@@ -1,14 +1,13 @@
-//! Conntrack garbage collection: the LRU map evicts under pressure, this removes entries whose
-//! timeout passed so the table reflects live flows. An expired entry of a flow whose end the
+//! Conntrack garbage collection: the datapath reuses expired slots and overwrites the least
+//! recently seen flow of a full bucket; this removes entries whose timeout passed so the
+//! table reflects live flows. An expired entry of a flow whose end the
 //! datapath did not report (UDP, ICMP, a TCP flow that went quiet) becomes the flow's end
 //! record here, with its packets and bytes both ways.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd as _;
 use std::time::Duration;
 
-use aya::maps::IterableMap as _;
-use bulkhead_common::{Ct6KeyV1, CtKeyV2, CtValueV2, FlowEventV5, PolicyValueV2, action, ct_flags, flow_kind, map_names};
+use bulkhead_common::{CtValueV2, FlowEventV5, PolicyValueV2, action, ct_flags, flow_kind, map_names};
 
 use crate::{
     error::{AgentError, DataplaneError},
@@ -29,8 +28,7 @@ pub struct Sweep {
 }
 
 /// Removes expired entries and returns them as end records where flows are reported. Reads
-/// and deletes in batches ([`crate::batch`]): a full table costs a few dozen syscalls, not
-/// two per entry.
+/// and removes through the tables' memory mapping ([`crate::cttable`]): no syscall per entry.
 pub fn sweep(dp: &mut Dataplane) -> Result<Sweep, AgentError> {
     let cfg = dp
         .maps
@@ -40,25 +38,29 @@ pub fn sweep(dp: &mut Dataplane) -> Result<Sweep, AgentError> {
     let now = crate::clock::coarse_ns();
     let mut reports = Reports { flags: cfg.flags, known: BTreeMap::new() };
     let mut out = Sweep::default();
-    let mut expired: Vec<CtKeyV2> = Vec::new();
-    for (k, v) in crate::batch::conntrack(&dp.maps.conntrack)?.into_iter().filter(|(_, v)| v.expired(&cfg, now)) {
+    for e in dp.maps.conntrack.entries().into_iter().filter(|e| e.value.expired(&cfg, now)) {
+        // Removed first: an entry the datapath touched or replaced since it was read stays,
+        // and is neither removed nor reported.
+        if !dp.maps.conntrack.remove(&e) {
+            continue;
+        }
+        out.removed += 1;
+        let (k, v) = (e.key, e.value);
         if v.flags & ct_flags::ENDED == 0 && reports.of(&dp.maps.flow_watch, k.ifindex) {
             let (lo, hi) = (widen(k.addr_lo_be), widen(k.addr_hi_be));
             out.ended.push(end_record(k.ifindex, 4, (lo, k.port_lo_be), (hi, k.port_hi_be), k.protocol, &v, now));
         }
-        expired.push(k);
     }
-    out.removed += crate::batch::delete_all(dp.maps.conntrack.map().fd().as_fd(), &expired)
-        .map_err(|source| DataplaneError::Io { what: "deleting expired conntrack entries in batches", source })?;
-    let mut expired: Vec<Ct6KeyV1> = Vec::new();
-    for (k, v) in crate::batch::conntrack(&dp.maps.conntrack6)?.into_iter().filter(|(_, v)| v.expired(&cfg, now)) {
+    for e in dp.maps.conntrack6.entries().into_iter().filter(|e| e.value.expired(&cfg, now)) {
+        if !dp.maps.conntrack6.remove(&e) {
+            continue;
+        }
+        out.removed += 1;
+        let (k, v) = (e.key, e.value);
         if v.flags & ct_flags::ENDED == 0 && reports.of(&dp.maps.flow_watch, k.ifindex) {
             out.ended.push(end_record(k.ifindex, 6, (k.addr_lo_be, k.port_lo_be), (k.addr_hi_be, k.port_hi_be), k.protocol, &v, now));
         }
-        expired.push(k);
     }
-    out.removed += crate::batch::delete_all(dp.maps.conntrack6.map().fd().as_fd(), &expired)
-        .map_err(|source| DataplaneError::Io { what: "deleting expired IPv6 conntrack entries in batches", source })?;
     Ok(out)
 }
 

@@ -18,7 +18,7 @@ pub mod status;
 
 // The layers below the agent, under the paths the agent and its users have always used.
 pub use bulkhead_detector_runtime as detect;
-pub use bulkhead_loader::{batch, btf, clock, ifmap, loader, netns, ring, uplink};
+pub use bulkhead_loader::{batch, btf, clock, cttable, ifmap, loader, netns, ring, uplink};
 
 pub use agent::{Agent, AgentConfig, PolicyTable, PolicyTableEntry, SyncReport, UninstallReport, uninstall};
 pub use error::AgentError;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use bulkhead_common::{
-    CtKeyV2, CtValueV2, GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PolicyValueV2, PortKeyV1, generation, map_names,
+    GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PolicyValueV2, PortKeyV1, generation, map_names,
 };
 
 use crate::error::{AgentError, DataplaneError};
@@ -99,9 +99,8 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
         HashMap::try_from(open(dir, map_names::PEERS)?).map_err(|e| merr(map_names::PEERS, e))?;
     let ports: HashMap<_, PortKeyV1, PolicyValueV2> = HashMap::try_from(open(dir, map_names::PORTS)?).map_err(|e| merr(map_names::PORTS, e))?;
     let ranges: LpmTrie<_, PortKeyV1, PolicyValueV2> = LpmTrie::try_from(open(dir, map_names::RANGES)?).map_err(|e| merr(map_names::RANGES, e))?;
-    let ct: HashMap<_, CtKeyV2, CtValueV2> = HashMap::try_from(open(dir, map_names::CONNTRACK)?).map_err(|e| merr(map_names::CONNTRACK, e))?;
-    let ct6: HashMap<_, bulkhead_common::Ct6KeyV1, CtValueV2> =
-        HashMap::try_from(open(dir, map_names::CONNTRACK6)?).map_err(|e| merr(map_names::CONNTRACK6, e))?;
+    let ct = crate::cttable::CtTable::<bulkhead_common::ct::CtSlotV1>::new(open(dir, map_names::CONNTRACK)?, map_names::CONNTRACK)?;
+    let ct6 = crate::cttable::CtTable::<bulkhead_common::ct::Ct6SlotV1>::new(open(dir, map_names::CONNTRACK6)?, map_names::CONNTRACK6)?;
     let cfg: aya::maps::Array<_, bulkhead_common::ConfigV2> = aya::maps::Array::try_from(open(dir, map_names::CONFIG)?).map_err(|e| merr(map_names::CONFIG, e))?;
     let cnt: PerCpuArray<_, u64> = PerCpuArray::try_from(open(dir, map_names::COUNTERS)?).map_err(|e| merr(map_names::COUNTERS, e))?;
     let mut counters = Vec::new();
@@ -145,8 +144,8 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
             .len(),
         policy_ports: ports.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
         policy_ranges: ranges.keys().filter_map(Result::ok).filter(|k| of_gen(k.data().direction)).count(),
-        conntrack_entries: crate::batch::conntrack(&ct)?.len(),
-        conntrack6_entries: crate::batch::conntrack(&ct6)?.len(),
+        conntrack_entries: ct.len(),
+        conntrack6_entries: ct6.len(),
         policy_rev,
         counters,
         drops,

@@ -1,5 +1,6 @@
-//! The conntrack sweep (root): it reads and deletes in batches, so check on a table larger
-//! than one batch that exactly the expired entries go and every live one stays.
+//! The conntrack sweep (root): it reads and removes through the tables' memory mapping, so
+//! check on a table of many entries that exactly the expired entries go and every live one
+//! stays.
 
 use std::collections::BTreeSet;
 
@@ -29,17 +30,17 @@ fn a_sweep_removes_exactly_the_expired_entries_across_batches() {
     let dp = g.0.as_mut().expect("loaded");
     dp.maps.config.set(0, bulkhead_common::ConfigV2::with_default_timeouts(1), 0).expect("config");
     let now = bulkhead_agent::clock::coarse_ns();
-    // 10,000 entries (more than two batches of 4,096); every third one last seen long ago.
+    // 10,000 entries; every third one last seen long ago.
     let n = 10_000u32;
     for i in 0..n {
         let last_seen_ns = if i % 3 == 0 { 1 } else { now };
         let v = CtValueV2 { last_seen_ns, created_ns: last_seen_ns, protocol: proto::UDP, ..Default::default() };
-        dp.maps.conntrack.insert(key(i), v, 0).expect("insert");
+        assert!(dp.maps.conntrack.insert(&key(i), &v), "inserting entry {i}: its bucket is full");
     }
     let removed = bulkhead_agent::gc::sweep(dp).expect("sweep").removed;
     let expired = (0..n).filter(|i| i % 3 == 0).count();
     assert_eq!(removed, expired, "removed {removed}, expected {expired}");
-    let left: BTreeSet<CtKeyV2> = dp.maps.conntrack.keys().map(|k| k.expect("key")).collect();
+    let left: BTreeSet<CtKeyV2> = dp.maps.conntrack.entries().into_iter().map(|e| e.key).collect();
     let want: BTreeSet<CtKeyV2> = (0..n).filter(|i| i % 3 != 0).map(key).collect();
     assert_eq!(left.len(), want.len(), "entries left");
     assert!(left == want, "the live entries are not exactly the ones left");
@@ -74,8 +75,8 @@ fn expired_flows_become_end_records_once() {
         flags: ct_flags::ORIGIN_HI,
         ..Default::default()
     };
-    dp.maps.conntrack.insert(k, old, 0).expect("insert");
-    dp.maps.conntrack.insert(key(0x0a00_000a), CtValueV2 { flags: ct_flags::ENDED, ..old }, 0).expect("insert");
+    assert!(dp.maps.conntrack.insert(&k, &old), "insert");
+    assert!(dp.maps.conntrack.insert(&key(0x0a00_000a), &CtValueV2 { flags: ct_flags::ENDED, ..old }), "insert");
     let sw = bulkhead_agent::gc::sweep(dp).expect("sweep");
     assert_eq!(sw.removed, 2);
     assert_eq!(sw.ended.len(), 1, "the entry already reported is not reported again: {:?}", sw.ended);

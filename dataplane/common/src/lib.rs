@@ -7,6 +7,7 @@
 //! version in every map name so a new layout never reads an old pinned map.
 #![no_std]
 
+pub mod ct;
 pub mod detect;
 
 /// Map names. The version suffix changes whenever a key or value layout changes.
@@ -75,10 +76,11 @@ pub mod map_names {
     pub const DROPS: &str = "BH_DROPS_V1";
     /// Rate limit of drop events: one [`crate::DropRateV1`] per CPU.
     pub const DROP_RATE: &str = "BH_DROP_RATE_V1";
-    /// Connection tracking: [`crate::CtKeyV2`] -> [`crate::CtValueV2`] (LRU).
-    pub const CONNTRACK: &str = "BH_CT_V3";
-    /// Connection tracking of IPv6 flows: [`crate::Ct6KeyV1`] -> [`crate::CtValueV2`] (LRU).
-    pub const CONNTRACK6: &str = "BH_CT6_V2";
+    /// Connection tracking: slot index -> [`crate::ct::CtSlotV1`] (a set-associative table
+    /// in a memory-mappable array: [`crate::ct`]).
+    pub const CONNTRACK: &str = "BH_CT_V4";
+    /// Connection tracking of IPv6 flows: slot index -> [`crate::ct::Ct6SlotV1`].
+    pub const CONNTRACK6: &str = "BH_CT6_V3";
     /// Global configuration, one [`crate::ConfigV2`] at index 0.
     pub const CONFIG: &str = "BH_CONFIG_V2";
     /// Per-CPU counters indexed by [`crate::counters`].
@@ -101,6 +103,7 @@ pub mod capacity {
     /// Slots of each IPv6 slot array (2 MiB per generation).
     pub const IPSLOT6: u32 = 65_536;
     pub const POLICY: u32 = 1_048_576;
+    /// Slots of each family's conntrack table ([`crate::ct`]); a power of two.
     pub const CONNTRACK: u32 = 262_144;
     pub const COUNTERS: u32 = 64;
     /// Policies (enforced and staged) with their own counters.
@@ -450,6 +453,10 @@ pub mod counters {
         /// A file syscall whose path pointer could not be read: not judged (the syscall fails
         /// with EFAULT on the same pointer; fail-open, counted).
         DET_FILE_PATH_FAULT = "detector_file_path_fault_fail_open",
+        /// A live conntrack entry overwritten by a new flow because every slot of its bucket
+        /// was live (the table's least recently seen of them goes); that flow's next packet is
+        /// judged by policy again, as after an LRU eviction.
+        CT_EVICTED = "ct_evicted_live",
     }
 }
 
@@ -1011,6 +1018,8 @@ mod user {
     unsafe impl aya::Pod for CtKeyV2 {}
     unsafe impl aya::Pod for CtValueV2 {}
     unsafe impl aya::Pod for ConfigV2 {}
+    unsafe impl aya::Pod for crate::ct::CtSlotV1 {}
+    unsafe impl aya::Pod for crate::ct::Ct6SlotV1 {}
 }
 
 #[cfg(test)]

@@ -63,20 +63,14 @@ impl Detector {
     fn sample_volume(&mut self, dp: &mut Dataplane, workloads: &[WorkloadState], elapsed: f64) {
         // The rate comes from TC's per-endpoint byte counter: one read per workload. Only a
         // learning workload (its largest single flow) or an interface past the counters needs
-        // the flows themselves, i.e. a walk of conntrack (read in batches: a few dozen
-        // syscalls for a full table).
+        // the flows themselves, i.e. a walk of conntrack (its memory mapping: no syscall).
         let counted = |w: &WorkloadState| bulkhead_common::ifindex_is_direct(w.ifindex);
         let walk = workloads.iter().any(|w| w.ifindex != 0 && (w.spec.mode == Mode::Learn || !counted(w)));
         // Outbound flows per interface: key -> bytes (both directions, as conntrack counts).
         let mut per_if: HashMap<u32, Vec<(CtKeyV2, u64)>> = HashMap::new();
         if walk {
-            match bulkhead_loader::batch::conntrack(&dp.maps.conntrack) {
-                Ok(entries) => {
-                    for (k, v) in entries.into_iter().filter(|(_, v)| v.origin_direction == direction::EGRESS) {
-                        per_if.entry(k.ifindex).or_default().push((k, v.bytes_orig + v.bytes_reply));
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "conntrack unreadable; egress volume of learning workloads not sampled this second"),
+            for e in dp.maps.conntrack.entries().into_iter().filter(|e| e.value.origin_direction == direction::EGRESS) {
+                per_if.entry(e.key.ifindex).or_default().push((e.key, e.value.bytes_orig + e.value.bytes_reply));
             }
         }
         for w in workloads.iter().filter(|w| w.ifindex != 0) {

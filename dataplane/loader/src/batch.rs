@@ -113,16 +113,6 @@ pub fn array_all<V: aya::Pod, T: std::borrow::Borrow<aya::maps::MapData>>(map: &
     lookup_all(map.map().fd().as_fd())
 }
 
-/// Every conntrack entry (of either family's map), read in batches: the one walk the sweep, the detector's sampling
-/// and `status` share.
-pub fn conntrack<K: aya::Pod>(
-    map: &aya::maps::HashMap<aya::maps::MapData, K, bulkhead_common::CtValueV2>,
-) -> Result<Vec<(K, bulkhead_common::CtValueV2)>, crate::error::DataplaneError> {
-    use aya::maps::IterableMap as _;
-    use std::os::fd::AsFd as _;
-    lookup_all(map.map().fd().as_fd()).map_err(|source| crate::error::DataplaneError::Io { what: "reading conntrack in batches", source })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod btf;
 pub mod clock;
+pub mod cttable;
 pub mod error;
 pub mod ifmap;
 pub mod linkpin;

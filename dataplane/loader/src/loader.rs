@@ -20,7 +20,7 @@ use aya::{
 };
 use bulkhead_common::detect::{self as det, AllowKey6V1, AllowKeyV2, ExecKeyV1, SyscallKeyV1, WorkloadV1};
 use bulkhead_common::{
-    ConfigV2, CtKeyV2, CtValueV2, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
+    ConfigV2, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, map_names,
 };
 
@@ -180,8 +180,8 @@ pub struct Maps {
     pub ranges: LpmTrie<MapData, PortKeyV1, PolicyValueV2>,
     pub policy_stats: PerCpuArray<MapData, PolicyStatsV1>,
     pub flows: Option<crate::ring::Ring<bulkhead_common::FlowEventV5>>,
-    pub conntrack: HashMap<MapData, CtKeyV2, CtValueV2>,
-    pub conntrack6: HashMap<MapData, bulkhead_common::Ct6KeyV1, CtValueV2>,
+    pub conntrack: crate::cttable::CtTable<bulkhead_common::ct::CtSlotV1>,
+    pub conntrack6: crate::cttable::CtTable<bulkhead_common::ct::Ct6SlotV1>,
     pub config: Array<MapData, ConfigV2>,
     pub counters: PerCpuArray<MapData, u64>,
     /// Bytes of the flows each endpoint opened, by ifindex (per CPU).
@@ -355,8 +355,8 @@ impl Dataplane {
             ranges: LpmTrie::try_from(take(map_names::RANGES)?).map_err(|e| map_err(map_names::RANGES, e))?,
             policy_stats: PerCpuArray::try_from(take(map_names::POLICY_STATS)?).map_err(|e| map_err(map_names::POLICY_STATS, e))?,
             flows: Some(crate::ring::Ring::new(RingBuf::try_from(take(map_names::FLOWS)?).map_err(|e| map_err(map_names::FLOWS, e))?)),
-            conntrack: HashMap::try_from(take(map_names::CONNTRACK)?).map_err(|e| map_err(map_names::CONNTRACK, e))?,
-            conntrack6: HashMap::try_from(take(map_names::CONNTRACK6)?).map_err(|e| map_err(map_names::CONNTRACK6, e))?,
+            conntrack: crate::cttable::CtTable::new(take(map_names::CONNTRACK)?, map_names::CONNTRACK)?,
+            conntrack6: crate::cttable::CtTable::new(take(map_names::CONNTRACK6)?, map_names::CONNTRACK6)?,
             config: Array::try_from(take(map_names::CONFIG)?).map_err(|e| map_err(map_names::CONFIG, e))?,
             counters: PerCpuArray::try_from(take(map_names::COUNTERS)?).map_err(|e| map_err(map_names::COUNTERS, e))?,
             egress_bytes: PerCpuArray::try_from(take(map_names::EGRESS_BYTES)?).map_err(|e| map_err(map_names::EGRESS_BYTES, e))?,
