@@ -20,15 +20,7 @@ use crate::parse::{Flow, TCP_FIN, TCP_RST};
 /// ends a TCP connection (an RST, or the second side's FIN): the caller reports the end.
 #[inline(always)]
 pub fn touch<A>(ct: &mut CtValueV2, f: &Flow<A>, len: u32, now: u64, is_reply: bool) -> bool {
-    ct.last_seen_ns = now;
-    if is_reply {
-        ct.packets_reply += 1;
-        ct.bytes_reply += len as u64;
-        ct.flags |= ct_flags::SEEN_REPLY;
-    } else {
-        ct.packets_orig += 1;
-        ct.bytes_orig += len as u64;
-    }
+    count_packet(ct, len, now, is_reply);
     if f.protocol != proto::TCP || f.tcp_flags & (TCP_FIN | TCP_RST) == 0 {
         return false;
     }
@@ -43,6 +35,20 @@ pub fn touch<A>(ct: &mut CtValueV2, f: &Flow<A>, len: u32, now: u64, is_reply: b
         return true;
     }
     false
+}
+
+/// Counts a packet on an existing entry, one way or the other.
+#[inline(always)]
+pub fn count_packet(ct: &mut CtValueV2, len: u32, now: u64, is_reply: bool) {
+    ct.last_seen_ns = now;
+    if is_reply {
+        ct.packets_reply += 1;
+        ct.bytes_reply += len as u64;
+        ct.flags |= ct_flags::SEEN_REPLY;
+    } else {
+        ct.packets_orig += 1;
+        ct.bytes_orig += len as u64;
+    }
 }
 
 /// A fresh entry for the first packet of an allowed flow; `origin_hi` says which end of
@@ -83,14 +89,16 @@ pub trait Table {
     fn value(s: *mut Self::Slot) -> *mut CtValueV2;
 }
 
-/// The five 4-byte words of an IPv4 key, XOR-folded against another key's by [`words20`]'s
-/// caller: equal keys give equal folds only when every word is equal.
+/// An IPv4 key's five 4-byte words, packed for [`V4::key_eq`]'s comparison. From the fields,
+/// not through a pointer cast, so a key built on the fast path can stay in registers.
 #[inline(always)]
 fn words20(k: &CtKeyV2) -> (u64, u64, u32) {
-    let p = k as *const CtKeyV2 as *const u32;
-    // SAFETY: CtKeyV2 is 20 bytes of plain integers, 4-byte aligned.
-    let w = unsafe { [*p, *p.add(1), *p.add(2), *p.add(3), *p.add(4)] };
-    ((w[0] as u64) << 32 | w[1] as u64, (w[2] as u64) << 32 | w[3] as u64, w[4])
+    let ports = u32::from_ne_bytes([k.port_lo_be[0], k.port_lo_be[1], k.port_hi_be[0], k.port_hi_be[1]]);
+    (
+        (k.ifindex as u64) << 32 | u32::from_ne_bytes(k.addr_lo_be) as u64,
+        (u32::from_ne_bytes(k.addr_hi_be) as u64) << 32 | ports as u64,
+        k.protocol as u32,
+    )
 }
 
 /// The IPv4 table.

@@ -138,7 +138,7 @@ impl In6 {
 
     /// The address as a number's high and low halves, for ordering.
     #[inline(always)]
-    fn halves(&self) -> (u64, u64) {
+    pub fn halves(&self) -> (u64, u64) {
         (u64::from_be(self.0[0]), u64::from_be(self.0[1]))
     }
 }
@@ -148,14 +148,37 @@ impl In6 {
 #[inline(always)]
 pub fn put16(p: *mut [u8; 16], a: &In6) {
     let w = p as *mut u32;
-    // SAFETY: `p` points to 16 writable bytes of a map value; In6 is 16 plain bytes.
-    let src = unsafe { &*(a as *const In6 as *const [u32; 4]) };
+    // From the words' values (the first bytes are a word's low half on this little-endian
+    // machine), not through a pointer cast, so `a` may stay in registers.
+    let (x, y) = (a.0[0], a.0[1]);
+    // SAFETY: `p` points to 16 writable bytes of a map value, 4-byte aligned.
     unsafe {
-        *w = src[0];
-        *w.add(1) = src[1];
-        *w.add(2) = src[2];
-        *w.add(3) = src[3];
+        *w = x as u32;
+        *w.add(1) = (x >> 32) as u32;
+        *w.add(2) = y as u32;
+        *w.add(3) = (y >> 32) as u32;
     }
+}
+
+/// The conntrack key of an IPv6 flow, written into this CPU's scratch slot (as
+/// [`Ct6KeyV1::set`], the same ordering rule, with word moves); `None` only if the slot were
+/// missing.
+#[inline(always)]
+pub fn ct6_key(ifindex: u32, saddr: In6, sport_be: [u8; 2], daddr: In6, dport_be: [u8; 2], protocol: u8) -> Option<&'static Ct6KeyV1> {
+    let s = SCRATCH6.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, used by one packet at a time.
+    let k = unsafe { &mut (*s).key };
+    let ((sh, sl), (dh, dl)) = (saddr.halves(), daddr.halves());
+    let s_first = bulkhead_common::ct6_source_first((sh, sl, sport_be), (dh, dl, dport_be));
+    k.ifindex = ifindex;
+    k.protocol = protocol;
+    k._pad = [0; 3];
+    let (lo, hi, plo, phi) = if s_first { (saddr, daddr, sport_be, dport_be) } else { (daddr, saddr, dport_be, sport_be) };
+    put16(&mut k.addr_lo_be, &lo);
+    put16(&mut k.addr_hi_be, &hi);
+    k.port_lo_be = plo;
+    k.port_hi_be = phi;
+    Some(k)
 }
 
 impl Addr for In6 {
@@ -165,20 +188,7 @@ impl Addr for In6 {
     /// As [`Ct6KeyV1::set`] (the same ordering rule), with word moves.
     #[inline(always)]
     fn ct_key(ifindex: u32, f: &Flow<Self>) -> Option<&'static Ct6KeyV1> {
-        let s = SCRATCH6.get_ptr_mut(0)?;
-        // SAFETY: this CPU's scratch slot, used by one packet at a time.
-        let k = unsafe { &mut (*s).key };
-        let ((sh, sl), (dh, dl)) = (f.saddr_be.halves(), f.daddr_be.halves());
-        let s_first = bulkhead_common::ct6_source_first((sh, sl, f.sport_be), (dh, dl, f.dport_be));
-        k.ifindex = ifindex;
-        k.protocol = f.protocol;
-        k._pad = [0; 3];
-        let (lo, hi, plo, phi) = if s_first { (&f.saddr_be, &f.daddr_be, f.sport_be, f.dport_be) } else { (&f.daddr_be, &f.saddr_be, f.dport_be, f.sport_be) };
-        put16(&mut k.addr_lo_be, lo);
-        put16(&mut k.addr_hi_be, hi);
-        k.port_lo_be = plo;
-        k.port_hi_be = phi;
-        Some(k)
+        ct6_key(ifindex, f.saddr_be, f.sport_be, f.daddr_be, f.dport_be, f.protocol)
     }
     #[inline(always)]
     fn ct_source_hi(_key: &&'static Ct6KeyV1, f: &Flow<Self>) -> bool {
