@@ -178,6 +178,60 @@ impl Table for V6 {
     }
 }
 
+/// An IPv6 key as the fast path holds it: words, in registers, where the general path writes
+/// a [`Ct6KeyV1`] into the per-CPU scratch. Ends ordered as in [`Ct6KeyV1::set`]; `ports` is
+/// the low end's port then the high end's, in network order.
+pub struct Key6 {
+    pub lo: In6,
+    pub hi: In6,
+    pub ifindex: u32,
+    pub ports: [u8; 4],
+    pub protocol: u8,
+}
+
+/// The IPv6 table, probed with a [`Key6`] (the fast path's).
+pub struct V6Words;
+
+impl Table for V6Words {
+    type Key = Key6;
+    type Slot = Ct6SlotV1;
+    #[inline(always)]
+    fn bucket(k: &Key6) -> u32 {
+        let p = k.ports;
+        bulkhead_common::ct::bucket6(k.ifindex, k.lo.0, k.hi.0, [p[0], p[1]], [p[2], p[3]], k.protocol)
+    }
+    #[inline(always)]
+    fn slot(i: u32) -> Option<*mut Ct6SlotV1> {
+        CONNTRACK6.get_ptr_mut(i)
+    }
+    #[inline(always)]
+    fn key_eq(s: *const Ct6SlotV1, k: &Key6) -> bool {
+        // SAFETY: as for IPv4.
+        let sk = unsafe { &(*s).key };
+        let (a, c) = (In6::at(&sk.addr_lo_be).0, In6::at(&sk.addr_hi_be).0);
+        let ports = u32::from_ne_bytes([sk.port_lo_be[0], sk.port_lo_be[1], sk.port_hi_be[0], sk.port_hi_be[1]]);
+        let rest = (sk.ifindex ^ k.ifindex) | (ports ^ u32::from_ne_bytes(k.ports)) | (sk.protocol ^ k.protocol) as u32;
+        (a[0] ^ k.lo.0[0]) | (a[1] ^ k.lo.0[1]) | (c[0] ^ k.hi.0[0]) | (c[1] ^ k.hi.0[1]) | rest as u64 == 0
+    }
+    #[inline(always)]
+    fn set_key(s: *mut Ct6SlotV1, k: &Key6) {
+        // SAFETY: the caller owns the slot.
+        let sk = unsafe { &mut (*s).key };
+        sk.ifindex = k.ifindex;
+        sk.protocol = k.protocol;
+        sk._pad = [0; 3];
+        sk.port_lo_be = [k.ports[0], k.ports[1]];
+        sk.port_hi_be = [k.ports[2], k.ports[3]];
+        put16(&mut sk.addr_lo_be, &k.lo);
+        put16(&mut sk.addr_hi_be, &k.hi);
+    }
+    #[inline(always)]
+    fn value(s: *mut Ct6SlotV1) -> *mut CtValueV2 {
+        // SAFETY: field of a valid slot.
+        unsafe { &mut (*s).value }
+    }
+}
+
 /// The slot's first 8 bytes as one word: `seq` (low half) and `live` (high half) on this
 /// little-endian machine. The BPF target has 64-bit atomics only, so both are read and taken
 /// together. A volatile 8-byte load (one instruction, never torn); the fence keeps the

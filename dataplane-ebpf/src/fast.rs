@@ -16,7 +16,7 @@ use bulkhead_common::{ConfigV2, CtKeyV2, CtValueV2, EndpointV4, counters, direct
 
 use crate::{
     conntrack,
-    family::{In6, ct6_key},
+    family::In6,
     maps::{self, count},
     parse::{TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -83,8 +83,14 @@ pub fn established_v6(ctx: &TcContext, raw: &EndpointV4, cfg: &ConfigV2, dir: u8
     if dir == direction::EGRESS && (saddr != In6::at(&raw.ipv6_be) || saddr.0 == [0; 2]) {
         return None;
     }
-    let key = ct6_key(ifindex, saddr, [ports[0], ports[1]], daddr, [ports[2], ports[3]], protocol)?;
-    let ct = conntrack::find_inline::<conntrack::V6>(key)?;
+    // The key in registers (the general path writes it into the per-CPU scratch).
+    let ((sh, sl), (dh, dl)) = (saddr.halves(), daddr.halves());
+    let key = if bulkhead_common::ct6_source_first((sh, sl, [ports[0], ports[1]]), (dh, dl, [ports[2], ports[3]])) {
+        conntrack::Key6 { lo: saddr, hi: daddr, ifindex, ports, protocol }
+    } else {
+        conntrack::Key6 { lo: daddr, hi: saddr, ifindex, ports: [ports[2], ports[3], ports[0], ports[1]], protocol }
+    };
+    let ct = conntrack::find_inline::<conntrack::V6Words>(&key)?;
     // SAFETY: as for IPv4.
     pass(unsafe { &mut *ct }, cfg, dir, ifindex, ctx.len())
 }
