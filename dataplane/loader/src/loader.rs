@@ -261,7 +261,19 @@ fn missing(what: impl Into<String>) -> DataplaneError {
 impl Dataplane {
     /// Loads the programs into the kernel and pins the maps under `pin_dir` (reusing maps
     /// already pinned there, so conntrack and enforcement state survive an agent restart).
+    /// When the load fails (a program the verifier refuses, say) in a folder this call
+    /// created, the folder and what was pinned into it go: nothing enforces from it yet. A
+    /// folder that existed is left as it was, since a running instance may enforce from it.
     pub fn load(pin_dir: &Path) -> Result<Self, DataplaneError> {
+        let fresh = !pin_dir.exists();
+        let loaded = Self::load_pinned(pin_dir);
+        if loaded.is_err() && fresh {
+            let _ = std::fs::remove_dir_all(pin_dir);
+        }
+        loaded
+    }
+
+    fn load_pinned(pin_dir: &Path) -> Result<Self, DataplaneError> {
         std::fs::create_dir_all(pin_dir)
             .map_err(|e| DataplaneError::PinDir { path: pin_dir.to_path_buf(), source: e })?;
         let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|m| (*m, pin_dir.join(m))).collect();
