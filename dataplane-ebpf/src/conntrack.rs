@@ -78,7 +78,8 @@ pub fn new_entry<A>(f: &Flow<A>, len: u32, now: u64, dir: u8, rev: u32, origin_h
 /// One family's table: where its slots are and how a key is matched and written. The table
 /// operations below are written once over both.
 pub trait Table {
-    /// The key as the probe holds it (IPv6: in the per-CPU scratch).
+    /// The key as the probe holds it (IPv6: in the per-CPU scratch on the general path, in
+    /// registers on the fast path).
     type Key: ?Sized;
     type Slot;
     fn bucket(k: &Self::Key) -> u32;

@@ -162,9 +162,9 @@ pub fn put16(p: *mut [u8; 16], a: &In6) {
 
 /// The conntrack key of an IPv6 flow, written into this CPU's scratch slot (as
 /// [`Ct6KeyV1::set`], the same ordering rule, with word moves); `None` only if the slot were
-/// missing.
+/// missing. The general path's key; the fast path holds its own in registers.
 #[inline(always)]
-pub fn ct6_key(ifindex: u32, saddr: In6, sport_be: [u8; 2], daddr: In6, dport_be: [u8; 2], protocol: u8) -> Option<&'static Ct6KeyV1> {
+fn ct6_key(ifindex: u32, saddr: In6, sport_be: [u8; 2], daddr: In6, dport_be: [u8; 2], protocol: u8) -> Option<&'static Ct6KeyV1> {
     let s = SCRATCH6.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot, used by one packet at a time.
     let k = unsafe { &mut (*s).key };
