@@ -300,3 +300,45 @@ fn a_policy_change_revokes_an_established_flow_on_its_next_packet() {
     let revoked = events.iter().filter(|e| e.kind == bulkhead_common::flow_kind::REVOKED).count();
     assert_eq!(revoked, 1, "the revoked flow is reported");
 }
+
+/// Every peer entry and port exception moved from its slot into the hash behind it, the
+/// slots left marked MORE: how the kernel finds keys whose slot another key took.
+fn spilled(mut k: KernelState) -> KernelState {
+    use bulkhead_common::{ip_slot_flags, slots};
+    for s in k.peer_slots.values_mut() {
+        k.peer_spill.insert(s.key, s.value);
+        *s = slots::PeerSlotV1 { flags: ip_slot_flags::MORE, ..Default::default() };
+    }
+    for s in k.port_slots.values_mut() {
+        k.port_spill.insert(s.key, s.verdict);
+        *s = slots::PortSlotV1 { flags: ip_slot_flags::MORE, ..Default::default() };
+    }
+    k
+}
+
+#[test]
+fn entries_in_the_hash_behind_the_slots_judge_as_entries_in_their_slots() {
+    // Alternating between every entry in its slot and every entry spilled: each change moves
+    // all keys between the arrays and the hashes, and the kernel must agree with the compiler
+    // either way. A kernel that ignored MORE would allow what the spilled entries deny.
+    let mut g = Guard::new("spill");
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let (mut gens, mut eps) = (Generations::default(), EndpointTable::new());
+    let (mut spilled_keys, mut denied) = (0, 0);
+    for i in 0..20 {
+        let yaml = pods_yaml(&mut rng) + &policies_yaml(&mut rng);
+        let compiled = compile(&yaml);
+        let mut kernel = KernelState::of(&compiled);
+        if i % 2 == 1 {
+            kernel = spilled(kernel);
+            spilled_keys += kernel.peer_spill.len() + kernel.port_spill.len();
+        }
+        apply::commit(g.dp(), &mut gens, kernel, &compiled, &mut eps, &mut None).expect("commit");
+        let (got, want) = (verdicts(g.dp()), expected(&compiled));
+        denied += want.iter().filter(|a| !**a).count();
+        for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(a, b, "change {i} ({}): {} was {}\n{yaml}", if i % 2 == 1 { "spilled" } else { "in slots" }, describe(j), if *a { "allowed" } else { "denied" });
+        }
+    }
+    assert!(spilled_keys > 20 && denied > 20, "the changes must spill keys ({spilled_keys}) and deny probes ({denied}) to prove anything");
+}

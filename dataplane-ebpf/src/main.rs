@@ -409,7 +409,7 @@ fn tracked<A: Addr>(p: &Packet<A>, ct: &mut CtValueV2, key: &A::CtKey, origin_po
     if ct.policy_rev != p.cfg.policy_rev {
         let info = p.remote.peer_info(p.ep.pgen);
         let peer = info.identity;
-        let v = policy::enforced(p.ep.identity, info.peer_class, ct.origin_direction, p.flow.protocol, origin_port, p.ep.pgen);
+        let v = policy::enforced_again(p.ep.identity, info.peer_class, ct.origin_direction, p.flow.protocol, origin_port, p.ep.pgen);
         if v.action != action::ALLOW {
             A::ct_remove(key);
             events::count_drop(counters::CT_REEVAL_DENY, p.dir);

@@ -13,6 +13,7 @@ use bulkhead_common::ct::{Ct6SlotV1, CtSlotV1};
 use bulkhead_common::{
     ConfigV2, Ct6KeyV1, DropRateV1, EndpointV4, IpCache6KeyV1, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyStatsV1,
     PolicyValueV2, PortKeyV1, capacity,
+    slots::{self, PeerSlotV1, PortSlotV1},
 };
 
 /// Key: host-side interface index below `capacity::IFINDEX_DIRECT` (array index). Value: the
@@ -111,14 +112,31 @@ pub static IPCACHE6_G1: LpmTrie<IpCache6KeyV1, IpInfoV3> = LpmTrie::with_max_ent
 /// for most ports, whether port exceptions exist) and where the exceptions are. Written by the
 /// agent from the compiler's layout into the inactive generation; read by TC for new flows and
 /// after policy changes.
-#[map(name = "BH_PEER_V2")]
+///
+/// Only the keys whose slot in [`PEER_SLOTS`] holds another key: read when that slot is MORE.
+#[map(name = "BH_PEER_V3")]
 pub static PEERS: HashMap<PeerKeyV2, PeerSliceV1> = HashMap::with_max_entries(capacity::POLICY, 0);
+
+/// Key: [`bulkhead_common::slots::peer_index`] of a generation-free peer key (generation 1 in
+/// the second half). Value: the lowest key of that slot and its slice, MORE when others are in
+/// [`PEERS`]. Written by the agent into the inactive generation; read by TC before [`PEERS`]
+/// (inlined, where a hash lookup is a call).
+#[map(name = "BH_PEER_SLOT_V1")]
+pub static PEER_SLOTS: Array<PeerSlotV1> = Array::with_max_entries(2 * slots::PEER_SLOTS, 0);
 
 /// Key: a slice's table, direction and protocol plus one port (exact). Value: that port's
 /// verdict where it differs from the slice's. Written by the agent; read by TC when the slice
 /// has HAS_PORTS and the port's filter bit is set.
-#[map(name = "BH_PORT_V3")]
+///
+/// Only the keys whose slot in [`PORT_SLOTS`] holds another key: read when that slot is MORE.
+#[map(name = "BH_PORT_V4")]
 pub static PORTS: HashMap<PortKeyV1, PolicyValueV2> = HashMap::with_max_entries(capacity::POLICY, 0);
+
+/// Key: [`bulkhead_common::slots::port_index`] of a generation-free port key. Value: the
+/// lowest key of that slot and its verdict, MORE when others are in [`PORTS`]. Written by the
+/// agent into the inactive generation; read by TC before [`PORTS`].
+#[map(name = "BH_PORT_SLOT_V1")]
+pub static PORT_SLOTS: Array<PortSlotV1> = Array::with_max_entries(2 * slots::PORT_SLOTS, 0);
 
 /// Key: a slice key plus a port prefix (LPM). Value: the verdict of that port range where it
 /// differs from the slice's. Written by the agent; read by TC when the slice has HAS_RANGES.

@@ -10,8 +10,9 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use bulkhead_common::{
-    ConfigV2, EndpointV4, GEN_DIRECTION_BIT, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PortKeyV1, SliceKeyV2, SliceValueV2,
-    ep_flags, ip_slot_flags, map_names, proto, slice_flags,
+    ConfigV2, EndpointV4, GEN_DIRECTION_BIT, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyValueV2, PortKeyV1, SliceKeyV2,
+    SliceValueV2, ep_flags, ip_slot_flags, map_names, proto, slice_flags,
+    slots::{self, PeerSlotV1, PortSlotV1},
 };
 use policy_compiler::{compile::Compiled, diff::diff_map, layout::PolicyLayout};
 
@@ -39,8 +40,17 @@ pub struct KernelState {
     pub ipslot6: BTreeMap<u32, IpSlot6V1>,
     /// Shorter IPv6 prefixes, LPM.
     pub ipcache6: BTreeMap<(Ipv6Addr, u8), IpInfoV3>,
-    /// The layout's peer entries joined with their tables' slices: the kernel's peer map.
+    /// The layout's peer entries joined with their tables' slices: every peer entry the
+    /// kernel holds, in [`KernelState::peer_slots`] or [`KernelState::peer_spill`].
     pub peers: BTreeMap<PeerKeyV2, PeerSliceV1>,
+    /// Peer entries direct-mapped, by slot within a generation: the lowest key of each slot.
+    pub peer_slots: BTreeMap<u32, PeerSlotV1>,
+    /// Peer entries whose slot holds another key: the hash.
+    pub peer_spill: BTreeMap<PeerKeyV2, PeerSliceV1>,
+    /// The layout's port exceptions direct-mapped, by slot within a generation.
+    pub port_slots: BTreeMap<u32, PortSlotV1>,
+    /// Port exceptions whose slot holds another key: the hash.
+    pub port_spill: BTreeMap<PortKeyV1, PolicyValueV2>,
     /// The compiler's layout; its port exceptions are written as they are.
     pub layout: PolicyLayout,
 }
@@ -51,6 +61,7 @@ impl KernelState {
         // The same layout `explain` and the compiler's property tests read.
         let mut s = KernelState { layout: c.layout().clone(), ..Default::default() };
         s.peers = join_slices(&s.layout);
+        s.slot_policy();
         for ((addr, len), v) in &c.ipcache {
             match (addr, *len) {
                 (IpAddr::V4(a), 32) => {
@@ -73,16 +84,32 @@ impl KernelState {
     }
 }
 
-/// Puts a single address of either family into its slot array (`make` builds the entry), or,
-/// when its slot is taken, into the hash with the slot marked MORE. Addresses come in
-/// ascending order, so the lowest of a slot takes it, the same on every sync, and a diff moves
-/// no address between the array and the hash needlessly.
-fn place<A: Ord, S>(
+impl KernelState {
+    /// Places the peer entries and port exceptions in their slots or, where another key took
+    /// the slot, in the hash. Keys in ascending order, as addresses: the lowest of a slot
+    /// takes it.
+    fn slot_policy(&mut self) {
+        for (k, v) in &self.peers {
+            let slot = slots::peer_slot(slots::peer_words(k));
+            place(&mut self.peer_slots, &mut self.peer_spill, slot, *k, *v, || PeerSlotV1 { flags: ip_slot_flags::PRESENT, key: *k, value: *v }, |x| &mut x.flags);
+        }
+        for (k, v) in &self.layout.ports {
+            let slot = slots::port_slot(slots::port_word(k));
+            place(&mut self.port_slots, &mut self.port_spill, slot, *k, *v, || PortSlotV1 { flags: ip_slot_flags::PRESENT, key: *k, _pad: 0, verdict: *v }, |x| &mut x.flags);
+        }
+    }
+}
+
+/// Puts a single address of either family (or a peer or port key) into its slot array
+/// (`make` builds the entry), or, when its slot is taken, into the hash with the slot marked
+/// MORE. Keys come in ascending order, so the lowest of a slot takes it, the same on every
+/// sync, and a diff moves no key between the array and the hash needlessly.
+fn place<A: Ord, V, S>(
     slots: &mut BTreeMap<u32, S>,
-    hosts: &mut BTreeMap<A, IpInfoV3>,
+    hosts: &mut BTreeMap<A, V>,
     slot: u32,
     addr: A,
-    v: IpInfoV3,
+    v: V,
     make: impl FnOnce() -> S,
     flags: impl FnOnce(&mut S) -> &mut u32,
 ) {
@@ -97,13 +124,21 @@ fn place<A: Ord, S>(
     }
 }
 
-/// Slots of a slot array holding something `desired` does not: the array has no keys to
-/// list, so every slot is read (only on a full write).
-fn stale_slots<S: aya::Pod + PartialEq>(map: &aya::maps::Array<aya::maps::MapData, S>, desired: &BTreeMap<u32, S>, capacity: u32, flags: impl Fn(&S) -> u32) -> Vec<u32> {
+/// Slots of a slot array holding something `desired` does not, among the array's indexes
+/// `range` (a generation's; the slots returned count from its start): the array has no keys
+/// to list, so every slot is read (only on a full write).
+fn stale_slots<S: aya::Pod + PartialEq>(
+    map: &aya::maps::Array<aya::maps::MapData, S>,
+    desired: &BTreeMap<u32, S>,
+    range: std::ops::Range<u32>,
+    flags: impl Fn(&S) -> u32,
+) -> Vec<u32> {
+    let base = range.start;
+    let stale = |i: u32, v: &S| flags(v) != 0 && desired.get(&(i - base)) != Some(v);
     match crate::batch::array_all(map) {
-        Ok(all) => all.into_iter().filter(|(i, v)| *i < capacity && flags(v) != 0 && desired.get(i) != Some(v)).map(|(i, _)| i).collect(),
+        Ok(all) => all.into_iter().filter(|(i, v)| range.contains(i) && stale(*i, v)).map(|(i, _)| i - base).collect(),
         // A kernel without batched reads: one slot per call, as before.
-        Err(_) => (0..capacity).filter(|i| matches!(map.get(i, 0), Ok(v) if flags(&v) != 0 && desired.get(i) != Some(&v))).collect(),
+        Err(_) => range.clone().filter(|i| matches!(map.get(i, 0), Ok(v) if stale(*i, &v))).map(|i| i - base).collect(),
     }
 }
 
@@ -191,8 +226,11 @@ pub fn write_generation(
             o(dp)
         }
     };
-    let peers = diff_map(&base.peers, &new.peers);
-    let ports = diff_map(&base.layout.ports, &new.layout.ports);
+    let peers = diff_map(&base.peer_spill, &new.peer_spill);
+    let peer_slots = diff_map(&base.peer_slots, &new.peer_slots);
+    let ports = diff_map(&base.port_spill, &new.port_spill);
+    let port_slots = diff_map(&base.port_slots, &new.port_slots);
+    let (peer_base, port_base) = (g as u32 * slots::PEER_SLOTS, g as u32 * slots::PORT_SLOTS);
     let ranges = diff_map(&base.layout.ranges, &new.layout.ranges);
     let hosts = diff_map(&base.iphost, &new.iphost);
     let slots = diff_map(&base.ipslot, &new.ipslot);
@@ -204,8 +242,16 @@ pub fn write_generation(
         dp.maps.peers.remove(&peer_key(k, g)).map_err(|e| werr(map_names::PEERS, e))?;
         step(dp);
     }
+    for k in &peer_slots.removals {
+        dp.maps.peer_slots.set(peer_base + k, PeerSlotV1::default(), 0).map_err(|e| werr(map_names::PEER_SLOTS, e))?;
+        step(dp);
+    }
     for k in &ports.removals {
         dp.maps.ports.remove(&policy_key(k, g)).map_err(|e| werr(map_names::PORTS, e))?;
+        step(dp);
+    }
+    for k in &port_slots.removals {
+        dp.maps.port_slots.set(port_base + k, PortSlotV1::default(), 0).map_err(|e| werr(map_names::PORT_SLOTS, e))?;
         step(dp);
     }
     for (len, k) in &ranges.removals {
@@ -237,7 +283,9 @@ pub fn write_generation(
         step(dp);
     }
     w.removals = peers.removals.len()
+        + peer_slots.removals.len()
         + ports.removals.len()
+        + port_slots.removals.len()
         + ranges.removals.len()
         + hosts.removals.len()
         + slots.removals.len()
@@ -273,6 +321,10 @@ pub fn write_generation(
         dp.maps.ports.insert(policy_key(k, g), v, 0).map_err(|e| werr(map_names::PORTS, e))?;
         step(dp);
     }
+    for (k, v) in &port_slots.upserts {
+        dp.maps.port_slots.set(port_base + k, v, 0).map_err(|e| werr(map_names::PORT_SLOTS, e))?;
+        step(dp);
+    }
     for ((len, k), v) in &ranges.upserts {
         dp.maps.ranges.insert(&Key::new(*len, policy_key(k, g)), v, 0).map_err(|e| werr(map_names::RANGES, e))?;
         step(dp);
@@ -281,8 +333,14 @@ pub fn write_generation(
         dp.maps.peers.insert(peer_key(k, g), v, 0).map_err(|e| werr(map_names::PEERS, e))?;
         step(dp);
     }
+    for (k, v) in &peer_slots.upserts {
+        dp.maps.peer_slots.set(peer_base + k, v, 0).map_err(|e| werr(map_names::PEER_SLOTS, e))?;
+        step(dp);
+    }
     w.upserts = peers.upserts.len()
+        + peer_slots.upserts.len()
         + ports.upserts.len()
+        + port_slots.upserts.len()
         + ranges.upserts.len()
         + hosts.upserts.len()
         + slots.upserts.len()
@@ -325,14 +383,23 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
             o(dp)
         }
     };
-    let stale = stale_keys(&dp.maps.peers, g, &desired.peers, |k| &mut k.direction);
+    let stale = stale_keys(&dp.maps.peers, g, &desired.peer_spill, |k| &mut k.direction);
     for k in &stale {
         dp.maps.peers.remove(k).map_err(|e| werr(map_names::PEERS, e))?;
         step(dp);
     }
-    let stale = stale_keys(&dp.maps.ports, g, &desired.layout.ports, |k| &mut k.direction);
+    let (peer_base, port_base) = (g as u32 * slots::PEER_SLOTS, g as u32 * slots::PORT_SLOTS);
+    for i in stale_slots(&dp.maps.peer_slots, &desired.peer_slots, peer_base..peer_base + slots::PEER_SLOTS, |v| v.flags) {
+        dp.maps.peer_slots.set(peer_base + i, PeerSlotV1::default(), 0).map_err(|e| werr(map_names::PEER_SLOTS, e))?;
+        step(dp);
+    }
+    let stale = stale_keys(&dp.maps.ports, g, &desired.port_spill, |k| &mut k.direction);
     for k in &stale {
         dp.maps.ports.remove(k).map_err(|e| werr(map_names::PORTS, e))?;
+        step(dp);
+    }
+    for i in stale_slots(&dp.maps.port_slots, &desired.port_slots, port_base..port_base + slots::PORT_SLOTS, |v| v.flags) {
+        dp.maps.port_slots.set(port_base + i, PortSlotV1::default(), 0).map_err(|e| werr(map_names::PORT_SLOTS, e))?;
         step(dp);
     }
     let stale: Vec<Key<PortKeyV1>> = dp
@@ -355,7 +422,7 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
         dp.maps.iphost[g].remove(k).map_err(|e| werr(map_names::IPHOST[g], e))?;
         step(dp);
     }
-    let stale = stale_slots(&dp.maps.ipslot[g], &desired.ipslot, bulkhead_common::capacity::IPSLOT, |v| v.flags);
+    let stale = stale_slots(&dp.maps.ipslot[g], &desired.ipslot, 0..bulkhead_common::capacity::IPSLOT, |v| v.flags);
     for k in &stale {
         dp.maps.ipslot[g].set(*k, IpSlotV1::default(), 0).map_err(|e| werr(map_names::IPSLOT[g], e))?;
         step(dp);
@@ -374,7 +441,7 @@ fn remove_unlisted(dp: &mut Dataplane, g: usize, desired: &KernelState, obs: &mu
         dp.maps.iphost6[g].remove(k).map_err(|e| werr(map_names::IPHOST6[g], e))?;
         step(dp);
     }
-    let stale = stale_slots(&dp.maps.ipslot6[g], &desired.ipslot6, bulkhead_common::capacity::IPSLOT6, |v| v.flags);
+    let stale = stale_slots(&dp.maps.ipslot6[g], &desired.ipslot6, 0..bulkhead_common::capacity::IPSLOT6, |v| v.flags);
     for k in &stale {
         dp.maps.ipslot6[g].set(*k, IpSlot6V1::default(), 0).map_err(|e| werr(map_names::IPSLOT6[g], e))?;
         step(dp);
@@ -599,5 +666,25 @@ mod tests {
         let v4 = &k.ipslot[&bulkhead_common::ip_slot([10, 0, 1, 2])];
         assert_eq!((v4.info.identity, v4.flags), (300, ip_slot_flags::PRESENT | ip_slot_flags::MORE));
         assert_eq!(k.iphost.get(&[10, 9, 1, 2]).map(|i| i.identity), Some(301));
+    }
+
+    #[test]
+    fn peer_entries_sharing_a_slot_put_the_lowest_there_and_the_rest_in_the_hash() {
+        // Two peer classes of one pod whose keys share a slot (found by search), and a third
+        // alone in its own.
+        let kernel_key = |peer: u32| PeerKeyV2 { local_identity_be: 300u32.to_be_bytes(), peer_class_be: peer.to_be_bytes(), direction: direction::INGRESS, protocol: proto::ANY, _pad: [0; 2] };
+        let slot_of = |peer: u32| slots::peer_slot(slots::peer_words(&kernel_key(peer)));
+        let twin = (501..2_000_000).find(|p| slot_of(*p) == slot_of(500)).expect("a key sharing the slot of class 500");
+        let alone = (501..).find(|p| ![slot_of(500)].contains(&slot_of(*p))).expect("a key with a slot of its own");
+        let mut k = KernelState::default();
+        for p in [500, twin, alone] {
+            k.peers.insert(kernel_key(p), PeerSliceV1::default());
+        }
+        k.slot_policy();
+        let shared = &k.peer_slots[&slot_of(500)];
+        assert_eq!((shared.key, shared.flags), (kernel_key(500), ip_slot_flags::PRESENT | ip_slot_flags::MORE), "the lowest key takes the slot, marked MORE");
+        assert_eq!(k.peer_spill.keys().copied().collect::<Vec<_>>(), vec![kernel_key(twin)], "the other goes to the hash");
+        assert_eq!(k.peer_slots[&slot_of(alone)].flags, ip_slot_flags::PRESENT, "a slot of its own: a miss there needs no hash lookup");
+        assert_eq!(k.peers.len(), 3);
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use bulkhead_common::{
-    GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PolicyValueV2, PortKeyV1, generation, map_names,
+    GEN_DIRECTION_BIT, IpCacheKeyV1, IpInfoV3, IpSlot6V1, IpSlotV1, PeerKeyV2, PeerSliceV1, PolicyValueV2, PortKeyV1, generation, map_names,
 };
 
 use crate::error::{AgentError, DataplaneError};
@@ -92,6 +92,15 @@ pub fn policy_stats(dir: &Path, table: &crate::PolicyTable) -> Result<Vec<Policy
         .collect())
 }
 
+/// The non-empty slots among the indexes `want` accepts: one batched read, or one read per
+/// slot on a kernel without batched reads.
+fn filled_slots<S: aya::Pod>(map: &Array<MapData, S>, want: impl Fn(u32) -> bool, flags: impl Fn(&S) -> u32) -> Vec<S> {
+    match crate::batch::array_all(map) {
+        Ok(all) => all.into_iter().filter(|(i, v)| want(*i) && flags(v) != 0).map(|(_, v)| v).collect(),
+        Err(_) => (0..map.len()).filter(|i| want(*i)).filter_map(|i| map.get(&i, 0).ok()).filter(|v| flags(v) != 0).collect(),
+    }
+}
+
 /// Reads the pinned maps under `dir`.
 pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let eps = crate::ifmap::EndpointMap::open_endpoints(dir)?;
@@ -129,20 +138,32 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let slotted = slots.iter().filter(|v| matches!(v, Ok(s) if s.flags != 0)).count()
         + slots6.iter().filter(|v| matches!(v, Ok(s) if s.flags != 0)).count();
     let of_gen = |direction: u8| usize::from(direction & GEN_DIRECTION_BIT != 0) == g;
+    // The enforced generation's peer entries and port exceptions: its half of each slot
+    // array, then the keys that spilled into the hash.
+    let peer_slots: Array<_, bulkhead_common::slots::PeerSlotV1> =
+        Array::try_from(open(dir, map_names::PEER_SLOTS)?).map_err(|e| merr(map_names::PEER_SLOTS, e))?;
+    let port_slots: Array<_, bulkhead_common::slots::PortSlotV1> =
+        Array::try_from(open(dir, map_names::PORT_SLOTS)?).map_err(|e| merr(map_names::PORT_SLOTS, e))?;
+    let in_gen = |i: u32, per_gen: u32| i / per_gen == g as u32;
+    let mut peer_entries: Vec<(PeerKeyV2, PeerSliceV1)> = filled_slots(&peer_slots, |i| in_gen(i, bulkhead_common::slots::PEER_SLOTS), |v| v.flags)
+        .into_iter()
+        .map(|v| (v.key, v.value))
+        .collect();
+    peer_entries.extend(peers.iter().filter_map(Result::ok).filter(|(k, _)| of_gen(k.direction)));
+    let port_entries = filled_slots(&port_slots, |i| in_gen(i, bulkhead_common::slots::PORT_SLOTS), |v| v.flags).len()
+        + ports.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count();
     Ok(Status {
         pin_dir: dir.display().to_string(),
         endpoints: eps.ifindexes()?.len(),
         ipcache_entries: ipc.keys().count() + hosts.keys().count() + slotted + ipc6.keys().count() + hosts6.keys().count(),
-        policy_peers: peers.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
+        policy_peers: peer_entries.len(),
         // The tables' slices the peer entries carry, each counted once.
-        policy_slices: peers
+        policy_slices: peer_entries
             .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, _)| of_gen(k.direction))
-            .map(|(k, v)| (v.table_be, k.direction, v.protocol))
+            .map(|(k, v)| (v.table_be, k.direction & !GEN_DIRECTION_BIT, v.protocol))
             .collect::<std::collections::BTreeSet<_>>()
             .len(),
-        policy_ports: ports.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count(),
+        policy_ports: port_entries,
         policy_ranges: ranges.keys().filter_map(Result::ok).filter(|k| of_gen(k.data().direction)).count(),
         conntrack_entries: ct.len(),
         conntrack6_entries: ct6.len(),

@@ -9,6 +9,7 @@
 
 pub mod ct;
 pub mod detect;
+pub mod slots;
 
 /// Map names. The version suffix changes whenever a key or value layout changes.
 pub mod map_names {
@@ -47,9 +48,17 @@ pub mod map_names {
     pub const SCRATCH6: &str = "BH_SCRATCH6_V1";
     /// The slice judging a (local identity, peer class or any, direction, protocol or any):
     /// [`crate::PeerKeyV2`] (generation in the direction byte) -> [`crate::PeerSliceV1`] (hash).
-    pub const PEERS: &str = "BH_PEER_V2";
+    /// Only the entries whose slot in [`PEER_SLOTS`] another key took (V2 held them all).
+    pub const PEERS: &str = "BH_PEER_V3";
+    /// Peer entries direct-mapped, both generations: array indexed by
+    /// [`crate::slots::peer_index`] -> [`crate::slots::PeerSlotV1`]; consulted before [`PEERS`].
+    pub const PEER_SLOTS: &str = "BH_PEER_SLOT_V1";
     /// Single-port exceptions of a slice: [`crate::PortKeyV1`] (exact) -> [`crate::PolicyValueV2`].
-    pub const PORTS: &str = "BH_PORT_V3";
+    /// Only those whose slot in [`PORT_SLOTS`] another key took (V3 held them all).
+    pub const PORTS: &str = "BH_PORT_V4";
+    /// Single-port exceptions direct-mapped, both generations: array indexed by
+    /// [`crate::slots::port_index`] -> [`crate::slots::PortSlotV1`]; consulted before [`PORTS`].
+    pub const PORT_SLOTS: &str = "BH_PORT_SLOT_V1";
     /// Port-range exceptions of a slice: [`crate::PortKeyV1`] (LPM over the port) ->
     /// [`crate::PolicyValueV2`].
     pub const RANGES: &str = "BH_RANGE_V3";
@@ -1008,6 +1017,8 @@ mod user {
     unsafe impl aya::Pod for PeerValueV1 {}
     unsafe impl aya::Pod for PeerKeyV2 {}
     unsafe impl aya::Pod for PeerSliceV1 {}
+    unsafe impl aya::Pod for crate::slots::PeerSlotV1 {}
+    unsafe impl aya::Pod for crate::slots::PortSlotV1 {}
     unsafe impl aya::Pod for PortKeyV1 {}
     unsafe impl aya::Pod for PolicyValueV2 {}
     unsafe impl aya::Pod for PolicyStatsV1 {}

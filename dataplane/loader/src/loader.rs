@@ -86,7 +86,7 @@ const TRACEPOINTS: [(&str, &str, &str); 2] =
 /// Folder (inside the pin folder) of links pinned by [`Dataplane::pin_links`].
 const LINKS_DIR: &str = "links";
 
-pub(crate) const ALL_MAPS: [&str; 48] = [
+pub(crate) const ALL_MAPS: [&str; 50] = [
     map_names::ENDPOINTS,
     map_names::UPLINK_DENY,
     map_names::UPLINK_DENY6,
@@ -107,7 +107,9 @@ pub(crate) const ALL_MAPS: [&str; 48] = [
     map_names::IPCACHE6[1],
     map_names::SCRATCH6,
     map_names::PEERS,
+    map_names::PEER_SLOTS,
     map_names::PORTS,
+    map_names::PORT_SLOTS,
     map_names::RANGES,
     map_names::POLICY_STATS,
     map_names::FLOWS,
@@ -175,8 +177,14 @@ pub struct Maps {
     pub ipslot6: [Array<MapData, IpSlot6V1>; 2],
     /// Per policy generation: IPv6 prefixes.
     pub ipcache6: [LpmTrie<MapData, bulkhead_common::IpCache6KeyV1, IpInfoV3>; 2],
+    /// Peer entries whose slot another key took.
     pub peers: HashMap<MapData, PeerKeyV2, PeerSliceV1>,
+    /// Peer entries direct-mapped, both generations ([`bulkhead_common::slots`]).
+    pub peer_slots: Array<MapData, bulkhead_common::slots::PeerSlotV1>,
+    /// Port exceptions whose slot another key took.
     pub ports: HashMap<MapData, PortKeyV1, PolicyValueV2>,
+    /// Port exceptions direct-mapped, both generations.
+    pub port_slots: Array<MapData, bulkhead_common::slots::PortSlotV1>,
     pub ranges: LpmTrie<MapData, PortKeyV1, PolicyValueV2>,
     pub policy_stats: PerCpuArray<MapData, PolicyStatsV1>,
     pub flows: Option<crate::ring::Ring<bulkhead_common::FlowEventV5>>,
@@ -364,6 +372,8 @@ impl Dataplane {
             ],
             peers: HashMap::try_from(take(map_names::PEERS)?).map_err(|e| map_err(map_names::PEERS, e))?,
             ports: HashMap::try_from(take(map_names::PORTS)?).map_err(|e| map_err(map_names::PORTS, e))?,
+            peer_slots: Array::try_from(take(map_names::PEER_SLOTS)?).map_err(|e| map_err(map_names::PEER_SLOTS, e))?,
+            port_slots: Array::try_from(take(map_names::PORT_SLOTS)?).map_err(|e| map_err(map_names::PORT_SLOTS, e))?,
             ranges: LpmTrie::try_from(take(map_names::RANGES)?).map_err(|e| map_err(map_names::RANGES, e))?,
             policy_stats: PerCpuArray::try_from(take(map_names::POLICY_STATS)?).map_err(|e| map_err(map_names::POLICY_STATS, e))?,
             flows: Some(crate::ring::Ring::new(RingBuf::try_from(take(map_names::FLOWS)?).map_err(|e| map_err(map_names::FLOWS, e))?)),
