@@ -133,12 +133,10 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     // SAFETY: __sk_buff is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(raw) = maps::endpoint(ifindex) else {
-        events::dropped_unparsed(ifindex, dir, counters::DROP_NO_ENDPOINT, None);
-        return TC_DROP;
+        return dropped_early(ifindex, dir, counters::DROP_NO_ENDPOINT);
     };
     let Some(cfg) = CONFIG.get(0) else {
-        events::dropped_unparsed(ifindex, dir, counters::DROP_NO_CONFIG, None);
-        return TC_DROP;
+        return dropped_early(ifindex, dir, counters::DROP_NO_CONFIG);
     };
     // Each family in a function of its own: inlined together, the two paths' stack slots
     // add up past the BPF stack's 512 bytes. The entry keeps almost nothing on its stack, so
@@ -148,6 +146,15 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     } else {
         tc_v4(ctx.skb.skb, raw, cfg, dir, ifindex)
     }
+}
+
+/// Reports and drops a packet the entry cannot judge at all. A subprogram: the drop record's
+/// metadata would otherwise take the entry's stack, which the established-flow fast path and
+/// the family's path share.
+#[inline(never)]
+fn dropped_early(ifindex: u32, dir: u8, reason: u32) -> i32 {
+    events::dropped_unparsed(ifindex, dir, reason, None);
+    TC_DROP
 }
 
 /// Parses the frame with `$parse` (an expression of `$d`, `$e`: the frame's data and
@@ -182,7 +189,9 @@ macro_rules! parse_pulled {
 #[inline(never)]
 fn tc_v4(skb: *mut aya_ebpf::bindings::__sk_buff, raw: &EndpointV4, cfg: &ConfigV2, dir: u8, ifindex: u32) -> i32 {
     let ctx = TcContext::new(skb);
-    // Most packets: a flow conntrack admitted.
+    // Most packets: a flow conntrack admitted. (In the entry it would save this call, but
+    // its stack there on top of this path's and a verdict subprogram's passes the BPF
+    // stack's 512 bytes.)
     if let Some(v) = fast::established_v4(&ctx, raw, cfg, dir, ifindex) {
         return v;
     }
