@@ -127,39 +127,44 @@ pub const DEFAULT_ALLOW: PolicyValueV2 = PolicyValueV2 {
 /// generation bits. Typically one slot, plus one for a port with an exception.
 #[inline(always)]
 fn judge(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16) -> PolicyValueV2 {
+    judge_ref(local, peer_class, dir, protocol, port).copied().unwrap_or(DEFAULT_ALLOW)
+}
+
+/// As [`judge`], the verdict where it sits in its map (`None`: [`DEFAULT_ALLOW`]). A pointer
+/// comes back in one register: as a subprogram's result, a copied verdict would come back
+/// through the caller's stack, a pointer to which the subprogram keeps on its own.
+#[inline(always)]
+fn judge_ref(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16) -> Option<&'static PolicyValueV2> {
     let mut pk = PeerKeyV2 { local_identity_be: local.to_be_bytes(), peer_class_be: peer_class.to_be_bytes(), direction: dir, protocol, _pad: [0; 2] };
     let e = match peer_slice(&mut pk, protocol) {
         Some(e) => e,
         // Class ANY was the any-peer lookup already.
-        None if peer_class == identity::ANY => return DEFAULT_ALLOW,
+        None if peer_class == identity::ANY => return None,
         None => {
             pk.peer_class_be = identity::ANY.to_be_bytes();
-            match peer_slice(&mut pk, protocol) {
-                Some(e) => e,
-                None => return DEFAULT_ALLOW,
-            }
+            peer_slice(&mut pk, protocol)?
         }
     };
     // Through the map value, not a copy: the subprogram's frame sits on top of the family's.
     let slice = &e.slice;
     if slice.flags & slice_flags::BROKEN != 0 {
         crate::maps::count(bulkhead_common::counters::DROP_BROKEN_TABLE);
-        return slice.verdict;
+        return Some(&slice.verdict);
     }
     if slice.flags & (slice_flags::HAS_PORTS | slice_flags::HAS_RANGES) != 0 {
         let key = PortKeyV1 { table_be: e.table_be, direction: dir, protocol: e.protocol, port_be: port.to_be_bytes() };
         if slice.flags & slice_flags::HAS_PORTS != 0 && slice.port_filter & port_filter_bit(port) != 0 {
             if let Some(v) = port_entry(&key) {
-                return *v;
+                return Some(v);
             }
         }
         if slice.flags & slice_flags::HAS_RANGES != 0 {
             if let Some(v) = RANGES.get(&Key::new(PORT_KEY_FULL_BITS, key)) {
-                return *v;
+                return Some(v);
             }
         }
     }
-    slice.verdict
+    Some(&slice.verdict)
 }
 
 /// The entry of `pk` for `protocol`, else for any protocol (`pk.protocol` is left set).
@@ -240,14 +245,14 @@ pub fn enforced(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16, p
 /// the programs passed its million-instruction limit.
 #[inline(always)]
 pub fn enforced_again(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16, pgen: u8) -> PolicyValueV2 {
-    judge_call(pack_ids(local, peer_class), pack_question(with_gen(dir, pgen), protocol, port))
+    judge_call(pack_ids(local, peer_class), pack_question(with_gen(dir, pgen), protocol, port)).copied().unwrap_or(DEFAULT_ALLOW)
 }
 
 /// Staged (counterfactual) verdict in policy generation `pgen`: through the subprogram, as
 /// [`enforced_again`] (only endpoints with staged policies take it).
 #[inline(always)]
 pub fn staged(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16, pgen: u8) -> PolicyValueV2 {
-    judge_call(pack_ids(local, peer_class), pack_question(with_gen(dir | STAGED_DIRECTION_BIT, pgen), protocol, port))
+    judge_call(pack_ids(local, peer_class), pack_question(with_gen(dir | STAGED_DIRECTION_BIT, pgen), protocol, port)).copied().unwrap_or(DEFAULT_ALLOW)
 }
 
 #[inline(always)]
@@ -260,10 +265,9 @@ fn pack_question(dir: u8, protocol: u8, port: u16) -> u64 {
     dir as u64 | (protocol as u64) << 8 | (port as u64) << 16
 }
 
-/// [`judge`] as a subprogram. Its arguments are packed into two words: a BPF call takes at
-/// most five registers, and the verdict comes back through a sixth (a pointer to the
-/// caller's stack).
+/// [`judge_ref`] as a subprogram. Its arguments are packed into two words (a BPF call takes
+/// at most five registers).
 #[inline(never)]
-fn judge_call(ids: u64, q: u64) -> PolicyValueV2 {
-    judge((ids >> 32) as u32, ids as u32, q as u8, (q >> 8) as u8, (q >> 16) as u16)
+fn judge_call(ids: u64, q: u64) -> Option<&'static PolicyValueV2> {
+    judge_ref((ids >> 32) as u32, ids as u32, q as u8, (q >> 8) as u8, (q >> 16) as u16)
 }
