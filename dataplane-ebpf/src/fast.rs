@@ -1,9 +1,12 @@
-//! The established-flow fast path, first thing in each family's path: a TCP or UDP packet of
-//! a flow conntrack already admitted under the current policy passes after a handful of
-//! checks and one inlined probe of the table, without the general parser and without the
-//! call into the probe's subprogram (each call costs the kernel's return thunk on this
-//! project's machines). In the programs' entry it would also save the call into the family's
-//! subprogram, but its stack on top of that subprogram's passed the BPF stack's 512 bytes.
+//! The established-flow fast path: a TCP or UDP packet of a flow conntrack already admitted
+//! under the current policy passes after a handful of checks and one inlined probe of the
+//! table, without the general parser and without the call into the probe's subprogram (each
+//! call costs the kernel's return thunk on this project's machines).
+//!
+//! IPv4's runs in the programs' entry, before the call into `tc_v4` (43 ns against 54-56 ns
+//! inside it, the no-op 26-27). IPv6's runs first thing in `tc_v6`: its key's four address
+//! words took the entry's frame to 88 bytes, and that frame plus `tc_v4`'s and the verdict
+//! subprogram's passed the BPF stack's 512 bytes.
 //!
 //! It decides nothing the general path would decide otherwise: every packet it does not
 //! recognise as plainly established goes on to the general path unchanged (`None`). That is
