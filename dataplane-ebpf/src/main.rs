@@ -139,8 +139,9 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
         return dropped_early(ifindex, dir, counters::DROP_NO_CONFIG);
     };
     // Each family in a function of its own: inlined together, the two paths' stack slots
-    // add up past the BPF stack's 512 bytes. The entry keeps almost nothing on its stack, so
-    // either callee has nearly all of it.
+    // add up past the BPF stack's 512 bytes. The entry keeps only the IPv4 fast path's 64
+    // bytes, so either callee has nearly all of it (entry, `tc_v4` and the verdict
+    // subprogram come to exactly 512).
     if parse::is_ipv6(ctx.data(), ctx.data_end()) {
         tc_v6(ctx.skb.skb, raw, cfg, dir, ifindex)
     } else {
