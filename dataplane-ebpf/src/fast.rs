@@ -21,7 +21,7 @@ use crate::{
     conntrack,
     family::In6,
     maps::{self, count},
-    parse::{TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{TCP_FIN, TCP_RST, TCP_SYN, word},
 };
 
 const ETH_HLEN: usize = 14;
@@ -47,14 +47,11 @@ pub fn established_v4(ctx: &TcContext, raw: &EndpointV4, cfg: &ConfigV2, dir: u8
     if eth_type != [0x08, 0x00] || ver_ihl != 0x45 || frag[0] & 0x1f != 0 || frag[1] != 0 {
         return None;
     }
-    // Whole words, as C programs read `iph->saddr`: loaded as `[u8; 4]` (alignment 1), LLVM
-    // reads byte by byte and spills the bytes, which put this path's stack past what the
-    // programs' entry can hold beside the general path. x86, where these programs run, reads
-    // any alignment, and the verifier only requires aligned packet access on machines that
-    // cannot. The IPv4 header follows a 14-byte Ethernet header, so these are 2-aligned.
-    let (saddr, daddr) = unsafe { (word((ip + 12) as *const u32), word((ip + 16) as *const u32)) };
+    // Whole words (`parse::word`): byte by byte, LLVM spilled the bytes, which put this
+    // path's stack past what the programs' entry can hold beside the general path.
+    let (saddr, daddr) = unsafe { (word((ip + 12) as *const [u8; 4]), word((ip + 16) as *const [u8; 4])) };
     let l4 = ip + 20;
-    let ports = unsafe { word(l4 as *const u32) };
+    let ports = unsafe { word(l4 as *const [u8; 4]) };
     if !plain(protocol, unsafe { *((l4 + 13) as *const u8) }) {
         return None;
     }
@@ -101,17 +98,6 @@ pub fn established_v6(ctx: &TcContext, raw: &EndpointV4, cfg: &ConfigV2, dir: u8
     let ct = conntrack::find_inline::<conntrack::V6Words>(&key)?;
     // SAFETY: as for IPv4.
     pass(unsafe { &mut *ct }, cfg, dir, ifindex, ctx.len())
-}
-
-/// The four bytes at `p` in packet order.
-///
-/// # Safety
-/// `p` points at four readable bytes of the packet.
-#[inline(always)]
-unsafe fn word(p: *const u32) -> [u8; 4] {
-    // SAFETY: readable per the caller; see `established_v4` on alignment.
-    #[allow(clippy::cast_ptr_alignment)]
-    unsafe { core::ptr::read_volatile(p) }.to_ne_bytes()
 }
 
 /// Neither overflowed (fails closed) nor isolated (the allow-list decides): those take the

@@ -57,6 +57,22 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// The four bytes at `p` in packet order, loaded as one word. As `[u8; 4]` (alignment 1)
+/// LLVM's BPF backend loads byte by byte and assembles the word in registers: four loads and
+/// six shifts and ors per address, and registers the rest of the path then spills. x86, where
+/// these programs run, loads any alignment, and the verifier requires aligned packet access
+/// only on machines that cannot (as C programs read `iph->saddr`); IPv4 addresses and ports
+/// behind a 14-byte Ethernet header are 2-aligned.
+///
+/// # Safety
+/// `p` points at four readable bytes.
+#[inline(always)]
+pub unsafe fn word(p: *const [u8; 4]) -> [u8; 4] {
+    // SAFETY: readable per the caller; alignment as above.
+    #[allow(clippy::cast_ptr_alignment)]
+    unsafe { core::ptr::read_volatile(p as *const u32) }.to_ne_bytes()
+}
+
 #[inline(always)]
 fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*const T> {
     let start = data + offset;
@@ -148,11 +164,13 @@ pub fn parse(data: usize, data_end: usize) -> Option<Frame> {
     }
     // IHL is 4 bits: masking keeps the offset provably bounded for the verifier.
     let l4_off = ETH_HLEN + (ihl & 0x3c);
-    let flow = l4_flow(data, data_end, l4_off, ip.saddr, ip.daddr, ip.protocol, false)?;
+    // SAFETY: fields of the bounds-checked header.
+    let (saddr, daddr) = unsafe { (word(&ip.saddr), word(&ip.daddr)) };
+    let flow = l4_flow(data, data_end, l4_off, saddr, daddr, ip.protocol, false)?;
     if ip.protocol == proto::ICMP {
         let ty = (flow.policy_port >> 8) as u8;
         if matches!(ty, ICMP_DEST_UNREACH | ICMP_SOURCE_QUENCH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROB) {
-            return quoted(data, data_end, l4_off + 8, ip.saddr);
+            return quoted(data, data_end, l4_off + 8, saddr);
         }
     }
     Some(Frame::Ipv4(flow))
@@ -170,7 +188,9 @@ fn quoted(data: usize, data_end: usize, off: usize, outer_saddr: [u8; 4]) -> Opt
     if ip.ver_ihl >> 4 != 4 || ihl < 20 || u16::from_be_bytes(ip.frag_off) & 0x1fff != 0 {
         return Some(Frame::Drop(counters::DROP_MALFORMED));
     }
-    let f = l4_flow(data, data_end, off + (ihl & 0x3c), ip.saddr, ip.daddr, ip.protocol, true)?;
+    // SAFETY: fields of the bounds-checked header.
+    let (saddr, daddr) = unsafe { (word(&ip.saddr), word(&ip.daddr)) };
+    let f = l4_flow(data, data_end, off + (ihl & 0x3c), saddr, daddr, ip.protocol, true)?;
     // Only echo is tracked among ICMP flows; an error about an error is never sent (RFC 1122).
     let ty = (f.policy_port >> 8) as u8;
     if f.protocol == proto::ICMP && ty != 8 && ty != 0 {
@@ -188,7 +208,7 @@ fn l4_flow<A: Copy>(data: usize, data_end: usize, l4_off: usize, saddr: A, daddr
         proto::TCP | proto::UDP | proto::SCTP => {
             let l4: *const [u8; 4] = ptr_at(data, data_end, l4_off)?;
             // SAFETY: bounds checked.
-            let l4 = unsafe { *l4 };
+            let l4 = unsafe { word(l4) };
             flow.sport_be = [l4[0], l4[1]];
             flow.dport_be = [l4[2], l4[3]];
             if protocol == proto::TCP && !is_quoted {
