@@ -35,26 +35,27 @@ const V6_LEN: usize = ETH_HLEN + 40 + 14;
 #[inline(always)]
 pub fn established_v4(ctx: &TcContext, raw: &EndpointV4, cfg: &ConfigV2, dir: u8, ifindex: u32) -> Option<i32> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + V4_LEN > end || !open_endpoint(raw, cfg, ifindex) {
+    if data + V4_LEN > end {
         return None;
     }
     // SAFETY: all reads below are inside [data, data + V4_LEN), checked above.
     let eth_type = unsafe { *((data + 12) as *const [u8; 2]) };
     let ip = data + ETH_HLEN;
     let (ver_ihl, frag, protocol) = unsafe { (*(ip as *const u8), *((ip + 6) as *const [u8; 2]), *((ip + 9) as *const u8)) };
+    let l4 = ip + 20;
     // IPv4 without options, not a later fragment (as the parser: the first fragment has the
-    // ports).
-    if eth_type != [0x08, 0x00] || ver_ihl != 0x45 || frag[0] & 0x1f != 0 || frag[1] != 0 {
+    // ports), and a packet this path takes, before anything else: a new flow's SYN leaves
+    // here, on its way to the general path, after a few loads.
+    if eth_type != [0x08, 0x00] || ver_ihl != 0x45 || frag[0] & 0x1f != 0 || frag[1] != 0 || !plain(protocol, unsafe { *((l4 + 13) as *const u8) }) {
+        return None;
+    }
+    if !open_endpoint(raw, cfg, ifindex) {
         return None;
     }
     // Whole words (`parse::word`): byte by byte, LLVM spilled the bytes, which put this
     // path's stack past what the programs' entry can hold beside the general path.
     let (saddr, daddr) = unsafe { (word((ip + 12) as *const [u8; 4]), word((ip + 16) as *const [u8; 4])) };
-    let l4 = ip + 20;
     let ports = unsafe { word(l4 as *const [u8; 4]) };
-    if !plain(protocol, unsafe { *((l4 + 13) as *const u8) }) {
-        return None;
-    }
     // The general path drops a spoofed source and reports it.
     if dir == direction::EGRESS && (saddr != raw.ipv4_be || saddr == [0; 4]) {
         return None;
