@@ -70,21 +70,20 @@ pub fn established_v4(ctx: &TcContext, raw: &EndpointV4, cfg: &ConfigV2, dir: u8
 #[inline(always)]
 pub fn established_v6(ctx: &TcContext, raw: &EndpointV4, cfg: &ConfigV2, dir: u8, ifindex: u32) -> Option<i32> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + V6_LEN > end || !open_endpoint(raw, cfg, ifindex) {
+    if data + V6_LEN > end {
         return None;
     }
     let ip = data + ETH_HLEN;
     // SAFETY: all reads below are inside [data, data + V6_LEN), checked above.
     let (ver, protocol) = unsafe { (*(ip as *const u8) >> 4, *((ip + 6) as *const u8)) };
-    if ver != 6 {
+    let l4 = ip + 40;
+    // As for IPv4: a SYN leaves before the isolation lookup.
+    if ver != 6 || !plain(protocol, unsafe { *((l4 + 13) as *const u8) }) || !open_endpoint(raw, cfg, ifindex) {
         return None;
     }
     let (saddr, daddr) = (In6::at((ip + 8) as *const [u8; 16]), In6::at((ip + 24) as *const [u8; 16]));
-    let l4 = ip + 40;
-    let ports = unsafe { *(l4 as *const [u8; 4]) };
-    if !plain(protocol, unsafe { *((l4 + 13) as *const u8) }) {
-        return None;
-    }
+    // SAFETY: inside the checked range.
+    let ports = unsafe { word(l4 as *const [u8; 4]) };
     // Only the pod's own address here; link-local sources take the general path.
     if dir == direction::EGRESS && (saddr != In6::at(&raw.ipv6_be) || saddr.0 == [0; 2]) {
         return None;
