@@ -420,6 +420,7 @@ impl Dataplane {
         // unmonitored cgroups). The syscall probe is attached only while someone needs it.
         dp.attach_tracepoint(programs::EXEC)?;
         dp.attach_tracepoint(programs::FORK)?;
+        remove_old_layouts(pin_dir);
         Ok(dp)
     }
 
@@ -791,3 +792,23 @@ pub fn read_policy_stats<T: std::borrow::Borrow<MapData>>(
     }
     Ok(out)
 }
+
+/// Unpins maps of earlier layouts: a pin named like ours (`BH_`) that no map of this build
+/// has. An agent upgraded in place pins a new layout under a new name (the version in every
+/// map name); the old maps' pins would otherwise keep them, e.g. the preallocated 1M-entry
+/// hashes of an older peer map, in kernel memory until reboot, and `uninstall`, which removes
+/// this build's names, would never find them. Programs still attached keep the maps they use
+/// until the agent replaces them: an unpinned map lives as long as something holds it.
+fn remove_old_layouts(pin_dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(pin_dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("BH_") && !ALL_MAPS.contains(&name.as_str()) && e.file_type().is_ok_and(|t| !t.is_dir()) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::info!(map = %name, "unpinned a map of an earlier layout"),
+                Err(err) => tracing::warn!(map = %name, error = %err, "could not unpin a map of an earlier layout"),
+            }
+        }
+    }
+}
+
