@@ -134,12 +134,7 @@ fn stale_slots<S: aya::Pod + PartialEq>(
     flags: impl Fn(&S) -> u32,
 ) -> Vec<u32> {
     let base = range.start;
-    let stale = |i: u32, v: &S| flags(v) != 0 && desired.get(&(i - base)) != Some(v);
-    match crate::batch::array_all(map) {
-        Ok(all) => all.into_iter().filter(|(i, v)| range.contains(i) && stale(*i, v)).map(|(i, _)| i - base).collect(),
-        // A kernel without batched reads: one slot per call, as before.
-        Err(_) => range.clone().filter(|i| matches!(map.get(i, 0), Ok(v) if stale(*i, &v))).map(|i| i - base).collect(),
-    }
+    crate::batch::filled_slots(map, range, flags).into_iter().filter(|(i, v)| desired.get(&(i - base)) != Some(v)).map(|(i, _)| i - base).collect()
 }
 
 /// One kernel peer entry per (peer entry, slice of its table): the lookup the compiler's

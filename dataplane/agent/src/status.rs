@@ -92,15 +92,6 @@ pub fn policy_stats(dir: &Path, table: &crate::PolicyTable) -> Result<Vec<Policy
         .collect())
 }
 
-/// The non-empty slots among the indexes `want` accepts: one batched read, or one read per
-/// slot on a kernel without batched reads.
-fn filled_slots<S: aya::Pod>(map: &Array<MapData, S>, want: impl Fn(u32) -> bool, flags: impl Fn(&S) -> u32) -> Vec<S> {
-    match crate::batch::array_all(map) {
-        Ok(all) => all.into_iter().filter(|(i, v)| want(*i) && flags(v) != 0).map(|(_, v)| v).collect(),
-        Err(_) => (0..map.len()).filter(|i| want(*i)).filter_map(|i| map.get(&i, 0).ok()).filter(|v| flags(v) != 0).collect(),
-    }
-}
-
 /// Reads the pinned maps under `dir`.
 pub fn read(dir: &Path) -> Result<Status, AgentError> {
     let eps = crate::ifmap::EndpointMap::open_endpoints(dir)?;
@@ -144,13 +135,13 @@ pub fn read(dir: &Path) -> Result<Status, AgentError> {
         Array::try_from(open(dir, map_names::PEER_SLOTS)?).map_err(|e| merr(map_names::PEER_SLOTS, e))?;
     let port_slots: Array<_, bulkhead_common::slots::PortSlotV1> =
         Array::try_from(open(dir, map_names::PORT_SLOTS)?).map_err(|e| merr(map_names::PORT_SLOTS, e))?;
-    let in_gen = |i: u32, per_gen: u32| i / per_gen == g as u32;
-    let mut peer_entries: Vec<(PeerKeyV2, PeerSliceV1)> = filled_slots(&peer_slots, |i| in_gen(i, bulkhead_common::slots::PEER_SLOTS), |v| v.flags)
+    let half = |per_gen: u32| g as u32 * per_gen..(g as u32 + 1) * per_gen;
+    let mut peer_entries: Vec<(PeerKeyV2, PeerSliceV1)> = crate::batch::filled_slots(&peer_slots, half(bulkhead_common::slots::PEER_SLOTS), |v| v.flags)
         .into_iter()
-        .map(|v| (v.key, v.value))
+        .map(|(_, v)| (v.key, v.value))
         .collect();
     peer_entries.extend(peers.iter().filter_map(Result::ok).filter(|(k, _)| of_gen(k.direction)));
-    let port_entries = filled_slots(&port_slots, |i| in_gen(i, bulkhead_common::slots::PORT_SLOTS), |v| v.flags).len()
+    let port_entries = crate::batch::filled_slots(&port_slots, half(bulkhead_common::slots::PORT_SLOTS), |v| v.flags).len()
         + ports.keys().filter_map(Result::ok).filter(|k| of_gen(k.direction)).count();
     Ok(Status {
         pin_dir: dir.display().to_string(),

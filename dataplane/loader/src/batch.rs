@@ -113,6 +113,19 @@ pub fn array_all<V: aya::Pod, T: std::borrow::Borrow<aya::maps::MapData>>(map: &
     lookup_all(map.map().fd().as_fd())
 }
 
+/// The non-empty slots (`flags` not 0) of an array map among the indexes `range`: one batched
+/// read ([`array_all`]), or one read per slot on a kernel without batched reads.
+pub fn filled_slots<V: aya::Pod, T: std::borrow::Borrow<aya::maps::MapData>>(
+    map: &aya::maps::Array<T, V>,
+    range: std::ops::Range<u32>,
+    flags: impl Fn(&V) -> u32,
+) -> Vec<(u32, V)> {
+    match array_all(map) {
+        Ok(all) => all.into_iter().filter(|(i, v)| range.contains(i) && flags(v) != 0).collect(),
+        Err(_) => range.filter_map(|i| map.get(&i, 0).ok().map(|v| (i, v))).filter(|(_, v)| flags(v) != 0).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
