@@ -25,12 +25,6 @@ pub struct IdentityAttrs {
     pub region: Option<Cidr>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Key {
-    Labels(IdentityAttrs),
-    Cidr(Cidr),
-}
-
 /// Hands out identity numbers and remembers them across compiles, so that a policy change
 /// does not renumber pods (which would rewrite every policy and IP cache entry).
 ///
@@ -39,14 +33,16 @@ enum Key {
 /// not yet removed grant the old group's access to a new group.
 #[derive(Clone, Debug)]
 pub struct IdentityAllocator {
-    by_key: HashMap<Key, u32>,
+    /// Shared with the compile's identity table, so an identity's attributes exist once.
+    by_labels: HashMap<std::sync::Arc<IdentityAttrs>, u32>,
+    by_cidr: HashMap<Cidr, u32>,
     next: u32,
     wrapped: bool,
 }
 
 impl Default for IdentityAllocator {
     fn default() -> Self {
-        IdentityAllocator { by_key: HashMap::default(), next: identity::FIRST_ALLOCATED, wrapped: false }
+        IdentityAllocator { by_labels: HashMap::default(), by_cidr: HashMap::default(), next: identity::FIRST_ALLOCATED, wrapped: false }
     }
 }
 
@@ -56,43 +52,43 @@ impl IdentityAllocator {
     }
 
     /// Identity of a pod attribute set, allocating one if it is new.
-    pub fn labels(&mut self, attrs: &IdentityAttrs) -> u32 {
-        // Looking up by a cloned key is cheaper than it looks: attribute sets are per identity
-        // on the hot path (the compiler groups pods first).
-        self.get_or_alloc(Key::Labels(attrs.clone()))
+    pub fn labels(&mut self, attrs: &std::sync::Arc<IdentityAttrs>) -> u32 {
+        if let Some(&id) = self.by_labels.get(&**attrs) {
+            return id;
+        }
+        let id = self.fresh();
+        self.by_labels.insert(attrs.clone(), id);
+        id
     }
 
     /// The identity of these attributes, if they have one (allocates nothing).
     pub fn find_labels(&self, attrs: &IdentityAttrs) -> Option<u32> {
-        self.by_key.get(&Key::Labels(attrs.clone())).copied()
+        self.by_labels.get(attrs).copied()
     }
 
     /// Identity of the non-pod addresses of a CIDR region (a prefix collected from policies).
     pub fn cidr(&mut self, cidr: Cidr) -> u32 {
-        self.get_or_alloc(Key::Cidr(cidr))
+        if let Some(&id) = self.by_cidr.get(&cidr) {
+            return id;
+        }
+        let id = self.fresh();
+        self.by_cidr.insert(cidr, id);
+        id
     }
 
     /// Forgets every identity not in `live`.
     pub fn retain(&mut self, live: &HashSet<u32>) {
-        self.by_key.retain(|_, id| live.contains(id));
+        self.by_labels.retain(|_, id| live.contains(id));
+        self.by_cidr.retain(|_, id| live.contains(id));
     }
 
     /// Number of identities currently remembered.
     pub fn len(&self) -> usize {
-        self.by_key.len()
+        self.by_labels.len() + self.by_cidr.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
-    }
-
-    fn get_or_alloc(&mut self, key: Key) -> u32 {
-        if let Some(&id) = self.by_key.get(&key) {
-            return id;
-        }
-        let id = self.fresh();
-        self.by_key.insert(key, id);
-        id
+        self.len() == 0
     }
 
     fn fresh(&mut self) -> u32 {
@@ -106,7 +102,7 @@ impl IdentityAllocator {
             } else {
                 self.next += 1;
             }
-            if !self.wrapped || !self.by_key.values().any(|&v| v == id) {
+            if !self.wrapped || !self.by_labels.values().chain(self.by_cidr.values()).any(|&v| v == id) {
                 return id;
             }
         }
@@ -117,15 +113,15 @@ impl IdentityAllocator {
 mod tests {
     use super::*;
 
-    fn attrs(app: &str) -> IdentityAttrs {
-        IdentityAttrs {
+    fn attrs(app: &str) -> std::sync::Arc<IdentityAttrs> {
+        std::sync::Arc::new(IdentityAttrs {
             namespace: "ns".into(),
             namespace_labels: Labels::new(),
             labels: [("app".to_string(), app.to_string())].into(),
             service_account: "default".into(),
             ports: vec![],
             region: None,
-        }
+        })
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod lookup;
 pub mod model;
 mod pods;
 pub mod portrange;
+mod radix;
 pub mod recommend;
 pub mod reference;
 mod reuse;

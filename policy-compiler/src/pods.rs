@@ -4,7 +4,7 @@
 //! leaves it alone, so the [`crate::Compiler`] keeps it while its inputs are the same
 //! ([`crate::model::Shared::same`] pods and namespaces, equal prefixes).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet as StdHashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use bulkhead_common::{IpInfoV3, identity};
 
 use crate::identity::{IdentityAllocator, IdentityAttrs};
 use crate::model::{Cidr, Model, Namespace, NamedPort, Pod, PodRef, Shared};
-use crate::select::{Ident, Index};
+use crate::select::{Ident, Index, SharedLabels};
 
 /// The pods' side of a compile.
 pub(crate) struct PodSide {
@@ -24,7 +24,7 @@ pub(crate) struct PodSide {
     /// does): a CIDR then matches only addresses of its own family. Pods without an address
     /// have neither and are not enforced.
     pub ids: Vec<(Option<u32>, Option<u32>)>,
-    pub attrs_by_id: Arc<BTreeMap<u32, IdentityAttrs>>,
+    pub attrs_by_id: Arc<BTreeMap<u32, Arc<IdentityAttrs>>>,
     /// Per identity, how many pod addresses have it (a patch must not empty one).
     members: HashMap<u32, u32>,
     /// Every pod address with (the position of its owner pod in model order, the address's
@@ -299,7 +299,7 @@ impl PodCache {
 
 /// The collected prefixes, as the regions of addresses.
 struct Regions {
-    keys: StdHashSet<Cidr>,
+    keys: HashSet<Cidr>,
     /// The prefix lengths policies use, longest first, per family.
     lengths4: Vec<u8>,
     lengths6: Vec<u8>,
@@ -350,17 +350,6 @@ fn local_of(model: &Model, ids: &[(Option<u32>, Option<u32>)], node: bool) -> (V
     (local, local_ids)
 }
 
-/// How many pod addresses have each identity.
-fn members_of(ids: &[(Option<u32>, Option<u32>)]) -> HashMap<u32, u32> {
-    let mut members = HashMap::default();
-    for &(a, b) in ids {
-        for id in a.into_iter().chain(b) {
-            *members.entry(id).or_insert(0) += 1;
-        }
-    }
-    members
-}
-
 /// The identity attributes of `pod`'s address in `region` (ports sorted, without repeats).
 fn attrs_of(model: &Model, pod: &Pod, region: Option<Cidr>) -> Option<IdentityAttrs> {
     let mut ports = pod.ports.clone();
@@ -376,20 +365,11 @@ fn attrs_of(model: &Model, pod: &Pod, region: Option<Cidr>) -> Option<IdentityAt
     })
 }
 
-/// Checks the pods and namespaces of `model` hold together.
-fn check(model: &Model) -> Result<(), Error> {
+/// Checks the namespaces of `model` are keyed by their names.
+fn check_namespaces(model: &Model) -> Result<(), Error> {
     for (key, ns) in &model.namespaces {
         if *key != ns.name {
             return Err(Error::InconsistentModel { what: "namespace", key: key.clone(), actual: ns.name.clone() });
-        }
-    }
-    for (key, pod) in &model.pods {
-        // Compared field by field: a PodRef per pod would allocate twice for every pod.
-        if key.namespace != pod.namespace || key.name != pod.name {
-            return Err(Error::InconsistentModel { what: "pod", key: key.to_string(), actual: pod.pod_ref().to_string() });
-        }
-        if (pod.ip.is_some() || pod.ip6.is_some()) && !model.namespaces.contains_key(&pod.namespace) {
-            return Err(Error::MissingNamespace { pod: key.clone(), namespace: pod.namespace.clone(), origin: None });
         }
     }
     Ok(())
@@ -397,24 +377,49 @@ fn check(model: &Model) -> Result<(), Error> {
 
 /// Builds the pod side of `model` for these collected prefixes; `node` restricts selection
 /// to the pods placed here (those with an interface).
+///
+/// One pass over the pods: at cluster scale a pass is bound by memory (every pod's strings and
+/// labels live in their own allocations), so the checks, identities, address owners and the
+/// node's own pods are all taken in the same visit.
 pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identities: &mut IdentityAllocator) -> Result<PodSide, Error> {
-    check(model)?;
+    check_namespaces(model)?;
     let regions_of = Regions::new(prefixes);
-    let region_of = |ip: IpAddr| regions_of.of(ip);
 
     // Pods are grouped by borrowed attributes first (the namespace name stands for its
     // labels), so the attributes are copied once per identity, not per pod.
     type PodKey<'a> = (&'a str, &'a crate::model::Labels, &'a str, std::borrow::Cow<'a, [NamedPort]>, Option<Cidr>);
-    let mut attrs_by_id: BTreeMap<u32, IdentityAttrs> = BTreeMap::new();
+    let mut attrs_by_id: BTreeMap<u32, Arc<IdentityAttrs>> = BTreeMap::new();
     let mut ids = Vec::with_capacity(model.pods.len());
-    let mut seen: HashMap<PodKey<'_>, u32> = HashMap::default();
-    for pod in model.pods.values() {
+    let mut owners: Vec<(IpAddr, u32, u32)> = Vec::with_capacity(model.pods.len());
+    let mut local: Vec<(PodRef, u32)> = Vec::new();
+    // Key -> (identity, its position in `counts`): how many addresses each identity has.
+    let mut seen: HashMap<PodKey<'_>, (u32, usize)> = HashMap::default();
+    let mut counts: Vec<(u32, u32)> = Vec::new();
+    // Pods come in namespace order: one namespace lookup per run of its pods.
+    let mut ns: Option<&Namespace> = None;
+    for (pos, (key, pod)) in model.pods.iter().enumerate() {
+        // Compared field by field: a PodRef per pod would allocate twice for every pod.
+        if key.namespace != pod.namespace || key.name != pod.name {
+            return Err(Error::InconsistentModel { what: "pod", key: key.to_string(), actual: pod.pod_ref().to_string() });
+        }
         // A pod is enforced with an address of either family (dual-stack, IPv4-only or
         // IPv6-only); without any it has nothing to enforce on.
         if pod.ip.is_none() && pod.ip6.is_none() {
             ids.push((None, None));
             continue;
         }
+        let namespace = match ns {
+            Some(n) if n.name == pod.namespace => n,
+            _ => {
+                let n = model.namespaces.get(&pod.namespace).ok_or_else(|| Error::MissingNamespace {
+                    pod: key.clone(),
+                    namespace: pod.namespace.clone(),
+                    origin: None,
+                })?;
+                ns = Some(n);
+                n
+            }
+        };
         let ports: std::borrow::Cow<'_, [NamedPort]> = if pod.ports.windows(2).all(|w| w[0] < w[1]) {
             std::borrow::Cow::Borrowed(&pod.ports)
         } else {
@@ -423,27 +428,44 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
             ports.dedup();
             std::borrow::Cow::Owned(ports)
         };
-        let mut identify = |region: Option<Cidr>| -> u32 {
+        let mut identify = |ip: IpAddr| -> u32 {
+            let region = regions_of.of(ip);
             let key: PodKey<'_> = (pod.namespace.as_str(), &pod.labels, pod.service_account.as_str(), ports.clone(), region);
-            match seen.get(&key) {
-                Some(&id) => id,
+            let (id, at) = match seen.get(&key) {
+                Some(&found) => found,
                 None => {
-                    // The namespace exists: `check` made sure of it for pods with an address.
-                    let attrs = attrs_of(model, pod, region).expect("namespace checked");
+                    let attrs = Arc::new(IdentityAttrs {
+                        namespace: pod.namespace.clone(),
+                        namespace_labels: namespace.labels.clone(),
+                        labels: pod.labels.clone(),
+                        service_account: pod.service_account.clone(),
+                        ports: ports.clone().into_owned(),
+                        region,
+                    });
                     let id = identities.labels(&attrs);
                     attrs_by_id.insert(id, attrs);
-                    seen.insert(key, id);
-                    id
+                    counts.push((id, 0));
+                    seen.insert(key, (id, counts.len() - 1));
+                    (id, counts.len() - 1)
                 }
-            }
+            };
+            counts[at].1 += 1;
+            owners.push((ip, pos as u32, id));
+            id
         };
-        let id4 = pod.ip.map(|a| identify(region_of(IpAddr::V4(a))));
-        let id6 = pod.ip6.map(|a| identify(region_of(IpAddr::V6(a))));
+        let id4 = pod.ip.map(|a| identify(IpAddr::V4(a)));
+        let id6 = pod.ip6.map(|a| identify(IpAddr::V6(a)));
         ids.push((id4, id6));
+        if node && pod.interface.is_some() {
+            local.push((key.clone(), pos as u32));
+        }
     }
     drop(seen);
 
-    let owners = owners_of(model, &ids);
+    // The first claim in model order keeps an address: positions are unique and ascending
+    // within an address's claims, so sorting by (address, position) keeps the first first.
+    owners.sort_unstable();
+    owners.dedup_by_key(|o| o.0);
     let regions: Vec<(Cidr, u32)> = prefixes.iter().map(|&c| (c, identities.cidr(c))).collect();
     // The baseline address: in no prefix, or only in 0.0.0.0/0 when that is collected (then
     // no address is outside every prefix).
@@ -451,7 +473,10 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
     let baseline = Ident { id: identity::WORLD, pod: None, region: prefixes.contains(&all).then_some(all) };
     let world6 = !prefixes.contains(&Cidr::all(true));
     let mut index = Index::new(
-        attrs_by_id.iter().map(|(&id, a)| Ident::from_attrs(id, a)).collect(),
+        {
+            let mut shared = SharedLabels::default();
+            attrs_by_id.iter().map(|(&id, a)| Ident::from_attrs(id, a, &mut shared)).collect()
+        },
         regions
             .iter()
             .map(|&(c, id)| Ident { id, pod: None, region: Some(c) })
@@ -459,11 +484,16 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
             .collect(),
         baseline,
     );
-    let (local, local_ids) = local_of(model, &ids, node);
+    let mut local_ids: Vec<u32> = local.iter().flat_map(|&(_, pos)| {
+        let (a, b) = ids[pos as usize];
+        a.into_iter().chain(b)
+    }).collect();
+    local_ids.sort_unstable();
+    local_ids.dedup();
     if node {
         index.restrict_local(local_ids.iter().copied());
     }
-    let members = members_of(&ids);
+    let members = counts.into_iter().collect();
     Ok(PodSide { ids, attrs_by_id: Arc::new(attrs_by_id), members, owners, regions, world6, index: Arc::new(index), local, local_ids })
 }
 

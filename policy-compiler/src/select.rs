@@ -8,6 +8,7 @@
 //! from (an inverted index: rule -> deviating peers).
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::fasthash::HashMap;
 use crate::identity::IdentityAttrs;
@@ -20,13 +21,23 @@ use crate::tiered::{
 /// What selectors see of a pod identity.
 #[derive(Debug)]
 pub(crate) struct PodSide {
-    pub namespace: String,
+    /// The identity's attributes (namespace, ports), shared with the compile's identity table.
+    pub attrs: Arc<IdentityAttrs>,
     /// Pod labels plus the implicit Calico labels.
     pub labels: Labels,
-    /// Namespace labels plus the implicit name label.
-    pub ns_labels: Labels,
-    pub sa_labels: Labels,
-    pub ports: Vec<NamedPort>,
+    /// Namespace labels plus the implicit name label: one map per namespace, shared by its
+    /// identities.
+    pub ns_labels: Arc<Labels>,
+    /// One map per service account name, shared likewise.
+    pub sa_labels: Arc<Labels>,
+}
+
+/// The selector label maps of namespaces and service accounts, made once each while the
+/// identities of a compile are listed (thousands of identities share a few hundred).
+#[derive(Default)]
+pub(crate) struct SharedLabels {
+    namespaces: HashMap<String, Arc<Labels>>,
+    service_accounts: HashMap<String, Arc<Labels>>,
 }
 
 #[derive(Debug)]
@@ -37,15 +48,31 @@ pub(crate) struct Ident {
 }
 
 impl Ident {
-    pub fn from_attrs(id: u32, a: &IdentityAttrs) -> Ident {
+    pub fn from_attrs(id: u32, a: &Arc<IdentityAttrs>, shared: &mut SharedLabels) -> Ident {
+        // Namespaces are keyed by name; their labels are equal for every identity of one.
+        let ns_labels = match shared.namespaces.get(&a.namespace) {
+            Some(l) => l.clone(),
+            None => {
+                let l = Arc::new(namespace_selector_labels(&a.namespace_labels, &a.namespace));
+                shared.namespaces.insert(a.namespace.clone(), l.clone());
+                l
+            }
+        };
+        let sa_labels = match shared.service_accounts.get(&a.service_account) {
+            Some(l) => l.clone(),
+            None => {
+                let l = Arc::new(service_account_labels(&a.service_account));
+                shared.service_accounts.insert(a.service_account.clone(), l.clone());
+                l
+            }
+        };
         Ident {
             id,
             pod: Some(PodSide {
-                namespace: a.namespace.clone(),
+                attrs: a.clone(),
                 labels: pod_selector_labels(&a.labels, &a.namespace, &a.service_account),
-                ns_labels: namespace_selector_labels(&a.namespace_labels, &a.namespace),
-                sa_labels: service_account_labels(&a.service_account),
-                ports: a.ports.clone(),
+                ns_labels,
+                sa_labels,
             }),
             region: a.region,
         }
@@ -67,7 +94,7 @@ pub(crate) fn entity_holds(e: &EntityMatch, who: &Ident) -> bool {
             return false;
         }
         match &e.namespace {
-            Some(NamespaceMatch::Named(n)) if *n != pod.namespace => return false,
+            Some(NamespaceMatch::Named(n)) if *n != pod.attrs.namespace => return false,
             Some(NamespaceMatch::Selector(s)) if !s.matches(&pod.ns_labels) => return false,
             _ => {}
         }
@@ -122,7 +149,7 @@ pub(crate) struct Index {
     /// Pod selector label (key, value) -> pod identity indexes, ascending: selectors naming a
     /// label are matched against its holders only, so a selection costs what it selects, not
     /// the cluster's identity count.
-    by_label: HashMap<(String, String), Vec<usize>>,
+    by_label: HashMap<String, HashMap<String, Vec<usize>>>,
     /// Pod selector label key -> pod identity indexes, ascending.
     by_key: HashMap<String, Vec<usize>>,
     /// Namespace -> its namespace-selector labels (equal for every identity of a namespace).
@@ -131,6 +158,12 @@ pub(crate) struct Index {
     local: Option<Vec<usize>>,
     /// Port name -> pod identities defining it (any protocol).
     named: HashMap<String, Vec<u32>>,
+    /// Identity -> its named ports as a number shared by every identity with the same ones
+    /// (identities without named ports have none): an egress rule naming a port resolves it on
+    /// the peer, and peers are grouped by these numbers, not by comparing port lists per peer.
+    port_group: HashMap<u32, u32>,
+    /// Port group -> its named ports (sorted).
+    port_groups: Vec<Vec<NamedPort>>,
     /// (family (1 = IPv6), first address, prefix length, index) of every region, sorted: the
     /// identities inside a prefix are one run of it, so an ipBlock entity costs the regions it
     /// covers, not the cluster's identity count.
@@ -159,35 +192,71 @@ impl Index {
         let mut by_id = HashMap::with_capacity_and_hasher(idents.len(), Default::default());
         let mut by_ns: HashMap<String, Vec<usize>> = HashMap::default();
         let mut named: HashMap<String, Vec<u32>> = HashMap::default();
-        let mut by_label: HashMap<(String, String), Vec<usize>> = HashMap::default();
+        let mut by_label: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::default();
         let mut by_key: HashMap<String, Vec<usize>> = HashMap::default();
         let mut ns_labels: HashMap<String, usize> = HashMap::default();
+        let mut port_group: HashMap<u32, u32> = HashMap::default();
+        let mut group_of: HashMap<&[NamedPort], u32> = HashMap::default();
+        let mut port_groups: Vec<Vec<NamedPort>> = Vec::new();
         for (i, ident) in idents.iter().enumerate() {
             by_id.insert(ident.id, i);
             if let Some(p) = &ident.pod {
-                by_ns.entry(p.namespace.clone()).or_default().push(i);
-                ns_labels.entry(p.namespace.clone()).or_insert(i);
-                for (k, v) in &p.labels {
-                    by_label.entry((k.clone(), v.clone())).or_default().push(i);
-                    by_key.entry(k.clone()).or_default().push(i);
+                let ns = &p.attrs.namespace;
+                // Keys are copied only when first seen: most identities add to existing lists.
+                match by_ns.get_mut(ns) {
+                    Some(v) => v.push(i),
+                    None => {
+                        by_ns.insert(ns.clone(), vec![i]);
+                        ns_labels.insert(ns.clone(), i);
+                    }
                 }
-                for port in &p.ports {
+                for (k, v) in &p.labels {
+                    let values = match by_label.get_mut(k) {
+                        Some(values) => values,
+                        None => by_label.entry(k.clone()).or_default(),
+                    };
+                    match values.get_mut(v) {
+                        Some(holders) => holders.push(i),
+                        None => {
+                            values.insert(v.clone(), vec![i]);
+                        }
+                    }
+                    match by_key.get_mut(k) {
+                        Some(holders) => holders.push(i),
+                        None => {
+                            by_key.insert(k.clone(), vec![i]);
+                        }
+                    }
+                }
+                let ports = &p.attrs.ports;
+                for port in ports {
                     if let Some(n) = &port.name {
-                        let v = named.entry(n.clone()).or_default();
+                        let v = match named.get_mut(n) {
+                            Some(v) => v,
+                            None => named.entry(n.clone()).or_default(),
+                        };
                         if v.last() != Some(&ident.id) {
                             v.push(ident.id);
                         }
                     }
                 }
+                if ports.iter().any(|port| port.name.is_some()) {
+                    let g = *group_of.entry(ports.as_slice()).or_insert_with(|| {
+                        port_groups.push(ports.iter().filter(|port| port.name.is_some()).cloned().collect());
+                        port_groups.len() as u32 - 1
+                    });
+                    port_group.insert(ident.id, g);
+                }
             }
         }
+        drop(group_of);
         let mut by_region: Vec<(bool, u128, u8, usize)> = idents
             .iter()
             .enumerate()
             .filter_map(|(i, ident)| ident.region.map(|r| (r.is_ipv6(), r.range().0, r.prefix_len(), i)))
             .collect();
         by_region.sort_unstable();
-        Index { by_region, idents, n_pods, baseline, by_id, by_ns, by_label, by_key, ns_labels, local: None, named }
+        Index { by_region, idents, n_pods, baseline, by_id, by_ns, by_label, by_key, ns_labels, local: None, named, port_group, port_groups }
     }
 
     /// Restricts [`Universe::selected`] to these pod identities (a node's own endpoints):
@@ -199,17 +268,22 @@ impl Index {
         self.local = Some(v);
     }
 
+    /// The pod identities (ascending indexes) with label `k` = `v`.
+    fn holders(&self, k: &str, v: &str) -> &[usize] {
+        self.by_label.get(k).and_then(|values| values.get(v)).map_or(&[], Vec::as_slice)
+    }
+
     /// A superset of the pod identities (ascending indexes) whose selector labels can satisfy
     /// `s`, or `None` when `s` names no label that narrows it (negations, `all()`).
     fn label_candidates(&self, s: &Selector) -> Option<Vec<usize>> {
         match s {
-            Selector::Eq(k, v) => Some(self.by_label.get(&(k.clone(), v.clone())).cloned().unwrap_or_default()),
+            Selector::Eq(k, v) => Some(self.holders(k, v).to_vec()),
             Selector::Has(k) | Selector::Contains(k, _) | Selector::StartsWith(k, _) | Selector::EndsWith(k, _) => {
                 Some(self.by_key.get(k).cloned().unwrap_or_default())
             }
             Selector::In(k, vs) => {
                 let mut out: Vec<usize> =
-                    vs.iter().flat_map(|v| self.by_label.get(&(k.clone(), v.clone())).into_iter().flatten().copied()).collect();
+                    vs.iter().flat_map(|v| self.holders(k, v).iter().copied()).collect();
                 out.sort_unstable();
                 out.dedup();
                 Some(out)
@@ -291,8 +365,14 @@ impl Index {
         Some(self.inside(if e.nets.is_empty() { &e.not_nets } else { &e.nets }))
     }
 
+    #[cfg(test)]
     pub fn ident(&self, id: u32) -> Option<&Ident> {
         self.by_id.get(&id).map(|&i| &self.idents[i])
+    }
+
+    /// The port group of identity `id` (`None`: it has no named ports), and its named ports.
+    pub fn named_ports(&self, id: u32) -> Option<(u32, &[NamedPort])> {
+        self.port_group.get(&id).map(|&g| (g, self.port_groups[g as usize].as_slice()))
     }
 
     /// Pod identities defining a port called `name`.
@@ -347,7 +427,7 @@ impl<'m> Universe<'m> {
         let candidates: Box<dyn Iterator<Item = usize>> = match (&self.local, ns) {
             (Some(local), Some(n)) => {
                 let idents = &self.idents;
-                Box::new(local.iter().copied().filter(move |&i| idents[i].pod.as_ref().is_some_and(|p| p.namespace == n)))
+                Box::new(local.iter().copied().filter(move |&i| idents[i].pod.as_ref().is_some_and(|p| p.attrs.namespace == n)))
             }
             (Some(local), None) => Box::new(local.iter().copied()),
             (None, Some(n)) => Box::new(self.by_ns.get(n).into_iter().flatten().copied()),
@@ -403,7 +483,7 @@ mod tests {
             let pods: Vec<Ident> = [Some("10.1.2.0/24"), Some("192.168.0.0/16"), None]
                 .iter()
                 .enumerate()
-                .map(|(i, r)| Ident::from_attrs(10 + i as u32, &IdentityAttrs { namespace: "ns".into(), region: r.map(cidr), ..Default::default() }))
+                .map(|(i, r)| Ident::from_attrs(10 + i as u32, &Arc::new(IdentityAttrs { namespace: "ns".into(), region: r.map(cidr), ..Default::default() }), &mut Default::default()))
                 .collect();
             let baseline = Ident { id: 0, pod: None, region: with_all.then(|| cidr("0.0.0.0/0")) };
             let mut uni = Universe::new(std::sync::Arc::new(Index::new(pods, regions, baseline)));

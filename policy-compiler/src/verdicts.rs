@@ -19,9 +19,6 @@ use crate::tiered::{Action, PortItem, TRule, TierDefault, TieredPolicy};
 /// Per rule of one direction: (local-side, remote-side) identity predicates.
 pub(crate) type RulePreds = Vec<(Rc<PredSet>, Rc<PredSet>)>;
 
-/// A peer signature: rules answered unlike the baseline, and the peer's used named ports.
-pub(crate) type SigKey<'a> = (&'a [u16], Vec<NamedPort>);
-
 /// A policy of the compile with its indexes and selection.
 pub(crate) struct Prep<'m> {
     pub policy: &'m TieredPolicy,
@@ -319,9 +316,11 @@ fn emit_local(
     // each peer's rules are contiguous (no allocation per peer). Egress named ports resolve on
     // the peer, so peers defining a used name deviate too, marked with rule `NO_RULE`.
     const NO_RULE: u16 = u16::MAX;
-    let mut flat: Vec<(u32, u16)> = Vec::with_capacity(rules.iter().map(|r| r.remote.diff.len()).sum());
+    // Packed as `peer << 16 | rule`: one integer compare per step of the sort.
+    let pack = |peer: u32, rule: u16| u64::from(peer) << 16 | u64::from(rule);
+    let mut flat: Vec<u64> = Vec::with_capacity(rules.iter().map(|r| r.remote.diff.len()).sum());
     for (i, r) in rules.iter().enumerate() {
-        flat.extend(r.remote.diff.iter().map(|&peer| (peer, i as u16)));
+        flat.extend(r.remote.diff.iter().map(|&peer| pack(peer, i as u16)));
     }
     let mut used_names: BTreeSet<&str> = BTreeSet::new();
     if dir == direction::EGRESS {
@@ -333,45 +332,38 @@ fn emit_local(
             }
         }
         for n in &used_names {
-            flat.extend(uni.defining(n).iter().map(|&peer| (peer, NO_RULE)));
+            flat.extend(uni.defining(n).iter().map(|&peer| pack(peer, NO_RULE)));
         }
     }
-    flat.sort_unstable();
+    crate::radix::sort_u64(&mut flat);
     flat.dedup();
-    let rule_ids: Vec<u16> = flat.iter().map(|&(_, r)| r).collect();
+    let rule_ids: Vec<u16> = flat.iter().map(|&f| f as u16).collect();
 
     let base_ports: &[NamedPort] = if dir == direction::INGRESS { local_ports } else { &[] };
     let base = sig_fn(tiers, rules, &baseline_match, &atoms, base_ports);
     let base_table = tables.intern(base.clone());
 
-    // Signature -> its table, `None` when it equals the any-peer one (no slot needed).
-    let mut by_sig: HashMap<SigKey, Option<u32>> = HashMap::default();
-    for run in runs(&flat, |f| f.0) {
-        let peer = flat[run.start].0;
+    // Signature -> its table, `None` when it equals the any-peer one (no slot needed). On
+    // egress with named ports the signature includes the peer's port group: peers with the
+    // same named ports resolve every name alike (a group holding names no rule uses may
+    // compute an equal function twice; tables are shared by content).
+    let by_ports = dir == direction::EGRESS && !used_names.is_empty();
+    let mut by_sig: HashMap<(&[u16], u32), Option<u32>> = HashMap::default();
+    for run in runs(&flat, |&f| f >> 16) {
+        let peer = (flat[run.start] >> 16) as u32;
         // NO_RULE sorts last within the peer's run.
         let mut end = run.end;
         while end > run.start && rule_ids[end - 1] == NO_RULE {
             end -= 1;
         }
         let devs = &rule_ids[run.start..end];
-        let peer_ports: Vec<NamedPort> = if dir == direction::EGRESS && !used_names.is_empty() {
-            uni.ident(peer)
-                .and_then(|i| i.pod.as_ref())
-                .map(|p| p.ports.iter().filter(|np| np.name.as_deref().is_some_and(|n| used_names.contains(n))).cloned().collect())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let key = (devs, peer_ports);
-        let f = by_sig
-            .entry(key)
-            .or_insert_with_key(|(devs, peer_ports)| {
-                let matched = symmetric_difference(&baseline_match, devs);
-                let dst_ports: &[NamedPort] = if dir == direction::INGRESS { local_ports } else { peer_ports };
-                let f = sig_fn(tiers, rules, &matched, &atoms, dst_ports);
-                (f != base).then(|| tables.intern(f))
-            })
-            .to_owned();
+        let (group, peer_ports) = if by_ports { uni.named_ports(peer).unwrap_or((u32::MAX, &[])) } else { (u32::MAX, &[][..]) };
+        let f = *by_sig.entry((devs, group)).or_insert_with(|| {
+            let matched = symmetric_difference(&baseline_match, devs);
+            let dst_ports: &[NamedPort] = if dir == direction::INGRESS { local_ports } else { peer_ports };
+            let f = sig_fn(tiers, rules, &matched, &atoms, dst_ports);
+            (f != base).then(|| tables.intern(f))
+        });
         if let Some(t) = f {
             out.push((peer, t));
         }

@@ -1,0 +1,60 @@
+//! Sorting of packed integer keys by radix. The compiler's largest sorts are per local
+//! identity: every (peer, rule) pair of its rules' peer sets, tens of thousands of keys each, for
+//! every local identity of a node. A comparison sort spent about a tenth of a node's compile
+//! there; a radix sort passes over the keys once per byte that varies.
+
+/// Sorts `keys` ascending (the result of `sort_unstable`).
+pub(crate) fn sort_u64(keys: &mut Vec<u64>) {
+    // Below this a comparison sort is as fast and needs no second buffer.
+    if keys.len() < 256 {
+        keys.sort_unstable();
+        return;
+    }
+    let (or, and) = keys.iter().fold((0u64, u64::MAX), |(o, a), &k| (o | k, a & k));
+    // Bits that differ between keys; bytes where none does need no pass.
+    let varying = or & !and;
+    let mut from = std::mem::take(keys);
+    let mut to = vec![0u64; from.len()];
+    for byte in 0..8 {
+        let shift = byte * 8;
+        if (varying >> shift) & 0xff == 0 {
+            continue;
+        }
+        let mut count = [0usize; 256];
+        for &k in &from {
+            count[((k >> shift) & 0xff) as usize] += 1;
+        }
+        let mut at = 0;
+        for c in count.iter_mut() {
+            let n = *c;
+            *c = at;
+            at += n;
+        }
+        for &k in &from {
+            let d = ((k >> shift) & 0xff) as usize;
+            to[count[d]] = k;
+            count[d] += 1;
+        }
+        std::mem::swap(&mut from, &mut to);
+    }
+    *keys = from;
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn sorts_as_a_comparison_sort_does(mut keys in proptest::collection::vec(any::<u64>(), 0..2000), mask in any::<u64>(), len in 0usize..2000) {
+            // Masked keys share bytes, so some passes are skipped; short inputs take the
+            // comparison path.
+            keys.truncate(len);
+            let mut masked: Vec<u64> = keys.iter().map(|k| k & mask).collect();
+            let mut want = masked.clone();
+            want.sort_unstable();
+            super::sort_u64(&mut masked);
+            prop_assert_eq!(masked, want, "mask {:#x}", mask);
+        }
+    }
+}
