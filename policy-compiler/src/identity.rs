@@ -6,7 +6,9 @@
 
 use bulkhead_common::identity;
 
-use crate::fasthash::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::fasthash::{HashMap, HashSet, Prehashed};
 use crate::model::{Cidr, Labels, NamedPort};
 
 /// Everything about a pod that a policy can look at. Pods with equal attributes are
@@ -14,7 +16,8 @@ use crate::model::{Cidr, Labels, NamedPort};
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IdentityAttrs {
     pub namespace: String,
-    pub namespace_labels: Labels,
+    /// Shared by the identities of a namespace.
+    pub namespace_labels: Arc<Labels>,
     pub labels: Labels,
     pub service_account: String,
     /// Sorted and deduplicated, so container order does not split identities.
@@ -34,7 +37,9 @@ pub struct IdentityAttrs {
 #[derive(Clone, Debug)]
 pub struct IdentityAllocator {
     /// Shared with the compile's identity table, so an identity's attributes exist once.
-    by_labels: HashMap<std::sync::Arc<IdentityAttrs>, u32>,
+    by_labels: HashMap<Prehashed<Arc<IdentityAttrs>>, u32>,
+    /// Hashes the keys of `by_labels`.
+    state: foldhash::fast::RandomState,
     by_cidr: HashMap<Cidr, u32>,
     next: u32,
     wrapped: bool,
@@ -42,7 +47,13 @@ pub struct IdentityAllocator {
 
 impl Default for IdentityAllocator {
     fn default() -> Self {
-        IdentityAllocator { by_labels: HashMap::default(), by_cidr: HashMap::default(), next: identity::FIRST_ALLOCATED, wrapped: false }
+        IdentityAllocator {
+            by_labels: HashMap::default(),
+            state: Default::default(),
+            by_cidr: HashMap::default(),
+            next: identity::FIRST_ALLOCATED,
+            wrapped: false,
+        }
     }
 }
 
@@ -52,18 +63,19 @@ impl IdentityAllocator {
     }
 
     /// Identity of a pod attribute set, allocating one if it is new.
-    pub fn labels(&mut self, attrs: &std::sync::Arc<IdentityAttrs>) -> u32 {
-        if let Some(&id) = self.by_labels.get(&**attrs) {
+    pub fn labels(&mut self, attrs: &Arc<IdentityAttrs>) -> u32 {
+        let key = Prehashed::new(&self.state, attrs.clone());
+        if let Some(&id) = self.by_labels.get(&key) {
             return id;
         }
         let id = self.fresh();
-        self.by_labels.insert(attrs.clone(), id);
+        self.by_labels.insert(key, id);
         id
     }
 
-    /// The identity of these attributes, if they have one (allocates nothing).
-    pub fn find_labels(&self, attrs: &IdentityAttrs) -> Option<u32> {
-        self.by_labels.get(attrs).copied()
+    /// The identity of these attributes, if they have one (allocates no number).
+    pub fn find_labels(&self, attrs: IdentityAttrs) -> Option<u32> {
+        self.by_labels.get(&Prehashed::new(&self.state, Arc::new(attrs))).copied()
     }
 
     /// Identity of the non-pod addresses of a CIDR region (a prefix collected from policies).
@@ -113,10 +125,10 @@ impl IdentityAllocator {
 mod tests {
     use super::*;
 
-    fn attrs(app: &str) -> std::sync::Arc<IdentityAttrs> {
-        std::sync::Arc::new(IdentityAttrs {
+    fn attrs(app: &str) -> Arc<IdentityAttrs> {
+        Arc::new(IdentityAttrs {
             namespace: "ns".into(),
-            namespace_labels: Labels::new(),
+            namespace_labels: Default::default(),
             labels: [("app".to_string(), app.to_string())].into(),
             service_account: "default".into(),
             ports: vec![],

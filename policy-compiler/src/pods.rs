@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::fasthash::{HashMap, HashSet};
+use crate::fasthash::{HashMap, HashSet, Prehashed};
 use bulkhead_common::{IpInfoV3, identity};
 
 use crate::identity::{IdentityAllocator, IdentityAttrs};
@@ -210,7 +210,7 @@ impl PodCache {
             }
             let id = |ip: IpAddr| {
                 let attrs = attrs_of(model, pod, regions.of(ip))?;
-                identities.find_labels(&attrs).filter(|id| old.attrs_by_id.contains_key(id))
+                identities.find_labels(attrs).filter(|id| old.attrs_by_id.contains_key(id))
             };
             let id4 = match pod.ip {
                 Some(a) => Some(id(IpAddr::V4(a))?),
@@ -334,6 +334,26 @@ fn owners_of(model: &Model, ids: &[(Option<u32>, Option<u32>)]) -> Vec<(IpAddr, 
     owners
 }
 
+/// The claims on pod addresses in address order as (address, claimant's position in model
+/// order, identity), each address with its first claim only. `v4`: IPv4 claims packed as
+/// `address << 32 | position`; `v6`: IPv6 claims; `ids`: every pod's identities.
+///
+/// Positions are unique, so sorting by (address, position) puts an address's first claim
+/// first. IPv4 claims, most of a cluster's, sort by radix.
+fn first_claims(mut v4: Vec<u64>, mut v6: Vec<(IpAddr, u32, u32)>, ids: &[(Option<u32>, Option<u32>)]) -> Vec<(IpAddr, u32, u32)> {
+    crate::radix::sort_u64(&mut v4);
+    v6.sort_unstable();
+    let mut owners: Vec<(IpAddr, u32, u32)> = Vec::with_capacity(v4.len() + v6.len());
+    owners.extend(v4.into_iter().filter_map(|k| {
+        let pos = k as u32;
+        let id = ids[pos as usize].0?;
+        Some((IpAddr::V4(std::net::Ipv4Addr::from_bits((k >> 32) as u32)), pos, id))
+    }));
+    owners.extend(v6);
+    owners.dedup_by_key(|o| o.0);
+    owners
+}
+
 /// On a node, its own pods (with an interface) and their identities, sorted.
 fn local_of(model: &Model, ids: &[(Option<u32>, Option<u32>)], node: bool) -> (Vec<(PodRef, u32)>, Vec<u32>) {
     if !node {
@@ -357,7 +377,7 @@ fn attrs_of(model: &Model, pod: &Pod, region: Option<Cidr>) -> Option<IdentityAt
     ports.dedup();
     Some(IdentityAttrs {
         namespace: pod.namespace.clone(),
-        namespace_labels: model.namespaces.get(&pod.namespace)?.labels.clone(),
+        namespace_labels: Arc::new(model.namespaces.get(&pod.namespace)?.labels.clone()),
         labels: pod.labels.clone(),
         service_account: pod.service_account.clone(),
         ports,
@@ -390,13 +410,20 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
     type PodKey<'a> = (&'a str, &'a crate::model::Labels, &'a str, std::borrow::Cow<'a, [NamedPort]>, Option<Cidr>);
     let mut attrs_by_id: BTreeMap<u32, Arc<IdentityAttrs>> = BTreeMap::new();
     let mut ids = Vec::with_capacity(model.pods.len());
-    let mut owners: Vec<(IpAddr, u32, u32)> = Vec::with_capacity(model.pods.len());
+    let mut claims4: Vec<u64> = Vec::with_capacity(model.pods.len());
+    let mut claims6: Vec<(IpAddr, u32, u32)> = Vec::new();
     let mut local: Vec<(PodRef, u32)> = Vec::new();
     // Key -> (identity, its position in `counts`): how many addresses each identity has.
-    let mut seen: HashMap<PodKey<'_>, (u32, usize)> = HashMap::default();
+    let mut seen: HashMap<Prehashed<PodKey<'_>>, (u32, usize)> = HashMap::default();
+    let state = foldhash::fast::RandomState::default();
+    // The replicas of a workload sit next to each other in pod order (their names share a
+    // prefix), so the last two keys (two during a rollout) answer most pods by one comparison
+    // with memory just read, before any hashing.
+    let mut recent: [Option<(PodKey<'_>, (u32, usize))>; 2] = [None, None];
     let mut counts: Vec<(u32, u32)> = Vec::new();
-    // Pods come in namespace order: one namespace lookup per run of its pods.
-    let mut ns: Option<&Namespace> = None;
+    // Pods come in namespace order: one namespace lookup per run of its pods, and one copy
+    // of its labels for all its identities.
+    let mut ns: Option<(&Namespace, Arc<crate::model::Labels>)> = None;
     for (pos, (key, pod)) in model.pods.iter().enumerate() {
         // Compared field by field: a PodRef per pod would allocate twice for every pod.
         if key.namespace != pod.namespace || key.name != pod.name {
@@ -408,16 +435,17 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
             ids.push((None, None));
             continue;
         }
-        let namespace = match ns {
-            Some(n) if n.name == pod.namespace => n,
+        let namespace_labels = match &ns {
+            Some((n, l)) if n.name == pod.namespace => l.clone(),
             _ => {
                 let n = model.namespaces.get(&pod.namespace).ok_or_else(|| Error::MissingNamespace {
                     pod: key.clone(),
                     namespace: pod.namespace.clone(),
                     origin: None,
                 })?;
-                ns = Some(n);
-                n
+                let l = Arc::new(n.labels.clone());
+                ns = Some((n, l.clone()));
+                l
             }
         };
         let ports: std::borrow::Cow<'_, [NamedPort]> = if pod.ports.windows(2).all(|w| w[0] < w[1]) {
@@ -428,15 +456,25 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
             ports.dedup();
             std::borrow::Cow::Owned(ports)
         };
+        let mut claim = |ip: IpAddr, id: u32| match ip {
+            IpAddr::V4(a) => claims4.push(u64::from(a.to_bits()) << 32 | pos as u64),
+            IpAddr::V6(_) => claims6.push((ip, pos as u32, id)),
+        };
         let mut identify = |ip: IpAddr| -> u32 {
             let region = regions_of.of(ip);
             let key: PodKey<'_> = (pod.namespace.as_str(), &pod.labels, pod.service_account.as_str(), ports.clone(), region);
+            if let Some(&(_, (id, at))) = recent.iter().flatten().find(|(k, _)| *k == key) {
+                counts[at].1 += 1;
+                claim(ip, id);
+                return id;
+            }
+            let key = Prehashed::new(&state, key);
             let (id, at) = match seen.get(&key) {
                 Some(&found) => found,
                 None => {
                     let attrs = Arc::new(IdentityAttrs {
                         namespace: pod.namespace.clone(),
-                        namespace_labels: namespace.labels.clone(),
+                        namespace_labels: namespace_labels.clone(),
                         labels: pod.labels.clone(),
                         service_account: pod.service_account.clone(),
                         ports: ports.clone().into_owned(),
@@ -445,12 +483,14 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
                     let id = identities.labels(&attrs);
                     attrs_by_id.insert(id, attrs);
                     counts.push((id, 0));
-                    seen.insert(key, (id, counts.len() - 1));
+                    seen.insert(key.clone(), (id, counts.len() - 1));
                     (id, counts.len() - 1)
                 }
             };
             counts[at].1 += 1;
-            owners.push((ip, pos as u32, id));
+            claim(ip, id);
+            recent[1] = recent[0].take();
+            recent[0] = Some((key.key, (id, at)));
             id
         };
         let id4 = pod.ip.map(|a| identify(IpAddr::V4(a)));
@@ -462,10 +502,7 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
     }
     drop(seen);
 
-    // The first claim in model order keeps an address: positions are unique and ascending
-    // within an address's claims, so sorting by (address, position) keeps the first first.
-    owners.sort_unstable();
-    owners.dedup_by_key(|o| o.0);
+    let owners = first_claims(claims4, claims6, &ids);
     let regions: Vec<(Cidr, u32)> = prefixes.iter().map(|&c| (c, identities.cidr(c))).collect();
     // The baseline address: in no prefix, or only in 0.0.0.0/0 when that is collected (then
     // no address is outside every prefix).

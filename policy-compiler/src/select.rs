@@ -14,22 +14,56 @@ use crate::fasthash::HashMap;
 use crate::identity::IdentityAttrs;
 use crate::model::{Cidr, Labels, NamedPort};
 use crate::tiered::{
-    EntityMatch, NamespaceMatch, Selector, TieredPolicy, namespace_selector_labels, pod_selector_labels,
-    service_account_labels,
+    EntityMatch, LabelLookup, NAMESPACE_LABEL, NamespaceMatch, SERVICE_ACCOUNT_LABEL, Selector, TieredPolicy,
+    namespace_selector_labels, service_account_labels,
 };
 
 /// What selectors see of a pod identity.
 #[derive(Debug)]
 pub(crate) struct PodSide {
-    /// The identity's attributes (namespace, ports), shared with the compile's identity table.
+    /// The identity's attributes (namespace, labels, ports), shared with the compile's
+    /// identity table.
     pub attrs: Arc<IdentityAttrs>,
-    /// Pod labels plus the implicit Calico labels.
-    pub labels: Labels,
     /// Namespace labels plus the implicit name label: one map per namespace, shared by its
     /// identities.
     pub ns_labels: Arc<Labels>,
     /// One map per service account name, shared likewise.
     pub sa_labels: Arc<Labels>,
+}
+
+impl PodSide {
+    /// The labels pod selectors see: the pod's own plus Calico's implicit ones.
+    pub fn labels(&self) -> PodLabels<'_> {
+        PodLabels(&self.attrs)
+    }
+}
+
+/// A pod identity's labels as pod selectors see them: Calico's implicit namespace and service
+/// account labels over the pod's own (as [`crate::tiered::pod_selector_labels`] makes them), without a copy.
+pub(crate) struct PodLabels<'a>(&'a IdentityAttrs);
+
+impl PodLabels<'_> {
+    /// Every label, implicit ones first.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let a = self.0;
+        [(NAMESPACE_LABEL, a.namespace.as_str()), (SERVICE_ACCOUNT_LABEL, a.service_account.as_str())]
+            .into_iter()
+            .chain(a.labels.iter().filter(|(k, _)| !is_implicit(k)).map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
+fn is_implicit(key: &str) -> bool {
+    key == NAMESPACE_LABEL || key == SERVICE_ACCOUNT_LABEL
+}
+
+impl LabelLookup for PodLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        match key {
+            NAMESPACE_LABEL => Some(&self.0.namespace),
+            SERVICE_ACCOUNT_LABEL => Some(&self.0.service_account),
+            _ => self.0.labels.label(key),
+        }
+    }
 }
 
 /// The selector label maps of namespaces and service accounts, made once each while the
@@ -70,7 +104,6 @@ impl Ident {
             id,
             pod: Some(PodSide {
                 attrs: a.clone(),
-                labels: pod_selector_labels(&a.labels, &a.namespace, &a.service_account),
                 ns_labels,
                 sa_labels,
             }),
@@ -84,12 +117,12 @@ pub(crate) fn entity_holds(e: &EntityMatch, who: &Ident) -> bool {
     if needs_pod(e) {
         let Some(pod) = &who.pod else { return false };
         if let Some(s) = &e.selector
-            && !s.matches(&pod.labels)
+            && !s.matches(&pod.labels())
         {
             return false;
         }
         if let Some(s) = &e.not_selector
-            && s.matches(&pod.labels)
+            && s.matches(&pod.labels())
         {
             return false;
         }
@@ -210,21 +243,21 @@ impl Index {
                         ns_labels.insert(ns.clone(), i);
                     }
                 }
-                for (k, v) in &p.labels {
+                for (k, v) in p.labels().iter() {
                     let values = match by_label.get_mut(k) {
                         Some(values) => values,
-                        None => by_label.entry(k.clone()).or_default(),
+                        None => by_label.entry(k.to_string()).or_default(),
                     };
                     match values.get_mut(v) {
                         Some(holders) => holders.push(i),
                         None => {
-                            values.insert(v.clone(), vec![i]);
+                            values.insert(v.to_string(), vec![i]);
                         }
                     }
                     match by_key.get_mut(k) {
                         Some(holders) => holders.push(i),
                         None => {
-                            by_key.insert(k.clone(), vec![i]);
+                            by_key.insert(k.to_string(), vec![i]);
                         }
                     }
                 }
@@ -436,7 +469,7 @@ impl<'m> Universe<'m> {
         let mut out: Vec<u32> = candidates
             .filter(|&i| {
                 let pod = self.idents[i].pod.as_ref().expect("pod identity");
-                p.selector.matches(&pod.labels)
+                p.selector.matches(&pod.labels())
                     && p.namespace_selector.as_ref().is_none_or(|s| s.matches(&pod.ns_labels))
                     && p.service_account_selector.as_ref().is_none_or(|s| s.matches(&pod.sa_labels))
             })

@@ -26,6 +26,25 @@ pub const ANP_TIER_ORDER: f64 = 1_000.0;
 pub const BANP_TIER: &str = "baselineadminnetworkpolicy";
 pub const BANP_TIER_ORDER: f64 = 10_000_000.0;
 
+/// Labels a selector can be matched against: a label map, or a view that adds implicit labels
+/// to one without copying it.
+pub trait LabelLookup {
+    /// The value of label `key`, if present.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelLookup for Labels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+impl<L: LabelLookup + ?Sized> LabelLookup for std::sync::Arc<L> {
+    fn label(&self, key: &str) -> Option<&str> {
+        (**self).label(key)
+    }
+}
+
 /// A Calico selector expression (the full grammar). Kubernetes label selectors convert into it.
 /// Semantics follow Calico: `k == v` and `k in {..}` are false when `k` is missing; `k != v`
 /// and `k not in {..}` are true when it is missing; string operators are false when missing.
@@ -48,17 +67,18 @@ pub enum Selector {
 
 impl Selector {
     /// Whether the labels satisfy the expression.
-    pub fn matches(&self, labels: &Labels) -> bool {
+    pub fn matches<L: LabelLookup + ?Sized>(&self, labels: &L) -> bool {
+        let get = |k: &String| labels.label(k);
         match self {
             Selector::All => true,
-            Selector::Has(k) => labels.contains_key(k),
-            Selector::Eq(k, v) => labels.get(k) == Some(v),
-            Selector::Ne(k, v) => labels.get(k) != Some(v),
-            Selector::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-            Selector::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-            Selector::Contains(k, s) => labels.get(k).is_some_and(|v| v.contains(s.as_str())),
-            Selector::StartsWith(k, s) => labels.get(k).is_some_and(|v| v.starts_with(s.as_str())),
-            Selector::EndsWith(k, s) => labels.get(k).is_some_and(|v| v.ends_with(s.as_str())),
+            Selector::Has(k) => get(k).is_some(),
+            Selector::Eq(k, v) => get(k) == Some(v.as_str()),
+            Selector::Ne(k, v) => get(k) != Some(v.as_str()),
+            Selector::In(k, vs) => get(k).is_some_and(|v| vs.contains(v)),
+            Selector::NotIn(k, vs) => get(k).is_none_or(|v| !vs.contains(v)),
+            Selector::Contains(k, s) => get(k).is_some_and(|v| v.contains(s.as_str())),
+            Selector::StartsWith(k, s) => get(k).is_some_and(|v| v.starts_with(s.as_str())),
+            Selector::EndsWith(k, s) => get(k).is_some_and(|v| v.ends_with(s.as_str())),
             Selector::Not(s) => !s.matches(labels),
             Selector::And(v) => v.iter().all(|s| s.matches(labels)),
             Selector::Or(v) => v.iter().any(|s| s.matches(labels)),
