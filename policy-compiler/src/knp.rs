@@ -108,8 +108,23 @@ fn protocol_groups(ports: &Ports) -> Vec<(Option<u8>, Vec<PortItem>)> {
 }
 
 fn convert_rules(namespace: &str, rules: &[Rule], ingress: bool) -> (Vec<TRule>, Vec<usize>) {
-    let mut out = Vec::new();
-    let mut origin = Vec::new();
+    // Sized first: a converted rule is large, and growing the list copies every one.
+    let n: usize = rules
+        .iter()
+        .map(|r| {
+            let peers = match &r.peers {
+                Peers::Any => 1,
+                Peers::List(l) => l.len(),
+            };
+            let protocols = match &r.ports {
+                Ports::Any => 1,
+                Ports::List(specs) => specs.len(),
+            };
+            peers * protocols
+        })
+        .sum();
+    let mut out = Vec::with_capacity(n);
+    let mut origin = Vec::with_capacity(n);
     for (i, rule) in rules.iter().enumerate() {
         let peers: Vec<EntityMatch> = match &rule.peers {
             Peers::Any => vec![EntityMatch::default()],

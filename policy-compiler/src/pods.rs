@@ -555,32 +555,51 @@ pub(crate) struct Ipcache {
 /// address), within `limit` entries.
 pub(crate) fn ipcache(model: &Model, side: &PodSide, class_of: &HashMap<u32, u32>, limit: usize) -> Ipcache {
     let info = |id: u32| IpInfoV3 { identity: id, peer_class: class_of.get(&id).copied().unwrap_or(identity::ANY) };
-    let mut entries = BTreeMap::new();
     let mut fail_closed_pods = HashSet::default();
     let mut overflow = Vec::new();
     if side.regions.len() > limit {
         overflow.push(format!("ipcache: {} policy prefixes do not fit (limit {limit}); every endpoint fails closed", side.regions.len()));
-        return Ipcache { entries: Shared::new(entries), all_fail_closed: true, fail_closed_pods, overflow };
+        return Ipcache { entries: Shared::new(BTreeMap::new()), all_fail_closed: true, fail_closed_pods, overflow };
     }
-    for &(c, id) in &side.regions {
-        entries.insert((c.addr(), c.prefix_len()), info(id));
-    }
+    // Listed in key order and built in bulk (a map built by insertion spends most of its time
+    // searching). Regions come first in each key's run, so a pod /32 (or /128) that is also a
+    // region replaces it, as the datapath needs.
+    let mut regions: Vec<((IpAddr, u8), IpInfoV3)> = side.regions.iter().map(|&(c, id)| ((c.addr(), c.prefix_len()), info(id))).collect();
     // Only when it is judged otherwise than a miss (the datapath's WORLD6, any peer).
     if let Some(&class) = class_of.get(&identity::WORLD6).filter(|&&c| side.world6 && c != identity::ANY) {
-        entries.insert((Cidr::all(true).addr(), 0), IpInfoV3 { identity: identity::WORLD6, peer_class: class });
+        regions.push(((Cidr::all(true).addr(), 0), IpInfoV3 { identity: identity::WORLD6, peer_class: class }));
     }
+    regions.sort_by_key(|e| e.0);
+    regions.dedup_by_key(|e| e.0);
+    let region_keys: HashSet<(IpAddr, u8)> = regions.iter().map(|e| e.0).collect();
+    let mut filled = regions.len();
+    let mut pods: Vec<((IpAddr, u8), IpInfoV3)> = Vec::with_capacity(side.owners.len());
     // Pod names for the reports, listed on the first one.
     let mut refs: Option<Vec<&PodRef>> = None;
     // In address order, so which pods miss out on a full map does not vary.
     for &(ip, pos, id) in &side.owners {
         let key = (ip, if ip.is_ipv6() { 128 } else { 32 });
-        if !entries.contains_key(&key) && entries.len() >= limit {
+        let replaces = region_keys.contains(&key);
+        if !replaces && filled >= limit {
             fail_closed_pods.insert(pos);
             let r = refs.get_or_insert_with(|| model.pods.keys().collect())[pos as usize];
             overflow.push(format!("ipcache: no room for {ip}/{} of pod {r} (limit {limit}); it fails closed", key.1));
             continue;
         }
-        entries.insert(key, info(id));
+        filled += usize::from(!replaces);
+        pods.push((key, info(id)));
     }
+    // Two sorted runs: a stable sort merges them and keeps a region before a pod of its key.
+    regions.append(&mut pods);
+    regions.sort_by_key(|e| e.0);
+    // The last of a key's run (the pod) wins.
+    regions.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 = later.1;
+        }
+        same
+    });
+    let entries: BTreeMap<(IpAddr, u8), IpInfoV3> = regions.into_iter().collect();
     Ipcache { entries: Shared::new(entries), all_fail_closed: false, fail_closed_pods, overflow }
 }

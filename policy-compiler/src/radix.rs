@@ -40,6 +40,42 @@ pub(crate) fn sort_u64(keys: &mut Vec<u64>) {
     *keys = from;
 }
 
+/// Sorts `items` by a `u32` key, stably (the result of `sort_by_key`).
+pub(crate) fn sort_by_u32_key<T: Copy + Default>(items: &mut Vec<T>, key: impl Fn(&T) -> u32) {
+    if items.len() < 256 {
+        items.sort_by_key(|t| key(t));
+        return;
+    }
+    let (or, and) = items.iter().fold((0u32, u32::MAX), |(o, a), t| (o | key(t), a & key(t)));
+    let varying = or & !and;
+    let mut from = std::mem::take(items);
+    let mut to = vec![T::default(); from.len()];
+    for byte in 0..4 {
+        let shift = byte * 8;
+        if (varying >> shift) & 0xff == 0 {
+            continue;
+        }
+        let mut count = [0usize; 256];
+        for t in &from {
+            count[((key(t) >> shift) & 0xff) as usize] += 1;
+        }
+        let mut at = 0;
+        for c in count.iter_mut() {
+            let n = *c;
+            *c = at;
+            at += n;
+        }
+        // In input order within a digit: each pass is stable, so the whole sort is.
+        for t in &from {
+            let d = ((key(t) >> shift) & 0xff) as usize;
+            to[count[d]] = *t;
+            count[d] += 1;
+        }
+        std::mem::swap(&mut from, &mut to);
+    }
+    *items = from;
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -55,6 +91,17 @@ mod tests {
             want.sort_unstable();
             super::sort_u64(&mut masked);
             prop_assert_eq!(masked, want, "mask {:#x}", mask);
+        }
+
+        #[test]
+        fn sorts_by_key_stably(items in proptest::collection::vec((any::<u32>(), any::<u32>()), 0..2000), mask in any::<u32>()) {
+            // Masked keys repeat, so stability shows: equal keys keep their input order.
+            let items: Vec<(u32, u32)> = items.into_iter().enumerate().map(|(i, (k, _))| (k & mask, i as u32)).collect();
+            let mut want = items.clone();
+            want.sort_by_key(|t| t.0);
+            let mut got = items;
+            super::sort_by_u32_key(&mut got, |t| t.0);
+            prop_assert_eq!(got, want, "mask {:#x}", mask);
         }
     }
 }
