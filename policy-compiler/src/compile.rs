@@ -185,13 +185,15 @@ pub enum Scope {
     /// Only pods placed on this node (those with an `interface`): what an agent enforces.
     /// Every pod stays a peer (ipcache), but policy entries exist for local identities only,
     /// so a node holds entries for its own endpoints, not the cluster's (as Cilium keeps one
-    /// policy map per local endpoint). Namespaced policies of namespaces without a local pod
-    /// are skipped whole: not converted, no policy slot, their prefixes no regions.
+    /// policy map per local endpoint). Namespaced policies of namespaces without a local pod,
+    /// and NetworkPolicies selecting none of its pods, are skipped whole: not converted, no
+    /// policy slot, their prefixes no regions.
     Node,
 }
 
 /// A node's local namespaces, with the pods they were read from.
-type LocalNamespaces = (crate::model::Shared<BTreeMap<PodRef, crate::model::Pod>>, HashSet<String>);
+/// A node's own pods as (namespace, service account, labels), with their namespaces.
+type LocalNamespaces = (crate::model::Shared<BTreeMap<PodRef, crate::model::Pod>>, HashSet<String>, Vec<(String, String, crate::model::Labels)>);
 
 /// What a compile did with the pod side (identities, address owners, selection index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -340,21 +342,38 @@ impl Compiler {
         // compiled here: it is neither converted nor given a slot, and the prefixes its rules
         // name are no regions here.
         // Kept while the pods are the same (a pass over every pod otherwise).
-        if self.scope == Scope::Node && !self.local_namespaces.as_ref().is_some_and(|(pods, _)| crate::model::Shared::same(pods, &model.pods)) {
-            let local = model.pods.values().filter(|p| p.interface.is_some()).map(|p| p.namespace.clone()).collect();
-            self.local_namespaces = Some((model.pods.clone(), local));
+        if self.scope == Scope::Node && !self.local_namespaces.as_ref().is_some_and(|(pods, _, _)| crate::model::Shared::same(pods, &model.pods)) {
+            let pods: Vec<(String, String, crate::model::Labels)> = model
+                .pods
+                .values()
+                .filter(|p| p.interface.is_some())
+                .map(|p| (p.namespace.clone(), p.service_account.clone(), p.labels.clone()))
+                .collect();
+            let namespaces = pods.iter().map(|p| p.0.clone()).collect();
+            self.local_namespaces = Some((model.pods.clone(), namespaces, pods));
         }
-        let local_namespaces: Option<&HashSet<String>> = self.local_namespaces.as_ref().map(|(_, l)| l);
+        let local_namespaces: Option<&HashSet<String>> = self.local_namespaces.as_ref().map(|(_, l, _)| l);
         let concerns = |namespace: Option<&str>| match (local_namespaces, namespace) {
             (Some(local), Some(ns)) => local.contains(ns),
             _ => true,
+        };
+        // On a node, a NetworkPolicy selecting none of its pods is skipped the same way (most
+        // of a namespace's policies select other workloads' pods): its selection is the pods of
+        // its namespace its pod selector matches, which the node's few pods answer at once.
+        let local_pods = self.local_namespaces.as_ref().map(|(_, _, pods)| pods.as_slice());
+        let selects_local = |p: &crate::model::NetworkPolicy| match local_pods {
+            None => true,
+            Some(pods) => {
+                let selector = crate::tiered::Selector::from_label_selector(&p.pod_selector);
+                pods.iter().any(|(ns, sa, labels)| *ns == p.namespace && selector.matches(&crate::tiered::PodLabels::new(ns, sa, labels)))
+            }
         };
         // Conversions of unchanged NetworkPolicies are kept from the previous compile.
         let mut cache = std::mem::take(&mut self.knp_cache);
         let converted: Vec<(&crate::model::PolicyRef, std::sync::Arc<(crate::model::NetworkPolicy, knp::Converted)>)> = model
             .policies
             .iter()
-            .filter(|(_, p)| concerns(Some(&p.namespace)))
+            .filter(|(_, p)| concerns(Some(&p.namespace)) && selects_local(p))
             .map(|(r, p)| match cache.remove(r) {
                 Some(c) if c.0 == *p => (r, c),
                 _ => (r, std::sync::Arc::new((p.clone(), knp::convert(p)))),

@@ -14,8 +14,7 @@ use crate::fasthash::HashMap;
 use crate::identity::IdentityAttrs;
 use crate::model::{Cidr, Labels, NamedPort};
 use crate::tiered::{
-    EntityMatch, LabelLookup, NAMESPACE_LABEL, NamespaceMatch, SERVICE_ACCOUNT_LABEL, Selector, TieredPolicy,
-    namespace_selector_labels, service_account_labels,
+    EntityMatch, NamespaceMatch, PodLabels, Selector, TieredPolicy, namespace_selector_labels, service_account_labels,
 };
 
 /// What selectors see of a pod identity.
@@ -34,35 +33,7 @@ pub(crate) struct PodSide {
 impl PodSide {
     /// The labels pod selectors see: the pod's own plus Calico's implicit ones.
     pub fn labels(&self) -> PodLabels<'_> {
-        PodLabels(&self.attrs)
-    }
-}
-
-/// A pod identity's labels as pod selectors see them: Calico's implicit namespace and service
-/// account labels over the pod's own (as [`crate::tiered::pod_selector_labels`] makes them), without a copy.
-pub(crate) struct PodLabels<'a>(&'a IdentityAttrs);
-
-impl PodLabels<'_> {
-    /// Every label, implicit ones first.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let a = self.0;
-        [(NAMESPACE_LABEL, a.namespace.as_str()), (SERVICE_ACCOUNT_LABEL, a.service_account.as_str())]
-            .into_iter()
-            .chain(a.labels.iter().filter(|(k, _)| !is_implicit(k)).map(|(k, v)| (k.as_str(), v.as_str())))
-    }
-}
-
-fn is_implicit(key: &str) -> bool {
-    key == NAMESPACE_LABEL || key == SERVICE_ACCOUNT_LABEL
-}
-
-impl LabelLookup for PodLabels<'_> {
-    fn label(&self, key: &str) -> Option<&str> {
-        match key {
-            NAMESPACE_LABEL => Some(&self.0.namespace),
-            SERVICE_ACCOUNT_LABEL => Some(&self.0.service_account),
-            _ => self.0.labels.label(key),
-        }
+        PodLabels::new(&self.attrs.namespace, &self.attrs.service_account, &self.attrs.labels)
     }
 }
 

@@ -45,6 +45,38 @@ impl<L: LabelLookup + ?Sized> LabelLookup for std::sync::Arc<L> {
     }
 }
 
+/// A pod's labels as pod selectors see them: Calico's implicit namespace and service account
+/// labels over the pod's own (as [`pod_selector_labels`] makes them), without a copy.
+pub struct PodLabels<'a> {
+    namespace: &'a str,
+    service_account: &'a str,
+    labels: &'a Labels,
+}
+
+impl<'a> PodLabels<'a> {
+    pub fn new(namespace: &'a str, service_account: &'a str, labels: &'a Labels) -> Self {
+        PodLabels { namespace, service_account, labels }
+    }
+
+    /// Every label, implicit ones first.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        let implicit = |k: &str| k == NAMESPACE_LABEL || k == SERVICE_ACCOUNT_LABEL;
+        [(NAMESPACE_LABEL, self.namespace), (SERVICE_ACCOUNT_LABEL, self.service_account)]
+            .into_iter()
+            .chain(self.labels.iter().filter(move |(k, _)| !implicit(k)).map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
+impl LabelLookup for PodLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        match key {
+            NAMESPACE_LABEL => Some(self.namespace),
+            SERVICE_ACCOUNT_LABEL => Some(self.service_account),
+            _ => self.labels.label(key),
+        }
+    }
+}
+
 /// A Calico selector expression (the full grammar). Kubernetes label selectors convert into it.
 /// Semantics follow Calico: `k == v` and `k in {..}` are false when `k` is missing; `k != v`
 /// and `k not in {..}` are true when it is missing; string operators are false when missing.
