@@ -568,6 +568,37 @@ fn a_node_skips_namespaced_policies_of_namespaces_without_local_pods() {
     }
 }
 
+#[test]
+fn a_node_skips_network_policies_selecting_none_of_its_pods() {
+    // q, in the local pod's namespace, selects b (not local) and names a prefix.
+    let q = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: q, namespace: x}\n\
+             spec: {podSelector: {matchLabels: {app: b}}, ingress: [{from: [{ipBlock: {cidr: 192.168.0.0/16}}]}]}\n";
+    let mut m = model(&format!("{}---\n{q}", admit_all_namespaces_to_x(80)));
+    let cluster = Compiler::default().compile(&m).expect("compile");
+    assert_eq!(cluster.policy_table.len(), 2, "the cluster compile holds both policies");
+    m.pods.get_mut(&PodRef::new("x", "a")).expect("pod a").interface = Some("veth-a".into());
+    let node = Compiler::for_node(Limits::default()).compile(&m).expect("node compile");
+    let names: Vec<String> = node.policy_table.iter().map(|p| p.id.to_string()).collect();
+    assert_eq!(names.len(), 1, "only the policy selecting the local pod: {names:?}");
+    assert!(names[0].ends_with("x/p"), "{names:?}");
+    let region: (IpAddr, u8) = ("192.168.0.0".parse().expect("address"), 16);
+    assert!(cluster.ipcache.contains_key(&region), "the cluster compile has q's prefix as a region");
+    assert!(!node.ipcache.contains_key(&region), "a prefix only a skipped policy names is no region on the node");
+    for (from, port) in [("10.0.0.2", 80), ("10.0.0.2", 81), ("192.168.1.1", 80), ("192.168.1.1", 81)] {
+        let peer = ip(from);
+        assert_eq!(
+            lookup::allowed(&node, &peer, &pod("a"), TCP, port),
+            lookup::allowed(&cluster, &peer, &pod("a"), TCP, port),
+            "from {from} to a port {port}: the node judges its pod as the cluster compile does"
+        );
+    }
+    // Once b is local too, q applies on the node.
+    m.pods.get_mut(&PodRef::new("x", "b")).expect("pod b").interface = Some("veth-b".into());
+    let node = Compiler::for_node(Limits::default()).compile(&m).expect("node compile");
+    assert_eq!(node.policy_table.len(), 2, "q selects a local pod now");
+    assert!(node.ipcache.contains_key(&region), "and its prefix is a region");
+}
+
 /// Dual-stack pods in two namespaces, each address in its own /64 or /24.
 const DUAL: &str = "
 apiVersion: v1
