@@ -15,6 +15,7 @@
 
 mod classes;
 mod fasthash;
+mod grouping;
 pub mod compile;
 pub mod diff;
 pub mod error;

@@ -9,11 +9,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::fasthash::{HashMap, HashSet, Prehashed};
+use crate::fasthash::{HashMap, HashSet};
 use bulkhead_common::{IpInfoV3, identity};
 
 use crate::identity::{IdentityAllocator, IdentityAttrs};
-use crate::model::{Cidr, Model, Namespace, NamedPort, Pod, PodRef, Shared};
+use crate::model::{Cidr, Model, Namespace, Pod, PodRef, Shared};
 use crate::select::{Ident, Index, SharedLabels};
 
 /// The pods' side of a compile.
@@ -298,7 +298,7 @@ impl PodCache {
 }
 
 /// The collected prefixes, as the regions of addresses.
-struct Regions {
+pub(crate) struct Regions {
     keys: HashSet<Cidr>,
     /// The prefix lengths policies use, longest first, per family.
     lengths4: Vec<u8>,
@@ -306,7 +306,7 @@ struct Regions {
 }
 
 impl Regions {
-    fn new(prefixes: &BTreeSet<Cidr>) -> Regions {
+    pub fn new(prefixes: &BTreeSet<Cidr>) -> Regions {
         let lengths = |v6: bool| -> Vec<u8> {
             prefixes.iter().filter(|c| c.is_ipv6() == v6).map(|c| c.prefix_len()).collect::<BTreeSet<u8>>().into_iter().rev().collect()
         };
@@ -314,7 +314,7 @@ impl Regions {
     }
 
     /// The longest collected prefix holding `ip`.
-    fn of(&self, ip: IpAddr) -> Option<Cidr> {
+    pub fn of(&self, ip: IpAddr) -> Option<Cidr> {
         let lengths = if ip.is_ipv6() { &self.lengths6 } else { &self.lengths4 };
         lengths.iter().map(|&len| Cidr::containing(ip, len)).find(|c| self.keys.contains(c))
     }
@@ -405,103 +405,8 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
     check_namespaces(model)?;
     let regions_of = Regions::new(prefixes);
 
-    // Pods are grouped by borrowed attributes first (the namespace name stands for its
-    // labels), so the attributes are copied once per identity, not per pod.
-    type PodKey<'a> = (&'a str, &'a crate::model::Labels, &'a str, std::borrow::Cow<'a, [NamedPort]>, Option<Cidr>);
-    let mut attrs_by_id: BTreeMap<u32, Arc<IdentityAttrs>> = BTreeMap::new();
-    let mut ids = Vec::with_capacity(model.pods.len());
-    let mut claims4: Vec<u64> = Vec::with_capacity(model.pods.len());
-    let mut claims6: Vec<(IpAddr, u32, u32)> = Vec::new();
-    let mut local: Vec<(PodRef, u32)> = Vec::new();
-    // Key -> (identity, its position in `counts`): how many addresses each identity has.
-    let mut seen: HashMap<Prehashed<PodKey<'_>>, (u32, usize)> = HashMap::default();
-    let state = foldhash::fast::RandomState::default();
-    // The replicas of a workload sit next to each other in pod order (their names share a
-    // prefix), so the last two keys (two during a rollout) answer most pods by one comparison
-    // with memory just read, before any hashing.
-    let mut recent: [Option<(PodKey<'_>, (u32, usize))>; 2] = [None, None];
-    let mut counts: Vec<(u32, u32)> = Vec::new();
-    // Pods come in namespace order: one namespace lookup per run of its pods, and one copy
-    // of its labels for all its identities.
-    let mut ns: Option<(&Namespace, Arc<crate::model::Labels>)> = None;
-    for (pos, (key, pod)) in model.pods.iter().enumerate() {
-        // Compared field by field: a PodRef per pod would allocate twice for every pod.
-        if key.namespace != pod.namespace || key.name != pod.name {
-            return Err(Error::InconsistentModel { what: "pod", key: key.to_string(), actual: pod.pod_ref().to_string() });
-        }
-        // A pod is enforced with an address of either family (dual-stack, IPv4-only or
-        // IPv6-only); without any it has nothing to enforce on.
-        if pod.ip.is_none() && pod.ip6.is_none() {
-            ids.push((None, None));
-            continue;
-        }
-        let namespace_labels = match &ns {
-            Some((n, l)) if n.name == pod.namespace => l.clone(),
-            _ => {
-                let n = model.namespaces.get(&pod.namespace).ok_or_else(|| Error::MissingNamespace {
-                    pod: key.clone(),
-                    namespace: pod.namespace.clone(),
-                    origin: None,
-                })?;
-                let l = Arc::new(n.labels.clone());
-                ns = Some((n, l.clone()));
-                l
-            }
-        };
-        let ports: std::borrow::Cow<'_, [NamedPort]> = if pod.ports.windows(2).all(|w| w[0] < w[1]) {
-            std::borrow::Cow::Borrowed(&pod.ports)
-        } else {
-            let mut ports = pod.ports.clone();
-            ports.sort();
-            ports.dedup();
-            std::borrow::Cow::Owned(ports)
-        };
-        let mut claim = |ip: IpAddr, id: u32| match ip {
-            IpAddr::V4(a) => claims4.push(u64::from(a.to_bits()) << 32 | pos as u64),
-            IpAddr::V6(_) => claims6.push((ip, pos as u32, id)),
-        };
-        let mut identify = |ip: IpAddr| -> u32 {
-            let region = regions_of.of(ip);
-            let key: PodKey<'_> = (pod.namespace.as_str(), &pod.labels, pod.service_account.as_str(), ports.clone(), region);
-            if let Some(&(_, (id, at))) = recent.iter().flatten().find(|(k, _)| *k == key) {
-                counts[at].1 += 1;
-                claim(ip, id);
-                return id;
-            }
-            let key = Prehashed::new(&state, key);
-            let (id, at) = match seen.get(&key) {
-                Some(&found) => found,
-                None => {
-                    let attrs = Arc::new(IdentityAttrs {
-                        namespace: pod.namespace.clone(),
-                        namespace_labels: namespace_labels.clone(),
-                        labels: pod.labels.clone(),
-                        service_account: pod.service_account.clone(),
-                        ports: ports.clone().into_owned(),
-                        region,
-                    });
-                    let id = identities.labels(&attrs);
-                    attrs_by_id.insert(id, attrs);
-                    counts.push((id, 0));
-                    seen.insert(key.clone(), (id, counts.len() - 1));
-                    (id, counts.len() - 1)
-                }
-            };
-            counts[at].1 += 1;
-            claim(ip, id);
-            recent[1] = recent[0].take();
-            recent[0] = Some((key.key, (id, at)));
-            id
-        };
-        let id4 = pod.ip.map(|a| identify(IpAddr::V4(a)));
-        let id6 = pod.ip6.map(|a| identify(IpAddr::V6(a)));
-        ids.push((id4, id6));
-        if node && pod.interface.is_some() {
-            local.push((key.clone(), pos as u32));
-        }
-    }
-    drop(seen);
-
+    let crate::grouping::Grouped { ids, attrs_by_id, members, claims4, claims6, local } =
+        crate::grouping::group(model, &regions_of, node, identities)?;
     let owners = first_claims(claims4, claims6, &ids);
     let regions: Vec<(Cidr, u32)> = prefixes.iter().map(|&c| (c, identities.cidr(c))).collect();
     // The baseline address: in no prefix, or only in 0.0.0.0/0 when that is collected (then
@@ -530,7 +435,6 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
     if node {
         index.restrict_local(local_ids.iter().copied());
     }
-    let members = counts.into_iter().collect();
     Ok(PodSide { ids, attrs_by_id: Arc::new(attrs_by_id), members, owners, regions, world6, index: Arc::new(index), local, local_ids })
 }
 
