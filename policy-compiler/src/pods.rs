@@ -14,7 +14,7 @@ use bulkhead_common::{IpInfoV3, identity};
 
 use crate::identity::{IdentityAllocator, IdentityAttrs};
 use crate::model::{Cidr, Model, Namespace, Pod, PodRef, Shared};
-use crate::select::{Ident, Index, SharedLabels};
+use crate::select::{Ident, Index};
 
 /// The pods' side of a compile.
 pub(crate) struct PodSide {
@@ -415,10 +415,7 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
     let baseline = Ident { id: identity::WORLD, pod: None, region: prefixes.contains(&all).then_some(all) };
     let world6 = !prefixes.contains(&Cidr::all(true));
     let mut index = Index::new(
-        {
-            let mut shared = SharedLabels::default();
-            attrs_by_id.iter().map(|(&id, a)| Ident::from_attrs(id, a, &mut shared)).collect()
-        },
+        attrs_by_id.iter().map(|(&id, a)| Ident::from_attrs(id, a)).collect(),
         regions
             .iter()
             .map(|&(c, id)| Ident { id, pod: None, region: Some(c) })

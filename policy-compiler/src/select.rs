@@ -12,22 +12,16 @@ use std::sync::Arc;
 
 use crate::fasthash::HashMap;
 use crate::identity::IdentityAttrs;
-use crate::model::{Cidr, Labels, NamedPort};
-use crate::tiered::{
-    EntityMatch, NamespaceMatch, PodLabels, Selector, TieredPolicy, namespace_selector_labels, service_account_labels,
-};
+use crate::model::{Cidr, NamedPort};
+use crate::tiered::{EntityMatch, NamedLabels, NamespaceMatch, PodLabels, Selector, TieredPolicy};
 
 /// What selectors see of a pod identity.
 #[derive(Debug)]
 pub(crate) struct PodSide {
-    /// The identity's attributes (namespace, labels, ports), shared with the compile's
-    /// identity table.
+    /// The identity's attributes (namespace and its labels, labels, service account, ports),
+    /// shared with the compile's identity table; selectors see them through views that add
+    /// Calico's implicit labels, so no label map is copied per identity.
     pub attrs: Arc<IdentityAttrs>,
-    /// Namespace labels plus the implicit name label: one map per namespace, shared by its
-    /// identities.
-    pub ns_labels: Arc<Labels>,
-    /// One map per service account name, shared likewise.
-    pub sa_labels: Arc<Labels>,
 }
 
 impl PodSide {
@@ -35,14 +29,16 @@ impl PodSide {
     pub fn labels(&self) -> PodLabels<'_> {
         PodLabels::new(&self.attrs.namespace, &self.attrs.service_account, &self.attrs.labels)
     }
-}
 
-/// The selector label maps of namespaces and service accounts, made once each while the
-/// identities of a compile are listed (thousands of identities share a few hundred).
-#[derive(Default)]
-pub(crate) struct SharedLabels {
-    namespaces: HashMap<String, Arc<Labels>>,
-    service_accounts: HashMap<String, Arc<Labels>>,
+    /// The labels namespace selectors see: the namespace's plus its implicit name label.
+    pub fn ns_labels(&self) -> NamedLabels<'_> {
+        NamedLabels::namespace(&self.attrs.namespace, &self.attrs.namespace_labels)
+    }
+
+    /// The labels service account selectors see: the implicit name label.
+    pub fn sa_labels(&self) -> NamedLabels<'_> {
+        NamedLabels::service_account(&self.attrs.service_account)
+    }
 }
 
 #[derive(Debug)]
@@ -53,33 +49,8 @@ pub(crate) struct Ident {
 }
 
 impl Ident {
-    pub fn from_attrs(id: u32, a: &Arc<IdentityAttrs>, shared: &mut SharedLabels) -> Ident {
-        // Namespaces are keyed by name; their labels are equal for every identity of one.
-        let ns_labels = match shared.namespaces.get(&a.namespace) {
-            Some(l) => l.clone(),
-            None => {
-                let l = Arc::new(namespace_selector_labels(&a.namespace_labels, &a.namespace));
-                shared.namespaces.insert(a.namespace.clone(), l.clone());
-                l
-            }
-        };
-        let sa_labels = match shared.service_accounts.get(&a.service_account) {
-            Some(l) => l.clone(),
-            None => {
-                let l = Arc::new(service_account_labels(&a.service_account));
-                shared.service_accounts.insert(a.service_account.clone(), l.clone());
-                l
-            }
-        };
-        Ident {
-            id,
-            pod: Some(PodSide {
-                attrs: a.clone(),
-                ns_labels,
-                sa_labels,
-            }),
-            region: a.region,
-        }
+    pub fn from_attrs(id: u32, a: &Arc<IdentityAttrs>) -> Ident {
+        Ident { id, pod: Some(PodSide { attrs: a.clone() }), region: a.region }
     }
 }
 
@@ -99,11 +70,11 @@ pub(crate) fn entity_holds(e: &EntityMatch, who: &Ident) -> bool {
         }
         match &e.namespace {
             Some(NamespaceMatch::Named(n)) if *n != pod.attrs.namespace => return false,
-            Some(NamespaceMatch::Selector(s)) if !s.matches(&pod.ns_labels) => return false,
+            Some(NamespaceMatch::Selector(s)) if !s.matches(&pod.ns_labels()) => return false,
             _ => {}
         }
         if let Some(s) = &e.service_account_selector
-            && !s.matches(&pod.sa_labels)
+            && !s.matches(&pod.sa_labels())
         {
             return false;
         }
@@ -154,8 +125,6 @@ pub(crate) struct Index {
     /// label are matched against its holders only, so a selection costs what it selects, not
     /// the cluster's identity count.
     by_label: HashMap<String, HashMap<String, Vec<usize>>>,
-    /// Pod selector label key -> pod identity indexes, ascending.
-    by_key: HashMap<String, Vec<usize>>,
     /// Namespace -> its namespace-selector labels (equal for every identity of a namespace).
     ns_labels: HashMap<String, usize>,
     /// Identities policies are compiled for (`None`: every pod identity).
@@ -197,7 +166,6 @@ impl Index {
         let mut by_ns: HashMap<String, Vec<usize>> = HashMap::default();
         let mut named: HashMap<String, Vec<u32>> = HashMap::default();
         let mut by_label: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::default();
-        let mut by_key: HashMap<String, Vec<usize>> = HashMap::default();
         let mut ns_labels: HashMap<String, usize> = HashMap::default();
         let mut port_group: HashMap<u32, u32> = HashMap::default();
         let mut group_of: HashMap<&[NamedPort], u32> = HashMap::default();
@@ -223,12 +191,6 @@ impl Index {
                         Some(holders) => holders.push(i),
                         None => {
                             values.insert(v.to_string(), vec![i]);
-                        }
-                    }
-                    match by_key.get_mut(k) {
-                        Some(holders) => holders.push(i),
-                        None => {
-                            by_key.insert(k.to_string(), vec![i]);
                         }
                     }
                 }
@@ -260,7 +222,7 @@ impl Index {
             .filter_map(|(i, ident)| ident.region.map(|r| (r.is_ipv6(), r.range().0, r.prefix_len(), i)))
             .collect();
         by_region.sort_unstable();
-        Index { by_region, idents, n_pods, baseline, by_id, by_ns, by_label, by_key, ns_labels, local: None, named, port_group, port_groups }
+        Index { by_region, idents, n_pods, baseline, by_id, by_ns, by_label, ns_labels, local: None, named, port_group, port_groups }
     }
 
     /// Restricts [`Universe::selected`] to these pod identities (a node's own endpoints):
@@ -270,6 +232,15 @@ impl Index {
         v.sort_unstable();
         v.dedup();
         self.local = Some(v);
+    }
+
+    /// The pod identities (ascending indexes) with label `k`, whatever its value: made when a
+    /// selector asks (few do), not kept for every key.
+    fn key_holders(&self, k: &str) -> Vec<usize> {
+        let mut out: Vec<usize> = self.by_label.get(k).into_iter().flat_map(|values| values.values().flatten().copied()).collect();
+        // An identity has one value per key: no repeats to remove.
+        out.sort_unstable();
+        out
     }
 
     /// The pod identities (ascending indexes) with label `k` = `v`.
@@ -283,7 +254,7 @@ impl Index {
         match s {
             Selector::Eq(k, v) => Some(self.holders(k, v).to_vec()),
             Selector::Has(k) | Selector::Contains(k, _) | Selector::StartsWith(k, _) | Selector::EndsWith(k, _) => {
-                Some(self.by_key.get(k).cloned().unwrap_or_default())
+                Some(self.key_holders(k))
             }
             Selector::In(k, vs) => {
                 let mut out: Vec<usize> =
@@ -312,7 +283,7 @@ impl Index {
         let mut out: Vec<usize> = self
             .ns_labels
             .iter()
-            .filter(|(_, i)| s.matches(&self.idents[**i].pod.as_ref().expect("pod identity").ns_labels))
+            .filter(|(_, i)| s.matches(&self.idents[**i].pod.as_ref().expect("pod identity").ns_labels()))
             .flat_map(|(ns, _)| self.by_ns.get(ns).into_iter().flatten().copied())
             .collect();
         out.sort_unstable();
@@ -441,8 +412,8 @@ impl<'m> Universe<'m> {
             .filter(|&i| {
                 let pod = self.idents[i].pod.as_ref().expect("pod identity");
                 p.selector.matches(&pod.labels())
-                    && p.namespace_selector.as_ref().is_none_or(|s| s.matches(&pod.ns_labels))
-                    && p.service_account_selector.as_ref().is_none_or(|s| s.matches(&pod.sa_labels))
+                    && p.namespace_selector.as_ref().is_none_or(|s| s.matches(&pod.ns_labels()))
+                    && p.service_account_selector.as_ref().is_none_or(|s| s.matches(&pod.sa_labels()))
             })
             .map(|i| self.idents[i].id)
             .collect();
@@ -487,7 +458,7 @@ mod tests {
             let pods: Vec<Ident> = [Some("10.1.2.0/24"), Some("192.168.0.0/16"), None]
                 .iter()
                 .enumerate()
-                .map(|(i, r)| Ident::from_attrs(10 + i as u32, &Arc::new(IdentityAttrs { namespace: "ns".into(), region: r.map(cidr), ..Default::default() }), &mut Default::default()))
+                .map(|(i, r)| Ident::from_attrs(10 + i as u32, &Arc::new(IdentityAttrs { namespace: "ns".into(), region: r.map(cidr), ..Default::default() })))
                 .collect();
             let baseline = Ident { id: 0, pod: None, region: with_all.then(|| cidr("0.0.0.0/0")) };
             let mut uni = Universe::new(std::sync::Arc::new(Index::new(pods, regions, baseline)));

@@ -77,6 +77,32 @@ impl LabelLookup for PodLabels<'_> {
     }
 }
 
+/// A namespace's or service account's labels as Calico selectors see them: the implicit name
+/// label over the object's own labels (as [`namespace_selector_labels`] and
+/// [`service_account_labels`] make them), without a copy.
+pub struct NamedLabels<'a> {
+    name: &'a str,
+    labels: Option<&'a Labels>,
+}
+
+impl<'a> NamedLabels<'a> {
+    /// A namespace's: its labels and its name.
+    pub fn namespace(name: &'a str, labels: &'a Labels) -> Self {
+        NamedLabels { name, labels: Some(labels) }
+    }
+
+    /// A service account's: the model knows its name only.
+    pub fn service_account(name: &'a str) -> Self {
+        NamedLabels { name, labels: None }
+    }
+}
+
+impl LabelLookup for NamedLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        if key == NAME_LABEL { Some(self.name) } else { self.labels.and_then(|l| l.label(key)) }
+    }
+}
+
 /// A Calico selector expression (the full grammar). Kubernetes label selectors convert into it.
 /// Semantics follow Calico: `k == v` and `k in {..}` are false when `k` is missing; `k != v`
 /// and `k not in {..}` are true when it is missing; string operators are false when missing.
@@ -443,4 +469,34 @@ pub fn in_world(model: &crate::model::Model, policy: &PolicyId, staged_world: bo
         return !policy.kind.is_staged();
     }
     policy.kind.is_staged() || policy.staged_counterpart().is_none_or(|c| !model.tiered.contains_key(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_views_answer_as_the_copied_maps_do() {
+        // Own labels that collide with the implicit ones must be hidden by them, as the copies
+        // overwrite them.
+        let own: Labels = [(NAMESPACE_LABEL, "spoof"), (SERVICE_ACCOUNT_LABEL, "spoof"), (NAME_LABEL, "spoof"), ("app", "web")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let keys = [NAMESPACE_LABEL, SERVICE_ACCOUNT_LABEL, NAME_LABEL, "app", "absent"];
+        let pod_copy = pod_selector_labels(&own, "ns1", "sa1");
+        let pod_view = PodLabels::new("ns1", "sa1", &own);
+        let ns_copy = namespace_selector_labels(&own, "ns1");
+        let ns_view = NamedLabels::namespace("ns1", &own);
+        let sa_copy = service_account_labels("sa1");
+        let sa_view = NamedLabels::service_account("sa1");
+        for k in keys {
+            assert_eq!(pod_view.label(k), pod_copy.label(k), "pod label {k}");
+            assert_eq!(ns_view.label(k), ns_copy.label(k), "namespace label {k}");
+            assert_eq!(sa_view.label(k), sa_copy.label(k), "service account label {k}");
+        }
+        let listed: Labels = pod_view.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(listed, pod_copy, "the pod view lists what the copy holds");
+        assert_eq!(pod_view.iter().count(), pod_copy.len(), "each label once");
+    }
 }
