@@ -223,8 +223,12 @@ impl PodCache {
             Some((id4, id6))
         };
         let mut ids = Vec::with_capacity(model.pods.len());
+        // Address claims and the node's pods are taken in the same pass (see `build`).
+        let mut claims4: Vec<u64> = Vec::with_capacity(model.pods.len());
+        let mut claims6: Vec<(IpAddr, u32, u32)> = Vec::new();
+        let mut local: Vec<(PodRef, u32)> = Vec::new();
         let mut olds = self.pods.iter().zip(&old.ids).peekable();
-        for (r, pod) in model.pods.iter() {
+        for (pos, (r, pod)) in model.pods.iter().enumerate() {
             // Kept pods ordered before this one are gone.
             while let Some(&((or, _), &oi)) = olds.peek() {
                 if or >= r {
@@ -253,6 +257,16 @@ impl PodCache {
                     ids.push(ni);
                 }
             }
+            let (id4, id6) = ids[pos];
+            if let (Some(a), Some(_)) = (pod.ip, id4) {
+                claims4.push(u64::from(a.to_bits()) << 32 | pos as u64);
+            }
+            if let (Some(a), Some(id)) = (pod.ip6, id6) {
+                claims6.push((IpAddr::V6(a), pos as u32, id));
+            }
+            if node && pod.interface.is_some() {
+                local.push((r.clone(), pos as u32));
+            }
         }
         if !changed {
             return Some(Patch::Unchanged);
@@ -269,12 +283,12 @@ impl PodCache {
             }
             members.insert(id, n as u32);
         }
-        let (local, local_ids) = local_of(model, &ids, node);
+        let local_ids = local_ids(&local, &ids);
         if local_ids != old.local_ids {
             return None;
         }
         Some(Patch::Changed(PodSide {
-            owners: owners_of(model, &ids),
+            owners: first_claims(claims4, claims6, &ids),
             ids,
             attrs_by_id: old.attrs_by_id.clone(),
             members,
@@ -320,20 +334,6 @@ impl Regions {
     }
 }
 
-/// Every pod address with (its owner's position, its identity), in address order: the first
-/// claim in model order keeps an address.
-fn owners_of(model: &Model, ids: &[(Option<u32>, Option<u32>)]) -> Vec<(IpAddr, u32, u32)> {
-    let mut owners: Vec<(IpAddr, u32, u32)> = Vec::with_capacity(ids.len());
-    for (pos, (pod, &(id4, id6))) in model.pods.values().zip(ids).enumerate() {
-        let addrs = [pod.ip.zip(id4).map(|(a, id)| (IpAddr::V4(a), id)), pod.ip6.zip(id6).map(|(a, id)| (IpAddr::V6(a), id))];
-        owners.extend(addrs.into_iter().flatten().map(|(ip, id)| (ip, pos as u32, id)));
-    }
-    // Stable: among claims of one address, the first pod's comes first and stays.
-    owners.sort_by_key(|o| o.0);
-    owners.dedup_by_key(|o| o.0);
-    owners
-}
-
 /// The claims on pod addresses in address order as (address, claimant's position in model
 /// order, identity), each address with its first claim only. `v4`: IPv4 claims packed as
 /// `address << 32 | position`; `v6`: IPv6 claims; `ids`: every pod's identities.
@@ -354,20 +354,15 @@ fn first_claims(mut v4: Vec<u64>, mut v6: Vec<(IpAddr, u32, u32)>, ids: &[(Optio
     owners
 }
 
-/// On a node, its own pods (with an interface) and their identities, sorted.
-fn local_of(model: &Model, ids: &[(Option<u32>, Option<u32>)], node: bool) -> (Vec<(PodRef, u32)>, Vec<u32>) {
-    if !node {
-        return (Vec::new(), Vec::new());
-    }
-    let local: Vec<(PodRef, u32)> =
-        model.pods.iter().enumerate().filter(|(_, (_, p))| p.interface.is_some()).map(|(pos, (r, _))| (r.clone(), pos as u32)).collect();
-    let mut local_ids: Vec<u32> = local.iter().flat_map(|&(_, pos)| {
+/// The identities of the node's own pods, sorted.
+fn local_ids(local: &[(PodRef, u32)], ids: &[(Option<u32>, Option<u32>)]) -> Vec<u32> {
+    let mut v: Vec<u32> = local.iter().flat_map(|&(_, pos)| {
         let (a, b) = ids[pos as usize];
         a.into_iter().chain(b)
     }).collect();
-    local_ids.sort_unstable();
-    local_ids.dedup();
-    (local, local_ids)
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// The identity attributes of `pod`'s address in `region` (ports sorted, without repeats).
@@ -423,12 +418,7 @@ pub(crate) fn build(model: &Model, prefixes: &BTreeSet<Cidr>, node: bool, identi
             .collect(),
         baseline,
     );
-    let mut local_ids: Vec<u32> = local.iter().flat_map(|&(_, pos)| {
-        let (a, b) = ids[pos as usize];
-        a.into_iter().chain(b)
-    }).collect();
-    local_ids.sort_unstable();
-    local_ids.dedup();
+    let local_ids = local_ids(&local, &ids);
     if node {
         index.restrict_local(local_ids.iter().copied());
     }
