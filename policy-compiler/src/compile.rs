@@ -227,6 +227,10 @@ pub struct Compiler {
     reused: (PodSideUse, usize),
     /// On a node: the namespaces of its own pods, with the pods they were read from.
     local_namespaces: Option<LocalNamespaces>,
+    /// The last peer classes, with the local identities (in compile order) whose verdicts
+    /// they were made from; reused while every one of those verdicts is kept (a replica added
+    /// elsewhere) and nothing overflowed.
+    classes: Option<(Vec<u32>, crate::classes::ClassedSlots)>,
 }
 
 impl Default for Compiler {
@@ -292,6 +296,7 @@ impl Compiler {
             tables: Tables::default(),
             reused: (PodSideUse::Built, 0),
             local_namespaces: None,
+            classes: None,
         }
     }
 
@@ -317,6 +322,7 @@ impl Compiler {
     pub(crate) fn forget(&mut self) {
         self.pod_cache = None;
         self.kept = Kept::default();
+        self.classes = None;
     }
 
     pub fn limits(&self) -> Limits {
@@ -492,6 +498,7 @@ impl Compiler {
         self.kept.for_side(&side);
         let mut kept = std::mem::take(&mut self.kept.by_local);
         let mut now_kept: HashMap<u32, LocalOut> = HashMap::default();
+        let mut locals: Vec<u32> = Vec::new();
         let mut matches = Matches::default();
         let mut preds: Vec<[Option<RulePreds>; 2]> = (0..preps.len()).map(|_| [None, None]).collect();
         let tier_slots = &self.tier_slots;
@@ -566,10 +573,20 @@ impl Compiler {
             if out.flags != 0 {
                 flags.insert(l, out.flags);
             }
+            locals.push(l);
             now_kept.insert(l, out);
         }
         self.kept.by_local = now_kept;
-        let (policy, staged, class_of) = peer_classes(self.limits.max_policy_entries, &contexts, pairs, &pods_of, &mut fail_closed, &mut overflow);
+        // The same kept verdicts of the same local identities in the same order give the same
+        // contexts and triples, hence the same classes.
+        let classes = match self.classes.take() {
+            Some((was, c)) if self.reused.1 == locals.len() && was == locals => c,
+            _ => peer_classes(self.limits.max_policy_entries, &contexts, pairs, &pods_of, &mut fail_closed, &mut overflow),
+        };
+        if fail_closed.is_empty() && overflow.is_empty() {
+            self.classes = Some((locals, classes.clone()));
+        }
+        let (policy, staged, class_of) = classes;
         // Tables still named, with the entries they take: shared by every slot naming them,
         // so they are few; should they not fit, nothing can be judged and every endpoint fails
         // closed.
