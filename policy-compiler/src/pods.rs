@@ -341,7 +341,8 @@ impl Regions {
 /// Positions are unique, so sorting by (address, position) puts an address's first claim
 /// first. IPv4 claims, most of a cluster's, sort by radix.
 fn first_claims(mut v4: Vec<u64>, mut v6: Vec<(IpAddr, u32, u32)>, ids: &[(Option<u32>, Option<u32>)]) -> Vec<(IpAddr, u32, u32)> {
-    crate::radix::sort_u64(&mut v4);
+    // Claims come in model order: positions ascend among claims of one address already.
+    crate::radix::sort_u64_from(&mut v4, 32);
     v6.sort_unstable();
     let mut owners: Vec<(IpAddr, u32, u32)> = Vec::with_capacity(v4.len() + v6.len());
     owners.extend(v4.into_iter().filter_map(|k| {
