@@ -1,7 +1,7 @@
 //! Compiles one node of the 150k-pod synthetic cluster from nothing, in a loop, so a profiler
 //! can say where a per-node compile's time goes: `perf record -g --
-//! target/release/examples/node_compile 10`, then `perf report --sort sym`. Argument: rounds.
-//! Prints each round's time and, with `NODE_COMPILE_PHASES=1`, the compiler's phase times.
+//! target/release/examples/node_compile 10`, then `perf report --sort sym` (with
+//! `--call-graph dwarf` for callers). Argument: rounds. Prints each round's time.
 
 use std::time::Instant;
 
