@@ -21,31 +21,7 @@ pub(crate) fn sort_u64_from(keys: &mut Vec<u64>, bits: u32) {
     // Bits that differ between keys; bytes where none does need no pass, nor do the bytes of
     // the low part (LSD radix passes are stable: the input's order stands among equal digits).
     let varying = (or & !and) & (u64::MAX << bits);
-    let mut from = std::mem::take(keys);
-    let mut to = vec![0u64; from.len()];
-    for byte in 0..8 {
-        let shift = byte * 8;
-        if (varying >> shift) & 0xff == 0 {
-            continue;
-        }
-        let mut count = [0usize; 256];
-        for &k in &from {
-            count[((k >> shift) & 0xff) as usize] += 1;
-        }
-        let mut at = 0;
-        for c in count.iter_mut() {
-            let n = *c;
-            *c = at;
-            at += n;
-        }
-        for &k in &from {
-            let d = ((k >> shift) & 0xff) as usize;
-            to[count[d]] = k;
-            count[d] += 1;
-        }
-        std::mem::swap(&mut from, &mut to);
-    }
-    *keys = from;
+    passes(keys, |&k| k, varying);
 }
 
 /// Sorts `items` by a `u32` key, stably (the result of `sort_by_key`).
@@ -55,10 +31,15 @@ pub(crate) fn sort_by_u32_key<T: Copy + Default>(items: &mut Vec<T>, key: impl F
         return;
     }
     let (or, and) = items.iter().fold((0u32, u32::MAX), |(o, a), t| (o | key(t), a & key(t)));
-    let varying = or & !and;
+    passes(items, |t| u64::from(key(t)), u64::from(or & !and));
+}
+
+/// Stable LSD passes over the bytes of `key` set in `varying` (bytes where no key differs
+/// need no pass).
+fn passes<T: Copy + Default>(items: &mut Vec<T>, key: impl Fn(&T) -> u64, varying: u64) {
     let mut from = std::mem::take(items);
     let mut to = vec![T::default(); from.len()];
-    for byte in 0..4 {
+    for byte in 0..8 {
         let shift = byte * 8;
         if (varying >> shift) & 0xff == 0 {
             continue;
