@@ -213,7 +213,7 @@ impl Watcher {
         let peer = peers.get(&remote).map(|n| Peer::Workload(n.clone())).unwrap_or(Peer::Address(remote));
         let mut g = self.shared.state();
         let Some(w) = g.workloads.values().find(|w| w.ifindex == ev.ifindex).cloned() else { return };
-        if w.spec.mode == Mode::Learn {
+        if w.learns_at(ev.ts_ns) {
             // A flow the policy denied is no behaviour to learn.
             let p = g.profile_mut(&w);
             let new = ev.kind == flow_kind::NEW_ALLOWED && if inbound { p.learn_ingress(&peer, port, protocol) } else { p.learn_egress(&peer, port, protocol) };

@@ -229,7 +229,8 @@ impl Detector {
             // A missing profile stays missing until the workload learns (or an import or an
             // explicit mode change says otherwise).
             let profile_missing = spec.mode != Mode::Learn && g.workloads.get(&cgroup_id).is_some_and(|o| o.profile_missing);
-            let mut w = WorkloadState { spec, cgroup_id, profile_id: 0, ifindex, opts, profile_missing };
+            let learned_until_ns = WorkloadState::learned_until_after(g.workloads.get(&cgroup_id), spec.mode);
+            let mut w = WorkloadState { spec, cgroup_id, profile_id: 0, ifindex, opts, profile_missing, learned_until_ns };
             w.profile_id = g
                 .workloads
                 .values()
@@ -260,6 +261,7 @@ impl Detector {
         let state = {
             let mut g = self.shared.state();
             let w = g.workloads.values_mut().find(|w| w.spec.name == name).ok_or_else(|| det_err(format!("no workload {name}")))?;
+            w.learned_until_ns = WorkloadState::learned_until_after(Some(w), mode);
             w.spec.mode = mode;
             // The operator chose the mode for the profile there is.
             w.profile_missing = false;

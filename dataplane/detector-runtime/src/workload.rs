@@ -149,6 +149,12 @@ pub struct WorkloadState {
     /// exists again: imported, learned (the workload set to learn), or the mode set anew.
     #[serde(default)]
     pub profile_missing: bool,
+    /// When (monotonic ns) the workload last left learn mode; 0 = never. Flow events are
+    /// read from a ring after the fact, so a flow the workload opened while learning can be
+    /// judged after the switch: its timestamp, not the moment it is read, says which mode it
+    /// belongs to. Not persisted: a restarted agent has read the ring's old events.
+    #[serde(skip)]
+    pub learned_until_ns: u64,
 }
 
 impl WorkloadState {
@@ -156,6 +162,21 @@ impl WorkloadState {
     /// missing, since an empty profile would make every exec and peer a finding.
     pub fn effective_mode(&self) -> Mode {
         if self.profile_missing && self.spec.mode == Mode::Protect { Mode::Monitor } else { self.spec.mode }
+    }
+
+    /// Whether an event stamped `ts_ns` (monotonic) is learned rather than judged.
+    pub fn learns_at(&self, ts_ns: u64) -> bool {
+        self.spec.mode == Mode::Learn || ts_ns < self.learned_until_ns
+    }
+
+    /// The stamp a workload keeps when its mode becomes `mode`, having been `old`.
+    pub(crate) fn learned_until_after(old: Option<&WorkloadState>, mode: Mode) -> u64 {
+        match old {
+            _ if mode == Mode::Learn => 0,
+            Some(o) if o.spec.mode == Mode::Learn => bulkhead_loader::clock::monotonic_ns(),
+            Some(o) => o.learned_until_ns,
+            None => 0,
+        }
     }
 
     /// The name of the profile this workload learns into and is judged by.
@@ -188,4 +209,37 @@ pub struct WorkloadStatus {
     pub frozen: bool,
     /// The managing DetectorPolicy, if any.
     pub policy: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(mode: Mode, learned_until_ns: u64) -> WorkloadState {
+        WorkloadState {
+            spec: WorkloadSpec { name: "ns/w".into(), mode, ..Default::default() },
+            cgroup_id: 1,
+            profile_id: 1,
+            ifindex: 0,
+            opts: WorkloadOptions::default(),
+            profile_missing: false,
+            learned_until_ns,
+        }
+    }
+
+    #[test]
+    fn a_flow_opened_while_learning_is_learned_even_when_read_after_the_switch() {
+        let learning = state(Mode::Learn, 0);
+        let before = bulkhead_loader::clock::monotonic_ns();
+        let stamp = WorkloadState::learned_until_after(Some(&learning), Mode::Monitor);
+        assert!(stamp >= before, "the switch is stamped with the time it happened: {stamp} < {before}");
+        let monitoring = state(Mode::Monitor, stamp);
+        assert!(monitoring.learns_at(stamp - 1), "an event from before the switch is learned");
+        assert!(!monitoring.learns_at(stamp), "an event from the switch on is judged");
+        // Monitor -> protect keeps the stamp; back to learn clears it; a new workload has none.
+        assert_eq!(WorkloadState::learned_until_after(Some(&monitoring), Mode::Protect), stamp);
+        assert_eq!(WorkloadState::learned_until_after(Some(&monitoring), Mode::Learn), 0);
+        assert_eq!(WorkloadState::learned_until_after(None, Mode::Protect), 0);
+        assert!(state(Mode::Learn, 0).learns_at(u64::MAX), "learn mode learns whatever the time");
+    }
 }
