@@ -311,6 +311,7 @@ impl Synth {
             .values()
             .find(|p| p.labels.get("app") == Some(&d.app))
             .expect("deployment has pods")
+            .as_ref()
             .clone();
         let i = self.next_pod;
         m.upsert_pod(Pod {
@@ -328,7 +329,7 @@ impl Synth {
     /// node's agent sees in a large cluster.
     pub fn add_replica_elsewhere(&self, model: &Model) -> Model {
         let mut m = model.clone();
-        let template = m.pods.values().find(|p| p.interface.is_none() && p.ip.is_some()).expect("a pod on another node").clone();
+        let template = m.pods.values().find(|p| p.interface.is_none() && p.ip.is_some()).expect("a pod on another node").as_ref().clone();
         let i = self.next_pod;
         m.upsert_pod(Pod { name: format!("{}-extra", template.name), ip: Some(pod_ip(i)), ip6: None, interface: None, ..template });
         m

@@ -99,7 +99,7 @@ fn party(v: &Value, end: &str, model: &mut Model, learn_pods: bool) -> Option<Pa
         if learn_pods && !model.pods.contains_key(&r) {
             let labels: BTreeMap<String, String> =
                 w["labels"].as_object().map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()).unwrap_or_default();
-            model.pods.insert(r, Pod { namespace: ns.into(), name: name.into(), labels, service_account: String::new(), ip: None, ip6: None, ports: vec![], interface: None });
+            model.pods.insert(r, Pod { namespace: ns.into(), name: name.into(), labels, service_account: String::new(), ip: None, ip6: None, ports: vec![], interface: None }.into());
         }
         return Some(Party::Pod { namespace: ns.into(), name: name.into() });
     }

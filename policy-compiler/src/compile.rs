@@ -193,7 +193,7 @@ pub enum Scope {
 
 /// A node's local namespaces, with the pods they were read from.
 /// A node's own pods as (namespace, service account, labels), with their namespaces.
-type LocalNamespaces = (crate::model::Shared<BTreeMap<PodRef, crate::model::Pod>>, HashSet<String>, Vec<(String, String, crate::model::Labels)>);
+type LocalNamespaces = (crate::model::Pods, HashSet<String>, Vec<(String, String, crate::model::Labels)>);
 
 /// What a compile did with the pod side (identities, address owners, selection index).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

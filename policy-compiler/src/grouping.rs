@@ -118,7 +118,7 @@ fn group_in(model: &Model, regions: &Regions, node: bool, identities: &mut Ident
 /// Groups a run of pods, the first at `offset` in model order.
 fn group_share<'m>(
     model: &'m Model,
-    pods: impl Iterator<Item = (&'m PodRef, &'m Pod)>,
+    pods: impl Iterator<Item = (&'m PodRef, &'m crate::model::Shared<Pod>)>,
     offset: usize,
     regions: &Regions,
     state: &foldhash::fast::RandomState,

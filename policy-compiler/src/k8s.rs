@@ -20,7 +20,7 @@ use crate::error::{DocumentRef, Error, Origin};
 use crate::tiered::{PolicyId, PolicyKind, Tier, TieredPolicy};
 use crate::model::{
     Cidr, IpBlock, LabelSelector, Model, NamedPort, Namespace, NamespaceScope, NetworkPolicy, Operator, Peer, Peers,
-    Pod, PodRef, PolicyRef, PortMatch, PortSpec, Ports, Protocol, Requirement, Rule,
+    Pod, PodRef, PolicyRef, PortMatch, PortSpec, Ports, Protocol, Requirement, Rule, Shared,
 };
 use syntax::{Doc, child, get, index};
 
@@ -42,7 +42,8 @@ pub const CLUSTER_SCOPED_ONLY_ANNOTATION: &str = "bulkhead.io/cluster-scoped-onl
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Object {
     Namespace(Namespace),
-    Pod(Pod),
+    /// Shared, so the models built from one parse hold the very same pod.
+    Pod(Shared<Pod>),
     NetworkPolicy(NetworkPolicy),
     /// A Calico `Tier`.
     Tier(Tier),
@@ -180,7 +181,7 @@ fn parse_document(file: &str, number: usize, value: &Value) -> Result<Object, Er
             labels.entry(NAMESPACE_NAME_LABEL.to_string()).or_insert_with(|| name.to_string());
             Ok(Object::Namespace(Namespace { name: name.to_string(), labels }))
         }
-        "Pod" => parse_pod(&d, top, meta, namespace, name, labels).map(Object::Pod),
+        "Pod" => parse_pod(&d, top, meta, namespace, name, labels).map(|p| Object::Pod(p.into())),
         _ if api_version == CALICO_API_VERSION && kind == "Tier" => calico::parse_tier(&d, top, meta, name).map(Object::Tier),
         _ if api_version == CALICO_API_VERSION => {
             let kind = calico_kind(kind).expect("supported Calico kind");

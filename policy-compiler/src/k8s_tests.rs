@@ -175,6 +175,12 @@ status: {podIP: 192.168.0.1}
     let Object::Pod(b) = &res[2].object else { panic!("pod third") };
     assert_eq!((b.ip, b.service_account.as_str()), (None, "sa"), "host-network pods get no address");
     assert_eq!(res[2].origin, Origin { file: "pods.yaml".into(), document: 3 });
+    // Models built from the same parse (as a datastore builds one per sync) hold the very
+    // same pods, which the compiler compares without reading them.
+    let (m1, m2) = (build_model(res.clone()).expect("model"), build_model(res.clone()).expect("model"));
+    for (r, p) in &m1.pods {
+        assert!(crate::model::Shared::same(p, &m2.pods[r]), "{r} parsed once is one pod in both models");
+    }
 
     let bad = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{ports: [{name: 'ab cd', containerPort: 1}]}]\n";
     let err = parse_documents("p.yaml", bad).expect_err("bad port name").to_string();

@@ -24,7 +24,11 @@ pub type Labels = BTreeMap<String, String>;
 pub struct Model {
     /// Keyed by namespace name.
     pub namespaces: Shared<BTreeMap<String, Namespace>>,
-    pub pods: Shared<BTreeMap<PodRef, Pod>>,
+    /// Each pod is shared too: a datastore that hands out the pod it parsed once (the
+    /// Kubernetes watcher keeps each object's parse until the object changes) makes an
+    /// unchanged pod the very same one in the next model, which the compiler tells at once
+    /// instead of comparing its fields.
+    pub pods: Pods,
     pub policies: BTreeMap<PolicyRef, NetworkPolicy>,
     /// Calico tiers by name (the built-in `default`, ANP and BANP tiers are implicit and need
     /// not be listed).
@@ -41,7 +45,8 @@ impl Model {
     }
 
     /// Inserts or replaces a pod under its own namespace/name.
-    pub fn upsert_pod(&mut self, pod: Pod) {
+    pub fn upsert_pod(&mut self, pod: impl Into<Shared<Pod>>) {
+        let pod = pod.into();
         self.pods.insert(pod.pod_ref(), pod);
     }
 
@@ -54,7 +59,7 @@ impl Model {
     pub fn pod_by_ip(&self, ip: impl Into<IpAddr>) -> Option<&Pod> {
         let ip = ip.into();
         // The first claim in PodRef order, as ip_owners decides.
-        self.pods.values().find(|p| p.addrs().any(|a| a == ip))
+        self.pods.values().find(|p| p.addrs().any(|a| a == ip)).map(|p| &**p)
     }
 
     /// Which pod owns each pod address. When several pods claim one address (a stale
@@ -73,13 +78,23 @@ impl Model {
     }
 }
 
+/// The pods of a model by namespace/name.
+pub type Pods = Shared<BTreeMap<PodRef, Shared<Pod>>>;
+
 /// A part of a model shared by reference and copied on write: reading goes through
 /// [`Deref`](std::ops::Deref); any mutable access ([`DerefMut`](std::ops::DerefMut)) first
 /// copies the contents if another holder shares them. So two holders of the
 /// [`Shared::same`] value hold equal contents, whoever changed what since: the compiler keeps a
 /// holder of what it last compiled and skips the work on parts that are still the same.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Eq)]
 pub struct Shared<T>(std::sync::Arc<T>);
+
+impl<T: PartialEq> PartialEq for Shared<T> {
+    /// The very same contents are equal without a look at them.
+    fn eq(&self, other: &Self) -> bool {
+        Shared::same(self, other) || *self.0 == *other.0
+    }
+}
 
 impl<T> Shared<T> {
     pub fn new(value: T) -> Self {
@@ -89,6 +104,12 @@ impl<T> Shared<T> {
     /// Whether both hold the very same contents (not merely equal ones).
     pub fn same(a: &Shared<T>, b: &Shared<T>) -> bool {
         std::sync::Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl<T> AsRef<T> for Shared<T> {
+    fn as_ref(&self) -> &T {
+        &self.0
     }
 }
 

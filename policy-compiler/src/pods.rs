@@ -51,7 +51,7 @@ impl PodSide {
             .iter()
             .zip(&self.ids)
             .filter(|(_, (a, b))| a.is_some() || b.is_some())
-            .map(|((r, p), &(a, b))| (r, p, a, b))
+            .map(|((r, p), &(a, b))| (r, &**p, a, b))
             .collect()
     }
 
@@ -61,9 +61,9 @@ impl PodSide {
         // One of the two identities exists for pods with an address.
         let enforced = |&(pos, _, _): &(u32, &PodRef, &Pod)| self.ids.get(pos as usize).is_some_and(|&(a, b)| a.is_some() || b.is_some());
         if node {
-            Box::new(self.local.iter().filter_map(|(r, pos)| model.pods.get_key_value(r).map(|(r, p)| (*pos, r, p))).filter(enforced))
+            Box::new(self.local.iter().filter_map(|(r, pos)| model.pods.get_key_value(r).map(|(r, p)| (*pos, r, &**p))).filter(enforced))
         } else {
-            Box::new(model.pods.iter().enumerate().map(|(pos, (r, p))| (pos as u32, r, p)).filter(enforced))
+            Box::new(model.pods.iter().enumerate().map(|(pos, (r, p))| (pos as u32, r, &**p)).filter(enforced))
         }
     }
 
@@ -86,7 +86,7 @@ type IpcacheBase = (Arc<PodSide>, HashMap<u32, u32>, Arc<Ipcache>);
 
 /// The last pod side built, with what it was built from.
 pub(crate) struct PodCache {
-    pods: Shared<BTreeMap<PodRef, Pod>>,
+    pods: crate::model::Pods,
     namespaces: Shared<BTreeMap<String, Namespace>>,
     prefixes: BTreeSet<Cidr>,
     side: Arc<PodSide>,
