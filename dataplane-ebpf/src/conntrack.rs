@@ -179,15 +179,18 @@ impl Table for V6 {
     }
 }
 
-/// An IPv6 key as the fast path holds it: words, in registers, where the general path writes
-/// a [`Ct6KeyV1`] into the per-CPU scratch. Ends ordered as in [`Ct6KeyV1::set`]; `ports` is
-/// the low end's port then the high end's, in network order.
+/// An IPv6 key as the fast path holds it: words, in the per-CPU scratch (see `fast`), where
+/// the general path writes a [`Ct6KeyV1`] there. Ends ordered as in [`Ct6KeyV1::set`];
+/// `ports` is the native-order word of the low end's port then the high end's, in network
+/// order. Whole words throughout: byte fields made LLVM keep a pointer per byte.
+#[repr(C)]
 pub struct Key6 {
     pub lo: In6,
     pub hi: In6,
     pub ifindex: u32,
-    pub ports: [u8; 4],
-    pub protocol: u8,
+    pub ports: u32,
+    pub protocol: u32,
+    pub _pad: u32,
 }
 
 /// The IPv6 table, probed with a [`Key6`] (the fast path's).
@@ -198,8 +201,7 @@ impl Table for V6Words {
     type Slot = Ct6SlotV1;
     #[inline(always)]
     fn bucket(k: &Key6) -> u32 {
-        let p = k.ports;
-        bulkhead_common::ct::bucket6(k.ifindex, k.lo.0, k.hi.0, [p[0], p[1]], [p[2], p[3]], k.protocol)
+        bulkhead_common::ct::bucket6_ports_word(k.ifindex, k.lo.0, k.hi.0, k.ports, k.protocol as u8)
     }
     #[inline(always)]
     fn slot(i: u32) -> Option<*mut Ct6SlotV1> {
@@ -211,7 +213,7 @@ impl Table for V6Words {
         let sk = unsafe { &(*s).key };
         let (a, c) = (In6::at(&sk.addr_lo_be).0, In6::at(&sk.addr_hi_be).0);
         let ports = u32::from_ne_bytes([sk.port_lo_be[0], sk.port_lo_be[1], sk.port_hi_be[0], sk.port_hi_be[1]]);
-        let rest = (sk.ifindex ^ k.ifindex) | (ports ^ u32::from_ne_bytes(k.ports)) | (sk.protocol ^ k.protocol) as u32;
+        let rest = (sk.ifindex ^ k.ifindex) | (ports ^ k.ports) | (sk.protocol as u32 ^ k.protocol);
         (a[0] ^ k.lo.0[0]) | (a[1] ^ k.lo.0[1]) | (c[0] ^ k.hi.0[0]) | (c[1] ^ k.hi.0[1]) | rest as u64 == 0
     }
     #[inline(always)]
@@ -219,10 +221,11 @@ impl Table for V6Words {
         // SAFETY: the caller owns the slot.
         let sk = unsafe { &mut (*s).key };
         sk.ifindex = k.ifindex;
-        sk.protocol = k.protocol;
+        sk.protocol = k.protocol as u8;
         sk._pad = [0; 3];
-        sk.port_lo_be = [k.ports[0], k.ports[1]];
-        sk.port_hi_be = [k.ports[2], k.ports[3]];
+        let p = k.ports.to_ne_bytes();
+        sk.port_lo_be = [p[0], p[1]];
+        sk.port_hi_be = [p[2], p[3]];
         put16(&mut sk.addr_lo_be, &k.lo);
         put16(&mut sk.addr_hi_be, &k.hi);
     }

@@ -81,23 +81,52 @@ pub fn established_v6(ctx: &TcContext, raw: &EndpointV4, cfg: &ConfigV2, dir: u8
     if ver != 6 || !plain(protocol, unsafe { *((l4 + 13) as *const u8) }) || !open_endpoint(raw, cfg, ifindex) {
         return None;
     }
-    let (saddr, daddr) = (In6::at((ip + 8) as *const [u8; 16]), In6::at((ip + 24) as *const [u8; 16]));
-    // SAFETY: inside the checked range.
-    let ports = unsafe { word(l4 as *const [u8; 4]) };
+    // Index 0 of a one-entry array always exists; the general path decides should it not.
+    // Taken before the packet's words are loaded, so they need not outlive the lookup.
+    let scratch = maps::SCRATCH6.get_ptr_mut(0)?;
+    // The key is built in the per-CPU scratch, straight from the packet, and its ends put in
+    // order there: held in registers, its words spilled and took the entry's frame past what
+    // the entry, `tc_v4` and the verdict subprogram can share.
+    // SAFETY: this CPU's scratch slot, used by this packet only; packet reads inside the
+    // checked range.
+    let key = unsafe { &mut (*scratch).fast };
+    (key.lo, key.hi) = (In6::at((ip + 8) as *const [u8; 16]), In6::at((ip + 24) as *const [u8; 16]));
+    key.ports = u32::from_ne_bytes(unsafe { word(l4 as *const [u8; 4]) });
+    (key.ifindex, key.protocol) = (ifindex, protocol as u32);
     // Only the pod's own address here; link-local sources take the general path.
-    if dir == direction::EGRESS && (saddr != In6::at(&raw.ipv6_be) || saddr.0 == [0; 2]) {
+    if dir == direction::EGRESS && (key.lo != In6::at(&raw.ipv6_be) || key.lo.0 == [0; 2]) {
         return None;
     }
-    // The key in registers (the general path writes it into the per-CPU scratch).
-    let ((sh, sl), (dh, dl)) = (saddr.halves(), daddr.halves());
-    let key = if bulkhead_common::ct6_source_first((sh, sl, [ports[0], ports[1]]), (dh, dl, [ports[2], ports[3]])) {
-        conntrack::Key6 { lo: saddr, hi: daddr, ifindex, ports, protocol }
-    } else {
-        conntrack::Key6 { lo: daddr, hi: saddr, ifindex, ports: [ports[2], ports[3], ports[0], ports[1]], protocol }
-    };
-    let ct = conntrack::find_inline::<conntrack::V6Words>(&key)?;
+    if !source_first(key) {
+        // The destination is the low end: ends swapped, and the word's two ports with them.
+        // Word by word: `mem::swap` moved the 32 bytes one byte at a time here.
+        let (lo, hi) = (key.lo.0, key.hi.0);
+        (key.lo.0, key.hi.0) = (hi, lo);
+        key.ports = key.ports.rotate_left(16);
+    }
+    let ct = conntrack::find_inline::<conntrack::V6Words>(key)?;
     // SAFETY: as for IPv4.
     pass(unsafe { &mut *ct }, cfg, dir, ifindex, ctx.len())
+}
+
+/// Whether the source end of the packet's tuple in `k` (as loaded: source first) is the
+/// low end, as [`bulkhead_common::ct6_source_first`] decides. Each word is read from the
+/// scratch when compared (volatile reads): LLVM otherwise kept all of them in registers
+/// at once and spilled them onto the entry's stack.
+#[inline(always)]
+fn source_first(k: &conntrack::Key6) -> bool {
+    // SAFETY: fields of a valid reference.
+    let at = |w: &u64| u64::from_be(unsafe { core::ptr::read_volatile(w) });
+    let (s, d) = (at(&k.lo.0[0]), at(&k.hi.0[0]));
+    if s != d {
+        return s < d;
+    }
+    let (s, d) = (at(&k.lo.0[1]), at(&k.hi.0[1]));
+    if s != d {
+        return s < d;
+    }
+    let p = k.ports.to_ne_bytes();
+    u16::from_be_bytes([p[0], p[1]]) <= u16::from_be_bytes([p[2], p[3]])
 }
 
 /// Neither overflowed (fails closed) nor isolated (the allow-list decides): those take the

@@ -143,6 +143,9 @@ fn try_tc(ctx: &TcContext, dir: u8) -> i32 {
     // bytes, so either callee has nearly all of it (entry, `tc_v4` and the verdict
     // subprogram come to exactly 512).
     if parse::is_ipv6(ctx.data(), ctx.data_end()) {
+        if let Some(v) = fast::established_v6(ctx, raw, cfg, dir, ifindex) {
+            return v;
+        }
         tc_v6(ctx.skb.skb, raw, cfg, dir, ifindex)
     } else {
         // Most packets: a flow conntrack admitted. Here rather than in `tc_v4`, it saves
@@ -223,9 +226,6 @@ fn tc_v4(skb: *mut aya_ebpf::bindings::__sk_buff, raw: &EndpointV4, cfg: &Config
 #[inline(never)]
 fn tc_v6(skb: *mut aya_ebpf::bindings::__sk_buff, raw: &EndpointV4, cfg: &ConfigV2, dir: u8, ifindex: u32) -> i32 {
     let ctx = TcContext::new(skb);
-    if let Some(v) = fast::established_v6(&ctx, raw, cfg, dir, ifindex) {
-        return v;
-    }
     let g = bulkhead_common::generation(cfg.policy_rev) as usize & 1;
     let local = Some((raw.identity6[g], g as u8));
     let Some(s) = maps::SCRATCH6.get_ptr_mut(0) else {

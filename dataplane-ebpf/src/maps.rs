@@ -236,6 +236,8 @@ pub struct Scratch6 {
     pub flow: crate::parse::Flow6,
     pub err_saddr: crate::family::In6,
     pub key: Ct6KeyV1,
+    /// The established-flow fast path's conntrack key (see `fast`).
+    pub fast: crate::conntrack::Key6,
 }
 
 /// Key: 0. Value: global configuration (policy revision, conntrack timeouts).

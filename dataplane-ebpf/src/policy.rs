@@ -135,14 +135,22 @@ fn judge(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16) -> Polic
 /// through the caller's stack, a pointer to which the subprogram keeps on its own.
 #[inline(always)]
 fn judge_ref(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16) -> Option<&'static PolicyValueV2> {
+    // The question is kept in the port key from the start and read back from it (volatile)
+    // where needed: held in registers across the lookups, it was three spill slots, and this
+    // subprogram's frame sits on top of the entry's and the family path's in 512 bytes.
+    let mut key = PortKeyV1 { table_be: [0; 4], direction: dir, protocol, port_be: port.to_be_bytes() };
+    let asked = |k: &PortKeyV1| -> u8 {
+        // SAFETY: a field of a live stack value.
+        unsafe { core::ptr::read_volatile(&k.protocol) }
+    };
     let mut pk = PeerKeyV2 { local_identity_be: local.to_be_bytes(), peer_class_be: peer_class.to_be_bytes(), direction: dir, protocol, _pad: [0; 2] };
-    let e = match peer_slice(&mut pk, protocol) {
+    let e = match peer_slice(&mut pk, asked(&key)) {
         Some(e) => e,
         // Class ANY was the any-peer lookup already.
         None if peer_class == identity::ANY => return None,
         None => {
             pk.peer_class_be = identity::ANY.to_be_bytes();
-            peer_slice(&mut pk, protocol)?
+            peer_slice(&mut pk, asked(&key))?
         }
     };
     // Through the map value, not a copy: the subprogram's frame sits on top of the family's.
@@ -152,7 +160,9 @@ fn judge_ref(local: u32, peer_class: u32, dir: u8, protocol: u8, port: u16) -> O
         return Some(&slice.verdict);
     }
     if slice.flags & (slice_flags::HAS_PORTS | slice_flags::HAS_RANGES) != 0 {
-        let key = PortKeyV1 { table_be: e.table_be, direction: dir, protocol: e.protocol, port_be: port.to_be_bytes() };
+        // SAFETY: a field of a live stack value.
+        let port = u16::from_be_bytes(unsafe { core::ptr::read_volatile(&key.port_be) });
+        (key.table_be, key.protocol) = (e.table_be, e.protocol);
         if slice.flags & slice_flags::HAS_PORTS != 0 && slice.port_filter & port_filter_bit(port) != 0 {
             if let Some(v) = port_entry(&key) {
                 return Some(v);

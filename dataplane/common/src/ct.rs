@@ -97,6 +97,17 @@ pub fn bucket6(ifindex: u32, lo: [u64; 2], hi: [u64; 2], port_lo: [u8; 2], port_
     fmix(step(h, b)) as u32 & (BUCKETS - 1)
 }
 
+/// [`bucket6`] with both ports as one native-order word of their four network-order bytes
+/// (the low end's port first), as the fast path loads them from the packet.
+#[inline(always)]
+pub fn bucket6_ports_word(ifindex: u32, lo: [u64; 2], hi: [u64; 2], ports: u32, protocol: u8) -> u32 {
+    // On this little-endian machine the word's low half is the low end's port: rotated, it
+    // is the high half of `words4`'s second word, the high end's port below it.
+    let b = (ports.rotate_left(16) as u64) << 32 | (ifindex ^ (protocol as u32) << 24) as u64;
+    let h = step(step(step(step(0, lo[0]), lo[1]), hi[0]), hi[1]);
+    fmix(step(h, b)) as u32 & (BUCKETS - 1)
+}
+
 /// The 16 bytes of an address as the two words [`bucket6`] takes.
 #[inline(always)]
 pub fn words6(a: &[u8; 16]) -> [u64; 2] {
@@ -198,6 +209,16 @@ mod tests {
         assert!(worst <= 8, "60,000 flows into {BUCKETS} buckets: the fullest holds {worst}");
         // A uniform hash fills 65,536 * (1 - e^(-60,000 / 65,536)) = about 39,300 of them.
         assert!(per.len() > 38_000, "only {} distinct buckets for 60,000 flows", per.len());
+    }
+
+    #[test]
+    fn the_ports_word_bucket_is_the_bucket() {
+        let (a, b) = (words6(&[0xfd; 16]), words6(&[0x20; 16]));
+        for (lo, hi) in [(1000u16, 443u16), (443, 1000), (0, 65535), (0x1234, 0xabcd)] {
+            let (l, h) = (lo.to_be_bytes(), hi.to_be_bytes());
+            let word = u32::from_ne_bytes([l[0], l[1], h[0], h[1]]);
+            assert_eq!(bucket6_ports_word(9, a, b, word, proto::UDP), bucket6(9, a, b, l, h, proto::UDP), "ports {lo}, {hi}");
+        }
     }
 
     #[test]
