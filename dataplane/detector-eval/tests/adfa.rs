@@ -50,6 +50,10 @@ fn adfa_side_by_side_when_dataset_present() {
         );
     }
     assert_eq!(report.rows.len(), 6, "model + stide n=3..7");
+    // ADFA-LD's six attack families, every attack trace in one of them.
+    let families: Vec<&str> = report.families.iter().map(|r| r.family.as_str()).collect();
+    assert_eq!(families, ["Adduser", "Hydra_FTP", "Hydra_SSH", "Java_Meterpreter", "Meterpreter", "Web_Shell"], "{report}");
+    assert_eq!(report.families.iter().map(|r| r.traces).sum::<usize>(), report.attack.traces);
     assert!(
         report.elapsed_secs < 60.0,
         "full run took {:.1} s",
@@ -137,4 +141,9 @@ fn synthetic_evaluation_separates_planted_attacks() {
         report.to_string().contains("stide n=7"),
         "table lists STIDE rows:\n{report}"
     );
+    // One family ("planted"), which is all the attacks: its figures are the whole set's.
+    assert_eq!(report.families.len(), 1, "{report}");
+    let fam = &report.families[0];
+    assert_eq!((fam.family.as_str(), fam.traces), ("planted", 50));
+    assert!((fam.model_auc - model.auc).abs() < 1e-12, "{fam:?} vs {model:?}");
 }
