@@ -107,8 +107,14 @@ fn within_budget() -> bool {
     let Some(r) = DROP_RATE.get_ptr_mut(0) else { return false };
     // SAFETY: per-CPU slot, no other writer on this CPU while the program runs.
     let r = unsafe { &mut *r };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // A one-second window needs no nanosecond clock: the tick clock (one inlined load where
+    // `bpf_ktime_get_ns` was a helper call) keeps a flood of denials with flow records on
+    // (the default) cheap once the budget is spent. Without a config, the coarse clock.
+    let now = match crate::maps::CONFIG.get(0) {
+        Some(cfg) => crate::coarse_now(cfg),
+        // SAFETY: helper without preconditions.
+        None => unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() },
+    };
     if now.wrapping_sub(r.window_start_ns) >= 1_000_000_000 {
         r.window_start_ns = now;
         r.sent = 0;

@@ -724,7 +724,8 @@ impl FlowEventV5 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropRateV1 {
-    /// Start of the current one-second window (monotonic ns).
+    /// Start of the current one-second window, in ns of the programs' tick clock (jiffies
+    /// as calibrated in [`ConfigV2`], else the coarse monotonic clock).
     pub window_start_ns: u64,
     /// Events sent in the window.
     pub sent: u32,
