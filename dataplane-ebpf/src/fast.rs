@@ -111,23 +111,18 @@ pub fn established_v6(ctx: &TcContext, raw: &EndpointV4, cfg: &ConfigV2, dir: u8
 }
 
 /// Whether the source end of the packet's tuple in `k` (as loaded: source first) is the
-/// low end, as [`bulkhead_common::ct6_source_first`] decides. Each word is read from the
-/// scratch when compared (volatile reads): LLVM otherwise kept all of them in registers
-/// at once and spilled them onto the entry's stack.
+/// low end, by the shared rule. Each word is read from the scratch when compared (volatile
+/// reads): LLVM otherwise kept all of them in registers at once and spilled them onto the
+/// entry's stack.
 #[inline(always)]
 fn source_first(k: &conntrack::Key6) -> bool {
-    // SAFETY: fields of a valid reference.
-    let at = |w: &u64| u64::from_be(unsafe { core::ptr::read_volatile(w) });
-    let (s, d) = (at(&k.lo.0[0]), at(&k.hi.0[0]));
-    if s != d {
-        return s < d;
-    }
-    let (s, d) = (at(&k.lo.0[1]), at(&k.hi.0[1]));
-    if s != d {
-        return s < d;
-    }
     let p = k.ports.to_ne_bytes();
-    u16::from_be_bytes([p[0], p[1]]) <= u16::from_be_bytes([p[2], p[3]])
+    bulkhead_common::ct6_source_first_with(
+        // SAFETY: fields of a valid reference.
+        |source, i| u64::from_be(unsafe { core::ptr::read_volatile(if source { &k.lo.0[i] } else { &k.hi.0[i] }) }),
+        u16::from_be_bytes([p[0], p[1]]),
+        u16::from_be_bytes([p[2], p[3]]),
+    )
 }
 
 /// Neither overflowed (fails closed) nor isolated (the allow-list decides): those take the

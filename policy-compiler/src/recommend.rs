@@ -226,20 +226,16 @@ mod tests {
         for (ns, name, labels) in pods {
             m.namespaces.insert(ns.to_string(), Namespace { name: ns.to_string(), labels: [("kubernetes.io/metadata.name".to_string(), ns.to_string())].into() });
             let labels: Labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            m.pods.insert(
-                PodRef::new(*ns, *name),
-                Pod {
-                    namespace: ns.to_string(),
-                    name: name.to_string(),
-                    labels,
-                    service_account: String::new(),
-                    ip: None,
-                    ip6: None,
-                    ports: vec![],
-                    interface: None,
-                }
-                .into(),
-            );
+            m.upsert_pod(Pod {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                labels,
+                service_account: String::new(),
+                ip: None,
+                ip6: None,
+                ports: vec![],
+                interface: None,
+            });
         }
         m
     }

@@ -92,17 +92,16 @@ pub fn bucket4(ifindex: u32, lo: [u8; 4], hi: [u8; 4], port_lo: [u8; 2], port_hi
 /// The bucket of an IPv6 flow's key: each address as two native-order words of its bytes.
 #[inline(always)]
 pub fn bucket6(ifindex: u32, lo: [u64; 2], hi: [u64; 2], port_lo: [u8; 2], port_hi: [u8; 2], protocol: u8) -> u32 {
-    let (_, b) = words4(ifindex, [0; 4], [0; 4], port_lo, port_hi, protocol);
-    let h = step(step(step(step(0, lo[0]), lo[1]), hi[0]), hi[1]);
-    fmix(step(h, b)) as u32 & (BUCKETS - 1)
+    bucket6_ports_word(ifindex, lo, hi, u32::from_ne_bytes([port_lo[0], port_lo[1], port_hi[0], port_hi[1]]), protocol)
 }
 
 /// [`bucket6`] with both ports as one native-order word of their four network-order bytes
 /// (the low end's port first), as the fast path loads them from the packet.
 #[inline(always)]
 pub fn bucket6_ports_word(ifindex: u32, lo: [u64; 2], hi: [u64; 2], ports: u32, protocol: u8) -> u32 {
-    // On this little-endian machine the word's low half is the low end's port: rotated, it
-    // is the high half of `words4`'s second word, the high end's port below it.
+    // The ports' half of `words4`'s second word: the low end's port in the top 16 bits, the
+    // high end's below it. On this little-endian machine the word's low half is the low
+    // end's port, so rotating it by 16 puts both in place.
     let b = (ports.rotate_left(16) as u64) << 32 | (ifindex ^ (protocol as u32) << 24) as u64;
     let h = step(step(step(step(0, lo[0]), lo[1]), hi[0]), hi[1]);
     fmix(step(h, b)) as u32 & (BUCKETS - 1)
@@ -212,12 +211,17 @@ mod tests {
     }
 
     #[test]
-    fn the_ports_word_bucket_is_the_bucket() {
-        let (a, b) = (words6(&[0xfd; 16]), words6(&[0x20; 16]));
-        for (lo, hi) in [(1000u16, 443u16), (443, 1000), (0, 65535), (0x1234, 0xabcd)] {
-            let (l, h) = (lo.to_be_bytes(), hi.to_be_bytes());
-            let word = u32::from_ne_bytes([l[0], l[1], h[0], h[1]]);
-            assert_eq!(bucket6_ports_word(9, a, b, word, proto::UDP), bucket6(9, a, b, l, h, proto::UDP), "ports {lo}, {hi}");
+    fn the_fast_paths_ipv6_key_lands_in_the_general_paths_bucket() {
+        // The fast path's key as it builds it: the packet's words (source first), its ports
+        // word as loaded, swapped when the destination sorts first.
+        let (x, y) = ([0xfd; 16], { let mut a = [0xfd; 16]; a[15] = 0x01; a });
+        for (s, d, sport, dport) in [(x, y, 1000u16, 443u16), (y, x, 1000, 443), (x, x, 443, 1000), (x, x, 1000, 443), (x, x, 0, 65535)] {
+            let (sp, dp) = (sport.to_be_bytes(), dport.to_be_bytes());
+            let (sw, dw) = (words6(&s), words6(&d));
+            let word = u32::from_ne_bytes([sp[0], sp[1], dp[0], dp[1]]);
+            let first = crate::ct6_source_first_with(|src, i| u64::from_be(if src { sw[i] } else { dw[i] }), sport, dport);
+            let fast = if first { bucket6_ports_word(9, sw, dw, word, proto::TCP) } else { bucket6_ports_word(9, dw, sw, word.rotate_left(16), proto::TCP) };
+            assert_eq!(fast, Ct6KeyV1::of(9, s, sp, d, dp, proto::TCP).bucket(), "{sport} -> {dport}, source first: {first}");
         }
     }
 

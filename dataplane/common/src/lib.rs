@@ -827,7 +827,23 @@ impl Ct6KeyV1 {
 /// network order), sorts first, comparing the address as a number, then the port.
 #[inline(always)]
 pub fn ct6_source_first(s: (u64, u64, [u8; 2]), d: (u64, u64, [u8; 2])) -> bool {
-    (s.0, s.1, u16::from_be_bytes(s.2)) <= (d.0, d.1, u16::from_be_bytes(d.2))
+    let (s_words, d_words) = ([s.0, s.1], [d.0, d.1]);
+    ct6_source_first_with(|source, i| if source { s_words[i] } else { d_words[i] }, u16::from_be_bytes(s.2), u16::from_be_bytes(d.2))
+}
+
+/// [`ct6_source_first`] with the address words asked for one pair at a time, as they are
+/// compared: `word(source, i)` is word `i` (0 high, 1 low, as numbers) of the source end's
+/// address or of the destination's. The fast path reads each from memory when asked; with
+/// all four at hand at once, LLVM spilled them onto the programs' entry stack.
+#[inline(always)]
+pub fn ct6_source_first_with(mut word: impl FnMut(bool, usize) -> u64, sport: u16, dport: u16) -> bool {
+    for i in 0..2 {
+        let (s, d) = (word(true, i), word(false, i));
+        if s != d {
+            return s < d;
+        }
+    }
+    sport <= dport
 }
 
 /// TCP flags (SYN set, ACK clear) of a connection's opening packet, as in
