@@ -188,7 +188,7 @@ pub fn evaluate(data: &AdfaDataset) -> Result<AdfaReport, DetectorError> {
     training.iter().for_each(|t| trainer.train_trace(t));
     let profile = trainer.finish();
 
-    let mut scored = vec![row(
+    let mut scored = vec![score_row(
         "model (cover)".into(),
         "phrases/syscall, greedy cover by training sequences".into(),
         &normal,
@@ -197,7 +197,7 @@ pub fn evaluate(data: &AdfaDataset) -> Result<AdfaReport, DetectorError> {
     )?];
     for n in STIDE_N {
         let stide = Stide::train(n, training.iter().copied())?;
-        scored.push(row(
+        scored.push(score_row(
             format!("stide n={n}"),
             "mismatch rate".into(),
             &normal,
@@ -264,7 +264,7 @@ fn families(data: &AdfaDataset, normal: &[f64], attack: &[f64], stide_normal: &[
 
 /// Scores both classes with `score`, splitting the traces over two threads (the scorers are
 /// read-only) because scoring 2.4 M syscalls dominates the run.
-fn row(
+pub(crate) fn score_row(
     name: String,
     score_desc: String,
     normal: &[&[u16]],

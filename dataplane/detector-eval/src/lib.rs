@@ -8,6 +8,7 @@
 pub mod adfa;
 pub mod dataset;
 pub mod gru;
+pub mod learning;
 pub mod metrics;
 pub mod model;
 mod ngram;
@@ -16,6 +17,7 @@ pub mod stide;
 
 pub use adfa::{AdfaReport, run_adfa};
 pub use bulkhead_detector::{DetectorError, MAX_SYSCALL};
+pub use learning::{LearningCurve, learning_curve};
 pub use dataset::{AdfaDataset, Trace, read_adfa_zip};
 pub use metrics::{RateAtFa, auc, rate_at_fa};
 pub use model::{Profile, Scorer, Trainer};
