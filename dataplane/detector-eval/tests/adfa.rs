@@ -16,7 +16,8 @@ fn adfa_path() -> PathBuf {
         .unwrap_or_else(bulkhead_detector_eval::dataset::default_adfa_path)
 }
 
-fn adfa_report_or_skip(what: &str) -> Option<bulkhead_detector_eval::AdfaReport> {
+/// The dataset's path, or `None` after saying loudly that `what` was not measured.
+fn adfa_path_or_skip(what: &str) -> Option<PathBuf> {
     let path = adfa_path();
     if !path.exists() {
         // Written to the real stderr, not eprintln!, so the harness's capture cannot hide it.
@@ -27,6 +28,11 @@ fn adfa_report_or_skip(what: &str) -> Option<bulkhead_detector_eval::AdfaReport>
         );
         return None;
     }
+    Some(path)
+}
+
+fn adfa_report_or_skip(what: &str) -> Option<bulkhead_detector_eval::AdfaReport> {
+    let path = adfa_path_or_skip(what)?;
     let report = run_adfa(&path).unwrap_or_else(|e| panic!("run_adfa({}): {e}", path.display()));
     println!("{report}");
     Some(report)
@@ -72,11 +78,9 @@ fn adfa_side_by_side_when_dataset_present() {
 /// not the model alone, cap the figure; see `bulkhead_detector_eval::learning`).
 #[test]
 fn adfa_learning_curve_when_dataset_present() {
-    let path = adfa_path();
-    if !path.exists() {
-        let _ = writeln!(std::io::stderr(), "ADFA-LD NOT ON THIS MACHINE ({}): learning curve NOT measured", path.display());
+    let Some(path) = adfa_path_or_skip("learning curve") else {
         return;
-    }
+    };
     let data = bulkhead_detector_eval::read_adfa_zip(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let curve = bulkhead_detector_eval::learning_curve(&data, bulkhead_detector_eval::learning::CURVE_SEED)
         .unwrap_or_else(|e| panic!("learning curve on {}: {e}", path.display()));
