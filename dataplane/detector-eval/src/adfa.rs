@@ -187,12 +187,18 @@ pub struct AdfaReport {
 
 /// Reads the ADFA-LD zip at `dataset` and evaluates the project's model and STIDE n = 3..7.
 pub fn run_adfa(dataset: &Path) -> Result<AdfaReport, DetectorError> {
+    run_adfa_keeping_data(dataset).map(|(report, _)| report)
+}
+
+/// [`run_adfa`], also handing back the traces read, for further diagnostics on the same
+/// data (e.g. [`crate::learning`]) without reading the archive again.
+pub fn run_adfa_keeping_data(dataset: &Path) -> Result<(AdfaReport, AdfaDataset), DetectorError> {
     let start = Instant::now();
     let data = read_adfa_zip(dataset)?;
     let mut report = evaluate(&data)?;
     report.dataset = dataset.display().to_string();
     report.elapsed_secs = start.elapsed().as_secs_f64();
-    Ok(report)
+    Ok((report, data))
 }
 
 /// Evaluates an already loaded dataset (`dataset` and `elapsed_secs` left for the caller).

@@ -26,21 +26,24 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let context = || format!("evaluating on {}", args.dataset.display());
-    let report = bulkhead_detector_eval::run_adfa(&args.dataset).with_context(context)?;
+    let (report, data) = bulkhead_detector_eval::adfa::run_adfa_keeping_data(&args.dataset).with_context(context)?;
     let curve = if args.learning_curve {
-        let data = bulkhead_detector_eval::read_adfa_zip(&args.dataset).with_context(context)?;
         let seed = bulkhead_detector_eval::learning::CURVE_SEED;
         Some(bulkhead_detector_eval::learning_curve(&data, seed).with_context(context)?)
     } else {
         None
     };
-    if args.json {
-        let doc = serde_json::json!({ "report": report, "learning_curve": curve });
-        println!("{}", serde_json::to_string_pretty(if curve.is_some() { &doc } else { &doc["report"] })?);
-    } else {
-        println!("{report}");
-        if let Some(curve) = curve {
-            println!("\n{curve}");
+    match (args.json, curve) {
+        (true, None) => println!("{}", serde_json::to_string_pretty(&report)?),
+        (true, Some(curve)) => {
+            let doc = serde_json::json!({ "report": report, "learning_curve": curve });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        (false, curve) => {
+            println!("{report}");
+            if let Some(curve) = curve {
+                println!("\n{curve}");
+            }
         }
     }
     Ok(())
